@@ -1,0 +1,27 @@
+//! Numeric formats of shrink: how weights are stored, and how to get float32 back exactly.
+//!
+//! This crate knows nothing about models. It works on plain slices:
+//! - [`float`]: float32 ↔ float16 / bfloat16 conversions of whole slices;
+//! - [`ggml`]: the GGML block formats that GGUF files carry (Q4_0 … Q6_K, IQ4_NL, IQ4_XS),
+//!   each with its block layout and its reference dequantizer, identified by [`ggml::GgmlType`].
+//!
+//! Neighbours: `shrink-io` reads these bytes out of files; `shrink-models` computes with the
+//! float32 values.
+//!
+//! ```
+//! use shrink_formats::ggml::{dequantize, GgmlType};
+//! // One Q8_0 block: an f16 scale of 0.5 followed by 32 int8 values.
+//! let mut block = vec![0u8; GgmlType::Q8_0.type_size()];
+//! block[..2].copy_from_slice(&half::f16::from_f32(0.5).to_le_bytes());
+//! block[2] = 4; // first value: 4 × 0.5
+//! let mut out = vec![0f32; 32];
+//! dequantize(GgmlType::Q8_0, &block, &mut out).unwrap();
+//! assert_eq!(out[0], 2.0);
+//! ```
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod float;
+pub mod ggml;
+
+pub use error::FormatError;

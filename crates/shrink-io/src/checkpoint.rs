@@ -1,0 +1,212 @@
+//! A checkpoint on disk, whichever its format: a Hugging Face directory or a GGUF file.
+
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::Dtype;
+use shrink_formats::float::{self, FloatType};
+use shrink_formats::ggml::GgmlType;
+
+use crate::error::{IoError, Result};
+use crate::gguf::GgufFile;
+use crate::safetensors::SafetensorsModel;
+
+/// How a tensor is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StoredDtype {
+    /// A plain float type (F32/F16/BF16).
+    Float(FloatType),
+    /// A GGML block type (GGUF files).
+    Ggml(GgmlType),
+    /// Anything else (integers of quantized checkpoints, fp8, ...), by name.
+    Other(String),
+}
+
+impl StoredDtype {
+    /// The name as `inspect` prints it (`F32`, `BF16`, `Q4_K`, `I32`, ...).
+    pub fn name(&self) -> String {
+        match self {
+            StoredDtype::Float(f) => f.name().to_uppercase(),
+            StoredDtype::Ggml(g) => g.name().to_string(),
+            StoredDtype::Other(s) => s.clone(),
+        }
+    }
+
+    fn from_safetensors(d: Dtype) -> Self {
+        match d {
+            Dtype::F32 => StoredDtype::Float(FloatType::F32),
+            Dtype::F16 => StoredDtype::Float(FloatType::F16),
+            Dtype::BF16 => StoredDtype::Float(FloatType::BF16),
+            other => StoredDtype::Other(format!("{other:?}")),
+        }
+    }
+}
+
+/// One stored tensor: name as in the file, how stored, logical shape and exact bytes.
+#[derive(Debug, Clone)]
+pub struct TensorEntry {
+    /// Name as stored in the file.
+    pub name: String,
+    /// Storage type.
+    pub dtype: StoredDtype,
+    /// Logical shape, outermost first.
+    pub shape: Vec<usize>,
+    /// Bytes the stored data occupies.
+    pub bytes: u64,
+}
+
+impl TensorEntry {
+    /// Number of elements.
+    pub fn elements(&self) -> u64 {
+        self.shape.iter().map(|&d| d as u64).product()
+    }
+}
+
+/// A Hugging Face model directory: config.json, safetensors weights, optional tokenizer.json.
+pub struct HfCheckpoint {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Parsed config.json.
+    pub config: serde_json::Value,
+    /// The weights.
+    pub weights: SafetensorsModel,
+    /// tokenizer.json, when present.
+    pub tokenizer_json: Option<PathBuf>,
+}
+
+/// A checkpoint shrink can read.
+pub enum Checkpoint {
+    /// A Hugging Face directory.
+    Hf(HfCheckpoint),
+    /// A GGUF file.
+    Gguf(GgufFile),
+}
+
+impl Checkpoint {
+    /// Open a model directory or a `.gguf` file, validating everything but the tensor values.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let meta = std::fs::metadata(path).map_err(|e| IoError::os(path, e))?;
+        if meta.is_dir() {
+            let cfg_path = path.join("config.json");
+            if !cfg_path.exists() {
+                return Err(IoError::malformed(
+                    path,
+                    "no config.json in this directory (a Hugging Face model directory needs one)",
+                ));
+            }
+            let config = crate::read_json(&cfg_path)?;
+            if !config.is_object() {
+                return Err(IoError::malformed(&cfg_path, "config.json is not a JSON object"));
+            }
+            let weights = SafetensorsModel::open_dir(path)?;
+            let tok = path.join("tokenizer.json");
+            Ok(Checkpoint::Hf(HfCheckpoint {
+                dir: path.to_path_buf(),
+                config,
+                weights,
+                tokenizer_json: tok.exists().then_some(tok),
+            }))
+        } else {
+            let mut magic = [0u8; 4];
+            let n = {
+                use std::io::Read;
+                let mut f = std::fs::File::open(path).map_err(|e| IoError::os(path, e))?;
+                f.read(&mut magic).map_err(|e| IoError::os(path, e))?
+            };
+            let is_gguf_name = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+            if (n == 4 && magic == crate::gguf::GGUF_MAGIC) || is_gguf_name {
+                Ok(Checkpoint::Gguf(GgufFile::open(path)?))
+            } else if path.extension().is_some_and(|e| e == "safetensors") {
+                Err(IoError::malformed(
+                    path,
+                    "a lone .safetensors file is not a model: pass its directory (with config.json)",
+                ))
+            } else {
+                Err(IoError::malformed(
+                    path,
+                    "not a model: expected a Hugging Face model directory or a .gguf file",
+                ))
+            }
+        }
+    }
+
+    /// Where the checkpoint lives.
+    pub fn path(&self) -> &Path {
+        match self {
+            Checkpoint::Hf(h) => &h.dir,
+            Checkpoint::Gguf(g) => g.path(),
+        }
+    }
+
+    /// Every stored tensor, in file-name order for HF and file order for GGUF.
+    pub fn tensors(&self) -> Vec<TensorEntry> {
+        match self {
+            Checkpoint::Hf(h) => h
+                .weights
+                .tensors
+                .values()
+                .map(|t| TensorEntry {
+                    name: t.name.clone(),
+                    dtype: StoredDtype::from_safetensors(t.dtype),
+                    shape: t.shape.clone(),
+                    bytes: (t.end - t.start) as u64,
+                })
+                .collect(),
+            Checkpoint::Gguf(g) => g
+                .tensors
+                .iter()
+                .map(|t| TensorEntry {
+                    name: t.name.clone(),
+                    dtype: match t.ty {
+                        GgmlType::F32 => StoredDtype::Float(FloatType::F32),
+                        GgmlType::F16 => StoredDtype::Float(FloatType::F16),
+                        GgmlType::BF16 => StoredDtype::Float(FloatType::BF16),
+                        other => StoredDtype::Ggml(other),
+                    },
+                    shape: t.shape(),
+                    bytes: t.bytes,
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether a tensor of that stored name exists.
+    pub fn has(&self, name: &str) -> bool {
+        match self {
+            Checkpoint::Hf(h) => h.weights.tensors.contains_key(name),
+            Checkpoint::Gguf(g) => g.tensor(name).is_some(),
+        }
+    }
+
+    /// Read a tensor by stored name as float32, with its shape (outermost first).
+    pub fn read_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        match self {
+            Checkpoint::Hf(h) => {
+                let t = h.weights.tensors.get(name).ok_or_else(|| IoError::MissingTensor {
+                    path: h.dir.clone(),
+                    name: name.to_string(),
+                })?;
+                let ty = match StoredDtype::from_safetensors(t.dtype) {
+                    StoredDtype::Float(f) => f,
+                    other => {
+                        return Err(IoError::malformed(
+                            h.weights.path_of(t),
+                            format!("tensor {name}: dtype {} cannot be read as float", other.name()),
+                        ))
+                    }
+                };
+                let n: usize = t.shape.iter().product();
+                let mut out = vec![0f32; n];
+                float::decode(ty, h.weights.bytes(t), &mut out);
+                Ok((out, t.shape.clone()))
+            }
+            Checkpoint::Gguf(g) => {
+                let t = g.tensor(name).ok_or_else(|| IoError::MissingTensor {
+                    path: g.path().to_path_buf(),
+                    name: name.to_string(),
+                })?;
+                Ok((g.read_f32(t)?, t.shape()))
+            }
+        }
+    }
+}

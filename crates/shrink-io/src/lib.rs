@@ -1,0 +1,50 @@
+//! Checkpoint I/O for shrink: read models and texts, write outputs atomically.
+//!
+//! Principal types:
+//! - [`Checkpoint`]: a Hugging Face directory ([`HfCheckpoint`]) or a GGUF file ([`GgufFile`]),
+//!   memory-mapped and validated at open, tensors read one at a time as float32;
+//! - [`tokenizer::Tokenizer`]: from tokenizer.json or built from GGUF metadata;
+//! - [`OutputDir`] and [`write_safetensors_streaming`]: outputs that appear only when complete.
+//!
+//! Neighbours: `shrink-formats` decodes the stored bytes; `shrink-models` maps tensor names to
+//! architectures. Every error is an [`IoError`] naming the file and what is wrong in it.
+//!
+//! ```no_run
+//! let ckpt = shrink_io::Checkpoint::open("assets/SmolLM2-135M-Instruct.Q4_1.gguf")?;
+//! for t in ckpt.tensors() {
+//!     println!("{} {} {:?}", t.name, t.dtype.name(), t.shape);
+//! }
+//! # Ok::<(), shrink_io::IoError>(())
+//! ```
+#![deny(missing_docs)]
+
+pub mod checkpoint;
+pub mod error;
+pub mod gguf;
+pub mod output;
+pub mod safetensors;
+pub mod tokenizer;
+
+use std::path::Path;
+
+pub use checkpoint::{Checkpoint, HfCheckpoint, StoredDtype, TensorEntry};
+pub use error::{IoError, Result};
+pub use gguf::{GgufFile, GgufValue};
+pub use output::{write_safetensors_streaming, LazyTensor, OutputDir};
+
+/// Read and parse a JSON file, naming the file in any error.
+pub fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let bytes = std::fs::read(path).map_err(|e| IoError::os(path, e))?;
+    serde_json::from_slice(&bytes).map_err(|source| IoError::Json { path: path.to_path_buf(), source })
+}
+
+/// Read a text file that must be UTF-8, naming the file and the byte offset if it is not.
+pub fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| IoError::os(path, e))?;
+    String::from_utf8(bytes).map_err(|e| {
+        IoError::malformed(
+            path,
+            format!("not UTF-8 text: invalid byte sequence at byte {}", e.utf8_error().valid_up_to()),
+        )
+    })
+}

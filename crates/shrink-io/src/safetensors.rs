@@ -1,0 +1,144 @@
+//! Memory-mapped safetensors files, single or sharded (`model.safetensors.index.json`).
+//!
+//! Validation is the safetensors crate's own (`SafeTensors::read_metadata`): header length,
+//! JSON, dtypes, offsets in bounds, contiguous and covering the whole data section.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype, Metadata};
+use safetensors::SafeTensors;
+
+use crate::error::{IoError, Result};
+
+/// One tensor's description in a safetensors file.
+#[derive(Debug, Clone)]
+pub struct StTensorInfo {
+    /// Tensor name as stored.
+    pub name: String,
+    /// Storage dtype.
+    pub dtype: Dtype,
+    /// Shape, outermost first.
+    pub shape: Vec<usize>,
+    /// Byte range in the file (absolute).
+    pub start: usize,
+    /// End of the byte range (absolute, exclusive).
+    pub end: usize,
+    /// Which shard holds it (index into [`SafetensorsModel::files`]).
+    pub shard: usize,
+}
+
+/// One open, validated safetensors file.
+pub struct SafetensorsFile {
+    path: PathBuf,
+    mmap: Mmap,
+    /// `__metadata__` strings of the header.
+    pub metadata: Option<HashMap<String, String>>,
+}
+
+impl SafetensorsFile {
+    /// Open and validate a safetensors file.
+    pub fn open(path: impl AsRef<Path>) -> Result<(Self, Vec<StTensorInfo>)> {
+        let path = path.as_ref().to_path_buf();
+        let file = File::open(&path).map_err(|e| IoError::os(&path, e))?;
+        // SAFETY: read-only map of an input shrink never writes.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| IoError::os(&path, e))?;
+        let (header_len, meta): (usize, Metadata) = SafeTensors::read_metadata(&mmap)
+            .map_err(|source| IoError::Safetensors { path: path.clone(), source })?;
+        let base = 8 + header_len;
+        let mut infos = Vec::new();
+        for (name, info) in meta.tensors() {
+            let (s, e) = info.data_offsets;
+            infos.push(StTensorInfo {
+                name,
+                dtype: info.dtype,
+                shape: info.shape.clone(),
+                start: base + s,
+                end: base + e,
+                shard: 0,
+            });
+        }
+        infos.sort_by_key(|t| t.start);
+        let metadata = meta.metadata().clone();
+        Ok((SafetensorsFile { path, mmap, metadata }, infos))
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The bytes of a tensor described by an info from this file.
+    pub fn bytes(&self, info: &StTensorInfo) -> &[u8] {
+        &self.mmap[info.start..info.end]
+    }
+}
+
+/// All safetensors files of a model directory, with a name → tensor map.
+pub struct SafetensorsModel {
+    /// The open shards.
+    pub files: Vec<SafetensorsFile>,
+    /// Every tensor, in name order.
+    pub tensors: BTreeMap<String, StTensorInfo>,
+}
+
+impl SafetensorsModel {
+    /// Open `dir/model.safetensors`, or the shards listed by `dir/model.safetensors.index.json`.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let shard_paths: Vec<PathBuf> = if single.exists() {
+            vec![single]
+        } else if index.exists() {
+            let v = crate::read_json(&index)?;
+            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
+                IoError::malformed(&index, "no \"weight_map\" object")
+            })?;
+            let mut files: Vec<String> = Vec::new();
+            for (name, f) in map {
+                let f = f.as_str().ok_or_else(|| {
+                    IoError::malformed(&index, format!("weight_map entry {name} is not a file name"))
+                })?;
+                if f.contains('/') || f.contains("..") {
+                    return Err(IoError::malformed(&index, format!("weight_map names file {f:?} outside the directory")));
+                }
+                if !files.iter().any(|x| x == f) {
+                    files.push(f.to_string());
+                }
+            }
+            files.sort();
+            files.into_iter().map(|f| dir.join(f)).collect()
+        } else {
+            return Err(IoError::malformed(
+                dir,
+                "no model.safetensors or model.safetensors.index.json in this directory",
+            ));
+        };
+        let mut files = Vec::new();
+        let mut tensors = BTreeMap::new();
+        for (i, p) in shard_paths.iter().enumerate() {
+            let (f, infos) = SafetensorsFile::open(p)?;
+            for mut t in infos {
+                t.shard = i;
+                if tensors.contains_key(&t.name) {
+                    return Err(IoError::malformed(p, format!("tensor {} also appears in another shard", t.name)));
+                }
+                tensors.insert(t.name.clone(), t);
+            }
+            files.push(f);
+        }
+        Ok(SafetensorsModel { files, tensors })
+    }
+
+    /// The bytes of a tensor.
+    pub fn bytes(&self, info: &StTensorInfo) -> &[u8] {
+        self.files[info.shard].bytes(info)
+    }
+
+    /// The file holding a tensor.
+    pub fn path_of(&self, info: &StTensorInfo) -> &Path {
+        self.files[info.shard].path()
+    }
+}
