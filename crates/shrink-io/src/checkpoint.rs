@@ -11,7 +11,7 @@ use crate::gguf::GgufFile;
 use crate::safetensors::SafetensorsModel;
 
 /// How a tensor is stored.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum StoredDtype {
     /// A plain float type (F32/F16/BF16).
     Float(FloatType),

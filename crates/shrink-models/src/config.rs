@@ -1,0 +1,428 @@
+//! Architecture configurations, read from config.json or from GGUF metadata.
+
+use std::path::Path;
+
+use serde_json::Value;
+use shrink_io::{Checkpoint, GgufFile};
+
+use crate::error::{ModelError, Result};
+
+/// Architectures shrink can run, as config.json's `model_type` names them.
+pub const SUPPORTED: &str = "llama, mistral, qwen2 (Llama family), gpt2, gpt_neox; GGUF: llama, qwen2, gpt2, gptneox";
+
+/// Configuration of the Llama family (Llama, Mistral, Qwen2, SmolLM).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    /// `model_type` (llama, mistral, qwen2).
+    pub model_type: String,
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Width of the MLP.
+    pub intermediate_size: usize,
+    /// Number of decoder layers.
+    pub num_layers: usize,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than query heads).
+    pub num_kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f64,
+    /// RoPE base frequency.
+    pub rope_theta: f64,
+    /// Longest context the model was trained for.
+    pub max_position_embeddings: usize,
+    /// Whether the LM head shares the token embedding.
+    pub tie_word_embeddings: bool,
+    /// Biases on q/k/v projections (Qwen2).
+    pub qkv_bias: bool,
+    /// Bias on the output projection.
+    pub o_bias: bool,
+    /// Biases on the MLP projections.
+    pub mlp_bias: bool,
+    /// Sliding attention window (Mistral), if any.
+    pub sliding_window: Option<usize>,
+}
+
+/// Configuration of GPT-2.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gpt2Config {
+    /// Width of the residual stream.
+    pub n_embd: usize,
+    /// Number of blocks.
+    pub n_layer: usize,
+    /// Attention heads.
+    pub n_head: usize,
+    /// MLP width (4 × n_embd when unset).
+    pub n_inner: usize,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Learned positions.
+    pub n_positions: usize,
+    /// LayerNorm epsilon.
+    pub layer_norm_epsilon: f64,
+    /// Activation (`gelu_new`, `gelu`, `relu`, ...).
+    pub activation: String,
+    /// Divide attention scores by (layer index + 1) as well.
+    pub scale_attn_by_inverse_layer_idx: bool,
+}
+
+/// Configuration of GPT-NeoX / Pythia.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NeoxConfig {
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// Number of layers.
+    pub num_layers: usize,
+    /// Attention heads.
+    pub num_heads: usize,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Share of each head's dimensions that get rotary embeddings.
+    pub rotary_pct: f64,
+    /// RoPE base frequency.
+    pub rope_theta: f64,
+    /// LayerNorm epsilon.
+    pub layer_norm_eps: f64,
+    /// x + attn(ln1 x) + mlp(ln2 x) rather than sequential residuals.
+    pub use_parallel_residual: bool,
+    /// Activation (`gelu`, `gelu_new`, ...).
+    pub hidden_act: String,
+    /// Longest context.
+    pub max_position_embeddings: usize,
+    /// Whether the output head shares the input embedding.
+    pub tie_word_embeddings: bool,
+    /// Biases on attention projections.
+    pub attention_bias: bool,
+}
+
+/// The configuration of any supported architecture.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelConfig {
+    /// Llama family.
+    Llama(LlamaConfig),
+    /// GPT-2.
+    Gpt2(Gpt2Config),
+    /// GPT-NeoX.
+    Neox(NeoxConfig),
+}
+
+impl ModelConfig {
+    /// Read the configuration of a checkpoint.
+    pub fn from_checkpoint(ckpt: &Checkpoint) -> Result<Self> {
+        match ckpt {
+            Checkpoint::Hf(h) => Self::from_hf_json(&h.config, &h.dir.join("config.json")),
+            Checkpoint::Gguf(g) => Self::from_gguf(g),
+        }
+    }
+
+    /// Short family name (`llama`, `gpt2`, `gpt_neox`).
+    pub fn family(&self) -> &'static str {
+        match self {
+            ModelConfig::Llama(_) => "llama",
+            ModelConfig::Gpt2(_) => "gpt2",
+            ModelConfig::Neox(_) => "gpt_neox",
+        }
+    }
+
+    /// Vocabulary size.
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            ModelConfig::Llama(c) => c.vocab_size,
+            ModelConfig::Gpt2(c) => c.vocab_size,
+            ModelConfig::Neox(c) => c.vocab_size,
+        }
+    }
+
+    /// Longest context the model supports.
+    pub fn max_context(&self) -> usize {
+        match self {
+            ModelConfig::Llama(c) => c.max_position_embeddings,
+            ModelConfig::Gpt2(c) => c.n_positions,
+            ModelConfig::Neox(c) => c.max_position_embeddings,
+        }
+    }
+
+    /// Parse a Hugging Face config.json value (`path` names it in errors).
+    pub fn from_hf_json(v: &Value, path: &Path) -> Result<Self> {
+        let j = Json { v, path };
+        let model_type = j.str("model_type")?;
+        match model_type.as_str() {
+            "llama" | "mistral" | "qwen2" => {
+                let hidden_size = j.usize("hidden_size")?;
+                let num_heads = j.usize("num_attention_heads")?;
+                let num_kv_heads = j.opt_usize("num_key_value_heads")?.unwrap_or(num_heads);
+                let head_dim = j.opt_usize("head_dim")?.unwrap_or(hidden_size / num_heads.max(1));
+                let rope = j.v.get("rope_parameters").or_else(|| j.v.get("rope_scaling"));
+                if let Some(r) = rope.filter(|r| !r.is_null()) {
+                    let ty = r.get("rope_type").or_else(|| r.get("type")).and_then(Value::as_str);
+                    if !matches!(ty, None | Some("default")) {
+                        return Err(j.err(format!("rope type {ty:?} is not supported yet (only default RoPE)")));
+                    }
+                }
+                let rope_theta = rope
+                    .and_then(|r| r.get("rope_theta"))
+                    .and_then(Value::as_f64)
+                    .or(j.v.get("rope_theta").and_then(Value::as_f64))
+                    .unwrap_or(10000.0);
+                let attention_bias = j.opt_bool("attention_bias")?;
+                let qkv_bias = attention_bias.unwrap_or(model_type == "qwen2");
+                let sliding_window = if model_type == "qwen2" {
+                    // Qwen2 applies its window only when use_sliding_window is set.
+                    if j.opt_bool("use_sliding_window")?.unwrap_or(false) {
+                        j.opt_usize("sliding_window")?
+                    } else {
+                        None
+                    }
+                } else {
+                    j.opt_usize("sliding_window")?
+                };
+                let c = LlamaConfig {
+                    hidden_size,
+                    intermediate_size: j.usize("intermediate_size")?,
+                    num_layers: j.usize("num_hidden_layers")?,
+                    num_heads,
+                    num_kv_heads,
+                    head_dim,
+                    vocab_size: j.usize("vocab_size")?,
+                    rms_norm_eps: j.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
+                    rope_theta,
+                    max_position_embeddings: j.opt_usize("max_position_embeddings")?.unwrap_or(2048),
+                    tie_word_embeddings: j.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+                    qkv_bias,
+                    o_bias: model_type != "qwen2" && attention_bias.unwrap_or(false),
+                    mlp_bias: j.opt_bool("mlp_bias")?.unwrap_or(false),
+                    sliding_window,
+                    model_type,
+                };
+                check_heads(&c, path)?;
+                Ok(ModelConfig::Llama(c))
+            }
+            "gpt2" => {
+                let n_embd = j.usize("n_embd")?;
+                let n_head = j.usize("n_head")?;
+                if n_head == 0 || n_embd % n_head != 0 {
+                    return Err(j.err(format!("n_embd {n_embd} is not divisible by n_head {n_head}")));
+                }
+                if j.opt_bool("reorder_and_upcast_attn")?.unwrap_or(false) {
+                    // Only changes numerics in half precision; shrink computes in f32 anyway.
+                }
+                Ok(ModelConfig::Gpt2(Gpt2Config {
+                    n_embd,
+                    n_layer: j.usize("n_layer")?,
+                    n_head,
+                    n_inner: j.opt_usize("n_inner")?.unwrap_or(4 * n_embd),
+                    vocab_size: j.usize("vocab_size")?,
+                    n_positions: j.opt_usize("n_positions")?.unwrap_or(1024),
+                    layer_norm_epsilon: j.opt_f64("layer_norm_epsilon")?.unwrap_or(1e-5),
+                    activation: j.opt_str("activation_function")?.unwrap_or_else(|| "gelu_new".into()),
+                    scale_attn_by_inverse_layer_idx: j.opt_bool("scale_attn_by_inverse_layer_idx")?.unwrap_or(false),
+                }))
+            }
+            "gpt_neox" => {
+                let hidden_size = j.usize("hidden_size")?;
+                let num_heads = j.usize("num_attention_heads")?;
+                if num_heads == 0 || hidden_size % num_heads != 0 {
+                    return Err(j.err(format!("hidden_size {hidden_size} is not divisible by {num_heads} heads")));
+                }
+                let rope = j.v.get("rope_parameters").filter(|r| !r.is_null());
+                let rotary_pct = rope
+                    .and_then(|r| r.get("partial_rotary_factor"))
+                    .and_then(Value::as_f64)
+                    .or(j.v.get("rotary_pct").and_then(Value::as_f64))
+                    .or(j.v.get("partial_rotary_factor").and_then(Value::as_f64))
+                    .unwrap_or(0.25);
+                let rope_theta = rope
+                    .and_then(|r| r.get("rope_theta"))
+                    .and_then(Value::as_f64)
+                    .or(j.v.get("rotary_emb_base").and_then(Value::as_f64))
+                    .or(j.v.get("rope_theta").and_then(Value::as_f64))
+                    .unwrap_or(10000.0);
+                Ok(ModelConfig::Neox(NeoxConfig {
+                    hidden_size,
+                    intermediate_size: j.usize("intermediate_size")?,
+                    num_layers: j.usize("num_hidden_layers")?,
+                    num_heads,
+                    vocab_size: j.usize("vocab_size")?,
+                    rotary_pct,
+                    rope_theta,
+                    layer_norm_eps: j.opt_f64("layer_norm_eps")?.unwrap_or(1e-5),
+                    use_parallel_residual: j.opt_bool("use_parallel_residual")?.unwrap_or(true),
+                    hidden_act: j.opt_str("hidden_act")?.unwrap_or_else(|| "gelu".into()),
+                    max_position_embeddings: j.opt_usize("max_position_embeddings")?.unwrap_or(2048),
+                    tie_word_embeddings: j.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+                    attention_bias: j.opt_bool("attention_bias")?.unwrap_or(true),
+                }))
+            }
+            other => Err(ModelError::UnknownArchitecture {
+                path: path.to_path_buf(),
+                name: other.to_string(),
+                supported: SUPPORTED,
+            }),
+        }
+    }
+
+    /// Read the hyperparameters llama.cpp stores as `<arch>.*` metadata.
+    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
+        let arch = g.architecture()?.to_string();
+        let k = |s: &str| format!("{arch}.{s}");
+        let u = |s: &str| -> Result<usize> { Ok(g.require_u64(&k(s))? as usize) };
+        let vocab_size = match g.get(&k("vocab_size")).and_then(|v| v.as_u64()) {
+            Some(v) => v as usize,
+            None => g
+                .get("tokenizer.ggml.tokens")
+                .and_then(|t| t.as_array())
+                .map(|a| a.len())
+                .or_else(|| g.tensor("token_embd.weight").map(|t| t.ne[1] as usize))
+                .ok_or_else(|| config_err(g.path(), "cannot tell the vocabulary size"))?,
+        };
+        match arch.as_str() {
+            "llama" | "qwen2" => {
+                let hidden_size = u("embedding_length")?;
+                let num_heads = u("attention.head_count")?;
+                let num_kv_heads = g.get(&k("attention.head_count_kv")).and_then(|v| v.as_u64()).map(|v| v as usize).unwrap_or(num_heads);
+                let head_dim = g
+                    .get(&k("attention.key_length"))
+                    .and_then(|v| v.as_u64())
+                    .map(|v| v as usize)
+                    .unwrap_or(hidden_size / num_heads.max(1));
+                let tie = g.tensor("output.weight").is_none();
+                let has_bias = g.tensor("blk.0.attn_q.bias").is_some();
+                let c = LlamaConfig {
+                    model_type: arch.clone(),
+                    hidden_size,
+                    intermediate_size: u("feed_forward_length")?,
+                    num_layers: u("block_count")?,
+                    num_heads,
+                    num_kv_heads,
+                    head_dim,
+                    vocab_size,
+                    rms_norm_eps: g.get_f64(&k("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
+                    rope_theta: g.get_f64(&k("rope.freq_base")).unwrap_or(10000.0),
+                    max_position_embeddings: g.get(&k("context_length")).and_then(|v| v.as_u64()).unwrap_or(2048) as usize,
+                    tie_word_embeddings: tie,
+                    qkv_bias: has_bias,
+                    o_bias: g.tensor("blk.0.attn_output.bias").is_some(),
+                    mlp_bias: false,
+                    sliding_window: None,
+                };
+                check_heads(&c, g.path())?;
+                Ok(ModelConfig::Llama(c))
+            }
+            "gpt2" => {
+                let n_embd = u("embedding_length")?;
+                Ok(ModelConfig::Gpt2(Gpt2Config {
+                    n_embd,
+                    n_layer: u("block_count")?,
+                    n_head: u("attention.head_count")?,
+                    n_inner: g.get(&k("feed_forward_length")).and_then(|v| v.as_u64()).map(|v| v as usize).unwrap_or(4 * n_embd),
+                    vocab_size,
+                    n_positions: g.get(&k("context_length")).and_then(|v| v.as_u64()).unwrap_or(1024) as usize,
+                    layer_norm_epsilon: g.get_f64(&k("attention.layer_norm_epsilon")).unwrap_or(1e-5),
+                    activation: "gelu_new".into(),
+                    scale_attn_by_inverse_layer_idx: false,
+                }))
+            }
+            "gptneox" => {
+                let hidden_size = u("embedding_length")?;
+                let num_heads = u("attention.head_count")?;
+                let rot = g.get(&k("rope.dimension_count")).and_then(|v| v.as_u64()).unwrap_or((hidden_size / num_heads / 4) as u64);
+                Ok(ModelConfig::Neox(NeoxConfig {
+                    hidden_size,
+                    intermediate_size: u("feed_forward_length")?,
+                    num_layers: u("block_count")?,
+                    num_heads,
+                    vocab_size,
+                    rotary_pct: rot as f64 / (hidden_size / num_heads) as f64,
+                    rope_theta: g.get_f64(&k("rope.freq_base")).unwrap_or(10000.0),
+                    layer_norm_eps: g.get_f64(&k("attention.layer_norm_epsilon")).unwrap_or(1e-5),
+                    use_parallel_residual: g.get(&k("use_parallel_residual")).and_then(|v| v.as_bool()).unwrap_or(true),
+                    hidden_act: "gelu".into(),
+                    max_position_embeddings: g.get(&k("context_length")).and_then(|v| v.as_u64()).unwrap_or(2048) as usize,
+                    tie_word_embeddings: g.tensor("output.weight").is_none(),
+                    attention_bias: true,
+                }))
+            }
+            other => Err(ModelError::UnknownArchitecture {
+                path: g.path().to_path_buf(),
+                name: other.to_string(),
+                supported: SUPPORTED,
+            }),
+        }
+    }
+}
+
+fn config_err(path: &Path, what: impl Into<String>) -> ModelError {
+    ModelError::Config { path: path.to_path_buf(), what: what.into() }
+}
+
+fn check_heads(c: &LlamaConfig, path: &Path) -> Result<()> {
+    if c.num_heads == 0 || c.num_kv_heads == 0 || c.num_heads % c.num_kv_heads != 0 {
+        return Err(config_err(
+            path,
+            format!("{} attention heads cannot be grouped over {} key/value heads", c.num_heads, c.num_kv_heads),
+        ));
+    }
+    if c.head_dim % 2 != 0 {
+        return Err(config_err(path, format!("head_dim {} is odd; RoPE needs it even", c.head_dim)));
+    }
+    Ok(())
+}
+
+/// Typed access to config.json fields, naming the file and field in errors.
+struct Json<'a> {
+    v: &'a Value,
+    path: &'a Path,
+}
+
+impl Json<'_> {
+    fn err(&self, what: impl Into<String>) -> ModelError {
+        config_err(self.path, what)
+    }
+    fn field(&self, k: &str) -> Option<&Value> {
+        self.v.get(k).filter(|x| !x.is_null())
+    }
+    fn str(&self, k: &str) -> Result<String> {
+        self.opt_str(k)?.ok_or_else(|| self.err(format!("missing field \"{k}\"")))
+    }
+    fn opt_str(&self, k: &str) -> Result<Option<String>> {
+        match self.field(k) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(o) => Err(self.err(format!("field \"{k}\" should be a string, found {o}"))),
+        }
+    }
+    fn usize(&self, k: &str) -> Result<usize> {
+        self.opt_usize(k)?.ok_or_else(|| self.err(format!("missing field \"{k}\"")))
+    }
+    fn opt_usize(&self, k: &str) -> Result<Option<usize>> {
+        match self.field(k) {
+            None => Ok(None),
+            Some(x) => match x.as_u64() {
+                Some(n) if n > 0 && n < (1 << 40) => Ok(Some(n as usize)),
+                _ => Err(self.err(format!("field \"{k}\" should be a positive integer, found {x}"))),
+            },
+        }
+    }
+    fn opt_f64(&self, k: &str) -> Result<Option<f64>> {
+        match self.field(k) {
+            None => Ok(None),
+            Some(x) => x
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| self.err(format!("field \"{k}\" should be a number, found {x}"))),
+        }
+    }
+    fn opt_bool(&self, k: &str) -> Result<Option<bool>> {
+        match self.field(k) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(x) => Err(self.err(format!("field \"{k}\" should be true or false, found {x}"))),
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Building blocks shared by the architectures: RoPE tables, causal masks, attention, KV cache.
+
+use candle_core::{Device, Tensor, D};
+
+use crate::error::Result;
+
+/// Per-layer cached keys and values for incremental decoding.
+#[derive(Debug, Default, Clone)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        KvCache::default()
+    }
+
+    /// Number of positions already cached.
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map(|(k, _)| k.dim(1).unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Append this step's k, v ([heads, T, d]) for `layer`, returning the full k, v.
+    pub fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        if self.layers.len() <= layer {
+            self.layers.resize(layer + 1, None);
+        }
+        let kv = match self.layers[layer].take() {
+            None => (k, v),
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 1)?, Tensor::cat(&[&pv, &v], 1)?),
+        };
+        self.layers[layer] = Some(kv.clone());
+        Ok(kv)
+    }
+}
+
+/// cos and sin tables [T, rot/2] for positions `offset..offset+t`, as transformers computes
+/// them in float32: `inv_freq = 1 / base^(2i/rot)`, angle = position × inv_freq.
+pub fn rope_tables(rot_dim: usize, base: f64, offset: usize, t: usize) -> Result<(Tensor, Tensor)> {
+    let half = rot_dim / 2;
+    let inv: Vec<f32> = (0..half)
+        .map(|i| 1.0f32 / (base as f32).powf((2 * i) as f32 / rot_dim as f32))
+        .collect();
+    let mut cos = Vec::with_capacity(t * half);
+    let mut sin = Vec::with_capacity(t * half);
+    for p in offset..offset + t {
+        for f in &inv {
+            let a = p as f32 * f;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (t, half), &Device::Cpu)?,
+        Tensor::from_vec(sin, (t, half), &Device::Cpu)?,
+    ))
+}
+
+/// Additive causal mask [t, offset+t]: 0 where query i may see key j, −∞ elsewhere;
+/// with a sliding window, keys more than `window − 1` positions back are hidden too.
+pub fn causal_mask(t: usize, offset: usize, window: Option<usize>) -> Result<Tensor> {
+    let tk = offset + t;
+    let mut m = vec![0f32; t * tk];
+    for i in 0..t {
+        let qi = offset + i;
+        for j in 0..tk {
+            let hidden = j > qi || window.is_some_and(|w| qi - j.min(qi) >= w);
+            if hidden {
+                m[i * tk + j] = f32::NEG_INFINITY;
+            }
+        }
+    }
+    Ok(Tensor::from_vec(m, (t, tk), &Device::Cpu)?)
+}
+
+/// Scaled dot-product attention with grouped heads.
+///
+/// q: [h, t, d]; k, v: [kv, tk, d] with h a multiple of kv (query head i uses kv head
+/// i / (h/kv), as transformers' `repeat_kv`); mask: [t, tk]. Returns [t, h·d].
+/// Queries are grouped per kv head so the keys are never copied h/kv times.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    let (h, t, d) = q.dims3()?;
+    let (kv, tk, _) = k.dims3()?;
+    let rep = h / kv;
+    let qg = q.reshape((kv, rep * t, d))?;
+    let scores = (qg.matmul(&k.t()?)? * scale)?;
+    let scores = scores.reshape((h, t, tk))?.broadcast_add(mask)?;
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let out = probs.reshape((kv, rep * t, tk))?.matmul(v)?; // [kv, rep·t, d]
+    Ok(out.reshape((h, t, d))?.transpose(0, 1)?.reshape((t, h * d))?)
+}
+
+/// Apply rotary embeddings (transformers' rotate_half convention) to the first `rot` dims
+/// of every head of x: [heads, t, d].
+pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor, rot: usize) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let x4 = x.unsqueeze(0)?;
+    if rot == d {
+        return Ok(candle_nn::rotary_emb::rope(&x4.contiguous()?, cos, sin)?.squeeze(0)?);
+    }
+    let xr = x4.narrow(D::Minus1, 0, rot)?.contiguous()?;
+    let xp = x4.narrow(D::Minus1, rot, d - rot)?;
+    let r = candle_nn::rotary_emb::rope(&xr, cos, sin)?;
+    Ok(Tensor::cat(&[&r, &xp], D::Minus1)?.squeeze(0)?)
+}
+
+/// Split [t, n·d] into heads: [n, t, d], contiguous.
+pub fn heads(x: &Tensor, n: usize, d: usize) -> Result<Tensor> {
+    let t = x.dim(0)?;
+    Ok(x.reshape((t, n, d))?.transpose(0, 1)?.contiguous()?)
+}
+
+/// Activation functions by their transformers names.
+pub fn activation(name: &str, x: &Tensor) -> Result<Tensor> {
+    Ok(match name {
+        "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => x.gelu()?,
+        "gelu" => x.gelu_erf()?,
+        "relu" => x.relu()?,
+        "silu" | "swish" => x.silu()?,
+        other => return Err(crate::error::ModelError::Input(format!("unsupported activation {other:?}"))),
+    })
+}

@@ -1,0 +1,97 @@
+//! Model architectures of shrink: configuration, weight names and an exact float32 forward.
+//!
+//! Principal types:
+//! - [`ModelConfig`]: the hyperparameters of a checkpoint (config.json or GGUF metadata);
+//! - [`Model`]: a loaded causal LM ([`llama::Llama`], [`gpt2::Gpt2`], [`gpt_neox::Neox`])
+//!   whose [`Model::forward`] returns logits matching transformers';
+//! - [`WeightLoader`]: weights by Hugging Face name from any checkpoint, undoing llama.cpp's
+//!   renaming and Q/K permutation for GGUF files.
+//!
+//! Neighbours: `shrink-io` opens checkpoints; `shrink-eval` scores models.
+//!
+//! ```no_run
+//! let ckpt = shrink_io::Checkpoint::open("assets/SmolLM2-135M-Instruct.Q4_1.gguf")?;
+//! let model = shrink_models::Model::load(&ckpt)?;
+//! let logits = model.forward(&[504, 3575, 282], None)?; // [3, 49152]
+//! # Ok::<(), shrink_models::ModelError>(())
+//! ```
+
+pub mod config;
+pub mod error;
+pub mod gpt2;
+pub mod gpt_neox;
+pub mod layers;
+pub mod linear;
+pub mod llama;
+pub mod weights;
+
+use candle_core::Tensor;
+use shrink_io::Checkpoint;
+
+pub use config::ModelConfig;
+pub use error::{ModelError, Result};
+pub use layers::KvCache;
+pub use weights::{GgufName, WeightLoader};
+
+/// A loaded causal language model.
+#[derive(Debug, Clone)]
+pub enum Model {
+    /// Llama family.
+    Llama(llama::Llama),
+    /// GPT-2.
+    Gpt2(gpt2::Gpt2),
+    /// GPT-NeoX.
+    Neox(gpt_neox::Neox),
+}
+
+/// A loader for `cfg`'s weights in `ckpt`.
+pub fn weight_loader<'a>(ckpt: &'a Checkpoint, cfg: &ModelConfig) -> WeightLoader<'a> {
+    match cfg {
+        ModelConfig::Llama(c) => {
+            let c = c.clone();
+            WeightLoader::new(ckpt, Some(Box::new(move |n| llama::gguf_name(&c, n))), &[])
+        }
+        ModelConfig::Gpt2(_) => WeightLoader::new(ckpt, Some(Box::new(gpt2::gguf_name)), &["transformer."]),
+        ModelConfig::Neox(_) => WeightLoader::new(ckpt, Some(Box::new(gpt_neox::gguf_name)), &[]),
+    }
+}
+
+/// HF names and HF-layout shapes of every weight `cfg` implies.
+pub fn weight_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    match cfg {
+        ModelConfig::Llama(c) => llama::weight_shapes(c),
+        ModelConfig::Gpt2(c) => gpt2::weight_shapes(c),
+        ModelConfig::Neox(c) => gpt_neox::weight_shapes(c),
+    }
+}
+
+impl Model {
+    /// Read the configuration and every weight of `ckpt` as float32.
+    pub fn load(ckpt: &Checkpoint) -> Result<Self> {
+        let cfg = ModelConfig::from_checkpoint(ckpt)?;
+        let w = weight_loader(ckpt, &cfg);
+        Ok(match cfg {
+            ModelConfig::Llama(c) => Model::Llama(llama::Llama::load(c, &w)?),
+            ModelConfig::Gpt2(c) => Model::Gpt2(gpt2::Gpt2::load(c, &w)?),
+            ModelConfig::Neox(c) => Model::Neox(gpt_neox::Neox::load(c, &w)?),
+        })
+    }
+
+    /// Logits [t, vocab] of `ids`, continuing from `cache` when given (and extending it).
+    pub fn forward(&self, ids: &[u32], cache: Option<&mut KvCache>) -> Result<Tensor> {
+        match self {
+            Model::Llama(m) => m.forward(ids, cache),
+            Model::Gpt2(m) => m.forward(ids, cache),
+            Model::Neox(m) => m.forward(ids, cache),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> ModelConfig {
+        match self {
+            Model::Llama(m) => ModelConfig::Llama(m.cfg.clone()),
+            Model::Gpt2(m) => ModelConfig::Gpt2(m.cfg.clone()),
+            Model::Neox(m) => ModelConfig::Neox(m.cfg.clone()),
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Loading a model's weights by their Hugging Face names, whatever the checkpoint format.
+//!
+//! GGUF files use llama.cpp's names and, for Llama attention, rows of Q and K permuted by
+//! llama.cpp's converter (`convert_hf_to_gguf.py`, `LlamaModel.permute`); both are undone here
+//! so that every architecture sees the same tensors as transformers does.
+
+use candle_core::{Device, Tensor};
+use shrink_io::Checkpoint;
+
+use crate::error::{ModelError, Result};
+
+/// Where a Hugging Face weight lives in a GGUF file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GgufName {
+    /// llama.cpp's tensor name.
+    pub name: String,
+    /// Undo llama.cpp's Q/K row permutation over this many heads.
+    pub unpermute_heads: Option<usize>,
+}
+
+/// Maps HF weight names to stored names of a checkpoint.
+pub type GgufMap = dyn Fn(&str) -> Option<GgufName>;
+
+/// Reads weights by HF name as float32 candle tensors, checking their shapes.
+pub struct WeightLoader<'a> {
+    ckpt: &'a Checkpoint,
+    gguf_map: Option<Box<GgufMap>>,
+    hf_prefixes: &'static [&'static str],
+}
+
+impl<'a> WeightLoader<'a> {
+    /// A loader over `ckpt`; `gguf_map` translates names for GGUF files; `hf_prefixes` are
+    /// prefixes tried in turn on HF names (GPT-2 checkpoints exist with and without `transformer.`).
+    pub fn new(ckpt: &'a Checkpoint, gguf_map: Option<Box<GgufMap>>, hf_prefixes: &'static [&'static str]) -> Self {
+        WeightLoader { ckpt, gguf_map, hf_prefixes }
+    }
+
+    /// The checkpoint read from.
+    pub fn checkpoint(&self) -> &Checkpoint {
+        self.ckpt
+    }
+
+    /// The stored name of an HF weight and its permutation, if present in the checkpoint.
+    pub fn locate(&self, hf_name: &str) -> Option<GgufName> {
+        match self.ckpt {
+            Checkpoint::Gguf(_) => {
+                let m = self.gguf_map.as_ref()?(hf_name)?;
+                self.ckpt.has(&m.name).then_some(m)
+            }
+            Checkpoint::Hf(_) => {
+                if self.ckpt.has(hf_name) {
+                    return Some(GgufName { name: hf_name.to_string(), unpermute_heads: None });
+                }
+                self.hf_prefixes.iter().find_map(|p| {
+                    let n = if let Some(rest) = hf_name.strip_prefix(p) { rest.to_string() } else { format!("{p}{hf_name}") };
+                    self.ckpt.has(&n).then_some(GgufName { name: n, unpermute_heads: None })
+                })
+            }
+        }
+    }
+
+    /// Whether the HF weight exists.
+    pub fn has(&self, hf_name: &str) -> bool {
+        self.locate(hf_name).is_some()
+    }
+
+    /// Read the HF weight `hf_name`, which must have `shape`.
+    pub fn get(&self, hf_name: &str, shape: &[usize]) -> Result<Tensor> {
+        let loc = self.locate(hf_name).ok_or_else(|| {
+            ModelError::Io(shrink_io::IoError::MissingTensor {
+                path: self.ckpt.path().to_path_buf(),
+                name: hf_name.to_string(),
+            })
+        })?;
+        let (mut data, stored_shape) = self.ckpt.read_f32(&loc.name)?;
+        let got: usize = stored_shape.iter().product();
+        let want: usize = shape.iter().product();
+        // GGUF drops trailing unit dims and stores 1-D tensors as such; compare element counts
+        // plus the stored shape with unit dims squeezed.
+        let squeeze = |s: &[usize]| s.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
+        if got != want || squeeze(&stored_shape) != squeeze(shape) {
+            return Err(ModelError::Shape {
+                path: self.ckpt.path().to_path_buf(),
+                name: loc.name,
+                expected: shape.to_vec(),
+                got: stored_shape,
+            });
+        }
+        if let Some(heads) = loc.unpermute_heads {
+            data = unpermute_rows(&data, shape[0], shape[1..].iter().product(), heads);
+        }
+        Ok(Tensor::from_vec(data, shape, &Device::Cpu)?)
+    }
+
+    /// Read `hf_name` if present.
+    pub fn get_opt(&self, hf_name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
+        if self.has(hf_name) {
+            self.get(hf_name, shape).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// Undo llama.cpp's Q/K permutation: within each head, llama.cpp stores row `2i + half` for
+/// transformers' row `half·(d/2) + i` (`reshape(h, 2, d/2, ...).swapaxes(1, 2)`).
+pub fn unpermute_rows(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    let d = rows / heads;
+    let half = d / 2;
+    let mut out = vec![0f32; data.len()];
+    for h in 0..heads {
+        for part in 0..2 {
+            for i in 0..half {
+                let hf_row = h * d + part * half + i;
+                let gg_row = h * d + 2 * i + part;
+                out[hf_row * cols..(hf_row + 1) * cols].copy_from_slice(&data[gg_row * cols..(gg_row + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// Apply llama.cpp's Q/K permutation (the inverse of [`unpermute_rows`]).
+pub fn permute_rows(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    let d = rows / heads;
+    let half = d / 2;
+    let mut out = vec![0f32; data.len()];
+    for h in 0..heads {
+        for part in 0..2 {
+            for i in 0..half {
+                let hf_row = h * d + part * half + i;
+                let gg_row = h * d + 2 * i + part;
+                out[gg_row * cols..(gg_row + 1) * cols].copy_from_slice(&data[hf_row * cols..(hf_row + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permutation_round_trips_and_matches_llama_cpp() {
+        // 2 heads of dim 4, 1 column: HF rows 0..8.
+        let hf: Vec<f32> = (0..8).map(|x| x as f32).collect();
+        let gg = permute_rows(&hf, 8, 1, 2);
+        // reshape(2, 2, 2).swapaxes(1, 2): head 0 rows [0, 2, 1, 3], head 1 [4, 6, 5, 7].
+        assert_eq!(gg, vec![0., 2., 1., 3., 4., 6., 5., 7.]);
+        assert_eq!(unpermute_rows(&gg, 8, 1, 2), hf);
+    }
+}

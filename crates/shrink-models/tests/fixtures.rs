@@ -1,0 +1,90 @@
+//! Every tiny fixture (made by PyTorch/transformers) reproduces its reference logits.
+
+use std::path::PathBuf;
+
+use shrink_io::Checkpoint;
+use shrink_models::Model;
+
+fn fixtures() -> PathBuf {
+    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures"));
+    assert!(p.is_dir(), "fixtures not found at {} (../shared beside the checkout)", p.display());
+    p
+}
+
+/// Max abs difference between our logits and transformers' for both reference sequences.
+fn max_diff(arch: &str) -> f32 {
+    let dir = fixtures().join(format!("tiny-{arch}"));
+    let ckpt = Checkpoint::open(&dir).unwrap();
+    let model = Model::load(&ckpt).unwrap();
+    let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let ids = st.tensor("input_ids").unwrap();
+    let logits = st.tensor("logits").unwrap();
+    let (b, t, v) = (logits.shape()[0], logits.shape()[1], logits.shape()[2]);
+    let ids: Vec<u32> = ids.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect();
+    let refl: Vec<f32> = logits.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let mut worst = 0f32;
+    for s in 0..b {
+        let out = model.forward(&ids[s * t..(s + 1) * t], None).unwrap();
+        let out: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(out.len(), t * v);
+        for (a, r) in out.iter().zip(&refl[s * t * v..(s + 1) * t * v]) {
+            worst = worst.max((a - r).abs());
+        }
+    }
+    worst
+}
+
+#[test]
+fn llama_matches_transformers() {
+    let d = max_diff("llama");
+    eprintln!("max abs diff {d}");
+    assert!(d <= 1e-4, "max abs diff {d}");
+}
+
+#[test]
+fn qwen2_matches_transformers() {
+    let d = max_diff("qwen2");
+    eprintln!("max abs diff {d}");
+    assert!(d <= 1e-4, "max abs diff {d}");
+}
+
+#[test]
+fn mistral_matches_transformers() {
+    let d = max_diff("mistral");
+    eprintln!("max abs diff {d}");
+    assert!(d <= 1e-4, "max abs diff {d}");
+}
+
+#[test]
+fn gpt2_matches_transformers() {
+    let d = max_diff("gpt2");
+    eprintln!("max abs diff {d}");
+    assert!(d <= 1e-4, "max abs diff {d}");
+}
+
+#[test]
+fn gpt_neox_matches_transformers() {
+    let d = max_diff("gpt_neox");
+    eprintln!("max abs diff {d}");
+    assert!(d <= 1e-4, "max abs diff {d}");
+}
+
+#[test]
+fn kv_cache_decoding_equals_full_forward() {
+    let dir = fixtures().join("tiny-llama");
+    let ckpt = Checkpoint::open(&dir).unwrap();
+    let model = Model::load(&ckpt).unwrap();
+    let ids: Vec<u32> = (0..12).map(|i| (i * 37 % 512) as u32).collect();
+    let full: Vec<Vec<f32>> = model.forward(&ids, None).unwrap().to_vec2().unwrap();
+    let mut cache = shrink_models::KvCache::new();
+    let first: Vec<Vec<f32>> = model.forward(&ids[..5], Some(&mut cache)).unwrap().to_vec2().unwrap();
+    let mut rows = first;
+    for &id in &ids[5..] {
+        let r: Vec<Vec<f32>> = model.forward(&[id], Some(&mut cache)).unwrap().to_vec2().unwrap();
+        rows.extend(r);
+    }
+    for (a, b) in full.iter().flatten().zip(rows.iter().flatten()) {
+        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    }
+}
