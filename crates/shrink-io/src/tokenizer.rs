@@ -73,31 +73,76 @@ struct PreRule {
 const PRE_RULES: &[PreRule] = &[
     PreRule {
         names: &["default"],
-        regexes: &[r"[\p{P}\$\+<=>\^~\|]+", GPT2_RE, r"\p{N}+", "[0-9][0-9][0-9]"],
+        regexes: &[
+            r"[\p{P}\$\+<=>\^~\|]+",
+            GPT2_RE,
+            r"\p{N}+",
+            "[0-9][0-9][0-9]",
+        ],
         ignore_merges: false,
         add_bos: false,
     },
     PreRule {
-        names: &["smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b"],
+        names: &[
+            "smollm",
+            "starcoder",
+            "refact",
+            "command-r",
+            "codeshell",
+            "exaone",
+            "minerva-7b",
+        ],
         regexes: &[r"\p{N}", GPT2_RE],
         ignore_merges: false,
         add_bos: false,
     },
     PreRule {
-        names: &["gpt-2", "phi-2", "mpt", "olmo", "jais", "trillion", "granite-docling", "exaone4", "gigachat", "mellum"],
+        names: &[
+            "gpt-2",
+            "phi-2",
+            "mpt",
+            "olmo",
+            "jais",
+            "trillion",
+            "granite-docling",
+            "exaone4",
+            "gigachat",
+            "mellum",
+        ],
         regexes: &[GPT2_RE],
         ignore_merges: false,
         add_bos: false,
     },
     PreRule {
-        names: &["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2"],
+        names: &[
+            "llama3",
+            "llama-v3",
+            "llama-bpe",
+            "falcon3",
+            "falcon-h1",
+            "pixtral",
+            "midm-2.0",
+            "lfm2",
+        ],
         regexes: &[LLAMA3_RE],
         ignore_merges: true,
         add_bos: true,
     },
-    PreRule { names: &["dbrx", "smaug-bpe"], regexes: &[LLAMA3_RE], ignore_merges: false, add_bos: false },
     PreRule {
-        names: &["qwen2", "deepseek-r1-qwen", "kormo", "megrez", "stablelm2", "hunyuan"],
+        names: &["dbrx", "smaug-bpe"],
+        regexes: &[LLAMA3_RE],
+        ignore_merges: false,
+        add_bos: false,
+    },
+    PreRule {
+        names: &[
+            "qwen2",
+            "deepseek-r1-qwen",
+            "kormo",
+            "megrez",
+            "stablelm2",
+            "hunyuan",
+        ],
         regexes: &[QWEN2_RE],
         ignore_merges: false,
         add_bos: false,
@@ -118,7 +163,11 @@ const PRE_RULES: &[PreRule] = &[
 
 /// All `tokenizer.ggml.pre` names shrink accepts, for error messages.
 fn supported_pre_names() -> String {
-    PRE_RULES.iter().flat_map(|r| r.names.iter().copied()).collect::<Vec<_>>().join(", ")
+    PRE_RULES
+        .iter()
+        .flat_map(|r| r.names.iter().copied())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// GPT-2's reversible byte-to-unicode table: `table[b]` is the character standing for byte `b`.
@@ -174,7 +223,10 @@ impl std::fmt::Debug for Tokenizer {
 
 /// An `IoError::Tokenizer` about `path`.
 fn tk_err(path: &Path, what: impl Into<String>) -> IoError {
-    IoError::Tokenizer { path: path.to_path_buf(), what: what.into() }
+    IoError::Tokenizer {
+        path: path.to_path_buf(),
+        what: what.into(),
+    }
 }
 
 /// Typed access to `tokenizer.*` metadata, every error naming the key and the file.
@@ -191,28 +243,38 @@ impl<'a> Meta<'a> {
         match self.g.get(key) {
             None => Ok(None),
             Some(GgufValue::String(s)) => Ok(Some(s)),
-            Some(v) => Err(self.err(format!("metadata {key} should be a string, found {}", v.summary()))),
+            Some(v) => Err(self.err(format!(
+                "metadata {key} should be a string, found {}",
+                v.summary()
+            ))),
         }
     }
 
     fn array(&self, key: &str) -> Result<Option<&'a [GgufValue]>> {
         match self.g.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_array()
-                .map(Some)
-                .ok_or_else(|| self.err(format!("metadata {key} should be an array, found {}", v.summary()))),
+            Some(v) => v.as_array().map(Some).ok_or_else(|| {
+                self.err(format!(
+                    "metadata {key} should be an array, found {}",
+                    v.summary()
+                ))
+            }),
         }
     }
 
     fn str_array(&self, key: &str) -> Result<Option<Vec<&'a str>>> {
-        let Some(items) = self.array(key)? else { return Ok(None) };
+        let Some(items) = self.array(key)? else {
+            return Ok(None);
+        };
         items
             .iter()
             .enumerate()
             .map(|(i, v)| {
                 v.as_str().ok_or_else(|| {
-                    self.err(format!("metadata {key}[{i}] should be a string, found {}", v.summary()))
+                    self.err(format!(
+                        "metadata {key}[{i}] should be a string, found {}",
+                        v.summary()
+                    ))
                 })
             })
             .collect::<Result<Vec<_>>>()
@@ -220,13 +282,18 @@ impl<'a> Meta<'a> {
     }
 
     fn uint_array(&self, key: &str) -> Result<Option<Vec<u64>>> {
-        let Some(items) = self.array(key)? else { return Ok(None) };
+        let Some(items) = self.array(key)? else {
+            return Ok(None);
+        };
         items
             .iter()
             .enumerate()
             .map(|(i, v)| {
                 v.as_u64().ok_or_else(|| {
-                    self.err(format!("metadata {key}[{i}] should be a non-negative integer, found {}", v.summary()))
+                    self.err(format!(
+                        "metadata {key}[{i}] should be a non-negative integer, found {}",
+                        v.summary()
+                    ))
                 })
             })
             .collect::<Result<Vec<_>>>()
@@ -236,22 +303,29 @@ impl<'a> Meta<'a> {
     fn bool(&self, key: &str) -> Result<Option<bool>> {
         match self.g.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_bool()
-                .map(Some)
-                .ok_or_else(|| self.err(format!("metadata {key} should be a bool, found {}", v.summary()))),
+            Some(v) => v.as_bool().map(Some).ok_or_else(|| {
+                self.err(format!(
+                    "metadata {key} should be a bool, found {}",
+                    v.summary()
+                ))
+            }),
         }
     }
 
     /// A token id: absent → None; present → an integer below `n_tokens`.
     fn token_id(&self, key: &str, n_tokens: usize) -> Result<Option<u32>> {
-        let Some(v) = self.g.get(key) else { return Ok(None) };
+        let Some(v) = self.g.get(key) else {
+            return Ok(None);
+        };
         match v.as_u64() {
             Some(id) if (id as usize) < n_tokens => Ok(Some(id as u32)),
             Some(id) => Err(self.err(format!(
                 "metadata {key} = {id} is outside the vocabulary of {n_tokens} tokens"
             ))),
-            None => Err(self.err(format!("metadata {key} should be a token id, found {}", v.summary()))),
+            None => Err(self.err(format!(
+                "metadata {key} should be a token id, found {}",
+                v.summary()
+            ))),
         }
     }
 }
@@ -260,7 +334,8 @@ impl Tokenizer {
     /// From a tokenizer.json; reads tokenizer_config.json beside it when present (chat_template,
     /// bos/eos tokens, add_bos_token) and generation_config.json for extra end-of-generation ids.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let mut inner = tokenizers::Tokenizer::from_file(path).map_err(|e| tk_err(path, e.to_string()))?;
+        let mut inner =
+            tokenizers::Tokenizer::from_file(path).map_err(|e| tk_err(path, e.to_string()))?;
         // Ids must not depend on a truncation or padding setting saved with the file.
         inner
             .with_truncation(None)
@@ -269,11 +344,18 @@ impl Tokenizer {
         let dir = path.parent().unwrap_or(Path::new("."));
 
         let config_path = dir.join("tokenizer_config.json");
-        let config = if config_path.is_file() { Some(crate::read_json(&config_path)?) } else { None };
+        let config = if config_path.is_file() {
+            Some(crate::read_json(&config_path)?)
+        } else {
+            None
+        };
         let token_text = |v: &serde_json::Value| -> Option<String> {
             match v {
                 serde_json::Value::String(s) => Some(s.clone()),
-                serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
+                serde_json::Value::Object(o) => o
+                    .get("content")
+                    .and_then(|c| c.as_str())
+                    .map(str::to_string),
                 _ => None,
             }
         };
@@ -284,16 +366,18 @@ impl Tokenizer {
             None | Some(serde_json::Value::Null) => None,
             Some(serde_json::Value::String(s)) => Some(s.clone()),
             // A list of named templates: take "default", else the first.
-            Some(serde_json::Value::Array(list)) => {
-                list.iter()
-                    .find(|t| t.get("name").and_then(|x| x.as_str()) == Some("default"))
-                    .or_else(|| list.first())
-                    .and_then(|t| t.get("template"))
-                    .and_then(|t| t.as_str())
-                    .map(str::to_string)
-            }
+            Some(serde_json::Value::Array(list)) => list
+                .iter()
+                .find(|t| t.get("name").and_then(|x| x.as_str()) == Some("default"))
+                .or_else(|| list.first())
+                .and_then(|t| t.get("template"))
+                .and_then(|t| t.as_str())
+                .map(str::to_string),
             Some(v) => {
-                return Err(tk_err(&config_path, format!("chat_template should be a string or a list, found {v}")))
+                return Err(tk_err(
+                    &config_path,
+                    format!("chat_template should be a string or a list, found {v}"),
+                ))
             }
         };
         // Older repositories keep the template in chat_template.jinja.
@@ -312,10 +396,16 @@ impl Tokenizer {
         let bos = bos_text.as_deref().and_then(|t| inner.token_to_id(t));
         let eos = eos_text.as_deref().and_then(|t| inner.token_to_id(t));
         // Whether the post-processor already adds BOS / EOS.
-        let probe = inner.encode_fast("", true).map_err(|e| tk_err(path, e.to_string()))?;
+        let probe = inner
+            .encode_fast("", true)
+            .map_err(|e| tk_err(path, e.to_string()))?;
         let probe = probe.get_ids();
-        let add_bos_cfg = cfg("add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false);
-        let add_eos_cfg = cfg("add_eos_token").and_then(|v| v.as_bool()).unwrap_or(false);
+        let add_bos_cfg = cfg("add_bos_token")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        let add_eos_cfg = cfg("add_eos_token")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
         let add_bos = add_bos_cfg && bos.is_some() && probe.first() != bos.as_ref();
         let add_eos = add_eos_cfg && eos.is_some() && probe.last() != eos.as_ref();
 
@@ -325,7 +415,9 @@ impl Tokenizer {
             let gen = crate::read_json(&gen_path)?;
             match gen.get("eos_token_id") {
                 Some(serde_json::Value::Number(n)) => eos_ids.extend(n.as_u64().map(|v| v as u32)),
-                Some(serde_json::Value::Array(a)) => eos_ids.extend(a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32)),
+                Some(serde_json::Value::Array(a)) => {
+                    eos_ids.extend(a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32))
+                }
                 _ => {}
             }
         }
@@ -353,9 +445,9 @@ impl Tokenizer {
     /// Built from GGUF metadata (tokenizer.ggml.*), matching llama.cpp's tokenization.
     pub fn from_gguf(g: &GgufFile) -> Result<Self> {
         let meta = Meta { g };
-        let model = meta
-            .string("tokenizer.ggml.model")?
-            .ok_or_else(|| meta.err("metadata tokenizer.ggml.model is missing: the file carries no tokenizer"))?;
+        let model = meta.string("tokenizer.ggml.model")?.ok_or_else(|| {
+            meta.err("metadata tokenizer.ggml.model is missing: the file carries no tokenizer")
+        })?;
         match model {
             "gpt2" => Self::from_gguf_bpe(&meta),
             other => Err(meta.err(format!(
@@ -369,15 +461,17 @@ impl Tokenizer {
     /// The byte-level BPE family (`tokenizer.ggml.model = "gpt2"`).
     fn from_gguf_bpe(meta: &Meta<'_>) -> Result<Self> {
         let path = meta.g.path();
-        let tokens = meta
-            .str_array("tokenizer.ggml.tokens")?
-            .ok_or_else(|| meta.err("metadata tokenizer.ggml.tokens (the vocabulary) is missing"))?;
+        let tokens = meta.str_array("tokenizer.ggml.tokens")?.ok_or_else(|| {
+            meta.err("metadata tokenizer.ggml.tokens (the vocabulary) is missing")
+        })?;
         let n = tokens.len();
         if n == 0 {
             return Err(meta.err("metadata tokenizer.ggml.tokens is empty"));
         }
         if n > u32::MAX as usize {
-            return Err(meta.err(format!("metadata tokenizer.ggml.tokens has {n} entries, more than ids can hold")));
+            return Err(meta.err(format!(
+                "metadata tokenizer.ggml.tokens has {n} entries, more than ids can hold"
+            )));
         }
         let types = match meta.uint_array("tokenizer.ggml.token_type")? {
             Some(t) if t.len() != n => {
@@ -394,7 +488,11 @@ impl Tokenizer {
         let mut texts: Vec<String> = Vec::with_capacity(n);
         let mut vocab = Vocab::default();
         for (i, t) in tokens.iter().enumerate() {
-            let text = if t.is_empty() { format!("[EMPTY_{i}]") } else { t.to_string() };
+            let text = if t.is_empty() {
+                format!("[EMPTY_{i}]")
+            } else {
+                t.to_string()
+            };
             if let Some(prev) = vocab.insert(text.clone(), i as u32) {
                 return Err(meta.err(format!(
                     "metadata tokenizer.ggml.tokens holds {text:?} twice (ids {prev} and {i})"
@@ -403,14 +501,18 @@ impl Tokenizer {
             texts.push(text);
         }
 
-        let merge_strs = meta
-            .str_array("tokenizer.ggml.merges")?
-            .ok_or_else(|| meta.err("metadata tokenizer.ggml.merges is missing (a gpt2 tokenizer needs its BPE merges)"))?;
+        let merge_strs = meta.str_array("tokenizer.ggml.merges")?.ok_or_else(|| {
+            meta.err(
+                "metadata tokenizer.ggml.merges is missing (a gpt2 tokenizer needs its BPE merges)",
+            )
+        })?;
         let mut merges: Merges = Vec::with_capacity(merge_strs.len());
         for (i, m) in merge_strs.iter().enumerate() {
             // As llama.cpp: split at the first space after the first byte, so "Ġ Ġ" and "  x" parse.
-            let pos = m.get(1..).and_then(|rest| rest.find(' ')).map(|p| p + 1);
-            let pair = pos.map(|p| (&m[..p], &m[p + 1..])).filter(|(a, b)| !a.is_empty() && !b.is_empty());
+            let pos = m.bytes().skip(1).position(|b| b == b' ').map(|p| p + 1);
+            let pair = pos
+                .map(|p| (&m[..p], &m[p + 1..]))
+                .filter(|(a, b)| !a.is_empty() && !b.is_empty());
             let Some((a, b)) = pair else {
                 return Err(meta.err(format!(
                     "metadata tokenizer.ggml.merges[{i}] = {m:?} is not a pair of tokens separated by a space (\"a b\")"
@@ -443,8 +545,12 @@ impl Tokenizer {
             .map_err(|e| meta.err(format!("cannot build the BPE model: {e}")))?;
         let mut steps: Vec<PreTokenizerWrapper> = Vec::with_capacity(rule.regexes.len() + 1);
         for re in rule.regexes {
-            let split = Split::new(SplitPattern::Regex(re.to_string()), SplitDelimiterBehavior::Isolated, false)
-                .map_err(|e| meta.err(format!("pre-tokenizer regex {re:?} does not compile: {e}")))?;
+            let split = Split::new(
+                SplitPattern::Regex(re.to_string()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| meta.err(format!("pre-tokenizer regex {re:?} does not compile: {e}")))?;
             steps.push(split.into());
         }
         steps.push(ByteLevel::new(false, false, false).into());
@@ -461,15 +567,24 @@ impl Tokenizer {
                 .iter()
                 .enumerate()
                 .filter(move |(_, &t)| t == ty)
-                .map(move |(i, _)| AddedToken::from(texts_ref[i].clone(), ty != token_type::USER_DEFINED).normalized(false))
+                .map(move |(i, _)| {
+                    AddedToken::from(texts_ref[i].clone(), ty != token_type::USER_DEFINED)
+                        .normalized(false)
+                })
         };
-        let specials: Vec<AddedToken> = added(token_type::CONTROL).chain(added(token_type::UNKNOWN)).collect();
+        let specials: Vec<AddedToken> = added(token_type::CONTROL)
+            .chain(added(token_type::UNKNOWN))
+            .collect();
         let user: Vec<AddedToken> = added(token_type::USER_DEFINED).collect();
         if !specials.is_empty() {
-            inner.add_special_tokens(specials).map_err(|e| tk_err(path, e.to_string()))?;
+            inner
+                .add_special_tokens(specials)
+                .map_err(|e| tk_err(path, e.to_string()))?;
         }
         if !user.is_empty() {
-            inner.add_tokens(user).map_err(|e| tk_err(path, e.to_string()))?;
+            inner
+                .add_tokens(user)
+                .map_err(|e| tk_err(path, e.to_string()))?;
         }
 
         // What each id prints as (llama.cpp's token_to_piece with special tokens rendered).
@@ -482,7 +597,9 @@ impl Tokenizer {
             .iter()
             .zip(&types)
             .map(|(text, &ty)| match ty {
-                token_type::CONTROL | token_type::UNKNOWN | token_type::USER_DEFINED => text.as_bytes().to_vec(),
+                token_type::CONTROL | token_type::UNKNOWN | token_type::USER_DEFINED => {
+                    text.as_bytes().to_vec()
+                }
                 _ => {
                     let mut out = Vec::with_capacity(text.len());
                     for c in text.chars() {
@@ -502,13 +619,19 @@ impl Tokenizer {
         meta.token_id("tokenizer.ggml.padding_token_id", n)?;
         let eot = meta.token_id("tokenizer.ggml.eot_token_id", n)?;
         let eom = meta.token_id("tokenizer.ggml.eom_token_id", n)?;
-        let add_bos = meta.bool("tokenizer.ggml.add_bos_token")?.unwrap_or(rule.add_bos);
+        let add_bos = meta
+            .bool("tokenizer.ggml.add_bos_token")?
+            .unwrap_or(rule.add_bos);
         let add_eos = meta.bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
         if add_bos && bos.is_none() {
-            return Err(meta.err("tokenizer.ggml.add_bos_token is true but tokenizer.ggml.bos_token_id is not set"));
+            return Err(meta.err(
+                "tokenizer.ggml.add_bos_token is true but tokenizer.ggml.bos_token_id is not set",
+            ));
         }
         if add_eos && eos.is_none() {
-            return Err(meta.err("tokenizer.ggml.add_eos_token is true but tokenizer.ggml.eos_token_id is not set"));
+            return Err(meta.err(
+                "tokenizer.ggml.add_eos_token is true but tokenizer.ggml.eos_token_id is not set",
+            ));
         }
         let chat_template = meta.string("tokenizer.chat_template")?.map(str::to_string);
 
@@ -570,7 +693,10 @@ impl Tokenizer {
         if known {
             Ok(())
         } else {
-            Err(self.err(format!("token id {id} is outside the vocabulary of {} tokens", self.vocab_size)))
+            Err(self.err(format!(
+                "token id {id} is outside the vocabulary of {} tokens",
+                self.vocab_size
+            )))
         }
     }
 
@@ -579,7 +705,12 @@ impl Tokenizer {
         for &id in ids {
             match pieces.get(id as usize) {
                 Some(p) => out.extend_from_slice(p),
-                None => return Err(self.err(format!("token id {id} is outside the vocabulary of {} tokens", pieces.len()))),
+                None => {
+                    return Err(self.err(format!(
+                        "token id {id} is outside the vocabulary of {} tokens",
+                        pieces.len()
+                    )))
+                }
             }
         }
         Ok(())
@@ -601,7 +732,9 @@ impl Tokenizer {
                 for &id in ids {
                     self.check_id(id)?;
                 }
-                self.inner.decode(ids, false).map_err(|e| self.err(format!("cannot decode ids: {e}")))
+                self.inner
+                    .decode(ids, false)
+                    .map_err(|e| self.err(format!("cannot decode ids: {e}")))
             }
         }
     }
@@ -658,7 +791,11 @@ impl Tokenizer {
     /// `bos_token` and `eos_token`, with Jinja's `trim_blocks` and `lstrip_blocks` on as in
     /// `transformers`, `raise_exception(msg)`, a `tojson` filter and the common Python string and
     /// dict methods (`strip`, `split`, `startswith`, `items`, `get`, ...).
-    pub fn apply_chat_template(&self, messages: &[(&str, &str)], add_generation_prompt: bool) -> Result<String> {
+    pub fn apply_chat_template(
+        &self,
+        messages: &[(&str, &str)],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let template = self
             .chat_template
             .as_deref()
@@ -667,12 +804,20 @@ impl Tokenizer {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(python_method);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<Value, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, format!("raise_exception: {msg}")))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<Value, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("raise_exception: {msg}"),
+                ))
+            },
+        );
         env.add_filter("tojson", tojson);
-        let msgs: Vec<BTreeMap<&str, &str>> =
-            messages.iter().map(|&(role, content)| BTreeMap::from([("role", role), ("content", content)])).collect();
+        let msgs: Vec<BTreeMap<&str, &str>> = messages
+            .iter()
+            .map(|&(role, content)| BTreeMap::from([("role", role), ("content", content)]))
+            .collect();
         let ctx = minijinja::context! {
             messages => msgs,
             add_generation_prompt => add_generation_prompt,
@@ -696,7 +841,13 @@ impl Tokenizer {
     /// [`DecodeStream::step`]; each call returns the new text that can be printed (a character
     /// split over several tokens is held back until it is complete).
     pub fn decode_stream(&self) -> DecodeStream<'_> {
-        DecodeStream { tok: self, pending: Vec::new(), ids: Vec::new(), prefix_offset: 0, read_offset: 0 }
+        DecodeStream {
+            tok: self,
+            pending: Vec::new(),
+            ids: Vec::new(),
+            prefix_offset: 0,
+            read_offset: 0,
+        }
     }
 }
 
@@ -731,7 +882,9 @@ impl DecodeStream<'_> {
                         }
                         Err(e) => {
                             let valid = e.valid_up_to();
-                            out.push_str(std::str::from_utf8(&rest[..valid]).expect("checked valid"));
+                            out.push_str(
+                                std::str::from_utf8(&rest[..valid]).expect("checked valid"),
+                            );
                             match e.error_len() {
                                 // Invalid bytes: print a replacement, as decode does.
                                 Some(len) => {
@@ -754,7 +907,9 @@ impl DecodeStream<'_> {
                 // Decode a window in context and print what it adds past the previous window
                 // (keeps decoders that strip a leading space or fuse bytes correct).
                 self.ids.push(id);
-                let prefix = self.tok.decode(&self.ids[self.prefix_offset..self.read_offset])?;
+                let prefix = self
+                    .tok
+                    .decode(&self.ids[self.prefix_offset..self.read_offset])?;
                 let full = self.tok.decode(&self.ids[self.prefix_offset..])?;
                 if full.len() <= prefix.len() || full.ends_with('\u{FFFD}') {
                     return Ok(None);
@@ -786,12 +941,17 @@ fn python_method(
     method: &str,
     args: &[Value],
 ) -> std::result::Result<Value, minijinja::Error> {
-    let bad = |what: &str| minijinja::Error::new(ErrorKind::InvalidOperation, format!("{method}(): {what}"));
+    let bad = |what: &str| {
+        minijinja::Error::new(ErrorKind::InvalidOperation, format!("{method}(): {what}"))
+    };
     let str_arg = |i: usize| -> std::result::Result<Option<String>, minijinja::Error> {
         match args.get(i) {
             None => Ok(None),
             Some(v) if v.is_none() || v.is_undefined() => Ok(None),
-            Some(v) => v.as_str().map(|s| Some(s.to_string())).ok_or_else(|| bad("argument must be a string")),
+            Some(v) => v
+                .as_str()
+                .map(|s| Some(s.to_string()))
+                .ok_or_else(|| bad("argument must be a string")),
         }
     };
     if let Some(s) = value.as_str() {
@@ -813,7 +973,10 @@ fn python_method(
             "capitalize" => {
                 let mut c = s.chars();
                 Value::from(match c.next() {
-                    Some(f) => f.to_uppercase().chain(c.flat_map(char::to_lowercase)).collect::<String>(),
+                    Some(f) => f
+                        .to_uppercase()
+                        .chain(c.flat_map(char::to_lowercase))
+                        .collect::<String>(),
                     None => String::new(),
                 })
             }
@@ -832,7 +995,11 @@ fn python_method(
             }
             "startswith" | "endswith" => {
                 let p = str_arg(0)?.ok_or_else(|| bad("needs a string argument"))?;
-                Value::from(if method == "startswith" { s.starts_with(&p) } else { s.ends_with(&p) })
+                Value::from(if method == "startswith" {
+                    s.starts_with(&p)
+                } else {
+                    s.ends_with(&p)
+                })
             }
             "split" | "rsplit" => {
                 let parts: Vec<Value> = match str_arg(0)? {
@@ -849,11 +1016,19 @@ fn python_method(
             }
             "find" => {
                 let p = str_arg(0)?.ok_or_else(|| bad("needs a string argument"))?;
-                Value::from(s.find(&p).map(|b| s[..b].chars().count() as i64).unwrap_or(-1))
+                Value::from(
+                    s.find(&p)
+                        .map(|b| s[..b].chars().count() as i64)
+                        .unwrap_or(-1),
+                )
             }
             "count" => {
                 let p = str_arg(0)?.ok_or_else(|| bad("needs a string argument"))?;
-                Value::from(if p.is_empty() { s.chars().count() + 1 } else { s.matches(&p).count() })
+                Value::from(if p.is_empty() {
+                    s.chars().count() + 1
+                } else {
+                    s.matches(&p).count()
+                })
             }
             _ => return Err(minijinja::Error::from(ErrorKind::UnknownMethod)),
         };
@@ -864,13 +1039,20 @@ fn python_method(
             "items" => state.apply_filter("items", &[value.clone()]),
             "keys" => Ok(Value::from(value.try_iter()?.collect::<Vec<_>>())),
             "values" => {
-                let vals = value.try_iter()?.map(|k| value.get_item(&k)).collect::<std::result::Result<Vec<_>, _>>()?;
+                let vals = value
+                    .try_iter()?
+                    .map(|k| value.get_item(&k))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
                 Ok(Value::from(vals))
             }
             "get" => {
                 let key = args.first().ok_or_else(|| bad("needs a key"))?;
                 let v = value.get_item(key)?;
-                Ok(if v.is_undefined() { args.get(1).cloned().unwrap_or(Value::from(())) } else { v })
+                Ok(if v.is_undefined() {
+                    args.get(1).cloned().unwrap_or(Value::from(()))
+                } else {
+                    v
+                })
             }
             _ => Err(minijinja::Error::from(ErrorKind::UnknownMethod)),
         };
@@ -882,14 +1064,22 @@ fn python_method(
 struct PyJsonFormatter;
 
 impl serde_json::ser::Formatter for PyJsonFormatter {
-    fn begin_array_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
         if first {
             Ok(())
         } else {
             w.write_all(b", ")
         }
     }
-    fn begin_object_key<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
         if first {
             Ok(())
         } else {
@@ -905,7 +1095,9 @@ impl serde_json::ser::Formatter for PyJsonFormatter {
 fn tojson(value: Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja::Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
     kwargs.assert_all_used()?;
-    let to_err = |e: serde_json::Error| minijinja::Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}"));
+    let to_err = |e: serde_json::Error| {
+        minijinja::Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}"))
+    };
     let mut out = Vec::new();
     match indent {
         Some(n) => {
@@ -919,5 +1111,7 @@ fn tojson(value: Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja:
             serde::Serialize::serialize(&value, &mut ser).map_err(to_err)?;
         }
     }
-    Ok(Value::from_safe_string(String::from_utf8(out).expect("serde_json writes UTF-8")))
+    Ok(Value::from_safe_string(
+        String::from_utf8(out).expect("serde_json writes UTF-8"),
+    ))
 }
