@@ -1,1 +1,51 @@
-fn main() {}
+//! `shrink`: make language models smaller and faster, and show what each step cost.
+//!
+//! A thin binary over the library crates (ripgrep's shape): flags are parsed here, turned
+//! into library options, and every command's work happens in `shrink-*` crates.
+
+mod commands;
+mod common;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Make large language models smaller and faster, and show exactly what each step cost.
+///
+/// MODEL is a Hugging Face model directory (config.json + *.safetensors [+ tokenizer.json])
+/// or a .gguf file. Get the default real model and text with scripts/fetch-assets.sh.
+#[derive(Parser)]
+#[command(name = "shrink", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show architecture, parameter counts, dtypes and the exact memory footprint.
+    Inspect(commands::inspect::Args),
+    /// Change the storage dtype (f32/bf16/f16) and write a Hugging Face directory, tensor by tensor.
+    Convert(commands::convert::Args),
+    /// Perplexity on the lee-ppl-v1 protocol; with --base, KLD and top-1 agreement too.
+    Eval(commands::eval::Args),
+    /// Generate text from a prompt, streaming tokens as they are produced.
+    Generate(commands::generate::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(a) => commands::inspect::run(a),
+        Command::Convert(a) => commands::convert::run(a),
+        Command::Eval(a) => commands::eval::run(a),
+        Command::Generate(a) => commands::generate::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,16 @@
-//! placeholder
+//! The one evaluator of shrink: every model, compressed or not, is judged by this code.
+//!
+//! - [`protocol`]: the `lee-ppl-v1` texts (calibration and evaluation documents);
+//! - [`perplexity`]: windowed perplexity, KLD and top-1 agreement against a base model;
+//! - [`generate`]: sampling (greedy, temperature, top-p) with a KV cache, streaming tokens.
+//!
+//! Neighbours: `shrink-models` runs the forward pass; `shrink-cli` prints the reports.
+
+pub mod error;
+pub mod generate;
+pub mod perplexity;
+pub mod protocol;
+
+pub use error::{EvalError, Result};
+pub use perplexity::{perplexity, PplOptions, PplReport};
+pub use protocol::{lee_texts, LeeTexts, PROTOCOL};

@@ -202,6 +202,8 @@ pub struct Tokenizer {
     /// post-processor of `tokenizer.json`).
     add_bos: bool,
     add_eos: bool,
+    /// Whether `encode(.., true)` starts with BOS, by whichever means.
+    bos_added: bool,
     chat_template: Option<String>,
     bos_text: Option<String>,
     eos_text: Option<String>,
@@ -380,7 +382,7 @@ impl Tokenizer {
                 ))
             }
         };
-        // Older repositories keep the template in chat_template.jinja.
+        // Recent repositories keep the template in chat_template.jinja instead.
         let chat_template = match chat_template {
             Some(t) => Some(t),
             None => {
@@ -408,6 +410,7 @@ impl Tokenizer {
             .unwrap_or(false);
         let add_bos = add_bos_cfg && bos.is_some() && probe.first() != bos.as_ref();
         let add_eos = add_eos_cfg && eos.is_some() && probe.last() != eos.as_ref();
+        let bos_added = add_bos || (bos.is_some() && probe.first() == bos.as_ref());
 
         let mut eos_ids: Vec<u32> = eos.into_iter().collect();
         let gen_path = dir.join("generation_config.json");
@@ -422,6 +425,7 @@ impl Tokenizer {
             }
         }
         eos_ids.extend(EOG_TEXTS.iter().filter_map(|t| inner.token_to_id(t)));
+        eos_ids.retain(|&id| inner.id_to_token(id).is_some());
         eos_ids.sort_unstable();
         eos_ids.dedup();
 
@@ -436,6 +440,7 @@ impl Tokenizer {
             eos_ids,
             add_bos,
             add_eos,
+            bos_added,
             chat_template,
             bos_text,
             eos_text,
@@ -652,6 +657,7 @@ impl Tokenizer {
             eos_ids,
             add_bos,
             add_eos,
+            bos_added: add_bos,
             chat_template,
         })
     }
@@ -777,7 +783,7 @@ impl Tokenizer {
 
     /// Whether `encode(text, true)` prepends BOS.
     pub fn adds_bos(&self) -> bool {
-        self.add_bos
+        self.bos_added
     }
 
     /// The model's chat template (Jinja), if it has one.
@@ -1036,7 +1042,7 @@ fn python_method(
     }
     if value.kind() == ValueKind::Map {
         return match method {
-            "items" => state.apply_filter("items", &[value.clone()]),
+            "items" => state.apply_filter("items", std::slice::from_ref(value)),
             "keys" => Ok(Value::from(value.try_iter()?.collect::<Vec<_>>())),
             "values" => {
                 let vals = value

@@ -557,6 +557,39 @@ fn tiny_gguf_tokenizer_works() {
 }
 
 #[test]
+fn every_supported_pre_tokenizer_builds() {
+    let names = [
+        "default",
+        "smollm",
+        "starcoder",
+        "refact",
+        "gpt-2",
+        "mpt",
+        "olmo",
+        "llama3",
+        "llama-bpe",
+        "dbrx",
+        "qwen2",
+        "stablelm2",
+        "falcon",
+        "poro-chat",
+    ];
+    for name in names {
+        let (_dir, _path, tok) =
+            tiny_with(|kvs| set(kvs, "tokenizer.ggml.pre", Some(Kv::Str(name))));
+        let tok = tok.unwrap_or_else(|e| panic!("pre {name}: {e}"));
+        assert_eq!(
+            tok.encode("ab ab", false).unwrap(),
+            vec![5, 7],
+            "pre {name}"
+        );
+    }
+    // Without tokenizer.ggml.pre, llama.cpp uses its "default" rule.
+    let (_dir, _path, tok) = tiny_with(|kvs| set(kvs, "tokenizer.ggml.pre", None));
+    assert_eq!(tok.unwrap().encode("ab ab", false).unwrap(), vec![5, 7]);
+}
+
+#[test]
 fn bad_metadata_is_a_clear_error() {
     tiny_error(
         "tokenizer.ggml.tokens",

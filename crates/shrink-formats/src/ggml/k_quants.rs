@@ -463,7 +463,7 @@ mod tests {
             *s = 1;
         }
         b[192 + 14] = (-2i8) as u8; // scale of elements 224..240
-        // Element 128 + 96 + 1 = 225: ql byte 64 + 32 + 1 high nibble, qh byte 32 + 1 bits 6..8.
+                                    // Element 128 + 96 + 1 = 225: ql byte 64 + 32 + 1 high nibble, qh byte 32 + 1 bits 6..8.
         b[64 + 33] = 0xF0;
         b[128 + 33] = 0b11 << 6;
         let mut y = vec![0f32; 256];

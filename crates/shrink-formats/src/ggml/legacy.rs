@@ -205,8 +205,8 @@ impl Block for BlockQ8_0 {
     fn dequantize(&self, y: &mut [f32]) {
         let y: &mut [f32; QK8_0] = y.try_into().expect("one Q8_0 block");
         let d = f16_le(self.d);
-        for j in 0..QK8_0 {
-            y[j] = (self.qs[j] as i8) as f32 * d;
+        for (o, &q) in y.iter_mut().zip(&self.qs) {
+            *o = (q as i8) as f32 * d;
         }
     }
 }

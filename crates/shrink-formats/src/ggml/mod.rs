@@ -196,7 +196,12 @@ impl GgmlType {
             IQ1_S => (19, "IQ1_S", QK_K, 2 + QK_K / 8 + QK_K / 16),
             IQ4_NL => (20, "IQ4_NL", QK4_NL, iq4::BlockIq4Nl::SIZE),
             // block_iq3_s: d + qs[QK_K/4] + qh[QK_K/32] + signs[QK_K/8] + scales[QK_K/64]
-            IQ3_S => (21, "IQ3_S", QK_K, 2 + QK_K / 4 + QK_K / 32 + QK_K / 8 + QK_K / 64),
+            IQ3_S => (
+                21,
+                "IQ3_S",
+                QK_K,
+                2 + QK_K / 4 + QK_K / 32 + QK_K / 8 + QK_K / 64,
+            ),
             // block_iq2_s: d + qs[QK_K/4] + qh[QK_K/32] + scales[QK_K/32]
             IQ2_S => (22, "IQ2_S", QK_K, 2 + QK_K / 4 + QK_K / 16),
             IQ4_XS => (23, "IQ4_XS", QK_K, iq4::BlockIq4Xs::SIZE),
@@ -209,7 +214,12 @@ impl GgmlType {
             IQ1_M => (29, "IQ1_M", QK_K, QK_K / 8 + QK_K / 16 + QK_K / 32),
             BF16 => (30, "BF16", 1, 2),
             // block_tq1_0: qs[(QK_K - 4*QK_K/64)/5] + qh[QK_K/64] + d
-            TQ1_0 => (34, "TQ1_0", QK_K, (QK_K - 4 * QK_K / 64) / 5 + QK_K / 64 + 2),
+            TQ1_0 => (
+                34,
+                "TQ1_0",
+                QK_K,
+                (QK_K - 4 * QK_K / 64) / 5 + QK_K / 64 + 2,
+            ),
             // block_tq2_0: qs[QK_K/4] + d
             TQ2_0 => (35, "TQ2_0", QK_K, QK_K / 4 + 2),
             // block_mxfp4: e (E8M0) + qs[QK_MXFP4/2]
@@ -285,14 +295,15 @@ impl GgmlType {
     /// Bytes that `elements` consecutive elements take (ggml_row_size); errors if not whole blocks.
     pub fn row_bytes(self, elements: usize) -> Result<usize, FormatError> {
         let block = self.block_size();
-        if elements % block != 0 {
+        let blocks = elements / block;
+        if blocks * block != elements {
             return Err(FormatError::NotBlockAligned {
                 format: self.name(),
                 elements,
                 block,
             });
         }
-        Ok(elements / block * self.type_size())
+        Ok(blocks * self.type_size())
     }
 }
 
@@ -611,7 +622,10 @@ mod tests {
         for &(ty, offs) in f16_fields {
             assert!(ty.can_dequantize());
             let n = PAR_MIN_ELEMENTS + 5 * QK_K;
-            let mut src = noise(ty.row_bytes(n).unwrap(), 0x9E37_79B9_7F4A_7C15 ^ ty.id() as u64);
+            let mut src = noise(
+                ty.row_bytes(n).unwrap(),
+                0x9E37_79B9_7F4A_7C15 ^ ty.id() as u64,
+            );
             if ty == GgmlType::Q8_K {
                 // f32 scale at offset 0.
                 for block in src.chunks_exact_mut(ty.type_size()) {
@@ -632,7 +646,9 @@ mod tests {
             dequantize_serial(ty, &src, &mut ser);
             assert!(par.iter().all(|v| v.is_finite()), "{ty}");
             assert!(
-                par.iter().zip(&ser).all(|(a, b)| a.to_bits() == b.to_bits()),
+                par.iter()
+                    .zip(&ser)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
                 "{ty}: parallel and serial differ"
             );
         }
