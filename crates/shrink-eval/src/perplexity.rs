@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 use serde::Serialize;
+use candle_core::Tensor;
 use shrink_models::Model;
 
 use crate::error::{EvalError, Result};
@@ -85,7 +86,8 @@ fn row_stats(row: &[f32], target: usize) -> RowStats {
             argmax = i;
         }
     }
-    let sum: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
+    // exp in f32 (as PyTorch's float32 log_softmax does), accumulated in f64.
+    let sum: f64 = row.iter().map(|&v| (v - max).exp() as f64).sum();
     let lse = max as f64 + sum.ln();
     RowStats { nll: lse - row[target] as f64, lse, argmax }
 }
@@ -104,12 +106,28 @@ fn kl_row(p_logits: &[f32], p_lse: f64, q_logits: &[f32], q_lse: f64) -> f64 {
         .max(0.0)
 }
 
+/// Run `f` on the float32 values of a contiguous CPU tensor without copying them (logits are
+/// 100 MiB per window).
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    if !t.is_contiguous() {
+        return Err(EvalError::Input("logits are not a contiguous tensor".into()));
+    }
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => {
+            let s = cpu.as_slice::<f32>()?;
+            let o = layout.start_offset();
+            Ok(f(&s[o..o + t.elem_count()]))
+        }
+        _ => Err(EvalError::Input("logits are not on the CPU".into())),
+    }
+}
+
 /// Score one window: every token after the first given its prefix.
 pub fn score_window(model: &Model, base: Option<&Model>, ids: &[u32]) -> Result<WindowScore> {
     let logits = model.forward(ids, None)?;
     let v = logits.dim(1)?;
-    let flat: Vec<f32> = logits.flatten_all()?.to_vec1()?;
-    let base_flat: Option<Vec<f32>> = match base {
+    let base_logits: Option<Tensor> = match base {
         Some(b) => {
             let bl = b.forward(ids, None)?;
             if bl.dim(1)? != v {
@@ -118,24 +136,30 @@ pub fn score_window(model: &Model, base: Option<&Model>, ids: &[u32]) -> Result<
                     bl.dim(1)?
                 )));
             }
-            Some(bl.flatten_all()?.to_vec1()?)
+            Some(bl)
         }
         None => None,
     };
     let t = ids.len();
-    let per_pos: Vec<(f64, Option<(f64, bool)>)> = (0..t - 1)
-        .into_par_iter()
-        .map(|i| {
-            let row = &flat[i * v..(i + 1) * v];
-            let s = row_stats(row, ids[i + 1] as usize);
-            let cmp = base_flat.as_ref().map(|bf| {
-                let brow = &bf[i * v..(i + 1) * v];
-                let bs = row_stats(brow, ids[i + 1] as usize);
-                (kl_row(brow, bs.lse, row, s.lse), bs.argmax == s.argmax)
-            });
-            (s.nll, cmp)
-        })
-        .collect();
+    let score = |flat: &[f32], base_flat: Option<&[f32]>| -> Vec<(f64, Option<(f64, bool)>)> {
+        (0..t - 1)
+            .into_par_iter()
+            .map(|i| {
+                let row = &flat[i * v..(i + 1) * v];
+                let s = row_stats(row, ids[i + 1] as usize);
+                let cmp = base_flat.map(|bf| {
+                    let brow = &bf[i * v..(i + 1) * v];
+                    let bs = row_stats(brow, ids[i + 1] as usize);
+                    (kl_row(brow, bs.lse, row, s.lse), bs.argmax == s.argmax)
+                });
+                (s.nll, cmp)
+            })
+            .collect()
+    };
+    let per_pos = with_f32(&logits, |flat| match &base_logits {
+        Some(b) => with_f32(b, |bf| score(flat, Some(bf))),
+        None => Ok(score(flat, None)),
+    })??;
     let nll = per_pos.iter().map(|p| p.0).sum();
     let (kld, top1_agree) = if base.is_some() {
         (

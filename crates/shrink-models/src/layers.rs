@@ -66,36 +66,77 @@ pub fn rope_tables(rot_dim: usize, base: f64, offset: usize, t: usize) -> Result
     ))
 }
 
-/// Additive causal mask [t, offset+t]: 0 where query i may see key j, −∞ elsewhere;
-/// with a sliding window, keys more than `window − 1` positions back are hidden too.
-pub fn causal_mask(t: usize, offset: usize, window: Option<usize>) -> Result<Tensor> {
-    let tk = offset + t;
-    let mut m = vec![0f32; t * tk];
-    for i in 0..t {
-        let qi = offset + i;
-        for j in 0..tk {
-            let hidden = j > qi || window.is_some_and(|w| qi - j.min(qi) >= w);
-            if hidden {
-                m[i * tk + j] = f32::NEG_INFINITY;
-            }
-        }
+/// Which keys each query may see: all earlier positions (and itself), or with a sliding
+/// window only the last `window` of them.
+#[derive(Debug, Clone, Copy)]
+pub struct CausalMask {
+    /// Sliding attention window, if any.
+    pub window: Option<usize>,
+}
+
+/// The causal mask of a model with an optional sliding window.
+pub fn causal_mask(_t: usize, _offset: usize, window: Option<usize>) -> Result<CausalMask> {
+    Ok(CausalMask { window })
+}
+
+/// Row-wise softmax of scaled attention scores [h, t, tk] under the causal mask, fused.
+///
+/// Hand-written because candle's path (scale, add a −∞ mask, softmax) makes three passes over
+/// h·t·tk values, single-threaded for the first two, and exponentiates the masked half too;
+/// this is one parallel pass over the visible keys only. Same arithmetic as transformers
+/// (max-subtracted exp in f32, divided by the f32 sum).
+struct CausalSoftmax {
+    offset: usize,
+    window: Option<usize>,
+    scale: f32,
+}
+
+impl candle_core::CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "causal-softmax"
     }
-    Ok(Tensor::from_vec(m, (t, tk), &Device::Cpu)?)
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let src = match (storage, layout.contiguous_offsets()) {
+            (candle_core::CpuStorage::F32(s), Some((a, b))) => &s[a..b],
+            _ => candle_core::bail!("causal-softmax needs contiguous f32 scores"),
+        };
+        let (_, t, tk) = layout.shape().dims3()?;
+        let mut dst = vec![0f32; src.len()];
+        dst.par_chunks_mut(tk).zip(src.par_chunks(tk)).enumerate().for_each(|(r, (d, s))| {
+            let qi = self.offset + r % t;
+            let lo = self.window.map_or(0, |w| (qi + 1).saturating_sub(w));
+            let (d, s) = (&mut d[lo..=qi], &s[lo..=qi]);
+            let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * self.scale));
+            let mut sum = 0f32;
+            for (o, &v) in d.iter_mut().zip(s) {
+                *o = (v * self.scale - max).exp();
+                sum += *o;
+            }
+            let inv = 1.0 / sum;
+            d.iter_mut().for_each(|o| *o *= inv);
+        });
+        Ok((candle_core::CpuStorage::F32(dst), layout.shape().clone()))
+    }
 }
 
 /// Scaled dot-product attention with grouped heads.
 ///
 /// q: [h, t, d]; k, v: [kv, tk, d] with h a multiple of kv (query head i uses kv head
-/// i / (h/kv), as transformers' `repeat_kv`); mask: [t, tk]. Returns [t, h·d].
+/// i / (h/kv), as transformers' `repeat_kv`); keys are positions 0..tk, queries the last t. Returns [t, h·d].
 /// Queries are grouped per kv head so the keys are never copied h/kv times.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &CausalMask, scale: f64) -> Result<Tensor> {
     let (h, t, d) = q.dims3()?;
     let (kv, tk, _) = k.dims3()?;
     let rep = h / kv;
     let qg = q.reshape((kv, rep * t, d))?;
-    let scores = (qg.matmul(&k.t()?)? * scale)?;
-    let scores = scores.reshape((h, t, tk))?.broadcast_add(mask)?;
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let scores = qg.matmul(&k.t()?)?.reshape((h, t, tk))?;
+    let probs = scores.apply_op1_no_bwd(&CausalSoftmax { offset: tk - t, window: mask.window, scale: scale as f32 })?;
     let out = probs.reshape((kv, rep * t, tk))?.matmul(v)?; // [kv, rep·t, d]
     Ok(out.reshape((h, t, d))?.transpose(0, 1)?.reshape((t, h * d))?)
 }
