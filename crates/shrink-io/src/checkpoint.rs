@@ -198,6 +198,7 @@ impl Checkpoint {
                 let n: usize = t.shape.iter().product();
                 let mut out = vec![0f32; n];
                 float::decode(ty, h.weights.bytes(t), &mut out);
+                h.weights.release(t);
                 Ok((out, t.shape.clone()))
             }
             Checkpoint::Gguf(g) => {
@@ -205,7 +206,9 @@ impl Checkpoint {
                     path: g.path().to_path_buf(),
                     name: name.to_string(),
                 })?;
-                Ok((g.read_f32(t)?, t.shape()))
+                let out = g.read_f32(t)?;
+                g.release(t);
+                Ok((out, t.shape()))
             }
         }
     }

@@ -414,6 +414,12 @@ impl GgufFile {
         &self.mmap[start..start + info.bytes as usize]
     }
 
+    /// Tell the kernel this tensor's pages are no longer needed, so reading a model tensor by
+    /// tensor keeps the resident set at one tensor rather than the whole file.
+    pub fn release(&self, info: &GgufTensorInfo) {
+        crate::release_pages(&self.mmap, (self.data_offset + info.offset) as usize, info.bytes as usize);
+    }
+
     /// Dequantize a tensor to float32 (row-major, shape [`GgufTensorInfo::shape`]).
     pub fn read_f32(&self, info: &GgufTensorInfo) -> Result<Vec<f32>> {
         let mut out = vec![0f32; info.elements() as usize];

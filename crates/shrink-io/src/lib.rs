@@ -32,6 +32,22 @@ pub use error::{IoError, Result};
 pub use gguf::{GgufFile, GgufValue};
 pub use output::{write_safetensors_streaming, LazyTensor, OutputDir};
 
+/// Drop `len` bytes at `offset` of a read-only file map from the resident set.
+///
+/// The pages stay in the page cache and are read again if touched; this only keeps a
+/// tensor-by-tensor pass over a large file from counting the whole file in its RSS.
+pub fn release_pages(map: &memmap2::Mmap, offset: usize, len: usize) {
+    if len == 0 {
+        return;
+    }
+    #[cfg(unix)]
+    // SAFETY: the map is read-only (MAP_PRIVATE, never written), so MADV_DONTNEED cannot
+    // discard modifications; later reads fault the file's pages back in.
+    unsafe {
+        let _ = map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len);
+    }
+}
+
 /// Read and parse a JSON file, naming the file in any error.
 pub fn read_json(path: &Path) -> Result<serde_json::Value> {
     let bytes = std::fs::read(path).map_err(|e| IoError::os(path, e))?;

@@ -70,6 +70,11 @@ impl SafetensorsFile {
         &self.path
     }
 
+    /// Tell the kernel a tensor's pages are no longer needed (see [`crate::release_pages`]).
+    pub fn release(&self, info: &StTensorInfo) {
+        crate::release_pages(&self.mmap, info.start, info.end - info.start);
+    }
+
     /// The bytes of a tensor described by an info from this file.
     pub fn bytes(&self, info: &StTensorInfo) -> &[u8] {
         &self.mmap[info.start..info.end]
@@ -135,6 +140,11 @@ impl SafetensorsModel {
     /// The bytes of a tensor.
     pub fn bytes(&self, info: &StTensorInfo) -> &[u8] {
         self.files[info.shard].bytes(info)
+    }
+
+    /// Drop a tensor's pages from the resident set once read.
+    pub fn release(&self, info: &StTensorInfo) {
+        self.files[info.shard].release(info)
     }
 
     /// The file holding a tensor.
