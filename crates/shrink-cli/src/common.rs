@@ -13,7 +13,10 @@ pub fn tokenizer(ckpt: &Checkpoint) -> Result<Tokenizer> {
         Checkpoint::Gguf(g) => Tokenizer::from_gguf(g)?,
         Checkpoint::Hf(h) => {
             let p = h.tokenizer_json.as_ref().with_context(|| {
-                format!("{}: no tokenizer.json in this directory; this command needs one", h.dir.display())
+                format!(
+                    "{}: no tokenizer.json in this directory; this command needs one",
+                    h.dir.display()
+                )
             })?;
             Tokenizer::from_file(p)?
         }

@@ -23,7 +23,13 @@ pub struct GenOptions {
 
 impl Default for GenOptions {
     fn default() -> Self {
-        GenOptions { max_tokens: 64, temperature: 0.0, top_p: 1.0, seed: 0, stop: Vec::new() }
+        GenOptions {
+            max_tokens: 64,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            stop: Vec::new(),
+        }
     }
 }
 
@@ -72,7 +78,12 @@ pub fn pick(logits: &[f32], opts: &GenOptions, rng: &mut StdRng) -> u32 {
 
 /// Continue `prompt`, calling `on_token` with each new token as soon as it is chosen.
 /// Returns the generated ids (without the prompt and without the stop token).
-pub fn generate(model: &Model, prompt: &[u32], opts: &GenOptions, mut on_token: impl FnMut(u32)) -> Result<Vec<u32>> {
+pub fn generate(
+    model: &Model,
+    prompt: &[u32],
+    opts: &GenOptions,
+    mut on_token: impl FnMut(u32),
+) -> Result<Vec<u32>> {
     if prompt.is_empty() {
         return Err(EvalError::Input("the prompt has no tokens".into()));
     }
@@ -109,15 +120,24 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(1);
         assert_eq!(pick(&logits, &GenOptions::default(), &mut rng), 1);
         // With a tiny top_p only the most likely token survives, whatever the seed.
-        let opts = GenOptions { temperature: 1.0, top_p: 0.01, ..Default::default() };
+        let opts = GenOptions {
+            temperature: 1.0,
+            top_p: 0.01,
+            ..Default::default()
+        };
         for s in 0..20 {
             let mut rng = StdRng::seed_from_u64(s);
             assert_eq!(pick(&logits, &opts, &mut rng), 1);
         }
         // With the whole distribution, the two near-equal tokens both show up.
-        let opts = GenOptions { temperature: 1.0, top_p: 1.0, ..Default::default() };
-        let picks: std::collections::HashSet<u32> =
-            (0..200).map(|s| pick(&logits, &opts, &mut StdRng::seed_from_u64(s))).collect();
+        let opts = GenOptions {
+            temperature: 1.0,
+            top_p: 1.0,
+            ..Default::default()
+        };
+        let picks: std::collections::HashSet<u32> = (0..200)
+            .map(|s| pick(&logits, &opts, &mut StdRng::seed_from_u64(s)))
+            .collect();
         assert!(picks.contains(&1) && picks.contains(&3));
     }
 }

@@ -2,9 +2,9 @@
 
 use std::time::Instant;
 
+use candle_core::Tensor;
 use rayon::prelude::*;
 use serde::Serialize;
-use candle_core::Tensor;
 use shrink_models::Model;
 
 use crate::error::{EvalError, Result};
@@ -20,7 +20,10 @@ pub struct PplOptions {
 
 impl Default for PplOptions {
     fn default() -> Self {
-        PplOptions { window: crate::protocol::WINDOW, max_windows: None }
+        PplOptions {
+            window: crate::protocol::WINDOW,
+            max_windows: None,
+        }
     }
 }
 
@@ -89,7 +92,11 @@ fn row_stats(row: &[f32], target: usize) -> RowStats {
     // exp in f32 (as PyTorch's float32 log_softmax does), accumulated in f64.
     let sum: f64 = row.iter().map(|&v| (v - max).exp() as f64).sum();
     let lse = max as f64 + sum.ln();
-    RowStats { nll: lse - row[target] as f64, lse, argmax }
+    RowStats {
+        nll: lse - row[target] as f64,
+        lse,
+        argmax,
+    }
 }
 
 /// KL(p ‖ q) for one position from raw logits and their log-sum-exps.
@@ -110,7 +117,9 @@ fn kl_row(p_logits: &[f32], p_lse: f64, q_logits: &[f32], q_lse: f64) -> f64 {
 /// 100 MiB per window).
 fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     if !t.is_contiguous() {
-        return Err(EvalError::Input("logits are not a contiguous tensor".into()));
+        return Err(EvalError::Input(
+            "logits are not a contiguous tensor".into(),
+        ));
     }
     let (storage, layout) = t.storage_and_layout();
     match &*storage {
@@ -169,7 +178,12 @@ pub fn score_window(model: &Model, base: Option<&Model>, ids: &[u32]) -> Result<
     } else {
         (None, None)
     };
-    Ok(WindowScore { nll, tokens: t - 1, kld, top1_agree })
+    Ok(WindowScore {
+        nll,
+        tokens: t - 1,
+        kld,
+        top1_agree,
+    })
 }
 
 /// Perplexity of `model` on `ids` (and KLD / top-1 against `base`), calling `progress(done, total)`
@@ -182,7 +196,9 @@ pub fn perplexity(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<PplReport> {
     if opts.window < 2 {
-        return Err(EvalError::Input("window must hold at least 2 tokens".into()));
+        return Err(EvalError::Input(
+            "window must hold at least 2 tokens".into(),
+        ));
     }
     let ws = windows(ids, opts);
     if ws.is_empty() {
@@ -249,7 +265,13 @@ mod tests {
         let ids: Vec<u32> = (0..1100).collect();
         let w = windows(&ids, &PplOptions::default());
         assert_eq!(w.len(), 2);
-        let w = windows(&ids, &PplOptions { window: 512, max_windows: Some(1) });
+        let w = windows(
+            &ids,
+            &PplOptions {
+                window: 512,
+                max_windows: Some(1),
+            },
+        );
         assert_eq!(w.len(), 1);
     }
 }

@@ -25,5 +25,8 @@ pub fn lee_texts(corpus: &str) -> Result<LeeTexts> {
             docs.len()
         )));
     }
-    Ok(LeeTexts { calibration: docs[..150].join("\n\n"), evaluation: docs[150..300].join("\n\n") })
+    Ok(LeeTexts {
+        calibration: docs[..150].join("\n\n"),
+        evaluation: docs[150..300].join("\n\n"),
+    })
 }

@@ -69,7 +69,9 @@ pub fn decode(ty: FloatType, src: &[u8], dst: &mut [f32]) {
 pub fn encode(ty: FloatType, src: &[f32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(src.len() * ty.size());
     match ty {
-        FloatType::F32 => src.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        FloatType::F32 => src
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
         FloatType::F16 => src
             .iter()
             .for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),

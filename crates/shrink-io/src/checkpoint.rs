@@ -96,7 +96,10 @@ impl Checkpoint {
             }
             let config = crate::read_json(&cfg_path)?;
             if !config.is_object() {
-                return Err(IoError::malformed(&cfg_path, "config.json is not a JSON object"));
+                return Err(IoError::malformed(
+                    &cfg_path,
+                    "config.json is not a JSON object",
+                ));
             }
             let weights = SafetensorsModel::open_dir(path)?;
             let tok = path.join("tokenizer.json");
@@ -113,7 +116,9 @@ impl Checkpoint {
                 let mut f = std::fs::File::open(path).map_err(|e| IoError::os(path, e))?;
                 f.read(&mut magic).map_err(|e| IoError::os(path, e))?
             };
-            let is_gguf_name = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+            let is_gguf_name = path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
             if (n == 4 && magic == crate::gguf::GGUF_MAGIC) || is_gguf_name {
                 Ok(Checkpoint::Gguf(GgufFile::open(path)?))
             } else if path.extension().is_some_and(|e| e == "safetensors") {
@@ -182,16 +187,23 @@ impl Checkpoint {
     pub fn read_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
         match self {
             Checkpoint::Hf(h) => {
-                let t = h.weights.tensors.get(name).ok_or_else(|| IoError::MissingTensor {
-                    path: h.dir.clone(),
-                    name: name.to_string(),
-                })?;
+                let t = h
+                    .weights
+                    .tensors
+                    .get(name)
+                    .ok_or_else(|| IoError::MissingTensor {
+                        path: h.dir.clone(),
+                        name: name.to_string(),
+                    })?;
                 let ty = match StoredDtype::from_safetensors(t.dtype) {
                     StoredDtype::Float(f) => f,
                     other => {
                         return Err(IoError::malformed(
                             h.weights.path_of(t),
-                            format!("tensor {name}: dtype {} cannot be read as float", other.name()),
+                            format!(
+                                "tensor {name}: dtype {} cannot be read as float",
+                                other.name()
+                            ),
                         ))
                     }
                 };

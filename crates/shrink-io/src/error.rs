@@ -69,12 +69,18 @@ pub enum IoError {
 impl IoError {
     /// An OS error on `path`.
     pub fn os(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        IoError::Os { path: path.into(), source }
+        IoError::Os {
+            path: path.into(),
+            source,
+        }
     }
 
     /// A malformed-content error on `path`.
     pub fn malformed(path: impl Into<PathBuf>, what: impl Into<String>) -> Self {
-        IoError::Malformed { path: path.into(), what: what.into() }
+        IoError::Malformed {
+            path: path.into(),
+            what: what.into(),
+        }
     }
 }
 

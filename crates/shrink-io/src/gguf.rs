@@ -108,7 +108,9 @@ impl GgufValue {
     /// A short human rendering (arrays summarised by length).
     pub fn summary(&self) -> String {
         match self {
-            GgufValue::String(s) if s.len() > 60 => format!("{:?}… ({} bytes)", &s[..s.floor_char_boundary(60)], s.len()),
+            GgufValue::String(s) if s.len() > 60 => {
+                format!("{:?}… ({} bytes)", &s[..s.floor_char_boundary(60)], s.len())
+            }
             GgufValue::String(s) => format!("{s:?}"),
             GgufValue::Array(a) => format!("[{} items]", a.len()),
             GgufValue::Bool(b) => b.to_string(),
@@ -179,13 +181,23 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn err(&self, what: impl Into<String>) -> IoError {
-        IoError::malformed(self.path, format!("GGUF: {} (at byte {})", what.into(), self.pos))
+        IoError::malformed(
+            self.path,
+            format!("GGUF: {} (at byte {})", what.into(), self.pos),
+        )
     }
 
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or_else(|| {
-            self.err(format!("truncated: {what} needs {n} bytes, {} remain", self.buf.len() - self.pos))
-        })?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or_else(|| {
+                self.err(format!(
+                    "truncated: {what} needs {n} bytes, {} remain",
+                    self.buf.len() - self.pos
+                ))
+            })?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -208,10 +220,13 @@ impl<'a> Cursor<'a> {
         let len = self.u64()?;
         let remain = (self.buf.len() - self.pos) as u64;
         if len > remain {
-            return Err(self.err(format!("{what}: string length {len} exceeds the {remain} bytes left")));
+            return Err(self.err(format!(
+                "{what}: string length {len} exceeds the {remain} bytes left"
+            )));
         }
         let bytes = self.take(len as usize, what)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| self.err(format!("{what}: string is not UTF-8")))
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| self.err(format!("{what}: string is not UTF-8")))
     }
 
     fn value(&mut self, ty: u32, key: &str, depth: u32) -> Result<GgufValue> {
@@ -238,7 +253,9 @@ impl<'a> Cursor<'a> {
                 // Every element takes at least one byte: a longer array is a lie.
                 let remain = (self.buf.len() - self.pos) as u64;
                 if len > remain {
-                    return Err(self.err(format!("key {key}: array of {len} items exceeds the {remain} bytes left")));
+                    return Err(self.err(format!(
+                        "key {key}: array of {len} items exceeds the {remain} bytes left"
+                    )));
                 }
                 let mut items = Vec::with_capacity(len as usize);
                 for _ in 0..len {
@@ -263,7 +280,11 @@ impl GgufFile {
         // SAFETY: the map is read-only; shrink never writes to its inputs. A concurrent writer
         // truncating the file is outside what any mmap-based reader can guard against.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| IoError::os(&path, e))?;
-        let mut c = Cursor { buf: &mmap, pos: 0, path: &path };
+        let mut c = Cursor {
+            buf: &mmap,
+            pos: 0,
+            path: &path,
+        };
         if mmap.len() < 4 || mmap[..4] != GGUF_MAGIC {
             let got = &mmap[..mmap.len().min(4)];
             return Err(IoError::malformed(
@@ -274,7 +295,9 @@ impl GgufFile {
         c.pos = 4;
         let version = c.u32()?;
         if !(2..=3).contains(&version) {
-            return Err(c.err(format!("unsupported GGUF version {version} (shrink reads 2 and 3)")));
+            return Err(c.err(format!(
+                "unsupported GGUF version {version} (shrink reads 2 and 3)"
+            )));
         }
         let n_tensors = c.u64()?;
         let n_kv = c.u64()?;
@@ -296,7 +319,12 @@ impl GgufFile {
             None => DEFAULT_ALIGNMENT,
             Some(v) => match v.as_u64() {
                 Some(a) if a > 0 && a.is_power_of_two() => a,
-                _ => return Err(c.err(format!("general.alignment {} is not a power of two", v.summary()))),
+                _ => {
+                    return Err(c.err(format!(
+                        "general.alignment {} is not a power of two",
+                        v.summary()
+                    )))
+                }
             },
         };
         let mut tensors = Vec::with_capacity(n_tensors as usize);
@@ -304,7 +332,9 @@ impl GgufFile {
             let name = c.string("tensor name")?;
             let n_dims = c.u32()?;
             if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(c.err(format!("tensor {name}: {n_dims} dimensions (1 to {MAX_DIMS} allowed)")));
+                return Err(c.err(format!(
+                    "tensor {name}: {n_dims} dimensions (1 to {MAX_DIMS} allowed)"
+                )));
             }
             let mut ne = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
@@ -330,9 +360,17 @@ impl GgufFile {
                 .checked_mul(ty.type_size() as u64)
                 .ok_or_else(|| c.err(format!("tensor {name}: size overflows")))?;
             if offset % alignment != 0 {
-                return Err(c.err(format!("tensor {name}: offset {offset} is not aligned to {alignment}")));
+                return Err(c.err(format!(
+                    "tensor {name}: offset {offset} is not aligned to {alignment}"
+                )));
             }
-            tensors.push(GgufTensorInfo { name, ne, ty, offset, bytes });
+            tensors.push(GgufTensorInfo {
+                name,
+                ne,
+                ty,
+                offset,
+                bytes,
+            });
         }
         let data_offset = (c.pos as u64).div_ceil(alignment) * alignment;
         let data_len = (mmap.len() as u64).saturating_sub(data_offset);
@@ -342,7 +380,7 @@ impl GgufFile {
         let mut prev_end = 0u64;
         let mut prev_name = "";
         for t in &order {
-            let end = t.offset.checked_add(t.bytes).unwrap_or(u64::MAX);
+            let end = t.offset.saturating_add(t.bytes);
             if end > data_len {
                 return Err(IoError::malformed(
                     &path,
@@ -364,10 +402,21 @@ impl GgufFile {
         let mut names = std::collections::HashSet::new();
         for t in &tensors {
             if !names.insert(t.name.as_str()) {
-                return Err(IoError::malformed(&path, format!("GGUF: tensor {} appears twice", t.name)));
+                return Err(IoError::malformed(
+                    &path,
+                    format!("GGUF: tensor {} appears twice", t.name),
+                ));
             }
         }
-        Ok(GgufFile { path, mmap, version, metadata, tensors, data_offset, alignment })
+        Ok(GgufFile {
+            path,
+            mmap,
+            version,
+            metadata,
+            tensors,
+            data_offset,
+            alignment,
+        })
     }
 
     /// The file this was read from.
@@ -387,9 +436,12 @@ impl GgufFile {
 
     /// Numeric metadata of `key` as u64, or a clear error naming the key.
     pub fn require_u64(&self, key: &str) -> Result<u64> {
-        self.get(key)
-            .and_then(GgufValue::as_u64)
-            .ok_or_else(|| IoError::malformed(&self.path, format!("GGUF: metadata {key} missing or not an integer")))
+        self.get(key).and_then(GgufValue::as_u64).ok_or_else(|| {
+            IoError::malformed(
+                &self.path,
+                format!("GGUF: metadata {key} missing or not an integer"),
+            )
+        })
     }
 
     /// Numeric metadata of `key` as f64, if present.
@@ -399,8 +451,9 @@ impl GgufFile {
 
     /// The architecture named by `general.architecture`.
     pub fn architecture(&self) -> Result<&str> {
-        self.get_str("general.architecture")
-            .ok_or_else(|| IoError::malformed(&self.path, "GGUF: metadata general.architecture is missing"))
+        self.get_str("general.architecture").ok_or_else(|| {
+            IoError::malformed(&self.path, "GGUF: metadata general.architecture is missing")
+        })
     }
 
     /// Description of the tensor called `name`.
@@ -417,15 +470,23 @@ impl GgufFile {
     /// Tell the kernel this tensor's pages are no longer needed, so reading a model tensor by
     /// tensor keeps the resident set at one tensor rather than the whole file.
     pub fn release(&self, info: &GgufTensorInfo) {
-        crate::release_pages(&self.mmap, (self.data_offset + info.offset) as usize, info.bytes as usize);
+        crate::release_pages(
+            &self.mmap,
+            (self.data_offset + info.offset) as usize,
+            info.bytes as usize,
+        );
     }
 
     /// Dequantize a tensor to float32 (row-major, shape [`GgufTensorInfo::shape`]).
     pub fn read_f32(&self, info: &GgufTensorInfo) -> Result<Vec<f32>> {
         let mut out = vec![0f32; info.elements() as usize];
-        shrink_formats::ggml::dequantize(info.ty, self.tensor_bytes(info), &mut out).map_err(|source| {
-            IoError::Format { path: self.path.clone(), name: info.name.clone(), source }
-        })?;
+        shrink_formats::ggml::dequantize(info.ty, self.tensor_bytes(info), &mut out).map_err(
+            |source| IoError::Format {
+                path: self.path.clone(),
+                name: info.name.clone(),
+                source,
+            },
+        )?;
         Ok(out)
     }
 }

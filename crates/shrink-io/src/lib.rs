@@ -51,7 +51,10 @@ pub fn release_pages(map: &memmap2::Mmap, offset: usize, len: usize) {
 /// Read and parse a JSON file, naming the file in any error.
 pub fn read_json(path: &Path) -> Result<serde_json::Value> {
     let bytes = std::fs::read(path).map_err(|e| IoError::os(path, e))?;
-    serde_json::from_slice(&bytes).map_err(|source| IoError::Json { path: path.to_path_buf(), source })
+    serde_json::from_slice(&bytes).map_err(|source| IoError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Read a text file that must be UTF-8, naming the file and the byte offset if it is not.
@@ -60,7 +63,10 @@ pub fn read_text(path: &Path) -> Result<String> {
     String::from_utf8(bytes).map_err(|e| {
         IoError::malformed(
             path,
-            format!("not UTF-8 text: invalid byte sequence at byte {}", e.utf8_error().valid_up_to()),
+            format!(
+                "not UTF-8 text: invalid byte sequence at byte {}",
+                e.utf8_error().valid_up_to()
+            ),
         )
     })
 }

@@ -32,7 +32,10 @@ impl OutputDir {
         let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
         for inp in inputs {
             if abs(inp) == abs(&target) {
-                return Err(IoError::malformed(&target, "output is the same path as an input"));
+                return Err(IoError::malformed(
+                    &target,
+                    "output is the same path as an input",
+                ));
             }
         }
         let parent = match target.parent() {
@@ -40,7 +43,10 @@ impl OutputDir {
             _ => PathBuf::from("."),
         };
         if !parent.is_dir() {
-            return Err(IoError::malformed(&parent, "parent directory of the output does not exist"));
+            return Err(IoError::malformed(
+                &parent,
+                "parent directory of the output does not exist",
+            ));
         }
         let name = target
             .file_name()
@@ -52,7 +58,11 @@ impl OutputDir {
             std::fs::remove_dir_all(&tmp).map_err(|e| IoError::os(&tmp, e))?;
         }
         std::fs::create_dir(&tmp).map_err(|e| IoError::os(&tmp, e))?;
-        Ok(OutputDir { target, tmp, done: false })
+        Ok(OutputDir {
+            target,
+            tmp,
+            done: false,
+        })
     }
 
     /// Path of a file inside the (temporary) directory.
@@ -102,8 +112,18 @@ pub struct LazyTensor<'a> {
 
 impl<'a> LazyTensor<'a> {
     /// A tensor of `dtype` and `shape` whose `len` bytes `make` produces on demand.
-    pub fn new(dtype: Dtype, shape: Vec<usize>, len: usize, make: impl Fn() -> Vec<u8> + 'a) -> Self {
-        LazyTensor { dtype, shape, len, make: Box::new(make) }
+    pub fn new(
+        dtype: Dtype,
+        shape: Vec<usize>,
+        len: usize,
+        make: impl Fn() -> Vec<u8> + 'a,
+    ) -> Self {
+        LazyTensor {
+            dtype,
+            shape,
+            len,
+            make: Box::new(make),
+        }
     }
 }
 
@@ -116,7 +136,11 @@ impl View for LazyTensor<'_> {
     }
     fn data(&self) -> Cow<'_, [u8]> {
         let v = (self.make)();
-        assert_eq!(v.len(), self.len, "lazy tensor produced the wrong byte count");
+        assert_eq!(
+            v.len(),
+            self.len,
+            "lazy tensor produced the wrong byte count"
+        );
         Cow::Owned(v)
     }
     fn data_len(&self) -> usize {
@@ -132,13 +156,17 @@ pub fn write_safetensors_streaming(
 ) -> Result<()> {
     safetensors::serialize_to_file(tensors, metadata, path).map_err(|e| match e {
         safetensors::SafeTensorError::IoError(io) => IoError::os(path, io),
-        other => IoError::Safetensors { path: path.to_path_buf(), source: other },
+        other => IoError::Safetensors {
+            path: path.to_path_buf(),
+            source: other,
+        },
     })?;
     // The crate writes through a private temporary file (mode 0600); give it the usual mode.
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).map_err(|e| IoError::os(path, e))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| IoError::os(path, e))?;
     }
     Ok(())
 }

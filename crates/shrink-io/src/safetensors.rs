@@ -45,8 +45,11 @@ impl SafetensorsFile {
         let file = File::open(&path).map_err(|e| IoError::os(&path, e))?;
         // SAFETY: read-only map of an input shrink never writes.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| IoError::os(&path, e))?;
-        let (header_len, meta): (usize, Metadata) = SafeTensors::read_metadata(&mmap)
-            .map_err(|source| IoError::Safetensors { path: path.clone(), source })?;
+        let (header_len, meta): (usize, Metadata) =
+            SafeTensors::read_metadata(&mmap).map_err(|source| IoError::Safetensors {
+                path: path.clone(),
+                source,
+            })?;
         let base = 8 + header_len;
         let mut infos = Vec::new();
         for (name, info) in meta.tensors() {
@@ -62,7 +65,14 @@ impl SafetensorsFile {
         }
         infos.sort_by_key(|t| t.start);
         let metadata = meta.metadata().clone();
-        Ok((SafetensorsFile { path, mmap, metadata }, infos))
+        Ok((
+            SafetensorsFile {
+                path,
+                mmap,
+                metadata,
+            },
+            infos,
+        ))
     }
 
     /// The file's path.
@@ -98,16 +108,23 @@ impl SafetensorsModel {
             vec![single]
         } else if index.exists() {
             let v = crate::read_json(&index)?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-                IoError::malformed(&index, "no \"weight_map\" object")
-            })?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| IoError::malformed(&index, "no \"weight_map\" object"))?;
             let mut files: Vec<String> = Vec::new();
             for (name, f) in map {
                 let f = f.as_str().ok_or_else(|| {
-                    IoError::malformed(&index, format!("weight_map entry {name} is not a file name"))
+                    IoError::malformed(
+                        &index,
+                        format!("weight_map entry {name} is not a file name"),
+                    )
                 })?;
                 if f.contains('/') || f.contains("..") {
-                    return Err(IoError::malformed(&index, format!("weight_map names file {f:?} outside the directory")));
+                    return Err(IoError::malformed(
+                        &index,
+                        format!("weight_map names file {f:?} outside the directory"),
+                    ));
                 }
                 if !files.iter().any(|x| x == f) {
                     files.push(f.to_string());
@@ -128,7 +145,10 @@ impl SafetensorsModel {
             for mut t in infos {
                 t.shard = i;
                 if tensors.contains_key(&t.name) {
-                    return Err(IoError::malformed(p, format!("tensor {} also appears in another shard", t.name)));
+                    return Err(IoError::malformed(
+                        p,
+                        format!("tensor {} also appears in another shard", t.name),
+                    ));
                 }
                 tensors.insert(t.name.clone(), t);
             }

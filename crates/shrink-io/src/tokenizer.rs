@@ -865,7 +865,10 @@ impl Tokenizer {
         }
         let cfg = serde_json::to_string_pretty(&serde_json::Value::Object(cfg))
             .map_err(|e| self.err(format!("cannot serialise tokenizer_config.json: {e}")))?;
-        Ok(vec![("tokenizer.json".into(), json), ("tokenizer_config.json".into(), cfg)])
+        Ok(vec![
+            ("tokenizer.json".into(), json),
+            ("tokenizer_config.json".into(), cfg),
+        ])
     }
 
     /// Incremental decoder for streaming generation: feed ids one at a time with

@@ -8,7 +8,8 @@ use shrink_io::{Checkpoint, GgufFile};
 use crate::error::{ModelError, Result};
 
 /// Architectures shrink can run, as config.json's `model_type` names them.
-pub const SUPPORTED: &str = "llama, mistral, qwen2 (Llama family), gpt2, gpt_neox; GGUF: llama, qwen2, gpt2, gptneox";
+pub const SUPPORTED: &str =
+    "llama, mistral, qwen2 (Llama family), gpt2, gpt_neox; GGUF: llama, qwen2, gpt2, gptneox";
 
 /// Configuration of the Llama family (Llama, Mistral, Qwen2, SmolLM).
 #[derive(Debug, Clone, PartialEq)]
@@ -157,12 +158,21 @@ impl ModelConfig {
                 let hidden_size = j.usize("hidden_size")?;
                 let num_heads = j.usize("num_attention_heads")?;
                 let num_kv_heads = j.opt_usize("num_key_value_heads")?.unwrap_or(num_heads);
-                let head_dim = j.opt_usize("head_dim")?.unwrap_or(hidden_size / num_heads.max(1));
-                let rope = j.v.get("rope_parameters").or_else(|| j.v.get("rope_scaling"));
+                let head_dim = j
+                    .opt_usize("head_dim")?
+                    .unwrap_or(hidden_size / num_heads.max(1));
+                let rope =
+                    j.v.get("rope_parameters")
+                        .or_else(|| j.v.get("rope_scaling"));
                 if let Some(r) = rope.filter(|r| !r.is_null()) {
-                    let ty = r.get("rope_type").or_else(|| r.get("type")).and_then(Value::as_str);
+                    let ty = r
+                        .get("rope_type")
+                        .or_else(|| r.get("type"))
+                        .and_then(Value::as_str);
                     if !matches!(ty, None | Some("default")) {
-                        return Err(j.err(format!("rope type {ty:?} is not supported yet (only default RoPE)")));
+                        return Err(j.err(format!(
+                            "rope type {ty:?} is not supported yet (only default RoPE)"
+                        )));
                     }
                 }
                 let rope_theta = rope
@@ -192,7 +202,9 @@ impl ModelConfig {
                     vocab_size: j.usize("vocab_size")?,
                     rms_norm_eps: j.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
                     rope_theta,
-                    max_position_embeddings: j.opt_usize("max_position_embeddings")?.unwrap_or(2048),
+                    max_position_embeddings: j
+                        .opt_usize("max_position_embeddings")?
+                        .unwrap_or(2048),
                     tie_word_embeddings: j.opt_bool("tie_word_embeddings")?.unwrap_or(false),
                     qkv_bias,
                     o_bias: model_type != "qwen2" && attention_bias.unwrap_or(false),
@@ -207,7 +219,9 @@ impl ModelConfig {
                 let n_embd = j.usize("n_embd")?;
                 let n_head = j.usize("n_head")?;
                 if n_head == 0 || n_embd % n_head != 0 {
-                    return Err(j.err(format!("n_embd {n_embd} is not divisible by n_head {n_head}")));
+                    return Err(j.err(format!(
+                        "n_embd {n_embd} is not divisible by n_head {n_head}"
+                    )));
                 }
                 if j.opt_bool("reorder_and_upcast_attn")?.unwrap_or(false) {
                     // Only changes numerics in half precision; shrink computes in f32 anyway.
@@ -220,15 +234,21 @@ impl ModelConfig {
                     vocab_size: j.usize("vocab_size")?,
                     n_positions: j.opt_usize("n_positions")?.unwrap_or(1024),
                     layer_norm_epsilon: j.opt_f64("layer_norm_epsilon")?.unwrap_or(1e-5),
-                    activation: j.opt_str("activation_function")?.unwrap_or_else(|| "gelu_new".into()),
-                    scale_attn_by_inverse_layer_idx: j.opt_bool("scale_attn_by_inverse_layer_idx")?.unwrap_or(false),
+                    activation: j
+                        .opt_str("activation_function")?
+                        .unwrap_or_else(|| "gelu_new".into()),
+                    scale_attn_by_inverse_layer_idx: j
+                        .opt_bool("scale_attn_by_inverse_layer_idx")?
+                        .unwrap_or(false),
                 }))
             }
             "gpt_neox" => {
                 let hidden_size = j.usize("hidden_size")?;
                 let num_heads = j.usize("num_attention_heads")?;
                 if num_heads == 0 || hidden_size % num_heads != 0 {
-                    return Err(j.err(format!("hidden_size {hidden_size} is not divisible by {num_heads} heads")));
+                    return Err(j.err(format!(
+                        "hidden_size {hidden_size} is not divisible by {num_heads} heads"
+                    )));
                 }
                 let rope = j.v.get("rope_parameters").filter(|r| !r.is_null());
                 let rotary_pct = rope
@@ -254,7 +274,9 @@ impl ModelConfig {
                     layer_norm_eps: j.opt_f64("layer_norm_eps")?.unwrap_or(1e-5),
                     use_parallel_residual: j.opt_bool("use_parallel_residual")?.unwrap_or(true),
                     hidden_act: j.opt_str("hidden_act")?.unwrap_or_else(|| "gelu".into()),
-                    max_position_embeddings: j.opt_usize("max_position_embeddings")?.unwrap_or(2048),
+                    max_position_embeddings: j
+                        .opt_usize("max_position_embeddings")?
+                        .unwrap_or(2048),
                     tie_word_embeddings: j.opt_bool("tie_word_embeddings")?.unwrap_or(false),
                     attention_bias: j.opt_bool("attention_bias")?.unwrap_or(true),
                 }))
@@ -285,7 +307,11 @@ impl ModelConfig {
             "llama" | "qwen2" => {
                 let hidden_size = u("embedding_length")?;
                 let num_heads = u("attention.head_count")?;
-                let num_kv_heads = g.get(&k("attention.head_count_kv")).and_then(|v| v.as_u64()).map(|v| v as usize).unwrap_or(num_heads);
+                let num_kv_heads = g
+                    .get(&k("attention.head_count_kv"))
+                    .and_then(|v| v.as_u64())
+                    .map(|v| v as usize)
+                    .unwrap_or(num_heads);
                 let head_dim = g
                     .get(&k("attention.key_length"))
                     .and_then(|v| v.as_u64())
@@ -302,9 +328,14 @@ impl ModelConfig {
                     num_kv_heads,
                     head_dim,
                     vocab_size,
-                    rms_norm_eps: g.get_f64(&k("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
+                    rms_norm_eps: g
+                        .get_f64(&k("attention.layer_norm_rms_epsilon"))
+                        .unwrap_or(1e-5),
                     rope_theta: g.get_f64(&k("rope.freq_base")).unwrap_or(10000.0),
-                    max_position_embeddings: g.get(&k("context_length")).and_then(|v| v.as_u64()).unwrap_or(2048) as usize,
+                    max_position_embeddings: g
+                        .get(&k("context_length"))
+                        .and_then(|v| v.as_u64())
+                        .unwrap_or(2048) as usize,
                     tie_word_embeddings: tie,
                     qkv_bias: has_bias,
                     o_bias: g.tensor("blk.0.attn_output.bias").is_some(),
@@ -320,10 +351,19 @@ impl ModelConfig {
                     n_embd,
                     n_layer: u("block_count")?,
                     n_head: u("attention.head_count")?,
-                    n_inner: g.get(&k("feed_forward_length")).and_then(|v| v.as_u64()).map(|v| v as usize).unwrap_or(4 * n_embd),
+                    n_inner: g
+                        .get(&k("feed_forward_length"))
+                        .and_then(|v| v.as_u64())
+                        .map(|v| v as usize)
+                        .unwrap_or(4 * n_embd),
                     vocab_size,
-                    n_positions: g.get(&k("context_length")).and_then(|v| v.as_u64()).unwrap_or(1024) as usize,
-                    layer_norm_epsilon: g.get_f64(&k("attention.layer_norm_epsilon")).unwrap_or(1e-5),
+                    n_positions: g
+                        .get(&k("context_length"))
+                        .and_then(|v| v.as_u64())
+                        .unwrap_or(1024) as usize,
+                    layer_norm_epsilon: g
+                        .get_f64(&k("attention.layer_norm_epsilon"))
+                        .unwrap_or(1e-5),
                     activation: "gelu_new".into(),
                     scale_attn_by_inverse_layer_idx: false,
                 }))
@@ -331,7 +371,10 @@ impl ModelConfig {
             "gptneox" => {
                 let hidden_size = u("embedding_length")?;
                 let num_heads = u("attention.head_count")?;
-                let rot = g.get(&k("rope.dimension_count")).and_then(|v| v.as_u64()).unwrap_or((hidden_size / num_heads / 4) as u64);
+                let rot = g
+                    .get(&k("rope.dimension_count"))
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or((hidden_size / num_heads / 4) as u64);
                 Ok(ModelConfig::Neox(NeoxConfig {
                     hidden_size,
                     intermediate_size: u("feed_forward_length")?,
@@ -340,10 +383,18 @@ impl ModelConfig {
                     vocab_size,
                     rotary_pct: rot as f64 / (hidden_size / num_heads) as f64,
                     rope_theta: g.get_f64(&k("rope.freq_base")).unwrap_or(10000.0),
-                    layer_norm_eps: g.get_f64(&k("attention.layer_norm_epsilon")).unwrap_or(1e-5),
-                    use_parallel_residual: g.get(&k("use_parallel_residual")).and_then(|v| v.as_bool()).unwrap_or(true),
+                    layer_norm_eps: g
+                        .get_f64(&k("attention.layer_norm_epsilon"))
+                        .unwrap_or(1e-5),
+                    use_parallel_residual: g
+                        .get(&k("use_parallel_residual"))
+                        .and_then(|v| v.as_bool())
+                        .unwrap_or(true),
                     hidden_act: "gelu".into(),
-                    max_position_embeddings: g.get(&k("context_length")).and_then(|v| v.as_u64()).unwrap_or(2048) as usize,
+                    max_position_embeddings: g
+                        .get(&k("context_length"))
+                        .and_then(|v| v.as_u64())
+                        .unwrap_or(2048) as usize,
                     tie_word_embeddings: g.tensor("output.weight").is_none(),
                     attention_bias: true,
                 }))
@@ -358,18 +409,27 @@ impl ModelConfig {
 }
 
 fn config_err(path: &Path, what: impl Into<String>) -> ModelError {
-    ModelError::Config { path: path.to_path_buf(), what: what.into() }
+    ModelError::Config {
+        path: path.to_path_buf(),
+        what: what.into(),
+    }
 }
 
 fn check_heads(c: &LlamaConfig, path: &Path) -> Result<()> {
-    if c.num_heads == 0 || c.num_kv_heads == 0 || c.num_heads % c.num_kv_heads != 0 {
+    if c.num_heads == 0 || c.num_kv_heads == 0 || !c.num_heads.is_multiple_of(c.num_kv_heads) {
         return Err(config_err(
             path,
-            format!("{} attention heads cannot be grouped over {} key/value heads", c.num_heads, c.num_kv_heads),
+            format!(
+                "{} attention heads cannot be grouped over {} key/value heads",
+                c.num_heads, c.num_kv_heads
+            ),
         ));
     }
-    if c.head_dim % 2 != 0 {
-        return Err(config_err(path, format!("head_dim {} is odd; RoPE needs it even", c.head_dim)));
+    if !c.head_dim.is_multiple_of(2) {
+        return Err(config_err(
+            path,
+            format!("head_dim {} is odd; RoPE needs it even", c.head_dim),
+        ));
     }
     Ok(())
 }
@@ -388,7 +448,8 @@ impl Json<'_> {
         self.v.get(k).filter(|x| !x.is_null())
     }
     fn str(&self, k: &str) -> Result<String> {
-        self.opt_str(k)?.ok_or_else(|| self.err(format!("missing field \"{k}\"")))
+        self.opt_str(k)?
+            .ok_or_else(|| self.err(format!("missing field \"{k}\"")))
     }
     fn opt_str(&self, k: &str) -> Result<Option<String>> {
         match self.field(k) {
@@ -398,14 +459,17 @@ impl Json<'_> {
         }
     }
     fn usize(&self, k: &str) -> Result<usize> {
-        self.opt_usize(k)?.ok_or_else(|| self.err(format!("missing field \"{k}\"")))
+        self.opt_usize(k)?
+            .ok_or_else(|| self.err(format!("missing field \"{k}\"")))
     }
     fn opt_usize(&self, k: &str) -> Result<Option<usize>> {
         match self.field(k) {
             None => Ok(None),
             Some(x) => match x.as_u64() {
                 Some(n) if n > 0 && n < (1 << 40) => Ok(Some(n as usize)),
-                _ => Err(self.err(format!("field \"{k}\" should be a positive integer, found {x}"))),
+                _ => Err(self.err(format!(
+                    "field \"{k}\" should be a positive integer, found {x}"
+                ))),
             },
         }
     }

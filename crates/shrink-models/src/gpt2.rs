@@ -53,7 +53,12 @@ const CONV1D: [&str; 4] = ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj
 /// llama.cpp's name for a GPT-2 HF weight.
 pub fn gguf_name(hf: &str) -> Option<GgufName> {
     let hf = hf.strip_prefix("transformer.").unwrap_or(hf);
-    let plain = |n: String| Some(GgufName { name: n, unpermute_heads: None });
+    let plain = |n: String| {
+        Some(GgufName {
+            name: n,
+            unpermute_heads: None,
+        })
+    };
     match hf {
         "wte.weight" => return plain("token_embd.weight".into()),
         "wpe.weight" => return plain("position_embd.weight".into()),
@@ -81,12 +86,23 @@ pub fn gguf_name(hf: &str) -> Option<GgufName> {
 pub fn weight_shapes(cfg: &Gpt2Config) -> Vec<(String, Vec<usize>)> {
     let (e, inner) = (cfg.n_embd, cfg.n_inner);
     let mut v = vec![
-        ("transformer.wte.weight".to_string(), vec![cfg.vocab_size, e]),
-        ("transformer.wpe.weight".to_string(), vec![cfg.n_positions, e]),
+        (
+            "transformer.wte.weight".to_string(),
+            vec![cfg.vocab_size, e],
+        ),
+        (
+            "transformer.wpe.weight".to_string(),
+            vec![cfg.n_positions, e],
+        ),
     ];
     for l in 0..cfg.n_layer {
         let p = format!("transformer.h.{l}");
-        for (m, i, o) in [("attn.c_attn", e, 3 * e), ("attn.c_proj", e, e), ("mlp.c_fc", e, inner), ("mlp.c_proj", inner, e)] {
+        for (m, i, o) in [
+            ("attn.c_attn", e, 3 * e),
+            ("attn.c_proj", e, e),
+            ("mlp.c_fc", e, inner),
+            ("mlp.c_proj", inner, e),
+        ] {
             v.push((format!("{p}.{m}.weight"), vec![i, o]));
             v.push((format!("{p}.{m}.bias"), vec![o]));
         }
@@ -114,12 +130,20 @@ impl Gpt2 {
             let weight = if gguf {
                 w.get(&format!("{name}.weight"), &[out, inp])?
             } else {
-                w.get(&format!("{name}.weight"), &[inp, out])?.t()?.contiguous()?
+                w.get(&format!("{name}.weight"), &[inp, out])?
+                    .t()?
+                    .contiguous()?
             };
-            Ok(Linear::new(weight, Some(w.get(&format!("{name}.bias"), &[out])?)))
+            Ok(Linear::new(
+                weight,
+                Some(w.get(&format!("{name}.bias"), &[out])?),
+            ))
         };
         let ln = |name: &str| -> Result<(Tensor, Tensor)> {
-            Ok((w.get(&format!("{name}.weight"), &[e])?, w.get(&format!("{name}.bias"), &[e])?))
+            Ok((
+                w.get(&format!("{name}.weight"), &[e])?,
+                w.get(&format!("{name}.bias"), &[e])?,
+            ))
         };
         let wte = w.get("transformer.wte.weight", &[cfg.vocab_size, e])?;
         let wpe = w.get("transformer.wpe.weight", &[cfg.n_positions, e])?;
@@ -140,7 +164,14 @@ impl Gpt2 {
             Some(h) => Linear::new(h, None),
             None => Linear::new(wte.clone(), None),
         };
-        Ok(Gpt2 { cfg, wte, wpe, blocks, ln_f, lm_head })
+        Ok(Gpt2 {
+            cfg,
+            wte,
+            wpe,
+            blocks,
+            ln_f,
+            lm_head,
+        })
     }
 
     /// Logits [t, vocab] for `ids`, continuing from `cache` when given.

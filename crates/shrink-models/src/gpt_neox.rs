@@ -44,7 +44,12 @@ pub struct Neox {
 
 /// llama.cpp's name for a GPT-NeoX HF weight.
 pub fn gguf_name(hf: &str) -> Option<GgufName> {
-    let plain = |n: String| Some(GgufName { name: n, unpermute_heads: None });
+    let plain = |n: String| {
+        Some(GgufName {
+            name: n,
+            unpermute_heads: None,
+        })
+    };
     match hf {
         "gpt_neox.embed_in.weight" => return plain("token_embd.weight".into()),
         "gpt_neox.final_layer_norm.weight" => return plain("output_norm.weight".into()),
@@ -70,7 +75,10 @@ pub fn gguf_name(hf: &str) -> Option<GgufName> {
 /// HF names and shapes of every weight the configuration implies.
 pub fn weight_shapes(cfg: &NeoxConfig) -> Vec<(String, Vec<usize>)> {
     let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-    let mut v = vec![("gpt_neox.embed_in.weight".to_string(), vec![cfg.vocab_size, h])];
+    let mut v = vec![(
+        "gpt_neox.embed_in.weight".to_string(),
+        vec![cfg.vocab_size, h],
+    )];
     for l in 0..cfg.num_layers {
         let p = format!("gpt_neox.layers.{l}");
         for n in ["input_layernorm", "post_attention_layernorm"] {
@@ -108,7 +116,10 @@ impl Neox {
             ))
         };
         let ln = |name: &str| -> Result<(Tensor, Tensor)> {
-            Ok((w.get(&format!("{name}.weight"), &[h])?, w.get(&format!("{name}.bias"), &[h])?))
+            Ok((
+                w.get(&format!("{name}.weight"), &[h])?,
+                w.get(&format!("{name}.bias"), &[h])?,
+            ))
         };
         let embed_in = w.get("gpt_neox.embed_in.weight", &[cfg.vocab_size, h])?;
         let mut layers = Vec::with_capacity(cfg.num_layers);
@@ -128,7 +139,13 @@ impl Neox {
             Some(o) => Linear::new(o, None),
             None => Linear::new(embed_in.clone(), None),
         };
-        Ok(Neox { cfg, embed_in, layers, final_layer_norm, embed_out })
+        Ok(Neox {
+            cfg,
+            embed_in,
+            layers,
+            final_layer_norm,
+            embed_out,
+        })
     }
 
     /// Logits [t, vocab] for `ids`, continuing from `cache` when given.
@@ -146,14 +163,22 @@ impl Neox {
         let eps = c.layer_norm_eps as f32;
         let scale = 1.0 / (hd as f64).sqrt();
         for (li, l) in self.layers.iter().enumerate() {
-            let h1 = candle_nn::ops::layer_norm(&x, &l.input_layernorm.0, &l.input_layernorm.1, eps)?;
+            let h1 =
+                candle_nn::ops::layer_norm(&x, &l.input_layernorm.0, &l.input_layernorm.1, eps)?;
             // [t, 3h] viewed as [t, heads, 3·hd]; per head q, k, v are consecutive.
-            let qkv = l.query_key_value.forward(&h1)?.reshape((t, c.num_heads, 3 * hd))?.transpose(0, 1)?;
+            let qkv = l
+                .query_key_value
+                .forward(&h1)?
+                .reshape((t, c.num_heads, 3 * hd))?
+                .transpose(0, 1)?;
             let q = qkv.narrow(2, 0, hd)?.contiguous()?;
             let k = qkv.narrow(2, hd, hd)?.contiguous()?;
             let v = qkv.narrow(2, 2 * hd, hd)?.contiguous()?;
             let (q, k) = if rot > 0 {
-                (apply_rope(&q, &cos, &sin, rot)?, apply_rope(&k, &cos, &sin, rot)?)
+                (
+                    apply_rope(&q, &cos, &sin, rot)?,
+                    apply_rope(&k, &cos, &sin, rot)?,
+                )
             } else {
                 (q, k)
             };
@@ -163,8 +188,14 @@ impl Neox {
             };
             let a = l.dense.forward(&attention(&q, &k, &v, &mask, scale)?)?;
             let mlp = |inp: &Tensor| -> Result<Tensor> {
-                let h2 = candle_nn::ops::layer_norm(inp, &l.post_attention_layernorm.0, &l.post_attention_layernorm.1, eps)?;
-                Ok(l.dense_4h_to_h.forward(&activation(&c.hidden_act, &l.dense_h_to_4h.forward(&h2)?)?)?)
+                let h2 = candle_nn::ops::layer_norm(
+                    inp,
+                    &l.post_attention_layernorm.0,
+                    &l.post_attention_layernorm.1,
+                    eps,
+                )?;
+                Ok(l.dense_4h_to_h
+                    .forward(&activation(&c.hidden_act, &l.dense_h_to_4h.forward(&h2)?)?)?)
             };
             if c.use_parallel_residual {
                 let m = mlp(&x)?;
@@ -174,7 +205,12 @@ impl Neox {
                 x = (&hres + mlp(&hres)?)?;
             }
         }
-        let x = candle_nn::ops::layer_norm(&x, &self.final_layer_norm.0, &self.final_layer_norm.1, eps)?;
+        let x = candle_nn::ops::layer_norm(
+            &x,
+            &self.final_layer_norm.0,
+            &self.final_layer_norm.1,
+            eps,
+        )?;
         Ok(self.embed_out.forward(&x)?)
     }
 }

@@ -108,19 +108,24 @@ impl candle_core::CustomOp1 for CausalSoftmax {
         };
         let (_, t, tk) = layout.shape().dims3()?;
         let mut dst = vec![0f32; src.len()];
-        dst.par_chunks_mut(tk).zip(src.par_chunks(tk)).enumerate().for_each(|(r, (d, s))| {
-            let qi = self.offset + r % t;
-            let lo = self.window.map_or(0, |w| (qi + 1).saturating_sub(w));
-            let (d, s) = (&mut d[lo..=qi], &s[lo..=qi]);
-            let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * self.scale));
-            let mut sum = 0f32;
-            for (o, &v) in d.iter_mut().zip(s) {
-                *o = (v * self.scale - max).exp();
-                sum += *o;
-            }
-            let inv = 1.0 / sum;
-            d.iter_mut().for_each(|o| *o *= inv);
-        });
+        dst.par_chunks_mut(tk)
+            .zip(src.par_chunks(tk))
+            .enumerate()
+            .for_each(|(r, (d, s))| {
+                let qi = self.offset + r % t;
+                let lo = self.window.map_or(0, |w| (qi + 1).saturating_sub(w));
+                let (d, s) = (&mut d[lo..=qi], &s[lo..=qi]);
+                let max = s
+                    .iter()
+                    .fold(f32::NEG_INFINITY, |m, &v| m.max(v * self.scale));
+                let mut sum = 0f32;
+                for (o, &v) in d.iter_mut().zip(s) {
+                    *o = (v * self.scale - max).exp();
+                    sum += *o;
+                }
+                let inv = 1.0 / sum;
+                d.iter_mut().for_each(|o| *o *= inv);
+            });
         Ok((candle_core::CpuStorage::F32(dst), layout.shape().clone()))
     }
 }
@@ -130,15 +135,28 @@ impl candle_core::CustomOp1 for CausalSoftmax {
 /// q: [h, t, d]; k, v: [kv, tk, d] with h a multiple of kv (query head i uses kv head
 /// i / (h/kv), as transformers' `repeat_kv`); keys are positions 0..tk, queries the last t. Returns [t, h·d].
 /// Queries are grouped per kv head so the keys are never copied h/kv times.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &CausalMask, scale: f64) -> Result<Tensor> {
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &CausalMask,
+    scale: f64,
+) -> Result<Tensor> {
     let (h, t, d) = q.dims3()?;
     let (kv, tk, _) = k.dims3()?;
     let rep = h / kv;
     let qg = q.reshape((kv, rep * t, d))?;
     let scores = qg.matmul(&k.t()?)?.reshape((h, t, tk))?;
-    let probs = scores.apply_op1_no_bwd(&CausalSoftmax { offset: tk - t, window: mask.window, scale: scale as f32 })?;
+    let probs = scores.apply_op1_no_bwd(&CausalSoftmax {
+        offset: tk - t,
+        window: mask.window,
+        scale: scale as f32,
+    })?;
     let out = probs.reshape((kv, rep * t, tk))?.matmul(v)?; // [kv, rep·t, d]
-    Ok(out.reshape((h, t, d))?.transpose(0, 1)?.reshape((t, h * d))?)
+    Ok(out
+        .reshape((h, t, d))?
+        .transpose(0, 1)?
+        .reshape((t, h * d))?)
 }
 
 /// Apply rotary embeddings (transformers' rotate_half convention) to the first `rot` dims
@@ -168,6 +186,10 @@ pub fn activation(name: &str, x: &Tensor) -> Result<Tensor> {
         "gelu" => x.gelu_erf()?,
         "relu" => x.relu()?,
         "silu" | "swish" => x.silu()?,
-        other => return Err(crate::error::ModelError::Input(format!("unsupported activation {other:?}"))),
+        other => {
+            return Err(crate::error::ModelError::Input(format!(
+                "unsupported activation {other:?}"
+            )))
+        }
     })
 }

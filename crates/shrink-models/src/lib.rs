@@ -51,7 +51,9 @@ pub fn weight_loader<'a>(ckpt: &'a Checkpoint, cfg: &ModelConfig) -> WeightLoade
             let c = c.clone();
             WeightLoader::new(ckpt, Some(Box::new(move |n| llama::gguf_name(&c, n))), &[])
         }
-        ModelConfig::Gpt2(_) => WeightLoader::new(ckpt, Some(Box::new(gpt2::gguf_name)), &["transformer."]),
+        ModelConfig::Gpt2(_) => {
+            WeightLoader::new(ckpt, Some(Box::new(gpt2::gguf_name)), &["transformer."])
+        }
         ModelConfig::Neox(_) => WeightLoader::new(ckpt, Some(Box::new(gpt_neox::gguf_name)), &[]),
     }
 }
@@ -98,7 +100,12 @@ impl Model {
 
 /// Read an HF-named weight in its Hugging Face layout as float32 (GPT-2's Conv1D weights come
 /// back [in, out] even from a GGUF file, which stores them transposed).
-pub fn read_hf_weight(w: &WeightLoader, cfg: &ModelConfig, name: &str, hf_shape: &[usize]) -> Result<Tensor> {
+pub fn read_hf_weight(
+    w: &WeightLoader,
+    cfg: &ModelConfig,
+    name: &str,
+    hf_shape: &[usize],
+) -> Result<Tensor> {
     if matches!(cfg, ModelConfig::Gpt2(_))
         && matches!(w.checkpoint(), Checkpoint::Gguf(_))
         && gpt2::is_conv1d_weight(name)

@@ -52,7 +52,12 @@ pub struct Llama {
 
 /// llama.cpp's name for a Llama-family HF weight (see llama.cpp's `tensor_mapping.py`).
 pub fn gguf_name(cfg: &LlamaConfig, hf: &str) -> Option<GgufName> {
-    let plain = |n: String| Some(GgufName { name: n, unpermute_heads: None });
+    let plain = |n: String| {
+        Some(GgufName {
+            name: n,
+            unpermute_heads: None,
+        })
+    };
     match hf {
         "model.embed_tokens.weight" => return plain("token_embd.weight".into()),
         "model.norm.weight" => return plain("output_norm.weight".into()),
@@ -81,14 +86,20 @@ pub fn gguf_name(cfg: &LlamaConfig, hf: &str) -> Option<GgufName> {
         (_, "self_attn.k_proj") => Some(cfg.num_kv_heads),
         _ => None,
     };
-    Some(GgufName { name: format!("blk.{idx}.{gg}.{kind}"), unpermute_heads })
+    Some(GgufName {
+        name: format!("blk.{idx}.{gg}.{kind}"),
+        unpermute_heads,
+    })
 }
 
 /// HF names and shapes of every weight the configuration implies, in load order.
 pub fn weight_shapes(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
     let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
     let (qd, kvd) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
-    let mut v = vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, h])];
+    let mut v = vec![(
+        "model.embed_tokens.weight".to_string(),
+        vec![cfg.vocab_size, h],
+    )];
     for l in 0..cfg.num_layers {
         let p = format!("model.layers.{l}");
         let mut lin = |name: &str, out: usize, inp: usize, bias: bool| {
@@ -121,7 +132,11 @@ impl Llama {
         let (qd, kvd) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
         let lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
             let weight = w.get(&format!("{name}.weight"), &[out, inp])?;
-            let b = if bias { w.get_opt(&format!("{name}.bias"), &[out])? } else { None };
+            let b = if bias {
+                w.get_opt(&format!("{name}.bias"), &[out])?
+            } else {
+                None
+            };
             Ok(Linear::new(weight, b))
         };
         let embed_tokens = w.get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
@@ -134,7 +149,8 @@ impl Llama {
                 k_proj: lin(&format!("{p}.self_attn.k_proj"), kvd, h, cfg.qkv_bias)?,
                 v_proj: lin(&format!("{p}.self_attn.v_proj"), kvd, h, cfg.qkv_bias)?,
                 o_proj: lin(&format!("{p}.self_attn.o_proj"), h, qd, cfg.o_bias)?,
-                post_attention_layernorm: w.get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                post_attention_layernorm: w
+                    .get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
                 gate_proj: lin(&format!("{p}.mlp.gate_proj"), i, h, cfg.mlp_bias)?,
                 up_proj: lin(&format!("{p}.mlp.up_proj"), i, h, cfg.mlp_bias)?,
                 down_proj: lin(&format!("{p}.mlp.down_proj"), h, i, cfg.mlp_bias)?,
@@ -146,7 +162,13 @@ impl Llama {
         } else {
             Linear::new(embed_tokens.clone(), None)
         };
-        Ok(Llama { cfg, embed_tokens, layers, norm, lm_head })
+        Ok(Llama {
+            cfg,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+        })
     }
 
     /// Logits [t, vocab] for `ids`, continuing from `cache` when given.
@@ -190,7 +212,9 @@ pub(crate) fn check_ids(ids: &[u32], vocab: usize) -> Result<()> {
         return Err(ModelError::Input("no tokens to run".into()));
     }
     if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
-        return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary of {vocab}")));
+        return Err(ModelError::Input(format!(
+            "token id {bad} is outside the vocabulary of {vocab}"
+        )));
     }
     Ok(())
 }

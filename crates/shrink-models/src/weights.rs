@@ -31,8 +31,16 @@ pub struct WeightLoader<'a> {
 impl<'a> WeightLoader<'a> {
     /// A loader over `ckpt`; `gguf_map` translates names for GGUF files; `hf_prefixes` are
     /// prefixes tried in turn on HF names (GPT-2 checkpoints exist with and without `transformer.`).
-    pub fn new(ckpt: &'a Checkpoint, gguf_map: Option<Box<GgufMap>>, hf_prefixes: &'static [&'static str]) -> Self {
-        WeightLoader { ckpt, gguf_map, hf_prefixes }
+    pub fn new(
+        ckpt: &'a Checkpoint,
+        gguf_map: Option<Box<GgufMap>>,
+        hf_prefixes: &'static [&'static str],
+    ) -> Self {
+        WeightLoader {
+            ckpt,
+            gguf_map,
+            hf_prefixes,
+        }
     }
 
     /// The checkpoint read from.
@@ -49,11 +57,21 @@ impl<'a> WeightLoader<'a> {
             }
             Checkpoint::Hf(_) => {
                 if self.ckpt.has(hf_name) {
-                    return Some(GgufName { name: hf_name.to_string(), unpermute_heads: None });
+                    return Some(GgufName {
+                        name: hf_name.to_string(),
+                        unpermute_heads: None,
+                    });
                 }
                 self.hf_prefixes.iter().find_map(|p| {
-                    let n = if let Some(rest) = hf_name.strip_prefix(p) { rest.to_string() } else { format!("{p}{hf_name}") };
-                    self.ckpt.has(&n).then_some(GgufName { name: n, unpermute_heads: None })
+                    let n = if let Some(rest) = hf_name.strip_prefix(p) {
+                        rest.to_string()
+                    } else {
+                        format!("{p}{hf_name}")
+                    };
+                    self.ckpt.has(&n).then_some(GgufName {
+                        name: n,
+                        unpermute_heads: None,
+                    })
                 })
             }
         }
@@ -113,7 +131,8 @@ pub fn unpermute_rows(data: &[f32], rows: usize, cols: usize, heads: usize) -> V
             for i in 0..half {
                 let hf_row = h * d + part * half + i;
                 let gg_row = h * d + 2 * i + part;
-                out[hf_row * cols..(hf_row + 1) * cols].copy_from_slice(&data[gg_row * cols..(gg_row + 1) * cols]);
+                out[hf_row * cols..(hf_row + 1) * cols]
+                    .copy_from_slice(&data[gg_row * cols..(gg_row + 1) * cols]);
             }
         }
     }
@@ -130,7 +149,8 @@ pub fn permute_rows(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec
             for i in 0..half {
                 let hf_row = h * d + part * half + i;
                 let gg_row = h * d + 2 * i + part;
-                out[gg_row * cols..(gg_row + 1) * cols].copy_from_slice(&data[hf_row * cols..(hf_row + 1) * cols]);
+                out[gg_row * cols..(gg_row + 1) * cols]
+                    .copy_from_slice(&data[hf_row * cols..(hf_row + 1) * cols]);
             }
         }
     }

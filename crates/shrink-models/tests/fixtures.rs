@@ -6,8 +6,15 @@ use shrink_io::Checkpoint;
 use shrink_models::Model;
 
 fn fixtures() -> PathBuf {
-    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures"));
-    assert!(p.is_dir(), "fixtures not found at {} (../shared beside the checkout)", p.display());
+    let p = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/fixtures"
+    ));
+    assert!(
+        p.is_dir(),
+        "fixtures not found at {} (../shared beside the checkout)",
+        p.display()
+    );
     p
 }
 
@@ -21,8 +28,16 @@ fn max_diff(arch: &str) -> f32 {
     let ids = st.tensor("input_ids").unwrap();
     let logits = st.tensor("logits").unwrap();
     let (b, t, v) = (logits.shape()[0], logits.shape()[1], logits.shape()[2]);
-    let ids: Vec<u32> = ids.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect();
-    let refl: Vec<f32> = logits.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let ids: Vec<u32> = ids
+        .data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+        .collect();
+    let refl: Vec<f32> = logits
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     let mut worst = 0f32;
     for s in 0..b {
         let out = model.forward(&ids[s * t..(s + 1) * t], None).unwrap();
@@ -78,10 +93,18 @@ fn kv_cache_decoding_equals_full_forward() {
     let ids: Vec<u32> = (0..12).map(|i| (i * 37 % 512) as u32).collect();
     let full: Vec<Vec<f32>> = model.forward(&ids, None).unwrap().to_vec2().unwrap();
     let mut cache = shrink_models::KvCache::new();
-    let first: Vec<Vec<f32>> = model.forward(&ids[..5], Some(&mut cache)).unwrap().to_vec2().unwrap();
+    let first: Vec<Vec<f32>> = model
+        .forward(&ids[..5], Some(&mut cache))
+        .unwrap()
+        .to_vec2()
+        .unwrap();
     let mut rows = first;
     for &id in &ids[5..] {
-        let r: Vec<Vec<f32>> = model.forward(&[id], Some(&mut cache)).unwrap().to_vec2().unwrap();
+        let r: Vec<Vec<f32>> = model
+            .forward(&[id], Some(&mut cache))
+            .unwrap()
+            .to_vec2()
+            .unwrap();
         rows.extend(r);
     }
     for (a, b) in full.iter().flatten().zip(rows.iter().flatten()) {

@@ -13,7 +13,9 @@ use crate::common;
 
 /// Arguments of `shrink convert`.
 #[derive(clap::Args)]
-#[command(after_help = "Streams one tensor at a time: memory stays near the largest tensor, never two copies of the model.\n\nExamples:\n  shrink convert assets/SmolLM2-135M-Instruct.Q4_1.gguf --dtype f32 -o smollm2-f32     # GGUF -> HF directory\n  shrink convert smollm2-f32 --dtype bf16 -o smollm2-bf16")]
+#[command(
+    after_help = "Streams one tensor at a time: memory stays near the largest tensor, never two copies of the model.\n\nExamples:\n  shrink convert assets/SmolLM2-135M-Instruct.Q4_1.gguf --dtype f32 -o smollm2-f32     # GGUF -> HF directory\n  shrink convert smollm2-f32 --dtype bf16 -o smollm2-bf16"
+)]
 pub struct Args {
     /// Model to convert (HF directory or .gguf).
     pub model: PathBuf,
@@ -102,15 +104,30 @@ pub fn run(a: Args) -> Result<()> {
         Checkpoint::Gguf(g) => {
             let cfg = cfg.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
             if let Some(t) = g.tensors.iter().find(|t| !t.ty.can_dequantize()) {
-                bail!("{}: tensor {} is stored as {}, which shrink cannot dequantize yet", a.model.display(), t.name, t.ty.name());
+                bail!(
+                    "{}: tensor {} is stored as {}, which shrink cannot dequantize yet",
+                    a.model.display(),
+                    t.name,
+                    t.ty.name()
+                );
             }
             let w = shrink_models::weight_loader(&ckpt, cfg);
             for (name, shape) in shrink_models::weight_shapes(cfg) {
                 if !w.has(&name) {
-                    bail!("{}: weight {name} (required by the {} config) is not in the file", a.model.display(), cfg.family());
+                    bail!(
+                        "{}: weight {name} (required by the {} config) is not in the file",
+                        a.model.display(),
+                        cfg.family()
+                    );
                 }
                 let n: usize = shape.iter().product();
-                plan.push(Planned { name, len: n * a.dtype.size(), shape, dtype: st_dtype(a.dtype), convert: true });
+                plan.push(Planned {
+                    name,
+                    len: n * a.dtype.size(),
+                    shape,
+                    dtype: st_dtype(a.dtype),
+                    convert: true,
+                });
             }
         }
     }
@@ -118,10 +135,15 @@ pub fn run(a: Args) -> Result<()> {
     // Stream: each tensor is read, converted and written before the next is touched.
     let failure: RefCell<Option<anyhow::Error>> = RefCell::new(None);
     let pb = common::bar(plan.len() as u64, "convert");
-    let loader = cfg.as_ref().ok().map(|c| shrink_models::weight_loader(&ckpt, c));
+    let loader = cfg
+        .as_ref()
+        .ok()
+        .map(|c| shrink_models::weight_loader(&ckpt, c));
     let read = |p: &Planned| -> Result<Vec<u8>> {
         if !p.convert {
-            let Checkpoint::Hf(h) = &ckpt else { unreachable!("only HF tensors are copied verbatim") };
+            let Checkpoint::Hf(h) = &ckpt else {
+                unreachable!("only HF tensors are copied verbatim")
+            };
             let info = &h.weights.tensors[&p.name];
             let bytes = h.weights.bytes(info).to_vec();
             h.weights.release(info);
@@ -129,7 +151,9 @@ pub fn run(a: Args) -> Result<()> {
         }
         let values: Vec<f32> = match (&ckpt, &loader, &cfg) {
             (Checkpoint::Gguf(_), Some(w), Ok(c)) => {
-                shrink_models::read_hf_weight(w, c, &p.name, &p.shape)?.flatten_all()?.to_vec1()?
+                shrink_models::read_hf_weight(w, c, &p.name, &p.shape)?
+                    .flatten_all()?
+                    .to_vec1()?
             }
             _ => ckpt.read_f32(&p.name)?.0,
         };
@@ -160,7 +184,10 @@ pub fn run(a: Args) -> Result<()> {
     shrink_io::write_safetensors_streaming(&out.file("model.safetensors"), lazy, Some(meta))?;
     pb.finish_and_clear();
     if let Some(e) = failure.into_inner() {
-        return Err(e.context(format!("converting {}: nothing was written", a.model.display())));
+        return Err(e.context(format!(
+            "converting {}: nothing was written",
+            a.model.display()
+        )));
     }
     let rss_streaming = common::peak_rss();
     let bytes_after: u64 = plan.iter().map(|p| p.len as u64).sum();
@@ -178,7 +205,10 @@ pub fn run(a: Args) -> Result<()> {
             let tok = shrink_io::tokenizer::Tokenizer::from_gguf(g)?;
             let c = cfg.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
             let json = c.to_hf_json(torch_name(a.dtype), tok.bos_id(), tok.eos_id());
-            out.write("config.json", serde_json::to_string_pretty(&json)?.as_bytes())?;
+            out.write(
+                "config.json",
+                serde_json::to_string_pretty(&json)?.as_bytes(),
+            )?;
             for (name, content) in tok.hf_files()? {
                 out.write(&name, content.as_bytes())?;
             }
@@ -211,11 +241,27 @@ pub fn run(a: Args) -> Result<()> {
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!("wrote          {} ({} tensors as {})", target.display(), plan.len(), a.dtype.name());
-        println!("footprint      {} -> {} bytes ({} -> {}, ×{ratio:.3})", bytes_before, bytes_after, common::human(bytes_before), common::human(bytes_after));
+        println!(
+            "wrote          {} ({} tensors as {})",
+            target.display(),
+            plan.len(),
+            a.dtype.name()
+        );
+        println!(
+            "footprint      {} -> {} bytes ({} -> {}, ×{ratio:.3})",
+            bytes_before,
+            bytes_after,
+            common::human(bytes_before),
+            common::human(bytes_after)
+        );
         match &check {
-            Some((mean, max, n)) => println!("logits         mean |Δ| {mean:.3e}, max |Δ| {max:.3e} over {n} positions of {:?}", a.prompt),
-            None if cfg.is_err() => println!("logits         not compared: the architecture is not one shrink runs"),
+            Some((mean, max, n)) => println!(
+                "logits         mean |Δ| {mean:.3e}, max |Δ| {max:.3e} over {n} positions of {:?}",
+                a.prompt
+            ),
+            None if cfg.is_err() => {
+                println!("logits         not compared: the architecture is not one shrink runs")
+            }
             None => println!("logits         not compared (--no-check)"),
         }
         if let Some(r) = rss_streaming {
@@ -235,7 +281,10 @@ fn compare_logits(src: &Checkpoint, out_dir: &Path, prompt: &str) -> Result<(f64
             (0..8u32).map(|i| (i * 7919 + 13) % v).collect()
         }
     };
-    let before: Vec<f32> = Model::load(src)?.forward(&ids, None)?.flatten_all()?.to_vec1()?;
+    let before: Vec<f32> = Model::load(src)?
+        .forward(&ids, None)?
+        .flatten_all()?
+        .to_vec1()?;
     let dst = Checkpoint::open(out_dir)?;
     let after: Vec<f32> = Model::load(&dst)
         .context("loading the converted model back")?
@@ -256,11 +305,14 @@ fn copy_side_files(dir: &Path, out: &OutputDir) -> Result<()> {
     for e in std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))? {
         let e = e?;
         let name = e.file_name().to_string_lossy().into_owned();
-        let skip = name == "config.json" || name.ends_with(".safetensors") || name == "model.safetensors.index.json";
+        let skip = name == "config.json"
+            || name.ends_with(".safetensors")
+            || name == "model.safetensors.index.json";
         if skip || !e.file_type()?.is_file() {
             continue;
         }
-        std::fs::copy(e.path(), out.file(&name)).with_context(|| format!("{}: cannot copy", e.path().display()))?;
+        std::fs::copy(e.path(), out.file(&name))
+            .with_context(|| format!("{}: cannot copy", e.path().display()))?;
     }
     Ok(())
 }

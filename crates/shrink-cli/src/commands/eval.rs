@@ -20,7 +20,9 @@ pub enum Protocol {
 
 /// Arguments of `shrink eval`.
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  shrink eval assets/SmolLM2-135M-Instruct.Q4_1.gguf --text assets/lee_background.cor\n  shrink eval out-bf16 --base assets/SmolLM2-135M-Instruct.Q4_1.gguf --text assets/lee_background.cor --max-windows 8 --json")]
+#[command(
+    after_help = "Examples:\n  shrink eval assets/SmolLM2-135M-Instruct.Q4_1.gguf --text assets/lee_background.cor\n  shrink eval out-bf16 --base assets/SmolLM2-135M-Instruct.Q4_1.gguf --text assets/lee_background.cor --max-windows 8 --json"
+)]
 pub struct Args {
     /// Model to evaluate (HF directory or .gguf).
     pub model: PathBuf,
@@ -51,7 +53,11 @@ pub fn run(a: Args) -> Result<()> {
     }
     let raw = shrink_io::read_text(&a.text)?;
     let text = match a.protocol {
-        Protocol::Lee => lee_texts(&raw).map_err(|e| anyhow::anyhow!("{}: {e}", a.text.display()))?.evaluation,
+        Protocol::Lee => {
+            lee_texts(&raw)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", a.text.display()))?
+                .evaluation
+        }
         Protocol::Raw => raw,
     };
     let ckpt = common::open(&a.model)?;
@@ -76,10 +82,15 @@ pub fn run(a: Args) -> Result<()> {
         }
         None => None,
     };
-    let opts = PplOptions { max_windows: a.max_windows, ..Default::default() };
+    let opts = PplOptions {
+        max_windows: a.max_windows,
+        ..Default::default()
+    };
     let total = shrink_eval::perplexity::windows(&ids, &opts).len();
     let pb = common::bar(total as u64, "perplexity");
-    let rep = perplexity(&model, base.as_ref(), &ids, &opts, |d, _| pb.set_position(d as u64))?;
+    let rep = perplexity(&model, base.as_ref(), &ids, &opts, |d, _| {
+        pb.set_position(d as u64)
+    })?;
     pb.finish_and_clear();
     let tps = rep.scored_tokens as f64 / rep.seconds;
     if a.json {
@@ -100,19 +111,35 @@ pub fn run(a: Args) -> Result<()> {
             "peak_rss_bytes": common::peak_rss(),
         });
         if a.per_window {
-            v["per_window_nll"] = serde_json::json!(rep.per_window.iter().map(|w| w.nll).collect::<Vec<_>>());
+            v["per_window_nll"] =
+                serde_json::json!(rep.per_window.iter().map(|w| w.nll).collect::<Vec<_>>());
         }
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!("model          {}", a.model.display());
-        println!("protocol       {}", if matches!(a.protocol, Protocol::Lee) { PROTOCOL } else { "raw" });
-        println!("tokens         {} ({} windows of 512, {} scored)", ids.len(), rep.windows, rep.scored_tokens);
+        println!(
+            "protocol       {}",
+            if matches!(a.protocol, Protocol::Lee) {
+                PROTOCOL
+            } else {
+                "raw"
+            }
+        );
+        println!(
+            "tokens         {} ({} windows of 512, {} scored)",
+            ids.len(),
+            rep.windows,
+            rep.scored_tokens
+        );
         println!("perplexity     {:.4}", rep.ppl);
         if let (Some(k), Some(t)) = (rep.kld, rep.top1_agreement) {
             println!("KLD vs base    {k:.5}");
             println!("top-1 agree    {:.2} %", 100.0 * t);
         }
-        println!("time           {:.1} s ({tps:.0} scored tokens/s)", rep.seconds);
+        println!(
+            "time           {:.1} s ({tps:.0} scored tokens/s)",
+            rep.seconds
+        );
         if let Some(r) = common::peak_rss() {
             println!("peak RSS       {}", common::human(r));
         }

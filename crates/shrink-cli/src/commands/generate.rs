@@ -11,7 +11,9 @@ use crate::common;
 
 /// Arguments of `shrink generate`.
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  shrink generate assets/SmolLM2-135M-Instruct.Q4_1.gguf --prompt \"The capital of France is\"\n  shrink generate assets/SmolLM2-135M-Instruct.Q4_1.gguf --chat --prompt \"Name three fruits.\" --temperature 0.7 --seed 1")]
+#[command(
+    after_help = "Examples:\n  shrink generate assets/SmolLM2-135M-Instruct.Q4_1.gguf --prompt \"The capital of France is\"\n  shrink generate assets/SmolLM2-135M-Instruct.Q4_1.gguf --chat --prompt \"Name three fruits.\" --temperature 0.7 --seed 1"
+)]
 pub struct Args {
     /// Model (HF directory or .gguf).
     pub model: PathBuf,
@@ -49,7 +51,11 @@ pub fn run(a: Args) -> Result<()> {
     let ckpt = common::open(&a.model)?;
     let tok = common::tokenizer(&ckpt)?;
     let model = Model::load(&ckpt)?;
-    let text = if a.chat { tok.apply_chat_template(&[("user", &a.prompt)], true)? } else { a.prompt.clone() };
+    let text = if a.chat {
+        tok.apply_chat_template(&[("user", &a.prompt)], true)?
+    } else {
+        a.prompt.clone()
+    };
     let ids = tok.encode(&text, true)?;
     let opts = GenOptions {
         max_tokens: a.max_tokens,
@@ -98,7 +104,12 @@ pub fn run(a: Args) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!();
-        eprintln!("[{} tokens in {:.2} s, {:.1} tokens/s]", out.len(), secs, out.len() as f64 / secs);
+        eprintln!(
+            "[{} tokens in {:.2} s, {:.1} tokens/s]",
+            out.len(),
+            secs,
+            out.len() as f64 / secs
+        );
     }
     Ok(())
 }

@@ -11,7 +11,9 @@ use crate::common;
 
 /// Arguments of `shrink inspect`.
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  shrink inspect assets/SmolLM2-135M-Instruct.Q4_1.gguf\n  shrink inspect my-model-dir --modules --json")]
+#[command(
+    after_help = "Examples:\n  shrink inspect assets/SmolLM2-135M-Instruct.Q4_1.gguf\n  shrink inspect my-model-dir --modules --json"
+)]
 pub struct Args {
     /// Model (HF directory or .gguf).
     pub model: PathBuf,
@@ -47,7 +49,11 @@ pub fn run(a: Args) -> Result<()> {
     let cfg = ModelConfig::from_checkpoint(&ckpt);
     let (arch, format) = match &ckpt {
         Checkpoint::Hf(h) => (
-            h.config.get("model_type").and_then(|v| v.as_str()).unwrap_or("?").to_string(),
+            h.config
+                .get("model_type")
+                .and_then(|v| v.as_str())
+                .unwrap_or("?")
+                .to_string(),
             "huggingface safetensors",
         ),
         Checkpoint::Gguf(g) => (g.architecture().unwrap_or("?").to_string(), "gguf"),
@@ -98,8 +104,16 @@ pub fn run(a: Args) -> Result<()> {
     }
     println!("parameters     {params} ({:.1} M)", params as f64 / 1e6);
     println!("tensors        {}", tensors.len());
-    println!("footprint      {bytes} bytes ({}), {:.3} bits/weight", common::human(bytes), bytes as f64 * 8.0 / params.max(1) as f64);
-    println!("as float32     {} bytes ({})", params * 4, common::human(params * 4));
+    println!(
+        "footprint      {bytes} bytes ({}), {:.3} bits/weight",
+        common::human(bytes),
+        bytes as f64 * 8.0 / params.max(1) as f64
+    );
+    println!(
+        "as float32     {} bytes ({})",
+        params * 4,
+        common::human(params * 4)
+    );
     println!("dtypes");
     for (k, (n, p, b)) in &per_dtype {
         println!("  {k:<8} {n:>5} tensors {p:>14} params {b:>14} bytes");
@@ -114,7 +128,13 @@ pub fn run(a: Args) -> Result<()> {
     if a.tensors {
         println!("tensors");
         for t in &tensors {
-            println!("  {:<50} {:<6} {:<16} {:>12}", t.name, t.dtype.name(), format!("{:?}", t.shape), t.bytes);
+            println!(
+                "  {:<50} {:<6} {:<16} {:>12}",
+                t.name,
+                t.dtype.name(),
+                format!("{:?}", t.shape),
+                t.bytes
+            );
         }
     }
     Ok(())
