@@ -16,6 +16,7 @@
 //! # Ok::<(), shrink_models::ModelError>(())
 //! ```
 
+pub mod bert;
 pub mod config;
 pub mod error;
 pub mod gpt2;
@@ -28,6 +29,7 @@ pub mod weights;
 use candle_core::Tensor;
 use shrink_io::Checkpoint;
 
+pub use bert::{BertClassifier, BertConfig, BertKind};
 pub use config::ModelConfig;
 pub use error::{ModelError, Result};
 pub use layers::KvCache;

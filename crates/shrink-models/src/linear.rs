@@ -5,9 +5,9 @@ use candle_core::{Module, Tensor};
 /// A dense float32 linear layer.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    /// Weight [out_features, in_features].
+    /// Weight, shape (out_features, in_features).
     pub weight: Tensor,
-    /// Optional bias [out_features].
+    /// Optional bias, shape (out_features).
     pub bias: Option<Tensor>,
 }
 

@@ -1,0 +1,571 @@
+//! BERT and DistilBERT sequence classifiers (encoder-only, bidirectional attention).
+//!
+//! Follows transformers' `BertForSequenceClassification` (`models/bert/modeling_bert.py`) and
+//! `DistilBertForSequenceClassification` (`models/distilbert/modeling_distilbert.py`) in eval
+//! mode (dropout is the identity). Both are post-norm encoders of the same shape:
+//!
+//! - embeddings: word + absolute position (+ token type 0 for BERT), then LayerNorm;
+//! - each layer: `x = LN(x + O·attn(Q x, K x, V x))`, `x = LN(x + W₂ act(W₁ x))`;
+//! - head on the first token: BERT `classifier(tanh(pooler(h₀)))`, DistilBERT
+//!   `classifier(relu(pre_classifier(h₀)))`.
+//!
+//! One unpadded sequence at a time: every token attends to every token, token types are all 0
+//! and positions run 0..t.
+
+use std::path::Path;
+
+use candle_core::{Device, Module, Tensor};
+use serde_json::Value;
+use shrink_io::Checkpoint;
+
+use crate::error::{ModelError, Result};
+use crate::layers::{activation, heads};
+use crate::linear::Linear;
+use crate::llama::check_ids;
+use crate::weights::WeightLoader;
+
+/// The `model_type`s this module reads.
+pub const SUPPORTED: &str = "bert, distilbert";
+
+/// Which of the two encoder families a [`BertConfig`] describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BertKind {
+    /// BERT (`model_type: "bert"`), weights under `bert.`.
+    Bert,
+    /// DistilBERT (`model_type: "distilbert"`), weights under `distilbert.`.
+    DistilBert,
+}
+
+impl BertKind {
+    /// config.json's `model_type` for this kind.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            BertKind::Bert => "bert",
+            BertKind::DistilBert => "distilbert",
+        }
+    }
+}
+
+/// Hyperparameters of a BERT or DistilBERT sequence classifier, under BERT's names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BertConfig {
+    /// BERT or DistilBERT.
+    pub kind: BertKind,
+    /// Width of the residual stream (DistilBERT: `dim`).
+    pub hidden_size: usize,
+    /// Encoder layers (DistilBERT: `n_layers`).
+    pub num_layers: usize,
+    /// Attention heads (DistilBERT: `n_heads`).
+    pub num_heads: usize,
+    /// Feed-forward width (DistilBERT: `hidden_dim`).
+    pub intermediate_size: usize,
+    /// Feed-forward activation by its transformers name (DistilBERT: `activation`).
+    pub hidden_act: String,
+    /// Learned positions.
+    pub max_position_embeddings: usize,
+    /// Token types (BERT only; 0 for DistilBERT, which has no token-type embedding).
+    pub type_vocab_size: usize,
+    /// LayerNorm epsilon (DistilBERT: fixed 1e-12).
+    pub layer_norm_eps: f64,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Number of classes: the length of `id2label` (2 when absent).
+    pub num_labels: usize,
+    /// Class names by id (`id2label`, or `LABEL_i` when absent).
+    pub labels: Vec<String>,
+}
+
+impl BertConfig {
+    /// Read the configuration of an HF checkpoint directory (GGUF files are not supported).
+    pub fn from_checkpoint(ckpt: &Checkpoint) -> Result<Self> {
+        match ckpt {
+            Checkpoint::Hf(h) => Self::from_hf_json(&h.config, &h.dir.join("config.json")),
+            Checkpoint::Gguf(g) => Err(ModelError::Config {
+                path: g.path().to_path_buf(),
+                what: "BERT classifiers are read from Hugging Face directories, not GGUF".into(),
+            }),
+        }
+    }
+
+    /// Parse a Hugging Face config.json value (`path` names it in errors).
+    pub fn from_hf_json(v: &Value, path: &Path) -> Result<Self> {
+        let j = Json { v, path };
+        let model_type = j.str("model_type")?;
+        let cfg = match model_type.as_str() {
+            "bert" => {
+                if let Some(p) = j.opt_str("position_embedding_type")? {
+                    if p != "absolute" {
+                        return Err(j.err(format!(
+                            "position_embedding_type {p:?} is not supported (only \"absolute\")"
+                        )));
+                    }
+                }
+                BertConfig {
+                    kind: BertKind::Bert,
+                    hidden_size: j.usize("hidden_size")?,
+                    num_layers: j.usize("num_hidden_layers")?,
+                    num_heads: j.usize("num_attention_heads")?,
+                    intermediate_size: j.usize("intermediate_size")?,
+                    hidden_act: j.opt_str("hidden_act")?.unwrap_or_else(|| "gelu".into()),
+                    max_position_embeddings: j.usize("max_position_embeddings")?,
+                    type_vocab_size: j.usize("type_vocab_size")?,
+                    layer_norm_eps: j.opt_f64("layer_norm_eps")?.unwrap_or(1e-12),
+                    vocab_size: j.usize("vocab_size")?,
+                    num_labels: 0,
+                    labels: Vec::new(),
+                }
+            }
+            "distilbert" => {
+                if j.opt_bool("sinusoidal_pos_embds")?.unwrap_or(false) {
+                    return Err(j.err(
+                        "sinusoidal_pos_embds = true is not supported (only learned positions)",
+                    ));
+                }
+                BertConfig {
+                    kind: BertKind::DistilBert,
+                    hidden_size: j.usize("dim")?,
+                    num_layers: j.usize("n_layers")?,
+                    num_heads: j.usize("n_heads")?,
+                    intermediate_size: j.usize("hidden_dim")?,
+                    hidden_act: j.opt_str("activation")?.unwrap_or_else(|| "gelu".into()),
+                    max_position_embeddings: j.usize("max_position_embeddings")?,
+                    type_vocab_size: 0,
+                    // DistilBERT hard-codes its LayerNorms' eps.
+                    layer_norm_eps: 1e-12,
+                    vocab_size: j.usize("vocab_size")?,
+                    num_labels: 0,
+                    labels: Vec::new(),
+                }
+            }
+            other => {
+                return Err(ModelError::UnknownArchitecture {
+                    path: path.to_path_buf(),
+                    name: other.to_string(),
+                    supported: SUPPORTED,
+                })
+            }
+        };
+        let labels = j.labels()?;
+        let cfg = BertConfig {
+            num_labels: labels.len(),
+            labels,
+            ..cfg
+        };
+        if !cfg.hidden_size.is_multiple_of(cfg.num_heads) {
+            return Err(j.err(format!(
+                "hidden size {} is not divisible by {} attention heads",
+                cfg.hidden_size, cfg.num_heads
+            )));
+        }
+        // Fail here rather than at the first forward on an unknown activation.
+        let probe = Tensor::zeros(1, candle_core::DType::F32, &Device::Cpu)?;
+        activation(&cfg.hidden_act, &probe)
+            .map_err(|_| j.err(format!("unsupported activation {:?}", cfg.hidden_act)))?;
+        Ok(cfg)
+    }
+
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_heads
+    }
+
+    /// A transformers config.json for this configuration (float32 storage).
+    pub fn to_hf_json(&self) -> Value {
+        let id2label: serde_json::Map<String, Value> = self
+            .labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i.to_string(), Value::from(l.as_str())))
+            .collect();
+        let label2id: serde_json::Map<String, Value> = self
+            .labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.clone(), Value::from(i)))
+            .collect();
+        let mut v = match self.kind {
+            BertKind::Bert => serde_json::json!({
+                "architectures": ["BertForSequenceClassification"],
+                "model_type": "bert",
+                "hidden_size": self.hidden_size,
+                "num_hidden_layers": self.num_layers,
+                "num_attention_heads": self.num_heads,
+                "intermediate_size": self.intermediate_size,
+                "hidden_act": self.hidden_act,
+                "max_position_embeddings": self.max_position_embeddings,
+                "type_vocab_size": self.type_vocab_size,
+                "layer_norm_eps": self.layer_norm_eps,
+                "vocab_size": self.vocab_size,
+                "position_embedding_type": "absolute",
+            }),
+            BertKind::DistilBert => serde_json::json!({
+                "architectures": ["DistilBertForSequenceClassification"],
+                "model_type": "distilbert",
+                "dim": self.hidden_size,
+                "n_layers": self.num_layers,
+                "n_heads": self.num_heads,
+                "hidden_dim": self.intermediate_size,
+                "activation": self.hidden_act,
+                "max_position_embeddings": self.max_position_embeddings,
+                "vocab_size": self.vocab_size,
+                "sinusoidal_pos_embds": false,
+            }),
+        };
+        v["id2label"] = Value::Object(id2label);
+        v["label2id"] = Value::Object(label2id);
+        v["dtype"] = "float32".into();
+        v["torch_dtype"] = "float32".into();
+        v
+    }
+}
+
+/// HF names of one encoder layer's modules, in the order
+/// q, k, v, attention output, attention LayerNorm, FFN up, FFN down, output LayerNorm.
+fn layer_names(kind: BertKind, l: usize) -> [String; 8] {
+    match kind {
+        BertKind::Bert => {
+            let p = format!("bert.encoder.layer.{l}");
+            [
+                format!("{p}.attention.self.query"),
+                format!("{p}.attention.self.key"),
+                format!("{p}.attention.self.value"),
+                format!("{p}.attention.output.dense"),
+                format!("{p}.attention.output.LayerNorm"),
+                format!("{p}.intermediate.dense"),
+                format!("{p}.output.dense"),
+                format!("{p}.output.LayerNorm"),
+            ]
+        }
+        BertKind::DistilBert => {
+            let p = format!("distilbert.transformer.layer.{l}");
+            [
+                format!("{p}.attention.q_lin"),
+                format!("{p}.attention.k_lin"),
+                format!("{p}.attention.v_lin"),
+                format!("{p}.attention.out_lin"),
+                format!("{p}.sa_layer_norm"),
+                format!("{p}.ffn.lin1"),
+                format!("{p}.ffn.lin2"),
+                format!("{p}.output_layer_norm"),
+            ]
+        }
+    }
+}
+
+/// `bert` or `distilbert`: the prefix of the encoder's weights.
+fn prefix(kind: BertKind) -> &'static str {
+    kind.model_type()
+}
+
+/// Name of the dense layer between the first token and the classifier.
+fn pre_classifier_name(kind: BertKind) -> &'static str {
+    match kind {
+        BertKind::Bert => "bert.pooler.dense",
+        BertKind::DistilBert => "pre_classifier",
+    }
+}
+
+/// HF names and shapes of every weight the configuration implies, in load order.
+pub fn weight_shapes(cfg: &BertConfig) -> Vec<(String, Vec<usize>)> {
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    let p = prefix(cfg.kind);
+    let mut v = vec![
+        (
+            format!("{p}.embeddings.word_embeddings.weight"),
+            vec![cfg.vocab_size, h],
+        ),
+        (
+            format!("{p}.embeddings.position_embeddings.weight"),
+            vec![cfg.max_position_embeddings, h],
+        ),
+    ];
+    if cfg.kind == BertKind::Bert {
+        v.push((
+            format!("{p}.embeddings.token_type_embeddings.weight"),
+            vec![cfg.type_vocab_size, h],
+        ));
+    }
+    v.push((format!("{p}.embeddings.LayerNorm.weight"), vec![h]));
+    v.push((format!("{p}.embeddings.LayerNorm.bias"), vec![h]));
+    let lin = |v: &mut Vec<_>, name: &str, out: usize, inp: usize| {
+        v.push((format!("{name}.weight"), vec![out, inp]));
+        v.push((format!("{name}.bias"), vec![out]));
+    };
+    for l in 0..cfg.num_layers {
+        let [q, k, val, o, ln1, up, down, ln2] = layer_names(cfg.kind, l);
+        lin(&mut v, &q, h, h);
+        lin(&mut v, &k, h, h);
+        lin(&mut v, &val, h, h);
+        lin(&mut v, &o, h, h);
+        v.push((format!("{ln1}.weight"), vec![h]));
+        v.push((format!("{ln1}.bias"), vec![h]));
+        lin(&mut v, &up, i, h);
+        lin(&mut v, &down, h, i);
+        v.push((format!("{ln2}.weight"), vec![h]));
+        v.push((format!("{ln2}.bias"), vec![h]));
+    }
+    lin(&mut v, pre_classifier_name(cfg.kind), h, h);
+    lin(&mut v, "classifier", cfg.num_labels, h);
+    v
+}
+
+/// A LayerNorm's (weight, bias).
+pub type LayerNorm = (Tensor, Tensor);
+
+/// One post-norm encoder layer.
+#[derive(Debug, Clone)]
+pub struct BertLayer {
+    /// Query projection (BERT `attention.self.query`, DistilBERT `attention.q_lin`).
+    pub query: Linear,
+    /// Key projection.
+    pub key: Linear,
+    /// Value projection.
+    pub value: Linear,
+    /// Attention output projection (`attention.output.dense` / `attention.out_lin`).
+    pub attn_out: Linear,
+    /// LayerNorm after attention (`attention.output.LayerNorm` / `sa_layer_norm`).
+    pub attn_ln: LayerNorm,
+    /// Feed-forward up projection (`intermediate.dense` / `ffn.lin1`).
+    pub ffn_up: Linear,
+    /// Feed-forward down projection (`output.dense` / `ffn.lin2`).
+    pub ffn_down: Linear,
+    /// LayerNorm after the feed-forward (`output.LayerNorm` / `output_layer_norm`).
+    pub out_ln: LayerNorm,
+}
+
+/// A BERT or DistilBERT sequence classifier.
+#[derive(Debug, Clone)]
+pub struct BertClassifier {
+    /// Configuration.
+    pub cfg: BertConfig,
+    /// Token embedding [vocab, hidden].
+    pub word_embeddings: Tensor,
+    /// Position embedding [max_positions, hidden].
+    pub position_embeddings: Tensor,
+    /// Token-type 0's embedding `[hidden]` (BERT only).
+    pub token_type_0: Option<Tensor>,
+    /// LayerNorm of the embeddings.
+    pub embeddings_ln: LayerNorm,
+    /// Encoder layers.
+    pub layers: Vec<BertLayer>,
+    /// BERT's pooler (then tanh) or DistilBERT's pre_classifier (then ReLU).
+    pub pre_classifier: Linear,
+    /// Classifier [num_labels, hidden].
+    pub classifier: Linear,
+}
+
+impl BertClassifier {
+    /// Load every weight through `w` (HF names, checked against the configuration's shapes).
+    pub fn load(cfg: BertConfig, w: &WeightLoader) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let p = prefix(cfg.kind);
+        let lin = |name: &str, out: usize, inp: usize| -> Result<Linear> {
+            Ok(Linear::new(
+                w.get(&format!("{name}.weight"), &[out, inp])?,
+                Some(w.get(&format!("{name}.bias"), &[out])?),
+            ))
+        };
+        let ln = |name: &str| -> Result<LayerNorm> {
+            Ok((
+                w.get(&format!("{name}.weight"), &[h])?,
+                w.get(&format!("{name}.bias"), &[h])?,
+            ))
+        };
+        let word_embeddings = w.get(
+            &format!("{p}.embeddings.word_embeddings.weight"),
+            &[cfg.vocab_size, h],
+        )?;
+        let position_embeddings = w.get(
+            &format!("{p}.embeddings.position_embeddings.weight"),
+            &[cfg.max_position_embeddings, h],
+        )?;
+        let token_type_0 = match cfg.kind {
+            BertKind::Bert => Some(
+                w.get(
+                    &format!("{p}.embeddings.token_type_embeddings.weight"),
+                    &[cfg.type_vocab_size, h],
+                )?
+                .get(0)?,
+            ),
+            BertKind::DistilBert => None,
+        };
+        let embeddings_ln = ln(&format!("{p}.embeddings.LayerNorm"))?;
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for l in 0..cfg.num_layers {
+            let [q, k, v, o, ln1, up, down, ln2] = layer_names(cfg.kind, l);
+            layers.push(BertLayer {
+                query: lin(&q, h, h)?,
+                key: lin(&k, h, h)?,
+                value: lin(&v, h, h)?,
+                attn_out: lin(&o, h, h)?,
+                attn_ln: ln(&ln1)?,
+                ffn_up: lin(&up, i, h)?,
+                ffn_down: lin(&down, h, i)?,
+                out_ln: ln(&ln2)?,
+            });
+        }
+        let pre_classifier = lin(pre_classifier_name(cfg.kind), h, h)?;
+        let classifier = lin("classifier", cfg.num_labels, h)?;
+        Ok(BertClassifier {
+            cfg,
+            word_embeddings,
+            position_embeddings,
+            token_type_0,
+            embeddings_ln,
+            layers,
+            pre_classifier,
+            classifier,
+        })
+    }
+
+    /// Final hidden states [t, hidden] of one unpadded sequence (token types 0, positions 0..t).
+    pub fn encode(&self, ids: &[u32]) -> Result<Tensor> {
+        let c = &self.cfg;
+        let t = ids.len();
+        check_ids(ids, c.vocab_size)?;
+        if t > c.max_position_embeddings {
+            return Err(ModelError::Input(format!(
+                "sequence of {t} tokens exceeds the model's {} positions",
+                c.max_position_embeddings
+            )));
+        }
+        let eps = c.layer_norm_eps as f32;
+        let idx = Tensor::new(ids, &Device::Cpu)?;
+        let mut x = (self.word_embeddings.index_select(&idx, 0)?
+            + self.position_embeddings.narrow(0, 0, t)?)?;
+        if let Some(tt) = &self.token_type_0 {
+            x = x.broadcast_add(tt)?;
+        }
+        let (ln_w, ln_b) = &self.embeddings_ln;
+        let mut x = candle_nn::ops::layer_norm(&x, ln_w, ln_b, eps)?;
+        let (nh, hd) = (c.num_heads, c.head_dim());
+        let scale = 1.0 / (hd as f64).sqrt();
+        for l in &self.layers {
+            let q = heads(&l.query.forward(&x)?, nh, hd)?;
+            let k = heads(&l.key.forward(&x)?, nh, hd)?;
+            let v = heads(&l.value.forward(&x)?, nh, hd)?;
+            let a = bidirectional_attention(&q, &k, &v, scale)?;
+            let a = l.attn_out.forward(&a)?;
+            x = candle_nn::ops::layer_norm(&(x + a)?, &l.attn_ln.0, &l.attn_ln.1, eps)?;
+            let m = activation(&c.hidden_act, &l.ffn_up.forward(&x)?)?;
+            let m = l.ffn_down.forward(&m)?;
+            x = candle_nn::ops::layer_norm(&(x + m)?, &l.out_ln.0, &l.out_ln.1, eps)?;
+        }
+        Ok(x)
+    }
+
+    /// Class logits `[num_labels]` of one unpadded sequence, from its first token's state.
+    pub fn forward(&self, ids: &[u32]) -> Result<Tensor> {
+        let x = self.encode(ids)?;
+        let first = x.narrow(0, 0, 1)?; // [1, hidden]
+        let p = self.pre_classifier.forward(&first)?;
+        let p = match self.cfg.kind {
+            BertKind::Bert => p.tanh()?,
+            BertKind::DistilBert => p.relu()?,
+        };
+        Ok(self.classifier.forward(&p)?.squeeze(0)?)
+    }
+}
+
+/// Unmasked scaled dot-product attention: q, k, v [h, t, d] → [t, h·d].
+pub fn bidirectional_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    let (h, t, d) = q.dims3()?;
+    let scores = (q.matmul(&k.t()?)? * scale)?; // [h, t, tk]
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let out = probs.matmul(v)?; // [h, t, d]
+    Ok(out.transpose(0, 1)?.reshape((t, h * d))?)
+}
+
+/// Typed access to config.json fields, naming the file and field in errors.
+struct Json<'a> {
+    v: &'a Value,
+    path: &'a Path,
+}
+
+impl Json<'_> {
+    fn err(&self, what: impl Into<String>) -> ModelError {
+        ModelError::Config {
+            path: self.path.to_path_buf(),
+            what: what.into(),
+        }
+    }
+    fn field(&self, k: &str) -> Option<&Value> {
+        self.v.get(k).filter(|x| !x.is_null())
+    }
+    fn str(&self, k: &str) -> Result<String> {
+        self.opt_str(k)?
+            .ok_or_else(|| self.err(format!("missing field \"{k}\"")))
+    }
+    fn opt_str(&self, k: &str) -> Result<Option<String>> {
+        match self.field(k) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(o) => Err(self.err(format!("field \"{k}\" should be a string, found {o}"))),
+        }
+    }
+    fn usize(&self, k: &str) -> Result<usize> {
+        match self.field(k) {
+            None => Err(self.err(format!("missing field \"{k}\""))),
+            Some(x) => match x.as_u64() {
+                Some(n) if n > 0 && n < (1 << 40) => Ok(n as usize),
+                _ => Err(self.err(format!(
+                    "field \"{k}\" should be a positive integer, found {x}"
+                ))),
+            },
+        }
+    }
+    fn opt_f64(&self, k: &str) -> Result<Option<f64>> {
+        match self.field(k) {
+            None => Ok(None),
+            Some(x) => x
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| self.err(format!("field \"{k}\" should be a number, found {x}"))),
+        }
+    }
+    fn opt_bool(&self, k: &str) -> Result<Option<bool>> {
+        match self.field(k) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(x) => Err(self.err(format!("field \"{k}\" should be true or false, found {x}"))),
+        }
+    }
+    /// Class names by id from `id2label` (keys "0".."n-1"); without it, `num_labels` (default
+    /// 2) names `LABEL_0`, `LABEL_1`, ... as transformers does.
+    fn labels(&self) -> Result<Vec<String>> {
+        let Some(m) = self.field("id2label") else {
+            let n = match self.field("num_labels") {
+                None => 2,
+                Some(_) => self.usize("num_labels")?,
+            };
+            return Ok((0..n).map(|i| format!("LABEL_{i}")).collect());
+        };
+        let Value::Object(m) = m else {
+            return Err(self.err(format!(
+                "field \"id2label\" should be an object of id → label, found {m}"
+            )));
+        };
+        if m.is_empty() {
+            return Err(self.err("field \"id2label\" is empty: a classifier needs labels"));
+        }
+        let mut labels = vec![None; m.len()];
+        for (k, v) in m {
+            let id = k
+                .parse::<usize>()
+                .ok()
+                .filter(|&i| i < m.len())
+                .ok_or_else(|| {
+                    self.err(format!("id2label key {k:?} is not an id in 0..{}", m.len()))
+                })?;
+            let Value::String(s) = v else {
+                return Err(self.err(format!("id2label[{k:?}] should be a string, found {v}")));
+            };
+            labels[id] = Some(s.clone());
+        }
+        labels
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| l.ok_or_else(|| self.err(format!("id2label lacks id {i}"))))
+            .collect()
+    }
+}
