@@ -221,7 +221,7 @@ impl<'a> Cursor<'a> {
         let remain = (self.buf.len() - self.pos) as u64;
         if len > remain {
             return Err(self.err(format!(
-                "{what}: string length {len} exceeds the {remain} bytes left"
+                "{what}: string length {len} exceeds the {remain} bytes left: truncated or corrupt"
             )));
         }
         let bytes = self.take(len as usize, what)?;
@@ -254,10 +254,11 @@ impl<'a> Cursor<'a> {
                 let remain = (self.buf.len() - self.pos) as u64;
                 if len > remain {
                     return Err(self.err(format!(
-                        "key {key}: array of {len} items exceeds the {remain} bytes left"
+                        "key {key}: array of {len} items exceeds the {remain} bytes left: truncated or corrupt"
                     )));
                 }
-                let mut items = Vec::with_capacity(len as usize);
+                // Capacity capped: a lying length must fail on the bytes, not allocate for them.
+                let mut items = Vec::with_capacity(len.min(1 << 16) as usize);
                 for _ in 0..len {
                     items.push(self.value(elem_ty, key, depth + 1)?);
                 }
@@ -305,7 +306,7 @@ impl GgufFile {
         // A metadata pair takes at least 13 bytes, a tensor info at least 28.
         if n_kv.saturating_mul(13) > remain || n_tensors.saturating_mul(28) > remain {
             return Err(c.err(format!(
-                "header claims {n_tensors} tensors and {n_kv} metadata keys, more than {remain} bytes can hold"
+                "header claims {n_tensors} tensors and {n_kv} metadata keys, more than the {remain} bytes left can hold: truncated or corrupt"
             )));
         }
         let mut metadata = BTreeMap::new();
@@ -373,6 +374,15 @@ impl GgufFile {
             });
         }
         let data_offset = (c.pos as u64).div_ceil(alignment) * alignment;
+        if data_offset > mmap.len() as u64 && !tensors.is_empty() {
+            return Err(IoError::malformed(
+                &path,
+                format!(
+                    "GGUF: truncated: the data section would start at byte {data_offset}, past the end of the file ({} bytes)",
+                    mmap.len()
+                ),
+            ));
+        }
         let data_len = (mmap.len() as u64).saturating_sub(data_offset);
         // Bounds and overlap: sort a view by offset and walk it.
         let mut order: Vec<&GgufTensorInfo> = tensors.iter().collect();

@@ -23,13 +23,12 @@ impl OutputDir {
     /// Start writing `target`, which must not exist and must not be any of `inputs`.
     pub fn create(target: impl AsRef<Path>, inputs: &[&Path]) -> Result<Self> {
         let target = target.as_ref().to_path_buf();
-        if target.exists() {
-            return Err(IoError::malformed(
-                &target,
-                "output already exists; shrink never overwrites (remove it or choose another -o)",
-            ));
-        }
-        let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        // Checked first, so that `-o` naming the input says so rather than "already exists".
+        let abs = |p: &Path| {
+            std::fs::canonicalize(p)
+                .or_else(|_| std::path::absolute(p))
+                .unwrap_or_else(|_| p.to_path_buf())
+        };
         for inp in inputs {
             if abs(inp) == abs(&target) {
                 return Err(IoError::malformed(
@@ -37,6 +36,12 @@ impl OutputDir {
                     "output is the same path as an input",
                 ));
             }
+        }
+        if target.exists() {
+            return Err(IoError::malformed(
+                &target,
+                "output already exists; shrink never overwrites (remove it or choose another -o)",
+            ));
         }
         let parent = match target.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),

@@ -8,8 +8,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-use safetensors::tensor::{Dtype, Metadata};
-use safetensors::SafeTensors;
+use safetensors::tensor::{Dtype, Metadata, TensorInfo};
+use safetensors::{SafeTensorError, SafeTensors};
 
 use crate::error::{IoError, Result};
 
@@ -46,9 +46,14 @@ impl SafetensorsFile {
         // SAFETY: read-only map of an input shrink never writes.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| IoError::os(&path, e))?;
         let (header_len, meta): (usize, Metadata) =
-            SafeTensors::read_metadata(&mmap).map_err(|source| IoError::Safetensors {
-                path: path.clone(),
-                source,
+            SafeTensors::read_metadata(&mmap).map_err(|source| match explain(&mmap, &source) {
+                Some(what) => {
+                    IoError::malformed(&path, format!("invalid safetensors file: {what}"))
+                }
+                None => IoError::Safetensors {
+                    path: path.clone(),
+                    source,
+                },
             })?;
         let base = 8 + header_len;
         let mut infos = Vec::new();
@@ -88,6 +93,63 @@ impl SafetensorsFile {
     /// The bytes of a tensor described by an info from this file.
     pub fn bytes(&self, info: &StTensorInfo) -> &[u8] {
         &self.mmap[info.start..info.end]
+    }
+}
+
+/// Say which bytes or which tensor are wrong where the safetensors crate's own diagnosis does
+/// not (a truncated file reads "invalid header length" or "file not fully covered" there).
+fn explain(buf: &[u8], err: &SafeTensorError) -> Option<String> {
+    let n = u64::from_le_bytes(buf.get(..8)?.try_into().ok()?);
+    let file_len = buf.len();
+    match err {
+        SafeTensorError::InvalidHeaderLength => Some(format!(
+            "header length {n} (the first 8 bytes) runs past the end of the file ({file_len} \
+             bytes): truncated or not a safetensors file"
+        )),
+        SafeTensorError::HeaderTooLarge => Some(format!(
+            "header length {n} (the first 8 bytes) is over the 100 MB safetensors allows: \
+             corrupt or not a safetensors file"
+        )),
+        SafeTensorError::MetadataIncompleteBuffer | SafeTensorError::TensorInvalidInfo => {
+            let header: BTreeMap<String, serde_json::Value> =
+                serde_json::from_slice(buf.get(8..(n as usize).checked_add(8)?)?).ok()?;
+            let infos = header
+                .into_iter()
+                .filter(|(k, _)| k != "__metadata__")
+                .filter_map(|(k, v)| Some((k, serde_json::from_value::<TensorInfo>(v).ok()?)));
+            let data_len = file_len.saturating_sub(8 + n as usize);
+            let mut last: Option<(String, usize)> = None;
+            for (name, t) in infos {
+                let (s, e) = t.data_offsets;
+                let need = t
+                    .shape
+                    .iter()
+                    .try_fold(t.dtype.bitsize(), |a, &d| a.checked_mul(d));
+                if need.is_none_or(|b| b % 8 != 0 || e.checked_sub(s) != Some(b / 8)) {
+                    return Some(format!(
+                        "tensor {name}: data_offsets [{s}, {e}] do not fit dtype {:?} and shape {:?}",
+                        t.dtype, t.shape
+                    ));
+                }
+                if last.as_ref().is_none_or(|l| e > l.1) {
+                    last = Some((name, e));
+                }
+            }
+            let (name, end) = last?;
+            Some(if end > data_len {
+                format!(
+                    "tensor {name} ends at byte {end} of the data section, which holds only \
+                     {data_len} bytes: the file is truncated"
+                )
+            } else {
+                format!(
+                    "the tensors end at byte {end} of the data section, which holds {data_len} \
+                     bytes: {} bytes of trailing garbage",
+                    data_len - end
+                )
+            })
+        }
+        _ => None,
     }
 }
 
@@ -138,16 +200,17 @@ impl SafetensorsModel {
                 "no model.safetensors or model.safetensors.index.json in this directory",
             ));
         };
-        let mut files = Vec::new();
-        let mut tensors = BTreeMap::new();
+        let mut files: Vec<SafetensorsFile> = Vec::new();
+        let mut tensors: BTreeMap<String, StTensorInfo> = BTreeMap::new();
         for (i, p) in shard_paths.iter().enumerate() {
             let (f, infos) = SafetensorsFile::open(p)?;
             for mut t in infos {
                 t.shard = i;
-                if tensors.contains_key(&t.name) {
+                if let Some(other) = tensors.get(&t.name) {
+                    let other: &Path = files[other.shard].path();
                     return Err(IoError::malformed(
                         p,
-                        format!("tensor {} also appears in another shard", t.name),
+                        format!("tensor {} also appears in {}", t.name, other.display()),
                     ));
                 }
                 tensors.insert(t.name.clone(), t);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::ValueEnum;
 use shrink_eval::{lee_texts, perplexity, PplOptions, PROTOCOL};
-use shrink_models::Model;
+use shrink_models::{Model, ModelConfig};
 
 use crate::common;
 
@@ -61,10 +61,24 @@ pub fn run(a: Args) -> Result<()> {
         Protocol::Raw => raw,
     };
     let ckpt = common::open(&a.model)?;
+    // An architecture shrink cannot run is the first thing to say, before a missing tokenizer.
+    ModelConfig::from_checkpoint(&ckpt)?;
     let tok = common::tokenizer(&ckpt)?;
     let t0 = std::time::Instant::now();
     let ids = tok.encode(&text, false)?;
     let tokenize_s = t0.elapsed().as_secs_f64();
+    let opts = PplOptions {
+        max_windows: a.max_windows,
+        ..Default::default()
+    };
+    if shrink_eval::perplexity::windows(&ids, &opts).is_empty() {
+        bail!(
+            "{}: the text has {} tokens, fewer than one window of {}",
+            a.text.display(),
+            ids.len(),
+            opts.window
+        );
+    }
     let model = Model::load(&ckpt)?;
     let base = match &a.base {
         Some(p) => {
@@ -81,10 +95,6 @@ pub fn run(a: Args) -> Result<()> {
             Some(bm)
         }
         None => None,
-    };
-    let opts = PplOptions {
-        max_windows: a.max_windows,
-        ..Default::default()
     };
     let total = shrink_eval::perplexity::windows(&ids, &opts).len();
     let pb = common::bar(total as u64, "perplexity");

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use shrink_eval::generate::{generate, GenOptions};
-use shrink_models::Model;
+use shrink_models::{Model, ModelConfig};
 
 use crate::common;
 
@@ -49,6 +49,8 @@ pub fn run(a: Args) -> Result<()> {
         anyhow::bail!("--temperature must be 0 or positive");
     }
     let ckpt = common::open(&a.model)?;
+    // An architecture shrink cannot run is the first thing to say, before a missing tokenizer.
+    ModelConfig::from_checkpoint(&ckpt)?;
     let tok = common::tokenizer(&ckpt)?;
     let model = Model::load(&ckpt)?;
     let text = if a.chat {
