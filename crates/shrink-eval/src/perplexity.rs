@@ -82,16 +82,10 @@ struct RowStats {
 
 /// Log-sum-exp (accumulated in f64), NLL of `target` and arg-max of one row of logits.
 fn row_stats(row: &[f32], target: usize) -> RowStats {
-    let (mut argmax, mut max) = (0, f32::NEG_INFINITY);
-    for (i, &v) in row.iter().enumerate() {
-        if v > max {
-            max = v;
-            argmax = i;
-        }
-    }
+    let max = shrink_models::kernels::max(row);
+    let argmax = row.iter().position(|&v| v == max).unwrap_or(0);
     // exp in f32 (as PyTorch's float32 log_softmax does), accumulated in f64.
-    let sum: f64 = row.iter().map(|&v| (v - max).exp() as f64).sum();
-    let lse = max as f64 + sum.ln();
+    let lse = max as f64 + shrink_models::kernels::sum_exp(row, max).ln();
     RowStats {
         nll: lse - row[target] as f64,
         lse,

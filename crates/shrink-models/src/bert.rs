@@ -363,7 +363,7 @@ impl BertClassifier {
             Ok(Linear::new(
                 w.get(&format!("{name}.weight"), &[out, inp])?,
                 Some(w.get(&format!("{name}.bias"), &[out])?),
-            ))
+            )?)
         };
         let ln = |name: &str| -> Result<LayerNorm> {
             Ok((

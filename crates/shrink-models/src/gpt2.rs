@@ -127,17 +127,12 @@ impl Gpt2 {
         let e = cfg.n_embd;
         let gguf = matches!(w.checkpoint(), shrink_io::Checkpoint::Gguf(_));
         let conv = |name: &str, inp: usize, out: usize| -> Result<Linear> {
-            let weight = if gguf {
-                w.get(&format!("{name}.weight"), &[out, inp])?
+            let bias = Some(w.get(&format!("{name}.bias"), &[out])?);
+            Ok(if gguf {
+                Linear::new(w.get(&format!("{name}.weight"), &[out, inp])?, bias)?
             } else {
-                w.get(&format!("{name}.weight"), &[inp, out])?
-                    .t()?
-                    .contiguous()?
-            };
-            Ok(Linear::new(
-                weight,
-                Some(w.get(&format!("{name}.bias"), &[out])?),
-            ))
+                Linear::from_transposed(w.get(&format!("{name}.weight"), &[inp, out])?, bias)?
+            })
         };
         let ln = |name: &str| -> Result<(Tensor, Tensor)> {
             Ok((
@@ -161,8 +156,8 @@ impl Gpt2 {
         }
         let ln_f = ln("transformer.ln_f")?;
         let lm_head = match w.get_opt("lm_head.weight", &[cfg.vocab_size, e])? {
-            Some(h) => Linear::new(h, None),
-            None => Linear::new(wte.clone(), None),
+            Some(h) => Linear::new(h, None)?,
+            None => Linear::new(wte.clone(), None)?,
         };
         Ok(Gpt2 {
             cfg,

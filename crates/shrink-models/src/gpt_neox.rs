@@ -113,7 +113,7 @@ impl Neox {
             Ok(Linear::new(
                 w.get(&format!("{name}.weight"), &[out, inp])?,
                 w.get_opt(&format!("{name}.bias"), &[out])?,
-            ))
+            )?)
         };
         let ln = |name: &str| -> Result<(Tensor, Tensor)> {
             Ok((
@@ -136,8 +136,8 @@ impl Neox {
         }
         let final_layer_norm = ln("gpt_neox.final_layer_norm")?;
         let embed_out = match w.get_opt("embed_out.weight", &[cfg.vocab_size, h])? {
-            Some(o) => Linear::new(o, None),
-            None => Linear::new(embed_in.clone(), None),
+            Some(o) => Linear::new(o, None)?,
+            None => Linear::new(embed_in.clone(), None)?,
         };
         Ok(Neox {
             cfg,

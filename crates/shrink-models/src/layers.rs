@@ -115,15 +115,9 @@ impl candle_core::CustomOp1 for CausalSoftmax {
                 let qi = self.offset + r % t;
                 let lo = self.window.map_or(0, |w| (qi + 1).saturating_sub(w));
                 let (d, s) = (&mut d[lo..=qi], &s[lo..=qi]);
-                let max = s
-                    .iter()
-                    .fold(f32::NEG_INFINITY, |m, &v| m.max(v * self.scale));
-                let mut sum = 0f32;
-                for (o, &v) in d.iter_mut().zip(s) {
-                    *o = (v * self.scale - max).exp();
-                    sum += *o;
-                }
-                let inv = 1.0 / sum;
+                let max = crate::kernels::max(s) * self.scale;
+                d.copy_from_slice(s);
+                let inv = 1.0 / crate::kernels::exp_scaled_sum(d, self.scale, max);
                 d.iter_mut().for_each(|o| *o *= inv);
             });
         Ok((candle_core::CpuStorage::F32(dst), layout.shape().clone()))
@@ -177,6 +171,52 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor, rot: usize) -> Result<
 pub fn heads(x: &Tensor, n: usize, d: usize) -> Result<Tensor> {
     let t = x.dim(0)?;
     Ok(x.reshape((t, n, d))?.transpose(0, 1)?.contiguous()?)
+}
+
+/// silu(g) · u, element-wise and in parallel (the SwiGLU MLP's gate).
+pub fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    Ok(g.apply_op2_no_bwd(u, &SiluMul)?)
+}
+
+/// Fused `silu(g) * u` on the vectorised exp of [`crate::kernels`].
+struct SiluMul;
+
+impl candle_core::CustomOp2 for SiluMul {
+    fn name(&self) -> &'static str {
+        "silu-mul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let (g, u) = match (s1, l1.contiguous_offsets(), s2, l2.contiguous_offsets()) {
+            (
+                candle_core::CpuStorage::F32(g),
+                Some((a, b)),
+                candle_core::CpuStorage::F32(u),
+                Some((c, d)),
+            ) => (&g[a..b], &u[c..d]),
+            _ => candle_core::bail!("silu-mul needs contiguous f32 tensors"),
+        };
+        if l1.shape() != l2.shape() {
+            candle_core::bail!(
+                "silu-mul: shapes {:?} and {:?} differ",
+                l1.shape(),
+                l2.shape()
+            );
+        }
+        let mut out = vec![0f32; g.len()];
+        const CHUNK: usize = 1 << 14;
+        out.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
+            .for_each(|(o, (g, u))| crate::kernels::silu_mul(g, u, o));
+        Ok((candle_core::CpuStorage::F32(out), l1.shape().clone()))
+    }
 }
 
 /// Activation functions by their transformers names.

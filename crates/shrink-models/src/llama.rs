@@ -8,7 +8,7 @@ use candle_core::{Device, Module, Tensor};
 
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
-use crate::layers::{apply_rope, attention, causal_mask, heads, rope_tables, KvCache};
+use crate::layers::{apply_rope, attention, causal_mask, heads, rope_tables, silu_mul, KvCache};
 use crate::linear::Linear;
 use crate::weights::{GgufName, WeightLoader};
 
@@ -137,7 +137,7 @@ impl Llama {
             } else {
                 None
             };
-            Ok(Linear::new(weight, b))
+            Ok(Linear::new(weight, b)?)
         };
         let embed_tokens = w.get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
         let mut layers = Vec::with_capacity(cfg.num_layers);
@@ -158,9 +158,9 @@ impl Llama {
         }
         let norm = w.get("model.norm.weight", &[h])?;
         let lm_head = if !cfg.tie_word_embeddings && w.has("lm_head.weight") {
-            Linear::new(w.get("lm_head.weight", &[cfg.vocab_size, h])?, None)
+            Linear::new(w.get("lm_head.weight", &[cfg.vocab_size, h])?, None)?
         } else {
-            Linear::new(embed_tokens.clone(), None)
+            Linear::new(embed_tokens.clone(), None)?
         };
         Ok(Llama {
             cfg,
@@ -197,9 +197,9 @@ impl Llama {
             let a = attention(&q, &k, &v, &mask, scale)?;
             x = (x + l.o_proj.forward(&a)?)?;
             let hn = candle_nn::ops::rms_norm(&x, &l.post_attention_layernorm, eps)?;
-            let g = l.gate_proj.forward(&hn)?.silu()?;
+            let g = l.gate_proj.forward(&hn)?;
             let u = l.up_proj.forward(&hn)?;
-            x = (x + l.down_proj.forward(&(g * u)?)?)?;
+            x = (x + l.down_proj.forward(&silu_mul(&g, &u)?)?)?;
         }
         let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
         Ok(self.lm_head.forward(&x)?)
