@@ -46,7 +46,15 @@ pub fn module_sizes(tensors: &[TensorEntry]) -> BTreeMap<String, u64> {
 pub fn run(a: Args) -> Result<()> {
     let ckpt = common::open(&a.model)?;
     let tensors = ckpt.tensors();
-    let cfg = ModelConfig::from_checkpoint(&ckpt);
+    // Causal LMs first; BERT-style classifiers are a family of their own.
+    let cfg = ModelConfig::from_checkpoint(&ckpt).map(|c| c.family()).or_else(|e| {
+        shrink_models::BertConfig::from_checkpoint(&ckpt)
+            .map(|b| match b.kind {
+                shrink_models::BertKind::Bert => "bert (sequence classifier)",
+                shrink_models::BertKind::DistilBert => "distilbert (sequence classifier)",
+            })
+            .map_err(|_| e)
+    });
     let (arch, format) = match &ckpt {
         Checkpoint::Hf(h) => (
             h.config
@@ -73,7 +81,7 @@ pub fn run(a: Args) -> Result<()> {
             "path": a.model,
             "format": format,
             "architecture": arch,
-            "family": cfg.as_ref().ok().map(|c| c.family()),
+            "family": cfg.as_ref().ok(),
             "parameters": params,
             "tensors": tensors.len(),
             "footprint_bytes": bytes,
@@ -99,7 +107,7 @@ pub fn run(a: Args) -> Result<()> {
     println!("model          {}", a.model.display());
     println!("format         {format}");
     match &cfg {
-        Ok(c) => println!("architecture   {arch} ({} family)", c.family()),
+        Ok(family) => println!("architecture   {arch} ({family} family)"),
         Err(e) => println!("architecture   {arch} (not runnable by shrink: {e})"),
     }
     println!("parameters     {params} ({:.1} M)", params as f64 / 1e6);
