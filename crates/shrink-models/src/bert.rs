@@ -19,6 +19,7 @@ use serde_json::Value;
 use shrink_io::Checkpoint;
 
 use crate::error::{ModelError, Result};
+use crate::json::Json;
 use crate::layers::{activation, heads};
 use crate::linear::Linear;
 use crate::llama::check_ids;
@@ -145,7 +146,7 @@ impl BertConfig {
                 })
             }
         };
-        let labels = j.labels()?;
+        let labels = labels(&j)?;
         let cfg = BertConfig {
             num_labels: labels.len(),
             labels,
@@ -476,96 +477,39 @@ pub fn bidirectional_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -
     Ok(out.transpose(0, 1)?.reshape((t, h * d))?)
 }
 
-/// Typed access to config.json fields, naming the file and field in errors.
-struct Json<'a> {
-    v: &'a Value,
-    path: &'a Path,
-}
-
-impl Json<'_> {
-    fn err(&self, what: impl Into<String>) -> ModelError {
-        ModelError::Config {
-            path: self.path.to_path_buf(),
-            what: what.into(),
-        }
-    }
-    fn field(&self, k: &str) -> Option<&Value> {
-        self.v.get(k).filter(|x| !x.is_null())
-    }
-    fn str(&self, k: &str) -> Result<String> {
-        self.opt_str(k)?
-            .ok_or_else(|| self.err(format!("missing field \"{k}\"")))
-    }
-    fn opt_str(&self, k: &str) -> Result<Option<String>> {
-        match self.field(k) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(o) => Err(self.err(format!("field \"{k}\" should be a string, found {o}"))),
-        }
-    }
-    fn usize(&self, k: &str) -> Result<usize> {
-        match self.field(k) {
-            None => Err(self.err(format!("missing field \"{k}\""))),
-            Some(x) => match x.as_u64() {
-                Some(n) if n > 0 && n < (1 << 40) => Ok(n as usize),
-                _ => Err(self.err(format!(
-                    "field \"{k}\" should be a positive integer, found {x}"
-                ))),
-            },
-        }
-    }
-    fn opt_f64(&self, k: &str) -> Result<Option<f64>> {
-        match self.field(k) {
-            None => Ok(None),
-            Some(x) => x
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| self.err(format!("field \"{k}\" should be a number, found {x}"))),
-        }
-    }
-    fn opt_bool(&self, k: &str) -> Result<Option<bool>> {
-        match self.field(k) {
-            None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(x) => Err(self.err(format!("field \"{k}\" should be true or false, found {x}"))),
-        }
-    }
-    /// Class names by id from `id2label` (keys "0".."n-1"); without it, `num_labels` (default
-    /// 2) names `LABEL_0`, `LABEL_1`, ... as transformers does.
-    fn labels(&self) -> Result<Vec<String>> {
-        let Some(m) = self.field("id2label") else {
-            let n = match self.field("num_labels") {
-                None => 2,
-                Some(_) => self.usize("num_labels")?,
-            };
-            return Ok((0..n).map(|i| format!("LABEL_{i}")).collect());
+/// Class names by id from `id2label` (keys "0".."n-1"); without it, `num_labels` (default
+/// 2) names `LABEL_0`, `LABEL_1`, ... as transformers does.
+fn labels(j: &Json) -> Result<Vec<String>> {
+    let Some(m) = j.field("id2label") else {
+        let n = match j.field("num_labels") {
+            None => 2,
+            Some(_) => j.usize("num_labels")?,
         };
-        let Value::Object(m) = m else {
-            return Err(self.err(format!(
-                "field \"id2label\" should be an object of id → label, found {m}"
-            )));
-        };
-        if m.is_empty() {
-            return Err(self.err("field \"id2label\" is empty: a classifier needs labels"));
-        }
-        let mut labels = vec![None; m.len()];
-        for (k, v) in m {
-            let id = k
-                .parse::<usize>()
-                .ok()
-                .filter(|&i| i < m.len())
-                .ok_or_else(|| {
-                    self.err(format!("id2label key {k:?} is not an id in 0..{}", m.len()))
-                })?;
-            let Value::String(s) = v else {
-                return Err(self.err(format!("id2label[{k:?}] should be a string, found {v}")));
-            };
-            labels[id] = Some(s.clone());
-        }
-        labels
-            .into_iter()
-            .enumerate()
-            .map(|(i, l)| l.ok_or_else(|| self.err(format!("id2label lacks id {i}"))))
-            .collect()
+        return Ok((0..n).map(|i| format!("LABEL_{i}")).collect());
+    };
+    let Value::Object(m) = m else {
+        return Err(j.err(format!(
+            "field \"id2label\" should be an object of id → label, found {m}"
+        )));
+    };
+    if m.is_empty() {
+        return Err(j.err("field \"id2label\" is empty: a classifier needs labels"));
     }
+    let mut labels = vec![None; m.len()];
+    for (k, v) in m {
+        let id = k
+            .parse::<usize>()
+            .ok()
+            .filter(|&i| i < m.len())
+            .ok_or_else(|| j.err(format!("id2label key {k:?} is not an id in 0..{}", m.len())))?;
+        let Value::String(s) = v else {
+            return Err(j.err(format!("id2label[{k:?}] should be a string, found {v}")));
+        };
+        labels[id] = Some(s.clone());
+    }
+    labels
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| l.ok_or_else(|| j.err(format!("id2label lacks id {i}"))))
+        .collect()
 }

@@ -6,6 +6,7 @@ use serde_json::Value;
 use shrink_io::{Checkpoint, GgufFile};
 
 use crate::error::{ModelError, Result};
+use crate::json::Json;
 
 /// Architectures shrink can run, as config.json's `model_type` names them.
 pub const SUPPORTED: &str =
@@ -432,63 +433,6 @@ fn check_heads(c: &LlamaConfig, path: &Path) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-/// Typed access to config.json fields, naming the file and field in errors.
-struct Json<'a> {
-    v: &'a Value,
-    path: &'a Path,
-}
-
-impl Json<'_> {
-    fn err(&self, what: impl Into<String>) -> ModelError {
-        config_err(self.path, what)
-    }
-    fn field(&self, k: &str) -> Option<&Value> {
-        self.v.get(k).filter(|x| !x.is_null())
-    }
-    fn str(&self, k: &str) -> Result<String> {
-        self.opt_str(k)?
-            .ok_or_else(|| self.err(format!("missing field \"{k}\"")))
-    }
-    fn opt_str(&self, k: &str) -> Result<Option<String>> {
-        match self.field(k) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(o) => Err(self.err(format!("field \"{k}\" should be a string, found {o}"))),
-        }
-    }
-    fn usize(&self, k: &str) -> Result<usize> {
-        self.opt_usize(k)?
-            .ok_or_else(|| self.err(format!("missing field \"{k}\"")))
-    }
-    fn opt_usize(&self, k: &str) -> Result<Option<usize>> {
-        match self.field(k) {
-            None => Ok(None),
-            Some(x) => match x.as_u64() {
-                Some(n) if n > 0 && n < (1 << 40) => Ok(Some(n as usize)),
-                _ => Err(self.err(format!(
-                    "field \"{k}\" should be a positive integer, found {x}"
-                ))),
-            },
-        }
-    }
-    fn opt_f64(&self, k: &str) -> Result<Option<f64>> {
-        match self.field(k) {
-            None => Ok(None),
-            Some(x) => x
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| self.err(format!("field \"{k}\" should be a number, found {x}"))),
-        }
-    }
-    fn opt_bool(&self, k: &str) -> Result<Option<bool>> {
-        match self.field(k) {
-            None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(x) => Err(self.err(format!("field \"{k}\" should be true or false, found {x}"))),
-        }
-    }
 }
 
 impl ModelConfig {

@@ -120,41 +120,40 @@ impl<'a> WeightLoader<'a> {
     }
 }
 
-/// Undo llama.cpp's Q/K permutation: within each head, llama.cpp stores row `2i + half` for
-/// transformers' row `half·(d/2) + i` (`reshape(h, 2, d/2, ...).swapaxes(1, 2)`).
-pub fn unpermute_rows(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+/// Row pairs (transformers' row, llama.cpp's row) of the Q/K permutation: within each head of
+/// `rows / heads` rows, llama.cpp stores row `2i + half` for transformers' row `half·(d/2) + i`
+/// (`reshape(h, 2, d/2, ...).swapaxes(1, 2)` in `convert_hf_to_gguf.py`).
+fn qk_row_pairs(rows: usize, heads: usize) -> impl Iterator<Item = (usize, usize)> {
     let d = rows / heads;
     let half = d / 2;
-    let mut out = vec![0f32; data.len()];
-    for h in 0..heads {
-        for part in 0..2 {
-            for i in 0..half {
-                let hf_row = h * d + part * half + i;
-                let gg_row = h * d + 2 * i + part;
-                out[hf_row * cols..(hf_row + 1) * cols]
-                    .copy_from_slice(&data[gg_row * cols..(gg_row + 1) * cols]);
-            }
-        }
+    (0..heads).flat_map(move |h| {
+        (0..2).flat_map(move |part| {
+            (0..half).map(move |i| (h * d + part * half + i, h * d + 2 * i + part))
+        })
+    })
+}
+
+/// Copy whole rows of `cols` values from `src` to `dst` by (destination row, source row) pairs.
+fn move_rows(src: &[f32], cols: usize, pairs: impl Iterator<Item = (usize, usize)>) -> Vec<f32> {
+    let mut out = vec![0f32; src.len()];
+    for (to, from) in pairs {
+        out[to * cols..(to + 1) * cols].copy_from_slice(&src[from * cols..(from + 1) * cols]);
     }
     out
 }
 
+/// Undo llama.cpp's Q/K permutation (GGUF rows → transformers' rows).
+pub fn unpermute_rows(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    move_rows(data, cols, qk_row_pairs(rows, heads))
+}
+
 /// Apply llama.cpp's Q/K permutation (the inverse of [`unpermute_rows`]).
 pub fn permute_rows(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
-    let d = rows / heads;
-    let half = d / 2;
-    let mut out = vec![0f32; data.len()];
-    for h in 0..heads {
-        for part in 0..2 {
-            for i in 0..half {
-                let hf_row = h * d + part * half + i;
-                let gg_row = h * d + 2 * i + part;
-                out[gg_row * cols..(gg_row + 1) * cols]
-                    .copy_from_slice(&data[hf_row * cols..(hf_row + 1) * cols]);
-            }
-        }
-    }
-    out
+    move_rows(
+        data,
+        cols,
+        qk_row_pairs(rows, heads).map(|(hf, gg)| (gg, hf)),
+    )
 }
 
 #[cfg(test)]

@@ -47,14 +47,16 @@ pub fn run(a: Args) -> Result<()> {
     let ckpt = common::open(&a.model)?;
     let tensors = ckpt.tensors();
     // Causal LMs first; BERT-style classifiers are a family of their own.
-    let cfg = ModelConfig::from_checkpoint(&ckpt).map(|c| c.family()).or_else(|e| {
-        shrink_models::BertConfig::from_checkpoint(&ckpt)
-            .map(|b| match b.kind {
-                shrink_models::BertKind::Bert => "bert (sequence classifier)",
-                shrink_models::BertKind::DistilBert => "distilbert (sequence classifier)",
-            })
-            .map_err(|_| e)
-    });
+    let cfg = ModelConfig::from_checkpoint(&ckpt)
+        .map(|c| c.family())
+        .or_else(|e| {
+            shrink_models::BertConfig::from_checkpoint(&ckpt)
+                .map(|b| match b.kind {
+                    shrink_models::BertKind::Bert => "bert (sequence classifier)",
+                    shrink_models::BertKind::DistilBert => "distilbert (sequence classifier)",
+                })
+                .map_err(|_| e)
+        });
     let (arch, format) = match &ckpt {
         Checkpoint::Hf(h) => (
             h.config
