@@ -298,3 +298,67 @@ fn bad_dtype_is_a_usage_error() {
     assert!(String::from_utf8_lossy(&r.stderr).contains("unknown dtype"));
     assert!(!out.exists());
 }
+
+#[test]
+fn bad_inputs_fail_cleanly_and_write_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fixture("tiny-llama");
+    let good = std::fs::read(src.join("model.safetensors")).unwrap();
+    let config = std::fs::read(src.join("config.json")).unwrap();
+    let header_len = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8(good[8..8 + header_len].to_vec()).unwrap();
+    // (case name, model.safetensors bytes, config.json bytes or None for missing, expected phrase)
+    let mut lying_len = good.clone();
+    lying_len[..8].copy_from_slice(&(good.len() as u64 * 2).to_le_bytes());
+    let unknown_dtype = {
+        let h = header.replacen("\"F32\"", "\"Q9\"", 1);
+        let mut b = (h.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(h.as_bytes());
+        b.extend_from_slice(&good[8 + header_len..]);
+        b
+    };
+    let cases: Vec<(&str, Vec<u8>, Option<&[u8]>, &str)> = vec![
+        (
+            "truncated",
+            good[..good.len() - 100].to_vec(),
+            Some(&config),
+            "truncated",
+        ),
+        ("header-too-long", lying_len, Some(&config), "header"),
+        ("unknown-dtype", unknown_dtype, Some(&config), "safetensors"),
+        ("no-config", good.clone(), None, "config.json"),
+        (
+            "bad-config",
+            good.clone(),
+            Some(b"{\"model_type\": "),
+            "invalid JSON",
+        ),
+    ];
+    for (name, weights, cfg, phrase) in cases {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("model.safetensors"), weights).unwrap();
+        if let Some(c) = cfg {
+            std::fs::write(dir.join("config.json"), c).unwrap();
+        }
+        let out = tmp.path().join(format!("{name}-out"));
+        let r = shrink(&[
+            "convert",
+            dir.to_str().unwrap(),
+            "--dtype",
+            "bf16",
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(!r.status.success(), "{name}: succeeded");
+        assert!(
+            err.contains(name) && err.contains(phrase),
+            "{name}: unclear error: {err}"
+        );
+        assert!(!err.contains("panicked"), "{name}: {err}");
+        assert!(!out.exists(), "{name}: output written");
+    }
+    // Only the five input directories remain: no output, no hidden temporary directory.
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 5);
+}
