@@ -33,22 +33,8 @@ enum Command {
     Generate(commands::generate::Args),
 }
 
-/// Keep freed memory in the heap rather than returning every large block to the kernel.
-///
-/// A forward pass allocates and frees buffers of tens of MiB (logits are 100 MiB per window);
-/// glibc's default maps each one afresh, and the page faults then cost ~15% of evaluation
-/// time. Memory use stays bounded by the largest set of live buffers.
-fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator thresholds; called before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-    }
-}
-
 fn main() -> ExitCode {
-    tune_allocator();
+    shrink_models::runtime::tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(a) => commands::inspect::run(a),

@@ -317,7 +317,8 @@ fn bad_inputs_fail_cleanly_and_write_nothing() {
         b.extend_from_slice(&good[8 + header_len..]);
         b
     };
-    let cases: Vec<(&str, Vec<u8>, Option<&[u8]>, &str)> = vec![
+    type Case<'a> = (&'a str, Vec<u8>, Option<&'a [u8]>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "truncated",
             good[..good.len() - 100].to_vec(),

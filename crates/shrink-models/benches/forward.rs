@@ -15,6 +15,7 @@ fn assets() -> PathBuf {
 }
 
 fn forward(c: &mut Criterion) {
+    shrink_models::runtime::tune_allocator();
     let gguf = assets().join("SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(
         gguf.exists(),

@@ -26,6 +26,7 @@ pub mod kernels;
 pub mod layers;
 pub mod linear;
 pub mod llama;
+pub mod runtime;
 pub mod weights;
 
 use candle_core::Tensor;
