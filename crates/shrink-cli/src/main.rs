@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 /// MODEL is a Hugging Face model directory (config.json + *.safetensors [+ tokenizer.json])
 /// or a .gguf file. Get the default real model and text with scripts/fetch-assets.sh.
 #[derive(Parser)]
-#[command(name = "shrink", version, about, long_about = None, propagate_version = true)]
+#[command(name = "shrink", version, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

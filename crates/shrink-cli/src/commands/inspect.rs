@@ -52,8 +52,8 @@ pub fn run(a: Args) -> Result<()> {
         .or_else(|e| {
             shrink_models::BertConfig::from_checkpoint(&ckpt)
                 .map(|b| match b.kind {
-                    shrink_models::BertKind::Bert => "bert (sequence classifier)",
-                    shrink_models::BertKind::DistilBert => "distilbert (sequence classifier)",
+                    shrink_models::BertKind::Bert => "BERT classifier",
+                    shrink_models::BertKind::DistilBert => "DistilBERT classifier",
                 })
                 .map_err(|_| e)
         });
