@@ -120,3 +120,43 @@ pub fn read_hf_weight(
     }
     w.get(name, hf_shape)
 }
+
+/// A linear layer of a model: the HF name of its weight and its shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinearInfo {
+    /// HF name of the weight tensor (e.g. `model.layers.0.self_attn.q_proj.weight`).
+    pub weight: String,
+    /// Output features.
+    pub out_features: usize,
+    /// Input features.
+    pub in_features: usize,
+    /// Stored [in, out] (GPT-2's Conv1D) rather than nn.Linear's [out, in].
+    pub conv1d: bool,
+}
+
+/// Every linear layer inside the decoder blocks (what quantizers touch by default): embeddings,
+/// norms and the LM head are not listed.
+pub fn decoder_linears(cfg: &ModelConfig) -> Vec<LinearInfo> {
+    weight_shapes(cfg)
+        .into_iter()
+        .filter(|(name, shape)| {
+            shape.len() == 2
+                && name.ends_with(".weight")
+                && (name.contains(".layers.") || name.contains(".h."))
+        })
+        .map(|(name, shape)| {
+            let conv1d = matches!(cfg, ModelConfig::Gpt2(_)) && gpt2::is_conv1d_weight(&name);
+            let (out_features, in_features) = if conv1d {
+                (shape[1], shape[0])
+            } else {
+                (shape[0], shape[1])
+            };
+            LinearInfo {
+                weight: name,
+                out_features,
+                in_features,
+                conv1d,
+            }
+        })
+        .collect()
+}

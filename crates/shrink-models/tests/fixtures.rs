@@ -111,3 +111,32 @@ fn kv_cache_decoding_equals_full_forward() {
         assert!((a - b).abs() < 1e-4, "{a} vs {b}");
     }
 }
+
+#[test]
+fn decoder_linears_are_the_projection_weights() {
+    for (arch, per_layer) in [
+        ("llama", 7),
+        ("qwen2", 7),
+        ("mistral", 7),
+        ("gpt2", 4),
+        ("gpt_neox", 4),
+    ] {
+        let ckpt = Checkpoint::open(fixtures().join(format!("tiny-{arch}"))).unwrap();
+        let cfg = shrink_models::ModelConfig::from_checkpoint(&ckpt).unwrap();
+        let lin = shrink_models::decoder_linears(&cfg);
+        assert_eq!(lin.len(), 2 * per_layer, "{arch}: {lin:?}");
+        assert!(lin.iter().all(|l| !l.weight.contains("embed")
+            && !l.weight.contains("wte")
+            && !l.weight.contains("lm_head")));
+        if arch == "gpt2" {
+            let fc = lin
+                .iter()
+                .find(|l| l.weight.ends_with("mlp.c_fc.weight"))
+                .unwrap();
+            assert!(
+                fc.conv1d && fc.out_features == 256 && fc.in_features == 64,
+                "{fc:?}"
+            );
+        }
+    }
+}
