@@ -1,0 +1,32 @@
+//! Errors of the methods layer.
+
+/// What can go wrong while compressing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MethodError {
+    /// A name pattern is not a valid glob.
+    #[error("bad pattern {pattern:?}: {what}")]
+    Pattern {
+        /// The pattern as given.
+        pattern: String,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// The options cannot apply to this model (nothing selected, impossible sizes, ...).
+    #[error("{0}")]
+    Options(String),
+    /// The model layer failed.
+    #[error(transparent)]
+    Model(#[from] shrink_models::ModelError),
+    /// The format layer refused a tensor.
+    #[error("tensor {name}: {source}")]
+    Format {
+        /// The tensor.
+        name: String,
+        /// The format layer's diagnosis.
+        source: shrink_formats::FormatError,
+    },
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = MethodError> = std::result::Result<T, E>;

@@ -1,0 +1,10 @@
+//! The compression algorithms of shrink, one module each, over models read by `shrink-models`
+//! and stored in the numeric formats of `shrink-formats`.
+//!
+//! - [`select`]: which weights a method touches (decoder linears by default; include/exclude
+//!   patterns change that).
+
+pub mod error;
+pub mod select;
+
+pub use error::{MethodError, Result};
