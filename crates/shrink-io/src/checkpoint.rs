@@ -73,6 +73,42 @@ pub struct HfCheckpoint {
     pub tokenizer_json: Option<PathBuf>,
 }
 
+impl HfCheckpoint {
+    /// The `quantization_config` of config.json, if any.
+    pub fn quantization_config(&self) -> Option<&serde_json::Value> {
+        self.config.get("quantization_config").filter(|v| v.is_object())
+    }
+
+    /// The weight `name` decoded from its quantized layout, when it is stored quantized.
+    pub fn quantized(&self, name: &str) -> Result<Option<crate::quantized::Quantized>> {
+        match self.quantization_config() {
+            Some(q) => crate::quantized::read(&self.weights, &self.dir, q, name),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether a quantized weight was stored [out, in] for a dense layout of [in, out].
+    fn transposed(&self, name: &str) -> bool {
+        self.weights.files.iter().any(|f| {
+            f.metadata
+                .as_ref()
+                .and_then(|m| m.get(crate::quantized::TRANSPOSED_KEY))
+                .is_some_and(|list| list.split(',').any(|n| n == name))
+        })
+    }
+}
+
+/// Row-major [rows, cols] → [cols, rows].
+fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; v.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = v[r * cols + c];
+        }
+    }
+    out
+}
+
 /// A checkpoint shrink can read.
 pub enum Checkpoint {
     /// A Hugging Face directory.
@@ -175,10 +211,16 @@ impl Checkpoint {
         }
     }
 
-    /// Whether a tensor of that stored name exists.
+    /// Whether a tensor of that name exists (stored dense, or quantized in a known layout).
     pub fn has(&self, name: &str) -> bool {
         match self {
-            Checkpoint::Hf(h) => h.weights.tensors.contains_key(name),
+            Checkpoint::Hf(h) => {
+                h.weights.tensors.contains_key(name)
+                    || (h.quantization_config().is_some()
+                        && name
+                            .strip_suffix(".weight")
+                            .is_some_and(|m| h.weights.tensors.contains_key(&format!("{m}.weight_scale"))))
+            }
             Checkpoint::Gguf(g) => g.tensor(name).is_some(),
         }
     }
@@ -187,6 +229,14 @@ impl Checkpoint {
     pub fn read_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
         match self {
             Checkpoint::Hf(h) => {
+                if let Some(q) = h.quantized(name)? {
+                    let (mut v, mut shape) = q.dequantize();
+                    if h.transposed(name) {
+                        v = transpose(&v, shape[0], shape[1]);
+                        shape.swap(0, 1);
+                    }
+                    return Ok((v, shape));
+                }
                 let t = h
                     .weights
                     .tensors

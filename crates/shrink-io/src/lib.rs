@@ -22,6 +22,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod gguf;
 pub mod output;
+pub mod quantized;
 pub mod safetensors;
 pub mod tokenizer;
 

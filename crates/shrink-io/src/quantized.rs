@@ -1,0 +1,376 @@
+//! Quantized weights stored in the ecosystem's safetensors layouts, so other tools read them:
+//! compressed-tensors `pack-quantized` / `naive-quantized` for integers and bitsandbytes'
+//! 4-bit layout for NF4/FP4. The exact layouts are in `docs/quant-layouts.md`.
+//!
+//! Writers turn a quantized tensor into the named tensors of its layout; the reader turns them
+//! back into float32, bit-exactly what the quantizer's own `dequantize` gives.
+
+use std::collections::HashMap;
+
+use safetensors::tensor::Dtype;
+use serde_json::{json, Value};
+use shrink_formats::float::FloatType;
+use shrink_formats::int::{Granularity, IntSpec, IntTensor};
+use shrink_formats::nf4::{Absmax, Fp4Kind, Nf4Spec, Nf4Tensor, DYNAMIC_MAP, NESTED_BLOCK};
+
+use crate::error::{IoError, Result};
+use crate::safetensors::SafetensorsModel;
+
+/// `__metadata__` key listing weights stored [out, in] although their dense HF layout is
+/// [in, out] (GPT-2's Conv1D), comma-separated.
+pub const TRANSPOSED_KEY: &str = "shrink.transposed";
+
+/// One tensor of a layout, ready to be written.
+#[derive(Debug, Clone)]
+pub struct StoredTensor {
+    /// Full tensor name.
+    pub name: String,
+    /// Storage dtype.
+    pub dtype: Dtype,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Little-endian bytes.
+    pub bytes: Vec<u8>,
+}
+
+fn st_float(ty: FloatType) -> Dtype {
+    match ty {
+        FloatType::F32 => Dtype::F32,
+        FloatType::F16 => Dtype::F16,
+        FloatType::BF16 => Dtype::BF16,
+    }
+}
+
+fn float_of(d: Dtype) -> Option<FloatType> {
+    match d {
+        Dtype::F32 => Some(FloatType::F32),
+        Dtype::F16 => Some(FloatType::F16),
+        Dtype::BF16 => Some(FloatType::BF16),
+        _ => None,
+    }
+}
+
+/// Whether compressed-tensors' dense `pack-quantized` layout holds this bit width exactly
+/// (its packing of 3/5/6/7 bits changed in 2026; shrink uses `naive-quantized` for those).
+pub fn ct_packs(bits: u8) -> bool {
+    matches!(bits, 2 | 4 | 8)
+}
+
+/// The compressed-tensors tensors of module `module` (`<module>.weight_packed`, ...).
+pub fn ct_tensors(module: &str, t: &IntTensor) -> Vec<StoredTensor> {
+    let s = t.spec;
+    let off = 1u8 << (s.bits - 1);
+    let codes = t.codes();
+    let groups = t.spec.scales_per_row(t.cols);
+    let scale_shape = match s.granularity {
+        Granularity::Tensor => vec![1],
+        _ => vec![t.rows, groups],
+    };
+    let mut out = Vec::new();
+    if ct_packs(s.bits) {
+        // Unsigned codes u = q + 2^(bits-1), LSB-first in little-endian int32 words per row.
+        let words = (t.cols * s.bits as usize).div_ceil(32);
+        let mut bytes = Vec::with_capacity(t.rows * words * 4);
+        for r in 0..t.rows {
+            let mut row = vec![0u8; words * 4];
+            let row_codes = &codes[r * t.cols..(r + 1) * t.cols];
+            let u: Vec<u8> = row_codes.iter().map(|&c| ct_unsigned(c, t, r, off)).collect();
+            let packed = shrink_formats::int::pack(&u, s.bits);
+            row[..packed.len()].copy_from_slice(&packed);
+            bytes.extend_from_slice(&row);
+        }
+        out.push(StoredTensor { name: format!("{module}.weight_packed"), dtype: Dtype::I32, shape: vec![t.rows, words], bytes });
+    } else {
+        let bytes: Vec<u8> = codes
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| (ct_unsigned(c, t, i / t.cols, off) as i16 - off as i16) as i8 as u8)
+            .collect();
+        out.push(StoredTensor { name: format!("{module}.weight"), dtype: Dtype::I8, shape: vec![t.rows, t.cols], bytes });
+    }
+    out.push(StoredTensor {
+        name: format!("{module}.weight_scale"),
+        dtype: st_float(s.scale_type),
+        shape: scale_shape.clone(),
+        bytes: t.scales.clone(),
+    });
+    out.push(StoredTensor {
+        name: format!("{module}.weight_shape"),
+        dtype: Dtype::I64,
+        shape: vec![2],
+        bytes: [t.rows as i64, t.cols as i64].iter().flat_map(|v| v.to_le_bytes()).collect(),
+    });
+    if let Some(z) = &t.zeros {
+        if ct_packs(s.bits) {
+            // Zero points u = zp + 2^(bits-1) (= shrink's unsigned zero), packed along rows.
+            let (n_rows, n_cols) = (scale_shape[0], *scale_shape.get(1).unwrap_or(&1));
+            let words = (n_rows * s.bits as usize).div_ceil(32);
+            let mut w = vec![0u32; words * n_cols];
+            for g in 0..n_cols {
+                let col: Vec<u8> = (0..n_rows).map(|r| z[r * n_cols + g]).collect();
+                let p = shrink_formats::int::pack(&col, s.bits);
+                let mut padded = vec![0u8; words * 4];
+                padded[..p.len()].copy_from_slice(&p);
+                for (wi, chunk) in padded.chunks_exact(4).enumerate() {
+                    w[wi * n_cols + g] = u32::from_le_bytes(chunk.try_into().unwrap());
+                }
+            }
+            out.push(StoredTensor {
+                name: format!("{module}.weight_zero_point"),
+                dtype: Dtype::I32,
+                shape: vec![words, n_cols],
+                bytes: w.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            });
+        } else {
+            out.push(StoredTensor {
+                name: format!("{module}.weight_zero_point"),
+                dtype: Dtype::I8,
+                shape: scale_shape,
+                bytes: z.iter().map(|&v| (v as i16 - off as i16) as i8 as u8).collect(),
+            });
+        }
+    }
+    out
+}
+
+/// shrink's code of element (r, ·) as compressed-tensors' unsigned value q + 2^(bits-1).
+///
+/// Symmetric codes already are `q + 2^(bits-1)`; asymmetric codes are `q_u` with zero `z_u`,
+/// and compressed-tensors' signed pair (q_u − 2^(b−1), z_u − 2^(b−1)) stores as the same bytes.
+fn ct_unsigned(code: u8, _t: &IntTensor, _r: usize, _off: u8) -> u8 {
+    code
+}
+
+/// The `quantization_config` of a compressed-tensors checkpoint quantized with `spec`.
+pub fn ct_config(spec: &IntSpec, ignore: &[String]) -> Value {
+    let format = if ct_packs(spec.bits) { "pack-quantized" } else { "naive-quantized" };
+    let (strategy, group) = match spec.granularity {
+        Granularity::Tensor => ("tensor", Value::Null),
+        Granularity::Channel => ("channel", Value::Null),
+        Granularity::Group(g) => ("group", json!(g)),
+    };
+    json!({
+        "config_groups": {"group_0": {
+            "format": format, "input_activations": null, "output_activations": null, "targets": ["Linear"],
+            "weights": {"dynamic": false, "group_size": group, "num_bits": spec.bits, "strategy": strategy,
+                        "symmetric": spec.symmetric, "type": "int"}}},
+        "format": format, "global_compression_ratio": null, "ignore": ignore, "kv_cache_scheme": null,
+        "moe_sparsity_config": null, "quant_method": "compressed-tensors", "quantization_status": "compressed",
+        "sparsity_config": {}, "transform_config": {}, "version": "0.20.0",
+        "shrink": {"symmetric_qmax": "2^(bits-1)-1", "scale_dtype": spec.scale_type.name()},
+    })
+}
+
+/// The bitsandbytes 4-bit tensors of module `module` for a weight of `shape` whose dense
+/// dtype is `dtype_name` (`float32`, `bfloat16`, `float16`).
+pub fn bnb4_tensors(module: &str, t: &Nf4Tensor, shape: &[usize], dtype_name: &str) -> Vec<StoredTensor> {
+    let p = format!("{module}.weight");
+    let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let mut out = vec![StoredTensor { name: p.clone(), dtype: Dtype::U8, shape: vec![t.packed.len(), 1], bytes: t.packed.clone() }];
+    let mut state = serde_json::Map::new();
+    state.insert("quant_type".into(), t.spec.kind.name().into());
+    state.insert("blocksize".into(), t.spec.block_size.into());
+    state.insert("dtype".into(), dtype_name.into());
+    state.insert("shape".into(), json!(shape));
+    match &t.absmax {
+        Absmax::F32(a) => out.push(StoredTensor { name: format!("{p}.absmax"), dtype: Dtype::F32, shape: vec![a.len()], bytes: f32s(a) }),
+        Absmax::Double { codes, nested_absmax, offset, nested_block } => {
+            out.push(StoredTensor { name: format!("{p}.absmax"), dtype: Dtype::U8, shape: vec![codes.len()], bytes: codes.clone() });
+            out.push(StoredTensor { name: format!("{p}.nested_absmax"), dtype: Dtype::F32, shape: vec![nested_absmax.len()], bytes: f32s(nested_absmax) });
+            out.push(StoredTensor { name: format!("{p}.nested_quant_map"), dtype: Dtype::F32, shape: vec![256], bytes: f32s(&DYNAMIC_MAP) });
+            state.insert("nested_blocksize".into(), (*nested_block).into());
+            state.insert("nested_dtype".into(), "float32".into());
+            state.insert("nested_offset".into(), json!(*offset as f64));
+        }
+    }
+    out.push(StoredTensor { name: format!("{p}.quant_map"), dtype: Dtype::F32, shape: vec![16], bytes: f32s(t.spec.kind.code()) });
+    // bitsandbytes writes json.dumps(dict): ", " and ": " separators, insertion order.
+    let text = bnb_json(&state);
+    out.push(StoredTensor {
+        name: format!("{p}.quant_state.bitsandbytes__{}", t.spec.kind.name()),
+        dtype: Dtype::U8,
+        shape: vec![text.len()],
+        bytes: text.into_bytes(),
+    });
+    out
+}
+
+/// `json.dumps` of a flat map with Python's default separators.
+fn bnb_json(m: &serde_json::Map<String, Value>) -> String {
+    let items: Vec<String> = m
+        .iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Value::Array(a) => format!("[{}]", a.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")),
+                other => other.to_string(),
+            };
+            format!("{}: {v}", Value::String(k.clone()))
+        })
+        .collect();
+    format!("{{{}}}", items.join(", "))
+}
+
+/// The `quantization_config` of a bitsandbytes 4-bit checkpoint.
+pub fn bnb4_config(spec: &Nf4Spec, compute_dtype: &str) -> Value {
+    json!({
+        "bnb_4bit_compute_dtype": compute_dtype, "bnb_4bit_quant_storage": "uint8",
+        "bnb_4bit_quant_type": spec.kind.name(), "bnb_4bit_use_double_quant": spec.double_quant,
+        "llm_int8_enable_fp32_cpu_offload": false, "llm_int8_has_fp16_weight": false,
+        "llm_int8_skip_modules": null, "llm_int8_threshold": 6.0, "load_in_4bit": true,
+        "load_in_8bit": false, "quant_method": "bitsandbytes",
+    })
+}
+
+/// A quantized weight found in a checkpoint, decoded back to its quantizer's tensor.
+pub enum Quantized {
+    /// compressed-tensors integers.
+    Int(IntTensor),
+    /// bitsandbytes NF4/FP4, with the dense shape.
+    Nf4(Nf4Tensor, Vec<usize>),
+}
+
+impl Quantized {
+    /// Float32 values (row-major) and shape [out, in].
+    pub fn dequantize(&self) -> (Vec<f32>, Vec<usize>) {
+        match self {
+            Quantized::Int(t) => (t.dequantize(), vec![t.rows, t.cols]),
+            Quantized::Nf4(t, s) => (t.dequantize(), s.clone()),
+        }
+    }
+}
+
+/// Read helper over the safetensors of a model directory.
+struct Reader<'a> {
+    st: &'a SafetensorsModel,
+    dir: &'a std::path::Path,
+}
+
+impl Reader<'_> {
+    fn err(&self, what: String) -> IoError {
+        IoError::malformed(self.dir, what)
+    }
+    fn raw(&self, name: &str) -> Option<(&[u8], Dtype, &[usize])> {
+        self.st.tensors.get(name).map(|t| (self.st.bytes(t), t.dtype, t.shape.as_slice()))
+    }
+    fn need(&self, name: &str) -> Result<(&[u8], Dtype, &[usize])> {
+        self.raw(name).ok_or_else(|| self.err(format!("quantized layout: tensor {name} is missing")))
+    }
+}
+
+/// The quantized weight of HF weight `weight` (`<module>.weight`) if the checkpoint stores it
+/// in a layout of its `quantization_config`; `None` when it is stored dense.
+pub fn read(st: &SafetensorsModel, dir: &std::path::Path, qcfg: &Value, weight: &str) -> Result<Option<Quantized>> {
+    let Some(module) = weight.strip_suffix(".weight") else { return Ok(None) };
+    let r = Reader { st, dir };
+    match qcfg.get("quant_method").and_then(Value::as_str) {
+        Some("compressed-tensors") => read_ct(&r, qcfg, module),
+        Some("bitsandbytes") => read_bnb4(&r, module),
+        Some(other) => Err(r.err(format!("quantization_config: quant_method {other:?} is not one shrink reads yet"))),
+        None => Err(r.err("quantization_config has no quant_method".into())),
+    }
+}
+
+fn read_ct(r: &Reader, qcfg: &Value, module: &str) -> Result<Option<Quantized>> {
+    let Some((scale_bytes, scale_dtype, _)) = r.raw(&format!("{module}.weight_scale")) else { return Ok(None) };
+    let w = qcfg
+        .pointer("/config_groups/group_0/weights")
+        .ok_or_else(|| r.err("quantization_config: config_groups.group_0.weights missing".into()))?;
+    let bits = w.get("num_bits").and_then(Value::as_u64).unwrap_or(0) as u8;
+    let symmetric = w.get("symmetric").and_then(Value::as_bool).unwrap_or(true);
+    let granularity = match w.get("strategy").and_then(Value::as_str) {
+        Some("tensor") => Granularity::Tensor,
+        Some("channel") => Granularity::Channel,
+        Some("group") => Granularity::Group(w.get("group_size").and_then(Value::as_u64).unwrap_or(0) as usize),
+        s => return Err(r.err(format!("quantization_config: strategy {s:?} is not supported"))),
+    };
+    let scale_type = float_of(scale_dtype).ok_or_else(|| r.err(format!("{module}.weight_scale: dtype {scale_dtype:?} is not a float")))?;
+    let spec = IntSpec { bits, symmetric, granularity, scale_type };
+    let (shape_bytes, _, _) = r.need(&format!("{module}.weight_shape"))?;
+    if shape_bytes.len() != 16 {
+        return Err(r.err(format!("{module}.weight_shape: expected two int64")));
+    }
+    let rows = i64::from_le_bytes(shape_bytes[..8].try_into().unwrap()) as usize;
+    let cols = i64::from_le_bytes(shape_bytes[8..].try_into().unwrap()) as usize;
+    spec.validate(rows, cols).map_err(|e| r.err(format!("{module}: {e}")))?;
+    let off = 1u8 << (bits - 1);
+    let codes: Vec<u8> = if ct_packs(bits) {
+        let (b, _, shape) = r.need(&format!("{module}.weight_packed"))?;
+        let words = (cols * bits as usize).div_ceil(32);
+        if shape != [rows, words] || b.len() != rows * words * 4 {
+            return Err(r.err(format!("{module}.weight_packed: shape {shape:?}, expected [{rows}, {words}]")));
+        }
+        let mut c = Vec::with_capacity(rows * cols);
+        for row in b.chunks_exact(words * 4) {
+            c.extend(shrink_formats::int::unpack(row, bits, cols).map_err(|e| r.err(format!("{module}: {e}")))?);
+        }
+        c
+    } else {
+        let (b, _, shape) = r.need(&format!("{module}.weight"))?;
+        if shape != [rows, cols] {
+            return Err(r.err(format!("{module}.weight: shape {shape:?}, expected [{rows}, {cols}]")));
+        }
+        b.iter().map(|&v| (v as i8 as i16 + off as i16) as u8).collect()
+    };
+    let n_scales = spec.num_scales(rows, cols);
+    if scale_bytes.len() != n_scales * scale_type.size() {
+        return Err(r.err(format!("{module}.weight_scale: {} bytes, expected {}", scale_bytes.len(), n_scales * scale_type.size())));
+    }
+    let zeros = if symmetric {
+        None
+    } else {
+        let (b, dt, shape) = r.need(&format!("{module}.weight_zero_point"))?;
+        let per_row = spec.scales_per_row(cols);
+        let n_rows = n_scales / per_row;
+        Some(if dt == Dtype::I32 {
+            let words = shape[0];
+            let mut z = vec![0u8; n_scales];
+            for g in 0..per_row {
+                let col: Vec<u8> = (0..words).flat_map(|wi| b[(wi * per_row + g) * 4..(wi * per_row + g) * 4 + 4].to_vec()).collect();
+                let vals = shrink_formats::int::unpack(&col, bits, n_rows).map_err(|e| r.err(format!("{module}: {e}")))?;
+                for (row, v) in vals.into_iter().enumerate() {
+                    z[row * per_row + g] = v;
+                }
+            }
+            z
+        } else {
+            b.iter().map(|&v| (v as i8 as i16 + off as i16) as u8).collect()
+        })
+    };
+    let mut packed = Vec::with_capacity(spec.row_bytes(cols) * rows);
+    for row in codes.chunks_exact(cols) {
+        packed.extend(shrink_formats::int::pack(row, bits));
+    }
+    let t = IntTensor { spec, rows, cols, packed, scales: scale_bytes.to_vec(), zeros };
+    t.check().map_err(|e| r.err(format!("{module}: {e}")))?;
+    Ok(Some(Quantized::Int(t)))
+}
+
+fn read_bnb4(r: &Reader, module: &str) -> Result<Option<Quantized>> {
+    let p = format!("{module}.weight");
+    let state_name = ["nf4", "fp4"].iter().map(|k| format!("{p}.quant_state.bitsandbytes__{k}")).find(|n| r.raw(n).is_some());
+    let Some(state_name) = state_name else { return Ok(None) };
+    let (sb, _, _) = r.need(&state_name)?;
+    let state: HashMap<String, Value> = serde_json::from_slice(sb).map_err(|e| r.err(format!("{state_name}: {e}")))?;
+    let kind = state.get("quant_type").and_then(Value::as_str).and_then(Fp4Kind::parse).ok_or_else(|| r.err(format!("{state_name}: bad quant_type")))?;
+    let block_size = state.get("blocksize").and_then(Value::as_u64).unwrap_or(0) as usize;
+    let shape: Vec<usize> = state
+        .get("shape")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_u64).map(|v| v as usize).collect())
+        .ok_or_else(|| r.err(format!("{state_name}: no shape")))?;
+    let numel: usize = shape.iter().product();
+    let (packed, _, _) = r.need(&p)?;
+    let (ab, adt, _) = r.need(&format!("{p}.absmax"))?;
+    let f32s = |b: &[u8]| b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect::<Vec<f32>>();
+    let (absmax, double_quant) = if adt == Dtype::U8 {
+        let (nb, _, _) = r.need(&format!("{p}.nested_absmax"))?;
+        let offset = state.get("nested_offset").and_then(Value::as_f64).ok_or_else(|| r.err(format!("{state_name}: no nested_offset")))? as f32;
+        let nested_block = state.get("nested_blocksize").and_then(Value::as_u64).unwrap_or(NESTED_BLOCK as u64) as usize;
+        (Absmax::Double { codes: ab.to_vec(), nested_absmax: f32s(nb), offset, nested_block }, true)
+    } else {
+        (Absmax::F32(f32s(ab)), false)
+    };
+    let t = Nf4Tensor { spec: Nf4Spec { kind, block_size, double_quant }, numel, packed: packed.to_vec(), absmax };
+    t.check().map_err(|e| r.err(format!("{module}: {e}")))?;
+    Ok(Some(Quantized::Nf4(t, shape)))
+}
