@@ -29,4 +29,91 @@ pub enum FormatError {
     /// The format has no dequantizer in shrink (yet).
     #[error("{0}: dequantizing this type is not supported")]
     Unsupported(&'static str),
+    /// The format does not offer values of this bit width.
+    #[error("{format}: {bits}-bit values are not supported (supported: {supported})")]
+    UnsupportedBits {
+        /// Format name.
+        format: &'static str,
+        /// Bit width asked for.
+        bits: u8,
+        /// The widths the format offers, for the message.
+        supported: &'static str,
+    },
+    /// The group size is zero or does not divide the row length; shrink refuses (no padding).
+    #[error(
+        "{format}: group size {group} does not divide the {cols} columns of a [{rows}, {cols}] \
+         tensor (refused: shrink does not pad groups)"
+    )]
+    GroupSize {
+        /// Format name.
+        format: &'static str,
+        /// Rows of the tensor (output features).
+        rows: usize,
+        /// Columns of the tensor (input features, the grouped axis).
+        cols: usize,
+        /// Group size asked for.
+        group: usize,
+    },
+    /// The block size is not one the format allows.
+    #[error("{format}: block size {block} is not allowed ({allowed})")]
+    BlockSize {
+        /// Format name.
+        format: &'static str,
+        /// Block size asked for.
+        block: usize,
+        /// The allowed block sizes, for the message.
+        allowed: &'static str,
+    },
+    /// The input holds a NaN or an infinity (the first one is named).
+    #[error("{format}: non-finite value {value} at element {index} (row {row}, column {col})")]
+    NonFinite {
+        /// Format name.
+        format: &'static str,
+        /// Flat (row-major) index of the value.
+        index: usize,
+        /// Its row (0 for formats that see a flat vector).
+        row: usize,
+        /// Its column (the flat index for formats that see a flat vector).
+        col: usize,
+        /// The offending value.
+        value: f32,
+    },
+    /// The tensor has no elements.
+    #[error("{format}: the tensor has no elements")]
+    Empty {
+        /// Format name.
+        format: &'static str,
+    },
+    /// The number of values does not match the shape.
+    #[error("{format}: a [{rows}, {cols}] tensor needs {expected} values, got {actual}")]
+    ShapeMismatch {
+        /// Format name.
+        format: &'static str,
+        /// Rows of the shape.
+        rows: usize,
+        /// Columns of the shape.
+        cols: usize,
+        /// rows × cols.
+        expected: usize,
+        /// Values given.
+        actual: usize,
+    },
+    /// A scale does not fit its storage type (it would become infinite).
+    #[error("{format}: scale {scale} overflows its storage type {scale_type}")]
+    ScaleOverflow {
+        /// Format name.
+        format: &'static str,
+        /// The scale in float32 (possibly already infinite).
+        scale: f32,
+        /// Storage type name ("f16", "bf16", "f32").
+        scale_type: &'static str,
+    },
+    /// Stored parts of a tensor are inconsistent with each other (lengths or values).
+    #[error("{format}: inconsistent parts: {what}")]
+    Inconsistent {
+        /// Format name.
+        format: &'static str,
+        /// What does not fit.
+        what: String,
+    },
 }

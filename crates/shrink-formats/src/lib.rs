@@ -3,7 +3,11 @@
 //! This crate knows nothing about models. It works on plain slices:
 //! - [`float`]: float32 ↔ float16 / bfloat16 conversions of whole slices;
 //! - [`ggml`]: the GGML block formats that GGUF files carry (Q4_0 … Q6_K, IQ4_NL, IQ4_XS),
-//!   each with its block layout and its reference dequantizer, identified by [`ggml::GgmlType`].
+//!   each with its block layout and its reference dequantizer, identified by [`ggml::GgmlType`];
+//! - [`int`]: round-to-nearest integers (2–8 bits), symmetric or zero-point, per tensor /
+//!   channel / group, with f32 / f16 / bf16 scales, bit-packed ([`int::IntTensor`]);
+//! - [`nf4`]: bitsandbytes' NF4 and FP4 blocks with optional double-quantized absmax
+//!   ([`nf4::Nf4Tensor`]), bit-identical to bitsandbytes on CPU.
 //!
 //! Neighbours: `shrink-io` reads these bytes out of files; `shrink-models` computes with the
 //! float32 values.
@@ -23,5 +27,7 @@
 pub mod error;
 pub mod float;
 pub mod ggml;
+pub mod int;
+pub mod nf4;
 
 pub use error::FormatError;

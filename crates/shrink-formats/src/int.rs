@@ -1,0 +1,881 @@
+//! Round-to-nearest integers: symmetric (absmax) and asymmetric (zero-point) `bits`-bit codes
+//! with float scales, per tensor, per output channel or per group of columns.
+//!
+//! A weight is a row-major `[rows, cols]` matrix, `rows` = output features. Each *granule*
+//! (the whole tensor, one row, or `G` consecutive elements of a row) gets its own scale, and
+//! in the asymmetric case its own integer zero point:
+//!
+//! | | qmax | scale | code `c` of `w` | value of `c` |
+//! |---|---|---|---|---|
+//! | symmetric | 2^(b−1) − 1 | absmax / qmax | `clamp(rne(w/s), −qmax, qmax) + 2^(b−1)` | `(c − 2^(b−1))·s` |
+//! | asymmetric | 2^b − 1 | (max − min) / qmax | `clamp(rne(w/s) + z, 0, qmax)` | `(c − z)·s` |
+//!
+//! where `rne` rounds half to even (as `torch.round`), min ≤ 0 ≤ max is enforced by
+//! `min = min(min, 0)`, `max = max(max, 0)` so that 0 is exact (as torch, optimum-quanto and
+//! compressed-tensors do), and `z = clamp(rne(−min/s), 0, qmax)` is stored as a `u8`. Symmetric
+//! codes are offset binary (the signed value plus 2^(b−1)); code 0 is never produced.
+//!
+//! **The scale is rounded to its storage type first** ([`IntSpec::scale_type`]: f32, f16 or
+//! bf16), and that rounded scale is the one both quantizing and dequantizing use, so the
+//! stored bytes reproduce [`quantize`]'s view exactly. A granule whose absmax (range) is 0, or
+//! whose scale underflows the storage type to 0, quantizes to all zeros (no NaN). A scale that
+//! overflows its type is refused ([`FormatError::ScaleOverflow`]).
+//!
+//! **Groups must divide the row**: `Group(G)` with `cols % G != 0` is refused with
+//! [`FormatError::GroupSize`]; shrink never pads a group.
+//!
+//! **Packing** ([`pack`], [`unpack`]): codes are written as a little-endian, LSB-first bit
+//! stream — code `i` occupies bits `[i·b, (i+1)·b)` of the stream, bit `k` of the stream being
+//! bit `k % 8` of byte `k / 8` — so 2-, 3-, 5- and 6-bit codes pack densely (a 3-bit code may
+//! straddle two bytes) and two 4-bit codes share a byte, the first in the low nibble. In an
+//! [`IntTensor`] **every row starts on a byte boundary**: a row takes
+//! [`IntSpec::row_bytes`]` = ceil(cols·b / 8)` bytes, the spare high bits of its last byte are 0.
+//! Other on-disk layouts (GPTQ / compressed-tensors int32 words, AWQ's order) are built from
+//! [`IntTensor::codes`] elsewhere.
+//!
+//! Scales are stored as little-endian bytes of their type, one per granule in row-major order
+//! (row `r`, group `j` at index `r·(cols/G) + j`); zero points likewise, one `u8` each.
+
+use rayon::prelude::*;
+
+use crate::error::FormatError;
+use crate::float::{self, FloatType};
+
+/// Format name used in errors.
+const FORMAT: &str = "int";
+
+/// The bit widths [`IntSpec`] accepts.
+pub const SUPPORTED_BITS: [u8; 6] = [2, 3, 4, 5, 6, 8];
+
+/// [`SUPPORTED_BITS`] as the error message spells it.
+const SUPPORTED_BITS_TEXT: &str = "2, 3, 4, 5, 6 or 8";
+
+/// Tensors with at least this many elements are quantized and dequantized on all cores.
+const PAR_MIN_ELEMENTS: usize = 1 << 16;
+
+/// Which elements share one scale (and zero point).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Granularity {
+    /// One scale for the whole tensor.
+    Tensor,
+    /// One scale per row (per output channel).
+    Channel,
+    /// One scale per `G` consecutive elements of a row; `G` must divide `cols`.
+    Group(usize),
+}
+
+/// How to quantize: bit width, symmetric or not, granularity and scale storage type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IntSpec {
+    /// Bits per code: one of [`SUPPORTED_BITS`].
+    pub bits: u8,
+    /// Symmetric (absmax, no zero point) if true, asymmetric (u8 zero point) otherwise.
+    pub symmetric: bool,
+    /// Which elements share a scale.
+    pub granularity: Granularity,
+    /// Storage type of the scales (the quantizer uses the scale rounded to this type).
+    pub scale_type: FloatType,
+}
+
+impl IntSpec {
+    /// A symmetric (absmax) spec.
+    pub fn symmetric(bits: u8, granularity: Granularity, scale_type: FloatType) -> Self {
+        IntSpec {
+            bits,
+            symmetric: true,
+            granularity,
+            scale_type,
+        }
+    }
+
+    /// An asymmetric (zero-point) spec.
+    pub fn asymmetric(bits: u8, granularity: Granularity, scale_type: FloatType) -> Self {
+        IntSpec {
+            bits,
+            symmetric: false,
+            granularity,
+            scale_type,
+        }
+    }
+
+    /// Largest code magnitude: 2^(b−1) − 1 if symmetric, 2^b − 1 otherwise.
+    pub fn qmax(&self) -> i32 {
+        if self.symmetric {
+            (1 << (self.bits - 1)) - 1
+        } else {
+            (1 << self.bits) - 1
+        }
+    }
+
+    /// What is subtracted from a stored code before scaling, except the asymmetric zero point:
+    /// 2^(b−1) if symmetric (offset binary), 0 otherwise.
+    pub fn code_offset(&self) -> i32 {
+        if self.symmetric {
+            1 << (self.bits - 1)
+        } else {
+            0
+        }
+    }
+
+    /// Short name such as `int4-asym-g128-f16` or `int8-sym-channel-f32`.
+    pub fn name(&self) -> String {
+        let g = match self.granularity {
+            Granularity::Tensor => "tensor".to_string(),
+            Granularity::Channel => "channel".to_string(),
+            Granularity::Group(g) => format!("g{g}"),
+        };
+        let s = if self.symmetric { "sym" } else { "asym" };
+        format!("int{}-{s}-{g}-{}", self.bits, self.scale_type.name())
+    }
+
+    /// Check the spec against a `[rows, cols]` shape: supported bits, non-empty, group divides cols.
+    pub fn validate(&self, rows: usize, cols: usize) -> Result<(), FormatError> {
+        if !SUPPORTED_BITS.contains(&self.bits) {
+            return Err(FormatError::UnsupportedBits {
+                format: FORMAT,
+                bits: self.bits,
+                supported: SUPPORTED_BITS_TEXT,
+            });
+        }
+        if rows == 0 || cols == 0 {
+            return Err(FormatError::Empty { format: FORMAT });
+        }
+        if let Granularity::Group(g) = self.granularity {
+            if g == 0 || cols % g != 0 {
+                return Err(FormatError::GroupSize {
+                    format: FORMAT,
+                    rows,
+                    cols,
+                    group: g,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Elements per granule within a row (`cols` for Tensor and Channel).
+    fn granule_len(&self, cols: usize) -> usize {
+        match self.granularity {
+            Granularity::Tensor | Granularity::Channel => cols,
+            Granularity::Group(g) => g,
+        }
+    }
+
+    /// Scales (and zero points) per row; 0 for `Tensor`, whose single scale no row owns.
+    pub fn scales_per_row(&self, cols: usize) -> usize {
+        match self.granularity {
+            Granularity::Tensor => 0,
+            Granularity::Channel => 1,
+            Granularity::Group(g) => cols / g,
+        }
+    }
+
+    /// Number of scales (and zero points) of a `[rows, cols]` tensor.
+    pub fn num_scales(&self, rows: usize, cols: usize) -> usize {
+        match self.granularity {
+            Granularity::Tensor => 1,
+            _ => rows * self.scales_per_row(cols),
+        }
+    }
+
+    /// Bytes of one packed row: `ceil(cols · bits / 8)` (rows start byte-aligned).
+    pub fn row_bytes(&self, cols: usize) -> usize {
+        packed_len(cols, self.bits)
+    }
+
+    /// Bytes a `[rows, cols]` tensor takes: packed codes + scales + zero points.
+    pub fn stored_bytes(&self, rows: usize, cols: usize) -> usize {
+        let n = self.num_scales(rows, cols);
+        let zeros = if self.symmetric { 0 } else { n };
+        rows * self.row_bytes(cols) + n * self.scale_type.size() + zeros
+    }
+
+    /// Storage cost in bits per weight of a `[rows, cols]` tensor, from [`IntSpec::stored_bytes`].
+    pub fn bits_per_weight(&self, rows: usize, cols: usize) -> f64 {
+        (self.stored_bytes(rows, cols) * 8) as f64 / (rows * cols) as f64
+    }
+
+    /// Index of the granule holding element `(r, c)` (for Tensor always 0).
+    fn granule_of(&self, r: usize, c: usize, cols: usize) -> usize {
+        match self.granularity {
+            Granularity::Tensor => 0,
+            Granularity::Channel => r,
+            Granularity::Group(g) => r * (cols / g) + c / g,
+        }
+    }
+}
+
+/// A quantized `[rows, cols]` tensor: packed codes, scales and (asymmetric) zero points.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IntTensor {
+    /// How it was quantized.
+    pub spec: IntSpec,
+    /// Rows (output features).
+    pub rows: usize,
+    /// Columns (input features).
+    pub cols: usize,
+    /// Codes, `rows` byte-aligned rows of [`IntSpec::row_bytes`] bytes (see the module doc).
+    pub packed: Vec<u8>,
+    /// Scales as little-endian bytes of `spec.scale_type`, one per granule, row-major.
+    pub scales: Vec<u8>,
+    /// Zero points (asymmetric only), one `u8` per granule, row-major.
+    pub zeros: Option<Vec<u8>>,
+}
+
+/// Scale and zero point of one granule; `scale` is already rounded to the storage type.
+#[derive(Debug, Clone, Copy)]
+struct Params {
+    /// The stored scale, as float32.
+    scale: f32,
+    /// The zero point (0 when symmetric).
+    zero: u8,
+}
+
+/// `v` rounded to `ty` and back (round to nearest even), as it will be stored.
+fn round_to(ty: FloatType, v: f32) -> f32 {
+    match ty {
+        FloatType::F32 => v,
+        FloatType::F16 => half::f16::from_f32(v).to_f32(),
+        FloatType::BF16 => half::bf16::from_f32(v).to_f32(),
+    }
+}
+
+/// Running statistics of a granule: absmax, min and max.
+#[derive(Debug, Clone, Copy)]
+struct Stats {
+    /// Largest |w|.
+    absmax: f32,
+    /// Smallest w.
+    min: f32,
+    /// Largest w.
+    max: f32,
+}
+
+impl Stats {
+    /// Statistics of no values.
+    const EMPTY: Stats = Stats {
+        absmax: 0.0,
+        min: f32::INFINITY,
+        max: f32::NEG_INFINITY,
+    };
+
+    /// Statistics of `vals` (finite).
+    fn of(vals: &[f32]) -> Stats {
+        vals.iter().fold(Stats::EMPTY, |s, &v| Stats {
+            absmax: s.absmax.max(v.abs()),
+            min: s.min.min(v),
+            max: s.max.max(v),
+        })
+    }
+
+    /// Statistics of the union of two sets.
+    fn merge(self, o: Stats) -> Stats {
+        Stats {
+            absmax: self.absmax.max(o.absmax),
+            min: self.min.min(o.min),
+            max: self.max.max(o.max),
+        }
+    }
+}
+
+impl IntSpec {
+    /// The scale and zero point of a granule with statistics `st` (scale rounded to storage).
+    fn params(&self, st: Stats) -> Result<Params, FormatError> {
+        let qmax = self.qmax() as f32;
+        let raw = if self.symmetric {
+            st.absmax / qmax
+        } else {
+            (st.max.max(0.0) - st.min.min(0.0)) / qmax
+        };
+        let scale = round_to(self.scale_type, raw);
+        if !scale.is_finite() {
+            return Err(FormatError::ScaleOverflow {
+                format: FORMAT,
+                scale: raw,
+                scale_type: self.scale_type.name(),
+            });
+        }
+        let zero = if self.symmetric || scale == 0.0 {
+            0
+        } else {
+            (-st.min.min(0.0) / scale)
+                .round_ties_even()
+                .clamp(0.0, qmax) as u8
+        };
+        Ok(Params { scale, zero })
+    }
+
+    /// Quantize one granule's values into codes with `p` (see the module doc for the formulas).
+    fn quantize_granule(&self, p: Params, w: &[f32], codes: &mut [u8]) {
+        let qmax = self.qmax() as f32;
+        if p.scale == 0.0 {
+            // absmax (range) 0, or a scale that underflowed its storage type: all zeros.
+            codes.fill((self.code_offset() + p.zero as i32) as u8);
+            return;
+        }
+        if self.symmetric {
+            let off = self.code_offset() as f32;
+            for (c, &v) in codes.iter_mut().zip(w) {
+                *c = ((v / p.scale).round_ties_even().clamp(-qmax, qmax) + off) as u8;
+            }
+        } else {
+            let z = p.zero as f32;
+            for (c, &v) in codes.iter_mut().zip(w) {
+                *c = ((v / p.scale).round_ties_even() + z).clamp(0.0, qmax) as u8;
+            }
+        }
+    }
+}
+
+/// Quantize the row-major `[rows, cols]` matrix `w` with `spec`.
+///
+/// Errors: an invalid spec or shape ([`IntSpec::validate`], [`FormatError::ShapeMismatch`]),
+/// a NaN or infinity in `w` ([`FormatError::NonFinite`], naming the first one), or a scale that
+/// overflows its storage type. Large tensors are quantized row-parallel with rayon; the result
+/// does not depend on the thread count.
+pub fn quantize(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    spec: IntSpec,
+) -> Result<IntTensor, FormatError> {
+    quantize_impl(w, rows, cols, spec, w.len() >= PAR_MIN_ELEMENTS)
+}
+
+/// [`quantize`] with the choice of parallel or serial (reference) execution.
+fn quantize_impl(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    spec: IntSpec,
+    parallel: bool,
+) -> Result<IntTensor, FormatError> {
+    spec.validate(rows, cols)?;
+    if w.len() != rows * cols {
+        return Err(FormatError::ShapeMismatch {
+            format: FORMAT,
+            rows,
+            cols,
+            expected: rows * cols,
+            actual: w.len(),
+        });
+    }
+    check_finite(w, cols, FORMAT)?;
+
+    let row_bytes = spec.row_bytes(cols);
+    let per_row = spec.scales_per_row(cols);
+    let glen = spec.granule_len(cols);
+    // Tensor granularity: one set of statistics over everything, computed up front.
+    let global = if spec.granularity == Granularity::Tensor {
+        let st = if parallel {
+            w.par_chunks(cols)
+                .map(Stats::of)
+                .reduce(|| Stats::EMPTY, Stats::merge)
+        } else {
+            Stats::of(w)
+        };
+        Some(spec.params(st)?)
+    } else {
+        None
+    };
+
+    // Tensor granularity has no per-row scales; give each row a dummy slot so the chunked
+    // iteration below stays uniform (replaced by the single global scale at the end).
+    let per = per_row.max(1);
+    let mut packed = vec![0u8; rows * row_bytes];
+    let mut scales = vec![0f32; rows * per];
+    let mut zeros = vec![0u8; rows * per];
+    // One row: its granules' parameters, then codes, then packing.
+    let do_row = |(((wr, pr), sr), zr): (((&[f32], &mut [u8]), &mut [f32]), &mut [u8])| {
+        let mut codes = vec![0u8; cols];
+        for (j, (wg, cg)) in wr.chunks(glen).zip(codes.chunks_mut(glen)).enumerate() {
+            let p = match global {
+                Some(p) => p,
+                None => {
+                    let p = spec.params(Stats::of(wg))?;
+                    sr[j] = p.scale;
+                    zr[j] = p.zero;
+                    p
+                }
+            };
+            spec.quantize_granule(p, wg, cg);
+        }
+        pack_into(&codes, spec.bits, pr);
+        Ok::<(), FormatError>(())
+    };
+    if parallel {
+        w.par_chunks(cols)
+            .zip(packed.par_chunks_mut(row_bytes))
+            .zip(scales.par_chunks_mut(per))
+            .zip(zeros.par_chunks_mut(per))
+            .try_for_each(do_row)?;
+    } else {
+        w.chunks(cols)
+            .zip(packed.chunks_mut(row_bytes))
+            .zip(scales.chunks_mut(per))
+            .zip(zeros.chunks_mut(per))
+            .try_for_each(do_row)?;
+    }
+    if let Some(p) = global {
+        scales = vec![p.scale];
+        zeros = vec![p.zero];
+    }
+    Ok(IntTensor {
+        spec,
+        rows,
+        cols,
+        packed,
+        scales: float::encode(spec.scale_type, &scales),
+        zeros: if spec.symmetric { None } else { Some(zeros) },
+    })
+}
+
+/// Error naming the first NaN or infinity of the row-major `w` with `cols` columns, if any.
+pub(crate) fn check_finite(
+    w: &[f32],
+    cols: usize,
+    format: &'static str,
+) -> Result<(), FormatError> {
+    match w.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(index) => Err(FormatError::NonFinite {
+            format,
+            index,
+            row: index / cols,
+            col: index % cols,
+            value: w[index],
+        }),
+    }
+}
+
+impl IntTensor {
+    /// Check that the parts fit together: valid spec, lengths, zero points present iff
+    /// asymmetric and ≤ qmax, finite scales. Run it on parts read from a file before
+    /// dequantizing (the accessors below panic on inconsistent parts).
+    pub fn check(&self) -> Result<(), FormatError> {
+        let spec = &self.spec;
+        spec.validate(self.rows, self.cols)?;
+        let bad = |what: String| FormatError::Inconsistent {
+            format: FORMAT,
+            what,
+        };
+        let packed = self.rows * spec.row_bytes(self.cols);
+        if self.packed.len() != packed {
+            return Err(bad(format!(
+                "{} packed bytes, expected {packed}",
+                self.packed.len()
+            )));
+        }
+        let n = spec.num_scales(self.rows, self.cols);
+        if self.scales.len() != n * spec.scale_type.size() {
+            return Err(bad(format!(
+                "{} scale bytes, expected {}",
+                self.scales.len(),
+                n * spec.scale_type.size()
+            )));
+        }
+        match (&self.zeros, spec.symmetric) {
+            (None, true) => {}
+            (Some(z), false) => {
+                if z.len() != n {
+                    return Err(bad(format!("{} zero points, expected {n}", z.len())));
+                }
+                if let Some(&z) = z.iter().find(|&&z| z as i32 > spec.qmax()) {
+                    return Err(bad(format!("zero point {z} > qmax {}", spec.qmax())));
+                }
+            }
+            (Some(_), true) => return Err(bad("zero points on a symmetric tensor".into())),
+            (None, false) => return Err(bad("no zero points on an asymmetric tensor".into())),
+        }
+        if let Some(s) = self.scales_f32().iter().find(|s| !s.is_finite()) {
+            return Err(bad(format!("non-finite scale {s}")));
+        }
+        Ok(())
+    }
+
+    /// Bytes of one packed row.
+    pub fn row_bytes(&self) -> usize {
+        self.spec.row_bytes(self.cols)
+    }
+
+    /// The scales decoded to float32, one per granule, row-major.
+    pub fn scales_f32(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.scales.len() / self.spec.scale_type.size()];
+        float::decode(self.spec.scale_type, &self.scales, &mut out);
+        out
+    }
+
+    /// All codes, unpacked, row-major (`rows · cols` values below 2^bits).
+    pub fn codes(&self) -> Vec<u8> {
+        let mut out = vec![0u8; self.rows * self.cols];
+        for (o, p) in out
+            .chunks_mut(self.cols)
+            .zip(self.packed.chunks(self.row_bytes()))
+        {
+            unpack_into(p, self.spec.bits, o);
+        }
+        out
+    }
+
+    /// Dequantize row `r` into `out` (`out.len() == cols`).
+    ///
+    /// Panics if `r` is out of range, `out` has the wrong length, or the parts are inconsistent.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        assert!(r < self.rows, "dequantize_row: row {r} of {}", self.rows);
+        assert_eq!(out.len(), self.cols, "dequantize_row: output length");
+        let spec = &self.spec;
+        let rb = self.row_bytes();
+        let mut codes = vec![0u8; self.cols];
+        unpack_into(&self.packed[r * rb..(r + 1) * rb], spec.bits, &mut codes);
+        // This row's granules: [first, first + count).
+        let (first, count) = match spec.granularity {
+            Granularity::Tensor => (0, 1),
+            _ => {
+                let k = spec.scales_per_row(self.cols);
+                (r * k, k)
+            }
+        };
+        let sz = spec.scale_type.size();
+        let mut scales = vec![0f32; count];
+        float::decode(
+            spec.scale_type,
+            &self.scales[first * sz..(first + count) * sz],
+            &mut scales,
+        );
+        let glen = spec.granule_len(self.cols);
+        for (j, (o, c)) in out.chunks_mut(glen).zip(codes.chunks(glen)).enumerate() {
+            let s = scales[j];
+            let z = match &self.zeros {
+                Some(z) => z[first + j] as i32,
+                None => spec.code_offset(),
+            };
+            for (o, &c) in o.iter_mut().zip(c) {
+                *o = (c as i32 - z) as f32 * s;
+            }
+        }
+    }
+
+    /// Dequantize the whole tensor into `out` (`rows · cols` values, row-major), row-parallel
+    /// for large tensors.
+    pub fn dequantize_into(&self, out: &mut [f32]) {
+        assert_eq!(
+            out.len(),
+            self.rows * self.cols,
+            "dequantize: output length"
+        );
+        if out.len() >= PAR_MIN_ELEMENTS {
+            out.par_chunks_mut(self.cols)
+                .enumerate()
+                .for_each(|(r, o)| self.dequantize_row(r, o));
+        } else {
+            for (r, o) in out.chunks_mut(self.cols).enumerate() {
+                self.dequantize_row(r, o);
+            }
+        }
+    }
+
+    /// Dequantize the whole tensor (row-major float32).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        self.dequantize_into(&mut out);
+        out
+    }
+
+    /// The scale that element `(r, c)` uses (as float32).
+    pub fn scale_at(&self, r: usize, c: usize) -> f32 {
+        let i = self.spec.granule_of(r, c, self.cols);
+        let sz = self.spec.scale_type.size();
+        let mut s = [0f32];
+        float::decode(
+            self.spec.scale_type,
+            &self.scales[i * sz..(i + 1) * sz],
+            &mut s,
+        );
+        s[0]
+    }
+
+    /// Bytes stored: packed codes + scales + zero points.
+    pub fn stored_bytes(&self) -> usize {
+        self.packed.len() + self.scales.len() + self.zeros.as_ref().map_or(0, Vec::len)
+    }
+
+    /// Storage cost in bits per weight, from [`IntTensor::stored_bytes`].
+    pub fn bits_per_weight(&self) -> f64 {
+        (self.stored_bytes() * 8) as f64 / (self.rows * self.cols) as f64
+    }
+}
+
+/// Bytes that `n` codes of `bits` bits take in a packed stream: `ceil(n · bits / 8)`.
+pub fn packed_len(n: usize, bits: u8) -> usize {
+    (n * bits as usize).div_ceil(8)
+}
+
+/// Pack `codes` of `bits` bits each into a little-endian, LSB-first bit stream.
+///
+/// Code `i` occupies stream bits `[i·bits, (i+1)·bits)`, stream bit `k` being bit `k % 8` of
+/// byte `k / 8`; the spare high bits of the last byte are 0. Returns
+/// [`packed_len`]`(codes.len(), bits)` bytes. Panics if `bits` is not in 1..=8 or a code does
+/// not fit in `bits` bits.
+pub fn pack(codes: &[u8], bits: u8) -> Vec<u8> {
+    assert!((1..=8).contains(&bits), "pack: {bits} bits");
+    if bits < 8 {
+        if let Some(c) = codes.iter().find(|&&c| c >> bits != 0) {
+            panic!("pack: code {c} does not fit in {bits} bits");
+        }
+    }
+    let mut out = vec![0u8; packed_len(codes.len(), bits)];
+    pack_into(codes, bits, &mut out);
+    out
+}
+
+/// Unpack `n` codes of `bits` bits from the stream [`pack`] writes (extra bytes are ignored).
+///
+/// Errors if `bits` is not in 1..=8 or `bytes` is shorter than [`packed_len`]`(n, bits)`.
+pub fn unpack(bytes: &[u8], bits: u8, n: usize) -> Result<Vec<u8>, FormatError> {
+    if !(1..=8).contains(&bits) {
+        return Err(FormatError::UnsupportedBits {
+            format: FORMAT,
+            bits,
+            supported: "1 to 8",
+        });
+    }
+    let need = packed_len(n, bits);
+    if bytes.len() < need {
+        return Err(FormatError::WrongByteCount {
+            format: FORMAT,
+            elements: n,
+            expected: need,
+            actual: bytes.len(),
+        });
+    }
+    let mut out = vec![0u8; n];
+    unpack_into(&bytes[..need], bits, &mut out);
+    Ok(out)
+}
+
+/// Pack valid `codes` into exactly `packed_len(codes.len(), bits)` bytes of `out`.
+fn pack_into(codes: &[u8], bits: u8, out: &mut [u8]) {
+    debug_assert_eq!(out.len(), packed_len(codes.len(), bits));
+    match bits {
+        8 => out.copy_from_slice(codes),
+        4 => {
+            for (o, c) in out.iter_mut().zip(codes.chunks(2)) {
+                *o = c[0] | c.get(1).map_or(0, |&h| h << 4);
+            }
+        }
+        _ => {
+            let (mut acc, mut nbits, mut o) = (0u32, 0u32, 0usize);
+            for &c in codes {
+                acc |= (c as u32) << nbits;
+                nbits += bits as u32;
+                while nbits >= 8 {
+                    out[o] = acc as u8;
+                    o += 1;
+                    acc >>= 8;
+                    nbits -= 8;
+                }
+            }
+            if nbits > 0 {
+                out[o] = acc as u8;
+            }
+        }
+    }
+}
+
+/// Unpack `out.len()` codes of `bits` bits from `bytes` (at least `packed_len` bytes).
+fn unpack_into(bytes: &[u8], bits: u8, out: &mut [u8]) {
+    match bits {
+        8 => out.copy_from_slice(&bytes[..out.len()]),
+        4 => {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = (bytes[i / 2] >> ((i % 2) * 4)) & 0x0F;
+            }
+        }
+        _ => {
+            let mask = (1u32 << bits) - 1;
+            let (mut acc, mut nbits, mut i) = (0u32, 0u32, 0usize);
+            for o in out.iter_mut() {
+                while nbits < bits as u32 {
+                    acc |= (bytes[i] as u32) << nbits;
+                    i += 1;
+                    nbits += 8;
+                }
+                *o = (acc & mask) as u8;
+                acc >>= bits;
+                nbits -= bits as u32;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in about [-2, 2] with a few larger ones (xorshift64*).
+    fn noise(n: usize, mut s: u64) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                s ^= s >> 12;
+                s ^= s << 25;
+                s ^= s >> 27;
+                let u = (s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32;
+                let v = 4.0 * u - 2.0;
+                if i % 101 == 0 {
+                    v * 6.0
+                } else {
+                    v
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pack_layout_is_lsb_first() {
+        // 3-bit codes 1..=7,0: stream bits ...; byte 0 = 001 | 010<<3 | (011 & 0b11)<<6.
+        let codes = [1u8, 2, 3, 4, 5, 6, 7, 0];
+        let p = pack(&codes, 3);
+        assert_eq!(p.len(), 3);
+        let stream: u32 = codes
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| (c as u32) << (3 * i))
+            .sum();
+        assert_eq!(p, stream.to_le_bytes()[..3]);
+        assert_eq!(pack(&[0x1, 0xF, 0x3], 4), vec![0xF1, 0x03]);
+        assert_eq!(pack(&[1, 2, 3, 0, 3], 2), vec![0b00_11_10_01, 0b11]);
+        assert_eq!(unpack(&p, 3, 8).unwrap(), codes);
+    }
+
+    #[test]
+    fn hand_computed_symmetric_and_asymmetric() {
+        // Symmetric int8, absmax 1.27 → scale 0.01 (in f32), codes = q + 128.
+        let w = [1.27f32, -0.635, 0.0, 0.005];
+        let t = quantize(
+            &w,
+            1,
+            4,
+            IntSpec::symmetric(8, Granularity::Channel, FloatType::F32),
+        )
+        .unwrap();
+        let s = 1.27f32 / 127.0;
+        assert_eq!(t.scales_f32(), vec![s]);
+        let q = [127, (-0.635f32 / s).round_ties_even() as i32, 0, 0];
+        let codes: Vec<u8> = q.iter().map(|q| (q + 128) as u8).collect();
+        assert_eq!(t.codes(), codes);
+        // Asymmetric int4 on [-1, 2]: scale 3/15 = 0.2, zero 5, 2.0 → 15, -1.0 → 0.
+        let w = [-1.0f32, 2.0, 0.0, 0.3];
+        let t = quantize(
+            &w,
+            1,
+            4,
+            IntSpec::asymmetric(4, Granularity::Tensor, FloatType::F32),
+        )
+        .unwrap();
+        let s = 3.0f32 / 15.0;
+        assert_eq!(t.scales_f32(), vec![s]);
+        assert_eq!(t.zeros, Some(vec![5]));
+        let c3 = ((0.3f32 / s).round_ties_even() + 5.0) as u8;
+        assert_eq!(t.codes(), vec![0, 15, 5, c3]);
+        assert_eq!(t.dequantize()[2], 0.0);
+        // All-positive granule: min clamps to 0, zero point 0.
+        let t = quantize(
+            &[0.5, 2.0],
+            1,
+            2,
+            IntSpec::asymmetric(8, Granularity::Tensor, FloatType::F32),
+        )
+        .unwrap();
+        assert_eq!(t.zeros, Some(vec![0]));
+        let c0 = (0.5f32 / (2.0f32 / 255.0)).round_ties_even() as u8;
+        assert_eq!(t.codes(), vec![c0, 255]);
+    }
+
+    #[test]
+    fn zero_granules_give_zeros_not_nan() {
+        for sym in [true, false] {
+            let spec = IntSpec {
+                bits: 4,
+                symmetric: sym,
+                granularity: Granularity::Group(4),
+                scale_type: FloatType::F16,
+            };
+            let w = [0.0f32, 0.0, 0.0, 0.0, 1.0, -1.0, 0.5, 0.25];
+            let t = quantize(&w, 1, 8, spec).unwrap();
+            let d = t.dequantize();
+            assert!(d.iter().all(|v| v.is_finite()));
+            assert_eq!(&d[..4], &[0.0; 4]);
+            assert_eq!(t.scales_f32()[0], 0.0);
+        }
+        // A scale below f16's smallest subnormal underflows to 0: zeros, no NaN.
+        let t = quantize(
+            &[1e-9f32, -1e-9],
+            1,
+            2,
+            IntSpec::symmetric(8, Granularity::Tensor, FloatType::F16),
+        )
+        .unwrap();
+        assert_eq!(t.dequantize(), vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn scale_overflow_is_refused() {
+        let spec = IntSpec::symmetric(2, Granularity::Tensor, FloatType::F16);
+        match quantize(&[1.0e6, 0.0], 1, 2, spec) {
+            Err(FormatError::ScaleOverflow { scale_type, .. }) => assert_eq!(scale_type, "f16"),
+            other => panic!("{other:?}"),
+        }
+        let spec = IntSpec::asymmetric(8, Granularity::Tensor, FloatType::F32);
+        assert!(matches!(
+            quantize(&[f32::MAX, -f32::MAX], 1, 2, spec),
+            Err(FormatError::ScaleOverflow { .. })
+        ));
+    }
+
+    #[test]
+    fn parallel_matches_serial() {
+        let (rows, cols) = (96, 768);
+        let w = noise(rows * cols, 7);
+        for g in [
+            Granularity::Tensor,
+            Granularity::Channel,
+            Granularity::Group(128),
+        ] {
+            for sym in [true, false] {
+                let spec = IntSpec {
+                    bits: 3,
+                    symmetric: sym,
+                    granularity: g,
+                    scale_type: FloatType::BF16,
+                };
+                let a = quantize_impl(&w, rows, cols, spec, true).unwrap();
+                let b = quantize_impl(&w, rows, cols, spec, false).unwrap();
+                assert_eq!(a, b, "{}", spec.name());
+                let mut serial = vec![0f32; rows * cols];
+                for (r, o) in serial.chunks_mut(cols).enumerate() {
+                    a.dequantize_row(r, o);
+                }
+                assert_eq!(a.dequantize(), serial);
+            }
+        }
+    }
+
+    #[test]
+    fn check_catches_inconsistent_parts() {
+        let spec = IntSpec::asymmetric(4, Granularity::Group(4), FloatType::F16);
+        let t = quantize(&noise(16, 3), 2, 8, spec).unwrap();
+        assert!(t.check().is_ok());
+        let mut u = t.clone();
+        u.packed.pop();
+        assert!(matches!(u.check(), Err(FormatError::Inconsistent { .. })));
+        let mut u = t.clone();
+        u.zeros = None;
+        assert!(matches!(u.check(), Err(FormatError::Inconsistent { .. })));
+        let mut u = t.clone();
+        u.zeros.as_mut().unwrap()[0] = 16;
+        assert!(matches!(u.check(), Err(FormatError::Inconsistent { .. })));
+        let mut u = t;
+        u.scales[0..2].copy_from_slice(&half::f16::NAN.to_le_bytes());
+        assert!(matches!(u.check(), Err(FormatError::Inconsistent { .. })));
+    }
+}
