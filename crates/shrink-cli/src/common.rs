@@ -2,6 +2,10 @@
 
 use std::path::Path;
 
+use anyhow::bail;
+use shrink_io::OutputDir;
+use shrink_models::ModelConfig;
+
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use shrink_io::tokenizer::Tokenizer;
@@ -56,4 +60,58 @@ pub fn peak_rss() -> Option<u64> {
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// Write config.json (with `dtype` set to `dtype_name` and an optional `quantization_config`)
+/// and the tokenizer files into `out`: copied from an HF directory, built from GGUF metadata.
+pub fn write_config_and_tokenizer(
+    ckpt: &Checkpoint,
+    cfg: Option<&ModelConfig>,
+    out: &OutputDir,
+    dtype_name: &str,
+    quantization_config: Option<serde_json::Value>,
+) -> Result<()> {
+    let mut c = match ckpt {
+        Checkpoint::Hf(h) => h.config.clone(),
+        Checkpoint::Gguf(g) => {
+            let Some(cfg) = cfg else { bail!("{}: architecture not supported", g.path().display()) };
+            let tok = Tokenizer::from_gguf(g)?;
+            for (name, content) in tok.hf_files()? {
+                out.write(&name, content.as_bytes())?;
+            }
+            cfg.to_hf_json(dtype_name, tok.bos_id(), tok.eos_id())
+        }
+    };
+    c["dtype"] = dtype_name.into();
+    c["torch_dtype"] = dtype_name.into();
+    match quantization_config {
+        Some(q) => c["quantization_config"] = q,
+        None => {
+            if let Some(o) = c.as_object_mut() {
+                o.remove("quantization_config");
+            }
+        }
+    }
+    out.write("config.json", serde_json::to_string_pretty(&c)?.as_bytes())?;
+    if let Checkpoint::Hf(h) = ckpt {
+        copy_side_files(&h.dir, out)?;
+    }
+    Ok(())
+}
+
+/// Copy tokenizer and generation files of an HF directory (everything but weights and config).
+fn copy_side_files(dir: &Path, out: &OutputDir) -> Result<()> {
+    for e in std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let skip = name == "config.json"
+            || name.ends_with(".safetensors")
+            || name == "model.safetensors.index.json";
+        if skip || !e.file_type()?.is_file() {
+            continue;
+        }
+        std::fs::copy(e.path(), out.file(&name))
+            .with_context(|| format!("{}: cannot copy", e.path().display()))?;
+    }
+    Ok(())
 }

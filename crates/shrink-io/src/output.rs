@@ -175,3 +175,69 @@ pub fn write_safetensors_streaming(
     }
     Ok(())
 }
+
+/// Name, dtype, shape and byte length of one tensor of a file written by
+/// [`write_safetensors_ordered`].
+#[derive(Debug, Clone)]
+pub struct TensorHeader {
+    /// Tensor name.
+    pub name: String,
+    /// Storage dtype.
+    pub dtype: Dtype,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Bytes of data.
+    pub len: usize,
+}
+
+/// Write a safetensors file whose tensors are laid out in the given order, asking `next(i)`
+/// for tensor i's bytes only when it is reached.
+///
+/// Unlike [`write_safetensors_streaming`] (whose crate sorts tensors by dtype), the order is
+/// kept, so the several tensors of one quantized module are produced together and a module
+/// is quantized once. The file is re-validated with the safetensors crate afterwards.
+pub fn write_safetensors_ordered(
+    path: &Path,
+    header: &[TensorHeader],
+    metadata: Option<HashMap<String, String>>,
+    mut next: impl FnMut(usize) -> Result<Vec<u8>>,
+) -> Result<()> {
+    use std::io::Write;
+    let mut map = serde_json::Map::new();
+    if let Some(m) = metadata {
+        map.insert("__metadata__".into(), serde_json::json!(m));
+    }
+    let mut offset = 0usize;
+    for t in header {
+        let dtype = serde_json::to_value(t.dtype).map_err(|e| IoError::malformed(path, e.to_string()))?;
+        map.insert(
+            t.name.clone(),
+            serde_json::json!({"dtype": dtype, "shape": t.shape, "data_offsets": [offset, offset + t.len]}),
+        );
+        offset += t.len;
+    }
+    let mut text = serde_json::to_string(&serde_json::Value::Object(map)).map_err(|e| IoError::malformed(path, e.to_string()))?;
+    while text.len() % 8 != 0 {
+        text.push(' ');
+    }
+    let file = std::fs::File::create(path).map_err(|e| IoError::os(path, e))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    let io = |e| IoError::os(path, e);
+    w.write_all(&(text.len() as u64).to_le_bytes()).map_err(io)?;
+    w.write_all(text.as_bytes()).map_err(io)?;
+    for (i, t) in header.iter().enumerate() {
+        let bytes = next(i)?;
+        if bytes.len() != t.len {
+            return Err(IoError::malformed(
+                path,
+                format!("tensor {} produced {} bytes, its header says {}", t.name, bytes.len(), t.len),
+            ));
+        }
+        w.write_all(&bytes).map_err(io)?;
+    }
+    w.flush().map_err(io)?;
+    w.get_ref().sync_all().map_err(io)?;
+    drop(w);
+    crate::safetensors::SafetensorsFile::open(path)?;
+    Ok(())
+}

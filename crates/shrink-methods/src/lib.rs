@@ -2,9 +2,11 @@
 //! and stored in the numeric formats of `shrink-formats`.
 //!
 //! - [`select`]: which weights a method touches (decoder linears by default; include/exclude
-//!   patterns change that).
+//!   patterns change that);
+//! - [`rtn`]: round-to-nearest integers and NF4/FP4, in the ecosystem's storage layouts.
 
 pub mod error;
+pub mod rtn;
 pub mod select;
 
 pub use error::{MethodError, Result};

@@ -48,7 +48,7 @@ fn st_dtype(f: FloatType) -> Dtype {
     }
 }
 
-fn torch_name(f: FloatType) -> &'static str {
+pub(crate) fn torch_name(f: FloatType) -> &'static str {
     match f {
         FloatType::F32 => "float32",
         FloatType::F16 => "float16",
@@ -193,27 +193,8 @@ pub fn run(a: Args) -> Result<()> {
     let bytes_after: u64 = plan.iter().map(|p| p.len as u64).sum();
 
     // config.json and tokenizer files.
-    match &ckpt {
-        Checkpoint::Hf(h) => {
-            let mut c = h.config.clone();
-            c["dtype"] = torch_name(a.dtype).into();
-            c["torch_dtype"] = torch_name(a.dtype).into();
-            out.write("config.json", serde_json::to_string_pretty(&c)?.as_bytes())?;
-            copy_side_files(&h.dir, &out)?;
-        }
-        Checkpoint::Gguf(g) => {
-            let tok = shrink_io::tokenizer::Tokenizer::from_gguf(g)?;
-            let c = cfg.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
-            let json = c.to_hf_json(torch_name(a.dtype), tok.bos_id(), tok.eos_id());
-            out.write(
-                "config.json",
-                serde_json::to_string_pretty(&json)?.as_bytes(),
-            )?;
-            for (name, content) in tok.hf_files()? {
-                out.write(&name, content.as_bytes())?;
-            }
-        }
-    }
+    let model_cfg = cfg.as_ref().ok();
+    common::write_config_and_tokenizer(&ckpt, model_cfg, &out, torch_name(a.dtype), None)?;
 
     // Logits of the source and of the output on one prompt, one model in memory at a time.
     let check = if a.no_check || cfg.is_err() {
@@ -298,21 +279,4 @@ fn compare_logits(src: &Checkpoint, out_dir: &Path, prompt: &str) -> Result<(f64
         max = max.max(d);
     }
     Ok((sum / before.len() as f64, max, ids.len()))
-}
-
-/// Copy tokenizer and generation files of an HF directory (everything but weights and config).
-fn copy_side_files(dir: &Path, out: &OutputDir) -> Result<()> {
-    for e in std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))? {
-        let e = e?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        let skip = name == "config.json"
-            || name.ends_with(".safetensors")
-            || name == "model.safetensors.index.json";
-        if skip || !e.file_type()?.is_file() {
-            continue;
-        }
-        std::fs::copy(e.path(), out.file(&name))
-            .with_context(|| format!("{}: cannot copy", e.path().display()))?;
-    }
-    Ok(())
 }

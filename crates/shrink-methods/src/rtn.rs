@@ -1,0 +1,91 @@
+//! Round-to-nearest quantization of single weights: integers (absmax / zero-point, per tensor,
+//! channel or group) and bitsandbytes' NF4/FP4, each written in the ecosystem's layout.
+
+use serde_json::Value;
+use shrink_formats::int::{IntSpec, IntTensor};
+use shrink_formats::nf4::{Nf4Spec, Nf4Tensor};
+use shrink_io::quantized::{self, StoredTensor};
+
+use crate::error::{MethodError, Result};
+
+/// A round-to-nearest method and its parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rtn {
+    /// Integers, stored as compressed-tensors.
+    Int(IntSpec),
+    /// NF4 / FP4, stored as bitsandbytes 4-bit.
+    Nf4(Nf4Spec),
+}
+
+/// One weight quantized by an [`Rtn`] method.
+#[derive(Debug, Clone)]
+pub enum QuantizedWeight {
+    /// Integer codes, scales and zero points.
+    Int(IntTensor),
+    /// NF4/FP4 codes and block absmax.
+    Nf4(Nf4Tensor),
+}
+
+impl QuantizedWeight {
+    /// Float32 values the stored weight decodes to, row-major [out, in].
+    pub fn dequantize(&self) -> Vec<f32> {
+        match self {
+            QuantizedWeight::Int(t) => t.dequantize(),
+            QuantizedWeight::Nf4(t) => t.dequantize(),
+        }
+    }
+
+    /// Bytes stored for the weight (codes, scales, zero points, absmax, ...).
+    pub fn stored_bytes(&self) -> usize {
+        match self {
+            QuantizedWeight::Int(t) => t.stored_bytes(),
+            QuantizedWeight::Nf4(t) => t.stored_bytes(),
+        }
+    }
+}
+
+impl Rtn {
+    /// Short name for reports (`int4-g64-asym-f16`, `nf4-b64-dq`, ...).
+    pub fn name(&self) -> String {
+        match self {
+            Rtn::Int(s) => s.name(),
+            Rtn::Nf4(s) => s.name(),
+        }
+    }
+
+    /// Check the parameters against a weight of `rows × cols` before any work is done.
+    pub fn validate(&self, name: &str, rows: usize, cols: usize) -> Result<()> {
+        let r = match self {
+            Rtn::Int(s) => s.validate(rows, cols),
+            Rtn::Nf4(s) => s.validate(),
+        };
+        r.map_err(|source| MethodError::Format { name: name.to_string(), source })
+    }
+
+    /// Quantize the row-major [rows, cols] weight `w` (rows = output features).
+    pub fn quantize(&self, name: &str, w: &[f32], rows: usize, cols: usize) -> Result<QuantizedWeight> {
+        let fmt = |source| MethodError::Format { name: name.to_string(), source };
+        Ok(match self {
+            Rtn::Int(s) => QuantizedWeight::Int(shrink_formats::int::quantize(w, rows, cols, *s).map_err(fmt)?),
+            Rtn::Nf4(s) => QuantizedWeight::Nf4(shrink_formats::nf4::quantize(w, *s).map_err(fmt)?),
+        })
+    }
+
+    /// The stored tensors of module `module` holding `q` (a weight of `shape`, dense dtype
+    /// `dtype_name`), in the layout this method writes.
+    pub fn layout(&self, module: &str, q: &QuantizedWeight, shape: &[usize], dtype_name: &str) -> Vec<StoredTensor> {
+        match q {
+            QuantizedWeight::Int(t) => quantized::ct_tensors(module, t),
+            QuantizedWeight::Nf4(t) => quantized::bnb4_tensors(module, t, shape, dtype_name),
+        }
+    }
+
+    /// config.json's `quantization_config` for a model quantized with this method;
+    /// `ignore` lists the modules left dense (compressed-tensors' convention).
+    pub fn config(&self, ignore: &[String], compute_dtype: &str) -> Value {
+        match self {
+            Rtn::Int(s) => quantized::ct_config(s, ignore),
+            Rtn::Nf4(s) => quantized::bnb4_config(s, compute_dtype),
+        }
+    }
+}
