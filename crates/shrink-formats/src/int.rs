@@ -5,10 +5,10 @@
 //! (the whole tensor, one row, or `G` consecutive elements of a row) gets its own scale, and
 //! in the asymmetric case its own integer zero point:
 //!
-//! | | qmax | scale | code `c` of `w` | value of `c` |
-//! |---|---|---|---|---|
-//! | symmetric | 2^(b−1) − 1 | absmax / qmax | `clamp(rne(w/s), −qmax, qmax) + 2^(b−1)` | `(c − 2^(b−1))·s` |
-//! | asymmetric | 2^b − 1 | (max − min) / qmax | `clamp(rne(w/s) + z, 0, qmax)` | `(c − z)·s` |
+//! - symmetric: qmax = 2^(b−1) − 1, scale `s = absmax / qmax`, code of `w`
+//!   `c = clamp(rne(w/s), −qmax, qmax) + 2^(b−1)`, value of `c`: `(c − 2^(b−1))·s`;
+//! - asymmetric: qmax = 2^b − 1, scale `s = (max − min) / qmax`, code of `w`
+//!   `c = clamp(rne(w/s) + z, 0, qmax)`, value of `c`: `(c − z)·s`,
 //!
 //! where `rne` rounds half to even (as `torch.round`), min ≤ 0 ≤ max is enforced by
 //! `min = min(min, 0)`, `max = max(max, 0)` so that 0 is exact (as torch, optimum-quanto and
@@ -20,6 +20,15 @@
 //! stored bytes reproduce [`quantize`]'s view exactly. A granule whose absmax (range) is 0, or
 //! whose scale underflows the storage type to 0, quantizes to all zeros (no NaN). A scale that
 //! overflows its type is refused ([`FormatError::ScaleOverflow`]).
+//!
+//! Re-quantizing a dequantized tensor gives back the same codes for symmetric specs and for
+//! asymmetric ones with f32 scales. Asymmetric with f16 / bf16 scales is not idempotent in
+//! general: with the rounded scale, `(max − min)/s` is no longer exactly qmax, the largest
+//! element may land on qmax − 1, and the re-derived range is one step shorter. Every
+//! dequantized value is, however, a fixed point of its own grid ([`IntSpec::quantize_value`]
+//! with the stored scale and zero point returns its code) — which is what column-by-column
+//! methods such as GPTQ, using [`IntSpec::granule_params`] and [`IntSpec::quantize_value`],
+//! rely on.
 //!
 //! **Groups must divide the row**: `Group(G)` with `cols % G != 0` is refused with
 //! [`FormatError::GroupSize`]; shrink never pads a group.
@@ -128,7 +137,8 @@ impl IntSpec {
         format!("int{}-{s}-{g}-{}", self.bits, self.scale_type.name())
     }
 
-    /// Check the spec against a `[rows, cols]` shape: supported bits, non-empty, group divides cols.
+    /// Check the spec against a `[rows, cols]` shape: supported bits, non-empty, and a group
+    /// size that divides `cols`.
     pub fn validate(&self, rows: usize, cols: usize) -> Result<(), FormatError> {
         if !SUPPORTED_BITS.contains(&self.bits) {
             return Err(FormatError::UnsupportedBits {
@@ -141,7 +151,7 @@ impl IntSpec {
             return Err(FormatError::Empty { format: FORMAT });
         }
         if let Granularity::Group(g) = self.granularity {
-            if g == 0 || cols % g != 0 {
+            if g == 0 || !cols.is_multiple_of(g) {
                 return Err(FormatError::GroupSize {
                     format: FORMAT,
                     rows,
@@ -279,6 +289,32 @@ impl Stats {
 }
 
 impl IntSpec {
+    /// The scale (rounded to [`IntSpec::scale_type`]) and zero point (0 if symmetric) that
+    /// [`quantize`] gives a granule holding `values` (finite); errors if the scale overflows.
+    pub fn granule_params(&self, values: &[f32]) -> Result<(f32, u8), FormatError> {
+        let p = self.params(Stats::of(values))?;
+        Ok((p.scale, p.zero))
+    }
+
+    /// The code of `w` in a granule with this `scale` and `zero` (ignored if symmetric), as
+    /// [`quantize`] computes it; a zero scale gives the code of 0.
+    pub fn quantize_value(&self, w: f32, scale: f32, zero: u8) -> u8 {
+        let mut c = [0u8];
+        let zero = if self.symmetric { 0 } else { zero };
+        self.quantize_granule(Params { scale, zero }, &[w], &mut c);
+        c[0]
+    }
+
+    /// The value of `code` in a granule with this `scale` and `zero` (ignored if symmetric).
+    pub fn dequantize_value(&self, code: u8, scale: f32, zero: u8) -> f32 {
+        let z = if self.symmetric {
+            self.code_offset()
+        } else {
+            zero as i32
+        };
+        (code as i32 - z) as f32 * scale
+    }
+
     /// The scale and zero point of a granule with statistics `st` (scale rounded to storage).
     fn params(&self, st: Stats) -> Result<Params, FormatError> {
         let qmax = self.qmax() as f32;
@@ -342,6 +378,9 @@ pub fn quantize(
     quantize_impl(w, rows, cols, spec, w.len() >= PAR_MIN_ELEMENTS)
 }
 
+/// One row's work item: (((weights, packed bytes), scales), zero points).
+type RowJob<'a> = (((&'a [f32], &'a mut [u8]), &'a mut [f32]), &'a mut [u8]);
+
 /// [`quantize`] with the choice of parallel or serial (reference) execution.
 fn quantize_impl(
     w: &[f32],
@@ -386,7 +425,7 @@ fn quantize_impl(
     let mut scales = vec![0f32; rows * per];
     let mut zeros = vec![0u8; rows * per];
     // One row: its granules' parameters, then codes, then packing.
-    let do_row = |(((wr, pr), sr), zr): (((&[f32], &mut [u8]), &mut [f32]), &mut [u8])| {
+    let do_row = |(((wr, pr), sr), zr): RowJob| {
         let mut codes = vec![0u8; cols];
         for (j, (wg, cg)) in wr.chunks(glen).zip(codes.chunks_mut(glen)).enumerate() {
             let p = match global {

@@ -32,8 +32,8 @@
 //! value gets the "−0" code 8 where the CPU path gives code 0, and vice versa for tiny
 //! positives); the CUDA 8-bit quantizer is an exact nearest search rather than a 65536-entry
 //! table; CUDA scales the partial block by the reciprocal like the others. The **offset** is
-//! computed here as the float32 sum of the absmax values (accumulated in float64) divided by their
-//! count, whereas `torch.mean` sums in an order that depends on the CPU's vector width and the
+//! computed here as the float32 sum of the absmax values (accumulated in float64) divided by
+//! their count, whereas `torch.mean` sums in an order that depends on the CPU's vector width and the
 //! thread count, so its offset can differ in the last bit; [`Absmax::double_with_offset`]
 //! takes a given offset to reproduce a bitsandbytes state exactly.
 //!
@@ -90,12 +90,13 @@ pub const NF4_CODE: [f32; 16] = [
 /// bit-pattern order, divided by its maximum 12.
 ///
 /// Index `s·8 + m`: magnitudes 0, 0.0625, 8, 12, 4, 6, 2, 3 for `m` = 0..8, negative when `s`
-/// is 1. Index 8 is +0.0, not −0.0: bitsandbytes writes it as the Python integer `-0`.
+/// is 1. Index 8 is +0.0, not −0.0: bitsandbytes writes it as the Python integer `-0` (its
+/// torch dequantizer gives +0.0 for it, its C++ and CUDA kernels −0.0; equal as numbers).
 pub const FP4_CODE: [f32; 16] = [
     0.0 / 12.0,
     0.0625 / 12.0,
     8.0 / 12.0,
-    12.0 / 12.0,
+    1.0, // 12 / 12
     4.0 / 12.0,
     6.0 / 12.0,
     2.0 / 12.0,
@@ -103,7 +104,7 @@ pub const FP4_CODE: [f32; 16] = [
     0.0 / 12.0,
     -0.0625 / 12.0,
     -8.0 / 12.0,
-    -12.0 / 12.0,
+    -1.0, // -12 / 12
     -4.0 / 12.0,
     -6.0 / 12.0,
     -2.0 / 12.0,
