@@ -74,7 +74,9 @@ pub fn write_config_and_tokenizer(
     let mut c = match ckpt {
         Checkpoint::Hf(h) => h.config.clone(),
         Checkpoint::Gguf(g) => {
-            let Some(cfg) = cfg else { bail!("{}: architecture not supported", g.path().display()) };
+            let Some(cfg) = cfg else {
+                bail!("{}: architecture not supported", g.path().display())
+            };
             let tok = Tokenizer::from_gguf(g)?;
             for (name, content) in tok.hf_files()? {
                 out.write(&name, content.as_bytes())?;

@@ -27,6 +27,8 @@ enum Command {
     Inspect(commands::inspect::Args),
     /// Change the storage dtype (f32/bf16/f16) and write a Hugging Face directory, tensor by tensor.
     Convert(commands::convert::Args),
+    /// Quantize (round to nearest: int8/intN per tensor/channel/group, NF4, FP4), streaming.
+    Quantize(commands::quantize::Args),
     /// Perplexity on the lee-ppl-v1 protocol; with --base, KLD and top-1 agreement too.
     Eval(commands::eval::Args),
     /// Generate text from a prompt, streaming tokens as they are produced.
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Convert(a) => commands::convert::run(a),
+        Command::Quantize(a) => commands::quantize::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Generate(a) => commands::generate::run(a),
     };

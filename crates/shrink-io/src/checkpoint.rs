@@ -76,7 +76,9 @@ pub struct HfCheckpoint {
 impl HfCheckpoint {
     /// The `quantization_config` of config.json, if any.
     pub fn quantization_config(&self) -> Option<&serde_json::Value> {
-        self.config.get("quantization_config").filter(|v| v.is_object())
+        self.config
+            .get("quantization_config")
+            .filter(|v| v.is_object())
     }
 
     /// The weight `name` decoded from its quantized layout, when it is stored quantized.
@@ -217,9 +219,9 @@ impl Checkpoint {
             Checkpoint::Hf(h) => {
                 h.weights.tensors.contains_key(name)
                     || (h.quantization_config().is_some()
-                        && name
-                            .strip_suffix(".weight")
-                            .is_some_and(|m| h.weights.tensors.contains_key(&format!("{m}.weight_scale"))))
+                        && name.strip_suffix(".weight").is_some_and(|m| {
+                            h.weights.tensors.contains_key(&format!("{m}.weight_scale"))
+                        }))
             }
             Checkpoint::Gguf(g) => g.tensor(name).is_some(),
         }

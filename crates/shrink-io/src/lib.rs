@@ -31,7 +31,9 @@ use std::path::Path;
 pub use checkpoint::{Checkpoint, HfCheckpoint, StoredDtype, TensorEntry};
 pub use error::{IoError, Result};
 pub use gguf::{GgufFile, GgufValue};
-pub use output::{write_safetensors_ordered, write_safetensors_streaming, LazyTensor, OutputDir, TensorHeader};
+pub use output::{
+    write_safetensors_ordered, write_safetensors_streaming, LazyTensor, OutputDir, TensorHeader,
+};
 
 /// Drop `len` bytes at `offset` of a read-only file map from the resident set.
 ///

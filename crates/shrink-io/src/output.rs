@@ -209,28 +209,36 @@ pub fn write_safetensors_ordered(
     }
     let mut offset = 0usize;
     for t in header {
-        let dtype = serde_json::to_value(t.dtype).map_err(|e| IoError::malformed(path, e.to_string()))?;
+        let dtype =
+            serde_json::to_value(t.dtype).map_err(|e| IoError::malformed(path, e.to_string()))?;
         map.insert(
             t.name.clone(),
             serde_json::json!({"dtype": dtype, "shape": t.shape, "data_offsets": [offset, offset + t.len]}),
         );
         offset += t.len;
     }
-    let mut text = serde_json::to_string(&serde_json::Value::Object(map)).map_err(|e| IoError::malformed(path, e.to_string()))?;
+    let mut text = serde_json::to_string(&serde_json::Value::Object(map))
+        .map_err(|e| IoError::malformed(path, e.to_string()))?;
     while text.len() % 8 != 0 {
         text.push(' ');
     }
     let file = std::fs::File::create(path).map_err(|e| IoError::os(path, e))?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
     let io = |e| IoError::os(path, e);
-    w.write_all(&(text.len() as u64).to_le_bytes()).map_err(io)?;
+    w.write_all(&(text.len() as u64).to_le_bytes())
+        .map_err(io)?;
     w.write_all(text.as_bytes()).map_err(io)?;
     for (i, t) in header.iter().enumerate() {
         let bytes = next(i)?;
         if bytes.len() != t.len {
             return Err(IoError::malformed(
                 path,
-                format!("tensor {} produced {} bytes, its header says {}", t.name, bytes.len(), t.len),
+                format!(
+                    "tensor {} produced {} bytes, its header says {}",
+                    t.name,
+                    bytes.len(),
+                    t.len
+                ),
             ));
         }
         w.write_all(&bytes).map_err(io)?;

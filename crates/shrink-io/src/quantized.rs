@@ -74,19 +74,32 @@ pub fn ct_tensors(module: &str, t: &IntTensor) -> Vec<StoredTensor> {
         for r in 0..t.rows {
             let mut row = vec![0u8; words * 4];
             let row_codes = &codes[r * t.cols..(r + 1) * t.cols];
-            let u: Vec<u8> = row_codes.iter().map(|&c| ct_unsigned(c, t, r, off)).collect();
+            let u: Vec<u8> = row_codes
+                .iter()
+                .map(|&c| ct_unsigned(c, t, r, off))
+                .collect();
             let packed = shrink_formats::int::pack(&u, s.bits);
             row[..packed.len()].copy_from_slice(&packed);
             bytes.extend_from_slice(&row);
         }
-        out.push(StoredTensor { name: format!("{module}.weight_packed"), dtype: Dtype::I32, shape: vec![t.rows, words], bytes });
+        out.push(StoredTensor {
+            name: format!("{module}.weight_packed"),
+            dtype: Dtype::I32,
+            shape: vec![t.rows, words],
+            bytes,
+        });
     } else {
         let bytes: Vec<u8> = codes
             .iter()
             .enumerate()
             .map(|(i, &c)| (ct_unsigned(c, t, i / t.cols, off) as i16 - off as i16) as i8 as u8)
             .collect();
-        out.push(StoredTensor { name: format!("{module}.weight"), dtype: Dtype::I8, shape: vec![t.rows, t.cols], bytes });
+        out.push(StoredTensor {
+            name: format!("{module}.weight"),
+            dtype: Dtype::I8,
+            shape: vec![t.rows, t.cols],
+            bytes,
+        });
     }
     out.push(StoredTensor {
         name: format!("{module}.weight_scale"),
@@ -98,7 +111,10 @@ pub fn ct_tensors(module: &str, t: &IntTensor) -> Vec<StoredTensor> {
         name: format!("{module}.weight_shape"),
         dtype: Dtype::I64,
         shape: vec![2],
-        bytes: [t.rows as i64, t.cols as i64].iter().flat_map(|v| v.to_le_bytes()).collect(),
+        bytes: [t.rows as i64, t.cols as i64]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
     });
     if let Some(z) = &t.zeros {
         if ct_packs(s.bits) {
@@ -126,7 +142,10 @@ pub fn ct_tensors(module: &str, t: &IntTensor) -> Vec<StoredTensor> {
                 name: format!("{module}.weight_zero_point"),
                 dtype: Dtype::I8,
                 shape: scale_shape,
-                bytes: z.iter().map(|&v| (v as i16 - off as i16) as i8 as u8).collect(),
+                bytes: z
+                    .iter()
+                    .map(|&v| (v as i16 - off as i16) as i8 as u8)
+                    .collect(),
             });
         }
     }
@@ -143,7 +162,11 @@ fn ct_unsigned(code: u8, _t: &IntTensor, _r: usize, _off: u8) -> u8 {
 
 /// The `quantization_config` of a compressed-tensors checkpoint quantized with `spec`.
 pub fn ct_config(spec: &IntSpec, ignore: &[String]) -> Value {
-    let format = if ct_packs(spec.bits) { "pack-quantized" } else { "naive-quantized" };
+    let format = if ct_packs(spec.bits) {
+        "pack-quantized"
+    } else {
+        "naive-quantized"
+    };
     let (strategy, group) = match spec.granularity {
         Granularity::Tensor => ("tensor", Value::Null),
         Granularity::Channel => ("channel", Value::Null),
@@ -163,27 +186,67 @@ pub fn ct_config(spec: &IntSpec, ignore: &[String]) -> Value {
 
 /// The bitsandbytes 4-bit tensors of module `module` for a weight of `shape` whose dense
 /// dtype is `dtype_name` (`float32`, `bfloat16`, `float16`).
-pub fn bnb4_tensors(module: &str, t: &Nf4Tensor, shape: &[usize], dtype_name: &str) -> Vec<StoredTensor> {
+pub fn bnb4_tensors(
+    module: &str,
+    t: &Nf4Tensor,
+    shape: &[usize],
+    dtype_name: &str,
+) -> Vec<StoredTensor> {
     let p = format!("{module}.weight");
     let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    let mut out = vec![StoredTensor { name: p.clone(), dtype: Dtype::U8, shape: vec![t.packed.len(), 1], bytes: t.packed.clone() }];
+    let mut out = vec![StoredTensor {
+        name: p.clone(),
+        dtype: Dtype::U8,
+        shape: vec![t.packed.len(), 1],
+        bytes: t.packed.clone(),
+    }];
     let mut state = serde_json::Map::new();
     state.insert("quant_type".into(), t.spec.kind.name().into());
     state.insert("blocksize".into(), t.spec.block_size.into());
     state.insert("dtype".into(), dtype_name.into());
     state.insert("shape".into(), json!(shape));
     match &t.absmax {
-        Absmax::F32(a) => out.push(StoredTensor { name: format!("{p}.absmax"), dtype: Dtype::F32, shape: vec![a.len()], bytes: f32s(a) }),
-        Absmax::Double { codes, nested_absmax, offset, nested_block } => {
-            out.push(StoredTensor { name: format!("{p}.absmax"), dtype: Dtype::U8, shape: vec![codes.len()], bytes: codes.clone() });
-            out.push(StoredTensor { name: format!("{p}.nested_absmax"), dtype: Dtype::F32, shape: vec![nested_absmax.len()], bytes: f32s(nested_absmax) });
-            out.push(StoredTensor { name: format!("{p}.nested_quant_map"), dtype: Dtype::F32, shape: vec![256], bytes: f32s(&DYNAMIC_MAP) });
+        Absmax::F32(a) => out.push(StoredTensor {
+            name: format!("{p}.absmax"),
+            dtype: Dtype::F32,
+            shape: vec![a.len()],
+            bytes: f32s(a),
+        }),
+        Absmax::Double {
+            codes,
+            nested_absmax,
+            offset,
+            nested_block,
+        } => {
+            out.push(StoredTensor {
+                name: format!("{p}.absmax"),
+                dtype: Dtype::U8,
+                shape: vec![codes.len()],
+                bytes: codes.clone(),
+            });
+            out.push(StoredTensor {
+                name: format!("{p}.nested_absmax"),
+                dtype: Dtype::F32,
+                shape: vec![nested_absmax.len()],
+                bytes: f32s(nested_absmax),
+            });
+            out.push(StoredTensor {
+                name: format!("{p}.nested_quant_map"),
+                dtype: Dtype::F32,
+                shape: vec![256],
+                bytes: f32s(&DYNAMIC_MAP),
+            });
             state.insert("nested_blocksize".into(), (*nested_block).into());
             state.insert("nested_dtype".into(), "float32".into());
             state.insert("nested_offset".into(), json!(*offset as f64));
         }
     }
-    out.push(StoredTensor { name: format!("{p}.quant_map"), dtype: Dtype::F32, shape: vec![16], bytes: f32s(t.spec.kind.code()) });
+    out.push(StoredTensor {
+        name: format!("{p}.quant_map"),
+        dtype: Dtype::F32,
+        shape: vec![16],
+        bytes: f32s(t.spec.kind.code()),
+    });
     // bitsandbytes writes json.dumps(dict): ", " and ": " separators, insertion order.
     let text = bnb_json(&state);
     out.push(StoredTensor {
@@ -201,7 +264,13 @@ fn bnb_json(m: &serde_json::Map<String, Value>) -> String {
         .iter()
         .map(|(k, v)| {
             let v = match v {
-                Value::Array(a) => format!("[{}]", a.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")),
+                Value::Array(a) => format!(
+                    "[{}]",
+                    a.iter()
+                        .map(|x| x.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
                 other => other.to_string(),
             };
             format!("{}: {v}", Value::String(k.clone()))
@@ -250,127 +319,241 @@ impl Reader<'_> {
         IoError::malformed(self.dir, what)
     }
     fn raw(&self, name: &str) -> Option<(&[u8], Dtype, &[usize])> {
-        self.st.tensors.get(name).map(|t| (self.st.bytes(t), t.dtype, t.shape.as_slice()))
+        self.st
+            .tensors
+            .get(name)
+            .map(|t| (self.st.bytes(t), t.dtype, t.shape.as_slice()))
     }
     fn need(&self, name: &str) -> Result<(&[u8], Dtype, &[usize])> {
-        self.raw(name).ok_or_else(|| self.err(format!("quantized layout: tensor {name} is missing")))
+        self.raw(name)
+            .ok_or_else(|| self.err(format!("quantized layout: tensor {name} is missing")))
     }
 }
 
 /// The quantized weight of HF weight `weight` (`<module>.weight`) if the checkpoint stores it
 /// in a layout of its `quantization_config`; `None` when it is stored dense.
-pub fn read(st: &SafetensorsModel, dir: &std::path::Path, qcfg: &Value, weight: &str) -> Result<Option<Quantized>> {
-    let Some(module) = weight.strip_suffix(".weight") else { return Ok(None) };
+pub fn read(
+    st: &SafetensorsModel,
+    dir: &std::path::Path,
+    qcfg: &Value,
+    weight: &str,
+) -> Result<Option<Quantized>> {
+    let Some(module) = weight.strip_suffix(".weight") else {
+        return Ok(None);
+    };
     let r = Reader { st, dir };
     match qcfg.get("quant_method").and_then(Value::as_str) {
         Some("compressed-tensors") => read_ct(&r, qcfg, module),
         Some("bitsandbytes") => read_bnb4(&r, module),
-        Some(other) => Err(r.err(format!("quantization_config: quant_method {other:?} is not one shrink reads yet"))),
+        Some(other) => Err(r.err(format!(
+            "quantization_config: quant_method {other:?} is not one shrink reads yet"
+        ))),
         None => Err(r.err("quantization_config has no quant_method".into())),
     }
 }
 
 fn read_ct(r: &Reader, qcfg: &Value, module: &str) -> Result<Option<Quantized>> {
-    let Some((scale_bytes, scale_dtype, _)) = r.raw(&format!("{module}.weight_scale")) else { return Ok(None) };
+    let Some((scale_bytes, scale_dtype, _)) = r.raw(&format!("{module}.weight_scale")) else {
+        return Ok(None);
+    };
     let w = qcfg
         .pointer("/config_groups/group_0/weights")
-        .ok_or_else(|| r.err("quantization_config: config_groups.group_0.weights missing".into()))?;
+        .ok_or_else(|| {
+            r.err("quantization_config: config_groups.group_0.weights missing".into())
+        })?;
     let bits = w.get("num_bits").and_then(Value::as_u64).unwrap_or(0) as u8;
     let symmetric = w.get("symmetric").and_then(Value::as_bool).unwrap_or(true);
     let granularity = match w.get("strategy").and_then(Value::as_str) {
         Some("tensor") => Granularity::Tensor,
         Some("channel") => Granularity::Channel,
-        Some("group") => Granularity::Group(w.get("group_size").and_then(Value::as_u64).unwrap_or(0) as usize),
-        s => return Err(r.err(format!("quantization_config: strategy {s:?} is not supported"))),
+        Some("group") => {
+            Granularity::Group(w.get("group_size").and_then(Value::as_u64).unwrap_or(0) as usize)
+        }
+        s => {
+            return Err(r.err(format!(
+                "quantization_config: strategy {s:?} is not supported"
+            )))
+        }
     };
-    let scale_type = float_of(scale_dtype).ok_or_else(|| r.err(format!("{module}.weight_scale: dtype {scale_dtype:?} is not a float")))?;
-    let spec = IntSpec { bits, symmetric, granularity, scale_type };
+    let scale_type = float_of(scale_dtype).ok_or_else(|| {
+        r.err(format!(
+            "{module}.weight_scale: dtype {scale_dtype:?} is not a float"
+        ))
+    })?;
+    let spec = IntSpec {
+        bits,
+        symmetric,
+        granularity,
+        scale_type,
+    };
     let (shape_bytes, _, _) = r.need(&format!("{module}.weight_shape"))?;
     if shape_bytes.len() != 16 {
         return Err(r.err(format!("{module}.weight_shape: expected two int64")));
     }
     let rows = i64::from_le_bytes(shape_bytes[..8].try_into().unwrap()) as usize;
     let cols = i64::from_le_bytes(shape_bytes[8..].try_into().unwrap()) as usize;
-    spec.validate(rows, cols).map_err(|e| r.err(format!("{module}: {e}")))?;
+    spec.validate(rows, cols)
+        .map_err(|e| r.err(format!("{module}: {e}")))?;
     let off = 1u8 << (bits - 1);
     let codes: Vec<u8> = if ct_packs(bits) {
         let (b, _, shape) = r.need(&format!("{module}.weight_packed"))?;
         let words = (cols * bits as usize).div_ceil(32);
         if shape != [rows, words] || b.len() != rows * words * 4 {
-            return Err(r.err(format!("{module}.weight_packed: shape {shape:?}, expected [{rows}, {words}]")));
+            return Err(r.err(format!(
+                "{module}.weight_packed: shape {shape:?}, expected [{rows}, {words}]"
+            )));
         }
         let mut c = Vec::with_capacity(rows * cols);
         for row in b.chunks_exact(words * 4) {
-            c.extend(shrink_formats::int::unpack(row, bits, cols).map_err(|e| r.err(format!("{module}: {e}")))?);
+            c.extend(
+                shrink_formats::int::unpack(row, bits, cols)
+                    .map_err(|e| r.err(format!("{module}: {e}")))?,
+            );
         }
         c
     } else {
         let (b, _, shape) = r.need(&format!("{module}.weight"))?;
         if shape != [rows, cols] {
-            return Err(r.err(format!("{module}.weight: shape {shape:?}, expected [{rows}, {cols}]")));
+            return Err(r.err(format!(
+                "{module}.weight: shape {shape:?}, expected [{rows}, {cols}]"
+            )));
         }
-        b.iter().map(|&v| (v as i8 as i16 + off as i16) as u8).collect()
+        b.iter()
+            .map(|&v| (v as i8 as i16 + off as i16) as u8)
+            .collect()
     };
     let n_scales = spec.num_scales(rows, cols);
     if scale_bytes.len() != n_scales * scale_type.size() {
-        return Err(r.err(format!("{module}.weight_scale: {} bytes, expected {}", scale_bytes.len(), n_scales * scale_type.size())));
+        return Err(r.err(format!(
+            "{module}.weight_scale: {} bytes, expected {}",
+            scale_bytes.len(),
+            n_scales * scale_type.size()
+        )));
     }
     let zeros = if symmetric {
         None
     } else {
         let (b, dt, shape) = r.need(&format!("{module}.weight_zero_point"))?;
-        let per_row = spec.scales_per_row(cols);
-        let n_rows = n_scales / per_row;
+        let (n_rows, per_row) = match granularity {
+            Granularity::Tensor => (1, 1),
+            _ => (rows, spec.scales_per_row(cols)),
+        };
+        let expect = if dt == Dtype::I32 {
+            (n_rows * bits as usize).div_ceil(32) * per_row * 4
+        } else {
+            n_scales
+        };
+        if b.len() != expect || shape.is_empty() {
+            return Err(r.err(format!(
+                "{module}.weight_zero_point: {} bytes, expected {expect}",
+                b.len()
+            )));
+        }
         Some(if dt == Dtype::I32 {
             let words = shape[0];
             let mut z = vec![0u8; n_scales];
             for g in 0..per_row {
-                let col: Vec<u8> = (0..words).flat_map(|wi| b[(wi * per_row + g) * 4..(wi * per_row + g) * 4 + 4].to_vec()).collect();
-                let vals = shrink_formats::int::unpack(&col, bits, n_rows).map_err(|e| r.err(format!("{module}: {e}")))?;
+                let col: Vec<u8> = (0..words)
+                    .flat_map(|wi| b[(wi * per_row + g) * 4..(wi * per_row + g) * 4 + 4].to_vec())
+                    .collect();
+                let vals = shrink_formats::int::unpack(&col, bits, n_rows)
+                    .map_err(|e| r.err(format!("{module}: {e}")))?;
                 for (row, v) in vals.into_iter().enumerate() {
                     z[row * per_row + g] = v;
                 }
             }
             z
         } else {
-            b.iter().map(|&v| (v as i8 as i16 + off as i16) as u8).collect()
+            b.iter()
+                .map(|&v| (v as i8 as i16 + off as i16) as u8)
+                .collect()
         })
     };
     let mut packed = Vec::with_capacity(spec.row_bytes(cols) * rows);
     for row in codes.chunks_exact(cols) {
         packed.extend(shrink_formats::int::pack(row, bits));
     }
-    let t = IntTensor { spec, rows, cols, packed, scales: scale_bytes.to_vec(), zeros };
+    let t = IntTensor {
+        spec,
+        rows,
+        cols,
+        packed,
+        scales: scale_bytes.to_vec(),
+        zeros,
+    };
     t.check().map_err(|e| r.err(format!("{module}: {e}")))?;
     Ok(Some(Quantized::Int(t)))
 }
 
 fn read_bnb4(r: &Reader, module: &str) -> Result<Option<Quantized>> {
     let p = format!("{module}.weight");
-    let state_name = ["nf4", "fp4"].iter().map(|k| format!("{p}.quant_state.bitsandbytes__{k}")).find(|n| r.raw(n).is_some());
-    let Some(state_name) = state_name else { return Ok(None) };
+    let state_name = ["nf4", "fp4"]
+        .iter()
+        .map(|k| format!("{p}.quant_state.bitsandbytes__{k}"))
+        .find(|n| r.raw(n).is_some());
+    let Some(state_name) = state_name else {
+        return Ok(None);
+    };
     let (sb, _, _) = r.need(&state_name)?;
-    let state: HashMap<String, Value> = serde_json::from_slice(sb).map_err(|e| r.err(format!("{state_name}: {e}")))?;
-    let kind = state.get("quant_type").and_then(Value::as_str).and_then(Fp4Kind::parse).ok_or_else(|| r.err(format!("{state_name}: bad quant_type")))?;
+    let state: HashMap<String, Value> =
+        serde_json::from_slice(sb).map_err(|e| r.err(format!("{state_name}: {e}")))?;
+    let kind = state
+        .get("quant_type")
+        .and_then(Value::as_str)
+        .and_then(Fp4Kind::parse)
+        .ok_or_else(|| r.err(format!("{state_name}: bad quant_type")))?;
     let block_size = state.get("blocksize").and_then(Value::as_u64).unwrap_or(0) as usize;
     let shape: Vec<usize> = state
         .get("shape")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_u64).map(|v| v as usize).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_u64)
+                .map(|v| v as usize)
+                .collect()
+        })
         .ok_or_else(|| r.err(format!("{state_name}: no shape")))?;
     let numel: usize = shape.iter().product();
     let (packed, _, _) = r.need(&p)?;
     let (ab, adt, _) = r.need(&format!("{p}.absmax"))?;
-    let f32s = |b: &[u8]| b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect::<Vec<f32>>();
+    let f32s = |b: &[u8]| {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect::<Vec<f32>>()
+    };
     let (absmax, double_quant) = if adt == Dtype::U8 {
         let (nb, _, _) = r.need(&format!("{p}.nested_absmax"))?;
-        let offset = state.get("nested_offset").and_then(Value::as_f64).ok_or_else(|| r.err(format!("{state_name}: no nested_offset")))? as f32;
-        let nested_block = state.get("nested_blocksize").and_then(Value::as_u64).unwrap_or(NESTED_BLOCK as u64) as usize;
-        (Absmax::Double { codes: ab.to_vec(), nested_absmax: f32s(nb), offset, nested_block }, true)
+        let offset = state
+            .get("nested_offset")
+            .and_then(Value::as_f64)
+            .ok_or_else(|| r.err(format!("{state_name}: no nested_offset")))?
+            as f32;
+        let nested_block = state
+            .get("nested_blocksize")
+            .and_then(Value::as_u64)
+            .unwrap_or(NESTED_BLOCK as u64) as usize;
+        (
+            Absmax::Double {
+                codes: ab.to_vec(),
+                nested_absmax: f32s(nb),
+                offset,
+                nested_block,
+            },
+            true,
+        )
     } else {
         (Absmax::F32(f32s(ab)), false)
     };
-    let t = Nf4Tensor { spec: Nf4Spec { kind, block_size, double_quant }, numel, packed: packed.to_vec(), absmax };
+    let t = Nf4Tensor {
+        spec: Nf4Spec {
+            kind,
+            block_size,
+            double_quant,
+        },
+        numel,
+        packed: packed.to_vec(),
+        absmax,
+    };
     t.check().map_err(|e| r.err(format!("{module}: {e}")))?;
     Ok(Some(Quantized::Nf4(t, shape)))
 }

@@ -59,21 +59,41 @@ impl Rtn {
             Rtn::Int(s) => s.validate(rows, cols),
             Rtn::Nf4(s) => s.validate(),
         };
-        r.map_err(|source| MethodError::Format { name: name.to_string(), source })
+        r.map_err(|source| MethodError::Format {
+            name: name.to_string(),
+            source,
+        })
     }
 
     /// Quantize the row-major [rows, cols] weight `w` (rows = output features).
-    pub fn quantize(&self, name: &str, w: &[f32], rows: usize, cols: usize) -> Result<QuantizedWeight> {
-        let fmt = |source| MethodError::Format { name: name.to_string(), source };
+    pub fn quantize(
+        &self,
+        name: &str,
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> Result<QuantizedWeight> {
+        let fmt = |source| MethodError::Format {
+            name: name.to_string(),
+            source,
+        };
         Ok(match self {
-            Rtn::Int(s) => QuantizedWeight::Int(shrink_formats::int::quantize(w, rows, cols, *s).map_err(fmt)?),
+            Rtn::Int(s) => {
+                QuantizedWeight::Int(shrink_formats::int::quantize(w, rows, cols, *s).map_err(fmt)?)
+            }
             Rtn::Nf4(s) => QuantizedWeight::Nf4(shrink_formats::nf4::quantize(w, *s).map_err(fmt)?),
         })
     }
 
     /// The stored tensors of module `module` holding `q` (a weight of `shape`, dense dtype
     /// `dtype_name`), in the layout this method writes.
-    pub fn layout(&self, module: &str, q: &QuantizedWeight, shape: &[usize], dtype_name: &str) -> Vec<StoredTensor> {
+    pub fn layout(
+        &self,
+        module: &str,
+        q: &QuantizedWeight,
+        shape: &[usize],
+        dtype_name: &str,
+    ) -> Vec<StoredTensor> {
         match q {
             QuantizedWeight::Int(t) => quantized::ct_tensors(module, t),
             QuantizedWeight::Nf4(t) => quantized::bnb4_tensors(module, t, shape, dtype_name),

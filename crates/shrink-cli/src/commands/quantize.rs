@@ -1,0 +1,350 @@
+//! `shrink quantize`: round-to-nearest quantization, streamed one weight at a time, written in
+//! the layouts other tools read (compressed-tensors for integers, bitsandbytes for NF4/FP4).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use clap::ValueEnum;
+use shrink_formats::float::{self, FloatType};
+use shrink_formats::int::{Granularity, IntSpec};
+use shrink_formats::nf4::{Fp4Kind, Nf4Spec};
+use shrink_io::quantized::{StoredTensor, TRANSPOSED_KEY};
+use shrink_io::{OutputDir, TensorHeader};
+use shrink_methods::rtn::{QuantizedWeight, Rtn};
+use shrink_methods::select::Selection;
+use shrink_models::{LinearInfo, ModelConfig};
+
+use crate::common;
+
+/// Quantization methods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Method {
+    /// Symmetric 8-bit: scale = absmax / 127 (per tensor unless --granularity says otherwise).
+    AbsmaxInt8,
+    /// Asymmetric 8-bit with a zero point (per tensor unless --granularity says otherwise).
+    ZeropointInt8,
+    /// Integers of --bits (2-8), --group-size (default 64), asymmetric unless --sym.
+    Int,
+    /// bitsandbytes NF4 (blocks of --block-size, optional --double-quant).
+    Nf4,
+    /// bitsandbytes FP4.
+    Fp4,
+}
+
+/// Granularity of integer scales.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Gran {
+    /// One scale per tensor.
+    Tensor,
+    /// One scale per output channel (row).
+    Channel,
+    /// One scale per --group-size elements of a row.
+    Group,
+}
+
+/// Arguments of `shrink quantize`.
+#[derive(clap::Args)]
+#[command(
+    after_help = "By default every linear layer of the decoder blocks is quantized; embeddings, norms and the LM head keep their precision (--include/--exclude change that, e.g. --exclude '*.down_proj' --include lm_head).\n\nExamples:\n  shrink quantize assets/SmolLM2-135M-Instruct.Q4_1.gguf --method nf4 --double-quant -o smollm2-nf4\n  shrink quantize assets/SmolLM2-135M-Instruct.Q4_1.gguf --method int --bits 4 --group-size 64 -o smollm2-int4-g64\n  shrink quantize my-model --method absmax-int8 --granularity channel -o my-model-int8"
+)]
+pub struct Args {
+    /// Model to quantize (HF directory or .gguf).
+    pub model: PathBuf,
+    /// Output directory (must not exist).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Method.
+    #[arg(long, value_enum)]
+    pub method: Method,
+    /// Bits per weight for --method int (2, 3, 4, 5, 6, 8).
+    #[arg(long)]
+    pub bits: Option<u8>,
+    /// Scale granularity for integer methods.
+    #[arg(long, value_enum)]
+    pub granularity: Option<Gran>,
+    /// Elements per scale group (integer methods with --granularity group; default 64).
+    #[arg(long)]
+    pub group_size: Option<usize>,
+    /// Symmetric (absmax) integers.
+    #[arg(long, conflicts_with = "asym")]
+    pub sym: bool,
+    /// Asymmetric (zero-point) integers.
+    #[arg(long)]
+    pub asym: bool,
+    /// Storage type of the scales of integer methods (f16 default; f32 for per-tensor).
+    #[arg(long, value_parser = parse_float)]
+    pub scale_dtype: Option<FloatType>,
+    /// NF4/FP4 block size.
+    #[arg(long, default_value_t = 64)]
+    pub block_size: usize,
+    /// NF4/FP4: quantize the block absmax to 8 bits too (QLoRA, ≈ 4.127 bits/weight).
+    #[arg(long)]
+    pub double_quant: bool,
+    /// Storage type of the tensors left unquantized.
+    #[arg(long, value_parser = parse_float, default_value = "f32")]
+    pub dense_dtype: FloatType,
+    /// Also quantize these weights (glob over names, e.g. lm_head or 'model.embed_tokens').
+    #[arg(long)]
+    pub include: Vec<String>,
+    /// Leave these weights unquantized (glob, e.g. '*.down_proj').
+    #[arg(long)]
+    pub exclude: Vec<String>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_float(s: &str) -> Result<FloatType, String> {
+    FloatType::parse(s).ok_or_else(|| format!("unknown dtype {s:?}: use f32, bf16 or f16"))
+}
+
+/// The method the flags describe.
+fn method(a: &Args) -> Result<Rtn> {
+    let int = |bits: u8, symmetric: bool, default: Gran| -> Result<Rtn> {
+        let gran = match a.granularity.unwrap_or(if a.group_size.is_some() {
+            Gran::Group
+        } else {
+            default
+        }) {
+            Gran::Tensor => Granularity::Tensor,
+            Gran::Channel => Granularity::Channel,
+            Gran::Group => Granularity::Group(a.group_size.unwrap_or(64)),
+        };
+        let scale_type = a.scale_dtype.unwrap_or(if gran == Granularity::Tensor {
+            FloatType::F32
+        } else {
+            FloatType::F16
+        });
+        Ok(Rtn::Int(IntSpec {
+            bits,
+            symmetric,
+            granularity: gran,
+            scale_type,
+        }))
+    };
+    let four = |kind| -> Result<Rtn> {
+        if a.bits.is_some_and(|b| b != 4) {
+            bail!(
+                "--method {:?} is 4-bit; --bits {} does not apply",
+                a.method,
+                a.bits.unwrap()
+            );
+        }
+        Ok(Rtn::Nf4(Nf4Spec {
+            kind,
+            block_size: a.block_size,
+            double_quant: a.double_quant,
+        }))
+    };
+    match a.method {
+        Method::AbsmaxInt8 => int(8, !a.asym, Gran::Tensor),
+        Method::ZeropointInt8 => int(8, a.sym, Gran::Tensor).map(|m| match m {
+            Rtn::Int(s) => Rtn::Int(IntSpec {
+                symmetric: a.sym,
+                ..s
+            }),
+            other => other,
+        }),
+        Method::Int => int(a.bits.unwrap_or(4), a.sym, Gran::Group),
+        Method::Nf4 => four(Fp4Kind::Nf4),
+        Method::Fp4 => four(Fp4Kind::Fp4),
+    }
+}
+
+fn st_float(f: FloatType) -> safetensors::tensor::Dtype {
+    match f {
+        FloatType::F32 => safetensors::tensor::Dtype::F32,
+        FloatType::F16 => safetensors::tensor::Dtype::F16,
+        FloatType::BF16 => safetensors::tensor::Dtype::BF16,
+    }
+}
+
+/// Run `shrink quantize`.
+pub fn run(a: Args) -> Result<()> {
+    let rtn = method(&a)?;
+    let ckpt = common::open(&a.model)?;
+    let cfg = ModelConfig::from_checkpoint(&ckpt)?;
+    let selected = Selection {
+        include: a.include.clone(),
+        exclude: a.exclude.clone(),
+    }
+    .resolve(&cfg)?;
+    // Refuse impossible parameters before reading or writing anything.
+    for l in &selected {
+        rtn.validate(&l.weight, l.out_features, l.in_features)?;
+    }
+    let out = OutputDir::create(&a.output, &[&a.model])?;
+    let loader = shrink_models::weight_loader(&ckpt, &cfg);
+    let by_name: HashMap<&str, &LinearInfo> =
+        selected.iter().map(|l| (l.weight.as_str(), l)).collect();
+    let dense_name = crate::commands::convert::torch_name(a.dense_dtype);
+    let shapes = shrink_models::weight_shapes(&cfg);
+
+    // A selected weight as [out, in] float32 (GPT-2's Conv1D weights are transposed here).
+    let read = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
+        let t = shrink_models::read_hf_weight(&loader, &cfg, name, shape)?;
+        let t = if by_name.get(name).is_some_and(|l| l.conv1d) {
+            t.t()?.contiguous()?
+        } else {
+            t
+        };
+        Ok(t.flatten_all()?.to_vec1()?)
+    };
+    let quantize =
+        |l: &LinearInfo, shape: &[usize]| -> Result<(QuantizedWeight, Vec<StoredTensor>)> {
+            let w = read(&l.weight, shape)?;
+            let q = rtn.quantize(&l.weight, &w, l.out_features, l.in_features)?;
+            let module = l.weight.strip_suffix(".weight").unwrap_or(&l.weight);
+            let stored = rtn.layout(module, &q, &[l.out_features, l.in_features], dense_name);
+            Ok((q, stored))
+        };
+
+    // Pass 1: quantize every selected weight once to learn the layout's tensor sizes (some,
+    // like bitsandbytes' JSON quant state, depend on the values) and measure the error.
+    let t0 = Instant::now();
+    let pb = common::bar(shapes.len() as u64, "quantize");
+    let mut header = Vec::new();
+    let mut origin = Vec::new(); // for each header entry: index into `shapes`
+    let (mut q_params, mut q_bytes, mut q_file_bytes, mut dense_bytes) = (0u64, 0u64, 0u64, 0u64);
+    let (mut sq_err, mut sq_ref) = (0f64, 0f64);
+    for (i, (name, shape)) in shapes.iter().enumerate() {
+        pb.inc(1);
+        match by_name.get(name.as_str()) {
+            Some(l) => {
+                let (q, stored) = quantize(l, shape)?;
+                let w = read(name, shape)?;
+                for (x, y) in w.iter().zip(q.dequantize()) {
+                    sq_err += ((x - y) as f64).powi(2);
+                    sq_ref += (*x as f64).powi(2);
+                }
+                q_params += (l.out_features * l.in_features) as u64;
+                q_bytes += q.stored_bytes() as u64;
+                for s in stored {
+                    q_file_bytes += s.bytes.len() as u64;
+                    header.push(TensorHeader {
+                        name: s.name,
+                        dtype: s.dtype,
+                        shape: s.shape,
+                        len: s.bytes.len(),
+                    });
+                    origin.push(i);
+                }
+            }
+            None => {
+                let n: usize = shape.iter().product();
+                dense_bytes += (n * a.dense_dtype.size()) as u64;
+                header.push(TensorHeader {
+                    name: name.clone(),
+                    dtype: st_float(a.dense_dtype),
+                    shape: shape.clone(),
+                    len: n * a.dense_dtype.size(),
+                });
+                origin.push(i);
+            }
+        }
+    }
+    pb.finish_and_clear();
+    let quant_seconds = t0.elapsed().as_secs_f64();
+
+    // Pass 2: write in module order; each module is quantized once and its pieces served in turn.
+    let cache: RefCell<Option<(usize, Vec<StoredTensor>)>> = RefCell::new(None);
+    let pb = common::bar(header.len() as u64, "write");
+    let mut meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let transposed: Vec<&str> = selected
+        .iter()
+        .filter(|l| l.conv1d)
+        .map(|l| l.weight.as_str())
+        .collect();
+    if !transposed.is_empty() {
+        meta.insert(TRANSPOSED_KEY.to_string(), transposed.join(","));
+    }
+    shrink_io::write_safetensors_ordered(
+        &out.file("model.safetensors"),
+        &header,
+        Some(meta),
+        |k| {
+            pb.inc(1);
+            let i = origin[k];
+            let (name, shape) = &shapes[i];
+            let Some(l) = by_name.get(name.as_str()) else {
+                let v = read(name, shape)
+                    .map_err(|e| shrink_io::IoError::malformed(&a.model, format!("{e:#}")))?;
+                return Ok(float::encode(a.dense_dtype, &v));
+            };
+            let mut c = cache.borrow_mut();
+            if c.as_ref().is_none_or(|(j, _)| *j != i) {
+                let (_, stored) = quantize(l, shape)
+                    .map_err(|e| shrink_io::IoError::malformed(&a.model, format!("{e:#}")))?;
+                *c = Some((i, stored));
+            }
+            let stored = &c.as_ref().unwrap().1;
+            let s = stored
+                .iter()
+                .find(|s| s.name == header[k].name)
+                .expect("layout is deterministic");
+            Ok(s.bytes.clone())
+        },
+    )?;
+    pb.finish_and_clear();
+    let ignore: Vec<String> = shapes
+        .iter()
+        .filter(|(n, s)| s.len() == 2 && !by_name.contains_key(n.as_str()))
+        .map(|(n, _)| n.strip_suffix(".weight").unwrap_or(n).to_string())
+        .chain(std::iter::once("lm_head".to_string()))
+        .collect();
+    common::write_config_and_tokenizer(
+        &ckpt,
+        Some(&cfg),
+        &out,
+        dense_name,
+        Some(rtn.config(&ignore, dense_name)),
+    )?;
+    let target = out.commit()?;
+
+    let total_params: u64 = shapes
+        .iter()
+        .map(|(_, s)| s.iter().product::<usize>() as u64)
+        .sum();
+    // Everything the file stores for the weights (layout tables and shapes included).
+    let model_bytes = q_file_bytes + dense_bytes;
+    let bpw_q = q_bytes as f64 * 8.0 / q_params as f64;
+    let bpw_all = model_bytes as f64 * 8.0 / total_params as f64;
+    let rel_err = (sq_err / sq_ref.max(f64::MIN_POSITIVE)).sqrt();
+    let sqnr_db = 10.0 * (sq_ref / sq_err.max(f64::MIN_POSITIVE)).log10();
+    if a.json {
+        let v = serde_json::json!({
+            "input": a.model, "output": target, "method": rtn.name(),
+            "quantized_tensors": selected.len(), "quantized_params": q_params,
+            "bits_per_weight_quantized": bpw_q, "bits_per_weight_model": bpw_all,
+            "quantized_bytes": q_bytes, "quantized_file_bytes": q_file_bytes, "dense_bytes": dense_bytes, "model_bytes": model_bytes,
+            "float32_bytes": total_params * 4, "compression_vs_f32": (total_params * 4) as f64 / model_bytes as f64,
+            "relative_rmse": rel_err, "sqnr_db": sqnr_db, "quantize_seconds": quant_seconds,
+            "peak_rss_bytes": common::peak_rss(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("wrote          {}", target.display());
+        println!(
+            "method         {} on {} weights ({} params)",
+            rtn.name(),
+            selected.len(),
+            q_params
+        );
+        println!("bits/weight    {bpw_q:.4} on quantized weights (codes, scales, zeros), {bpw_all:.4} whole model as stored");
+        println!(
+            "model bytes    {model_bytes} ({}; f32 would be {}, ×{:.2} smaller)",
+            common::human(model_bytes),
+            common::human(total_params * 4),
+            (total_params * 4) as f64 / model_bytes as f64
+        );
+        println!("weight error   relative RMSE {rel_err:.4}, SQNR {sqnr_db:.1} dB");
+        println!("time           {quant_seconds:.2} s quantizing");
+        if let Some(r) = common::peak_rss() {
+            println!("peak RSS       {}", common::human(r));
+        }
+    }
+    Ok(())
+}

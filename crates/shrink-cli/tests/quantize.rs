@@ -1,0 +1,224 @@
+//! `shrink quantize`: quantize → save → load → dequantize is bit-exact for every method and
+//! bit width, the reported bytes are the file's, and impossible requests write nothing.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use shrink_formats::float::FloatType;
+use shrink_formats::int::{Granularity, IntSpec};
+use shrink_formats::nf4::{Fp4Kind, Nf4Spec};
+use shrink_io::Checkpoint;
+use shrink_methods::rtn::Rtn;
+use shrink_models::ModelConfig;
+
+fn shrink(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_shrink"))
+        .args(args)
+        .output()
+        .expect("run shrink")
+}
+
+fn fixture(name: &str) -> PathBuf {
+    let p = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/fixtures"
+    ))
+    .join(name);
+    assert!(p.exists(), "fixture {} missing", p.display());
+    p
+}
+
+/// Quantize `arch` with `args`, then check every quantized weight read back from the output
+/// equals the in-memory quantize → dequantize of the source weight, bit for bit.
+fn round_trip(arch: &str, args: &[&str], rtn: Rtn) -> serde_json::Value {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fixture(arch);
+    let out = tmp.path().join("q");
+    let mut full = vec![
+        "quantize",
+        src.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--json",
+    ];
+    full.extend_from_slice(args);
+    let r = shrink(&full);
+    assert!(
+        r.status.success(),
+        "{arch} {args:?}: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+
+    let a = Checkpoint::open(&src).unwrap();
+    let b = Checkpoint::open(&out).unwrap();
+    let cfg = ModelConfig::from_checkpoint(&a).unwrap();
+    let lin = shrink_models::decoder_linears(&cfg);
+    assert_eq!(
+        report["quantized_tensors"].as_u64().unwrap() as usize,
+        lin.len()
+    );
+    for l in &lin {
+        let (w, shape) = a.read_f32(&l.weight).unwrap();
+        let w = if l.conv1d {
+            transpose(&w, shape[0], shape[1])
+        } else {
+            w
+        };
+        let want = rtn
+            .quantize(&l.weight, &w, l.out_features, l.in_features)
+            .unwrap()
+            .dequantize();
+        let (got, gshape) = b.read_f32(&l.weight).unwrap();
+        let got = if l.conv1d {
+            transpose(&got, gshape[0], gshape[1])
+        } else {
+            got
+        };
+        assert_eq!(gshape, shape, "{}: shape", l.weight);
+        assert!(
+            want.iter()
+                .zip(&got)
+                .all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{arch} {args:?} {} differs",
+            l.weight
+        );
+    }
+    // The bytes reported are the bytes the file's tensors hold.
+    let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
+    let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    assert_eq!(
+        report["model_bytes"].as_u64().unwrap() as usize,
+        bytes.len() - 8 - header
+    );
+    // And the model still runs.
+    let m = shrink_models::Model::load(&b).unwrap();
+    assert!(m.forward(&[1, 2, 3], None).unwrap().dims() == [3, cfg.vocab_size()]);
+    report
+}
+
+fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; v.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = v[r * cols + c];
+        }
+    }
+    out
+}
+
+fn int(bits: u8, symmetric: bool, granularity: Granularity, scale_type: FloatType) -> Rtn {
+    Rtn::Int(IntSpec {
+        bits,
+        symmetric,
+        granularity,
+        scale_type,
+    })
+}
+
+#[test]
+fn integer_methods_round_trip_exactly() {
+    for bits in [2u8, 3, 4, 5, 6, 8] {
+        for sym in [true, false] {
+            let b = bits.to_string();
+            let mut args = vec!["--method", "int", "--bits", &b, "--group-size", "32"];
+            args.push(if sym { "--sym" } else { "--asym" });
+            round_trip(
+                "tiny-llama",
+                &args,
+                int(bits, sym, Granularity::Group(32), FloatType::F16),
+            );
+        }
+    }
+    round_trip(
+        "tiny-qwen2",
+        &["--method", "absmax-int8"],
+        int(8, true, Granularity::Tensor, FloatType::F32),
+    );
+    round_trip(
+        "tiny-mistral",
+        &["--method", "zeropoint-int8"],
+        int(8, false, Granularity::Tensor, FloatType::F32),
+    );
+    round_trip(
+        "tiny-gpt_neox",
+        &[
+            "--method",
+            "absmax-int8",
+            "--granularity",
+            "channel",
+            "--scale-dtype",
+            "bf16",
+        ],
+        int(8, true, Granularity::Channel, FloatType::BF16),
+    );
+}
+
+#[test]
+fn gpt2_conv1d_weights_are_quantized_too() {
+    let r = round_trip(
+        "tiny-gpt2",
+        &["--method", "int", "--bits", "4", "--group-size", "32"],
+        int(4, false, Granularity::Group(32), FloatType::F16),
+    );
+    assert_eq!(r["quantized_tensors"], 8);
+}
+
+#[test]
+fn nf4_and_fp4_round_trip_exactly() {
+    for (kind, name) in [(Fp4Kind::Nf4, "nf4"), (Fp4Kind::Fp4, "fp4")] {
+        for dq in [false, true] {
+            let mut args = vec!["--method", name];
+            if dq {
+                args.push("--double-quant");
+            }
+            let spec = Nf4Spec {
+                kind,
+                block_size: 64,
+                double_quant: dq,
+            };
+            round_trip("tiny-llama", &args, Rtn::Nf4(spec));
+        }
+    }
+}
+
+#[test]
+fn impossible_requests_write_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("q");
+    let src = fixture("tiny-llama");
+    let cases: [&[&str]; 4] = [
+        &["--method", "int", "--bits", "4", "--group-size", "48"], // 48 divides neither 64 nor 160
+        &["--method", "int", "--bits", "7"],
+        &["--method", "nf4", "--block-size", "48"],
+        &[
+            "--method",
+            "int",
+            "--bits",
+            "4",
+            "--exclude",
+            "nothing.matches.this",
+        ],
+    ];
+    for args in cases {
+        let mut full = vec![
+            "quantize",
+            src.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        full.extend_from_slice(args);
+        let r = shrink(&full);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(
+            !r.status.success() && err.contains("error:") && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+        assert!(!out.exists(), "{args:?} wrote output");
+        assert_eq!(
+            std::fs::read_dir(tmp.path()).unwrap().count(),
+            0,
+            "{args:?} left files"
+        );
+    }
+}
