@@ -222,3 +222,33 @@ fn impossible_requests_write_nothing() {
         );
     }
 }
+
+#[test]
+fn nan_weights_are_refused_naming_the_tensor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fixture("tiny-llama");
+    let dir = tmp.path().join("nan-model");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+    let mut bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let name = "model.layers.1.mlp.up_proj.weight";
+    let start = header[name]["data_offsets"][0].as_u64().unwrap() as usize + 8 + n;
+    bytes[start + 40..start + 44].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+    let out = tmp.path().join("q");
+    let r = shrink(&[
+        "quantize",
+        dir.to_str().unwrap(),
+        "--method",
+        "nf4",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success(), "NaN accepted");
+    assert!(err.contains(name) && !err.contains("panicked"), "{err}");
+    assert!(!out.exists());
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+}
