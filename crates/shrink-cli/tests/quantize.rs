@@ -91,9 +91,30 @@ fn round_trip(arch: &str, args: &[&str], rtn: Rtn) -> serde_json::Value {
         report["model_bytes"].as_u64().unwrap() as usize,
         bytes.len() - 8 - header
     );
-    // And the model still runs.
+    // The model runs with its linear layers kept quantized, and gives exactly the logits of
+    // the same weights dequantized into a float32 model (`convert` compares the two).
     let m = shrink_models::Model::load(&b).unwrap();
+    if let shrink_models::Model::Llama(l) = &m {
+        assert!(l.layers[0].q_proj.is_quantized());
+    }
     assert!(m.forward(&[1, 2, 3], None).unwrap().dims() == [3, cfg.vocab_size()]);
+    let dense = tmp.path().join("dense");
+    let c = shrink(&[
+        "convert",
+        out.to_str().unwrap(),
+        "--dtype",
+        "f32",
+        "-o",
+        dense.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    let c: serde_json::Value = serde_json::from_slice(&c.stdout).unwrap();
+    assert_eq!(
+        c["logits_max_abs_diff"].as_f64().unwrap(),
+        0.0,
+        "{arch} {args:?}: quantized forward differs"
+    );
     report
 }
 

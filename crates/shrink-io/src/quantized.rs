@@ -299,6 +299,14 @@ pub enum Quantized {
 }
 
 impl Quantized {
+    /// (rows, cols) = (out_features, in_features) of the weight.
+    pub fn shape(&self) -> (usize, usize) {
+        match self {
+            Quantized::Int(t) => (t.rows, t.cols),
+            Quantized::Nf4(_, s) => (s[0], s.get(1).copied().unwrap_or(1)),
+        }
+    }
+
     /// Float32 values (row-major) and shape [out, in].
     pub fn dequantize(&self) -> (Vec<f32>, Vec<usize>) {
         match self {

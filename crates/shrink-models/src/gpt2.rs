@@ -127,6 +127,14 @@ impl Gpt2 {
         let e = cfg.n_embd;
         let gguf = matches!(w.checkpoint(), shrink_io::Checkpoint::Gguf(_));
         let conv = |name: &str, inp: usize, out: usize| -> Result<Linear> {
+            let weight = format!("{name}.weight");
+            if let shrink_io::Checkpoint::Hf(h) = w.checkpoint() {
+                if let Some(q) = h.quantized(&weight)? {
+                    // Quantized Conv1D weights are stored [out, in] already.
+                    let bias = Some(w.get(&format!("{name}.bias"), &[out])?);
+                    return Ok(Linear::quantized(q, bias));
+                }
+            }
             let bias = Some(w.get(&format!("{name}.bias"), &[out])?);
             Ok(if gguf {
                 Linear::new(w.get(&format!("{name}.weight"), &[out, inp])?, bias)?

@@ -110,10 +110,8 @@ impl Neox {
     pub fn load(cfg: NeoxConfig, w: &WeightLoader) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         let lin = |name: &str, out: usize, inp: usize| -> Result<Linear> {
-            Ok(Linear::new(
-                w.get(&format!("{name}.weight"), &[out, inp])?,
-                w.get_opt(&format!("{name}.bias"), &[out])?,
-            )?)
+            let b = format!("{name}.bias");
+            w.linear(&format!("{name}.weight"), out, inp, Some(b.as_str()))
         };
         let ln = |name: &str| -> Result<(Tensor, Tensor)> {
             Ok((

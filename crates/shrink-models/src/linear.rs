@@ -1,24 +1,53 @@
 //! The linear layer every architecture uses: `y = x Wᵀ + b`.
 
-use candle_core::{Module, Tensor};
+use std::sync::Arc;
 
-/// A dense float32 linear layer.
-///
-/// The weight is kept transposed, shape (in_features, out_features), contiguous: the GEMM
-/// then reads it row-major, which measured 1.1–1.8× faster than multiplying by a strided
-/// `Wᵀ` view on SmolLM2's shapes (see BENCHMARKS.md).
-#[derive(Debug, Clone)]
+use candle_core::{Device, Module, Tensor};
+use shrink_io::quantized::Quantized;
+
+/// How a linear layer's weight is held in memory.
+#[derive(Clone)]
+enum Weight {
+    /// float32, transposed: shape (in_features, out_features), contiguous. The GEMM then
+    /// reads it row-major, measured 1.1–1.8× faster than a strided `Wᵀ` view (BENCHMARKS.md).
+    Dense(Tensor),
+    /// Packed as stored (integers or NF4/FP4); dequantized for each forward, so the model
+    /// keeps only its quantized bytes resident between layers.
+    Quantized {
+        q: Arc<Quantized>,
+        out_features: usize,
+        in_features: usize,
+    },
+}
+
+/// A linear layer `y = x Wᵀ + b`, dense float32 or quantized.
+#[derive(Clone)]
 pub struct Linear {
-    wt: Tensor,
+    w: Weight,
     /// Optional bias, shape (out_features).
     pub bias: Option<Tensor>,
+}
+
+impl std::fmt::Debug for Linear {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.w {
+            Weight::Dense(t) => write!(f, "Linear(dense {:?})", t.dims()),
+            Weight::Quantized {
+                out_features,
+                in_features,
+                ..
+            } => {
+                write!(f, "Linear(quantized {out_features}x{in_features})")
+            }
+        }
+    }
 }
 
 impl Linear {
     /// A linear layer from its weight, shape (out_features, in_features), and optional bias.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> candle_core::Result<Self> {
         Ok(Linear {
-            wt: weight.t()?.contiguous()?,
+            w: Weight::Dense(weight.t()?.contiguous()?),
             bias,
         })
     }
@@ -27,24 +56,65 @@ impl Linear {
     /// GPT-2's Conv1D stores it.
     pub fn from_transposed(wt: Tensor, bias: Option<Tensor>) -> candle_core::Result<Self> {
         Ok(Linear {
-            wt: wt.contiguous()?,
+            w: Weight::Dense(wt.contiguous()?),
             bias,
         })
     }
 
-    /// The weight, shape (out_features, in_features) (a transposed view).
+    /// A linear layer over a weight kept quantized, shape (out_features, in_features).
+    pub fn quantized(q: Quantized, bias: Option<Tensor>) -> Self {
+        let (out_features, in_features) = q.shape();
+        Linear {
+            w: Weight::Quantized {
+                q: Arc::new(q),
+                out_features,
+                in_features,
+            },
+            bias,
+        }
+    }
+
+    /// Whether the weight is held quantized.
+    pub fn is_quantized(&self) -> bool {
+        matches!(self.w, Weight::Quantized { .. })
+    }
+
+    /// The weight as float32, shape (in_features, out_features), contiguous.
+    fn weight_t(&self) -> candle_core::Result<Tensor> {
+        match &self.w {
+            Weight::Dense(t) => Ok(t.clone()),
+            Weight::Quantized {
+                q,
+                out_features,
+                in_features,
+            } => {
+                let (v, _) = q.dequantize();
+                Tensor::from_vec(v, (*out_features, *in_features), &Device::Cpu)?
+                    .t()?
+                    .contiguous()
+            }
+        }
+    }
+
+    /// The weight, shape (out_features, in_features) (dequantized if quantized).
     pub fn weight(&self) -> candle_core::Result<Tensor> {
-        self.wt.t()
+        self.weight_t()?.t()
     }
 
     /// Input width.
     pub fn in_features(&self) -> usize {
-        self.wt.dims()[0]
+        match &self.w {
+            Weight::Dense(t) => t.dims()[0],
+            Weight::Quantized { in_features, .. } => *in_features,
+        }
     }
 
     /// Output width.
     pub fn out_features(&self) -> usize {
-        self.wt.dims()[1]
+        match &self.w {
+            Weight::Dense(t) => t.dims()[1],
+            Weight::Quantized { out_features, .. } => *out_features,
+        }
     }
 }
 
@@ -55,7 +125,7 @@ impl Module for Linear {
         let in_f = *dims.last().expect("linear input has at least one dim");
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((rows, in_f))?;
-        let mut y = x2.matmul(&self.wt)?;
+        let mut y = x2.matmul(&self.weight_t()?)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }

@@ -131,13 +131,13 @@ impl Llama {
         let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
         let (qd, kvd) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
         let lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
-            let weight = w.get(&format!("{name}.weight"), &[out, inp])?;
-            let b = if bias {
-                w.get_opt(&format!("{name}.bias"), &[out])?
-            } else {
-                None
-            };
-            Ok(Linear::new(weight, b)?)
+            let b = format!("{name}.bias");
+            w.linear(
+                &format!("{name}.weight"),
+                out,
+                inp,
+                bias.then_some(b.as_str()),
+            )
         };
         let embed_tokens = w.get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
         let mut layers = Vec::with_capacity(cfg.num_layers);

@@ -110,6 +110,33 @@ impl<'a> WeightLoader<'a> {
         Ok(Tensor::from_vec(data, shape, &Device::Cpu)?)
     }
 
+    /// The linear layer whose weight is `hf_name` (shape [out, in]) with optional bias
+    /// `bias_name`: kept quantized when the checkpoint stores the weight in a quantized layout
+    /// (and not transposed), dense float32 otherwise.
+    pub fn linear(
+        &self,
+        hf_name: &str,
+        out: usize,
+        inp: usize,
+        bias_name: Option<&str>,
+    ) -> Result<crate::linear::Linear> {
+        let bias = match bias_name {
+            Some(b) => self.get_opt(b, &[out])?,
+            None => None,
+        };
+        if let (Checkpoint::Hf(h), Some(loc)) = (self.ckpt, self.locate(hf_name)) {
+            if let Some(q) = h.quantized(&loc.name)? {
+                if q.shape() == (out, inp) {
+                    return Ok(crate::linear::Linear::quantized(q, bias));
+                }
+            }
+        }
+        Ok(crate::linear::Linear::new(
+            self.get(hf_name, &[out, inp])?,
+            bias,
+        )?)
+    }
+
     /// Read `hf_name` if present.
     pub fn get_opt(&self, hf_name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
         if self.has(hf_name) {

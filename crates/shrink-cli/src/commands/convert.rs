@@ -67,6 +67,12 @@ struct Planned {
     convert: bool,
 }
 
+/// Whether tensors are read as the model's weights by HF name (GGUF files, quantized HF
+/// directories) rather than copied tensor by tensor.
+fn by_model(ckpt: &Checkpoint) -> bool {
+    !matches!(ckpt, Checkpoint::Hf(h) if h.quantization_config().is_none())
+}
+
 /// Run `shrink convert`.
 pub fn run(a: Args) -> Result<()> {
     let ckpt = common::open(&a.model)?;
@@ -77,7 +83,8 @@ pub fn run(a: Args) -> Result<()> {
     // Plan every output tensor.
     let mut plan = Vec::new();
     match &ckpt {
-        Checkpoint::Hf(h) => {
+        // A plain HF directory: every stored tensor, floats converted, others copied.
+        Checkpoint::Hf(h) if h.quantization_config().is_none() => {
             for t in ckpt.tensors() {
                 let n: usize = t.shape.iter().product();
                 match t.dtype {
@@ -101,9 +108,14 @@ pub fn run(a: Args) -> Result<()> {
                 }
             }
         }
-        Checkpoint::Gguf(g) => {
+        // GGUF files and quantized HF directories: the model's weights by HF name, dequantized.
+        _ => {
             let cfg = cfg.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
-            if let Some(t) = g.tensors.iter().find(|t| !t.ty.can_dequantize()) {
+            let unsupported = match &ckpt {
+                Checkpoint::Gguf(g) => g.tensors.iter().find(|t| !t.ty.can_dequantize()),
+                Checkpoint::Hf(_) => None,
+            };
+            if let Some(t) = unsupported {
                 bail!(
                     "{}: tensor {} is stored as {}, which shrink cannot dequantize yet",
                     a.model.display(),
@@ -150,7 +162,7 @@ pub fn run(a: Args) -> Result<()> {
             return Ok(bytes);
         }
         let values: Vec<f32> = match (&ckpt, &loader, &cfg) {
-            (Checkpoint::Gguf(_), Some(w), Ok(c)) => {
+            (ckpt, Some(w), Ok(c)) if by_model(ckpt) => {
                 shrink_models::read_hf_weight(w, c, &p.name, &p.shape)?
                     .flatten_all()?
                     .to_vec1()?
