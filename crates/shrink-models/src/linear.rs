@@ -79,7 +79,7 @@ impl Linear {
         matches!(self.w, Weight::Quantized { .. })
     }
 
-    /// The weight as float32, shape (in_features, out_features), contiguous.
+    /// The weight as float32, shape (in_features, out_features) (contiguous when dense).
     fn weight_t(&self) -> candle_core::Result<Tensor> {
         match &self.w {
             Weight::Dense(t) => Ok(t.clone()),
