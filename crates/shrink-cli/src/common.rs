@@ -107,6 +107,7 @@ fn copy_side_files(dir: &Path, out: &OutputDir) -> Result<()> {
         let e = e?;
         let name = e.file_name().to_string_lossy().into_owned();
         let skip = name == "config.json"
+            || name == "shrink-quantize.json"
             || name.ends_with(".safetensors")
             || name == "model.safetensors.index.json";
         if skip || !e.file_type()?.is_file() {

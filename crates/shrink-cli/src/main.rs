@@ -31,6 +31,8 @@ enum Command {
     Quantize(commands::quantize::Args),
     /// Perplexity on the lee-ppl-v1 protocol; with --base, KLD and top-1 agreement too.
     Eval(commands::eval::Args),
+    /// Compare compressed models with their base: size, PPL, KLD, top-1, per-layer error, histograms, generations.
+    Compare(commands::compare::Args),
     /// Generate text from a prompt, streaming tokens as they are produced.
     Generate(commands::generate::Args),
 }
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         Command::Quantize(a) => commands::quantize::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Generate(a) => commands::generate::run(a),
+        Command::Compare(a) => commands::compare::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

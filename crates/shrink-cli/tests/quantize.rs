@@ -273,3 +273,58 @@ fn nan_weights_are_refused_naming_the_tensor() {
     assert!(!out.exists());
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
 }
+
+#[test]
+fn compare_reports_size_quality_layers_histogram_and_generations() {
+    let dir = std::env::var_os("SHRINK_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets")));
+    let gguf = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let corpus = dir.join("lee_background.cor");
+    assert!(
+        gguf.exists() && corpus.exists(),
+        "assets missing: run scripts/fetch-assets.sh"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let q = tmp.path().join("nf4");
+    let r = shrink(&[
+        "quantize",
+        gguf.to_str().unwrap(),
+        "--method",
+        "nf4",
+        "--double-quant",
+        "-o",
+        q.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let rep = tmp.path().join("report");
+    let r = shrink(&[
+        "compare",
+        gguf.to_str().unwrap(),
+        q.to_str().unwrap(),
+        "--text",
+        corpus.to_str().unwrap(),
+        "--max-windows",
+        "1",
+        "--max-tokens",
+        "4",
+        "--report",
+        rep.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    let m = &v["models"][0];
+    assert_eq!(m["method"], "nf4-b64-dq");
+    assert!((m["bits_per_weight_quantized"].as_f64().unwrap() - 4.127).abs() < 0.01);
+    assert!(m["ppl"].as_f64().unwrap() > v["base_ppl"].as_f64().unwrap());
+    assert!(m["kld"].as_f64().unwrap() > 0.0 && m["top1_agreement"].as_f64().unwrap() < 1.0);
+    assert_eq!(m["layers"].as_array().unwrap().len(), 210);
+    assert!(m["quantize_seconds"].as_f64().is_some());
+    assert!(!m["generation"].as_str().unwrap().is_empty());
+    let png = std::fs::read(rep.join("hist-nf4.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(std::fs::read_to_string(rep.join("report.md"))
+        .unwrap()
+        .contains("| model | method |"));
+}

@@ -2,14 +2,17 @@
 //!
 //! - [`protocol`]: the `lee-ppl-v1` texts (calibration and evaluation documents);
 //! - [`perplexity`]: windowed perplexity, KLD and top-1 agreement against a base model;
-//! - [`generate`]: sampling (greedy, temperature, top-p) with a KV cache, streaming tokens.
+//! - [`generate`]: sampling (greedy, temperature, top-p) with a KV cache, streaming tokens;
+//! - [`weights`]: per-layer weight error (MSE, SQNR, max) and histograms.
 //!
 //! Neighbours: `shrink-models` runs the forward pass; `shrink-cli` prints the reports.
 
 pub mod error;
 pub mod generate;
 pub mod perplexity;
+pub mod plot;
 pub mod protocol;
+pub mod weights;
 
 pub use error::{EvalError, Result};
 pub use perplexity::{perplexity, PplOptions, PplReport};

@@ -299,6 +299,14 @@ pub enum Quantized {
 }
 
 impl Quantized {
+    /// Bytes the quantized values need (codes, scales, zero points, absmax state).
+    pub fn stored_bytes(&self) -> usize {
+        match self {
+            Quantized::Int(t) => t.stored_bytes(),
+            Quantized::Nf4(t, _) => t.stored_bytes(),
+        }
+    }
+
     /// (rows, cols) = (out_features, in_features) of the weight.
     pub fn shape(&self) -> (usize, usize) {
         match self {

@@ -309,7 +309,6 @@ pub fn run(a: Args) -> Result<()> {
         dense_name,
         Some(rtn.config(&ignore, dense_name)),
     )?;
-    let target = out.commit()?;
 
     let total_params: u64 = shapes
         .iter()
@@ -321,16 +320,22 @@ pub fn run(a: Args) -> Result<()> {
     let bpw_all = model_bytes as f64 * 8.0 / total_params as f64;
     let rel_err = (sq_err / sq_ref.max(f64::MIN_POSITIVE)).sqrt();
     let sqnr_db = 10.0 * (sq_ref / sq_err.max(f64::MIN_POSITIVE)).log10();
+    let v = serde_json::json!({
+        "input": a.model, "output": a.output, "method": rtn.name(),
+        "quantized_tensors": selected.len(), "quantized_params": q_params,
+        "bits_per_weight_quantized": bpw_q, "bits_per_weight_model": bpw_all,
+        "quantized_bytes": q_bytes, "quantized_file_bytes": q_file_bytes, "dense_bytes": dense_bytes, "model_bytes": model_bytes,
+        "float32_bytes": total_params * 4, "compression_vs_f32": (total_params * 4) as f64 / model_bytes as f64,
+        "relative_rmse": rel_err, "sqnr_db": sqnr_db, "quantize_seconds": quant_seconds, "read_and_quantize_seconds": pass1_seconds,
+        "peak_rss_bytes": common::peak_rss(),
+    });
+    // The report travels with the model (`shrink compare` reads it).
+    out.write(
+        "shrink-quantize.json",
+        serde_json::to_string_pretty(&v)?.as_bytes(),
+    )?;
+    let target = out.commit()?;
     if a.json {
-        let v = serde_json::json!({
-            "input": a.model, "output": target, "method": rtn.name(),
-            "quantized_tensors": selected.len(), "quantized_params": q_params,
-            "bits_per_weight_quantized": bpw_q, "bits_per_weight_model": bpw_all,
-            "quantized_bytes": q_bytes, "quantized_file_bytes": q_file_bytes, "dense_bytes": dense_bytes, "model_bytes": model_bytes,
-            "float32_bytes": total_params * 4, "compression_vs_f32": (total_params * 4) as f64 / model_bytes as f64,
-            "relative_rmse": rel_err, "sqnr_db": sqnr_db, "quantize_seconds": quant_seconds, "read_and_quantize_seconds": pass1_seconds,
-            "peak_rss_bytes": common::peak_rss(),
-        });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!("wrote          {}", target.display());

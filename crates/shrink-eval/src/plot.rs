@@ -1,0 +1,110 @@
+//! Charts drawn by shrink itself (plotters, PNG): weight histograms, original vs compressed.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::error::{EvalError, Result};
+
+/// Fonts tried for labels; without one the chart is drawn without text.
+const FONTS: [&str; 3] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+];
+
+/// Register a system sans-serif font for labels; false when none is found.
+fn fonts() -> bool {
+    static FOUND: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FOUND.get_or_init(|| {
+        FONTS.iter().any(|p| match std::fs::read(p) {
+            Ok(bytes) => {
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok()
+            }
+            Err(_) => false,
+        })
+    })
+}
+
+/// Overlaid histograms of several value sets (e.g. original and dequantized weights) as a PNG.
+/// Returns whether labels could be drawn (a font was found).
+pub fn histogram_png(
+    path: &Path,
+    title: &str,
+    series: &[(&str, &[f32])],
+    bins: usize,
+) -> Result<bool> {
+    let err = |e: String| EvalError::Input(format!("{}: cannot draw: {e}", path.display()));
+    let (lo, hi) = series
+        .iter()
+        .flat_map(|(_, v)| v.iter())
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &x| {
+            (l.min(x), h.max(x))
+        });
+    if !lo.is_finite() || !hi.is_finite() || lo >= hi {
+        return Err(err("no finite range to plot".into()));
+    }
+    let hists: Vec<Vec<u64>> = series
+        .iter()
+        .map(|(_, v)| crate::weights::histogram(v, lo, hi, bins))
+        .collect();
+    let ymax = hists.iter().flatten().copied().max().unwrap_or(1).max(1) as f64;
+    let labels = fonts();
+    let root = BitMapBackend::new(path, (1000, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let mut b = ChartBuilder::on(&root);
+    b.margin(20);
+    if labels {
+        b.caption(title, ("sans-serif", 22))
+            .x_label_area_size(40)
+            .y_label_area_size(70);
+    }
+    let mut chart = b
+        .build_cartesian_2d(lo as f64..hi as f64, 0f64..ymax * 1.05)
+        .map_err(|e| err(e.to_string()))?;
+    if labels {
+        chart
+            .configure_mesh()
+            .x_desc("weight value")
+            .y_desc("count")
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
+    }
+    let colors = [
+        RGBColor(31, 119, 180),
+        RGBColor(214, 39, 40),
+        RGBColor(44, 160, 44),
+        RGBColor(148, 103, 189),
+    ];
+    let w = (hi - lo) as f64 / bins as f64;
+    for (k, ((name, _), h)) in series.iter().zip(&hists).enumerate() {
+        let c = colors[k % colors.len()];
+        let pts: Vec<(f64, f64)> = h
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &n)| {
+                let x0 = lo as f64 + i as f64 * w;
+                [(x0, n as f64), (x0 + w, n as f64)]
+            })
+            .collect();
+        let s = chart
+            .draw_series(LineSeries::new(pts, c.stroke_width(2)))
+            .map_err(|e| err(e.to_string()))?;
+        if labels {
+            s.label(*name).legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3))
+            });
+        }
+    }
+    if labels {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
+    }
+    root.present().map_err(|e| err(e.to_string()))?;
+    Ok(labels)
+}
