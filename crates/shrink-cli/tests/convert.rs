@@ -1,45 +1,13 @@
 //! `shrink convert`: exact round trips, streaming output, and nothing left behind on failure.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+use common::*;
+
+use std::path::Path;
 
 use shrink_formats::float::{self, FloatType};
 use shrink_io::Checkpoint;
 use shrink_models::{Model, ModelConfig};
-
-fn shrink(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_shrink"))
-        .args(args)
-        .output()
-        .expect("run shrink")
-}
-
-fn fixture(name: &str) -> PathBuf {
-    let p = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures"
-    ))
-    .join(name);
-    assert!(
-        p.exists(),
-        "fixture {} missing (../shared beside the checkout)",
-        p.display()
-    );
-    p
-}
-
-fn gguf() -> PathBuf {
-    let dir = std::env::var_os("SHRINK_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets")));
-    let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.exists(),
-        "{} missing: run scripts/fetch-assets.sh",
-        p.display()
-    );
-    p
-}
 
 fn run_ok(args: &[&str]) -> serde_json::Value {
     let out = shrink(args);

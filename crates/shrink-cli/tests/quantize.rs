@@ -1,8 +1,8 @@
 //! `shrink quantize`: quantize → save → load → dequantize is bit-exact for every method and
 //! bit width, the reported bytes are the file's, and impossible requests write nothing.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
+use common::*;
 
 use shrink_formats::float::FloatType;
 use shrink_formats::int::{Granularity, IntSpec};
@@ -10,23 +10,6 @@ use shrink_formats::nf4::{Fp4Kind, Nf4Spec};
 use shrink_io::Checkpoint;
 use shrink_methods::rtn::Rtn;
 use shrink_models::ModelConfig;
-
-fn shrink(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_shrink"))
-        .args(args)
-        .output()
-        .expect("run shrink")
-}
-
-fn fixture(name: &str) -> PathBuf {
-    let p = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures"
-    ))
-    .join(name);
-    assert!(p.exists(), "fixture {} missing", p.display());
-    p
-}
 
 /// Quantize `arch` with `args`, then check every quantized weight read back from the output
 /// equals the in-memory quantize → dequantize of the source weight, bit for bit.
@@ -116,16 +99,6 @@ fn round_trip(arch: &str, args: &[&str], rtn: Rtn) -> serde_json::Value {
         "{arch} {args:?}: quantized forward differs"
     );
     report
-}
-
-fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0f32; v.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = v[r * cols + c];
-        }
-    }
-    out
 }
 
 fn int(bits: u8, symmetric: bool, granularity: Granularity, scale_type: FloatType) -> Rtn {
@@ -276,15 +249,7 @@ fn nan_weights_are_refused_naming_the_tensor() {
 
 #[test]
 fn compare_reports_size_quality_layers_histogram_and_generations() {
-    let dir = std::env::var_os("SHRINK_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets")));
-    let gguf = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    let corpus = dir.join("lee_background.cor");
-    assert!(
-        gguf.exists() && corpus.exists(),
-        "assets missing: run scripts/fetch-assets.sh"
-    );
+    let (gguf, corpus) = (gguf(), asset("lee_background.cor"));
     let tmp = tempfile::tempdir().unwrap();
     let q = tmp.path().join("nf4");
     let r = shrink(&[

@@ -31,6 +31,15 @@ impl FloatType {
         }
     }
 
+    /// The name PyTorch and config.json use (`float32`, `float16`, `bfloat16`).
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            FloatType::F32 => "float32",
+            FloatType::F16 => "float16",
+            FloatType::BF16 => "bfloat16",
+        }
+    }
+
     /// Parse `f32`, `f16`/`fp16`/`float16`, `bf16`/`bfloat16`.
     pub fn parse(s: &str) -> Option<Self> {
         match s.to_ascii_lowercase().as_str() {

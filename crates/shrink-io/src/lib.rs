@@ -35,6 +35,16 @@ pub use output::{
     write_safetensors_ordered, write_safetensors_streaming, LazyTensor, OutputDir, TensorHeader,
 };
 
+/// The safetensors dtype of a float storage type.
+pub fn safetensors_dtype(f: shrink_formats::float::FloatType) -> ::safetensors::tensor::Dtype {
+    use shrink_formats::float::FloatType;
+    match f {
+        FloatType::F32 => ::safetensors::tensor::Dtype::F32,
+        FloatType::F16 => ::safetensors::tensor::Dtype::F16,
+        FloatType::BF16 => ::safetensors::tensor::Dtype::BF16,
+    }
+}
+
 /// Drop `len` bytes at `offset` of a read-only file map from the resident set.
 ///
 /// The pages stay in the page cache and are read again if touched; this only keeps a

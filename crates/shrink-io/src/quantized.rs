@@ -33,14 +33,6 @@ pub struct StoredTensor {
     pub bytes: Vec<u8>,
 }
 
-fn st_float(ty: FloatType) -> Dtype {
-    match ty {
-        FloatType::F32 => Dtype::F32,
-        FloatType::F16 => Dtype::F16,
-        FloatType::BF16 => Dtype::BF16,
-    }
-}
-
 fn float_of(d: Dtype) -> Option<FloatType> {
     match d {
         Dtype::F32 => Some(FloatType::F32),
@@ -103,7 +95,7 @@ pub fn ct_tensors(module: &str, t: &IntTensor) -> Vec<StoredTensor> {
     }
     out.push(StoredTensor {
         name: format!("{module}.weight_scale"),
-        dtype: st_float(s.scale_type),
+        dtype: crate::safetensors_dtype(s.scale_type),
         shape: scale_shape.clone(),
         bytes: t.scales.clone(),
     });

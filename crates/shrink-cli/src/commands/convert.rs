@@ -40,22 +40,6 @@ fn parse_dtype(s: &str) -> Result<FloatType, String> {
     FloatType::parse(s).ok_or_else(|| format!("unknown dtype {s:?}: use f32, bf16 or f16"))
 }
 
-fn st_dtype(f: FloatType) -> Dtype {
-    match f {
-        FloatType::F32 => Dtype::F32,
-        FloatType::F16 => Dtype::F16,
-        FloatType::BF16 => Dtype::BF16,
-    }
-}
-
-pub(crate) fn torch_name(f: FloatType) -> &'static str {
-    match f {
-        FloatType::F32 => "float32",
-        FloatType::F16 => "float16",
-        FloatType::BF16 => "bfloat16",
-    }
-}
-
 /// One output tensor and where its values come from.
 struct Planned {
     name: String,
@@ -92,7 +76,7 @@ pub fn run(a: Args) -> Result<()> {
                         len: n * a.dtype.size(),
                         name: t.name,
                         shape: t.shape,
-                        dtype: st_dtype(a.dtype),
+                        dtype: shrink_io::safetensors_dtype(a.dtype),
                         convert: true,
                     }),
                     _ => {
@@ -137,7 +121,7 @@ pub fn run(a: Args) -> Result<()> {
                     name,
                     len: n * a.dtype.size(),
                     shape,
-                    dtype: st_dtype(a.dtype),
+                    dtype: shrink_io::safetensors_dtype(a.dtype),
                     convert: true,
                 });
             }
@@ -206,7 +190,7 @@ pub fn run(a: Args) -> Result<()> {
 
     // config.json and tokenizer files.
     let model_cfg = cfg.as_ref().ok();
-    common::write_config_and_tokenizer(&ckpt, model_cfg, &out, torch_name(a.dtype), None)?;
+    common::write_config_and_tokenizer(&ckpt, model_cfg, &out, a.dtype.torch_name(), None)?;
 
     // Logits of the source and of the output on one prompt, one model in memory at a time.
     let check = if a.no_check || cfg.is_err() {

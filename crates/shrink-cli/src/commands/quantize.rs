@@ -154,14 +154,6 @@ fn method(a: &Args) -> Result<Rtn> {
     }
 }
 
-fn st_float(f: FloatType) -> safetensors::tensor::Dtype {
-    match f {
-        FloatType::F32 => safetensors::tensor::Dtype::F32,
-        FloatType::F16 => safetensors::tensor::Dtype::F16,
-        FloatType::BF16 => safetensors::tensor::Dtype::BF16,
-    }
-}
-
 /// Run `shrink quantize`.
 pub fn run(a: Args) -> Result<()> {
     let rtn = method(&a)?;
@@ -180,7 +172,7 @@ pub fn run(a: Args) -> Result<()> {
     let loader = shrink_models::weight_loader(&ckpt, &cfg);
     let by_name: HashMap<&str, &LinearInfo> =
         selected.iter().map(|l| (l.weight.as_str(), l)).collect();
-    let dense_name = crate::commands::convert::torch_name(a.dense_dtype);
+    let dense_name = a.dense_dtype.torch_name();
     let shapes = shrink_models::weight_shapes(&cfg);
 
     // A selected weight as [out, in] float32 (GPT-2's Conv1D weights are transposed here).
@@ -243,7 +235,7 @@ pub fn run(a: Args) -> Result<()> {
                 dense_bytes += (n * a.dense_dtype.size()) as u64;
                 header.push(TensorHeader {
                     name: name.clone(),
-                    dtype: st_float(a.dense_dtype),
+                    dtype: shrink_io::safetensors_dtype(a.dense_dtype),
                     shape: shape.clone(),
                     len: n * a.dense_dtype.size(),
                 });
