@@ -68,7 +68,19 @@ pub fn run(a: Args) -> Result<()> {
         ),
         Checkpoint::Gguf(g) => (g.architecture().unwrap_or("?").to_string(), "gguf"),
     };
-    let params: u64 = tensors.iter().map(|t| t.elements()).sum();
+    // Packed tensors of a quantized checkpoint hold several weights per element: count the
+    // parameters of the model the configuration describes instead.
+    let quantized = matches!(&ckpt, Checkpoint::Hf(h) if h.quantization_config().is_some());
+    let params: u64 = match (&ckpt, quantized) {
+        (_, true) => match ModelConfig::from_checkpoint(&ckpt) {
+            Ok(c) => shrink_models::weight_shapes(&c)
+                .iter()
+                .map(|(_, s)| s.iter().product::<usize>() as u64)
+                .sum(),
+            Err(_) => tensors.iter().map(|t| t.elements()).sum(),
+        },
+        _ => tensors.iter().map(|t| t.elements()).sum(),
+    };
     let bytes: u64 = tensors.iter().map(|t| t.bytes).sum();
     let mut per_dtype: BTreeMap<String, (usize, u64, u64)> = BTreeMap::new();
     for t in &tensors {
