@@ -177,6 +177,16 @@ fn nf4_and_fp4_round_trip_exactly() {
 }
 
 #[test]
+fn llm_int8_weights_round_trip_exactly() {
+    let r = round_trip(
+        "tiny-llama",
+        &["--method", "llm-int8"],
+        Rtn::LlmInt8 { threshold: 6.0 },
+    );
+    assert!((r["bits_per_weight_quantized"].as_f64().unwrap() - 8.0).abs() < 0.6);
+}
+
+#[test]
 fn impossible_requests_write_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("q");

@@ -28,6 +28,7 @@ pub mod error;
 pub mod float;
 pub mod ggml;
 pub mod int;
+pub mod int8_rowwise;
 pub mod nf4;
 
 pub use error::FormatError;

@@ -11,6 +11,7 @@ use safetensors::tensor::Dtype;
 use serde_json::{json, Value};
 use shrink_formats::float::FloatType;
 use shrink_formats::int::{Granularity, IntSpec, IntTensor};
+use shrink_formats::int8_rowwise::RowwiseInt8;
 use shrink_formats::nf4::{Absmax, Fp4Kind, Nf4Spec, Nf4Tensor, DYNAMIC_MAP, NESTED_BLOCK};
 
 use crate::error::{IoError, Result};
@@ -282,8 +283,45 @@ pub fn bnb4_config(spec: &Nf4Spec, compute_dtype: &str) -> Value {
     })
 }
 
+/// The bitsandbytes 8-bit (LLM.int8) tensors of module `module`: `weight` int8 [out, in],
+/// `SCB` float32 [out], `weight_format` uint8 scalar 0 ("row").
+pub fn bnb8_tensors(module: &str, t: &RowwiseInt8) -> Vec<StoredTensor> {
+    vec![
+        StoredTensor {
+            name: format!("{module}.weight"),
+            dtype: Dtype::I8,
+            shape: vec![t.rows, t.cols],
+            bytes: t.q.iter().map(|&v| v as u8).collect(),
+        },
+        StoredTensor {
+            name: format!("{module}.SCB"),
+            dtype: Dtype::F32,
+            shape: vec![t.rows],
+            bytes: t.scb.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        },
+        StoredTensor {
+            name: format!("{module}.weight_format"),
+            dtype: Dtype::U8,
+            shape: vec![],
+            bytes: vec![0],
+        },
+    ]
+}
+
+/// The `quantization_config` of a bitsandbytes 8-bit (LLM.int8) checkpoint.
+pub fn bnb8_config(threshold: f64) -> Value {
+    json!({
+        "bnb_4bit_compute_dtype": "float32", "bnb_4bit_quant_storage": "uint8", "bnb_4bit_quant_type": "fp4",
+        "bnb_4bit_use_double_quant": false, "llm_int8_enable_fp32_cpu_offload": false,
+        "llm_int8_has_fp16_weight": false, "llm_int8_skip_modules": null, "llm_int8_threshold": threshold,
+        "load_in_4bit": false, "load_in_8bit": true, "quant_method": "bitsandbytes",
+    })
+}
+
 /// A quantized weight found in a checkpoint, decoded back to its quantizer's tensor.
 pub enum Quantized {
+    /// bitsandbytes LLM.int8 row-wise int8.
+    Int8Row(RowwiseInt8),
     /// compressed-tensors integers.
     Int(IntTensor),
     /// bitsandbytes NF4/FP4, with the dense shape.
@@ -295,6 +333,7 @@ impl Quantized {
     pub fn stored_bytes(&self) -> usize {
         match self {
             Quantized::Int(t) => t.stored_bytes(),
+            Quantized::Int8Row(t) => t.stored_bytes(),
             Quantized::Nf4(t, _) => t.stored_bytes(),
         }
     }
@@ -303,6 +342,7 @@ impl Quantized {
     pub fn shape(&self) -> (usize, usize) {
         match self {
             Quantized::Int(t) => (t.rows, t.cols),
+            Quantized::Int8Row(t) => (t.rows, t.cols),
             Quantized::Nf4(_, s) => (s[0], s.get(1).copied().unwrap_or(1)),
         }
     }
@@ -311,6 +351,7 @@ impl Quantized {
     pub fn dequantize(&self) -> (Vec<f32>, Vec<usize>) {
         match self {
             Quantized::Int(t) => (t.dequantize(), vec![t.rows, t.cols]),
+            Quantized::Int8Row(t) => (t.dequantize(), vec![t.rows, t.cols]),
             Quantized::Nf4(t, s) => (t.dequantize(), s.clone()),
         }
     }
@@ -352,6 +393,9 @@ pub fn read(
     let r = Reader { st, dir };
     match qcfg.get("quant_method").and_then(Value::as_str) {
         Some("compressed-tensors") => read_ct(&r, qcfg, module),
+        Some("bitsandbytes") if qcfg.get("load_in_8bit").and_then(Value::as_bool) == Some(true) => {
+            read_bnb8(&r, module)
+        }
         Some("bitsandbytes") => read_bnb4(&r, module),
         Some(other) => Err(r.err(format!(
             "quantization_config: quant_method {other:?} is not one shrink reads yet"
@@ -491,6 +535,28 @@ fn read_ct(r: &Reader, qcfg: &Value, module: &str) -> Result<Option<Quantized>> 
     };
     t.check().map_err(|e| r.err(format!("{module}: {e}")))?;
     Ok(Some(Quantized::Int(t)))
+}
+
+fn read_bnb8(r: &Reader, module: &str) -> Result<Option<Quantized>> {
+    let Some((scb, _, _)) = r.raw(&format!("{module}.SCB")) else {
+        return Ok(None);
+    };
+    let (q, dt, shape) = r.need(&format!("{module}.weight"))?;
+    if dt != Dtype::I8 || shape.len() != 2 || scb.len() != shape[0] * 4 {
+        return Err(r.err(format!(
+            "{module}: LLM.int8 weight must be I8 [out, in] with SCB float32 [out]"
+        )));
+    }
+    let t = RowwiseInt8 {
+        rows: shape[0],
+        cols: shape[1],
+        q: q.iter().map(|&b| b as i8).collect(),
+        scb: scb
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+    };
+    Ok(Some(Quantized::Int8Row(t)))
 }
 
 fn read_bnb4(r: &Reader, module: &str) -> Result<Option<Quantized>> {

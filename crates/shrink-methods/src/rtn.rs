@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 use shrink_formats::int::{IntSpec, IntTensor};
+use shrink_formats::int8_rowwise::RowwiseInt8;
 use shrink_formats::nf4::{Nf4Spec, Nf4Tensor};
 use shrink_io::quantized::{self, StoredTensor};
 
@@ -15,6 +16,12 @@ pub enum Rtn {
     Int(IntSpec),
     /// NF4 / FP4, stored as bitsandbytes 4-bit.
     Nf4(Nf4Spec),
+    /// LLM.int8()'s row-wise int8 weights, stored as bitsandbytes 8-bit; `threshold` is the
+    /// activation outlier threshold recorded for inference.
+    LlmInt8 {
+        /// Outlier threshold (bitsandbytes' default 6.0).
+        threshold: f64,
+    },
 }
 
 /// One weight quantized by an [`Rtn`] method.
@@ -24,6 +31,8 @@ pub enum QuantizedWeight {
     Int(IntTensor),
     /// NF4/FP4 codes and block absmax.
     Nf4(Nf4Tensor),
+    /// Row-wise int8 with per-row absmax.
+    Int8Row(RowwiseInt8),
 }
 
 impl QuantizedWeight {
@@ -32,6 +41,7 @@ impl QuantizedWeight {
         match self {
             QuantizedWeight::Int(t) => t.dequantize(),
             QuantizedWeight::Nf4(t) => t.dequantize(),
+            QuantizedWeight::Int8Row(t) => t.dequantize(),
         }
     }
 
@@ -40,6 +50,7 @@ impl QuantizedWeight {
         match self {
             QuantizedWeight::Int(t) => t.stored_bytes(),
             QuantizedWeight::Nf4(t) => t.stored_bytes(),
+            QuantizedWeight::Int8Row(t) => t.stored_bytes(),
         }
     }
 }
@@ -50,6 +61,7 @@ impl Rtn {
         match self {
             Rtn::Int(s) => s.name(),
             Rtn::Nf4(s) => s.name(),
+            Rtn::LlmInt8 { threshold } => format!("llm-int8-t{threshold}"),
         }
     }
 
@@ -58,6 +70,12 @@ impl Rtn {
         let r = match self {
             Rtn::Int(s) => s.validate(rows, cols),
             Rtn::Nf4(s) => s.validate(),
+            Rtn::LlmInt8 { threshold } if !threshold.is_finite() || *threshold <= 0.0 => {
+                return Err(MethodError::Options(format!(
+                    "--threshold must be positive, got {threshold}"
+                )))
+            }
+            Rtn::LlmInt8 { .. } => Ok(()),
         };
         r.map_err(|source| MethodError::Format {
             name: name.to_string(),
@@ -82,6 +100,9 @@ impl Rtn {
                 QuantizedWeight::Int(shrink_formats::int::quantize(w, rows, cols, *s).map_err(fmt)?)
             }
             Rtn::Nf4(s) => QuantizedWeight::Nf4(shrink_formats::nf4::quantize(w, *s).map_err(fmt)?),
+            Rtn::LlmInt8 { .. } => QuantizedWeight::Int8Row(
+                shrink_formats::int8_rowwise::quantize(w, rows, cols).map_err(fmt)?,
+            ),
         })
     }
 
@@ -97,6 +118,7 @@ impl Rtn {
         match q {
             QuantizedWeight::Int(t) => quantized::ct_tensors(module, t),
             QuantizedWeight::Nf4(t) => quantized::bnb4_tensors(module, t, shape, dtype_name),
+            QuantizedWeight::Int8Row(t) => quantized::bnb8_tensors(module, t),
         }
     }
 
@@ -106,6 +128,7 @@ impl Rtn {
         match self {
             Rtn::Int(s) => quantized::ct_config(s, ignore),
             Rtn::Nf4(s) => quantized::bnb4_config(s, compute_dtype),
+            Rtn::LlmInt8 { threshold } => quantized::bnb8_config(*threshold),
         }
     }
 }

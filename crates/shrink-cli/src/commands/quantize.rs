@@ -32,6 +32,10 @@ pub enum Method {
     Nf4,
     /// bitsandbytes FP4.
     Fp4,
+    /// LLM.int8() weights (row-wise int8, bitsandbytes 8-bit layout); --threshold is recorded
+    /// for inference (the outlier decomposition at run time is not implemented yet: eval
+    /// dequantizes the weights).
+    LlmInt8,
 }
 
 /// Granularity of integer scales.
@@ -77,6 +81,9 @@ pub struct Args {
     /// Storage type of the scales of integer methods (f16 default; f32 for per-tensor).
     #[arg(long, value_parser = parse_float)]
     pub scale_dtype: Option<FloatType>,
+    /// LLM.int8() activation outlier threshold.
+    #[arg(long, default_value_t = 6.0)]
+    pub threshold: f64,
     /// NF4/FP4 block size.
     #[arg(long, default_value_t = 64)]
     pub block_size: usize,
@@ -151,6 +158,9 @@ fn method(a: &Args) -> Result<Rtn> {
         Method::Int => int(a.bits.unwrap_or(4), a.sym, Gran::Group),
         Method::Nf4 => four(Fp4Kind::Nf4),
         Method::Fp4 => four(Fp4Kind::Fp4),
+        Method::LlmInt8 => Ok(Rtn::LlmInt8 {
+            threshold: a.threshold,
+        }),
     }
 }
 
