@@ -67,11 +67,10 @@ pub fn ct_tensors(module: &str, t: &IntTensor) -> Vec<StoredTensor> {
         for r in 0..t.rows {
             let mut row = vec![0u8; words * 4];
             let row_codes = &codes[r * t.cols..(r + 1) * t.cols];
-            let u: Vec<u8> = row_codes
-                .iter()
-                .map(|&c| ct_unsigned(c, t, r, off))
-                .collect();
-            let packed = shrink_formats::int::pack(&u, s.bits);
+            // shrink's codes already are compressed-tensors' unsigned values: symmetric codes
+            // are q + 2^(bits-1); asymmetric (q_u, z_u) store as CT's signed pair offset by the
+            // same 2^(bits-1), i.e. the same bytes.
+            let packed = shrink_formats::int::pack(row_codes, s.bits);
             row[..packed.len()].copy_from_slice(&packed);
             bytes.extend_from_slice(&row);
         }
@@ -84,8 +83,7 @@ pub fn ct_tensors(module: &str, t: &IntTensor) -> Vec<StoredTensor> {
     } else {
         let bytes: Vec<u8> = codes
             .iter()
-            .enumerate()
-            .map(|(i, &c)| (ct_unsigned(c, t, i / t.cols, off) as i16 - off as i16) as i8 as u8)
+            .map(|&c| (c as i16 - off as i16) as i8 as u8)
             .collect();
         out.push(StoredTensor {
             name: format!("{module}.weight"),
@@ -143,14 +141,6 @@ pub fn ct_tensors(module: &str, t: &IntTensor) -> Vec<StoredTensor> {
         }
     }
     out
-}
-
-/// shrink's code of element (r, ·) as compressed-tensors' unsigned value q + 2^(bits-1).
-///
-/// Symmetric codes already are `q + 2^(bits-1)`; asymmetric codes are `q_u` with zero `z_u`,
-/// and compressed-tensors' signed pair (q_u − 2^(b−1), z_u − 2^(b−1)) stores as the same bytes.
-fn ct_unsigned(code: u8, _t: &IntTensor, _r: usize, _off: u8) -> u8 {
-    code
 }
 
 /// The `quantization_config` of a compressed-tensors checkpoint quantized with `spec`.

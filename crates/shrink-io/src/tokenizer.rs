@@ -264,7 +264,13 @@ impl<'a> Meta<'a> {
         }
     }
 
-    fn str_array(&self, key: &str) -> Result<Option<Vec<&'a str>>> {
+    /// Every item of array `key` converted by `f`; `what` names the expected type in errors.
+    fn typed_array<T>(
+        &self,
+        key: &str,
+        what: &str,
+        f: impl Fn(&'a GgufValue) -> Option<T>,
+    ) -> Result<Option<Vec<T>>> {
         let Some(items) = self.array(key)? else {
             return Ok(None);
         };
@@ -272,9 +278,9 @@ impl<'a> Meta<'a> {
             .iter()
             .enumerate()
             .map(|(i, v)| {
-                v.as_str().ok_or_else(|| {
+                f(v).ok_or_else(|| {
                     self.err(format!(
-                        "metadata {key}[{i}] should be a string, found {}",
+                        "metadata {key}[{i}] should be {what}, found {}",
                         v.summary()
                     ))
                 })
@@ -283,23 +289,12 @@ impl<'a> Meta<'a> {
             .map(Some)
     }
 
+    fn str_array(&self, key: &str) -> Result<Option<Vec<&'a str>>> {
+        self.typed_array(key, "a string", GgufValue::as_str)
+    }
+
     fn uint_array(&self, key: &str) -> Result<Option<Vec<u64>>> {
-        let Some(items) = self.array(key)? else {
-            return Ok(None);
-        };
-        items
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                v.as_u64().ok_or_else(|| {
-                    self.err(format!(
-                        "metadata {key}[{i}] should be a non-negative integer, found {}",
-                        v.summary()
-                    ))
-                })
-            })
-            .collect::<Result<Vec<_>>>()
-            .map(Some)
+        self.typed_array(key, "a non-negative integer", GgufValue::as_u64)
     }
 
     fn bool(&self, key: &str) -> Result<Option<bool>> {

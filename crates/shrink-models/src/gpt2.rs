@@ -8,7 +8,7 @@ use candle_core::{Device, Module, Tensor};
 
 use crate::config::Gpt2Config;
 use crate::error::Result;
-use crate::layers::{activation, attention, causal_mask, heads, KvCache};
+use crate::layers::{activation, attention, heads, CausalMask, KvCache};
 use crate::linear::Linear;
 use crate::llama::check_ids;
 use crate::weights::{GgufName, WeightLoader};
@@ -194,7 +194,7 @@ impl Gpt2 {
         let pos: Vec<u32> = (offset as u32..(offset + t) as u32).collect();
         let pos = Tensor::new(pos.as_slice(), &Device::Cpu)?;
         let mut x = (self.wte.index_select(&idx, 0)? + self.wpe.index_select(&pos, 0)?)?;
-        let mask = causal_mask(t, offset, None)?;
+        let mask = CausalMask { window: None };
         let eps = c.layer_norm_epsilon as f32;
         let hd = c.n_embd / c.n_head;
         for (li, b) in self.blocks.iter().enumerate() {

@@ -5,7 +5,7 @@ use candle_core::{Device, Module, Tensor};
 
 use crate::config::NeoxConfig;
 use crate::error::Result;
-use crate::layers::{activation, apply_rope, attention, causal_mask, rope_tables, KvCache};
+use crate::layers::{activation, apply_rope, attention, rope_tables, CausalMask, KvCache};
 use crate::linear::Linear;
 use crate::llama::check_ids;
 use crate::weights::{GgufName, WeightLoader};
@@ -157,7 +157,7 @@ impl Neox {
         let idx = Tensor::new(ids, &Device::Cpu)?;
         let mut x = self.embed_in.index_select(&idx, 0)?;
         let (cos, sin) = rope_tables(rot.max(2), c.rope_theta, offset, t)?;
-        let mask = causal_mask(t, offset, None)?;
+        let mask = CausalMask { window: None };
         let eps = c.layer_norm_eps as f32;
         let scale = 1.0 / (hd as f64).sqrt();
         for (li, l) in self.layers.iter().enumerate() {

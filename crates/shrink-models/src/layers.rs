@@ -74,11 +74,6 @@ pub struct CausalMask {
     pub window: Option<usize>,
 }
 
-/// The causal mask of a model with an optional sliding window.
-pub fn causal_mask(_t: usize, _offset: usize, window: Option<usize>) -> Result<CausalMask> {
-    Ok(CausalMask { window })
-}
-
 /// Row-wise softmax of scaled attention scores [h, t, tk] under the causal mask, fused.
 ///
 /// Hand-written because candle's path (scale, add a −∞ mask, softmax) makes three passes over

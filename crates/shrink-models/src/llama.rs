@@ -8,7 +8,7 @@ use candle_core::{Device, Module, Tensor};
 
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
-use crate::layers::{apply_rope, attention, causal_mask, heads, rope_tables, silu_mul, KvCache};
+use crate::layers::{apply_rope, attention, heads, rope_tables, silu_mul, CausalMask, KvCache};
 use crate::linear::Linear;
 use crate::weights::{GgufName, WeightLoader};
 
@@ -180,7 +180,9 @@ impl Llama {
         let idx = Tensor::new(ids, &Device::Cpu)?;
         let mut x = self.embed_tokens.index_select(&idx, 0)?; // [t, h]
         let (cos, sin) = rope_tables(c.head_dim, c.rope_theta, offset, t)?;
-        let mask = causal_mask(t, offset, c.sliding_window)?;
+        let mask = CausalMask {
+            window: c.sliding_window,
+        };
         let eps = c.rms_norm_eps as f32;
         let scale = 1.0 / (c.head_dim as f64).sqrt();
         for (li, l) in self.layers.iter().enumerate() {

@@ -174,18 +174,6 @@ pub fn run(a: Args) -> Result<()> {
         let (method, bpw_q) = accounting(&ckpt, &cfg)?;
         let model_bytes: u64 = ckpt.tensors().iter().map(|t| t.bytes).sum();
         let loader = shrink_models::weight_loader(&ckpt, &cfg);
-        let mut layers = Vec::new();
-        for l in &linears {
-            let shape = shape_of(&l.weight).expect("listed weight");
-            let w0: Vec<f32> =
-                shrink_models::read_hf_weight(&base_loader, &base_cfg, &l.weight, &shape)?
-                    .flatten_all()?
-                    .to_vec1()?;
-            let w1: Vec<f32> = shrink_models::read_hf_weight(&loader, &cfg, &l.weight, &shape)?
-                .flatten_all()?
-                .to_vec1()?;
-            layers.push(weight_error(&l.weight, &w0, &w1));
-        }
         if let Some(dir) = &a.report {
             let w1: Vec<f32> =
                 shrink_models::read_hf_weight(&loader, &cfg, &hist_name, &hist_shape)?
@@ -221,8 +209,36 @@ pub fn run(a: Args) -> Result<()> {
             top1_agreement: rep.top1_agreement.unwrap_or(1.0),
             quantize_seconds: q.as_ref().and_then(|v| v["quantize_seconds"].as_f64()),
             generation,
-            layers,
+            layers: Vec::new(),
         });
+    }
+
+    // Per-layer weight error: each base weight is read once and compared with every model's.
+    let opened: Vec<(Checkpoint, ModelConfig)> = a
+        .models
+        .iter()
+        .map(|p| -> Result<_> {
+            let c = common::open(p)?;
+            let cfg = ModelConfig::from_checkpoint(&c)?;
+            Ok((c, cfg))
+        })
+        .collect::<Result<_>>()?;
+    let loaders: Vec<_> = opened
+        .iter()
+        .map(|(c, cfg)| shrink_models::weight_loader(c, cfg))
+        .collect();
+    for l in &linears {
+        let shape = shape_of(&l.weight).expect("listed weight");
+        let w0: Vec<f32> =
+            shrink_models::read_hf_weight(&base_loader, &base_cfg, &l.weight, &shape)?
+                .flatten_all()?
+                .to_vec1()?;
+        for ((row, (_, cfg)), loader) in rows.iter_mut().zip(&opened).zip(&loaders) {
+            let w1: Vec<f32> = shrink_models::read_hf_weight(loader, cfg, &l.weight, &shape)?
+                .flatten_all()?
+                .to_vec1()?;
+            row.layers.push(weight_error(&l.weight, &w0, &w1));
+        }
     }
 
     let report = serde_json::json!({
