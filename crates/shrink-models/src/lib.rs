@@ -21,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod gpt2;
 pub mod gpt_neox;
+pub mod int8_gemm;
 mod json;
 pub mod kernels;
 pub mod layers;
