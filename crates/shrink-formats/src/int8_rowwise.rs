@@ -8,7 +8,8 @@
 use crate::error::FormatError;
 
 /// 1/127 as bitsandbytes multiplies by it.
-const INV_127: f32 = 7.874_016e-3;
+/// 1/127 as bitsandbytes writes it.
+pub const INV_127: f32 = 7.874_016e-3;
 
 /// A weight in LLM.int8()'s row-wise int8 format.
 #[derive(Debug, Clone, PartialEq)]

@@ -174,3 +174,44 @@ mod tests {
         }
     }
 }
+
+/// `y = a · b` in float32: `a` row-major `[m, k]`, `b` row-major `[k, n]`, `y` `[m, n]`
+/// (overwritten), on all of rayon's threads — the same call candle's CPU matmul makes, so
+/// results equal candle's bit for bit.
+pub fn gemm_f32(a: &[f32], m: usize, k: usize, b: &[f32], n: usize, y: &mut [f32]) {
+    assert!(
+        a.len() >= m * k && b.len() >= k * n && y.len() >= m * n,
+        "gemm_f32: buffers shorter than [{m}, {k}] x [{k}, {n}]"
+    );
+    let threads = candle_core::utils::get_num_threads();
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the assert above bounds every index gemm reads or writes through these
+    // contiguous row-major strides.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            y.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            1,
+            n as isize,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}

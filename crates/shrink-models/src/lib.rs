@@ -27,6 +27,7 @@ pub mod kernels;
 pub mod layers;
 pub mod linear;
 pub mod llama;
+pub mod qmatmul;
 pub mod runtime;
 pub mod weights;
 

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use candle_core::{Device, Module, Tensor};
 use shrink_io::quantized::Quantized;
 
+use crate::qmatmul::QuantMatmul;
+
 /// How a linear layer's weight is held in memory.
 #[derive(Clone)]
 enum Weight {
@@ -12,10 +14,10 @@ enum Weight {
     /// reads it row-major: measured with candle's matmul on SmolLM2's shapes (512 tokens) at
     /// 191 vs 161 GFLOPS (576→576) and 201 vs 113 GFLOPS (1536→576) against a strided `Wᵀ` view.
     Dense(Tensor),
-    /// Packed as stored (integers or NF4/FP4); dequantized for each forward, so the model
-    /// keeps only its quantized bytes resident between layers.
+    /// Packed as stored (integers or NF4/FP4); dequantized block by block for each forward
+    /// ([`QuantMatmul`]), so the model keeps only its quantized bytes resident between layers.
     Quantized {
-        q: Arc<Quantized>,
+        q: Arc<QuantMatmul>,
         out_features: usize,
         in_features: usize,
     },
@@ -67,7 +69,7 @@ impl Linear {
         let (out_features, in_features) = q.shape();
         Linear {
             w: Weight::Quantized {
-                q: Arc::new(q),
+                q: Arc::new(QuantMatmul::new(q)),
                 out_features,
                 in_features,
             },
@@ -89,10 +91,9 @@ impl Linear {
                 out_features,
                 in_features,
             } => {
-                let (v, _) = q.dequantize();
-                Tensor::from_vec(v, (*out_features, *in_features), &Device::Cpu)?
-                    .t()?
-                    .contiguous()
+                let mut v = vec![0f32; out_features * in_features];
+                q.dequantize_t_into(&mut v);
+                Tensor::from_vec(v, (*in_features, *out_features), &Device::Cpu)
             }
         }
     }
@@ -126,7 +127,19 @@ impl Module for Linear {
         let in_f = *dims.last().expect("linear input has at least one dim");
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((rows, in_f))?;
-        let mut y = x2.matmul(&self.weight_t()?)?;
+        let mut y = match &self.w {
+            Weight::Dense(wt) => x2.matmul(wt)?,
+            Weight::Quantized { q, .. } => {
+                let x2 = x2.contiguous()?;
+                let (storage, layout) = x2.storage_and_layout();
+                let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(xs)) = &*storage else {
+                    candle_core::bail!("quantized linear: input must be float32 on the CPU")
+                };
+                let xs = &xs[layout.start_offset()..layout.start_offset() + rows * in_f];
+                let y = q.matmul(xs, rows);
+                Tensor::from_vec(y, (rows, q.shape().0), &Device::Cpu)?
+            }
+        };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }

@@ -1,0 +1,275 @@
+//! Products with weights kept quantized: `y = x Wᵀ` where `W` stays packed between calls.
+//!
+//! Each call dequantizes `W` block by block (16 output rows per task, all threads) straight
+//! into a reused, transposed float32 scratch of one layer, then runs the same GEMM as the
+//! dense path. The result is therefore bit-identical to a dense model holding the dequantized
+//! weights, and memory holds the packed weights plus one layer's float32 weight at a time.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+use shrink_formats::int::{Granularity, IntTensor};
+use shrink_formats::nf4::Nf4Tensor;
+use shrink_formats::{float, int8_rowwise::RowwiseInt8};
+use shrink_io::quantized::Quantized;
+
+/// Output rows dequantized per task (one 64-byte line of the transposed scratch per input).
+const ROWS: usize = 16;
+
+/// A quantized weight `[n, k]` in the form its dequantizer reads fastest.
+pub struct QuantMatmul {
+    /// Output features.
+    n: usize,
+    /// Input features.
+    k: usize,
+    /// Bytes the packed form holds.
+    resident: usize,
+    kind: Kind,
+}
+
+enum Kind {
+    /// Integers: `(code − zero) · scale`, one (scale, zero) per granule of `glen` values.
+    Int {
+        bits: u8,
+        row_bytes: usize,
+        packed: Vec<u8>,
+        glen: usize,
+        per_row: usize,
+        scales: Vec<f32>,
+        zeros: Vec<u8>,
+        /// The zero of symmetric codes (stored with an offset), used when `zeros` is empty.
+        offset: i32,
+    },
+    /// NF4 / FP4: `code[index] · absmax`, absmax per block of the flattened weight.
+    Nf4 {
+        packed: Vec<u8>,
+        absmax: Vec<f32>,
+        block: usize,
+        code: [f32; 16],
+    },
+    /// LLM.int8 rows: `q · SCB · (1/127)`.
+    Int8Row { q: Vec<i8>, scb: Vec<f32> },
+}
+
+thread_local! {
+    /// The transposed float32 weight of the layer being multiplied (reused across calls).
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+impl QuantMatmul {
+    /// Prepare a quantized weight for products (scales decoded to float32 once).
+    pub fn new(q: Quantized) -> Self {
+        let resident = q.stored_bytes();
+        let (n, k) = q.shape();
+        let kind = match q {
+            Quantized::Int(t) => int_kind(t),
+            Quantized::Int8Row(RowwiseInt8 { q, scb, .. }) => Kind::Int8Row { q, scb },
+            Quantized::Nf4(t, _) => nf4_kind(t),
+        };
+        QuantMatmul {
+            n,
+            k,
+            resident,
+            kind,
+        }
+    }
+
+    /// (out_features, in_features).
+    pub fn shape(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    /// Bytes of the quantized values held (codes, scales, zeros).
+    pub fn resident_bytes(&self) -> usize {
+        self.resident
+    }
+
+    /// The weight dequantized and transposed: `out[c · n + r] = W[r, c]`.
+    pub fn dequantize_t_into(&self, out: &mut [f32]) {
+        assert_eq!(out.len(), self.n * self.k, "dequantize_t_into: length");
+        let (n, k) = (self.n, self.k);
+        let base = SendPtr(out.as_mut_ptr());
+        (0..n.div_ceil(ROWS)).into_par_iter().for_each_init(
+            || vec![0f32; ROWS * k],
+            |rows, b| {
+                let r0 = b * ROWS;
+                let count = ROWS.min(n - r0);
+                for i in 0..count {
+                    self.dequantize_row(r0 + i, &mut rows[i * k..(i + 1) * k]);
+                }
+                // Scatter the block transposed: `count` contiguous values per input feature.
+                for c in 0..k {
+                    // SAFETY: block b owns columns r0..r0+count of every row of `out`, which
+                    // has n·k elements; blocks are disjoint, so no two tasks write one element.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(base.get().add(c * n + r0), count)
+                    };
+                    for (i, d) in dst.iter_mut().enumerate() {
+                        *d = rows[i * k + c];
+                    }
+                }
+            },
+        );
+    }
+
+    /// Row `r` of the weight dequantized into `out` (`k` values).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let k = self.k;
+        match &self.kind {
+            Kind::Int {
+                bits,
+                row_bytes,
+                packed,
+                glen,
+                per_row,
+                scales,
+                zeros,
+                offset,
+            } => {
+                let bytes = &packed[r * row_bytes..(r + 1) * row_bytes];
+                let g0 = r * per_row;
+                let granule = |j: usize| -> (f32, i32) {
+                    let g = if *per_row == 0 { 0 } else { g0 + j };
+                    let z = zeros.get(g).map_or(*offset, |&z| z as i32);
+                    (scales[g], z)
+                };
+                match bits {
+                    8 => {
+                        for (j, (o, c)) in out.chunks_mut(*glen).zip(bytes.chunks(*glen)).enumerate()
+                        {
+                            let (s, z) = granule(j);
+                            for (o, &c) in o.iter_mut().zip(c) {
+                                *o = (c as i32 - z) as f32 * s;
+                            }
+                        }
+                    }
+                    4 if glen % 2 == 0 => {
+                        for (j, (o, c)) in out
+                            .chunks_mut(*glen)
+                            .zip(bytes.chunks(glen / 2))
+                            .enumerate()
+                        {
+                            let (s, z) = granule(j);
+                            for (o2, &b) in o.chunks_mut(2).zip(c) {
+                                o2[0] = ((b & 15) as i32 - z) as f32 * s;
+                                if let Some(x) = o2.get_mut(1) {
+                                    *x = ((b >> 4) as i32 - z) as f32 * s;
+                                }
+                            }
+                        }
+                    }
+                    _ => {
+                        let mask = (1u32 << bits) - 1;
+                        for (i, o) in out.iter_mut().enumerate() {
+                            let (s, z) = granule(i / glen);
+                            let bit = i * *bits as usize;
+                            let lo = bytes[bit / 8] as u32;
+                            let hi = bytes.get(bit / 8 + 1).copied().unwrap_or(0) as u32;
+                            let c = (((hi << 8) | lo) >> (bit % 8)) & mask;
+                            *o = (c as i32 - z) as f32 * s;
+                        }
+                    }
+                }
+            }
+            Kind::Nf4 {
+                packed,
+                absmax,
+                block,
+                code,
+            } => {
+                // Element e of the flattened weight: byte e/2, high nibble first.
+                let e0 = r * k;
+                if e0 % 2 == 0 && block % 2 == 0 {
+                    // Whole bytes, one absmax per run of the row inside one block.
+                    let mut i = 0;
+                    while i < k {
+                        let e = e0 + i;
+                        let end = ((e / block + 1) * block - e0).min(k);
+                        let a = absmax[e / block];
+                        let bytes = &packed[e / 2..(e0 + end).div_ceil(2)];
+                        for (o2, &b) in out[i..end].chunks_mut(2).zip(bytes) {
+                            o2[0] = code[(b >> 4) as usize] * a;
+                            if let Some(x) = o2.get_mut(1) {
+                                *x = code[(b & 15) as usize] * a;
+                            }
+                        }
+                        i = end;
+                    }
+                    return;
+                }
+                for (i, o) in out.iter_mut().enumerate() {
+                    let e = e0 + i;
+                    let b = packed[e / 2];
+                    let idx = if e % 2 == 0 { b >> 4 } else { b & 15 };
+                    *o = code[idx as usize] * absmax[e / block];
+                }
+            }
+            Kind::Int8Row { q, scb } => {
+                let s = scb[r];
+                for (o, &q) in out.iter_mut().zip(&q[r * k..(r + 1) * k]) {
+                    *o = q as f32 * s * shrink_formats::int8_rowwise::INV_127;
+                }
+            }
+        }
+    }
+
+    /// `x` row-major `[m, k]` times `Wᵀ`: row-major `[m, n]`.
+    pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        assert_eq!(x.len(), m * self.k, "matmul: input length");
+        let (n, k) = (self.n, self.k);
+        let mut y = vec![0f32; m * n];
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < n * k {
+                s.resize(n * k, 0.0);
+            }
+            let wt = &mut s[..n * k];
+            self.dequantize_t_into(wt);
+            crate::kernels::gemm_f32(x, m, k, wt, n, &mut y);
+        });
+        y
+    }
+}
+
+/// A raw pointer that tasks writing disjoint elements may share.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: only used for writes to disjoint elements (see `dequantize_t_into`).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+fn int_kind(t: IntTensor) -> Kind {
+    let spec = t.spec;
+    let per_row = spec.scales_per_row(t.cols);
+    let glen = match spec.granularity {
+        Granularity::Tensor | Granularity::Channel => t.cols,
+        Granularity::Group(g) => g,
+    };
+    let nscales = spec.num_scales(t.rows, t.cols).max(1);
+    let mut scales = vec![0f32; nscales];
+    float::decode(spec.scale_type, &t.scales, &mut scales);
+    Kind::Int {
+        bits: spec.bits,
+        row_bytes: spec.row_bytes(t.cols),
+        packed: t.packed,
+        glen,
+        per_row,
+        scales,
+        zeros: t.zeros.unwrap_or_default(),
+        offset: spec.code_offset(),
+    }
+}
+
+fn nf4_kind(t: Nf4Tensor) -> Kind {
+    Kind::Nf4 {
+        absmax: t.absmax.values(),
+        block: t.spec.block_size,
+        code: *t.spec.kind.code(),
+        packed: t.packed,
+    }
+}
