@@ -165,7 +165,7 @@ impl Gpt2 {
         let ln_f = ln("transformer.ln_f")?;
         let lm_head = match w.get_opt("lm_head.weight", &[cfg.vocab_size, e])? {
             Some(h) => Linear::new(h, None)?,
-            None => Linear::new(wte.clone(), None)?,
+            None => Linear::tied(wte.clone())?,
         };
         Ok(Gpt2 {
             cfg,

@@ -135,7 +135,7 @@ impl Neox {
         let final_layer_norm = ln("gpt_neox.final_layer_norm")?;
         let embed_out = match w.get_opt("embed_out.weight", &[cfg.vocab_size, h])? {
             Some(o) => Linear::new(o, None)?,
-            None => Linear::new(embed_in.clone(), None)?,
+            None => Linear::tied(embed_in.clone())?,
         };
         Ok(Neox {
             cfg,

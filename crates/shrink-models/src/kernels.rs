@@ -179,8 +179,25 @@ mod tests {
 /// (overwritten), on all of rayon's threads — the same call candle's CPU matmul makes, so
 /// results equal candle's bit for bit.
 pub fn gemm_f32(a: &[f32], m: usize, k: usize, b: &[f32], n: usize, y: &mut [f32]) {
+    gemm_f32_into(a, m, k, b, n, y, n)
+}
+
+/// [`gemm_f32`] writing row `i` of the product at `y[i · ldy..]` (a column block of a wider
+/// matrix when `ldy > n`).
+pub fn gemm_f32_into(
+    a: &[f32],
+    m: usize,
+    k: usize,
+    b: &[f32],
+    n: usize,
+    y: &mut [f32],
+    ldy: usize,
+) {
     assert!(
-        a.len() >= m * k && b.len() >= k * n && y.len() >= m * n,
+        a.len() >= m * k
+            && b.len() >= k * n
+            && ldy >= n
+            && (m == 0 || y.len() >= (m - 1) * ldy + n),
         "gemm_f32: buffers shorter than [{m}, {k}] x [{k}, {n}]"
     );
     let threads = candle_core::utils::get_num_threads();
@@ -198,7 +215,7 @@ pub fn gemm_f32(a: &[f32], m: usize, k: usize, b: &[f32], n: usize, y: &mut [f32
             k,
             y.as_mut_ptr(),
             1,
-            n as isize,
+            ldy as isize,
             false,
             a.as_ptr(),
             1,

@@ -77,9 +77,24 @@ impl Linear {
         }
     }
 
+    /// A linear layer that reads the row-major weight `[out, in]` in place — for an LM head
+    /// tied to the embedding, which then needs no transposed copy of its own.
+    pub fn tied(weight: Tensor) -> candle_core::Result<Self> {
+        let q = QuantMatmul::rows(weight)?;
+        let (out_features, in_features) = q.shape();
+        Ok(Linear {
+            w: Weight::Quantized {
+                q: Arc::new(q),
+                out_features,
+                in_features,
+            },
+            bias: None,
+        })
+    }
+
     /// Whether the weight is held quantized.
     pub fn is_quantized(&self) -> bool {
-        matches!(self.w, Weight::Quantized { .. })
+        matches!(&self.w, Weight::Quantized { q, .. } if q.is_quantized())
     }
 
     /// The weight as float32, shape (in_features, out_features) (contiguous when dense).

@@ -160,7 +160,7 @@ impl Llama {
         let lm_head = if !cfg.tie_word_embeddings && w.has("lm_head.weight") {
             Linear::new(w.get("lm_head.weight", &[cfg.vocab_size, h])?, None)?
         } else {
-            Linear::new(embed_tokens.clone(), None)?
+            Linear::tied(embed_tokens.clone())?
         };
         Ok(Llama {
             cfg,

@@ -7,6 +7,7 @@
 
 use std::cell::RefCell;
 
+use candle_core::Tensor;
 use rayon::prelude::*;
 use shrink_formats::int::{Granularity, IntTensor};
 use shrink_formats::nf4::Nf4Tensor;
@@ -15,6 +16,9 @@ use shrink_io::quantized::Quantized;
 
 /// Output rows dequantized per task (one 64-byte line of the transposed scratch per input).
 const ROWS: usize = 16;
+/// Most float32 values of scratch per GEMM: wider weights (a 49152-row head) go in column
+/// chunks of this many values, so the scratch stays in the last-level cache.
+const CHUNK_VALUES: usize = 1 << 21;
 
 /// A quantized weight `[n, k]` in the form its dequantizer reads fastest.
 pub struct QuantMatmul {
@@ -49,6 +53,9 @@ enum Kind {
     },
     /// LLM.int8 rows: `q · SCB · (1/127)`.
     Int8Row { q: Vec<i8>, scb: Vec<f32> },
+    /// Float32 rows shared with another tensor (a tied embedding used as the LM head), so
+    /// the head needs no transposed copy of its own.
+    Rows(Tensor),
 }
 
 thread_local! {
@@ -74,6 +81,23 @@ impl QuantMatmul {
         }
     }
 
+    /// A product with a float32 weight `[n, k]` read in place (no transposed copy).
+    pub fn rows(w: Tensor) -> candle_core::Result<Self> {
+        let (n, k) = w.dims2()?;
+        let w = w.contiguous()?;
+        Ok(QuantMatmul {
+            n,
+            k,
+            resident: 0,
+            kind: Kind::Rows(w),
+        })
+    }
+
+    /// Whether the weight is quantized (not float rows read in place).
+    pub fn is_quantized(&self) -> bool {
+        !matches!(self.kind, Kind::Rows(_))
+    }
+
     /// (out_features, in_features).
     pub fn shape(&self) -> (usize, usize) {
         (self.n, self.k)
@@ -86,26 +110,52 @@ impl QuantMatmul {
 
     /// The weight dequantized and transposed: `out[c · n + r] = W[r, c]`.
     pub fn dequantize_t_into(&self, out: &mut [f32]) {
-        assert_eq!(out.len(), self.n * self.k, "dequantize_t_into: length");
-        let (n, k) = (self.n, self.k);
+        self.dequantize_t_rows(0, self.n, out);
+    }
+
+    /// Rows `r0..r1` dequantized and transposed: `out[c · (r1 − r0) + (r − r0)] = W[r, c]`.
+    fn dequantize_t_rows(&self, r0: usize, r1: usize, out: &mut [f32]) {
+        let k = self.k;
+        let width = r1 - r0;
+        assert_eq!(out.len(), width * k, "dequantize_t_rows: length");
+        let dense = match &self.kind {
+            Kind::Rows(t) => Some(t.storage_and_layout()),
+            _ => None,
+        };
+        let dense: Option<&[f32]> = match &dense {
+            Some((s, l)) => match &**s {
+                candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => {
+                    Some(&v[l.start_offset()..l.start_offset() + self.n * k])
+                }
+                _ => panic!("QuantMatmul::rows holds a float32 CPU tensor"),
+            },
+            None => None,
+        };
         let base = SendPtr(out.as_mut_ptr());
-        (0..n.div_ceil(ROWS)).into_par_iter().for_each_init(
+        (0..width.div_ceil(ROWS)).into_par_iter().for_each_init(
             || vec![0f32; ROWS * k],
             |rows, b| {
-                let r0 = b * ROWS;
-                let count = ROWS.min(n - r0);
-                for i in 0..count {
-                    self.dequantize_row(r0 + i, &mut rows[i * k..(i + 1) * k]);
-                }
+                let b0 = b * ROWS;
+                let count = ROWS.min(width - b0);
+                let src: &[f32] = match dense {
+                    // Float rows are read where they are.
+                    Some(d) => &d[(r0 + b0) * k..(r0 + b0 + count) * k],
+                    None => {
+                        for i in 0..count {
+                            self.dequantize_row(r0 + b0 + i, &mut rows[i * k..(i + 1) * k]);
+                        }
+                        &rows[..count * k]
+                    }
+                };
                 // Scatter the block transposed: `count` contiguous values per input feature.
                 for c in 0..k {
-                    // SAFETY: block b owns columns r0..r0+count of every row of `out`, which
-                    // has n·k elements; blocks are disjoint, so no two tasks write one element.
+                    // SAFETY: block b owns columns b0..b0+count of every row of `out`, which
+                    // has width·k elements; blocks are disjoint, so no two tasks write one element.
                     let dst = unsafe {
-                        std::slice::from_raw_parts_mut(base.get().add(c * n + r0), count)
+                        std::slice::from_raw_parts_mut(base.get().add(c * width + b0), count)
                     };
                     for (i, d) in dst.iter_mut().enumerate() {
-                        *d = rows[i * k + c];
+                        *d = src[i * k + c];
                     }
                 }
             },
@@ -204,6 +254,10 @@ impl QuantMatmul {
                     *o = code[idx as usize] * absmax[e / block];
                 }
             }
+            Kind::Rows(t) => {
+                let row = t.get(r).and_then(|t| t.to_vec1::<f32>());
+                out.copy_from_slice(&row.expect("QuantMatmul::rows holds a float32 matrix"));
+            }
             Kind::Int8Row { q, scb } => {
                 let s = scb[r];
                 for (o, &q) in out.iter_mut().zip(&q[r * k..(r + 1) * k]) {
@@ -217,15 +271,20 @@ impl QuantMatmul {
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         assert_eq!(x.len(), m * self.k, "matmul: input length");
         let (n, k) = (self.n, self.k);
+        let chunk = (CHUNK_VALUES / k.max(1)).max(ROWS) / ROWS * ROWS;
         let mut y = vec![0f32; m * n];
         SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
-            if s.len() < n * k {
-                s.resize(n * k, 0.0);
+            let need = chunk.min(n) * k;
+            if s.len() < need {
+                s.resize(need, 0.0);
             }
-            let wt = &mut s[..n * k];
-            self.dequantize_t_into(wt);
-            crate::kernels::gemm_f32(x, m, k, wt, n, &mut y);
+            for r0 in (0..n).step_by(chunk) {
+                let r1 = (r0 + chunk).min(n);
+                let wt = &mut s[..(r1 - r0) * k];
+                self.dequantize_t_rows(r0, r1, wt);
+                crate::kernels::gemm_f32_into(x, m, k, wt, r1 - r0, &mut y[r0..], n);
+            }
         });
         y
     }
