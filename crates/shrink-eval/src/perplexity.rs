@@ -126,43 +126,56 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     }
 }
 
+/// Positions whose logits are computed and scored together: a window's logits are never
+/// resident all at once (512 × 49152 float32 would be 100 MiB per model).
+const HEAD_ROWS: usize = 128;
+
 /// Score one window: every token after the first given its prefix.
 pub fn score_window(model: &Model, base: Option<&Model>, ids: &[u32]) -> Result<WindowScore> {
-    let logits = model.forward(ids, None)?;
-    let v = logits.dim(1)?;
-    let base_logits: Option<Tensor> = match base {
-        Some(b) => {
-            let bl = b.forward(ids, None)?;
-            if bl.dim(1)? != v {
-                return Err(EvalError::Input(format!(
-                    "vocabularies differ: model has {v} logits, base has {}",
-                    bl.dim(1)?
-                )));
-            }
-            Some(bl)
-        }
-        None => None,
-    };
     let t = ids.len();
-    let score = |flat: &[f32], base_flat: Option<&[f32]>| -> Vec<(f64, Option<(f64, bool)>)> {
-        (0..t - 1)
-            .into_par_iter()
-            .map(|i| {
-                let row = &flat[i * v..(i + 1) * v];
-                let s = row_stats(row, ids[i + 1] as usize);
-                let cmp = base_flat.map(|bf| {
-                    let brow = &bf[i * v..(i + 1) * v];
-                    let bs = row_stats(brow, ids[i + 1] as usize);
-                    (kl_row(brow, bs.lse, row, s.lse), bs.argmax == s.argmax)
-                });
-                (s.nll, cmp)
-            })
-            .collect()
-    };
-    let per_pos = with_f32(&logits, |flat| match &base_logits {
-        Some(b) => with_f32(b, |bf| score(flat, Some(bf))),
-        None => Ok(score(flat, None)),
-    })??;
+    let hidden = model.hidden(ids, None)?;
+    let base_hidden = base.map(|b| b.hidden(ids, None)).transpose()?;
+    let mut per_pos: Vec<(f64, Option<(f64, bool)>)> = Vec::with_capacity(t.saturating_sub(1));
+    // Positions 0..t-1 predict the token after them; the last position predicts nothing.
+    for r0 in (0..t - 1).step_by(HEAD_ROWS) {
+        let rows = HEAD_ROWS.min(t - 1 - r0);
+        let logits = model.head(&hidden.narrow(0, r0, rows)?)?;
+        let v = logits.dim(1)?;
+        let base_logits = match (&base_hidden, base) {
+            (Some(h), Some(b)) => {
+                let bl = b.head(&h.narrow(0, r0, rows)?)?;
+                if bl.dim(1)? != v {
+                    return Err(EvalError::Input(format!(
+                        "vocabularies differ: model has {v} logits, base has {}",
+                        bl.dim(1)?
+                    )));
+                }
+                Some(bl)
+            }
+            _ => None,
+        };
+        let score = |flat: &[f32], base_flat: Option<&[f32]>| {
+            (0..rows)
+                .into_par_iter()
+                .map(|i| {
+                    let target = ids[r0 + i + 1] as usize;
+                    let row = &flat[i * v..(i + 1) * v];
+                    let s = row_stats(row, target);
+                    let cmp = base_flat.map(|bf| {
+                        let brow = &bf[i * v..(i + 1) * v];
+                        let bs = row_stats(brow, target);
+                        (kl_row(brow, bs.lse, row, s.lse), bs.argmax == s.argmax)
+                    });
+                    (s.nll, cmp)
+                })
+                .collect::<Vec<_>>()
+        };
+        let chunk = with_f32(&logits, |flat| match &base_logits {
+            Some(b) => with_f32(b, |bf| score(flat, Some(bf))),
+            None => Ok(score(flat, None)),
+        })??;
+        per_pos.extend(chunk);
+    }
     let nll = per_pos.iter().map(|p| p.0).sum();
     let (kld, top1_agree) = if base.is_some() {
         (

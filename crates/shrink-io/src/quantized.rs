@@ -381,7 +381,7 @@ pub fn read(
         return Ok(None);
     };
     let r = Reader { st, dir };
-    match qcfg.get("quant_method").and_then(Value::as_str) {
+    let q = match qcfg.get("quant_method").and_then(Value::as_str) {
         Some("compressed-tensors") => read_ct(&r, qcfg, module),
         Some("bitsandbytes") if qcfg.get("load_in_8bit").and_then(Value::as_bool) == Some(true) => {
             read_bnb8(&r, module)
@@ -391,7 +391,15 @@ pub fn read(
             "quantization_config: quant_method {other:?} is not one shrink reads yet"
         ))),
         None => Err(r.err("quantization_config has no quant_method".into())),
+    }?;
+    if q.is_some() {
+        // The pieces were copied out: their mapped pages need not stay resident.
+        let prefix = format!("{module}.");
+        for (_, t) in st.tensors.iter().filter(|(n, _)| n.starts_with(&prefix)) {
+            st.release(t);
+        }
     }
+    Ok(q)
 }
 
 fn read_ct(r: &Reader, qcfg: &Value, module: &str) -> Result<Option<Quantized>> {

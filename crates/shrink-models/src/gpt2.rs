@@ -178,7 +178,12 @@ impl Gpt2 {
     }
 
     /// Logits [t, vocab] for `ids`, continuing from `cache` when given.
-    pub fn forward(&self, ids: &[u32], mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn forward(&self, ids: &[u32], cache: Option<&mut KvCache>) -> Result<Tensor> {
+        self.head(&self.hidden(ids, cache)?)
+    }
+
+    /// The final hidden states [t, hidden] of `ids` (after the last norm), extending `cache`.
+    pub fn hidden(&self, ids: &[u32], mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let c = &self.cfg;
         let t = ids.len();
         let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
@@ -218,6 +223,11 @@ impl Gpt2 {
             x = (x + b.mlp_c_proj.forward(&m)?)?;
         }
         let x = candle_nn::ops::layer_norm(&x, &self.ln_f.0, &self.ln_f.1, eps)?;
-        Ok(self.lm_head.forward(&x)?)
+        Ok(x)
+    }
+
+    /// Logits [rows, vocab] of hidden states [rows, hidden].
+    pub fn head(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.lm_head.forward(x)?)
     }
 }

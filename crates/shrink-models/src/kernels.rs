@@ -126,6 +126,102 @@ dispatch! {
     }
 }
 
+/// `y = a · b` in float32: `a` row-major `[m, k]`, `b` row-major `[k, n]`, `y` `[m, n]`
+/// (overwritten), on all of rayon's threads — the same call candle's CPU matmul makes, so
+/// results equal candle's bit for bit.
+pub fn gemm_f32(a: &[f32], m: usize, k: usize, b: &[f32], n: usize, y: &mut [f32]) {
+    gemm_f32_into(a, m, k, b, n, y, n)
+}
+
+/// `y = a · wᵀ` in float32 with `w` row-major `[n, k]` read in place (gemm packs it, so no
+/// transposed copy is needed): `a` `[m, k]`, `y` `[m, n]` overwritten.
+pub fn gemm_f32_bt(a: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32]) {
+    assert!(
+        a.len() >= m * k && w.len() >= k * n && y.len() >= m * n,
+        "gemm_f32_bt: buffers shorter than [{m}, {k}] x [{n}, {k}]ᵀ"
+    );
+    // SAFETY: the assert above bounds every index gemm reads or writes through these strides.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            y.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism(),
+        )
+    }
+}
+
+/// All of candle's threads, as its CPU matmul uses them.
+fn parallelism() -> gemm::Parallelism {
+    let threads = candle_core::utils::get_num_threads();
+    if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
+/// [`gemm_f32`] writing row `i` of the product at `y[i · ldy..]` (a column block of a wider
+/// matrix when `ldy > n`).
+pub fn gemm_f32_into(
+    a: &[f32],
+    m: usize,
+    k: usize,
+    b: &[f32],
+    n: usize,
+    y: &mut [f32],
+    ldy: usize,
+) {
+    assert!(
+        a.len() >= m * k
+            && b.len() >= k * n
+            && ldy >= n
+            && (m == 0 || y.len() >= (m - 1) * ldy + n),
+        "gemm_f32: buffers shorter than [{m}, {k}] x [{k}, {n}]"
+    );
+    let par = parallelism();
+    // SAFETY: the assert above bounds every index gemm reads or writes through these
+    // contiguous row-major strides.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            y.as_mut_ptr(),
+            1,
+            ldy as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            1,
+            n as isize,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,63 +268,5 @@ mod tests {
             let w = x as f64 / (1.0 + (-x as f64).exp()) * x as f64;
             assert!((*o as f64 - w).abs() <= 1e-5 * w.abs().max(1.0));
         }
-    }
-}
-
-/// `y = a · b` in float32: `a` row-major `[m, k]`, `b` row-major `[k, n]`, `y` `[m, n]`
-/// (overwritten), on all of rayon's threads — the same call candle's CPU matmul makes, so
-/// results equal candle's bit for bit.
-pub fn gemm_f32(a: &[f32], m: usize, k: usize, b: &[f32], n: usize, y: &mut [f32]) {
-    gemm_f32_into(a, m, k, b, n, y, n)
-}
-
-/// [`gemm_f32`] writing row `i` of the product at `y[i · ldy..]` (a column block of a wider
-/// matrix when `ldy > n`).
-pub fn gemm_f32_into(
-    a: &[f32],
-    m: usize,
-    k: usize,
-    b: &[f32],
-    n: usize,
-    y: &mut [f32],
-    ldy: usize,
-) {
-    assert!(
-        a.len() >= m * k
-            && b.len() >= k * n
-            && ldy >= n
-            && (m == 0 || y.len() >= (m - 1) * ldy + n),
-        "gemm_f32: buffers shorter than [{m}, {k}] x [{k}, {n}]"
-    );
-    let threads = candle_core::utils::get_num_threads();
-    let par = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the assert above bounds every index gemm reads or writes through these
-    // contiguous row-major strides.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            y.as_mut_ptr(),
-            1,
-            ldy as isize,
-            false,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            1,
-            n as isize,
-            0.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            par,
-        )
     }
 }

@@ -95,6 +95,25 @@ impl Model {
         }
     }
 
+    /// Final hidden states [t, hidden] of `ids` (what [`Model::head`] turns into logits).
+    pub fn hidden(&self, ids: &[u32], cache: Option<&mut KvCache>) -> Result<Tensor> {
+        match self {
+            Model::Llama(m) => m.hidden(ids, cache),
+            Model::Gpt2(m) => m.hidden(ids, cache),
+            Model::Neox(m) => m.hidden(ids, cache),
+        }
+    }
+
+    /// Logits [rows, vocab] of hidden states [rows, hidden] (a few rows at a time keeps a
+    /// window's logits from being resident all at once).
+    pub fn head(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Model::Llama(m) => m.head(x),
+            Model::Gpt2(m) => m.head(x),
+            Model::Neox(m) => m.head(x),
+        }
+    }
+
     /// The configuration.
     pub fn config(&self) -> ModelConfig {
         match self {

@@ -172,7 +172,12 @@ impl Llama {
     }
 
     /// Logits [t, vocab] for `ids`, continuing from `cache` when given.
-    pub fn forward(&self, ids: &[u32], mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn forward(&self, ids: &[u32], cache: Option<&mut KvCache>) -> Result<Tensor> {
+        self.head(&self.hidden(ids, cache)?)
+    }
+
+    /// The final hidden states [t, hidden] of `ids` (after the last norm), extending `cache`.
+    pub fn hidden(&self, ids: &[u32], mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let c = &self.cfg;
         let t = ids.len();
         let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
@@ -204,7 +209,12 @@ impl Llama {
             x = (x + l.down_proj.forward(&silu_mul(&g, &u)?)?)?;
         }
         let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
-        Ok(self.lm_head.forward(&x)?)
+        Ok(x)
+    }
+
+    /// Logits [rows, vocab] of hidden states [rows, hidden].
+    pub fn head(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.lm_head.forward(x)?)
     }
 }
 

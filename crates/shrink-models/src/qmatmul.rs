@@ -16,8 +16,8 @@ use shrink_io::quantized::Quantized;
 
 /// Output rows dequantized per task (one 64-byte line of the transposed scratch per input).
 const ROWS: usize = 16;
-/// Most float32 values of scratch per GEMM: wider weights (a 49152-row head) go in column
-/// chunks of this many values, so the scratch stays in the last-level cache.
+/// Most float32 values of scratch per GEMM: wider weights go in column chunks of this many
+/// values, so the scratch stays in the last-level cache.
 const CHUNK_VALUES: usize = 1 << 21;
 
 /// A quantized weight `[n, k]` in the form its dequantizer reads fastest.
@@ -185,7 +185,8 @@ impl QuantMatmul {
                 };
                 match bits {
                     8 => {
-                        for (j, (o, c)) in out.chunks_mut(*glen).zip(bytes.chunks(*glen)).enumerate()
+                        for (j, (o, c)) in
+                            out.chunks_mut(*glen).zip(bytes.chunks(*glen)).enumerate()
                         {
                             let (s, z) = granule(j);
                             for (o, &c) in o.iter_mut().zip(c) {
@@ -193,7 +194,7 @@ impl QuantMatmul {
                             }
                         }
                     }
-                    4 if glen % 2 == 0 => {
+                    4 if glen.is_multiple_of(2) => {
                         for (j, (o, c)) in out
                             .chunks_mut(*glen)
                             .zip(bytes.chunks(glen / 2))
@@ -229,7 +230,7 @@ impl QuantMatmul {
             } => {
                 // Element e of the flattened weight: byte e/2, high nibble first.
                 let e0 = r * k;
-                if e0 % 2 == 0 && block % 2 == 0 {
+                if e0.is_multiple_of(2) && block.is_multiple_of(2) {
                     // Whole bytes, one absmax per run of the row inside one block.
                     let mut i = 0;
                     while i < k {
@@ -250,7 +251,7 @@ impl QuantMatmul {
                 for (i, o) in out.iter_mut().enumerate() {
                     let e = e0 + i;
                     let b = packed[e / 2];
-                    let idx = if e % 2 == 0 { b >> 4 } else { b & 15 };
+                    let idx = if e.is_multiple_of(2) { b >> 4 } else { b & 15 };
                     *o = code[idx as usize] * absmax[e / block];
                 }
             }
@@ -271,8 +272,17 @@ impl QuantMatmul {
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         assert_eq!(x.len(), m * self.k, "matmul: input length");
         let (n, k) = (self.n, self.k);
-        let chunk = (CHUNK_VALUES / k.max(1)).max(ROWS) / ROWS * ROWS;
         let mut y = vec![0f32; m * n];
+        if let Kind::Rows(t) = &self.kind {
+            let (s, l) = t.storage_and_layout();
+            let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(w)) = &*s else {
+                panic!("QuantMatmul::rows holds a float32 CPU tensor")
+            };
+            let w = &w[l.start_offset()..l.start_offset() + n * k];
+            crate::kernels::gemm_f32_bt(x, m, k, w, n, &mut y);
+            return y;
+        }
+        let chunk = (CHUNK_VALUES / k.max(1)).max(ROWS) / ROWS * ROWS;
         SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
             let need = chunk.min(n) * k;

@@ -3,8 +3,8 @@
 
 use shrink_formats::float::FloatType;
 use shrink_formats::int::{self, Granularity, IntSpec};
-use shrink_formats::nf4::{self, Fp4Kind, Nf4Spec};
 use shrink_formats::int8_rowwise;
+use shrink_formats::nf4::{self, Fp4Kind, Nf4Spec};
 use shrink_io::quantized::Quantized;
 use shrink_models::qmatmul::QuantMatmul;
 
