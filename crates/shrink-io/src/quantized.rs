@@ -167,6 +167,36 @@ pub fn ct_config(spec: &IntSpec, ignore: &[String]) -> Value {
     })
 }
 
+/// The compressed-tensors tensors of module `module` for int8 weights with dynamic int8
+/// activations (`int-quantized`: an int8 `weight` and its `weight_scale`).
+pub fn ct_w8a8_tensors(module: &str, t: &IntTensor) -> Vec<StoredTensor> {
+    let shape_name = format!("{module}.weight_shape");
+    let mut v: Vec<StoredTensor> = ct_tensors(module, t)
+        .into_iter()
+        .filter(|s| s.name != shape_name)
+        .collect();
+    if let Some(w) = v.iter_mut().find(|s| s.name.ends_with(".weight_packed")) {
+        // 8-bit codes are written unpacked in this format.
+        w.name = format!("{module}.weight");
+        w.dtype = Dtype::I8;
+        w.shape = vec![t.rows, t.cols];
+        w.bytes = t.codes().iter().map(|&c| (c as i16 - 128) as i8 as u8).collect();
+    }
+    v
+}
+
+/// The `quantization_config` of int8 weights (`spec`, symmetric) with int8 activations
+/// quantized per token at run time (compressed-tensors' W8A8 dynamic scheme).
+pub fn ct_w8a8_config(spec: &IntSpec, ignore: &[String]) -> Value {
+    let mut v = ct_config(spec, ignore);
+    v["format"] = json!("int-quantized");
+    let g = &mut v["config_groups"]["group_0"];
+    g["format"] = json!("int-quantized");
+    g["input_activations"] = json!({"dynamic": true, "group_size": null, "num_bits": 8,
+        "strategy": "token", "symmetric": true, "type": "int", "observer": null});
+    v
+}
+
 /// The bitsandbytes 4-bit tensors of module `module` for a weight of `shape` whose dense
 /// dtype is `dtype_name` (`float32`, `bfloat16`, `float16`).
 pub fn bnb4_tensors(
@@ -310,10 +340,14 @@ pub fn bnb8_config(threshold: f64) -> Value {
 
 /// A quantized weight found in a checkpoint, decoded back to its quantizer's tensor.
 pub enum Quantized {
-    /// bitsandbytes LLM.int8 row-wise int8.
-    Int8Row(RowwiseInt8),
-    /// compressed-tensors integers.
+    /// bitsandbytes LLM.int8 row-wise int8, with the activation outlier threshold its config
+    /// sets for inference (`llm_int8_threshold`; 0 = no outlier decomposition).
+    Int8Row(RowwiseInt8, f32),
+    /// compressed-tensors integers (weight-only: activations stay float).
     Int(IntTensor),
+    /// compressed-tensors int8 weights whose activations are quantized to int8 per token at
+    /// run time (`int-quantized`, dynamic `input_activations`).
+    W8A8(IntTensor),
     /// bitsandbytes NF4/FP4, with the dense shape.
     Nf4(Nf4Tensor, Vec<usize>),
 }
@@ -322,8 +356,8 @@ impl Quantized {
     /// Bytes the quantized values need (codes, scales, zero points, absmax state).
     pub fn stored_bytes(&self) -> usize {
         match self {
-            Quantized::Int(t) => t.stored_bytes(),
-            Quantized::Int8Row(t) => t.stored_bytes(),
+            Quantized::Int(t) | Quantized::W8A8(t) => t.stored_bytes(),
+            Quantized::Int8Row(t, _) => t.stored_bytes(),
             Quantized::Nf4(t, _) => t.stored_bytes(),
         }
     }
@@ -331,8 +365,8 @@ impl Quantized {
     /// (rows, cols) = (out_features, in_features) of the weight.
     pub fn shape(&self) -> (usize, usize) {
         match self {
-            Quantized::Int(t) => (t.rows, t.cols),
-            Quantized::Int8Row(t) => (t.rows, t.cols),
+            Quantized::Int(t) | Quantized::W8A8(t) => (t.rows, t.cols),
+            Quantized::Int8Row(t, _) => (t.rows, t.cols),
             Quantized::Nf4(_, s) => (s[0], s.get(1).copied().unwrap_or(1)),
         }
     }
@@ -340,8 +374,8 @@ impl Quantized {
     /// Float32 values (row-major) and shape [out, in].
     pub fn dequantize(&self) -> (Vec<f32>, Vec<usize>) {
         match self {
-            Quantized::Int(t) => (t.dequantize(), vec![t.rows, t.cols]),
-            Quantized::Int8Row(t) => (t.dequantize(), vec![t.rows, t.cols]),
+            Quantized::Int(t) | Quantized::W8A8(t) => (t.dequantize(), vec![t.rows, t.cols]),
+            Quantized::Int8Row(t, _) => (t.dequantize(), vec![t.rows, t.cols]),
             Quantized::Nf4(t, s) => (t.dequantize(), s.clone()),
         }
     }
@@ -384,7 +418,12 @@ pub fn read(
     let q = match qcfg.get("quant_method").and_then(Value::as_str) {
         Some("compressed-tensors") => read_ct(&r, qcfg, module),
         Some("bitsandbytes") if qcfg.get("load_in_8bit").and_then(Value::as_bool) == Some(true) => {
-            read_bnb8(&r, module)
+            // transformers' default threshold when the config leaves it out.
+            let threshold = qcfg
+                .get("llm_int8_threshold")
+                .and_then(Value::as_f64)
+                .unwrap_or(6.0) as f32;
+            read_bnb8(&r, module, threshold)
         }
         Some("bitsandbytes") => read_bnb4(&r, module),
         Some(other) => Err(r.err(format!(
@@ -413,6 +452,28 @@ fn read_ct(r: &Reader, qcfg: &Value, module: &str) -> Result<Option<Quantized>> 
         })?;
     let bits = w.get("num_bits").and_then(Value::as_u64).unwrap_or(0) as u8;
     let symmetric = w.get("symmetric").and_then(Value::as_bool).unwrap_or(true);
+    let dynamic_int8 = match qcfg.pointer("/config_groups/group_0/input_activations") {
+        None | Some(Value::Null) => false,
+        Some(a) => {
+            let is = |k: &str, v: Value| a.get(k) == Some(&v);
+            if is("num_bits", json!(8))
+                && is("type", json!("int"))
+                && is("dynamic", json!(true))
+                && is("strategy", json!("token"))
+                && is("symmetric", json!(true))
+                && bits == 8
+                && symmetric
+                && w.get("strategy").and_then(Value::as_str) != Some("group")
+            {
+                true
+            } else {
+                return Err(r.err(format!(
+                    "quantization_config: input_activations {a} are not supported (shrink runs \
+                     dynamic symmetric int8 per token with symmetric int8 weights per channel or tensor)"
+                )));
+            }
+        }
+    };
     let granularity = match w.get("strategy").and_then(Value::as_str) {
         Some("tensor") => Granularity::Tensor,
         Some("channel") => Granularity::Channel,
@@ -436,17 +497,24 @@ fn read_ct(r: &Reader, qcfg: &Value, module: &str) -> Result<Option<Quantized>> 
         granularity,
         scale_type,
     };
-    let (shape_bytes, _, _) = r.need(&format!("{module}.weight_shape"))?;
-    if shape_bytes.len() != 16 {
-        return Err(r.err(format!("{module}.weight_shape: expected two int64")));
-    }
-    let rows = i64::from_le_bytes(shape_bytes[..8].try_into().unwrap()) as usize;
-    let cols = i64::from_le_bytes(shape_bytes[8..].try_into().unwrap()) as usize;
+    // Packed layouts record the dense shape; unpacked int8 `weight`s carry their own.
+    let (rows, cols) = match r.raw(&format!("{module}.weight_shape")) {
+        Some((b, _, _)) if b.len() == 16 => (
+            i64::from_le_bytes(b[..8].try_into().unwrap()) as usize,
+            i64::from_le_bytes(b[8..].try_into().unwrap()) as usize,
+        ),
+        Some(_) => return Err(r.err(format!("{module}.weight_shape: expected two int64"))),
+        None => match r.raw(&format!("{module}.weight")) {
+            Some((_, _, &[rows, cols])) if !ct_packs(bits) || bits == 8 => (rows, cols),
+            _ => return Err(r.err(format!("{module}.weight_shape is missing"))),
+        },
+    };
     spec.validate(rows, cols)
         .map_err(|e| r.err(format!("{module}: {e}")))?;
     let off = 1u8 << (bits - 1);
-    let codes: Vec<u8> = if ct_packs(bits) {
-        let (b, _, shape) = r.need(&format!("{module}.weight_packed"))?;
+    let packed_name = format!("{module}.weight_packed");
+    let codes: Vec<u8> = if r.raw(&packed_name).is_some() {
+        let (b, _, shape) = r.need(&packed_name)?;
         let words = (cols * bits as usize).div_ceil(32);
         if shape != [rows, words] || b.len() != rows * words * 4 {
             return Err(r.err(format!(
@@ -532,10 +600,14 @@ fn read_ct(r: &Reader, qcfg: &Value, module: &str) -> Result<Option<Quantized>> 
         zeros,
     };
     t.check().map_err(|e| r.err(format!("{module}: {e}")))?;
-    Ok(Some(Quantized::Int(t)))
+    Ok(Some(if dynamic_int8 {
+        Quantized::W8A8(t)
+    } else {
+        Quantized::Int(t)
+    }))
 }
 
-fn read_bnb8(r: &Reader, module: &str) -> Result<Option<Quantized>> {
+fn read_bnb8(r: &Reader, module: &str, threshold: f32) -> Result<Option<Quantized>> {
     let Some((scb, _, _)) = r.raw(&format!("{module}.SCB")) else {
         return Ok(None);
     };
@@ -554,7 +626,7 @@ fn read_bnb8(r: &Reader, module: &str) -> Result<Option<Quantized>> {
             .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
             .collect(),
     };
-    Ok(Some(Quantized::Int8Row(t)))
+    Ok(Some(Quantized::Int8Row(t, threshold)))
 }
 
 fn read_bnb4(r: &Reader, module: &str) -> Result<Option<Quantized>> {

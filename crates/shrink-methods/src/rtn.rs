@@ -22,6 +22,9 @@ pub enum Rtn {
         /// Outlier threshold (bitsandbytes' default 6.0).
         threshold: f64,
     },
+    /// Dynamic int8: symmetric int8 weights (normally per channel) whose activations are
+    /// quantized to int8 per token at run time; stored as compressed-tensors `int-quantized`.
+    DynamicInt8(IntSpec),
 }
 
 /// One weight quantized by an [`Rtn`] method.
@@ -62,6 +65,7 @@ impl Rtn {
             Rtn::Int(s) => s.name(),
             Rtn::Nf4(s) => s.name(),
             Rtn::LlmInt8 { threshold } => format!("llm-int8-t{threshold}"),
+            Rtn::DynamicInt8(s) => format!("dynamic-{}", s.name()),
         }
     }
 
@@ -69,6 +73,12 @@ impl Rtn {
     pub fn validate(&self, name: &str, rows: usize, cols: usize) -> Result<()> {
         let r = match self {
             Rtn::Int(s) => s.validate(rows, cols),
+            Rtn::DynamicInt8(s) if s.bits != 8 || !s.symmetric => {
+                return Err(MethodError::Options(
+                    "dynamic-int8 needs symmetric 8-bit weights".into(),
+                ))
+            }
+            Rtn::DynamicInt8(s) => s.validate(rows, cols),
             Rtn::Nf4(s) => s.validate(),
             Rtn::LlmInt8 { threshold } if !threshold.is_finite() || *threshold <= 0.0 => {
                 return Err(MethodError::Options(format!(
@@ -96,7 +106,7 @@ impl Rtn {
             source,
         };
         Ok(match self {
-            Rtn::Int(s) => {
+            Rtn::Int(s) | Rtn::DynamicInt8(s) => {
                 QuantizedWeight::Int(shrink_formats::int::quantize(w, rows, cols, *s).map_err(fmt)?)
             }
             Rtn::Nf4(s) => QuantizedWeight::Nf4(shrink_formats::nf4::quantize(w, *s).map_err(fmt)?),
@@ -116,6 +126,9 @@ impl Rtn {
         dtype_name: &str,
     ) -> Vec<StoredTensor> {
         match q {
+            QuantizedWeight::Int(t) if matches!(self, Rtn::DynamicInt8(_)) => {
+                quantized::ct_w8a8_tensors(module, t)
+            }
             QuantizedWeight::Int(t) => quantized::ct_tensors(module, t),
             QuantizedWeight::Nf4(t) => quantized::bnb4_tensors(module, t, shape, dtype_name),
             QuantizedWeight::Int8Row(t) => quantized::bnb8_tensors(module, t),
@@ -129,6 +142,7 @@ impl Rtn {
             Rtn::Int(s) => quantized::ct_config(s, ignore),
             Rtn::Nf4(s) => quantized::bnb4_config(s, compute_dtype),
             Rtn::LlmInt8 { threshold } => quantized::bnb8_config(*threshold),
+            Rtn::DynamicInt8(s) => quantized::ct_w8a8_config(s, ignore),
         }
     }
 }

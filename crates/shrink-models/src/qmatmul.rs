@@ -1,9 +1,14 @@
 //! Products with weights kept quantized: `y = x Wᵀ` where `W` stays packed between calls.
 //!
-//! Each call dequantizes `W` block by block (16 output rows per task, all threads) straight
-//! into a reused, transposed float32 scratch of one layer, then runs the same GEMM as the
-//! dense path. The result is therefore bit-identical to a dense model holding the dequantized
-//! weights, and memory holds the packed weights plus one layer's float32 weight at a time.
+//! Weight-only formats (integers, NF4/FP4): each call dequantizes `W` block by block (16
+//! output rows per task, all threads) straight into a reused, transposed float32 scratch of
+//! one layer, then runs the same GEMM as the dense path. The result is bit-identical to a
+//! dense model holding the dequantized weights, and memory holds the packed weights plus one
+//! layer's float32 weight at a time.
+//!
+//! Int8 weights with int8 activations (LLM.int8(), dynamic int8): activations are quantized
+//! per token at run time and multiplied in integers ([`crate::int8_gemm`]); LLM.int8() sends
+//! the input features holding outliers through a float product instead, as bitsandbytes does.
 
 use std::cell::RefCell;
 
@@ -13,6 +18,8 @@ use shrink_formats::int::{Granularity, IntTensor};
 use shrink_formats::nf4::Nf4Tensor;
 use shrink_formats::{float, int8_rowwise::RowwiseInt8};
 use shrink_io::quantized::Quantized;
+
+use crate::int8_gemm::{self, PackedInt8};
 
 /// Output rows dequantized per task (one 64-byte line of the transposed scratch per input).
 const ROWS: usize = 16;
@@ -51,12 +58,30 @@ enum Kind {
         block: usize,
         code: [f32; 16],
     },
-    /// LLM.int8 rows: `q · SCB · (1/127)`.
-    Int8Row { q: Vec<i8>, scb: Vec<f32> },
+    /// Int8 weights multiplied with int8 activations: `scale` per output row (bitsandbytes'
+    /// SCB for LLM.int8(), the dequantization scale for dynamic int8).
+    Int8 {
+        w: PackedInt8,
+        scale: Vec<f32>,
+        act: Activations,
+    },
     /// Float32 rows shared with another tensor (a tied embedding used as the LM head), so
     /// the head needs no transposed copy of its own.
     Rows(Tensor),
 }
+
+/// How an int8 product quantizes its input.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Activations {
+    /// bitsandbytes LLM.int8(): float16-rounded input, features with an |x| ≥ threshold go
+    /// through a float product (threshold 0: none), the rest int8 per token by row absmax.
+    LlmInt8 { threshold: f32 },
+    /// Symmetric int8 per token: scale = row absmax / 127.
+    PerToken,
+}
+
+/// bitsandbytes' 1/(127·127), the dequantization constant of its int8 product.
+const LLM_INT8_ALPHA: f32 = 6.200124e-05;
 
 thread_local! {
     /// The transposed float32 weight of the layer being multiplied (reused across calls).
@@ -70,7 +95,12 @@ impl QuantMatmul {
         let (n, k) = q.shape();
         let kind = match q {
             Quantized::Int(t) => int_kind(t),
-            Quantized::Int8Row(RowwiseInt8 { q, scb, .. }) => Kind::Int8Row { q, scb },
+            Quantized::W8A8(t) => w8a8_kind(t),
+            Quantized::Int8Row(RowwiseInt8 { q, scb, rows, cols }, threshold) => Kind::Int8 {
+                w: PackedInt8::pack(&q, rows, cols),
+                scale: scb,
+                act: Activations::LlmInt8 { threshold },
+            },
             Quantized::Nf4(t, _) => nf4_kind(t),
         };
         QuantMatmul {
@@ -259,10 +289,16 @@ impl QuantMatmul {
                 let row = t.get(r).and_then(|t| t.to_vec1::<f32>());
                 out.copy_from_slice(&row.expect("QuantMatmul::rows holds a float32 matrix"));
             }
-            Kind::Int8Row { q, scb } => {
-                let s = scb[r];
-                for (o, &q) in out.iter_mut().zip(&q[r * k..(r + 1) * k]) {
-                    *o = q as f32 * s * shrink_formats::int8_rowwise::INV_127;
+            Kind::Int8 { w, scale, act } => {
+                let s = scale[r];
+                for (c, o) in out.iter_mut().enumerate() {
+                    let q = w.get(r, c) as f32;
+                    *o = match act {
+                        Activations::LlmInt8 { .. } => {
+                            q * s * shrink_formats::int8_rowwise::INV_127
+                        }
+                        Activations::PerToken => q * s,
+                    };
                 }
             }
         }
@@ -282,6 +318,18 @@ impl QuantMatmul {
             crate::kernels::gemm_f32_bt(x, m, k, w, n, &mut y);
             return y;
         }
+        if let Kind::Int8 { w, scale, act } = &self.kind {
+            match *act {
+                Activations::LlmInt8 { threshold } => {
+                    self.llm_int8(x, m, w, scale, threshold, &mut y)
+                }
+                Activations::PerToken => {
+                    let (q, a_scale) = quantize_per_token(x, m, k);
+                    int8_gemm::gemm_i8_scaled(&q, m, &a_scale, w, scale, 1.0, &mut y);
+                }
+            }
+            return y;
+        }
         let chunk = (CHUNK_VALUES / k.max(1)).max(ROWS) / ROWS * ROWS;
         SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
@@ -298,6 +346,94 @@ impl QuantMatmul {
         });
         y
     }
+}
+
+impl QuantMatmul {
+    /// LLM.int8()'s product as bitsandbytes computes it (`int8_vectorwise_quant` then
+    /// `int8_mixed_scaled_mm`): `y = int8(x̂) · int8(W)ᵀ · (rowabsmax · SCB) / 127² + x[:, O] · Ŵ[:, O]ᵀ`
+    /// where x̂ is x rounded to float16 with its outliers zeroed and O the outlier features.
+    fn llm_int8(
+        &self,
+        x: &[f32],
+        m: usize,
+        w: &PackedInt8,
+        scb: &[f32],
+        threshold: f32,
+        y: &mut [f32],
+    ) {
+        let (n, k) = (self.n, self.k);
+        let xh: Vec<f32> = x
+            .iter()
+            .map(|&v| half::f16::from_f32(v).to_f32())
+            .collect();
+        let outlier = |v: f32| threshold > 0.0 && v.abs() >= threshold;
+        let mut is_outlier_col = vec![false; k];
+        for row in xh.chunks(k) {
+            for (o, &v) in is_outlier_col.iter_mut().zip(row) {
+                *o |= outlier(v);
+            }
+        }
+        let mut q = vec![0i8; m * k];
+        let mut row_stats = vec![0f32; m];
+        for ((row, qr), rs) in xh.chunks(k).zip(q.chunks_mut(k)).zip(row_stats.iter_mut()) {
+            *rs = row
+                .iter()
+                .filter(|v| !outlier(**v))
+                .fold(0f32, |a, v| a.max(v.abs()));
+            if *rs == 0.0 {
+                continue;
+            }
+            let inv = 127.0 / *rs;
+            for ((qv, &v), &oc) in qr.iter_mut().zip(row).zip(&is_outlier_col) {
+                *qv = if oc {
+                    0
+                } else {
+                    (v * inv).round_ties_even() as i8
+                };
+            }
+        }
+        int8_gemm::gemm_i8_scaled(&q, m, &row_stats, w, scb, LLM_INT8_ALPHA, y);
+        let cols: Vec<usize> = (0..k).filter(|&c| is_outlier_col[c]).collect();
+        if cols.is_empty() {
+            return;
+        }
+        // The outlier features in float: the original input (not float16) times the
+        // dequantized weight columns.
+        let no = cols.len();
+        let sub_x: Vec<f32> = (0..m)
+            .flat_map(|i| cols.iter().map(move |&c| x[i * k + c]))
+            .collect();
+        let mut sub_wt = vec![0f32; no * n];
+        for (j, &c) in cols.iter().enumerate() {
+            for r in 0..n {
+                sub_wt[j * n + r] =
+                    w.get(r, c) as f32 * scb[r] * shrink_formats::int8_rowwise::INV_127;
+            }
+        }
+        let mut extra = vec![0f32; m * n];
+        crate::kernels::gemm_f32(&sub_x, m, no, &sub_wt, n, &mut extra);
+        for (a, b) in y.iter_mut().zip(&extra) {
+            *a += b;
+        }
+    }
+}
+
+/// Symmetric int8 per row of `x` (`[m, k]`): codes and scales (row absmax / 127).
+fn quantize_per_token(x: &[f32], m: usize, k: usize) -> (Vec<i8>, Vec<f32>) {
+    let mut q = vec![0i8; m * k];
+    let mut scales = vec![0f32; m];
+    for ((row, qr), s) in x.chunks(k).zip(q.chunks_mut(k)).zip(scales.iter_mut()) {
+        let absmax = row.iter().fold(0f32, |a, v| a.max(v.abs()));
+        if absmax == 0.0 {
+            continue;
+        }
+        *s = absmax / 127.0;
+        let inv = 127.0 / absmax;
+        for (qv, &v) in qr.iter_mut().zip(row) {
+            *qv = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+        }
+    }
+    (q, scales)
 }
 
 /// A raw pointer that tasks writing disjoint elements may share.
@@ -331,6 +467,27 @@ fn int_kind(t: IntTensor) -> Kind {
         scales,
         zeros: t.zeros.unwrap_or_default(),
         offset: spec.code_offset(),
+    }
+}
+
+/// Symmetric int8 weights with one scale per row (per tensor: the scale repeated).
+fn w8a8_kind(t: IntTensor) -> Kind {
+    let spec = t.spec;
+    let mut scales = vec![0f32; spec.num_scales(t.rows, t.cols).max(1)];
+    float::decode(spec.scale_type, &t.scales, &mut scales);
+    let scale = match spec.granularity {
+        Granularity::Tensor => vec![scales[0]; t.rows],
+        Granularity::Channel => scales,
+        Granularity::Group(_) => {
+            // The reader refuses grouped scales for W8A8; a group per row is per channel.
+            return int_kind(t);
+        }
+    };
+    let q: Vec<i8> = t.packed.iter().map(|&c| (c as i16 - 128) as i8).collect();
+    Kind::Int8 {
+        w: PackedInt8::pack(&q, t.rows, t.cols),
+        scale,
+        act: Activations::PerToken,
     }
 }
 

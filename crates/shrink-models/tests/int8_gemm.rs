@@ -147,7 +147,7 @@ fn extremes_of_the_i8_range_are_exact() {
         }
         // Alternating signs per column of A, so sums cancel partially.
         let a: Vec<i8> = (0..m * k)
-            .map(|i| if i % 3 == 0 { -128 } else { 127 })
+            .map(|i| if i.is_multiple_of(3) { -128 } else { 127 })
             .collect();
         let w = vec![-128i8; n * k];
         check(&a, &w, (m, k, n), 9, false);

@@ -20,9 +20,9 @@ fn weights(n: usize, k: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
-/// `QuantMatmul` reproduces `Quantized::dequantize`, transposed, element for element, and its
-/// product equals the dense GEMM on those values bit for bit.
-fn check(q: Quantized, label: &str) {
+/// `QuantMatmul` reproduces `Quantized::dequantize`, transposed, element for element; returns
+/// it with the transposed weight.
+fn dequantizes_exactly(q: Quantized, label: &str) -> (QuantMatmul, Vec<f32>) {
     let (expect, shape) = q.dequantize();
     let (n, k) = (shape[0], shape[1]);
     let qm = QuantMatmul::new(q);
@@ -37,6 +37,13 @@ fn check(q: Quantized, label: &str) {
             );
         }
     }
+    (qm, t)
+}
+
+/// [`dequantizes_exactly`], and the product equals the dense GEMM on those values bit for bit.
+fn check(q: Quantized, label: &str) {
+    let (qm, t) = dequantizes_exactly(q, label);
+    let (n, k) = qm.shape();
     let m = 5;
     let x = weights(m, k, 99);
     let y = qm.matmul(&x, m);
@@ -95,9 +102,113 @@ fn nf4_fp4_with_and_without_double_quant_and_odd_rows() {
     }
 }
 
+fn tensor_f32(st: &safetensors::SafeTensors, name: &str) -> Vec<f32> {
+    st.tensor(name)
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+/// LLM.int8() against bitsandbytes 0.50.2's own `Linear8bitLt` forward on CPU (reference made
+/// by scripts/make-llm-int8-reference.py): with threshold 6 (two input features go through
+/// float) and threshold 0 (all int8).
 #[test]
-fn llm_int8_rows() {
-    let (n, k) = (19, 96);
-    let t = int8_rowwise::quantize(&weights(n, k, 3), n, k).unwrap();
-    check(Quantized::Int8Row(t), "int8 rows");
+fn llm_int8_matches_bitsandbytes() {
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/llm_int8_bnb.safetensors"
+    ))
+    .unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let x = tensor_f32(&st, "x");
+    let cb = st.tensor("CB").unwrap();
+    let (n, k) = (cb.shape()[0], cb.shape()[1]);
+    let m = x.len() / k;
+    let q: Vec<i8> = cb.data().iter().map(|&b| b as i8).collect();
+    let scb = tensor_f32(&st, "SCB");
+    for (name, threshold) in [("y", 6.0f32), ("y_nothr", 0.0)] {
+        let expect = tensor_f32(&st, name);
+        let w = int8_rowwise::RowwiseInt8 {
+            rows: n,
+            cols: k,
+            q: q.clone(),
+            scb: scb.clone(),
+        };
+        let (qm, _) = dequantizes_exactly(Quantized::Int8Row(w, threshold), name);
+        let y = qm.matmul(&x, m);
+        for (i, (a, b)) in y.iter().zip(&expect).enumerate() {
+            // The int8 part is exact and its epilogue is bitsandbytes' own order of
+            // operations; only the float outlier product may sum in another order.
+            let tol = if threshold > 0.0 { 2e-6 * b.abs().max(1.0) } else { 0.0 };
+            assert!(
+                (a - b).abs() <= tol,
+                "{name}[{}, {}]: shrink {a} bitsandbytes {b}",
+                i / n,
+                i % n
+            );
+        }
+        // Without the decomposition the outlier features are clipped into int8: worse.
+        if threshold > 0.0 {
+            let w = int8_rowwise::RowwiseInt8 {
+                rows: n,
+                cols: k,
+                q: q.clone(),
+                scb: scb.clone(),
+            };
+            let plain = QuantMatmul::new(Quantized::Int8Row(w, 0.0)).matmul(&x, m);
+            assert_ne!(plain, y, "the outlier features change the result");
+        }
+    }
+}
+
+/// Dynamic int8: per-token symmetric int8 activations times int8 weights, against a plain
+/// integer reference; and close to the float product.
+#[test]
+fn dynamic_int8_per_token() {
+    let (m, n, k) = (6, 33, 80);
+    let w = weights(n, k, 5);
+    let spec = IntSpec {
+        bits: 8,
+        symmetric: true,
+        granularity: Granularity::Channel,
+        scale_type: FloatType::F32,
+    };
+    let t = int::quantize(&w, n, k, spec).unwrap();
+    let codes: Vec<i32> = t.packed.iter().map(|&c| c as i32 - 128).collect();
+    let scales: Vec<f32> = t
+        .scales
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let (qm, _) = dequantizes_exactly(Quantized::W8A8(t), "w8a8");
+    let mut x = weights(m, k, 8);
+    x[3] = 0.0;
+    x[k..2 * k].fill(0.0); // an all-zero token
+    let y = qm.matmul(&x, m);
+    let mut dense = vec![0f32; m * n];
+    for i in 0..m {
+        let row = &x[i * k..(i + 1) * k];
+        let absmax = row.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let (qx, sx): (Vec<i32>, f32) = if absmax == 0.0 {
+            (vec![0; k], 0.0)
+        } else {
+            (
+                row.iter()
+                    .map(|v| (v * (127.0 / absmax)).round_ties_even() as i32)
+                    .collect(),
+                absmax / 127.0,
+            )
+        };
+        for j in 0..n {
+            let acc: i32 = (0..k).map(|c| qx[c] * codes[j * k + c]).sum();
+            let expect = acc as f32 * (sx * scales[j]);
+            assert_eq!(y[i * n + j], expect, "y[{i}, {j}]");
+            dense[i * n + j] = (0..k).map(|c| row[c] * w[j * k + c]).sum();
+        }
+    }
+    let err = y.iter().zip(&dense).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let scale = dense.iter().fold(0f32, |a, v| a.max(v.abs()));
+    assert!(err < 0.02 * scale, "int8 product error {err} vs magnitude {scale}");
 }

@@ -32,10 +32,13 @@ pub enum Method {
     Nf4,
     /// bitsandbytes FP4.
     Fp4,
-    /// LLM.int8() weights (row-wise int8, bitsandbytes 8-bit layout); --threshold is recorded
-    /// for inference (the outlier decomposition at run time is not implemented yet: eval
-    /// dequantizes the weights).
+    /// LLM.int8(): row-wise int8 weights (bitsandbytes 8-bit layout); at inference, activation
+    /// features above --threshold go through a float matmul, the rest int8 × int8 → int32.
     LlmInt8,
+    /// Dynamic int8 (torch's quantize_dynamic for Linear): symmetric int8 weights per channel,
+    /// activations quantized to int8 per token at run time, integer matmul (compressed-tensors
+    /// `int-quantized` W8A8 layout).
+    DynamicInt8,
 }
 
 /// Granularity of integer scales.
@@ -52,7 +55,7 @@ pub enum Gran {
 /// Arguments of `shrink quantize`.
 #[derive(clap::Args)]
 #[command(
-    after_help = "By default every linear layer of the decoder blocks is quantized; embeddings, norms and the LM head keep their precision (--include/--exclude change that, e.g. --exclude '*.down_proj' --include lm_head).\n\nExamples:\n  shrink quantize assets/SmolLM2-135M-Instruct.Q4_1.gguf --method nf4 --double-quant -o smollm2-nf4\n  shrink quantize assets/SmolLM2-135M-Instruct.Q4_1.gguf --method int --bits 4 --group-size 64 -o smollm2-int4-g64\n  shrink quantize my-model --method absmax-int8 --granularity channel -o my-model-int8"
+    after_help = "By default every linear layer of the decoder blocks is quantized; embeddings, norms and the LM head keep their precision (--include/--exclude change that, e.g. --exclude '*.down_proj' --include lm_head).\n\nExamples:\n  shrink quantize assets/SmolLM2-135M-Instruct.Q4_1.gguf --method nf4 --double-quant -o smollm2-nf4\n  shrink quantize assets/SmolLM2-135M-Instruct.Q4_1.gguf --method int --bits 4 --group-size 64 -o smollm2-int4-g64\n  shrink quantize my-model --method absmax-int8 --granularity channel -o my-model-int8\n  shrink quantize my-model --method llm-int8 --threshold 6 -o my-model-llm-int8\n  shrink quantize my-model --method dynamic-int8 -o my-model-w8a8"
 )]
 pub struct Args {
     /// Model to quantize (HF directory or .gguf).
@@ -161,6 +164,15 @@ fn method(a: &Args) -> Result<Rtn> {
         Method::LlmInt8 => Ok(Rtn::LlmInt8 {
             threshold: a.threshold,
         }),
+        Method::DynamicInt8 => {
+            if a.bits.is_some_and(|b| b != 8) || a.asym {
+                bail!("--method dynamic-int8 uses symmetric 8-bit weights (no --bits/--asym)");
+            }
+            match int(8, true, Gran::Channel)? {
+                Rtn::Int(s) => Ok(Rtn::DynamicInt8(s)),
+                other => Ok(other),
+            }
+        }
     }
 }
 
