@@ -93,12 +93,103 @@ fn round_trip(arch: &str, args: &[&str], rtn: Rtn) -> serde_json::Value {
     ]);
     assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
     let c: serde_json::Value = serde_json::from_slice(&c.stdout).unwrap();
-    assert_eq!(
-        c["logits_max_abs_diff"].as_f64().unwrap(),
-        0.0,
-        "{arch} {args:?}: quantized forward differs"
-    );
+    let diff = c["logits_max_abs_diff"].as_f64().unwrap();
+    if args
+        .iter()
+        .any(|a| *a == "llm-int8" || *a == "dynamic-int8")
+    {
+        // Activations are quantized to int8 at run time: close to, not equal to, the float
+        // product of the same weights.
+        let ids = [1u32, 2, 3, 4, 5];
+        let d = shrink_models::Model::load(&Checkpoint::open(&dense).unwrap()).unwrap();
+        let (lq, ld) = (
+            m.forward(&ids, None)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            d.forward(&ids, None)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+        );
+        let err = lq
+            .iter()
+            .zip(&ld)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        let mag = ld.iter().fold(0f32, |a, v| a.max(v.abs()));
+        assert!(
+            err > 0.0 && err < 0.05 * mag,
+            "{arch} {args:?}: int8-activation logits differ by {err} (magnitude {mag})"
+        );
+    } else {
+        assert_eq!(diff, 0.0, "{arch} {args:?}: quantized forward differs");
+    }
     report
+}
+
+/// Every method runs end to end on every decoder architecture among the fixtures.
+#[test]
+fn every_method_on_every_architecture() {
+    let f16 = FloatType::F16;
+    let methods: Vec<(Vec<&str>, Rtn)> = vec![
+        (
+            vec!["--method", "absmax-int8"],
+            int(8, true, Granularity::Tensor, FloatType::F32),
+        ),
+        (
+            vec!["--method", "zeropoint-int8", "--granularity", "channel"],
+            int(8, false, Granularity::Channel, f16),
+        ),
+        (
+            vec!["--method", "int", "--bits", "4", "--group-size", "32"],
+            int(4, false, Granularity::Group(32), f16),
+        ),
+        (
+            vec!["--method", "nf4", "--double-quant"],
+            Rtn::Nf4(Nf4Spec {
+                kind: Fp4Kind::Nf4,
+                block_size: 64,
+                double_quant: true,
+            }),
+        ),
+        (
+            vec!["--method", "fp4"],
+            Rtn::Nf4(Nf4Spec {
+                kind: Fp4Kind::Fp4,
+                block_size: 64,
+                double_quant: false,
+            }),
+        ),
+        (
+            vec!["--method", "llm-int8", "--threshold", "0.5"],
+            Rtn::LlmInt8 { threshold: 0.5 },
+        ),
+        (
+            vec!["--method", "dynamic-int8"],
+            Rtn::DynamicInt8(IntSpec {
+                bits: 8,
+                symmetric: true,
+                granularity: Granularity::Channel,
+                scale_type: f16,
+            }),
+        ),
+    ];
+    for arch in [
+        "tiny-llama",
+        "tiny-qwen2",
+        "tiny-mistral",
+        "tiny-gpt2",
+        "tiny-gpt_neox",
+    ] {
+        for (args, rtn) in &methods {
+            round_trip(arch, args, *rtn);
+        }
+    }
 }
 
 fn int(bits: u8, symmetric: bool, granularity: Granularity, scale_type: FloatType) -> Rtn {
@@ -194,6 +285,7 @@ fn impossible_requests_write_nothing() {
     let cases: [&[&str]; 4] = [
         &["--method", "int", "--bits", "4", "--group-size", "48"], // 48 divides neither 64 nor 160
         &["--method", "int", "--bits", "7"],
+        &["--method", "dynamic-int8", "--group-size", "32"],
         &["--method", "nf4", "--block-size", "48"],
         &[
             "--method",

@@ -180,7 +180,11 @@ pub fn ct_w8a8_tensors(module: &str, t: &IntTensor) -> Vec<StoredTensor> {
         w.name = format!("{module}.weight");
         w.dtype = Dtype::I8;
         w.shape = vec![t.rows, t.cols];
-        w.bytes = t.codes().iter().map(|&c| (c as i16 - 128) as i8 as u8).collect();
+        w.bytes = t
+            .codes()
+            .iter()
+            .map(|&c| (c as i16 - 128) as i8 as u8)
+            .collect();
     }
     v
 }

@@ -73,9 +73,15 @@ impl Rtn {
     pub fn validate(&self, name: &str, rows: usize, cols: usize) -> Result<()> {
         let r = match self {
             Rtn::Int(s) => s.validate(rows, cols),
-            Rtn::DynamicInt8(s) if s.bits != 8 || !s.symmetric => {
+            Rtn::DynamicInt8(s)
+                if s.bits != 8
+                    || !s.symmetric
+                    || matches!(s.granularity, shrink_formats::int::Granularity::Group(_)) =>
+            {
                 return Err(MethodError::Options(
-                    "dynamic-int8 needs symmetric 8-bit weights".into(),
+                    "dynamic-int8 needs symmetric 8-bit weights with one scale per channel or \
+                     tensor (the integer product applies one weight scale per output)"
+                        .into(),
                 ))
             }
             Rtn::DynamicInt8(s) => s.validate(rows, cols),

@@ -362,10 +362,7 @@ impl QuantMatmul {
         y: &mut [f32],
     ) {
         let (n, k) = (self.n, self.k);
-        let xh: Vec<f32> = x
-            .iter()
-            .map(|&v| half::f16::from_f32(v).to_f32())
-            .collect();
+        let xh: Vec<f32> = x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
         let outlier = |v: f32| threshold > 0.0 && v.abs() >= threshold;
         let mut is_outlier_col = vec![false; k];
         for row in xh.chunks(k) {

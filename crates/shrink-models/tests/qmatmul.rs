@@ -141,7 +141,11 @@ fn llm_int8_matches_bitsandbytes() {
         for (i, (a, b)) in y.iter().zip(&expect).enumerate() {
             // The int8 part is exact and its epilogue is bitsandbytes' own order of
             // operations; only the float outlier product may sum in another order.
-            let tol = if threshold > 0.0 { 2e-6 * b.abs().max(1.0) } else { 0.0 };
+            let tol = if threshold > 0.0 {
+                2e-6 * b.abs().max(1.0)
+            } else {
+                0.0
+            };
             assert!(
                 (a - b).abs() <= tol,
                 "{name}[{}, {}]: shrink {a} bitsandbytes {b}",
@@ -208,7 +212,14 @@ fn dynamic_int8_per_token() {
             dense[i * n + j] = (0..k).map(|c| row[c] * w[j * k + c]).sum();
         }
     }
-    let err = y.iter().zip(&dense).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let err = y
+        .iter()
+        .zip(&dense)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     let scale = dense.iter().fold(0f32, |a, v| a.max(v.abs()));
-    assert!(err < 0.02 * scale, "int8 product error {err} vs magnitude {scale}");
+    assert!(
+        err < 0.02 * scale,
+        "int8 product error {err} vs magnitude {scale}"
+    );
 }
