@@ -282,7 +282,7 @@ fn impossible_requests_write_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("q");
     let src = fixture("tiny-llama");
-    let cases: [&[&str]; 4] = [
+    let cases: [&[&str]; 5] = [
         &["--method", "int", "--bits", "4", "--group-size", "48"], // 48 divides neither 64 nor 160
         &["--method", "int", "--bits", "7"],
         &["--method", "dynamic-int8", "--group-size", "32"],
