@@ -92,42 +92,39 @@ fn round_trip(arch: &str, args: &[&str], rtn: Rtn) -> serde_json::Value {
         "--json",
     ]);
     assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
-    let c: serde_json::Value = serde_json::from_slice(&c.stdout).unwrap();
-    let diff = c["logits_max_abs_diff"].as_f64().unwrap();
+    // Logits of the quantized model against the float32 model holding the same weights
+    // dequantized: equal up to float summation order (a few tokens take row dot products),
+    // or close when activations are quantized to int8 at run time.
+    let ids = [1u32, 2, 3, 4, 5];
+    let d = shrink_models::Model::load(&Checkpoint::open(&dense).unwrap()).unwrap();
+    let logits = |m: &shrink_models::Model| {
+        m.forward(&ids, None)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let (lq, ld) = (logits(&m), logits(&d));
+    let err = lq
+        .iter()
+        .zip(&ld)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    let mag = ld.iter().fold(0f32, |a, v| a.max(v.abs()));
     if args
         .iter()
         .any(|a| *a == "llm-int8" || *a == "dynamic-int8")
     {
-        // Activations are quantized to int8 at run time: close to, not equal to, the float
-        // product of the same weights.
-        let ids = [1u32, 2, 3, 4, 5];
-        let d = shrink_models::Model::load(&Checkpoint::open(&dense).unwrap()).unwrap();
-        let (lq, ld) = (
-            m.forward(&ids, None)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap(),
-            d.forward(&ids, None)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap(),
-        );
-        let err = lq
-            .iter()
-            .zip(&ld)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        let mag = ld.iter().fold(0f32, |a, v| a.max(v.abs()));
         assert!(
             err > 0.0 && err < 0.05 * mag,
             "{arch} {args:?}: int8-activation logits differ by {err} (magnitude {mag})"
         );
     } else {
-        assert_eq!(diff, 0.0, "{arch} {args:?}: quantized forward differs");
+        assert!(
+            err <= 1e-5 * mag,
+            "{arch} {args:?}: quantized forward differs by {err} (magnitude {mag})"
+        );
     }
     report
 }

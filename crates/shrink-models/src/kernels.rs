@@ -126,6 +126,33 @@ dispatch! {
     }
 }
 
+/// Dot product of two float32 slices of equal length, in 16 independent lanes (so LLVM
+/// vectorises it; a single running sum cannot be reordered), summed pairwise at the end.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (xa, xb) in ca.zip(cb) {
+        for l in 0..16 {
+            acc[l] += xa[l] * xb[l];
+        }
+    }
+    let mut w = 8;
+    while w > 0 {
+        for l in 0..w {
+            acc[l] += acc[l + w];
+        }
+        w /= 2;
+    }
+    acc[0] + tail
+}
+
 /// `y = a · b` in float32: `a` row-major `[m, k]`, `b` row-major `[k, n]`, `y` `[m, n]`
 /// (overwritten), on all of rayon's threads — the same call candle's CPU matmul makes, so
 /// results equal candle's bit for bit.

@@ -80,6 +80,9 @@ enum Activations {
     PerToken,
 }
 
+/// Token counts up to which [`QuantMatmul::matmul`] dots dequantized rows instead of a GEMM.
+const FEW_TOKENS: usize = 8;
+
 /// bitsandbytes' 1/(127·127), the dequantization constant of its int8 product.
 const LLM_INT8_ALPHA: f32 = 6.200124e-05;
 
@@ -231,12 +234,9 @@ impl QuantMatmul {
                             .enumerate()
                         {
                             let (s, z) = granule(j);
-                            for (o2, &b) in o.chunks_mut(2).zip(c) {
-                                o2[0] = ((b & 15) as i32 - z) as f32 * s;
-                                if let Some(x) = o2.get_mut(1) {
-                                    *x = ((b >> 4) as i32 - z) as f32 * s;
-                                }
-                            }
+                            // The granule's 16 possible values, then one lookup per code.
+                            let t: [f32; 16] = std::array::from_fn(|c| (c as i32 - z) as f32 * s);
+                            lookup_nibbles(&t, c, o, false);
                         }
                     }
                     _ => {
@@ -268,12 +268,8 @@ impl QuantMatmul {
                         let end = ((e / block + 1) * block - e0).min(k);
                         let a = absmax[e / block];
                         let bytes = &packed[e / 2..(e0 + end).div_ceil(2)];
-                        for (o2, &b) in out[i..end].chunks_mut(2).zip(bytes) {
-                            o2[0] = code[(b >> 4) as usize] * a;
-                            if let Some(x) = o2.get_mut(1) {
-                                *x = code[(b & 15) as usize] * a;
-                            }
-                        }
+                        let t: [f32; 16] = std::array::from_fn(|c| code[c] * a);
+                        lookup_nibbles(&t, bytes, &mut out[i..end], true);
                         i = end;
                     }
                     return;
@@ -330,6 +326,10 @@ impl QuantMatmul {
             }
             return y;
         }
+        if m <= FEW_TOKENS {
+            self.matmul_few(x, m, &mut y);
+            return y;
+        }
         let chunk = (CHUNK_VALUES / k.max(1)).max(ROWS) / ROWS * ROWS;
         SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
@@ -349,6 +349,28 @@ impl QuantMatmul {
 }
 
 impl QuantMatmul {
+    /// The product for a few tokens (generation): each weight row is dequantized once into a
+    /// buffer and dotted with every token, with no transposed scratch or GEMM packing (which
+    /// cost 10× the arithmetic at one token).
+    fn matmul_few(&self, x: &[f32], m: usize, y: &mut [f32]) {
+        let (n, k) = (self.n, self.k);
+        let base = SendPtr(y.as_mut_ptr());
+        (0..n.div_ceil(ROWS)).into_par_iter().for_each_init(
+            || vec![0f32; k],
+            |buf, b| {
+                for r in b * ROWS..((b + 1) * ROWS).min(n) {
+                    self.dequantize_row(r, buf);
+                    for (i, xi) in x.chunks_exact(k).enumerate() {
+                        // SAFETY: element (i, r) of y ([m, n]) is written by the task owning
+                        // row r only.
+                        unsafe { *base.get().add(i * n + r) = crate::kernels::dot(xi, buf) };
+                    }
+                }
+            },
+        );
+        debug_assert_eq!(x.len(), m * k);
+    }
+
     /// LLM.int8()'s product as bitsandbytes computes it (`int8_vectorwise_quant` then
     /// `int8_mixed_scaled_mm`): `y = int8(x̂) · int8(W)ᵀ · (rowabsmax · SCB) / 127² + x[:, O] · Ŵ[:, O]ᵀ`
     /// where x̂ is x rounded to float16 with its outliers zeroed and O the outlier features.
@@ -431,6 +453,27 @@ fn quantize_per_token(x: &[f32], m: usize, k: usize) -> (Vec<i8>, Vec<f32>) {
         }
     }
     (q, scales)
+}
+
+/// `out[2j], out[2j+1]` = `t` at the two nibbles of `bytes[j]`: low nibble first (LSB-first
+/// packing) or high nibble first (bitsandbytes). `out` may end on half a byte.
+#[inline]
+fn lookup_nibbles(t: &[f32; 16], bytes: &[u8], out: &mut [f32], high_first: bool) {
+    let (pairs, rest) = out.split_at_mut(out.len() / 2 * 2);
+    for (o, &b) in pairs.chunks_exact_mut(2).zip(bytes) {
+        let (lo, hi) = (t[(b & 15) as usize], t[(b >> 4) as usize]);
+        if high_first {
+            o[0] = hi;
+            o[1] = lo;
+        } else {
+            o[0] = lo;
+            o[1] = hi;
+        }
+    }
+    if let Some(o) = rest.first_mut() {
+        let b = bytes[pairs.len() / 2];
+        *o = t[(if high_first { b >> 4 } else { b & 15 }) as usize];
+    }
 }
 
 /// A raw pointer that tasks writing disjoint elements may share.

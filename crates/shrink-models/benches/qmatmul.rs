@@ -1,0 +1,98 @@
+//! Linear-layer products with quantized weights against the dense float32 GEMM, on SmolLM2's
+//! MLP shape (512 tokens × 576 → 1536) and one token (generation). `cargo bench -p
+//! shrink-models --bench qmatmul`; results in BENCHMARKS.md.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use shrink_formats::float::FloatType;
+use shrink_formats::int::{self, Granularity, IntSpec};
+use shrink_formats::int8_rowwise;
+use shrink_formats::nf4::{self, Fp4Kind, Nf4Spec};
+use shrink_io::quantized::Quantized;
+use shrink_models::qmatmul::QuantMatmul;
+
+fn values(len: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.max(1);
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s as f32 / u32::MAX as f32 - 0.5) * 0.1
+        })
+        .collect()
+}
+
+fn qmatmul(c: &mut Criterion) {
+    shrink_models::runtime::tune_allocator();
+    let (k, n) = (576, 1536);
+    let w = values(n * k, 1);
+    let spec = |bits, symmetric, granularity| IntSpec {
+        bits,
+        symmetric,
+        granularity,
+        scale_type: FloatType::F16,
+    };
+    let formats: Vec<(&str, Quantized)> = vec![
+        (
+            "int4-g64",
+            Quantized::Int(
+                int::quantize(&w, n, k, spec(4, false, Granularity::Group(64))).unwrap(),
+            ),
+        ),
+        (
+            "int8-channel",
+            Quantized::Int(int::quantize(&w, n, k, spec(8, true, Granularity::Channel)).unwrap()),
+        ),
+        (
+            "nf4-dq",
+            Quantized::Nf4(
+                nf4::quantize(
+                    &w,
+                    Nf4Spec {
+                        kind: Fp4Kind::Nf4,
+                        block_size: 64,
+                        double_quant: true,
+                    },
+                )
+                .unwrap(),
+                vec![n, k],
+            ),
+        ),
+        (
+            "llm-int8",
+            Quantized::Int8Row(int8_rowwise::quantize(&w, n, k).unwrap(), 6.0),
+        ),
+        (
+            "dynamic-int8",
+            Quantized::W8A8(int::quantize(&w, n, k, spec(8, true, Granularity::Channel)).unwrap()),
+        ),
+    ];
+    let mut wt = vec![0f32; k * n];
+    for r in 0..n {
+        for cc in 0..k {
+            wt[cc * n + r] = w[r * k + cc];
+        }
+    }
+    let qms: Vec<(&str, QuantMatmul)> = formats
+        .into_iter()
+        .map(|(name, q)| (name, QuantMatmul::new(q)))
+        .collect();
+    for m in [512usize, 1] {
+        let x = values(m * k, 7);
+        let mut g = c.benchmark_group(format!("linear {m}x{k}->{n}"));
+        g.throughput(Throughput::Elements((m * k * n) as u64));
+        g.bench_function(BenchmarkId::from_parameter("f32-dense"), |b| {
+            let mut y = vec![0f32; m * n];
+            b.iter(|| shrink_models::kernels::gemm_f32(&x, m, k, &wt, n, &mut y))
+        });
+        for (name, qm) in &qms {
+            g.bench_function(BenchmarkId::from_parameter(name), |b| {
+                b.iter(|| qm.matmul(&x, m))
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, qmatmul);
+criterion_main!(benches);
