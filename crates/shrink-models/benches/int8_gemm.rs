@@ -30,7 +30,7 @@ fn bytes(len: usize, seed: u64) -> Vec<i8> {
 fn int8_gemm(c: &mut Criterion) {
     shrink_models::runtime::tune_allocator();
     let threads = rayon::current_num_threads();
-    let kernels: Vec<_> = [Int8Kernel::Vnni, Int8Kernel::Avx2, Int8Kernel::Scalar]
+    let kernels: Vec<_> = [Int8Kernel::Vnni, Int8Kernel::Avx2, Int8Kernel::Portable]
         .into_iter()
         .filter(|k| k.is_available())
         .collect();

@@ -17,7 +17,8 @@
 //!   true sum fits i32, which [`MAX_K`] guarantees.
 //! - [`Int8Kernel::Avx2`]: both operands sign-extended to i16 and multiplied with
 //!   `vpmaddwd` (exact; `vpmaddubsw` would saturate), for CPUs without VNNI.
-//! - [`Int8Kernel::Scalar`]: plain Rust over the same packed layout, for everything else.
+//! - [`Int8Kernel::Portable`]: plain Rust over the same packed layout, written so that LLVM
+//!   vectorises it for any target (SSE2 on baseline x86-64, NEON on aarch64).
 //!
 //! All kernels compute the same i32 sums and the same float operations, so their outputs are
 //! bit-identical to [`gemm_i8_reference`].
@@ -143,8 +144,8 @@ pub enum Int8Kernel {
     Vnni,
     /// AVX2 `vpmaddwd` on sign-extended i16, 2 rows × 16 columns per tile.
     Avx2,
-    /// Portable Rust.
-    Scalar,
+    /// Plain Rust that LLVM vectorises, 4 rows × 16 columns per tile; runs everywhere.
+    Portable,
 }
 
 impl Int8Kernel {
@@ -153,7 +154,7 @@ impl Int8Kernel {
         [Int8Kernel::Vnni, Int8Kernel::Avx2]
             .into_iter()
             .find(|k| k.is_available())
-            .unwrap_or(Int8Kernel::Scalar)
+            .unwrap_or(Int8Kernel::Portable)
     }
 
     /// Whether this CPU runs the kernel.
@@ -167,7 +168,7 @@ impl Int8Kernel {
             }
             #[cfg(target_arch = "x86_64")]
             Int8Kernel::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
-            Int8Kernel::Scalar => true,
+            Int8Kernel::Portable => true,
             #[allow(unreachable_patterns)]
             _ => false,
         }
@@ -178,7 +179,7 @@ impl Int8Kernel {
         match self {
             Int8Kernel::Vnni => VNNI_MR,
             Int8Kernel::Avx2 => 2,
-            Int8Kernel::Scalar => 4,
+            Int8Kernel::Portable => 4,
         }
     }
 
@@ -186,13 +187,13 @@ impl Int8Kernel {
     fn nb(self) -> usize {
         match self {
             Int8Kernel::Vnni => VNNI_NB,
-            Int8Kernel::Avx2 | Int8Kernel::Scalar => 1,
+            Int8Kernel::Avx2 | Int8Kernel::Portable => 1,
         }
     }
 }
 
-/// out[i, j] = ((Σ_t a[i, t]·b[j, t]) as f32 * (a_scale[i] * b_scale[j])) * alpha, for a
-/// row-major int8 [m, k]; out row-major [m, n], overwritten.
+/// `out[i, j] = ((Σ_t a[i, t]·b[j, t]) as f32 * (a_scale[i] * b_scale[j])) * alpha`, for a
+/// row-major int8 `a` [m, k]; `out` row-major [m, n], overwritten.
 ///
 /// Uses the fastest kernel the CPU supports ([`Int8Kernel::detect`]) and rayon's pool.
 ///
@@ -440,7 +441,7 @@ fn task(
                 // SAFETY: as above.
                 Int8Kernel::Avx2 => unsafe { avx2::tile(p, &t) },
                 // SAFETY: the tile lies within the problem and no other task writes it.
-                Int8Kernel::Scalar => unsafe { scalar_tile(p, &t) },
+                Int8Kernel::Portable => unsafe { portable_tile(p, &t) },
                 #[allow(unreachable_patterns)]
                 _ => unreachable!("{kernel:?} is not available on this architecture"),
             }
@@ -466,14 +467,14 @@ fn epilogue(acc: i32, a_scale: f32, b_scale: f32, alpha: f32) -> f32 {
 ///
 /// # Safety
 /// The tile must lie within `p` and no other thread may write its output.
-unsafe fn scalar_tile(p: &Problem, t: &Tile) {
+unsafe fn portable_tile(p: &Problem, t: &Tile) {
     // SAFETY: forwarded from the caller.
     unsafe {
         match t.mrows {
-            4 => scalar_kernel::<4>(p, t),
-            3 => scalar_kernel::<3>(p, t),
-            2 => scalar_kernel::<2>(p, t),
-            1 => scalar_kernel::<1>(p, t),
+            4 => portable_kernel::<4>(p, t),
+            3 => portable_kernel::<3>(p, t),
+            2 => portable_kernel::<2>(p, t),
+            1 => portable_kernel::<1>(p, t),
             _ => unreachable!(),
         }
     }
@@ -488,7 +489,7 @@ unsafe fn scalar_tile(p: &Problem, t: &Tile) {
 /// # Safety
 /// The tile must lie within `p` and no other thread may write its output.
 #[inline(always)]
-unsafe fn scalar_kernel<const R: usize>(p: &Problem, t: &Tile) {
+unsafe fn portable_kernel<const R: usize>(p: &Problem, t: &Tile) {
     const LANES: usize = NBLK * KGRP;
     let b = p.b;
     let n = b.n;

@@ -8,7 +8,7 @@ use shrink_models::int8_gemm::{
 
 /// bitsandbytes' dequantisation constant, 1/127².
 const ALPHA: f32 = 6.200124e-05;
-const KERNELS: [Int8Kernel; 3] = [Int8Kernel::Vnni, Int8Kernel::Avx2, Int8Kernel::Scalar];
+const KERNELS: [Int8Kernel; 3] = [Int8Kernel::Vnni, Int8Kernel::Avx2, Int8Kernel::Portable];
 
 /// xorshift64*: deterministic test data without a dependency.
 struct Rng(u64);
