@@ -126,6 +126,17 @@ dispatch! {
     }
 }
 
+/// `x` rounded to the nearest integer, ties to even, for |x| ≤ 2²² (quantizer codes).
+///
+/// Hand-written because the baseline x86-64 target has no rounding instruction, so
+/// `f32::round_ties_even` is a library call per element; adding and subtracting 1.5·2²³
+/// rounds in the FPU's default mode (ties to even) and vectorises.
+#[inline(always)]
+pub fn round_ties_even_small(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
+    (x + MAGIC) - MAGIC
+}
+
 /// Dot product of two float32 slices of equal length, in 16 independent lanes (so LLVM
 /// vectorises it; a single running sum cannot be reordered), summed pairwise at the end.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {

@@ -383,34 +383,63 @@ impl QuantMatmul {
         threshold: f32,
         y: &mut [f32],
     ) {
+        use half::slice::HalfFloatSliceExt;
         let (n, k) = (self.n, self.k);
-        let xh: Vec<f32> = x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
+        // x rounded to float16 (half's slice conversion uses F16C when the CPU has it).
+        let mut xh = vec![0f32; m * k];
+        xh.par_chunks_mut(k).zip(x.par_chunks(k)).for_each_init(
+            || vec![half::f16::ZERO; k],
+            |h, (o, row)| {
+                h.convert_from_f32_slice(row);
+                h.convert_to_f32_slice(o);
+            },
+        );
         let outlier = |v: f32| threshold > 0.0 && v.abs() >= threshold;
-        let mut is_outlier_col = vec![false; k];
-        for row in xh.chunks(k) {
-            for (o, &v) in is_outlier_col.iter_mut().zip(row) {
-                *o |= outlier(v);
-            }
-        }
+        let is_outlier_col: Vec<bool> = if threshold > 0.0 {
+            xh.par_chunks(k)
+                .fold(
+                    || vec![false; k],
+                    |mut acc, row| {
+                        for (o, &v) in acc.iter_mut().zip(row) {
+                            *o |= outlier(v);
+                        }
+                        acc
+                    },
+                )
+                .reduce(
+                    || vec![false; k],
+                    |mut a, b| {
+                        a.iter_mut().zip(b).for_each(|(x, y)| *x |= y);
+                        a
+                    },
+                )
+        } else {
+            vec![false; k]
+        };
         let mut q = vec![0i8; m * k];
         let mut row_stats = vec![0f32; m];
-        for ((row, qr), rs) in xh.chunks(k).zip(q.chunks_mut(k)).zip(row_stats.iter_mut()) {
-            *rs = row
-                .iter()
-                .filter(|v| !outlier(**v))
-                .fold(0f32, |a, v| a.max(v.abs()));
-            if *rs == 0.0 {
-                continue;
-            }
-            let inv = 127.0 / *rs;
-            for ((qv, &v), &oc) in qr.iter_mut().zip(row).zip(&is_outlier_col) {
-                *qv = if oc {
-                    0
-                } else {
-                    (v * inv).round_ties_even() as i8
-                };
-            }
-        }
+        xh.par_chunks(k)
+            .zip(q.par_chunks_mut(k))
+            .zip(row_stats.par_iter_mut())
+            .for_each(|((row, qr), rs)| {
+                // Row absmax with the outlier values themselves left out (zeroed).
+                *rs = row
+                    .iter()
+                    .map(|&v| if outlier(v) { 0.0 } else { v.abs() })
+                    .fold(0f32, f32::max);
+                if *rs == 0.0 {
+                    return;
+                }
+                let inv = 127.0 / *rs;
+                for ((qv, &v), &oc) in qr.iter_mut().zip(row).zip(&is_outlier_col) {
+                    // |v·inv| ≤ 127 off the outlier features.
+                    *qv = if oc {
+                        0
+                    } else {
+                        crate::kernels::round_ties_even_small(v * inv) as i8
+                    };
+                }
+            });
         int8_gemm::gemm_i8_scaled(&q, m, &row_stats, w, scb, LLM_INT8_ALPHA, y);
         let cols: Vec<usize> = (0..k).filter(|&c| is_outlier_col[c]).collect();
         if cols.is_empty() {
@@ -441,17 +470,20 @@ impl QuantMatmul {
 fn quantize_per_token(x: &[f32], m: usize, k: usize) -> (Vec<i8>, Vec<f32>) {
     let mut q = vec![0i8; m * k];
     let mut scales = vec![0f32; m];
-    for ((row, qr), s) in x.chunks(k).zip(q.chunks_mut(k)).zip(scales.iter_mut()) {
-        let absmax = row.iter().fold(0f32, |a, v| a.max(v.abs()));
-        if absmax == 0.0 {
-            continue;
-        }
-        *s = absmax / 127.0;
-        let inv = 127.0 / absmax;
-        for (qv, &v) in qr.iter_mut().zip(row) {
-            *qv = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
-        }
-    }
+    x.par_chunks(k)
+        .zip(q.par_chunks_mut(k))
+        .zip(scales.par_iter_mut())
+        .for_each(|((row, qr), s)| {
+            let absmax = row.iter().fold(0f32, |a, v| a.max(v.abs()));
+            if absmax == 0.0 {
+                return;
+            }
+            *s = absmax / 127.0;
+            let inv = 127.0 / absmax;
+            for (qv, &v) in qr.iter_mut().zip(row) {
+                *qv = crate::kernels::round_ties_even_small(v * inv).clamp(-127.0, 127.0) as i8;
+            }
+        });
     (q, scales)
 }
 
