@@ -269,36 +269,55 @@ impl Stats {
         max: f32::NEG_INFINITY,
     };
 
-    /// Statistics of `vals` (finite).
+    /// Statistics of `vals` (meant to be finite; a NaN is skipped).
     fn of(vals: &[f32]) -> Stats {
-        // 16 independent lanes so the reduction vectorises (a single running min/max is a
-        // serial dependency chain the compiler may not reorder); min/max are exact in any order.
-        let mut lo = [f32::INFINITY; 16];
-        let mut hi = [f32::NEG_INFINITY; 16];
-        let mut chunks = vals.chunks_exact(16);
-        for c in &mut chunks {
-            for i in 0..16 {
-                lo[i] = if c[i] < lo[i] { c[i] } else { lo[i] };
-                hi[i] = if c[i] > hi[i] { c[i] } else { hi[i] };
-            }
-        }
-        let (mut min, mut max) = (f32::INFINITY, f32::NEG_INFINITY);
-        for i in 0..16 {
-            min = min.min(lo[i]);
-            max = max.max(hi[i]);
-        }
-        for &v in chunks.remainder() {
-            min = min.min(v);
-            max = max.max(v);
-        }
+        let (st, _) = Stats::scan(vals);
         if vals.is_empty() {
             return Stats::EMPTY;
         }
+        // The absmax from min and max rather than from the bits, which would take a NaN.
         Stats {
-            absmax: max.abs().max(min.abs()),
+            absmax: st.max.abs().max(st.min.abs()),
+            ..st
+        }
+    }
+
+    /// Statistics of `vals` and whether all of them are finite, in one pass (the quantizer's
+    /// NaN / infinity check rides on the pass it makes anyway). The statistics are meaningless
+    /// when the flag is false.
+    #[inline(always)]
+    fn scan(vals: &[f32]) -> (Stats, bool) {
+        // 16 independent lanes so the loop vectorises (a single running min/max is a serial
+        // dependency chain the compiler may not reorder); min/max are exact in any order. The
+        // absmax is taken on the bits: for finite floats `bits & 0x7fff_ffff` orders as |v|,
+        // and it reaches 0x7f80_0000 exactly for the infinities and NaNs.
+        const LANES: usize = 16;
+        let mut lo = [f32::INFINITY; LANES];
+        let mut hi = [f32::NEG_INFINITY; LANES];
+        let mut abs = [0u32; LANES];
+        let mut chunks = vals.chunks_exact(LANES);
+        for c in &mut chunks {
+            for i in 0..LANES {
+                lo[i] = if c[i] < lo[i] { c[i] } else { lo[i] };
+                hi[i] = if c[i] > hi[i] { c[i] } else { hi[i] };
+                abs[i] = abs[i].max(c[i].to_bits() & 0x7fff_ffff);
+            }
+        }
+        let mut min = fold_lanes(lo, |a, b| if b < a { b } else { a });
+        let mut max = fold_lanes(hi, |a, b| if b > a { b } else { a });
+        let mut abs = fold_lanes(abs, u32::max);
+        // (Not into the lanes: indexing them by a variable would keep them out of registers.)
+        for &v in chunks.remainder() {
+            min = if v < min { v } else { min };
+            max = if v > max { v } else { max };
+            abs = abs.max(v.to_bits() & 0x7fff_ffff);
+        }
+        let st = Stats {
+            absmax: f32::from_bits(abs),
             min,
             max,
-        }
+        };
+        (st, abs < 0x7f80_0000)
     }
 
     /// Statistics of the union of two sets.
@@ -311,6 +330,17 @@ impl Stats {
     }
 }
 
+/// `lanes` folded to one value with `f`, pairwise (so that each step vectorises).
+#[inline(always)]
+fn fold_lanes<T: Copy>(mut lanes: [T; 16], f: impl Fn(T, T) -> T) -> T {
+    for n in [8, 4, 2, 1] {
+        for i in 0..n {
+            lanes[i] = f(lanes[i], lanes[i + n]);
+        }
+    }
+    lanes[0]
+}
+
 impl IntSpec {
     /// The scale (rounded to [`IntSpec::scale_type`]) and zero point (0 if symmetric) that
     /// [`quantize`] gives a granule holding `values` (finite); errors if the scale overflows.
@@ -320,8 +350,13 @@ impl IntSpec {
     }
 
     /// The code of `w` in a granule with this `scale` and `zero` (ignored if symmetric), as
-    /// [`quantize`] computes it; a zero scale gives the code of 0.
+    /// [`quantize`] computes it; a zero scale gives the code of 0, a NaN quotient `w / scale`
+    /// code 0 (what the formula's float-to-integer cast gives).
     pub fn quantize_value(&self, w: f32, scale: f32, zero: u8) -> u8 {
+        if scale != 0.0 && (w / scale).is_nan() {
+            // quantize_granule's integer rounding assumes a number.
+            return 0;
+        }
         let mut c = [0u8];
         let zero = if self.symmetric { 0 } else { zero };
         self.quantize_granule(Params { scale, zero }, &[w], &mut c);
@@ -339,12 +374,17 @@ impl IntSpec {
     }
 
     /// The scale and zero point of a granule with statistics `st` (scale rounded to storage).
+    #[inline(always)]
     fn params(&self, st: Stats) -> Result<Params, FormatError> {
         let qmax = self.qmax() as f32;
+        // max(max, 0) and min(min, 0), written as selects so that a zero is always +0: which
+        // zero `f32::max` returns is unspecified, and −0 − (+0) would store a −0 scale.
+        let hi = if st.max > 0.0 { st.max } else { 0.0 };
+        let lo = if st.min < 0.0 { st.min } else { 0.0 };
         let raw = if self.symmetric {
             st.absmax / qmax
         } else {
-            (st.max.max(0.0) - st.min.min(0.0)) / qmax
+            (hi - lo) / qmax
         };
         let scale = round_to(self.scale_type, raw);
         if !scale.is_finite() {
@@ -357,46 +397,54 @@ impl IntSpec {
         let zero = if self.symmetric || scale == 0.0 {
             0
         } else {
-            (-st.min.min(0.0) / scale)
-                .round_ties_even()
-                .clamp(0.0, qmax) as u8
+            // rne(−min/s) clamped to [0, qmax]; the quotient is a number (finite min, scale ≠ 0).
+            round_even_i32(-lo / scale).clamp(0, self.qmax()) as u8
         };
         Ok(Params { scale, zero })
     }
 
     /// Quantize one granule's values into codes with `p` (see the module doc for the formulas).
+    ///
+    /// `w / p.scale` must not be NaN (finite weights and scale).
+    #[inline(always)]
     fn quantize_granule(&self, p: Params, w: &[f32], codes: &mut [u8]) {
-        let qmax = self.qmax() as f32;
         if p.scale == 0.0 {
             // absmax (range) 0, or a scale that underflowed its storage type: all zeros.
             codes.fill((self.code_offset() + p.zero as i32) as u8);
             return;
         }
-        if self.symmetric {
-            let off = self.code_offset() as f32;
-            for (c, &v) in codes.iter_mut().zip(w) {
-                *c = (round_even(v / p.scale).clamp(-qmax, qmax) + off) as u8;
-            }
+        // Both formulas as c = clamp(rne(w/s) + add, lo, hi), in integers (exact: all small):
+        // symmetric clamp(q, −qmax, qmax) + 2^(b−1) is clamp(q + 2^(b−1), 1, 2^b − 1),
+        // asymmetric clamp(q + z, 0, qmax) as it stands.
+        let qmax = self.qmax();
+        let (add, lo, hi) = if self.symmetric {
+            let off = self.code_offset();
+            (off, off - qmax, off + qmax)
         } else {
-            let z = p.zero as f32;
-            for (c, &v) in codes.iter_mut().zip(w) {
-                *c = (round_even(v / p.scale) + z).clamp(0.0, qmax) as u8;
-            }
+            (p.zero as i32, 0, qmax)
+        };
+        // Division, not multiplication by the reciprocal: that would round differently.
+        for (c, &v) in codes.iter_mut().zip(w) {
+            *c = (round_even_i32(v / p.scale) + add).max(lo).min(hi) as u8;
         }
     }
 }
 
-/// Round half to even, as `f32::round_ties_even`, for the quantizer's hot loop.
+/// `x` rounded half to even (as `f32::round_ties_even`) as an integer, for the quantizer's hot
+/// loop; |x| is first clamped to 4096, far beyond any code (|code| ≤ 255), which leaves every
+/// code the same.
 ///
 /// Hand-written because the baseline x86-64 target has no rounding instruction, so
 /// `round_ties_even` becomes a library call per element (measured 2× slower for int4 g64 on
-/// SmolLM2); adding and subtracting 1.5·2²³ rounds in the FPU's default mode (ties to even)
-/// and vectorises. Exact for |x| ≤ 2²² — inputs are first clamped to ±4096, far beyond any
-/// code (|code| ≤ 255), so the clamped results are the same.
+/// SmolLM2), and a float-to-integer cast must saturate and map NaN to 0, which costs several
+/// instructions a lane. Adding 1.5·2²³ rounds in the FPU's default mode (ties to even) and
+/// leaves the rounded value in the low mantissa bits — the sum lies in [2²³, 2²⁴), where the
+/// float spacing is 1 — so subtracting the bits of 1.5·2²³ reads it out; all of it vectorises.
+/// `x` must not be NaN.
 #[inline(always)]
-fn round_even(x: f32) -> f32 {
+fn round_even_i32(x: f32) -> i32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
-    (x.clamp(-4096.0, 4096.0) + MAGIC) - MAGIC
+    (x.clamp(-4096.0, 4096.0) + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
 }
 
 /// Quantize the row-major `[rows, cols]` matrix `w` with `spec`.
@@ -404,26 +452,42 @@ fn round_even(x: f32) -> f32 {
 /// Errors: an invalid spec or shape ([`IntSpec::validate`], [`FormatError::ShapeMismatch`]),
 /// a NaN or infinity in `w` ([`FormatError::NonFinite`], naming the first one), or a scale that
 /// overflows its storage type. Large tensors are quantized row-parallel with rayon; the result
-/// does not depend on the thread count.
+/// does not depend on the thread count, nor on the instruction set the CPU offers.
 pub fn quantize(
     w: &[f32],
     rows: usize,
     cols: usize,
     spec: IntSpec,
 ) -> Result<IntTensor, FormatError> {
-    quantize_impl(w, rows, cols, spec, w.len() >= PAR_MIN_ELEMENTS)
+    quantize_impl(w, rows, cols, spec, w.len() >= PAR_MIN_ELEMENTS, true)
 }
 
-/// One row's work item: (((weights, packed bytes), scales), zero points).
-type RowJob<'a> = (((&'a [f32], &'a mut [u8]), &'a mut [f32]), &'a mut [u8]);
+/// Weights per parallel work item, at least (rounded up to whole rows).
+const PAR_JOB_ELEMENTS: usize = 1 << 14;
 
-/// [`quantize`] with the choice of parallel or serial (reference) execution.
+/// A run of whole rows to quantize, starting at row `row0`.
+struct Job<'a> {
+    /// Index of the first row.
+    row0: usize,
+    /// The rows' weights.
+    w: &'a [f32],
+    /// The rows' packed codes.
+    packed: &'a mut [u8],
+    /// The rows' scales, [`IntSpec::scales_per_row`] (at least one) per row.
+    scales: &'a mut [f32],
+    /// The rows' zero points, laid out as `scales`.
+    zeros: &'a mut [u8],
+}
+
+/// [`quantize`] with the choice of parallel or serial execution, and of the AVX2 build of the
+/// kernel (where the CPU has it) or the baseline one.
 fn quantize_impl(
     w: &[f32],
     rows: usize,
     cols: usize,
     spec: IntSpec,
     parallel: bool,
+    simd: bool,
 ) -> Result<IntTensor, FormatError> {
     spec.validate(rows, cols)?;
     if w.len() != rows * cols {
@@ -435,20 +499,19 @@ fn quantize_impl(
             actual: w.len(),
         });
     }
-    check_finite(w, cols, FORMAT)?;
 
-    let row_bytes = spec.row_bytes(cols);
-    let per_row = spec.scales_per_row(cols);
-    let glen = spec.granule_len(cols);
     // Tensor granularity: one set of statistics over everything, computed up front.
     let global = if spec.granularity == Granularity::Tensor {
-        let st = if parallel {
+        let (st, finite) = if parallel {
             w.par_chunks(cols)
-                .map(Stats::of)
-                .reduce(|| Stats::EMPTY, Stats::merge)
+                .map(Stats::scan)
+                .reduce(|| (Stats::EMPTY, true), |a, b| (a.0.merge(b.0), a.1 && b.1))
         } else {
-            Stats::of(w)
+            Stats::scan(w)
         };
+        if !finite {
+            check_finite(w, cols, FORMAT)?;
+        }
         Some(spec.params(st)?)
     } else {
         None
@@ -456,40 +519,48 @@ fn quantize_impl(
 
     // Tensor granularity has no per-row scales; give each row a dummy slot so the chunked
     // iteration below stays uniform (replaced by the single global scale at the end).
-    let per = per_row.max(1);
+    let per = spec.scales_per_row(cols).max(1);
+    let row_bytes = spec.row_bytes(cols);
     let mut packed = vec![0u8; rows * row_bytes];
     let mut scales = vec![0f32; rows * per];
     let mut zeros = vec![0u8; rows * per];
-    // One row: its granules' parameters, then codes, then packing.
-    let do_row = |(((wr, pr), sr), zr): RowJob| {
-        let mut codes = vec![0u8; cols];
-        for (j, (wg, cg)) in wr.chunks(glen).zip(codes.chunks_mut(glen)).enumerate() {
-            let p = match global {
-                Some(p) => p,
-                None => {
-                    let p = spec.params(Stats::of(wg))?;
-                    sr[j] = p.scale;
-                    zr[j] = p.zero;
-                    p
-                }
-            };
-            spec.quantize_granule(p, wg, cg);
-        }
-        pack_into(&codes, spec.bits, pr);
-        Ok::<(), FormatError>(())
+    let job_rows = PAR_JOB_ELEMENTS.div_ceil(cols);
+    let run = |(i, ((w, packed), (scales, zeros))): (usize, _)| {
+        let job = Job {
+            row0: i * job_rows,
+            w,
+            packed,
+            scales,
+            zeros,
+        };
+        spec.quantize_job(cols, global, job, simd)
     };
-    if parallel {
-        w.par_chunks(cols)
-            .zip(packed.par_chunks_mut(row_bytes))
-            .zip(scales.par_chunks_mut(per))
-            .zip(zeros.par_chunks_mut(per))
-            .try_for_each(do_row)?;
+    let res = if parallel {
+        w.par_chunks(job_rows * cols)
+            .zip(packed.par_chunks_mut(job_rows * row_bytes))
+            .zip(
+                scales
+                    .par_chunks_mut(job_rows * per)
+                    .zip(zeros.par_chunks_mut(job_rows * per)),
+            )
+            .enumerate()
+            .try_for_each(run)
     } else {
-        w.chunks(cols)
-            .zip(packed.chunks_mut(row_bytes))
-            .zip(scales.chunks_mut(per))
-            .zip(zeros.chunks_mut(per))
-            .try_for_each(do_row)?;
+        w.chunks(job_rows * cols)
+            .zip(packed.chunks_mut(job_rows * row_bytes))
+            .zip(
+                scales
+                    .chunks_mut(job_rows * per)
+                    .zip(zeros.chunks_mut(job_rows * per)),
+            )
+            .enumerate()
+            .try_for_each(run)
+    };
+    if let Err(e) = res {
+        // The first NaN or infinity of the tensor is the error, whichever job stopped first
+        // and whatever it found.
+        check_finite(w, cols, FORMAT)?;
+        return Err(e);
     }
     if let Some(p) = global {
         scales = vec![p.scale];
@@ -500,9 +571,145 @@ fn quantize_impl(
         rows,
         cols,
         packed,
-        scales: float::encode(spec.scale_type, &scales),
+        scales: encode_scales(spec.scale_type, &scales),
         zeros: if spec.symmetric { None } else { Some(zeros) },
     })
+}
+
+/// `scales` as little-endian bytes of `ty`, as [`float::encode`] writes them, with one bulk
+/// conversion (vector instructions where the CPU has them) instead of one call per value: a
+/// million scales a model, and per-value calls cost a tenth of the quantizer's time. The
+/// values are already representable in `ty`, so any conversion gives the same bits.
+fn encode_scales(ty: FloatType, scales: &[f32]) -> Vec<u8> {
+    use half::slice::HalfFloatSliceExt;
+    let bits: Vec<u16> = match ty {
+        FloatType::F32 => return float::encode(ty, scales),
+        FloatType::F16 => {
+            let mut h = vec![half::f16::ZERO; scales.len()];
+            h.convert_from_f32_slice(scales);
+            h.reinterpret_cast().to_vec()
+        }
+        FloatType::BF16 => {
+            let mut h = vec![half::bf16::ZERO; scales.len()];
+            h.convert_from_f32_slice(scales);
+            h.reinterpret_cast().to_vec()
+        }
+    };
+    let mut out = vec![0u8; 2 * bits.len()];
+    for (o, b) in out.chunks_exact_mut(2).zip(&bits) {
+        o.copy_from_slice(&b.to_le_bytes());
+    }
+    out
+}
+
+impl IntSpec {
+    /// Quantize the rows of `job` (of `cols` values) with the AVX2 build of the kernel if
+    /// `simd` and the CPU has AVX2, else the baseline build; `global` is the parameters of the
+    /// single granule of a Tensor-granularity spec.
+    fn quantize_job(
+        &self,
+        cols: usize,
+        global: Option<Params>,
+        job: Job,
+        simd: bool,
+    ) -> Result<(), FormatError> {
+        #[cfg(target_arch = "x86_64")]
+        if simd && std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            return unsafe { self.quantize_job_avx2(cols, global, job) };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = simd;
+        self.quantize_job_kernel(cols, global, job)
+    }
+
+    /// [`IntSpec::quantize_job_kernel`] compiled for AVX2, twice the vector width of the
+    /// baseline x86-64 target (SSE2). The operations are the same IEEE ones (no FMA
+    /// contraction), so the codes are too.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn quantize_job_avx2(
+        &self,
+        cols: usize,
+        global: Option<Params>,
+        job: Job,
+    ) -> Result<(), FormatError> {
+        self.quantize_job_kernel(cols, global, job)
+    }
+
+    /// Quantize the rows of `job`: per granule, statistics (and the finiteness check), scale
+    /// and zero point, codes; per row, packing. Inlined into each instruction-set build.
+    #[inline(always)]
+    fn quantize_job_kernel(
+        &self,
+        cols: usize,
+        global: Option<Params>,
+        job: Job,
+    ) -> Result<(), FormatError> {
+        let per = self.scales_per_row(cols).max(1);
+        let rows = job
+            .w
+            .chunks_exact(cols)
+            .zip(job.packed.chunks_exact_mut(self.row_bytes(cols)))
+            .zip(job.scales.chunks_exact_mut(per))
+            .zip(job.zeros.chunks_exact_mut(per));
+        if self.bits == 8 {
+            // One code per byte: written in place.
+            for (r, (((wr, pr), sr), zr)) in rows.enumerate() {
+                self.quantize_row(job.row0 + r, global, wr, pr, sr, zr)?;
+            }
+        } else {
+            let mut codes = vec![0u8; cols];
+            for (r, (((wr, pr), sr), zr)) in rows.enumerate() {
+                self.quantize_row(job.row0 + r, global, wr, &mut codes, sr, zr)?;
+                pack_into(&codes, self.bits, pr);
+            }
+        }
+        Ok(())
+    }
+
+    /// Codes of row `row` (`wr`) into `codes`, its granules' scales and zero points into `sr`
+    /// and `zr` (untouched when `global` gives the Tensor granularity's).
+    #[inline(always)]
+    fn quantize_row(
+        &self,
+        row: usize,
+        global: Option<Params>,
+        wr: &[f32],
+        codes: &mut [u8],
+        sr: &mut [f32],
+        zr: &mut [u8],
+    ) -> Result<(), FormatError> {
+        if let Some(p) = global {
+            self.quantize_granule(p, wr, codes);
+            return Ok(());
+        }
+        let glen = self.granule_len(wr.len());
+        // Two passes over the row's granules, parameters then codes, rather than one granule
+        // at a time: a granule's parameters are a chain of dependent scalar operations
+        // (divisions, roundings) that the codes wait for; side by side, the chains overlap.
+        for ((wg, s), z) in wr.chunks_exact(glen).zip(sr.iter_mut()).zip(zr.iter_mut()) {
+            let (st, finite) = Stats::scan(wg);
+            if !finite {
+                let col = wr.iter().position(|v| !v.is_finite()).unwrap_or(0);
+                return Err(FormatError::NonFinite {
+                    format: FORMAT,
+                    index: row * wr.len() + col,
+                    row,
+                    col,
+                    value: wr[col],
+                });
+            }
+            let p = self.params(st)?;
+            (*s, *z) = (p.scale, p.zero);
+        }
+        let granules = wr.chunks_exact(glen).zip(codes.chunks_exact_mut(glen));
+        for ((wg, cg), (&scale, &zero)) in granules.zip(sr.iter().zip(zr.iter())) {
+            self.quantize_granule(Params { scale, zero }, wg, cg);
+        }
+        Ok(())
+    }
 }
 
 /// Error naming the first NaN or infinity of the row-major `w` with `cols` columns, if any.
@@ -705,10 +912,10 @@ pub fn packed_len(n: usize, bits: u8) -> usize {
 /// not fit in `bits` bits.
 pub fn pack(codes: &[u8], bits: u8) -> Vec<u8> {
     assert!((1..=8).contains(&bits), "pack: {bits} bits");
-    if bits < 8 {
-        if let Some(c) = codes.iter().find(|&&c| c >> bits != 0) {
-            panic!("pack: code {c} does not fit in {bits} bits");
-        }
+    // An OR over all codes first (it vectorises); the culprit is looked for only if there is one.
+    if bits < 8 && codes.iter().fold(0, |a, &c| a | c) >> bits != 0 {
+        let c = codes.iter().find(|&&c| c >> bits != 0).unwrap_or(&0);
+        panic!("pack: code {c} does not fit in {bits} bits");
     }
     let mut out = vec![0u8; packed_len(codes.len(), bits)];
     pack_into(codes, bits, &mut out);
@@ -741,13 +948,19 @@ pub fn unpack(bytes: &[u8], bits: u8, n: usize) -> Result<Vec<u8>, FormatError> 
 }
 
 /// Pack valid `codes` into exactly `packed_len(codes.len(), bits)` bytes of `out`.
+#[inline(always)]
 fn pack_into(codes: &[u8], bits: u8, out: &mut [u8]) {
     debug_assert_eq!(out.len(), packed_len(codes.len(), bits));
     match bits {
         8 => out.copy_from_slice(codes),
         4 => {
-            for (o, c) in out.iter_mut().zip(codes.chunks(2)) {
-                *o = c[0] | c.get(1).map_or(0, |&h| h << 4);
+            // Whole pairs first (`chunks_exact` vectorises), then an odd last code.
+            let mut pairs = codes.chunks_exact(2);
+            for (o, c) in out.iter_mut().zip(&mut pairs) {
+                *o = c[0] | c[1] << 4;
+            }
+            if let [last] = pairs.remainder() {
+                out[codes.len() / 2] = *last;
             }
         }
         _ => {
@@ -774,8 +987,15 @@ fn unpack_into(bytes: &[u8], bits: u8, out: &mut [u8]) {
     match bits {
         8 => out.copy_from_slice(&bytes[..out.len()]),
         4 => {
-            for (i, o) in out.iter_mut().enumerate() {
-                *o = (bytes[i / 2] >> ((i % 2) * 4)) & 0x0F;
+            // Whole pairs first (`chunks_exact` vectorises), then an odd last code.
+            let n = out.len();
+            let mut pairs = out.chunks_exact_mut(2);
+            for (o, &b) in (&mut pairs).zip(bytes) {
+                o[0] = b & 0x0F;
+                o[1] = b >> 4;
+            }
+            if let [last] = pairs.into_remainder() {
+                *last = bytes[n / 2] & 0x0F;
             }
         }
         _ => {
@@ -798,17 +1018,19 @@ fn unpack_into(bytes: &[u8], bits: u8, out: &mut [u8]) {
 #[cfg(test)]
 mod round_tests {
     #[test]
-    fn round_even_matches_round_ties_even() {
+    fn round_even_i32_matches_round_ties_even() {
         let mut x = -300.0f32;
         while x < 300.0 {
-            assert_eq!(super::round_even(x), x.round_ties_even(), "{x}");
+            assert_eq!(super::round_even_i32(x) as f32, x.round_ties_even(), "{x}");
             x += 0.125 / 3.0;
         }
-        for t in [-2.5f32, -1.5, -0.5, 0.5, 1.5, 2.5, 254.5, 255.5] {
-            assert_eq!(super::round_even(t), t.round_ties_even(), "{t}");
+        for t in [
+            -2.5f32, -1.5, -0.5, -0.0, 0.5, 1.5, 2.5, 254.5, 255.5, 4095.5,
+        ] {
+            assert_eq!(super::round_even_i32(t) as f32, t.round_ties_even(), "{t}");
         }
-        assert_eq!(super::round_even(1e9), 4096.0);
-        assert_eq!(super::round_even(-1e9), -4096.0);
+        assert_eq!(super::round_even_i32(1e9), 4096);
+        assert_eq!(super::round_even_i32(f32::NEG_INFINITY), -4096);
     }
 }
 
@@ -847,8 +1069,15 @@ mod tests {
             .sum();
         assert_eq!(p, stream.to_le_bytes()[..3]);
         assert_eq!(pack(&[0x1, 0xF, 0x3], 4), vec![0xF1, 0x03]);
+        assert_eq!(unpack(&[0xF1, 0x03], 4, 3).unwrap(), [0x1, 0xF, 0x3]);
         assert_eq!(pack(&[1, 2, 3, 0, 3], 2), vec![0b00_11_10_01, 0b11]);
         assert_eq!(unpack(&p, 3, 8).unwrap(), codes);
+    }
+
+    #[test]
+    #[should_panic(expected = "pack: code 16 does not fit in 4 bits")]
+    fn pack_refuses_wide_codes() {
+        pack(&[1, 2, 16, 3], 4);
     }
 
     #[test]
@@ -952,14 +1181,79 @@ mod tests {
                     granularity: g,
                     scale_type: FloatType::BF16,
                 };
-                let a = quantize_impl(&w, rows, cols, spec, true).unwrap();
-                let b = quantize_impl(&w, rows, cols, spec, false).unwrap();
+                let a = quantize_impl(&w, rows, cols, spec, true, true).unwrap();
+                let b = quantize_impl(&w, rows, cols, spec, false, true).unwrap();
                 assert_eq!(a, b, "{}", spec.name());
                 let mut serial = vec![0f32; rows * cols];
                 for (r, o) in serial.chunks_mut(cols).enumerate() {
                     a.dequantize_row(r, o);
                 }
                 assert_eq!(a.dequantize(), serial);
+            }
+        }
+    }
+
+    #[test]
+    fn simd_build_matches_baseline() {
+        // Odd column counts and granule lengths exercise the vector loops' tails; zeros of
+        // both signs, a subnormal and a constant row the corner cases of the statistics.
+        let (rows, cols) = (40, 105);
+        let mut w = noise(rows * cols, 11);
+        w[..cols].fill(-0.0);
+        w[cols..2 * cols]
+            .iter_mut()
+            .step_by(2)
+            .for_each(|v| *v = 0.0);
+        w[2 * cols + 3] = 1e-40;
+        w[3 * cols..4 * cols].fill(0.75);
+        for bits in SUPPORTED_BITS {
+            for g in [
+                Granularity::Tensor,
+                Granularity::Channel,
+                Granularity::Group(15),
+                Granularity::Group(35),
+            ] {
+                for sym in [true, false] {
+                    for scale_type in [FloatType::F32, FloatType::F16, FloatType::BF16] {
+                        let spec = IntSpec {
+                            bits,
+                            symmetric: sym,
+                            granularity: g,
+                            scale_type,
+                        };
+                        let a = quantize_impl(&w, rows, cols, spec, false, true).unwrap();
+                        let b = quantize_impl(&w, rows, cols, spec, false, false).unwrap();
+                        assert_eq!(a, b, "{}", spec.name());
+                        // Rows packed by the generic bit-stream writer give the same bytes.
+                        let rb = a.row_bytes();
+                        for (c, p) in a.codes().chunks(cols).zip(a.packed.chunks(rb)) {
+                            assert_eq!(pack(c, bits), p, "{}", spec.name());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn non_finite_is_named_first_one() {
+        let (rows, cols) = (64, 1024);
+        let mut w = noise(rows * cols, 5);
+        w[40 * cols + 7] = f32::INFINITY;
+        w[3 * cols + 900] = f32::NAN;
+        for g in [
+            Granularity::Tensor,
+            Granularity::Channel,
+            Granularity::Group(64),
+        ] {
+            for parallel in [true, false] {
+                let spec = IntSpec::asymmetric(4, g, FloatType::F16);
+                match quantize_impl(&w, rows, cols, spec, parallel, true) {
+                    Err(FormatError::NonFinite {
+                        index, row, col, ..
+                    }) => assert_eq!((index, row, col), (3 * cols + 900, 3, 900)),
+                    other => panic!("{other:?}"),
+                }
             }
         }
     }

@@ -488,35 +488,48 @@ const PAR_MIN_ELEMENTS: usize = 1 << 16;
 /// Errors: an invalid block size, an empty tensor, or a NaN / infinity (the first is named).
 /// Large tensors are quantized block-parallel with rayon; the result does not depend on it.
 pub fn quantize(w: &[f32], spec: Nf4Spec) -> Result<Nf4Tensor, FormatError> {
-    quantize_impl(w, spec, w.len() >= PAR_MIN_ELEMENTS)
+    quantize_impl(w, spec, w.len() >= PAR_MIN_ELEMENTS, true)
 }
 
-/// [`quantize`] with the choice of parallel or serial (reference) execution.
-fn quantize_impl(w: &[f32], spec: Nf4Spec, parallel: bool) -> Result<Nf4Tensor, FormatError> {
+/// [`quantize`] with the choice of parallel or serial execution, and of the AVX2 build of the
+/// kernel (where the CPU has it) or the baseline one.
+fn quantize_impl(
+    w: &[f32],
+    spec: Nf4Spec,
+    parallel: bool,
+    simd: bool,
+) -> Result<Nf4Tensor, FormatError> {
     spec.validate()?;
     if w.is_empty() {
         return Err(FormatError::Empty { format: FORMAT });
     }
-    crate::int::check_finite(w, usize::MAX, FORMAT)?;
     let b = spec.block_size;
     let numel = w.len();
     let mut packed = vec![0u8; numel.div_ceil(2)];
     let mut absmax = vec![0f32; numel.div_ceil(b)];
     let blocks_per_chunk = (PAR_CHUNK_ELEMENTS / b).max(1);
     let chunk = blocks_per_chunk * b;
+    // A chunk with a NaN or infinity stops with Err(()); the error names the tensor's first.
     let work = |((wc, pc), ac): ((&[f32], &mut [u8]), &mut [f32])| {
-        quantize_blocks(spec.kind, b, wc, pc, ac)
+        if quantize_blocks(spec.kind, b, wc, pc, ac, simd) {
+            Ok(())
+        } else {
+            Err(())
+        }
     };
-    if parallel {
+    let finite = if parallel {
         w.par_chunks(chunk)
             .zip(packed.par_chunks_mut(chunk / 2))
             .zip(absmax.par_chunks_mut(blocks_per_chunk))
-            .for_each(work);
+            .try_for_each(work)
     } else {
         w.chunks(chunk)
             .zip(packed.chunks_mut(chunk / 2))
             .zip(absmax.chunks_mut(blocks_per_chunk))
-            .for_each(work);
+            .try_for_each(work)
+    };
+    if finite.is_err() {
+        crate::int::check_finite(w, usize::MAX, FORMAT)?;
     }
     let absmax = if spec.double_quant {
         Absmax::double(&absmax)
@@ -532,32 +545,124 @@ fn quantize_impl(w: &[f32], spec: Nf4Spec, parallel: bool) -> Result<Nf4Tensor, 
 }
 
 /// Quantize whole blocks of `w` (only the tensor's last block may be short) into `packed`
-/// (`ceil(w.len()/2)` bytes) and `absmax` (one per block).
-fn quantize_blocks(kind: Fp4Kind, b: usize, w: &[f32], packed: &mut [u8], absmax: &mut [f32]) {
-    let mut idx = vec![0u8; b];
-    let pad = kind.nearest(0.0);
-    for ((wb, pb), a) in w.chunks(b).zip(packed.chunks_mut(b / 2)).zip(absmax) {
-        let m = wb.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let idx = &mut idx[..wb.len()];
+/// (`ceil(w.len()/2)` bytes) and `absmax` (one per block), with the AVX2 build of the kernel if
+/// `simd` and the CPU has AVX2. False, with the outputs unfinished, if `w` holds a NaN or an
+/// infinity.
+fn quantize_blocks(
+    kind: Fp4Kind,
+    b: usize,
+    w: &[f32],
+    packed: &mut [u8],
+    absmax: &mut [f32],
+    simd: bool,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if simd && std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { quantize_blocks_avx2(kind, b, w, packed, absmax) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = simd;
+    quantize_blocks_kernel(kind, b, w, packed, absmax)
+}
+
+/// [`quantize_blocks_kernel`] compiled for AVX2, twice the vector width of the baseline x86-64
+/// target (SSE2). The operations are the same IEEE ones (no FMA contraction), so the indices
+/// are too.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn quantize_blocks_avx2(
+    kind: Fp4Kind,
+    b: usize,
+    w: &[f32],
+    packed: &mut [u8],
+    absmax: &mut [f32],
+) -> bool {
+    quantize_blocks_kernel(kind, b, w, packed, absmax)
+}
+
+/// The body of [`quantize_blocks`], inlined into each instruction-set build.
+#[inline(always)]
+fn quantize_blocks_kernel(
+    kind: Fp4Kind,
+    b: usize,
+    w: &[f32],
+    packed: &mut [u8],
+    absmax: &mut [f32],
+) -> bool {
+    let (bounds, order) = match kind {
+        Fp4Kind::Nf4 => (&NF4_BOUNDS, &NF4_ORDER),
+        Fp4Kind::Fp4 => (&FP4_BOUNDS, &FP4_ORDER),
+    };
+    // Indices of the whole run of blocks, then packed in one go: per block, the packing loop
+    // would be too short for its vectorised body.
+    // (u32, not u8: stored at full width, the counts of `bucket` stay in the compares' 32-bit
+    // lanes instead of being narrowed to bytes compare by compare.)
+    let mut idx = vec![0u32; w.len()];
+    for ((wb, qb), a) in w.chunks(b).zip(idx.chunks_mut(b)).zip(absmax) {
+        let Some(m) = block_absmax(wb) else {
+            return false;
+        };
         if wb.len() == b {
             // bitsandbytes: A * (1.0 / absmax.clamp(min=1e-38)), clamped to [-1, 1].
             *a = m;
             let inv = 1.0 / m.max(ABSMAX_FLOOR);
-            for (q, &v) in idx.iter_mut().zip(wb) {
-                *q = kind.nearest((v * inv).clamp(-1.0, 1.0));
+            for (q, &v) in qb.iter_mut().zip(wb) {
+                *q = bucket(bounds, (v * inv).clamp(-1.0, 1.0));
             }
         } else {
             // The partial last block: am = absmax.clamp(min=1e-38) is stored, A / am.
             let am = m.max(ABSMAX_FLOOR);
             *a = am;
-            for (q, &v) in idx.iter_mut().zip(wb) {
-                *q = kind.nearest((v / am).clamp(-1.0, 1.0));
+            for (q, &v) in qb.iter_mut().zip(wb) {
+                *q = bucket(bounds, (v / am).clamp(-1.0, 1.0));
             }
         }
-        for (p, q) in pb.iter_mut().zip(idx.chunks(2)) {
-            *p = (q[0] << 4) | q.get(1).copied().unwrap_or(pad);
+    }
+    if kind != Fp4Kind::Nf4 {
+        // NF4's order is the identity.
+        idx.iter_mut()
+            .for_each(|q| *q = order[(*q & 15) as usize] as u32);
+    }
+    // Two indices a byte, the first in the high nibble (blocks have even lengths, so pairs
+    // never straddle two); an odd last index is paired with the code of 0.0.
+    let mut pairs = idx.chunks_exact(2);
+    for (p, q) in packed.iter_mut().zip(&mut pairs) {
+        *p = ((q[0] << 4) | q[1]) as u8;
+    }
+    if let [last] = pairs.remainder() {
+        packed[idx.len() / 2] = (*last as u8) << 4 | kind.nearest(0.0);
+    }
+    true
+}
+
+/// max |v| over `block`, or None if it holds a NaN or an infinity.
+///
+/// Taken on the bits, in 16 independent lanes so that it vectorises (a float max is a serial
+/// chain the compiler may not reorder): for finite floats `bits & 0x7fff_ffff` orders as |v|,
+/// and it reaches 0x7f80_0000 exactly for the infinities and NaNs.
+#[inline(always)]
+fn block_absmax(block: &[f32]) -> Option<f32> {
+    let mut lanes = [0u32; 16];
+    let mut chunks = block.chunks_exact(16);
+    for c in &mut chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l = (*l).max(v.to_bits() & 0x7fff_ffff);
         }
     }
+    let mut m = lanes.into_iter().fold(0, u32::max);
+    for v in chunks.remainder() {
+        m = m.max(v.to_bits() & 0x7fff_ffff);
+    }
+    (m < 0x7f80_0000).then(|| f32::from_bits(m))
+}
+
+/// The number of `bounds` strictly below `x`: the sorted position [`Fp4Kind::nearest`] finds
+/// with a binary search (`torch.bucketize`, `right=False`), counted instead so that it
+/// vectorises across values (15 compares a value, no branches).
+#[inline(always)]
+fn bucket(bounds: &[f32; 15], x: f32) -> u32 {
+    bounds.iter().fold(0, |n, &b| n + (b < x) as u32)
 }
 
 impl Nf4Tensor {
@@ -735,9 +840,58 @@ mod tests {
                 double_quant: false,
             },
         ] {
-            let a = quantize_impl(&w, spec, true).unwrap();
-            let b = quantize_impl(&w, spec, false).unwrap();
+            let a = quantize_impl(&w, spec, true, true).unwrap();
+            let b = quantize_impl(&w, spec, false, true).unwrap();
             assert_eq!(a, b, "{}", spec.name());
+        }
+    }
+
+    #[test]
+    fn simd_build_matches_baseline() {
+        // An odd count: a partial last block and a padded last byte; zeros of both signs.
+        let n = 2 * PAR_CHUNK_ELEMENTS + 4096 + 77;
+        let mut w: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 0.001 * (1 + i % 5) as f32)
+            .collect();
+        w[..64].fill(-0.0);
+        w[64..128].iter_mut().step_by(3).for_each(|v| *v = 0.0);
+        for kind in [Fp4Kind::Nf4, Fp4Kind::Fp4] {
+            for block_size in [32, 64, 4096] {
+                let spec = Nf4Spec {
+                    kind,
+                    block_size,
+                    double_quant: false,
+                };
+                let a = quantize_impl(&w, spec, false, true).unwrap();
+                let b = quantize_impl(&w, spec, false, false).unwrap();
+                assert_eq!(a, b, "{}", spec.name());
+                // The indices are the nearest code values, as `nearest` finds them.
+                let absmax = a.absmax.values();
+                for (i, (&v, &q)) in w.iter().zip(&a.indices()).enumerate() {
+                    let am = absmax[i / block_size].max(ABSMAX_FLOOR);
+                    let x = if i < n / block_size * block_size {
+                        v * (1.0 / am)
+                    } else {
+                        v / am
+                    };
+                    assert_eq!(q, kind.nearest(x.clamp(-1.0, 1.0)), "{} {i}", spec.name());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn non_finite_is_named_first_one() {
+        let mut w = vec![0.5f32; 5 * PAR_CHUNK_ELEMENTS];
+        w[4 * PAR_CHUNK_ELEMENTS + 3] = f32::NAN;
+        w[PAR_CHUNK_ELEMENTS + 9] = f32::NEG_INFINITY;
+        for parallel in [true, false] {
+            match quantize_impl(&w, Nf4Spec::qlora(), parallel, true) {
+                Err(FormatError::NonFinite { index, .. }) => {
+                    assert_eq!(index, PAR_CHUNK_ELEMENTS + 9)
+                }
+                other => panic!("{other:?}"),
+            }
         }
     }
 
