@@ -392,3 +392,93 @@ fn compare_reports_size_quality_layers_histogram_and_generations() {
         .unwrap()
         .contains("| model | method |"));
 }
+
+/// Every method runs end to end on the BERT and DistilBERT classifier fixtures: encoder
+/// linears are quantized (embeddings and the classifier head stay), read back bit-exactly, and
+/// the quantized classifier agrees with the float32 one holding the same weights.
+#[test]
+fn every_method_on_encoder_classifiers() {
+    use shrink_models::{Architecture, BertClassifier, BertConfig, WeightLoader};
+    let methods: [&[&str]; 7] = [
+        &["--method", "absmax-int8"],
+        &["--method", "zeropoint-int8", "--granularity", "channel"],
+        &["--method", "int", "--bits", "4", "--group-size", "32"],
+        &["--method", "nf4", "--double-quant"],
+        &["--method", "fp4"],
+        &["--method", "llm-int8", "--threshold", "0.5"],
+        &["--method", "dynamic-int8"],
+    ];
+    let classify = |dir: &std::path::Path| {
+        let ckpt = Checkpoint::open(dir).unwrap();
+        let cfg = BertConfig::from_checkpoint(&ckpt).unwrap();
+        let m = BertClassifier::load(cfg, &WeightLoader::new(&ckpt, None, &[])).unwrap();
+        let quantized = m.layers[0].query.is_quantized();
+        let logits = m
+            .forward(&[2, 7, 11, 5, 3])
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        (logits, quantized)
+    };
+    for arch in ["tiny-bert_cls", "tiny-distilbert_cls"] {
+        let src = fixture(arch);
+        let a = Checkpoint::open(&src).unwrap();
+        let linears = Architecture::from_checkpoint(&a).unwrap().block_linears();
+        assert!(!linears.is_empty());
+        for args in methods {
+            let tmp = tempfile::tempdir().unwrap();
+            let out = tmp.path().join("q");
+            let mut full = vec![
+                "quantize",
+                src.to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+            ];
+            full.extend_from_slice(args);
+            full.push("--json");
+            let r = shrink(&full);
+            assert!(
+                r.status.success(),
+                "{arch} {args:?}: {}",
+                String::from_utf8_lossy(&r.stderr)
+            );
+            let report: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+            assert_eq!(
+                report["quantized_tensors"].as_u64().unwrap() as usize,
+                linears.len()
+            );
+            let dense = tmp.path().join("dense");
+            let c = shrink(&[
+                "convert",
+                out.to_str().unwrap(),
+                "--dtype",
+                "f32",
+                "-o",
+                dense.to_str().unwrap(),
+            ]);
+            assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+            // Untouched weights are copied exactly; quantized ones differ from the source.
+            let b = Checkpoint::open(&dense).unwrap();
+            let head = "classifier.weight";
+            assert_eq!(a.read_f32(head).unwrap(), b.read_f32(head).unwrap());
+            assert_ne!(
+                a.read_f32(&linears[0].weight).unwrap(),
+                b.read_f32(&linears[0].weight).unwrap()
+            );
+            let ((lq, is_q), (ld, _)) = (classify(&out), classify(&dense));
+            assert!(is_q, "{arch} {args:?}: the encoder should run quantized");
+            let err = lq
+                .iter()
+                .zip(&ld)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            let mag = ld.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let int8_act = args.contains(&"llm-int8") || args.contains(&"dynamic-int8");
+            let tol = if int8_act { 0.05 * mag } else { 1e-5 * mag };
+            assert!(
+                err <= tol,
+                "{arch} {args:?}: logits differ by {err} (magnitude {mag})"
+            );
+        }
+    }
+}

@@ -7,7 +7,7 @@
 //! module name (`model.layers.0.mlp.down_proj`); `*` crosses dots.
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
-use shrink_models::{LinearInfo, ModelConfig};
+use shrink_models::{Architecture, LinearInfo};
 
 use crate::error::{MethodError, Result};
 
@@ -45,11 +45,11 @@ fn matches(set: &GlobSet, name: &str) -> bool {
 impl Selection {
     /// The weights to touch in a model of `cfg`, in load order. Errors when a pattern matches
     /// nothing (a typo should not silently quantize the default set) or nothing is selected.
-    pub fn resolve(&self, cfg: &ModelConfig) -> Result<Vec<LinearInfo>> {
+    pub fn resolve(&self, arch: &Architecture) -> Result<Vec<LinearInfo>> {
         let inc = globset(&self.include)?;
         let exc = globset(&self.exclude)?;
-        let defaults = shrink_models::decoder_linears(cfg);
-        let shapes = shrink_models::weight_shapes(cfg);
+        let defaults = arch.block_linears();
+        let shapes = arch.weight_shapes();
         for p in self.include.iter().chain(&self.exclude) {
             let one = globset(std::slice::from_ref(p))?;
             if !shapes.iter().any(|(n, _)| matches(&one, n)) {
@@ -92,8 +92,8 @@ mod tests {
     use super::*;
     use shrink_models::config::LlamaConfig;
 
-    fn cfg() -> ModelConfig {
-        ModelConfig::Llama(LlamaConfig {
+    fn cfg() -> shrink_models::ModelConfig {
+        shrink_models::ModelConfig::Llama(LlamaConfig {
             model_type: "llama".into(),
             hidden_size: 8,
             intermediate_size: 16,
@@ -115,7 +115,7 @@ mod tests {
 
     #[test]
     fn default_is_every_decoder_linear() {
-        let s = Selection::default().resolve(&cfg()).unwrap();
+        let s = Selection::default().resolve(&cfg().into()).unwrap();
         assert_eq!(s.len(), 14);
         assert!(s.iter().all(|l| l.weight.starts_with("model.layers.")));
     }
@@ -126,7 +126,7 @@ mod tests {
             include: vec!["model.embed_tokens".into()],
             exclude: vec!["*.down_proj".into()],
         };
-        let r = s.resolve(&cfg()).unwrap();
+        let r = s.resolve(&cfg().into()).unwrap();
         assert_eq!(r.len(), 14 - 2 + 1);
         assert!(r.iter().any(|l| l.weight == "model.embed_tokens.weight"));
         assert!(!r.iter().any(|l| l.weight.contains("down_proj")));
@@ -139,7 +139,7 @@ mod tests {
             exclude: vec![],
         };
         assert!(s
-            .resolve(&cfg())
+            .resolve(&cfg().into())
             .unwrap_err()
             .to_string()
             .contains("matches no weight"));
@@ -148,7 +148,7 @@ mod tests {
             exclude: vec!["*".into()],
         };
         assert!(s
-            .resolve(&cfg())
+            .resolve(&cfg().into())
             .unwrap_err()
             .to_string()
             .contains("no weight selected"));
@@ -157,7 +157,7 @@ mod tests {
             exclude: vec![],
         };
         assert!(matches!(
-            s.resolve(&cfg()),
+            s.resolve(&cfg().into()),
             Err(MethodError::Pattern { .. })
         ));
     }

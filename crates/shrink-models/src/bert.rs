@@ -360,11 +360,15 @@ impl BertClassifier {
     pub fn load(cfg: BertConfig, w: &WeightLoader) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         let p = prefix(cfg.kind);
+        // Kept quantized when the checkpoint stores a weight quantized.
         let lin = |name: &str, out: usize, inp: usize| -> Result<Linear> {
-            Ok(Linear::new(
-                w.get(&format!("{name}.weight"), &[out, inp])?,
-                Some(w.get(&format!("{name}.bias"), &[out])?),
-            )?)
+            let bias = format!("{name}.bias");
+            let l = w.linear(&format!("{name}.weight"), out, inp, Some(&bias))?;
+            if l.bias.is_none() {
+                // Every BERT linear has a bias: a missing one is a broken checkpoint.
+                w.get(&bias, &[out])?;
+            }
+            Ok(l)
         };
         let ln = |name: &str| -> Result<LayerNorm> {
             Ok((

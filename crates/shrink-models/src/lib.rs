@@ -16,6 +16,7 @@
 //! # Ok::<(), shrink_models::ModelError>(())
 //! ```
 
+pub mod architecture;
 pub mod bert;
 pub mod config;
 pub mod error;
@@ -34,6 +35,7 @@ pub mod weights;
 use candle_core::Tensor;
 use shrink_io::Checkpoint;
 
+pub use architecture::Architecture;
 pub use bert::{BertClassifier, BertConfig, BertKind};
 pub use config::ModelConfig;
 pub use error::{ModelError, Result};

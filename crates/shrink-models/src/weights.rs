@@ -120,21 +120,19 @@ impl<'a> WeightLoader<'a> {
         inp: usize,
         bias_name: Option<&str>,
     ) -> Result<crate::linear::Linear> {
-        let bias = match bias_name {
-            Some(b) => self.get_opt(b, &[out])?,
-            None => None,
+        let bias = || match bias_name {
+            Some(b) => self.get_opt(b, &[out]),
+            None => Ok(None),
         };
         if let (Checkpoint::Hf(h), Some(loc)) = (self.ckpt, self.locate(hf_name)) {
             if let Some(q) = h.quantized(&loc.name)? {
                 if q.shape() == (out, inp) {
-                    return Ok(crate::linear::Linear::quantized(q, bias));
+                    return Ok(crate::linear::Linear::quantized(q, bias()?));
                 }
             }
         }
-        Ok(crate::linear::Linear::new(
-            self.get(hf_name, &[out, inp])?,
-            bias,
-        )?)
+        let w = self.get(hf_name, &[out, inp])?;
+        Ok(crate::linear::Linear::new(w, bias()?)?)
     }
 
     /// Read `hf_name` if present.

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use safetensors::tensor::Dtype;
 use shrink_formats::float::{self, FloatType};
 use shrink_io::{Checkpoint, LazyTensor, OutputDir, StoredDtype};
-use shrink_models::{Model, ModelConfig};
+use shrink_models::{Architecture, Model, ModelConfig};
 
 use crate::common;
 
@@ -60,7 +60,7 @@ fn by_model(ckpt: &Checkpoint) -> bool {
 /// Run `shrink convert`.
 pub fn run(a: Args) -> Result<()> {
     let ckpt = common::open(&a.model)?;
-    let cfg = ModelConfig::from_checkpoint(&ckpt);
+    let cfg = Architecture::from_checkpoint(&ckpt);
     let out = OutputDir::create(&a.output, &[&a.model])?;
     let bytes_before: u64 = ckpt.tensors().iter().map(|t| t.bytes).sum();
 
@@ -107,8 +107,8 @@ pub fn run(a: Args) -> Result<()> {
                     t.ty.name()
                 );
             }
-            let w = shrink_models::weight_loader(&ckpt, cfg);
-            for (name, shape) in shrink_models::weight_shapes(cfg) {
+            let w = cfg.weight_loader(&ckpt);
+            for (name, shape) in cfg.weight_shapes() {
                 if !w.has(&name) {
                     bail!(
                         "{}: weight {name} (required by the {} config) is not in the file",
@@ -131,10 +131,7 @@ pub fn run(a: Args) -> Result<()> {
     // Stream: each tensor is read, converted and written before the next is touched.
     let failure: RefCell<Option<anyhow::Error>> = RefCell::new(None);
     let pb = common::bar(plan.len() as u64, "convert");
-    let loader = cfg
-        .as_ref()
-        .ok()
-        .map(|c| shrink_models::weight_loader(&ckpt, c));
+    let loader = cfg.as_ref().ok().map(|c| c.weight_loader(&ckpt));
     let read = |p: &Planned| -> Result<Vec<u8>> {
         if !p.convert {
             let Checkpoint::Hf(h) = &ckpt else {
@@ -146,11 +143,10 @@ pub fn run(a: Args) -> Result<()> {
             return Ok(bytes);
         }
         let values: Vec<f32> = match (&ckpt, &loader, &cfg) {
-            (ckpt, Some(w), Ok(c)) if by_model(ckpt) => {
-                shrink_models::read_hf_weight(w, c, &p.name, &p.shape)?
-                    .flatten_all()?
-                    .to_vec1()?
-            }
+            (ckpt, Some(w), Ok(c)) if by_model(ckpt) => c
+                .read_weight(w, &p.name, &p.shape)?
+                .flatten_all()?
+                .to_vec1()?,
             _ => ckpt.read_f32(&p.name)?.0,
         };
         Ok(float::encode(a.dtype, &values))
@@ -189,11 +185,11 @@ pub fn run(a: Args) -> Result<()> {
     let bytes_after: u64 = plan.iter().map(|p| p.len as u64).sum();
 
     // config.json and tokenizer files.
-    let model_cfg = cfg.as_ref().ok();
+    let model_cfg = cfg.as_ref().ok().and_then(|c| c.decoder());
     common::write_config_and_tokenizer(&ckpt, model_cfg, &out, a.dtype.torch_name(), None)?;
 
     // Logits of the source and of the output on one prompt, one model in memory at a time.
-    let check = if a.no_check || cfg.is_err() {
+    let check = if a.no_check || model_cfg.is_none() {
         None
     } else {
         Some(compare_logits(&ckpt, out.dir(), &a.prompt)?)
@@ -236,7 +232,7 @@ pub fn run(a: Args) -> Result<()> {
                 "logits         mean |Δ| {mean:.3e}, max |Δ| {max:.3e} over {n} positions of {:?}",
                 a.prompt
             ),
-            None if cfg.is_err() => {
+            None if model_cfg.is_none() => {
                 println!("logits         not compared: the architecture is not one shrink runs")
             }
             None => println!("logits         not compared (--no-check)"),

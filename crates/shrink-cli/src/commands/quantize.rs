@@ -15,7 +15,7 @@ use shrink_io::quantized::{StoredTensor, TRANSPOSED_KEY};
 use shrink_io::{OutputDir, TensorHeader};
 use shrink_methods::rtn::{QuantizedWeight, Rtn};
 use shrink_methods::select::Selection;
-use shrink_models::{LinearInfo, ModelConfig};
+use shrink_models::{Architecture, LinearInfo};
 
 use crate::common;
 
@@ -180,26 +180,26 @@ fn method(a: &Args) -> Result<Rtn> {
 pub fn run(a: Args) -> Result<()> {
     let rtn = method(&a)?;
     let ckpt = common::open(&a.model)?;
-    let cfg = ModelConfig::from_checkpoint(&ckpt)?;
+    let arch = Architecture::from_checkpoint(&ckpt)?;
     let selected = Selection {
         include: a.include.clone(),
         exclude: a.exclude.clone(),
     }
-    .resolve(&cfg)?;
+    .resolve(&arch)?;
     // Refuse impossible parameters before reading or writing anything.
     for l in &selected {
         rtn.validate(&l.weight, l.out_features, l.in_features)?;
     }
     let out = OutputDir::create(&a.output, &[&a.model])?;
-    let loader = shrink_models::weight_loader(&ckpt, &cfg);
+    let loader = arch.weight_loader(&ckpt);
     let by_name: HashMap<&str, &LinearInfo> =
         selected.iter().map(|l| (l.weight.as_str(), l)).collect();
     let dense_name = a.dense_dtype.torch_name();
-    let shapes = shrink_models::weight_shapes(&cfg);
+    let shapes = arch.weight_shapes();
 
     // A selected weight as [out, in] float32 (GPT-2's Conv1D weights are transposed here).
     let read = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
-        let t = shrink_models::read_hf_weight(&loader, &cfg, name, shape)?;
+        let t = arch.read_weight(&loader, name, shape)?;
         let t = if by_name.get(name).is_some_and(|l| l.conv1d) {
             t.t()?.contiguous()?
         } else {
@@ -318,7 +318,7 @@ pub fn run(a: Args) -> Result<()> {
         .collect();
     common::write_config_and_tokenizer(
         &ckpt,
-        Some(&cfg),
+        arch.decoder(),
         &out,
         dense_name,
         Some(rtn.config(&ignore, dense_name)),
