@@ -235,10 +235,9 @@ pub fn run(a: Args) -> Result<()> {
                 let w = read(name, shape)?;
                 let (q, stored, secs) = quantize(l, &w)?;
                 quant_seconds += secs;
-                for (x, y) in w.iter().zip(q.dequantize()) {
-                    sq_err += ((x - y) as f64).powi(2);
-                    sq_ref += (*x as f64).powi(2);
-                }
+                let (e, r) = squared_error(&w, &q.dequantize());
+                sq_err += e;
+                sq_ref += r;
                 q_params += (l.out_features * l.in_features) as u64;
                 q_bytes += q.stored_bytes() as u64;
                 for s in stored {
@@ -373,4 +372,17 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Σ (w − d)² and Σ w², accumulated in f64 over chunks on all threads.
+fn squared_error(w: &[f32], d: &[f32]) -> (f64, f64) {
+    use rayon::prelude::*;
+    w.par_chunks(1 << 14)
+        .zip(d.par_chunks(1 << 14))
+        .map(|(a, b)| {
+            a.iter().zip(b).fold((0f64, 0f64), |(e, r), (&x, &y)| {
+                (e + ((x - y) as f64).powi(2), r + (x as f64).powi(2))
+            })
+        })
+        .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1))
 }
