@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Peak RSS of `shrink convert` against model size: converts SmolLM2 (30 layers) and a 3x deeper
-# copy of it (90 layers, layers repeated) from f32 to bf16. Streaming means the two peaks are the
+# Peak RSS of `shrink convert` and `shrink quantize` against model size: converts SmolLM2 (30
+# layers) and a 3x deeper copy of it (90 layers, layers repeated) from f32 to bf16, and quantizes
+# both to NF4 and int4. Streaming means the two peaks are the
 # same: bounded by the largest tensor plus a fixed overhead, whatever the number of layers.
 # Needs: assets fetched, a release build, and PYTHON with numpy + safetensors (for the deep copy).
 set -euo pipefail
@@ -39,6 +40,13 @@ for m in f32-30 f32-90; do
   size=$(stat -c %s "$work/$m/model.safetensors")
   kb=$(rss $bin convert "$work/$m" --dtype bf16 -o "$work/$m-bf16" --no-check)
   echo "convert $m -> bf16: input $((size / 1048576)) MiB, largest tensor $((largest / 1048576)) MiB, peak RSS $((kb / 1024)) MiB"
+done
+for m in f32-30 f32-90; do
+  for q in "nf4 --double-quant" "int --bits 4 --group-size 64"; do
+    # shellcheck disable=SC2086
+    kb=$(rss $bin quantize "$work/$m" --method $q -o "$work/$m-q-$RANDOM")
+    echo "quantize $m --method $q: peak RSS $((kb / 1024)) MiB"
+  done
 done
 kb=$(rss $bin convert assets/SmolLM2-135M-Instruct.Q4_1.gguf --dtype f32 -o "$work/gguf-f32" --no-check)
 echo "convert GGUF (Q4_1/Q8_0) -> f32 HF: peak RSS $((kb / 1024)) MiB"

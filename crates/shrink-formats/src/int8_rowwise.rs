@@ -8,7 +8,6 @@
 use crate::error::FormatError;
 
 /// 1/127 as bitsandbytes multiplies by it.
-/// 1/127 as bitsandbytes writes it.
 pub const INV_127: f32 = 7.874_016e-3;
 
 /// A weight in LLM.int8()'s row-wise int8 format.
@@ -36,21 +35,37 @@ pub fn quantize(w: &[f32], rows: usize, cols: usize) -> Result<RowwiseInt8, Form
         });
     }
     crate::int::check_finite(w, cols, "int8-rowwise")?;
+    use half::slice::HalfFloatSliceExt;
+    use rayon::prelude::*;
     let mut q = vec![0i8; w.len()];
     let mut scb = vec![0f32; rows];
-    for (r, (row, qr)) in w.chunks(cols).zip(q.chunks_mut(cols)).enumerate() {
-        let h: Vec<f32> = row
-            .iter()
-            .map(|&v| half::f16::from_f32(v).to_f32())
-            .collect();
+    let row = |(h16, h): &mut (Vec<half::f16>, Vec<f32>),
+               ((row, qr), s): ((&[f32], &mut [i8]), &mut f32)| {
+        // float16 rounding through half's slice conversion (F16C when the CPU has it).
+        h16.convert_from_f32_slice(row);
+        h16.convert_to_f32_slice(h);
         let absmax = h.iter().fold(0f32, |m, v| m.max(v.abs()));
-        scb[r] = absmax;
+        *s = absmax;
         if absmax == 0.0 {
-            continue;
+            return;
         }
         let k = 127.0 / absmax;
-        for (o, &v) in qr.iter_mut().zip(&h) {
-            *o = (v * k).round_ties_even().clamp(-127.0, 127.0) as i8;
+        for (o, &v) in qr.iter_mut().zip(h.iter()) {
+            // |v·k| ≤ 127: adding and subtracting 1.5·2²³ rounds half to even and vectorises
+            // (f32::round_ties_even is a library call on baseline x86-64).
+            *o = (((v * k) + 12_582_912.0) - 12_582_912.0).clamp(-127.0, 127.0) as i8;
+        }
+    };
+    let init = || (vec![half::f16::ZERO; cols], vec![0f32; cols]);
+    if w.len() >= 1 << 16 {
+        w.par_chunks(cols)
+            .zip(q.par_chunks_mut(cols))
+            .zip(scb.par_iter_mut())
+            .for_each_init(init, row);
+    } else {
+        let mut buf = init();
+        for job in w.chunks(cols).zip(q.chunks_mut(cols)).zip(scb.iter_mut()) {
+            row(&mut buf, job);
         }
     }
     Ok(RowwiseInt8 { rows, cols, q, scb })
