@@ -2,12 +2,84 @@
 //!
 //! Layouts follow `block_q4_0` … `block_q8_0` in llama.cpp's `ggml/src/ggml-common.h`; the
 //! dequantizers port `dequantize_row_q4_0` … `dequantize_row_q8_0` of `ggml/src/ggml-quants.c`
-//! operation for operation. All multi-byte fields are little-endian; `ggml_half` is IEEE f16.
+//! operation for operation, and the quantizers port `quantize_row_q4_0_ref` …
+//! `quantize_row_q8_0_ref` (no importance) and `quantize_row_q4_0_impl` …
+//! `quantize_row_q5_1_impl` (with importance). All multi-byte fields are little-endian;
+//! `ggml_half` is IEEE f16.
 //!
 //! Element order inside a 4/5-bit block: byte `j` of `qs` holds element `j` in its low nibble
 //! and element `j + 16` in its high nibble.
 
-use super::{f16_le, Block, FieldReader, QK4_0, QK4_1, QK5_0, QK5_1, QK8_0};
+// The quantizers keep ggml's index loops (`x[j]` with `x[j + 16]`) so they read side by side
+// with the C they port.
+#![allow(clippy::needless_range_loop)]
+
+use super::k_quants::{make_qkx3_quants, make_qx_quants};
+use super::{
+    f16_le, fp16_bytes, write_blocks, Block, FieldReader, FieldWriter, Quantize, QK4_0, QK4_1,
+    QK5_0, QK5_1, QK8_0,
+};
+
+/// `sigma2` of the weighted legacy quantizers: the mean square of the whole row.
+fn row_sigma2(x: &[f32]) -> f32 {
+    let mut sum_x2 = 0f32;
+    for &v in x {
+        sum_x2 += v * v;
+    }
+    sum_x2 / x.len() as f32
+}
+
+/// The importance weights of one 32-element block: `qw[j] * sqrtf(sigma2 + x[j]*x[j])`.
+fn block_weights(xb: &[f32], qw: &[f32], sigma2: f32) -> [f32; 32] {
+    let mut w = [0f32; 32];
+    for j in 0..32 {
+        w[j] = qw[j] * (sigma2 + xb[j] * xb[j]).sqrt();
+    }
+    w
+}
+
+/// The (absolute max, signed value at it) of a block, first occurrence winning ties.
+#[inline(always)]
+fn signed_absmax(x: &[f32]) -> (f32, f32) {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    (amax, max)
+}
+
+/// The (min, max) of a block as `quantize_row_q4_1_ref` finds them.
+#[inline(always)]
+fn min_max(x: &[f32]) -> (f32, f32) {
+    let (mut min, mut max) = (f32::MAX, -f32::MAX);
+    for &v in x {
+        if v < min {
+            min = v;
+        }
+        if v > max {
+            max = v;
+        }
+    }
+    (min, max)
+}
+
+/// Pack 32 quants of up to 5 bits: low nibbles into `qs` (element `j` low, `j + 16` high), the
+/// fifth bits into the little-endian `qh` word.
+#[inline(always)]
+fn pack_q5(l: &[u8; 32]) -> ([u8; 16], [u8; 4]) {
+    let mut qs = [0u8; 16];
+    let mut qh = 0u32;
+    for j in 0..16 {
+        let (xi0, xi1) = (l[j], l[j + 16]);
+        qs[j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
+        qh |= ((xi0 as u32 & 0x10) >> 4) << j;
+        qh |= ((xi1 as u32 & 0x10) >> 4) << (j + 16);
+    }
+    (qs, qh.to_le_bytes())
+}
 
 /// `block_q4_0` (18 bytes): `x = (q - 8) * d`.
 #[repr(C)]
@@ -43,6 +115,56 @@ impl Block for BlockQ4_0 {
             y[j] = x0 as f32 * d;
             y[j + QK4_0 / 2] = x1 as f32 * d;
         }
+    }
+}
+
+impl Quantize for BlockQ4_0 {
+    const F16_FIELDS: &'static [usize] = &[0];
+
+    /// Port of `quantize_row_q4_0_ref` (one block).
+    fn quantize(x: &[f32]) -> Self {
+        let x: &[f32; QK4_0] = x.try_into().expect("one Q4_0 block");
+        let (_, max) = signed_absmax(x);
+        let d = max / -8.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let mut qs = [0u8; QK4_0 / 2];
+        for j in 0..QK4_0 / 2 {
+            let x0 = x[j] * id;
+            let x1 = x[QK4_0 / 2 + j] * id;
+            // `MIN(15, (int8_t)(x0 + 8.5f))`: truncation toward zero, then clamp.
+            let xi0 = ((x0 + 8.5) as i8).min(15) as u8;
+            let xi1 = ((x1 + 8.5) as i8).min(15) as u8;
+            qs[j] = xi0 | (xi1 << 4);
+        }
+        BlockQ4_0 {
+            d: fp16_bytes(d),
+            qs,
+        }
+    }
+
+    /// Port of `quantize_row_q4_0_impl` with `quant_weights`.
+    fn quantize_row_weighted(x: &[f32], qw: &[f32], y: &mut [u8]) {
+        let sigma2 = row_sigma2(x);
+        write_blocks(x, y, |xb, ib| {
+            let weight = block_weights(xb, &qw[QK4_0 * ib..], sigma2);
+            let mut l = [0i8; QK4_0];
+            let d = make_qx_quants(8, xb, &mut l, 1, Some(&weight));
+            let mut qs = [0u8; QK4_0 / 2];
+            for j in 0..16 {
+                qs[j] = (l[j] as u8) | ((l[j + 16] as u8) << 4);
+            }
+            BlockQ4_0 {
+                d: fp16_bytes(d),
+                qs,
+            }
+        });
+    }
+
+    fn write(&self, bytes: &mut [u8]) {
+        let mut w = FieldWriter::new(bytes);
+        w.put(&self.d);
+        w.put(&self.qs);
+        w.finish();
     }
 }
 
@@ -87,6 +209,68 @@ impl Block for BlockQ4_1 {
     }
 }
 
+impl Quantize for BlockQ4_1 {
+    const F16_FIELDS: &'static [usize] = &[0, 2];
+
+    /// Port of `quantize_row_q4_1_ref` (one block).
+    fn quantize(x: &[f32]) -> Self {
+        let x: &[f32; QK4_1] = x.try_into().expect("one Q4_1 block");
+        let (min, max) = min_max(x);
+        let d = (max - min) / 15.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let mut qs = [0u8; QK4_1 / 2];
+        for j in 0..QK4_1 / 2 {
+            let x0 = (x[j] - min) * id;
+            let x1 = (x[QK4_1 / 2 + j] - min) * id;
+            let xi0 = ((x0 + 0.5) as i8).min(15) as u8;
+            let xi1 = ((x1 + 0.5) as i8).min(15) as u8;
+            qs[j] = xi0 | (xi1 << 4);
+        }
+        BlockQ4_1 {
+            d: fp16_bytes(d),
+            m: fp16_bytes(min),
+            qs,
+        }
+    }
+
+    /// Port of `quantize_row_q4_1_impl` with `quant_weights`.
+    fn quantize_row_weighted(x: &[f32], qw: &[f32], y: &mut [u8]) {
+        let sigma2 = row_sigma2(x);
+        write_blocks(x, y, |xb, ib| {
+            let weight = block_weights(xb, &qw[QK4_1 * ib..], sigma2);
+            let (mut l, mut laux) = ([0u8; QK4_1], [0u8; QK4_1]);
+            let (d, min) = make_qkx3_quants(
+                15,
+                xb,
+                Some(&weight),
+                &mut l,
+                &mut laux,
+                -0.9,
+                0.05,
+                36,
+                false,
+            );
+            let mut qs = [0u8; QK4_1 / 2];
+            for j in 0..16 {
+                qs[j] = l[j] | (l[j + 16] << 4);
+            }
+            BlockQ4_1 {
+                d: fp16_bytes(d),
+                m: fp16_bytes(-min),
+                qs,
+            }
+        });
+    }
+
+    fn write(&self, bytes: &mut [u8]) {
+        let mut w = FieldWriter::new(bytes);
+        w.put(&self.d);
+        w.put(&self.m);
+        w.put(&self.qs);
+        w.finish();
+    }
+}
+
 /// `block_q5_0` (22 bytes): `x = (q - 16) * d`, q = 4 low bits from `qs` | 5th bit from `qh`.
 #[repr(C)]
 pub(crate) struct BlockQ5_0 {
@@ -127,6 +311,52 @@ impl Block for BlockQ5_0 {
             y[j] = x0 as f32 * d;
             y[j + QK5_0 / 2] = x1 as f32 * d;
         }
+    }
+}
+
+impl Quantize for BlockQ5_0 {
+    const F16_FIELDS: &'static [usize] = &[0];
+
+    /// Port of `quantize_row_q5_0_ref` (one block).
+    fn quantize(x: &[f32]) -> Self {
+        let x: &[f32; QK5_0] = x.try_into().expect("one Q5_0 block");
+        let (_, max) = signed_absmax(x);
+        let d = max / -16.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let mut l = [0u8; QK5_0];
+        for j in 0..QK5_0 {
+            l[j] = ((x[j] * id + 16.5) as i8).min(31) as u8;
+        }
+        let (qs, qh) = pack_q5(&l);
+        BlockQ5_0 {
+            d: fp16_bytes(d),
+            qh,
+            qs,
+        }
+    }
+
+    /// Port of `quantize_row_q5_0_impl` with `quant_weights`.
+    fn quantize_row_weighted(x: &[f32], qw: &[f32], y: &mut [u8]) {
+        let sigma2 = row_sigma2(x);
+        write_blocks(x, y, |xb, ib| {
+            let weight = block_weights(xb, &qw[QK5_0 * ib..], sigma2);
+            let mut l = [0i8; QK5_0];
+            let d = make_qx_quants(16, xb, &mut l, 1, Some(&weight));
+            let (qs, qh) = pack_q5(&l.map(|v| v as u8));
+            BlockQ5_0 {
+                d: fp16_bytes(d),
+                qh,
+                qs,
+            }
+        });
+    }
+
+    fn write(&self, bytes: &mut [u8]) {
+        let mut w = FieldWriter::new(bytes);
+        w.put(&self.d);
+        w.put(&self.qh);
+        w.put(&self.qs);
+        w.finish();
     }
 }
 
@@ -177,6 +407,66 @@ impl Block for BlockQ5_1 {
     }
 }
 
+impl Quantize for BlockQ5_1 {
+    const F16_FIELDS: &'static [usize] = &[0, 2];
+
+    /// Port of `quantize_row_q5_1_ref` (one block).
+    fn quantize(x: &[f32]) -> Self {
+        let x: &[f32; QK5_1] = x.try_into().expect("one Q5_1 block");
+        let (min, max) = min_max(x);
+        let d = (max - min) / 31.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let mut l = [0u8; QK5_1];
+        for j in 0..QK5_1 {
+            // `(uint8_t)(x0 + 0.5f)`: no clamp in ggml (the value stays below 32).
+            l[j] = ((x[j] - min) * id + 0.5) as u8;
+        }
+        let (qs, qh) = pack_q5(&l);
+        BlockQ5_1 {
+            d: fp16_bytes(d),
+            m: fp16_bytes(min),
+            qh,
+            qs,
+        }
+    }
+
+    /// Port of `quantize_row_q5_1_impl` with `quant_weights`.
+    fn quantize_row_weighted(x: &[f32], qw: &[f32], y: &mut [u8]) {
+        let sigma2 = row_sigma2(x);
+        write_blocks(x, y, |xb, ib| {
+            let weight = block_weights(xb, &qw[QK5_1 * ib..], sigma2);
+            let (mut l, mut laux) = ([0u8; QK5_1], [0u8; QK5_1]);
+            let (d, min) = make_qkx3_quants(
+                31,
+                xb,
+                Some(&weight),
+                &mut l,
+                &mut laux,
+                -0.9,
+                0.05,
+                36,
+                false,
+            );
+            let (qs, qh) = pack_q5(&l);
+            BlockQ5_1 {
+                d: fp16_bytes(d),
+                m: fp16_bytes(-min),
+                qh,
+                qs,
+            }
+        });
+    }
+
+    fn write(&self, bytes: &mut [u8]) {
+        let mut w = FieldWriter::new(bytes);
+        w.put(&self.d);
+        w.put(&self.m);
+        w.put(&self.qh);
+        w.put(&self.qs);
+        w.finish();
+    }
+}
+
 /// `block_q8_0` (34 bytes): `x = q * d`.
 #[repr(C)]
 pub(crate) struct BlockQ8_0 {
@@ -208,6 +498,42 @@ impl Block for BlockQ8_0 {
         for (o, &q) in y.iter_mut().zip(&self.qs) {
             *o = (q as i8) as f32 * d;
         }
+    }
+}
+
+impl Quantize for BlockQ8_0 {
+    const F16_FIELDS: &'static [usize] = &[0];
+
+    /// Port of `quantize_row_q8_0_ref` (one block).
+    fn quantize(x: &[f32]) -> Self {
+        let x: &[f32; QK8_0] = x.try_into().expect("one Q8_0 block");
+        let mut amax = 0f32;
+        for &v in x {
+            amax = amax.max(v.abs());
+        }
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let mut qs = [0u8; QK8_0];
+        for j in 0..QK8_0 {
+            // `roundf`: halves away from zero, like `f32::round`.
+            qs[j] = (x[j] * id).round() as i8 as u8;
+        }
+        BlockQ8_0 {
+            d: fp16_bytes(d),
+            qs,
+        }
+    }
+
+    /// `quantize_q8_0` ignores `quant_weights`.
+    fn quantize_row_weighted(x: &[f32], _qw: &[f32], y: &mut [u8]) {
+        write_blocks(x, y, |xb, _| Self::quantize(xb));
+    }
+
+    fn write(&self, bytes: &mut [u8]) {
+        let mut w = FieldWriter::new(bytes);
+        w.put(&self.d);
+        w.put(&self.qs);
+        w.finish();
     }
 }
 

@@ -1,18 +1,28 @@
-//! GGML block formats: type ids, block layouts and reference dequantizers.
+//! GGML block formats: type ids, block layouts, reference quantizers and dequantizers.
 //!
 //! A GGUF tensor of a quantized type is a sequence of fixed-size *blocks*; each block packs
 //! [`GgmlType::block_size`] consecutive elements of a row into [`GgmlType::type_size`] bytes.
 //! Everything here is ported from llama.cpp's ggml:
 //! - type ids and names: `enum ggml_type` in `ggml/include/ggml.h` (names as gguf-py spells them);
 //! - block layouts: the `block_*` structs of `ggml/src/ggml-common.h`;
-//! - dequantizers: the `dequantize_row_*` reference functions of `ggml/src/ggml-quants.c`.
+//! - dequantizers: the `dequantize_row_*` reference functions of `ggml/src/ggml-quants.c`;
+//! - quantizers ([`quantize`]): what `llama-quantize` runs without an importance matrix, i.e.
+//!   `quantize_row_*_ref` for the legacy and K types and `quantize_iq4_nl` / `quantize_iq4_xs`
+//!   with no weights; [`quantize_with_importance`] ports the `quant_weights` paths
+//!   (`quantize_row_q4_K_impl` etc.) that `llama-quantize --imatrix` runs.
 //!
 //! The dequantizers perform the same float32 operations in the same order as ggml's
 //! reference C code (scales converted from f16 first, then e.g. `x = q*d + m`), so the output
-//! is bit-identical to ggml's and to gguf-py's `gguf.quants.dequantize`.
+//! is bit-identical to ggml's and to gguf-py's `gguf.quants.dequantize`. The quantizers do the
+//! same for ggml's search loops (`nearest_int`'s 1.5·2^23 trick, `make_qx_quants`,
+//! `make_qkx2_quants`, `make_q3_quants`, `best_index_int8`, …): every float operation is an f32
+//! operation in C's evaluation order, never fused (Rust does not contract `a*b + c` into an FMA),
+//! so the bytes equal llama.cpp's. The per-block hot loops are hand-written ports because no
+//! maintained crate reproduces ggml's quantizers bit for bit.
 //!
 //! Submodules: `legacy` (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), `k_quants` (Q2_K … Q6_K, Q8_K),
-//! `iq4` (IQ4_NL, IQ4_XS). Each documents its block layouts with byte offsets.
+//! `iq4` (IQ4_NL, IQ4_XS). Each documents its block layouts with byte offsets and holds each
+//! format's quantizer next to its dequantizer, as ggml-quants.c does.
 
 use rayon::prelude::*;
 
@@ -292,6 +302,26 @@ impl GgmlType {
         )
     }
 
+    /// Whether [`quantize`] and [`quantize_with_importance`] support this type.
+    pub fn can_quantize(self) -> bool {
+        use GgmlType::*;
+        matches!(
+            self,
+            Q4_0 | Q4_1
+                | Q5_0
+                | Q5_1
+                | Q8_0
+                | Q2_K
+                | Q3_K
+                | Q4_K
+                | Q5_K
+                | Q6_K
+                | Q8_K
+                | IQ4_NL
+                | IQ4_XS
+        )
+    }
+
     /// Bytes that `elements` consecutive elements take (ggml_row_size); errors if not whole blocks.
     pub fn row_bytes(self, elements: usize) -> Result<usize, FormatError> {
         let block = self.block_size();
@@ -386,6 +416,279 @@ fn dequantize_blocks<B: Block>(src: &[u8], dst: &mut [f32]) {
     for (bytes, y) in src.chunks_exact(B::SIZE).zip(dst.chunks_exact_mut(B::QK)) {
         B::read(bytes).dequantize(y);
     }
+}
+
+/// Quantize `src` into `dst` as `ty`, byte for byte as llama.cpp does without an importance
+/// matrix (`ggml_quantize_chunk` with `imatrix == NULL`, which is what `llama-quantize` runs).
+///
+/// `src.len()` must be a whole number of blocks and `dst.len()` exactly
+/// `ty.row_bytes(src.len())`. Every block is independent in these formats, so rows need not be
+/// given: any run of whole blocks quantizes the same as the rows it spans.
+///
+/// Errors (checked before anything is written, except the last): [`FormatError::Unsupported`]
+/// for a type without a quantizer (see [`GgmlType::can_quantize`]),
+/// [`FormatError::NotBlockAligned`], [`FormatError::WrongByteCount`], [`FormatError::NonFinite`]
+/// naming the first NaN or infinity of `src` (row 0, column = flat index), and
+/// [`FormatError::ScaleOverflow`] when a block's f16 scale or min would be infinite (inputs
+/// beyond about ±65504 per level; ggml would write the infinity and refuse the file on load);
+/// after that error `dst` holds unspecified bytes.
+///
+/// Large inputs (at least 2^16 elements) are split on block boundaries and quantized in
+/// parallel with rayon; each block runs the same scalar code either way, so the bytes do not
+/// depend on the thread count.
+pub fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), FormatError> {
+    if !ty.can_quantize() {
+        return Err(FormatError::Unsupported(ty.name()));
+    }
+    let expected = ty.row_bytes(src.len())?;
+    if dst.len() != expected {
+        return Err(FormatError::WrongByteCount {
+            format: ty.name(),
+            elements: src.len(),
+            expected,
+            actual: dst.len(),
+        });
+    }
+    check_finite(ty, src, src.len().max(1))?;
+    let overflow = if src.len() < PAR_MIN_ELEMENTS {
+        quantize_serial(ty, src, dst, None)
+    } else {
+        let blocks_per_chunk = (PAR_CHUNK_ELEMENTS / ty.block_size()).max(1);
+        let chunk_elems = blocks_per_chunk * ty.block_size();
+        let chunk_bytes = blocks_per_chunk * ty.type_size();
+        dst.par_chunks_mut(chunk_bytes)
+            .zip(src.par_chunks(chunk_elems))
+            .map(|(d, s)| quantize_serial(ty, s, d, None))
+            .find_map_first(|o| o)
+    };
+    overflow.map_or(Ok(()), Err)
+}
+
+/// Quantize a `[rows, cols]` row-major matrix with per-column importance weights, as
+/// llama.cpp's `quantize_q4_K(src, dst, nrow, n_per_row, quant_weights)` and kin do when
+/// `llama-quantize` is given an importance matrix (`--imatrix`).
+///
+/// `importance[c]` weighs column `c` of every row (the imatrix entry of this tensor, i.e. the
+/// mean squared activation feeding that input feature); `cols` must be a whole number of
+/// blocks, `src.len()` a multiple of `cols`, and `dst.len()` exactly `rows * row_bytes(cols)`.
+/// The weighted searches differ from the unweighted ones (e.g. Q4_K uses `make_qkx3_quants`
+/// and quantized super-block scales from `make_qp_quants`), so uniform weights do not give
+/// [`quantize`]'s bytes. Q8_0 and Q8_K ignore the weights, as ggml does.
+///
+/// Errors: those of [`quantize`] (with the row and column of a non-finite value), plus
+/// [`FormatError::ShapeMismatch`] when `cols` is 0 or does not divide `src.len()`, and
+/// [`FormatError::Inconsistent`] when `importance` has the wrong length or holds a NaN, an
+/// infinity or a negative weight. Rows are quantized in parallel; the result does not depend on
+/// the thread count.
+pub fn quantize_with_importance(
+    ty: GgmlType,
+    src: &[f32],
+    cols: usize,
+    importance: &[f32],
+    dst: &mut [u8],
+) -> Result<(), FormatError> {
+    if !ty.can_quantize() {
+        return Err(FormatError::Unsupported(ty.name()));
+    }
+    if cols == 0 || !src.len().is_multiple_of(cols) {
+        let rows = src.len().checked_div(cols).unwrap_or(0);
+        return Err(FormatError::ShapeMismatch {
+            format: ty.name(),
+            rows,
+            cols,
+            expected: rows * cols,
+            actual: src.len(),
+        });
+    }
+    let rows = src.len() / cols;
+    let row_bytes = ty.row_bytes(cols)?;
+    if importance.len() != cols {
+        return Err(FormatError::Inconsistent {
+            format: ty.name(),
+            what: format!(
+                "{} importance weights for rows of {cols} columns",
+                importance.len()
+            ),
+        });
+    }
+    if let Some(c) = importance
+        .iter()
+        .position(|w| !(w.is_finite() && *w >= 0.0))
+    {
+        return Err(FormatError::Inconsistent {
+            format: ty.name(),
+            what: format!(
+                "importance weight of column {c} is {} (weights must be finite and >= 0)",
+                importance[c]
+            ),
+        });
+    }
+    let expected = rows * row_bytes;
+    if dst.len() != expected {
+        return Err(FormatError::WrongByteCount {
+            format: ty.name(),
+            elements: src.len(),
+            expected,
+            actual: dst.len(),
+        });
+    }
+    check_finite(ty, src, cols)?;
+    let run = |s: &[f32], d: &mut [u8]| {
+        s.chunks_exact(cols)
+            .zip(d.chunks_exact_mut(row_bytes))
+            .find_map(|(x, y)| quantize_serial(ty, x, y, Some(importance)))
+    };
+    let overflow = if src.len() < PAR_MIN_ELEMENTS {
+        run(src, dst)
+    } else {
+        let rows_per_chunk = (PAR_CHUNK_ELEMENTS / cols).max(1);
+        dst.par_chunks_mut(rows_per_chunk * row_bytes)
+            .zip(src.par_chunks(rows_per_chunk * cols))
+            .map(|(d, s)| run(s, d))
+            .find_map_first(|o| o)
+    };
+    overflow.map_or(Ok(()), Err)
+}
+
+/// [`FormatError::NonFinite`] for the first NaN or infinity of `src`, seen as rows of `cols`.
+fn check_finite(ty: GgmlType, src: &[f32], cols: usize) -> Result<(), FormatError> {
+    // Whole chunks are scanned branch-free (`all` over `is_finite` vectorises); only the first
+    // chunk holding a bad value is searched for its position.
+    let chunk_ok = |c: &[f32]| c.iter().fold(true, |ok, v| ok & v.is_finite());
+    let bad_chunk = if src.len() < PAR_MIN_ELEMENTS {
+        src.chunks(PAR_CHUNK_ELEMENTS).position(|c| !chunk_ok(c))
+    } else {
+        src.par_chunks(PAR_CHUNK_ELEMENTS)
+            .position_first(|c| !chunk_ok(c))
+    };
+    let bad = bad_chunk.and_then(|k| {
+        let start = k * PAR_CHUNK_ELEMENTS;
+        src[start..]
+            .iter()
+            .position(|v| !v.is_finite())
+            .map(|i| start + i)
+    });
+    match bad {
+        None => Ok(()),
+        Some(index) => Err(FormatError::NonFinite {
+            format: ty.name(),
+            index,
+            row: index / cols,
+            col: index % cols,
+            value: src[index],
+        }),
+    }
+}
+
+/// Quantize whole blocks on the current thread (sizes and finiteness were checked by the
+/// caller); with `importance`, `src` is exactly one row. Returns the overflow error, if any.
+fn quantize_serial(
+    ty: GgmlType,
+    src: &[f32],
+    dst: &mut [u8],
+    importance: Option<&[f32]>,
+) -> Option<FormatError> {
+    use GgmlType::*;
+    match ty {
+        Q4_0 => quantize_blocks::<legacy::BlockQ4_0>(src, dst, importance),
+        Q4_1 => quantize_blocks::<legacy::BlockQ4_1>(src, dst, importance),
+        Q5_0 => quantize_blocks::<legacy::BlockQ5_0>(src, dst, importance),
+        Q5_1 => quantize_blocks::<legacy::BlockQ5_1>(src, dst, importance),
+        Q8_0 => quantize_blocks::<legacy::BlockQ8_0>(src, dst, None),
+        Q2_K => quantize_blocks::<k_quants::BlockQ2K>(src, dst, importance),
+        Q3_K => quantize_blocks::<k_quants::BlockQ3K>(src, dst, importance),
+        Q4_K => quantize_blocks::<k_quants::BlockQ4K>(src, dst, importance),
+        Q5_K => quantize_blocks::<k_quants::BlockQ5K>(src, dst, importance),
+        Q6_K => quantize_blocks::<k_quants::BlockQ6K>(src, dst, importance),
+        Q8_K => quantize_blocks::<k_quants::BlockQ8K>(src, dst, None),
+        IQ4_NL => quantize_blocks::<iq4::BlockIq4Nl>(src, dst, importance),
+        IQ4_XS => quantize_blocks::<iq4::BlockIq4Xs>(src, dst, importance),
+        _ => unreachable!("{} passed can_quantize", ty.name()),
+    }
+    .then(|| FormatError::ScaleOverflow {
+        format: ty.name(),
+        scale: f32::INFINITY,
+        scale_type: "f16",
+    })
+}
+
+/// A block type with ggml's reference quantizer.
+trait Quantize: Block {
+    /// Byte offsets of the block's `ggml_half` scale / min fields, checked for overflow.
+    const F16_FIELDS: &'static [usize];
+    /// Quantize `B::QK` values (`x.len() == QK`) as ggml's `quantize_row_*_ref` (or, for the
+    /// IQ4 types, `quantize_iq4_*` with no weights) does for one block.
+    fn quantize(x: &[f32]) -> Self;
+    /// Quantize one whole row with importance weights `qw` (`qw.len() == x.len()`), as ggml's
+    /// `quantize_*` with `quant_weights`. Some formats use statistics of the whole row.
+    fn quantize_row_weighted(x: &[f32], qw: &[f32], y: &mut [u8]);
+    /// Write the block into exactly `SIZE` bytes (fields in declaration order).
+    fn write(&self, bytes: &mut [u8]);
+}
+
+/// Quantize every block of `src` into `dst` (one row when weighted); true if a stored f16
+/// scale overflowed.
+fn quantize_blocks<B: Quantize>(src: &[f32], dst: &mut [u8], importance: Option<&[f32]>) -> bool {
+    debug_assert_eq!(src.len() / B::QK * B::SIZE, dst.len());
+    match importance {
+        None => {
+            for (x, y) in src.chunks_exact(B::QK).zip(dst.chunks_exact_mut(B::SIZE)) {
+                B::quantize(x).write(y);
+            }
+        }
+        Some(qw) => B::quantize_row_weighted(src, qw, dst),
+    }
+    dst.chunks_exact(B::SIZE).any(|b| {
+        B::F16_FIELDS
+            .iter()
+            .any(|&o| !f16_le([b[o], b[o + 1]]).is_finite())
+    })
+}
+
+/// Quantize each `B::QK`-element block of a row with `f` and write it.
+fn write_blocks<B: Quantize>(x: &[f32], y: &mut [u8], mut f: impl FnMut(&[f32], usize) -> B) {
+    for (ib, (xb, yb)) in x
+        .chunks_exact(B::QK)
+        .zip(y.chunks_exact_mut(B::SIZE))
+        .enumerate()
+    {
+        f(xb, ib).write(yb);
+    }
+}
+
+/// Sequential writer that fills a block's bytes field by field.
+struct FieldWriter<'a> {
+    bytes: &'a mut [u8],
+}
+
+impl<'a> FieldWriter<'a> {
+    /// Start writing at offset 0 of `bytes`.
+    fn new(bytes: &'a mut [u8]) -> Self {
+        FieldWriter { bytes }
+    }
+
+    /// Write the next `N` bytes.
+    #[inline(always)]
+    fn put<const N: usize>(&mut self, field: &[u8; N]) {
+        let (head, rest) = std::mem::take(&mut self.bytes)
+            .split_first_chunk_mut::<N>()
+            .expect("block shorter than its layout");
+        *head = *field;
+        self.bytes = rest;
+    }
+
+    /// Check that the layout filled the whole block.
+    #[inline(always)]
+    fn finish(self) {
+        debug_assert!(self.bytes.is_empty(), "block longer than its layout");
+    }
+}
+
+/// `GGML_FP32_TO_FP16` as little-endian bytes: round to nearest even (like F16C's
+/// `_cvtss_sh(x, 0)` and ggml's software fallback).
+#[inline(always)]
+fn fp16_bytes(x: f32) -> [u8; 2] {
+    half::f16::from_f32(x).to_le_bytes()
 }
 
 /// Sequential reader that splits a block's bytes into its fixed-size fields.
