@@ -24,7 +24,12 @@ fn values(len: usize, seed: u32) -> Vec<f32> {
 
 fn qmatmul(c: &mut Criterion) {
     shrink_models::runtime::tune_allocator();
-    let (k, n) = (576, 1536);
+    for (k, n) in [(576, 1536), (1536, 576)] {
+        shape(c, k, n);
+    }
+}
+
+fn shape(c: &mut Criterion, k: usize, n: usize) {
     let w = values(n * k, 1);
     let spec = |bits, symmetric, granularity| IntSpec {
         bits,
@@ -77,7 +82,20 @@ fn qmatmul(c: &mut Criterion) {
         .into_iter()
         .map(|(name, q)| (name, QuantMatmul::new(q)))
         .collect();
-    for m in [512usize, 1] {
+    {
+        let mut g = c.benchmark_group(format!("dequantize-transposed {n}x{k}"));
+        g.throughput(Throughput::Elements((k * n) as u64));
+        let mut t = vec![0f32; k * n];
+        for (name, qm) in &qms {
+            if !name.contains("llm") && !name.contains("dynamic") {
+                g.bench_function(BenchmarkId::from_parameter(name), |b| {
+                    b.iter(|| qm.dequantize_t_into(&mut t))
+                });
+            }
+        }
+        g.finish();
+    }
+    for m in [512usize, 1].into_iter().filter(|&m| m > 1 || k == 576) {
         let x = values(m * k, 7);
         let mut g = c.benchmark_group(format!("linear {m}x{k}->{n}"));
         g.throughput(Throughput::Elements((m * k * n) as u64));

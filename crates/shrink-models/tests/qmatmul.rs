@@ -66,7 +66,7 @@ fn check(q: Quantized, label: &str) {
 
 #[test]
 fn integers_every_width_and_granularity() {
-    for &(n, k) in &[(37, 64), (16, 192), (3, 128)] {
+    for &(n, k) in &[(37, 64), (16, 192), (3, 128), (300, 576)] {
         let w = weights(n, k, (n * k) as u32);
         for bits in [2u8, 3, 4, 5, 6, 8] {
             for gran in [
