@@ -226,38 +226,71 @@ pub fn gemm_f32_into(
     ldy: usize,
 ) {
     assert!(
-        a.len() >= m * k
-            && b.len() >= k * n
-            && ldy >= n
-            && (m == 0 || y.len() >= (m - 1) * ldy + n),
-        "gemm_f32: buffers shorter than [{m}, {k}] x [{k}, {n}]"
+        ldy >= n && (m == 0 || y.len() >= (m - 1) * ldy + n),
+        "gemm_f32: output shorter than [{m}, {n}]"
     );
-    let par = parallelism();
-    // SAFETY: the assert above bounds every index gemm reads or writes through these
-    // contiguous row-major strides.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            y.as_mut_ptr(),
-            1,
-            ldy as isize,
-            false,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            1,
-            n as isize,
-            0.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            par,
-        )
-    }
+    // SAFETY: the assert bounds every element written through `y`.
+    unsafe { gemm_f32_raw(a, m, k, b, n, y.as_mut_ptr(), ldy, parallelism()) }
+}
+
+/// [`gemm_f32_into`] on the calling thread only, writing through a raw pointer (callers run
+/// one per thread on disjoint column blocks of one output).
+///
+/// # Safety
+/// `y + i · ldy + j` for `i < m`, `j < n` must be valid for writes and written by no one else
+/// during the call.
+pub unsafe fn gemm_f32_serial(
+    a: &[f32],
+    m: usize,
+    k: usize,
+    b: &[f32],
+    n: usize,
+    y: *mut f32,
+    ldy: usize,
+) {
+    gemm_f32_raw(a, m, k, b, n, y, ldy, gemm::Parallelism::None)
+}
+
+/// The one call into gemm for `y = a · b` (`a` `[m, k]`, `b` `[k, n]`, both row-major).
+///
+/// # Safety
+/// As [`gemm_f32_serial`]; the input lengths are checked here.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_f32_raw(
+    a: &[f32],
+    m: usize,
+    k: usize,
+    b: &[f32],
+    n: usize,
+    y: *mut f32,
+    ldy: usize,
+    par: gemm::Parallelism,
+) {
+    assert!(
+        a.len() >= m * k && b.len() >= k * n && ldy >= n,
+        "gemm_f32: inputs shorter than [{m}, {k}] x [{k}, {n}]"
+    );
+    gemm::gemm(
+        m,
+        n,
+        k,
+        y,
+        1,
+        ldy as isize,
+        false,
+        a.as_ptr(),
+        1,
+        k as isize,
+        b.as_ptr(),
+        1,
+        n as isize,
+        0.0f32,
+        1.0f32,
+        false,
+        false,
+        false,
+        par,
+    )
 }
 
 #[cfg(test)]

@@ -40,8 +40,8 @@ fn dequantizes_exactly(q: Quantized, label: &str) -> (QuantMatmul, Vec<f32>) {
     (qm, t)
 }
 
-/// [`dequantizes_exactly`], and the product equals the dense GEMM on those values: bit for bit
-/// for many tokens (same GEMM), within float rounding for a few (row dot products).
+/// [`dequantizes_exactly`], and the product equals the dense GEMM on those values up to float
+/// summation order (column blocks run as separate GEMMs; a few tokens take row dot products).
 fn check(q: Quantized, label: &str) {
     let (qm, t) = dequantizes_exactly(q, label);
     let (n, k) = qm.shape();
@@ -50,16 +50,9 @@ fn check(q: Quantized, label: &str) {
         let y = qm.matmul(&x, m);
         let mut dense = vec![0f32; m * n];
         shrink_models::kernels::gemm_f32(&x, m, k, &t, n, &mut dense);
-        if m > 8 {
-            assert_eq!(y, dense, "{label}: product of {m} tokens");
-        } else {
-            let mag = dense.iter().fold(0f32, |a, v| a.max(v.abs()));
-            for (a, b) in y.iter().zip(&dense) {
-                assert!(
-                    (a - b).abs() <= 1e-5 * mag,
-                    "{label}: {a} vs {b} ({m} tokens)"
-                );
-            }
+        let mag = dense.iter().fold(0f32, |a, v| a.max(v.abs()));
+        for (a, b) in y.iter().zip(&dense) {
+            assert!((a - b).abs() <= 1e-5 * mag, "{label}: {a} vs {b} ({m} tokens)");
         }
     }
 }
