@@ -52,7 +52,10 @@ fn check(q: Quantized, label: &str) {
         shrink_models::kernels::gemm_f32(&x, m, k, &t, n, &mut dense);
         let mag = dense.iter().fold(0f32, |a, v| a.max(v.abs()));
         for (a, b) in y.iter().zip(&dense) {
-            assert!((a - b).abs() <= 1e-5 * mag, "{label}: {a} vs {b} ({m} tokens)");
+            assert!(
+                (a - b).abs() <= 1e-5 * mag,
+                "{label}: {a} vs {b} ({m} tokens)"
+            );
         }
     }
 }
