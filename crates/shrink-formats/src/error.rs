@@ -26,8 +26,8 @@ pub enum FormatError {
         /// Bytes given.
         actual: usize,
     },
-    /// The format has no dequantizer in shrink (yet).
-    #[error("{0}: dequantizing this type is not supported")]
+    /// shrink has no dequantizer (or, for `quantize`, no quantizer) for this type (yet).
+    #[error("{0}: this type is not supported here")]
     Unsupported(&'static str),
     /// The format does not offer values of this bit width.
     #[error("{format}: {bits}-bit values are not supported (supported: {supported})")]

@@ -3,7 +3,9 @@
 //! This crate knows nothing about models. It works on plain slices:
 //! - [`float`]: float32 ↔ float16 / bfloat16 conversions of whole slices;
 //! - [`ggml`]: the GGML block formats that GGUF files carry (Q4_0 … Q6_K, IQ4_NL, IQ4_XS),
-//!   each with its block layout and its reference dequantizer, identified by [`ggml::GgmlType`];
+//!   each with its block layout, its reference dequantizer and (for the types llama.cpp
+//!   quantizes to) its reference quantizer, byte-identical to ggml's, identified by
+//!   [`ggml::GgmlType`];
 //! - [`int`]: round-to-nearest integers (2–8 bits), symmetric or zero-point, per tensor /
 //!   channel / group, with f32 / f16 / bf16 scales, bit-packed ([`int::IntTensor`]);
 //! - [`nf4`]: bitsandbytes' NF4 and FP4 blocks with optional double-quantized absmax
