@@ -45,17 +45,7 @@ pub struct QuantMatmul {
 
 enum Kind {
     /// Integers: `(code − zero) · scale`, one (scale, zero) per granule of `glen` values.
-    Int {
-        bits: u8,
-        row_bytes: usize,
-        packed: Vec<u8>,
-        glen: usize,
-        per_row: usize,
-        scales: Vec<f32>,
-        zeros: Vec<u8>,
-        /// The zero of symmetric codes (stored with an offset), used when `zeros` is empty.
-        offset: i32,
-    },
+    Int(IntRows),
     /// NF4 / FP4: `code[index] · absmax`, absmax per block of the flattened weight.
     Nf4 {
         packed: Vec<u8>,
@@ -73,6 +63,38 @@ enum Kind {
     /// Float32 rows shared with another tensor (a tied embedding used as the LM head), so
     /// the head needs no transposed copy of its own.
     Rows(Tensor),
+}
+
+/// Integer codes with their decoded scales and zero points.
+pub(crate) struct IntRows {
+    pub(crate) bits: u8,
+    pub(crate) row_bytes: usize,
+    pub(crate) packed: Vec<u8>,
+    /// Values per granule.
+    pub(crate) glen: usize,
+    /// Granules per row (0: one for the whole tensor).
+    pub(crate) per_row: usize,
+    pub(crate) scales: Vec<f32>,
+    /// Zero points (asymmetric), one per granule; empty when symmetric.
+    pub(crate) zeros: Vec<u8>,
+    /// The zero of symmetric codes (stored with an offset), used when `zeros` is empty.
+    pub(crate) offset: i32,
+}
+
+impl IntRows {
+    /// Scale and zero of the granule holding column `c` of row `r`.
+    #[inline(always)]
+    pub(crate) fn granule(&self, r: usize, c: usize) -> (f32, i32) {
+        let g = if self.per_row == 0 {
+            0
+        } else {
+            r * self.per_row + c / self.glen
+        };
+        (
+            self.scales[g],
+            self.zeros.get(g).map_or(self.offset, |&z| z as i32),
+        )
+    }
 }
 
 /// How an int8 product quantizes its input.
@@ -221,40 +243,7 @@ impl QuantMatmul {
     #[cfg(target_arch = "x86_64")]
     fn avx512_rows(&self) -> Option<avx512::Rows<'_>> {
         match &self.kind {
-            Kind::Int {
-                bits: bits @ (4 | 8),
-                row_bytes,
-                packed,
-                glen,
-                per_row,
-                scales,
-                zeros,
-                offset,
-            } => {
-                let (packed, row_bytes, glen, per_row) = (&packed[..], *row_bytes, *glen, *per_row);
-                let (scales, zeros, offset) = (&scales[..], &zeros[..], *offset);
-                Some(if *bits == 4 {
-                    avx512::Rows::Int4 {
-                        packed,
-                        row_bytes,
-                        glen,
-                        per_row,
-                        scales,
-                        zeros,
-                        offset,
-                    }
-                } else {
-                    avx512::Rows::Int8 {
-                        packed,
-                        row_bytes,
-                        glen,
-                        per_row,
-                        scales,
-                        zeros,
-                        offset,
-                    }
-                })
-            }
+            Kind::Int(t) if t.bits == 4 || t.bits == 8 => Some(avx512::Rows::Int(t)),
             Kind::Nf4 {
                 packed,
                 absmax,
@@ -275,23 +264,16 @@ impl QuantMatmul {
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let k = self.k;
         match &self.kind {
-            Kind::Int {
-                bits,
-                row_bytes,
-                packed,
-                glen,
-                per_row,
-                scales,
-                zeros,
-                offset,
-            } => {
+            Kind::Int(t) => {
+                let IntRows {
+                    bits,
+                    row_bytes,
+                    packed,
+                    glen,
+                    ..
+                } = t;
                 let bytes = &packed[r * row_bytes..(r + 1) * row_bytes];
-                let g0 = r * per_row;
-                let granule = |j: usize| -> (f32, i32) {
-                    let g = if *per_row == 0 { 0 } else { g0 + j };
-                    let z = zeros.get(g).map_or(*offset, |&z| z as i32);
-                    (scales[g], z)
-                };
+                let granule = |j: usize| t.granule(r, j * glen);
                 match bits {
                     8 => {
                         for (j, (o, c)) in
@@ -318,7 +300,7 @@ impl QuantMatmul {
                     _ => {
                         let mask = (1u32 << bits) - 1;
                         for (i, o) in out.iter_mut().enumerate() {
-                            let (s, z) = granule(i / glen);
+                            let (s, z) = t.granule(r, i);
                             let bit = i * *bits as usize;
                             let lo = bytes[bit / 8] as u32;
                             let hi = bytes.get(bit / 8 + 1).copied().unwrap_or(0) as u32;
@@ -619,7 +601,7 @@ fn int_kind(t: IntTensor) -> Kind {
     let nscales = spec.num_scales(t.rows, t.cols).max(1);
     let mut scales = vec![0f32; nscales];
     float::decode(spec.scale_type, &t.scales, &mut scales);
-    Kind::Int {
+    Kind::Int(IntRows {
         bits: spec.bits,
         row_bytes: spec.row_bytes(t.cols),
         packed: t.packed,
@@ -628,7 +610,7 @@ fn int_kind(t: IntTensor) -> Kind {
         scales,
         zeros: t.zeros.unwrap_or_default(),
         offset: spec.code_offset(),
-    }
+    })
 }
 
 /// Symmetric int8 weights with one scale per row (per tensor: the scale repeated).

@@ -11,28 +11,13 @@
 
 use std::arch::x86_64::*;
 
+use super::IntRows;
+
 /// How one weight row's 16 values starting at a column are decoded.
 pub(super) enum Rows<'a> {
-    /// 4-bit codes, two per byte, low nibble first; `(code − zero) · scale` per granule.
-    Int4 {
-        packed: &'a [u8],
-        row_bytes: usize,
-        glen: usize,
-        per_row: usize,
-        scales: &'a [f32],
-        zeros: &'a [u8],
-        offset: i32,
-    },
-    /// 8-bit codes; `(code − zero) · scale` per granule.
-    Int8 {
-        packed: &'a [u8],
-        row_bytes: usize,
-        glen: usize,
-        per_row: usize,
-        scales: &'a [f32],
-        zeros: &'a [u8],
-        offset: i32,
-    },
+    /// 4- or 8-bit integer codes (4-bit: two per byte, low nibble first);
+    /// `(code − zero) · scale` per granule.
+    Int(&'a IntRows),
     /// NF4/FP4 codes of the flattened weight, high nibble first; `code[i] · absmax` per block.
     Nf4 {
         packed: &'a [u8],
@@ -53,28 +38,9 @@ impl Rows<'_> {
     pub(super) fn fits(&self, k: usize) -> bool {
         k.is_multiple_of(16)
             && match self {
-                Rows::Int4 { glen, .. } | Rows::Int8 { glen, .. } => glen.is_multiple_of(16),
+                Rows::Int(t) => t.glen.is_multiple_of(16),
                 Rows::Nf4 { block, .. } => block.is_multiple_of(16),
             }
-    }
-
-    /// Scale and zero of granule `c / glen` of row `r`.
-    #[inline(always)]
-    fn granule(
-        scales: &[f32],
-        zeros: &[u8],
-        offset: i32,
-        per_row: usize,
-        glen: usize,
-        r: usize,
-        c: usize,
-    ) -> (f32, i32) {
-        let g = if per_row == 0 {
-            0
-        } else {
-            r * per_row + c / glen
-        };
-        (scales[g], zeros.get(g).map_or(offset, |&z| z as i32))
     }
 
     /// Row `r`, columns `c..c + 16`, as 16 floats.
@@ -83,37 +49,21 @@ impl Rows<'_> {
     unsafe fn row16(&self, r: usize, c: usize) -> __m512 {
         let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         match *self {
-            Rows::Int4 {
-                packed,
-                row_bytes,
-                glen,
-                per_row,
-                scales,
-                zeros,
-                offset,
-            } => {
-                let (s, z) = Self::granule(scales, zeros, offset, per_row, glen, r, c);
+            Rows::Int(t) if t.bits == 4 => {
+                let (s, z) = t.granule(r, c);
                 // table[i] = (i − z) · s, as the portable path computes each value.
                 let table = _mm512_mul_ps(
                     _mm512_cvtepi32_ps(_mm512_sub_epi32(iota, _mm512_set1_epi32(z))),
                     _mm512_set1_ps(s),
                 );
-                let at = r * row_bytes + c / 2;
+                let at = r * t.row_bytes + c / 2;
                 let shifts = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
-                _mm512_permutexvar_ps(nibbles(&packed[at..at + 8], shifts), table)
+                _mm512_permutexvar_ps(nibbles(&t.packed[at..at + 8], shifts), table)
             }
-            Rows::Int8 {
-                packed,
-                row_bytes,
-                glen,
-                per_row,
-                scales,
-                zeros,
-                offset,
-            } => {
-                let (s, z) = Self::granule(scales, zeros, offset, per_row, glen, r, c);
-                let at = r * row_bytes + c;
-                let b = _mm_loadu_si128(packed[at..at + 16].as_ptr() as *const __m128i);
+            Rows::Int(t) => {
+                let (s, z) = t.granule(r, c);
+                let at = r * t.row_bytes + c;
+                let b = _mm_loadu_si128(t.packed[at..at + 16].as_ptr() as *const __m128i);
                 let q = _mm512_sub_epi32(_mm512_cvtepu8_epi32(b), _mm512_set1_epi32(z));
                 _mm512_mul_ps(_mm512_cvtepi32_ps(q), _mm512_set1_ps(s))
             }
