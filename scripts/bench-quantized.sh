@@ -3,7 +3,7 @@
 # bytes, quantizer seconds), scored on peers.md's comparison set (first 24 windows, KLD and
 # top-1 against the f32 model) and, with FULL=1, on the full lee-ppl-v1 protocol; then eval
 # throughput and peak RSS of the f32, int8, int4 and NF4 models are measured side by side,
-# interleaved ROUNDS times (default 2) over SPEED_WINDOWS windows (default 8).
+# interleaved ROUNDS times (default 3) over SPEED_WINDOWS windows (default 8).
 # Prints one TSV line per measurement. Run it on an otherwise idle machine. Needs the assets.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +12,7 @@ bin=target/release/shrink
 gguf=assets/SmolLM2-135M-Instruct.Q4_1.gguf
 text=assets/lee_background.cor
 out="${OUT:-target/bench-quantized}"
-rounds="${ROUNDS:-2}"
+rounds="${ROUNDS:-3}"
 sw="${SPEED_WINDOWS:-8}"
 rm -rf "$out" && mkdir -p "$out"
 methods=(
@@ -38,8 +38,8 @@ for m in "${methods[@]}"; do
   "$bin" eval "$out/$name" --base "$out/f32" --text "$text" --max-windows 24 --json > "$out/$name.eval24.json"
   full=-
   if [ "${FULL:-0}" = 1 ]; then
-    "$bin" eval "$out/$name" --text "$text" --json > "$out/$name.full.json"
-    full=$(field "$out/$name.full.json" ppl)
+    "$bin" eval "$out/$name" --base "$out/f32" --text "$text" --json > "$out/$name.full.json"
+    full="$(field "$out/$name.full.json" ppl) (KLD $(field "$out/$name.full.json" kld))"
   fi
   q="$out/$name.quantize.json"; e="$out/$name.eval24.json"
   printf '%s\t%.4f\t%.4f\t%s\t%.3f\t%s\t%.4f\t%.5f\t%.4f\t%s\n' "$name" \
