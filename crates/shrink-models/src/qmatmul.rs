@@ -27,9 +27,10 @@ mod avx512;
 /// Output rows dequantized per task (one 64-byte line of the transposed scratch per input).
 const ROWS: usize = 16;
 /// Most float32 values of scratch per GEMM (512 KiB): weights go in column chunks of this
-/// many values, so the scratch is written and read back within L2. Measured on SmolLM2's MLP
-/// shapes, 512 tokens, one thread: quantized products 6–8 % faster than the dense float32
-/// GEMM with chunks of 2^17, 0–4 % with 2^19 and 2^21 (`cargo bench --bench qmatmul`).
+/// many values, so the scratch is written and read back within L2. On SmolLM2's MLP shapes
+/// (512 tokens, one thread) quantized products then run within 2 % of the dense float32 GEMM
+/// (`cargo bench --bench qmatmul`, BENCHMARKS.md); 2^19 and 2^21 measured 3–10 % slower than
+/// 2^17 (with another job on the machine).
 const CHUNK_VALUES: usize = 1 << 17;
 
 /// A quantized weight `[n, k]` in the form its dequantizer reads fastest.
@@ -178,19 +179,6 @@ impl QuantMatmul {
         let k = self.k;
         let width = r1 - r0;
         assert_eq!(out.len(), width * k, "dequantize_t_rows: length");
-        let dense = match &self.kind {
-            Kind::Rows(t) => Some(t.storage_and_layout()),
-            _ => None,
-        };
-        let dense: Option<&[f32]> = match &dense {
-            Some((s, l)) => match &**s {
-                candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => {
-                    Some(&v[l.start_offset()..l.start_offset() + self.n * k])
-                }
-                _ => panic!("QuantMatmul::rows holds a float32 CPU tensor"),
-            },
-            None => None,
-        };
         #[cfg(target_arch = "x86_64")]
         let fast = self
             .avx512_rows()
@@ -206,16 +194,10 @@ impl QuantMatmul {
                 unsafe { avx512::block16(fast, k, r0 + b0, base.get().add(b0), width) };
                 return;
             }
-            let src: &[f32] = match dense {
-                // Float rows are read where they are.
-                Some(d) => &d[(r0 + b0) * k..(r0 + b0 + count) * k],
-                None => {
-                    for i in 0..count {
-                        self.dequantize_row(r0 + b0 + i, &mut rows[i * k..(i + 1) * k]);
-                    }
-                    &rows[..count * k]
-                }
-            };
+            for i in 0..count {
+                self.dequantize_row(r0 + b0 + i, &mut rows[i * k..(i + 1) * k]);
+            }
+            let src = &rows[..count * k];
             // Scatter the block transposed: `count` contiguous values per input feature.
             for c in 0..k {
                 // SAFETY: block b owns columns b0..b0+count of every row of `out`, which
