@@ -354,6 +354,18 @@ pub enum Quantized {
     W8A8(IntTensor),
     /// bitsandbytes NF4/FP4, with the dense shape.
     Nf4(Nf4Tensor, Vec<usize>),
+    /// A layout shrink decodes to float32 when loading (GPTQ with act-order `g_idx`, HQQ along
+    /// axis 0, ggml blocks): row-major `[rows, cols]` values and the bytes the file stores.
+    Dense {
+        /// The decoded weight, row-major.
+        values: Vec<f32>,
+        /// Output features.
+        rows: usize,
+        /// Input features.
+        cols: usize,
+        /// Bytes of the stored (packed) form.
+        stored_bytes: usize,
+    },
 }
 
 impl Quantized {
@@ -363,6 +375,7 @@ impl Quantized {
             Quantized::Int(t) | Quantized::W8A8(t) => t.stored_bytes(),
             Quantized::Int8Row(t, _) => t.stored_bytes(),
             Quantized::Nf4(t, _) => t.stored_bytes(),
+            Quantized::Dense { stored_bytes, .. } => *stored_bytes,
         }
     }
 
@@ -372,6 +385,7 @@ impl Quantized {
             Quantized::Int(t) | Quantized::W8A8(t) => (t.rows, t.cols),
             Quantized::Int8Row(t, _) => (t.rows, t.cols),
             Quantized::Nf4(_, s) => (s[0], s.get(1).copied().unwrap_or(1)),
+            Quantized::Dense { rows, cols, .. } => (*rows, *cols),
         }
     }
 
@@ -381,6 +395,7 @@ impl Quantized {
             Quantized::Int(t) | Quantized::W8A8(t) => (t.dequantize(), vec![t.rows, t.cols]),
             Quantized::Int8Row(t, _) => (t.dequantize(), vec![t.rows, t.cols]),
             Quantized::Nf4(t, s) => (t.dequantize(), s.clone()),
+            Quantized::Dense { values, rows, cols, .. } => (values.clone(), vec![*rows, *cols]),
         }
     }
 }

@@ -133,6 +133,12 @@ impl QuantMatmul {
                 act: Activations::LlmInt8 { threshold },
             },
             Quantized::Nf4(t, _) => nf4_kind(t),
+            Quantized::Dense {
+                values, rows, cols, ..
+            } => Kind::Rows(
+                Tensor::from_vec(values, (rows, cols), &candle_core::Device::Cpu)
+                    .expect("values hold rows · cols floats"),
+            ),
         };
         QuantMatmul {
             n,
