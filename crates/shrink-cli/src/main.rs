@@ -27,14 +27,19 @@ enum Command {
     Inspect(commands::inspect::Args),
     /// Change the storage dtype (f32/bf16/f16) and write a Hugging Face directory, tensor by tensor.
     Convert(commands::convert::Args),
-    /// Quantize (round to nearest: int8/intN per tensor/channel/group, NF4, FP4), streaming.
+    /// Quantize: round to nearest (int8/intN per tensor/channel/group, NF4, FP4, LLM.int8,
+    /// dynamic int8), calibrated (GPTQ, AWQ), HQQ, or GGUF k-quants; streaming.
     Quantize(commands::quantize::Args),
+    /// Collect llama.cpp's importance matrix (mean x² per input column) from calibration text.
+    Imatrix(commands::imatrix::Args),
     /// Perplexity on the lee-ppl-v1 protocol; with --base, KLD and top-1 agreement too.
     Eval(commands::eval::Args),
     /// Compare compressed models with their base: size, PPL, KLD, top-1, per-layer error, histograms, generations.
     Compare(commands::compare::Args),
     /// Generate text from a prompt, streaming tokens as they are produced.
     Generate(commands::generate::Args),
+    /// Chart perplexity against bits/weight for every method of a results CSV (PNG).
+    Chart(commands::chart::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,9 +49,11 @@ fn main() -> ExitCode {
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Convert(a) => commands::convert::run(a),
         Command::Quantize(a) => commands::quantize::run(a),
+        Command::Imatrix(a) => commands::imatrix::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Generate(a) => commands::generate::run(a),
         Command::Compare(a) => commands::compare::run(a),
+        Command::Chart(a) => commands::chart::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,6 +7,7 @@
 //!
 //! Neighbours: `shrink-models` runs the forward pass; `shrink-cli` prints the reports.
 
+pub mod chart;
 pub mod error;
 pub mod generate;
 pub mod perplexity;

@@ -108,6 +108,18 @@ pub enum FormatError {
         /// Storage type name ("f16", "bf16", "f32").
         scale_type: &'static str,
     },
+    /// A float zero point does not fit its storage type (it would become infinite).
+    #[error("{format}: zero point {zero} of group {group} overflows its storage type {zero_type}")]
+    ZeroOverflow {
+        /// Format name.
+        format: &'static str,
+        /// The zero point in float32.
+        zero: f32,
+        /// Its group.
+        group: usize,
+        /// Storage type name ("f16", ...).
+        zero_type: &'static str,
+    },
     /// Stored parts of a tensor are inconsistent with each other (lengths or values).
     #[error("{format}: inconsistent parts: {what}")]
     Inconsistent {
@@ -115,5 +127,23 @@ pub enum FormatError {
         format: &'static str,
         /// What does not fit.
         what: String,
+    },
+    /// A packed axis does not fill whole int32 words (GPTQ / AWQ layouts pack 32 / bits values
+    /// per word, 3-bit values 32 per 3 words); shrink refuses rather than pads.
+    #[error(
+        "{format}: {len} {axis} at {bits} bits do not fill whole int32 words (needs a multiple \
+         of {multiple}; shrink does not pad)"
+    )]
+    NotWordAligned {
+        /// Format name.
+        format: &'static str,
+        /// Which axis, in words ("input features", "output features").
+        axis: &'static str,
+        /// Its length.
+        len: usize,
+        /// Bits per value.
+        bits: u8,
+        /// The multiple the length must be.
+        multiple: usize,
     },
 }

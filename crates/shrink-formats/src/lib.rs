@@ -26,9 +26,12 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod awq;
 pub mod error;
 pub mod float;
 pub mod ggml;
+pub mod gptq;
+pub mod hqq;
 pub mod int;
 pub mod int8_rowwise;
 pub mod nf4;

@@ -220,7 +220,10 @@ impl Checkpoint {
                 h.weights.tensors.contains_key(name)
                     || (h.quantization_config().is_some()
                         && name.strip_suffix(".weight").is_some_and(|m| {
-                            h.weights.tensors.contains_key(&format!("{m}.weight_scale"))
+                            // The tensor that marks a module stored in a quantized layout.
+                            ["weight_scale", "qweight", "W_q"]
+                                .iter()
+                                .any(|k| h.weights.tensors.contains_key(&format!("{m}.{k}")))
                         }))
             }
             Checkpoint::Gguf(g) => g.tensor(name).is_some(),

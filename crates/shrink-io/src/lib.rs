@@ -21,6 +21,9 @@
 pub mod checkpoint;
 pub mod error;
 pub mod gguf;
+pub mod gguf_write;
+pub mod hf_int;
+pub mod imatrix;
 pub mod output;
 pub mod quantized;
 pub mod safetensors;

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use safetensors::tensor::Dtype;
 use serde_json::{json, Value};
 use shrink_formats::float::FloatType;
+use shrink_formats::hqq::{HqqSpec, HqqTensor};
 use shrink_formats::int::{Granularity, IntSpec, IntTensor};
 use shrink_formats::int8_rowwise::RowwiseInt8;
 use shrink_formats::nf4::{Absmax, Fp4Kind, Nf4Spec, Nf4Tensor, DYNAMIC_MAP, NESTED_BLOCK};
@@ -342,6 +343,100 @@ pub fn bnb8_config(threshold: f64) -> Value {
     })
 }
 
+/// `quant_method` of shrink's HQQ layout (not Hugging Face's `hqq`, whose serialisation is the
+/// hqq library's own module state).
+pub const HQQ_METHOD: &str = "shrink-hqq";
+
+/// The stored tensors of module `module` holding the HQQ tensor `t`: `<module>.W_q` (U8 packed
+/// codes: `[rows, ceil(cols·b/8)]` along axis 1, flat along axis 0), `<module>.scale` and
+/// `<module>.zero` (F16, one per group).
+pub fn hqq_tensors(module: &str, t: &HqqTensor) -> Vec<StoredTensor> {
+    let g = t.spec.num_groups(t.rows, t.cols);
+    let packed_shape = if t.spec.axis == 1 {
+        vec![t.rows, t.packed.len() / t.rows.max(1)]
+    } else {
+        vec![t.packed.len()]
+    };
+    vec![
+        StoredTensor {
+            name: format!("{module}.W_q"),
+            dtype: Dtype::U8,
+            shape: packed_shape,
+            bytes: t.packed.clone(),
+        },
+        StoredTensor {
+            name: format!("{module}.scale"),
+            dtype: Dtype::F16,
+            shape: vec![g],
+            bytes: t.scales.clone(),
+        },
+        StoredTensor {
+            name: format!("{module}.zero"),
+            dtype: Dtype::F16,
+            shape: vec![g],
+            bytes: t.zeros.clone(),
+        },
+        StoredTensor {
+            name: format!("{module}.weight_shape"),
+            dtype: Dtype::I64,
+            shape: vec![2],
+            bytes: [t.rows as i64, t.cols as i64]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        },
+    ]
+}
+
+/// config.json's `quantization_config` for shrink's HQQ layout; `ignore` lists dense modules.
+pub fn hqq_config(spec: &HqqSpec, ignore: &[String]) -> Value {
+    json!({
+        "quant_method": HQQ_METHOD, "nbits": spec.bits, "group_size": spec.group_size,
+        "axis": spec.axis, "scale_dtype": "float16", "zero_dtype": "float16",
+        "ignore": ignore,
+    })
+}
+
+fn read_hqq(r: &Reader, qcfg: &Value, module: &str) -> Result<Option<Quantized>> {
+    let Some((packed, pdt, _)) = r.raw(&format!("{module}.W_q")) else {
+        return Ok(None);
+    };
+    let num = |k: &str| qcfg.get(k).and_then(Value::as_u64);
+    let (Some(bits), Some(group_size), Some(axis)) = (num("nbits"), num("group_size"), num("axis"))
+    else {
+        return Err(r.err(
+            "quantization_config: shrink-hqq needs nbits, group_size and axis".into(),
+        ));
+    };
+    let (sb, sdt, _) = r.need(&format!("{module}.scale"))?;
+    let (zb, zdt, _) = r.need(&format!("{module}.zero"))?;
+    let (shape, _, _) = r.need(&format!("{module}.weight_shape"))?;
+    if pdt != Dtype::U8 || sdt != Dtype::F16 || zdt != Dtype::F16 || shape.len() != 16 {
+        return Err(r.err(format!(
+            "{module}: shrink-hqq stores W_q as U8, scale and zero as F16 and weight_shape as two I64"
+        )));
+    }
+    let rows = i64::from_le_bytes(shape[..8].try_into().unwrap());
+    let cols = i64::from_le_bytes(shape[8..].try_into().unwrap());
+    if rows <= 0 || cols <= 0 {
+        return Err(r.err(format!("{module}.weight_shape: [{rows}, {cols}]")));
+    }
+    let t = HqqTensor {
+        spec: HqqSpec {
+            bits: bits as u8,
+            group_size: group_size as usize,
+            axis: axis as u8,
+        },
+        rows: rows as usize,
+        cols: cols as usize,
+        packed: packed.to_vec(),
+        scales: sb.to_vec(),
+        zeros: zb.to_vec(),
+    };
+    t.check().map_err(|e| r.err(format!("{module}: {e}")))?;
+    Ok(Some(Quantized::Hqq(t)))
+}
+
 /// A quantized weight found in a checkpoint, decoded back to its quantizer's tensor.
 pub enum Quantized {
     /// bitsandbytes LLM.int8 row-wise int8, with the activation outlier threshold its config
@@ -354,6 +449,8 @@ pub enum Quantized {
     W8A8(IntTensor),
     /// bitsandbytes NF4/FP4, with the dense shape.
     Nf4(Nf4Tensor, Vec<usize>),
+    /// HQQ codes with float zero points (shrink's `shrink-hqq` layout).
+    Hqq(HqqTensor),
     /// A layout shrink decodes to float32 when loading (GPTQ with act-order `g_idx`, HQQ along
     /// axis 0, ggml blocks): row-major `[rows, cols]` values and the bytes the file stores.
     Dense {
@@ -375,6 +472,7 @@ impl Quantized {
             Quantized::Int(t) | Quantized::W8A8(t) => t.stored_bytes(),
             Quantized::Int8Row(t, _) => t.stored_bytes(),
             Quantized::Nf4(t, _) => t.stored_bytes(),
+            Quantized::Hqq(t) => t.stored_bytes(),
             Quantized::Dense { stored_bytes, .. } => *stored_bytes,
         }
     }
@@ -385,6 +483,7 @@ impl Quantized {
             Quantized::Int(t) | Quantized::W8A8(t) => (t.rows, t.cols),
             Quantized::Int8Row(t, _) => (t.rows, t.cols),
             Quantized::Nf4(_, s) => (s[0], s.get(1).copied().unwrap_or(1)),
+            Quantized::Hqq(t) => (t.rows, t.cols),
             Quantized::Dense { rows, cols, .. } => (*rows, *cols),
         }
     }
@@ -395,6 +494,7 @@ impl Quantized {
             Quantized::Int(t) | Quantized::W8A8(t) => (t.dequantize(), vec![t.rows, t.cols]),
             Quantized::Int8Row(t, _) => (t.dequantize(), vec![t.rows, t.cols]),
             Quantized::Nf4(t, s) => (t.dequantize(), s.clone()),
+            Quantized::Hqq(t) => (t.dequantize(), vec![t.rows, t.cols]),
             Quantized::Dense { values, rows, cols, .. } => (values.clone(), vec![*rows, *cols]),
         }
     }
@@ -445,6 +545,9 @@ pub fn read(
             read_bnb8(&r, module, threshold)
         }
         Some("bitsandbytes") => read_bnb4(&r, module),
+        Some(HQQ_METHOD) => read_hqq(&r, qcfg, module),
+        Some("gptq") => crate::hf_int::read_gptq(st, dir, qcfg, module),
+        Some("awq") => crate::hf_int::read_awq(st, dir, qcfg, module),
         Some(other) => Err(r.err(format!(
             "quantization_config: quant_method {other:?} is not one shrink reads yet"
         ))),

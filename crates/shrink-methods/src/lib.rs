@@ -3,9 +3,17 @@
 //!
 //! - [`select`]: which weights a method touches (decoder linears by default; include/exclude
 //!   patterns change that);
-//! - [`rtn`]: round-to-nearest integers and NF4/FP4, in the ecosystem's storage layouts.
+//! - [`rtn`]: round-to-nearest integers and NF4/FP4, in the ecosystem's storage layouts;
+//! - [`calib`]: calibration samples; [`hessian`]: layer Hessians and their factorisations;
+//! - [`gptq`]: GPTQ.
 
+pub mod awq;
+pub mod calib;
 pub mod error;
+pub mod ggml_mix;
+pub mod gptq;
+pub mod hessian;
+pub mod hqq;
 pub mod rtn;
 pub mod select;
 

@@ -30,6 +30,7 @@ pub mod linear;
 pub mod llama;
 pub mod qmatmul;
 pub mod runtime;
+pub mod sequential;
 pub mod weights;
 
 use candle_core::Tensor;

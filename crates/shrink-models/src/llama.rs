@@ -125,9 +125,25 @@ pub fn weight_shapes(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
     v
 }
 
-impl Llama {
-    /// Load every weight through `w`, checking shapes against `cfg`.
-    pub fn load(cfg: LlamaConfig, w: &WeightLoader) -> Result<Self> {
+/// Sees the input of each linear layer of a decoder layer during a forward pass: called with
+/// the linear's name inside the layer (`self_attn.q_proj`, ..., `mlp.down_proj`) and its input
+/// [t, in]. Linears that share an input (q/k/v, gate/up) get the same tensor (same `id()`).
+pub type Tap<'a> = &'a mut dyn FnMut(&str, &Tensor) -> Result<()>;
+
+/// The linears of a Llama decoder layer, by their name inside the layer, in forward order.
+pub const LAYER_LINEARS: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
+impl LlamaLayer {
+    /// Load decoder layer `l` through `w`.
+    pub fn load(cfg: &LlamaConfig, w: &WeightLoader, l: usize) -> Result<Self> {
         let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
         let (qd, kvd) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
         let lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
@@ -139,23 +155,117 @@ impl Llama {
                 bias.then_some(b.as_str()),
             )
         };
-        let embed_tokens = w.get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
-        let mut layers = Vec::with_capacity(cfg.num_layers);
-        for l in 0..cfg.num_layers {
-            let p = format!("model.layers.{l}");
-            layers.push(LlamaLayer {
-                input_layernorm: w.get(&format!("{p}.input_layernorm.weight"), &[h])?,
-                q_proj: lin(&format!("{p}.self_attn.q_proj"), qd, h, cfg.qkv_bias)?,
-                k_proj: lin(&format!("{p}.self_attn.k_proj"), kvd, h, cfg.qkv_bias)?,
-                v_proj: lin(&format!("{p}.self_attn.v_proj"), kvd, h, cfg.qkv_bias)?,
-                o_proj: lin(&format!("{p}.self_attn.o_proj"), h, qd, cfg.o_bias)?,
-                post_attention_layernorm: w
-                    .get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                gate_proj: lin(&format!("{p}.mlp.gate_proj"), i, h, cfg.mlp_bias)?,
-                up_proj: lin(&format!("{p}.mlp.up_proj"), i, h, cfg.mlp_bias)?,
-                down_proj: lin(&format!("{p}.mlp.down_proj"), h, i, cfg.mlp_bias)?,
-            });
+        let p = format!("model.layers.{l}");
+        Ok(LlamaLayer {
+            input_layernorm: w.get(&format!("{p}.input_layernorm.weight"), &[h])?,
+            q_proj: lin(&format!("{p}.self_attn.q_proj"), qd, h, cfg.qkv_bias)?,
+            k_proj: lin(&format!("{p}.self_attn.k_proj"), kvd, h, cfg.qkv_bias)?,
+            v_proj: lin(&format!("{p}.self_attn.v_proj"), kvd, h, cfg.qkv_bias)?,
+            o_proj: lin(&format!("{p}.self_attn.o_proj"), h, qd, cfg.o_bias)?,
+            post_attention_layernorm: w.get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+            gate_proj: lin(&format!("{p}.mlp.gate_proj"), i, h, cfg.mlp_bias)?,
+            up_proj: lin(&format!("{p}.mlp.up_proj"), i, h, cfg.mlp_bias)?,
+            down_proj: lin(&format!("{p}.mlp.down_proj"), h, i, cfg.mlp_bias)?,
+        })
+    }
+
+    /// The linear named `name` inside the layer (one of [`LAYER_LINEARS`]).
+    pub fn linear_mut(&mut self, name: &str) -> Option<&mut Linear> {
+        Some(match name {
+            "self_attn.q_proj" => &mut self.q_proj,
+            "self_attn.k_proj" => &mut self.k_proj,
+            "self_attn.v_proj" => &mut self.v_proj,
+            "self_attn.o_proj" => &mut self.o_proj,
+            "mlp.gate_proj" => &mut self.gate_proj,
+            "mlp.up_proj" => &mut self.up_proj,
+            "mlp.down_proj" => &mut self.down_proj,
+            _ => return None,
+        })
+    }
+
+    /// The layer's output [t, hidden] for input `x` [t, hidden] at the positions of `rope`
+    /// (cos, sin tables), extending `cache` (the cache and this layer's index) when given;
+    /// `tap` sees every linear's input.
+    pub fn forward(
+        &self,
+        c: &LlamaConfig,
+        x: &Tensor,
+        rope: (&Tensor, &Tensor),
+        cache: Option<(&mut KvCache, usize)>,
+        mut tap: Option<Tap>,
+    ) -> Result<Tensor> {
+        let eps = c.rms_norm_eps as f32;
+        let mut see = |name: &str, t: &Tensor| -> Result<()> {
+            match tap.as_mut() {
+                Some(f) => f(name, t),
+                None => Ok(()),
+            }
+        };
+        let hn = candle_nn::ops::rms_norm(x, &self.input_layernorm, eps)?;
+        for n in &LAYER_LINEARS[..3] {
+            see(n, &hn)?;
         }
+        let a = self.attention(c, &hn, rope, cache, &mut see)?;
+        let x = (x + a)?;
+        let hn = candle_nn::ops::rms_norm(&x, &self.post_attention_layernorm, eps)?;
+        see(LAYER_LINEARS[4], &hn)?;
+        see(LAYER_LINEARS[5], &hn)?;
+        let m = self.mlp(&hn, &mut see)?;
+        Ok((x + m)?)
+    }
+
+    /// The attention block's output (after o_proj) for the normed input `hn` [t, hidden];
+    /// `see` is shown o_proj's input.
+    pub fn attention(
+        &self,
+        c: &LlamaConfig,
+        hn: &Tensor,
+        rope: (&Tensor, &Tensor),
+        cache: Option<(&mut KvCache, usize)>,
+        see: &mut dyn FnMut(&str, &Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
+        let mask = CausalMask {
+            window: c.sliding_window,
+        };
+        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        let (cos, sin) = rope;
+        let q = heads(&self.q_proj.forward(hn)?, c.num_heads, c.head_dim)?;
+        let k = heads(&self.k_proj.forward(hn)?, c.num_kv_heads, c.head_dim)?;
+        let v = heads(&self.v_proj.forward(hn)?, c.num_kv_heads, c.head_dim)?;
+        let q = apply_rope(&q, cos, sin, c.head_dim)?;
+        let k = apply_rope(&k, cos, sin, c.head_dim)?;
+        let (k, v) = match cache {
+            Some((kv, li)) => kv.append(li, k, v)?,
+            None => (k, v),
+        };
+        let a = attention(&q, &k, &v, &mask, scale)?;
+        see(LAYER_LINEARS[3], &a)?;
+        Ok(self.o_proj.forward(&a)?)
+    }
+
+    /// The MLP's output (after down_proj) for the normed input `hn` [t, hidden]; `see` is
+    /// shown down_proj's input.
+    pub fn mlp(
+        &self,
+        hn: &Tensor,
+        see: &mut dyn FnMut(&str, &Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
+        let g = self.gate_proj.forward(hn)?;
+        let u = self.up_proj.forward(hn)?;
+        let m = silu_mul(&g, &u)?;
+        see(LAYER_LINEARS[6], &m)?;
+        Ok(self.down_proj.forward(&m)?)
+    }
+}
+
+impl Llama {
+    /// Load every weight through `w`, checking shapes against `cfg`.
+    pub fn load(cfg: LlamaConfig, w: &WeightLoader) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let embed_tokens = w.get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let layers = (0..cfg.num_layers)
+            .map(|l| LlamaLayer::load(&cfg, w, l))
+            .collect::<Result<Vec<_>>>()?;
         let norm = w.get("model.norm.weight", &[h])?;
         let lm_head = if !cfg.tie_word_embeddings && w.has("lm_head.weight") {
             Linear::new(w.get("lm_head.weight", &[cfg.vocab_size, h])?, None)?
@@ -185,28 +295,10 @@ impl Llama {
         let idx = Tensor::new(ids, &Device::Cpu)?;
         let mut x = self.embed_tokens.index_select(&idx, 0)?; // [t, h]
         let (cos, sin) = rope_tables(c.head_dim, c.rope_theta, offset, t)?;
-        let mask = CausalMask {
-            window: c.sliding_window,
-        };
         let eps = c.rms_norm_eps as f32;
-        let scale = 1.0 / (c.head_dim as f64).sqrt();
         for (li, l) in self.layers.iter().enumerate() {
-            let hn = candle_nn::ops::rms_norm(&x, &l.input_layernorm, eps)?;
-            let q = heads(&l.q_proj.forward(&hn)?, c.num_heads, c.head_dim)?;
-            let k = heads(&l.k_proj.forward(&hn)?, c.num_kv_heads, c.head_dim)?;
-            let v = heads(&l.v_proj.forward(&hn)?, c.num_kv_heads, c.head_dim)?;
-            let q = apply_rope(&q, &cos, &sin, c.head_dim)?;
-            let k = apply_rope(&k, &cos, &sin, c.head_dim)?;
-            let (k, v) = match cache.as_deref_mut() {
-                Some(kv) => kv.append(li, k, v)?,
-                None => (k, v),
-            };
-            let a = attention(&q, &k, &v, &mask, scale)?;
-            x = (x + l.o_proj.forward(&a)?)?;
-            let hn = candle_nn::ops::rms_norm(&x, &l.post_attention_layernorm, eps)?;
-            let g = l.gate_proj.forward(&hn)?;
-            let u = l.up_proj.forward(&hn)?;
-            x = (x + l.down_proj.forward(&silu_mul(&g, &u)?)?)?;
+            let kv = cache.as_deref_mut().map(|kv| (kv, li));
+            x = l.forward(c, &x, (&cos, &sin), kv, None)?;
         }
         let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
         Ok(x)

@@ -17,6 +17,7 @@ use rayon::prelude::*;
 use shrink_formats::int::{Granularity, IntTensor};
 use shrink_formats::nf4::Nf4Tensor;
 use shrink_formats::{float, int8_rowwise::RowwiseInt8};
+use shrink_formats::hqq::HqqTensor;
 use shrink_io::quantized::Quantized;
 
 use crate::int8_gemm::{self, PackedInt8};
@@ -76,16 +77,17 @@ pub(crate) struct IntRows {
     /// Granules per row (0: one for the whole tensor).
     pub(crate) per_row: usize,
     pub(crate) scales: Vec<f32>,
-    /// Zero points (asymmetric), one per granule; empty when symmetric.
-    pub(crate) zeros: Vec<u8>,
+    /// Zero points (asymmetric; integers, or HQQ's float zeros), one per granule; empty when
+    /// symmetric.
+    pub(crate) zeros: Vec<f32>,
     /// The zero of symmetric codes (stored with an offset), used when `zeros` is empty.
-    pub(crate) offset: i32,
+    pub(crate) offset: f32,
 }
 
 impl IntRows {
     /// Scale and zero of the granule holding column `c` of row `r`.
     #[inline(always)]
-    pub(crate) fn granule(&self, r: usize, c: usize) -> (f32, i32) {
+    pub(crate) fn granule(&self, r: usize, c: usize) -> (f32, f32) {
         let g = if self.per_row == 0 {
             0
         } else {
@@ -93,7 +95,7 @@ impl IntRows {
         };
         (
             self.scales[g],
-            self.zeros.get(g).map_or(self.offset, |&z| z as i32),
+            self.zeros.get(g).copied().unwrap_or(self.offset),
         )
     }
 }
@@ -133,6 +135,7 @@ impl QuantMatmul {
                 act: Activations::LlmInt8 { threshold },
             },
             Quantized::Nf4(t, _) => nf4_kind(t),
+            Quantized::Hqq(t) => hqq_kind(t),
             Quantized::Dense {
                 values, rows, cols, ..
             } => Kind::Rows(
@@ -269,7 +272,7 @@ impl QuantMatmul {
                         {
                             let (s, z) = granule(j);
                             for (o, &c) in o.iter_mut().zip(c) {
-                                *o = (c as i32 - z) as f32 * s;
+                                *o = (c as f32 - z) * s;
                             }
                         }
                     }
@@ -281,7 +284,7 @@ impl QuantMatmul {
                         {
                             let (s, z) = granule(j);
                             // The granule's 16 possible values, then one lookup per code.
-                            let t: [f32; 16] = std::array::from_fn(|c| (c as i32 - z) as f32 * s);
+                            let t: [f32; 16] = std::array::from_fn(|c| (c as f32 - z) * s);
                             lookup_nibbles(&t, c, o, false);
                         }
                     }
@@ -293,7 +296,7 @@ impl QuantMatmul {
                             let lo = bytes[bit / 8] as u32;
                             let hi = bytes.get(bit / 8 + 1).copied().unwrap_or(0) as u32;
                             let c = (((hi << 8) | lo) >> (bit % 8)) & mask;
-                            *o = (c as i32 - z) as f32 * s;
+                            *o = (c as f32 - z) * s;
                         }
                     }
                 }
@@ -596,8 +599,33 @@ fn int_kind(t: IntTensor) -> Kind {
         glen,
         per_row,
         scales,
-        zeros: t.zeros.unwrap_or_default(),
-        offset: spec.code_offset(),
+        zeros: t
+            .zeros
+            .map(|z| z.into_iter().map(f32::from).collect())
+            .unwrap_or_default(),
+        offset: spec.code_offset() as f32,
+    })
+}
+
+/// HQQ along axis 1 as integer rows with float zero points; along axis 0 (strided groups)
+/// decoded to float rows.
+fn hqq_kind(t: HqqTensor) -> Kind {
+    if t.spec.axis != 1 {
+        let (rows, cols) = (t.rows, t.cols);
+        return Kind::Rows(
+            Tensor::from_vec(t.dequantize(), (rows, cols), &candle_core::Device::Cpu)
+                .expect("rows · cols floats"),
+        );
+    }
+    Kind::Int(IntRows {
+        bits: t.spec.bits,
+        row_bytes: t.packed.len() / t.rows.max(1),
+        glen: t.spec.group_size,
+        per_row: t.cols / t.spec.group_size,
+        scales: t.scales_f32(),
+        zeros: t.zeros_f32(),
+        offset: 0.0,
+        packed: t.packed,
     })
 }
 

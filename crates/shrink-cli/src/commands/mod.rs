@@ -1,8 +1,13 @@
 //! One module per subcommand.
 
+pub mod awq;
+pub mod calibrated;
+pub mod chart;
 pub mod compare;
 pub mod convert;
 pub mod eval;
 pub mod generate;
+pub mod imatrix;
 pub mod inspect;
 pub mod quantize;
+pub mod quantize_ggml;

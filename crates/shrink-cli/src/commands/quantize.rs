@@ -39,6 +39,30 @@ pub enum Method {
     /// activations quantized to int8 per token at run time, integer matmul (compressed-tensors
     /// `int-quantized` W8A8 layout).
     DynamicInt8,
+    /// GPTQ: integers of --bits (2, 3, 4, 8) in groups of --group-size, each column's rounding
+    /// error compensated through the inverse Hessian of calibration activations (--calib);
+    /// written in the Hugging Face `gptq` layout.
+    Gptq,
+}
+
+/// GPTQ's column order (see --act-order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ActOrder {
+    /// Columns in their own order.
+    None,
+    /// Decreasing Hessian diagonal, static contiguous groups.
+    Static,
+    /// Decreasing Hessian diagonal, groups in that order (desc_act with g_idx).
+    Group,
+}
+
+/// Which part of the --calib file calibrated methods see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CalibFormat {
+    /// A Lee corpus file (one document per line): the lee-ppl-v1 calibration documents 0..149.
+    Lee,
+    /// The whole file as one text.
+    Raw,
 }
 
 /// Granularity of integer scales.
@@ -55,7 +79,7 @@ pub enum Gran {
 /// Arguments of `shrink quantize`.
 #[derive(clap::Args)]
 #[command(
-    after_help = "By default every linear layer of the decoder blocks is quantized; embeddings, norms and the LM head keep their precision (--include/--exclude change that, e.g. --exclude '*.down_proj' --include lm_head).\n\nExamples:\n  shrink quantize assets/SmolLM2-135M-Instruct.Q4_1.gguf --method nf4 --double-quant -o smollm2-nf4\n  shrink quantize assets/SmolLM2-135M-Instruct.Q4_1.gguf --method int --bits 4 --group-size 64 -o smollm2-int4-g64\n  shrink quantize my-model --method absmax-int8 --granularity channel -o my-model-int8\n  shrink quantize my-model --method llm-int8 --threshold 6 -o my-model-llm-int8\n  shrink quantize my-model --method dynamic-int8 -o my-model-w8a8"
+    after_help = "By default every linear layer of the decoder blocks is quantized; embeddings, norms and the LM head keep their precision (--include/--exclude change that, e.g. --exclude '*.down_proj' --include lm_head).\n\nExamples:\n  shrink quantize assets/SmolLM2-135M-Instruct.Q4_1.gguf --method nf4 --double-quant -o smollm2-nf4\n  shrink quantize assets/SmolLM2-135M-Instruct.Q4_1.gguf --method int --bits 4 --group-size 64 -o smollm2-int4-g64\n  shrink quantize my-model --method absmax-int8 --granularity channel -o my-model-int8\n  shrink quantize my-model --method llm-int8 --threshold 6 -o my-model-llm-int8\n  shrink quantize my-model --method dynamic-int8 -o my-model-w8a8\n  shrink quantize assets/SmolLM2-135M-Instruct.Q4_1.gguf --method gptq --bits 4 --group-size 64 --calib assets/lee_background.cor -o smollm2-gptq"
 )]
 pub struct Args {
     /// Model to quantize (HF directory or .gguf).
@@ -102,9 +126,58 @@ pub struct Args {
     /// Leave these weights unquantized (glob, e.g. '*.down_proj').
     #[arg(long)]
     pub exclude: Vec<String>,
+    /// Calibration text of calibrated methods (gptq, awq).
+    #[arg(long, help_heading = "Calibration")]
+    pub calib: Option<PathBuf>,
+    /// Which part of --calib to use.
+    #[arg(long, value_enum, default_value = "lee", help_heading = "Calibration")]
+    pub calib_format: CalibFormat,
+    /// Number of calibration samples.
+    #[arg(long, default_value_t = 128, help_heading = "Calibration")]
+    pub calib_samples: usize,
+    /// Tokens per calibration sample.
+    #[arg(long, default_value_t = 512, help_heading = "Calibration")]
+    pub calib_seqlen: usize,
+    /// Seed of the calibration samples' random starts.
+    #[arg(long, default_value_t = 0, help_heading = "Calibration")]
+    pub seed: u64,
+    /// GPTQ: column order. `static` (default, as llm-compressor): columns in order of
+    /// decreasing Hessian diagonal, group scales from the weight before any update, groups
+    /// contiguous; `group` (AutoGPTQ's desc_act): groups formed in that order, stored with
+    /// g_idx; `none`: columns in their own order, scales from the updated weight.
+    #[arg(long, value_enum, default_value = "static", help_heading = "GPTQ")]
+    pub act_order: ActOrder,
+    /// GPTQ: dampening, as a fraction of the mean Hessian diagonal.
+    #[arg(long, default_value_t = 0.01, help_heading = "GPTQ")]
+    pub damp: f64,
+    /// GPTQ: accumulate the Hessian in float64 (float32 by default).
+    #[arg(long, help_heading = "GPTQ")]
+    pub hessian_f64: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+impl Args {
+    /// The calibration options, or an error naming what is missing.
+    fn calib(&self) -> Result<super::calibrated::CalibArgs> {
+        let Some(file) = &self.calib else {
+            bail!(
+                "--method {:?} is calibrated: give a calibration text with --calib FILE (e.g. \
+                 --calib assets/lee_background.cor)",
+                self.method
+            );
+        };
+        Ok(super::calibrated::CalibArgs {
+            file: file.clone(),
+            lee: self.calib_format == CalibFormat::Lee,
+            spec: shrink_methods::calib::CalibSpec {
+                samples: self.calib_samples,
+                seqlen: self.calib_seqlen,
+                seed: self.seed,
+            },
+        })
+    }
 }
 
 fn parse_float(s: &str) -> Result<FloatType, String> {
@@ -164,6 +237,7 @@ fn method(a: &Args) -> Result<Rtn> {
         Method::LlmInt8 => Ok(Rtn::LlmInt8 {
             threshold: a.threshold,
         }),
+        Method::Gptq => unreachable!("calibrated methods are dispatched before"),
         Method::DynamicInt8 => {
             if a.bits.is_some_and(|b| b != 8) || a.asym {
                 bail!("--method dynamic-int8 uses symmetric 8-bit weights (no --bits/--asym)");
@@ -178,6 +252,34 @@ fn method(a: &Args) -> Result<Rtn> {
 
 /// Run `shrink quantize`.
 pub fn run(a: Args) -> Result<()> {
+    if a.method == Method::Gptq {
+        if a.granularity.is_some_and(|g| g != Gran::Group) {
+            bail!("GPTQ quantizes in groups of --group-size (no --granularity)");
+        }
+        let spec = shrink_methods::gptq::GptqSpec {
+            bits: a.bits.unwrap_or(4),
+            group_size: a.group_size.unwrap_or(64),
+            sym: a.sym,
+            act_order: a.act_order != ActOrder::None,
+            static_groups: a.act_order == ActOrder::Static,
+            damp: a.damp,
+            ..Default::default()
+        };
+        let selection = Selection {
+            include: a.include.clone(),
+            exclude: a.exclude.clone(),
+        };
+        return super::calibrated::run_gptq(
+            &a.model,
+            &a.output,
+            &a.calib()?,
+            spec,
+            a.hessian_f64,
+            &selection,
+            a.dense_dtype,
+            a.json,
+        );
+    }
     let rtn = method(&a)?;
     let ckpt = common::open(&a.model)?;
     let arch = Architecture::from_checkpoint(&ckpt)?;

@@ -53,7 +53,7 @@ impl Rows<'_> {
                 let (s, z) = t.granule(r, c);
                 // table[i] = (i − z) · s, as the portable path computes each value.
                 let table = _mm512_mul_ps(
-                    _mm512_cvtepi32_ps(_mm512_sub_epi32(iota, _mm512_set1_epi32(z))),
+                    _mm512_sub_ps(_mm512_cvtepi32_ps(iota), _mm512_set1_ps(z)),
                     _mm512_set1_ps(s),
                 );
                 let at = r * t.row_bytes + c / 2;
@@ -64,8 +64,11 @@ impl Rows<'_> {
                 let (s, z) = t.granule(r, c);
                 let at = r * t.row_bytes + c;
                 let b = _mm_loadu_si128(t.packed[at..at + 16].as_ptr() as *const __m128i);
-                let q = _mm512_sub_epi32(_mm512_cvtepu8_epi32(b), _mm512_set1_epi32(z));
-                _mm512_mul_ps(_mm512_cvtepi32_ps(q), _mm512_set1_ps(s))
+                let q = _mm512_sub_ps(
+                    _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b)),
+                    _mm512_set1_ps(z),
+                );
+                _mm512_mul_ps(q, _mm512_set1_ps(s))
             }
             Rows::Nf4 {
                 packed,

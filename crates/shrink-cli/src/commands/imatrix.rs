@@ -1,0 +1,130 @@
+//! `shrink imatrix`: llama.cpp's importance matrix — per weight, the mean x² of each input
+//! column over calibration text — collected layer by layer and written as `imatrix.dat`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use candle_core::Tensor;
+use shrink_io::imatrix::Imatrix;
+use shrink_methods::calib::{consecutive_chunks, CalibSpec};
+use shrink_models::llama::gguf_name;
+use shrink_models::sequential::{Sequential, LAYER_LINEARS};
+
+use super::quantize::CalibFormat;
+use crate::common;
+
+/// Arguments of `shrink imatrix`.
+#[derive(clap::Args)]
+#[command(
+    after_help = "The matrix feeds `shrink quantize --method q4_k_m --imatrix FILE` (and llama.cpp's llama-quantize --imatrix). Like llama-imatrix, the text is cut into consecutive chunks of --calib-seqlen tokens and the float model is run over them; entries are named as in GGUF (blk.N.ffn_down.weight).\n\nExample:\n  shrink imatrix assets/SmolLM2-135M-Instruct.Q4_1.gguf --calib assets/lee_background.cor -o smollm2.imatrix.dat"
+)]
+pub struct Args {
+    /// Model (HF directory or .gguf; Llama family).
+    pub model: PathBuf,
+    /// Output file (legacy imatrix.dat format; must not exist).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Calibration text.
+    #[arg(long)]
+    pub calib: PathBuf,
+    /// Which part of --calib to use.
+    #[arg(long, value_enum, default_value = "lee")]
+    pub calib_format: CalibFormat,
+    /// Most chunks to use.
+    #[arg(long, default_value_t = 128)]
+    pub calib_samples: usize,
+    /// Tokens per chunk.
+    #[arg(long, default_value_t = 512)]
+    pub calib_seqlen: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Run `shrink imatrix`.
+pub fn run(a: Args) -> Result<()> {
+    if a.output.exists() {
+        bail!("{}: exists; choose a new output file", a.output.display());
+    }
+    let t0 = Instant::now();
+    let ckpt = common::open(&a.model)?;
+    let seq = Sequential::new(&ckpt)?;
+    let raw = shrink_io::read_text(&a.calib)?;
+    let text = match a.calib_format {
+        CalibFormat::Lee => {
+            shrink_eval::lee_texts(&raw)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", a.calib.display()))?
+                .calibration
+        }
+        CalibFormat::Raw => raw,
+    };
+    let ids = common::tokenizer(&ckpt)?.encode(&text, false)?;
+    let spec = CalibSpec {
+        samples: a.calib_samples,
+        seqlen: a.calib_seqlen,
+        seed: 0,
+    };
+    let chunks = consecutive_chunks(&ids, spec)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.calib.display()))?;
+    let cfg = seq.config().clone();
+    let mut xs = seq.embed(&chunks)?;
+    let pb = common::bar(seq.num_layers() as u64, "imatrix layers");
+    let mut m = Imatrix::new();
+    let mut sums: BTreeMap<String, (Vec<f64>, usize)> = BTreeMap::new();
+    for l in 0..seq.num_layers() {
+        let layer = seq.layer(l)?;
+        let mut tap = |_: usize, name: &str, t: &Tensor| -> shrink_models::Result<()> {
+            let n = t.dim(1)?;
+            let v = t.flatten_all()?.to_vec1::<f32>()?;
+            let e = sums
+                .entry(name.to_string())
+                .or_insert_with(|| (vec![0f64; n], 0));
+            for row in v.chunks_exact(n) {
+                for (s, &x) in e.0.iter_mut().zip(row) {
+                    *s += (x as f64) * (x as f64);
+                }
+            }
+            e.1 += v.len() / n;
+            Ok(())
+        };
+        xs = seq.run(&layer, &xs, Some(&mut tap))?;
+        for local in LAYER_LINEARS {
+            let (s, count) = sums.remove(local).expect("every linear was observed");
+            let hf = Sequential::weight_name(l, local);
+            let name = gguf_name(&cfg, &hf).map_or(hf, |g| g.name);
+            m.ncall.insert(name.clone(), chunks.len() as i32);
+            m.entries
+                .insert(name, s.iter().map(|&v| (v / count as f64) as f32).collect());
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    m.chunks = Some(chunks.len() as u32);
+    m.chunk_size = Some(a.calib_seqlen as u32);
+    m.datasets = vec![a.calib.display().to_string()];
+    m.write(&a.output)?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let v = serde_json::json!({
+        "model": a.model, "output": a.output, "entries": m.entries.len(),
+        "chunks": chunks.len(), "chunk_tokens": a.calib_seqlen, "seconds": seconds,
+        "peak_rss_bytes": common::peak_rss(),
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("wrote          {}", a.output.display());
+        println!(
+            "entries        {} weights, from {} chunks of {} tokens",
+            m.entries.len(),
+            chunks.len(),
+            a.calib_seqlen
+        );
+        println!("time           {seconds:.1} s");
+        if let Some(r) = common::peak_rss() {
+            println!("peak RSS       {}", common::human(r));
+        }
+    }
+    Ok(())
+}

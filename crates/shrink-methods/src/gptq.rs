@@ -1,0 +1,483 @@
+//! GPTQ (Frantar et al. 2022): quantize a linear layer's weight column by column, spreading
+//! each column's rounding error over the columns not yet quantized through the inverse layer
+//! Hessian, as the reference `gptq.py` (and AutoGPTQ) does: dampening, the upper Cholesky
+//! factor of `H⁻¹`, lazy block updates, act-order with `g_idx` or static groups, per-group
+//! min/max parameters (symmetric or asymmetric) on the grid the HF `gptq` layout stores.
+//!
+//! Rows are independent given `H⁻¹`, so they are processed in parallel chunks; within a
+//! chunk a block of columns is quantized one column at a time and the rest of the row is
+//! updated once per block with a GEMM (the reference's lazy batch update).
+
+use rayon::prelude::*;
+use shrink_formats::gptq::GptqParts;
+
+use crate::error::{MethodError, Result};
+use crate::hessian::inverse_cholesky_upper;
+
+/// GPTQ's parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GptqSpec {
+    /// Bits per weight: 2, 3, 4 or 8.
+    pub bits: u8,
+    /// Columns per group of scales.
+    pub group_size: usize,
+    /// Symmetric grid (zero point fixed at 2^(bits−1)) if true.
+    pub sym: bool,
+    /// Process columns in order of decreasing Hessian diagonal (desc_act).
+    pub act_order: bool,
+    /// Compute every group's scale and zero from the weight before any update, so groups stay
+    /// contiguous in the original column order even with act-order (no `g_idx` permutation).
+    pub static_groups: bool,
+    /// Dampening as a fraction of the mean Hessian diagonal (default 0.01).
+    pub damp: f64,
+    /// Columns per lazy update block (default 128).
+    pub block_size: usize,
+}
+
+impl Default for GptqSpec {
+    fn default() -> Self {
+        GptqSpec {
+            bits: 4,
+            group_size: 64,
+            sym: false,
+            act_order: false,
+            static_groups: false,
+            damp: 0.01,
+            block_size: 128,
+        }
+    }
+}
+
+/// The bit widths the HF `gptq` layout packs.
+pub const GPTQ_BITS: [u8; 4] = [2, 3, 4, 8];
+
+impl GptqSpec {
+    /// Check the parameters against a weight of `rows × cols` before any work.
+    pub fn validate(&self, name: &str, rows: usize, cols: usize) -> Result<()> {
+        let bad = |what: String| Err(MethodError::Options(format!("{name}: {what}")));
+        if !GPTQ_BITS.contains(&self.bits) {
+            return bad(format!(
+                "GPTQ stores 2, 3, 4 or 8 bits, not --bits {}",
+                self.bits
+            ));
+        }
+        if self.group_size == 0 || cols % self.group_size != 0 {
+            return bad(format!(
+                "--group-size {} does not divide the {cols} input features",
+                self.group_size
+            ));
+        }
+        if !(self.damp > 0.0 && self.damp < 1.0) {
+            return bad(format!("--damp {} must lie in (0, 1)", self.damp));
+        }
+        if self.block_size == 0 {
+            return bad("--block-size must be at least 1".into());
+        }
+        // qweight packs 32 input features' codes into `bits` int32 words, qzeros 32 output
+        // features' zero points likewise.
+        let per_word = if self.bits == 3 { 32 } else { 32 / self.bits as usize };
+        if cols % per_word != 0 || rows % per_word != 0 {
+            return bad(format!(
+                "the gptq layout packs {per_word} {}-bit values per word; a {rows}x{cols} weight \
+                 does not divide",
+                self.bits
+            ));
+        }
+        Ok(())
+    }
+
+    /// Largest code, 2^bits − 1.
+    fn maxq(&self) -> i32 {
+        (1 << self.bits) - 1
+    }
+
+    /// Scale (rounded to f16, as stored) and zero point of a group holding `v`.
+    fn params(&self, v: &[f32]) -> (f32, u8) {
+        let (mut lo, mut hi) = (0f32, 0f32);
+        for &x in v {
+            lo = lo.min(x);
+            hi = hi.max(x);
+        }
+        let maxq = self.maxq();
+        if self.sym {
+            let a = hi.max(-lo);
+            let s = half::f16::from_f32(2.0 * a / maxq as f32).to_f32();
+            (s, ((maxq + 1) / 2) as u8)
+        } else {
+            let s = half::f16::from_f32((hi - lo) / maxq as f32).to_f32();
+            let z = if s == 0.0 {
+                0
+            } else {
+                (-lo / s).round_ties_even().clamp(0.0, maxq as f32) as u8
+            };
+            (s, z)
+        }
+    }
+}
+
+/// Code of `w` on the grid (`scale`, `zero`): `clamp(rne(w/s) + z, 0, maxq)`.
+#[inline(always)]
+fn code(w: f32, s: f32, z: u8, maxq: i32) -> u8 {
+    if s == 0.0 {
+        return z;
+    }
+    ((w / s).round_ties_even() as i32 + z as i32).clamp(0, maxq) as u8
+}
+
+/// What GPTQ did to one weight: the stored parts and the reference's loss
+/// `Σ (w − q)² / [H⁻¹]_jj² / 2`.
+#[derive(Debug, Clone)]
+pub struct GptqResult {
+    /// Codes, scales, zero points and `g_idx`.
+    pub parts: GptqParts,
+    /// The reference's error measure.
+    pub loss: f64,
+    /// The dampening finally used (as a fraction of the mean diagonal).
+    pub damp: f64,
+}
+
+/// The Hessian prepared for GPTQ: the processing order and the upper Cholesky factor of the
+/// dampened inverse, in that order. One per distinct layer input (q/k/v share one).
+#[derive(Debug, Clone)]
+pub struct PreparedHessian {
+    /// Input features.
+    pub n: usize,
+    /// Processing order of the columns (identity without act-order).
+    pub perm: Vec<usize>,
+    /// Columns whose Hessian diagonal is 0 (never seen a non-zero input): set to 0.
+    pub dead: Vec<bool>,
+    /// Upper Cholesky factor of the dampened `H⁻¹`, permuted, `[n, n]` float32.
+    pub u: Vec<f32>,
+    /// Dampening used.
+    pub damp: f64,
+}
+
+/// Prepare `h` (`[n, n]`, consumed) for GPTQ: dead columns, act-order permutation, dampening
+/// (retried ×10 up to 3 times when the matrix is not positive definite), inverse factor.
+/// `layer` names the weight(s) in the error.
+pub fn prepare(mut h: Vec<f64>, n: usize, spec: &GptqSpec, layer: &str) -> Result<PreparedHessian> {
+    let dead: Vec<bool> = (0..n).map(|i| h[i * n + i] == 0.0).collect();
+    for (i, &d) in dead.iter().enumerate() {
+        if d {
+            h[i * n + i] = 1.0;
+        }
+    }
+    if let Some(i) = h.iter().position(|v| !v.is_finite()) {
+        return Err(MethodError::Options(format!(
+            "{layer}: the calibration Hessian has a non-finite entry at ({}, {}) — the \
+             activations overflowed or hold NaN",
+            i / n,
+            i % n
+        )));
+    }
+    let mut perm: Vec<usize> = (0..n).collect();
+    if spec.act_order {
+        // Decreasing diagonal; a stable sort keeps ties in column order.
+        perm.sort_by(|&a, &b| h[b * n + b].total_cmp(&h[a * n + a]));
+    }
+    let hp: Vec<f64> = (0..n * n)
+        .map(|k| h[perm[k / n] * n + perm[k % n]])
+        .collect();
+    let mean_diag = (0..n).map(|i| hp[i * n + i]).sum::<f64>() / n as f64;
+    let mut damp = spec.damp;
+    for attempt in 0..4 {
+        let mut d = hp.clone();
+        for i in 0..n {
+            d[i * n + i] += damp * mean_diag;
+        }
+        match inverse_cholesky_upper(&d, n) {
+            Ok(u) => {
+                return Ok(PreparedHessian {
+                    n,
+                    perm,
+                    dead,
+                    u: u.iter().map(|&v| v as f32).collect(),
+                    damp,
+                })
+            }
+            Err(col) if attempt == 3 => {
+                return Err(MethodError::Options(format!(
+                    "{layer}: the calibration Hessian is not positive definite (failed at \
+                     column {}) even with dampening {damp} of its mean diagonal; use more \
+                     calibration samples or a larger --damp",
+                    perm[col]
+                )))
+            }
+            Err(_) => damp *= 10.0,
+        }
+    }
+    unreachable!("the loop returns on its last attempt")
+}
+
+/// Rows per parallel work item.
+const ROW_CHUNK: usize = 32;
+
+/// Quantize the row-major `[rows, cols]` weight `w` with GPTQ, given its layer input's
+/// prepared Hessian.
+pub fn quantize(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    hp: &PreparedHessian,
+    spec: &GptqSpec,
+) -> GptqResult {
+    assert_eq!(w.len(), rows * cols);
+    assert_eq!(hp.n, cols);
+    let g = spec.group_size;
+    let ngroups = cols / g;
+    let maxq = spec.maxq();
+    let perm = &hp.perm;
+    // Group of each processing position, and g_idx (group of each original column).
+    let static_groups = spec.static_groups;
+    let group_at: Vec<usize> = (0..cols)
+        .map(|j| if static_groups { perm[j] / g } else { j / g })
+        .collect();
+    let mut g_idx = vec![0u32; cols];
+    for j in 0..cols {
+        g_idx[perm[j]] = group_at[j] as u32;
+    }
+    // Blocks hold whole groups so that a dynamic group's parameters see its columns' updates.
+    let bs = spec.block_size.div_ceil(g).max(1) * g;
+    let u = &hp.u;
+
+    let mut codes = vec![0u8; rows * cols];
+    let mut scales = vec![0f32; rows * ngroups];
+    let mut zeros = vec![0u8; rows * ngroups];
+    let loss: f64 = codes
+        .par_chunks_mut(ROW_CHUNK * cols)
+        .zip(scales.par_chunks_mut(ROW_CHUNK * ngroups))
+        .zip(zeros.par_chunks_mut(ROW_CHUNK * ngroups))
+        .enumerate()
+        .map(|(ci, ((codes, scales), zeros))| {
+            let r0 = ci * ROW_CHUNK;
+            let nr = codes.len() / cols;
+            // This chunk's rows, permuted, dead columns zeroed.
+            let mut wp = vec![0f32; nr * cols];
+            for r in 0..nr {
+                let src = &w[(r0 + r) * cols..(r0 + r + 1) * cols];
+                for j in 0..cols {
+                    wp[r * cols + j] = if hp.dead[perm[j]] { 0.0 } else { src[perm[j]] };
+                }
+            }
+            if static_groups {
+                for r in 0..nr {
+                    let src = &w[(r0 + r) * cols..(r0 + r + 1) * cols];
+                    for k in 0..ngroups {
+                        let v: Vec<f32> = (k * g..(k + 1) * g)
+                            .map(|c| if hp.dead[c] { 0.0 } else { src[c] })
+                            .collect();
+                        let (s, z) = spec.params(&v);
+                        scales[r * ngroups + k] = s;
+                        zeros[r * ngroups + k] = z;
+                    }
+                }
+            }
+            let mut loss = 0f64;
+            let mut err = vec![0f32; nr * bs];
+            let mut b0 = 0;
+            while b0 < cols {
+                let b1 = (b0 + bs).min(cols);
+                let bw = b1 - b0;
+                for r in 0..nr {
+                    let row = &mut wp[r * cols..(r + 1) * cols];
+                    let e_row = &mut err[r * bs..r * bs + bw];
+                    for j in b0..b1 {
+                        let k = group_at[j];
+                        if !static_groups && j % g == 0 {
+                            let (s, z) = spec.params(&row[j..j + g]);
+                            scales[r * ngroups + k] = s;
+                            zeros[r * ngroups + k] = z;
+                        }
+                        let (s, z) = (scales[r * ngroups + k], zeros[r * ngroups + k]);
+                        let x = row[j];
+                        let c = code(x, s, z, maxq);
+                        codes[r * cols + perm[j]] = c;
+                        let q = (c as i32 - z as i32) as f32 * s;
+                        let d = u[j * cols + j];
+                        let e = (x - q) / d;
+                        loss += ((x - q) as f64 / d as f64).powi(2) / 2.0;
+                        e_row[j - b0] = e;
+                        // The rest of the block, now; the rest of the row after the block.
+                        let urow = &u[j * cols + j + 1..j * cols + b1];
+                        for (wv, &uv) in row[j + 1..b1].iter_mut().zip(urow) {
+                            *wv -= e * uv;
+                        }
+                    }
+                }
+                if b1 < cols {
+                    // W[:, b1..] -= Err[:, block] · U[block, b1..]
+                    let rest = cols - b1;
+                    // SAFETY: dst is rows [nr] × cols b1.. of wp (row stride cols); lhs is
+                    // err [nr, bw] (row stride bs); rhs is U[b0..b1, b1..] (row stride cols).
+                    unsafe {
+                        gemm::gemm(
+                            nr,
+                            rest,
+                            bw,
+                            wp.as_mut_ptr().add(b1),
+                            1,
+                            cols as isize,
+                            true,
+                            err.as_ptr(),
+                            1,
+                            bs as isize,
+                            u.as_ptr().add(b0 * cols + b1),
+                            1,
+                            cols as isize,
+                            1.0f32,
+                            -1.0f32,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        )
+                    }
+                }
+                b0 = b1;
+            }
+            loss
+        })
+        .sum();
+    GptqResult {
+        parts: GptqParts {
+            bits: spec.bits,
+            group_size: g,
+            rows,
+            cols,
+            codes,
+            scales,
+            zeros,
+            g_idx,
+        },
+        loss,
+        damp: hp.damp,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hessian::Hessian;
+
+    fn lcg(seed: u64) -> impl FnMut() -> f32 {
+        let mut s = seed;
+        move || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        }
+    }
+
+    /// Output error ‖(W − Q) Xᵀ‖² of a quantized weight on inputs `x` [t, cols].
+    fn out_err(w: &[f32], q: &[f32], x: &[f32], rows: usize, cols: usize) -> f64 {
+        let t = x.len() / cols;
+        let mut e = 0f64;
+        for r in 0..rows {
+            for i in 0..t {
+                let d: f64 = (0..cols)
+                    .map(|c| (w[r * cols + c] - q[r * cols + c]) as f64 * x[i * cols + c] as f64)
+                    .sum();
+                e += d * d;
+            }
+        }
+        e
+    }
+
+    fn rtn(w: &[f32], rows: usize, cols: usize, spec: &GptqSpec) -> Vec<f32> {
+        let g = spec.group_size;
+        let mut out = vec![0f32; w.len()];
+        for r in 0..rows {
+            for k in 0..cols / g {
+                let v = &w[r * cols + k * g..r * cols + (k + 1) * g];
+                let (s, z) = spec.params(v);
+                for (o, &x) in out[r * cols + k * g..].iter_mut().zip(v) {
+                    *o = (code(x, s, z, spec.maxq()) as i32 - z as i32) as f32 * s;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn gptq_beats_round_to_nearest_on_correlated_inputs() {
+        let (rows, cols, t) = (48, 128, 512);
+        let mut rnd = lcg(1);
+        let w: Vec<f32> = (0..rows * cols).map(|_| rnd()).collect();
+        // Correlated inputs with a few strong features.
+        let base: Vec<f32> = (0..t * 8).map(|_| rnd()).collect();
+        let x: Vec<f32> = (0..t * cols)
+            .map(|i| {
+                let (ti, c) = (i / cols, i % cols);
+                base[ti * 8 + c % 8] * (1.0 + (c % 5) as f32) + 0.1 * rnd()
+            })
+            .collect();
+        let mut h = Hessian::new(cols, false);
+        h.add(&x);
+        for (sym, act_order, static_groups) in [
+            (false, false, false),
+            (true, false, false),
+            (false, true, false),
+            (false, true, true),
+        ] {
+            let spec = GptqSpec {
+                bits: 3,
+                group_size: 32,
+                sym,
+                act_order,
+                static_groups,
+                block_size: 64,
+                ..Default::default()
+            };
+            let hp = prepare(h.matrix(), cols, &spec, "test").unwrap();
+            let r = quantize(&w, rows, cols, &hp, &spec);
+            let q = r.parts.dequantize();
+            let e_gptq = out_err(&w, &q, &x, rows, cols);
+            let e_rtn = out_err(&w, &rtn(&w, rows, cols, &spec), &x, rows, cols);
+            assert!(
+                e_gptq < 0.8 * e_rtn,
+                "{spec:?}: GPTQ {e_gptq} vs RTN {e_rtn}"
+            );
+            // Codes and parameters agree with the grid: re-quantizing the output is stable.
+            assert!(r.parts.codes.iter().all(|&c| (c as i32) <= spec.maxq()));
+            if !act_order || static_groups {
+                assert!(r.parts.g_idx.iter().enumerate().all(|(c, &g)| g as usize == c / 32));
+            }
+        }
+    }
+
+    #[test]
+    fn singular_hessian_is_dampened_and_dead_columns_zeroed() {
+        let (rows, cols) = (4, 64);
+        // Inputs that only ever use the first 8 features: rank 8, dead columns 8..64.
+        let mut rnd = lcg(2);
+        let x: Vec<f32> = (0..100 * cols)
+            .map(|i| if i % cols < 8 { rnd() } else { 0.0 })
+            .collect();
+        let mut h = Hessian::new(cols, true);
+        h.add(&x);
+        let spec = GptqSpec::default();
+        let hp = prepare(h.matrix(), cols, &spec, "t").unwrap();
+        assert!(hp.dead[8..].iter().all(|&d| d) && !hp.dead[0]);
+        let w: Vec<f32> = (0..rows * cols).map(|_| rnd()).collect();
+        let r = quantize(&w, rows, cols, &hp, &spec);
+        let q = r.parts.dequantize();
+        for row in q.chunks(cols) {
+            assert!(row[8..].iter().all(|&v| v == 0.0));
+        }
+    }
+
+    #[test]
+    fn a_matrix_that_is_not_positive_definite_names_the_layer() {
+        let n = 4;
+        let mut h = vec![0f64; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                h[i * n + j] = if i == j { 1.0 } else { -5.0 };
+            }
+        }
+        let e = prepare(h, n, &GptqSpec::default(), "model.layers.3.mlp.down_proj").unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("model.layers.3.mlp.down_proj") && m.contains("positive definite"), "{m}");
+    }
+}

@@ -1,0 +1,432 @@
+//! The layer Hessian `H = 2/N · Σ x xᵀ` of a linear layer's inputs and the factorisations
+//! GPTQ needs: dampening, the Cholesky factor, and the upper Cholesky factor of `H⁻¹`.
+//!
+//! This is the machinery GPTQ and SparseGPT share (design.md). The heavy products go through
+//! the `gemm` crate; the Cholesky and triangular inverse are blocked so that their bulk is
+//! gemm too (no well-kept Rust crate in this workspace's stack offers a Cholesky).
+
+use rayon::prelude::*;
+
+/// Accumulates `Σ x xᵀ` over the rows `x` of a linear layer's inputs.
+#[derive(Debug, Clone)]
+pub struct Hessian {
+    /// Input features.
+    pub n: usize,
+    /// Rows (tokens) accumulated.
+    pub tokens: usize,
+    acc: Acc,
+}
+
+/// The accumulator, in the precision asked for.
+#[derive(Debug, Clone)]
+enum Acc {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+/// Block size of the blocked Cholesky and triangular inverse.
+const NB: usize = 64;
+
+impl Hessian {
+    /// An empty accumulator for `n` input features, summing in f64 if `f64` else f32.
+    pub fn new(n: usize, f64: bool) -> Self {
+        Hessian {
+            n,
+            tokens: 0,
+            acc: if f64 {
+                Acc::F64(vec![0.0; n * n])
+            } else {
+                Acc::F32(vec![0.0; n * n])
+            },
+        }
+    }
+
+    /// Add the rows of `x` (row-major `[t, n]`).
+    pub fn add(&mut self, x: &[f32]) {
+        let n = self.n;
+        assert_eq!(x.len() % n, 0, "Hessian::add: rows of {n}");
+        let t = x.len() / n;
+        self.tokens += t;
+        match &mut self.acc {
+            // SAFETY (both arms): dst is [n, n], lhs xᵀ is [n, t] read through strides
+            // (1, n) of the [t, n] buffer, rhs x is [t, n]; the lengths were checked above.
+            Acc::F32(h) => unsafe {
+                gemm::gemm(
+                    n,
+                    n,
+                    t,
+                    h.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    true,
+                    x.as_ptr(),
+                    n as isize,
+                    1,
+                    x.as_ptr(),
+                    1,
+                    n as isize,
+                    1.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    par(),
+                )
+            },
+            Acc::F64(h) => {
+                let x: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+                unsafe {
+                    gemm::gemm(
+                        n,
+                        n,
+                        t,
+                        h.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        true,
+                        x.as_ptr(),
+                        n as isize,
+                        1,
+                        x.as_ptr(),
+                        1,
+                        n as isize,
+                        1.0f64,
+                        1.0f64,
+                        false,
+                        false,
+                        false,
+                        par(),
+                    )
+                }
+            }
+        }
+    }
+
+    /// `H = 2/N · Σ x xᵀ` as f64, row-major `[n, n]`.
+    pub fn matrix(&self) -> Vec<f64> {
+        let s = 2.0 / self.tokens.max(1) as f64;
+        match &self.acc {
+            Acc::F32(h) => h.iter().map(|&v| v as f64 * s).collect(),
+            Acc::F64(h) => h.iter().map(|&v| v * s).collect(),
+        }
+    }
+
+    /// Per-feature mean of x² (the diagonal of `Σ x xᵀ / N`): llama.cpp's importance matrix.
+    pub fn mean_squares(&self) -> Vec<f32> {
+        let s = 1.0 / self.tokens.max(1) as f64;
+        let n = self.n;
+        (0..n)
+            .map(|i| match &self.acc {
+                Acc::F32(h) => (h[i * n + i] as f64 * s) as f32,
+                Acc::F64(h) => (h[i * n + i] * s) as f32,
+            })
+            .collect()
+    }
+}
+
+/// gemm's threading: rayon's pool when it has more than one thread.
+fn par() -> gemm::Parallelism {
+    let t = rayon::current_num_threads();
+    if t > 1 {
+        gemm::Parallelism::Rayon(t)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
+/// `c[m, n] += alpha · a[m, k] · b[k, n]` in f64 on row-major buffers with row strides
+/// `lda`, `ldb`, `ldc`; `b_t` reads `b` transposed (`b` is then `[n, k]` with stride `ldb`).
+#[allow(clippy::too_many_arguments)]
+fn gemm_acc(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f64,
+    a: &[f64],
+    lda: usize,
+    b: &[f64],
+    ldb: usize,
+    b_t: bool,
+    c: &mut [f64],
+    ldc: usize,
+    overwrite: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(c.len() >= (m - 1) * ldc + n && a.len() >= (m - 1) * lda + k);
+    let (b_cs, b_rs) = if b_t {
+        assert!(b.len() >= (n - 1) * ldb + k);
+        (ldb as isize, 1)
+    } else {
+        assert!(k == 0 || b.len() >= (k - 1) * ldb + n);
+        (1, ldb as isize)
+    };
+    // SAFETY: the asserts bound every index read or written through these strides.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            ldc as isize,
+            !overwrite,
+            a.as_ptr(),
+            1,
+            lda as isize,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            1.0,
+            alpha,
+            false,
+            false,
+            false,
+            par(),
+        )
+    }
+}
+
+/// In place, the lower Cholesky factor `L` (`A = L Lᵀ`) of the symmetric `[n, n]` matrix `a`
+/// (only its lower triangle is read; the upper is zeroed). Returns the column at which `a`
+/// proved not positive definite.
+pub fn cholesky_lower(a: &mut [f64], n: usize) -> Result<(), usize> {
+    assert_eq!(a.len(), n * n);
+    let mut k0 = 0;
+    while k0 < n {
+        let k1 = (k0 + NB).min(n);
+        // Diagonal block (already updated by earlier blocks), unblocked.
+        for j in k0..k1 {
+            let (head, tail) = a.split_at_mut(j * n);
+            let rj = &mut tail[..n];
+            let mut d = rj[j];
+            for p in k0..j {
+                d -= rj[p] * rj[p];
+            }
+            if d.is_nan() || d <= 0.0 {
+                return Err(j);
+            }
+            let d = d.sqrt();
+            rj[j] = d;
+            let _ = head;
+            for i in j + 1..k1 {
+                let (top, bottom) = a.split_at_mut(i * n);
+                let rj = &top[j * n..j * n + n];
+                let ri = &mut bottom[..n];
+                let mut s = ri[j];
+                for p in k0..j {
+                    s -= ri[p] * rj[p];
+                }
+                ri[j] = s / d;
+            }
+        }
+        if k1 < n {
+            // Panel below the block: each row solves against the block's factor.
+            let (top, bottom) = a.split_at_mut(k1 * n);
+            let diag = &top[k0 * n..];
+            bottom.par_chunks_mut(n).for_each(|ri| {
+                for j in k0..k1 {
+                    let rj = &diag[(j - k0) * n..(j - k0) * n + n];
+                    let mut s = ri[j];
+                    for p in k0..j {
+                        s -= ri[p] * rj[p];
+                    }
+                    ri[j] = s / rj[j];
+                }
+            });
+            // Trailing update A22 -= P Pᵀ, P = A[k1.., k0..k1].
+            let m = n - k1;
+            let p: Vec<f64> = bottom
+                .chunks(n)
+                .flat_map(|r| r[k0..k1].iter().copied())
+                .collect();
+            let w = k1 - k0;
+            gemm_acc(
+                m,
+                m,
+                w,
+                -1.0,
+                &p,
+                w,
+                &p,
+                w,
+                true,
+                &mut bottom[k1..],
+                n,
+                false,
+            );
+        }
+        k0 = k1;
+    }
+    for i in 0..n {
+        for j in i + 1..n {
+            a[i * n + j] = 0.0;
+        }
+    }
+    Ok(())
+}
+
+/// The inverse of the lower-triangular `[n, n]` matrix `l` (non-zero diagonal), lower.
+pub fn inverse_lower(l: &[f64], n: usize) -> Vec<f64> {
+    if n <= NB {
+        let mut x = vec![0f64; n * n];
+        // Column j of the inverse: forward substitution of L x = e_j.
+        for j in 0..n {
+            x[j * n + j] = 1.0 / l[j * n + j];
+            for i in j + 1..n {
+                let mut s = 0.0;
+                for p in j..i {
+                    s -= l[i * n + p] * x[p * n + j];
+                }
+                x[i * n + j] = s / l[i * n + i];
+            }
+        }
+        return x;
+    }
+    // [[A, 0], [B, C]]⁻¹ = [[A⁻¹, 0], [−C⁻¹ B A⁻¹, C⁻¹]].
+    let h = n / 2;
+    let m = n - h;
+    let sub = |r0: usize, c0: usize, rows: usize, cols: usize| -> Vec<f64> {
+        (r0..r0 + rows)
+            .flat_map(|r| l[r * n + c0..r * n + c0 + cols].iter().copied())
+            .collect()
+    };
+    let a = sub(0, 0, h, h);
+    let b = sub(h, 0, m, h);
+    let c = sub(h, h, m, m);
+    let (ai, ci) = rayon::join(|| inverse_lower(&a, h), || inverse_lower(&c, m));
+    let mut ba = vec![0f64; m * h];
+    gemm_acc(m, h, h, 1.0, &b, h, &ai, h, false, &mut ba, h, true);
+    let mut x = vec![0f64; m * h];
+    gemm_acc(m, h, m, -1.0, &ci, m, &ba, h, false, &mut x, h, true);
+    let mut out = vec![0f64; n * n];
+    for r in 0..h {
+        out[r * n..r * n + h].copy_from_slice(&ai[r * h..(r + 1) * h]);
+    }
+    for r in 0..m {
+        out[(h + r) * n..(h + r) * n + h].copy_from_slice(&x[r * h..(r + 1) * h]);
+        out[(h + r) * n + h..(h + r + 1) * n].copy_from_slice(&ci[r * m..(r + 1) * m]);
+    }
+    out
+}
+
+/// The upper Cholesky factor `U` of `H⁻¹` (`H⁻¹ = Uᵀ U`), what GPTQ's reference gets from
+/// `cholesky(cholesky_inverse(cholesky(H)), upper=True)`, for the symmetric positive definite
+/// `[n, n]` matrix `h`. With `J` the reversal permutation: if `J H J = L Lᵀ` then
+/// `H = (J L J)(J L J)ᵀ` with `J L J` upper, so `H⁻¹ = Uᵀ U` with `U = J L⁻¹ J` — one Cholesky
+/// and one triangular inverse. Returns the column at which `h` is not positive definite.
+pub fn inverse_cholesky_upper(h: &[f64], n: usize) -> Result<Vec<f64>, usize> {
+    let mut r: Vec<f64> = (0..n * n)
+        .map(|k| h[(n - 1 - k / n) * n + (n - 1 - k % n)])
+        .collect();
+    cholesky_lower(&mut r, n).map_err(|j| n - 1 - j)?;
+    let li = inverse_lower(&r, n);
+    Ok((0..n * n)
+        .map(|k| li[(n - 1 - k / n) * n + (n - 1 - k % n)])
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spd(n: usize, seed: u64) -> Vec<f64> {
+        // X Xᵀ + n I from a deterministic pseudo-random X.
+        let mut s = seed;
+        let mut next = || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 33) as f64 / (1u64 << 31) as f64) - 0.5
+        };
+        let x: Vec<f64> = (0..n * n).map(|_| next()).collect();
+        let mut a = vec![0f64; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                a[i * n + j] = (0..n).map(|k| x[i * n + k] * x[j * n + k]).sum::<f64>()
+                    + if i == j { 0.1 } else { 0.0 };
+            }
+        }
+        a
+    }
+
+    fn matmul(a: &[f64], b: &[f64], n: usize) -> Vec<f64> {
+        let mut c = vec![0f64; n * n];
+        for i in 0..n {
+            for k in 0..n {
+                for j in 0..n {
+                    c[i * n + j] += a[i * n + k] * b[k * n + j];
+                }
+            }
+        }
+        c
+    }
+
+    fn transpose(a: &[f64], n: usize) -> Vec<f64> {
+        (0..n * n).map(|k| a[(k % n) * n + k / n]).collect()
+    }
+
+    #[test]
+    fn cholesky_reconstructs_blocked_and_unblocked() {
+        for n in [5, 64, 150] {
+            let a = spd(n, n as u64);
+            let mut l = a.clone();
+            cholesky_lower(&mut l, n).unwrap();
+            let llt = matmul(&l, &transpose(&l, n), n);
+            for (x, y) in llt.iter().zip(&a) {
+                assert!((x - y).abs() < 1e-9 * (1.0 + y.abs()), "{x} vs {y}");
+            }
+        }
+    }
+
+    #[test]
+    fn inverse_factor_gives_the_inverse() {
+        for n in [7, 130] {
+            let h = spd(n, 3 + n as u64);
+            let u = inverse_cholesky_upper(&h, n).unwrap();
+            for i in 0..n {
+                for j in 0..i {
+                    assert_eq!(u[i * n + j], 0.0, "U is upper");
+                }
+                assert!(u[i * n + i] > 0.0);
+            }
+            // H · (Uᵀ U) = I.
+            let hinv = matmul(&transpose(&u, n), &u, n);
+            let id = matmul(&h, &hinv, n);
+            for i in 0..n {
+                for j in 0..n {
+                    let e = if i == j { 1.0 } else { 0.0 };
+                    assert!((id[i * n + j] - e).abs() < 1e-7, "({i},{j}) {}", id[i * n + j]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn not_positive_definite_is_reported() {
+        let mut a = vec![1.0, 2.0, 2.0, 1.0];
+        assert_eq!(cholesky_lower(&mut a, 2), Err(1));
+    }
+
+    #[test]
+    fn hessian_accumulates_in_both_precisions() {
+        let x: Vec<f32> = (0..12).map(|v| v as f32 * 0.5 - 2.0).collect(); // [4, 3]
+        let mut h32 = Hessian::new(3, false);
+        let mut h64 = Hessian::new(3, true);
+        h32.add(&x[..6]);
+        h32.add(&x[6..]);
+        h64.add(&x);
+        let (a, b) = (h32.matrix(), h64.matrix());
+        for i in 0..3 {
+            for j in 0..3 {
+                let e: f64 = (0..4)
+                    .map(|t| x[t * 3 + i] as f64 * x[t * 3 + j] as f64)
+                    .sum::<f64>()
+                    * 2.0
+                    / 4.0;
+                assert!((a[i * 3 + j] - e).abs() < 1e-5);
+                assert!((b[i * 3 + j] - e).abs() < 1e-12);
+            }
+        }
+        assert_eq!(h64.tokens, 4);
+    }
+}
