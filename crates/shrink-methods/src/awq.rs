@@ -142,14 +142,26 @@ pub fn group_params(w: &[f32], bits: u8) -> (f32, f32) {
             (a.min(v), b.max(v))
         });
     let scale = f16::from_f32((mx - mn).max(1e-5) / maxq).to_f32();
-    let zero = (-(mn / scale).round_ties_even()).clamp(0.0, maxq);
+    let zero = (-rne(mn / scale)).clamp(0.0, maxq);
     (scale, zero)
+}
+
+/// `x` rounded half to even (torch.round), without a libm call: adding and subtracting
+/// 1.5 · 2²³ leaves the float addition to round, which it does half to even.
+#[inline]
+fn rne(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    if x.abs() < 4_194_304.0 {
+        (x + MAGIC) - MAGIC
+    } else {
+        x.round_ties_even()
+    }
 }
 
 /// The code of `w` on the grid `(scale, zero)`.
 #[inline]
 fn code(w: f32, scale: f32, zero: f32, maxq: f32) -> f32 {
-    ((w / scale).round_ties_even() + zero).clamp(0.0, maxq)
+    (rne(w / scale) + zero).clamp(0.0, maxq)
 }
 
 /// Replace each group of `group_size` columns of the row-major `[·, cols]` weight `w` by its
@@ -874,6 +886,15 @@ mod tests {
         (0..n)
             .map(|_| (0..4).map(|_| rng.random::<f32>() - 0.5).sum::<f32>() * sd * 1.7)
             .collect()
+    }
+
+    #[test]
+    fn rne_rounds_half_to_even() {
+        for x in [
+            0.5f32, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999997, 3.7, -3.7, 1e7, -1e7, 0.0,
+        ] {
+            assert_eq!(rne(x), x.round_ties_even(), "{x}");
+        }
     }
 
     #[test]

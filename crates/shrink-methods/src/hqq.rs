@@ -68,6 +68,9 @@ pub struct HqqOptions {
     pub early_stop: bool,
     /// Run the solver at all; false gives hqq's `optimize=False` (plain min/max rounding).
     pub optimize: bool,
+    /// Round the initial zero points to integers (hqq's `round_zero`, which its
+    /// `BaseQuantizeConfig` turns on for 4 bits only).
+    pub round_zero: bool,
 }
 
 impl Default for HqqOptions {
@@ -79,6 +82,7 @@ impl Default for HqqOptions {
             kappa: 1.0,
             early_stop: true,
             optimize: true,
+            round_zero: false,
         }
     }
 }
@@ -463,6 +467,10 @@ fn solve<'a>(
         .zip(inv.par_chunks_mut(per_job))
         .zip(zero.par_chunks_mut(per_job))
         .for_each(|((w, s), z)| init_groups(w, g, qmax, s, z));
+    if opts.round_zero {
+        // hqq's `round_zero` (its BaseQuantizeConfig sets it for 4 bits): torch.round, ties to even.
+        zero.iter_mut().for_each(|z| *z = z.round_ties_even());
+    }
 
     let mut steps = 0;
     if opts.optimize {

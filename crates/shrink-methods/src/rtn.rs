@@ -2,12 +2,14 @@
 //! channel or group) and bitsandbytes' NF4/FP4, each written in the ecosystem's layout.
 
 use serde_json::Value;
+use shrink_formats::hqq::{HqqSpec, HqqTensor};
 use shrink_formats::int::{IntSpec, IntTensor};
 use shrink_formats::int8_rowwise::RowwiseInt8;
 use shrink_formats::nf4::{Nf4Spec, Nf4Tensor};
 use shrink_io::quantized::{self, StoredTensor};
 
 use crate::error::{MethodError, Result};
+use crate::hqq::HqqOptions;
 
 /// A round-to-nearest method and its parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -25,6 +27,9 @@ pub enum Rtn {
     /// Dynamic int8: symmetric int8 weights (normally per channel) whose activations are
     /// quantized to int8 per token at run time; stored as compressed-tensors `int-quantized`.
     DynamicInt8(IntSpec),
+    /// HQQ: half-quadratic optimisation of each group's zero point (no calibration), stored
+    /// in shrink's `shrink-hqq` layout.
+    Hqq(HqqSpec, HqqOptions),
 }
 
 /// One weight quantized by an [`Rtn`] method.
@@ -36,6 +41,8 @@ pub enum QuantizedWeight {
     Nf4(Nf4Tensor),
     /// Row-wise int8 with per-row absmax.
     Int8Row(RowwiseInt8),
+    /// HQQ codes with float zero points.
+    Hqq(HqqTensor),
 }
 
 impl QuantizedWeight {
@@ -45,6 +52,7 @@ impl QuantizedWeight {
             QuantizedWeight::Int(t) => t.dequantize(),
             QuantizedWeight::Nf4(t) => t.dequantize(),
             QuantizedWeight::Int8Row(t) => t.dequantize(),
+            QuantizedWeight::Hqq(t) => t.dequantize(),
         }
     }
 
@@ -54,6 +62,7 @@ impl QuantizedWeight {
             QuantizedWeight::Int(t) => t.stored_bytes(),
             QuantizedWeight::Nf4(t) => t.stored_bytes(),
             QuantizedWeight::Int8Row(t) => t.stored_bytes(),
+            QuantizedWeight::Hqq(t) => t.stored_bytes(),
         }
     }
 }
@@ -66,6 +75,7 @@ impl Rtn {
             Rtn::Nf4(s) => s.name(),
             Rtn::LlmInt8 { threshold } => format!("llm-int8-t{threshold}"),
             Rtn::DynamicInt8(s) => format!("dynamic-{}", s.name()),
+            Rtn::Hqq(s, _) => s.name(),
         }
     }
 
@@ -92,6 +102,10 @@ impl Rtn {
                 )))
             }
             Rtn::LlmInt8 { .. } => Ok(()),
+            Rtn::Hqq(s, o) => {
+                o.validate()?;
+                s.validate(rows, cols)
+            }
         };
         r.map_err(|source| MethodError::Format {
             name: name.to_string(),
@@ -116,6 +130,7 @@ impl Rtn {
                 QuantizedWeight::Int(shrink_formats::int::quantize(w, rows, cols, *s).map_err(fmt)?)
             }
             Rtn::Nf4(s) => QuantizedWeight::Nf4(shrink_formats::nf4::quantize(w, *s).map_err(fmt)?),
+            Rtn::Hqq(s, o) => QuantizedWeight::Hqq(crate::hqq::quantize(w, rows, cols, *s, *o)?),
             Rtn::LlmInt8 { .. } => QuantizedWeight::Int8Row(
                 shrink_formats::int8_rowwise::quantize(w, rows, cols).map_err(fmt)?,
             ),
@@ -138,6 +153,7 @@ impl Rtn {
             QuantizedWeight::Int(t) => quantized::ct_tensors(module, t),
             QuantizedWeight::Nf4(t) => quantized::bnb4_tensors(module, t, shape, dtype_name),
             QuantizedWeight::Int8Row(t) => quantized::bnb8_tensors(module, t),
+            QuantizedWeight::Hqq(t) => quantized::hqq_tensors(module, t),
         }
     }
 
@@ -149,6 +165,7 @@ impl Rtn {
             Rtn::Nf4(s) => quantized::bnb4_config(s, compute_dtype),
             Rtn::LlmInt8 { threshold } => quantized::bnb8_config(*threshold),
             Rtn::DynamicInt8(s) => quantized::ct_w8a8_config(s, ignore),
+            Rtn::Hqq(s, _) => quantized::hqq_config(s, ignore),
         }
     }
 }

@@ -43,6 +43,61 @@ pub enum Method {
     /// error compensated through the inverse Hessian of calibration activations (--calib);
     /// written in the Hugging Face `gptq` layout.
     Gptq,
+    /// HQQ (half-quadratic quantization): --bits (1, 2, 3, 4, 8) in groups of --group-size
+    /// along --axis, each group's float zero point optimised for a sparsity-promoting ℓp
+    /// error; no calibration (shrink's `shrink-hqq` layout).
+    Hqq,
+    /// llama.cpp Q4_0 (GGUF output, llama-quantize's per-tensor mix).
+    #[value(name = "q4_0")]
+    Q4_0,
+    /// llama.cpp Q4_1 (GGUF output, llama-quantize's per-tensor mix).
+    #[value(name = "q4_1")]
+    Q4_1,
+    /// llama.cpp Q5_0 (GGUF output, llama-quantize's per-tensor mix).
+    #[value(name = "q5_0")]
+    Q5_0,
+    /// llama.cpp Q5_1 (GGUF output, llama-quantize's per-tensor mix).
+    #[value(name = "q5_1")]
+    Q5_1,
+    /// llama.cpp Q8_0 (GGUF output, llama-quantize's per-tensor mix).
+    #[value(name = "q8_0")]
+    Q8_0,
+    /// llama.cpp Q2_K (GGUF output, llama-quantize's per-tensor mix).
+    #[value(name = "q2_k")]
+    Q2K,
+    /// llama.cpp Q2_K_S (GGUF output, llama-quantize's per-tensor mix).
+    #[value(name = "q2_k_s")]
+    Q2KS,
+    /// llama.cpp Q3_K_S (GGUF output, llama-quantize's per-tensor mix).
+    #[value(name = "q3_k_s")]
+    Q3KS,
+    /// llama.cpp Q3_K_M (GGUF output, llama-quantize's per-tensor mix).
+    #[value(name = "q3_k_m", alias = "q3_k")]
+    Q3KM,
+    /// llama.cpp Q3_K_L (GGUF output, llama-quantize's per-tensor mix).
+    #[value(name = "q3_k_l")]
+    Q3KL,
+    /// llama.cpp Q4_K_S (GGUF output, llama-quantize's per-tensor mix).
+    #[value(name = "q4_k_s")]
+    Q4KS,
+    /// llama.cpp Q4_K_M (GGUF output, llama-quantize's per-tensor mix).
+    #[value(name = "q4_k_m", alias = "q4_k")]
+    Q4KM,
+    /// llama.cpp Q5_K_S (GGUF output, llama-quantize's per-tensor mix).
+    #[value(name = "q5_k_s")]
+    Q5KS,
+    /// llama.cpp Q5_K_M (GGUF output, llama-quantize's per-tensor mix).
+    #[value(name = "q5_k_m", alias = "q5_k")]
+    Q5KM,
+    /// llama.cpp Q6_K (GGUF output, llama-quantize's per-tensor mix).
+    #[value(name = "q6_k")]
+    Q6K,
+    /// llama.cpp IQ4_NL (GGUF output, llama-quantize's per-tensor mix).
+    #[value(name = "iq4_nl")]
+    Iq4Nl,
+    /// llama.cpp IQ4_XS (GGUF output, llama-quantize's per-tensor mix).
+    #[value(name = "iq4_xs")]
+    Iq4Xs,
 }
 
 /// GPTQ's column order (see --act-order).
@@ -65,6 +120,32 @@ pub enum CalibFormat {
     Raw,
 }
 
+impl Method {
+    /// The llama.cpp preset name of a GGUF method (`None` for the others).
+    pub fn ggml_name(self) -> Option<&'static str> {
+        Some(match self {
+            Method::Q4_0 => "q4_0",
+            Method::Q4_1 => "q4_1",
+            Method::Q5_0 => "q5_0",
+            Method::Q5_1 => "q5_1",
+            Method::Q8_0 => "q8_0",
+            Method::Q2K => "q2_k",
+            Method::Q2KS => "q2_k_s",
+            Method::Q3KS => "q3_k_s",
+            Method::Q3KM => "q3_k_m",
+            Method::Q3KL => "q3_k_l",
+            Method::Q4KS => "q4_k_s",
+            Method::Q4KM => "q4_k_m",
+            Method::Q5KS => "q5_k_s",
+            Method::Q5KM => "q5_k_m",
+            Method::Q6K => "q6_k",
+            Method::Iq4Nl => "iq4_nl",
+            Method::Iq4Xs => "iq4_xs",
+            _ => return None,
+        })
+    }
+}
+
 /// Granularity of integer scales.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Gran {
@@ -79,7 +160,7 @@ pub enum Gran {
 /// Arguments of `shrink quantize`.
 #[derive(clap::Args)]
 #[command(
-    after_help = "By default every linear layer of the decoder blocks is quantized; embeddings, norms and the LM head keep their precision (--include/--exclude change that, e.g. --exclude '*.down_proj' --include lm_head).\n\nExamples:\n  shrink quantize assets/SmolLM2-135M-Instruct.Q4_1.gguf --method nf4 --double-quant -o smollm2-nf4\n  shrink quantize assets/SmolLM2-135M-Instruct.Q4_1.gguf --method int --bits 4 --group-size 64 -o smollm2-int4-g64\n  shrink quantize my-model --method absmax-int8 --granularity channel -o my-model-int8\n  shrink quantize my-model --method llm-int8 --threshold 6 -o my-model-llm-int8\n  shrink quantize my-model --method dynamic-int8 -o my-model-w8a8\n  shrink quantize assets/SmolLM2-135M-Instruct.Q4_1.gguf --method gptq --bits 4 --group-size 64 --calib assets/lee_background.cor -o smollm2-gptq"
+    after_help = "By default every linear layer of the decoder blocks is quantized; embeddings, norms and the LM head keep their precision (--include/--exclude change that, e.g. --exclude '*.down_proj' --include lm_head).\n\nExamples:\n  shrink quantize assets/SmolLM2-135M-Instruct.Q4_1.gguf --method nf4 --double-quant -o smollm2-nf4\n  shrink quantize assets/SmolLM2-135M-Instruct.Q4_1.gguf --method int --bits 4 --group-size 64 -o smollm2-int4-g64\n  shrink quantize my-model --method absmax-int8 --granularity channel -o my-model-int8\n  shrink quantize my-model --method llm-int8 --threshold 6 -o my-model-llm-int8\n  shrink quantize my-model --method dynamic-int8 -o my-model-w8a8\n  shrink quantize assets/SmolLM2-135M-Instruct.Q4_1.gguf --method hqq --bits 3 --group-size 64 -o smollm2-hqq3\n  shrink quantize assets/SmolLM2-135M-Instruct.Q4_1.gguf --method gptq --bits 4 --group-size 64 --calib assets/lee_background.cor -o smollm2-gptq"
 )]
 pub struct Args {
     /// Model to quantize (HF directory or .gguf).
@@ -153,9 +234,21 @@ pub struct Args {
     /// GPTQ: accumulate the Hessian in float64 (float32 by default).
     #[arg(long, help_heading = "GPTQ")]
     pub hessian_f64: bool,
+    /// HQQ: grouping axis, 1 (consecutive input features of a row) or 0 (hqq's strided).
+    #[arg(long, default_value_t = 1, help_heading = "HQQ")]
+    pub axis: u8,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// llama.cpp importance matrix (imatrix.dat or imatrix GGUF) for the GGUF methods.
+    #[arg(long)]
+    pub imatrix: Option<PathBuf>,
+    /// GGUF methods: requantize an already-quantized input without the warning.
+    #[arg(long)]
+    pub allow_requantize: bool,
+    /// GGUF methods: keep output.weight as stored (llama-quantize --leave-output-tensor).
+    #[arg(long)]
+    pub leave_output_tensor: bool,
 }
 
 impl Args {
@@ -238,6 +331,26 @@ fn method(a: &Args) -> Result<Rtn> {
             threshold: a.threshold,
         }),
         Method::Gptq => unreachable!("calibrated methods are dispatched before"),
+        Method::Hqq => {
+            if a.granularity.is_some_and(|g| g != Gran::Group) || a.sym {
+                bail!("HQQ quantizes asymmetric groups of --group-size (no --granularity/--sym)");
+            }
+            Ok(Rtn::Hqq(
+                shrink_formats::hqq::HqqSpec::new(
+                    a.bits.unwrap_or(4),
+                    a.group_size.unwrap_or(64),
+                    a.axis,
+                ),
+                // As hqq's BaseQuantizeConfig: integer initial zero points for 4 bits.
+                shrink_methods::hqq::HqqOptions {
+                    round_zero: a.bits.unwrap_or(4) == 4,
+                    ..Default::default()
+                },
+            ))
+        }
+        Method::Q4_0 | Method::Q4_1 | Method::Q5_0 | Method::Q5_1 | Method::Q8_0 | Method::Q2K | Method::Q2KS | Method::Q3KS | Method::Q3KM | Method::Q3KL | Method::Q4KS | Method::Q4KM | Method::Q5KS | Method::Q5KM | Method::Q6K | Method::Iq4Nl | Method::Iq4Xs => {
+            unreachable!("GGUF methods are dispatched before")
+        }
         Method::DynamicInt8 => {
             if a.bits.is_some_and(|b| b != 8) || a.asym {
                 bail!("--method dynamic-int8 uses symmetric 8-bit weights (no --bits/--asym)");
@@ -252,6 +365,21 @@ fn method(a: &Args) -> Result<Rtn> {
 
 /// Run `shrink quantize`.
 pub fn run(a: Args) -> Result<()> {
+    if let Some(preset) = a.method.ggml_name() {
+        return super::quantize_ggml::run(super::quantize_ggml::GgmlArgs {
+            model: a.model,
+            output: a.output,
+            preset: preset.to_string(),
+            imatrix: a.imatrix,
+            json: a.json,
+            allow_requantize: a.allow_requantize,
+            overwrite: false,
+            leave_output_tensor: a.leave_output_tensor,
+        });
+    }
+    if a.imatrix.is_some() {
+        bail!("--imatrix applies to the llama.cpp methods (q4_k_m, q8_0, ...) only");
+    }
     if a.method == Method::Gptq {
         if a.granularity.is_some_and(|g| g != Gran::Group) {
             bail!("GPTQ quantizes in groups of --group-size (no --granularity)");
