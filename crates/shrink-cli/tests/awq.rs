@@ -1,14 +1,14 @@
 //! TEMPORARY harness (calls run_awq directly until `--method awq` is wired).
 #![allow(dead_code, unused_imports)]
 
-#[path = "common/mod.rs"]
-mod helpers;
-#[path = "../src/common.rs"]
-mod common;
 #[path = "../src/commands/awq.rs"]
 mod awq_cmd;
 #[path = "../src/commands/calibrated.rs"]
 mod calibrated;
+#[path = "../src/common.rs"]
+mod common;
+#[path = "common/mod.rs"]
+mod helpers;
 mod commands {
     pub(crate) use super::awq_cmd as awq;
     pub(crate) use super::calibrated;
@@ -102,13 +102,31 @@ fn tiny_llama_with_tokenizer(dir: &Path) -> PathBuf {
 /// A text of pseudo-words, deterministic.
 fn calib_text(dir: &Path) -> PathBuf {
     let words = [
-        "the", "model", "weights", "are", "quantized", "to", "four", "bits", "with", "scales",
-        "that", "protect", "salient", "channels", "of", "activations", "and", "groups",
+        "the",
+        "model",
+        "weights",
+        "are",
+        "quantized",
+        "to",
+        "four",
+        "bits",
+        "with",
+        "scales",
+        "that",
+        "protect",
+        "salient",
+        "channels",
+        "of",
+        "activations",
+        "and",
+        "groups",
     ];
     let mut s = String::new();
     let mut x: u64 = 12345;
     for i in 0..800 {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         s.push_str(words[(x >> 33) as usize % words.len()]);
         s.push(if i % 13 == 12 { '\n' } else { ' ' });
     }
@@ -118,7 +136,8 @@ fn calib_text(dir: &Path) -> PathBuf {
 }
 
 fn ref_ids() -> Vec<Vec<u32>> {
-    let bytes = std::fs::read(helpers::fixture("tiny-llama").join("reference.safetensors")).unwrap();
+    let bytes =
+        std::fs::read(helpers::fixture("tiny-llama").join("reference.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let ids = st.tensor("input_ids").unwrap();
     let t = ids.shape()[1];
@@ -159,22 +178,50 @@ fn tiny_numbers() {
     let c = commands::calibrated::CalibArgs {
         file: calib.clone(),
         lee: false,
-        spec: CalibSpec { samples: 8, seqlen: 64, seed: 0 },
+        spec: CalibSpec {
+            samples: 8,
+            seqlen: 64,
+            seed: 0,
+        },
     };
-    commands::awq::run_awq(&model, &out, &c, 4, 32, 4, &Default::default(), FloatType::F32, true).unwrap();
+    commands::awq::run_awq(
+        &model,
+        &out,
+        &c,
+        4,
+        32,
+        4,
+        &Default::default(),
+        FloatType::F32,
+        true,
+    )
+    .unwrap();
     let rtn = tmp.path().join("rtn");
-    let r = helpers::shrink(&["quantize", model.to_str().unwrap(), "--method", "int", "--bits", "4", "--group-size", "32", "-o", rtn.to_str().unwrap()]);
+    let r = helpers::shrink(&[
+        "quantize",
+        model.to_str().unwrap(),
+        "--method",
+        "int",
+        "--bits",
+        "4",
+        "--group-size",
+        "32",
+        "-o",
+        rtn.to_str().unwrap(),
+    ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     for ids in [ref_ids(), {
-        let tok = shrink_io::tokenizer::Tokenizer::from_file(&model.join("tokenizer.json")).unwrap();
+        let tok =
+            shrink_io::tokenizer::Tokenizer::from_file(&model.join("tokenizer.json")).unwrap();
         let ids = tok.encode("protect the salient channels of activations with scales that are quantized to four bits and groups of the model weights", false).unwrap();
         vec![ids]
     }] {
-    let f = logits(&model, &ids);
-    let a = logits(&out, &ids);
-    let q = logits(&rtn, &ids);
-    eprintln!("awq rel rmse {} rtn {}", rel_rmse(&a, &f), rel_rmse(&q, &f));
+        let f = logits(&model, &ids);
+        let a = logits(&out, &ids);
+        let q = logits(&rtn, &ids);
+        eprintln!("awq rel rmse {} rtn {}", rel_rmse(&a, &f), rel_rmse(&q, &f));
     }
-    let rep: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("shrink-quantize.json")).unwrap()).unwrap();
+    let rep: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("shrink-quantize.json")).unwrap()).unwrap();
     eprintln!("{}", rep["awq_layers"]);
 }

@@ -404,9 +404,9 @@ fn read_hqq(r: &Reader, qcfg: &Value, module: &str) -> Result<Option<Quantized>>
     let num = |k: &str| qcfg.get(k).and_then(Value::as_u64);
     let (Some(bits), Some(group_size), Some(axis)) = (num("nbits"), num("group_size"), num("axis"))
     else {
-        return Err(r.err(
-            "quantization_config: shrink-hqq needs nbits, group_size and axis".into(),
-        ));
+        return Err(
+            r.err("quantization_config: shrink-hqq needs nbits, group_size and axis".into())
+        );
     };
     let (sb, sdt, _) = r.need(&format!("{module}.scale"))?;
     let (zb, zdt, _) = r.need(&format!("{module}.zero"))?;
@@ -495,7 +495,9 @@ impl Quantized {
             Quantized::Int8Row(t, _) => (t.dequantize(), vec![t.rows, t.cols]),
             Quantized::Nf4(t, s) => (t.dequantize(), s.clone()),
             Quantized::Hqq(t) => (t.dequantize(), vec![t.rows, t.cols]),
-            Quantized::Dense { values, rows, cols, .. } => (values.clone(), vec![*rows, *cols]),
+            Quantized::Dense {
+                values, rows, cols, ..
+            } => (values.clone(), vec![*rows, *cols]),
         }
     }
 }

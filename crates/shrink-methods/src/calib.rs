@@ -89,7 +89,15 @@ mod tests {
     #[test]
     fn chunks_are_consecutive() {
         let ids: Vec<u32> = (0..1000).collect();
-        let c = consecutive_chunks(&ids, CalibSpec { samples: 50, seqlen: 300, seed: 0 }).unwrap();
+        let c = consecutive_chunks(
+            &ids,
+            CalibSpec {
+                samples: 50,
+                seqlen: 300,
+                seed: 0,
+            },
+        )
+        .unwrap();
         assert_eq!(c.len(), 3);
         assert_eq!(c[1][0], 300);
     }

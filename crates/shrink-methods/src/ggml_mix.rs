@@ -173,11 +173,7 @@ pub struct MixModel {
 impl MixModel {
     /// `hparams.n_gqa()`: query heads per key/value head.
     pub fn n_gqa(&self) -> usize {
-        if self.n_head_kv == 0 {
-            0
-        } else {
-            self.n_head / self.n_head_kv
-        }
+        self.n_head.checked_div(self.n_head_kv).unwrap_or(0)
     }
 
     fn falcon(&self) -> bool {
@@ -317,7 +313,7 @@ pub fn use_more_bits(i_layer: usize, n_layers: usize) -> bool {
 /// a fallback from `target`.
 pub fn fallback(name: &str, ncols: u64, target: GgmlType) -> Result<(GgmlType, bool)> {
     use GgmlType as T;
-    if ncols % target.block_size() as u64 == 0 {
+    if ncols.is_multiple_of(target.block_size() as u64) {
         return Ok((target, false));
     }
     let ret = match target {
@@ -333,7 +329,7 @@ pub fn fallback(name: &str, ncols: u64, target: GgmlType) -> Result<(GgmlType, b
             )))
         }
     };
-    let ret = if ncols % ret.block_size() as u64 != 0 {
+    let ret = if !ncols.is_multiple_of(ret.block_size() as u64) {
         T::F16
     } else {
         ret
@@ -367,7 +363,7 @@ fn rule(
         // Output tensors (and the embedding, when it doubles as the output): Q8_0 when the
         // rows do not fit the default type's blocks, else at least Q6_K.
         let qk = new_type.block_size() as u64;
-        if m.falcon() || ne0 % qk != 0 {
+        if m.falcon() || !ne0.is_multiple_of(qk) {
             new_type = T::Q8_0;
         } else if new_type != T::Q8_0 {
             new_type = T::Q6_K;
@@ -416,11 +412,7 @@ fn rule(
         let falcon = m.falcon();
         match preset {
             P::Q2_K => new_type = T::Q3_K,
-            P::Q2_K_S => {
-                if i < n / 8 {
-                    new_type = T::Q4_K
-                }
-            }
+            P::Q2_K_S if i < n / 8 => new_type = T::Q4_K,
             P::Q3_K_M => {
                 new_type = if i < n / 16 {
                     T::Q5_K

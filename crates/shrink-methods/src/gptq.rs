@@ -61,7 +61,7 @@ impl GptqSpec {
                 self.bits
             ));
         }
-        if self.group_size == 0 || cols % self.group_size != 0 {
+        if self.group_size == 0 || !cols.is_multiple_of(self.group_size) {
             return bad(format!(
                 "--group-size {} does not divide the {cols} input features",
                 self.group_size
@@ -75,8 +75,12 @@ impl GptqSpec {
         }
         // qweight packs 32 input features' codes into `bits` int32 words, qzeros 32 output
         // features' zero points likewise.
-        let per_word = if self.bits == 3 { 32 } else { 32 / self.bits as usize };
-        if cols % per_word != 0 || rows % per_word != 0 {
+        let per_word = if self.bits == 3 {
+            32
+        } else {
+            32 / self.bits as usize
+        };
+        if !cols.is_multiple_of(per_word) || !rows.is_multiple_of(per_word) {
             return bad(format!(
                 "the gptq layout packs {per_word} {}-bit values per word; a {rows}x{cols} weight \
                  does not divide",
@@ -441,7 +445,12 @@ mod tests {
             // Codes and parameters agree with the grid: re-quantizing the output is stable.
             assert!(r.parts.codes.iter().all(|&c| (c as i32) <= spec.maxq()));
             if !act_order || static_groups {
-                assert!(r.parts.g_idx.iter().enumerate().all(|(c, &g)| g as usize == c / 32));
+                assert!(r
+                    .parts
+                    .g_idx
+                    .iter()
+                    .enumerate()
+                    .all(|(c, &g)| g as usize == c / 32));
             }
         }
     }
@@ -478,6 +487,9 @@ mod tests {
         }
         let e = prepare(h, n, &GptqSpec::default(), "model.layers.3.mlp.down_proj").unwrap_err();
         let m = e.to_string();
-        assert!(m.contains("model.layers.3.mlp.down_proj") && m.contains("positive definite"), "{m}");
+        assert!(
+            m.contains("model.layers.3.mlp.down_proj") && m.contains("positive definite"),
+            "{m}"
+        );
     }
 }

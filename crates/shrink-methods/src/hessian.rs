@@ -198,18 +198,13 @@ pub fn cholesky_lower(a: &mut [f64], n: usize) -> Result<(), usize> {
         let k1 = (k0 + NB).min(n);
         // Diagonal block (already updated by earlier blocks), unblocked.
         for j in k0..k1 {
-            let (head, tail) = a.split_at_mut(j * n);
-            let rj = &mut tail[..n];
-            let mut d = rj[j];
-            for p in k0..j {
-                d -= rj[p] * rj[p];
-            }
+            let rj = &mut a[j * n..(j + 1) * n];
+            let d = rj[j] - rj[k0..j].iter().map(|v| v * v).sum::<f64>();
             if d.is_nan() || d <= 0.0 {
                 return Err(j);
             }
             let d = d.sqrt();
             rj[j] = d;
-            let _ = head;
             for i in j + 1..k1 {
                 let (top, bottom) = a.split_at_mut(i * n);
                 let rj = &top[j * n..j * n + n];
@@ -335,7 +330,9 @@ mod tests {
         // X Xᵀ + n I from a deterministic pseudo-random X.
         let mut s = seed;
         let mut next = || {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 33) as f64 / (1u64 << 31) as f64) - 0.5
         };
         let x: Vec<f64> = (0..n * n).map(|_| next()).collect();
@@ -395,7 +392,11 @@ mod tests {
             for i in 0..n {
                 for j in 0..n {
                     let e = if i == j { 1.0 } else { 0.0 };
-                    assert!((id[i * n + j] - e).abs() < 1e-7, "({i},{j}) {}", id[i * n + j]);
+                    assert!(
+                        (id[i * n + j] - e).abs() < 1e-7,
+                        "({i},{j}) {}",
+                        id[i * n + j]
+                    );
                 }
             }
         }

@@ -5,7 +5,8 @@
 //!   patterns change that);
 //! - [`rtn`]: round-to-nearest integers and NF4/FP4, in the ecosystem's storage layouts;
 //! - [`calib`]: calibration samples; [`hessian`]: layer Hessians and their factorisations;
-//! - [`gptq`]: GPTQ.
+//! - [`gptq`], [`awq`], [`hqq`]: the calibrated and optimised quantizers;
+//! - [`ggml_mix`]: llama.cpp's per-tensor type choice for its GGUF presets.
 
 pub mod awq;
 pub mod calib;

@@ -162,7 +162,8 @@ impl LlamaLayer {
             k_proj: lin(&format!("{p}.self_attn.k_proj"), kvd, h, cfg.qkv_bias)?,
             v_proj: lin(&format!("{p}.self_attn.v_proj"), kvd, h, cfg.qkv_bias)?,
             o_proj: lin(&format!("{p}.self_attn.o_proj"), h, qd, cfg.o_bias)?,
-            post_attention_layernorm: w.get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+            post_attention_layernorm: w
+                .get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
             gate_proj: lin(&format!("{p}.mlp.gate_proj"), i, h, cfg.mlp_bias)?,
             up_proj: lin(&format!("{p}.mlp.up_proj"), i, h, cfg.mlp_bias)?,
             down_proj: lin(&format!("{p}.mlp.down_proj"), h, i, cfg.mlp_bias)?,

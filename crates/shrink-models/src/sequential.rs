@@ -13,6 +13,10 @@ use crate::weights::WeightLoader;
 
 pub use crate::llama::LAYER_LINEARS;
 
+/// Sees every linear's input while [`Sequential::run`] runs a layer: called with the sample's
+/// index, the linear's name inside the layer and its input [t, in].
+pub type SampleTap<'a> = &'a mut dyn FnMut(usize, &str, &Tensor) -> Result<()>;
+
 /// A Llama-family decoder opened for layer-by-layer work.
 pub struct Sequential<'a> {
     cfg: LlamaConfig,
@@ -94,7 +98,7 @@ impl<'a> Sequential<'a> {
         &self,
         layer: &LlamaLayer,
         xs: &[Tensor],
-        mut tap: Option<&mut dyn FnMut(usize, &str, &Tensor) -> Result<()>>,
+        mut tap: Option<SampleTap>,
     ) -> Result<Vec<Tensor>> {
         let c = &self.cfg;
         let mut tables: Option<(usize, Tensor, Tensor)> = None;

@@ -8,7 +8,11 @@ use shrink_models::sequential::Sequential;
 use shrink_models::Model;
 
 fn fixture(arch: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures")).join(arch)
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/fixtures"
+    ))
+    .join(arch)
 }
 
 #[test]
@@ -31,8 +35,8 @@ fn layer_by_layer_equals_the_forward_pass() {
         }
         assert_eq!(seen, 7 * seq.num_layers());
         let Model::Llama(m) = &model else { panic!() };
-        let ours = candle_nn::ops::rms_norm(&xs[0], &m.norm, seq.config().rms_norm_eps as f32)
-            .unwrap();
+        let ours =
+            candle_nn::ops::rms_norm(&xs[0], &m.norm, seq.config().rms_norm_eps as f32).unwrap();
         let want = model.hidden(&ids, None).unwrap();
         let d = (ours - want)
             .unwrap()

@@ -43,6 +43,10 @@ pub enum Method {
     /// error compensated through the inverse Hessian of calibration activations (--calib);
     /// written in the Hugging Face `gptq` layout.
     Gptq,
+    /// AWQ: activation-aware per-input-channel scales (grid search on calibration activations,
+    /// folded into the preceding norm / linear), clipping search, then 4-bit groups of
+    /// --group-size; written in AutoAWQ's GEMM layout.
+    Awq,
     /// HQQ (half-quadratic quantization): --bits (1, 2, 3, 4, 8) in groups of --group-size
     /// along --axis, each group's float zero point optimised for a sparsity-promoting ℓp
     /// error; no calibration (shrink's `shrink-hqq` layout).
@@ -234,6 +238,10 @@ pub struct Args {
     /// GPTQ: accumulate the Hessian in float64 (float32 by default).
     #[arg(long, help_heading = "GPTQ")]
     pub hessian_f64: bool,
+    /// AWQ: calibration samples the scale search's losses are computed on (statistics use
+    /// them all).
+    #[arg(long, default_value_t = 16, help_heading = "AWQ")]
+    pub awq_search_samples: usize,
     /// HQQ: grouping axis, 1 (consecutive input features of a row) or 0 (hqq's strided).
     #[arg(long, default_value_t = 1, help_heading = "HQQ")]
     pub axis: u8,
@@ -330,7 +338,7 @@ fn method(a: &Args) -> Result<Rtn> {
         Method::LlmInt8 => Ok(Rtn::LlmInt8 {
             threshold: a.threshold,
         }),
-        Method::Gptq => unreachable!("calibrated methods are dispatched before"),
+        Method::Gptq | Method::Awq => unreachable!("calibrated methods are dispatched before"),
         Method::Hqq => {
             if a.granularity.is_some_and(|g| g != Gran::Group) || a.sym {
                 bail!("HQQ quantizes asymmetric groups of --group-size (no --granularity/--sym)");
@@ -348,7 +356,23 @@ fn method(a: &Args) -> Result<Rtn> {
                 },
             ))
         }
-        Method::Q4_0 | Method::Q4_1 | Method::Q5_0 | Method::Q5_1 | Method::Q8_0 | Method::Q2K | Method::Q2KS | Method::Q3KS | Method::Q3KM | Method::Q3KL | Method::Q4KS | Method::Q4KM | Method::Q5KS | Method::Q5KM | Method::Q6K | Method::Iq4Nl | Method::Iq4Xs => {
+        Method::Q4_0
+        | Method::Q4_1
+        | Method::Q5_0
+        | Method::Q5_1
+        | Method::Q8_0
+        | Method::Q2K
+        | Method::Q2KS
+        | Method::Q3KS
+        | Method::Q3KM
+        | Method::Q3KL
+        | Method::Q4KS
+        | Method::Q4KM
+        | Method::Q5KS
+        | Method::Q5KM
+        | Method::Q6K
+        | Method::Iq4Nl
+        | Method::Iq4Xs => {
             unreachable!("GGUF methods are dispatched before")
         }
         Method::DynamicInt8 => {
@@ -379,6 +403,26 @@ pub fn run(a: Args) -> Result<()> {
     }
     if a.imatrix.is_some() {
         bail!("--imatrix applies to the llama.cpp methods (q4_k_m, q8_0, ...) only");
+    }
+    if a.method == Method::Awq {
+        if a.granularity.is_some_and(|g| g != Gran::Group) || a.sym {
+            bail!("AWQ quantizes asymmetric groups of --group-size (no --granularity/--sym)");
+        }
+        let selection = Selection {
+            include: a.include.clone(),
+            exclude: a.exclude.clone(),
+        };
+        return super::awq::run_awq(
+            &a.model,
+            &a.output,
+            &a.calib()?,
+            a.bits.unwrap_or(4),
+            a.group_size.unwrap_or(64),
+            a.awq_search_samples,
+            &selection,
+            a.dense_dtype,
+            a.json,
+        );
     }
     if a.method == Method::Gptq {
         if a.granularity.is_some_and(|g| g != Gran::Group) {
