@@ -1,78 +1,39 @@
-//! TEMPORARY harness (calls run_awq directly until `--method awq` is wired).
-#![allow(dead_code, unused_imports)]
+//! `shrink quantize --method awq`: on tiny-llama (given a byte-level tokenizer so a text can
+//! calibrate it) the output is AutoAWQ's GEMM layout, loads, and tracks the float model more
+//! closely than round-to-nearest on text like its calibration; impossible requests write
+//! nothing. The algorithm's own checks (folded scales keep the function, AWQ beats RTN on
+//! outlier channels, the quantizer's formulas) are unit tests in `shrink_methods::awq`.
 
-#[path = "../src/commands/awq.rs"]
-mod awq_cmd;
-#[path = "../src/commands/calibrated.rs"]
-mod calibrated;
-#[path = "../src/common.rs"]
 mod common;
-#[path = "common/mod.rs"]
-mod helpers;
-mod commands {
-    pub(crate) use super::awq_cmd as awq;
-    pub(crate) use super::calibrated;
-}
+use common::*;
 
 use std::path::{Path, PathBuf};
 
-use shrink_formats::float::FloatType;
-use shrink_methods::calib::CalibSpec;
-
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok()
-}
-
-#[test]
-#[ignore]
-fn measure() {
-    let model = PathBuf::from(env("AWQ_MODEL").unwrap());
-    let out = PathBuf::from(env("AWQ_OUT").unwrap());
-    let calib = commands::calibrated::CalibArgs {
-        file: PathBuf::from(env("AWQ_CALIB").unwrap()),
-        lee: env("AWQ_LEE").is_some(),
-        spec: CalibSpec {
-            samples: env("AWQ_SAMPLES").unwrap().parse().unwrap(),
-            seqlen: env("AWQ_SEQLEN").unwrap().parse().unwrap(),
-            seed: 0,
-        },
-    };
-    commands::awq::run_awq(
-        &model,
-        &out,
-        &calib,
-        4,
-        env("AWQ_GROUP").unwrap().parse().unwrap(),
-        env("AWQ_SEARCH").unwrap().parse().unwrap(),
-        &shrink_methods::select::Selection::default(),
-        FloatType::parse(&env("AWQ_DENSE").unwrap_or("f32".into())).unwrap(),
-        false,
-    )
-    .unwrap();
-}
+use shrink_io::Checkpoint;
 
 /// GPT-2's byte → printable character map (`bytes_to_unicode`).
 fn byte_chars() -> Vec<char> {
-    let mut keep: Vec<u32> = (33..=126).chain(161..=172).chain(174..=255).collect();
-    let mut chars: Vec<u32> = keep.clone();
+    let mut bytes: Vec<u32> = (33..=126).chain(161..=172).chain(174..=255).collect();
+    let mut chars = bytes.clone();
     let mut n = 0;
     for b in 0..256u32 {
-        if !keep.contains(&b) {
-            keep.push(b);
+        if !bytes.contains(&b) {
+            bytes.push(b);
             chars.push(256 + n);
             n += 1;
         }
     }
     let mut out = vec![' '; 256];
-    for (b, c) in keep.iter().zip(&chars) {
+    for (b, c) in bytes.iter().zip(&chars) {
         out[*b as usize] = char::from_u32(*c).unwrap();
     }
     out
 }
 
-/// tiny-llama copied into `dir` with a byte-level tokenizer (one token per byte, ids 0..255).
+/// tiny-llama copied into `dir` with a byte-level BPE tokenizer without merges (token id =
+/// byte value, all below the fixture's vocabulary of 512).
 fn tiny_llama_with_tokenizer(dir: &Path) -> PathBuf {
-    let src = helpers::fixture("tiny-llama");
+    let src = fixture("tiny-llama");
     let dst = dir.join("tiny-llama");
     std::fs::create_dir_all(&dst).unwrap();
     for f in ["config.json", "generation_config.json", "model.safetensors"] {
@@ -83,14 +44,12 @@ fn tiny_llama_with_tokenizer(dir: &Path) -> PathBuf {
         .enumerate()
         .map(|(i, c)| (c.to_string(), serde_json::json!(i)))
         .collect();
+    let byte_level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false,
+                                        "trim_offsets": true, "use_regex": true});
     let tj = serde_json::json!({
         "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-        "normalizer": null,
-        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
-                          "use_regex": true},
-        "post_processor": null,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
-                    "use_regex": true},
+        "normalizer": null, "pre_tokenizer": byte_level, "post_processor": null,
+        "decoder": byte_level,
         "model": {"type": "BPE", "dropout": null, "unk_token": null,
                   "continuing_subword_prefix": null, "end_of_word_suffix": null,
                   "fuse_unk": false, "byte_fallback": false, "vocab": vocab, "merges": []}
@@ -99,35 +58,36 @@ fn tiny_llama_with_tokenizer(dir: &Path) -> PathBuf {
     dst
 }
 
-/// A text of pseudo-words, deterministic.
+const WORDS: [&str; 18] = [
+    "the",
+    "model",
+    "weights",
+    "are",
+    "quantized",
+    "to",
+    "four",
+    "bits",
+    "with",
+    "scales",
+    "that",
+    "protect",
+    "salient",
+    "channels",
+    "of",
+    "activations",
+    "and",
+    "groups",
+];
+
+/// A calibration text of pseudo-words drawn from [`WORDS`] (deterministic).
 fn calib_text(dir: &Path) -> PathBuf {
-    let words = [
-        "the",
-        "model",
-        "weights",
-        "are",
-        "quantized",
-        "to",
-        "four",
-        "bits",
-        "with",
-        "scales",
-        "that",
-        "protect",
-        "salient",
-        "channels",
-        "of",
-        "activations",
-        "and",
-        "groups",
-    ];
     let mut s = String::new();
     let mut x: u64 = 12345;
     for i in 0..800 {
         x = x
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        s.push_str(words[(x >> 33) as usize % words.len()]);
+        s.push_str(WORDS[(x >> 33) as usize % WORDS.len()]);
         s.push(if i % 13 == 12 { '\n' } else { ' ' });
     }
     let p = dir.join("calib.txt");
@@ -135,9 +95,9 @@ fn calib_text(dir: &Path) -> PathBuf {
     p
 }
 
-fn ref_ids() -> Vec<Vec<u32>> {
-    let bytes =
-        std::fs::read(helpers::fixture("tiny-llama").join("reference.safetensors")).unwrap();
+/// The fixture's reference input ids (two sequences of 24).
+fn reference_ids() -> Vec<Vec<u32>> {
+    let bytes = std::fs::read(fixture("tiny-llama").join("reference.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let ids = st.tensor("input_ids").unwrap();
     let t = ids.shape()[1];
@@ -149,8 +109,9 @@ fn ref_ids() -> Vec<Vec<u32>> {
     v.chunks(t).map(|c| c.to_vec()).collect()
 }
 
+/// The logits of the model in `dir` for each sequence, concatenated.
 fn logits(dir: &Path, ids: &[Vec<u32>]) -> Vec<f32> {
-    let m = shrink_models::Model::load(&shrink_io::Checkpoint::open(dir).unwrap()).unwrap();
+    let m = shrink_models::Model::load(&Checkpoint::open(dir).unwrap()).unwrap();
     ids.iter()
         .flat_map(|s| {
             m.forward(s, None)
@@ -163,43 +124,132 @@ fn logits(dir: &Path, ids: &[Vec<u32>]) -> Vec<f32> {
         .collect()
 }
 
+/// ‖a − b‖ / ‖b‖.
 fn rel_rmse(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
     let n: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
     let d: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
     (n / d).sqrt()
 }
 
+/// `shrink quantize --method awq` of `model` at `bits` in groups of 32, calibrated on 8 × 64
+/// tokens of `calib` (scale search on 4): success, stdout, stderr.
+fn awq(model: &Path, calib: &Path, out: &Path, bits: &str) -> (bool, String, String) {
+    let r = shrink(&[
+        "quantize",
+        model.to_str().unwrap(),
+        "--method",
+        "awq",
+        "--bits",
+        bits,
+        "--group-size",
+        "32",
+        "--calib",
+        calib.to_str().unwrap(),
+        "--calib-format",
+        "raw",
+        "--calib-samples",
+        "8",
+        "--calib-seqlen",
+        "64",
+        "--awq-search-samples",
+        "4",
+        "-o",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    (
+        r.status.success(),
+        String::from_utf8_lossy(&r.stdout).into_owned(),
+        String::from_utf8_lossy(&r.stderr).into_owned(),
+    )
+}
+
+fn run_ok(args: &[&str]) -> serde_json::Value {
+    let r = shrink(args);
+    assert!(
+        r.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    serde_json::from_slice(&r.stdout).unwrap_or(serde_json::Value::Null)
+}
+
 #[test]
-fn tiny_numbers() {
+fn awq_on_tiny_llama_loads_and_tracks_the_float_model() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_llama_with_tokenizer(tmp.path());
     let calib = calib_text(tmp.path());
     let out = tmp.path().join("awq");
-    let c = commands::calibrated::CalibArgs {
-        file: calib.clone(),
-        lee: false,
-        spec: CalibSpec {
-            samples: 8,
-            seqlen: 64,
-            seed: 0,
-        },
-    };
-    commands::awq::run_awq(
-        &model,
-        &out,
-        &c,
-        4,
-        32,
-        4,
-        &Default::default(),
-        FloatType::F32,
-        true,
-    )
-    .unwrap();
+    let m = model.to_str().unwrap();
+    let r = awq(&model, &calib, &out, "4");
+    assert!(r.0, "{}", r.2);
+    let report: serde_json::Value = serde_json::from_str(&r.1).unwrap();
+    assert_eq!(report["method"], "awq-w4g32-asym");
+    assert_eq!(report["quantized_tensors"], 14);
+    // 4-bit codes, a 4-bit zero and a float16 scale per 32 weights.
+    let bpw = report["bits_per_weight_quantized"].as_f64().unwrap();
+    assert!(
+        (bpw - (4.0 + 4.0 / 32.0 + 16.0 / 32.0)).abs() < 1e-9,
+        "{bpw}"
+    );
+    let layers = report["awq_layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2);
+    // GQA (4 query heads, 2 kv heads): no v_proj → o_proj group.
+    let ratios = layers[0]["ratios"].as_object().unwrap();
+    let mut groups: Vec<&str> = ratios.keys().map(|k| k.as_str()).collect();
+    groups.sort();
+    assert_eq!(
+        groups,
+        ["input_layernorm", "mlp.up_proj", "post_attention_layernorm"]
+    );
+    let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
+    let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    assert_eq!(
+        report["model_bytes"].as_u64().unwrap() as usize,
+        bytes.len() - 8 - header
+    );
+
+    // AutoAWQ's GEMM layout and config.
+    let cfg = shrink_io::read_json(&out.join("config.json")).unwrap();
+    let q = &cfg["quantization_config"];
+    assert_eq!(q["quant_method"], "awq");
+    assert_eq!(q["version"], "gemm");
+    assert_eq!(q["bits"], 4);
+    assert_eq!(q["group_size"], 32);
+    assert_eq!(q["zero_point"], true);
+    assert!(out.join("quant_config.json").is_file());
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    for (name, dtype, shape) in [
+        ("q_proj.qweight", safetensors::Dtype::I32, vec![64, 8]),
+        ("q_proj.qzeros", safetensors::Dtype::I32, vec![2, 8]),
+        ("q_proj.scales", safetensors::Dtype::F16, vec![2, 64]),
+        ("k_proj.qweight", safetensors::Dtype::I32, vec![64, 4]),
+    ] {
+        let t = st
+            .tensor(&format!("model.layers.0.self_attn.{name}"))
+            .unwrap();
+        assert_eq!((t.dtype(), t.shape().to_vec()), (dtype, shape), "{name}");
+    }
+    assert!(st.tensor("model.layers.0.self_attn.q_proj.weight").is_err());
+    // The scales were folded into the norms.
+    let (a, _) = Checkpoint::open(&model)
+        .unwrap()
+        .read_f32("model.layers.0.input_layernorm.weight")
+        .unwrap();
+    let (b, _) = Checkpoint::open(&out)
+        .unwrap()
+        .read_f32("model.layers.0.input_layernorm.weight")
+        .unwrap();
+    assert_ne!(a, b);
+
+    // The output loads with its linears quantized and stays close to the float model: on the
+    // fixture's reference ids (random tokens, most never seen in calibration) and, closer than
+    // round-to-nearest at the same grid, on text like the calibration's.
     let rtn = tmp.path().join("rtn");
-    let r = helpers::shrink(&[
+    run_ok(&[
         "quantize",
-        model.to_str().unwrap(),
+        m,
         "--method",
         "int",
         "--bits",
@@ -209,19 +259,43 @@ fn tiny_numbers() {
         "-o",
         rtn.to_str().unwrap(),
     ]);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    for ids in [ref_ids(), {
-        let tok =
-            shrink_io::tokenizer::Tokenizer::from_file(&model.join("tokenizer.json")).unwrap();
-        let ids = tok.encode("protect the salient channels of activations with scales that are quantized to four bits and groups of the model weights", false).unwrap();
-        vec![ids]
-    }] {
-        let f = logits(&model, &ids);
-        let a = logits(&out, &ids);
-        let q = logits(&rtn, &ids);
-        eprintln!("awq rel rmse {} rtn {}", rel_rmse(&a, &f), rel_rmse(&q, &f));
+    let loaded = shrink_models::Model::load(&Checkpoint::open(&out).unwrap()).unwrap();
+    if let shrink_models::Model::Llama(l) = &loaded {
+        assert!(l.layers[0].q_proj.is_quantized());
+        assert!(l.layers[1].down_proj.is_quantized());
+    } else {
+        panic!("tiny-llama loads as a Llama");
     }
-    let rep: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("shrink-quantize.json")).unwrap()).unwrap();
-    eprintln!("{}", rep["awq_layers"]);
+    let ids = reference_ids();
+    let e_ref = rel_rmse(&logits(&out, &ids), &logits(&model, &ids));
+    assert!(
+        e_ref < 0.4,
+        "AWQ logits on the reference ids: relative error {e_ref}"
+    );
+    let tok = shrink_io::tokenizer::Tokenizer::from_file(&model.join("tokenizer.json")).unwrap();
+    let text = "protect the salient channels of activations with scales that are quantized to \
+                four bits and groups of the model weights";
+    let ids = vec![tok.encode(text, false).unwrap()];
+    let f = logits(&model, &ids);
+    let (e_awq, e_rtn) = (
+        rel_rmse(&logits(&out, &ids), &f),
+        rel_rmse(&logits(&rtn, &ids), &f),
+    );
+    eprintln!("relative logit error on text: awq {e_awq:.4}, rtn {e_rtn:.4}; reference ids: awq {e_ref:.4}");
+    assert!(
+        e_awq < 0.8 * e_rtn,
+        "AWQ ({e_awq}) should beat round-to-nearest ({e_rtn}) on text like its calibration"
+    );
+}
+
+#[test]
+fn awq_refuses_other_bits_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_llama_with_tokenizer(tmp.path());
+    let calib = calib_text(tmp.path());
+    let out = tmp.path().join("awq3");
+    let (ok, _, err) = awq(&model, &calib, &out, "3");
+    assert!(!ok);
+    assert!(err.contains("4-bit"), "{err}");
+    assert!(!out.exists());
 }

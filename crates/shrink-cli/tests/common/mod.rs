@@ -56,3 +56,88 @@ pub fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     }
     out
 }
+
+/// GPT-2's byte ↔ unicode table: the character standing for each byte in a byte-level BPE.
+fn byte_chars() -> Vec<char> {
+    let mut keep: Vec<u32> = (33..=126).chain(161..=172).chain(174..=255).collect();
+    let mut chars: Vec<u32> = keep.clone();
+    let mut n = 0;
+    for b in 0..256u32 {
+        if !keep.contains(&b) {
+            keep.push(b);
+            chars.push(256 + n);
+            n += 1;
+        }
+    }
+    let mut out = vec![' '; 256];
+    for (b, c) in keep.iter().zip(&chars) {
+        out[*b as usize] = char::from_u32(*c).unwrap();
+    }
+    out
+}
+
+/// The tiny-llama fixture copied into `dir` with a byte-level tokenizer (one token per byte,
+/// ids 0..255), so that calibrated methods can tokenize text for it.
+pub fn tiny_llama_with_tokenizer(dir: &std::path::Path) -> PathBuf {
+    let src = fixture("tiny-llama");
+    let dst = dir.join("tiny-llama");
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in ["config.json", "generation_config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+    }
+    let vocab: serde_json::Map<String, serde_json::Value> = byte_chars()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.to_string(), serde_json::json!(i)))
+        .collect();
+    let tj = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
+                          "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
+                    "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                  "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                  "fuse_unk": false, "byte_fallback": false, "vocab": vocab, "merges": []}
+    });
+    std::fs::write(dst.join("tokenizer.json"), tj.to_string()).unwrap();
+    dst
+}
+
+/// A deterministic text of `words` pseudo-words in `dir`/calib.txt.
+pub fn calib_text(dir: &std::path::Path, words: usize) -> PathBuf {
+    let vocab = [
+        "the",
+        "model",
+        "weights",
+        "are",
+        "quantized",
+        "to",
+        "four",
+        "bits",
+        "with",
+        "scales",
+        "that",
+        "protect",
+        "salient",
+        "channels",
+        "of",
+        "activations",
+        "and",
+        "groups",
+    ];
+    let mut s = String::new();
+    let mut x: u64 = 12345;
+    for i in 0..words {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        s.push_str(vocab[(x >> 33) as usize % vocab.len()]);
+        s.push(if i % 13 == 12 { '\n' } else { ' ' });
+    }
+    let p = dir.join("calib.txt");
+    std::fs::write(&p, s).unwrap();
+    p
+}
