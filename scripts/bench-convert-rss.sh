@@ -48,6 +48,16 @@ for m in f32-30 f32-90; do
     echo "quantize $m --method $q: peak RSS $((kb / 1024)) MiB"
   done
 done
+# Calibrated and optimised methods go layer by layer: peak RSS = one layer + the calibration
+# activations, whatever the depth (4 samples of 512 tokens here, to keep the 90-layer run short).
+for m in f32-30 f32-90; do
+  for q in "gptq --bits 4 --group-size 64 --calib assets/lee_background.cor --calib-samples 4" \
+           "hqq --bits 4 --group-size 64"; do
+    # shellcheck disable=SC2086
+    kb=$(rss $bin quantize "$work/$m" --method $q -o "$work/$m-q-$RANDOM")
+    echo "quantize $m --method $q: peak RSS $((kb / 1024)) MiB"
+  done
+done
 kb=$(rss $bin convert assets/SmolLM2-135M-Instruct.Q4_1.gguf --dtype f32 -o "$work/gguf-f32" --no-check)
 echo "convert GGUF (Q4_1/Q8_0) -> f32 HF: peak RSS $((kb / 1024)) MiB"
 kb=$(rss $bin inspect assets/SmolLM2-135M-Instruct.Q4_1.gguf)
