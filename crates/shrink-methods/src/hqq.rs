@@ -21,9 +21,10 @@
 //! [`optimize`] returns that float32 result (codes, scale, zero), which agrees with the
 //! library's (tests/hqq.rs checks it on committed hqq outputs). [`quantize`] then stores the
 //! scale and zero as **f16** — as hqq does when it casts its meta data to the compute dtype —
-//! and, unlike hqq, recomputes the codes with those f16 values (`round(W/s₁₆ + z₁₆)`) so that
-//! the stored tensor decodes, bit for bit, to what the quantizer reports
-//! ([`HqqQuantized::dequantized`]), each weight on the nearest point of its stored grid.
+//! and keeps hqq's codes (computed with the solver's float32 scale and zero, as the library's
+//! `W_q`); the stored tensor decodes, bit for bit, to what the quantizer reports
+//! ([`HqqQuantized::dequantized`]). (Recomputing the codes on the f16 grid instead scored
+//! 31.96 against 31.85 at 4 bits on SmolLM2 — BENCHMARKS.md.)
 //!
 //! Groups are laid out as `shrink_formats::hqq` describes (axis 1: runs of a row; axis 0:
 //! hqq's strided `reshape([G, -1])` groups, copied into a group-contiguous buffer first).
@@ -371,19 +372,23 @@ dispatch! {
 }
 
 dispatch! {
-    /// Codes on the stored (f16) grid, `clamp(round(W/s + z))`, and their values `(q − z)·s`,
-    /// over consecutive groups; returns Σ|W − value|.
+    /// Codes as hqq computes them, `clamp(round(W·inv + z))` with the solver's float32 inverse
+    /// scale `inv` and zero `z`, and their values `(q − z₁₆)·s₁₆` on the stored f16 grid
+    /// (`s16`, `z16`), over consecutive groups; returns Σ|W − value|.
+    #[allow(clippy::too_many_arguments)]
     fn store_groups(
-        w: &[f32], g: usize, qmax: f32, s: &[f32], z: &[f32], q: &mut [u8], v: &mut [f32]
+        w: &[f32], g: usize, qmax: f32, inv: &[f32], z: &[f32], s16: &[f32], z16: &[f32],
+        q: &mut [u8], v: &mut [f32]
     ) -> f64 {
         let mut total = 0f64;
         let groups = w.chunks_exact(g).zip(q.chunks_exact_mut(g)).zip(v.chunks_exact_mut(g));
-        for (((w, q), v), (&s, &z)) in groups.zip(s.iter().zip(z)) {
+        let params = inv.iter().zip(z).zip(s16.iter().zip(z16));
+        for (((w, q), v), ((&inv, &z), (&s, &zs))) in groups.zip(params) {
             let mut err = 0f32;
             for ((&x, q), v) in w.iter().zip(q.iter_mut()).zip(v.iter_mut()) {
-                let c = (x / s + z).round_ties_even();
+                let c = (x * inv + z).round_ties_even();
                 let c = if c < 0.0 { 0.0 } else if c > qmax { qmax } else { c };
-                *v = (c - z) * s;
+                *v = (c - zs) * s;
                 err += (x - *v).abs();
                 *q = c as u8;
             }
@@ -581,11 +586,13 @@ pub fn quantize_report(
     let sums: Vec<f64> = st
         .wg
         .par_chunks(pj * g)
+        .zip(st.inv.par_chunks(pj))
+        .zip(st.zero.par_chunks(pj))
         .zip(sf.par_chunks(pj))
         .zip(zf.par_chunks(pj))
         .zip(codes.par_chunks_mut(pj * g))
         .zip(values.par_chunks_mut(pj * g))
-        .map(|((((w, s), z), q), v)| store_groups(w, g, qmax, s, z, q, v))
+        .map(|((((((w, inv), z), s), zs), q), v)| store_groups(w, g, qmax, inv, z, s, zs, q, v))
         .collect();
     let codes = ungrouped(codes, spec);
     let tensor = HqqTensor::from_parts(spec, rows, cols, &codes, &s16, &z16).map_err(fmt)?;
