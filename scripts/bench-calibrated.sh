@@ -26,6 +26,7 @@ declare -A M=(
   [hqq3-g64-axis1]="--method hqq --bits 3 --group-size 64"
   [hqq2-g64-axis1]="--method hqq --bits 2 --group-size 64"
   [hqq3-g64-axis0]="--method hqq --bits 3 --group-size 64 --axis 0"
+  [hqq2-g64-axis0]="--method hqq --bits 2 --group-size 64 --axis 0"
 )
 names=("$@"); [ ${#names[@]} -eq 0 ] && names=("${!M[@]}")
 for n in "${names[@]}"; do
