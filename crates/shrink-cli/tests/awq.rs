@@ -7,93 +7,9 @@
 mod common;
 use common::*;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use shrink_io::Checkpoint;
-
-/// GPT-2's byte → printable character map (`bytes_to_unicode`).
-fn byte_chars() -> Vec<char> {
-    let mut bytes: Vec<u32> = (33..=126).chain(161..=172).chain(174..=255).collect();
-    let mut chars = bytes.clone();
-    let mut n = 0;
-    for b in 0..256u32 {
-        if !bytes.contains(&b) {
-            bytes.push(b);
-            chars.push(256 + n);
-            n += 1;
-        }
-    }
-    let mut out = vec![' '; 256];
-    for (b, c) in bytes.iter().zip(&chars) {
-        out[*b as usize] = char::from_u32(*c).unwrap();
-    }
-    out
-}
-
-/// tiny-llama copied into `dir` with a byte-level BPE tokenizer without merges (token id =
-/// byte value, all below the fixture's vocabulary of 512).
-fn tiny_llama_with_tokenizer(dir: &Path) -> PathBuf {
-    let src = fixture("tiny-llama");
-    let dst = dir.join("tiny-llama");
-    std::fs::create_dir_all(&dst).unwrap();
-    for f in ["config.json", "generation_config.json", "model.safetensors"] {
-        std::fs::copy(src.join(f), dst.join(f)).unwrap();
-    }
-    let vocab: serde_json::Map<String, serde_json::Value> = byte_chars()
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.to_string(), serde_json::json!(i)))
-        .collect();
-    let byte_level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false,
-                                        "trim_offsets": true, "use_regex": true});
-    let tj = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-        "normalizer": null, "pre_tokenizer": byte_level, "post_processor": null,
-        "decoder": byte_level,
-        "model": {"type": "BPE", "dropout": null, "unk_token": null,
-                  "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                  "fuse_unk": false, "byte_fallback": false, "vocab": vocab, "merges": []}
-    });
-    std::fs::write(dst.join("tokenizer.json"), tj.to_string()).unwrap();
-    dst
-}
-
-const WORDS: [&str; 18] = [
-    "the",
-    "model",
-    "weights",
-    "are",
-    "quantized",
-    "to",
-    "four",
-    "bits",
-    "with",
-    "scales",
-    "that",
-    "protect",
-    "salient",
-    "channels",
-    "of",
-    "activations",
-    "and",
-    "groups",
-];
-
-/// A calibration text of pseudo-words drawn from [`WORDS`] (deterministic).
-fn calib_text(dir: &Path) -> PathBuf {
-    let mut s = String::new();
-    let mut x: u64 = 12345;
-    for i in 0..800 {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        s.push_str(WORDS[(x >> 33) as usize % WORDS.len()]);
-        s.push(if i % 13 == 12 { '\n' } else { ' ' });
-    }
-    let p = dir.join("calib.txt");
-    std::fs::write(&p, s).unwrap();
-    p
-}
 
 /// The fixture's reference input ids (two sequences of 24).
 fn reference_ids() -> Vec<Vec<u32>> {
@@ -179,7 +95,7 @@ fn run_ok(args: &[&str]) -> serde_json::Value {
 fn awq_on_tiny_llama_loads_and_tracks_the_float_model() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_llama_with_tokenizer(tmp.path());
-    let calib = calib_text(tmp.path());
+    let calib = calib_text(tmp.path(), 800);
     let out = tmp.path().join("awq");
     let m = model.to_str().unwrap();
     let r = awq(&model, &calib, &out, "4");
@@ -292,7 +208,7 @@ fn awq_on_tiny_llama_loads_and_tracks_the_float_model() {
 fn awq_refuses_other_bits_and_writes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_llama_with_tokenizer(tmp.path());
-    let calib = calib_text(tmp.path());
+    let calib = calib_text(tmp.path(), 800);
     let out = tmp.path().join("awq3");
     let (ok, _, err) = awq(&model, &calib, &out, "3");
     assert!(!ok);

@@ -129,8 +129,6 @@ pub fn run_awq(
     let mut xs = seq.embed(&samples)?;
     let embed_s = t_embed.elapsed().as_secs_f64();
     let loader = arch.weight_loader(&ckpt);
-    let mut done: Option<usize> = None; // last layer compressed
-    let mut stored: HashMap<String, StoredTensor> = HashMap::new();
     let mut stats: Vec<LayerStats> = Vec::new();
     let pb = common::bar(seq.num_layers() as u64, "awq layers");
     let mut awq_s = 0f64;
@@ -218,36 +216,17 @@ pub fn run_awq(
         Ok(())
     };
 
-    let layer_of = |name: &str| -> Option<usize> {
-        name.strip_prefix("model.layers.")?
-            .split('.')
-            .next()?
-            .parse()
-            .ok()
-    };
-    shrink_io::write_safetensors_ordered(
-        &out.file("model.safetensors"),
+    super::calibrated::write_layer_by_layer(
+        model,
+        &out,
+        &arch,
+        &loader,
+        &shapes,
         &header,
-        Some(HashMap::from([("format".to_string(), "pt".to_string())])),
-        |k| {
-            let (name, shape) = &shapes[origin[k]];
-            let wrap = |e: anyhow::Error| shrink_io::IoError::malformed(model, format!("{e:#}"));
-            if let Some(l) = layer_of(name) {
-                while done.is_none_or(|d| d < l) {
-                    let next = done.map_or(0, |d| d + 1);
-                    advance(next, &mut xs, &mut stored).map_err(wrap)?;
-                    done = Some(next);
-                }
-            }
-            if let Some(s) = stored.remove(&header[k].name) {
-                return Ok(s.bytes);
-            }
-            let v = arch
-                .read_weight(&loader, name, shape)
-                .and_then(|t| Ok(t.flatten_all()?.to_vec1::<f32>()?))
-                .map_err(|e| wrap(e.into()))?;
-            Ok(float::encode(dense_dtype, &v))
-        },
+        &origin,
+        dense_dtype,
+        &mut xs,
+        &mut advance,
     )?;
     pb.finish_and_clear();
     drop(xs);

@@ -99,6 +99,60 @@ fn observe(
     Ok(hs)
 }
 
+/// Write `model.safetensors` of `out`: header entry `k` is the tensor `shapes[origin[k]]`. The
+/// tensors of decoder layer `l` are taken from `stored` once `advance(l, xs, stored)` has
+/// compressed it — layers in order, each when the writer first reaches one of its tensors, so
+/// only one layer is ever in flight — and every other tensor is read from the checkpoint and
+/// written as `dense_dtype`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn write_layer_by_layer(
+    model: &Path,
+    out: &OutputDir,
+    arch: &Architecture,
+    loader: &shrink_models::WeightLoader,
+    shapes: &[(String, Vec<usize>)],
+    header: &[TensorHeader],
+    origin: &[usize],
+    dense_dtype: shrink_formats::float::FloatType,
+    xs: &mut Vec<Tensor>,
+    mut advance: impl FnMut(usize, &mut Vec<Tensor>, &mut HashMap<String, StoredTensor>) -> Result<()>,
+) -> Result<()> {
+    let layer_of = |name: &str| -> Option<usize> {
+        name.strip_prefix("model.layers.")?
+            .split('.')
+            .next()?
+            .parse()
+            .ok()
+    };
+    let mut done: Option<usize> = None;
+    let mut stored: HashMap<String, StoredTensor> = HashMap::new();
+    shrink_io::write_safetensors_ordered(
+        &out.file("model.safetensors"),
+        header,
+        Some(HashMap::from([("format".to_string(), "pt".to_string())])),
+        |k| {
+            let (name, shape) = &shapes[origin[k]];
+            let wrap = |e: anyhow::Error| shrink_io::IoError::malformed(model, format!("{e:#}"));
+            if let Some(l) = layer_of(name) {
+                while done.is_none_or(|d| d < l) {
+                    let next = done.map_or(0, |d| d + 1);
+                    advance(next, xs, &mut stored).map_err(wrap)?;
+                    done = Some(next);
+                }
+            }
+            if let Some(s) = stored.remove(&header[k].name) {
+                return Ok(s.bytes);
+            }
+            let v = arch
+                .read_weight(loader, name, shape)
+                .and_then(|t| Ok(t.flatten_all()?.to_vec1::<f32>()?))
+                .map_err(|e| wrap(e.into()))?;
+            Ok(float::encode(dense_dtype, &v))
+        },
+    )?;
+    Ok(())
+}
+
 /// What a calibrated run produced, for the report.
 struct LayerStats {
     loss: f64,
@@ -186,8 +240,6 @@ pub fn run_gptq(
     let mut xs = seq.embed(&samples)?;
     let embed_s = t_embed.elapsed().as_secs_f64();
     let loader = arch.weight_loader(&ckpt);
-    let mut done: Option<usize> = None; // last layer compressed
-    let mut stored: HashMap<String, StoredTensor> = HashMap::new();
     let mut stats: Vec<LayerStats> = Vec::new();
     let (mut sq_err, mut sq_ref) = (0f64, 0f64);
     let pb = common::bar(seq.num_layers() as u64, "gptq layers");
@@ -262,36 +314,17 @@ pub fn run_gptq(
         Ok(())
     };
 
-    let layer_of = |name: &str| -> Option<usize> {
-        name.strip_prefix("model.layers.")?
-            .split('.')
-            .next()?
-            .parse()
-            .ok()
-    };
-    shrink_io::write_safetensors_ordered(
-        &out.file("model.safetensors"),
+    write_layer_by_layer(
+        model,
+        &out,
+        &arch,
+        &loader,
+        &shapes,
         &header,
-        Some(HashMap::from([("format".to_string(), "pt".to_string())])),
-        |k| {
-            let (name, shape) = &shapes[origin[k]];
-            let wrap = |e: anyhow::Error| shrink_io::IoError::malformed(model, format!("{e:#}"));
-            if let Some(l) = layer_of(name) {
-                while done.is_none_or(|d| d < l) {
-                    let next = done.map_or(0, |d| d + 1);
-                    advance(next, &mut xs, &mut stored).map_err(wrap)?;
-                    done = Some(next);
-                }
-            }
-            if let Some(s) = stored.remove(&header[k].name) {
-                return Ok(s.bytes);
-            }
-            let v = arch
-                .read_weight(&loader, name, shape)
-                .and_then(|t| Ok(t.flatten_all()?.to_vec1::<f32>()?))
-                .map_err(|e| wrap(e.into()))?;
-            Ok(float::encode(dense_dtype, &v))
-        },
+        &origin,
+        dense_dtype,
+        &mut xs,
+        &mut advance,
     )?;
     pb.finish_and_clear();
     drop(xs);
