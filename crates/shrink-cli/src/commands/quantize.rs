@@ -175,13 +175,13 @@ pub struct Args {
     /// Method.
     #[arg(long, value_enum)]
     pub method: Method,
-    /// Bits per weight for --method int (2, 3, 4, 5, 6, 8).
+    /// Bits per weight: --method int 2-8 (default 4), gptq 2/3/4/8, awq 4, hqq 1/2/3/4/8.
     #[arg(long)]
     pub bits: Option<u8>,
     /// Scale granularity for integer methods.
     #[arg(long, value_enum)]
     pub granularity: Option<Gran>,
-    /// Elements per scale group (integer methods with --granularity group; default 64).
+    /// Elements per scale group (int with --granularity group, gptq, awq, hqq; default 64).
     #[arg(long)]
     pub group_size: Option<usize>,
     /// Symmetric (absmax) integers.
