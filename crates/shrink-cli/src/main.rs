@@ -27,6 +27,8 @@ enum Command {
     Inspect(commands::inspect::Args),
     /// Change the storage dtype (f32/bf16/f16) and write a Hugging Face directory, tensor by tensor.
     Convert(commands::convert::Args),
+    /// Export to llama.cpp's GGUF (F32/F16/BF16 or a llama.cpp preset), from an HF Llama directory or a GGUF.
+    Export(commands::export::Args),
     /// Quantize: round to nearest (int8/intN per tensor/channel/group, NF4, FP4, LLM.int8,
     /// dynamic int8), calibrated (GPTQ, AWQ), HQQ, or GGUF k-quants; streaming.
     Quantize(commands::quantize::Args),
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Convert(a) => commands::convert::run(a),
+        Command::Export(a) => commands::export::run(a),
         Command::Quantize(a) => commands::quantize::run(a),
         Command::Imatrix(a) => commands::imatrix::run(a),
         Command::Eval(a) => commands::eval::run(a),

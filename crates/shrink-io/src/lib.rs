@@ -21,6 +21,7 @@
 pub mod checkpoint;
 pub mod error;
 pub mod gguf;
+pub mod gguf_meta;
 pub mod gguf_write;
 pub mod hf_int;
 pub mod imatrix;

@@ -6,6 +6,7 @@ pub mod chart;
 pub mod compare;
 pub mod convert;
 pub mod eval;
+pub mod export;
 pub mod generate;
 pub mod imatrix;
 pub mod inspect;

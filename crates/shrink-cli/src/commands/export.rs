@@ -1,0 +1,483 @@
+//! `shrink export MODEL --to gguf --type f16|q8_0|q4_k_m|... -o OUT.gguf`: a llama.cpp GGUF
+//! from a Hugging Face Llama directory (as `convert_hf_to_gguf.py`, then `llama-quantize` for a
+//! quantized type, would make it), or a GGUF re-typed.
+//!
+//! From an HF directory: metadata as `convert_hf_to_gguf.py` writes it for `llama`
+//! (hyperparameters from config.json, the tokenizer from tokenizer.json via
+//! `shrink_io::gguf_meta`), tensors renamed by `shrink_models::llama::gguf_name` with the Q/K
+//! rows permuted into llama.cpp's order, in the converter's order (HF names sorted) for
+//! F32/F16/BF16 and in llama-quantize's order for quantized presets. Types: F32 everywhere;
+//! F16/BF16 for every tensor llama.cpp quantizes (1-D tensors and norms stay F32); a preset's
+//! types from `shrink_methods::ggml_mix` (fallbacks included).
+//!
+//! From a GGUF: a quantized preset is `shrink quantize --method` (llama-quantize); F32/F16/BF16
+//! dequantize each tensor and store it in that type, metadata copied with the file type updated.
+//!
+//! Streaming: one tensor is read, converted and written at a time.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use shrink_formats::float::{self, FloatType};
+use shrink_formats::ggml::{self, GgmlType};
+use shrink_io::gguf_write::{write_gguf, GgufTensorSpec, GgufWriteOptions};
+use shrink_io::{Checkpoint, GgufFile, GgufValue, HfCheckpoint};
+use shrink_methods::ggml_mix::{self, GgmlPreset, MixModel, MixOptions};
+use shrink_models::config::LlamaConfig;
+use shrink_models::weights::permute_rows;
+use shrink_models::ModelConfig;
+
+use crate::common;
+
+/// Arguments of `shrink export`.
+#[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  shrink export smollm2-f32 --to gguf --type f16 -o smollm2-f16.gguf\n  shrink export smollm2-f32 --to gguf --type q4_k_m -o smollm2-q4_k_m.gguf\n  shrink export model.Q8_0.gguf --to gguf --type f32 -o model-f32.gguf"
+)]
+pub struct Args {
+    /// Model to export (HF Llama directory, or a .gguf to re-type).
+    pub model: PathBuf,
+    /// Output format (only gguf).
+    #[arg(long, default_value = "gguf", value_parser = ["gguf"])]
+    pub to: String,
+    /// Storage type: f32, f16, bf16, or a llama.cpp preset (q8_0, q4_0, q4_k_m, q6_k, ...).
+    #[arg(long = "type", default_value = "f16")]
+    pub ty: String,
+    /// Output .gguf file (must not exist unless --overwrite; never the input).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// `tokenizer.ggml.pre` to write (HF input), instead of the one recognised from tokenizer.json.
+    #[arg(long)]
+    pub pre: Option<String>,
+    /// Replace an existing output file (never the input).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The storage requested.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    /// One float type for every tensor llama.cpp quantizes (F32: for every tensor).
+    Float(GgmlType),
+    /// A llama.cpp preset.
+    Preset(GgmlPreset),
+}
+
+impl Target {
+    fn parse(s: &str) -> Result<Target> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "f32" => Target::Float(GgmlType::F32),
+            "f16" => Target::Float(GgmlType::F16),
+            "bf16" => Target::Float(GgmlType::BF16),
+            other => match GgmlPreset::from_name(other) {
+                Some(p) => Target::Preset(p),
+                None => bail!(
+                    "unknown --type {s:?}; known: f32, f16, bf16, {}",
+                    GgmlPreset::names().join(", ")
+                ),
+            },
+        })
+    }
+
+    /// `general.file_type` (`llama_ftype`: ALL_F32 0, MOSTLY_F16 1, MOSTLY_BF16 32).
+    fn ftype(self) -> u32 {
+        match self {
+            Target::Float(GgmlType::F16) => 1,
+            Target::Float(GgmlType::BF16) => 32,
+            Target::Float(_) => 0,
+            Target::Preset(p) => p.ftype(),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Target::Float(t) => t.name(),
+            Target::Preset(p) => p.name(),
+        }
+    }
+}
+
+/// Where one output tensor's values come from.
+enum Source {
+    /// An HF tensor, with the heads of llama.cpp's Q/K row permutation.
+    Hf {
+        name: String,
+        permute: Option<usize>,
+    },
+    /// A GGUF tensor, by name.
+    Gguf(String),
+}
+
+/// One output tensor.
+struct Planned {
+    spec: GgufTensorSpec,
+    source: Source,
+    /// When a row length forced a fallback: the type the rules wanted.
+    wanted: Option<GgmlType>,
+}
+
+/// Per-type tally for the summary.
+#[derive(Default, Clone, Copy)]
+struct Tally {
+    tensors: u64,
+    elements: u64,
+    bytes: u64,
+}
+
+/// Encode f32 values as `ty`.
+fn encode(name: &str, ty: GgmlType, data: &[f32]) -> Result<Vec<u8>> {
+    Ok(match ty {
+        GgmlType::F32 => float::encode(FloatType::F32, data),
+        GgmlType::F16 => float::encode(FloatType::F16, data),
+        GgmlType::BF16 => float::encode(FloatType::BF16, data),
+        _ => {
+            let mut out = vec![
+                0u8;
+                ty.row_bytes(data.len())
+                    .with_context(|| format!("tensor {name}"))?
+            ];
+            ggml::quantize(ty, data, &mut out).with_context(|| format!("tensor {name}"))?;
+            out
+        }
+    })
+}
+
+/// One tensor's storage: (GGUF name, ne, type, the type the rules wanted before a fallback).
+type Choice = (String, Vec<u64>, GgmlType, Option<GgmlType>);
+
+/// Types for (GGUF name, ne) under `target`, in output order, with fallbacks. A preset's
+/// tensors come in llama-quantize's order; float targets keep the given order.
+fn choose(target: Target, model: &MixModel, tensors: &[(String, Vec<u64>)]) -> Result<Vec<Choice>> {
+    Ok(match target {
+        Target::Float(ty) => tensors
+            .iter()
+            .map(|(n, ne)| {
+                let t = if ty == GgmlType::F32 || ggml_mix::allows_quantization(n, ne, true) {
+                    ty
+                } else {
+                    GgmlType::F32
+                };
+                (n.clone(), ne.clone(), t, None)
+            })
+            .collect(),
+        Target::Preset(p) => ggml_mix::assign(p, model, &MixOptions::default(), tensors)?
+            .into_iter()
+            .map(|c| (c.name, c.ne, c.ty.unwrap_or(GgmlType::F32), c.wanted))
+            .collect(),
+    })
+}
+
+/// llama.cpp's `llama.*` and `general.*` metadata of a Llama config (`LlamaModel
+/// .set_gguf_parameters`), in the converter's order; the tokenizer keys go in before
+/// `general.quantization_version`.
+fn hf_metadata(
+    h: &HfCheckpoint,
+    c: &LlamaConfig,
+    target: Target,
+    tokenizer: Vec<(String, GgufValue)>,
+) -> Vec<(String, GgufValue)> {
+    let s = |v: &str| GgufValue::String(v.to_string());
+    let u = |v: usize| GgufValue::U32(v as u32);
+    let name = h
+        .config
+        .get("_name_or_path")
+        .and_then(|v| v.as_str())
+        .and_then(|p| p.rsplit('/').find(|x| !x.is_empty()))
+        .map(str::to_string)
+        .or_else(|| {
+            std::fs::canonicalize(&h.dir)
+                .ok()
+                .and_then(|d| d.file_name().map(|f| f.to_string_lossy().into_owned()))
+        })
+        .unwrap_or_else(|| "model".into());
+    let mut m = vec![
+        ("general.architecture".to_string(), s("llama")),
+        ("general.type".into(), s("model")),
+        ("general.name".into(), s(&name)),
+        ("llama.block_count".into(), u(c.num_layers)),
+        ("llama.context_length".into(), u(c.max_position_embeddings)),
+        ("llama.embedding_length".into(), u(c.hidden_size)),
+        ("llama.feed_forward_length".into(), u(c.intermediate_size)),
+        ("llama.attention.head_count".into(), u(c.num_heads)),
+        ("llama.attention.head_count_kv".into(), u(c.num_kv_heads)),
+        (
+            "llama.rope.freq_base".into(),
+            GgufValue::F32(c.rope_theta as f32),
+        ),
+        (
+            "llama.attention.layer_norm_rms_epsilon".into(),
+            GgufValue::F32(c.rms_norm_eps as f32),
+        ),
+        ("general.file_type".into(), GgufValue::U32(target.ftype())),
+        ("llama.vocab_size".into(), u(c.vocab_size)),
+        ("llama.rope.dimension_count".into(), u(c.head_dim)),
+    ];
+    // llama.cpp assumes head_dim = hidden / heads unless told otherwise.
+    if c.head_dim * c.num_heads != c.hidden_size {
+        m.push(("llama.attention.key_length".into(), u(c.head_dim)));
+        m.push(("llama.attention.value_length".into(), u(c.head_dim)));
+    }
+    m.extend(tokenizer);
+    m.push(("general.quantization_version".into(), GgufValue::U32(2)));
+    m
+}
+
+/// The GGUF's metadata with the file type updated (float targets).
+fn gguf_metadata(g: &GgufFile, target: Target) -> Vec<(String, GgufValue)> {
+    let mut m: Vec<(String, GgufValue)> = g
+        .metadata
+        .iter()
+        .filter(|(k, _)| !k.starts_with("split."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (k, v) in [
+        ("general.file_type", GgufValue::U32(target.ftype())),
+        ("general.quantization_version", GgufValue::U32(2)),
+    ] {
+        match m.iter_mut().find(|(key, _)| key == k) {
+            Some(slot) => slot.1 = v,
+            None => m.push((k.to_string(), v)),
+        }
+    }
+    m
+}
+
+/// Hyperparameters the mix rules read.
+fn mix_model(arch: &str, n_layer: usize, n_head: usize, n_head_kv: usize) -> MixModel {
+    MixModel {
+        arch: arch.to_string(),
+        n_layer,
+        n_head,
+        n_head_kv,
+        n_expert: 0,
+    }
+}
+
+/// Run `shrink export`.
+pub fn run(a: Args) -> Result<()> {
+    let t0 = Instant::now();
+    let target = Target::parse(&a.ty)?;
+    if a.output.exists() && !a.overwrite {
+        // Checked before reading anything (the writer checks again, and for input = output).
+        let same = std::fs::canonicalize(&a.output).ok() == std::fs::canonicalize(&a.model).ok();
+        if !same {
+            bail!(
+                "{}: output already exists; shrink does not overwrite it (remove it, choose another -o, or --overwrite)",
+                a.output.display()
+            );
+        }
+    }
+    let ckpt = common::open(&a.model)?;
+    let (meta, plan, pre) = match &ckpt {
+        Checkpoint::Gguf(g) => {
+            if let Target::Preset(p) = target {
+                return super::quantize_ggml::run(super::quantize_ggml::GgmlArgs {
+                    model: a.model,
+                    output: a.output,
+                    preset: p.name().to_string(),
+                    imatrix: None,
+                    json: a.json,
+                    allow_requantize: false,
+                    overwrite: a.overwrite,
+                    leave_output_tensor: false,
+                });
+            }
+            let tensors: Vec<(String, Vec<u64>)> = g
+                .tensors
+                .iter()
+                .map(|t| (t.name.clone(), t.ne.clone()))
+                .collect();
+            let model = mix_model(g.architecture()?, 0, 0, 0);
+            let plan = choose(target, &model, &tensors)?
+                .into_iter()
+                .map(|(n, ne, ty, wanted)| Planned {
+                    spec: GgufTensorSpec::new(n.clone(), ne, ty),
+                    source: Source::Gguf(n),
+                    wanted,
+                })
+                .collect::<Vec<_>>();
+            (gguf_metadata(g, target), plan, None)
+        }
+        Checkpoint::Hf(h) => {
+            let cfg = ModelConfig::from_checkpoint(&ckpt)?;
+            let c = match cfg {
+                ModelConfig::Llama(c) if c.model_type == "llama" => c,
+                ModelConfig::Llama(c) => bail!(
+                    "{}: no GGUF mapping for model_type {:?}: shrink exports the llama architecture only",
+                    h.dir.display(),
+                    c.model_type
+                ),
+                other => bail!(
+                    "{}: no GGUF mapping for {}: shrink exports the llama architecture only",
+                    h.dir.display(),
+                    other.family()
+                ),
+            };
+            // HF names in the converter's order (sorted), mapped to llama.cpp's.
+            let mut names: Vec<String> = h.weights.tensors.keys().cloned().collect();
+            names.sort();
+            let mut mapped: Vec<(String, Vec<u64>, Source)> = Vec::new();
+            for n in &names {
+                if n.ends_with("rotary_emb.inv_freq") {
+                    continue;
+                }
+                let g = shrink_models::llama::gguf_name(&c, n).with_context(|| {
+                    format!("{}: no GGUF mapping for tensor {n}", h.dir.display())
+                })?;
+                let shape = &h.weights.tensors[n].shape;
+                let ne: Vec<u64> = shape.iter().rev().map(|&d| d as u64).collect();
+                mapped.push((
+                    g.name,
+                    ne,
+                    Source::Hf {
+                        name: n.clone(),
+                        permute: g.unpermute_heads,
+                    },
+                ));
+            }
+            let tensors: Vec<(String, Vec<u64>)> = mapped
+                .iter()
+                .map(|(n, ne, _)| (n.clone(), ne.clone()))
+                .collect();
+            let model = mix_model("llama", c.num_layers, c.num_heads, c.num_kv_heads);
+            let mut sources: BTreeMap<String, Source> =
+                mapped.into_iter().map(|(n, _, s)| (n, s)).collect();
+            let plan = choose(target, &model, &tensors)?
+                .into_iter()
+                .map(|(n, ne, ty, wanted)| Planned {
+                    spec: GgufTensorSpec::new(n.clone(), ne, ty),
+                    source: sources.remove(&n).expect("chosen from these tensors"),
+                    wanted,
+                })
+                .collect::<Vec<_>>();
+            let tok =
+                shrink_io::gguf_meta::tokenizer_metadata(&h.dir, c.vocab_size, a.pre.as_deref())?;
+            (
+                hf_metadata(h, &c, target, tok.metadata),
+                plan,
+                Some(tok.pre),
+            )
+        }
+    };
+
+    let specs: Vec<GgufTensorSpec> = plan.iter().map(|p| p.spec.clone()).collect();
+    let wopts = GgufWriteOptions {
+        overwrite: a.overwrite,
+        inputs: vec![a.model.clone()],
+    };
+    let pb = common::bar(plan.len() as u64, "export");
+    let mut convert_seconds = 0f64;
+    let file_bytes = write_gguf(&a.output, &meta, specs.clone(), &wopts, |i, spec| {
+        let p = &plan[i];
+        pb.set_message(spec.name.clone());
+        let data = match (&p.source, &ckpt) {
+            (Source::Hf { name, permute }, Checkpoint::Hf(h)) => {
+                let (v, shape) = ckpt.read_f32(name)?;
+                if let Some(info) = h.weights.tensors.get(name) {
+                    h.weights.release(info);
+                }
+                match permute {
+                    Some(heads) => {
+                        let rows = shape[0];
+                        let cols = v.len() / rows.max(1);
+                        if rows % heads != 0 || (rows / heads) % 2 != 0 {
+                            bail!("tensor {name}: {rows} rows do not split into {heads} heads of even size");
+                        }
+                        permute_rows(&v, rows, cols, *heads)
+                    }
+                    None => v,
+                }
+            }
+            (Source::Gguf(name), Checkpoint::Gguf(g)) => {
+                let info = g.tensor(name).expect("from this file");
+                let v = g.read_f32(info)?;
+                g.release(info);
+                v
+            }
+            _ => unreachable!("sources come from the checkpoint"),
+        };
+        let t = Instant::now();
+        let bytes = encode(&spec.name, spec.ty, &data)?;
+        convert_seconds += t.elapsed().as_secs_f64();
+        pb.inc(1);
+        Ok::<_, anyhow::Error>(bytes)
+    })?;
+    pb.finish_and_clear();
+    let seconds = t0.elapsed().as_secs_f64();
+
+    let mut by_type: BTreeMap<&str, Tally> = BTreeMap::new();
+    let mut fallbacks: BTreeMap<(u64, &str, &str), u64> = BTreeMap::new();
+    let (mut elements, mut tensor_bytes) = (0u64, 0u64);
+    for p in &plan {
+        let n = p.spec.elements();
+        let b = p.spec.bytes().expect("validated by the writer");
+        let t = by_type.entry(p.spec.ty.name()).or_default();
+        t.tensors += 1;
+        t.elements += n;
+        t.bytes += b;
+        elements += n;
+        tensor_bytes += b;
+        if let Some(w) = p.wanted {
+            *fallbacks
+                .entry((p.spec.ne[0], w.name(), p.spec.ty.name()))
+                .or_default() += 1;
+        }
+    }
+    let bpw = tensor_bytes as f64 * 8.0 / elements.max(1) as f64;
+    let v = serde_json::json!({
+        "input": a.model, "output": a.output, "format": "gguf", "type": target.name(),
+        "file_type": target.ftype(), "tensors": plan.len(),
+        "tokenizer_pre": pre.as_ref().map(|(n, why)| serde_json::json!({"name": n, "why": why})),
+        "types": by_type.iter().map(|(t, x)| (t.to_string(), serde_json::json!({
+            "tensors": x.tensors, "elements": x.elements, "bytes": x.bytes,
+            "bits_per_weight": x.bytes as f64 * 8.0 / x.elements.max(1) as f64,
+        }))).collect::<serde_json::Map<_, _>>(),
+        "fallbacks": fallbacks.iter().map(|((cols, w, got), n)| serde_json::json!({
+            "cols": cols, "wanted": w, "got": got, "tensors": n,
+        })).collect::<Vec<_>>(),
+        "elements": elements, "tensor_bytes": tensor_bytes, "file_bytes": file_bytes,
+        "bits_per_weight": bpw, "seconds": seconds, "convert_seconds": convert_seconds,
+        "peak_rss_bytes": common::peak_rss(),
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("wrote          {}", a.output.display());
+    println!(
+        "type           {} (llama.cpp file type {}), {} tensors",
+        target.name(),
+        target.ftype(),
+        plan.len()
+    );
+    for (t, x) in &by_type {
+        println!(
+            "  {t:<7} {:>4} tensors {:>12} weights {:>7.3} bits/weight",
+            x.tensors,
+            x.elements,
+            x.bytes as f64 * 8.0 / x.elements.max(1) as f64
+        );
+    }
+    for ((cols, w, got), n) in &fallbacks {
+        println!("fallback       {cols}-wide rows: {w} → {got} on {n} tensors (rows not whole {w} blocks, as llama.cpp does)");
+    }
+    if let Some((n, why)) = &pre {
+        println!("tokenizer.pre  {n} ({why})");
+    }
+    println!("bits/weight    {bpw:.4} (all {tensor_bytes} tensor bytes × 8 / {elements} weights)");
+    println!(
+        "file           {} bytes ({})",
+        file_bytes,
+        common::human(file_bytes)
+    );
+    println!("time           {seconds:.2} s ({convert_seconds:.2} s converting)");
+    if let Some(r) = common::peak_rss() {
+        println!("peak RSS       {}", common::human(r));
+    }
+    Ok(())
+}

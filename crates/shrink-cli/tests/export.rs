@@ -1,0 +1,371 @@
+//! `shrink export MODEL --to gguf --type ...`: llama.cpp GGUF files from HF Llama directories.
+//!
+//! The oracle is the real SmolLM2 GGUF (made by llama.cpp's converter and quantizer): shrink
+//! converts it to an HF f32 directory, exports that back to GGUF, and the result must hold the
+//! asset's metadata and, at F32, exactly the asset's dequantized tensors in llama.cpp's layout
+//! (Q/K rows permuted). Tests skip (with a message) when the assets were not fetched.
+
+mod common;
+use common::*;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::OnceLock;
+
+use shrink_formats::ggml::GgmlType;
+use shrink_io::{Checkpoint, GgufFile, GgufValue};
+use shrink_methods::ggml_mix::{self, GgmlPreset, MixModel, MixOptions};
+
+/// Metadata of the asset that an HF directory made by `shrink convert` cannot give back, and
+/// why: the `general.*` model-card keys come from the original repository's README/name (the
+/// converted directory has neither), and the unknown/padding token ids from the original
+/// tokenizer_config.json's `unk_token`/`pad_token`, which shrink's tokenizer_config.json does
+/// not write.
+const NOT_REPRODUCIBLE: &[&str] = &[
+    "general.name",
+    "general.organization",
+    "general.finetune",
+    "general.basename",
+    "general.size_label",
+    "general.license",
+    "general.languages",
+    "tokenizer.ggml.unknown_token_id",
+    "tokenizer.ggml.padding_token_id",
+];
+
+/// The real model, or `None` (with a message) when the assets were not fetched.
+fn real_model() -> Option<PathBuf> {
+    let dir = std::env::var_os("SHRINK_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets")));
+    let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!(
+            "skipped: {} missing (run scripts/fetch-assets.sh)",
+            p.display()
+        );
+        None
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "shrink failed ({}):\n{}",
+        out.status,
+        text(&out.stderr)
+    );
+}
+
+/// The asset converted to an HF f32 directory, once per test binary (shared by the tests).
+fn hf_f32(src: &Path) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("export-smollm2-f32");
+        let _ = std::fs::remove_dir_all(&d);
+        ok(&shrink(&[
+            "convert",
+            src.to_str().unwrap(),
+            "--dtype",
+            "f32",
+            "--no-check",
+            "-o",
+            d.to_str().unwrap(),
+        ]));
+        d
+    })
+    .clone()
+}
+
+/// `shrink export MODEL --type TY -o OUT --json`; the JSON report.
+fn export(model: &Path, ty: &str, out: &Path) -> serde_json::Value {
+    let o = shrink(&[
+        "export",
+        model.to_str().unwrap(),
+        "--to",
+        "gguf",
+        "--type",
+        ty,
+        "-o",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    ok(&o);
+    serde_json::from_slice(&o.stdout).expect("JSON report")
+}
+
+fn ppl(model: &Path) -> f64 {
+    let o = shrink(&[
+        "eval",
+        model.to_str().unwrap(),
+        "--text",
+        asset("lee_background.cor").to_str().unwrap(),
+        "--max-windows",
+        "1",
+        "--json",
+    ]);
+    ok(&o);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["ppl"].as_f64().expect("ppl in the report")
+}
+
+#[test]
+fn f32_export_is_the_asset_dequantized_with_its_metadata() {
+    let Some(src_path) = real_model() else { return };
+    let hf = hf_f32(&src_path);
+    let tmp = tempfile::tempdir().unwrap();
+    let out_path = tmp.path().join("f32.gguf");
+    let report = export(&hf, "f32", &out_path);
+    assert_eq!(report["file_type"], 0);
+    assert_eq!(report["tokenizer_pre"]["name"], "smollm");
+    let src = GgufFile::open(&src_path).unwrap();
+    let out = GgufFile::open(&out_path).unwrap();
+
+    // Tensors: the converter's order, F32, bit for bit the asset's values.
+    let names = |g: &GgufFile| g.tensors.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&out), names(&src));
+    for (a, b) in src.tensors.iter().zip(&out.tensors) {
+        assert_eq!(a.ne, b.ne, "{}", a.name);
+        assert_eq!(b.ty, GgmlType::F32, "{}", a.name);
+        let (x, y) = (src.read_f32(a).unwrap(), out.read_f32(b).unwrap());
+        assert!(
+            x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()),
+            "{}: values differ",
+            a.name
+        );
+    }
+
+    // Metadata: the asset's, key for key, but the file type and the keys only
+    // the original repository knew.
+    let keys = |g: &GgufFile| {
+        g.metadata
+            .keys()
+            .filter(|k| !NOT_REPRODUCIBLE.contains(&k.as_str()))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(keys(&out), keys(&src));
+    for (k, v) in &src.metadata {
+        match k.as_str() {
+            "general.file_type" => assert_eq!(out.get(k), Some(&GgufValue::U32(0))),
+            k if NOT_REPRODUCIBLE.contains(&k) => {}
+            _ => assert_eq!(out.get(k), Some(v), "metadata {k}"),
+        }
+    }
+    assert!(out.get("general.name").is_some());
+}
+
+#[test]
+fn hf_to_gguf_to_hf_is_lossless() {
+    let Some(src_path) = real_model() else { return };
+    let hf = hf_f32(&src_path);
+    let tmp = tempfile::tempdir().unwrap();
+    let g = tmp.path().join("f32.gguf");
+    export(&hf, "f32", &g);
+    let back = tmp.path().join("back");
+    ok(&shrink(&[
+        "convert",
+        g.to_str().unwrap(),
+        "--dtype",
+        "f32",
+        "--no-check",
+        "-o",
+        back.to_str().unwrap(),
+    ]));
+    let (a, b) = (
+        Checkpoint::open(&hf).unwrap(),
+        Checkpoint::open(&back).unwrap(),
+    );
+    let names = |c: &Checkpoint| {
+        let mut v: Vec<String> = c.tensors().into_iter().map(|t| t.name).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&a), names(&b));
+    for n in names(&a) {
+        let ((x, sx), (y, sy)) = (a.read_f32(&n).unwrap(), b.read_f32(&n).unwrap());
+        assert_eq!(sx, sy, "{n}");
+        assert!(
+            x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()),
+            "{n}: values differ"
+        );
+    }
+}
+
+#[test]
+fn f16_q8_0_and_q4_k_m_read_back() {
+    let Some(src_path) = real_model() else { return };
+    let hf = hf_f32(&src_path);
+    let tmp = tempfile::tempdir().unwrap();
+    let src = GgufFile::open(&src_path).unwrap();
+    let model = MixModel {
+        arch: "llama".into(),
+        n_layer: 30,
+        n_head: 9,
+        n_head_kv: 3,
+        n_expert: 0,
+    };
+    let tensors: Vec<(String, Vec<u64>)> = src
+        .tensors
+        .iter()
+        .map(|t| (t.name.clone(), t.ne.clone()))
+        .collect();
+    for (ty, preset, file_type) in [
+        ("f16", None, 1u32),
+        ("q8_0", Some(GgmlPreset::Q8_0), 7),
+        ("q4_k_m", Some(GgmlPreset::Q4_K_M), 15),
+    ] {
+        let p = tmp.path().join(format!("{ty}.gguf"));
+        let report = export(&hf, ty, &p);
+        let out = GgufFile::open(&p).unwrap();
+        assert_eq!(
+            out.get("general.file_type"),
+            Some(&GgufValue::U32(file_type))
+        );
+        assert_eq!(out.tensors.len(), src.tensors.len());
+        match preset {
+            None => {
+                for t in &out.tensors {
+                    let want = if t.ne.len() == 1 {
+                        GgmlType::F32
+                    } else {
+                        GgmlType::F16
+                    };
+                    assert_eq!(t.ty, want, "{}", t.name);
+                    assert!(out.read_f32(t).unwrap().iter().all(|x| x.is_finite()));
+                }
+            }
+            Some(preset) => {
+                // llama-quantize's order and types.
+                let choices =
+                    ggml_mix::assign(preset, &model, &MixOptions::default(), &tensors).unwrap();
+                for (t, c) in out.tensors.iter().zip(&choices) {
+                    assert_eq!(t.name, c.name);
+                    assert_eq!(t.ty, c.ty.unwrap_or(GgmlType::F32), "{}", t.name);
+                    assert!(out.read_f32(t).unwrap().iter().all(|x| x.is_finite()));
+                }
+            }
+        }
+        // llama.cpp's own files of this model hold exactly these tensor bytes (peers.md).
+        let bytes = report["tensor_bytes"].as_u64().unwrap();
+        match ty {
+            "q8_0" => assert_eq!(bytes, 143_025_408),
+            "q4_k_m" => {
+                assert_eq!(bytes, 103_668_480);
+                assert!(!report["fallbacks"].as_array().unwrap().is_empty());
+            }
+            _ => {}
+        }
+    }
+    // The F16 export's perplexity is the f32 model's, within 0.05%.
+    let (base, f16) = (ppl(&hf), ppl(&tmp.path().join("f16.gguf")));
+    assert!(
+        ((f16 - base) / base).abs() < 5e-4,
+        "f16 ppl {f16} vs f32 {base}"
+    );
+}
+
+#[test]
+fn gguf_input_is_retyped() {
+    let Some(src_path) = real_model() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("f32.gguf");
+    export(&src_path, "f32", &p);
+    let (src, out) = (
+        GgufFile::open(&src_path).unwrap(),
+        GgufFile::open(&p).unwrap(),
+    );
+    for (a, b) in src.tensors.iter().zip(&out.tensors) {
+        assert_eq!((a.name.as_str(), &a.ne), (b.name.as_str(), &b.ne));
+        assert_eq!(b.ty, GgmlType::F32);
+        assert_eq!(
+            src.read_f32(a).unwrap(),
+            out.read_f32(b).unwrap(),
+            "{}",
+            a.name
+        );
+    }
+    for (k, v) in &src.metadata {
+        if k != "general.file_type" {
+            assert_eq!(out.get(k), Some(v), "{k}");
+        }
+    }
+    assert_eq!(out.get("general.file_type"), Some(&GgufValue::U32(0)));
+}
+
+/// Assert a clean failure saying every phrase, with nothing written at `out`.
+fn fails(args: &[&str], phrases: &[&str], out: Option<&Path>) {
+    let o = shrink(args);
+    let err = text(&o.stderr);
+    assert!(!o.status.success(), "succeeded: {args:?}");
+    assert!(!err.contains("panicked"), "{err}");
+    for p in phrases {
+        assert!(err.contains(p), "{args:?}: {p:?} not in {err}");
+    }
+    if let Some(out) = out {
+        assert!(!out.exists(), "{} written", out.display());
+    }
+}
+
+#[test]
+fn bad_requests_write_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o.gguf");
+    let o = out.to_str().unwrap();
+    let gpt2 = fixture("tiny-gpt2");
+    fails(
+        &["export", gpt2.to_str().unwrap(), "--type", "f32", "-o", o],
+        &["no GGUF mapping for gpt2"],
+        Some(&out),
+    );
+    let qwen = fixture("tiny-qwen2");
+    fails(
+        &["export", qwen.to_str().unwrap(), "--type", "f32", "-o", o],
+        &["no GGUF mapping for model_type \"qwen2\""],
+        Some(&out),
+    );
+    let llama = fixture("tiny-llama");
+    if !llama.join("tokenizer.json").exists() {
+        fails(
+            &["export", llama.to_str().unwrap(), "--type", "f32", "-o", o],
+            &["no tokenizer.json"],
+            Some(&out),
+        );
+    }
+    fails(
+        &["export", llama.to_str().unwrap(), "--type", "q9_9", "-o", o],
+        &["unknown --type \"q9_9\""],
+        Some(&out),
+    );
+    std::fs::write(&out, b"old").unwrap();
+    fails(
+        &["export", llama.to_str().unwrap(), "--type", "f32", "-o", o],
+        &["already exists"],
+        None,
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), b"old");
+    let Some(src) = real_model() else { return };
+    // Output = input: refused, the input untouched.
+    let copy = tmp.path().join("in.gguf");
+    std::fs::copy(&src, &copy).unwrap();
+    let before = std::fs::metadata(&copy).unwrap().len();
+    let c = copy.to_str().unwrap();
+    fails(
+        &["export", c, "--type", "f16", "-o", c, "--overwrite"],
+        &["same path as an input"],
+        None,
+    );
+    fails(
+        &["export", c, "--type", "f16", "-o", c],
+        &["same path as an input"],
+        None,
+    );
+    assert_eq!(std::fs::metadata(&copy).unwrap().len(), before);
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 2);
+}
