@@ -263,6 +263,30 @@ fn f16_q8_0_and_q4_k_m_read_back() {
             _ => {}
         }
     }
+    // HF → Q4_K_M holds the tensor bytes of HF → F32 GGUF → `shrink quantize --method q4_k_m`.
+    let f32 = tmp.path().join("f32.gguf");
+    export(&hf, "f32", &f32);
+    let requant = tmp.path().join("requant.gguf");
+    ok(&shrink(&[
+        "quantize",
+        f32.to_str().unwrap(),
+        "--method",
+        "q4_k_m",
+        "-o",
+        requant.to_str().unwrap(),
+        "--json",
+    ]));
+    let (a, b) = (
+        GgufFile::open(tmp.path().join("q4_k_m.gguf")).unwrap(),
+        GgufFile::open(&requant).unwrap(),
+    );
+    assert_eq!(a.tensors.len(), b.tensors.len());
+    for (x, y) in a.tensors.iter().zip(&b.tensors) {
+        assert_eq!((&x.name, x.ty), (&y.name, y.ty));
+        assert!(a.tensor_bytes(x) == b.tensor_bytes(y), "{}", x.name);
+    }
+    std::fs::remove_file(&f32).unwrap();
+
     // The F16 export's perplexity is the f32 model's, within 0.05%.
     let (base, f16) = (ppl(&hf), ppl(&tmp.path().join("f16.gguf")));
     assert!(

@@ -399,4 +399,73 @@ mod tests {
         assert_eq!(pre_name(&none).0, "default");
         assert!(looks_special("<|im_end|>") && !looks_special("hello"));
     }
+
+    #[test]
+    fn builds_vocabulary_types_and_special_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let tj = serde_json::json!({
+            "added_tokens": [
+                {"id": 4, "content": "<s>", "special": true},
+                {"id": 5, "content": "foo", "special": false},
+                {"id": 6, "content": "<|eot|>", "special": false},
+            ],
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": true, "use_regex": true},
+            "decoder": {"type": "ByteLevel"},
+            "model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2, "Ġ": 3},
+                      "merges": [["a", "b"]]},
+        });
+        let tc = serde_json::json!({"bos_token": {"content": "<s>"}, "add_bos_token": true,
+            "add_eos_token": false, "chat_template": "{{ x }}"});
+        let cfg = serde_json::json!({"eos_token_id": 6});
+        for (n, v) in [
+            ("tokenizer.json", tj),
+            ("tokenizer_config.json", tc),
+            ("config.json", cfg),
+        ] {
+            std::fs::write(dir.path().join(n), v.to_string()).unwrap();
+        }
+        let m = tokenizer_metadata(dir.path(), 8, None).unwrap();
+        assert_eq!(m.pre.0, "gpt-2");
+        let get = |k: &str| {
+            m.metadata
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        let s = |x: &str| GgufValue::String(x.into());
+        assert_eq!(get("tokenizer.ggml.model"), Some(s("gpt2")));
+        let tokens: Vec<GgufValue> = ["a", "b", "ab", "Ġ", "<s>", "foo", "<|eot|>", "[PAD7]"]
+            .iter()
+            .map(|t| s(t))
+            .collect();
+        assert_eq!(get("tokenizer.ggml.tokens"), Some(GgufValue::Array(tokens)));
+        let types = [1, 1, 1, 1, 3, 4, 3, 5].map(GgufValue::I32).to_vec();
+        assert_eq!(
+            get("tokenizer.ggml.token_type"),
+            Some(GgufValue::Array(types))
+        );
+        assert_eq!(
+            get("tokenizer.ggml.merges"),
+            Some(GgufValue::Array(vec![s("a b")]))
+        );
+        assert_eq!(get("tokenizer.ggml.bos_token_id"), Some(GgufValue::U32(4)));
+        assert_eq!(get("tokenizer.ggml.eos_token_id"), Some(GgufValue::U32(6)));
+        assert_eq!(
+            get("tokenizer.ggml.add_bos_token"),
+            Some(GgufValue::Bool(true))
+        );
+        assert_eq!(get("tokenizer.ggml.add_eos_token"), None);
+        assert_eq!(
+            get("tokenizer.ggml.add_space_prefix"),
+            Some(GgufValue::Bool(true))
+        );
+        assert_eq!(get("tokenizer.chat_template"), Some(s("{{ x }}")));
+        // Not byte-level BPE: refused.
+        let wp = serde_json::json!({"model": {"type": "WordPiece", "vocab": {}}});
+        std::fs::write(dir.path().join("tokenizer.json"), wp.to_string()).unwrap();
+        let e = tokenizer_metadata(dir.path(), 8, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not supported"), "{e}");
+    }
 }
