@@ -170,11 +170,12 @@ fn hf_to_gguf_to_hf_is_lossless() {
     export(&hf, "f32", &g);
     let back = tmp.path().join("back");
     ok(&shrink(&[
-        "convert",
+        "export",
         g.to_str().unwrap(),
-        "--dtype",
+        "--to",
+        "hf",
+        "--type",
         "f32",
-        "--no-check",
         "-o",
         back.to_str().unwrap(),
     ]));

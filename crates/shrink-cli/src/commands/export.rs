@@ -34,15 +34,16 @@ use crate::common;
 /// Arguments of `shrink export`.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  shrink export smollm2-f32 --to gguf --type f16 -o smollm2-f16.gguf\n  shrink export smollm2-f32 --to gguf --type q4_k_m -o smollm2-q4_k_m.gguf\n  shrink export model.Q8_0.gguf --to gguf --type f32 -o model-f32.gguf"
+    after_help = "Examples:\n  shrink export smollm2-f32 --to gguf --type f16 -o smollm2-f16.gguf\n  shrink export smollm2-f32 --to gguf --type q4_k_m -o smollm2-q4_k_m.gguf\n  shrink export model.Q8_0.gguf --to gguf --type f32 -o model-f32.gguf\n  shrink export model.gguf --to hf --type bf16 -o model-hf"
 )]
 pub struct Args {
     /// Model to export (HF Llama directory, or a .gguf to re-type).
     pub model: PathBuf,
-    /// Output format (only gguf).
-    #[arg(long, default_value = "gguf", value_parser = ["gguf"])]
+    /// Output format: gguf (a file), or hf (a Hugging Face directory of float safetensors,
+    /// config.json and tokenizer files — what `shrink convert` writes).
+    #[arg(long, default_value = "gguf", value_parser = ["gguf", "hf"])]
     pub to: String,
-    /// Storage type: f32, f16, bf16, or a llama.cpp preset (q8_0, q4_0, q4_k_m, q6_k, ...).
+    /// Storage type: f32, f16, bf16, or (gguf only) a llama.cpp preset (q8_0, q4_0, q4_k_m, ...).
     #[arg(long = "type", default_value = "f16")]
     pub ty: String,
     /// Output .gguf file (must not exist unless --overwrite; never the input).
@@ -260,6 +261,22 @@ fn mix_model(arch: &str, n_layer: usize, n_head: usize, n_head_kv: usize) -> Mix
 
 /// Run `shrink export`.
 pub fn run(a: Args) -> Result<()> {
+    if a.to == "hf" {
+        let Some(dtype) = FloatType::parse(&a.ty) else {
+            bail!(
+                "--to hf writes float weights: --type f32, f16 or bf16, not {:?}",
+                a.ty
+            );
+        };
+        return super::convert::run(super::convert::Args {
+            model: a.model,
+            dtype,
+            output: a.output,
+            prompt: String::new(),
+            no_check: true,
+            json: a.json,
+        });
+    }
     let t0 = Instant::now();
     let target = Target::parse(&a.ty)?;
     if a.output.exists() && !a.overwrite {
