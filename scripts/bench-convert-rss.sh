@@ -58,6 +58,13 @@ for m in f32-30 f32-90; do
     echo "quantize $m --method $q: peak RSS $((kb / 1024)) MiB"
   done
 done
+# Export streams too: one tensor read, converted and written at a time.
+for m in f32-30 f32-90; do
+  for t in f16 q4_k_m; do
+    kb=$(rss $bin export "$work/$m" --to gguf --type $t -o "$work/$m-$t.gguf")
+    echo "export $m --to gguf --type $t: peak RSS $((kb / 1024)) MiB"
+  done
+done
 kb=$(rss $bin convert assets/SmolLM2-135M-Instruct.Q4_1.gguf --dtype f32 -o "$work/gguf-f32" --no-check)
 echo "convert GGUF (Q4_1/Q8_0) -> f32 HF: peak RSS $((kb / 1024)) MiB"
 kb=$(rss $bin inspect assets/SmolLM2-135M-Instruct.Q4_1.gguf)
