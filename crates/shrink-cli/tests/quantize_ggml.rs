@@ -417,7 +417,7 @@ fn hf_input_is_refused_with_the_reason() {
     assert!(!r.status.success());
     let e = String::from_utf8_lossy(&r.stderr);
     assert!(
-        e.contains("tokenizer") && e.contains("convert_hf_to_gguf"),
+        e.contains("tokenizer") && e.contains("shrink export"),
         "{e}"
     );
     only(tmp.path(), &[]);

@@ -182,11 +182,12 @@ pub fn run(a: GgmlArgs) -> Result<()> {
     let g = match &ckpt {
         Checkpoint::Gguf(g) => g,
         Checkpoint::Hf(h) => bail!(
-            "{}: --method {} writes a GGUF file, and a GGUF needs the tokenizer as GGUF metadata \
-             (tokenizer.ggml.*), which shrink cannot yet export from tokenizer.json; convert the \
-             model to GGUF first (llama.cpp's convert_hf_to_gguf.py --outtype f32) and quantize that",
+            "{}: --method {p} takes a GGUF input (it keeps that file's metadata); for a Hugging \
+             Face directory run `shrink export {} --to gguf --type {p} -o OUT.gguf`, which also \
+             builds the tokenizer metadata from tokenizer.json",
             h.dir.display(),
-            preset.name().to_ascii_lowercase()
+            h.dir.display(),
+            p = preset.name().to_ascii_lowercase()
         ),
     };
     let model = mix_model(g)?;
