@@ -22,7 +22,6 @@
 //! bytes, one per group in group order.
 
 use half::f16;
-use rayon::prelude::*;
 
 use crate::error::FormatError;
 use crate::float::{self, FloatType};
@@ -42,9 +41,6 @@ pub const MIN_GROUP: usize = 16;
 
 /// Largest group size accepted.
 pub const MAX_GROUP: usize = 1024;
-
-/// Tensors with at least this many elements are dequantized on all cores.
-const PAR_MIN_ELEMENTS: usize = 1 << 16;
 
 /// How a weight is quantized: bit width, group size and hqq's grouping axis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -382,15 +378,7 @@ impl HqqTensor {
             self.rows * self.cols,
             "dequantize: output length"
         );
-        if out.len() >= PAR_MIN_ELEMENTS {
-            out.par_chunks_mut(self.cols)
-                .enumerate()
-                .for_each(|(r, o)| self.dequantize_row(r, o));
-        } else {
-            for (r, o) in out.chunks_mut(self.cols).enumerate() {
-                self.dequantize_row(r, o);
-            }
-        }
+        crate::fill_rows(out, self.cols, |r, o| self.dequantize_row(r, o));
     }
 
     /// Dequantize the whole tensor (row-major `[rows, cols]` float32).

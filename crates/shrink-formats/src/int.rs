@@ -49,6 +49,7 @@ use rayon::prelude::*;
 
 use crate::error::FormatError;
 use crate::float::{self, FloatType};
+use crate::PAR_MIN_ELEMENTS;
 
 /// Format name used in errors.
 const FORMAT: &str = "int";
@@ -58,9 +59,6 @@ pub const SUPPORTED_BITS: [u8; 6] = [2, 3, 4, 5, 6, 8];
 
 /// [`SUPPORTED_BITS`] as the error message spells it.
 const SUPPORTED_BITS_TEXT: &str = "2, 3, 4, 5, 6 or 8";
-
-/// Tensors with at least this many elements are quantized and dequantized on all cores.
-const PAR_MIN_ELEMENTS: usize = 1 << 16;
 
 /// Which elements share one scale (and zero point).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -857,15 +855,7 @@ impl IntTensor {
             self.rows * self.cols,
             "dequantize: output length"
         );
-        if out.len() >= PAR_MIN_ELEMENTS {
-            out.par_chunks_mut(self.cols)
-                .enumerate()
-                .for_each(|(r, o)| self.dequantize_row(r, o));
-        } else {
-            for (r, o) in out.chunks_mut(self.cols).enumerate() {
-                self.dequantize_row(r, o);
-            }
-        }
+        crate::fill_rows(out, self.cols, |r, o| self.dequantize_row(r, o));
     }
 
     /// Dequantize the whole tensor (row-major float32).

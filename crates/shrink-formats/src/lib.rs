@@ -37,3 +37,21 @@ pub mod int8_rowwise;
 pub mod nf4;
 
 pub use error::FormatError;
+
+/// Tensors with at least this many elements are (de)quantized on all cores.
+pub(crate) const PAR_MIN_ELEMENTS: usize = 1 << 16;
+
+/// Fill the row-major `out` one row of `cols` values at a time with `row(r, out_row)`, on all
+/// cores when `out` holds at least [`PAR_MIN_ELEMENTS`] values.
+pub(crate) fn fill_rows(out: &mut [f32], cols: usize, row: impl Fn(usize, &mut [f32]) + Sync) {
+    use rayon::prelude::*;
+    if out.len() >= PAR_MIN_ELEMENTS {
+        out.par_chunks_mut(cols)
+            .enumerate()
+            .for_each(|(r, o)| row(r, o));
+    } else {
+        for (r, o) in out.chunks_mut(cols).enumerate() {
+            row(r, o);
+        }
+    }
+}

@@ -47,6 +47,7 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use crate::error::FormatError;
+use crate::PAR_MIN_ELEMENTS;
 
 /// Format name used in errors.
 const FORMAT: &str = "nf4";
@@ -480,8 +481,6 @@ pub struct Nf4Tensor {
 
 /// Elements per parallel work item (a whole number of blocks).
 const PAR_CHUNK_ELEMENTS: usize = 1 << 14;
-/// Tensors with at least this many elements are processed on all cores.
-const PAR_MIN_ELEMENTS: usize = 1 << 16;
 
 /// Quantize the flattened tensor `w` (any shape) to NF4 / FP4.
 ///

@@ -48,56 +48,10 @@ impl Hessian {
         let t = x.len() / n;
         self.tokens += t;
         match &mut self.acc {
-            // SAFETY (both arms): dst is [n, n], lhs xᵀ is [n, t] read through strides
-            // (1, n) of the [t, n] buffer, rhs x is [t, n]; the lengths were checked above.
-            Acc::F32(h) => unsafe {
-                gemm::gemm(
-                    n,
-                    n,
-                    t,
-                    h.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    true,
-                    x.as_ptr(),
-                    n as isize,
-                    1,
-                    x.as_ptr(),
-                    1,
-                    n as isize,
-                    1.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    par(),
-                )
-            },
+            Acc::F32(h) => add_xtx(h, x, n, t, 1.0f32),
             Acc::F64(h) => {
                 let x: Vec<f64> = x.iter().map(|&v| v as f64).collect();
-                unsafe {
-                    gemm::gemm(
-                        n,
-                        n,
-                        t,
-                        h.as_mut_ptr(),
-                        1,
-                        n as isize,
-                        true,
-                        x.as_ptr(),
-                        n as isize,
-                        1,
-                        x.as_ptr(),
-                        1,
-                        n as isize,
-                        1.0f64,
-                        1.0f64,
-                        false,
-                        false,
-                        false,
-                        par(),
-                    )
-                }
+                add_xtx(h, &x, n, t, 1.0f64)
             }
         }
     }
@@ -121,6 +75,39 @@ impl Hessian {
                 Acc::F64(h) => (h[i * n + i] * s) as f32,
             })
             .collect()
+    }
+}
+
+/// `h[n, n] += xᵀ x` for the row-major `[t, n]` matrix `x`, in `T` (`one` is T's 1).
+fn add_xtx<T: Copy + 'static>(h: &mut [T], x: &[T], n: usize, t: usize, one: T) {
+    assert!(
+        h.len() == n * n && x.len() == t * n,
+        "add_xtx: [n, n] += [t, n]ᵀ[t, n]"
+    );
+    // SAFETY: dst is [n, n]; lhs xᵀ is [n, t] read through strides (col n, row 1) of the [t, n]
+    // buffer, rhs x is [t, n]; the lengths were checked above.
+    unsafe {
+        gemm::gemm(
+            n,
+            n,
+            t,
+            h.as_mut_ptr(),
+            1,
+            n as isize,
+            true,
+            x.as_ptr(),
+            n as isize,
+            1,
+            x.as_ptr(),
+            1,
+            n as isize,
+            one,
+            one,
+            false,
+            false,
+            false,
+            par(),
+        )
     }
 }
 

@@ -60,11 +60,6 @@ impl<'a> Sequential<'a> {
         format!("model.layers.{l}.{local}.weight")
     }
 
-    /// HF name of the norm `local` (`input_layernorm`, `post_attention_layernorm`) of layer `l`.
-    pub fn norm_name(l: usize, local: &str) -> String {
-        format!("model.layers.{l}.{local}.weight")
-    }
-
     /// The embeddings [t, hidden] of each sample (the embedding table is read once, then
     /// dropped).
     pub fn embed(&self, samples: &[Vec<u32>]) -> Result<Vec<Tensor>> {

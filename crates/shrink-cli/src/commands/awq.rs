@@ -11,17 +11,17 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use candle_core::Tensor;
 use shrink_formats::awq::AwqParts;
 use shrink_formats::float::{self, FloatType};
 use shrink_io::quantized::StoredTensor;
-use shrink_io::{OutputDir, TensorHeader};
+use shrink_io::OutputDir;
 use shrink_methods::awq::{self, AwqSpec, LayerWeights, LlamaInputs};
 use shrink_models::sequential::{Sequential, LAYER_LINEARS};
 use shrink_models::Architecture;
 
-use super::calibrated::{samples, CalibArgs};
+use super::calibrated::{check_selected, plan, samples, CalibArgs, Layout};
 use crate::common;
 
 /// One layer's outcome, for the report.
@@ -68,61 +68,33 @@ pub fn run_awq(
     let selected = selection.resolve(&arch)?;
     let by_name: HashMap<&str, &shrink_models::LinearInfo> =
         selected.iter().map(|l| (l.weight.as_str(), l)).collect();
-    for l in &selected {
-        if !l.weight.starts_with("model.layers.") {
-            bail!(
-                "{}: AWQ compresses the decoder layers' linears; {} is outside them",
-                model.display(),
-                l.weight
-            );
-        }
-        spec.validate(&l.weight, l.out_features, l.in_features)?;
-    }
+    check_selected(model, "AWQ", &selected, |l| {
+        Ok(spec.validate(&l.weight, l.out_features, l.in_features)?)
+    })?;
     let samples = samples(&ckpt, calib)?;
     let out = OutputDir::create(output, &[model])?;
     let shapes = arch.weight_shapes();
     let dense_name = dense_dtype.torch_name();
 
     // The header: each selected linear's AWQ tensors (sizes depend on the shape only).
-    let mut header = Vec::new();
-    let mut origin = Vec::new();
-    let (mut q_params, mut q_bytes, mut dense_bytes) = (0u64, 0u64, 0u64);
-    for (i, (name, shape)) in shapes.iter().enumerate() {
-        if let Some(l) = by_name.get(name.as_str()) {
-            let (rows, cols) = (l.out_features, l.in_features);
-            let ng = cols / group_size;
-            let blank = AwqParts {
-                group_size,
-                rows,
-                cols,
-                codes: vec![0; rows * cols],
-                scales: vec![1.0; rows * ng],
-                zeros: vec![0; rows * ng],
-            };
-            let module = name.strip_suffix(".weight").unwrap_or(name);
-            for s in shrink_io::hf_int::awq_parts_tensors(module, &blank)? {
-                q_bytes += s.bytes.len() as u64;
-                header.push(TensorHeader {
-                    name: s.name,
-                    dtype: s.dtype,
-                    shape: s.shape,
-                    len: s.bytes.len(),
-                });
-                origin.push(i);
-            }
-            q_params += (rows * cols) as u64;
-        } else {
-            let n: usize = shape.iter().product();
-            dense_bytes += (n * dense_dtype.size()) as u64;
-            header.push(TensorHeader {
-                name: name.clone(),
-                dtype: shrink_io::safetensors_dtype(dense_dtype),
-                shape: shape.clone(),
-                len: n * dense_dtype.size(),
-            });
-            origin.push(i);
-        }
-    }
+    let Layout {
+        header,
+        origin,
+        q_params,
+        q_bytes,
+        dense_bytes,
+    } = plan(&shapes, &by_name, dense_dtype, |module, rows, cols| {
+        let ng = cols / group_size;
+        let blank = AwqParts {
+            group_size,
+            rows,
+            cols,
+            codes: vec![0; rows * cols],
+            scales: vec![1.0; rows * ng],
+            zeros: vec![0; rows * ng],
+        };
+        Ok(shrink_io::hf_int::awq_parts_tensors(module, &blank)?)
+    })?;
     let header_names: HashSet<String> = header.iter().map(|h| h.name.clone()).collect();
 
     let t_embed = Instant::now();
@@ -199,10 +171,10 @@ pub fn run_awq(
         for (a, b) in xs.iter().zip(&float_out) {
             let a = a.flatten_all()?.to_vec1::<f32>()?;
             let b = b.flatten_all()?.to_vec1::<f32>()?;
-            for (x, y) in a.iter().zip(&b) {
-                num += ((x - y) as f64).powi(2);
-                den += (*y as f64).powi(2);
-            }
+            // Σ (a − b)² and Σ b², with the float output `b` as the reference.
+            let (e, r) = super::quantize::squared_error(&b, &a);
+            num += e;
+            den += r;
         }
         stats.push(LayerStats {
             groups: r

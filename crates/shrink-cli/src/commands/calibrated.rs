@@ -34,23 +34,28 @@ pub struct CalibArgs {
     pub spec: CalibSpec,
 }
 
-/// The calibration samples (token ids) of `c` for `ckpt`'s tokenizer.
-pub fn samples(ckpt: &shrink_io::Checkpoint, c: &CalibArgs) -> Result<Vec<Vec<u32>>> {
-    let raw = shrink_io::read_text(&c.file)?;
-    let text = if c.lee {
+/// The token ids of calibration text `file` for `ckpt`'s tokenizer: the lee-ppl-v1
+/// calibration documents of a Lee corpus file if `lee`, else the whole text.
+pub fn calib_ids(ckpt: &shrink_io::Checkpoint, file: &Path, lee: bool) -> Result<Vec<u32>> {
+    let raw = shrink_io::read_text(file)?;
+    let text = if lee {
         shrink_eval::lee_texts(&raw)
             .map_err(|e| {
                 anyhow::anyhow!(
                     "{}: {e} (use --calib-format raw for any other text)",
-                    c.file.display()
+                    file.display()
                 )
             })?
             .calibration
     } else {
         raw
     };
-    let tok = common::tokenizer(ckpt)?;
-    let ids = tok.encode(&text, false)?;
+    Ok(common::tokenizer(ckpt)?.encode(&text, false)?)
+}
+
+/// The calibration samples (token ids) of `c` for `ckpt`'s tokenizer.
+pub fn samples(ckpt: &shrink_io::Checkpoint, c: &CalibArgs) -> Result<Vec<Vec<u32>>> {
+    let ids = calib_ids(ckpt, &c.file, c.lee)?;
     draw_samples(&ids, c.spec).map_err(|e| anyhow::anyhow!("{}: {e}", c.file.display()))
 }
 
@@ -153,6 +158,87 @@ pub(crate) fn write_layer_by_layer(
     Ok(())
 }
 
+/// The output file's tensors in write order, and what they hold.
+pub(crate) struct Layout {
+    /// Headers in load order, each selected linear's layout tensors in place of its weight.
+    pub header: Vec<TensorHeader>,
+    /// For each header entry, the index into the model's weight shapes it comes from.
+    pub origin: Vec<usize>,
+    /// Elements of the quantized weights.
+    pub q_params: u64,
+    /// Bytes of their layout tensors.
+    pub q_bytes: u64,
+    /// Bytes of the tensors stored dense.
+    pub dense_bytes: u64,
+}
+
+/// Refuse a selection a calibrated `method` cannot compress: a weight outside the decoder
+/// layers, or one `validate` rejects — before anything is read or written.
+pub(crate) fn check_selected(
+    model: &Path,
+    method: &str,
+    selected: &[shrink_models::LinearInfo],
+    mut validate: impl FnMut(&shrink_models::LinearInfo) -> Result<()>,
+) -> Result<()> {
+    for l in selected {
+        if !l.weight.starts_with("model.layers.") {
+            bail!(
+                "{}: {method} compresses the decoder layers' linears; {} is outside them",
+                model.display(),
+                l.weight
+            );
+        }
+        validate(l)?;
+    }
+    Ok(())
+}
+
+/// Plan the output: each selected linear (by weight name in `by_name`) stored as the tensors
+/// `blank(module, rows, cols)` returns — a layout whose sizes depend on the shape only — and
+/// every other weight dense as `dense_dtype`.
+pub(crate) fn plan(
+    shapes: &[(String, Vec<usize>)],
+    by_name: &HashMap<&str, &shrink_models::LinearInfo>,
+    dense_dtype: shrink_formats::float::FloatType,
+    blank: impl Fn(&str, usize, usize) -> Result<Vec<StoredTensor>>,
+) -> Result<Layout> {
+    let mut p = Layout {
+        header: Vec::new(),
+        origin: Vec::new(),
+        q_params: 0,
+        q_bytes: 0,
+        dense_bytes: 0,
+    };
+    for (i, (name, shape)) in shapes.iter().enumerate() {
+        if let Some(l) = by_name.get(name.as_str()) {
+            let (rows, cols) = (l.out_features, l.in_features);
+            let module = name.strip_suffix(".weight").unwrap_or(name);
+            for s in blank(module, rows, cols)? {
+                p.q_bytes += s.bytes.len() as u64;
+                p.header.push(TensorHeader {
+                    name: s.name,
+                    dtype: s.dtype,
+                    shape: s.shape,
+                    len: s.bytes.len(),
+                });
+                p.origin.push(i);
+            }
+            p.q_params += (rows * cols) as u64;
+        } else {
+            let n: usize = shape.iter().product();
+            p.dense_bytes += (n * dense_dtype.size()) as u64;
+            p.header.push(TensorHeader {
+                name: name.clone(),
+                dtype: shrink_io::safetensors_dtype(dense_dtype),
+                shape: shape.clone(),
+                len: n * dense_dtype.size(),
+            });
+            p.origin.push(i);
+        }
+    }
+    Ok(p)
+}
+
 /// What a calibrated run produced, for the report.
 struct LayerStats {
     loss: f64,
@@ -179,62 +265,35 @@ pub fn run_gptq(
     let selected = selection.resolve(&arch)?;
     let by_name: HashMap<&str, &shrink_models::LinearInfo> =
         selected.iter().map(|l| (l.weight.as_str(), l)).collect();
-    for l in &selected {
-        if !l.weight.starts_with("model.layers.") {
-            bail!(
-                "{}: GPTQ compresses the decoder layers' linears; {} is outside them",
-                model.display(),
-                l.weight
-            );
-        }
-        spec.validate(&l.weight, l.out_features, l.in_features)?;
-    }
+    check_selected(model, "GPTQ", &selected, |l| {
+        Ok(spec.validate(&l.weight, l.out_features, l.in_features)?)
+    })?;
     let samples = samples(&ckpt, calib)?;
     let out = OutputDir::create(output, &[model])?;
     let shapes = arch.weight_shapes();
     let dense_name = dense_dtype.torch_name();
 
     // The header: each selected linear's gptq tensors (sizes depend on the shape only).
-    let mut header = Vec::new();
-    let mut origin = Vec::new();
-    let (mut q_params, mut q_bytes, mut dense_bytes) = (0u64, 0u64, 0u64);
-    for (i, (name, shape)) in shapes.iter().enumerate() {
-        if let Some(l) = by_name.get(name.as_str()) {
-            let (rows, cols) = (l.out_features, l.in_features);
-            let blank = GptqParts {
-                bits: spec.bits,
-                group_size: spec.group_size,
-                rows,
-                cols,
-                codes: vec![0; rows * cols],
-                scales: vec![0.0; rows * (cols / spec.group_size)],
-                zeros: vec![1; rows * (cols / spec.group_size)],
-                g_idx: (0..cols).map(|c| (c / spec.group_size) as u32).collect(),
-            };
-            let module = name.strip_suffix(".weight").unwrap_or(name);
-            for s in shrink_io::hf_int::gptq_tensors(module, &blank)? {
-                q_bytes += s.bytes.len() as u64;
-                header.push(TensorHeader {
-                    name: s.name,
-                    dtype: s.dtype,
-                    shape: s.shape,
-                    len: s.bytes.len(),
-                });
-                origin.push(i);
-            }
-            q_params += (rows * cols) as u64;
-        } else {
-            let n: usize = shape.iter().product();
-            dense_bytes += (n * dense_dtype.size()) as u64;
-            header.push(TensorHeader {
-                name: name.clone(),
-                dtype: shrink_io::safetensors_dtype(dense_dtype),
-                shape: shape.clone(),
-                len: n * dense_dtype.size(),
-            });
-            origin.push(i);
-        }
-    }
+    let Layout {
+        header,
+        origin,
+        q_params,
+        q_bytes,
+        dense_bytes,
+    } = plan(&shapes, &by_name, dense_dtype, |module, rows, cols| {
+        let ng = cols / spec.group_size;
+        let blank = GptqParts {
+            bits: spec.bits,
+            group_size: spec.group_size,
+            rows,
+            cols,
+            codes: vec![0; rows * cols],
+            scales: vec![0.0; rows * ng],
+            zeros: vec![1; rows * ng],
+            g_idx: (0..cols).map(|c| (c / spec.group_size) as u32).collect(),
+        };
+        Ok(shrink_io::hf_int::gptq_tensors(module, &blank)?)
+    })?;
 
     let t_embed = Instant::now();
     let mut xs = seq.embed(&samples)?;
@@ -291,10 +350,9 @@ pub fn run_gptq(
                 let r = gptq::quantize(&w, rows, cols, &prepared, &spec);
                 st.loss += r.loss;
                 let deq = r.parts.dequantize();
-                for (a, b) in w.iter().zip(&deq) {
-                    sq_err += ((a - b) as f64).powi(2);
-                    sq_ref += (*a as f64).powi(2);
-                }
+                let (e, norm) = super::quantize::squared_error(&w, &deq);
+                sq_err += e;
+                sq_ref += norm;
                 let name = Sequential::weight_name(l, local);
                 let module = name.strip_suffix(".weight").unwrap_or(&name).to_string();
                 for s in shrink_io::hf_int::gptq_tensors(&module, &r.parts)? {

@@ -51,16 +51,7 @@ pub fn run(a: Args) -> Result<()> {
     let t0 = Instant::now();
     let ckpt = common::open(&a.model)?;
     let seq = Sequential::new(&ckpt)?;
-    let raw = shrink_io::read_text(&a.calib)?;
-    let text = match a.calib_format {
-        CalibFormat::Lee => {
-            shrink_eval::lee_texts(&raw)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", a.calib.display()))?
-                .calibration
-        }
-        CalibFormat::Raw => raw,
-    };
-    let ids = common::tokenizer(&ckpt)?.encode(&text, false)?;
+    let ids = super::calibrated::calib_ids(&ckpt, &a.calib, a.calib_format == CalibFormat::Lee)?;
     let spec = CalibSpec {
         samples: a.calib_samples,
         seqlen: a.calib_seqlen,

@@ -649,7 +649,7 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 /// Σ (w − d)² and Σ w², accumulated in f64 over chunks on all threads.
-fn squared_error(w: &[f32], d: &[f32]) -> (f64, f64) {
+pub(crate) fn squared_error(w: &[f32], d: &[f32]) -> (f64, f64) {
     use rayon::prelude::*;
     w.par_chunks(1 << 14)
         .zip(d.par_chunks(1 << 14))
