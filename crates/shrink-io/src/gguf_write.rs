@@ -299,21 +299,7 @@ impl GgufWriter {
                 "output already exists; shrink does not overwrite it (remove it or choose another -o)",
             ));
         }
-        let parent = match target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        if !parent.is_dir() {
-            return Err(IoError::malformed(
-                &parent,
-                "parent directory of the output does not exist",
-            ));
-        }
-        let name = target
-            .file_name()
-            .ok_or_else(|| IoError::malformed(&target, "output path has no file name"))?
-            .to_string_lossy()
-            .into_owned();
+        let (parent, name) = crate::output::parent_and_name(&target)?;
         let alignment = alignment_of(&target, metadata)?;
         let (header, sizes) = encode_header(&target, metadata, &tensors, alignment)?;
         let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));

@@ -43,21 +43,7 @@ impl OutputDir {
                 "output already exists; shrink never overwrites (remove it or choose another -o)",
             ));
         }
-        let parent = match target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        if !parent.is_dir() {
-            return Err(IoError::malformed(
-                &parent,
-                "parent directory of the output does not exist",
-            ));
-        }
-        let name = target
-            .file_name()
-            .ok_or_else(|| IoError::malformed(&target, "output path has no file name"))?
-            .to_string_lossy()
-            .into_owned();
+        let (parent, name) = parent_and_name(&target)?;
         let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(|e| IoError::os(&tmp, e))?;
@@ -248,4 +234,25 @@ pub fn write_safetensors_ordered(
     drop(w);
     crate::safetensors::SafetensorsFile::open(path)?;
     Ok(())
+}
+
+/// The existing directory an output `target` goes into, and its file name (the temporary name
+/// beside it is built from both); errors when the parent is missing or there is no name.
+pub(crate) fn parent_and_name(target: &Path) -> Result<(PathBuf, String)> {
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        return Err(IoError::malformed(
+            &parent,
+            "parent directory of the output does not exist",
+        ));
+    }
+    let name = target
+        .file_name()
+        .ok_or_else(|| IoError::malformed(target, "output path has no file name"))?
+        .to_string_lossy()
+        .into_owned();
+    Ok((parent, name))
 }
