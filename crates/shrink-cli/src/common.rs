@@ -101,13 +101,15 @@ pub fn write_config_and_tokenizer(
     Ok(())
 }
 
-/// Copy tokenizer and generation files of an HF directory (everything but weights and config).
+/// Copy tokenizer and generation files of an HF directory (everything but weights, config and
+/// the files that describe the weights' quantization).
 fn copy_side_files(dir: &Path, out: &OutputDir) -> Result<()> {
     for e in std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))? {
         let e = e?;
         let name = e.file_name().to_string_lossy().into_owned();
         let skip = name == "config.json"
             || name == "shrink-quantize.json"
+            || name == "quantize_config.json"
             || name.ends_with(".safetensors")
             || name == "model.safetensors.index.json";
         if skip || !e.file_type()?.is_file() {

@@ -29,32 +29,56 @@ use shrink_models::config::LlamaConfig;
 use shrink_models::weights::permute_rows;
 use shrink_models::ModelConfig;
 
+use super::export_layout::{Layout, LayoutEncoder, Request};
 use crate::common;
+use shrink_methods::select::Selection;
+use shrink_models::Architecture;
 
 /// Arguments of `shrink export`.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  shrink export smollm2-f32 --to gguf --type f16 -o smollm2-f16.gguf\n  shrink export smollm2-f32 --to gguf --type q4_k_m -o smollm2-q4_k_m.gguf\n  shrink export model.Q8_0.gguf --to gguf --type f32 -o model-f32.gguf\n  shrink export model.gguf --to hf --type bf16 -o model-hf"
+    after_help = "A weight the input already stores on a grid the target holds is repacked unchanged (lossless: a GPTQ checkpoint to compressed-tensors or AWQ, bitsandbytes NF4 to bitsandbytes); any other is dequantized and requantized, with a warning that requantizing stacks error. With no --type/--group-size/--sym, a quantized input's own grid is kept.\n\nExamples:\n  shrink export smollm2-f32 --to gguf --type f16 -o smollm2-f16.gguf\n  shrink export smollm2-f32 --to gguf --type q4_k_m -o smollm2-q4_k_m.gguf\n  shrink export smollm2-gptq --to gguf --type q4_k_m -o smollm2-q4_k_m.gguf\n  shrink export model.Q8_0.gguf --to gguf --type f32 -o model-f32.gguf\n  shrink export model.gguf --to hf --type bf16 -o model-hf\n  shrink export smollm2-f32 --to gptq --type int4 --group-size 128 -o smollm2-gptq-rtn\n  shrink export smollm2-gptq --to compressed-tensors -o smollm2-ct\n  shrink export smollm2-f32 --to bitsandbytes --type nf4 --double-quant -o smollm2-bnb"
 )]
 pub struct Args {
-    /// Model to export (HF Llama directory, or a .gguf to re-type).
+    /// Model to export (HF directory, float or quantized in a layout shrink reads, or a .gguf).
     pub model: PathBuf,
-    /// Output format: gguf (a file), or hf (a Hugging Face directory of float safetensors,
-    /// config.json and tokenizer files — what `shrink convert` writes).
-    #[arg(long, default_value = "gguf", value_parser = ["gguf", "hf"])]
+    /// Output format: gguf (a file); hf (a directory of float safetensors, config.json and
+    /// tokenizer files — what `shrink convert` writes); or a quantized safetensors directory in
+    /// an ecosystem layout: gptq (AutoGPTQ, with quantize_config.json), awq (AutoAWQ GEMM),
+    /// bitsandbytes (nf4/fp4 with quant_state, or int8 with SCB), compressed-tensors
+    /// (pack-quantized / int-quantized).
+    #[arg(long, default_value = "gguf", value_parser = ["gguf", "hf", "gptq", "awq", "bitsandbytes", "compressed-tensors"])]
     pub to: String,
-    /// Storage type: f32, f16, bf16, or (gguf only) a llama.cpp preset (q8_0, q4_0, q4_k_m, ...).
-    #[arg(long = "type", default_value = "f16")]
-    pub ty: String,
-    /// Output .gguf file (must not exist unless --overwrite; never the input).
+    /// Storage type. gguf: f32, f16 (default), bf16 or a llama.cpp preset (q8_0, q4_0,
+    /// q4_k_m, ...); hf: f32, f16, bf16; gptq: int2/int3/int4/int8; awq: int4;
+    /// compressed-tensors: int2..int8; bitsandbytes: nf4, fp4, int8.
+    #[arg(long = "type")]
+    pub ty: Option<String>,
+    /// Output .gguf file or directory (must not exist unless --overwrite; never the input).
     #[arg(short, long)]
     pub output: PathBuf,
     /// `tokenizer.ggml.pre` to write (HF input), instead of the one recognised from tokenizer.json.
     #[arg(long)]
     pub pre: Option<String>,
-    /// Replace an existing output file (never the input).
+    /// Replace an existing output file (gguf only; never the input).
     #[arg(long)]
     pub overwrite: bool,
+    /// Integer layouts: elements per scale group (default 128, 0 = one per output channel).
+    #[arg(long, help_heading = "Quantized safetensors")]
+    pub group_size: Option<usize>,
+    /// Integer layouts: symmetric integers (default asymmetric, with zero points).
+    #[arg(long, help_heading = "Quantized safetensors")]
+    pub sym: bool,
+    /// bitsandbytes nf4/fp4: quantize the block absmax to 8 bits too (QLoRA).
+    #[arg(long, help_heading = "Quantized safetensors")]
+    pub double_quant: bool,
+    /// bitsandbytes nf4/fp4: block size (default 64).
+    #[arg(long, help_heading = "Quantized safetensors")]
+    pub block_size: Option<usize>,
+    /// Storage type of the tensors left unquantized (default: the input's float type; f32
+    /// for a GGUF input).
+    #[arg(long, value_parser = ["f32", "f16", "bf16"], help_heading = "Quantized safetensors")]
+    pub dense_dtype: Option<String>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -259,14 +283,59 @@ fn mix_model(arch: &str, n_layer: usize, n_head: usize, n_head_kv: usize) -> Mix
     }
 }
 
+/// `--to gptq|awq|bitsandbytes|compressed-tensors`.
+fn run_layout(a: Args, layout: Layout) -> Result<()> {
+    let ckpt = common::open(&a.model)?;
+    let arch = Architecture::from_checkpoint(&ckpt)?;
+    let selection = Selection::default();
+    let first = selection.resolve(&arch)?.into_iter().next();
+    let (first_source, input_dense) = match &ckpt {
+        Checkpoint::Hf(h) => {
+            let src = match &first {
+                Some(l) if !l.conv1d => h.quantized(&l.weight)?,
+                _ => None,
+            };
+            let dense = ckpt.tensors().iter().find_map(|t| match t.dtype {
+                shrink_io::StoredDtype::Float(f) => Some(f),
+                _ => None,
+            });
+            (src, dense)
+        }
+        Checkpoint::Gguf(_) => (None, None),
+    };
+    let dense = match &a.dense_dtype {
+        Some(d) => FloatType::parse(d).expect("checked by clap"),
+        None => input_dense.unwrap_or(FloatType::F32),
+    };
+    let request = Request {
+        ty: a.ty.clone(),
+        group_size: a.group_size,
+        sym: a.sym,
+        double_quant: a.double_quant,
+        block_size: a.block_size,
+    };
+    let enc = LayoutEncoder::new(layout, &request, first_source.as_ref(), dense)?;
+    drop(ckpt);
+    super::quantize::write_encoded(&a.model, &a.output, &selection, dense, a.json, &enc)
+}
+
 /// Run `shrink export`.
 pub fn run(a: Args) -> Result<()> {
+    if let Some(layout) = Layout::parse(&a.to) {
+        return run_layout(a, layout);
+    }
+    let ty = a.ty.clone().unwrap_or_else(|| "f16".into());
+    if a.group_size.is_some()
+        || a.sym
+        || a.double_quant
+        || a.block_size.is_some()
+        || a.dense_dtype.is_some()
+    {
+        bail!("--group-size, --sym, --double-quant, --block-size and --dense-dtype apply to the quantized safetensors layouts (--to gptq|awq|bitsandbytes|compressed-tensors)");
+    }
     if a.to == "hf" {
-        let Some(dtype) = FloatType::parse(&a.ty) else {
-            bail!(
-                "--to hf writes float weights: --type f32, f16 or bf16, not {:?}",
-                a.ty
-            );
+        let Some(dtype) = FloatType::parse(&ty) else {
+            bail!("--to hf writes float weights: --type f32, f16 or bf16, not {ty:?}");
         };
         return super::convert::run(super::convert::Args {
             model: a.model,
@@ -278,7 +347,7 @@ pub fn run(a: Args) -> Result<()> {
         });
     }
     let t0 = Instant::now();
-    let target = Target::parse(&a.ty)?;
+    let target = Target::parse(&ty)?;
     if a.output.exists() && !a.overwrite {
         // Checked before reading anything (the writer checks again, and for input = output).
         let same = std::fs::canonicalize(&a.output).ok() == std::fs::canonicalize(&a.model).ok();
@@ -290,6 +359,8 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     let ckpt = common::open(&a.model)?;
+    // Whether the input stores its linears quantized (then a quantized target requantizes).
+    let mut requantized = false;
     let (meta, plan, pre) = match &ckpt {
         Checkpoint::Gguf(g) => {
             if let Target::Preset(p) = target {
@@ -335,18 +406,27 @@ pub fn run(a: Args) -> Result<()> {
                     other.family()
                 ),
             };
-            // HF names in the converter's order (sorted), mapped to llama.cpp's.
-            let mut names: Vec<String> = h.weights.tensors.keys().cloned().collect();
+            // HF names in the converter's order (sorted), mapped to llama.cpp's. A quantized
+            // directory's weights are its modules' (each dequantized when read).
+            let mut names: Vec<(String, Vec<usize>)> = if h.quantization_config().is_some() {
+                requantized = true;
+                shrink_models::weight_shapes(&ModelConfig::Llama(c.clone()))
+            } else {
+                h.weights
+                    .tensors
+                    .iter()
+                    .map(|(n, t)| (n.clone(), t.shape.clone()))
+                    .collect()
+            };
             names.sort();
             let mut mapped: Vec<(String, Vec<u64>, Source)> = Vec::new();
-            for n in &names {
+            for (n, shape) in &names {
                 if n.ends_with("rotary_emb.inv_freq") {
                     continue;
                 }
                 let g = shrink_models::llama::gguf_name(&c, n).with_context(|| {
                     format!("{}: no GGUF mapping for tensor {n}", h.dir.display())
                 })?;
-                let shape = &h.weights.tensors[n].shape;
                 let ne: Vec<u64> = shape.iter().rev().map(|&d| d as u64).collect();
                 mapped.push((
                     g.name,
@@ -446,7 +526,18 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     let bpw = tensor_bytes as f64 * 8.0 / elements.max(1) as f64;
+    let warning = (requantized && matches!(target, Target::Preset(_))).then(|| {
+        format!(
+            "{} stores its linears quantized: they were dequantized and requantized to {}, which stacks both rounding errors",
+            a.model.display(),
+            target.name()
+        )
+    });
+    if let Some(w) = &warning {
+        eprintln!("warning: {w}");
+    }
     let v = serde_json::json!({
+        "warning": warning, "dequantized_input": requantized,
         "input": a.model, "output": a.output, "format": "gguf", "type": target.name(),
         "file_type": target.ftype(), "tensors": plan.len(),
         "tokenizer_pre": pre.as_ref().map(|(n, why)| serde_json::json!({"name": n, "why": why})),

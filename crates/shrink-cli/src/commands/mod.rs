@@ -7,6 +7,7 @@ pub mod compare;
 pub mod convert;
 pub mod eval;
 pub mod export;
+pub mod export_layout;
 pub mod generate;
 pub mod imatrix;
 pub mod inspect;

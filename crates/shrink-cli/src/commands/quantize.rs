@@ -8,12 +8,13 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use clap::ValueEnum;
+use serde_json::Value;
 use shrink_formats::float::{self, FloatType};
 use shrink_formats::int::{Granularity, IntSpec};
 use shrink_formats::nf4::{Fp4Kind, Nf4Spec};
-use shrink_io::quantized::{StoredTensor, TRANSPOSED_KEY};
-use shrink_io::{OutputDir, TensorHeader};
-use shrink_methods::rtn::{QuantizedWeight, Rtn};
+use shrink_io::quantized::{Quantized, StoredTensor, TRANSPOSED_KEY};
+use shrink_io::{Checkpoint, OutputDir, TensorHeader};
+use shrink_methods::rtn::Rtn;
 use shrink_methods::select::Selection;
 use shrink_models::{Architecture, LinearInfo};
 
@@ -453,23 +454,118 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     let rtn = method(&a)?;
-    let ckpt = common::open(&a.model)?;
-    let arch = Architecture::from_checkpoint(&ckpt)?;
-    let selected = Selection {
+    let selection = Selection {
         include: a.include.clone(),
         exclude: a.exclude.clone(),
+    };
+    write_encoded(
+        &a.model,
+        &a.output,
+        &selection,
+        a.dense_dtype,
+        a.json,
+        &RtnEncoder(rtn, a.dense_dtype.torch_name()),
+    )
+}
+
+/// One selected weight as it will be stored.
+pub(crate) struct Encoded {
+    /// The layout's tensors.
+    pub stored: Vec<StoredTensor>,
+    /// The weight as the layout gives it back, row-major [out, in].
+    pub dequantized: Vec<f32>,
+    /// Bytes of codes, scales and zero points.
+    pub stored_bytes: usize,
+    /// Seconds in the quantizer.
+    pub seconds: f64,
+    /// Whether the input's own quantized codes were kept (no requantization).
+    pub reused: bool,
+}
+
+/// How the selected weights of a model become a quantized safetensors layout.
+pub(crate) trait Encoder {
+    /// The method / layout, for reports.
+    fn name(&self) -> String;
+    /// Refuse a weight before anything is read or written.
+    fn validate(&self, l: &LinearInfo) -> Result<()>;
+    /// Encode weight `w` ([out, in] float32); `source` is the input's own quantized form of it,
+    /// when the input stores it quantized and the encoder asked for it.
+    fn encode(&self, l: &LinearInfo, w: &[f32], source: Option<&Quantized>) -> Result<Encoded>;
+    /// Whether `encode` wants the input's quantized form.
+    fn wants_source(&self) -> bool {
+        false
     }
-    .resolve(&arch)?;
+    /// config.json's `quantization_config`; `ignore` lists the linears left dense.
+    fn config(&self, ignore: &[String], dense_dtype: &str) -> Value;
+    /// Files written beside config.json (name, bytes), given the `quantization_config`.
+    fn extra_files(&self, _config: &Value) -> Result<Vec<(String, Vec<u8>)>> {
+        Ok(Vec::new())
+    }
+    /// Extra report fields and text lines (after the encoder has run).
+    fn report(&self) -> (serde_json::Map<String, Value>, Vec<String>) {
+        Default::default()
+    }
+}
+
+/// The round-to-nearest methods of `shrink quantize`, each in its own layout (with the dense
+/// tensors' torch dtype name, which bitsandbytes' quant state records).
+struct RtnEncoder(Rtn, &'static str);
+
+impl Encoder for RtnEncoder {
+    fn name(&self) -> String {
+        self.0.name()
+    }
+    fn validate(&self, l: &LinearInfo) -> Result<()> {
+        Ok(self.0.validate(&l.weight, l.out_features, l.in_features)?)
+    }
+    fn encode(&self, l: &LinearInfo, w: &[f32], _source: Option<&Quantized>) -> Result<Encoded> {
+        let t = Instant::now();
+        let q = self
+            .0
+            .quantize(&l.weight, w, l.out_features, l.in_features)?;
+        let seconds = t.elapsed().as_secs_f64();
+        let module = l.weight.strip_suffix(".weight").unwrap_or(&l.weight);
+        let stored = self
+            .0
+            .layout(module, &q, &[l.out_features, l.in_features], self.1);
+        Ok(Encoded {
+            stored,
+            dequantized: q.dequantize(),
+            stored_bytes: q.stored_bytes(),
+            seconds,
+            reused: false,
+        })
+    }
+    fn config(&self, ignore: &[String], dense_dtype: &str) -> Value {
+        self.0.config(ignore, dense_dtype)
+    }
+}
+
+/// Write `model` to the directory `output` with the selected linears encoded by `enc` and the
+/// rest stored dense as `dense_dtype`; streams (two passes: sizes, then bytes, one weight
+/// resident at a time) and prints / returns the report.
+pub(crate) fn write_encoded(
+    model: &std::path::Path,
+    output: &std::path::Path,
+    selection: &Selection,
+    dense_dtype: FloatType,
+    json: bool,
+    enc: &dyn Encoder,
+) -> Result<()> {
+    let ckpt = common::open(model)?;
+    let arch = Architecture::from_checkpoint(&ckpt)?;
+    let selected = selection.resolve(&arch)?;
     // Refuse impossible parameters before reading or writing anything.
     for l in &selected {
-        rtn.validate(&l.weight, l.out_features, l.in_features)?;
+        enc.validate(l)?;
     }
-    let out = OutputDir::create(&a.output, &[&a.model])?;
+    let out = OutputDir::create(output, &[model])?;
     let loader = arch.weight_loader(&ckpt);
     let by_name: HashMap<&str, &LinearInfo> =
         selected.iter().map(|l| (l.weight.as_str(), l)).collect();
-    let dense_name = a.dense_dtype.torch_name();
+    let dense_name = dense_dtype.torch_name();
     let shapes = arch.weight_shapes();
+    let bad = |e: anyhow::Error| shrink_io::IoError::malformed(model, format!("{e:#}"));
 
     // A selected weight as [out, in] float32 (GPT-2's Conv1D weights are transposed here).
     let read = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
@@ -481,17 +577,14 @@ pub fn run(a: Args) -> Result<()> {
         };
         Ok(t.flatten_all()?.to_vec1()?)
     };
-    // Quantize one weight; returns the quantized weight, its layout tensors and the seconds
-    // spent in the quantizer itself.
-    let quantize =
-        |l: &LinearInfo, w: &[f32]| -> Result<(QuantizedWeight, Vec<StoredTensor>, f64)> {
-            let t = Instant::now();
-            let q = rtn.quantize(&l.weight, w, l.out_features, l.in_features)?;
-            let secs = t.elapsed().as_secs_f64();
-            let module = l.weight.strip_suffix(".weight").unwrap_or(&l.weight);
-            let stored = rtn.layout(module, &q, &[l.out_features, l.in_features], dense_name);
-            Ok((q, stored, secs))
+    // A selected weight encoded, from the input's quantized form too when the encoder wants it.
+    let encode = |l: &LinearInfo, w: &[f32]| -> Result<Encoded> {
+        let source = match &ckpt {
+            Checkpoint::Hf(h) if enc.wants_source() && !l.conv1d => h.quantized(&l.weight)?,
+            _ => None,
         };
+        enc.encode(l, w, source.as_ref())
+    };
 
     // Pass 1: quantize every selected weight once to learn the layout's tensor sizes (some,
     // like bitsandbytes' JSON quant state, depend on the values) and measure the error.
@@ -502,19 +595,21 @@ pub fn run(a: Args) -> Result<()> {
     let mut origin = Vec::new(); // for each header entry: index into `shapes`
     let (mut q_params, mut q_bytes, mut q_file_bytes, mut dense_bytes) = (0u64, 0u64, 0u64, 0u64);
     let (mut sq_err, mut sq_ref) = (0f64, 0f64);
+    let mut reused = 0usize;
     for (i, (name, shape)) in shapes.iter().enumerate() {
         pb.inc(1);
         match by_name.get(name.as_str()) {
             Some(l) => {
                 let w = read(name, shape)?;
-                let (q, stored, secs) = quantize(l, &w)?;
-                quant_seconds += secs;
-                let (e, r) = squared_error(&w, &q.dequantize());
-                sq_err += e;
-                sq_ref += r;
+                let e = encode(l, &w)?;
+                quant_seconds += e.seconds;
+                reused += usize::from(e.reused);
+                let (se, sr) = squared_error(&w, &e.dequantized);
+                sq_err += se;
+                sq_ref += sr;
                 q_params += (l.out_features * l.in_features) as u64;
-                q_bytes += q.stored_bytes() as u64;
-                for s in stored {
+                q_bytes += e.stored_bytes as u64;
+                for s in e.stored {
                     q_file_bytes += s.bytes.len() as u64;
                     header.push(TensorHeader {
                         name: s.name,
@@ -527,12 +622,12 @@ pub fn run(a: Args) -> Result<()> {
             }
             None => {
                 let n: usize = shape.iter().product();
-                dense_bytes += (n * a.dense_dtype.size()) as u64;
+                dense_bytes += (n * dense_dtype.size()) as u64;
                 header.push(TensorHeader {
                     name: name.clone(),
-                    dtype: shrink_io::safetensors_dtype(a.dense_dtype),
+                    dtype: shrink_io::safetensors_dtype(dense_dtype),
                     shape: shape.clone(),
-                    len: n * a.dense_dtype.size(),
+                    len: n * dense_dtype.size(),
                 });
                 origin.push(i);
             }
@@ -562,17 +657,14 @@ pub fn run(a: Args) -> Result<()> {
             let i = origin[k];
             let (name, shape) = &shapes[i];
             let Some(l) = by_name.get(name.as_str()) else {
-                let v = read(name, shape)
-                    .map_err(|e| shrink_io::IoError::malformed(&a.model, format!("{e:#}")))?;
-                return Ok(float::encode(a.dense_dtype, &v));
+                let v = read(name, shape).map_err(bad)?;
+                return Ok(float::encode(dense_dtype, &v));
             };
             let mut c = cache.borrow_mut();
             if c.as_ref().is_none_or(|(j, _)| *j != i) {
-                let w = read(name, shape)
-                    .map_err(|e| shrink_io::IoError::malformed(&a.model, format!("{e:#}")))?;
-                let (_, stored, _) = quantize(l, &w)
-                    .map_err(|e| shrink_io::IoError::malformed(&a.model, format!("{e:#}")))?;
-                *c = Some((i, stored));
+                let w = read(name, shape).map_err(bad)?;
+                let e = encode(l, &w).map_err(bad)?;
+                *c = Some((i, e.stored));
             }
             let stored = &c.as_ref().unwrap().1;
             let s = stored
@@ -589,13 +681,12 @@ pub fn run(a: Args) -> Result<()> {
         .map(|(n, _)| n.strip_suffix(".weight").unwrap_or(n).to_string())
         .chain(std::iter::once("lm_head".to_string()))
         .collect();
-    common::write_config_and_tokenizer(
-        &ckpt,
-        arch.decoder(),
-        &out,
-        dense_name,
-        Some(rtn.config(&ignore, dense_name)),
-    )?;
+    let qcfg = enc.config(&ignore, dense_name);
+    let extra = enc.extra_files(&qcfg)?;
+    common::write_config_and_tokenizer(&ckpt, arch.decoder(), &out, dense_name, Some(qcfg))?;
+    for (name, bytes) in extra {
+        out.write(&name, &bytes)?;
+    }
 
     let total_params: u64 = shapes
         .iter()
@@ -607,28 +698,31 @@ pub fn run(a: Args) -> Result<()> {
     let bpw_all = model_bytes as f64 * 8.0 / total_params as f64;
     let rel_err = (sq_err / sq_ref.max(f64::MIN_POSITIVE)).sqrt();
     let sqnr_db = 10.0 * (sq_ref / sq_err.max(f64::MIN_POSITIVE)).log10();
-    let v = serde_json::json!({
-        "input": a.model, "output": a.output, "method": rtn.name(),
+    let (extra, lines) = enc.report();
+    let mut v = serde_json::json!({
+        "input": model, "output": output, "method": enc.name(),
         "quantized_tensors": selected.len(), "quantized_params": q_params,
         "bits_per_weight_quantized": bpw_q, "bits_per_weight_model": bpw_all,
         "quantized_bytes": q_bytes, "quantized_file_bytes": q_file_bytes, "dense_bytes": dense_bytes, "model_bytes": model_bytes,
         "float32_bytes": total_params * 4, "compression_vs_f32": (total_params * 4) as f64 / model_bytes as f64,
         "relative_rmse": rel_err, "sqnr_db": sqnr_db, "quantize_seconds": quant_seconds, "read_and_quantize_seconds": pass1_seconds,
+        "reused_tensors": reused,
         "peak_rss_bytes": common::peak_rss(),
     });
+    v.as_object_mut().expect("an object").extend(extra);
     // The report travels with the model (`shrink compare` reads it).
     out.write(
         "shrink-quantize.json",
         serde_json::to_string_pretty(&v)?.as_bytes(),
     )?;
     let target = out.commit()?;
-    if a.json {
+    if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!("wrote          {}", target.display());
         println!(
             "method         {} on {} weights ({} params)",
-            rtn.name(),
+            enc.name(),
             selected.len(),
             q_params
         );
@@ -640,6 +734,9 @@ pub fn run(a: Args) -> Result<()> {
             (total_params * 4) as f64 / model_bytes as f64
         );
         println!("weight error   relative RMSE {rel_err:.4}, SQNR {sqnr_db:.1} dB");
+        for l in &lines {
+            println!("{l}");
+        }
         println!("time           {quant_seconds:.2} s in the quantizer ({pass1_seconds:.2} s with reading the weights)");
         if let Some(r) = common::peak_rss() {
             println!("peak RSS       {}", common::human(r));

@@ -1,0 +1,326 @@
+//! `shrink export MODEL --to gptq|awq|bitsandbytes|compressed-tensors`: a Hugging Face
+//! directory whose quantized linears follow that ecosystem layout and `quantization_config`.
+//!
+//! A weight the input already stores quantized on a grid the layout holds (an integer grid for
+//! gptq / awq / compressed-tensors, NF4/FP4 or row-wise int8 for bitsandbytes) is repacked
+//! with its codes, scales and zero points unchanged: the export is lossless. Any other weight
+//! is read as float32 (dequantized if stored quantized, with a warning that requantizing stacks
+//! error) and rounded to the nearest point of the target grid.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+
+use anyhow::{bail, Result};
+use serde_json::Value;
+use shrink_formats::awq::AwqParts;
+use shrink_formats::float::FloatType;
+use shrink_formats::gptq::GptqParts;
+use shrink_formats::int::{Granularity, IntSpec};
+use shrink_formats::nf4::{Fp4Kind, Nf4Spec};
+use shrink_io::hf_int;
+use shrink_io::quantized::Quantized;
+use shrink_methods::rtn::{QuantizedWeight, Rtn};
+use shrink_models::LinearInfo;
+
+use super::quantize::{Encoded, Encoder};
+
+/// An ecosystem safetensors layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// AutoGPTQ / GPTQModel `gptq` (v1 zero points), with quantize_config.json.
+    Gptq,
+    /// AutoAWQ GEMM, 4-bit.
+    Awq,
+    /// bitsandbytes 4-bit (nf4/fp4) or 8-bit.
+    Bitsandbytes,
+    /// compressed-tensors `pack-quantized` / `int-quantized`.
+    CompressedTensors,
+}
+
+impl Layout {
+    /// The layout `--to` names, if it is one.
+    pub(crate) fn parse(s: &str) -> Option<Layout> {
+        Some(match s {
+            "gptq" => Layout::Gptq,
+            "awq" => Layout::Awq,
+            "bitsandbytes" | "bnb" => Layout::Bitsandbytes,
+            "compressed-tensors" | "ct" => Layout::CompressedTensors,
+            _ => return None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Layout::Gptq => "gptq",
+            Layout::Awq => "awq",
+            Layout::Bitsandbytes => "bitsandbytes",
+            Layout::CompressedTensors => "compressed-tensors",
+        }
+    }
+}
+
+/// What the user asked for; unset fields follow the input's own grid, then the defaults.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Request {
+    /// `--type`: int2..int8, nf4, fp4.
+    pub ty: Option<String>,
+    /// `--group-size`.
+    pub group_size: Option<usize>,
+    /// `--sym`.
+    pub sym: bool,
+    /// `--double-quant`.
+    pub double_quant: bool,
+    /// `--block-size`.
+    pub block_size: Option<usize>,
+}
+
+impl Request {
+    fn is_default(&self) -> bool {
+        self.ty.is_none()
+            && self.group_size.is_none()
+            && !self.sym
+            && !self.double_quant
+            && self.block_size.is_none()
+    }
+}
+
+/// The grid a layout can hold that the input stores `q` on, if any.
+fn grid_of(layout: Layout, q: &Quantized) -> Option<Rtn> {
+    match (layout, q) {
+        (Layout::Bitsandbytes, Quantized::Nf4(t, _)) => Some(Rtn::Nf4(t.spec)),
+        (Layout::Bitsandbytes, Quantized::Int8Row(_, threshold)) => Some(Rtn::LlmInt8 {
+            threshold: *threshold as f64,
+        }),
+        (Layout::CompressedTensors, Quantized::Int(t) | Quantized::W8A8(t)) => {
+            Some(Rtn::Int(t.spec))
+        }
+        (Layout::Gptq, Quantized::Int(t) | Quantized::W8A8(t)) => {
+            GptqParts::from_int_tensor(t).ok().map(|_| Rtn::Int(t.spec))
+        }
+        (Layout::Awq, Quantized::Int(t) | Quantized::W8A8(t)) => {
+            AwqParts::from_int_tensor(t).ok().map(|_| Rtn::Int(t.spec))
+        }
+        _ => None,
+    }
+}
+
+/// The grid of the flags for `layout`.
+fn requested_grid(layout: Layout, r: &Request) -> Result<Rtn> {
+    let ty = r.ty.as_deref().unwrap_or(match layout {
+        Layout::Bitsandbytes => "nf4",
+        _ => "int4",
+    });
+    let int_bits = ty
+        .strip_prefix("int")
+        .and_then(|b| b.parse::<u8>().ok())
+        .filter(|b| (2..=8).contains(b));
+    let int = |bits: u8| {
+        let granularity = match r.group_size {
+            Some(0) => Granularity::Channel,
+            Some(g) => Granularity::Group(g),
+            None => Granularity::Group(128),
+        };
+        Rtn::Int(IntSpec {
+            bits,
+            symmetric: r.sym,
+            granularity,
+            scale_type: FloatType::F16,
+        })
+    };
+    Ok(match (layout, ty, int_bits) {
+        (Layout::Bitsandbytes, "nf4" | "fp4", _) => Rtn::Nf4(Nf4Spec {
+            kind: if ty == "nf4" {
+                Fp4Kind::Nf4
+            } else {
+                Fp4Kind::Fp4
+            },
+            block_size: r.block_size.unwrap_or(64),
+            double_quant: r.double_quant,
+        }),
+        (Layout::Bitsandbytes, "int8", _) => Rtn::LlmInt8 { threshold: 6.0 },
+        (Layout::Bitsandbytes, _, _) => {
+            bail!("--to bitsandbytes stores nf4, fp4 or int8 (--type), not {ty:?}")
+        }
+        (Layout::Gptq, _, Some(b @ (2 | 3 | 4 | 8))) => int(b),
+        (Layout::Gptq, _, _) => bail!("--to gptq stores int2, int3, int4 or int8, not {ty:?}"),
+        (Layout::Awq, _, Some(4)) => {
+            if r.sym {
+                bail!("--to awq stores asymmetric 4-bit groups (no --sym)");
+            }
+            int(4)
+        }
+        (Layout::Awq, _, _) => bail!("--to awq stores int4 only, not {ty:?}"),
+        (Layout::CompressedTensors, _, Some(b)) => int(b),
+        (Layout::CompressedTensors, _, None) => {
+            bail!("--to compressed-tensors stores int2 .. int8, not {ty:?}")
+        }
+    })
+}
+
+/// Encodes the selected linears in one ecosystem layout, reusing the input's codes when it can.
+pub(crate) struct LayoutEncoder {
+    layout: Layout,
+    grid: Rtn,
+    /// Whether the grid came from the input (`true`) or from the flags / defaults.
+    grid_from_input: bool,
+    dense: &'static str,
+    /// Weights stored quantized in the input that had to be dequantized and requantized.
+    requantized: RefCell<BTreeSet<String>>,
+}
+
+impl LayoutEncoder {
+    /// The encoder for `layout`: the grid of `--type` and friends, or when none is given, the
+    /// grid `first` (the input's first selected weight, if stored quantized) is on.
+    pub(crate) fn new(
+        layout: Layout,
+        request: &Request,
+        first: Option<&Quantized>,
+        dense: FloatType,
+    ) -> Result<LayoutEncoder> {
+        let from_input = first
+            .filter(|_| request.is_default())
+            .and_then(|q| grid_of(layout, q));
+        let grid_from_input = from_input.is_some();
+        let grid = match from_input {
+            Some(g) => g,
+            None => requested_grid(layout, request)?,
+        };
+        Ok(LayoutEncoder {
+            layout,
+            grid,
+            grid_from_input,
+            dense: dense.torch_name(),
+            requantized: RefCell::new(BTreeSet::new()),
+        })
+    }
+
+    /// The weight `q` as is, when it is on this encoder's grid.
+    fn reuse(&self, q: &Quantized) -> Option<QuantizedWeight> {
+        if grid_of(self.layout, q).as_ref().map(Rtn::name) != Some(self.grid.name()) {
+            return None;
+        }
+        match q {
+            Quantized::Int(t) | Quantized::W8A8(t) => Some(QuantizedWeight::Int(t.clone())),
+            Quantized::Nf4(t, _) => Some(QuantizedWeight::Nf4(t.clone())),
+            Quantized::Int8Row(t, _) => Some(QuantizedWeight::Int8Row(t.clone())),
+            _ => None,
+        }
+    }
+
+    fn int_spec(&self) -> Option<IntSpec> {
+        match &self.grid {
+            Rtn::Int(s) => Some(*s),
+            _ => None,
+        }
+    }
+}
+
+impl Encoder for LayoutEncoder {
+    fn name(&self) -> String {
+        format!("{} {}", self.layout.name(), self.grid.name())
+    }
+
+    fn validate(&self, l: &LinearInfo) -> Result<()> {
+        // Weights the input stores on this grid are checked by their own layout; the others
+        // are requantized and must fit it.
+        Ok(self
+            .grid
+            .validate(&l.weight, l.out_features, l.in_features)?)
+    }
+
+    fn wants_source(&self) -> bool {
+        true
+    }
+
+    fn encode(&self, l: &LinearInfo, w: &[f32], source: Option<&Quantized>) -> Result<Encoded> {
+        let t = std::time::Instant::now();
+        let (q, reused) = match source.and_then(|s| self.reuse(s)) {
+            Some(q) => (q, true),
+            None => {
+                if source.is_some() {
+                    self.requantized.borrow_mut().insert(l.weight.clone());
+                }
+                let q = self
+                    .grid
+                    .quantize(&l.weight, w, l.out_features, l.in_features)?;
+                (q, false)
+            }
+        };
+        let seconds = t.elapsed().as_secs_f64();
+        let module = l.weight.strip_suffix(".weight").unwrap_or(&l.weight);
+        let shape = [l.out_features, l.in_features];
+        let stored = match (&q, self.layout) {
+            (QuantizedWeight::Int(t), Layout::Gptq) => {
+                hf_int::gptq_tensors(module, &GptqParts::from_int_tensor(t)?)?
+            }
+            (QuantizedWeight::Int(t), Layout::Awq) => hf_int::awq_tensors(module, t)?,
+            _ => self.grid.layout(module, &q, &shape, self.dense),
+        };
+        Ok(Encoded {
+            stored,
+            dequantized: q.dequantize(),
+            stored_bytes: q.stored_bytes(),
+            seconds,
+            reused,
+        })
+    }
+
+    fn config(&self, ignore: &[String], dense_dtype: &str) -> Value {
+        let group = |s: &IntSpec| match s.granularity {
+            Granularity::Group(g) => Some(g),
+            _ => None,
+        };
+        match (self.layout, self.int_spec()) {
+            (Layout::Gptq, Some(s)) => {
+                hf_int::gptq_config(s.bits, group(&s), false, s.symmetric, 0.01, true, false)
+            }
+            (Layout::Awq, Some(s)) => hf_int::awq_config(4, group(&s), true, "gemm"),
+            _ => self.grid.config(ignore, dense_dtype),
+        }
+    }
+
+    fn extra_files(&self, config: &Value) -> Result<Vec<(String, Vec<u8>)>> {
+        Ok(match self.layout {
+            Layout::Gptq => vec![(
+                "quantize_config.json".to_string(),
+                serde_json::to_vec_pretty(&hf_int::gptq_quantize_config(config))?,
+            )],
+            _ => Vec::new(),
+        })
+    }
+
+    fn report(&self) -> (serde_json::Map<String, Value>, Vec<String>) {
+        let n = self.requantized.borrow().len();
+        let mut m = serde_json::Map::new();
+        m.insert("layout".into(), self.layout.name().into());
+        m.insert(
+            "grid_from".into(),
+            if self.grid_from_input {
+                "input"
+            } else {
+                "flags"
+            }
+            .into(),
+        );
+        m.insert("requantized_tensors".into(), n.into());
+        let mut lines = vec![format!(
+            "layout         {} ({} grid {})",
+            self.layout.name(),
+            if self.grid_from_input {
+                "the input's"
+            } else {
+                "requested"
+            },
+            self.grid.name()
+        )];
+        if n > 0 {
+            let warning = format!(
+                "{n} weights were stored quantized on another grid: dequantized and requantized, \
+                 which stacks both rounding errors"
+            );
+            m.insert("warning".into(), warning.clone().into());
+            lines.push(format!("warning        {warning}"));
+        }
+        (m, lines)
+    }
+}
