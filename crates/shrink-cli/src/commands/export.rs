@@ -37,7 +37,7 @@ use shrink_models::Architecture;
 /// Arguments of `shrink export`.
 #[derive(clap::Args)]
 #[command(
-    after_help = "A weight the input already stores on a grid the target holds is repacked unchanged (lossless: a GPTQ checkpoint to compressed-tensors or AWQ, bitsandbytes NF4 to bitsandbytes); any other is dequantized and requantized, with a warning that requantizing stacks error. With no --type/--group-size/--sym, a quantized input's own grid is kept.\n\nExamples:\n  shrink export smollm2-f32 --to gguf --type f16 -o smollm2-f16.gguf\n  shrink export smollm2-f32 --to gguf --type q4_k_m -o smollm2-q4_k_m.gguf\n  shrink export smollm2-gptq --to gguf --type q4_k_m -o smollm2-q4_k_m.gguf\n  shrink export model.Q8_0.gguf --to gguf --type f32 -o model-f32.gguf\n  shrink export model.gguf --to hf --type bf16 -o model-hf\n  shrink export smollm2-f32 --to gptq --type int4 --group-size 128 -o smollm2-gptq-rtn\n  shrink export smollm2-gptq --to compressed-tensors -o smollm2-ct\n  shrink export smollm2-f32 --to bitsandbytes --type nf4 --double-quant -o smollm2-bnb"
+    after_help = "A weight the input already stores on a grid the target holds is repacked unchanged (lossless: a GPTQ checkpoint to compressed-tensors or AWQ, bitsandbytes NF4 to bitsandbytes); any other is dequantized and requantized, with a warning that requantizing stacks error. With no --type/--group-size/--sym, a quantized input's own grid is kept.\n\nExamples:\n  shrink export smollm2-f32 --to gguf --type f16 -o smollm2-f16.gguf\n  shrink export smollm2-f32 --to gguf --type q4_k_m -o smollm2-q4_k_m.gguf\n  shrink export smollm2-gptq --to gguf --type q4_k_m -o smollm2-q4_k_m.gguf\n  shrink export model.Q8_0.gguf --to gguf --type f32 -o model-f32.gguf\n  shrink export model.gguf --to hf --type bf16 -o model-hf\n  shrink export smollm2-f32 --to gptq --type int4 --group-size 64 -o smollm2-gptq-rtn\n  shrink export smollm2-gptq --to compressed-tensors -o smollm2-ct\n  shrink export smollm2-f32 --to bitsandbytes --type nf4 --double-quant -o smollm2-bnb"
 )]
 pub struct Args {
     /// Model to export (HF directory, float or quantized in a layout shrink reads, or a .gguf).
@@ -63,7 +63,8 @@ pub struct Args {
     /// Replace an existing output file (gguf only; never the input).
     #[arg(long)]
     pub overwrite: bool,
-    /// Integer layouts: elements per scale group (default 128, 0 = one per output channel).
+    /// Integer layouts: elements per scale group (default 64, as `shrink quantize`; 0 = one
+    /// per output channel).
     #[arg(long, help_heading = "Quantized safetensors")]
     pub group_size: Option<usize>,
     /// Integer layouts: symmetric integers (default asymmetric, with zero points).

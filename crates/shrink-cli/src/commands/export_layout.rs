@@ -118,7 +118,7 @@ fn requested_grid(layout: Layout, r: &Request) -> Result<Rtn> {
         let granularity = match r.group_size {
             Some(0) => Granularity::Channel,
             Some(g) => Granularity::Group(g),
-            None => Granularity::Group(128),
+            None => Granularity::Group(64),
         };
         Rtn::Int(IntSpec {
             bits,
