@@ -57,6 +57,7 @@ pub fn gguf_name(hf: &str) -> Option<GgufName> {
         Some(GgufName {
             name: n,
             unpermute_heads: None,
+            qkv_heads: None,
         })
     };
     match hf {

@@ -42,12 +42,14 @@ pub struct Neox {
     pub embed_out: Linear,
 }
 
-/// llama.cpp's name for a GPT-NeoX HF weight.
-pub fn gguf_name(hf: &str) -> Option<GgufName> {
+/// llama.cpp's name for a GPT-NeoX HF weight (the fused QKV rows regrouped as its converter
+/// does).
+pub fn gguf_name(cfg: &NeoxConfig, hf: &str) -> Option<GgufName> {
     let plain = |n: String| {
         Some(GgufName {
             name: n,
             unpermute_heads: None,
+            qkv_heads: None,
         })
     };
     match hf {
@@ -69,7 +71,11 @@ pub fn gguf_name(hf: &str) -> Option<GgufName> {
         "mlp.dense_4h_to_h" => "ffn_down",
         _ => return None,
     };
-    plain(format!("blk.{idx}.{gg}.{kind}"))
+    Some(GgufName {
+        name: format!("blk.{idx}.{gg}.{kind}"),
+        unpermute_heads: None,
+        qkv_heads: (gg == "attn_qkv").then_some(cfg.num_heads),
+    })
 }
 
 /// HF names and shapes of every weight the configuration implies.

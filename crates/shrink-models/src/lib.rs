@@ -64,7 +64,14 @@ pub fn weight_loader<'a>(ckpt: &'a Checkpoint, cfg: &ModelConfig) -> WeightLoade
         ModelConfig::Gpt2(_) => {
             WeightLoader::new(ckpt, Some(Box::new(gpt2::gguf_name)), &["transformer."])
         }
-        ModelConfig::Neox(_) => WeightLoader::new(ckpt, Some(Box::new(gpt_neox::gguf_name)), &[]),
+        ModelConfig::Neox(c) => {
+            let c = c.clone();
+            WeightLoader::new(
+                ckpt,
+                Some(Box::new(move |n| gpt_neox::gguf_name(&c, n))),
+                &[],
+            )
+        }
     }
 }
 

@@ -56,6 +56,7 @@ pub fn gguf_name(cfg: &LlamaConfig, hf: &str) -> Option<GgufName> {
         Some(GgufName {
             name: n,
             unpermute_heads: None,
+            qkv_heads: None,
         })
     };
     match hf {
@@ -89,6 +90,7 @@ pub fn gguf_name(cfg: &LlamaConfig, hf: &str) -> Option<GgufName> {
     Some(GgufName {
         name: format!("blk.{idx}.{gg}.{kind}"),
         unpermute_heads,
+        qkv_heads: None,
     })
 }
 

@@ -16,6 +16,9 @@ pub struct GgufName {
     pub name: String,
     /// Undo llama.cpp's Q/K row permutation over this many heads.
     pub unpermute_heads: Option<usize>,
+    /// Undo llama.cpp's regrouping of GPT-NeoX's fused QKV rows (per head [q, k, v] in
+    /// transformers, [all q; all k; all v] in GGUF) over this many heads.
+    pub qkv_heads: Option<usize>,
 }
 
 /// Maps HF weight names to stored names of a checkpoint.
@@ -60,6 +63,7 @@ impl<'a> WeightLoader<'a> {
                     return Some(GgufName {
                         name: hf_name.to_string(),
                         unpermute_heads: None,
+                        qkv_heads: None,
                     });
                 }
                 self.hf_prefixes.iter().find_map(|p| {
@@ -71,6 +75,7 @@ impl<'a> WeightLoader<'a> {
                     self.ckpt.has(&n).then_some(GgufName {
                         name: n,
                         unpermute_heads: None,
+                        qkv_heads: None,
                     })
                 })
             }
@@ -106,6 +111,9 @@ impl<'a> WeightLoader<'a> {
         }
         if let Some(heads) = loc.unpermute_heads {
             data = unpermute_rows(&data, shape[0], shape[1..].iter().product(), heads);
+        }
+        if let Some(heads) = loc.qkv_heads {
+            data = qkv_from_gguf(&data, shape[0], shape[1..].iter().product(), heads);
         }
         Ok(Tensor::from_vec(data, shape, &Device::Cpu)?)
     }
@@ -181,6 +189,33 @@ pub fn permute_rows(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec
     )
 }
 
+/// Row pairs (transformers' row, llama.cpp's row) of GPT-NeoX's fused QKV weight of `rows`
+/// = 3 · heads · d rows: transformers stores per head [q, k, v] (`view(heads, 3, d)`), llama.cpp
+/// [q of every head; k ...; v ...] (`GPTNeoXModel.modify_tensors` in `convert_hf_to_gguf.py`).
+fn qkv_row_pairs(rows: usize, heads: usize) -> impl Iterator<Item = (usize, usize)> {
+    let d = rows / (3 * heads);
+    (0..heads).flat_map(move |h| {
+        (0..3).flat_map(move |part| {
+            (0..d).map(move |i| ((h * 3 + part) * d + i, (part * heads + h) * d + i))
+        })
+    })
+}
+
+/// GPT-NeoX fused QKV rows from llama.cpp's order to transformers'.
+pub fn qkv_from_gguf(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    move_rows(data, cols, qkv_row_pairs(rows, heads))
+}
+
+/// GPT-NeoX fused QKV rows from transformers' order to llama.cpp's (inverse of
+/// [`qkv_from_gguf`]).
+pub fn qkv_to_gguf(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    move_rows(
+        data,
+        cols,
+        qkv_row_pairs(rows, heads).map(|(hf, gg)| (gg, hf)),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,5 +228,15 @@ mod tests {
         // reshape(2, 2, 2).swapaxes(1, 2): head 0 rows [0, 2, 1, 3], head 1 [4, 6, 5, 7].
         assert_eq!(gg, vec![0., 2., 1., 3., 4., 6., 5., 7.]);
         assert_eq!(unpermute_rows(&gg, 8, 1, 2), hf);
+    }
+
+    #[test]
+    fn neox_qkv_regrouping_round_trips_and_matches_llama_cpp() {
+        // 2 heads of dim 2: HF rows per head [q0 q0 k0 k0 v0 v0 | q1 q1 k1 k1 v1 v1].
+        let hf: Vec<f32> = (0..12).map(|x| x as f32).collect();
+        let gg = qkv_to_gguf(&hf, 12, 1, 2);
+        // reshape(2, 3, 2) then cat(w[:, 0], w[:, 1], w[:, 2]).
+        assert_eq!(gg, vec![0., 1., 6., 7., 2., 3., 8., 9., 4., 5., 10., 11.]);
+        assert_eq!(qkv_from_gguf(&gg, 12, 1, 2), hf);
     }
 }

@@ -1,14 +1,16 @@
 //! `shrink export MODEL --to gguf --type f16|q8_0|q4_k_m|... -o OUT.gguf`: a llama.cpp GGUF
-//! from a Hugging Face Llama directory (as `convert_hf_to_gguf.py`, then `llama-quantize` for a
-//! quantized type, would make it), or a GGUF re-typed.
+//! from a Hugging Face directory (as `convert_hf_to_gguf.py`, then `llama-quantize` for a
+//! quantized type, would make it), or a GGUF re-typed; `--to hf` for a float HF directory; and
+//! `--to gptq|awq|bitsandbytes|compressed-tensors` for the ecosystem's quantized safetensors
+//! layouts (`export_layout`).
 //!
-//! From an HF directory: metadata as `convert_hf_to_gguf.py` writes it for `llama`
-//! (hyperparameters from config.json, the tokenizer from tokenizer.json via
-//! `shrink_io::gguf_meta`), tensors renamed by `shrink_models::llama::gguf_name` with the Q/K
-//! rows permuted into llama.cpp's order, in the converter's order (HF names sorted) for
-//! F32/F16/BF16 and in llama-quantize's order for quantized presets. Types: F32 everywhere;
-//! F16/BF16 for every tensor llama.cpp quantizes (1-D tensors and norms stay F32); a preset's
-//! types from `shrink_methods::ggml_mix` (fallbacks included).
+//! From an HF directory (llama, mistral, qwen2, gpt2, gpt_neox; float, or quantized in a layout
+//! shrink reads, then dequantized): metadata as the converter writes it (`gguf_arch` for the
+//! `general.*` / `<arch>.*` keys, `shrink_io::gguf_meta` for the tokenizer), tensors renamed
+//! and transformed as the converter does (`gguf_arch::Transform`), in the converter's order (HF
+//! names sorted) for F32/F16/BF16 and in llama-quantize's order for quantized presets. Types:
+//! F32 everywhere; F16/BF16 for every tensor llama.cpp quantizes (1-D tensors and norms stay
+//! F32); a preset's types from `shrink_methods::ggml_mix` (fallbacks included, printed).
 //!
 //! From a GGUF: a quantized preset is `shrink quantize --method` (llama-quantize); F32/F16/BF16
 //! dequantize each tensor and store it in that type, metadata copied with the file type updated.
@@ -25,11 +27,10 @@ use shrink_formats::ggml::{self, GgmlType};
 use shrink_io::gguf_write::{write_gguf, GgufTensorSpec, GgufWriteOptions};
 use shrink_io::{Checkpoint, GgufFile, GgufValue, HfCheckpoint};
 use shrink_methods::ggml_mix::{self, GgmlPreset, MixModel, MixOptions};
-use shrink_models::config::LlamaConfig;
-use shrink_models::weights::permute_rows;
 use shrink_models::ModelConfig;
 
 use super::export_layout::{Layout, LayoutEncoder, Request};
+use super::gguf_arch::{GgufArch, Transform};
 use crate::common;
 use shrink_methods::select::Selection;
 use shrink_models::Architecture;
@@ -130,11 +131,8 @@ impl Target {
 
 /// Where one output tensor's values come from.
 enum Source {
-    /// An HF tensor, with the heads of llama.cpp's Q/K row permutation.
-    Hf {
-        name: String,
-        permute: Option<usize>,
-    },
+    /// An HF tensor, with the transform llama.cpp's converter applies to it.
+    Hf { name: String, transform: Transform },
     /// A GGUF tensor, by name.
     Gguf(String),
 }
@@ -198,17 +196,16 @@ fn choose(target: Target, model: &MixModel, tensors: &[(String, Vec<u64>)]) -> R
     })
 }
 
-/// llama.cpp's `llama.*` and `general.*` metadata of a Llama config (`LlamaModel
-/// .set_gguf_parameters`), in the converter's order; the tokenizer keys go in before
+/// llama.cpp's `general.*` and `<arch>.*` metadata of an HF model (the converter's
+/// `set_gguf_parameters`), in the converter's order; the tokenizer keys go in before
 /// `general.quantization_version`.
 fn hf_metadata(
     h: &HfCheckpoint,
-    c: &LlamaConfig,
+    arch: &GgufArch,
     target: Target,
     tokenizer: Vec<(String, GgufValue)>,
 ) -> Vec<(String, GgufValue)> {
     let s = |v: &str| GgufValue::String(v.to_string());
-    let u = |v: usize| GgufValue::U32(v as u32);
     let name = h
         .config
         .get("_name_or_path")
@@ -222,32 +219,11 @@ fn hf_metadata(
         })
         .unwrap_or_else(|| "model".into());
     let mut m = vec![
-        ("general.architecture".to_string(), s("llama")),
+        ("general.architecture".to_string(), s(arch.name)),
         ("general.type".into(), s("model")),
         ("general.name".into(), s(&name)),
-        ("llama.block_count".into(), u(c.num_layers)),
-        ("llama.context_length".into(), u(c.max_position_embeddings)),
-        ("llama.embedding_length".into(), u(c.hidden_size)),
-        ("llama.feed_forward_length".into(), u(c.intermediate_size)),
-        ("llama.attention.head_count".into(), u(c.num_heads)),
-        ("llama.attention.head_count_kv".into(), u(c.num_kv_heads)),
-        (
-            "llama.rope.freq_base".into(),
-            GgufValue::F32(c.rope_theta as f32),
-        ),
-        (
-            "llama.attention.layer_norm_rms_epsilon".into(),
-            GgufValue::F32(c.rms_norm_eps as f32),
-        ),
-        ("general.file_type".into(), GgufValue::U32(target.ftype())),
-        ("llama.vocab_size".into(), u(c.vocab_size)),
-        ("llama.rope.dimension_count".into(), u(c.head_dim)),
     ];
-    // llama.cpp assumes head_dim = hidden / heads unless told otherwise.
-    if c.head_dim * c.num_heads != c.hidden_size {
-        m.push(("llama.attention.key_length".into(), u(c.head_dim)));
-        m.push(("llama.attention.value_length".into(), u(c.head_dim)));
-    }
+    m.extend(arch.hparams(target.ftype()));
     m.extend(tokenizer);
     m.push(("general.quantization_version".into(), GgufValue::U32(2)));
     m
@@ -394,24 +370,12 @@ pub fn run(a: Args) -> Result<()> {
         }
         Checkpoint::Hf(h) => {
             let cfg = ModelConfig::from_checkpoint(&ckpt)?;
-            let c = match cfg {
-                ModelConfig::Llama(c) if c.model_type == "llama" => c,
-                ModelConfig::Llama(c) => bail!(
-                    "{}: no GGUF mapping for model_type {:?}: shrink exports the llama architecture only",
-                    h.dir.display(),
-                    c.model_type
-                ),
-                other => bail!(
-                    "{}: no GGUF mapping for {}: shrink exports the llama architecture only",
-                    h.dir.display(),
-                    other.family()
-                ),
-            };
+            let arch = GgufArch::of(&cfg, &h.dir)?;
             // HF names in the converter's order (sorted), mapped to llama.cpp's. A quantized
             // directory's weights are its modules' (each dequantized when read).
             let mut names: Vec<(String, Vec<usize>)> = if h.quantization_config().is_some() {
                 requantized = true;
-                shrink_models::weight_shapes(&ModelConfig::Llama(c.clone()))
+                shrink_models::weight_shapes(&cfg)
             } else {
                 h.weights
                     .tensors
@@ -422,19 +386,24 @@ pub fn run(a: Args) -> Result<()> {
             names.sort();
             let mut mapped: Vec<(String, Vec<u64>, Source)> = Vec::new();
             for (n, shape) in &names {
-                if n.ends_with("rotary_emb.inv_freq") {
+                if GgufArch::skipped(n) {
                     continue;
                 }
-                let g = shrink_models::llama::gguf_name(&c, n).with_context(|| {
+                let (g, transform) = arch.tensor(n).with_context(|| {
                     format!("{}: no GGUF mapping for tensor {n}", h.dir.display())
                 })?;
-                let ne: Vec<u64> = shape.iter().rev().map(|&d| d as u64).collect();
+                let ne: Vec<u64> = transform
+                    .shape(shape)
+                    .iter()
+                    .rev()
+                    .map(|&d| d as u64)
+                    .collect();
                 mapped.push((
-                    g.name,
+                    g,
                     ne,
                     Source::Hf {
                         name: n.clone(),
-                        permute: g.unpermute_heads,
+                        transform,
                     },
                 ));
             }
@@ -442,7 +411,7 @@ pub fn run(a: Args) -> Result<()> {
                 .iter()
                 .map(|(n, ne, _)| (n.clone(), ne.clone()))
                 .collect();
-            let model = mix_model("llama", c.num_layers, c.num_heads, c.num_kv_heads);
+            let model = arch.mix_model();
             let mut sources: BTreeMap<String, Source> =
                 mapped.into_iter().map(|(n, _, s)| (n, s)).collect();
             let plan = choose(target, &model, &tensors)?
@@ -453,10 +422,13 @@ pub fn run(a: Args) -> Result<()> {
                     wanted,
                 })
                 .collect::<Vec<_>>();
-            let tok =
-                shrink_io::gguf_meta::tokenizer_metadata(&h.dir, c.vocab_size, a.pre.as_deref())?;
+            let tok = shrink_io::gguf_meta::tokenizer_metadata(
+                &h.dir,
+                arch.vocab_size(),
+                a.pre.as_deref(),
+            )?;
             (
-                hf_metadata(h, &c, target, tok.metadata),
+                hf_metadata(h, &arch, target, tok.metadata),
                 plan,
                 Some(tok.pre),
             )
@@ -474,22 +446,12 @@ pub fn run(a: Args) -> Result<()> {
         let p = &plan[i];
         pb.set_message(spec.name.clone());
         let data = match (&p.source, &ckpt) {
-            (Source::Hf { name, permute }, Checkpoint::Hf(h)) => {
+            (Source::Hf { name, transform }, Checkpoint::Hf(h)) => {
                 let (v, shape) = ckpt.read_f32(name)?;
                 if let Some(info) = h.weights.tensors.get(name) {
                     h.weights.release(info);
                 }
-                match permute {
-                    Some(heads) => {
-                        let rows = shape[0];
-                        let cols = v.len() / rows.max(1);
-                        if rows % heads != 0 || (rows / heads) % 2 != 0 {
-                            bail!("tensor {name}: {rows} rows do not split into {heads} heads of even size");
-                        }
-                        permute_rows(&v, rows, cols, *heads)
-                    }
-                    None => v,
-                }
+                transform.apply(name, v, &shape)?
             }
             (Source::Gguf(name), Checkpoint::Gguf(g)) => {
                 let info = g.tensor(name).expect("from this file");

@@ -9,6 +9,7 @@ pub mod eval;
 pub mod export;
 pub mod export_layout;
 pub mod generate;
+pub mod gguf_arch;
 pub mod imatrix;
 pub mod inspect;
 pub mod quantize;

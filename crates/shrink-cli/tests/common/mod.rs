@@ -79,11 +79,18 @@ fn byte_chars() -> Vec<char> {
 /// The tiny-llama fixture copied into `dir` with a byte-level tokenizer (one token per byte,
 /// ids 0..255), so that calibrated methods can tokenize text for it.
 pub fn tiny_llama_with_tokenizer(dir: &std::path::Path) -> PathBuf {
-    let src = fixture("tiny-llama");
-    let dst = dir.join("tiny-llama");
+    fixture_with_tokenizer(dir, "tiny-llama")
+}
+
+/// The fixture `name` (its config, weights and reference) copied into `dir` with the byte-level
+/// tokenizer of [`tiny_llama_with_tokenizer`].
+pub fn fixture_with_tokenizer(dir: &std::path::Path, name: &str) -> PathBuf {
+    let src = fixture(name);
+    let dst = dir.join(name);
     std::fs::create_dir_all(&dst).unwrap();
-    for f in ["config.json", "generation_config.json", "model.safetensors"] {
-        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
     }
     let vocab: serde_json::Map<String, serde_json::Value> = byte_chars()
         .iter()
