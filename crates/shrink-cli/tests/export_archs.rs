@@ -135,3 +135,114 @@ fn every_architecture_exports_f16_and_q8_0_close_to_the_reference() {
         }
     }
 }
+
+/// A one-layer Llama of width `h` with the byte tokenizer (in `dir`/tiny-llama).
+fn narrow_llama(dir: &Path, h: usize) -> std::path::PathBuf {
+    let d = fixture_with_tokenizer(dir, "tiny-llama");
+    let (i, v) = (h + 32, 512usize);
+    let cfg = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": h,
+        "intermediate_size": i, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "num_key_value_heads": 2, "vocab_size": v, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+        "max_position_embeddings": 64, "tie_word_embeddings": true, "hidden_act": "silu",
+    });
+    std::fs::write(d.join("config.json"), cfg.to_string()).unwrap();
+    std::fs::remove_file(d.join("reference.safetensors")).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>)> = vec![
+        ("model.embed_tokens.weight".into(), vec![v, h]),
+        ("model.norm.weight".into(), vec![h]),
+    ];
+    let p = "model.layers.0";
+    for (n, s) in [
+        ("self_attn.q_proj.weight", vec![h, h]),
+        ("self_attn.k_proj.weight", vec![h, h]),
+        ("self_attn.v_proj.weight", vec![h, h]),
+        ("self_attn.o_proj.weight", vec![h, h]),
+        ("mlp.gate_proj.weight", vec![i, h]),
+        ("mlp.up_proj.weight", vec![i, h]),
+        ("mlp.down_proj.weight", vec![h, i]),
+        ("input_layernorm.weight", vec![h]),
+        ("post_attention_layernorm.weight", vec![h]),
+    ] {
+        tensors.push((format!("{p}.{n}"), s));
+    }
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .enumerate()
+        .map(|(k, (n, s))| {
+            let len: usize = s.iter().product();
+            let bytes = (0..len)
+                .flat_map(|j| (((j * 7 + k * 13) % 23) as f32 / 23.0 - 0.5).to_le_bytes())
+                .collect();
+            (n, s, bytes)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = data
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &d.join("model.safetensors")).unwrap();
+    d
+}
+
+#[test]
+fn rows_no_block_fits_fall_back_or_fail_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Width 40: no GGUF block divides the rows.
+    let d = narrow_llama(tmp.path(), 40);
+    // Q8_0 has no smaller type to fall back to: a clear error naming the tensor, no file.
+    let out = tmp.path().join("q8.gguf");
+    let o = shrink(&[
+        "export",
+        d.to_str().unwrap(),
+        "--to",
+        "gguf",
+        "--type",
+        "q8_0",
+        "--pre",
+        "gpt-2",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("rows of 40") && err.contains("Q8_0"), "{err}");
+    assert!(!out.exists());
+    // Width 96: whole 32-blocks but not 256-blocks; Q4_K_M's K-quants fall back as
+    // llama.cpp does (Q4_K → Q5_0, Q6_K → Q8_0), listed in the summary.
+    let tmp = tempfile::tempdir().unwrap();
+    let d = narrow_llama(tmp.path(), 96);
+    let out = tmp.path().join("q4km.gguf");
+    let o = shrink(&[
+        "export",
+        d.to_str().unwrap(),
+        "--to",
+        "gguf",
+        "--type",
+        "q4_k_m",
+        "--pre",
+        "gpt-2",
+        "-o",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let fb = v["fallbacks"].as_array().unwrap();
+    assert!(
+        fb.iter()
+            .any(|f| f["cols"] == 96 && f["wanted"] == "Q4_K" && f["got"] == "Q5_0"),
+        "{fb:?}"
+    );
+    let g = GgufFile::open(&out).unwrap();
+    assert!(g.tensors.iter().any(|t| t.ty.name() == "Q5_0"));
+    assert!(!g.tensors.iter().any(|t| t.ty.name() == "Q4_K"));
+    Model::load(&Checkpoint::open(&out).unwrap()).unwrap();
+}
