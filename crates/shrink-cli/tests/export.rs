@@ -18,9 +18,7 @@ use shrink_methods::ggml_mix::{self, GgmlPreset, MixModel, MixOptions};
 
 /// Metadata of the asset that an HF directory made by `shrink convert` cannot give back, and
 /// why: the `general.*` model-card keys come from the original repository's README/name (the
-/// converted directory has neither), and the unknown/padding token ids from the original
-/// tokenizer_config.json's `unk_token`/`pad_token`, which shrink's tokenizer_config.json does
-/// not write.
+/// converted directory has neither).
 const NOT_REPRODUCIBLE: &[&str] = &[
     "general.name",
     "general.organization",
@@ -29,8 +27,6 @@ const NOT_REPRODUCIBLE: &[&str] = &[
     "general.size_label",
     "general.license",
     "general.languages",
-    "tokenizer.ggml.unknown_token_id",
-    "tokenizer.ggml.padding_token_id",
 ];
 
 /// The real model, or `None` (with a message) when the assets were not fetched.

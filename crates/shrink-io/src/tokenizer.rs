@@ -207,6 +207,9 @@ pub struct Tokenizer {
     chat_template: Option<String>,
     bos_text: Option<String>,
     eos_text: Option<String>,
+    /// The unknown and padding tokens' texts, kept for `tokenizer_config.json`.
+    unk_text: Option<String>,
+    pad_text: Option<String>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -359,6 +362,8 @@ impl Tokenizer {
         let cfg = |key: &str| config.as_ref().and_then(|c| c.get(key));
         let bos_text = cfg("bos_token").and_then(token_text);
         let eos_text = cfg("eos_token").and_then(token_text);
+        let unk_text = cfg("unk_token").and_then(token_text);
+        let pad_text = cfg("pad_token").and_then(token_text);
         let chat_template = match cfg("chat_template") {
             None | Some(serde_json::Value::Null) => None,
             Some(serde_json::Value::String(s)) => Some(s.clone()),
@@ -439,6 +444,8 @@ impl Tokenizer {
             chat_template,
             bos_text,
             eos_text,
+            unk_text,
+            pad_text,
         })
     }
 
@@ -615,8 +622,8 @@ impl Tokenizer {
 
         let bos = meta.token_id("tokenizer.ggml.bos_token_id", n)?;
         let eos = meta.token_id("tokenizer.ggml.eos_token_id", n)?;
-        meta.token_id("tokenizer.ggml.unknown_token_id", n)?;
-        meta.token_id("tokenizer.ggml.padding_token_id", n)?;
+        let unk = meta.token_id("tokenizer.ggml.unknown_token_id", n)?;
+        let pad = meta.token_id("tokenizer.ggml.padding_token_id", n)?;
         let eot = meta.token_id("tokenizer.ggml.eot_token_id", n)?;
         let eom = meta.token_id("tokenizer.ggml.eom_token_id", n)?;
         let add_bos = meta
@@ -643,6 +650,8 @@ impl Tokenizer {
         Ok(Tokenizer {
             bos_text: bos.map(|id| texts[id as usize].clone()),
             eos_text: eos.map(|id| texts[id as usize].clone()),
+            unk_text: unk.map(|id| texts[id as usize].clone()),
+            pad_text: pad.map(|id| texts[id as usize].clone()),
             inner,
             source: path.to_path_buf(),
             pieces: Some(pieces),
@@ -854,6 +863,12 @@ impl Tokenizer {
         }
         if let Some(e) = &self.eos_text {
             cfg.insert("eos_token".into(), e.clone().into());
+        }
+        if let Some(u) = &self.unk_text {
+            cfg.insert("unk_token".into(), u.clone().into());
+        }
+        if let Some(p) = &self.pad_text {
+            cfg.insert("pad_token".into(), p.clone().into());
         }
         if let Some(t) = &self.chat_template {
             cfg.insert("chat_template".into(), t.clone().into());
