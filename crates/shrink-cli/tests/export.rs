@@ -292,6 +292,59 @@ fn f16_q8_0_and_q4_k_m_read_back() {
     );
 }
 
+/// Same tensors (names, types, shapes and bytes), in any order.
+fn same_tensors(a: &Path, b: &Path) {
+    let (a, b) = (GgufFile::open(a).unwrap(), GgufFile::open(b).unwrap());
+    assert_eq!(a.tensors.len(), b.tensors.len());
+    for x in &a.tensors {
+        let y = b
+            .tensor(&x.name)
+            .unwrap_or_else(|| panic!("{} missing", x.name));
+        assert_eq!((x.ty, &x.ne), (y.ty, &y.ne), "{}", x.name);
+        assert!(a.tensor_bytes(x) == b.tensor_bytes(y), "{}", x.name);
+    }
+}
+
+#[test]
+fn quantized_types_survive_a_round_trip_through_float() {
+    let Some(src_path) = real_model() else { return };
+    let hf = hf_f32(&src_path);
+    let tmp = tempfile::tempdir().unwrap();
+    // The asset is llama.cpp's Q4_1: its dequantized weights export to exactly its tensors.
+    let q4_1 = tmp.path().join("q4_1.gguf");
+    export(&hf, "q4_1", &q4_1);
+    same_tensors(&q4_1, &src_path);
+    // A model already quantized to a type, exported to that type again, is the same model:
+    // from its GGUF (tensors of the target type are copied, as llama-quantize does), and, for
+    // the legacy types, even from its dequantized HF directory (their rounding is idempotent;
+    // llama.cpp's K-quant searches are not, so Q4_K_M is checked from the GGUF only).
+    for ty in ["q8_0", "q4_0", "q4_k_m"] {
+        let first = tmp.path().join(format!("{ty}.gguf"));
+        export(&hf, ty, &first);
+        let again = tmp.path().join(format!("{ty}-again.gguf"));
+        export(&first, ty, &again);
+        same_tensors(&first, &again);
+        if ty == "q4_k_m" {
+            continue;
+        }
+        let back = tmp.path().join(format!("{ty}-hf"));
+        ok(&shrink(&[
+            "export",
+            first.to_str().unwrap(),
+            "--to",
+            "hf",
+            "--type",
+            "f32",
+            "-o",
+            back.to_str().unwrap(),
+        ]));
+        let via_hf = tmp.path().join(format!("{ty}-via-hf.gguf"));
+        export(&back, ty, &via_hf);
+        same_tensors(&first, &via_hf);
+        std::fs::remove_dir_all(&back).unwrap();
+    }
+}
+
 #[test]
 fn gguf_input_is_retyped() {
     let Some(src_path) = real_model() else { return };
