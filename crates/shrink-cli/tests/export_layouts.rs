@@ -267,3 +267,17 @@ fn bad_layout_requests_write_nothing() {
     assert!(!o.status.success());
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
 }
+
+#[test]
+fn gpt2_conv1d_weights_convert_losslessly() {
+    // GPT-2 stores its Conv1D weights [in, out]; quantized layouts hold them [out, in].
+    let tmp = tempfile::tempdir().unwrap();
+    let d = |n: &str| tmp.path().join(n);
+    let gpt2 = fixture("tiny-gpt2");
+    export(&gpt2, "gptq", &["--group-size", "32"], &d("gptq"));
+    let r = export(&d("gptq"), "awq", &[], &d("awq"));
+    assert_eq!(r["grid_from"], "input");
+    assert_eq!(r["requantized_tensors"], 0);
+    export(&d("awq"), "gptq", &[], &d("gptq2"));
+    assert!(weights(&d("gptq")) == weights(&d("gptq2")));
+}

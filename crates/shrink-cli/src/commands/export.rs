@@ -269,8 +269,8 @@ fn run_layout(a: Args, layout: Layout) -> Result<()> {
     let (first_source, input_dense) = match &ckpt {
         Checkpoint::Hf(h) => {
             let src = match &first {
-                Some(l) if !l.conv1d => h.quantized(&l.weight)?,
-                _ => None,
+                Some(l) => h.quantized(&l.weight)?,
+                None => None,
             };
             let dense = ckpt.tensors().iter().find_map(|t| match t.dtype {
                 shrink_io::StoredDtype::Float(f) => Some(f),

@@ -579,8 +579,11 @@ pub(crate) fn write_encoded(
     };
     // A selected weight encoded, from the input's quantized form too when the encoder wants it.
     let encode = |l: &LinearInfo, w: &[f32]| -> Result<Encoded> {
+        // Stored quantized weights are [out, in] (GPT-2's Conv1D ones too).
         let source = match &ckpt {
-            Checkpoint::Hf(h) if enc.wants_source() && !l.conv1d => h.quantized(&l.weight)?,
+            Checkpoint::Hf(h) if enc.wants_source() => h
+                .quantized(&l.weight)?
+                .filter(|q| q.shape() == (l.out_features, l.in_features)),
             _ => None,
         };
         enc.encode(l, w, source.as_ref())
