@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Peak RSS of `shrink convert` and `shrink quantize` against model size: converts SmolLM2 (30
+# Peak RSS of `shrink convert`, `quantize` and `export` against model size: converts SmolLM2 (30
 # layers) and a 3x deeper copy of it (90 layers, layers repeated) from f32 to bf16, and quantizes
 # both to NF4 and int4. Streaming means the two peaks are the
 # same: bounded by the largest tensor plus a fixed overhead, whatever the number of layers.
@@ -64,6 +64,13 @@ for m in f32-30 f32-90; do
     kb=$(rss $bin export "$work/$m" --to gguf --type $t -o "$work/$m-$t.gguf")
     echo "export $m --to gguf --type $t: peak RSS $((kb / 1024)) MiB"
   done
+  # Ecosystem safetensors layouts, and a quantized checkpoint exported on (repacked / dequantized).
+  kb=$(rss $bin export "$work/$m" --to gptq --type int4 -o "$work/$m-gptq")
+  echo "export $m --to gptq --type int4: peak RSS $((kb / 1024)) MiB"
+  kb=$(rss $bin export "$work/$m-gptq" --to compressed-tensors -o "$work/$m-gptq-ct")
+  echo "export $m-gptq --to compressed-tensors (repacked): peak RSS $((kb / 1024)) MiB"
+  kb=$(rss $bin export "$work/$m-gptq" --to gguf --type q4_k_m -o "$work/$m-gptq.gguf")
+  echo "export $m-gptq --to gguf --type q4_k_m (dequantized): peak RSS $((kb / 1024)) MiB"
 done
 kb=$(rss $bin convert assets/SmolLM2-135M-Instruct.Q4_1.gguf --dtype f32 -o "$work/gguf-f32" --no-check)
 echo "convert GGUF (Q4_1/Q8_0) -> f32 HF: peak RSS $((kb / 1024)) MiB"
