@@ -318,9 +318,8 @@ pub fn tokenizer_metadata(
     ));
     m.push(("tokenizer.ggml.tokens".into(), GgufValue::Array(tokens)));
     m.push(("tokenizer.ggml.token_type".into(), GgufValue::Array(types)));
-    if !merges.is_empty() {
-        m.push(("tokenizer.ggml.merges".into(), GgufValue::Array(merges)));
-    }
+    // llama.cpp's loader requires the key for a `gpt2` tokenizer, even with no merges.
+    m.push(("tokenizer.ggml.merges".into(), GgufValue::Array(merges)));
     for (kind, key) in SPECIAL_KINDS {
         let from_tc = tc
             .get(format!("{kind}_token"))

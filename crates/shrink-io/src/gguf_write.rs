@@ -168,9 +168,10 @@ fn put_value(buf: &mut Vec<u8>, key: &str, v: &GgufValue, path: &Path) -> Result
         GgufValue::I64(x) => buf.extend_from_slice(&x.to_le_bytes()),
         GgufValue::F64(x) => buf.extend_from_slice(&x.to_bits().to_le_bytes()),
         GgufValue::Array(items) => {
-            // An empty array has no element to name its type: write it as an array of u8
-            // (readers, shrink's included, return an empty array whatever the type id).
-            let elem = items.first().map_or(0, type_id);
+            // An empty array has no element to name its type: write it as an array of strings,
+            // the type of every list key llama.cpp reads that can be empty (e.g. a tokenizer
+            // without merges must still carry `tokenizer.ggml.merges`).
+            let elem = items.first().map_or(8, type_id);
             if elem == 9 {
                 return Err(IoError::malformed(
                     path,
