@@ -15,7 +15,7 @@ cargo test --workspace --release --locked
 # export against the original GGUF (the keys a converted HF directory cannot carry are ignored).
 venv=target/check-venv
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/pip" install -q --disable-pip-version-check gguf numpy
+"$venv/bin/pip" install -q --disable-pip-version-check gguf numpy safetensors
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 bin=target/release/shrink
@@ -26,7 +26,7 @@ for t in f32 f16 q8_0 q4_0 q4_k_m; do
 done
 ignore=()
 for k in general.name general.organization general.finetune general.basename general.size_label \
-  general.license general.languages tokenizer.ggml.unknown_token_id tokenizer.ggml.padding_token_id; do
+  general.license general.languages; do
   ignore+=(--ignore "$k")
 done
 "$venv/bin/python" scripts/check-gguf.py "$tmp/f32.gguf" "$src" "${ignore[@]}"
@@ -34,3 +34,37 @@ for t in f16 q8_0 q4_0 q4_k_m; do
   "$venv/bin/python" scripts/check-gguf.py "$tmp/$t.gguf"
 done
 echo "gguf-py check: all exports pass"
+# Every architecture shrink maps to GGUF (llama, mistral, qwen2, gpt2, gpt_neox fixtures): the
+# loader's keys and tensor set, and each tensor equal to the converter's transforms in numpy.
+scripts/check-gguf-archs.sh "$venv/bin/python"
+
+# The ecosystem's quantized safetensors layouts (compressed-tensors, bitsandbytes, GPTQ, AWQ) on
+# SmolLM2, read with the `safetensors` package and dequantized by an independent numpy reading of
+# each public format (scripts/check-safetensors.py): every weight equal to shrink's own float32
+# dequantization (export --to hf --type f32), every other tensor equal, config keys the loaders
+# need, relative RMSE against the original weights under a bound. GPTQ uses groups of 64: 128
+# does not divide SmolLM2's 576-wide rows.
+check_st() {  # name, max relative RMSE, shrink arguments writing the quantized directory
+  local name=$1 bound=$2
+  shift 2
+  "$bin" "$@" -o "$tmp/$name" >/dev/null
+  "$bin" export "$tmp/$name" --to hf --type f32 -o "$tmp/$name.f32" >/dev/null
+  "$venv/bin/python" scripts/check-safetensors.py "$tmp/$name" --reference "$tmp/$name.f32" \
+    --original "$tmp/f32" --max-rel-rmse "$bound"
+  rm -rf "${tmp:?}/$name" "${tmp:?}/$name.f32"
+}
+check_st ct-int4-g64 0.15 quantize "$tmp/f32" --method int --bits 4 --group-size 64
+check_st ct-int8-channel 0.02 quantize "$tmp/f32" --method absmax-int8 --granularity channel
+check_st ct-int3-g64 0.3 quantize "$tmp/f32" --method int --bits 3 --group-size 64
+check_st bnb-nf4-dq 0.15 quantize "$tmp/f32" --method nf4 --double-quant
+check_st bnb-fp4 0.2 quantize "$tmp/f32" --method fp4
+check_st bnb-llm-int8 0.02 quantize "$tmp/f32" --method llm-int8
+check_st gptq-int4-g64 0.15 export "$tmp/f32" --to gptq --type int4 --group-size 64
+check_st gptq-int3-g64 0.3 export "$tmp/f32" --to gptq --type int3 --group-size 64
+check_st awq-int4-g64 0.15 export "$tmp/f32" --to awq --type int4 --group-size 64
+# Lossless conversions: the GPTQ codes repacked as compressed-tensors and AWQ.
+"$bin" export "$tmp/f32" --to gptq --type int4 --group-size 64 -o "$tmp/gptq" >/dev/null
+check_st gptq-to-ct 0.15 export "$tmp/gptq" --to compressed-tensors
+check_st gptq-to-awq 0.15 export "$tmp/gptq" --to awq
+rm -rf "${tmp:?}/gptq"
+echo "safetensors check: all quantized layouts pass"

@@ -99,15 +99,19 @@ pub fn ct_tensors(module: &str, t: &IntTensor) -> Vec<StoredTensor> {
         shape: scale_shape.clone(),
         bytes: t.scales.clone(),
     });
-    out.push(StoredTensor {
-        name: format!("{module}.weight_shape"),
-        dtype: Dtype::I64,
-        shape: vec![2],
-        bytes: [t.rows as i64, t.cols as i64]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-    });
+    // Only the packed format records the dense shape (an unpacked `weight` carries its own;
+    // compressed-tensors' naive format has no `weight_shape`).
+    if ct_packs(s.bits) {
+        out.push(StoredTensor {
+            name: format!("{module}.weight_shape"),
+            dtype: Dtype::I64,
+            shape: vec![2],
+            bytes: [t.rows as i64, t.cols as i64]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        });
+    }
     if let Some(z) = &t.zeros {
         if ct_packs(s.bits) {
             // Zero points u = zp + 2^(bits-1) (= shrink's unsigned zero), packed along rows.
