@@ -273,15 +273,7 @@ fn f16_q8_0_and_q4_k_m_read_back() {
         requant.to_str().unwrap(),
         "--json",
     ]));
-    let (a, b) = (
-        GgufFile::open(tmp.path().join("q4_k_m.gguf")).unwrap(),
-        GgufFile::open(&requant).unwrap(),
-    );
-    assert_eq!(a.tensors.len(), b.tensors.len());
-    for (x, y) in a.tensors.iter().zip(&b.tensors) {
-        assert_eq!((&x.name, x.ty), (&y.name, y.ty));
-        assert!(a.tensor_bytes(x) == b.tensor_bytes(y), "{}", x.name);
-    }
+    same_tensors(&tmp.path().join("q4_k_m.gguf"), &requant);
     std::fs::remove_file(&f32).unwrap();
 
     // The F16 export's perplexity is the f32 model's, within 0.05%.
