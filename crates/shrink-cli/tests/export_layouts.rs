@@ -281,3 +281,57 @@ fn gpt2_conv1d_weights_convert_losslessly() {
     export(&d("awq"), "gptq", &[], &d("gptq2"));
     assert!(weights(&d("gptq")) == weights(&d("gptq2")));
 }
+
+/// Logits of `model` on a fixed sequence.
+fn logits(model: &Path) -> Vec<f32> {
+    let ckpt = shrink_io::Checkpoint::open(model).unwrap();
+    let m = shrink_models::Model::load(&ckpt).unwrap();
+    let ids: Vec<u32> = (0..24).map(|i| (i * 37 % 250) as u32).collect();
+    m.forward(&ids, None)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+#[test]
+fn a_calibrated_awq_checkpoint_exports_to_the_same_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = |n: &str| tmp.path().join(n);
+    let model = tiny_llama_with_tokenizer(tmp.path());
+    let calib = calib_text(tmp.path(), 400);
+    ok(&shrink(&[
+        "quantize",
+        s(&model),
+        "--method",
+        "awq",
+        "--group-size",
+        "32",
+        "--calib",
+        s(&calib),
+        "--calib-format",
+        "raw",
+        "--calib-samples",
+        "4",
+        "--calib-seqlen",
+        "32",
+        "--awq-search-samples",
+        "2",
+        "-o",
+        s(&d("awq")),
+    ]));
+    let base = logits(&d("awq"));
+    for (to, out) in [("compressed-tensors", "ct"), ("gptq", "gptq")] {
+        let r = export(&d("awq"), to, &[], &d(out));
+        assert_eq!(r["reused_tensors"], 14, "{to}");
+        assert_eq!(r["requantized_tensors"], 0, "{to}");
+        assert!(logits(&d(out)) == base, "AWQ → {to}: logits differ");
+    }
+    let r = export(&d("gptq"), "awq", &[], &d("awq2"));
+    assert_eq!(r["reused_tensors"], 14);
+    assert!(
+        weights(&d("awq")) == weights(&d("awq2")),
+        "AWQ → GPTQ → AWQ"
+    );
+}

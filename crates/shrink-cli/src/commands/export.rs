@@ -47,7 +47,7 @@ pub struct Args {
     /// tokenizer files — what `shrink convert` writes); or a quantized safetensors directory in
     /// an ecosystem layout: gptq (AutoGPTQ, with quantize_config.json), awq (AutoAWQ GEMM),
     /// bitsandbytes (nf4/fp4 with quant_state, or int8 with SCB), compressed-tensors
-    /// (pack-quantized / int-quantized).
+    /// (pack-quantized; naive-quantized for 3, 5, 6 and 7 bits).
     #[arg(long, default_value = "gguf", value_parser = ["gguf", "hf", "gptq", "awq", "bitsandbytes", "compressed-tensors"])]
     pub to: String,
     /// Storage type. gguf: f32, f16 (default), bf16 or a llama.cpp preset (q8_0, q4_0,
