@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use anyhow::bail;
+use shrink_io::model_card;
 use shrink_io::OutputDir;
 use shrink_models::ModelConfig;
 
@@ -81,6 +82,12 @@ pub fn write_config_and_tokenizer(
             for (name, content) in tok.hf_files()? {
                 out.write(&name, content.as_bytes())?;
             }
+            // The model-card keys (general.name, license, ...) go where llama.cpp's converter
+            // reads them back: README.md's front matter.
+            let card = gguf_model_card(g);
+            if !card.is_empty() {
+                out.write("README.md", model_card::render(&card).as_bytes())?;
+            }
             cfg.to_hf_json(dtype_name, tok.bos_id(), tok.eos_id())
         }
     };
@@ -99,6 +106,30 @@ pub fn write_config_and_tokenizer(
         copy_side_files(&h.dir, out)?;
     }
     Ok(())
+}
+
+/// The `general.*` model-card keys of a GGUF as model-card entries.
+fn gguf_model_card(g: &shrink_io::GgufFile) -> Vec<(String, model_card::CardValue)> {
+    use model_card::CardValue;
+    model_card::CARD_KEYS
+        .iter()
+        .filter_map(|(card, key)| {
+            let v = match g.get(key)? {
+                shrink_io::GgufValue::String(s) => CardValue::Text(s.clone()),
+                shrink_io::GgufValue::Array(items) => CardValue::List(
+                    items
+                        .iter()
+                        .filter_map(|i| match i {
+                            shrink_io::GgufValue::String(s) => Some(s.clone()),
+                            _ => None,
+                        })
+                        .collect(),
+                ),
+                _ => return None,
+            };
+            Some((card.to_string(), v))
+        })
+        .collect()
 }
 
 /// Copy tokenizer and generation files of an HF directory (everything but weights, config and

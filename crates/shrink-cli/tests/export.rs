@@ -16,19 +16,6 @@ use shrink_formats::ggml::GgmlType;
 use shrink_io::{Checkpoint, GgufFile, GgufValue};
 use shrink_methods::ggml_mix::{self, GgmlPreset, MixModel, MixOptions};
 
-/// Metadata of the asset that an HF directory made by `shrink convert` cannot give back, and
-/// why: the `general.*` model-card keys come from the original repository's README/name (the
-/// converted directory has neither).
-const NOT_REPRODUCIBLE: &[&str] = &[
-    "general.name",
-    "general.organization",
-    "general.finetune",
-    "general.basename",
-    "general.size_label",
-    "general.license",
-    "general.languages",
-];
-
 /// The real model, or `None` (with a message) when the assets were not fetched.
 fn real_model() -> Option<PathBuf> {
     let dir = std::env::var_os("SHRINK_ASSETS")
@@ -137,20 +124,13 @@ fn f32_export_is_the_asset_dequantized_with_its_metadata() {
         );
     }
 
-    // Metadata: the asset's, key for key, but the file type and the keys only
-    // the original repository knew.
-    let keys = |g: &GgufFile| {
-        g.metadata
-            .keys()
-            .filter(|k| !NOT_REPRODUCIBLE.contains(&k.as_str()))
-            .cloned()
-            .collect::<Vec<_>>()
-    };
+    // Metadata: the asset's, key for key and in its order, but the file type (the model-card
+    // keys travel through the converted directory's README.md front matter).
+    let keys = |g: &GgufFile| g.metadata.keys().cloned().collect::<Vec<_>>();
     assert_eq!(keys(&out), keys(&src));
     for (k, v) in &src.metadata {
         match k.as_str() {
             "general.file_type" => assert_eq!(out.get(k), Some(&GgufValue::U32(0))),
-            k if NOT_REPRODUCIBLE.contains(&k) => {}
             _ => assert_eq!(out.get(k), Some(v), "metadata {k}"),
         }
     }

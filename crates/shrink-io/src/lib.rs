@@ -25,6 +25,7 @@ pub mod gguf_meta;
 pub mod gguf_write;
 pub mod hf_int;
 pub mod imatrix;
+pub mod model_card;
 pub mod output;
 pub mod quantized;
 pub mod safetensors;

@@ -25,6 +25,7 @@ use anyhow::{bail, Context, Result};
 use shrink_formats::float::{self, FloatType};
 use shrink_formats::ggml::{self, GgmlType};
 use shrink_io::gguf_write::{write_gguf, GgufTensorSpec, GgufWriteOptions};
+use shrink_io::model_card::{self, CardValue};
 use shrink_io::{Checkpoint, GgufFile, GgufValue, HfCheckpoint};
 use shrink_methods::ggml_mix::{self, GgmlPreset, MixModel, MixOptions};
 use shrink_models::ModelConfig;
@@ -218,11 +219,31 @@ fn hf_metadata(
                 .and_then(|d| d.file_name().map(|f| f.to_string_lossy().into_owned()))
         })
         .unwrap_or_else(|| "model".into());
+    // The model card's keys, as llama.cpp's converter reads them (gguf-py `Metadata`); its
+    // `name` wins over the directory's.
+    let card = model_card::read(&h.dir);
+    let find = |k: &str| card.iter().find(|(c, _)| c == k).map(|(_, v)| v);
+    let name = match find("name") {
+        Some(CardValue::Text(n)) => n.clone(),
+        _ => name,
+    };
     let mut m = vec![
         ("general.architecture".to_string(), s(arch.name)),
         ("general.type".into(), s("model")),
         ("general.name".into(), s(&name)),
     ];
+    for (ck, gk) in &model_card::CARD_KEYS[1..] {
+        let v = match find(ck).or_else(|| (*ck == "language").then(|| find("languages")).flatten())
+        {
+            Some(CardValue::Text(t)) if *ck == "language" => GgufValue::Array(vec![s(t)]),
+            Some(CardValue::Text(t)) => s(t),
+            Some(CardValue::List(l)) if *ck == "language" && !l.is_empty() => {
+                GgufValue::Array(l.iter().map(|x| s(x)).collect())
+            }
+            _ => continue,
+        };
+        m.push((gk.to_string(), v));
+    }
     m.extend(arch.hparams(target.ftype()));
     m.extend(tokenizer);
     m.push(("general.quantization_version".into(), GgufValue::U32(2)));
