@@ -8,6 +8,7 @@
 #    be identical (names, order, types, bytes); metadata differences are listed.
 # 2. llama.cpp's llama-perplexity on shrink's exports: SmolLM2 F16 and Q4_K_M (the latter
 #    against llama.cpp's own converter + llama-quantize Q4_K_M), and each fixture's F32 export.
+# 3. Time and peak RSS of both pipelines side by side (HF f32 -> GGUF F16, -> Q4_K_M).
 #
 # llama.cpp comes from the sdist of llama-cpp-python on PyPI (its vendor/llama.cpp), cached in
 # target/llamacpp. PYTHON must have torch, transformers, sentencepiece, numpy and gguf.
@@ -95,5 +96,14 @@ for m in llama mistral qwen2 gpt2 gpt_neox; do
   r=$("$lc/build/bin/llama-perplexity" -m "$work/$m-shrink.gguf" -f "$work/short.txt" -c 64 -b 64 \
       --chunks 4 -t 2 2>&1 | grep -o 'Final estimate: PPL = [0-9.]*' || echo "FAILED to load/run")
   echo "$m (shrink export): $r"
+done
+echo "== time and peak RSS side by side, SmolLM2 HF f32 -> GGUF (3 runs each)"
+t() { /usr/bin/time -o "$work/t" -f "%e s, %M KB" "$@" >/dev/null 2>&1; cat "$work/t"; }
+for i in 1 2 3; do
+  echo "run $i: shrink export f16 [$(t "$bin" export "$work/smollm2" --to gguf --type f16 -o "$work/a-$i.gguf")]" \
+    "convert_hf_to_gguf.py f16 [$(t "$py" "$lc/convert_hf_to_gguf.py" "$work/smollm2" --outtype f16 --outfile "$work/b-$i.gguf")]" \
+    "shrink export q4_k_m [$(t "$bin" export "$work/smollm2" --to gguf --type q4_k_m -o "$work/c-$i.gguf")]" \
+    "llama-quantize f16 -> q4_k_m [$(t "$lc/build/bin/llama-quantize" "$work/b-$i.gguf" "$work/d-$i.gguf" Q4_K_M 2)]"
+  rm -f "$work"/[abcd]-"$i".gguf
 done
 exit $status
