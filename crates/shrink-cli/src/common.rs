@@ -108,6 +108,34 @@ pub fn write_config_and_tokenizer(
     Ok(())
 }
 
+/// Finish a quantized output directory: write the report `v` beside the model as
+/// shrink-quantize.json (`shrink compare` reads it), rename the directory into place, then print
+/// `v` as JSON, or the `wrote` line, the report's `lines` and the peak RSS.
+pub fn commit_with_report(
+    out: OutputDir,
+    v: &serde_json::Value,
+    json: bool,
+    lines: &[String],
+) -> Result<()> {
+    out.write(
+        "shrink-quantize.json",
+        serde_json::to_string_pretty(v)?.as_bytes(),
+    )?;
+    let target = out.commit()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+        return Ok(());
+    }
+    println!("wrote          {}", target.display());
+    for l in lines {
+        println!("{l}");
+    }
+    if let Some(r) = peak_rss() {
+        println!("peak RSS       {}", human(r));
+    }
+    Ok(())
+}
+
 /// The `general.*` model-card keys of a GGUF as model-card entries.
 fn gguf_model_card(g: &shrink_io::GgufFile) -> Vec<(String, model_card::CardValue)> {
     use model_card::CardValue;

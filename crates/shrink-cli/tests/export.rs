@@ -16,23 +16,6 @@ use shrink_formats::ggml::GgmlType;
 use shrink_io::{Checkpoint, GgufFile, GgufValue};
 use shrink_methods::ggml_mix::{self, GgmlPreset, MixModel, MixOptions};
 
-/// The real model, or `None` (with a message) when the assets were not fetched.
-fn real_model() -> Option<PathBuf> {
-    let dir = std::env::var_os("SHRINK_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets")));
-    let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipped: {} missing (run scripts/fetch-assets.sh)",
-            p.display()
-        );
-        None
-    }
-}
-
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }

@@ -9,29 +9,12 @@
 mod common;
 use common::*;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use shrink_formats::ggml::{self, GgmlType};
 use shrink_io::imatrix::Imatrix;
 use shrink_io::{GgufFile, GgufValue};
 use shrink_methods::ggml_mix::{self, GgmlPreset, MixModel, MixOptions};
-
-/// The real model, or `None` (with a message) when the assets were not fetched.
-fn real_model() -> Option<PathBuf> {
-    let dir = std::env::var_os("SHRINK_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets")));
-    let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipped: {} missing (run scripts/fetch-assets.sh)",
-            p.display()
-        );
-        None
-    }
-}
 
 /// Run `shrink quantize SRC --method METHOD -o OUT --json` plus `extra`; the JSON report.
 fn quantize(src: &Path, method: &str, out: &Path, extra: &[&str]) -> serde_json::Value {

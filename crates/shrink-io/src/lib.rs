@@ -58,7 +58,8 @@ pub fn safetensors_dtype(f: shrink_formats::float::FloatType) -> ::safetensors::
 /// map is released, not just the tensor's range: a page fault maps the cached pages around it
 /// too (Linux's fault-around, and whole large folios of a freshly written file), so reading one
 /// tensor maps parts of its neighbours, which would otherwise stay resident for the rest of the
-/// pass (0.5–1 MiB per layer, measured). Unmapped ranges cost the kernel next to nothing.
+/// pass (0.3–0.7 MiB per layer on SmolLM2, measured by scripts/bench-convert-rss.sh). Unmapped
+/// ranges cost the kernel next to nothing.
 pub fn release_pages(map: &memmap2::Mmap, offset: usize, len: usize) {
     if len == 0 || offset + len > map.len() {
         return;

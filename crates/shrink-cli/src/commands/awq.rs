@@ -265,33 +265,22 @@ pub fn run_awq(
         "embed_seconds": embed_s, "awq_seconds": awq_s, "seconds": seconds,
         "peak_rss_bytes": common::peak_rss(),
     });
-    out.write(
-        "shrink-quantize.json",
-        serde_json::to_string_pretty(&v)?.as_bytes(),
-    )?;
-    let target = out.commit()?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        println!("wrote          {}", target.display());
-        println!(
+    let text = [
+        format!(
             "method         {method} on {} weights ({q_params} params), calibrated on {} × {} tokens (scale search on {})",
             selected.len(),
             calib.spec.samples,
             calib.spec.seqlen,
             search_samples.min(calib.spec.samples)
-        );
-        println!("bits/weight    {bpw_q:.4} on quantized weights (qweight, qzeros, scales), {bpw_all:.4} whole model as stored");
-        println!(
+        ),
+        format!("bits/weight    {bpw_q:.4} on quantized weights (qweight, qzeros, scales), {bpw_all:.4} whole model as stored"),
+        format!(
             "model bytes    {model_bytes} ({}; f32 would be {})",
             common::human(model_bytes),
             common::human(total_params * 4)
-        );
-        println!("layer error    mean relative MSE of the layers' outputs {mean_rel:.3e}");
-        println!("time           {seconds:.1} s ({awq_s:.1} s in the AWQ searches)");
-        if let Some(r) = common::peak_rss() {
-            println!("peak RSS       {}", common::human(r));
-        }
-    }
-    Ok(())
+        ),
+        format!("layer error    mean relative MSE of the layers' outputs {mean_rel:.3e}"),
+        format!("time           {seconds:.1} s ({awq_s:.1} s in the AWQ searches)"),
+    ];
+    common::commit_with_report(out, &v, json, &text)
 }

@@ -437,32 +437,21 @@ pub fn run_gptq(
         "embed_seconds": embed_s, "gptq_solve_seconds": gptq_s, "seconds": seconds,
         "peak_rss_bytes": common::peak_rss(),
     });
-    out.write(
-        "shrink-quantize.json",
-        serde_json::to_string_pretty(&v)?.as_bytes(),
-    )?;
-    let target = out.commit()?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        println!("wrote          {}", target.display());
-        println!(
+    let text = [
+        format!(
             "method         {method} on {} weights ({q_params} params), calibrated on {} × {} tokens",
             selected.len(),
             calib.spec.samples,
             calib.spec.seqlen
-        );
-        println!("bits/weight    {bpw_q:.4} on quantized weights (qweight, qzeros, scales, g_idx), {bpw_all:.4} whole model as stored");
-        println!(
+        ),
+        format!("bits/weight    {bpw_q:.4} on quantized weights (qweight, qzeros, scales, g_idx), {bpw_all:.4} whole model as stored"),
+        format!(
             "model bytes    {model_bytes} ({}; f32 would be {})",
             common::human(model_bytes),
             common::human(total_params * 4)
-        );
-        println!("weight error   relative RMSE {rel_err:.4}");
-        println!("time           {seconds:.1} s ({gptq_s:.1} s in the GPTQ solves)");
-        if let Some(r) = common::peak_rss() {
-            println!("peak RSS       {}", common::human(r));
-        }
-    }
-    Ok(())
+        ),
+        format!("weight error   relative RMSE {rel_err:.4}"),
+        format!("time           {seconds:.1} s ({gptq_s:.1} s in the GPTQ solves)"),
+    ];
+    common::commit_with_report(out, &v, json, &text)
 }

@@ -32,6 +32,7 @@ use shrink_models::ModelConfig;
 
 use super::export_layout::{Layout, LayoutEncoder, Request};
 use super::gguf_arch::{GgufArch, Transform};
+use super::gguf_summary::GgufSummary;
 use crate::common;
 use shrink_methods::select::Selection;
 use shrink_models::Architecture;
@@ -144,14 +145,6 @@ struct Planned {
     source: Source,
     /// When a row length forced a fallback: the type the rules wanted.
     wanted: Option<GgmlType>,
-}
-
-/// Per-type tally for the summary.
-#[derive(Default, Clone, Copy)]
-struct Tally {
-    tensors: u64,
-    elements: u64,
-    bytes: u64,
 }
 
 /// Encode f32 values as `ty`.
@@ -313,8 +306,7 @@ fn run_layout(a: Args, layout: Layout) -> Result<()> {
         block_size: a.block_size,
     };
     let enc = LayoutEncoder::new(layout, &request, first_source.as_ref(), dense)?;
-    drop(ckpt);
-    super::quantize::write_encoded(&a.model, &a.output, &selection, dense, a.json, &enc)
+    super::quantize::write_encoded(&ckpt, &a.output, &selection, dense, a.json, &enc)
 }
 
 /// Run `shrink export`.
@@ -491,25 +483,8 @@ pub fn run(a: Args) -> Result<()> {
     pb.finish_and_clear();
     let seconds = t0.elapsed().as_secs_f64();
 
-    let mut by_type: BTreeMap<&str, Tally> = BTreeMap::new();
-    let mut fallbacks: BTreeMap<(u64, &str, &str), u64> = BTreeMap::new();
-    let (mut elements, mut tensor_bytes) = (0u64, 0u64);
-    for p in &plan {
-        let n = p.spec.elements();
-        let b = p.spec.bytes().expect("validated by the writer");
-        let t = by_type.entry(p.spec.ty.name()).or_default();
-        t.tensors += 1;
-        t.elements += n;
-        t.bytes += b;
-        elements += n;
-        tensor_bytes += b;
-        if let Some(w) = p.wanted {
-            *fallbacks
-                .entry((p.spec.ne[0], w.name(), p.spec.ty.name()))
-                .or_default() += 1;
-        }
-    }
-    let bpw = tensor_bytes as f64 * 8.0 / elements.max(1) as f64;
+    let sum = GgufSummary::new(plan.iter().map(|p| (&p.spec, p.wanted)));
+    let (elements, tensor_bytes, bpw) = (sum.elements, sum.tensor_bytes, sum.bits_per_weight());
     let warning = (requantized && matches!(target, Target::Preset(_))).then(|| {
         format!(
             "{} stores its linears quantized: they were dequantized and requantized to {}, which stacks both rounding errors",
@@ -525,13 +500,7 @@ pub fn run(a: Args) -> Result<()> {
         "input": a.model, "output": a.output, "format": "gguf", "type": target.name(),
         "file_type": target.ftype(), "tensors": plan.len(),
         "tokenizer_pre": pre.as_ref().map(|(n, why)| serde_json::json!({"name": n, "why": why})),
-        "types": by_type.iter().map(|(t, x)| (t.to_string(), serde_json::json!({
-            "tensors": x.tensors, "elements": x.elements, "bytes": x.bytes,
-            "bits_per_weight": x.bytes as f64 * 8.0 / x.elements.max(1) as f64,
-        }))).collect::<serde_json::Map<_, _>>(),
-        "fallbacks": fallbacks.iter().map(|((cols, w, got), n)| serde_json::json!({
-            "cols": cols, "wanted": w, "got": got, "tensors": n,
-        })).collect::<Vec<_>>(),
+        "types": sum.types_json(), "fallbacks": sum.fallbacks_json(),
         "elements": elements, "tensor_bytes": tensor_bytes, "file_bytes": file_bytes,
         "bits_per_weight": bpw, "seconds": seconds, "convert_seconds": convert_seconds,
         "peak_rss_bytes": common::peak_rss(),
@@ -547,17 +516,7 @@ pub fn run(a: Args) -> Result<()> {
         target.ftype(),
         plan.len()
     );
-    for (t, x) in &by_type {
-        println!(
-            "  {t:<7} {:>4} tensors {:>12} weights {:>7.3} bits/weight",
-            x.tensors,
-            x.elements,
-            x.bytes as f64 * 8.0 / x.elements.max(1) as f64
-        );
-    }
-    for ((cols, w, got), n) in &fallbacks {
-        println!("fallback       {cols}-wide rows: {w} → {got} on {n} tensors (rows not whole {w} blocks, as llama.cpp does)");
-    }
+    sum.print();
     if let Some((n, why)) = &pre {
         println!("tokenizer.pre  {n} ({why})");
     }

@@ -195,14 +195,14 @@ impl LayoutEncoder {
     }
 
     /// The weight `q` as is, when it is on this encoder's grid.
-    fn reuse(&self, q: &Quantized) -> Option<QuantizedWeight> {
-        if grid_of(self.layout, q).as_ref().map(Rtn::name) != Some(self.grid.name()) {
+    fn reuse(&self, q: Quantized) -> Option<QuantizedWeight> {
+        if grid_of(self.layout, &q).as_ref().map(Rtn::name) != Some(self.grid.name()) {
             return None;
         }
         match q {
-            Quantized::Int(t) | Quantized::W8A8(t) => Some(QuantizedWeight::Int(t.clone())),
-            Quantized::Nf4(t, _) => Some(QuantizedWeight::Nf4(t.clone())),
-            Quantized::Int8Row(t, _) => Some(QuantizedWeight::Int8Row(t.clone())),
+            Quantized::Int(t) | Quantized::W8A8(t) => Some(QuantizedWeight::Int(t)),
+            Quantized::Nf4(t, _) => Some(QuantizedWeight::Nf4(t)),
+            Quantized::Int8Row(t, _) => Some(QuantizedWeight::Int8Row(t)),
             _ => None,
         }
     }
@@ -232,21 +232,27 @@ impl Encoder for LayoutEncoder {
         true
     }
 
-    fn encode(&self, l: &LinearInfo, w: &[f32], source: Option<&Quantized>) -> Result<Encoded> {
-        let t = std::time::Instant::now();
-        let (q, reused) = match source.and_then(|s| self.reuse(s)) {
-            Some(q) => (q, true),
+    fn encode(
+        &self,
+        l: &LinearInfo,
+        read: &mut dyn FnMut() -> Result<Vec<f32>>,
+        source: Option<Quantized>,
+    ) -> Result<Encoded> {
+        let had_source = source.is_some();
+        let (q, input, seconds) = match source.and_then(|s| self.reuse(s)) {
+            Some(q) => (q, None, 0.0),
             None => {
-                if source.is_some() {
+                if had_source {
                     self.requantized.borrow_mut().insert(l.weight.clone());
                 }
+                let w = read()?;
+                let t = std::time::Instant::now();
                 let q = self
                     .grid
-                    .quantize(&l.weight, w, l.out_features, l.in_features)?;
-                (q, false)
+                    .quantize(&l.weight, &w, l.out_features, l.in_features)?;
+                (q, Some(w), t.elapsed().as_secs_f64())
             }
         };
-        let seconds = t.elapsed().as_secs_f64();
         let module = l.weight.strip_suffix(".weight").unwrap_or(&l.weight);
         let shape = [l.out_features, l.in_features];
         let stored = match (&q, self.layout) {
@@ -261,7 +267,7 @@ impl Encoder for LayoutEncoder {
             dequantized: q.dequantize(),
             stored_bytes: q.stored_bytes(),
             seconds,
-            reused,
+            input,
         })
     }
 

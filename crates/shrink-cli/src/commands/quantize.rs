@@ -459,7 +459,7 @@ pub fn run(a: Args) -> Result<()> {
         exclude: a.exclude.clone(),
     };
     write_encoded(
-        &a.model,
+        &common::open(&a.model)?,
         &a.output,
         &selection,
         a.dense_dtype,
@@ -478,8 +478,9 @@ pub(crate) struct Encoded {
     pub stored_bytes: usize,
     /// Seconds in the quantizer.
     pub seconds: f64,
-    /// Whether the input's own quantized codes were kept (no requantization).
-    pub reused: bool,
+    /// The weight as read from the input, when the encoder read it (`None`: the input's own
+    /// quantized codes were kept, so the weight is `dequantized` exactly).
+    pub input: Option<Vec<f32>>,
 }
 
 /// How the selected weights of a model become a quantized safetensors layout.
@@ -488,9 +489,15 @@ pub(crate) trait Encoder {
     fn name(&self) -> String;
     /// Refuse a weight before anything is read or written.
     fn validate(&self, l: &LinearInfo) -> Result<()>;
-    /// Encode weight `w` ([out, in] float32); `source` is the input's own quantized form of it,
-    /// when the input stores it quantized and the encoder asked for it.
-    fn encode(&self, l: &LinearInfo, w: &[f32], source: Option<&Quantized>) -> Result<Encoded>;
+    /// Encode a weight: `read` gives it as [out, in] float32 (dequantized if stored quantized);
+    /// `source` is the input's own quantized form of it, when the input stores it quantized and
+    /// the encoder asked for it (an encoder that keeps it need not read the weight).
+    fn encode(
+        &self,
+        l: &LinearInfo,
+        read: &mut dyn FnMut() -> Result<Vec<f32>>,
+        source: Option<Quantized>,
+    ) -> Result<Encoded>;
     /// Whether `encode` wants the input's quantized form.
     fn wants_source(&self) -> bool {
         false
@@ -518,11 +525,17 @@ impl Encoder for RtnEncoder {
     fn validate(&self, l: &LinearInfo) -> Result<()> {
         Ok(self.0.validate(&l.weight, l.out_features, l.in_features)?)
     }
-    fn encode(&self, l: &LinearInfo, w: &[f32], _source: Option<&Quantized>) -> Result<Encoded> {
+    fn encode(
+        &self,
+        l: &LinearInfo,
+        read: &mut dyn FnMut() -> Result<Vec<f32>>,
+        _source: Option<Quantized>,
+    ) -> Result<Encoded> {
+        let w = read()?;
         let t = Instant::now();
         let q = self
             .0
-            .quantize(&l.weight, w, l.out_features, l.in_features)?;
+            .quantize(&l.weight, &w, l.out_features, l.in_features)?;
         let seconds = t.elapsed().as_secs_f64();
         let module = l.weight.strip_suffix(".weight").unwrap_or(&l.weight);
         let stored = self
@@ -533,7 +546,7 @@ impl Encoder for RtnEncoder {
             dequantized: q.dequantize(),
             stored_bytes: q.stored_bytes(),
             seconds,
-            reused: false,
+            input: Some(w),
         })
     }
     fn config(&self, ignore: &[String], dense_dtype: &str) -> Value {
@@ -545,22 +558,22 @@ impl Encoder for RtnEncoder {
 /// rest stored dense as `dense_dtype`; streams (two passes: sizes, then bytes, one weight
 /// resident at a time) and prints / returns the report.
 pub(crate) fn write_encoded(
-    model: &std::path::Path,
+    ckpt: &Checkpoint,
     output: &std::path::Path,
     selection: &Selection,
     dense_dtype: FloatType,
     json: bool,
     enc: &dyn Encoder,
 ) -> Result<()> {
-    let ckpt = common::open(model)?;
-    let arch = Architecture::from_checkpoint(&ckpt)?;
+    let model = ckpt.path();
+    let arch = Architecture::from_checkpoint(ckpt)?;
     let selected = selection.resolve(&arch)?;
     // Refuse impossible parameters before reading or writing anything.
     for l in &selected {
         enc.validate(l)?;
     }
     let out = OutputDir::create(output, &[model])?;
-    let loader = arch.weight_loader(&ckpt);
+    let loader = arch.weight_loader(ckpt);
     let by_name: HashMap<&str, &LinearInfo> =
         selected.iter().map(|l| (l.weight.as_str(), l)).collect();
     let dense_name = dense_dtype.torch_name();
@@ -578,15 +591,15 @@ pub(crate) fn write_encoded(
         Ok(t.flatten_all()?.to_vec1()?)
     };
     // A selected weight encoded, from the input's quantized form too when the encoder wants it.
-    let encode = |l: &LinearInfo, w: &[f32]| -> Result<Encoded> {
+    let encode = |l: &LinearInfo, name: &str, shape: &[usize]| -> Result<Encoded> {
         // Stored quantized weights are [out, in] (GPT-2's Conv1D ones too).
-        let source = match &ckpt {
+        let source = match ckpt {
             Checkpoint::Hf(h) if enc.wants_source() => h
                 .quantized(&l.weight)?
                 .filter(|q| q.shape() == (l.out_features, l.in_features)),
             _ => None,
         };
-        enc.encode(l, w, source.as_ref())
+        enc.encode(l, &mut || read(name, shape), source)
     };
 
     // Pass 1: quantize every selected weight once to learn the layout's tensor sizes (some,
@@ -603,11 +616,11 @@ pub(crate) fn write_encoded(
         pb.inc(1);
         match by_name.get(name.as_str()) {
             Some(l) => {
-                let w = read(name, shape)?;
-                let e = encode(l, &w)?;
+                let e = encode(l, name, shape)?;
                 quant_seconds += e.seconds;
-                reused += usize::from(e.reused);
-                let (se, sr) = squared_error(&w, &e.dequantized);
+                reused += usize::from(e.input.is_none());
+                let w = e.input.as_deref().unwrap_or(&e.dequantized);
+                let (se, sr) = squared_error(w, &e.dequantized);
                 sq_err += se;
                 sq_ref += sr;
                 q_params += (l.out_features * l.in_features) as u64;
@@ -665,8 +678,7 @@ pub(crate) fn write_encoded(
             };
             let mut c = cache.borrow_mut();
             if c.as_ref().is_none_or(|(j, _)| *j != i) {
-                let w = read(name, shape).map_err(bad)?;
-                let e = encode(l, &w).map_err(bad)?;
+                let e = encode(l, name, shape).map_err(bad)?;
                 *c = Some((i, e.stored));
             }
             let stored = &c.as_ref().unwrap().1;
@@ -686,7 +698,7 @@ pub(crate) fn write_encoded(
         .collect();
     let qcfg = enc.config(&ignore, dense_name);
     let extra = enc.extra_files(&qcfg)?;
-    common::write_config_and_tokenizer(&ckpt, arch.decoder(), &out, dense_name, Some(qcfg))?;
+    common::write_config_and_tokenizer(ckpt, arch.decoder(), &out, dense_name, Some(qcfg))?;
     for (name, bytes) in extra {
         out.write(&name, &bytes)?;
     }
@@ -713,39 +725,25 @@ pub(crate) fn write_encoded(
         "peak_rss_bytes": common::peak_rss(),
     });
     v.as_object_mut().expect("an object").extend(extra);
-    // The report travels with the model (`shrink compare` reads it).
-    out.write(
-        "shrink-quantize.json",
-        serde_json::to_string_pretty(&v)?.as_bytes(),
-    )?;
-    let target = out.commit()?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        println!("wrote          {}", target.display());
-        println!(
+    let mut text = vec![
+        format!(
             "method         {} on {} weights ({} params)",
             enc.name(),
             selected.len(),
             q_params
-        );
-        println!("bits/weight    {bpw_q:.4} on quantized weights (codes, scales, zeros), {bpw_all:.4} whole model as stored");
-        println!(
+        ),
+        format!("bits/weight    {bpw_q:.4} on quantized weights (codes, scales, zeros), {bpw_all:.4} whole model as stored"),
+        format!(
             "model bytes    {model_bytes} ({}; f32 would be {}, ×{:.2} smaller)",
             common::human(model_bytes),
             common::human(total_params * 4),
             (total_params * 4) as f64 / model_bytes as f64
-        );
-        println!("weight error   relative RMSE {rel_err:.4}, SQNR {sqnr_db:.1} dB");
-        for l in &lines {
-            println!("{l}");
-        }
-        println!("time           {quant_seconds:.2} s in the quantizer ({pass1_seconds:.2} s with reading the weights)");
-        if let Some(r) = common::peak_rss() {
-            println!("peak RSS       {}", common::human(r));
-        }
-    }
-    Ok(())
+        ),
+        format!("weight error   relative RMSE {rel_err:.4}, SQNR {sqnr_db:.1} dB"),
+    ];
+    text.extend(lines);
+    text.push(format!("time           {quant_seconds:.2} s in the quantizer ({pass1_seconds:.2} s with reading the weights)"));
+    common::commit_with_report(out, &v, json, &text)
 }
 
 /// Σ (w − d)² and Σ w², accumulated in f64 over chunks on all threads.

@@ -25,6 +25,7 @@ use shrink_io::imatrix::Imatrix;
 use shrink_io::{Checkpoint, GgufFile, GgufValue};
 use shrink_methods::ggml_mix::{self, GgmlPreset, MixModel, MixOptions, TensorChoice};
 
+use super::gguf_summary::GgufSummary;
 use crate::common;
 
 /// What `shrink quantize` passes for a llama.cpp method.
@@ -59,14 +60,6 @@ enum Action {
     Copy,
     /// Dequantized (if needed) and quantized to the type.
     Quantize(GgmlType),
-}
-
-/// Per-type tally for the summary.
-#[derive(Default, Clone, Copy)]
-struct Tally {
-    tensors: u64,
-    elements: u64,
-    bytes: u64,
 }
 
 /// Hyperparameters the mix rules read, from the GGUF metadata.
@@ -317,25 +310,13 @@ pub fn run(a: GgmlArgs) -> Result<()> {
     let seconds = t0.elapsed().as_secs_f64();
 
     // Summary: per-type counts, fallbacks, bits/weight as llama-quantize reports it.
-    let mut by_type: BTreeMap<&str, Tally> = BTreeMap::new();
-    let mut fallbacks: BTreeMap<(u64, &str, &str), u64> = BTreeMap::new();
-    let (mut elements, mut tensor_bytes) = (0u64, 0u64);
-    for (spec, (c, _, _)) in specs.iter().zip(&plan) {
-        let n = spec.elements();
-        let b = spec.bytes().expect("validated by the writer");
-        let t = by_type.entry(spec.ty.name()).or_default();
-        t.tensors += 1;
-        t.elements += n;
-        t.bytes += b;
-        elements += n;
-        tensor_bytes += b;
-        if let (Some(w), Some(got)) = (c.wanted, c.ty) {
-            *fallbacks
-                .entry((c.ne[0], w.name(), got.name()))
-                .or_default() += 1;
-        }
-    }
-    let bpw = tensor_bytes as f64 * 8.0 / elements as f64;
+    let sum = GgufSummary::new(
+        specs
+            .iter()
+            .zip(&plan)
+            .map(|(spec, (c, _, _))| (spec, c.wanted)),
+    );
+    let (elements, tensor_bytes, bpw) = (sum.elements, sum.tensor_bytes, sum.bits_per_weight());
     let copied = plan
         .iter()
         .filter(|(_, act, _)| matches!(act, Action::Copy))
@@ -344,13 +325,7 @@ pub fn run(a: GgmlArgs) -> Result<()> {
         "input": a.model, "output": a.output, "method": preset.name(), "file_type": preset.ftype(),
         "tensors": plan.len(), "quantized_tensors": plan.len() - copied, "copied_tensors": copied,
         "requantized_tensors": requantized,
-        "types": by_type.iter().map(|(t, x)| (t.to_string(), serde_json::json!({
-            "tensors": x.tensors, "elements": x.elements, "bytes": x.bytes,
-            "bits_per_weight": x.bytes as f64 * 8.0 / x.elements as f64,
-        }))).collect::<serde_json::Map<_, _>>(),
-        "fallbacks": fallbacks.iter().map(|((cols, w, got), n)| serde_json::json!({
-            "cols": cols, "wanted": w, "got": got, "tensors": n,
-        })).collect::<Vec<_>>(),
+        "types": sum.types_json(), "fallbacks": sum.fallbacks_json(),
         "imatrix": a.imatrix.as_ref().map(|p| serde_json::json!({
             "file": p, "entries": imatrix.as_ref().map_or(0, |m| m.entries.len()),
             "used": used, "tensors_without_entry": missing,
@@ -372,17 +347,7 @@ pub fn run(a: GgmlArgs) -> Result<()> {
         plan.len() - copied,
         copied
     );
-    for (t, x) in &by_type {
-        println!(
-            "  {t:<7} {:>4} tensors {:>12} weights {:>7.3} bits/weight",
-            x.tensors,
-            x.elements,
-            x.bytes as f64 * 8.0 / x.elements as f64
-        );
-    }
-    for ((cols, w, got), n) in &fallbacks {
-        println!("fallback       {cols}-wide rows: {w} → {got} on {n} tensors (rows not whole {w} blocks, as llama.cpp does)");
-    }
+    sum.print();
     if let (Some(p), Some(im)) = (&a.imatrix, &imatrix) {
         println!(
             "imatrix        {} ({} entries): used on {used} tensors{}",

@@ -27,12 +27,16 @@ pub fn fixture(name: &str) -> PathBuf {
     p
 }
 
+/// The assets folder: SHRINK_ASSETS, or ./assets of the checkout.
+fn assets_dir() -> PathBuf {
+    std::env::var_os("SHRINK_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets")))
+}
+
 /// A file of the assets folder (SHRINK_ASSETS or ./assets; fails when missing).
 pub fn asset(name: &str) -> PathBuf {
-    let dir = std::env::var_os("SHRINK_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets")));
-    let p = dir.join(name);
+    let p = assets_dir().join(name);
     assert!(
         p.exists(),
         "{} missing: run scripts/fetch-assets.sh",
@@ -147,4 +151,18 @@ pub fn calib_text(dir: &std::path::Path, words: usize) -> PathBuf {
     let p = dir.join("calib.txt");
     std::fs::write(&p, s).unwrap();
     p
+}
+
+/// The real model, or `None` (with a message) when the assets were not fetched.
+pub fn real_model() -> Option<PathBuf> {
+    let p = assets_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!(
+            "skipped: {} missing (run scripts/fetch-assets.sh)",
+            p.display()
+        );
+        None
+    }
 }
