@@ -1,8 +1,28 @@
 //! GPTQ (Frantar et al. 2022): quantize a linear layer's weight column by column, spreading
 //! each column's rounding error over the columns not yet quantized through the inverse layer
-//! Hessian, as the reference `gptq.py` (and AutoGPTQ) does: dampening, the upper Cholesky
-//! factor of `H⁻¹`, lazy block updates, act-order with `g_idx` or static groups, per-group
-//! min/max parameters (symmetric or asymmetric) on the grid the HF `gptq` layout stores.
+//! Hessian: dampening, the upper Cholesky factor of `H⁻¹`, lazy block updates, act-order with
+//! `g_idx` or static groups, per-group min/max parameters (symmetric or asymmetric) on the grid
+//! the HF `gptq` layout stores.
+//!
+//! What matches the reference `fasterquant` (IST-DASLab/gptq `gptq.py`, and AutoGPTQ's, which
+//! has the same loop): given the same prepared `H⁻¹` factor, the codes, scales, zero points and
+//! `g_idx` are equal to the reference's with its scale rounded to f16 before the zero point is
+//! computed (the layout stores f16 scales; shrink quantizes on that grid) —
+//! `tests/gptq_reference.rs` checks this against codes made by the reference's own code
+//! (`scripts/make-gptq-reference.py`), for:
+//! - dynamic groups (act-order off, or act-order with `g_idx`): a group's parameters come from
+//!   the weight as it stood when the block holding the group's first column began — the
+//!   reference's `find_params(W[:, j:j + g])` reads `W`, which does not yet hold the updates
+//!   made inside the current block (those go to its copy `W1`) — with the reference's block
+//!   boundaries (`block_size` as given);
+//! - static groups (AutoGPTQ's and gptq.py's `static_groups`): every group's parameters from the
+//!   original weight (dead columns zeroed) before any update, in the original column order.
+//!
+//! `prepare` follows the reference's steps but dampens and inverts in f64 (the reference in
+//! f32), so its factor differs from the reference's in the last bits. Where shrink's grid
+//! deliberately differs: an all-zero group gets scale 0 and zero point 0 (the reference widens
+//! it to [−1, 1]); a symmetric group with no negative value still gets the range `[−max, max]`
+//! (the reference then uses `[0, max]`).
 //!
 //! Rows are independent given `H⁻¹`, so they are processed in parallel chunks; within a
 //! chunk a block of columns is quantized one column at a time and the rest of the row is
@@ -240,8 +260,14 @@ pub fn quantize(
     for j in 0..cols {
         g_idx[perm[j]] = group_at[j] as u32;
     }
-    // Blocks hold whole groups so that a dynamic group's parameters see its columns' updates.
-    let bs = spec.block_size.div_ceil(g).max(1) * g;
+    // Dynamic groups take the reference's blocks as they are: a group's parameters depend on
+    // where the blocks start. Static groups' parameters do not, and their blocks stay rounded up
+    // to whole groups (only the float summation order of the lazy update depends on it).
+    let bs = if static_groups {
+        spec.block_size.div_ceil(g).max(1) * g
+    } else {
+        spec.block_size
+    };
     let u = &hp.u;
 
     let mut codes = vec![0u8; rows * cols];
@@ -284,14 +310,20 @@ pub fn quantize(
                 let bw = b1 - b0;
                 for r in 0..nr {
                     let row = &mut wp[r * cols..(r + 1) * cols];
+                    if !static_groups {
+                        // gptq.py's `find_params(W[:, j:j + g])` for every group starting in
+                        // the block reads W, which holds the block as it was when the block
+                        // began (the in-block updates go to its copy W1) and the columns past
+                        // the block before this block's lazy update: the row as it is now.
+                        for j in (b0.next_multiple_of(g)..b1).step_by(g) {
+                            let (s, z) = spec.params(&row[j..j + g]);
+                            scales[r * ngroups + j / g] = s;
+                            zeros[r * ngroups + j / g] = z;
+                        }
+                    }
                     let e_row = &mut err[r * bs..r * bs + bw];
                     for j in b0..b1 {
                         let k = group_at[j];
-                        if !static_groups && j % g == 0 {
-                            let (s, z) = spec.params(&row[j..j + g]);
-                            scales[r * ngroups + k] = s;
-                            zeros[r * ngroups + k] = z;
-                        }
                         let (s, z) = (scales[r * ngroups + k], zeros[r * ngroups + k]);
                         let x = row[j];
                         let c = code(x, s, z, maxq);
