@@ -10,8 +10,9 @@
 #    against llama.cpp's own converter + llama-quantize Q4_K_M), and each fixture's F32 export.
 # 3. Time and peak RSS of both pipelines side by side (HF f32 -> GGUF F16, -> Q4_K_M).
 #
-# llama.cpp comes from the sdist of llama-cpp-python on PyPI (its vendor/llama.cpp), cached in
-# target/llamacpp. PYTHON must have torch, transformers, sentencepiece, numpy and gguf.
+# llama.cpp comes from the sdist of llama-cpp-python (`pip download --no-binary`, its
+# vendor/llama.cpp), cached in target/llamacpp. PYTHON must have pip, torch, transformers,
+# sentencepiece, numpy and gguf.
 # Usage: PYTHON=/path/to/venv/bin/python scripts/compare-llamacpp.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,14 +23,9 @@ ver=0.3.36
 mkdir -p "$cache"
 cargo build --release -q -p shrink-cli
 if [ ! -d "$cache/llama_cpp_python-$ver" ]; then
-  url=$("$py" - "$ver" <<'PY'
-import json, sys, urllib.request
-d = json.load(urllib.request.urlopen(f"https://pypi.org/pypi/llama-cpp-python/{sys.argv[1]}/json"))
-print(next(u["url"] for u in d["urls"] if u["packagetype"] == "sdist"))
-PY
-)
-  curl -sSL -o "$cache/sdist.tar.gz" "$url"
-  tar xzf "$cache/sdist.tar.gz" -C "$cache"
+  "$py" -m pip download --quiet --no-deps --no-binary llama-cpp-python \
+    "llama-cpp-python==$ver" --dest "$cache/sdist"
+  tar xzf "$cache/sdist/llama_cpp_python-$ver.tar.gz" -C "$cache"
 fi
 lc="$cache/llama_cpp_python-$ver/vendor/llama.cpp"
 if [ ! -x "$lc/build/bin/llama-perplexity" ]; then

@@ -182,12 +182,12 @@ pub struct TensorHeader {
 /// Unlike [`write_safetensors_streaming`] (whose crate sorts tensors by dtype), the order is
 /// kept, so the several tensors of one quantized module are produced together and a module
 /// is quantized once. The file is re-validated with the safetensors crate afterwards.
-pub fn write_safetensors_ordered(
+pub fn write_safetensors_ordered<E: From<IoError>>(
     path: &Path,
     header: &[TensorHeader],
     metadata: Option<HashMap<String, String>>,
-    mut next: impl FnMut(usize) -> Result<Vec<u8>>,
-) -> Result<()> {
+    mut next: impl FnMut(usize) -> std::result::Result<Vec<u8>, E>,
+) -> std::result::Result<(), E> {
     use std::io::Write;
     let mut map = serde_json::Map::new();
     if let Some(m) = metadata {
@@ -225,7 +225,8 @@ pub fn write_safetensors_ordered(
                     bytes.len(),
                     t.len
                 ),
-            ));
+            )
+            .into());
         }
         w.write_all(&bytes).map_err(io)?;
     }

@@ -1,6 +1,7 @@
 //! AWQ (Lin et al. 2023, "AWQ: Activation-aware Weight Quantization for LLM Compression and
 //! Acceleration", arXiv:2306.00978) as AutoAWQ runs it (`awq/quantize/quantizer.py`,
-//! `awq/quantize/scale.py`, `awq/models/llama.py`), for the Llama family.
+//! `awq/quantize/scale.py`, `awq/models/llama.py`), on any architecture's blocks
+//! (`shrink_models::layerwise`; each family names its scaling groups).
 //!
 //! Per decoder layer, on the inputs its linears see on the calibration samples:
 //! 1. **Scale search** (`_search_best_scale`) for each scaling group of
@@ -32,16 +33,22 @@
 //!   before the search and the final quantization); the scales alone are rounded to float16;
 //! - scaling groups whose linears are all left unselected are skipped; in the others only the
 //!   selected linears are fake-quantized during the search;
-//! - the driver (`shrink-cli`) feeds each layer the outputs of the previous one *compressed*
-//!   (GPTQ's sequential scheme); AutoAWQ feeds it the float outputs.
+//! - the driver ([`crate::calibrated`]) feeds each layer the outputs of the previous one
+//!   *compressed* (GPTQ's sequential scheme); AutoAWQ feeds it the float outputs;
+//! - GPT-2, GPT-NeoX and the BERT encoders fold scales only where their blocks allow it
+//!   without changing the function (their norms; BERT's value → output projection), and
+//!   GPT-2's fused `c_attn` is not clipped, as AutoAWQ spares queries and keys.
+
+use std::collections::HashMap;
 
 use candle_core::{Device, Module, Tensor};
 use half::f16;
 use rayon::prelude::*;
 use shrink_formats::awq::{AwqParts, AWQ_BITS};
+use shrink_models::layerwise::{
+    Block, Inspect, LinearSlot, Positions, Prev, ScaleGroup, Sequential,
+};
 use shrink_models::linear::Linear;
-use shrink_models::llama::{LlamaLayer, LAYER_LINEARS};
-use shrink_models::sequential::Sequential;
 use shrink_models::ModelError;
 
 use crate::error::{MethodError, Result};
@@ -336,9 +343,10 @@ where
         }
     }
     let Some(b) = best else {
-        return Err(MethodError::Options(format!(
-            "{what}: every AWQ scale candidate gave a non-finite loss ({losses:?})"
-        )));
+        return Err(MethodError::Numerical {
+            layer: what.to_string(),
+            what: format!("every AWQ scale candidate gave a non-finite loss ({losses:?})"),
+        });
     };
     let (ratio, scales, loss) = tried.into_iter().nth(b).expect("index in range");
     Ok(ScaleSearch {
@@ -494,115 +502,91 @@ pub fn apply_clip(w: &mut [f32], cols: usize, group_size: usize, max_val: &[f32]
 }
 
 // ---------------------------------------------------------------------------------------
-// The Llama family (`LlamaAWQForCausalLM.get_layers_for_scaling`)
+// One block of any architecture (`AwqQuantizer._apply_quant`, `get_layers_for_scaling`)
 // ---------------------------------------------------------------------------------------
 
-/// A scaling group of a Llama decoder layer: a previous op whose output is divided by the
-/// scales and the linears reading it, whose input columns are multiplied by them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScaleGroup {
-    /// `input_layernorm → q_proj, k_proj, v_proj`, loss on the attention block's output.
-    Qkv,
-    /// `v_proj → o_proj`, loss on o_proj's output (only when v_proj and o_proj have the same
-    /// shape).
-    VO,
-    /// `post_attention_layernorm → gate_proj, up_proj`, loss on the MLP's output.
-    GateUp,
-    /// `up_proj → down_proj`, loss on down_proj's output.
-    Down,
+/// Linears AutoAWQ never clips (`avoid_clipping`: queries and keys, whose products the
+/// softmax amplifies), plus GPT-2's fused `c_attn`, which holds its queries and keys.
+const AVOID_CLIPPING: [&str; 6] = ["q_", "k_", "query", "key", "Wqkv", "c_attn"];
+
+/// What a block's linears read on the calibration samples, one `[t, ·]` tensor per sample,
+/// by the name of the first linear reading each input ([`LinearSlot::input`]).
+#[derive(Debug, Clone, Default)]
+pub struct BlockInputs {
+    /// The inputs, per sample.
+    pub x: HashMap<&'static str, Vec<Tensor>>,
 }
 
-impl ScaleGroup {
-    /// The groups in AutoAWQ's order.
-    pub const ALL: [ScaleGroup; 4] = [
-        ScaleGroup::Qkv,
-        ScaleGroup::VO,
-        ScaleGroup::GateUp,
-        ScaleGroup::Down,
-    ];
-
-    /// The previous op's name inside the layer.
-    pub fn prev_op(self) -> &'static str {
-        match self {
-            ScaleGroup::Qkv => "input_layernorm",
-            ScaleGroup::VO => "self_attn.v_proj",
-            ScaleGroup::GateUp => "post_attention_layernorm",
-            ScaleGroup::Down => "mlp.up_proj",
+impl BlockInputs {
+    /// Keep `t` if `linear` is the first reader of its input among `slots`.
+    pub fn observe(&mut self, slots: &'static [LinearSlot], linear: &str, t: &Tensor) {
+        if let Some(s) = slots.iter().find(|s| s.input == linear) {
+            self.x.entry(s.input).or_default().push(t.clone());
         }
     }
 
-    /// Indices into [`LAYER_LINEARS`] of the linears scaled.
-    pub fn linears(self) -> &'static [usize] {
-        match self {
-            ScaleGroup::Qkv => &[0, 1, 2],
-            ScaleGroup::VO => &[3],
-            ScaleGroup::GateUp => &[4, 5],
-            ScaleGroup::Down => &[6],
-        }
+    /// The samples of the input linear `name` reads.
+    fn of(&self, slots: &[LinearSlot], name: &str) -> Result<&[Tensor]> {
+        let input = slots
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.input)
+            .ok_or_else(|| MethodError::Options(format!("{name} is not a linear of the block")))?;
+        self.x
+            .get(input)
+            .map(Vec::as_slice)
+            .ok_or_else(|| MethodError::Options(format!("the input of {name} was not observed")))
     }
 
-    /// The index of the group's input in [`LlamaInputs::x`].
-    fn input(self) -> usize {
-        self as usize
-    }
-}
-
-/// What a Llama layer's linears read on the calibration samples, one `[t, ·]` tensor per
-/// sample, indexed by [`ScaleGroup`]: q/k/v's input (after `input_layernorm`), o_proj's,
-/// gate/up's (after `post_attention_layernorm`), down_proj's.
-#[derive(Debug, Clone)]
-pub struct LlamaInputs {
-    /// The four inputs, per sample.
-    pub x: [Vec<Tensor>; 4],
-}
-
-impl LlamaInputs {
-    /// Run `layer` on the layer inputs `xs`: what its linears read, and the layer's outputs.
-    pub fn capture(
-        seq: &Sequential,
-        layer: &LlamaLayer,
-        xs: &[Tensor],
-    ) -> Result<(Self, Vec<Tensor>)> {
-        let mut x: [Vec<Tensor>; 4] = Default::default();
-        let mut tap = |_: usize, name: &str, t: &Tensor| -> shrink_models::Result<()> {
-            let k = match name {
-                "self_attn.q_proj" => 0,
-                "self_attn.o_proj" => 1,
-                "mlp.gate_proj" => 2,
-                "mlp.down_proj" => 3,
-                _ => return Ok(()),
-            };
-            x[k].push(t.clone());
-            Ok(())
-        };
-        let out = seq.run(layer, xs, Some(&mut tap))?;
-        Ok((LlamaInputs { x }, out))
-    }
-
-    /// Divide input `k`'s channels by `s`.
-    fn divide(&mut self, k: usize, s: &[f32]) -> Result<()> {
+    /// Divide the channels of the input linear `name` reads by `s`.
+    fn divide(&mut self, slots: &[LinearSlot], name: &str, s: &[f32]) -> Result<()> {
+        let input = slots
+            .iter()
+            .find(|sl| sl.name == name)
+            .map(|sl| sl.input)
+            .unwrap_or(name);
         let st = cd(Tensor::from_slice(s, (1, s.len()), &Device::Cpu))?;
-        for x in self.x[k].iter_mut() {
+        for x in self.x.get_mut(input).into_iter().flatten() {
             *x = cd(x.broadcast_div(&st))?;
         }
         Ok(())
     }
 }
 
-/// A Llama layer's linear weights (row-major `[out, in]`, in [`LAYER_LINEARS`] order), biases
-/// and norms as float32 vectors, to scale in place.
+/// One linear's weight (row-major `[rows, cols]`) and bias as float32 vectors.
+#[derive(Debug, Clone)]
+pub struct LinearWeights {
+    /// Name inside the block.
+    pub name: &'static str,
+    /// The weight.
+    pub w: Vec<f32>,
+    /// Output features.
+    pub rows: usize,
+    /// Input features.
+    pub cols: usize,
+    /// The bias, if any.
+    pub bias: Option<Vec<f32>>,
+}
+
+/// One norm's weight and bias as float32 vectors.
+#[derive(Debug, Clone)]
+pub struct NormWeights {
+    /// Name inside the block.
+    pub name: &'static str,
+    /// The weight.
+    pub w: Vec<f32>,
+    /// The bias (LayerNorm), if any.
+    pub bias: Option<Vec<f32>>,
+}
+
+/// A block's linear weights and the norms its scaling groups fold into, as float32 vectors
+/// to scale in place.
 #[derive(Debug, Clone)]
 pub struct LayerWeights {
-    /// The weights.
-    pub w: Vec<Vec<f32>>,
-    /// `(out, in)` of each weight.
-    pub dims: Vec<(usize, usize)>,
-    /// The biases, if any.
-    pub bias: Vec<Option<Vec<f32>>>,
-    /// `input_layernorm`'s weight.
-    pub input_norm: Vec<f32>,
-    /// `post_attention_layernorm`'s weight.
-    pub post_norm: Vec<f32>,
+    /// The linears, in the block's forward order.
+    pub linears: Vec<LinearWeights>,
+    /// The norms of the scaling groups.
+    pub norms: Vec<NormWeights>,
 }
 
 /// A tensor's values, flat.
@@ -610,104 +594,116 @@ fn flat(t: &Tensor) -> Result<Vec<f32>> {
     cd(t.flatten_all().and_then(|t| t.to_vec1::<f32>()))
 }
 
-/// The linear of `layer` at index `i` of [`LAYER_LINEARS`].
-fn linear(layer: &LlamaLayer, i: usize) -> &Linear {
-    match i {
-        0 => &layer.q_proj,
-        1 => &layer.k_proj,
-        2 => &layer.v_proj,
-        3 => &layer.o_proj,
-        4 => &layer.gate_proj,
-        5 => &layer.up_proj,
-        _ => &layer.down_proj,
-    }
+/// A block lacks a tensor its family names.
+fn missing(what: &str) -> MethodError {
+    MethodError::Options(format!("the block has no {what}"))
 }
 
 impl LayerWeights {
-    /// Read `layer`'s weights.
-    pub fn read(layer: &LlamaLayer) -> Result<Self> {
-        let mut lw = LayerWeights {
-            w: Vec::new(),
-            dims: Vec::new(),
-            bias: Vec::new(),
-            input_norm: flat(&layer.input_layernorm)?,
-            post_norm: flat(&layer.post_attention_layernorm)?,
-        };
-        for i in 0..LAYER_LINEARS.len() {
-            let l = linear(layer, i);
-            lw.dims.push((l.out_features(), l.in_features()));
-            lw.w.push(flat(&cd(l.weight())?)?);
-            lw.bias.push(l.bias.as_ref().map(flat).transpose()?);
+    /// Read `block`'s linears (`slots`) and the norms of `groups`.
+    pub fn read(
+        block: &mut dyn Block,
+        slots: &[LinearSlot],
+        groups: &[ScaleGroup],
+    ) -> Result<Self> {
+        let mut linears = Vec::new();
+        for s in slots {
+            let l = block.linear(s.name).ok_or_else(|| missing(s.name))?;
+            linears.push(LinearWeights {
+                name: s.name,
+                w: flat(&cd(l.weight())?)?,
+                rows: l.out_features(),
+                cols: l.in_features(),
+                bias: l.bias.as_ref().map(flat).transpose()?,
+            });
         }
-        Ok(lw)
+        let mut norms = Vec::new();
+        for g in groups {
+            if let Prev::Norm(name) = g.prev {
+                let (w, b) = block.norm_mut(name).ok_or_else(|| missing(name))?;
+                let (w, b) = (flat(w)?, b.map(|b| flat(b)).transpose()?);
+                norms.push(NormWeights { name, w, bias: b });
+            }
+        }
+        Ok(LayerWeights { linears, norms })
     }
 
-    /// Whether `g` applies to this layer (`v_proj → o_proj` needs equal shapes).
-    pub fn applies(&self, g: ScaleGroup) -> bool {
-        g != ScaleGroup::VO || self.dims[2] == self.dims[3]
+    /// The linear named `name`.
+    pub fn linear(&self, name: &str) -> Result<&LinearWeights> {
+        self.linears
+            .iter()
+            .find(|l| l.name == name)
+            .ok_or_else(|| missing(name))
+    }
+
+    fn linear_mut(&mut self, name: &str) -> Result<&mut LinearWeights> {
+        self.linears
+            .iter_mut()
+            .find(|l| l.name == name)
+            .ok_or_else(|| missing(name))
     }
 
     /// Fold the scales `s` of group `g`: the previous op's output divided by `s`, the group's
-    /// weight columns multiplied by `s`. The layer computes the same function (in exact
+    /// weight columns multiplied by `s`. The block computes the same function (in exact
     /// arithmetic).
-    pub fn apply_scale(&mut self, g: ScaleGroup, s: &[f32]) {
-        let div_rows = |w: &mut [f32], b: Option<&mut Vec<f32>>, cols: usize| {
-            for (row, &sv) in w.chunks_exact_mut(cols).zip(s) {
-                row.iter_mut().for_each(|v| *v /= sv);
+    pub fn apply_scale(&mut self, g: &ScaleGroup, s: &[f32]) -> Result<()> {
+        let div = |v: &mut [f32]| v.iter_mut().zip(s).for_each(|(v, &sv)| *v /= sv);
+        match g.prev {
+            Prev::Norm(name) => {
+                let n = self
+                    .norms
+                    .iter_mut()
+                    .find(|n| n.name == name)
+                    .ok_or_else(|| missing(name))?;
+                div(&mut n.w);
+                if let Some(b) = n.bias.as_mut() {
+                    div(b);
+                }
             }
-            if let Some(b) = b {
-                b.iter_mut().zip(s).for_each(|(v, &sv)| *v /= sv);
+            Prev::Linear(name) => {
+                let p = self.linear_mut(name)?;
+                for (row, &sv) in p.w.chunks_exact_mut(p.cols).zip(s) {
+                    row.iter_mut().for_each(|v| *v /= sv);
+                }
+                if let Some(b) = p.bias.as_mut() {
+                    div(b);
+                }
             }
-        };
-        match g {
-            ScaleGroup::Qkv => self
-                .input_norm
-                .iter_mut()
-                .zip(s)
-                .for_each(|(v, &sv)| *v /= sv),
-            ScaleGroup::GateUp => self
-                .post_norm
-                .iter_mut()
-                .zip(s)
-                .for_each(|(v, &sv)| *v /= sv),
-            ScaleGroup::VO => div_rows(&mut self.w[2], self.bias[2].as_mut(), self.dims[2].1),
-            ScaleGroup::Down => div_rows(&mut self.w[5], self.bias[5].as_mut(), self.dims[5].1),
         }
-        for &i in g.linears() {
-            let cols = self.dims[i].1;
-            for row in self.w[i].chunks_exact_mut(cols) {
+        for name in g.linears {
+            let l = self.linear_mut(name)?;
+            for row in l.w.chunks_exact_mut(l.cols) {
                 row.iter_mut().zip(s).for_each(|(v, &sv)| *v *= sv);
             }
         }
+        Ok(())
     }
 
-    /// Put the weights back into `layer`.
-    pub fn write(&self, layer: &mut LlamaLayer) -> Result<()> {
+    /// Put the weights back into `block`.
+    pub fn write(&self, block: &mut dyn Block) -> Result<()> {
         let dev = Device::Cpu;
-        layer.input_layernorm = cd(Tensor::from_slice(
-            &self.input_norm,
-            self.input_norm.len(),
-            &dev,
-        ))?;
-        layer.post_attention_layernorm = cd(Tensor::from_slice(
-            &self.post_norm,
-            self.post_norm.len(),
-            &dev,
-        ))?;
-        for (i, name) in LAYER_LINEARS.iter().enumerate() {
-            let w = cd(Tensor::from_slice(&self.w[i], self.dims[i], &dev))?;
-            let b = self.bias[i]
+        for n in &self.norms {
+            let (w, b) = block.norm_mut(n.name).ok_or_else(|| missing(n.name))?;
+            *w = cd(Tensor::from_slice(&n.w, n.w.len(), &dev))?;
+            if let (Some(b), Some(v)) = (b, n.bias.as_ref()) {
+                *b = cd(Tensor::from_slice(v, v.len(), &dev))?;
+            }
+        }
+        for l in &self.linears {
+            let w = cd(Tensor::from_slice(&l.w, (l.rows, l.cols), &dev))?;
+            let b = l
+                .bias
                 .as_ref()
                 .map(|b| Tensor::from_slice(b, b.len(), &dev))
                 .transpose();
-            let lin = layer.linear_mut(name).expect("a Llama linear");
+            let lin = block.linear_mut(l.name).ok_or_else(|| missing(l.name))?;
             *lin = cd(Linear::new(w, cd(b)?))?;
         }
         Ok(())
     }
 }
 
-/// What AWQ did to one scaling group of a layer.
+/// What AWQ did to one scaling group of a block.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GroupReport {
     /// The group.
@@ -720,13 +716,13 @@ pub struct GroupReport {
     pub losses: Vec<f64>,
 }
 
-/// What AWQ made of one Llama layer.
+/// What AWQ made of one block.
 #[derive(Debug, Clone)]
-pub struct LayerAwq {
+pub struct BlockAwq {
     /// The scaling groups searched, in order.
     pub groups: Vec<GroupReport>,
-    /// The quantized weights, by index into [`LAYER_LINEARS`].
-    pub parts: Vec<(usize, AwqParts)>,
+    /// The quantized weights, by linear name inside the block.
+    pub parts: Vec<(&'static str, AwqParts)>,
 }
 
 /// Sum of squared differences of two equal-shape tensors, in float64.
@@ -740,122 +736,131 @@ fn sq_diff(a: &Tensor, b: &Tensor) -> Result<(f64, usize)> {
     Ok((s, a.len()))
 }
 
-/// Run AWQ on Llama decoder layer `layer` (scale search, scaling, clip search, quantization)
-/// given what its linears read on the calibration samples (`inputs`, divided by the scales on
-/// return). `selected[i]` says whether linear `LAYER_LINEARS[i]` is quantized. On return the
-/// layer holds the scaled norms and the dequantized (or, when unselected, scaled float)
-/// weights, and computes what the checkpoint written from [`LayerAwq::parts`] computes.
-pub fn quantize_llama_layer(
+/// The output of group `g`'s module in `block` for its input `x`.
+fn inspect(g: &ScaleGroup, block: &dyn Block, x: &Tensor, pos: &Positions) -> Result<Tensor> {
+    Ok(match g.inspect {
+        Inspect::Linear => {
+            let l = block
+                .linear(g.linears[0])
+                .ok_or_else(|| missing(g.linears[0]))?;
+            cd(l.forward(x))?
+        }
+        what => block.inspect(what, x, pos)?,
+    })
+}
+
+/// Run AWQ on block `l` of `seq` (scale search, scaling, clip search, quantization) given what
+/// its linears read on the calibration samples (`inputs`, divided by the scales on return).
+/// `selected(name)` says whether the linear named `name` is quantized. On return the block
+/// holds the scaled norms and the dequantized (or, when unselected, scaled float) weights, and
+/// computes what the checkpoint written from [`BlockAwq::parts`] computes.
+pub fn quantize_block(
     seq: &Sequential,
-    layer: &mut LlamaLayer,
-    inputs: &mut LlamaInputs,
-    spec: &AwqSpec,
-    selected: &[bool; 7],
     l: usize,
-) -> Result<LayerAwq> {
-    let cfg = seq.config();
-    let orig: &LlamaLayer = layer;
-    let mut lw = LayerWeights::read(orig)?;
-    let n_search = spec.search_samples.min(inputs.x[0].len());
-    // Rotary tables of each search sample's length.
-    let mut ropes: Vec<(usize, Tensor, Tensor)> = Vec::new();
-    for x in &inputs.x[0][..n_search] {
+    block: &mut dyn Block,
+    inputs: &mut BlockInputs,
+    spec: &AwqSpec,
+    selected: &dyn Fn(&str) -> bool,
+) -> Result<BlockAwq> {
+    let slots = seq.linears();
+    let groups = seq.stack().scale_groups();
+    let mut lw = LayerWeights::read(block, slots, &groups)?;
+    let orig: &dyn Block = block;
+    let n_search = spec
+        .search_samples
+        .min(inputs.of(slots, slots[0].name)?.len());
+    // Positions of each search sample's length.
+    let mut pos: Vec<(usize, Positions)> = Vec::new();
+    for x in &inputs.of(slots, slots[0].name)?[..n_search] {
         let t = cd(x.dim(0))?;
-        if !ropes.iter().any(|r| r.0 == t) {
-            let (c, s) = seq.rope(t)?;
-            ropes.push((t, c, s));
+        if !pos.iter().any(|p| p.0 == t) {
+            pos.push((t, seq.positions(t)?));
         }
     }
-    let rope = |t: usize| {
-        let r = ropes.iter().find(|r| r.0 == t).expect("tables made above");
-        (&r.1, &r.2)
-    };
-    // The module a group's loss is measured on.
-    let module = |g: ScaleGroup, m: &LlamaLayer, x: &Tensor| -> Result<Tensor> {
-        let mut none = |_: &str, _: &Tensor| -> shrink_models::Result<()> { Ok(()) };
-        Ok(match g {
-            ScaleGroup::Qkv => m.attention(cfg, x, rope(cd(x.dim(0))?), None, &mut none)?,
-            ScaleGroup::VO => cd(m.o_proj.forward(x))?,
-            ScaleGroup::GateUp => m.mlp(x, &mut none)?,
-            ScaleGroup::Down => cd(m.down_proj.forward(x))?,
-        })
+    let pos_of = |x: &Tensor| -> Result<&Positions> {
+        let t = cd(x.dim(0))?;
+        Ok(&pos.iter().find(|p| p.0 == t).expect("tables made above").1)
     };
 
     let mut found: Vec<(ScaleGroup, ScaleSearch)> = Vec::new();
-    for g in ScaleGroup::ALL {
-        let quantized: Vec<usize> = g
-            .linears()
-            .iter()
-            .copied()
-            .filter(|&i| selected[i])
-            .collect();
-        if !lw.applies(g) || quantized.is_empty() {
+    for g in &groups {
+        let quantized: Vec<&'static str> =
+            g.linears.iter().copied().filter(|n| selected(n)).collect();
+        if quantized.is_empty() {
             continue;
         }
-        let xs = &inputs.x[g.input()];
+        let xs = inputs.of(slots, g.linears[0])?;
         let x_mean = activation_mean(xs)?;
-        let ws: Vec<&[f32]> = g.linears().iter().map(|&i| lw.w[i].as_slice()).collect();
-        let w_mean = weight_mean(&ws, lw.dims[g.linears()[0]].1, spec.group_size);
+        let ws: Vec<&[f32]> = g
+            .linears
+            .iter()
+            .map(|n| lw.linear(n).map(|l| l.w.as_slice()))
+            .collect::<Result<_>>()?;
+        let w_mean = weight_mean(&ws, lw.linear(g.linears[0])?.cols, spec.group_size);
         let refs: Vec<Tensor> = xs[..n_search]
             .iter()
-            .map(|x| module(g, orig, x))
+            .map(|x| inspect(g, orig, x, pos_of(x)?))
             .collect::<Result<_>>()?;
-        let what = format!("layer {l}: {} → {:?}", g.prev_op(), g);
+        let what = format!(
+            "{}: {} → {}",
+            seq.tensor_name(l, g.prev.name()),
+            g.prev.name(),
+            g.linears.join(", ")
+        );
         let found_g = search_scale(&x_mean, &w_mean, spec, &what, |s| {
-            let mut cand = orig.clone();
-            for &i in &quantized {
-                let (rows, cols) = lw.dims[i];
-                let mut w = lw.w[i].clone();
-                for row in w.chunks_exact_mut(cols) {
+            let mut cand = orig.boxed();
+            for name in &quantized {
+                let lin = lw.linear(name)?;
+                let mut w = lin.w.clone();
+                for row in w.chunks_exact_mut(lin.cols) {
                     row.iter_mut().zip(s).for_each(|(v, &sv)| *v *= sv);
                 }
                 pseudo_quantize(&mut w, spec.group_size, spec.bits);
-                for row in w.chunks_exact_mut(cols) {
+                for row in w.chunks_exact_mut(lin.cols) {
                     row.iter_mut().zip(s).for_each(|(v, &sv)| *v /= sv);
                 }
-                let wt = cd(Tensor::from_vec(w, (rows, cols), &Device::Cpu))?;
-                let lin = cand.linear_mut(LAYER_LINEARS[i]).expect("a Llama linear");
-                *lin = cd(Linear::new(wt, lin.bias.clone()))?;
+                let wt = cd(Tensor::from_vec(w, (lin.rows, lin.cols), &Device::Cpu))?;
+                let target = cand.linear_mut(name).ok_or_else(|| missing(name))?;
+                *target = cd(Linear::new(wt, target.bias.clone()))?;
             }
             let (mut sum, mut n) = (0f64, 0usize);
             for (x, r) in xs[..n_search].iter().zip(&refs) {
-                let (s, k) = sq_diff(&module(g, &cand, x)?, r)?;
+                let (s, k) = sq_diff(&inspect(g, cand.as_ref(), x, pos_of(x)?)?, r)?;
                 sum += s;
                 n += k;
             }
             Ok(sum / n.max(1) as f64)
         })?;
-        found.push((g, found_g));
+        found.push((*g, found_g));
     }
     for (g, f) in &found {
-        lw.apply_scale(*g, &f.scales);
-        inputs.divide(g.input(), &f.scales)?;
+        lw.apply_scale(g, &f.scales)?;
+        inputs.divide(slots, g.linears[0], &f.scales)?;
     }
 
     let mut parts = Vec::new();
-    for (i, name) in LAYER_LINEARS.iter().enumerate() {
-        if !selected[i] {
+    for s in slots {
+        if !selected(s.name) {
             continue;
         }
-        let (rows, cols) = lw.dims[i];
-        if spec.clip && i > 1 {
-            let input = match i {
-                2 => 0,
-                3 => 1,
-                4 | 5 => 2,
-                _ => 3,
-            };
-            let (x, t) = sample_tokens(&inputs.x[input], spec.clip_tokens)?;
-            let max_val = search_clip(&lw.w[i], rows, cols, &x, t, spec);
-            apply_clip(&mut lw.w[i], cols, spec.group_size, &max_val);
+        let clip = spec.clip && !AVOID_CLIPPING.iter().any(|p| s.name.contains(p));
+        let x = if clip {
+            Some(sample_tokens(inputs.of(slots, s.name)?, spec.clip_tokens)?)
+        } else {
+            None
+        };
+        let lin = lw.linear_mut(s.name)?;
+        if let Some((x, t)) = x {
+            let max_val = search_clip(&lin.w, lin.rows, lin.cols, &x, t, spec);
+            apply_clip(&mut lin.w, lin.cols, spec.group_size, &max_val);
         }
-        let full = Sequential::weight_name(l, name);
-        let p = quantize(&full, &lw.w[i], rows, cols, spec.group_size)?;
-        lw.w[i] = p.dequantize();
-        parts.push((i, p));
+        let full = seq.weight_name(l, s.name);
+        let p = quantize(&full, &lin.w, lin.rows, lin.cols, spec.group_size)?;
+        lin.w = p.dequantize();
+        parts.push((s.name, p));
     }
-    lw.write(layer)?;
-    Ok(LayerAwq {
+    lw.write(block)?;
+    Ok(BlockAwq {
         groups: found
             .into_iter()
             .map(|(group, f)| GroupReport {
@@ -874,11 +879,12 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    fn tiny_llama() -> Option<shrink_io::Checkpoint> {
+    fn fixture(name: &str) -> Option<shrink_io::Checkpoint> {
         let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/fixtures/tiny-llama");
+            .join("../../../shared/fixtures")
+            .join(name);
         p.exists()
-            .then(|| shrink_io::Checkpoint::open(&p).expect("open tiny-llama"))
+            .then(|| shrink_io::Checkpoint::open(&p).expect("open the fixture"))
     }
 
     fn randn(rng: &mut rand::rngs::StdRng, n: usize, sd: f32) -> Vec<f32> {
@@ -920,41 +926,49 @@ mod tests {
 
     #[test]
     fn scales_folded_into_norms_keep_the_layer_function() {
-        let Some(ckpt) = tiny_llama() else {
-            eprintln!("tiny-llama fixture missing; skipped");
-            return;
-        };
-        let seq = Sequential::new(&ckpt).unwrap();
-        let layer = seq.layer(0).unwrap();
-        let h = seq.config().hidden_size;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let xs: Vec<Tensor> = (0..2)
-            .map(|_| Tensor::from_vec(randn(&mut rng, 24 * h, 1.0), (24, h), &Device::Cpu))
-            .collect::<candle_core::Result<_>>()
-            .unwrap();
-        let before = seq.run(&layer, &xs, None).unwrap();
-        let mut lw = LayerWeights::read(&layer).unwrap();
-        for g in ScaleGroup::ALL {
-            if !lw.applies(g) {
+        for name in [
+            "tiny-llama",
+            "tiny-gpt2",
+            "tiny-gpt_neox",
+            "tiny-bert_cls",
+            "tiny-distilbert_cls",
+        ] {
+            let Some(ckpt) = fixture(name) else {
+                eprintln!("{name} fixture missing; skipped");
                 continue;
+            };
+            let seq = Sequential::new(&ckpt).unwrap();
+            let mut block = seq.layer(0).unwrap();
+            let h = block.linear(seq.linears()[0].name).unwrap().in_features();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+            let xs: Vec<Tensor> = (0..2)
+                .map(|_| Tensor::from_vec(randn(&mut rng, 24 * h, 1.0), (24, h), &Device::Cpu))
+                .collect::<candle_core::Result<_>>()
+                .unwrap();
+            let before = seq.run(block.as_ref(), &xs, None).unwrap();
+            let groups = seq.stack().scale_groups();
+            let mut lw = LayerWeights::read(block.as_mut(), seq.linears(), &groups).unwrap();
+            let orig = lw.clone();
+            for g in &groups {
+                let n = lw.linear(g.linears[0]).unwrap().cols;
+                let s: Vec<f32> = (0..n).map(|_| 0.25 + 3.0 * rng.random::<f32>()).collect();
+                lw.apply_scale(g, &s).unwrap();
             }
-            let n = lw.dims[g.linears()[0]].1;
-            let s: Vec<f32> = (0..n).map(|_| 0.25 + 3.0 * rng.random::<f32>()).collect();
-            lw.apply_scale(g, &s);
+            lw.write(block.as_mut()).unwrap();
+            let after = seq.run(block.as_ref(), &xs, None).unwrap();
+            for (a, b) in before.iter().zip(&after) {
+                let d = flat(&(a - b).unwrap().abs().unwrap()).unwrap();
+                let m = d.iter().fold(0f32, |m, v| m.max(*v));
+                assert!(m < 1e-4, "{name}: scaled layer differs by {m}");
+            }
+            // The weights did change.
+            let changed = groups[0].linears[0];
+            assert_ne!(
+                lw.linear(changed).unwrap().w,
+                orig.linear(changed).unwrap().w,
+                "{name}"
+            );
         }
-        let mut scaled = layer.clone();
-        lw.write(&mut scaled).unwrap();
-        let after = seq.run(&scaled, &xs, None).unwrap();
-        for (a, b) in before.iter().zip(&after) {
-            let d = flat(&(a - b).unwrap().abs().unwrap()).unwrap();
-            let m = d.iter().fold(0f32, |m, v| m.max(*v));
-            assert!(m < 1e-4, "scaled layer differs by {m}");
-        }
-        // The weights did change.
-        assert_ne!(
-            flat(&scaled.input_layernorm).unwrap(),
-            flat(&layer.input_layernorm).unwrap()
-        );
     }
 
     #[test]

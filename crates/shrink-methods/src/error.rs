@@ -15,6 +15,26 @@ pub enum MethodError {
     /// The options cannot apply to this model (nothing selected, impossible sizes, ...).
     #[error("{0}")]
     Options(String),
+    /// The arithmetic failed on this model's numbers: a Hessian not positive definite even
+    /// after retrying the dampening, a search whose every candidate is non-finite.
+    #[error("{layer}: {what}")]
+    Numerical {
+        /// The layer or weight(s) concerned.
+        layer: String,
+        /// What failed, and what to try.
+        what: String,
+    },
+    /// The input holds values no method can take (NaN or infinite weights, ...).
+    #[error("{}: {what}", path.display())]
+    Input {
+        /// The input checkpoint.
+        path: std::path::PathBuf,
+        /// What is wrong, naming the tensor.
+        what: String,
+    },
+    /// Reading the input or writing the output failed (full disk, permissions, bad file).
+    #[error(transparent)]
+    Io(#[from] shrink_io::IoError),
     /// The model layer failed.
     #[error(transparent)]
     Model(#[from] shrink_models::ModelError),

@@ -6,15 +6,23 @@
 //! - [`rtn`]: round-to-nearest integers and NF4/FP4, in the ecosystem's storage layouts;
 //! - [`calib`]: calibration samples; [`hessian`]: layer Hessians and their factorisations;
 //! - [`gptq`], [`awq`], [`hqq`]: the calibrated and optimised quantizers;
-//! - [`ggml_mix`]: llama.cpp's per-tensor type choice for its GGUF presets.
+//! - [`ggml_mix`]: llama.cpp's per-tensor type choice for its GGUF presets;
+//! - [`pipeline`]: the one layer-by-layer driver and streaming writer; [`calibrated`]: GPTQ,
+//!   AWQ and the importance matrix run over a whole checkpoint of any architecture;
+//! - [`report`]: the one report of a run; [`output`]: config, tokenizer and report beside the
+//!   weights, committed atomically.
 
 pub mod awq;
 pub mod calib;
+pub mod calibrated;
 pub mod error;
 pub mod ggml_mix;
 pub mod gptq;
 pub mod hessian;
 pub mod hqq;
+pub mod output;
+pub mod pipeline;
+pub mod report;
 pub mod rtn;
 pub mod select;
 

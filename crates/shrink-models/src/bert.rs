@@ -22,7 +22,7 @@ use crate::error::{ModelError, Result};
 use crate::json::Json;
 use crate::layers::{activation, heads};
 use crate::linear::Linear;
-use crate::llama::check_ids;
+use crate::llama::{check_ids, Tap};
 use crate::weights::WeightLoader;
 
 /// The `model_type`s this module reads.
@@ -339,14 +339,8 @@ pub struct BertLayer {
 pub struct BertClassifier {
     /// Configuration.
     pub cfg: BertConfig,
-    /// Token embedding [vocab, hidden].
-    pub word_embeddings: Tensor,
-    /// Position embedding [max_positions, hidden].
-    pub position_embeddings: Tensor,
-    /// Token-type 0's embedding `[hidden]` (BERT only).
-    pub token_type_0: Option<Tensor>,
-    /// LayerNorm of the embeddings.
-    pub embeddings_ln: LayerNorm,
+    /// The embeddings (word + position + token type 0, then LayerNorm).
+    pub embeddings: BertEmbeddings,
     /// Encoder layers.
     pub layers: Vec<BertLayer>,
     /// BERT's pooler (then tanh) or DistilBERT's pre_classifier (then ReLU).
@@ -355,32 +349,60 @@ pub struct BertClassifier {
     pub classifier: Linear,
 }
 
-impl BertClassifier {
-    /// Load every weight through `w` (HF names, checked against the configuration's shapes).
-    pub fn load(cfg: BertConfig, w: &WeightLoader) -> Result<Self> {
-        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+/// The linears of an encoder layer of `kind`, by their name inside the layer, in forward order:
+/// query, key, value, attention output, feed-forward up, feed-forward down.
+pub fn layer_linears(kind: BertKind) -> &'static [&'static str; 6] {
+    match kind {
+        BertKind::Bert => &[
+            "attention.self.query",
+            "attention.self.key",
+            "attention.self.value",
+            "attention.output.dense",
+            "intermediate.dense",
+            "output.dense",
+        ],
+        BertKind::DistilBert => &[
+            "attention.q_lin",
+            "attention.k_lin",
+            "attention.v_lin",
+            "attention.out_lin",
+            "ffn.lin1",
+            "ffn.lin2",
+        ],
+    }
+}
+
+/// HF name prefix of encoder layer `l` (`bert.encoder.layer.3`).
+pub fn layer_prefix(kind: BertKind, l: usize) -> String {
+    match kind {
+        BertKind::Bert => format!("bert.encoder.layer.{l}"),
+        BertKind::DistilBert => format!("distilbert.transformer.layer.{l}"),
+    }
+}
+
+/// The embeddings of an encoder: word + position + token type 0, then LayerNorm.
+#[derive(Debug, Clone)]
+pub struct BertEmbeddings {
+    /// Token embedding [vocab, hidden].
+    pub word: Tensor,
+    /// Position embedding [max_positions, hidden].
+    pub position: Tensor,
+    /// Token-type 0's embedding `[hidden]` (BERT only).
+    pub token_type_0: Option<Tensor>,
+    /// Their LayerNorm.
+    pub ln: LayerNorm,
+}
+
+impl BertEmbeddings {
+    /// Load the embeddings through `w`.
+    pub fn load(cfg: &BertConfig, w: &WeightLoader) -> Result<Self> {
+        let h = cfg.hidden_size;
         let p = prefix(cfg.kind);
-        // Kept quantized when the checkpoint stores a weight quantized.
-        let lin = |name: &str, out: usize, inp: usize| -> Result<Linear> {
-            let bias = format!("{name}.bias");
-            let l = w.linear(&format!("{name}.weight"), out, inp, Some(&bias))?;
-            if l.bias.is_none() {
-                // Every BERT linear has a bias: a missing one is a broken checkpoint.
-                w.get(&bias, &[out])?;
-            }
-            Ok(l)
-        };
-        let ln = |name: &str| -> Result<LayerNorm> {
-            Ok((
-                w.get(&format!("{name}.weight"), &[h])?,
-                w.get(&format!("{name}.bias"), &[h])?,
-            ))
-        };
-        let word_embeddings = w.get(
+        let word = w.get(
             &format!("{p}.embeddings.word_embeddings.weight"),
             &[cfg.vocab_size, h],
         )?;
-        let position_embeddings = w.get(
+        let position = w.get(
             &format!("{p}.embeddings.position_embeddings.weight"),
             &[cfg.max_position_embeddings, h],
         )?;
@@ -394,29 +416,176 @@ impl BertClassifier {
             ),
             BertKind::DistilBert => None,
         };
-        let embeddings_ln = ln(&format!("{p}.embeddings.LayerNorm"))?;
-        let mut layers = Vec::with_capacity(cfg.num_layers);
-        for l in 0..cfg.num_layers {
-            let [q, k, v, o, ln1, up, down, ln2] = layer_names(cfg.kind, l);
-            layers.push(BertLayer {
-                query: lin(&q, h, h)?,
-                key: lin(&k, h, h)?,
-                value: lin(&v, h, h)?,
-                attn_out: lin(&o, h, h)?,
-                attn_ln: ln(&ln1)?,
-                ffn_up: lin(&up, i, h)?,
-                ffn_down: lin(&down, h, i)?,
-                out_ln: ln(&ln2)?,
-            });
+        let ln = layer_norm(w, &format!("{p}.embeddings.LayerNorm"), h)?;
+        Ok(BertEmbeddings {
+            word,
+            position,
+            token_type_0,
+            ln,
+        })
+    }
+
+    /// The embedded sequence [t, hidden] of `ids` (token types 0, positions 0..t).
+    pub fn forward(&self, c: &BertConfig, ids: &[u32]) -> Result<Tensor> {
+        let t = ids.len();
+        check_ids(ids, c.vocab_size)?;
+        if t > c.max_position_embeddings {
+            return Err(ModelError::Input(format!(
+                "sequence of {t} tokens exceeds the model's {} positions",
+                c.max_position_embeddings
+            )));
         }
+        let idx = Tensor::new(ids, &Device::Cpu)?;
+        let mut x = (self.word.index_select(&idx, 0)? + self.position.narrow(0, 0, t)?)?;
+        if let Some(tt) = &self.token_type_0 {
+            x = x.broadcast_add(tt)?;
+        }
+        let (ln_w, ln_b) = &self.ln;
+        Ok(candle_nn::ops::layer_norm(
+            &x,
+            ln_w,
+            ln_b,
+            c.layer_norm_eps as f32,
+        )?)
+    }
+}
+
+/// Linear `name` (weight and bias; kept quantized when the checkpoint stores it quantized).
+fn linear(w: &WeightLoader, name: &str, out: usize, inp: usize) -> Result<Linear> {
+    let bias = format!("{name}.bias");
+    let l = w.linear(&format!("{name}.weight"), out, inp, Some(&bias))?;
+    if l.bias.is_none() {
+        // Every BERT linear has a bias: a missing one is a broken checkpoint.
+        w.get(&bias, &[out])?;
+    }
+    Ok(l)
+}
+
+/// LayerNorm `name` of width `h`.
+fn layer_norm(w: &WeightLoader, name: &str, h: usize) -> Result<LayerNorm> {
+    Ok((
+        w.get(&format!("{name}.weight"), &[h])?,
+        w.get(&format!("{name}.bias"), &[h])?,
+    ))
+}
+
+impl BertLayer {
+    /// Load encoder layer `l` through `w`.
+    pub fn load(cfg: &BertConfig, w: &WeightLoader, l: usize) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let [q, k, v, o, ln1, up, down, ln2] = layer_names(cfg.kind, l);
+        Ok(BertLayer {
+            query: linear(w, &q, h, h)?,
+            key: linear(w, &k, h, h)?,
+            value: linear(w, &v, h, h)?,
+            attn_out: linear(w, &o, h, h)?,
+            attn_ln: layer_norm(w, &ln1, h)?,
+            ffn_up: linear(w, &up, i, h)?,
+            ffn_down: linear(w, &down, h, i)?,
+            out_ln: layer_norm(w, &ln2, h)?,
+        })
+    }
+
+    /// The linear named `name` inside the layer (one of [`layer_linears`] of `kind`).
+    pub fn linear(&self, kind: BertKind, name: &str) -> Option<&Linear> {
+        let i = layer_linears(kind).iter().position(|n| *n == name)?;
+        Some(
+            [
+                &self.query,
+                &self.key,
+                &self.value,
+                &self.attn_out,
+                &self.ffn_up,
+                &self.ffn_down,
+            ][i],
+        )
+    }
+
+    /// The linear named `name` inside the layer, to replace.
+    pub fn linear_mut(&mut self, kind: BertKind, name: &str) -> Option<&mut Linear> {
+        let i = layer_linears(kind).iter().position(|n| *n == name)?;
+        Some(match i {
+            0 => &mut self.query,
+            1 => &mut self.key,
+            2 => &mut self.value,
+            3 => &mut self.attn_out,
+            4 => &mut self.ffn_up,
+            _ => &mut self.ffn_down,
+        })
+    }
+
+    /// The layer's output for input `x` [t, hidden] (one unpadded sequence); `tap` sees every
+    /// linear's input, by its name inside the layer.
+    pub fn forward(&self, c: &BertConfig, x: &Tensor, mut tap: Option<Tap>) -> Result<Tensor> {
+        let mut see = |name: &str, t: &Tensor| -> Result<()> {
+            match tap.as_mut() {
+                Some(f) => f(name, t),
+                None => Ok(()),
+            }
+        };
+        let names = layer_linears(c.kind);
+        let eps = c.layer_norm_eps as f32;
+        for n in &names[..3] {
+            see(n, x)?;
+        }
+        let a = self.attention(c, x, &mut see)?;
+        let x = candle_nn::ops::layer_norm(&(x + a)?, &self.attn_ln.0, &self.attn_ln.1, eps)?;
+        see(names[4], &x)?;
+        let m = self.mlp(c, &x, &mut see)?;
+        Ok(candle_nn::ops::layer_norm(
+            &(x + m)?,
+            &self.out_ln.0,
+            &self.out_ln.1,
+            eps,
+        )?)
+    }
+
+    /// The self-attention's output (after the output projection, before the residual) for
+    /// `x`; `see` is shown the output projection's input.
+    pub fn attention(
+        &self,
+        c: &BertConfig,
+        x: &Tensor,
+        see: &mut dyn FnMut(&str, &Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
+        let (nh, hd) = (c.num_heads, c.head_dim());
+        let scale = 1.0 / (hd as f64).sqrt();
+        let q = heads(&self.query.forward(x)?, nh, hd)?;
+        let k = heads(&self.key.forward(x)?, nh, hd)?;
+        let v = heads(&self.value.forward(x)?, nh, hd)?;
+        let a = bidirectional_attention(&q, &k, &v, scale)?;
+        see(layer_linears(c.kind)[3], &a)?;
+        Ok(self.attn_out.forward(&a)?)
+    }
+
+    /// The feed-forward's output (before the residual) for `x`; `see` is shown the down
+    /// projection's input.
+    pub fn mlp(
+        &self,
+        c: &BertConfig,
+        x: &Tensor,
+        see: &mut dyn FnMut(&str, &Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
+        let m = activation(&c.hidden_act, &self.ffn_up.forward(x)?)?;
+        see(layer_linears(c.kind)[5], &m)?;
+        Ok(self.ffn_down.forward(&m)?)
+    }
+}
+
+impl BertClassifier {
+    /// Load every weight through `w` (HF names, checked against the configuration's shapes).
+    pub fn load(cfg: BertConfig, w: &WeightLoader) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let lin = |name: &str, out: usize, inp: usize| linear(w, name, out, inp);
+        let embeddings = BertEmbeddings::load(&cfg, w)?;
+        let layers = (0..cfg.num_layers)
+            .map(|l| BertLayer::load(&cfg, w, l))
+            .collect::<Result<Vec<_>>>()?;
         let pre_classifier = lin(pre_classifier_name(cfg.kind), h, h)?;
         let classifier = lin("classifier", cfg.num_labels, h)?;
         Ok(BertClassifier {
             cfg,
-            word_embeddings,
-            position_embeddings,
-            token_type_0,
-            embeddings_ln,
+            embeddings,
             layers,
             pre_classifier,
             classifier,
@@ -426,35 +595,9 @@ impl BertClassifier {
     /// Final hidden states [t, hidden] of one unpadded sequence (token types 0, positions 0..t).
     pub fn encode(&self, ids: &[u32]) -> Result<Tensor> {
         let c = &self.cfg;
-        let t = ids.len();
-        check_ids(ids, c.vocab_size)?;
-        if t > c.max_position_embeddings {
-            return Err(ModelError::Input(format!(
-                "sequence of {t} tokens exceeds the model's {} positions",
-                c.max_position_embeddings
-            )));
-        }
-        let eps = c.layer_norm_eps as f32;
-        let idx = Tensor::new(ids, &Device::Cpu)?;
-        let mut x = (self.word_embeddings.index_select(&idx, 0)?
-            + self.position_embeddings.narrow(0, 0, t)?)?;
-        if let Some(tt) = &self.token_type_0 {
-            x = x.broadcast_add(tt)?;
-        }
-        let (ln_w, ln_b) = &self.embeddings_ln;
-        let mut x = candle_nn::ops::layer_norm(&x, ln_w, ln_b, eps)?;
-        let (nh, hd) = (c.num_heads, c.head_dim());
-        let scale = 1.0 / (hd as f64).sqrt();
+        let mut x = self.embeddings.forward(c, ids)?;
         for l in &self.layers {
-            let q = heads(&l.query.forward(&x)?, nh, hd)?;
-            let k = heads(&l.key.forward(&x)?, nh, hd)?;
-            let v = heads(&l.value.forward(&x)?, nh, hd)?;
-            let a = bidirectional_attention(&q, &k, &v, scale)?;
-            let a = l.attn_out.forward(&a)?;
-            x = candle_nn::ops::layer_norm(&(x + a)?, &l.attn_ln.0, &l.attn_ln.1, eps)?;
-            let m = activation(&c.hidden_act, &l.ffn_up.forward(&x)?)?;
-            let m = l.ffn_down.forward(&m)?;
-            x = candle_nn::ops::layer_norm(&(x + m)?, &l.out_ln.0, &l.out_ln.1, eps)?;
+            x = l.forward(c, &x, None)?;
         }
         Ok(x)
     }

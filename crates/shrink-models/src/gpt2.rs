@@ -10,7 +10,7 @@ use crate::config::Gpt2Config;
 use crate::error::Result;
 use crate::layers::{activation, attention, heads, CausalMask, KvCache};
 use crate::linear::Linear;
-use crate::llama::check_ids;
+use crate::llama::{check_ids, Tap};
 use crate::weights::{GgufName, WeightLoader};
 
 /// One transformer block.
@@ -122,48 +122,148 @@ pub fn is_conv1d_weight(hf: &str) -> bool {
     CONV1D.iter().any(|m| hf.ends_with(&format!("{m}.weight")))
 }
 
-impl Gpt2 {
-    /// Load every weight through `w`.
-    pub fn load(cfg: Gpt2Config, w: &WeightLoader) -> Result<Self> {
+/// A LayerNorm's (weight, bias) named `name` of width `e`.
+fn layer_norm(w: &WeightLoader, name: &str, e: usize) -> Result<(Tensor, Tensor)> {
+    Ok((
+        w.get(&format!("{name}.weight"), &[e])?,
+        w.get(&format!("{name}.bias"), &[e])?,
+    ))
+}
+
+/// The linears of a GPT-2 block, by their name inside the block, in forward order.
+pub const BLOCK_LINEARS: [&str; 4] = CONV1D;
+
+impl Gpt2Block {
+    /// Load block `l` through `w` (Conv1D weights transposed to [out, in]; quantized ones are
+    /// stored [out, in] already).
+    pub fn load(cfg: &Gpt2Config, w: &WeightLoader, l: usize) -> Result<Self> {
         let e = cfg.n_embd;
         let gguf = matches!(w.checkpoint(), shrink_io::Checkpoint::Gguf(_));
         let conv = |name: &str, inp: usize, out: usize| -> Result<Linear> {
             let weight = format!("{name}.weight");
+            let bias = Some(w.get(&format!("{name}.bias"), &[out])?);
             if let shrink_io::Checkpoint::Hf(h) = w.checkpoint() {
                 if let Some(q) = h.quantized(&weight)? {
-                    // Quantized Conv1D weights are stored [out, in] already.
-                    let bias = Some(w.get(&format!("{name}.bias"), &[out])?);
                     return Ok(Linear::quantized(q, bias));
                 }
             }
-            let bias = Some(w.get(&format!("{name}.bias"), &[out])?);
             Ok(if gguf {
-                Linear::new(w.get(&format!("{name}.weight"), &[out, inp])?, bias)?
+                Linear::new(w.get(&weight, &[out, inp])?, bias)?
             } else {
-                Linear::from_transposed(w.get(&format!("{name}.weight"), &[inp, out])?, bias)?
+                Linear::from_transposed(w.get(&weight, &[inp, out])?, bias)?
             })
         };
-        let ln = |name: &str| -> Result<(Tensor, Tensor)> {
-            Ok((
-                w.get(&format!("{name}.weight"), &[e])?,
-                w.get(&format!("{name}.bias"), &[e])?,
-            ))
+        let p = format!("transformer.h.{l}");
+        Ok(Gpt2Block {
+            ln_1: layer_norm(w, &format!("{p}.ln_1"), e)?,
+            c_attn: conv(&format!("{p}.attn.c_attn"), e, 3 * e)?,
+            attn_c_proj: conv(&format!("{p}.attn.c_proj"), e, e)?,
+            ln_2: layer_norm(w, &format!("{p}.ln_2"), e)?,
+            c_fc: conv(&format!("{p}.mlp.c_fc"), e, cfg.n_inner)?,
+            mlp_c_proj: conv(&format!("{p}.mlp.c_proj"), cfg.n_inner, e)?,
+        })
+    }
+
+    /// The linear named `name` inside the block (one of [`BLOCK_LINEARS`]).
+    pub fn linear(&self, name: &str) -> Option<&Linear> {
+        Some(match name {
+            "attn.c_attn" => &self.c_attn,
+            "attn.c_proj" => &self.attn_c_proj,
+            "mlp.c_fc" => &self.c_fc,
+            "mlp.c_proj" => &self.mlp_c_proj,
+            _ => return None,
+        })
+    }
+
+    /// The linear named `name` inside the block, to replace.
+    pub fn linear_mut(&mut self, name: &str) -> Option<&mut Linear> {
+        Some(match name {
+            "attn.c_attn" => &mut self.c_attn,
+            "attn.c_proj" => &mut self.attn_c_proj,
+            "mlp.c_fc" => &mut self.c_fc,
+            "mlp.c_proj" => &mut self.mlp_c_proj,
+            _ => return None,
+        })
+    }
+
+    /// The block's output [t, n_embd] for input `x`, as block `li` (its index scales the
+    /// attention with `scale_attn_by_inverse_layer_idx`), extending `cache` when given; `tap`
+    /// sees every linear's input.
+    pub fn forward(
+        &self,
+        c: &Gpt2Config,
+        li: usize,
+        x: &Tensor,
+        cache: Option<(&mut KvCache, usize)>,
+        mut tap: Option<Tap>,
+    ) -> Result<Tensor> {
+        let mut see = |name: &str, t: &Tensor| -> Result<()> {
+            match tap.as_mut() {
+                Some(f) => f(name, t),
+                None => Ok(()),
+            }
         };
+        let eps = c.layer_norm_epsilon as f32;
+        let h = candle_nn::ops::layer_norm(x, &self.ln_1.0, &self.ln_1.1, eps)?;
+        see(BLOCK_LINEARS[0], &h)?;
+        let x = (x + self.attention(c, li, &h, cache, &mut see)?)?;
+        let h = candle_nn::ops::layer_norm(&x, &self.ln_2.0, &self.ln_2.1, eps)?;
+        see(BLOCK_LINEARS[2], &h)?;
+        Ok((&x + self.mlp(c, &h, &mut see)?)?)
+    }
+
+    /// The attention's output (after `attn.c_proj`) for the normed input `h`; `see` is shown
+    /// `attn.c_proj`'s input.
+    pub fn attention(
+        &self,
+        c: &Gpt2Config,
+        li: usize,
+        h: &Tensor,
+        cache: Option<(&mut KvCache, usize)>,
+        see: &mut dyn FnMut(&str, &Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
+        let hd = c.n_embd / c.n_head;
+        let qkv = self.c_attn.forward(h)?;
+        let q = heads(&qkv.narrow(1, 0, c.n_embd)?, c.n_head, hd)?;
+        let k = heads(&qkv.narrow(1, c.n_embd, c.n_embd)?, c.n_head, hd)?;
+        let v = heads(&qkv.narrow(1, 2 * c.n_embd, c.n_embd)?, c.n_head, hd)?;
+        let (k, v) = match cache {
+            Some((kv, i)) => kv.append(i, k, v)?,
+            None => (k, v),
+        };
+        let mut scale = 1.0 / (hd as f64).sqrt();
+        if c.scale_attn_by_inverse_layer_idx {
+            scale /= (li + 1) as f64;
+        }
+        let a = attention(&q, &k, &v, &CausalMask { window: None }, scale)?;
+        see(BLOCK_LINEARS[1], &a)?;
+        Ok(self.attn_c_proj.forward(&a)?)
+    }
+
+    /// The MLP's output (after `mlp.c_proj`) for the normed input `h`; `see` is shown
+    /// `mlp.c_proj`'s input.
+    pub fn mlp(
+        &self,
+        c: &Gpt2Config,
+        h: &Tensor,
+        see: &mut dyn FnMut(&str, &Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
+        let m = activation(&c.activation, &self.c_fc.forward(h)?)?;
+        see(BLOCK_LINEARS[3], &m)?;
+        Ok(self.mlp_c_proj.forward(&m)?)
+    }
+}
+
+impl Gpt2 {
+    /// Load every weight through `w`.
+    pub fn load(cfg: Gpt2Config, w: &WeightLoader) -> Result<Self> {
+        let e = cfg.n_embd;
         let wte = w.get("transformer.wte.weight", &[cfg.vocab_size, e])?;
         let wpe = w.get("transformer.wpe.weight", &[cfg.n_positions, e])?;
-        let mut blocks = Vec::with_capacity(cfg.n_layer);
-        for l in 0..cfg.n_layer {
-            let p = format!("transformer.h.{l}");
-            blocks.push(Gpt2Block {
-                ln_1: ln(&format!("{p}.ln_1"))?,
-                c_attn: conv(&format!("{p}.attn.c_attn"), e, 3 * e)?,
-                attn_c_proj: conv(&format!("{p}.attn.c_proj"), e, e)?,
-                ln_2: ln(&format!("{p}.ln_2"))?,
-                c_fc: conv(&format!("{p}.mlp.c_fc"), e, cfg.n_inner)?,
-                mlp_c_proj: conv(&format!("{p}.mlp.c_proj"), cfg.n_inner, e)?,
-            });
-        }
-        let ln_f = ln("transformer.ln_f")?;
+        let blocks = (0..cfg.n_layer)
+            .map(|l| Gpt2Block::load(&cfg, w, l))
+            .collect::<Result<Vec<_>>>()?;
+        let ln_f = layer_norm(w, "transformer.ln_f", e)?;
         let lm_head = match w.get_opt("lm_head.weight", &[cfg.vocab_size, e])? {
             Some(h) => Linear::new(h, None)?,
             None => Linear::tied(wte.clone())?,
@@ -200,29 +300,11 @@ impl Gpt2 {
         let pos: Vec<u32> = (offset as u32..(offset + t) as u32).collect();
         let pos = Tensor::new(pos.as_slice(), &Device::Cpu)?;
         let mut x = (self.wte.index_select(&idx, 0)? + self.wpe.index_select(&pos, 0)?)?;
-        let mask = CausalMask { window: None };
-        let eps = c.layer_norm_epsilon as f32;
-        let hd = c.n_embd / c.n_head;
         for (li, b) in self.blocks.iter().enumerate() {
-            let h = candle_nn::ops::layer_norm(&x, &b.ln_1.0, &b.ln_1.1, eps)?;
-            let qkv = b.c_attn.forward(&h)?;
-            let q = heads(&qkv.narrow(1, 0, c.n_embd)?, c.n_head, hd)?;
-            let k = heads(&qkv.narrow(1, c.n_embd, c.n_embd)?, c.n_head, hd)?;
-            let v = heads(&qkv.narrow(1, 2 * c.n_embd, c.n_embd)?, c.n_head, hd)?;
-            let (k, v) = match cache.as_deref_mut() {
-                Some(kv) => kv.append(li, k, v)?,
-                None => (k, v),
-            };
-            let mut scale = 1.0 / (hd as f64).sqrt();
-            if c.scale_attn_by_inverse_layer_idx {
-                scale /= (li + 1) as f64;
-            }
-            let a = attention(&q, &k, &v, &mask, scale)?;
-            x = (x + b.attn_c_proj.forward(&a)?)?;
-            let h = candle_nn::ops::layer_norm(&x, &b.ln_2.0, &b.ln_2.1, eps)?;
-            let m = activation(&c.activation, &b.c_fc.forward(&h)?)?;
-            x = (x + b.mlp_c_proj.forward(&m)?)?;
+            let kv = cache.as_deref_mut().map(|kv| (kv, li));
+            x = b.forward(c, li, &x, kv, None)?;
         }
+        let eps = c.layer_norm_epsilon as f32;
         let x = candle_nn::ops::layer_norm(&x, &self.ln_f.0, &self.ln_f.1, eps)?;
         Ok(x)
     }

@@ -26,11 +26,11 @@ pub mod int8_gemm;
 mod json;
 pub mod kernels;
 pub mod layers;
+pub mod layerwise;
 pub mod linear;
 pub mod llama;
 pub mod qmatmul;
 pub mod runtime;
-pub mod sequential;
 pub mod weights;
 
 use candle_core::Tensor;

@@ -1,16 +1,11 @@
 //! `shrink imatrix`: llama.cpp's importance matrix — per weight, the mean x² of each input
 //! column over calibration text — collected layer by layer and written as `imatrix.dat`.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use candle_core::Tensor;
-use shrink_io::imatrix::Imatrix;
 use shrink_methods::calib::{consecutive_chunks, CalibSpec};
-use shrink_models::llama::gguf_name;
-use shrink_models::sequential::{Sequential, LAYER_LINEARS};
 
 use super::quantize::CalibFormat;
 use crate::common;
@@ -21,7 +16,7 @@ use crate::common;
     after_help = "The matrix feeds `shrink quantize --method q4_k_m --imatrix FILE` (and llama.cpp's llama-quantize --imatrix). Like llama-imatrix, the text is cut into consecutive chunks of --calib-seqlen tokens and the float model is run over them; entries are named as in GGUF (blk.N.ffn_down.weight).\n\nExample:\n  shrink imatrix assets/SmolLM2-135M-Instruct.Q4_1.gguf --calib assets/lee_background.cor -o smollm2.imatrix.dat"
 )]
 pub struct Args {
-    /// Model (HF directory or .gguf; Llama family).
+    /// Model (HF directory or .gguf; any decoder family).
     pub model: PathBuf,
     /// Output file (legacy imatrix.dat format; must not exist).
     #[arg(short, long)]
@@ -50,7 +45,6 @@ pub fn run(a: Args) -> Result<()> {
     }
     let t0 = Instant::now();
     let ckpt = common::open(&a.model)?;
-    let seq = Sequential::new(&ckpt)?;
     let ids = super::calibrated::calib_ids(&ckpt, &a.calib, a.calib_format == CalibFormat::Lee)?;
     let spec = CalibSpec {
         samples: a.calib_samples,
@@ -59,41 +53,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let chunks = consecutive_chunks(&ids, spec)
         .map_err(|e| anyhow::anyhow!("{}: {e}", a.calib.display()))?;
-    let cfg = seq.config().clone();
-    let mut xs = seq.embed(&chunks)?;
-    let pb = common::bar(seq.num_layers() as u64, "imatrix layers");
-    let mut m = Imatrix::new();
-    let mut sums: BTreeMap<String, (Vec<f64>, usize)> = BTreeMap::new();
-    for l in 0..seq.num_layers() {
-        let layer = seq.layer(l)?;
-        let mut tap = |_: usize, name: &str, t: &Tensor| -> shrink_models::Result<()> {
-            let n = t.dim(1)?;
-            let v = t.flatten_all()?.to_vec1::<f32>()?;
-            let e = sums
-                .entry(name.to_string())
-                .or_insert_with(|| (vec![0f64; n], 0));
-            for row in v.chunks_exact(n) {
-                for (s, &x) in e.0.iter_mut().zip(row) {
-                    *s += (x as f64) * (x as f64);
-                }
-            }
-            e.1 += v.len() / n;
-            Ok(())
-        };
-        xs = seq.run(&layer, &xs, Some(&mut tap))?;
-        for local in LAYER_LINEARS {
-            let (s, count) = sums.remove(local).expect("every linear was observed");
-            let hf = Sequential::weight_name(l, local);
-            let name = gguf_name(&cfg, &hf).map_or(hf, |g| g.name);
-            m.ncall.insert(name.clone(), chunks.len() as i32);
-            m.entries
-                .insert(name, s.iter().map(|&v| (v / count as f64) as f32).collect());
-        }
-        pb.inc(1);
-    }
-    pb.finish_and_clear();
-    m.chunks = Some(chunks.len() as u32);
-    m.chunk_size = Some(a.calib_seqlen as u32);
+    let mut m = shrink_methods::calibrated::imatrix(&ckpt, &chunks, &common::Bar::default())?;
     m.datasets = vec![a.calib.display().to_string()];
     m.write(&a.output)?;
     let seconds = t0.elapsed().as_secs_f64();

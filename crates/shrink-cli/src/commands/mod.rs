@@ -1,6 +1,5 @@
 //! One module per subcommand.
 
-pub mod awq;
 pub mod calibrated;
 pub mod chart;
 pub mod compare;

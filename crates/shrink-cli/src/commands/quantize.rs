@@ -388,6 +388,17 @@ fn method(a: &Args) -> Result<Rtn> {
     }
 }
 
+/// Where a calibrated run of `a` writes, over the weights `selection` names.
+fn target<'a>(a: &'a Args, selection: &'a Selection) -> super::calibrated::Target<'a> {
+    super::calibrated::Target {
+        model: &a.model,
+        output: &a.output,
+        selection,
+        dense_dtype: a.dense_dtype,
+        json: a.json,
+    }
+}
+
 /// Run `shrink quantize`.
 pub fn run(a: Args) -> Result<()> {
     if let Some(preset) = a.method.ggml_name() {
@@ -405,25 +416,21 @@ pub fn run(a: Args) -> Result<()> {
     if a.imatrix.is_some() {
         bail!("--imatrix applies to the llama.cpp methods (q4_k_m, q8_0, ...) only");
     }
+    let selection = Selection {
+        include: a.include.clone(),
+        exclude: a.exclude.clone(),
+    };
     if a.method == Method::Awq {
         if a.granularity.is_some_and(|g| g != Gran::Group) || a.sym {
             bail!("AWQ quantizes asymmetric groups of --group-size (no --granularity/--sym)");
         }
-        let selection = Selection {
-            include: a.include.clone(),
-            exclude: a.exclude.clone(),
+        let spec = shrink_methods::awq::AwqSpec {
+            bits: a.bits.unwrap_or(4),
+            group_size: a.group_size.unwrap_or(64),
+            search_samples: a.awq_search_samples,
+            ..Default::default()
         };
-        return super::awq::run_awq(
-            &a.model,
-            &a.output,
-            &a.calib()?,
-            a.bits.unwrap_or(4),
-            a.group_size.unwrap_or(64),
-            a.awq_search_samples,
-            &selection,
-            a.dense_dtype,
-            a.json,
-        );
+        return super::calibrated::run_awq(&target(&a, &selection), &a.calib()?, spec);
     }
     if a.method == Method::Gptq {
         if a.granularity.is_some_and(|g| g != Gran::Group) {
@@ -438,26 +445,14 @@ pub fn run(a: Args) -> Result<()> {
             damp: a.damp,
             ..Default::default()
         };
-        let selection = Selection {
-            include: a.include.clone(),
-            exclude: a.exclude.clone(),
-        };
         return super::calibrated::run_gptq(
-            &a.model,
-            &a.output,
+            &target(&a, &selection),
             &a.calib()?,
             spec,
             a.hessian_f64,
-            &selection,
-            a.dense_dtype,
-            a.json,
         );
     }
     let rtn = method(&a)?;
-    let selection = Selection {
-        include: a.include.clone(),
-        exclude: a.exclude.clone(),
-    };
     write_encoded(
         &common::open(&a.model)?,
         &a.output,
@@ -668,7 +663,7 @@ pub(crate) fn write_encoded(
         &out.file("model.safetensors"),
         &header,
         Some(meta),
-        |k| {
+        |k| -> std::result::Result<Vec<u8>, shrink_io::IoError> {
             pb.inc(1);
             let i = origin[k];
             let (name, shape) = &shapes[i];

@@ -1,0 +1,710 @@
+//! Calibrated quantization of a whole checkpoint, layer by layer through
+//! [`crate::pipeline`]: GPTQ (the Hugging Face `gptq` layout), AWQ (AutoAWQ's GEMM layout) and
+//! llama.cpp's importance matrix, on every architecture shrink-models opens as a
+//! [`Sequential`] stack. The output is written as the blocks complete, so only one block's
+//! weights and the samples' activations are resident.
+//!
+//! ```no_run
+//! use shrink_methods::{calib, calibrated, gptq::GptqSpec, pipeline::Silent, select::Selection};
+//! let ckpt = shrink_io::Checkpoint::open("tiny-llama")?;
+//! let ids: Vec<u32> = (0..4096).map(|i| i % 100).collect();
+//! let samples = calib::draw_samples(&ids, calib::CalibSpec { samples: 8, seqlen: 64, seed: 0 })?;
+//! let (out, all) = (std::path::Path::new("tiny-llama-gptq"), Selection::default());
+//! let run = calibrated::Run::new(&ckpt, out, &samples, &all, &Silent);
+//! let report = calibrated::gptq(&run, GptqSpec::default(), false)?;
+//! println!("{}", report.bits_per_weight_model);
+//! # Ok::<(), shrink_methods::MethodError>(())
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use shrink_formats::awq::AwqParts;
+use shrink_formats::float::{self, FloatType};
+use shrink_formats::gptq::GptqParts;
+use shrink_io::imatrix::Imatrix;
+use shrink_io::quantized::StoredTensor;
+use shrink_io::{Checkpoint, OutputDir};
+use shrink_models::layerwise::{Block, LinearSlot, Sequential};
+use shrink_models::linear::Linear;
+use shrink_models::{Architecture, LinearInfo};
+
+use crate::awq::{self, AwqSpec, BlockInputs, LayerWeights};
+use crate::error::{MethodError, Result};
+use crate::gptq::{self, GptqSpec};
+use crate::hessian::Hessian;
+use crate::output;
+use crate::pipeline::{self, LayerStep, Plan, Progress, Source, StepKind, Stored};
+use crate::report::{squared_error, Report, Sizes};
+use crate::select::Selection;
+
+/// One calibrated run: the input, the output directory to create, the calibration samples
+/// (token ids), which weights to compress and how the others are stored.
+pub struct Run<'a> {
+    /// The input checkpoint.
+    pub ckpt: &'a Checkpoint,
+    /// The output directory (must not exist).
+    pub output: &'a Path,
+    /// Calibration samples, token ids.
+    pub samples: &'a [Vec<u32>],
+    /// The weights to compress (the blocks' linears by default).
+    pub selection: &'a Selection,
+    /// Storage type of the tensors left dense.
+    pub dense_dtype: FloatType,
+    /// Where the calibration came from, for the report.
+    pub calibration: serde_json::Value,
+    /// Progress of the layers.
+    pub progress: &'a dyn Progress,
+}
+
+impl<'a> Run<'a> {
+    /// A run with dense tensors in float32 and no calibration description.
+    pub fn new(
+        ckpt: &'a Checkpoint,
+        output: &'a Path,
+        samples: &'a [Vec<u32>],
+        selection: &'a Selection,
+        progress: &'a dyn Progress,
+    ) -> Self {
+        Run {
+            ckpt,
+            output,
+            samples,
+            selection,
+            dense_dtype: FloatType::F32,
+            calibration: serde_json::Value::Null,
+            progress,
+        }
+    }
+}
+
+/// The run opened: architecture, stack and selection checked, output planned.
+struct Opened<'a> {
+    arch: Architecture,
+    seq: Sequential<'a>,
+    selected: Vec<LinearInfo>,
+    names: HashSet<String>,
+    shapes: Vec<(String, Vec<usize>)>,
+}
+
+/// Open `run`'s checkpoint for `method`, refusing a selection it cannot compress (`validate`).
+fn open<'a>(
+    run: &Run<'a>,
+    method: &str,
+    validate: impl FnMut(&LinearInfo) -> Result<()>,
+) -> Result<Opened<'a>> {
+    let arch = Architecture::from_checkpoint(run.ckpt)?;
+    let seq = Sequential::new(run.ckpt)?;
+    let selected = run.selection.resolve(&arch)?;
+    pipeline::check_selected(run.ckpt.path(), &seq, method, &selected, validate)?;
+    let names = selected.iter().map(|l| l.weight.clone()).collect();
+    let shapes = arch.weight_shapes();
+    Ok(Opened {
+        arch,
+        seq,
+        selected,
+        names,
+        shapes,
+    })
+}
+
+impl Opened<'_> {
+    /// The output's plan: each selected linear laid out as `blank` lays it out.
+    fn plan(
+        &self,
+        dense_dtype: FloatType,
+        blank: impl Fn(&str, usize, usize) -> Result<Vec<StoredTensor>>,
+    ) -> Result<Plan> {
+        let by_name: HashMap<&str, &LinearInfo> = self
+            .selected
+            .iter()
+            .map(|l| (l.weight.as_str(), l))
+            .collect();
+        pipeline::plan(&self.shapes, &by_name, dense_dtype, blank)
+    }
+}
+
+/// Write the output of `o` as `plan` lays it out, taking every block through `step`; returns
+/// the output directory (not yet committed) and the report's sizes.
+fn drive(
+    run: &Run,
+    o: &Opened,
+    label: &str,
+    plan: &Plan,
+    step: &mut dyn LayerStep,
+) -> Result<(OutputDir, Sizes)> {
+    let out = OutputDir::create(run.output, &[run.ckpt.path()])?;
+    let mut xs = o.seq.embed(run.samples)?;
+    let loader = o.arch.weight_loader(run.ckpt);
+    let src = Source {
+        arch: &o.arch,
+        loader: &loader,
+        shapes: &o.shapes,
+    };
+    run.progress.start(label, o.seq.num_layers() as u64);
+    pipeline::write_layer_by_layer(
+        &o.seq,
+        &src,
+        &out,
+        plan,
+        run.dense_dtype,
+        pipeline::file_metadata(&o.selected),
+        |l, stored| {
+            pipeline::advance(&o.seq, l, &mut xs, step, stored)?;
+            run.progress.inc(1);
+            Ok(())
+        },
+    )?;
+    run.progress.finish();
+    let sizes = Sizes {
+        quantized_params: plan.q_params,
+        quantized_bytes: plan.q_bytes,
+        dense_bytes: plan.dense_bytes,
+        total_params: o
+            .shapes
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>() as u64)
+            .sum(),
+    };
+    Ok((out, sizes))
+}
+
+/// The selected linears of block `l`, in forward order, grouped by the input they read.
+fn selected_by_input(
+    seq: &Sequential,
+    names: &HashSet<String>,
+    l: usize,
+) -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut groups: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
+    for s in seq.linears() {
+        if !names.contains(&seq.weight_name(l, s.name)) {
+            continue;
+        }
+        match groups.iter_mut().find(|g| g.0 == s.input) {
+            Some(g) => g.1.push(s.name),
+            None => groups.push((s.input, vec![s.name])),
+        }
+    }
+    groups
+}
+
+/// A linear's weight as float32 `[out, in]`, refusing non-finite values by name.
+fn finite_weight(path: &Path, name: &str, lin: &Linear) -> Result<Vec<f32>> {
+    let w = pipeline::values(&lin.weight().map_err(shrink_models::ModelError::from)?)?;
+    if let Some(i) = w.iter().position(|v| !v.is_finite()) {
+        let cols = lin.in_features();
+        return Err(MethodError::Input {
+            path: path.to_path_buf(),
+            what: format!(
+                "weight {name} holds {} at ({}, {})",
+                w[i],
+                i / cols,
+                i % cols
+            ),
+        });
+    }
+    Ok(w)
+}
+
+/// The format layer's refusal of module `name`'s tensors.
+fn format_err(name: &str) -> impl Fn(shrink_formats::FormatError) -> MethodError + '_ {
+    move |source| MethodError::Format {
+        name: name.to_string(),
+        source,
+    }
+}
+
+/// Replace `lin`'s weight by `w` (`[out, in]`), keeping its bias.
+fn replace(lin: &mut Linear, w: Vec<f32>) -> Result<()> {
+    let (rows, cols) = (lin.out_features(), lin.in_features());
+    let bias = lin.bias.clone();
+    let t =
+        Tensor::from_vec(w, (rows, cols), &Device::Cpu).map_err(shrink_models::ModelError::from)?;
+    *lin = Linear::new(t, bias).map_err(shrink_models::ModelError::from)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// GPTQ
+// ---------------------------------------------------------------------------------------
+
+/// GPTQ as a layer step: one Hessian per distinct input of the block, then every selected
+/// linear reading it quantized (Algorithm 1, [`gptq::quantize`]) and replaced by its
+/// dequantized weight.
+struct GptqStep<'a> {
+    spec: GptqSpec,
+    f64_hessian: bool,
+    names: &'a HashSet<String>,
+    slots: &'static [LinearSlot],
+    path: &'a Path,
+    hs: HashMap<&'static str, Hessian>,
+    losses: Vec<f64>,
+    max_damp: f64,
+    sq: (f64, f64),
+    seconds: f64,
+}
+
+impl LayerStep for GptqStep<'_> {
+    fn kind(&self) -> StepKind {
+        StepKind::Compress { compare: false }
+    }
+
+    fn observe(&mut self, _: usize, linear: &str, x: &Tensor) -> shrink_models::Result<()> {
+        if let Some(s) = self.slots.iter().find(|s| s.input == linear) {
+            let n = x.dim(1)?;
+            let v = x.flatten_all()?.to_vec1::<f32>()?;
+            let f64_acc = self.f64_hessian;
+            self.hs
+                .entry(s.input)
+                .or_insert_with(|| Hessian::new(n, f64_acc))
+                .add(&v);
+        }
+        Ok(())
+    }
+
+    fn compress(
+        &mut self,
+        seq: &Sequential,
+        l: usize,
+        block: &mut dyn Block,
+        stored: &mut Stored,
+    ) -> Result<()> {
+        let hs = std::mem::take(&mut self.hs);
+        let t = Instant::now();
+        let mut loss = 0.0;
+        for (input, locals) in selected_by_input(seq, self.names, l) {
+            let h = hs.get(input).ok_or_else(|| {
+                MethodError::Options(format!("the input of {input} was not observed"))
+            })?;
+            let label = locals
+                .iter()
+                .map(|n| seq.weight_name(l, n))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let prepared = gptq::prepare(h.matrix(), h.n, &self.spec, &label)?;
+            self.max_damp = self.max_damp.max(prepared.damp);
+            for local in locals {
+                let name = seq.weight_name(l, local);
+                let lin = block
+                    .linear_mut(local)
+                    .ok_or_else(|| MethodError::Options(format!("no linear {name}")))?;
+                let w = finite_weight(self.path, &name, lin)?;
+                let (rows, cols) = (lin.out_features(), lin.in_features());
+                let r = gptq::quantize(&w, rows, cols, &prepared, &self.spec);
+                loss += r.loss;
+                let deq = r.parts.dequantize();
+                let (e, norm) = squared_error(&w, &deq);
+                self.sq.0 += e;
+                self.sq.1 += norm;
+                let module = name.strip_suffix(".weight").unwrap_or(&name);
+                for s in
+                    shrink_io::hf_int::gptq_tensors(module, &r.parts).map_err(format_err(module))?
+                {
+                    stored.insert(s.name.clone(), s);
+                }
+                replace(lin, deq)?;
+            }
+        }
+        self.seconds += t.elapsed().as_secs_f64();
+        self.losses.push(loss);
+        Ok(())
+    }
+}
+
+/// The method name of a GPTQ run, e.g. `gptq-w4g64-asym-actorder-static`.
+pub fn gptq_name(spec: &GptqSpec) -> String {
+    format!(
+        "gptq-w{}g{}-{}{}",
+        spec.bits,
+        spec.group_size,
+        if spec.sym { "sym" } else { "asym" },
+        match (spec.act_order, spec.static_groups) {
+            (true, true) => "-actorder-static",
+            (true, false) => "-actorder",
+            _ => "",
+        }
+    )
+}
+
+/// Run GPTQ with `spec` (Hessians accumulated in float64 if `f64_hessian`) and write the HF
+/// `gptq` layout, with `quantize_config.json`.
+pub fn gptq(run: &Run, spec: GptqSpec, f64_hessian: bool) -> Result<Report> {
+    let t_start = Instant::now();
+    let o = open(run, "GPTQ", |l| {
+        spec.validate(&l.weight, l.out_features, l.in_features)
+    })?;
+    let blank = |module: &str, rows: usize, cols: usize| {
+        let ng = cols / spec.group_size;
+        let parts = GptqParts {
+            bits: spec.bits,
+            group_size: spec.group_size,
+            rows,
+            cols,
+            codes: vec![0; rows * cols],
+            scales: vec![0.0; rows * ng],
+            zeros: vec![1; rows * ng],
+            g_idx: (0..cols).map(|c| (c / spec.group_size) as u32).collect(),
+        };
+        shrink_io::hf_int::gptq_tensors(module, &parts).map_err(format_err(module))
+    };
+    let mut step = GptqStep {
+        spec,
+        f64_hessian,
+        names: &o.names,
+        slots: o.seq.linears(),
+        path: run.ckpt.path(),
+        hs: HashMap::new(),
+        losses: Vec::new(),
+        max_damp: 0.0,
+        sq: (0.0, 0.0),
+        seconds: 0.0,
+    };
+    let plan = o.plan(run.dense_dtype, blank)?;
+    let (out, sizes) = drive(run, &o, "gptq layers", &plan, &mut step)?;
+    let qcfg = shrink_io::hf_int::gptq_config(
+        spec.bits,
+        Some(spec.group_size),
+        spec.act_order && !spec.static_groups,
+        spec.sym,
+        spec.damp,
+        false,
+        spec.static_groups,
+    );
+    let qfile = shrink_io::hf_int::gptq_quantize_config(&qcfg);
+    let dense_name = run.dense_dtype.torch_name();
+    output::write_config_and_tokenizer(run.ckpt, o.arch.decoder(), &out, dense_name, Some(qcfg))?;
+    let text = serde_json::to_string_pretty(&qfile).expect("JSON values serialize");
+    out.write("quantize_config.json", text.as_bytes())?;
+
+    let mut r = Report::new(
+        run.ckpt.path().to_path_buf(),
+        run.output.to_path_buf(),
+        gptq_name(&spec),
+        sizes,
+    );
+    r.calibration = Some(run.calibration.clone());
+    r.quantized_tensors = o.selected.len();
+    r.relative_rmse = Some((step.sq.0 / step.sq.1.max(f64::MIN_POSITIVE)).sqrt());
+    r.quantize_seconds = step.seconds;
+    r.seconds = t_start.elapsed().as_secs_f64();
+    r.set("gptq_loss_per_layer", &step.losses);
+    r.set("max_damp", step.max_damp);
+    r.set("gptq_solve_seconds", step.seconds);
+    r.notes.push(format!(
+        "calibration    {} samples × {} tokens",
+        run.samples.len(),
+        run.samples.first().map_or(0, Vec::len)
+    ));
+    output::commit(out, &r)?;
+    Ok(r)
+}
+
+// ---------------------------------------------------------------------------------------
+// AWQ
+// ---------------------------------------------------------------------------------------
+
+/// What AWQ did to one block, for the report.
+struct AwqLayer {
+    groups: Vec<(&'static str, f32, f64)>,
+    output_rel_err: f64,
+}
+
+/// AWQ as a layer step: the block's inputs kept, then [`awq::quantize_block`]; the tensors it
+/// rescales but leaves dense (norms, biases, unselected weights) are stored rounded to the
+/// dense type, and the block keeps those rounded values, so the next block sees what the file
+/// holds.
+struct AwqStep<'a> {
+    spec: AwqSpec,
+    names: &'a HashSet<String>,
+    header: HashSet<String>,
+    slots: &'static [LinearSlot],
+    dense_dtype: FloatType,
+    inputs: BlockInputs,
+    layers: Vec<AwqLayer>,
+    pending: Vec<(&'static str, f32, f64)>,
+    seconds: f64,
+}
+
+/// Round `v` to what `dtype` stores.
+fn stored_values(dtype: FloatType, v: &mut [f32]) {
+    if dtype != FloatType::F32 {
+        let b = float::encode(dtype, v);
+        float::decode(dtype, &b, v);
+    }
+}
+
+impl AwqStep<'_> {
+    /// Store the dense tensors of block `l` as AWQ left them, rounded to the dense type.
+    fn store_dense(&self, seq: &Sequential, l: usize, lw: &mut LayerWeights, stored: &mut Stored) {
+        let mut dense: Vec<(String, &mut Vec<f32>)> = Vec::new();
+        for n in lw.norms.iter_mut() {
+            dense.push((seq.tensor_name(l, &format!("{}.weight", n.name)), &mut n.w));
+            if let Some(b) = n.bias.as_mut() {
+                dense.push((seq.tensor_name(l, &format!("{}.bias", n.name)), b));
+            }
+        }
+        for lin in lw.linears.iter_mut() {
+            if let Some(b) = lin.bias.as_mut() {
+                dense.push((seq.tensor_name(l, &format!("{}.bias", lin.name)), b));
+            }
+            let name = seq.weight_name(l, lin.name);
+            if !self.names.contains(&name) {
+                dense.push((name, &mut lin.w));
+            }
+        }
+        for (name, v) in dense {
+            if !self.header.contains(&name) {
+                continue;
+            }
+            stored_values(self.dense_dtype, v);
+            stored.insert(
+                name.clone(),
+                StoredTensor {
+                    name,
+                    dtype: shrink_io::safetensors_dtype(self.dense_dtype),
+                    shape: vec![],
+                    bytes: float::encode(self.dense_dtype, v),
+                },
+            );
+        }
+    }
+}
+
+impl LayerStep for AwqStep<'_> {
+    fn kind(&self) -> StepKind {
+        StepKind::Compress { compare: true }
+    }
+
+    fn observe(&mut self, _: usize, linear: &str, x: &Tensor) -> shrink_models::Result<()> {
+        self.inputs.observe(self.slots, linear, x);
+        Ok(())
+    }
+
+    fn compress(
+        &mut self,
+        seq: &Sequential,
+        l: usize,
+        block: &mut dyn Block,
+        stored: &mut Stored,
+    ) -> Result<()> {
+        let t = Instant::now();
+        let mut inputs = std::mem::take(&mut self.inputs);
+        let selected = |name: &str| self.names.contains(&seq.weight_name(l, name));
+        let r = awq::quantize_block(seq, l, block, &mut inputs, &self.spec, &selected)?;
+        drop(inputs);
+        for (name, parts) in &r.parts {
+            let full = seq.weight_name(l, name);
+            let module = full.strip_suffix(".weight").unwrap_or(&full);
+            for s in
+                shrink_io::hf_int::awq_parts_tensors(module, parts).map_err(format_err(module))?
+            {
+                stored.insert(s.name.clone(), s);
+            }
+        }
+        let groups = seq.stack().scale_groups();
+        let mut lw = LayerWeights::read(block, self.slots, &groups)?;
+        self.store_dense(seq, l, &mut lw, stored);
+        lw.write(block)?;
+        self.seconds += t.elapsed().as_secs_f64();
+        self.pending = r
+            .groups
+            .iter()
+            .map(|g| (g.group.prev.name(), g.ratio, g.loss))
+            .collect();
+        Ok(())
+    }
+
+    fn after(&mut self, _l: usize, before: &[Tensor], after: &[Tensor]) -> Result<()> {
+        let (mut num, mut den) = (0f64, 0f64);
+        for (a, b) in after.iter().zip(before) {
+            // Σ (a − b)² and Σ b², with the float output `b` as the reference.
+            let (e, r) = squared_error(&pipeline::values(b)?, &pipeline::values(a)?);
+            num += e;
+            den += r;
+        }
+        self.layers.push(AwqLayer {
+            groups: std::mem::take(&mut self.pending),
+            output_rel_err: num / den.max(f64::MIN_POSITIVE),
+        });
+        Ok(())
+    }
+}
+
+/// Run AWQ with `spec` and write AutoAWQ's GEMM layout (`quant_method: "awq"`), with
+/// `quant_config.json`.
+pub fn awq(run: &Run, spec: AwqSpec) -> Result<Report> {
+    let t_start = Instant::now();
+    let o = open(run, "AWQ", |l| {
+        spec.validate(&l.weight, l.out_features, l.in_features)
+    })?;
+    let g = spec.group_size;
+    let blank = |module: &str, rows: usize, cols: usize| {
+        let parts = AwqParts {
+            group_size: g,
+            rows,
+            cols,
+            codes: vec![0; rows * cols],
+            scales: vec![1.0; rows * (cols / g)],
+            zeros: vec![0; rows * (cols / g)],
+        };
+        shrink_io::hf_int::awq_parts_tensors(module, &parts).map_err(format_err(module))
+    };
+    let plan = o.plan(run.dense_dtype, blank)?;
+    let header = plan.header.iter().map(|h| h.name.clone()).collect();
+    let mut step = AwqStep {
+        spec,
+        names: &o.names,
+        header,
+        slots: o.seq.linears(),
+        dense_dtype: run.dense_dtype,
+        inputs: BlockInputs::default(),
+        layers: Vec::new(),
+        pending: Vec::new(),
+        seconds: 0.0,
+    };
+    let (out, sizes) = drive(run, &o, "awq layers", &plan, &mut step)?;
+    let bits = spec.bits;
+    let mut qcfg = shrink_io::hf_int::awq_config(bits, Some(g), true, "gemm");
+    let mut qfile = shrink_io::hf_int::awq_quant_config(bits, Some(g), true, "gemm");
+    let left: Vec<String> = o
+        .arch
+        .block_linears()
+        .iter()
+        .filter(|l| !o.names.contains(&l.weight))
+        .map(|l| {
+            l.weight
+                .strip_suffix(".weight")
+                .unwrap_or(&l.weight)
+                .to_string()
+        })
+        .collect();
+    if !left.is_empty() {
+        qcfg["modules_to_not_convert"] = serde_json::json!(left);
+        qfile["modules_to_not_convert"] = serde_json::json!(left);
+    }
+    let dense_name = run.dense_dtype.torch_name();
+    output::write_config_and_tokenizer(run.ckpt, o.arch.decoder(), &out, dense_name, Some(qcfg))?;
+    let text = serde_json::to_string_pretty(&qfile).expect("JSON values serialize");
+    out.write("quant_config.json", text.as_bytes())?;
+
+    let mut r = Report::new(
+        run.ckpt.path().to_path_buf(),
+        run.output.to_path_buf(),
+        format!("awq-w{bits}g{g}-asym"),
+        sizes,
+    );
+    let mut calibration = run.calibration.clone();
+    if let Some(c) = calibration.as_object_mut() {
+        let n = spec.search_samples.min(run.samples.len());
+        c.insert("search_samples".into(), n.into());
+        c.insert("clip_tokens".into(), spec.clip_tokens.into());
+    }
+    r.calibration = Some(calibration);
+    r.quantized_tensors = o.selected.len();
+    r.quantize_seconds = step.seconds;
+    r.seconds = t_start.elapsed().as_secs_f64();
+    let layers = &step.layers;
+    let mean = layers.iter().map(|s| s.output_rel_err).sum::<f64>() / layers.len().max(1) as f64;
+    let per_layer: Vec<serde_json::Value> = layers
+        .iter()
+        .enumerate()
+        .map(|(l, s)| {
+            let map = |f: &dyn Fn(&(&str, f32, f64)) -> serde_json::Value| {
+                s.groups
+                    .iter()
+                    .map(|g| (g.0.to_string(), f(g)))
+                    .collect::<serde_json::Map<_, _>>()
+            };
+            serde_json::json!({
+                "layer": l,
+                "ratios": map(&|g| serde_json::json!(g.1)),
+                "losses": map(&|g| serde_json::json!(g.2)),
+                "output_relative_mse": s.output_rel_err,
+            })
+        })
+        .collect();
+    r.set("mean_layer_output_relative_mse", mean);
+    r.set("awq_layers", per_layer);
+    r.set("awq_seconds", step.seconds);
+    r.notes.push(format!(
+        "layer error    mean relative MSE of the layers' outputs {mean:.3e}"
+    ));
+    output::commit(out, &r)?;
+    Ok(r)
+}
+
+// ---------------------------------------------------------------------------------------
+// The importance matrix
+// ---------------------------------------------------------------------------------------
+
+/// llama.cpp's importance matrix as a layer step: per linear, the sum of x² of each input
+/// column and the rows seen; blocks are not changed.
+struct ImatrixStep {
+    sums: HashMap<String, (Vec<f64>, usize)>,
+    chunks: usize,
+    m: Imatrix,
+}
+
+impl LayerStep for ImatrixStep {
+    fn kind(&self) -> StepKind {
+        StepKind::Observe
+    }
+
+    fn observe(&mut self, _: usize, linear: &str, x: &Tensor) -> shrink_models::Result<()> {
+        let n = x.dim(1)?;
+        let v = x.flatten_all()?.to_vec1::<f32>()?;
+        let e = self
+            .sums
+            .entry(linear.to_string())
+            .or_insert_with(|| (vec![0f64; n], 0));
+        for row in v.chunks_exact(n) {
+            for (s, &x) in e.0.iter_mut().zip(row) {
+                *s += (x as f64) * (x as f64);
+            }
+        }
+        e.1 += v.len() / n;
+        Ok(())
+    }
+
+    fn compress(
+        &mut self,
+        seq: &Sequential,
+        l: usize,
+        _block: &mut dyn Block,
+        _stored: &mut Stored,
+    ) -> Result<()> {
+        for s in seq.linears() {
+            let (sum, count) = self
+                .sums
+                .remove(s.name)
+                .ok_or_else(|| MethodError::Options(format!("{} was not observed", s.name)))?;
+            let hf = seq.weight_name(l, s.name);
+            let name = seq.stack().gguf_name(&hf).unwrap_or(hf);
+            self.m.ncall.insert(name.clone(), self.chunks as i32);
+            self.m.entries.insert(
+                name,
+                sum.iter().map(|&v| (v / count as f64) as f32).collect(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// llama.cpp's importance matrix (mean x² per input column of every linear, entries named as
+/// in GGUF) of `ckpt` on the text `chunks` (consecutive pieces of the text, as llama-imatrix
+/// cuts it).
+pub fn imatrix(ckpt: &Checkpoint, chunks: &[Vec<u32>], progress: &dyn Progress) -> Result<Imatrix> {
+    let seq = Sequential::new(ckpt)?;
+    let mut step = ImatrixStep {
+        sums: HashMap::new(),
+        chunks: chunks.len(),
+        m: Imatrix::new(),
+    };
+    pipeline::observe_all(&seq, chunks, &mut step, progress)?;
+    let mut m = step.m;
+    m.chunks = Some(chunks.len() as u32);
+    m.chunk_size = chunks.first().map(|c| c.len() as u32);
+    Ok(m)
+}

@@ -1,0 +1,119 @@
+//! The output directory of a compressed model beside its weights: config.json (with the
+//! `quantization_config` its layout needs), the tokenizer files (copied from an HF directory or
+//! built from GGUF metadata), the model card, and the run's report — then committed atomically.
+
+use std::path::{Path, PathBuf};
+
+use shrink_io::model_card;
+use shrink_io::tokenizer::Tokenizer;
+use shrink_io::{Checkpoint, IoError, OutputDir};
+use shrink_models::ModelConfig;
+
+use crate::error::{MethodError, Result};
+use crate::report::Report;
+
+/// Write config.json (with `dtype` set to `dtype_name` and an optional `quantization_config`)
+/// and the tokenizer files into `out`: copied from an HF directory, built from GGUF metadata.
+pub fn write_config_and_tokenizer(
+    ckpt: &Checkpoint,
+    cfg: Option<&ModelConfig>,
+    out: &OutputDir,
+    dtype_name: &str,
+    quantization_config: Option<serde_json::Value>,
+) -> Result<()> {
+    let mut c = match ckpt {
+        Checkpoint::Hf(h) => h.config.clone(),
+        Checkpoint::Gguf(g) => {
+            let Some(cfg) = cfg else {
+                return Err(MethodError::Options(format!(
+                    "{}: architecture not supported",
+                    g.path().display()
+                )));
+            };
+            let tok = Tokenizer::from_gguf(g)?;
+            for (name, content) in tok.hf_files()? {
+                out.write(&name, content.as_bytes())?;
+            }
+            // The model-card keys (general.name, license, ...) go where llama.cpp's converter
+            // reads them back: README.md's front matter.
+            let card = gguf_model_card(g);
+            if !card.is_empty() {
+                out.write("README.md", model_card::render(&card).as_bytes())?;
+            }
+            cfg.to_hf_json(dtype_name, tok.bos_id(), tok.eos_id())
+        }
+    };
+    c["dtype"] = dtype_name.into();
+    c["torch_dtype"] = dtype_name.into();
+    match quantization_config {
+        Some(q) => c["quantization_config"] = q,
+        None => {
+            if let Some(o) = c.as_object_mut() {
+                o.remove("quantization_config");
+            }
+        }
+    }
+    let text = serde_json::to_string_pretty(&c).expect("JSON values serialize");
+    out.write("config.json", text.as_bytes())?;
+    if let Checkpoint::Hf(h) = ckpt {
+        copy_side_files(&h.dir, out)?;
+    }
+    Ok(())
+}
+
+/// Write the report beside the model as `shrink-quantize.json` (`shrink compare` reads it) and
+/// rename the directory into place; returns where it went.
+pub fn commit(out: OutputDir, report: &Report) -> Result<PathBuf> {
+    let text = serde_json::to_string_pretty(&report.to_json()).expect("a report serializes");
+    out.write("shrink-quantize.json", text.as_bytes())?;
+    Ok(out.commit()?)
+}
+
+/// The `general.*` model-card keys of a GGUF as model-card entries.
+fn gguf_model_card(g: &shrink_io::GgufFile) -> Vec<(String, model_card::CardValue)> {
+    use model_card::CardValue;
+    model_card::CARD_KEYS
+        .iter()
+        .filter_map(|(card, key)| {
+            let v = match g.get(key)? {
+                shrink_io::GgufValue::String(s) => CardValue::Text(s.clone()),
+                shrink_io::GgufValue::Array(items) => CardValue::List(
+                    items
+                        .iter()
+                        .filter_map(|i| match i {
+                            shrink_io::GgufValue::String(s) => Some(s.clone()),
+                            _ => None,
+                        })
+                        .collect(),
+                ),
+                _ => return None,
+            };
+            Some((card.to_string(), v))
+        })
+        .collect()
+}
+
+/// The OS refused an operation on `p`.
+fn os(p: &Path, e: std::io::Error) -> MethodError {
+    MethodError::Io(IoError::os(p, e))
+}
+
+/// Copy tokenizer and generation files of an HF directory (everything but weights, config and
+/// the files that describe the weights' quantization).
+fn copy_side_files(dir: &Path, out: &OutputDir) -> Result<()> {
+    for e in std::fs::read_dir(dir).map_err(|e| os(dir, e))? {
+        let e = e.map_err(|e| os(dir, e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let skip = name == "config.json"
+            || name == "shrink-quantize.json"
+            || name == "quantize_config.json"
+            || name.ends_with(".safetensors")
+            || name == "model.safetensors.index.json";
+        if skip || !e.file_type().map_err(|e| os(dir, e))?.is_file() {
+            continue;
+        }
+        let p = e.path();
+        std::fs::copy(&p, out.file(&name)).map_err(|e| os(&p, e))?;
+    }
+    Ok(())
+}

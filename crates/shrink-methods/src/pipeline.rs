@@ -1,0 +1,296 @@
+//! The one layer-by-layer driver of every calibrated method (GPTQ, AWQ, imatrix; Wanda and
+//! SparseGPT plug in as one more [`LayerStep`]), over any architecture shrink-models opens as a
+//! [`Sequential`] stack — and the streaming writer that writes a checkpoint as the layers
+//! complete.
+//!
+//! GPTQ's sequential scheme (Frantar et al. 2022, `llama.py`): the calibration samples are
+//! embedded once; each block is loaded, run on the samples with hooks that show the step every
+//! linear's input ([`LayerStep::observe`]), compressed ([`LayerStep::compress`]), and run again
+//! with its compressed weights so the next block sees what the compressed model computes. Only
+//! one block's weights and the samples' activations are resident.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::Tensor;
+use shrink_formats::float::{self, FloatType};
+use shrink_io::quantized::StoredTensor;
+use shrink_io::{OutputDir, TensorHeader};
+use shrink_models::layerwise::{Block, Sequential};
+use shrink_models::{Architecture, LinearInfo, WeightLoader};
+
+use crate::error::{MethodError, Result};
+
+/// Shows the progress of long work (the binary draws a bar; a library user may ignore it).
+pub trait Progress: Sync {
+    /// Work of `len` steps named `what` begins.
+    fn start(&self, what: &str, len: u64);
+    /// `n` more steps are done.
+    fn inc(&self, n: u64);
+    /// The work is done.
+    fn finish(&self);
+}
+
+/// Progress that shows nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Silent;
+
+impl Progress for Silent {
+    fn start(&self, _what: &str, _len: u64) {}
+    fn inc(&self, _n: u64) {}
+    fn finish(&self) {}
+}
+
+/// The tensors of compressed blocks waiting to be written, by name.
+pub type Stored = HashMap<String, StoredTensor>;
+
+/// Whether a step changes the block (whose outputs are then recomputed) and whether it wants
+/// the block's outputs before the change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepKind {
+    /// Only observes: the observed run's outputs feed the next block (imatrix).
+    Observe,
+    /// Compresses the block; with `compare`, [`LayerStep::after`] gets the outputs before and
+    /// after compression.
+    Compress {
+        /// Keep the pre-compression outputs for [`LayerStep::after`].
+        compare: bool,
+    },
+}
+
+/// What a layer-by-layer method does to each block.
+pub trait LayerStep {
+    /// Whether the step changes blocks.
+    fn kind(&self) -> StepKind;
+    /// Sees linear `linear`'s input `x` [t, in] of sample `sample` while the block runs on
+    /// the samples (linears sharing an input are each shown it).
+    fn observe(&mut self, sample: usize, linear: &str, x: &Tensor) -> shrink_models::Result<()>;
+    /// Compress block `l` of `seq` after it was observed; tensors to write go in `stored`.
+    fn compress(
+        &mut self,
+        seq: &Sequential,
+        l: usize,
+        block: &mut dyn Block,
+        stored: &mut Stored,
+    ) -> Result<()>;
+    /// The block's outputs on the samples before and after compression (with
+    /// `StepKind::Compress { compare: true }`).
+    fn after(&mut self, _l: usize, _before: &[Tensor], _after: &[Tensor]) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Take block `l` of `seq` through `step` on the block inputs `xs`, which become its outputs.
+pub fn advance(
+    seq: &Sequential,
+    l: usize,
+    xs: &mut Vec<Tensor>,
+    step: &mut dyn LayerStep,
+    stored: &mut Stored,
+) -> Result<()> {
+    let mut block = seq.layer(l)?;
+    let kind = step.kind();
+    let mut tap = |i: usize, name: &str, t: &Tensor| step.observe(i, name, t);
+    let outputs = seq.run(block.as_ref(), xs, Some(&mut tap))?;
+    match kind {
+        StepKind::Observe => {
+            step.compress(seq, l, block.as_mut(), stored)?;
+            *xs = outputs;
+        }
+        StepKind::Compress { compare } => {
+            let before = compare.then_some(outputs);
+            step.compress(seq, l, block.as_mut(), stored)?;
+            let next = seq.run(block.as_ref(), xs, None)?;
+            if let Some(b) = before {
+                step.after(l, &b, &next)?;
+            }
+            *xs = next;
+        }
+    }
+    Ok(())
+}
+
+/// Run `step` over every block of `seq` from the embedded `samples`, with nothing written
+/// (statistics such as the importance matrix).
+pub fn observe_all(
+    seq: &Sequential,
+    samples: &[Vec<u32>],
+    step: &mut dyn LayerStep,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let mut xs = seq.embed(samples)?;
+    let mut stored = Stored::new();
+    progress.start("layers", seq.num_layers() as u64);
+    for l in 0..seq.num_layers() {
+        advance(seq, l, &mut xs, step, &mut stored)?;
+        progress.inc(1);
+    }
+    progress.finish();
+    Ok(())
+}
+
+/// Refuse a selection a calibrated `method` cannot compress — a weight outside the blocks, or
+/// one `validate` rejects — before anything is read or written.
+pub fn check_selected(
+    model: &Path,
+    seq: &Sequential,
+    method: &str,
+    selected: &[LinearInfo],
+    mut validate: impl FnMut(&LinearInfo) -> Result<()>,
+) -> Result<()> {
+    if selected.is_empty() {
+        return Err(MethodError::Options(format!(
+            "{}: the selection names no weight for {method}",
+            model.display()
+        )));
+    }
+    for l in selected {
+        if seq.layer_of(&l.weight).is_none() {
+            return Err(MethodError::Options(format!(
+                "{}: {method} compresses the linears inside the {} blocks; {} is outside them",
+                model.display(),
+                seq.stack().family(),
+                l.weight
+            )));
+        }
+        validate(l)?;
+    }
+    Ok(())
+}
+
+/// The output file's tensors in write order, and what they hold.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// Headers in load order, each selected linear's layout tensors in place of its weight.
+    pub header: Vec<TensorHeader>,
+    /// For each header entry, the index into the model's weight shapes it comes from.
+    pub origin: Vec<usize>,
+    /// Elements of the compressed weights.
+    pub q_params: u64,
+    /// Bytes of their layout tensors.
+    pub q_bytes: u64,
+    /// Bytes of the tensors stored dense.
+    pub dense_bytes: u64,
+}
+
+/// Plan the output: each selected linear (by weight name in `by_name`) stored as the tensors
+/// `blank(module, rows, cols)` returns — a layout whose sizes depend on the shape only — and
+/// every other weight dense as `dense_dtype`.
+pub fn plan(
+    shapes: &[(String, Vec<usize>)],
+    by_name: &HashMap<&str, &LinearInfo>,
+    dense_dtype: FloatType,
+    blank: impl Fn(&str, usize, usize) -> Result<Vec<StoredTensor>>,
+) -> Result<Plan> {
+    let mut p = Plan::default();
+    for (i, (name, shape)) in shapes.iter().enumerate() {
+        if let Some(l) = by_name.get(name.as_str()) {
+            let (rows, cols) = (l.out_features, l.in_features);
+            let module = name.strip_suffix(".weight").unwrap_or(name);
+            for s in blank(module, rows, cols)? {
+                p.q_bytes += s.bytes.len() as u64;
+                p.header.push(header_of(&s));
+                p.origin.push(i);
+            }
+            p.q_params += (rows * cols) as u64;
+        } else {
+            let n: usize = shape.iter().product();
+            p.dense_bytes += (n * dense_dtype.size()) as u64;
+            p.header.push(TensorHeader {
+                name: name.clone(),
+                dtype: shrink_io::safetensors_dtype(dense_dtype),
+                shape: shape.clone(),
+                len: n * dense_dtype.size(),
+            });
+            p.origin.push(i);
+        }
+    }
+    Ok(p)
+}
+
+/// The header entry of a stored tensor.
+pub fn header_of(s: &StoredTensor) -> TensorHeader {
+    TensorHeader {
+        name: s.name.clone(),
+        dtype: s.dtype,
+        shape: s.shape.clone(),
+        len: s.bytes.len(),
+    }
+}
+
+/// Where a layer-by-layer run reads and writes.
+pub struct Source<'a> {
+    /// The model's architecture.
+    pub arch: &'a Architecture,
+    /// Its weights.
+    pub loader: &'a WeightLoader<'a>,
+    /// HF names and shapes of every weight, in write order.
+    pub shapes: &'a [(String, Vec<usize>)],
+}
+
+/// Write `model.safetensors` of `out` as `plan` lays it out: the tensors of block `l` are taken
+/// from `stored` once `advance(l, stored)` has compressed it — blocks in order, each when the
+/// writer first reaches one of its tensors, so only one block is ever in flight — and every
+/// other tensor is read from the checkpoint and written as `dense_dtype`. `metadata` goes in the
+/// file's header.
+pub fn write_layer_by_layer(
+    seq: &Sequential,
+    src: &Source,
+    out: &OutputDir,
+    plan: &Plan,
+    dense_dtype: FloatType,
+    metadata: HashMap<String, String>,
+    mut advance: impl FnMut(usize, &mut Stored) -> Result<()>,
+) -> Result<()> {
+    let mut done: Option<usize> = None;
+    let mut stored = Stored::new();
+    shrink_io::write_safetensors_ordered(
+        &out.file("model.safetensors"),
+        &plan.header,
+        Some(metadata),
+        |k| -> Result<Vec<u8>> {
+            let (name, shape) = &src.shapes[plan.origin[k]];
+            if let Some(l) = seq.layer_of(name) {
+                while done.is_none_or(|d| d < l) {
+                    let next = done.map_or(0, |d| d + 1);
+                    advance(next, &mut stored)?;
+                    done = Some(next);
+                }
+            }
+            if let Some(s) = stored.remove(&plan.header[k].name) {
+                return Ok(s.bytes);
+            }
+            let t = src.arch.read_weight(src.loader, name, shape)?;
+            let v = t
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(shrink_models::ModelError::from)?;
+            Ok(float::encode(dense_dtype, &v))
+        },
+    )
+}
+
+/// The safetensors metadata of a quantized checkpoint: `format: pt`, and the Conv1D weights
+/// stored [out, in] rather than as their checkpoint stores them.
+pub fn file_metadata(selected: &[LinearInfo]) -> HashMap<String, String> {
+    let mut meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let transposed: Vec<&str> = selected
+        .iter()
+        .filter(|l| l.conv1d)
+        .map(|l| l.weight.as_str())
+        .collect();
+    if !transposed.is_empty() {
+        meta.insert(
+            shrink_io::quantized::TRANSPOSED_KEY.to_string(),
+            transposed.join(","),
+        );
+    }
+    meta
+}
+
+/// A tensor's values as a flat f32 vector.
+pub fn values(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.flatten_all()
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(shrink_models::ModelError::from)?)
+}
