@@ -137,8 +137,11 @@ fn hqq_stores_what_it_quantized() {
         let a = Checkpoint::open(&src).unwrap();
         let b = Checkpoint::open(&out).unwrap();
         let cfg = shrink_models::ModelConfig::from_checkpoint(&a).unwrap();
-        let spec =
-            shrink_formats::hqq::HqqSpec::new(bits.parse().unwrap(), 32, axis.parse().unwrap());
+        let spec = shrink_formats::hqq_layout::HqqSpec::new(
+            bits.parse().unwrap(),
+            32,
+            axis.parse().unwrap(),
+        );
         for l in shrink_models::decoder_linears(&cfg) {
             let (w, _) = a.read_f32(&l.weight).unwrap();
             let opts = shrink_methods::hqq::HqqOptions {

@@ -9,7 +9,11 @@
 //! - [`int`]: round-to-nearest integers (2–8 bits), symmetric or zero-point, per tensor /
 //!   channel / group, with f32 / f16 / bf16 scales, bit-packed ([`int::IntTensor`]);
 //! - [`nf4`]: bitsandbytes' NF4 and FP4 blocks with optional double-quantized absmax
-//!   ([`nf4::Nf4Tensor`]), bit-identical to bitsandbytes on CPU.
+//!   ([`nf4::Nf4Tensor`]), bit-identical to bitsandbytes on CPU;
+//! - [`int8_rowwise`]: LLM.int8()'s row-wise int8 weights;
+//! - [`gptq_layout`], [`awq_layout`], [`hqq_layout`]: the codes, scales and zero points those
+//!   ecosystems store, and their packing (the algorithms that choose them live in
+//!   `shrink-methods`' `gptq`, `awq` and `hqq`).
 //!
 //! Neighbours: `shrink-io` reads these bytes out of files; `shrink-models` computes with the
 //! float32 values.
@@ -26,12 +30,12 @@
 //! ```
 #![deny(missing_docs)]
 
-pub mod awq;
+pub mod awq_layout;
 pub mod error;
 pub mod float;
 pub mod ggml;
-pub mod gptq;
-pub mod hqq;
+pub mod gptq_layout;
+pub mod hqq_layout;
 pub mod int;
 pub mod int8_rowwise;
 pub mod nf4;

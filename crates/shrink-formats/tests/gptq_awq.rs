@@ -6,9 +6,9 @@
 
 use half::f16;
 use safetensors::SafeTensors;
-use shrink_formats::awq::{AwqPacked, AwqParts};
+use shrink_formats::awq_layout::{AwqPacked, AwqParts};
 use shrink_formats::float::FloatType;
-use shrink_formats::gptq::{CheckpointFormat, GptqPacked, GptqParts, GPTQ_BITS};
+use shrink_formats::gptq_layout::{CheckpointFormat, GptqPacked, GptqParts, GPTQ_BITS};
 use shrink_formats::int::{self, Granularity, IntSpec};
 use shrink_formats::FormatError;
 
@@ -126,7 +126,7 @@ fn gptq_matches_autogptq_and_gptqmodel() {
                 }
                 None => assert_eq!(case, "act"),
             }
-            let [qw, qz, sc] = shrink_formats::gptq::shapes(bits, G, OUT, IN);
+            let [qw, qz, sc] = shrink_formats::gptq_layout::shapes(bits, G, OUT, IN);
             assert_eq!(
                 parts.stored_bytes(),
                 4 * qw[0] * qw[1] + 4 * qz[0] * qz[1] + 2 * sc[0] * sc[1] + 4 * IN

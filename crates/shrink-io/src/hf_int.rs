@@ -3,7 +3,7 @@
 //! by other tools (AutoGPTQ, GPTQModel, optimum, AutoAWQ).
 //!
 //! The layouts themselves (int32 packing, zero-point offsets, AWQ's order) are in
-//! [`shrink_formats::gptq`] and [`shrink_formats::awq`]. Writers store GPTQ with
+//! [`shrink_formats::gptq_layout`] and [`shrink_formats::awq_layout`]. Writers store GPTQ with
 //! `checkpoint_format: "gptq"` (v1, loadable everywhere) and AWQ as `version: "gemm"`.
 //! Readers return [`Quantized::Int`] when the weight is an integer tensor with groups of
 //! consecutive columns, and [`Quantized::Dense`] (decoded once, when loading) for GPTQ with an
@@ -14,8 +14,10 @@ use std::path::Path;
 
 use safetensors::tensor::Dtype;
 use serde_json::{json, Value};
-use shrink_formats::awq::{self, AwqPacked, AwqParts, AWQ_BITS};
-use shrink_formats::gptq::{self, CheckpointFormat, GptqPacked, GptqParts, GPTQ_BITS};
+use shrink_formats::awq_layout::{self as awq, AwqPacked, AwqParts, AWQ_BITS};
+use shrink_formats::gptq_layout::{
+    self as gptq, CheckpointFormat, GptqPacked, GptqParts, GPTQ_BITS,
+};
 use shrink_formats::int::IntTensor;
 use shrink_formats::FormatError;
 

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use safetensors::tensor::Dtype;
 use serde_json::{json, Value};
 use shrink_formats::float::FloatType;
-use shrink_formats::hqq::{HqqSpec, HqqTensor};
+use shrink_formats::hqq_layout::{HqqSpec, HqqTensor};
 use shrink_formats::int::{Granularity, IntSpec, IntTensor};
 use shrink_formats::int8_rowwise::RowwiseInt8;
 use shrink_formats::nf4::{Absmax, Fp4Kind, Nf4Spec, Nf4Tensor, DYNAMIC_MAP, NESTED_BLOCK};

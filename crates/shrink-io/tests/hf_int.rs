@@ -7,7 +7,7 @@ use std::path::Path;
 use safetensors::tensor::{Dtype, TensorView};
 use serde_json::{json, Value};
 use shrink_formats::float::FloatType;
-use shrink_formats::gptq::{CheckpointFormat, GptqParts, GPTQ_BITS};
+use shrink_formats::gptq_layout::{CheckpointFormat, GptqParts, GPTQ_BITS};
 use shrink_formats::int::{self, Granularity, IntSpec};
 use shrink_io::hf_int::{
     awq_config, awq_tensors, gptq_config, gptq_quantize_config, gptq_tensors, read_awq, read_gptq,

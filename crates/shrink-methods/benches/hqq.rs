@@ -3,7 +3,7 @@
 //! along axis 0. `cargo bench -p shrink-methods --bench hqq`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use shrink_formats::hqq::HqqSpec;
+use shrink_formats::hqq_layout::HqqSpec;
 use shrink_methods::hqq::{self, HqqOptions};
 
 /// Rows and columns of SmolLM2-135M's `mlp.gate_proj`.

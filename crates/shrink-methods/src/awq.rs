@@ -44,7 +44,7 @@ use std::collections::HashMap;
 use candle_core::{Device, Module, Tensor};
 use half::f16;
 use rayon::prelude::*;
-use shrink_formats::awq::{AwqParts, AWQ_BITS};
+use shrink_formats::awq_layout::{AwqParts, AWQ_BITS};
 use shrink_models::layerwise::{
     Block, Inspect, LinearSlot, Positions, Prev, ScaleGroup, Sequential,
 };

@@ -21,9 +21,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use shrink_formats::awq::AwqParts;
+use shrink_formats::awq_layout::AwqParts;
 use shrink_formats::float::{self, FloatType};
-use shrink_formats::gptq::GptqParts;
+use shrink_formats::gptq_layout::GptqParts;
 use shrink_io::imatrix::Imatrix;
 use shrink_io::quantized::StoredTensor;
 use shrink_io::{Checkpoint, OutputDir};

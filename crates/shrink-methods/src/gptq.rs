@@ -29,7 +29,7 @@
 //! updated once per block with a GEMM (the reference's lazy batch update).
 
 use rayon::prelude::*;
-use shrink_formats::gptq::GptqParts;
+use shrink_formats::gptq_layout::GptqParts;
 
 use crate::error::{MethodError, Result};
 use crate::hessian::inverse_cholesky_upper;

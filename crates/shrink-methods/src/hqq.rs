@@ -26,14 +26,14 @@
 //! ([`HqqQuantized::dequantized`]). (Recomputing the codes on the f16 grid instead scored
 //! 31.96 against 31.85 at 4 bits on SmolLM2 — BENCHMARKS.md.)
 //!
-//! Groups are laid out as `shrink_formats::hqq` describes (axis 1: runs of a row; axis 0:
+//! Groups are laid out as `shrink_formats::hqq_layout` describes (axis 1: runs of a row; axis 0:
 //! hqq's strided `reshape([G, -1])` groups, copied into a group-contiguous buffer first).
 
 use std::borrow::Cow;
 
 use half::f16;
 use rayon::prelude::*;
-use shrink_formats::hqq::{HqqSpec, HqqTensor};
+use shrink_formats::hqq_layout::{HqqSpec, HqqTensor};
 use shrink_formats::FormatError;
 
 use crate::error::{MethodError, Result};

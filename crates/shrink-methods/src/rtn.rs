@@ -2,7 +2,7 @@
 //! channel or group) and bitsandbytes' NF4/FP4, each written in the ecosystem's layout.
 
 use serde_json::Value;
-use shrink_formats::hqq::{HqqSpec, HqqTensor};
+use shrink_formats::hqq_layout::{HqqSpec, HqqTensor};
 use shrink_formats::int::{IntSpec, IntTensor};
 use shrink_formats::int8_rowwise::RowwiseInt8;
 use shrink_formats::nf4::{Nf4Spec, Nf4Tensor};

@@ -6,7 +6,7 @@
 //! and without act-order, symmetric and asymmetric, and a block size that groups straddle.
 
 use safetensors::SafeTensors;
-use shrink_formats::gptq::GptqParts;
+use shrink_formats::gptq_layout::GptqParts;
 use shrink_methods::gptq::{self, GptqSpec, PreparedHessian};
 
 /// Written by `scripts/make-gptq-reference.py` (torch 2.15.0, numpy 2.4.6, float32 on CPU).

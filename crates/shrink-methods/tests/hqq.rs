@@ -2,7 +2,7 @@
 //! exact round trip of the stored form, refusal of bad input, and the gain over min/max RTN.
 
 use safetensors::SafeTensors;
-use shrink_formats::hqq::HqqSpec;
+use shrink_formats::hqq_layout::HqqSpec;
 use shrink_formats::FormatError;
 use shrink_methods::hqq::{self, HqqOptions, HqqWeight};
 use shrink_methods::MethodError;

@@ -14,7 +14,7 @@ use std::cell::RefCell;
 
 use candle_core::Tensor;
 use rayon::prelude::*;
-use shrink_formats::hqq::HqqTensor;
+use shrink_formats::hqq_layout::HqqTensor;
 use shrink_formats::int::{Granularity, IntTensor};
 use shrink_formats::nf4::Nf4Tensor;
 use shrink_formats::{float, int8_rowwise::RowwiseInt8};

@@ -12,9 +12,9 @@ use std::collections::BTreeSet;
 
 use anyhow::{bail, Result};
 use serde_json::Value;
-use shrink_formats::awq::AwqParts;
+use shrink_formats::awq_layout::AwqParts;
 use shrink_formats::float::FloatType;
-use shrink_formats::gptq::GptqParts;
+use shrink_formats::gptq_layout::GptqParts;
 use shrink_formats::int::{Granularity, IntSpec};
 use shrink_formats::nf4::{Fp4Kind, Nf4Spec};
 use shrink_io::hf_int;

@@ -345,7 +345,7 @@ fn method(a: &Args) -> Result<Rtn> {
                 bail!("HQQ quantizes asymmetric groups of --group-size (no --granularity/--sym)");
             }
             Ok(Rtn::Hqq(
-                shrink_formats::hqq::HqqSpec::new(
+                shrink_formats::hqq_layout::HqqSpec::new(
                     a.bits.unwrap_or(4),
                     a.group_size.unwrap_or(64),
                     a.axis,

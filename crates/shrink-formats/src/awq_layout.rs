@@ -19,7 +19,7 @@ use half::f16;
 
 use crate::error::FormatError;
 use crate::float::FloatType;
-use crate::gptq::{check_values, grouped_parts, int_packed, word_aligned};
+use crate::gptq_layout::{check_values, grouped_parts, int_packed, word_aligned};
 use crate::int::{Granularity, IntSpec, IntTensor};
 
 /// Format name used in errors.
