@@ -11,12 +11,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$(realpath "${1:-target/release/shrink}")
 calib=${CALIB:-}
-src=assets/SmolLM2-135M-Instruct.Q4_1.gguf
-text=assets/lee_background.cor
+src=$PWD/assets/SmolLM2-135M-Instruct.Q4_1.gguf
+text=$PWD/assets/lee_background.cor
 [ -s "$src" ] || ./scripts/fetch-assets.sh >&2
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-q() { "$bin" quantize "$src" -o "$tmp/$1" "${@:2}" >/dev/null; }
+# Outputs are named relative to the temporary folder: the Q4_K_M GGUF records the imatrix's path.
+cd "$tmp"
+q() { "$bin" quantize "$src" -o "$1" "${@:2}" >/dev/null; }
 q nf4-dq --method nf4 --double-quant
 q int4-g64 --method int --bits 4 --group-size 64
 q hqq4-g64 --method hqq --bits 4 --group-size 64
@@ -25,6 +27,6 @@ q gptq-w4g64 --method gptq --bits 4 --group-size 64 --calib "$text" $calib
 # shellcheck disable=SC2086
 q awq-w4g64 --method awq --bits 4 --group-size 64 --calib "$text" $calib
 # shellcheck disable=SC2086
-"$bin" imatrix "$src" --calib "$text" -o "$tmp/imatrix.dat" $calib >/dev/null
-"$bin" quantize "$src" --method q4_k_m --imatrix "$tmp/imatrix.dat" -o "$tmp/q4_k_m.gguf" >/dev/null
-(cd "$tmp" && find . -type f ! -name shrink-quantize.json | sort | xargs sha256sum)
+"$bin" imatrix "$src" --calib "$text" -o imatrix.dat $calib >/dev/null
+"$bin" quantize "$src" --method q4_k_m --imatrix imatrix.dat -o q4_k_m.gguf >/dev/null
+find . -type f ! -name shrink-quantize.json | sort | xargs sha256sum
