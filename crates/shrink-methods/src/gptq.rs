@@ -187,12 +187,15 @@ pub fn prepare(mut h: Vec<f64>, n: usize, spec: &GptqSpec, layer: &str) -> Resul
         }
     }
     if let Some(i) = h.iter().position(|v| !v.is_finite()) {
-        return Err(MethodError::Options(format!(
-            "{layer}: the calibration Hessian has a non-finite entry at ({}, {}) — the \
-             activations overflowed or hold NaN",
-            i / n,
-            i % n
-        )));
+        return Err(MethodError::Numerical {
+            layer: layer.to_string(),
+            what: format!(
+                "the calibration Hessian has a non-finite entry at ({}, {}) — the activations \
+                 overflowed or hold NaN",
+                i / n,
+                i % n
+            ),
+        });
     }
     let mut perm: Vec<usize> = (0..n).collect();
     if spec.act_order {
@@ -220,12 +223,15 @@ pub fn prepare(mut h: Vec<f64>, n: usize, spec: &GptqSpec, layer: &str) -> Resul
                 })
             }
             Err(col) if attempt == 3 => {
-                return Err(MethodError::Options(format!(
-                    "{layer}: the calibration Hessian is not positive definite (failed at \
-                     column {}) even with dampening {damp} of its mean diagonal; use more \
-                     calibration samples or a larger --damp",
-                    perm[col]
-                )))
+                return Err(MethodError::Numerical {
+                    layer: layer.to_string(),
+                    what: format!(
+                        "the calibration Hessian is not positive definite (failed at column {}) \
+                         even with dampening {damp} of its mean diagonal; use more calibration \
+                         samples or a larger --damp",
+                        perm[col]
+                    ),
+                })
             }
             Err(_) => damp *= 10.0,
         }
@@ -249,27 +255,27 @@ pub fn quantize(
     assert_eq!(hp.n, cols);
     let g = spec.group_size;
     let ngroups = cols / g;
-    let maxq = spec.maxq();
-    let perm = &hp.perm;
     // Group of each processing position, and g_idx (group of each original column).
-    let static_groups = spec.static_groups;
     let group_at: Vec<usize> = (0..cols)
-        .map(|j| if static_groups { perm[j] / g } else { j / g })
+        .map(|j| {
+            if spec.static_groups {
+                hp.perm[j] / g
+            } else {
+                j / g
+            }
+        })
         .collect();
     let mut g_idx = vec![0u32; cols];
     for j in 0..cols {
-        g_idx[perm[j]] = group_at[j] as u32;
+        g_idx[hp.perm[j]] = group_at[j] as u32;
     }
-    // Dynamic groups take the reference's blocks as they are: a group's parameters depend on
-    // where the blocks start. Static groups' parameters do not, and their blocks stay rounded up
-    // to whole groups (only the float summation order of the lazy update depends on it).
-    let bs = if static_groups {
-        spec.block_size.div_ceil(g).max(1) * g
-    } else {
-        spec.block_size
+    let job = Job {
+        w,
+        cols,
+        hp,
+        spec,
+        group_at: &group_at,
     };
-    let u = &hp.u;
-
     let mut codes = vec![0u8; rows * cols];
     let mut scales = vec![0f32; rows * ngroups];
     let mut zeros = vec![0u8; rows * ngroups];
@@ -279,99 +285,12 @@ pub fn quantize(
         .zip(zeros.par_chunks_mut(ROW_CHUNK * ngroups))
         .enumerate()
         .map(|(ci, ((codes, scales), zeros))| {
-            let r0 = ci * ROW_CHUNK;
-            let nr = codes.len() / cols;
-            // This chunk's rows, permuted, dead columns zeroed.
-            let mut wp = vec![0f32; nr * cols];
-            for r in 0..nr {
-                let src = &w[(r0 + r) * cols..(r0 + r + 1) * cols];
-                for j in 0..cols {
-                    wp[r * cols + j] = if hp.dead[perm[j]] { 0.0 } else { src[perm[j]] };
-                }
-            }
-            if static_groups {
-                for r in 0..nr {
-                    let src = &w[(r0 + r) * cols..(r0 + r + 1) * cols];
-                    for k in 0..ngroups {
-                        let v: Vec<f32> = (k * g..(k + 1) * g)
-                            .map(|c| if hp.dead[c] { 0.0 } else { src[c] })
-                            .collect();
-                        let (s, z) = spec.params(&v);
-                        scales[r * ngroups + k] = s;
-                        zeros[r * ngroups + k] = z;
-                    }
-                }
-            }
-            let mut loss = 0f64;
-            let mut err = vec![0f32; nr * bs];
-            let mut b0 = 0;
-            while b0 < cols {
-                let b1 = (b0 + bs).min(cols);
-                let bw = b1 - b0;
-                for r in 0..nr {
-                    let row = &mut wp[r * cols..(r + 1) * cols];
-                    if !static_groups {
-                        // gptq.py's `find_params(W[:, j:j + g])` for every group starting in
-                        // the block reads W, which holds the block as it was when the block
-                        // began (the in-block updates go to its copy W1) and the columns past
-                        // the block before this block's lazy update: the row as it is now.
-                        for j in (b0.next_multiple_of(g)..b1).step_by(g) {
-                            let (s, z) = spec.params(&row[j..j + g]);
-                            scales[r * ngroups + j / g] = s;
-                            zeros[r * ngroups + j / g] = z;
-                        }
-                    }
-                    let e_row = &mut err[r * bs..r * bs + bw];
-                    for j in b0..b1 {
-                        let k = group_at[j];
-                        let (s, z) = (scales[r * ngroups + k], zeros[r * ngroups + k]);
-                        let x = row[j];
-                        let c = code(x, s, z, maxq);
-                        codes[r * cols + perm[j]] = c;
-                        let q = (c as i32 - z as i32) as f32 * s;
-                        let d = u[j * cols + j];
-                        let e = (x - q) / d;
-                        loss += ((x - q) as f64 / d as f64).powi(2) / 2.0;
-                        e_row[j - b0] = e;
-                        // The rest of the block, now; the rest of the row after the block.
-                        let urow = &u[j * cols + j + 1..j * cols + b1];
-                        for (wv, &uv) in row[j + 1..b1].iter_mut().zip(urow) {
-                            *wv -= e * uv;
-                        }
-                    }
-                }
-                if b1 < cols {
-                    // W[:, b1..] -= Err[:, block] · U[block, b1..]
-                    let rest = cols - b1;
-                    // SAFETY: dst is rows [nr] × cols b1.. of wp (row stride cols); lhs is
-                    // err [nr, bw] (row stride bs); rhs is U[b0..b1, b1..] (row stride cols).
-                    unsafe {
-                        gemm::gemm(
-                            nr,
-                            rest,
-                            bw,
-                            wp.as_mut_ptr().add(b1),
-                            1,
-                            cols as isize,
-                            true,
-                            err.as_ptr(),
-                            1,
-                            bs as isize,
-                            u.as_ptr().add(b0 * cols + b1),
-                            1,
-                            cols as isize,
-                            1.0f32,
-                            -1.0f32,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
-                        )
-                    }
-                }
-                b0 = b1;
-            }
-            loss
+            let mut out = Grid {
+                codes,
+                scales,
+                zeros,
+            };
+            job.rows(ci * ROW_CHUNK, &mut out)
         })
         .sum();
     GptqResult {
@@ -387,6 +306,170 @@ pub fn quantize(
         },
         loss,
         damp: hp.damp,
+    }
+}
+
+/// One weight's GPTQ: the inputs every chunk of rows shares.
+struct Job<'a> {
+    w: &'a [f32],
+    cols: usize,
+    hp: &'a PreparedHessian,
+    spec: &'a GptqSpec,
+    /// Group of each processing position.
+    group_at: &'a [usize],
+}
+
+/// A chunk of rows' outputs: codes `[nr, cols]`, scales and zeros `[nr, ngroups]`.
+struct Grid<'a> {
+    codes: &'a mut [u8],
+    scales: &'a mut [f32],
+    zeros: &'a mut [u8],
+}
+
+impl Job<'_> {
+    /// Quantize the rows `r0..` that `out` holds (Algorithm 1 over blocks of columns); returns
+    /// their share of the loss.
+    fn rows(&self, r0: usize, out: &mut Grid) -> f64 {
+        let (cols, hp, spec) = (self.cols, self.hp, self.spec);
+        let (g, perm) = (spec.group_size, &hp.perm);
+        let ngroups = cols / g;
+        let nr = out.codes.len() / cols;
+        // This chunk's rows, permuted, dead columns zeroed.
+        let mut wp = vec![0f32; nr * cols];
+        for r in 0..nr {
+            let src = &self.w[(r0 + r) * cols..(r0 + r + 1) * cols];
+            for j in 0..cols {
+                wp[r * cols + j] = if hp.dead[perm[j]] { 0.0 } else { src[perm[j]] };
+            }
+        }
+        if spec.static_groups {
+            for r in 0..nr {
+                let src = &self.w[(r0 + r) * cols..(r0 + r + 1) * cols];
+                for k in 0..ngroups {
+                    let v: Vec<f32> = (k * g..(k + 1) * g)
+                        .map(|c| if hp.dead[c] { 0.0 } else { src[c] })
+                        .collect();
+                    let (s, z) = spec.params(&v);
+                    out.scales[r * ngroups + k] = s;
+                    out.zeros[r * ngroups + k] = z;
+                }
+            }
+        }
+        // Dynamic groups take the reference's blocks as they are: a group's parameters depend
+        // on where the blocks start. Static groups' parameters do not, and their blocks stay
+        // rounded up to whole groups (only the float summation order of the lazy update
+        // depends on it).
+        let bs = if spec.static_groups {
+            spec.block_size.div_ceil(g).max(1) * g
+        } else {
+            spec.block_size
+        };
+        let mut loss = 0f64;
+        let mut err = vec![0f32; nr * bs];
+        let mut b0 = 0;
+        while b0 < cols {
+            let b1 = (b0 + bs).min(cols);
+            for r in 0..nr {
+                let row = &mut wp[r * cols..(r + 1) * cols];
+                let e_row = &mut err[r * bs..r * bs + (b1 - b0)];
+                loss += self.block_row(row, r, (b0, b1), e_row, out);
+            }
+            if b1 < cols {
+                self.lazy_update(&mut wp, &err, nr, bs, (b0, b1));
+            }
+            b0 = b1;
+        }
+        loss
+    }
+
+    /// Quantize columns `b0..b1` of the permuted row `r` (`row`), one column at a time, each
+    /// rounding error (scaled by the factor's diagonal, kept in `e_row`) spread over the rest
+    /// of the block; returns the row's loss on the block.
+    fn block_row(
+        &self,
+        row: &mut [f32],
+        r: usize,
+        (b0, b1): (usize, usize),
+        e_row: &mut [f32],
+        out: &mut Grid,
+    ) -> f64 {
+        let (cols, spec, u) = (self.cols, self.spec, &self.hp.u);
+        let g = spec.group_size;
+        let ngroups = cols / g;
+        let maxq = spec.maxq();
+        if !spec.static_groups {
+            // gptq.py's `find_params(W[:, j:j + g])` for every group starting in the block
+            // reads W, which holds the block as it was when the block began (the in-block
+            // updates go to its copy W1) and the columns past the block before this block's
+            // lazy update: the row as it is now.
+            for j in (b0.next_multiple_of(g)..b1).step_by(g) {
+                let (s, z) = spec.params(&row[j..j + g]);
+                out.scales[r * ngroups + j / g] = s;
+                out.zeros[r * ngroups + j / g] = z;
+            }
+        }
+        let mut loss = 0f64;
+        for j in b0..b1 {
+            let k = self.group_at[j];
+            let (s, z) = (out.scales[r * ngroups + k], out.zeros[r * ngroups + k]);
+            let x = row[j];
+            let c = code(x, s, z, maxq);
+            out.codes[r * cols + self.hp.perm[j]] = c;
+            let q = (c as i32 - z as i32) as f32 * s;
+            let d = u[j * cols + j];
+            let e = (x - q) / d;
+            loss += ((x - q) as f64 / d as f64).powi(2) / 2.0;
+            e_row[j - b0] = e;
+            // The rest of the block, now; the rest of the row after the block.
+            let urow = &u[j * cols + j + 1..j * cols + b1];
+            for (wv, &uv) in row[j + 1..b1].iter_mut().zip(urow) {
+                *wv -= e * uv;
+            }
+        }
+        loss
+    }
+
+    /// The lazy batch update of the columns after the block: `W[:, b1..] -= Err · U[b0..b1,
+    /// b1..]` for the chunk's `nr` rows.
+    fn lazy_update(
+        &self,
+        wp: &mut [f32],
+        err: &[f32],
+        nr: usize,
+        bs: usize,
+        (b0, b1): (usize, usize),
+    ) {
+        let cols = self.cols;
+        let u = &self.hp.u;
+        let rest = cols - b1;
+        let bw = b1 - b0;
+        // SAFETY: dst is rows [nr] × cols b1.. of wp (row stride cols); lhs is err [nr, bw]
+        // (row stride bs); rhs is U[b0..b1, b1..] (row stride cols). All lie inside their
+        // slices: wp is nr × cols, err nr × bs with bw ≤ bs, u cols × cols.
+        assert!(wp.len() >= nr * cols && err.len() >= nr * bs && bw <= bs);
+        unsafe {
+            gemm::gemm(
+                nr,
+                rest,
+                bw,
+                wp.as_mut_ptr().add(b1),
+                1,
+                cols as isize,
+                true,
+                err.as_ptr(),
+                1,
+                bs as isize,
+                u.as_ptr().add(b0 * cols + b1),
+                1,
+                cols as isize,
+                1.0f32,
+                -1.0f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
     }
 }
 

@@ -1,0 +1,79 @@
+"""Time llm-compressor's GPTQ and AWQ on SmolLM2 with the calibration shrink uses, for a
+side-by-side comparison with `shrink quantize --method gptq|awq --json` (its `seconds` and
+`quantize_seconds`) on the same machine, same threads.
+
+  GPTQ: GPTQModifier, 4-bit asymmetric groups of 64 (`W4A16_ASYM` with group_size 64),
+        dampening 0.01, static act-order ("static": shrink's default)
+  AWQ:  AWQModifier, 4-bit asymmetric groups of 64, its default mappings for Llama
+
+Calibration: the lee-ppl-v1 calibration documents (lines 0..149 of the Lee corpus, stripped,
+joined with blank lines), tokenized with the model's tokenizer, SAMPLES windows of SEQLEN tokens
+at random starts (numpy seed 0). shrink draws its own windows from the same text with its own
+generator, so the two runs see the same amount of the same text, not the same windows.
+
+Usage: python scripts/bench-calibrated-peer.py F32_HF_DIR LEE_CORPUS gptq|awq OUT_DIR
+       [SAMPLES SEQLEN THREADS]
+(F32_HF_DIR from `shrink convert assets/SmolLM2-135M-Instruct.Q4_1.gguf --dtype f32 -o DIR`;
+defaults 16 samples of 512 tokens, 2 threads). Needs llmcompressor (tested with 0.14.0.1,
+torch 2.14.0, transformers 5.17.0). Prints the wall seconds of `oneshot` alone and of the
+whole script.
+"""
+import sys
+import time
+
+t_script = time.perf_counter()
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+path, corpus, method, out = sys.argv[1:5]
+samples = int(sys.argv[5]) if len(sys.argv) > 5 else 16
+seqlen = int(sys.argv[6]) if len(sys.argv) > 6 else 512
+threads = int(sys.argv[7]) if len(sys.argv) > 7 else 2
+torch.set_num_threads(threads)
+
+from datasets import Dataset  # noqa: E402
+from llmcompressor import oneshot  # noqa: E402
+from llmcompressor.modifiers.awq import AWQModifier  # noqa: E402
+from llmcompressor.modifiers.quantization import GPTQModifier  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+docs = [line.strip() for line in open(corpus, encoding="utf-8").read().split("\n")]
+calib_text = "\n\n".join(docs[:150])
+tok = AutoTokenizer.from_pretrained(path)
+ids = tok(calib_text, add_special_tokens=False)["input_ids"]
+rng = np.random.default_rng(0)
+starts = rng.integers(0, len(ids) - seqlen, size=samples)
+rows = [ids[s : s + seqlen] for s in starts]
+ds = Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * seqlen for _ in rows]})
+
+weights = {"num_bits": 4, "type": "int", "symmetric": False, "strategy": "group", "group_size": 64}
+if method == "gptq":
+    weights["actorder"] = "static"
+    recipe = GPTQModifier(
+        ignore=["lm_head"],
+        config_groups={"g": {"targets": ["Linear"], "weights": weights}},
+        dampening_frac=0.01,
+    )
+elif method == "awq":
+    recipe = AWQModifier(
+        ignore=["lm_head"],
+        config_groups={"g": {"targets": ["Linear"], "weights": weights}},
+    )
+else:
+    sys.exit(f"unknown method {method!r}: gptq or awq")
+
+model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+t = time.perf_counter()
+oneshot(
+    model=model,
+    dataset=ds,
+    recipe=recipe,
+    max_seq_length=seqlen,
+    num_calibration_samples=samples,
+    output_dir=out,
+)
+oneshot_s = time.perf_counter() - t
+print(
+    f"llmcompressor {method}: oneshot {oneshot_s:.1f} s, script {time.perf_counter() - t_script:.1f} s, "
+    f"{samples} x {seqlen} tokens, {threads} threads, torch {torch.__version__}"
+)
