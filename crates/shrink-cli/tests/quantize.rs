@@ -51,7 +51,8 @@ fn round_trip(arch: &str, args: &[&str], rtn: Rtn) -> serde_json::Value {
         let want = rtn
             .quantize(&l.weight, &w, l.out_features, l.in_features)
             .unwrap()
-            .dequantize();
+            .dequantize()
+            .0;
         let (got, gshape) = b.read_f32(&l.weight).unwrap();
         let got = if l.conv1d {
             transpose(&got, gshape[0], gshape[1])

@@ -4,6 +4,8 @@
 //! - [`select`]: which weights a method touches (decoder linears by default; include/exclude
 //!   patterns change that);
 //! - [`rtn`]: round-to-nearest integers and NF4/FP4, in the ecosystem's storage layouts;
+//! - [`per_tensor`]: per-tensor quantizers (RTN, HQQ) and the streaming per-tensor writer;
+//!   [`export_layout`]: the ecosystem layouts (gptq, awq, bitsandbytes, compressed-tensors);
 //! - [`calib`]: calibration samples; [`hessian`]: layer Hessians and their factorisations;
 //! - [`gptq`], [`awq`], [`hqq`]: the calibrated and optimised quantizers;
 //! - [`ggml_mix`]: llama.cpp's per-tensor type choice for its GGUF presets;
@@ -25,5 +27,7 @@ pub mod pipeline;
 pub mod report;
 pub mod rtn;
 pub mod select;
+pub mod per_tensor;
+pub mod export_layout;
 
 pub use error::{MethodError, Result};

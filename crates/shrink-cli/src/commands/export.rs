@@ -30,12 +30,10 @@ use shrink_io::{Checkpoint, GgufFile, GgufValue, HfCheckpoint};
 use shrink_methods::ggml_mix::{self, GgmlPreset, MixModel, MixOptions};
 use shrink_models::ModelConfig;
 
-use super::export_layout::{Layout, LayoutEncoder, Request};
 use super::gguf_arch::{GgufArch, Transform};
 use super::gguf_summary::GgufSummary;
 use crate::common;
-use shrink_methods::select::Selection;
-use shrink_models::Architecture;
+use shrink_methods::export_layout::Layout;
 
 /// Arguments of `shrink export`.
 #[derive(clap::Args)]
@@ -274,45 +272,10 @@ fn mix_model(arch: &str, n_layer: usize, n_head: usize, n_head_kv: usize) -> Mix
     }
 }
 
-/// `--to gptq|awq|bitsandbytes|compressed-tensors`.
-fn run_layout(a: Args, layout: Layout) -> Result<()> {
-    let ckpt = common::open(&a.model)?;
-    let arch = Architecture::from_checkpoint(&ckpt)?;
-    let selection = Selection::default();
-    let first = selection.resolve(&arch)?.into_iter().next();
-    let (first_source, input_dense) = match &ckpt {
-        Checkpoint::Hf(h) => {
-            let src = match &first {
-                Some(l) => h.quantized(&l.weight)?,
-                None => None,
-            };
-            let dense = ckpt.tensors().iter().find_map(|t| match t.dtype {
-                shrink_io::StoredDtype::Float(f) => Some(f),
-                _ => None,
-            });
-            (src, dense)
-        }
-        Checkpoint::Gguf(_) => (None, None),
-    };
-    let dense = match &a.dense_dtype {
-        Some(d) => FloatType::parse(d).expect("checked by clap"),
-        None => input_dense.unwrap_or(FloatType::F32),
-    };
-    let request = Request {
-        ty: a.ty.clone(),
-        group_size: a.group_size,
-        sym: a.sym,
-        double_quant: a.double_quant,
-        block_size: a.block_size,
-    };
-    let enc = LayoutEncoder::new(layout, &request, first_source.as_ref(), dense)?;
-    super::quantize::write_encoded(&ckpt, &a.output, &selection, dense, a.json, &enc)
-}
-
 /// Run `shrink export`.
 pub fn run(a: Args) -> Result<()> {
     if let Some(layout) = Layout::parse(&a.to) {
-        return run_layout(a, layout);
+        return super::export_layout::run(a, layout);
     }
     let ty = a.ty.clone().unwrap_or_else(|| "f16".into());
     if a.group_size.is_some()
