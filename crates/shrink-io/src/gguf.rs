@@ -270,6 +270,189 @@ impl<'a> Cursor<'a> {
             t => return Err(self.err(format!("key {key}: unknown metadata value type {t}"))),
         })
     }
+
+    /// The header after the magic: version (2 or 3), tensor and metadata counts (bounded).
+    fn header(&mut self) -> Result<(u32, u64, u64)> {
+        let version = self.u32()?;
+        if !(2..=3).contains(&version) {
+            return Err(self.err(format!(
+                "unsupported GGUF version {version} (shrink reads 2 and 3)"
+            )));
+        }
+        let n_tensors = self.u64()?;
+        let n_kv = self.u64()?;
+        let remain = (self.buf.len() - self.pos) as u64;
+        // A metadata pair takes at least 13 bytes, a tensor info at least 28.
+        if n_kv.saturating_mul(13) > remain || n_tensors.saturating_mul(28) > remain {
+            return Err(self.err(format!(
+                "header claims {n_tensors} tensors and {n_kv} metadata keys, more than the {remain} bytes left can hold: truncated or corrupt"
+            )));
+        }
+        Ok((version, n_tensors, n_kv))
+    }
+
+    /// The `n_kv` metadata key/values.
+    fn metadata(&mut self, n_kv: u64) -> Result<BTreeMap<String, GgufValue>> {
+        let mut metadata = BTreeMap::new();
+        for _ in 0..n_kv {
+            let key = self.string("metadata key")?;
+            let ty = self.u32()?;
+            let v = self.value(ty, &key, 0)?;
+            metadata.insert(key, v);
+        }
+        Ok(metadata)
+    }
+
+    /// `general.alignment` (a power of two), or the default.
+    fn alignment(&self, metadata: &BTreeMap<String, GgufValue>) -> Result<u64> {
+        match metadata.get("general.alignment") {
+            None => Ok(DEFAULT_ALIGNMENT),
+            Some(v) => match v.as_u64() {
+                Some(a) if a > 0 && a.is_power_of_two() => Ok(a),
+                _ => Err(self.err(format!(
+                    "general.alignment {} is not a power of two",
+                    v.summary()
+                ))),
+            },
+        }
+    }
+
+    /// The `n_tensors` tensor infos.
+    fn tensor_infos(&mut self, n_tensors: u64, alignment: u64) -> Result<Vec<GgufTensorInfo>> {
+        let mut tensors = Vec::with_capacity(n_tensors as usize);
+        for _ in 0..n_tensors {
+            tensors.push(self.tensor_info(alignment)?);
+        }
+        Ok(tensors)
+    }
+
+    /// One tensor info: name, dimensions, type and offset, with its size in bytes.
+    fn tensor_info(&mut self, alignment: u64) -> Result<GgufTensorInfo> {
+        let name = self.string("tensor name")?;
+        let n_dims = self.u32()?;
+        if n_dims == 0 || n_dims > MAX_DIMS {
+            return Err(self.err(format!(
+                "tensor {name}: {n_dims} dimensions (1 to {MAX_DIMS} allowed)"
+            )));
+        }
+        let mut ne = Vec::with_capacity(n_dims as usize);
+        for _ in 0..n_dims {
+            ne.push(self.u64()?);
+        }
+        let ty_id = self.u32()?;
+        let ty = GgmlType::from_id(ty_id)
+            .ok_or_else(|| self.err(format!("tensor {name}: unknown tensor type id {ty_id}")))?;
+        let offset = self.u64()?;
+        let elements = ne
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| self.err(format!("tensor {name}: dimensions {ne:?} overflow")))?;
+        if ne[0] % ty.block_size() as u64 != 0 {
+            return Err(self.err(format!(
+                "tensor {name}: row length {} is not a multiple of {}'s block size {}",
+                ne[0],
+                ty.name(),
+                ty.block_size()
+            )));
+        }
+        let bytes = (elements / ty.block_size() as u64)
+            .checked_mul(ty.type_size() as u64)
+            .ok_or_else(|| self.err(format!("tensor {name}: size overflows")))?;
+        if offset % alignment != 0 {
+            return Err(self.err(format!(
+                "tensor {name}: offset {offset} is not aligned to {alignment}"
+            )));
+        }
+        Ok(GgufTensorInfo {
+            name,
+            ne,
+            ty,
+            offset,
+            bytes,
+        })
+    }
+}
+
+/// Memory-map `path` read-only.
+fn map_file(path: &Path) -> Result<Mmap> {
+    let file = File::open(path).map_err(|e| IoError::os(path, e))?;
+    // SAFETY: the map is read-only; shrink never writes to its inputs. A concurrent writer
+    // truncating the file is outside what any mmap-based reader can guard against.
+    unsafe { Mmap::map(&file) }.map_err(|e| IoError::os(path, e))
+}
+
+/// Check that `bytes` start with the GGUF magic.
+fn check_magic(bytes: &[u8], path: &Path) -> Result<()> {
+    if bytes.len() < 4 || bytes[..4] != GGUF_MAGIC {
+        let got = &bytes[..bytes.len().min(4)];
+        return Err(IoError::malformed(
+            path,
+            format!("not a GGUF file: magic is {got:02x?}, expected \"GGUF\""),
+        ));
+    }
+    Ok(())
+}
+
+/// Check that the data section starts inside the file when there are tensors to read.
+fn check_data_start(
+    path: &Path,
+    data_offset: u64,
+    file_len: u64,
+    tensors: &[GgufTensorInfo],
+) -> Result<()> {
+    if data_offset > file_len && !tensors.is_empty() {
+        return Err(IoError::malformed(
+            path,
+            format!(
+                "GGUF: truncated: the data section would start at byte {data_offset}, past the end of the file ({file_len} bytes)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Check that every tensor's bytes lie inside the data section and no two overlap.
+fn check_tensor_bounds(path: &Path, data_len: u64, tensors: &[GgufTensorInfo]) -> Result<()> {
+    // Sort a view by offset and walk it.
+    let mut order: Vec<&GgufTensorInfo> = tensors.iter().collect();
+    order.sort_by_key(|t| t.offset);
+    let mut prev_end = 0u64;
+    let mut prev_name = "";
+    for t in &order {
+        let end = t.offset.saturating_add(t.bytes);
+        if end > data_len {
+            return Err(IoError::malformed(
+                path,
+                format!(
+                    "GGUF: tensor {} ({} bytes at data offset {}) runs past the end of the file (data section holds {} bytes): truncated or corrupt",
+                    t.name, t.bytes, t.offset, data_len
+                ),
+            ));
+        }
+        if t.offset < prev_end {
+            return Err(IoError::malformed(
+                path,
+                format!("GGUF: tensors {prev_name} and {} overlap", t.name),
+            ));
+        }
+        prev_end = end;
+        prev_name = &t.name;
+    }
+    Ok(())
+}
+
+/// Check that no tensor name appears twice.
+fn check_unique_names(path: &Path, tensors: &[GgufTensorInfo]) -> Result<()> {
+    let mut names = std::collections::HashSet::new();
+    for t in tensors {
+        if !names.insert(t.name.as_str()) {
+            return Err(IoError::malformed(
+                path,
+                format!("GGUF: tensor {} appears twice", t.name),
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl GgufFile {
@@ -277,147 +460,22 @@ impl GgufFile {
     /// lie inside the file without overlapping another's.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|e| IoError::os(&path, e))?;
-        // SAFETY: the map is read-only; shrink never writes to its inputs. A concurrent writer
-        // truncating the file is outside what any mmap-based reader can guard against.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| IoError::os(&path, e))?;
+        let mmap = map_file(&path)?;
+        check_magic(&mmap, &path)?;
         let mut c = Cursor {
             buf: &mmap,
-            pos: 0,
+            pos: GGUF_MAGIC.len(),
             path: &path,
         };
-        if mmap.len() < 4 || mmap[..4] != GGUF_MAGIC {
-            let got = &mmap[..mmap.len().min(4)];
-            return Err(IoError::malformed(
-                &path,
-                format!("not a GGUF file: magic is {got:02x?}, expected \"GGUF\""),
-            ));
-        }
-        c.pos = 4;
-        let version = c.u32()?;
-        if !(2..=3).contains(&version) {
-            return Err(c.err(format!(
-                "unsupported GGUF version {version} (shrink reads 2 and 3)"
-            )));
-        }
-        let n_tensors = c.u64()?;
-        let n_kv = c.u64()?;
-        let remain = (mmap.len() - c.pos) as u64;
-        // A metadata pair takes at least 13 bytes, a tensor info at least 28.
-        if n_kv.saturating_mul(13) > remain || n_tensors.saturating_mul(28) > remain {
-            return Err(c.err(format!(
-                "header claims {n_tensors} tensors and {n_kv} metadata keys, more than the {remain} bytes left can hold: truncated or corrupt"
-            )));
-        }
-        let mut metadata = BTreeMap::new();
-        for _ in 0..n_kv {
-            let key = c.string("metadata key")?;
-            let ty = c.u32()?;
-            let v = c.value(ty, &key, 0)?;
-            metadata.insert(key, v);
-        }
-        let alignment = match metadata.get("general.alignment") {
-            None => DEFAULT_ALIGNMENT,
-            Some(v) => match v.as_u64() {
-                Some(a) if a > 0 && a.is_power_of_two() => a,
-                _ => {
-                    return Err(c.err(format!(
-                        "general.alignment {} is not a power of two",
-                        v.summary()
-                    )))
-                }
-            },
-        };
-        let mut tensors = Vec::with_capacity(n_tensors as usize);
-        for _ in 0..n_tensors {
-            let name = c.string("tensor name")?;
-            let n_dims = c.u32()?;
-            if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(c.err(format!(
-                    "tensor {name}: {n_dims} dimensions (1 to {MAX_DIMS} allowed)"
-                )));
-            }
-            let mut ne = Vec::with_capacity(n_dims as usize);
-            for _ in 0..n_dims {
-                ne.push(c.u64()?);
-            }
-            let ty_id = c.u32()?;
-            let ty = GgmlType::from_id(ty_id)
-                .ok_or_else(|| c.err(format!("tensor {name}: unknown tensor type id {ty_id}")))?;
-            let offset = c.u64()?;
-            let elements = ne
-                .iter()
-                .try_fold(1u64, |a, &d| a.checked_mul(d))
-                .ok_or_else(|| c.err(format!("tensor {name}: dimensions {ne:?} overflow")))?;
-            if ne[0] % ty.block_size() as u64 != 0 {
-                return Err(c.err(format!(
-                    "tensor {name}: row length {} is not a multiple of {}'s block size {}",
-                    ne[0],
-                    ty.name(),
-                    ty.block_size()
-                )));
-            }
-            let bytes = (elements / ty.block_size() as u64)
-                .checked_mul(ty.type_size() as u64)
-                .ok_or_else(|| c.err(format!("tensor {name}: size overflows")))?;
-            if offset % alignment != 0 {
-                return Err(c.err(format!(
-                    "tensor {name}: offset {offset} is not aligned to {alignment}"
-                )));
-            }
-            tensors.push(GgufTensorInfo {
-                name,
-                ne,
-                ty,
-                offset,
-                bytes,
-            });
-        }
+        let (version, n_tensors, n_kv) = c.header()?;
+        let metadata = c.metadata(n_kv)?;
+        let alignment = c.alignment(&metadata)?;
+        let tensors = c.tensor_infos(n_tensors, alignment)?;
         let data_offset = (c.pos as u64).div_ceil(alignment) * alignment;
-        if data_offset > mmap.len() as u64 && !tensors.is_empty() {
-            return Err(IoError::malformed(
-                &path,
-                format!(
-                    "GGUF: truncated: the data section would start at byte {data_offset}, past the end of the file ({} bytes)",
-                    mmap.len()
-                ),
-            ));
-        }
+        check_data_start(&path, data_offset, mmap.len() as u64, &tensors)?;
         let data_len = (mmap.len() as u64).saturating_sub(data_offset);
-        // Bounds and overlap: sort a view by offset and walk it.
-        let mut order: Vec<&GgufTensorInfo> = tensors.iter().collect();
-        order.sort_by_key(|t| t.offset);
-        let mut prev_end = 0u64;
-        let mut prev_name = "";
-        for t in &order {
-            let end = t.offset.saturating_add(t.bytes);
-            if end > data_len {
-                return Err(IoError::malformed(
-                    &path,
-                    format!(
-                        "GGUF: tensor {} ({} bytes at data offset {}) runs past the end of the file (data section holds {} bytes): truncated or corrupt",
-                        t.name, t.bytes, t.offset, data_len
-                    ),
-                ));
-            }
-            if t.offset < prev_end {
-                return Err(IoError::malformed(
-                    &path,
-                    format!("GGUF: tensors {prev_name} and {} overlap", t.name),
-                ));
-            }
-            prev_end = end;
-            prev_name = &t.name;
-        }
-        let mut names = std::collections::HashSet::new();
-        for t in &tensors {
-            if !names.insert(t.name.as_str()) {
-                return Err(IoError::malformed(
-                    &path,
-                    format!("GGUF: tensor {} appears twice", t.name),
-                ));
-            }
-        }
+        check_tensor_bounds(&path, data_len, &tensors)?;
+        check_unique_names(&path, &tensors)?;
         Ok(GgufFile {
             path,
             mmap,

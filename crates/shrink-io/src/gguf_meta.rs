@@ -164,6 +164,9 @@ pub fn pre_name(tokenizer: &Value) -> (String, String) {
     )
 }
 
+/// An added token of tokenizer.json: id, content and whether it is special.
+type Added = (u64, String, bool);
+
 /// Build the tokenizer metadata of the HF directory `dir` (its `tokenizer.json`,
 /// `tokenizer_config.json`, `chat_template.jinja` and `config.json`). `vocab_size` is
 /// config.json's (the embedding's rows), at least the tokenizer's size; `pre` overrides the
@@ -183,12 +186,59 @@ pub fn tokenizer_metadata(
     let tj = crate::read_json(&tj_path)?;
     let tc = read_json_opt(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
     let cfg = read_json_opt(&dir.join("config.json"))?.unwrap_or(Value::Null);
+    check_byte_level_bpe(&tj_path, &tj)?;
     let model = &tj["model"];
-    match model["type"].as_str() {
+    let added = added_tokens(&tj);
+    let (tokens, types) = token_table(&tj_path, model, &added, vocab_size)?;
+    let n = tokens.len();
+    let merges = merges(&tj_path, model)?;
+    let (pre_value, pre_why) = match pre {
+        Some(p) => (p.to_string(), "given with --pre".to_string()),
+        None => pre_name(&tj),
+    };
+
+    let mut m: Vec<(String, GgufValue)> = Vec::new();
+    if let Some(b) = add_space_prefix(&tc, &tj) {
+        m.push(("tokenizer.ggml.add_space_prefix".into(), GgufValue::Bool(b)));
+    }
+    // LlamaModel.set_vocab: "Apply to granite small models only" (SmolLM's vocabulary size).
+    let smol_no_bos = vocab_size == 49152;
+    if smol_no_bos {
+        m.push((
+            "tokenizer.ggml.add_bos_token".into(),
+            GgufValue::Bool(false),
+        ));
+    }
+    m.push((
+        "tokenizer.ggml.model".into(),
+        GgufValue::String("gpt2".into()),
+    ));
+    m.push((
+        "tokenizer.ggml.pre".into(),
+        GgufValue::String(pre_value.clone()),
+    ));
+    m.push(("tokenizer.ggml.tokens".into(), GgufValue::Array(tokens)));
+    m.push(("tokenizer.ggml.token_type".into(), GgufValue::Array(types)));
+    // llama.cpp's loader requires the key for a `gpt2` tokenizer, even with no merges.
+    m.push(("tokenizer.ggml.merges".into(), GgufValue::Array(merges)));
+    push_special_token_ids(&mut m, &tc, &cfg, model, &added, n);
+    push_add_special_flags(&mut m, &tc, smol_no_bos);
+    if let Some(t) = chat_template(dir, &tc)? {
+        m.push(("tokenizer.chat_template".into(), GgufValue::String(t)));
+    }
+    Ok(TokenizerMeta {
+        metadata: m,
+        pre: (pre_value, pre_why),
+    })
+}
+
+/// Check that tokenizer.json holds a byte-level BPE model (the `gpt2` family).
+fn check_byte_level_bpe(tj_path: &Path, tj: &Value) -> Result<()> {
+    match tj["model"]["type"].as_str() {
         Some("BPE") => {}
         other => {
             return Err(err(
-                &tj_path,
+                tj_path,
                 format!(
                     "tokenizer model {other:?} is not supported: shrink exports byte-level BPE (\"gpt2\") tokenizers only"
                 ),
@@ -203,24 +253,17 @@ pub fn tokenizer_metadata(
     };
     if !byte_level(&tj["pre_tokenizer"]) && !byte_level(&tj["decoder"]) {
         return Err(err(
-            &tj_path,
+            tj_path,
             "the BPE tokenizer is not byte-level (no ByteLevel pre-tokenizer or decoder): \
              SentencePiece-style BPE is not supported",
         ));
     }
+    Ok(())
+}
 
-    // Vocabulary: the BPE model's, then the added tokens (which may extend it).
-    let mut by_id: HashMap<u64, String> = HashMap::new();
-    let vocab = model["vocab"]
-        .as_object()
-        .ok_or_else(|| err(&tj_path, "model.vocab is not an object"))?;
-    for (t, id) in vocab {
-        let id = id
-            .as_u64()
-            .ok_or_else(|| err(&tj_path, format!("model.vocab[{t:?}] is not an id")))?;
-        by_id.insert(id, t.clone());
-    }
-    let added: Vec<(u64, String, bool)> = tj["added_tokens"]
+/// tokenizer.json's `added_tokens` (entries without an id or content are skipped).
+fn added_tokens(tj: &Value) -> Vec<Added> {
+    tj["added_tokens"]
         .as_array()
         .map(|a| {
             a.iter()
@@ -233,9 +276,28 @@ pub fn tokenizer_metadata(
                 })
                 .collect()
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Tokens and token types: the BPE vocabulary, then added tokens, padded with `[PADi]`.
+fn token_table(
+    tj_path: &Path,
+    model: &Value,
+    added: &[Added],
+    vocab_size: usize,
+) -> Result<(Vec<GgufValue>, Vec<GgufValue>)> {
+    let mut by_id: HashMap<u64, String> = HashMap::new();
+    let vocab = model["vocab"]
+        .as_object()
+        .ok_or_else(|| err(tj_path, "model.vocab is not an object"))?;
+    for (t, id) in vocab {
+        let id = id
+            .as_u64()
+            .ok_or_else(|| err(tj_path, format!("model.vocab[{t:?}] is not an id")))?;
+        by_id.insert(id, t.clone());
+    }
     let mut added_special: HashMap<u64, bool> = HashMap::new();
-    for (id, content, special) in &added {
+    for (id, content, special) in added {
         by_id.insert(*id, content.clone());
         added_special.insert(*id, *special);
     }
@@ -260,9 +322,13 @@ pub fn tokenizer_metadata(
             }
         }
     }
+    Ok((tokens, types))
+}
 
-    let merges: Vec<GgufValue> = match model["merges"].as_array() {
-        None => vec![],
+/// `tokenizer.ggml.merges` as `"a b"` strings, from `model.merges` (strings or pairs).
+fn merges(tj_path: &Path, model: &Value) -> Result<Vec<GgufValue>> {
+    match model["merges"].as_array() {
+        None => Ok(vec![]),
         Some(a) => a
             .iter()
             .enumerate()
@@ -275,18 +341,15 @@ pub fn tokenizer_metadata(
                         p[1].as_str().unwrap()
                     )))
                 }
-                _ => Err(err(&tj_path, format!("model.merges[{i}] is not a merge"))),
+                _ => Err(err(tj_path, format!("model.merges[{i}] is not a merge"))),
             })
-            .collect::<Result<_>>()?,
-    };
+            .collect::<Result<_>>(),
+    }
+}
 
-    let (pre_value, pre_why) = match pre {
-        Some(p) => (p.to_string(), "given with --pre".to_string()),
-        None => pre_name(&tj),
-    };
-
-    let mut m: Vec<(String, GgufValue)> = Vec::new();
-    let add_prefix = tc["add_prefix_space"].as_bool().or_else(|| {
+/// `add_prefix_space` of tokenizer_config.json, else of the `ByteLevel` pre-tokenizer.
+fn add_space_prefix(tc: &Value, tj: &Value) -> Option<bool> {
+    tc["add_prefix_space"].as_bool().or_else(|| {
         let pre = &tj["pre_tokenizer"];
         let steps = pre["pretokenizers"]
             .as_array()
@@ -296,30 +359,18 @@ pub fn tokenizer_metadata(
             .iter()
             .find(|s| s["type"] == "ByteLevel")
             .and_then(|s| s["add_prefix_space"].as_bool())
-    });
-    if let Some(b) = add_prefix {
-        m.push(("tokenizer.ggml.add_space_prefix".into(), GgufValue::Bool(b)));
-    }
-    // LlamaModel.set_vocab: "Apply to granite small models only" (SmolLM's vocabulary size).
-    let smol_no_bos = vocab_size == 49152;
-    if smol_no_bos {
-        m.push((
-            "tokenizer.ggml.add_bos_token".into(),
-            GgufValue::Bool(false),
-        ));
-    }
-    m.push((
-        "tokenizer.ggml.model".into(),
-        GgufValue::String("gpt2".into()),
-    ));
-    m.push((
-        "tokenizer.ggml.pre".into(),
-        GgufValue::String(pre_value.clone()),
-    ));
-    m.push(("tokenizer.ggml.tokens".into(), GgufValue::Array(tokens)));
-    m.push(("tokenizer.ggml.token_type".into(), GgufValue::Array(types)));
-    // llama.cpp's loader requires the key for a `gpt2` tokenizer, even with no merges.
-    m.push(("tokenizer.ggml.merges".into(), GgufValue::Array(merges)));
+    })
+}
+
+/// Push `tokenizer.ggml.<kind>_token_id` for each special token kind found (ids below `n`).
+fn push_special_token_ids(
+    m: &mut Vec<(String, GgufValue)>,
+    tc: &Value,
+    cfg: &Value,
+    model: &Value,
+    added: &[Added],
+    n: usize,
+) {
     for (kind, key) in SPECIAL_KINDS {
         let from_tc = tc
             .get(format!("{kind}_token"))
@@ -335,7 +386,7 @@ pub fn tokenizer_metadata(
             (kind == "unk")
                 .then(|| model["unk_token"].as_str())
                 .flatten()
-                .and_then(|t| vocab.get(t).and_then(Value::as_u64))
+                .and_then(|t| model["vocab"].get(t).and_then(Value::as_u64))
         };
         if let Some(id) = from_tc.or_else(from_cfg).or_else(from_model) {
             if (id as usize) < n {
@@ -346,6 +397,10 @@ pub fn tokenizer_metadata(
             }
         }
     }
+}
+
+/// Push `tokenizer.ggml.add_{bos,eos}_token` where tokenizer_config.json departs from llama.cpp.
+fn push_add_special_flags(m: &mut Vec<(String, GgufValue)>, tc: &Value, smol_no_bos: bool) {
     for (kind, default) in [("bos", None), ("eos", Some(false))] {
         if kind == "bos" && smol_no_bos {
             continue;
@@ -359,26 +414,22 @@ pub fn tokenizer_metadata(
             }
         }
     }
+}
+
+/// The chat template: `chat_template.jinja`, else tokenizer_config.json's (or its "default").
+fn chat_template(dir: &Path, tc: &Value) -> Result<Option<String>> {
     let jinja = dir.join("chat_template.jinja");
-    let template = if jinja.is_file() {
-        Some(crate::read_text(&jinja)?)
-    } else {
-        match &tc["chat_template"] {
-            Value::String(s) => Some(s.clone()),
-            Value::Array(a) => a
-                .iter()
-                .find(|t| t["name"] == "default")
-                .and_then(|t| t["template"].as_str())
-                .map(str::to_string),
-            _ => None,
-        }
-    };
-    if let Some(t) = template {
-        m.push(("tokenizer.chat_template".into(), GgufValue::String(t)));
+    if jinja.is_file() {
+        return Ok(Some(crate::read_text(&jinja)?));
     }
-    Ok(TokenizerMeta {
-        metadata: m,
-        pre: (pre_value, pre_why),
+    Ok(match &tc["chat_template"] {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(a) => a
+            .iter()
+            .find(|t| t["name"] == "default")
+            .and_then(|t| t["template"].as_str())
+            .map(str::to_string),
+        _ => None,
     })
 }
 

@@ -328,6 +328,236 @@ impl<'a> Meta<'a> {
             ))),
         }
     }
+
+    /// `tokenizer.ggml.tokens`: present, not empty, and few enough for u32 ids.
+    fn tokens(&self) -> Result<Vec<&'a str>> {
+        let tokens = self.str_array("tokenizer.ggml.tokens")?.ok_or_else(|| {
+            self.err("metadata tokenizer.ggml.tokens (the vocabulary) is missing")
+        })?;
+        let n = tokens.len();
+        if n == 0 {
+            return Err(self.err("metadata tokenizer.ggml.tokens is empty"));
+        }
+        if n > u32::MAX as usize {
+            return Err(self.err(format!(
+                "metadata tokenizer.ggml.tokens has {n} entries, more than ids can hold"
+            )));
+        }
+        Ok(tokens)
+    }
+
+    /// `tokenizer.ggml.token_type`, one per token (all normal when absent).
+    fn token_types(&self, n: usize) -> Result<Vec<u64>> {
+        match self.uint_array("tokenizer.ggml.token_type")? {
+            Some(t) if t.len() != n => Err(self.err(format!(
+                "metadata tokenizer.ggml.token_type has {} entries but tokenizer.ggml.tokens has {n}",
+                t.len()
+            ))),
+            Some(t) => Ok(t),
+            None => Ok(vec![token_type::NORMAL; n]),
+        }
+    }
+
+    /// `tokenizer.ggml.merges` parsed as llama.cpp does, every part checked against `vocab`.
+    fn merges(&self, vocab: &Vocab) -> Result<Merges> {
+        let merge_strs = self.str_array("tokenizer.ggml.merges")?.ok_or_else(|| {
+            self.err(
+                "metadata tokenizer.ggml.merges is missing (a gpt2 tokenizer needs its BPE merges)",
+            )
+        })?;
+        let mut merges: Merges = Vec::with_capacity(merge_strs.len());
+        for (i, m) in merge_strs.iter().enumerate() {
+            // As llama.cpp: split at the first space after the first byte, so "Ġ Ġ" and "  x" parse.
+            let pos = m.bytes().skip(1).position(|b| b == b' ').map(|p| p + 1);
+            let pair = pos
+                .map(|p| (&m[..p], &m[p + 1..]))
+                .filter(|(a, b)| !a.is_empty() && !b.is_empty());
+            let Some((a, b)) = pair else {
+                return Err(self.err(format!(
+                    "metadata tokenizer.ggml.merges[{i}] = {m:?} is not a pair of tokens separated by a space (\"a b\")"
+                )));
+            };
+            let joined = format!("{a}{b}");
+            for part in [a, b, joined.as_str()] {
+                if !vocab.contains_key(part) {
+                    return Err(self.err(format!(
+                        "metadata tokenizer.ggml.merges[{i}] = {m:?}: {part:?} is not in tokenizer.ggml.tokens"
+                    )));
+                }
+            }
+            merges.push((a.to_string(), b.to_string()));
+        }
+        Ok(merges)
+    }
+
+    /// The pre-tokenizer rule that `tokenizer.ggml.pre` (default `"default"`) names.
+    fn pre_rule(&self) -> Result<&'static PreRule> {
+        let pre_name = self.string("tokenizer.ggml.pre")?.unwrap_or("default");
+        PRE_RULES.iter().find(|r| r.names.contains(&pre_name)).ok_or_else(|| {
+            self.err(format!(
+                "tokenizer.ggml.pre \"{pre_name}\" is not supported; shrink knows these pre-tokenizers (after \
+                 llama.cpp): {}",
+                supported_pre_names()
+            ))
+        })
+    }
+
+    /// The special token ids and add-BOS/EOS flags, checked for consistency.
+    fn special_tokens(&self, n: usize, rule: &PreRule) -> Result<GgufSpecials> {
+        let bos = self.token_id("tokenizer.ggml.bos_token_id", n)?;
+        let eos = self.token_id("tokenizer.ggml.eos_token_id", n)?;
+        let unk = self.token_id("tokenizer.ggml.unknown_token_id", n)?;
+        let pad = self.token_id("tokenizer.ggml.padding_token_id", n)?;
+        let eot = self.token_id("tokenizer.ggml.eot_token_id", n)?;
+        let eom = self.token_id("tokenizer.ggml.eom_token_id", n)?;
+        let add_bos = self
+            .bool("tokenizer.ggml.add_bos_token")?
+            .unwrap_or(rule.add_bos);
+        let add_eos = self.bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
+        if add_bos && bos.is_none() {
+            return Err(self.err(
+                "tokenizer.ggml.add_bos_token is true but tokenizer.ggml.bos_token_id is not set",
+            ));
+        }
+        if add_eos && eos.is_none() {
+            return Err(self.err(
+                "tokenizer.ggml.add_eos_token is true but tokenizer.ggml.eos_token_id is not set",
+            ));
+        }
+        Ok(GgufSpecials {
+            bos,
+            eos,
+            unk,
+            pad,
+            eot,
+            eom,
+            add_bos,
+            add_eos,
+        })
+    }
+}
+
+/// The special token ids and add-BOS/EOS flags of GGUF tokenizer metadata.
+struct GgufSpecials {
+    bos: Option<u32>,
+    eos: Option<u32>,
+    unk: Option<u32>,
+    pad: Option<u32>,
+    eot: Option<u32>,
+    eom: Option<u32>,
+    add_bos: bool,
+    add_eos: bool,
+}
+
+/// Token texts and the BPE vocabulary; llama.cpp names empty tokens [EMPTY_i], rejects duplicates.
+fn gguf_vocab(meta: &Meta<'_>, tokens: &[&str]) -> Result<(Vec<String>, Vocab)> {
+    let mut texts: Vec<String> = Vec::with_capacity(tokens.len());
+    let mut vocab = Vocab::default();
+    for (i, t) in tokens.iter().enumerate() {
+        let text = if t.is_empty() {
+            format!("[EMPTY_{i}]")
+        } else {
+            t.to_string()
+        };
+        if let Some(prev) = vocab.insert(text.clone(), i as u32) {
+            return Err(meta.err(format!(
+                "metadata tokenizer.ggml.tokens holds {text:?} twice (ids {prev} and {i})"
+            )));
+        }
+        texts.push(text);
+    }
+    Ok((texts, vocab))
+}
+
+/// The BPE model with `rule`'s regex pre-tokenizer and the byte-level pre-tokenizer and decoder.
+fn bpe_tokenizer(
+    meta: &Meta<'_>,
+    vocab: Vocab,
+    merges: Merges,
+    rule: &PreRule,
+) -> Result<tokenizers::Tokenizer> {
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .ignore_merges(rule.ignore_merges)
+        .build()
+        .map_err(|e| meta.err(format!("cannot build the BPE model: {e}")))?;
+    let mut steps: Vec<PreTokenizerWrapper> = Vec::with_capacity(rule.regexes.len() + 1);
+    for re in rule.regexes {
+        let split = Split::new(
+            SplitPattern::Regex(re.to_string()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| meta.err(format!("pre-tokenizer regex {re:?} does not compile: {e}")))?;
+        steps.push(split.into());
+    }
+    steps.push(ByteLevel::new(false, false, false).into());
+
+    let mut inner = tokenizers::Tokenizer::new(bpe);
+    inner.with_pre_tokenizer(Some(Sequence::new(steps)));
+    inner.with_decoder(Some(ByteLevel::new(false, false, false)));
+    Ok(inner)
+}
+
+/// Register control and unknown tokens as special, user-defined ones as matched in text too.
+fn add_gguf_tokens(
+    inner: &mut tokenizers::Tokenizer,
+    path: &Path,
+    texts: &[String],
+    types: &[u64],
+) -> Result<()> {
+    let added = |ty: u64| {
+        types
+            .iter()
+            .enumerate()
+            .filter(move |(_, &t)| t == ty)
+            .map(move |(i, _)| {
+                AddedToken::from(texts[i].clone(), ty != token_type::USER_DEFINED).normalized(false)
+            })
+    };
+    let specials: Vec<AddedToken> = added(token_type::CONTROL)
+        .chain(added(token_type::UNKNOWN))
+        .collect();
+    let user: Vec<AddedToken> = added(token_type::USER_DEFINED).collect();
+    if !specials.is_empty() {
+        inner
+            .add_special_tokens(specials)
+            .map_err(|e| tk_err(path, e.to_string()))?;
+    }
+    if !user.is_empty() {
+        inner
+            .add_tokens(user)
+            .map_err(|e| tk_err(path, e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// What each id prints as (llama.cpp's token_to_piece with special tokens rendered).
+fn gguf_pieces(texts: &[String], types: &[u64]) -> Vec<Vec<u8>> {
+    let table = byte_chars();
+    let mut char_byte: HashMap<char, u8> = HashMap::with_capacity(256);
+    for (b, &c) in table.iter().enumerate() {
+        char_byte.insert(c, b as u8);
+    }
+    texts
+        .iter()
+        .zip(types)
+        .map(|(text, &ty)| match ty {
+            token_type::CONTROL | token_type::UNKNOWN | token_type::USER_DEFINED => {
+                text.as_bytes().to_vec()
+            }
+            _ => {
+                let mut out = Vec::with_capacity(text.len());
+                for c in text.chars() {
+                    match char_byte.get(&c) {
+                        Some(&b) => out.push(b),
+                        None => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+                    }
+                }
+                out
+            }
+        })
+        .collect()
 }
 
 impl Tokenizer {
@@ -468,200 +698,38 @@ impl Tokenizer {
     /// The byte-level BPE family (`tokenizer.ggml.model = "gpt2"`).
     fn from_gguf_bpe(meta: &Meta<'_>) -> Result<Self> {
         let path = meta.g.path();
-        let tokens = meta.str_array("tokenizer.ggml.tokens")?.ok_or_else(|| {
-            meta.err("metadata tokenizer.ggml.tokens (the vocabulary) is missing")
-        })?;
+        let tokens = meta.tokens()?;
         let n = tokens.len();
-        if n == 0 {
-            return Err(meta.err("metadata tokenizer.ggml.tokens is empty"));
-        }
-        if n > u32::MAX as usize {
-            return Err(meta.err(format!(
-                "metadata tokenizer.ggml.tokens has {n} entries, more than ids can hold"
-            )));
-        }
-        let types = match meta.uint_array("tokenizer.ggml.token_type")? {
-            Some(t) if t.len() != n => {
-                return Err(meta.err(format!(
-                    "metadata tokenizer.ggml.token_type has {} entries but tokenizer.ggml.tokens has {n}",
-                    t.len()
-                )))
-            }
-            Some(t) => t,
-            None => vec![token_type::NORMAL; n],
-        };
-
-        // Vocabulary; llama.cpp names empty tokens [EMPTY_i] and rejects duplicates.
-        let mut texts: Vec<String> = Vec::with_capacity(n);
-        let mut vocab = Vocab::default();
-        for (i, t) in tokens.iter().enumerate() {
-            let text = if t.is_empty() {
-                format!("[EMPTY_{i}]")
-            } else {
-                t.to_string()
-            };
-            if let Some(prev) = vocab.insert(text.clone(), i as u32) {
-                return Err(meta.err(format!(
-                    "metadata tokenizer.ggml.tokens holds {text:?} twice (ids {prev} and {i})"
-                )));
-            }
-            texts.push(text);
-        }
-
-        let merge_strs = meta.str_array("tokenizer.ggml.merges")?.ok_or_else(|| {
-            meta.err(
-                "metadata tokenizer.ggml.merges is missing (a gpt2 tokenizer needs its BPE merges)",
-            )
-        })?;
-        let mut merges: Merges = Vec::with_capacity(merge_strs.len());
-        for (i, m) in merge_strs.iter().enumerate() {
-            // As llama.cpp: split at the first space after the first byte, so "Ġ Ġ" and "  x" parse.
-            let pos = m.bytes().skip(1).position(|b| b == b' ').map(|p| p + 1);
-            let pair = pos
-                .map(|p| (&m[..p], &m[p + 1..]))
-                .filter(|(a, b)| !a.is_empty() && !b.is_empty());
-            let Some((a, b)) = pair else {
-                return Err(meta.err(format!(
-                    "metadata tokenizer.ggml.merges[{i}] = {m:?} is not a pair of tokens separated by a space (\"a b\")"
-                )));
-            };
-            let joined = format!("{a}{b}");
-            for part in [a, b, joined.as_str()] {
-                if !vocab.contains_key(part) {
-                    return Err(meta.err(format!(
-                        "metadata tokenizer.ggml.merges[{i}] = {m:?}: {part:?} is not in tokenizer.ggml.tokens"
-                    )));
-                }
-            }
-            merges.push((a.to_string(), b.to_string()));
-        }
-
-        let pre_name = meta.string("tokenizer.ggml.pre")?.unwrap_or("default");
-        let rule = PRE_RULES.iter().find(|r| r.names.contains(&pre_name)).ok_or_else(|| {
-            meta.err(format!(
-                "tokenizer.ggml.pre \"{pre_name}\" is not supported; shrink knows these pre-tokenizers (after \
-                 llama.cpp): {}",
-                supported_pre_names()
-            ))
-        })?;
-
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .ignore_merges(rule.ignore_merges)
-            .build()
-            .map_err(|e| meta.err(format!("cannot build the BPE model: {e}")))?;
-        let mut steps: Vec<PreTokenizerWrapper> = Vec::with_capacity(rule.regexes.len() + 1);
-        for re in rule.regexes {
-            let split = Split::new(
-                SplitPattern::Regex(re.to_string()),
-                SplitDelimiterBehavior::Isolated,
-                false,
-            )
-            .map_err(|e| meta.err(format!("pre-tokenizer regex {re:?} does not compile: {e}")))?;
-            steps.push(split.into());
-        }
-        steps.push(ByteLevel::new(false, false, false).into());
-
-        let mut inner = tokenizers::Tokenizer::new(bpe);
-        inner.with_pre_tokenizer(Some(Sequence::new(steps)));
-        inner.with_decoder(Some(ByteLevel::new(false, false, false)));
-
-        // Control and unknown tokens are special; user-defined ones are matched in text too.
-        let texts_ref = &texts;
-        let types_ref = &types;
-        let added = |ty: u64| {
-            types_ref
-                .iter()
-                .enumerate()
-                .filter(move |(_, &t)| t == ty)
-                .map(move |(i, _)| {
-                    AddedToken::from(texts_ref[i].clone(), ty != token_type::USER_DEFINED)
-                        .normalized(false)
-                })
-        };
-        let specials: Vec<AddedToken> = added(token_type::CONTROL)
-            .chain(added(token_type::UNKNOWN))
-            .collect();
-        let user: Vec<AddedToken> = added(token_type::USER_DEFINED).collect();
-        if !specials.is_empty() {
-            inner
-                .add_special_tokens(specials)
-                .map_err(|e| tk_err(path, e.to_string()))?;
-        }
-        if !user.is_empty() {
-            inner
-                .add_tokens(user)
-                .map_err(|e| tk_err(path, e.to_string()))?;
-        }
-
-        // What each id prints as (llama.cpp's token_to_piece with special tokens rendered).
-        let table = byte_chars();
-        let mut char_byte: HashMap<char, u8> = HashMap::with_capacity(256);
-        for (b, &c) in table.iter().enumerate() {
-            char_byte.insert(c, b as u8);
-        }
-        let pieces = texts
-            .iter()
-            .zip(&types)
-            .map(|(text, &ty)| match ty {
-                token_type::CONTROL | token_type::UNKNOWN | token_type::USER_DEFINED => {
-                    text.as_bytes().to_vec()
-                }
-                _ => {
-                    let mut out = Vec::with_capacity(text.len());
-                    for c in text.chars() {
-                        match char_byte.get(&c) {
-                            Some(&b) => out.push(b),
-                            None => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
-                        }
-                    }
-                    out
-                }
-            })
-            .collect::<Vec<_>>();
-
-        let bos = meta.token_id("tokenizer.ggml.bos_token_id", n)?;
-        let eos = meta.token_id("tokenizer.ggml.eos_token_id", n)?;
-        let unk = meta.token_id("tokenizer.ggml.unknown_token_id", n)?;
-        let pad = meta.token_id("tokenizer.ggml.padding_token_id", n)?;
-        let eot = meta.token_id("tokenizer.ggml.eot_token_id", n)?;
-        let eom = meta.token_id("tokenizer.ggml.eom_token_id", n)?;
-        let add_bos = meta
-            .bool("tokenizer.ggml.add_bos_token")?
-            .unwrap_or(rule.add_bos);
-        let add_eos = meta.bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
-        if add_bos && bos.is_none() {
-            return Err(meta.err(
-                "tokenizer.ggml.add_bos_token is true but tokenizer.ggml.bos_token_id is not set",
-            ));
-        }
-        if add_eos && eos.is_none() {
-            return Err(meta.err(
-                "tokenizer.ggml.add_eos_token is true but tokenizer.ggml.eos_token_id is not set",
-            ));
-        }
+        let types = meta.token_types(n)?;
+        let (texts, vocab) = gguf_vocab(meta, &tokens)?;
+        let merges = meta.merges(&vocab)?;
+        let rule = meta.pre_rule()?;
+        let mut inner = bpe_tokenizer(meta, vocab, merges, rule)?;
+        add_gguf_tokens(&mut inner, path, &texts, &types)?;
+        let pieces = gguf_pieces(&texts, &types);
+        let sp = meta.special_tokens(n, rule)?;
         let chat_template = meta.string("tokenizer.chat_template")?.map(str::to_string);
 
-        let mut eos_ids: Vec<u32> = [eos, eot, eom].into_iter().flatten().collect();
+        let mut eos_ids: Vec<u32> = [sp.eos, sp.eot, sp.eom].into_iter().flatten().collect();
         eos_ids.extend(EOG_TEXTS.iter().filter_map(|t| inner.token_to_id(t)));
         eos_ids.sort_unstable();
         eos_ids.dedup();
 
         Ok(Tokenizer {
-            bos_text: bos.map(|id| texts[id as usize].clone()),
-            eos_text: eos.map(|id| texts[id as usize].clone()),
-            unk_text: unk.map(|id| texts[id as usize].clone()),
-            pad_text: pad.map(|id| texts[id as usize].clone()),
+            bos_text: sp.bos.map(|id| texts[id as usize].clone()),
+            eos_text: sp.eos.map(|id| texts[id as usize].clone()),
+            unk_text: sp.unk.map(|id| texts[id as usize].clone()),
+            pad_text: sp.pad.map(|id| texts[id as usize].clone()),
             inner,
             source: path.to_path_buf(),
             pieces: Some(pieces),
             vocab_size: n,
-            bos,
-            eos,
+            bos: sp.bos,
+            eos: sp.eos,
             eos_ids,
-            add_bos,
-            add_eos,
-            bos_added: add_bos,
+            add_bos: sp.add_bos,
+            add_eos: sp.add_eos,
+            bos_added: sp.add_bos,
             chat_template,
         })
     }
@@ -985,123 +1053,167 @@ fn python_method(
     method: &str,
     args: &[Value],
 ) -> std::result::Result<Value, minijinja::Error> {
-    let bad = |what: &str| {
-        minijinja::Error::new(ErrorKind::InvalidOperation, format!("{method}(): {what}"))
-    };
-    let str_arg = |i: usize| -> std::result::Result<Option<String>, minijinja::Error> {
-        match args.get(i) {
-            None => Ok(None),
-            Some(v) if v.is_none() || v.is_undefined() => Ok(None),
-            Some(v) => v
-                .as_str()
-                .map(|s| Some(s.to_string()))
-                .ok_or_else(|| bad("argument must be a string")),
-        }
-    };
     if let Some(s) = value.as_str() {
-        let r = match method {
-            "strip" | "lstrip" | "rstrip" => {
-                let chars = str_arg(0)?;
-                let pat = |c: char| match &chars {
-                    Some(cs) => cs.contains(c),
-                    None => c.is_whitespace(),
-                };
-                Value::from(match method {
-                    "strip" => s.trim_matches(pat),
-                    "lstrip" => s.trim_start_matches(pat),
-                    _ => s.trim_end_matches(pat),
-                })
-            }
-            "upper" => Value::from(s.to_uppercase()),
-            "lower" => Value::from(s.to_lowercase()),
-            "capitalize" => {
-                let mut c = s.chars();
-                Value::from(match c.next() {
-                    Some(f) => f
-                        .to_uppercase()
-                        .chain(c.flat_map(char::to_lowercase))
-                        .collect::<String>(),
-                    None => String::new(),
-                })
-            }
-            "title" => {
-                let mut out = String::with_capacity(s.len());
-                let mut prev_cased = false;
-                for c in s.chars() {
-                    if prev_cased {
-                        out.extend(c.to_lowercase());
-                    } else {
-                        out.extend(c.to_uppercase());
-                    }
-                    prev_cased = c.is_alphabetic();
-                }
-                Value::from(out)
-            }
-            "startswith" | "endswith" => {
-                let p = str_arg(0)?.ok_or_else(|| bad("needs a string argument"))?;
-                Value::from(if method == "startswith" {
-                    s.starts_with(&p)
-                } else {
-                    s.ends_with(&p)
-                })
-            }
-            "split" | "rsplit" => {
-                let parts: Vec<Value> = match str_arg(0)? {
-                    Some(sep) if sep.is_empty() => return Err(bad("empty separator")),
-                    Some(sep) => s.split(sep.as_str()).map(Value::from).collect(),
-                    None => s.split_whitespace().map(Value::from).collect(),
-                };
-                Value::from(parts)
-            }
-            "replace" => {
-                let from = str_arg(0)?.ok_or_else(|| bad("needs two string arguments"))?;
-                let to = str_arg(1)?.ok_or_else(|| bad("needs two string arguments"))?;
-                Value::from(s.replace(&from, &to))
-            }
-            "find" => {
-                let p = str_arg(0)?.ok_or_else(|| bad("needs a string argument"))?;
-                Value::from(
-                    s.find(&p)
-                        .map(|b| s[..b].chars().count() as i64)
-                        .unwrap_or(-1),
-                )
-            }
-            "count" => {
-                let p = str_arg(0)?.ok_or_else(|| bad("needs a string argument"))?;
-                Value::from(if p.is_empty() {
-                    s.chars().count() + 1
-                } else {
-                    s.matches(&p).count()
-                })
-            }
-            _ => return Err(minijinja::Error::from(ErrorKind::UnknownMethod)),
-        };
-        return Ok(r);
+        return python_str_method(s, method, args);
     }
     if value.kind() == ValueKind::Map {
-        return match method {
-            "items" => state.apply_filter("items", std::slice::from_ref(value)),
-            "keys" => Ok(Value::from(value.try_iter()?.collect::<Vec<_>>())),
-            "values" => {
-                let vals = value
-                    .try_iter()?
-                    .map(|k| value.get_item(&k))
-                    .collect::<std::result::Result<Vec<_>, _>>()?;
-                Ok(Value::from(vals))
-            }
-            "get" => {
-                let key = args.first().ok_or_else(|| bad("needs a key"))?;
-                let v = value.get_item(key)?;
-                Ok(if v.is_undefined() {
-                    args.get(1).cloned().unwrap_or(Value::from(()))
-                } else {
-                    v
-                })
-            }
-            _ => Err(minijinja::Error::from(ErrorKind::UnknownMethod)),
-        };
+        return python_dict_method(state, value, method, args);
     }
     Err(minijinja::Error::from(ErrorKind::UnknownMethod))
+}
+
+/// A chat-template error about a bad call of `method`.
+fn method_err(method: &str, what: &str) -> minijinja::Error {
+    minijinja::Error::new(ErrorKind::InvalidOperation, format!("{method}(): {what}"))
+}
+
+/// Argument `i` of a call of `method` as an optional string (absent or none → `None`).
+fn str_arg(
+    method: &str,
+    args: &[Value],
+    i: usize,
+) -> std::result::Result<Option<String>, minijinja::Error> {
+    match args.get(i) {
+        None => Ok(None),
+        Some(v) if v.is_none() || v.is_undefined() => Ok(None),
+        Some(v) => v
+            .as_str()
+            .map(|s| Some(s.to_string()))
+            .ok_or_else(|| method_err(method, "argument must be a string")),
+    }
+}
+
+/// Argument `i` of a call of `method` as a required string; `what` says what is needed.
+fn req_str_arg(
+    method: &str,
+    args: &[Value],
+    i: usize,
+    what: &str,
+) -> std::result::Result<String, minijinja::Error> {
+    str_arg(method, args, i)?.ok_or_else(|| method_err(method, what))
+}
+
+/// Python's `str` methods: strip family, case changes, search, split and replace.
+fn python_str_method(
+    s: &str,
+    method: &str,
+    args: &[Value],
+) -> std::result::Result<Value, minijinja::Error> {
+    Ok(match method {
+        "strip" | "lstrip" | "rstrip" => {
+            let chars = str_arg(method, args, 0)?;
+            let pat = |c: char| match &chars {
+                Some(cs) => cs.contains(c),
+                None => c.is_whitespace(),
+            };
+            Value::from(match method {
+                "strip" => s.trim_matches(pat),
+                "lstrip" => s.trim_start_matches(pat),
+                _ => s.trim_end_matches(pat),
+            })
+        }
+        "upper" => Value::from(s.to_uppercase()),
+        "lower" => Value::from(s.to_lowercase()),
+        "capitalize" => Value::from(py_capitalize(s)),
+        "title" => Value::from(py_title(s)),
+        "startswith" | "endswith" => {
+            let p = req_str_arg(method, args, 0, "needs a string argument")?;
+            Value::from(if method == "startswith" {
+                s.starts_with(&p)
+            } else {
+                s.ends_with(&p)
+            })
+        }
+        "split" | "rsplit" => {
+            let parts: Vec<Value> = match str_arg(method, args, 0)? {
+                Some(sep) if sep.is_empty() => return Err(method_err(method, "empty separator")),
+                Some(sep) => s.split(sep.as_str()).map(Value::from).collect(),
+                None => s.split_whitespace().map(Value::from).collect(),
+            };
+            Value::from(parts)
+        }
+        "replace" => {
+            let from = req_str_arg(method, args, 0, "needs two string arguments")?;
+            let to = req_str_arg(method, args, 1, "needs two string arguments")?;
+            Value::from(s.replace(&from, &to))
+        }
+        "find" => {
+            let p = req_str_arg(method, args, 0, "needs a string argument")?;
+            Value::from(
+                s.find(&p)
+                    .map(|b| s[..b].chars().count() as i64)
+                    .unwrap_or(-1),
+            )
+        }
+        "count" => {
+            let p = req_str_arg(method, args, 0, "needs a string argument")?;
+            Value::from(if p.is_empty() {
+                s.chars().count() + 1
+            } else {
+                s.matches(&p).count()
+            })
+        }
+        _ => return Err(minijinja::Error::from(ErrorKind::UnknownMethod)),
+    })
+}
+
+/// Python's `str.capitalize`: first character upper case, the rest lower case.
+fn py_capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f
+            .to_uppercase()
+            .chain(c.flat_map(char::to_lowercase))
+            .collect::<String>(),
+        None => String::new(),
+    }
+}
+
+/// Python's `str.title`: upper case after a non-letter, lower case after a letter.
+fn py_title(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut prev_cased = false;
+    for c in s.chars() {
+        if prev_cased {
+            out.extend(c.to_lowercase());
+        } else {
+            out.extend(c.to_uppercase());
+        }
+        prev_cased = c.is_alphabetic();
+    }
+    out
+}
+
+/// Python's `dict` methods: items, keys, values and get.
+fn python_dict_method(
+    state: &State,
+    value: &Value,
+    method: &str,
+    args: &[Value],
+) -> std::result::Result<Value, minijinja::Error> {
+    match method {
+        "items" => state.apply_filter("items", std::slice::from_ref(value)),
+        "keys" => Ok(Value::from(value.try_iter()?.collect::<Vec<_>>())),
+        "values" => {
+            let vals = value
+                .try_iter()?
+                .map(|k| value.get_item(&k))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            Ok(Value::from(vals))
+        }
+        "get" => {
+            let key = args
+                .first()
+                .ok_or_else(|| method_err(method, "needs a key"))?;
+            let v = value.get_item(key)?;
+            Ok(if v.is_undefined() {
+                args.get(1).cloned().unwrap_or(Value::from(()))
+            } else {
+                v
+            })
+        }
+        _ => Err(minijinja::Error::from(ErrorKind::UnknownMethod)),
+    }
 }
 
 /// Python's `json.dumps` separators (", " and ": ") for the `tojson` filter.

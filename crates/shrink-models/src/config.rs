@@ -155,133 +155,9 @@ impl ModelConfig {
         let j = Json { v, path };
         let model_type = j.str("model_type")?;
         match model_type.as_str() {
-            "llama" | "mistral" | "qwen2" => {
-                let hidden_size = j.usize("hidden_size")?;
-                let num_heads = j.usize("num_attention_heads")?;
-                let num_kv_heads = j.opt_usize("num_key_value_heads")?.unwrap_or(num_heads);
-                let head_dim = j
-                    .opt_usize("head_dim")?
-                    .unwrap_or(hidden_size / num_heads.max(1));
-                let rope =
-                    j.v.get("rope_parameters")
-                        .or_else(|| j.v.get("rope_scaling"));
-                if let Some(r) = rope.filter(|r| !r.is_null()) {
-                    let ty = r
-                        .get("rope_type")
-                        .or_else(|| r.get("type"))
-                        .and_then(Value::as_str);
-                    if !matches!(ty, None | Some("default")) {
-                        return Err(j.err(format!(
-                            "rope type {ty:?} is not supported yet (only default RoPE)"
-                        )));
-                    }
-                }
-                let rope_theta = rope
-                    .and_then(|r| r.get("rope_theta"))
-                    .and_then(Value::as_f64)
-                    .or(j.v.get("rope_theta").and_then(Value::as_f64))
-                    .unwrap_or(10000.0);
-                let attention_bias = j.opt_bool("attention_bias")?;
-                let qkv_bias = attention_bias.unwrap_or(model_type == "qwen2");
-                let sliding_window = if model_type == "qwen2" {
-                    // Qwen2 applies its window only when use_sliding_window is set.
-                    if j.opt_bool("use_sliding_window")?.unwrap_or(false) {
-                        j.opt_usize("sliding_window")?
-                    } else {
-                        None
-                    }
-                } else {
-                    j.opt_usize("sliding_window")?
-                };
-                let c = LlamaConfig {
-                    hidden_size,
-                    intermediate_size: j.usize("intermediate_size")?,
-                    num_layers: j.usize("num_hidden_layers")?,
-                    num_heads,
-                    num_kv_heads,
-                    head_dim,
-                    vocab_size: j.usize("vocab_size")?,
-                    rms_norm_eps: j.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
-                    rope_theta,
-                    max_position_embeddings: j
-                        .opt_usize("max_position_embeddings")?
-                        .unwrap_or(2048),
-                    tie_word_embeddings: j.opt_bool("tie_word_embeddings")?.unwrap_or(false),
-                    qkv_bias,
-                    o_bias: model_type != "qwen2" && attention_bias.unwrap_or(false),
-                    mlp_bias: j.opt_bool("mlp_bias")?.unwrap_or(false),
-                    sliding_window,
-                    model_type,
-                };
-                check_heads(&c, path)?;
-                Ok(ModelConfig::Llama(c))
-            }
-            "gpt2" => {
-                let n_embd = j.usize("n_embd")?;
-                let n_head = j.usize("n_head")?;
-                if n_head == 0 || n_embd % n_head != 0 {
-                    return Err(j.err(format!(
-                        "n_embd {n_embd} is not divisible by n_head {n_head}"
-                    )));
-                }
-                if j.opt_bool("reorder_and_upcast_attn")?.unwrap_or(false) {
-                    // Only changes numerics in half precision; shrink computes in f32 anyway.
-                }
-                Ok(ModelConfig::Gpt2(Gpt2Config {
-                    n_embd,
-                    n_layer: j.usize("n_layer")?,
-                    n_head,
-                    n_inner: j.opt_usize("n_inner")?.unwrap_or(4 * n_embd),
-                    vocab_size: j.usize("vocab_size")?,
-                    n_positions: j.opt_usize("n_positions")?.unwrap_or(1024),
-                    layer_norm_epsilon: j.opt_f64("layer_norm_epsilon")?.unwrap_or(1e-5),
-                    activation: j
-                        .opt_str("activation_function")?
-                        .unwrap_or_else(|| "gelu_new".into()),
-                    scale_attn_by_inverse_layer_idx: j
-                        .opt_bool("scale_attn_by_inverse_layer_idx")?
-                        .unwrap_or(false),
-                }))
-            }
-            "gpt_neox" => {
-                let hidden_size = j.usize("hidden_size")?;
-                let num_heads = j.usize("num_attention_heads")?;
-                if num_heads == 0 || hidden_size % num_heads != 0 {
-                    return Err(j.err(format!(
-                        "hidden_size {hidden_size} is not divisible by {num_heads} heads"
-                    )));
-                }
-                let rope = j.v.get("rope_parameters").filter(|r| !r.is_null());
-                let rotary_pct = rope
-                    .and_then(|r| r.get("partial_rotary_factor"))
-                    .and_then(Value::as_f64)
-                    .or(j.v.get("rotary_pct").and_then(Value::as_f64))
-                    .or(j.v.get("partial_rotary_factor").and_then(Value::as_f64))
-                    .unwrap_or(0.25);
-                let rope_theta = rope
-                    .and_then(|r| r.get("rope_theta"))
-                    .and_then(Value::as_f64)
-                    .or(j.v.get("rotary_emb_base").and_then(Value::as_f64))
-                    .or(j.v.get("rope_theta").and_then(Value::as_f64))
-                    .unwrap_or(10000.0);
-                Ok(ModelConfig::Neox(NeoxConfig {
-                    hidden_size,
-                    intermediate_size: j.usize("intermediate_size")?,
-                    num_layers: j.usize("num_hidden_layers")?,
-                    num_heads,
-                    vocab_size: j.usize("vocab_size")?,
-                    rotary_pct,
-                    rope_theta,
-                    layer_norm_eps: j.opt_f64("layer_norm_eps")?.unwrap_or(1e-5),
-                    use_parallel_residual: j.opt_bool("use_parallel_residual")?.unwrap_or(true),
-                    hidden_act: j.opt_str("hidden_act")?.unwrap_or_else(|| "gelu".into()),
-                    max_position_embeddings: j
-                        .opt_usize("max_position_embeddings")?
-                        .unwrap_or(2048),
-                    tie_word_embeddings: j.opt_bool("tie_word_embeddings")?.unwrap_or(false),
-                    attention_bias: j.opt_bool("attention_bias")?.unwrap_or(true),
-                }))
-            }
+            "llama" | "mistral" | "qwen2" => llama_from_hf(&j, model_type).map(ModelConfig::Llama),
+            "gpt2" => gpt2_from_hf(&j).map(ModelConfig::Gpt2),
+            "gpt_neox" => neox_from_hf(&j).map(ModelConfig::Neox),
             other => Err(ModelError::UnknownArchitecture {
                 path: path.to_path_buf(),
                 name: other.to_string(),
@@ -414,6 +290,145 @@ fn config_err(path: &Path, what: impl Into<String>) -> ModelError {
         path: path.to_path_buf(),
         what: what.into(),
     }
+}
+
+/// The Llama-family configuration (llama, mistral, qwen2) of a config.json.
+fn llama_from_hf(j: &Json<'_>, model_type: String) -> Result<LlamaConfig> {
+    let hidden_size = j.usize("hidden_size")?;
+    let num_heads = j.usize("num_attention_heads")?;
+    let num_kv_heads = j.opt_usize("num_key_value_heads")?.unwrap_or(num_heads);
+    let head_dim = j
+        .opt_usize("head_dim")?
+        .unwrap_or(hidden_size / num_heads.max(1));
+    let rope_theta = llama_rope_theta(j)?;
+    let attention_bias = j.opt_bool("attention_bias")?;
+    let qkv_bias = attention_bias.unwrap_or(model_type == "qwen2");
+    let sliding_window = llama_sliding_window(j, &model_type)?;
+    let c = LlamaConfig {
+        hidden_size,
+        intermediate_size: j.usize("intermediate_size")?,
+        num_layers: j.usize("num_hidden_layers")?,
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        vocab_size: j.usize("vocab_size")?,
+        rms_norm_eps: j.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
+        rope_theta,
+        max_position_embeddings: j.opt_usize("max_position_embeddings")?.unwrap_or(2048),
+        tie_word_embeddings: j.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+        qkv_bias,
+        o_bias: model_type != "qwen2" && attention_bias.unwrap_or(false),
+        mlp_bias: j.opt_bool("mlp_bias")?.unwrap_or(false),
+        sliding_window,
+        model_type,
+    };
+    check_heads(&c, j.path)?;
+    Ok(c)
+}
+
+/// The Llama family's RoPE base, rejecting RoPE scaling types other than the default.
+fn llama_rope_theta(j: &Json<'_>) -> Result<f64> {
+    let rope =
+        j.v.get("rope_parameters")
+            .or_else(|| j.v.get("rope_scaling"));
+    if let Some(r) = rope.filter(|r| !r.is_null()) {
+        let ty = r
+            .get("rope_type")
+            .or_else(|| r.get("type"))
+            .and_then(Value::as_str);
+        if !matches!(ty, None | Some("default")) {
+            return Err(j.err(format!(
+                "rope type {ty:?} is not supported yet (only default RoPE)"
+            )));
+        }
+    }
+    Ok(rope
+        .and_then(|r| r.get("rope_theta"))
+        .and_then(Value::as_f64)
+        .or(j.v.get("rope_theta").and_then(Value::as_f64))
+        .unwrap_or(10000.0))
+}
+
+/// The Llama family's sliding attention window, if the model uses one.
+fn llama_sliding_window(j: &Json<'_>, model_type: &str) -> Result<Option<usize>> {
+    if model_type == "qwen2" {
+        // Qwen2 applies its window only when use_sliding_window is set.
+        if j.opt_bool("use_sliding_window")?.unwrap_or(false) {
+            j.opt_usize("sliding_window")
+        } else {
+            Ok(None)
+        }
+    } else {
+        j.opt_usize("sliding_window")
+    }
+}
+
+/// The GPT-2 configuration of a config.json.
+fn gpt2_from_hf(j: &Json<'_>) -> Result<Gpt2Config> {
+    let n_embd = j.usize("n_embd")?;
+    let n_head = j.usize("n_head")?;
+    if n_head == 0 || n_embd % n_head != 0 {
+        return Err(j.err(format!(
+            "n_embd {n_embd} is not divisible by n_head {n_head}"
+        )));
+    }
+    if j.opt_bool("reorder_and_upcast_attn")?.unwrap_or(false) {
+        // Only changes numerics in half precision; shrink computes in f32 anyway.
+    }
+    Ok(Gpt2Config {
+        n_embd,
+        n_layer: j.usize("n_layer")?,
+        n_head,
+        n_inner: j.opt_usize("n_inner")?.unwrap_or(4 * n_embd),
+        vocab_size: j.usize("vocab_size")?,
+        n_positions: j.opt_usize("n_positions")?.unwrap_or(1024),
+        layer_norm_epsilon: j.opt_f64("layer_norm_epsilon")?.unwrap_or(1e-5),
+        activation: j
+            .opt_str("activation_function")?
+            .unwrap_or_else(|| "gelu_new".into()),
+        scale_attn_by_inverse_layer_idx: j
+            .opt_bool("scale_attn_by_inverse_layer_idx")?
+            .unwrap_or(false),
+    })
+}
+
+/// The GPT-NeoX / Pythia configuration of a config.json.
+fn neox_from_hf(j: &Json<'_>) -> Result<NeoxConfig> {
+    let hidden_size = j.usize("hidden_size")?;
+    let num_heads = j.usize("num_attention_heads")?;
+    if num_heads == 0 || hidden_size % num_heads != 0 {
+        return Err(j.err(format!(
+            "hidden_size {hidden_size} is not divisible by {num_heads} heads"
+        )));
+    }
+    let rope = j.v.get("rope_parameters").filter(|r| !r.is_null());
+    let rotary_pct = rope
+        .and_then(|r| r.get("partial_rotary_factor"))
+        .and_then(Value::as_f64)
+        .or(j.v.get("rotary_pct").and_then(Value::as_f64))
+        .or(j.v.get("partial_rotary_factor").and_then(Value::as_f64))
+        .unwrap_or(0.25);
+    let rope_theta = rope
+        .and_then(|r| r.get("rope_theta"))
+        .and_then(Value::as_f64)
+        .or(j.v.get("rotary_emb_base").and_then(Value::as_f64))
+        .or(j.v.get("rope_theta").and_then(Value::as_f64))
+        .unwrap_or(10000.0);
+    Ok(NeoxConfig {
+        hidden_size,
+        intermediate_size: j.usize("intermediate_size")?,
+        num_layers: j.usize("num_hidden_layers")?,
+        num_heads,
+        vocab_size: j.usize("vocab_size")?,
+        rotary_pct,
+        rope_theta,
+        layer_norm_eps: j.opt_f64("layer_norm_eps")?.unwrap_or(1e-5),
+        use_parallel_residual: j.opt_bool("use_parallel_residual")?.unwrap_or(true),
+        hidden_act: j.opt_str("hidden_act")?.unwrap_or_else(|| "gelu".into()),
+        max_position_embeddings: j.opt_usize("max_position_embeddings")?.unwrap_or(2048),
+        tie_word_embeddings: j.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+        attention_bias: j.opt_bool("attention_bias")?.unwrap_or(true),
+    })
 }
 
 fn check_heads(c: &LlamaConfig, path: &Path) -> Result<()> {
