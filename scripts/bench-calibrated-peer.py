@@ -59,6 +59,11 @@ elif method == "awq":
         ignore=["lm_head"],
         config_groups={"g": {"targets": ["Linear"], "weights": weights}},
     )
+    # llm-compressor pins the cached activations for faster host-to-GPU copies, which needs a
+    # CUDA driver; on a CPU-only machine pinning is skipped (as peers.md's "nopin" run did).
+    from llmcompressor.pipelines.cache import IntermediatesCache  # noqa: E402
+
+    IntermediatesCache.pin_memory = lambda self, *args, **kwargs: None
 else:
     sys.exit(f"unknown method {method!r}: gptq or awq")
 
