@@ -1,8 +1,12 @@
 //! Text generation: greedy or sampled (temperature, nucleus), with a KV cache.
 
+use std::path::Path;
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use shrink_models::{KvCache, Model};
+use shrink_io::tokenizer::Tokenizer;
+use shrink_io::Checkpoint;
+use shrink_models::{KvCache, Model, ModelConfig};
 
 use crate::error::{EvalError, Result};
 
@@ -108,6 +112,116 @@ pub fn generate(
         next_input = vec![id];
     }
     Ok(out)
+}
+
+/// A model with its tokenizer, ready to continue prompts (`shrink generate`).
+pub struct Generator {
+    /// The checkpoint's tokenizer.
+    pub tok: Tokenizer,
+    /// The model.
+    pub model: Model,
+}
+
+/// A prompt as the model sees it.
+#[derive(Debug, Clone)]
+pub struct Prompt {
+    /// The text (with the chat template applied, if asked).
+    pub text: String,
+    /// Its tokens, special tokens included.
+    pub ids: Vec<u32>,
+}
+
+/// A finished generation.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// The prompt.
+    pub prompt: Prompt,
+    /// The generated ids (without the stop token).
+    pub ids: Vec<u32>,
+    /// They, decoded.
+    pub completion: String,
+    /// Seconds generating took.
+    pub seconds: f64,
+}
+
+impl Generator {
+    /// Open the model at `path` with its tokenizer.
+    pub fn open(path: &Path) -> Result<Self> {
+        let ckpt = Checkpoint::open(path)?;
+        // An architecture shrink cannot run is the first thing to say, before a missing tokenizer.
+        ModelConfig::from_checkpoint(&ckpt)?;
+        let tok = Tokenizer::for_checkpoint(&ckpt)?;
+        let model = Model::load(&ckpt)?;
+        Ok(Generator { tok, model })
+    }
+
+    /// `text` as a prompt; with `chat`, wrapped in the chat template as a user message.
+    pub fn prompt(&self, text: &str, chat: bool) -> Result<Prompt> {
+        let text = if chat {
+            self.tok.apply_chat_template(&[("user", text)], true)?
+        } else {
+            text.to_string()
+        };
+        let ids = self.tok.encode(&text, true)?;
+        Ok(Prompt { text, ids })
+    }
+
+    /// Continue `prompt`, stopping at the tokenizer's end-of-sequence tokens (`opts.stop` is
+    /// replaced by them); `on_text`, if given, sees the decoded text as it grows.
+    pub fn run(
+        &self,
+        prompt: &Prompt,
+        opts: &GenOptions,
+        mut on_text: Option<&mut dyn FnMut(&str)>,
+    ) -> Result<Generation> {
+        let opts = GenOptions {
+            stop: self.tok.eos_ids(),
+            ..opts.clone()
+        };
+        let mut stream = self.tok.decode_stream();
+        let mut err = None;
+        let t0 = std::time::Instant::now();
+        let ids = generate(&self.model, &prompt.ids, &opts, |id| {
+            let Some(f) = on_text.as_mut() else { return };
+            if err.is_some() {
+                return;
+            }
+            match stream.step(id) {
+                Ok(Some(s)) => f(&s),
+                Ok(None) => {}
+                Err(e) => err = Some(e),
+            }
+        })?;
+        if let Some(e) = err {
+            return Err(e.into());
+        }
+        let seconds = t0.elapsed().as_secs_f64();
+        Ok(Generation {
+            prompt: prompt.clone(),
+            completion: self.tok.decode(&ids)?,
+            ids,
+            seconds,
+        })
+    }
+}
+
+impl Generation {
+    /// Generated tokens per second.
+    pub fn tokens_per_second(&self) -> f64 {
+        self.ids.len() as f64 / self.seconds
+    }
+
+    /// The generation as one JSON object (prompt, completion, ids, speed).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "prompt": self.prompt.text,
+            "completion": self.completion,
+            "prompt_ids": self.prompt.ids,
+            "ids": self.ids,
+            "seconds": self.seconds,
+            "tokens_per_second": self.tokens_per_second(),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -3,9 +3,13 @@
 //! - [`protocol`]: the `lee-ppl-v1` texts (calibration and evaluation documents);
 //! - [`perplexity`]: windowed perplexity, KLD and top-1 agreement against a base model;
 //! - [`generate`]: sampling (greedy, temperature, top-p) with a KV cache, streaming tokens;
-//! - [`weights`]: per-layer weight error (MSE, SQNR, max) and histograms.
+//! - [`weights`]: per-layer weight error (MSE, SQNR, max) and histograms;
+//! - [`evaluation`]: one model scored on a text file (`shrink eval`), with its report;
+//! - [`compare`]: compressed models against their base, side by side (`shrink compare`);
+//! - [`chart_csv`]: the results CSV behind the perplexity/bits chart (`shrink chart`).
 //!
-//! Neighbours: `shrink-models` runs the forward pass; `shrink-cli` prints the reports.
+//! Neighbours: `shrink-models` runs the forward pass; `shrink-methods` supplies the progress
+//! trait and the compression reports compared; `shrink-cli` prints the reports.
 
 pub mod chart;
 pub mod error;
@@ -18,3 +22,6 @@ pub mod weights;
 pub use error::{EvalError, Result};
 pub use perplexity::{perplexity, PplOptions, PplReport};
 pub use protocol::{lee_texts, LeeTexts, PROTOCOL};
+pub mod chart_csv;
+pub mod compare;
+pub mod evaluation;

@@ -1271,3 +1271,20 @@ fn tojson(value: Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja:
         String::from_utf8(out).expect("serde_json writes UTF-8"),
     ))
 }
+
+impl Tokenizer {
+    /// The tokenizer of a checkpoint: tokenizer.json of an HF directory, or the GGUF's
+    /// vocabulary.
+    pub fn for_checkpoint(ckpt: &crate::Checkpoint) -> Result<Self> {
+        match ckpt {
+            crate::Checkpoint::Gguf(g) => Tokenizer::from_gguf(g),
+            crate::Checkpoint::Hf(h) => match &h.tokenizer_json {
+                Some(p) => Tokenizer::from_file(p),
+                None => Err(IoError::malformed(
+                    &h.dir,
+                    "no tokenizer.json in this directory; this command needs one",
+                )),
+            },
+        }
+    }
+}

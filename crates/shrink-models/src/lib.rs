@@ -5,7 +5,8 @@
 //! - [`Model`]: a loaded causal LM ([`llama::Llama`], [`gpt2::Gpt2`], [`gpt_neox::Neox`])
 //!   whose [`Model::forward`] returns logits matching transformers';
 //! - [`WeightLoader`]: weights by Hugging Face name from any checkpoint, undoing llama.cpp's
-//!   renaming and Q/K permutation for GGUF files.
+//!   renaming and Q/K permutation for GGUF files;
+//! - [`footprint::Footprint`]: what a checkpoint stores, by dtype and module, in exact bytes.
 //!
 //! Neighbours: `shrink-io` opens checkpoints; `shrink-eval` scores models.
 //!
@@ -20,6 +21,7 @@ pub mod architecture;
 pub mod bert;
 pub mod config;
 pub mod error;
+pub mod footprint;
 pub mod gpt2;
 pub mod gpt_neox;
 pub mod int8_gemm;

@@ -4,10 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use shrink_eval::generate::{generate, GenOptions};
-use shrink_models::{Model, ModelConfig};
-
-use crate::common;
+use shrink_eval::generate::{GenOptions, Generator};
 
 /// Arguments of `shrink generate`.
 #[derive(clap::Args)]
@@ -48,70 +45,36 @@ pub fn run(a: Args) -> Result<()> {
     if a.temperature < 0.0 || !a.temperature.is_finite() {
         anyhow::bail!("--temperature must be 0 or positive");
     }
-    let ckpt = common::open(&a.model)?;
-    // An architecture shrink cannot run is the first thing to say, before a missing tokenizer.
-    ModelConfig::from_checkpoint(&ckpt)?;
-    let tok = common::tokenizer(&ckpt)?;
-    let model = Model::load(&ckpt)?;
-    let text = if a.chat {
-        tok.apply_chat_template(&[("user", &a.prompt)], true)?
-    } else {
-        a.prompt.clone()
-    };
-    let ids = tok.encode(&text, true)?;
+    let g = Generator::open(&a.model)?;
+    let prompt = g.prompt(&a.prompt, a.chat)?;
     let opts = GenOptions {
         max_tokens: a.max_tokens,
         temperature: a.temperature,
         top_p: a.top_p,
         seed: a.seed,
-        stop: tok.eos_ids(),
+        stop: Vec::new(),
     };
-    let mut stream = tok.decode_stream();
-    let mut stdout = std::io::stdout();
-    if !a.json {
-        print!("{}", a.prompt);
-        if a.chat {
-            println!();
-        }
-        stdout.flush()?;
-    }
-    let t0 = std::time::Instant::now();
-    let mut err = None;
-    let out = generate(&model, &ids, &opts, |id| {
-        if a.json || err.is_some() {
-            return;
-        }
-        match stream.step(id) {
-            Ok(Some(s)) => {
-                print!("{s}");
-                let _ = stdout.flush();
-            }
-            Ok(None) => {}
-            Err(e) => err = Some(e),
-        }
-    })?;
-    if let Some(e) = err {
-        return Err(e.into());
-    }
-    let secs = t0.elapsed().as_secs_f64();
     if a.json {
-        let v = serde_json::json!({
-            "prompt": text,
-            "completion": tok.decode(&out)?,
-            "prompt_ids": ids,
-            "ids": out,
-            "seconds": secs,
-            "tokens_per_second": out.len() as f64 / secs,
-        });
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        println!();
-        eprintln!(
-            "[{} tokens in {:.2} s, {:.1} tokens/s]",
-            out.len(),
-            secs,
-            out.len() as f64 / secs
-        );
+        let out = g.run(&prompt, &opts, None)?;
+        println!("{}", serde_json::to_string_pretty(&out.to_json())?);
+        return Ok(());
     }
+    print!("{}{}", a.prompt, if a.chat { "\n" } else { "" });
+    std::io::stdout().flush()?;
+    let out = g.run(
+        &prompt,
+        &opts,
+        Some(&mut |s: &str| {
+            print!("{s}");
+            let _ = std::io::stdout().flush();
+        }),
+    )?;
+    println!();
+    eprintln!(
+        "[{} tokens in {:.2} s, {:.1} tokens/s]",
+        out.ids.len(),
+        out.seconds,
+        out.tokens_per_second()
+    );
     Ok(())
 }

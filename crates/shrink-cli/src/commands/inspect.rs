@@ -1,11 +1,9 @@
 //! `shrink inspect`: what a checkpoint holds and exactly how much memory it takes.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use shrink_io::{Checkpoint, TensorEntry};
-use shrink_models::ModelConfig;
+use shrink_models::footprint::{module_sizes, Footprint};
 
 use crate::common;
 
@@ -28,135 +26,54 @@ pub struct Args {
     pub json: bool,
 }
 
-/// Sizes of every dotted prefix of the tensor names ("" is the whole model).
-pub fn module_sizes(tensors: &[TensorEntry]) -> BTreeMap<String, u64> {
-    let mut sizes = BTreeMap::new();
-    for t in tensors {
-        *sizes.entry(String::new()).or_insert(0) += t.bytes;
-        let parts: Vec<&str> = t.name.split('.').collect();
-        for i in 1..parts.len() {
-            *sizes.entry(parts[..i].join(".")).or_insert(0) += t.bytes;
-        }
-        *sizes.entry(t.name.clone()).or_insert(0) += t.bytes;
-    }
-    sizes
-}
-
 /// Run `shrink inspect`.
 pub fn run(a: Args) -> Result<()> {
-    let ckpt = common::open(&a.model)?;
-    let tensors = ckpt.tensors();
-    // Causal LMs first; BERT-style classifiers are a family of their own.
-    let cfg = ModelConfig::from_checkpoint(&ckpt)
-        .map(|c| c.family())
-        .or_else(|e| {
-            shrink_models::BertConfig::from_checkpoint(&ckpt)
-                .map(|b| match b.kind {
-                    shrink_models::BertKind::Bert => "BERT classifier",
-                    shrink_models::BertKind::DistilBert => "DistilBERT classifier",
-                })
-                .map_err(|_| e)
-        });
-    let (arch, format) = match &ckpt {
-        Checkpoint::Hf(h) => (
-            h.config
-                .get("model_type")
-                .and_then(|v| v.as_str())
-                .unwrap_or("?")
-                .to_string(),
-            "huggingface safetensors",
-        ),
-        Checkpoint::Gguf(g) => (g.architecture().unwrap_or("?").to_string(), "gguf"),
-    };
-    // Packed tensors of a quantized checkpoint hold several weights per element: count the
-    // parameters of the model the configuration describes instead.
-    let quantized = matches!(&ckpt, Checkpoint::Hf(h) if h.quantization_config().is_some());
-    let params: u64 = match (&ckpt, quantized) {
-        (_, true) => match ModelConfig::from_checkpoint(&ckpt) {
-            Ok(c) => shrink_models::weight_shapes(&c)
-                .iter()
-                .map(|(_, s)| s.iter().product::<usize>() as u64)
-                .sum(),
-            Err(_) => tensors.iter().map(|t| t.elements()).sum(),
-        },
-        _ => tensors.iter().map(|t| t.elements()).sum(),
-    };
-    let bytes: u64 = tensors.iter().map(|t| t.bytes).sum();
-    let mut per_dtype: BTreeMap<String, (usize, u64, u64)> = BTreeMap::new();
-    for t in &tensors {
-        let e = per_dtype.entry(t.dtype.name()).or_default();
-        e.0 += 1;
-        e.1 += t.elements();
-        e.2 += t.bytes;
-    }
-    let modules = a.modules.then(|| module_sizes(&tensors));
+    let f = Footprint::of(&common::open(&a.model)?);
     if a.json {
-        let mut v = serde_json::json!({
-            "path": a.model,
-            "format": format,
-            "architecture": arch,
-            "family": cfg.as_ref().ok(),
-            "parameters": params,
-            "tensors": tensors.len(),
-            "footprint_bytes": bytes,
-            "float32_bytes": params * 4,
-            "bits_per_weight": bytes as f64 * 8.0 / params.max(1) as f64,
-            "dtypes": per_dtype.iter().map(|(k, (n, p, b))| (k.clone(), serde_json::json!({"tensors": n, "parameters": p, "bytes": b}))).collect::<serde_json::Map<_, _>>(),
-        });
-        if let Err(e) = &cfg {
-            v["config_error"] = serde_json::json!(e.to_string());
-        }
-        if let Some(m) = &modules {
-            v["modules"] = serde_json::json!(m);
-        }
-        if a.tensors {
-            v["tensor_list"] = serde_json::json!(tensors
-                .iter()
-                .map(|t| serde_json::json!({"name": t.name, "dtype": t.dtype.name(), "shape": t.shape, "bytes": t.bytes}))
-                .collect::<Vec<_>>());
-        }
+        let v = f.to_json(&a.model, a.modules, a.tensors);
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
+    let (params, bytes) = (f.parameters, f.bytes);
     println!("model          {}", a.model.display());
-    println!("format         {format}");
-    match &cfg {
-        Ok(family) => println!("architecture   {arch} ({family} family)"),
-        Err(e) => println!("architecture   {arch} (not runnable by shrink: {e})"),
+    println!("format         {}", f.format);
+    match &f.family {
+        Ok(family) => println!("architecture   {} ({family} family)", f.architecture),
+        Err(e) => println!(
+            "architecture   {} (not runnable by shrink: {e})",
+            f.architecture
+        ),
     }
     println!("parameters     {params} ({:.1} M)", params as f64 / 1e6);
-    println!("tensors        {}", tensors.len());
+    println!("tensors        {}", f.tensors.len());
     println!(
         "footprint      {bytes} bytes ({}), {:.3} bits/weight",
         common::human(bytes),
-        bytes as f64 * 8.0 / params.max(1) as f64
+        f.bits_per_weight()
     );
+    let f32_bytes = f.float32_bytes();
     println!(
-        "as float32     {} bytes ({})",
-        params * 4,
-        common::human(params * 4)
+        "as float32     {f32_bytes} bytes ({})",
+        common::human(f32_bytes)
     );
     println!("dtypes");
-    for (k, (n, p, b)) in &per_dtype {
+    for (k, d) in &f.dtypes {
+        let (n, p, b) = (d.tensors, d.parameters, d.bytes);
         println!("  {k:<8} {n:>5} tensors {p:>14} params {b:>14} bytes");
     }
-    if let Some(m) = &modules {
+    if a.modules {
         println!("modules (bytes)");
-        for (k, b) in m {
-            let name = if k.is_empty() { "<model>" } else { k };
+        for (k, b) in module_sizes(&f.tensors) {
+            let name = if k.is_empty() { "<model>" } else { &k };
             println!("  {name:<50} {b:>14}");
         }
     }
     if a.tensors {
         println!("tensors");
-        for t in &tensors {
-            println!(
-                "  {:<50} {:<6} {:<16} {:>12}",
-                t.name,
-                t.dtype.name(),
-                format!("{:?}", t.shape),
-                t.bytes
-            );
+        for t in &f.tensors {
+            let shape = format!("{:?}", t.shape);
+            let (name, dtype) = (&t.name, t.dtype.name());
+            println!("  {name:<50} {dtype:<6} {shape:<16} {:>12}", t.bytes);
         }
     }
     Ok(())
