@@ -9,8 +9,11 @@
 //! - [`calib`]: calibration samples; [`hessian`]: layer Hessians and their factorisations;
 //! - [`gptq`], [`awq`], [`hqq`]: the calibrated and optimised quantizers;
 //! - [`ggml_mix`]: llama.cpp's per-tensor type choice for its GGUF presets;
+//!   [`ggml_quantize`]: llama-quantize over a GGUF; [`export_gguf`]: an HF directory or a GGUF
+//!   to a GGUF, as llama.cpp's converter writes it;
 //! - [`pipeline`]: the one layer-by-layer driver and streaming writer; [`calibrated`]: GPTQ,
 //!   AWQ and the importance matrix run over a whole checkpoint of any architecture;
+//! - [`convert`]: a checkpoint re-typed into an HF directory, logits compared;
 //! - [`report`]: the one report of a run; [`output`]: config, tokenizer and report beside the
 //!   weights, committed atomically.
 
@@ -29,5 +32,8 @@ pub mod rtn;
 pub mod select;
 pub mod per_tensor;
 pub mod export_layout;
+pub mod ggml_quantize;
+pub mod export_gguf;
+pub mod convert;
 
 pub use error::{MethodError, Result};

@@ -7,6 +7,8 @@
 //! - [`WeightLoader`]: weights by Hugging Face name from any checkpoint, undoing llama.cpp's
 //!   renaming and Q/K permutation for GGUF files;
 //! - [`footprint::Footprint`]: what a checkpoint stores, by dtype and module, in exact bytes.
+//! - [`gguf_arch::GgufArch`]: the other way, an HF model's GGUF names, hyperparameter keys and
+//!   row transforms as llama.cpp's converter writes them.
 //!
 //! Neighbours: `shrink-io` opens checkpoints; `shrink-eval` scores models.
 //!
@@ -34,6 +36,7 @@ pub mod llama;
 pub mod qmatmul;
 pub mod runtime;
 pub mod weights;
+pub mod gguf_arch;
 
 use candle_core::Tensor;
 use shrink_io::Checkpoint;

@@ -351,16 +351,7 @@ fn target<'a>(a: &'a Args, selection: &'a Selection) -> super::calibrated::Targe
 /// Run `shrink quantize`.
 pub fn run(a: Args) -> Result<()> {
     if let Some(preset) = a.method.ggml_name() {
-        return super::quantize_ggml::run(super::quantize_ggml::GgmlArgs {
-            model: a.model,
-            output: a.output,
-            preset,
-            imatrix: a.imatrix,
-            json: a.json,
-            allow_requantize: a.allow_requantize,
-            overwrite: false,
-            leave_output_tensor: a.leave_output_tensor,
-        });
+        return super::quantize_ggml::run(&a, &preset);
     }
     if a.imatrix.is_some() {
         bail!("--imatrix applies to the llama.cpp methods (q4_k_m, q8_0, ...) only");
