@@ -569,10 +569,53 @@ pub fn read(
     Ok(q)
 }
 
+/// A compressed-tensors module (`int-quantized`, `pack-quantized`, `naive-quantized`), if
+/// `module` has a `weight_scale`.
 fn read_ct(r: &Reader, qcfg: &Value, module: &str) -> Result<Option<Quantized>> {
     let Some((scale_bytes, scale_dtype, _)) = r.raw(&format!("{module}.weight_scale")) else {
         return Ok(None);
     };
+    let (spec, dynamic_int8) = ct_spec(r, qcfg, module, scale_dtype)?;
+    let (rows, cols) = ct_shape(r, module, spec.bits)?;
+    spec.validate(rows, cols)
+        .map_err(|e| r.err(format!("{module}: {e}")))?;
+    let codes = ct_codes(r, module, spec.bits, rows, cols)?;
+    let n_scales = spec.num_scales(rows, cols);
+    if scale_bytes.len() != n_scales * spec.scale_type.size() {
+        return Err(r.err(format!(
+            "{module}.weight_scale: {} bytes, expected {}",
+            scale_bytes.len(),
+            n_scales * spec.scale_type.size()
+        )));
+    }
+    let zeros = if spec.symmetric {
+        None
+    } else {
+        Some(ct_zeros(r, module, &spec, rows, cols)?)
+    };
+    let mut packed = Vec::with_capacity(spec.row_bytes(cols) * rows);
+    for row in codes.chunks_exact(cols) {
+        packed.extend(shrink_formats::int::pack(row, spec.bits));
+    }
+    let t = IntTensor {
+        spec,
+        rows,
+        cols,
+        packed,
+        scales: scale_bytes.to_vec(),
+        zeros,
+    };
+    t.check().map_err(|e| r.err(format!("{module}: {e}")))?;
+    Ok(Some(if dynamic_int8 {
+        Quantized::W8A8(t)
+    } else {
+        Quantized::Int(t)
+    }))
+}
+
+/// The integer grid of a compressed-tensors config (group 0's weights), and whether its
+/// activations are dynamic int8 per token (W8A8).
+fn ct_spec(r: &Reader, qcfg: &Value, module: &str, scale_dtype: Dtype) -> Result<(IntSpec, bool)> {
     let w = qcfg
         .pointer("/config_groups/group_0/weights")
         .ok_or_else(|| {
@@ -625,8 +668,13 @@ fn read_ct(r: &Reader, qcfg: &Value, module: &str) -> Result<Option<Quantized>> 
         granularity,
         scale_type,
     };
-    // Packed layouts record the dense shape; unpacked int8 `weight`s carry their own.
-    let (rows, cols) = match r.raw(&format!("{module}.weight_shape")) {
+    Ok((spec, dynamic_int8))
+}
+
+/// The dense `(rows, cols)` of a compressed-tensors weight: packed layouts record it in
+/// `weight_shape`; unpacked int8 `weight`s carry their own.
+fn ct_shape(r: &Reader, module: &str, bits: u8) -> Result<(usize, usize)> {
+    Ok(match r.raw(&format!("{module}.weight_shape")) {
         Some((b, _, _)) if b.len() == 16 => (
             i64::from_le_bytes(b[..8].try_into().unwrap()) as usize,
             i64::from_le_bytes(b[8..].try_into().unwrap()) as usize,
@@ -636,12 +684,15 @@ fn read_ct(r: &Reader, qcfg: &Value, module: &str) -> Result<Option<Quantized>> 
             Some((_, _, &[rows, cols])) if !ct_packs(bits) || bits == 8 => (rows, cols),
             _ => return Err(r.err(format!("{module}.weight_shape is missing"))),
         },
-    };
-    spec.validate(rows, cols)
-        .map_err(|e| r.err(format!("{module}: {e}")))?;
+    })
+}
+
+/// The unsigned codes `[rows, cols]` of a compressed-tensors weight: unpacked from
+/// `weight_packed`, or offset from the signed integers of `weight`.
+fn ct_codes(r: &Reader, module: &str, bits: u8, rows: usize, cols: usize) -> Result<Vec<u8>> {
     let off = 1u8 << (bits - 1);
     let packed_name = format!("{module}.weight_packed");
-    let codes: Vec<u8> = if r.raw(&packed_name).is_some() {
+    if r.raw(&packed_name).is_some() {
         let (b, _, shape) = r.need(&packed_name)?;
         let words = (cols * bits as usize).div_ceil(32);
         if shape != [rows, words] || b.len() != rows * words * 4 {
@@ -656,7 +707,7 @@ fn read_ct(r: &Reader, qcfg: &Value, module: &str) -> Result<Option<Quantized>> 
                     .map_err(|e| r.err(format!("{module}: {e}")))?,
             );
         }
-        c
+        Ok(c)
     } else {
         let (b, _, shape) = r.need(&format!("{module}.weight"))?;
         if shape != [rows, cols] {
@@ -664,75 +715,53 @@ fn read_ct(r: &Reader, qcfg: &Value, module: &str) -> Result<Option<Quantized>> 
                 "{module}.weight: shape {shape:?}, expected [{rows}, {cols}]"
             )));
         }
-        b.iter()
+        Ok(b.iter()
             .map(|&v| (v as i8 as i16 + off as i16) as u8)
-            .collect()
-    };
+            .collect())
+    }
+}
+
+/// The unsigned zero points of an asymmetric compressed-tensors weight: packed int32 along
+/// the output rows, or signed int8.
+fn ct_zeros(r: &Reader, module: &str, spec: &IntSpec, rows: usize, cols: usize) -> Result<Vec<u8>> {
+    let bits = spec.bits;
     let n_scales = spec.num_scales(rows, cols);
-    if scale_bytes.len() != n_scales * scale_type.size() {
+    let (b, dt, shape) = r.need(&format!("{module}.weight_zero_point"))?;
+    let (n_rows, per_row) = match spec.granularity {
+        Granularity::Tensor => (1, 1),
+        _ => (rows, spec.scales_per_row(cols)),
+    };
+    let expect = if dt == Dtype::I32 {
+        (n_rows * bits as usize).div_ceil(32) * per_row * 4
+    } else {
+        n_scales
+    };
+    if b.len() != expect || shape.is_empty() {
         return Err(r.err(format!(
-            "{module}.weight_scale: {} bytes, expected {}",
-            scale_bytes.len(),
-            n_scales * scale_type.size()
+            "{module}.weight_zero_point: {} bytes, expected {expect}",
+            b.len()
         )));
     }
-    let zeros = if symmetric {
-        None
-    } else {
-        let (b, dt, shape) = r.need(&format!("{module}.weight_zero_point"))?;
-        let (n_rows, per_row) = match granularity {
-            Granularity::Tensor => (1, 1),
-            _ => (rows, spec.scales_per_row(cols)),
-        };
-        let expect = if dt == Dtype::I32 {
-            (n_rows * bits as usize).div_ceil(32) * per_row * 4
-        } else {
-            n_scales
-        };
-        if b.len() != expect || shape.is_empty() {
-            return Err(r.err(format!(
-                "{module}.weight_zero_point: {} bytes, expected {expect}",
-                b.len()
-            )));
-        }
-        Some(if dt == Dtype::I32 {
-            let words = shape[0];
-            let mut z = vec![0u8; n_scales];
-            for g in 0..per_row {
-                let col: Vec<u8> = (0..words)
-                    .flat_map(|wi| b[(wi * per_row + g) * 4..(wi * per_row + g) * 4 + 4].to_vec())
-                    .collect();
-                let vals = shrink_formats::int::unpack(&col, bits, n_rows)
-                    .map_err(|e| r.err(format!("{module}: {e}")))?;
-                for (row, v) in vals.into_iter().enumerate() {
-                    z[row * per_row + g] = v;
-                }
-            }
-            z
-        } else {
-            b.iter()
-                .map(|&v| (v as i8 as i16 + off as i16) as u8)
-                .collect()
-        })
-    };
-    let mut packed = Vec::with_capacity(spec.row_bytes(cols) * rows);
-    for row in codes.chunks_exact(cols) {
-        packed.extend(shrink_formats::int::pack(row, bits));
+    if dt != Dtype::I32 {
+        let off = 1u8 << (bits - 1);
+        return Ok(b
+            .iter()
+            .map(|&v| (v as i8 as i16 + off as i16) as u8)
+            .collect());
     }
-    let t = IntTensor {
-        spec,
-        rows,
-        cols,
-        packed,
-        scales: scale_bytes.to_vec(),
-        zeros,
-    };
-    t.check().map_err(|e| r.err(format!("{module}: {e}")))?;
-    Ok(Some(if dynamic_int8 {
-        Quantized::W8A8(t)
-    } else {
-        Quantized::Int(t)
-    }))
+    let words = shape[0];
+    let mut z = vec![0u8; n_scales];
+    for g in 0..per_row {
+        let col: Vec<u8> = (0..words)
+            .flat_map(|wi| b[(wi * per_row + g) * 4..(wi * per_row + g) * 4 + 4].to_vec())
+            .collect();
+        let vals = shrink_formats::int::unpack(&col, bits, n_rows)
+            .map_err(|e| r.err(format!("{module}: {e}")))?;
+        for (row, v) in vals.into_iter().enumerate() {
+            z[row * per_row + g] = v;
+        }
+    }
+    Ok(z)
 }
 
 fn read_bnb8(r: &Reader, module: &str, threshold: f32) -> Result<Option<Quantized>> {
