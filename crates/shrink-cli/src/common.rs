@@ -2,29 +2,18 @@
 
 use std::path::Path;
 
-use shrink_io::OutputDir;
-use shrink_methods::pipeline::Progress;
-use shrink_methods::report::Report;
-
-use anyhow::{Context, Result};
+use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use shrink_io::tokenizer::Tokenizer;
 use shrink_io::Checkpoint;
+use shrink_methods::pipeline::Progress;
+use shrink_methods::report::Report;
+
+pub use shrink_methods::report::{human, peak_rss};
 
 /// The tokenizer of a checkpoint: tokenizer.json of an HF directory, or the GGUF's vocabulary.
 pub fn tokenizer(ckpt: &Checkpoint) -> Result<Tokenizer> {
-    Ok(match ckpt {
-        Checkpoint::Gguf(g) => Tokenizer::from_gguf(g)?,
-        Checkpoint::Hf(h) => {
-            let p = h.tokenizer_json.as_ref().with_context(|| {
-                format!(
-                    "{}: no tokenizer.json in this directory; this command needs one",
-                    h.dir.display()
-                )
-            })?;
-            Tokenizer::from_file(p)?
-        }
-    })
+    Ok(Tokenizer::for_checkpoint(ckpt)?)
 }
 
 /// Open a checkpoint, with the path in the error.
@@ -43,9 +32,6 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
     pb.set_message(what.to_string());
     pb
 }
-
-pub use shrink_methods::output::write_config_and_tokenizer;
-pub use shrink_methods::report::{human, peak_rss};
 
 /// The library's progress as a bar on stderr.
 #[derive(Default)]
@@ -67,9 +53,12 @@ impl Progress for Bar {
     }
 }
 
-/// Print a run's report: one JSON object, or the `wrote` line, the report's lines and the
-/// peak RSS.
+/// Print a run's report: its warning (a requantized input) on stderr, then one JSON object,
+/// or the `wrote` line, the report's lines and the peak RSS.
 pub fn print_report(r: &Report, json: bool) -> Result<()> {
+    if let Some(w) = r.extra.get("warning").and_then(|w| w.as_str()) {
+        eprintln!("warning: {w}");
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&r.to_json())?);
         return Ok(());
@@ -80,34 +69,6 @@ pub fn print_report(r: &Report, json: bool) -> Result<()> {
     }
     if let Some(b) = peak_rss() {
         println!("peak RSS       {}", human(b));
-    }
-    Ok(())
-}
-
-/// Finish a quantized output directory: write the report `v` beside the model as
-/// shrink-quantize.json (`shrink compare` reads it), rename the directory into place, then print
-/// `v` as JSON, or the `wrote` line, the report's `lines` and the peak RSS.
-pub fn commit_with_report(
-    out: OutputDir,
-    v: &serde_json::Value,
-    json: bool,
-    lines: &[String],
-) -> Result<()> {
-    out.write(
-        "shrink-quantize.json",
-        serde_json::to_string_pretty(v)?.as_bytes(),
-    )?;
-    let target = out.commit()?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(v)?);
-        return Ok(());
-    }
-    println!("wrote          {}", target.display());
-    for l in lines {
-        println!("{l}");
-    }
-    if let Some(r) = peak_rss() {
-        println!("peak RSS       {}", human(r));
     }
     Ok(())
 }

@@ -96,5 +96,5 @@ pub fn run(a: Args) -> Result<()> {
     };
     let ckpt = common::open(&a.model)?;
     let report = export_gguf(&ckpt, &a.model, &a.output, &o, &common::Bar::default())?;
-    super::gguf_summary::print(&report, a.json)
+    common::print_report(&report, a.json)
 }

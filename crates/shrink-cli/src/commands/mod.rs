@@ -8,8 +8,6 @@ pub mod eval;
 pub mod export;
 pub mod export_layout;
 pub mod generate;
-pub mod gguf_arch;
-pub mod gguf_summary;
 pub mod imatrix;
 pub mod inspect;
 pub mod quantize;

@@ -28,5 +28,5 @@ pub fn run(a: &super::quantize::Args, preset: &str) -> Result<()> {
         leave_output_tensor: a.leave_output_tensor,
     };
     let r = quantize_gguf(g, &a.model, &a.output, &opts, &common::Bar::default())?;
-    super::gguf_summary::print(&r, a.json)
+    common::print_report(&r, a.json)
 }
