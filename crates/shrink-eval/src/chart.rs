@@ -531,6 +531,284 @@ fn panel<'a, 'b>(
     })
 }
 
+/// The axes' ranges: x spans every point (at least 2..36 bits), y the points under the cap.
+fn ranges(points: &[ChartPoint]) -> ((f64, f64), (f64, f64)) {
+    let on: Vec<&ChartPoint> = points.iter().filter(|p| p.ppl <= PPL_AXIS_MAX).collect();
+    let off = off_chart(points);
+    let fold = |it: &mut dyn Iterator<Item = f64>| {
+        it.fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| {
+            (l.min(v), h.max(v))
+        })
+    };
+    let (b_lo, b_hi) = fold(&mut points.iter().map(|p| p.bits_per_weight));
+    let x = ((b_lo / 1.15).min(2.0), (b_hi * 1.2).max(36.0));
+    let (p_lo, p_hi) = fold(&mut on.iter().map(|p| p.ppl));
+    let y = if on.is_empty() {
+        (PPL_AXIS_MAX / 10.0, PPL_AXIS_MAX)
+    } else if !off.is_empty() {
+        (p_lo / 1.04, PPL_AXIS_MAX)
+    } else {
+        (p_lo / 1.04, (p_hi * 1.15).max(p_lo * 1.5).min(PPL_AXIS_MAX))
+    };
+    (x, y)
+}
+
+/// Break marks across the left and right edges of the gap between two panels.
+fn break_marks(root: &Area, frame: Boxed, frames: &[Boxed]) -> std::result::Result<(), String> {
+    for (x, y) in [
+        (frame.x0, frames[0].y1),
+        (frame.x0, frames[1].y0),
+        (frame.x1, frames[0].y1),
+        (frame.x1, frames[1].y0),
+    ] {
+        root.draw(&PathElement::new(
+            vec![(x - 7, y + 4), (x + 7, y - 4)],
+            BLACK.stroke_width(2),
+        ))
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// The baseline's own label, at the left end of its line (pixel row `y`); the label and the
+/// line itself are added to `taken`.
+fn baseline_label(
+    root: &Area,
+    b: &ChartPoint,
+    y: i32,
+    frame: Boxed,
+    taken: &mut Vec<Boxed>,
+) -> std::result::Result<(), String> {
+    let de = |e: DrawingAreaErrorKind<_>| e.to_string();
+    let style = TextStyle::from(("sans-serif", 14)).color(&RGBColor(64, 64, 64));
+    let label = format!("{} baseline: PPL {:.2}", b.label, b.ppl);
+    let (tw, th) = root.estimate_text_size(&label, &style).map_err(de)?;
+    let (x0, y0) = (frame.x0 + 8, y - th as i32 - 4);
+    root.draw_text(&label, &style, (x0, y0)).map_err(de)?;
+    taken.push(Boxed {
+        x0,
+        y0,
+        x1: x0 + tw as i32,
+        y1: y0 + th as i32,
+    });
+    // Keep other labels off the dashed line itself.
+    taken.push(Boxed {
+        x0: frame.x0,
+        y0: y - 2,
+        x1: frame.x1,
+        y1: y + 2,
+    });
+    Ok(())
+}
+
+/// Where the point labels may go: inside the panels' frames, below `y_hi`.
+struct Labels<'f> {
+    frames: &'f [Boxed],
+    bold: bool,
+    y_hi: f64,
+}
+
+impl Labels<'_> {
+    /// Draw the labels of shrink's points and each peer's Pareto front, clear of `taken`.
+    fn place(
+        &self,
+        root: &Area,
+        points: &[ChartPoint],
+        at: &dyn Fn(&ChartPoint) -> (i32, i32),
+        look_of: &dyn Fn(&str) -> Look,
+        taken: &mut Vec<Boxed>,
+    ) -> std::result::Result<(), String> {
+        let de = |e: DrawingAreaErrorKind<_>| e.to_string();
+        let (frames, bold, y_hi) = (self.frames, self.bold, self.y_hi);
+        // Labels: shrink's first, then the peers' fronts, each from the lowest perplexity up; each
+        // goes to the nearest free spot right or left of its marker, with a leader line if moved.
+        let marks = labelled(points);
+        let mut queue: Vec<&ChartPoint> = points
+            .iter()
+            .zip(&marks)
+            .filter(|(p, m)| **m && p.ppl <= y_hi)
+            .map(|(p, _)| p)
+            .collect();
+        queue.sort_by(|a, b| {
+            (a.source != SHRINK)
+                .cmp(&(b.source != SHRINK))
+                .then(a.ppl.total_cmp(&b.ppl))
+        });
+        for p in queue {
+            let shrink = p.source == SHRINK;
+            let style = if shrink {
+                let face = if bold {
+                    FontStyle::Bold
+                } else {
+                    FontStyle::Normal
+                };
+                TextStyle::from(("sans-serif", LABEL_PX, face)).color(&RGBColor(160, 20, 20))
+            } else {
+                TextStyle::from(("sans-serif", LABEL_PX - 1)).color(&RGBColor(51, 51, 51))
+            };
+            let (tw, th) = root.estimate_text_size(&p.label, &style).map_err(de)?;
+            let (tw, th) = (tw as i32, th as i32);
+            let (x, y) = at(p);
+            let r = look_of(&p.source).radius + 4;
+            let step = th / 2 + 1;
+            let spot = (0..=40).find_map(|k| {
+                let dys: &[i32] = if k == 0 { &[0] } else { &[-k, k] };
+                dys.iter().find_map(|&d| {
+                    let dy = d * step;
+                    [x + r, x - r - tw].into_iter().find_map(|x0| {
+                        let bx = Boxed {
+                            x0: x0 - 2,
+                            y0: y + dy - th / 2 - 1,
+                            x1: x0 + tw + 2,
+                            y1: y + dy + th / 2 + 1,
+                        };
+                        (frames.iter().any(|f| bx.inside(f)) && !taken.iter().any(|t| t.hits(&bx)))
+                            .then_some((bx, dy))
+                    })
+                })
+            });
+            let Some((bx, dy)) = spot else { continue };
+            if dy.abs() > th / 2 {
+                let (lx, ly) = if bx.x0 > x {
+                    (bx.x0, y + dy)
+                } else {
+                    (bx.x1, y + dy)
+                };
+                root.draw(&PathElement::new(
+                    vec![(x, y), (lx, ly)],
+                    BLACK.mix(0.3).stroke_width(1),
+                ))
+                .map_err(de)?;
+            }
+            root.draw_text(&p.label, &style, (bx.x0 + 2, bx.y0 + 1))
+                .map_err(de)?;
+            taken.push(bx);
+        }
+        Ok(())
+    }
+}
+
+/// The legend column at `at`, `width` pixels wide: sources, baseline, what is labelled, what
+/// is off the chart.
+#[allow(clippy::too_many_arguments)]
+fn legend(
+    root: &Area,
+    at: (i32, i32),
+    width: u32,
+    points: &[ChartPoint],
+    looks: &[(String, Look)],
+    base: Option<&ChartPoint>,
+    off: &[&ChartPoint],
+    bold: bool,
+) -> std::result::Result<(), String> {
+    let de = |e: DrawingAreaErrorKind<_>| e.to_string();
+    let head = TextStyle::from((
+        "sans-serif",
+        16,
+        if bold {
+            FontStyle::Bold
+        } else {
+            FontStyle::Normal
+        },
+    ));
+    let body = TextStyle::from(("sans-serif", 14));
+    let small = TextStyle::from(("sans-serif", 13)).color(&RGBColor(38, 38, 38));
+    let (lx, mut y) = at;
+    root.draw_text("Source (points)", &head, (lx, y))
+        .map_err(de)?;
+    y += 26;
+    for (name, look) in looks {
+        let n = points.iter().filter(|p| p.source == *name).count();
+        marker(root, *look, (lx + 10, y + 8))?;
+        root.draw_text(&format!("{name} ({n})"), &body, (lx + 28, y))
+            .map_err(de)?;
+        y += 22;
+    }
+    y += 10;
+    if let Some(b) = base {
+        root.draw(&PathElement::new(
+            vec![(lx, y + 8), (lx + 22, y + 8)],
+            BLACK.mix(0.55).stroke_width(2),
+        ))
+        .map_err(de)?;
+        let s = format!("{} baseline, PPL {:.4}", b.label, b.ppl);
+        root.draw_text(&s, &body, (lx + 28, y)).map_err(de)?;
+        y += 30;
+    }
+    let note = "Labelled: every shrink point; for each peer, its Pareto front \
+                (no lower perplexity at the same or fewer bits/weight).";
+    for line in wrap(root, note, &small, width) {
+        root.draw_text(&line, &small, (lx, y)).map_err(de)?;
+        y += 17;
+    }
+    if !off.is_empty() {
+        y += 14;
+        let s = format!("Off the chart (PPL > {PPL_AXIS_MAX}), ▲ on the top edge:");
+        for line in wrap(root, &s, &body, width) {
+            root.draw_text(&line, &body, (lx, y)).map_err(de)?;
+            y += 19;
+        }
+        let mut off = off.to_vec();
+        off.sort_by(|a, b| {
+            a.bits_per_weight
+                .total_cmp(&b.bits_per_weight)
+                .then(a.ppl.total_cmp(&b.ppl))
+        });
+        for p in off {
+            let s = format!(
+                "{} ({}): {:.2} bits, PPL {:.0}",
+                p.label, p.source, p.bits_per_weight, p.ppl
+            );
+            for (i, line) in wrap(root, &s, &small, width - 12).iter().enumerate() {
+                let x = if i == 0 { lx + 6 } else { lx + 18 };
+                root.draw_text(line, &small, (x, y)).map_err(de)?;
+                y += 17;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Draw every point's marker (peers first, then the base, then shrink on top; ▲ on the top
+/// edge above `y_hi`); returns the boxes they cover.
+fn markers(
+    root: &Area,
+    points: &[ChartPoint],
+    at: &dyn Fn(&ChartPoint) -> (i32, i32),
+    look_of: &dyn Fn(&str) -> Look,
+    y_hi: f64,
+) -> std::result::Result<Vec<Boxed>, String> {
+    // Peers first, then the base, then shrink on top.
+    let rank = |p: &ChartPoint| match p.source.as_str() {
+        SHRINK => 2,
+        BASE => 1,
+        _ => 0,
+    };
+    let mut order: Vec<&ChartPoint> = points.iter().collect();
+    order.sort_by_key(|p| rank(p));
+    let mut taken = Vec::new();
+    for p in &order {
+        let (x, y) = at(p);
+        let mut look = look_of(&p.source);
+        if p.ppl > y_hi {
+            look = Look {
+                shape: Shape::Up,
+                filled: true,
+                ..look
+            };
+        }
+        marker(root, look, (x, y))?;
+        let r = look.radius + 2;
+        taken.push(Boxed {
+            x0: x - r,
+            y0: y - r,
+            x1: x + r,
+            y1: y + r,
+        });
+    }
+    Ok(taken)
+}
+
 /// Render the chart into `tmp`; errors name `path`, the file the caller asked for.
 fn draw(
     points: &[ChartPoint],
@@ -551,24 +829,8 @@ fn draw(
             .unwrap_or(SHRINK_LOOK)
     };
 
-    // Ranges: x spans every point (at least 2..36 bits), y the points under the cap.
-    let on: Vec<&ChartPoint> = points.iter().filter(|p| p.ppl <= PPL_AXIS_MAX).collect();
     let off = off_chart(points);
-    let fold = |it: &mut dyn Iterator<Item = f64>| {
-        it.fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| {
-            (l.min(v), h.max(v))
-        })
-    };
-    let (b_lo, b_hi) = fold(&mut points.iter().map(|p| p.bits_per_weight));
-    let (x_lo, x_hi) = ((b_lo / 1.15).min(2.0), (b_hi * 1.2).max(36.0));
-    let (p_lo, p_hi) = fold(&mut on.iter().map(|p| p.ppl));
-    let (y_lo, y_hi) = if on.is_empty() {
-        (PPL_AXIS_MAX / 10.0, PPL_AXIS_MAX)
-    } else if !off.is_empty() {
-        (p_lo / 1.04, PPL_AXIS_MAX)
-    } else {
-        (p_lo / 1.04, (p_hi * 1.15).max(p_lo * 1.5).min(PPL_AXIS_MAX))
-    };
+    let ((x_lo, x_hi), (y_lo, y_hi)) = ranges(points);
 
     let root = BitMapBackend::new(tmp, size).into_drawing_area();
     root.fill(&WHITE).map_err(de)?;
@@ -616,19 +878,7 @@ fn draw(
         ..frames[0]
     };
     if frames.len() > 1 {
-        // Break marks across the left and right edges of the gap between the panels.
-        for (x, y) in [
-            (frame.x0, frames[0].y1),
-            (frame.x0, frames[1].y0),
-            (frame.x1, frames[0].y1),
-            (frame.x1, frames[1].y0),
-        ] {
-            root.draw(&PathElement::new(
-                vec![(x - 7, y + 4), (x + 7, y - 4)],
-                BLACK.stroke_width(2),
-            ))
-            .map_err(de)?;
-        }
+        break_marks(&root, frame, &frames).map_err(err)?;
     }
     let at = |p: &ChartPoint| -> (i32, i32) {
         let top = &panels[0];
@@ -643,194 +893,36 @@ fn draw(
             pn.chart.backend_coord(&(p.bits_per_weight, p.ppl))
         }
     };
-    // Peers first, then the base, then shrink on top.
-    let rank = |p: &ChartPoint| match p.source.as_str() {
-        SHRINK => 2,
-        BASE => 1,
-        _ => 0,
-    };
-    let mut order: Vec<&ChartPoint> = points.iter().collect();
-    order.sort_by_key(|p| rank(p));
-    let mut taken: Vec<Boxed> = Vec::new();
-    for p in &order {
-        let (x, y) = at(p);
-        let mut look = look_of(&p.source);
-        if p.ppl > y_hi {
-            look = Look {
-                shape: Shape::Up,
-                filled: true,
-                ..look
-            };
-        }
-        marker(&root, look, (x, y)).map_err(err)?;
-        let r = look.radius + 2;
-        taken.push(Boxed {
-            x0: x - r,
-            y0: y - r,
-            x1: x + r,
-            y1: y + r,
-        });
-    }
+    let mut taken = markers(&root, points, &at, &look_of, y_hi).map_err(err)?;
     if !text {
         root.present().map_err(de)?;
         return Ok(());
     }
 
-    // The baseline's own label, at the left end of its line.
     if let Some(b) = base {
-        let style = TextStyle::from(("sans-serif", 14)).color(&RGBColor(64, 64, 64));
-        let label = format!("{} baseline: PPL {:.2}", b.label, b.ppl);
-        let (tw, th) = root.estimate_text_size(&label, &style).map_err(de)?;
-        let (_, y) = at(b);
-        let (x0, y0) = (frame.x0 + 8, y - th as i32 - 4);
-        root.draw_text(&label, &style, (x0, y0)).map_err(de)?;
-        taken.push(Boxed {
-            x0,
-            y0,
-            x1: x0 + tw as i32,
-            y1: y0 + th as i32,
-        });
-        // Keep other labels off the dashed line itself.
-        taken.push(Boxed {
-            x0: frame.x0,
-            y0: y - 2,
-            x1: frame.x1,
-            y1: y + 2,
-        });
+        baseline_label(&root, b, at(b).1, frame, &mut taken).map_err(err)?;
     }
 
-    // Labels: shrink's first, then the peers' fronts, each from the lowest perplexity up; each
-    // goes to the nearest free spot right or left of its marker, with a leader line if moved.
-    let marks = labelled(points);
-    let mut queue: Vec<&ChartPoint> = points
-        .iter()
-        .zip(&marks)
-        .filter(|(p, m)| **m && p.ppl <= y_hi)
-        .map(|(p, _)| p)
-        .collect();
-    queue.sort_by(|a, b| {
-        (a.source != SHRINK)
-            .cmp(&(b.source != SHRINK))
-            .then(a.ppl.total_cmp(&b.ppl))
-    });
-    for p in queue {
-        let shrink = p.source == SHRINK;
-        let style = if shrink {
-            let face = if bold {
-                FontStyle::Bold
-            } else {
-                FontStyle::Normal
-            };
-            TextStyle::from(("sans-serif", LABEL_PX, face)).color(&RGBColor(160, 20, 20))
-        } else {
-            TextStyle::from(("sans-serif", LABEL_PX - 1)).color(&RGBColor(51, 51, 51))
-        };
-        let (tw, th) = root.estimate_text_size(&p.label, &style).map_err(de)?;
-        let (tw, th) = (tw as i32, th as i32);
-        let (x, y) = at(p);
-        let r = look_of(&p.source).radius + 4;
-        let step = th / 2 + 1;
-        let spot = (0..=40).find_map(|k| {
-            let dys: &[i32] = if k == 0 { &[0] } else { &[-k, k] };
-            dys.iter().find_map(|&d| {
-                let dy = d * step;
-                [x + r, x - r - tw].into_iter().find_map(|x0| {
-                    let bx = Boxed {
-                        x0: x0 - 2,
-                        y0: y + dy - th / 2 - 1,
-                        x1: x0 + tw + 2,
-                        y1: y + dy + th / 2 + 1,
-                    };
-                    (frames.iter().any(|f| bx.inside(f)) && !taken.iter().any(|t| t.hits(&bx)))
-                        .then_some((bx, dy))
-                })
-            })
-        });
-        let Some((bx, dy)) = spot else { continue };
-        if dy.abs() > th / 2 {
-            let (lx, ly) = if bx.x0 > x {
-                (bx.x0, y + dy)
-            } else {
-                (bx.x1, y + dy)
-            };
-            root.draw(&PathElement::new(
-                vec![(x, y), (lx, ly)],
-                BLACK.mix(0.3).stroke_width(1),
-            ))
-            .map_err(de)?;
-        }
-        root.draw_text(&p.label, &style, (bx.x0 + 2, bx.y0 + 1))
-            .map_err(de)?;
-        taken.push(bx);
-    }
+    let lab = Labels {
+        frames: &frames,
+        bold,
+        y_hi,
+    };
+    lab.place(&root, points, &at, &look_of, &mut taken)
+        .map_err(err)?;
 
-    // The legend column: sources, baseline, what is labelled, what is off the chart.
-    let lx = (w - side_w) as i32 + 8;
-    let width = side_w - 20;
-    let head = TextStyle::from((
-        "sans-serif",
-        16,
-        if bold {
-            FontStyle::Bold
-        } else {
-            FontStyle::Normal
-        },
-    ));
-    let body = TextStyle::from(("sans-serif", 14));
-    let small = TextStyle::from(("sans-serif", 13)).color(&RGBColor(38, 38, 38));
-    let mut y = frame.y0;
-    root.draw_text("Source (points)", &head, (lx, y))
-        .map_err(de)?;
-    y += 26;
-    for (name, look) in &looks {
-        let n = points.iter().filter(|p| p.source == *name).count();
-        marker(&root, *look, (lx + 10, y + 8)).map_err(err)?;
-        root.draw_text(&format!("{name} ({n})"), &body, (lx + 28, y))
-            .map_err(de)?;
-        y += 22;
-    }
-    y += 10;
-    if let Some(b) = base {
-        root.draw(&PathElement::new(
-            vec![(lx, y + 8), (lx + 22, y + 8)],
-            BLACK.mix(0.55).stroke_width(2),
-        ))
-        .map_err(de)?;
-        let s = format!("{} baseline, PPL {:.4}", b.label, b.ppl);
-        root.draw_text(&s, &body, (lx + 28, y)).map_err(de)?;
-        y += 30;
-    }
-    let note = "Labelled: every shrink point; for each peer, its Pareto front \
-                (no lower perplexity at the same or fewer bits/weight).";
-    for line in wrap(&root, note, &small, width) {
-        root.draw_text(&line, &small, (lx, y)).map_err(de)?;
-        y += 17;
-    }
-    if !off.is_empty() {
-        y += 14;
-        let s = format!("Off the chart (PPL > {PPL_AXIS_MAX}), ▲ on the top edge:");
-        for line in wrap(&root, &s, &body, width) {
-            root.draw_text(&line, &body, (lx, y)).map_err(de)?;
-            y += 19;
-        }
-        let mut off = off.clone();
-        off.sort_by(|a, b| {
-            a.bits_per_weight
-                .total_cmp(&b.bits_per_weight)
-                .then(a.ppl.total_cmp(&b.ppl))
-        });
-        for p in off {
-            let s = format!(
-                "{} ({}): {:.2} bits, PPL {:.0}",
-                p.label, p.source, p.bits_per_weight, p.ppl
-            );
-            for (i, line) in wrap(&root, &s, &small, width - 12).iter().enumerate() {
-                let x = if i == 0 { lx + 6 } else { lx + 18 };
-                root.draw_text(line, &small, (x, y)).map_err(de)?;
-                y += 17;
-            }
-        }
-    }
+    let legend_x = (w - side_w) as i32 + 8;
+    legend(
+        &root,
+        (legend_x, frame.y0),
+        side_w - 20,
+        points,
+        &looks,
+        base,
+        &off,
+        bold,
+    )
+    .map_err(err)?;
     root.present().map_err(de)?;
     Ok(())
 }
