@@ -143,7 +143,7 @@ pub enum Gran {
 /// Arguments of `shrink quantize`.
 #[derive(clap::Args)]
 #[command(
-    after_help = "By default every linear layer of the decoder blocks is quantized; embeddings, norms and the LM head keep their precision (--include/--exclude change that, e.g. --exclude '*.down_proj' --include lm_head).\n\nExamples:\n  shrink quantize assets/SmolLM2-135M-Instruct.Q4_1.gguf --method nf4 --double-quant -o smollm2-nf4\n  shrink quantize assets/SmolLM2-135M-Instruct.Q4_1.gguf --method int --bits 4 --group-size 64 -o smollm2-int4-g64\n  shrink quantize my-model --method absmax-int8 --granularity channel -o my-model-int8\n  shrink quantize my-model --method llm-int8 --threshold 6 -o my-model-llm-int8\n  shrink quantize my-model --method dynamic-int8 -o my-model-w8a8\n  shrink quantize assets/SmolLM2-135M-Instruct.Q4_1.gguf --method hqq --bits 3 --group-size 64 -o smollm2-hqq3\n  shrink quantize assets/SmolLM2-135M-Instruct.Q4_1.gguf --method gptq --bits 4 --group-size 64 --calib assets/lee_background.cor -o smollm2-gptq"
+    after_help = "By default every linear layer of the decoder (or encoder) blocks is quantized; embeddings, norms and the LM head keep their precision (--include/--exclude change that, e.g. --exclude '*.down_proj' --include lm_head). GPTQ and AWQ go layer by layer on every architecture: the Llama family, GPT-2, GPT-NeoX and BERT/DistilBERT encoders.\n\nExamples:\n  shrink quantize assets/SmolLM2-135M-Instruct.Q4_1.gguf --method nf4 --double-quant -o smollm2-nf4\n  shrink quantize assets/SmolLM2-135M-Instruct.Q4_1.gguf --method int --bits 4 --group-size 64 -o smollm2-int4-g64\n  shrink quantize my-model --method absmax-int8 --granularity channel -o my-model-int8\n  shrink quantize my-model --method llm-int8 --threshold 6 -o my-model-llm-int8\n  shrink quantize my-model --method dynamic-int8 -o my-model-w8a8\n  shrink quantize assets/SmolLM2-135M-Instruct.Q4_1.gguf --method hqq --bits 3 --group-size 64 -o smollm2-hqq3\n  shrink quantize assets/SmolLM2-135M-Instruct.Q4_1.gguf --method gptq --bits 4 --group-size 64 --calib assets/lee_background.cor -o smollm2-gptq"
 )]
 pub struct Args {
     /// Model to quantize (HF directory or .gguf).
@@ -208,7 +208,9 @@ pub struct Args {
     /// GPTQ: column order. `static` (default, as llm-compressor): columns in order of
     /// decreasing Hessian diagonal, group scales from the weight before any update, groups
     /// contiguous; `group` (AutoGPTQ's desc_act): groups formed in that order, stored with
-    /// g_idx; `none`: columns in their own order, scales from the updated weight.
+    /// g_idx; `none`: columns in their own order. With `group` and `none` a group's scales
+    /// come from the weight as it stood when the block holding its first column began, as the
+    /// reference gptq.py computes them.
     #[arg(long, value_enum, default_value = "static", help_heading = "GPTQ")]
     pub act_order: ActOrder,
     /// GPTQ: dampening, as a fraction of the mean Hessian diagonal.
