@@ -20,20 +20,20 @@
 pub mod awq;
 pub mod calib;
 pub mod calibrated;
+pub mod convert;
 pub mod error;
+pub mod export_gguf;
+pub mod export_layout;
 pub mod ggml_mix;
+pub mod ggml_quantize;
 pub mod gptq;
 pub mod hessian;
 pub mod hqq;
 pub mod output;
+pub mod per_tensor;
 pub mod pipeline;
 pub mod report;
 pub mod rtn;
 pub mod select;
-pub mod per_tensor;
-pub mod export_layout;
-pub mod ggml_quantize;
-pub mod export_gguf;
-pub mod convert;
 
 pub use error::{MethodError, Result};

@@ -24,6 +24,7 @@ pub mod bert;
 pub mod config;
 pub mod error;
 pub mod footprint;
+pub mod gguf_arch;
 pub mod gpt2;
 pub mod gpt_neox;
 pub mod int8_gemm;
@@ -36,7 +37,6 @@ pub mod llama;
 pub mod qmatmul;
 pub mod runtime;
 pub mod weights;
-pub mod gguf_arch;
 
 use candle_core::Tensor;
 use shrink_io::Checkpoint;
