@@ -151,6 +151,52 @@ fn gptq_and_awq_run_on_every_architecture() {
 }
 
 #[test]
+fn awq_keeps_unselected_conv1d_weights_in_their_layout() {
+    // GPT-2 with c_fc left dense: AWQ rewrites the unselected weights of its blocks (as it
+    // scaled them), which a Conv1D checkpoint stores [in, out].
+    let tmp = tempfile::tempdir().unwrap();
+    let calib = calib_text(tmp.path(), 3000);
+    let text = std::fs::read(&calib).unwrap();
+    let model = fixture_with_tokenizer(tmp.path(), "tiny-gpt2");
+    let dir = tmp.path().join("awq");
+    run(&[
+        "quantize",
+        model.to_str().unwrap(),
+        "-o",
+        dir.to_str().unwrap(),
+        "--method",
+        "awq",
+        "--exclude",
+        "*.mlp.c_fc",
+        "--calib",
+        calib.to_str().unwrap(),
+        "--calib-format",
+        "raw",
+        "--calib-samples",
+        "16",
+        "--calib-seqlen",
+        "48",
+        "--group-size",
+        "16",
+        "--json",
+    ]);
+    let (a, b) = (
+        Checkpoint::open(&model).unwrap(),
+        Checkpoint::open(&dir).unwrap(),
+    );
+    let name = "transformer.h.1.mlp.c_fc.weight";
+    let read = |c: &Checkpoint| {
+        c.tensors()
+            .into_iter()
+            .find(|t| t.name == name)
+            .map(|t| t.shape)
+    };
+    assert_eq!(read(&a), read(&b), "{name} keeps its [in, out] shape");
+    let e = rel_rmse(&outputs(&model, &text), &outputs(&dir, &text));
+    assert!(e < 0.2, "outputs off by {e}");
+}
+
+#[test]
 fn imatrix_names_every_decoder_linear_as_gguf_does() {
     let tmp = tempfile::tempdir().unwrap();
     let calib = calib_text(tmp.path(), 2000);

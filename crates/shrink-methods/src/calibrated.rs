@@ -419,6 +419,8 @@ struct AwqStep<'a> {
     spec: AwqSpec,
     names: &'a HashSet<String>,
     header: HashSet<String>,
+    /// Conv1D weights (GPT-2), stored [in, out] by their checkpoint.
+    conv1d: HashSet<String>,
     slots: &'static [LinearSlot],
     dense_dtype: FloatType,
     inputs: BlockInputs,
@@ -436,36 +438,52 @@ fn stored_values(dtype: FloatType, v: &mut [f32]) {
 }
 
 impl AwqStep<'_> {
-    /// Store the dense tensors of block `l` as AWQ left them, rounded to the dense type.
+    /// Store the dense tensors of block `l` as AWQ left them, rounded to the dense type (an
+    /// unselected Conv1D weight back in its checkpoint's [in, out] layout).
     fn store_dense(&self, seq: &Sequential, l: usize, lw: &mut LayerWeights, stored: &mut Stored) {
-        let mut dense: Vec<(String, &mut Vec<f32>)> = Vec::new();
+        // (name, values, (rows, cols) of a Conv1D weight to transpose back)
+        let mut dense: Vec<(String, &mut Vec<f32>, Option<(usize, usize)>)> = Vec::new();
         for n in lw.norms.iter_mut() {
-            dense.push((seq.tensor_name(l, &format!("{}.weight", n.name)), &mut n.w));
+            dense.push((
+                seq.tensor_name(l, &format!("{}.weight", n.name)),
+                &mut n.w,
+                None,
+            ));
             if let Some(b) = n.bias.as_mut() {
-                dense.push((seq.tensor_name(l, &format!("{}.bias", n.name)), b));
+                dense.push((seq.tensor_name(l, &format!("{}.bias", n.name)), b, None));
             }
         }
         for lin in lw.linears.iter_mut() {
             if let Some(b) = lin.bias.as_mut() {
-                dense.push((seq.tensor_name(l, &format!("{}.bias", lin.name)), b));
+                dense.push((seq.tensor_name(l, &format!("{}.bias", lin.name)), b, None));
             }
             let name = seq.weight_name(l, lin.name);
             if !self.names.contains(&name) {
-                dense.push((name, &mut lin.w));
+                let t = self.conv1d.contains(&name).then_some((lin.rows, lin.cols));
+                dense.push((name, &mut lin.w, t));
             }
         }
-        for (name, v) in dense {
+        for (name, v, transpose) in dense {
             if !self.header.contains(&name) {
                 continue;
             }
             stored_values(self.dense_dtype, v);
+            let bytes = match transpose {
+                Some((rows, cols)) => {
+                    let t: Vec<f32> = (0..rows * cols)
+                        .map(|k| v[(k % rows) * cols + k / rows])
+                        .collect();
+                    float::encode(self.dense_dtype, &t)
+                }
+                None => float::encode(self.dense_dtype, v),
+            };
             stored.insert(
                 name.clone(),
                 StoredTensor {
                     name,
                     dtype: shrink_io::safetensors_dtype(self.dense_dtype),
                     shape: vec![],
-                    bytes: float::encode(self.dense_dtype, v),
+                    bytes,
                 },
             );
         }
@@ -557,6 +575,13 @@ pub fn awq(run: &Run, spec: AwqSpec) -> Result<Report> {
         spec,
         names: &o.names,
         header,
+        conv1d: o
+            .arch
+            .block_linears()
+            .into_iter()
+            .filter(|l| l.conv1d)
+            .map(|l| l.weight)
+            .collect(),
         slots: o.seq.linears(),
         dense_dtype: run.dense_dtype,
         inputs: BlockInputs::default(),
