@@ -437,12 +437,15 @@ fn stored_values(dtype: FloatType, v: &mut [f32]) {
     }
 }
 
+/// A tensor AWQ left dense: name, values, and the (rows, cols) of a Conv1D weight to
+/// transpose back.
+type DenseTensor<'a> = (String, &'a mut Vec<f32>, Option<(usize, usize)>);
+
 impl AwqStep<'_> {
     /// Store the dense tensors of block `l` as AWQ left them, rounded to the dense type (an
     /// unselected Conv1D weight back in its checkpoint's [in, out] layout).
     fn store_dense(&self, seq: &Sequential, l: usize, lw: &mut LayerWeights, stored: &mut Stored) {
-        // (name, values, (rows, cols) of a Conv1D weight to transpose back)
-        let mut dense: Vec<(String, &mut Vec<f32>, Option<(usize, usize)>)> = Vec::new();
+        let mut dense: Vec<DenseTensor> = Vec::new();
         for n in lw.norms.iter_mut() {
             dense.push((
                 seq.tensor_name(l, &format!("{}.weight", n.name)),
