@@ -52,6 +52,7 @@ use shrink_models::linear::Linear;
 use shrink_models::ModelError;
 
 use crate::error::{MethodError, Result};
+use crate::pipeline::values;
 
 /// AWQ's parameters, named after AutoAWQ's.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -589,11 +590,6 @@ pub struct LayerWeights {
     pub norms: Vec<NormWeights>,
 }
 
-/// A tensor's values, flat.
-fn flat(t: &Tensor) -> Result<Vec<f32>> {
-    cd(t.flatten_all().and_then(|t| t.to_vec1::<f32>()))
-}
-
 /// A block lacks a tensor its family names.
 fn missing(what: &str) -> MethodError {
     MethodError::Options(format!("the block has no {what}"))
@@ -611,17 +607,17 @@ impl LayerWeights {
             let l = block.linear(s.name).ok_or_else(|| missing(s.name))?;
             linears.push(LinearWeights {
                 name: s.name,
-                w: flat(&cd(l.weight())?)?,
+                w: values(&cd(l.weight())?)?,
                 rows: l.out_features(),
                 cols: l.in_features(),
-                bias: l.bias.as_ref().map(flat).transpose()?,
+                bias: l.bias.as_ref().map(values).transpose()?,
             });
         }
         let mut norms = Vec::new();
         for g in groups {
             if let Prev::Norm(name) = g.prev {
                 let (w, b) = block.norm_mut(name).ok_or_else(|| missing(name))?;
-                let (w, b) = (flat(w)?, b.map(|b| flat(b)).transpose()?);
+                let (w, b) = (values(w)?, b.map(|b| values(b)).transpose()?);
                 norms.push(NormWeights { name, w, bias: b });
             }
         }
@@ -723,11 +719,13 @@ pub struct BlockAwq {
     pub groups: Vec<GroupReport>,
     /// The quantized weights, by linear name inside the block.
     pub parts: Vec<(&'static str, AwqParts)>,
+    /// The block's weights as AWQ left them (what the block now holds).
+    pub weights: LayerWeights,
 }
 
 /// Sum of squared differences of two equal-shape tensors, in float64.
 fn sq_diff(a: &Tensor, b: &Tensor) -> Result<(f64, usize)> {
-    let (a, b) = (flat(a)?, flat(b)?);
+    let (a, b) = (values(a)?, values(b)?);
     let s = a
         .iter()
         .zip(&b)
@@ -871,6 +869,7 @@ pub fn quantize_block(
             })
             .collect(),
         parts,
+        weights: lw,
     })
 }
 
@@ -957,7 +956,7 @@ mod tests {
             lw.write(block.as_mut()).unwrap();
             let after = seq.run(block.as_ref(), &xs, None).unwrap();
             for (a, b) in before.iter().zip(&after) {
-                let d = flat(&(a - b).unwrap().abs().unwrap()).unwrap();
+                let d = values(&(a - b).unwrap().abs().unwrap()).unwrap();
                 let m = d.iter().fold(0f32, |m, v| m.max(*v));
                 assert!(m < 1e-4, "{name}: scaled layer differs by {m}");
             }

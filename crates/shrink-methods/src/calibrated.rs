@@ -524,10 +524,12 @@ impl LayerStep for AwqStep<'_> {
                 stored.insert(s.name.clone(), s);
             }
         }
-        let groups = seq.stack().scale_groups();
-        let mut lw = LayerWeights::read(block, self.slots, &groups)?;
+        let mut lw = r.weights;
         self.store_dense(seq, l, &mut lw, stored);
-        lw.write(block)?;
+        if self.dense_dtype != FloatType::F32 {
+            // The block computes with the values the file holds.
+            lw.write(block)?;
+        }
         self.seconds += t.elapsed().as_secs_f64();
         self.pending = r
             .groups

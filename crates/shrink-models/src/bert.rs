@@ -416,7 +416,7 @@ impl BertEmbeddings {
             ),
             BertKind::DistilBert => None,
         };
-        let ln = layer_norm(w, &format!("{p}.embeddings.LayerNorm"), h)?;
+        let ln = w.layer_norm(&format!("{p}.embeddings.LayerNorm"), h)?;
         Ok(BertEmbeddings {
             word,
             position,
@@ -461,14 +461,6 @@ fn linear(w: &WeightLoader, name: &str, out: usize, inp: usize) -> Result<Linear
     Ok(l)
 }
 
-/// LayerNorm `name` of width `h`.
-fn layer_norm(w: &WeightLoader, name: &str, h: usize) -> Result<LayerNorm> {
-    Ok((
-        w.get(&format!("{name}.weight"), &[h])?,
-        w.get(&format!("{name}.bias"), &[h])?,
-    ))
-}
-
 impl BertLayer {
     /// Load encoder layer `l` through `w`.
     pub fn load(cfg: &BertConfig, w: &WeightLoader, l: usize) -> Result<Self> {
@@ -479,10 +471,10 @@ impl BertLayer {
             key: linear(w, &k, h, h)?,
             value: linear(w, &v, h, h)?,
             attn_out: linear(w, &o, h, h)?,
-            attn_ln: layer_norm(w, &ln1, h)?,
+            attn_ln: w.layer_norm(&ln1, h)?,
             ffn_up: linear(w, &up, i, h)?,
             ffn_down: linear(w, &down, h, i)?,
-            out_ln: layer_norm(w, &ln2, h)?,
+            out_ln: w.layer_norm(&ln2, h)?,
         })
     }
 

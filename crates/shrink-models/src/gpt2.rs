@@ -122,14 +122,6 @@ pub fn is_conv1d_weight(hf: &str) -> bool {
     CONV1D.iter().any(|m| hf.ends_with(&format!("{m}.weight")))
 }
 
-/// A LayerNorm's (weight, bias) named `name` of width `e`.
-fn layer_norm(w: &WeightLoader, name: &str, e: usize) -> Result<(Tensor, Tensor)> {
-    Ok((
-        w.get(&format!("{name}.weight"), &[e])?,
-        w.get(&format!("{name}.bias"), &[e])?,
-    ))
-}
-
 /// The linears of a GPT-2 block, by their name inside the block, in forward order.
 pub const BLOCK_LINEARS: [&str; 4] = CONV1D;
 
@@ -155,10 +147,10 @@ impl Gpt2Block {
         };
         let p = format!("transformer.h.{l}");
         Ok(Gpt2Block {
-            ln_1: layer_norm(w, &format!("{p}.ln_1"), e)?,
+            ln_1: w.layer_norm(&format!("{p}.ln_1"), e)?,
             c_attn: conv(&format!("{p}.attn.c_attn"), e, 3 * e)?,
             attn_c_proj: conv(&format!("{p}.attn.c_proj"), e, e)?,
-            ln_2: layer_norm(w, &format!("{p}.ln_2"), e)?,
+            ln_2: w.layer_norm(&format!("{p}.ln_2"), e)?,
             c_fc: conv(&format!("{p}.mlp.c_fc"), e, cfg.n_inner)?,
             mlp_c_proj: conv(&format!("{p}.mlp.c_proj"), cfg.n_inner, e)?,
         })
@@ -263,7 +255,7 @@ impl Gpt2 {
         let blocks = (0..cfg.n_layer)
             .map(|l| Gpt2Block::load(&cfg, w, l))
             .collect::<Result<Vec<_>>>()?;
-        let ln_f = layer_norm(w, "transformer.ln_f", e)?;
+        let ln_f = w.layer_norm("transformer.ln_f", e)?;
         let lm_head = match w.get_opt("lm_head.weight", &[cfg.vocab_size, e])? {
             Some(h) => Linear::new(h, None)?,
             None => Linear::tied(wte.clone())?,

@@ -111,14 +111,6 @@ pub fn weight_shapes(cfg: &NeoxConfig) -> Vec<(String, Vec<usize>)> {
     v
 }
 
-/// A LayerNorm's (weight, bias) named `name` of width `h`.
-fn layer_norm(w: &WeightLoader, name: &str, h: usize) -> Result<(Tensor, Tensor)> {
-    Ok((
-        w.get(&format!("{name}.weight"), &[h])?,
-        w.get(&format!("{name}.bias"), &[h])?,
-    ))
-}
-
 /// Rotary dimensions of a head: `rotary_pct` of it, even.
 fn rotary_dims(c: &NeoxConfig) -> usize {
     let hd = c.hidden_size / c.num_heads;
@@ -148,8 +140,8 @@ impl NeoxLayer {
         };
         let p = format!("gpt_neox.layers.{l}");
         Ok(NeoxLayer {
-            input_layernorm: layer_norm(w, &format!("{p}.input_layernorm"), h)?,
-            post_attention_layernorm: layer_norm(w, &format!("{p}.post_attention_layernorm"), h)?,
+            input_layernorm: w.layer_norm(&format!("{p}.input_layernorm"), h)?,
+            post_attention_layernorm: w.layer_norm(&format!("{p}.post_attention_layernorm"), h)?,
             query_key_value: lin(&format!("{p}.attention.query_key_value"), 3 * h, h)?,
             dense: lin(&format!("{p}.attention.dense"), h, h)?,
             dense_h_to_4h: lin(&format!("{p}.mlp.dense_h_to_4h"), i, h)?,
@@ -274,7 +266,7 @@ impl Neox {
     /// Load every weight through `w`.
     pub fn load(cfg: NeoxConfig, w: &WeightLoader) -> Result<Self> {
         let h = cfg.hidden_size;
-        let ln = |name: &str| layer_norm(w, name, h);
+        let ln = |name: &str| w.layer_norm(name, h);
         let embed_in = w.get("gpt_neox.embed_in.weight", &[cfg.vocab_size, h])?;
         let layers = (0..cfg.num_layers)
             .map(|l| NeoxLayer::load(&cfg, w, l))

@@ -97,8 +97,20 @@ impl Positions {
 /// A norm's weight and, for LayerNorm, bias.
 pub type NormMut<'a> = (&'a mut Tensor, Option<&'a mut Tensor>);
 
+/// A copy of a block behind the trait object (implemented for every cloneable [`Block`]).
+pub trait BoxedBlock {
+    /// A copy of the block.
+    fn boxed(&self) -> Box<dyn Block>;
+}
+
+impl<T: Block + Clone + 'static> BoxedBlock for T {
+    fn boxed(&self) -> Box<dyn Block> {
+        Box::new(self.clone())
+    }
+}
+
 /// One decoder or encoder block, as layer-by-layer methods see it.
-pub trait Block: Send + Sync + std::fmt::Debug {
+pub trait Block: BoxedBlock + Send + Sync + std::fmt::Debug {
     /// The block's output for one sample `x` [t, hidden]; `tap` sees every linear's input.
     fn forward(&self, x: &Tensor, pos: &Positions, tap: Option<Tap>) -> Result<Tensor>;
     /// The output of the attention or the MLP for their (normed) input `x`.
@@ -109,8 +121,6 @@ pub trait Block: Send + Sync + std::fmt::Debug {
     fn linear_mut(&mut self, name: &str) -> Option<&mut Linear>;
     /// The norm named `name` inside the block, to rescale.
     fn norm_mut(&mut self, name: &str) -> Option<NormMut<'_>>;
-    /// A copy of the block.
-    fn boxed(&self) -> Box<dyn Block>;
 }
 
 /// A model family seen as a stack of blocks.
@@ -379,9 +389,6 @@ impl Block for LlamaBlock {
             _ => None,
         }
     }
-    fn boxed(&self) -> Box<dyn Block> {
-        Box::new(self.clone())
-    }
 }
 
 fn not_a_module() -> ModelError {
@@ -522,9 +529,6 @@ impl Block for Gpt2Unit {
             _ => None,
         }
     }
-    fn boxed(&self) -> Box<dyn Block> {
-        Box::new(self.clone())
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -624,9 +628,6 @@ impl Block for NeoxUnit {
             "post_attention_layernorm" => Some(ln_mut(&mut self.layer.post_attention_layernorm)),
             _ => None,
         }
-    }
-    fn boxed(&self) -> Box<dyn Block> {
-        Box::new(self.clone())
     }
 }
 
@@ -739,8 +740,5 @@ impl Block for BertUnit {
         } else {
             None
         }
-    }
-    fn boxed(&self) -> Box<dyn Block> {
-        Box::new(self.clone())
     }
 }

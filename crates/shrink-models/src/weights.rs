@@ -87,6 +87,14 @@ impl<'a> WeightLoader<'a> {
         self.locate(hf_name).is_some()
     }
 
+    /// The LayerNorm `name` of width `n`: `{name}.weight` and `{name}.bias`.
+    pub fn layer_norm(&self, name: &str, n: usize) -> Result<(Tensor, Tensor)> {
+        Ok((
+            self.get(&format!("{name}.weight"), &[n])?,
+            self.get(&format!("{name}.bias"), &[n])?,
+        ))
+    }
+
     /// Read the HF weight `hf_name`, which must have `shape`.
     pub fn get(&self, hf_name: &str, shape: &[usize]) -> Result<Tensor> {
         let loc = self.locate(hf_name).ok_or_else(|| {
