@@ -81,16 +81,16 @@ impl<'a> Run<'a> {
 }
 
 /// The run opened: architecture, stack and selection checked, output planned.
-struct Opened<'a> {
-    arch: Architecture,
-    seq: Sequential<'a>,
-    selected: Vec<LinearInfo>,
-    names: HashSet<String>,
-    shapes: Vec<(String, Vec<usize>)>,
+pub(crate) struct Opened<'a> {
+    pub(crate) arch: Architecture,
+    pub(crate) seq: Sequential<'a>,
+    pub(crate) selected: Vec<LinearInfo>,
+    pub(crate) names: HashSet<String>,
+    pub(crate) shapes: Vec<(String, Vec<usize>)>,
 }
 
 /// Open `run`'s checkpoint for `method`, refusing a selection it cannot compress (`validate`).
-fn open<'a>(
+pub(crate) fn open<'a>(
     run: &Run<'a>,
     method: &str,
     validate: impl FnMut(&LinearInfo) -> Result<()>,
@@ -112,7 +112,7 @@ fn open<'a>(
 
 impl Opened<'_> {
     /// The output's plan: each selected linear laid out as `blank` lays it out.
-    fn plan(
+    pub(crate) fn plan(
         &self,
         dense_dtype: FloatType,
         blank: impl Fn(&str, usize, usize) -> Result<Vec<StoredTensor>>,
@@ -126,13 +126,14 @@ impl Opened<'_> {
     }
 }
 
-/// Write the output of `o` as `plan` lays it out, taking every block through `step`; returns
-/// the output directory (not yet committed) and the report's sizes.
-fn drive(
+/// Write the output of `o` as `plan` lays it out (with the file `metadata`), taking every block
+/// through `step`; returns the output directory (not yet committed) and the report's sizes.
+pub(crate) fn drive(
     run: &Run,
     o: &Opened,
     label: &str,
     plan: &Plan,
+    metadata: HashMap<String, String>,
     step: &mut dyn LayerStep,
 ) -> Result<(OutputDir, Sizes)> {
     let out = OutputDir::create(run.output, &[run.ckpt.path()])?;
@@ -150,7 +151,7 @@ fn drive(
         &out,
         plan,
         run.dense_dtype,
-        pipeline::file_metadata(&o.selected),
+        metadata,
         |l, stored| {
             pipeline::advance(&o.seq, l, &mut xs, step, stored)?;
             run.progress.inc(1);
@@ -172,7 +173,7 @@ fn drive(
 }
 
 /// The selected linears of block `l`, in forward order, grouped by the input they read.
-fn selected_by_input(
+pub(crate) fn selected_by_input(
     seq: &Sequential,
     names: &HashSet<String>,
     l: usize,
@@ -191,7 +192,7 @@ fn selected_by_input(
 }
 
 /// A linear's weight as float32 `[out, in]`, refusing non-finite values by name.
-fn finite_weight(path: &Path, name: &str, lin: &Linear) -> Result<Vec<f32>> {
+pub(crate) fn finite_weight(path: &Path, name: &str, lin: &Linear) -> Result<Vec<f32>> {
     let w = pipeline::values(&lin.weight().map_err(shrink_models::ModelError::from)?)?;
     if let Some(i) = w.iter().position(|v| !v.is_finite()) {
         let cols = lin.in_features();
@@ -209,7 +210,7 @@ fn finite_weight(path: &Path, name: &str, lin: &Linear) -> Result<Vec<f32>> {
 }
 
 /// The format layer's refusal of module `name`'s tensors.
-fn format_err(name: &str) -> impl Fn(shrink_formats::FormatError) -> MethodError + '_ {
+pub(crate) fn format_err(name: &str) -> impl Fn(shrink_formats::FormatError) -> MethodError + '_ {
     move |source| MethodError::Format {
         name: name.to_string(),
         source,
@@ -217,7 +218,7 @@ fn format_err(name: &str) -> impl Fn(shrink_formats::FormatError) -> MethodError
 }
 
 /// Replace `lin`'s weight by `w` (`[out, in]`), keeping its bias.
-fn replace(lin: &mut Linear, w: Vec<f32>) -> Result<()> {
+pub(crate) fn replace(lin: &mut Linear, w: Vec<f32>) -> Result<()> {
     let (rows, cols) = (lin.out_features(), lin.in_features());
     let bias = lin.bias.clone();
     let t =
@@ -328,6 +329,53 @@ pub fn gptq_name(spec: &GptqSpec) -> String {
     )
 }
 
+/// Module `module`'s tensors in the HF `gptq` layout of `spec` with every value 0 (their sizes
+/// are the plan's).
+pub(crate) fn gptq_blank(
+    spec: &GptqSpec,
+    module: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<Vec<StoredTensor>> {
+    let ng = cols / spec.group_size;
+    let parts = GptqParts {
+        bits: spec.bits,
+        group_size: spec.group_size,
+        rows,
+        cols,
+        codes: vec![0; rows * cols],
+        scales: vec![0.0; rows * ng],
+        zeros: vec![1; rows * ng],
+        g_idx: (0..cols).map(|c| (c / spec.group_size) as u32).collect(),
+    };
+    shrink_io::hf_int::gptq_tensors(module, &parts).map_err(format_err(module))
+}
+
+/// config.json with the `gptq` `quantization_config` of `spec`, the tokenizer, and
+/// `quantize_config.json`.
+pub(crate) fn write_gptq_config(
+    run: &Run,
+    o: &Opened,
+    out: &OutputDir,
+    spec: &GptqSpec,
+) -> Result<()> {
+    let qcfg = shrink_io::hf_int::gptq_config(
+        spec.bits,
+        Some(spec.group_size),
+        spec.act_order && !spec.static_groups,
+        spec.sym,
+        spec.damp,
+        false,
+        spec.static_groups,
+    );
+    let qfile = shrink_io::hf_int::gptq_quantize_config(&qcfg);
+    let dense_name = run.dense_dtype.torch_name();
+    output::write_config_and_tokenizer(run.ckpt, o.arch.decoder(), out, dense_name, Some(qcfg))?;
+    let text = serde_json::to_string_pretty(&qfile).expect("JSON values serialize");
+    out.write("quantize_config.json", text.as_bytes())?;
+    Ok(())
+}
+
 /// Run GPTQ with `spec` (Hessians accumulated in float64 if `f64_hessian`) and write the HF
 /// `gptq` layout, with `quantize_config.json`.
 pub fn gptq(run: &Run, spec: GptqSpec, f64_hessian: bool) -> Result<Report> {
@@ -335,20 +383,7 @@ pub fn gptq(run: &Run, spec: GptqSpec, f64_hessian: bool) -> Result<Report> {
     let o = open(run, "GPTQ", |l| {
         spec.validate(&l.weight, l.out_features, l.in_features)
     })?;
-    let blank = |module: &str, rows: usize, cols: usize| {
-        let ng = cols / spec.group_size;
-        let parts = GptqParts {
-            bits: spec.bits,
-            group_size: spec.group_size,
-            rows,
-            cols,
-            codes: vec![0; rows * cols],
-            scales: vec![0.0; rows * ng],
-            zeros: vec![1; rows * ng],
-            g_idx: (0..cols).map(|c| (c / spec.group_size) as u32).collect(),
-        };
-        shrink_io::hf_int::gptq_tensors(module, &parts).map_err(format_err(module))
-    };
+    let blank = |module: &str, rows: usize, cols: usize| gptq_blank(&spec, module, rows, cols);
     let mut step = GptqStep {
         spec,
         f64_hessian,
@@ -362,21 +397,15 @@ pub fn gptq(run: &Run, spec: GptqSpec, f64_hessian: bool) -> Result<Report> {
         seconds: 0.0,
     };
     let plan = o.plan(run.dense_dtype, blank)?;
-    let (out, sizes) = drive(run, &o, "gptq layers", &plan, &mut step)?;
-    let qcfg = shrink_io::hf_int::gptq_config(
-        spec.bits,
-        Some(spec.group_size),
-        spec.act_order && !spec.static_groups,
-        spec.sym,
-        spec.damp,
-        false,
-        spec.static_groups,
-    );
-    let qfile = shrink_io::hf_int::gptq_quantize_config(&qcfg);
-    let dense_name = run.dense_dtype.torch_name();
-    output::write_config_and_tokenizer(run.ckpt, o.arch.decoder(), &out, dense_name, Some(qcfg))?;
-    let text = serde_json::to_string_pretty(&qfile).expect("JSON values serialize");
-    out.write("quantize_config.json", text.as_bytes())?;
+    let (out, sizes) = drive(
+        run,
+        &o,
+        "gptq layers",
+        &plan,
+        pipeline::file_metadata(&o.selected),
+        &mut step,
+    )?;
+    write_gptq_config(run, &o, &out, &spec)?;
 
     let mut r = Report::new(
         run.ckpt.path().to_path_buf(),
@@ -430,7 +459,7 @@ struct AwqStep<'a> {
 }
 
 /// Round `v` to what `dtype` stores.
-fn stored_values(dtype: FloatType, v: &mut [f32]) {
+pub(crate) fn stored_values(dtype: FloatType, v: &mut [f32]) {
     if dtype != FloatType::F32 {
         let b = float::encode(dtype, v);
         float::decode(dtype, &b, v);
@@ -594,7 +623,14 @@ pub fn awq(run: &Run, spec: AwqSpec) -> Result<Report> {
         pending: Vec::new(),
         seconds: 0.0,
     };
-    let (out, sizes) = drive(run, &o, "awq layers", &plan, &mut step)?;
+    let (out, sizes) = drive(
+        run,
+        &o,
+        "awq layers",
+        &plan,
+        pipeline::file_metadata(&o.selected),
+        &mut step,
+    )?;
     let bits = spec.bits;
     let mut qcfg = shrink_io::hf_int::awq_config(bits, Some(g), true, "gemm");
     let mut qfile = shrink_io::hf_int::awq_quant_config(bits, Some(g), true, "gemm");

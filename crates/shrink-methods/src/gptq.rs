@@ -22,7 +22,9 @@
 //! f32), so its factor differs from the reference's in the last bits. Where shrink's grid
 //! deliberately differs: an all-zero group gets scale 0 and zero point 0 (the reference widens
 //! it to [−1, 1]); a symmetric group with no negative value still gets the range `[−max, max]`
-//! (the reference then uses `[0, max]`).
+//! (the reference then uses `[0, max]`); a weight the input holds at exactly 0 — a pruned one —
+//! gets its group's zero point, so it stays 0 and a sparse checkpoint keeps its sparsity (as
+//! llm-compressor's GPTQ with its sparsity mask preserved).
 //!
 //! Rows are independent given `H⁻¹`, so they are processed in parallel chunks; within a
 //! chunk a block of columns is quantized one column at a time and the rest of the row is
@@ -32,7 +34,8 @@ use rayon::prelude::*;
 use shrink_formats::gptq_layout::GptqParts;
 
 use crate::error::{MethodError, Result};
-use crate::hessian::inverse_cholesky_upper;
+use crate::hessian;
+pub use crate::hessian::PreparedHessian;
 
 /// GPTQ's parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -111,12 +114,12 @@ impl GptqSpec {
     }
 
     /// Largest code, 2^bits − 1.
-    fn maxq(&self) -> i32 {
+    pub(crate) fn maxq(&self) -> i32 {
         (1 << self.bits) - 1
     }
 
     /// Scale (rounded to f16, as stored) and zero point of a group holding `v`.
-    fn params(&self, v: &[f32]) -> (f32, u8) {
+    pub(crate) fn params(&self, v: &[f32]) -> (f32, u8) {
         let (mut lo, mut hi) = (0f32, 0f32);
         for &x in v {
             lo = lo.min(x);
@@ -141,7 +144,7 @@ impl GptqSpec {
 
 /// Code of `w` on the grid (`scale`, `zero`): `clamp(rne(w/s) + z, 0, maxq)`.
 #[inline(always)]
-fn code(w: f32, s: f32, z: u8, maxq: i32) -> u8 {
+pub(crate) fn code(w: f32, s: f32, z: u8, maxq: i32) -> u8 {
     if s == 0.0 {
         return z;
     }
@@ -160,83 +163,10 @@ pub struct GptqResult {
     pub damp: f64,
 }
 
-/// The Hessian prepared for GPTQ: the processing order and the upper Cholesky factor of the
-/// dampened inverse, in that order. One per distinct layer input (q/k/v share one).
-#[derive(Debug, Clone)]
-pub struct PreparedHessian {
-    /// Input features.
-    pub n: usize,
-    /// Processing order of the columns (identity without act-order).
-    pub perm: Vec<usize>,
-    /// Columns whose Hessian diagonal is 0 (never seen a non-zero input): set to 0.
-    pub dead: Vec<bool>,
-    /// Upper Cholesky factor of the dampened `H⁻¹`, permuted, `[n, n]` float32.
-    pub u: Vec<f32>,
-    /// Dampening used.
-    pub damp: f64,
-}
-
-/// Prepare `h` (`[n, n]`, consumed) for GPTQ: dead columns, act-order permutation, dampening
-/// (retried ×10 up to 3 times when the matrix is not positive definite), inverse factor.
-/// `layer` names the weight(s) in the error.
-pub fn prepare(mut h: Vec<f64>, n: usize, spec: &GptqSpec, layer: &str) -> Result<PreparedHessian> {
-    let dead: Vec<bool> = (0..n).map(|i| h[i * n + i] == 0.0).collect();
-    for (i, &d) in dead.iter().enumerate() {
-        if d {
-            h[i * n + i] = 1.0;
-        }
-    }
-    if let Some(i) = h.iter().position(|v| !v.is_finite()) {
-        return Err(MethodError::Numerical {
-            layer: layer.to_string(),
-            what: format!(
-                "the calibration Hessian has a non-finite entry at ({}, {}) — the activations \
-                 overflowed or hold NaN",
-                i / n,
-                i % n
-            ),
-        });
-    }
-    let mut perm: Vec<usize> = (0..n).collect();
-    if spec.act_order {
-        // Decreasing diagonal; a stable sort keeps ties in column order.
-        perm.sort_by(|&a, &b| h[b * n + b].total_cmp(&h[a * n + a]));
-    }
-    let hp: Vec<f64> = (0..n * n)
-        .map(|k| h[perm[k / n] * n + perm[k % n]])
-        .collect();
-    let mean_diag = (0..n).map(|i| hp[i * n + i]).sum::<f64>() / n as f64;
-    let mut damp = spec.damp;
-    for attempt in 0..4 {
-        let mut d = hp.clone();
-        for i in 0..n {
-            d[i * n + i] += damp * mean_diag;
-        }
-        match inverse_cholesky_upper(&d, n) {
-            Ok(u) => {
-                return Ok(PreparedHessian {
-                    n,
-                    perm,
-                    dead,
-                    u: u.iter().map(|&v| v as f32).collect(),
-                    damp,
-                })
-            }
-            Err(col) if attempt == 3 => {
-                return Err(MethodError::Numerical {
-                    layer: layer.to_string(),
-                    what: format!(
-                        "the calibration Hessian is not positive definite (failed at column {}) \
-                         even with dampening {damp} of its mean diagonal; use more calibration \
-                         samples or a larger --damp",
-                        perm[col]
-                    ),
-                })
-            }
-            Err(_) => damp *= 10.0,
-        }
-    }
-    unreachable!("the loop returns on its last attempt")
+/// Prepare `h` (`[n, n]`, consumed) for GPTQ with `spec`'s dampening and act-order
+/// ([`hessian::prepare`]); `layer` names the weight(s) in the error.
+pub fn prepare(h: Vec<f64>, n: usize, spec: &GptqSpec, layer: &str) -> Result<PreparedHessian> {
+    hessian::prepare(h, n, spec.damp, spec.act_order, layer)
 }
 
 /// Rows per parallel work item.
@@ -372,23 +302,24 @@ impl Job<'_> {
             for r in 0..nr {
                 let row = &mut wp[r * cols..(r + 1) * cols];
                 let e_row = &mut err[r * bs..r * bs + (b1 - b0)];
-                loss += self.block_row(row, r, (b0, b1), e_row, out);
+                let orig = &self.w[(r0 + r) * cols..(r0 + r + 1) * cols];
+                loss += self.block_row(row, (r, orig), (b0, b1), e_row, out);
             }
             if b1 < cols {
-                self.lazy_update(&mut wp, &err, nr, bs, (b0, b1));
+                hessian::compensate(&mut wp, &err, nr, cols, bs, (b0, b1), &hp.u);
             }
             b0 = b1;
         }
         loss
     }
 
-    /// Quantize columns `b0..b1` of the permuted row `r` (`row`), one column at a time, each
-    /// rounding error (scaled by the factor's diagonal, kept in `e_row`) spread over the rest
-    /// of the block; returns the row's loss on the block.
+    /// Quantize columns `b0..b1` of the permuted row `r` (`row`; `orig` as the input holds it,
+    /// unpermuted), one column at a time, each rounding error (scaled by the factor's diagonal,
+    /// kept in `e_row`) spread over the rest of the block; returns the row's loss on the block.
     fn block_row(
         &self,
         row: &mut [f32],
-        r: usize,
+        (r, orig): (usize, &[f32]),
         (b0, b1): (usize, usize),
         e_row: &mut [f32],
         out: &mut Grid,
@@ -413,7 +344,13 @@ impl Job<'_> {
             let k = self.group_at[j];
             let (s, z) = (out.scales[r * ngroups + k], out.zeros[r * ngroups + k]);
             let x = row[j];
-            let c = code(x, s, z, maxq);
+            // A weight the input holds at exactly 0 (a pruned one) stays 0: code z, error
+            // compensated like any other (llm-compressor's preserved sparsity mask).
+            let c = if orig[self.hp.perm[j]] == 0.0 {
+                z
+            } else {
+                code(x, s, z, maxq)
+            };
             out.codes[r * cols + self.hp.perm[j]] = c;
             let q = (c as i32 - z as i32) as f32 * s;
             let d = u[j * cols + j];
@@ -427,49 +364,6 @@ impl Job<'_> {
             }
         }
         loss
-    }
-
-    /// The lazy batch update of the columns after the block: `W[:, b1..] -= Err · U[b0..b1,
-    /// b1..]` for the chunk's `nr` rows.
-    fn lazy_update(
-        &self,
-        wp: &mut [f32],
-        err: &[f32],
-        nr: usize,
-        bs: usize,
-        (b0, b1): (usize, usize),
-    ) {
-        let cols = self.cols;
-        let u = &self.hp.u;
-        let rest = cols - b1;
-        let bw = b1 - b0;
-        // SAFETY: dst is rows [nr] × cols b1.. of wp (row stride cols); lhs is err [nr, bw]
-        // (row stride bs); rhs is U[b0..b1, b1..] (row stride cols). All lie inside their
-        // slices: wp is nr × cols, err nr × bs with bw ≤ bs, u cols × cols.
-        assert!(wp.len() >= nr * cols && err.len() >= nr * bs && bw <= bs);
-        unsafe {
-            gemm::gemm(
-                nr,
-                rest,
-                bw,
-                wp.as_mut_ptr().add(b1),
-                1,
-                cols as isize,
-                true,
-                err.as_ptr(),
-                1,
-                bs as isize,
-                u.as_ptr().add(b0 * cols + b1),
-                1,
-                cols as isize,
-                1.0f32,
-                -1.0f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            )
-        }
     }
 }
 

@@ -1,11 +1,14 @@
-//! The layer Hessian `H = 2/N · Σ x xᵀ` of a linear layer's inputs and the factorisations
-//! GPTQ needs: dampening, the Cholesky factor, and the upper Cholesky factor of `H⁻¹`.
+//! The layer Hessian `H = 2/N · Σ x xᵀ` of a linear layer's inputs, the factorisations GPTQ and
+//! SparseGPT need (dampening, the Cholesky factor, the upper Cholesky factor of `H⁻¹`), and the
+//! error compensation both apply through it.
 //!
 //! This is the machinery GPTQ and SparseGPT share (design.md). The heavy products go through
 //! the `gemm` crate; the Cholesky and triangular inverse are blocked so that their bulk is
 //! gemm too (no well-kept Rust crate in this workspace's stack offers a Cholesky).
 
 use rayon::prelude::*;
+
+use crate::error::MethodError;
 
 /// Accumulates `Σ x xᵀ` over the rows `x` of a linear layer's inputs.
 #[derive(Debug, Clone)]
@@ -307,6 +310,137 @@ pub fn inverse_cholesky_upper(h: &[f64], n: usize) -> Result<Vec<f64>, usize> {
     Ok((0..n * n)
         .map(|k| li[(n - 1 - k / n) * n + (n - 1 - k % n)])
         .collect())
+}
+
+/// A layer Hessian prepared for the column-by-column solvers (GPTQ, SparseGPT): the processing
+/// order and the upper Cholesky factor of the dampened inverse, in that order. One per distinct
+/// layer input (q/k/v share one).
+#[derive(Debug, Clone)]
+pub struct PreparedHessian {
+    /// Input features.
+    pub n: usize,
+    /// Processing order of the columns (identity without act-order).
+    pub perm: Vec<usize>,
+    /// Columns whose Hessian diagonal is 0 (never seen a non-zero input): set to 0.
+    pub dead: Vec<bool>,
+    /// Upper Cholesky factor of the dampened `H⁻¹`, permuted, `[n, n]` float32.
+    pub u: Vec<f32>,
+    /// Dampening used.
+    pub damp: f64,
+}
+
+/// Prepare `h` (`[n, n]`, consumed) as GPTQ's and SparseGPT's references do: dead columns
+/// (diagonal 0) set to 1, columns in order of decreasing diagonal if `act_order`, dampening by
+/// `damp` × the mean diagonal (retried ×10 up to 3 times when the matrix is not positive
+/// definite), the inverse's upper Cholesky factor. `layer` names the weight(s) in the error.
+pub fn prepare(
+    mut h: Vec<f64>,
+    n: usize,
+    damp: f64,
+    act_order: bool,
+    layer: &str,
+) -> Result<PreparedHessian, MethodError> {
+    let dead: Vec<bool> = (0..n).map(|i| h[i * n + i] == 0.0).collect();
+    for (i, &d) in dead.iter().enumerate() {
+        if d {
+            h[i * n + i] = 1.0;
+        }
+    }
+    if let Some(i) = h.iter().position(|v| !v.is_finite()) {
+        return Err(MethodError::Numerical {
+            layer: layer.to_string(),
+            what: format!(
+                "the calibration Hessian has a non-finite entry at ({}, {}) — the activations \
+                 overflowed or hold NaN",
+                i / n,
+                i % n
+            ),
+        });
+    }
+    let mut perm: Vec<usize> = (0..n).collect();
+    if act_order {
+        // Decreasing diagonal; a stable sort keeps ties in column order.
+        perm.sort_by(|&a, &b| h[b * n + b].total_cmp(&h[a * n + a]));
+    }
+    let hp: Vec<f64> = (0..n * n)
+        .map(|k| h[perm[k / n] * n + perm[k % n]])
+        .collect();
+    let mean_diag = (0..n).map(|i| hp[i * n + i]).sum::<f64>() / n as f64;
+    let mut damp = damp;
+    for attempt in 0..4 {
+        let mut d = hp.clone();
+        for i in 0..n {
+            d[i * n + i] += damp * mean_diag;
+        }
+        match inverse_cholesky_upper(&d, n) {
+            Ok(u) => {
+                return Ok(PreparedHessian {
+                    n,
+                    perm,
+                    dead,
+                    u: u.iter().map(|&v| v as f32).collect(),
+                    damp,
+                })
+            }
+            Err(col) if attempt == 3 => {
+                return Err(MethodError::Numerical {
+                    layer: layer.to_string(),
+                    what: format!(
+                        "the calibration Hessian is not positive definite (failed at column {}) \
+                         even with dampening {damp} of its mean diagonal; use more calibration \
+                         samples or a larger --damp",
+                        perm[col]
+                    ),
+                })
+            }
+            Err(_) => damp *= 10.0,
+        }
+    }
+    unreachable!("the loop returns on its last attempt")
+}
+
+/// The error compensation GPTQ and SparseGPT share, applied lazily once per block of columns:
+/// `W[:, b1..] -= Err · U[b0..b1, b1..]` for the `nr` rows of `wp` (`[nr, cols]`), `err` holding
+/// each row's scaled errors of the block's columns (row stride `bs`) and `u` the prepared upper
+/// factor (`[cols, cols]`).
+pub fn compensate(
+    wp: &mut [f32],
+    err: &[f32],
+    nr: usize,
+    cols: usize,
+    bs: usize,
+    (b0, b1): (usize, usize),
+    u: &[f32],
+) {
+    let rest = cols - b1;
+    let bw = b1 - b0;
+    // SAFETY: dst is rows [nr] × cols b1.. of wp (row stride cols); lhs is err [nr, bw]
+    // (row stride bs); rhs is U[b0..b1, b1..] (row stride cols). All lie inside their
+    // slices: wp is nr × cols, err nr × bs with bw ≤ bs, u cols × cols.
+    assert!(wp.len() >= nr * cols && err.len() >= nr * bs && bw <= bs);
+    unsafe {
+        gemm::gemm(
+            nr,
+            rest,
+            bw,
+            wp.as_mut_ptr().add(b1),
+            1,
+            cols as isize,
+            true,
+            err.as_ptr(),
+            1,
+            bs as isize,
+            u.as_ptr().add(b0 * cols + b1),
+            1,
+            cols as isize,
+            1.0f32,
+            -1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@
 //!   [`export_layout`]: the ecosystem layouts (gptq, awq, bitsandbytes, compressed-tensors);
 //! - [`calib`]: calibration samples; [`hessian`]: layer Hessians and their factorisations;
 //! - [`gptq`], [`awq`], [`hqq`]: the calibrated and optimised quantizers;
+//! - [`sparsity`]: sparsity patterns, magnitude and Wanda masks; [`sparsegpt`]: SparseGPT;
+//!   [`prune`]: pruning a whole checkpoint layer by layer;
 //! - [`ggml_mix`]: llama.cpp's per-tensor type choice for its GGUF presets;
 //!   [`ggml_quantize`]: llama-quantize over a GGUF; [`export_gguf`]: an HF directory or a GGUF
 //!   to a GGUF, as llama.cpp's converter writes it;
@@ -32,8 +34,11 @@ pub mod hqq;
 pub mod output;
 pub mod per_tensor;
 pub mod pipeline;
+pub mod prune;
 pub mod report;
 pub mod rtn;
 pub mod select;
+pub mod sparsegpt;
+pub mod sparsity;
 
 pub use error::{MethodError, Result};

@@ -13,6 +13,56 @@ use shrink_methods::select::Selection;
 
 use crate::common;
 
+/// Which part of the --calib file calibrated methods see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CalibFormat {
+    /// A Lee corpus file (one document per line): the lee-ppl-v1 calibration documents 0..149.
+    Lee,
+    /// The whole file as one text.
+    Raw,
+}
+
+/// The calibration flags of the calibrated commands (quantize, prune).
+#[derive(Debug, Clone, clap::Args)]
+pub struct CalibOpts {
+    /// Calibration text of calibrated methods (e.g. assets/lee_background.cor).
+    #[arg(long, help_heading = "Calibration")]
+    pub calib: Option<PathBuf>,
+    /// Which part of --calib to use.
+    #[arg(long, value_enum, default_value = "lee", help_heading = "Calibration")]
+    pub calib_format: CalibFormat,
+    /// Number of calibration samples.
+    #[arg(long, default_value_t = 128, help_heading = "Calibration")]
+    pub calib_samples: usize,
+    /// Tokens per calibration sample.
+    #[arg(long, default_value_t = 512, help_heading = "Calibration")]
+    pub calib_seqlen: usize,
+    /// Seed of the calibration samples' random starts.
+    #[arg(long, default_value_t = 0, help_heading = "Calibration")]
+    pub seed: u64,
+}
+
+impl CalibOpts {
+    /// The calibration options, or an error saying that `what` needs --calib.
+    pub fn args(&self, what: &str) -> Result<CalibArgs> {
+        let Some(file) = &self.calib else {
+            anyhow::bail!(
+                "{what} is calibrated: give a calibration text with --calib FILE (e.g. --calib \
+                 assets/lee_background.cor)"
+            );
+        };
+        Ok(CalibArgs {
+            file: file.clone(),
+            lee: self.calib_format == CalibFormat::Lee,
+            spec: CalibSpec {
+                samples: self.calib_samples,
+                seqlen: self.calib_seqlen,
+                seed: self.seed,
+            },
+        })
+    }
+}
+
 /// Where the calibration text comes from and how it is cut into samples.
 #[derive(Debug, Clone)]
 pub struct CalibArgs {
@@ -51,7 +101,7 @@ pub fn samples(ckpt: &shrink_io::Checkpoint, c: &CalibArgs) -> Result<Vec<Vec<u3
 
 impl CalibArgs {
     /// The calibration as the report records it.
-    fn describe(&self) -> serde_json::Value {
+    pub fn describe(&self) -> serde_json::Value {
         serde_json::json!({"file": self.file, "lee": self.lee, "samples": self.spec.samples,
                            "seqlen": self.spec.seqlen, "seed": self.spec.seed})
     }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use shrink_methods::calib::{consecutive_chunks, CalibSpec};
 
-use super::quantize::CalibFormat;
+use super::calibrated::CalibFormat;
 use crate::common;
 
 /// Arguments of `shrink imatrix`.

@@ -10,5 +10,6 @@ pub mod export_layout;
 pub mod generate;
 pub mod imatrix;
 pub mod inspect;
+pub mod prune;
 pub mod quantize;
 pub mod quantize_ggml;

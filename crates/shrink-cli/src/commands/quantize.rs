@@ -112,15 +112,6 @@ pub enum ActOrder {
     Group,
 }
 
-/// Which part of the --calib file calibrated methods see.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum CalibFormat {
-    /// A Lee corpus file (one document per line): the lee-ppl-v1 calibration documents 0..149.
-    Lee,
-    /// The whole file as one text.
-    Raw,
-}
-
 impl Method {
     /// The llama.cpp preset name of a GGUF method (`None` for the others).
     pub fn ggml_name(self) -> Option<String> {
@@ -190,21 +181,8 @@ pub struct Args {
     /// Leave these weights unquantized (glob, e.g. '*.down_proj').
     #[arg(long)]
     pub exclude: Vec<String>,
-    /// Calibration text of calibrated methods (gptq, awq).
-    #[arg(long, help_heading = "Calibration")]
-    pub calib: Option<PathBuf>,
-    /// Which part of --calib to use.
-    #[arg(long, value_enum, default_value = "lee", help_heading = "Calibration")]
-    pub calib_format: CalibFormat,
-    /// Number of calibration samples.
-    #[arg(long, default_value_t = 128, help_heading = "Calibration")]
-    pub calib_samples: usize,
-    /// Tokens per calibration sample.
-    #[arg(long, default_value_t = 512, help_heading = "Calibration")]
-    pub calib_seqlen: usize,
-    /// Seed of the calibration samples' random starts.
-    #[arg(long, default_value_t = 0, help_heading = "Calibration")]
-    pub seed: u64,
+    #[command(flatten)]
+    pub calib: super::calibrated::CalibOpts,
     /// GPTQ: column order. `static` (default, as llm-compressor): columns in order of
     /// decreasing Hessian diagonal, group scales from the weight before any update, groups
     /// contiguous; `group` (AutoGPTQ's desc_act): groups formed in that order, stored with
@@ -238,28 +216,6 @@ pub struct Args {
     /// GGUF methods: keep output.weight as stored (llama-quantize --leave-output-tensor).
     #[arg(long)]
     pub leave_output_tensor: bool,
-}
-
-impl Args {
-    /// The calibration options, or an error naming what is missing.
-    fn calib(&self) -> Result<super::calibrated::CalibArgs> {
-        let Some(file) = &self.calib else {
-            bail!(
-                "--method {:?} is calibrated: give a calibration text with --calib FILE (e.g. \
-                 --calib assets/lee_background.cor)",
-                self.method
-            );
-        };
-        Ok(super::calibrated::CalibArgs {
-            file: file.clone(),
-            lee: self.calib_format == CalibFormat::Lee,
-            spec: shrink_methods::calib::CalibSpec {
-                samples: self.calib_samples,
-                seqlen: self.calib_seqlen,
-                seed: self.seed,
-            },
-        })
-    }
 }
 
 fn parse_float(s: &str) -> Result<FloatType, String> {
@@ -372,7 +328,7 @@ pub fn run(a: Args) -> Result<()> {
             search_samples: a.awq_search_samples,
             ..Default::default()
         };
-        return super::calibrated::run_awq(&target(&a, &selection), &a.calib()?, spec);
+        return super::calibrated::run_awq(&target(&a, &selection), &a.calib.args(&format!("--method {:?}", a.method))?, spec);
     }
     if a.method == Method::Gptq {
         if a.granularity.is_some_and(|g| g != Gran::Group) {
@@ -389,7 +345,7 @@ pub fn run(a: Args) -> Result<()> {
         };
         return super::calibrated::run_gptq(
             &target(&a, &selection),
-            &a.calib()?,
+            &a.calib.args(&format!("--method {:?}", a.method))?,
             spec,
             a.hessian_f64,
         );
