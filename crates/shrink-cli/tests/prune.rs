@@ -183,3 +183,216 @@ fn every_method_prunes_every_architecture() {
         }
     }
 }
+
+/// Run `args`, expecting a failure whose message holds every one of `needles`; `out` must not
+/// exist afterwards.
+fn refused(args: &[&str], out: &std::path::Path, needles: &[&str]) {
+    let r = shrink(args);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success(), "{args:?} succeeded");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: {err:?} lacks {n:?}");
+    }
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    assert!(!out.exists(), "{args:?} left {}", out.display());
+    let parent = out.parent().unwrap();
+    let stray: Vec<_> = std::fs::read_dir(parent)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("partial"))
+        .collect();
+    assert!(stray.is_empty(), "{args:?} left {stray:?}");
+}
+
+#[test]
+fn bad_input_is_refused_and_nothing_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let calib = calib_text(tmp.path(), 3000);
+    let c = calib.to_str().unwrap();
+    let model = fixture_with_tokenizer(tmp.path(), "tiny-llama");
+    let m = model.to_str().unwrap();
+    let out = tmp.path().join("out");
+    let o = out.to_str().unwrap();
+    let base = ["prune", m, "-o", o, "--method"];
+    let with = |extra: &[&'static str]| -> Vec<&str> { [&base[..], extra].concat() };
+    for s in ["0", "1", "1.5", "-0.2", "NaN"] {
+        refused(
+            &with(&["magnitude", "--sparsity", s]),
+            &out,
+            &["--sparsity", "between 0 and 1"],
+        );
+    }
+    for p in ["4:4", "5:4", "0:4", "2-4", "x:4"] {
+        refused(&with(&["magnitude", "--pattern", p]), &out, &["N:M", p]);
+    }
+    // 3 does not divide the fixture's 64 input features: the weight is named.
+    refused(
+        &with(&["magnitude", "--pattern", "1:3"]),
+        &out,
+        &["model.layers.0.self_attn.q_proj.weight", "multiple of 3"],
+    );
+    refused(&with(&["wanda"]), &out, &["--calib"]);
+    refused(
+        &[&base[..], &["wanda", "--bits", "4", "--calib", c, "--calib-format", "raw"]].concat(),
+        &out,
+        &["sparsegpt"],
+    );
+    let cal = ["--calib", c, "--calib-format", "raw"];
+    let g48 = ["sparsegpt", "--bits", "4", "--group-size", "48"];
+    refused(&[&base[..], &g48, &cal].concat(), &out, &["--group-size 48"]);
+    let owl = ["sparsegpt", "--pattern", "2:4", "--sparsity-profile", "owl"];
+    refused(&[&base[..], &owl, &cal].concat(), &out, &["owl"]);
+    // A quantized input: refused, or dequantized with a warning when asked.
+    let q = tmp.path().join("int4");
+    run(&[
+        "quantize",
+        m,
+        "-o",
+        q.to_str().unwrap(),
+        "--method",
+        "int",
+        "--bits",
+        "4",
+        "--group-size",
+        "16",
+        "--json",
+    ]);
+    let qa = ["prune", q.to_str().unwrap(), "-o", o, "--method", "magnitude"];
+    refused(&qa, &out, &["stored quantized", "--dequantize"]);
+    let mut args = qa.to_vec();
+    args.extend(["--dequantize", "--json"]);
+    let r = run(&args);
+    assert!(r["warning"].as_str().unwrap().contains("dequantized"));
+    assert_eq!(linears(&out).len(), linears(&model).len());
+    // The output exists now: never overwritten.
+    let before = std::fs::read(out.join("model.safetensors")).unwrap();
+    let r = shrink(&with(&["magnitude"]));
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("exists"));
+    assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), before);
+}
+
+#[test]
+fn quantizing_a_pruned_checkpoint_keeps_its_zeros() {
+    let tmp = tempfile::tempdir().unwrap();
+    let calib = calib_text(tmp.path(), 3000);
+    let c = calib.to_str().unwrap();
+    let cal = [
+        "--calib",
+        c,
+        "--calib-format",
+        "raw",
+        "--calib-samples",
+        "16",
+        "--calib-seqlen",
+        "48",
+        "--json",
+    ];
+    let text = std::fs::read(&calib).unwrap();
+    let model = fixture_with_tokenizer(tmp.path(), "tiny-llama");
+    let pruned = tmp.path().join("pruned");
+    let p = pruned.to_str().unwrap();
+    let args = [
+        &["prune", model.to_str().unwrap(), "-o", p, "--method"][..],
+        &["sparsegpt", "--pattern", "2:4"],
+        &cal,
+    ]
+    .concat();
+    run(&args);
+    let sparse = linears(&pruned);
+    let e_sparse = rel_rmse(&outputs(&model, &text), &outputs(&pruned, &text));
+    let methods: [&[&str]; 5] = [
+        &["int", "--bits", "4", "--group-size", "16"],
+        &["nf4"],
+        &["hqq", "--bits", "4", "--group-size", "16"],
+        &["gptq", "--group-size", "16"],
+        &["awq", "--group-size", "16"],
+    ];
+    for m in methods {
+        let q = tmp.path().join(format!("q-{}", m[0]));
+        let mut args = vec!["quantize", p, "-o", q.to_str().unwrap(), "--method"];
+        args.extend(m);
+        args.extend(cal);
+        run(&args);
+        let f = tmp.path().join(format!("f-{}", m[0]));
+        let fs = f.to_str().unwrap();
+        run(&[
+            "export",
+            q.to_str().unwrap(),
+            "--to",
+            "hf",
+            "--type",
+            "f32",
+            "-o",
+            fs,
+            "--json",
+        ]);
+        for ((name, a, ..), (_, b, ..)) in sparse.iter().zip(&linears(&f)) {
+            let lost = a
+                .iter()
+                .zip(b)
+                .filter(|(x, y)| **x == 0.0 && **y != 0.0)
+                .count();
+            assert_eq!(lost, 0, "{}: {name} lost {lost} of its zeros", m[0]);
+        }
+        let e = rel_rmse(&outputs(&model, &text), &outputs(&f, &text));
+        eprintln!("2:4 then {:4}: outputs off by {e:.4} (2:4 alone {e_sparse:.4})", m[0]);
+    }
+}
+
+#[test]
+fn sparsegpt_quantizes_jointly_and_owl_keeps_the_mean() {
+    let tmp = tempfile::tempdir().unwrap();
+    let calib = calib_text(tmp.path(), 3000);
+    let c = calib.to_str().unwrap();
+    let cal = [
+        "--calib",
+        c,
+        "--calib-format",
+        "raw",
+        "--calib-samples",
+        "16",
+        "--calib-seqlen",
+        "48",
+        "--json",
+    ];
+    let text = std::fs::read(&calib).unwrap();
+    let model = fixture_with_tokenizer(tmp.path(), "tiny-qwen2");
+    let m = model.to_str().unwrap();
+    let base = outputs(&model, &text);
+    // Joint: the HF gptq layout, whose dequantized weights are 2:4 sparse.
+    let joint = tmp.path().join("joint");
+    let j = joint.to_str().unwrap();
+    let jargs = ["sparsegpt", "--pattern", "2:4", "--bits", "4", "--group-size", "16"];
+    let r = run(&[&["prune", m, "-o", j, "--method"][..], &jargs, &cal].concat());
+    assert_eq!(r["method"], "sparsegpt-2:4+w4g16");
+    assert!(r["bits_per_weight_quantized"].as_f64().unwrap() < 6.0);
+    let ckpt = Checkpoint::open(&joint).unwrap();
+    assert!(ckpt.tensors().iter().any(|t| t.name.ends_with(".qweight")));
+    let f = tmp.path().join("joint-f32");
+    run(&["export", j, "--to", "hf", "--type", "f32", "-o", f.to_str().unwrap(), "--json"]);
+    for (name, v, ..) in linears(&f) {
+        for g in v.chunks(4) {
+            assert!(zeros(g) >= 2, "{name} not 2:4 after joint quantization");
+        }
+    }
+    let e_joint = rel_rmse(&base, &outputs(&f, &text));
+    assert!(e_joint.is_finite() && e_joint < 1.0, "{e_joint}");
+    // OWL: per-layer targets around 0.5 with mean 0.5, the total close to it.
+    let owl = tmp.path().join("owl");
+    let oargs = ["sparsegpt", "--sparsity-profile", "owl", "--owl-lambda", "0.1"];
+    let r = run(&[&["prune", m, "-o", owl.to_str().unwrap(), "--method"][..], &oargs, &cal].concat());
+    let t: Vec<f64> = r["layer_sparsity_target"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let mean = t.iter().sum::<f64>() / t.len() as f64;
+    assert!((mean - 0.5).abs() < 1e-9, "{t:?}");
+    assert!(t.iter().all(|s| (s - 0.5).abs() <= 0.1 + 1e-9), "{t:?}");
+    assert!(t.iter().any(|s| (s - 0.5).abs() > 1e-3), "OWL varied nothing: {t:?}");
+    let measured = r["sparsity"].as_f64().unwrap();
+    assert!((measured - 0.5).abs() < 0.01, "{measured}");
+}

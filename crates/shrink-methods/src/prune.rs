@@ -649,7 +649,7 @@ mod tests {
         let s = owl_sparsities(&[1.0, 3.0, 2.0, 6.0], 0.5, 0.08);
         let mean = s.iter().sum::<f64>() / 4.0;
         assert!((mean - 0.5).abs() < 1e-12);
-        assert!(s[3] < s[2] && s[2] < s[1] && s[1] < s[0]);
+        assert!(s[3] < s[1] && s[1] < s[2] && s[2] < s[0]);
         assert!((s[0] - s[3] - 0.16).abs() < 1e-12);
         assert_eq!(owl_sparsities(&[2.0, 2.0], 0.5, 0.08), [0.5, 0.5]);
     }

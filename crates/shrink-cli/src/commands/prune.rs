@@ -49,7 +49,7 @@ pub struct Args {
     #[arg(long, value_enum)]
     pub method: Method,
     /// Fraction of each pruned weight's entries set to zero, in (0, 1) (ignored with --pattern).
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
     pub sparsity: f64,
     /// N:M sparsity: N of every M consecutive weights of a row are zero (2:4, 4:8).
     #[arg(long, value_name = "N:M")]
