@@ -44,9 +44,9 @@ fn outputs(dir: &std::path::Path, text: &[u8]) -> Vec<f32> {
             .map(|&b| b as u32)
             .collect();
         match &arch {
-            Architecture::Decoder(_) => {
-                out.extend(flat(Model::load(&ckpt).unwrap().forward(&ids, None).unwrap()))
-            }
+            Architecture::Decoder(_) => out.extend(flat(
+                Model::load(&ckpt).unwrap().forward(&ids, None).unwrap(),
+            )),
             Architecture::Encoder(cfg) => {
                 let w = shrink_models::WeightLoader::new(&ckpt, None, &[]);
                 let m = BertClassifier::load(cfg.clone(), &w).unwrap();
@@ -234,13 +234,29 @@ fn bad_input_is_refused_and_nothing_is_written() {
     );
     refused(&with(&["wanda"]), &out, &["--calib"]);
     refused(
-        &[&base[..], &["wanda", "--bits", "4", "--calib", c, "--calib-format", "raw"]].concat(),
+        &[
+            &base[..],
+            &[
+                "wanda",
+                "--bits",
+                "4",
+                "--calib",
+                c,
+                "--calib-format",
+                "raw",
+            ],
+        ]
+        .concat(),
         &out,
         &["sparsegpt"],
     );
     let cal = ["--calib", c, "--calib-format", "raw"];
     let g48 = ["sparsegpt", "--bits", "4", "--group-size", "48"];
-    refused(&[&base[..], &g48, &cal].concat(), &out, &["--group-size 48"]);
+    refused(
+        &[&base[..], &g48, &cal].concat(),
+        &out,
+        &["--group-size 48"],
+    );
     let owl = ["sparsegpt", "--pattern", "2:4", "--sparsity-profile", "owl"];
     refused(&[&base[..], &owl, &cal].concat(), &out, &["owl"]);
     // A quantized input: refused, or dequantized with a warning when asked.
@@ -258,7 +274,14 @@ fn bad_input_is_refused_and_nothing_is_written() {
         "16",
         "--json",
     ]);
-    let qa = ["prune", q.to_str().unwrap(), "-o", o, "--method", "magnitude"];
+    let qa = [
+        "prune",
+        q.to_str().unwrap(),
+        "-o",
+        o,
+        "--method",
+        "magnitude",
+    ];
     refused(&qa, &out, &["stored quantized", "--dequantize"]);
     let mut args = qa.to_vec();
     args.extend(["--dequantize", "--json"]);
@@ -270,7 +293,10 @@ fn bad_input_is_refused_and_nothing_is_written() {
     let r = shrink(&with(&["magnitude"]));
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("exists"));
-    assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), before);
+    assert_eq!(
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        before
+    );
 }
 
 #[test]
@@ -337,7 +363,10 @@ fn quantizing_a_pruned_checkpoint_keeps_its_zeros() {
             assert_eq!(lost, 0, "{}: {name} lost {lost} of its zeros", m[0]);
         }
         let e = rel_rmse(&outputs(&model, &text), &outputs(&f, &text));
-        eprintln!("2:4 then {:4}: outputs off by {e:.4} (2:4 alone {e_sparse:.4})", m[0]);
+        eprintln!(
+            "2:4 then {:4}: outputs off by {e:.4} (2:4 alone {e_sparse:.4})",
+            m[0]
+        );
     }
 }
 
@@ -364,14 +393,32 @@ fn sparsegpt_quantizes_jointly_and_owl_keeps_the_mean() {
     // Joint: the HF gptq layout, whose dequantized weights are 2:4 sparse.
     let joint = tmp.path().join("joint");
     let j = joint.to_str().unwrap();
-    let jargs = ["sparsegpt", "--pattern", "2:4", "--bits", "4", "--group-size", "16"];
+    let jargs = [
+        "sparsegpt",
+        "--pattern",
+        "2:4",
+        "--bits",
+        "4",
+        "--group-size",
+        "16",
+    ];
     let r = run(&[&["prune", m, "-o", j, "--method"][..], &jargs, &cal].concat());
     assert_eq!(r["method"], "sparsegpt-2:4+w4g16");
     assert!(r["bits_per_weight_quantized"].as_f64().unwrap() < 6.0);
     let ckpt = Checkpoint::open(&joint).unwrap();
     assert!(ckpt.tensors().iter().any(|t| t.name.ends_with(".qweight")));
     let f = tmp.path().join("joint-f32");
-    run(&["export", j, "--to", "hf", "--type", "f32", "-o", f.to_str().unwrap(), "--json"]);
+    run(&[
+        "export",
+        j,
+        "--to",
+        "hf",
+        "--type",
+        "f32",
+        "-o",
+        f.to_str().unwrap(),
+        "--json",
+    ]);
     for (name, v, ..) in linears(&f) {
         for g in v.chunks(4) {
             assert!(zeros(g) >= 2, "{name} not 2:4 after joint quantization");
@@ -381,8 +428,19 @@ fn sparsegpt_quantizes_jointly_and_owl_keeps_the_mean() {
     assert!(e_joint.is_finite() && e_joint < 1.0, "{e_joint}");
     // OWL: per-layer targets around 0.5 with mean 0.5, the total close to it.
     let owl = tmp.path().join("owl");
-    let oargs = ["sparsegpt", "--sparsity-profile", "owl", "--owl-lambda", "0.1"];
-    let r = run(&[&["prune", m, "-o", owl.to_str().unwrap(), "--method"][..], &oargs, &cal].concat());
+    let oargs = [
+        "sparsegpt",
+        "--sparsity-profile",
+        "owl",
+        "--owl-lambda",
+        "0.1",
+    ];
+    let r = run(&[
+        &["prune", m, "-o", owl.to_str().unwrap(), "--method"][..],
+        &oargs,
+        &cal,
+    ]
+    .concat());
     let t: Vec<f64> = r["layer_sparsity_target"]
         .as_array()
         .unwrap()
@@ -392,7 +450,10 @@ fn sparsegpt_quantizes_jointly_and_owl_keeps_the_mean() {
     let mean = t.iter().sum::<f64>() / t.len() as f64;
     assert!((mean - 0.5).abs() < 1e-9, "{t:?}");
     assert!(t.iter().all(|s| (s - 0.5).abs() <= 0.1 + 1e-9), "{t:?}");
-    assert!(t.iter().any(|s| (s - 0.5).abs() > 1e-3), "OWL varied nothing: {t:?}");
+    assert!(
+        t.iter().any(|s| (s - 0.5).abs() > 1e-3),
+        "OWL varied nothing: {t:?}"
+    );
     let measured = r["sparsity"].as_f64().unwrap();
     assert!((measured - 0.5).abs() < 0.01, "{measured}");
 }

@@ -165,7 +165,7 @@ impl PruneSpec {
                         .into(),
                 );
             }
-            if !(m > 0.0) || !(lambda >= 0.0) {
+            if m.is_nan() || m <= 0.0 || lambda.is_nan() || lambda < 0.0 {
                 return bad(format!("OWL needs M > 0 and λ ≥ 0, not {m} and {lambda}"));
             }
             let s = self.pattern.sparsity();
@@ -629,7 +629,7 @@ fn owl(run: &Run, o: &Opened, target: f64, m: f64, lambda: f64) -> Result<Vec<f6
 pub fn owl_sparsities(ratios: &[f64], target: f64, lambda: f64) -> Vec<f64> {
     let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if !(hi > lo) {
+    if ratios.is_empty() || hi <= lo {
         return vec![target; ratios.len()];
     }
     let d: Vec<f64> = ratios

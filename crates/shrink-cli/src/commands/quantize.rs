@@ -328,7 +328,11 @@ pub fn run(a: Args) -> Result<()> {
             search_samples: a.awq_search_samples,
             ..Default::default()
         };
-        return super::calibrated::run_awq(&target(&a, &selection), &a.calib.args(&format!("--method {:?}", a.method))?, spec);
+        return super::calibrated::run_awq(
+            &target(&a, &selection),
+            &a.calib.args(&format!("--method {:?}", a.method))?,
+            spec,
+        );
     }
     if a.method == Method::Gptq {
         if a.granularity.is_some_and(|g| g != Gran::Group) {
