@@ -1,17 +1,21 @@
-"""Time llm-compressor's GPTQ and AWQ on SmolLM2 with the calibration shrink uses, for a
-side-by-side comparison with `shrink quantize --method gptq|awq --json` (its `seconds` and
-`quantize_seconds`) on the same machine, same threads.
+"""Time llm-compressor's GPTQ, AWQ, SparseGPT and Wanda on SmolLM2 with the calibration shrink
+uses, for a side-by-side comparison with `shrink quantize --method gptq|awq --json` and
+`shrink prune --method sparsegpt|wanda --json` (their `seconds` and `quantize_seconds`) on the
+same machine, same threads.
 
   GPTQ: GPTQModifier, 4-bit asymmetric groups of 64 (`W4A16_ASYM` with group_size 64),
         dampening 0.01, static act-order ("static": shrink's default)
   AWQ:  AWQModifier, 4-bit asymmetric groups of 64, its default mappings for Llama
+  sparsegpt[-2of4], wanda[-2of4]: SparseGPTModifier / WandaPruningModifier, sparsity 0.5
+        (mask_structure "0:0", or "2:4"), block size 128 and dampening 0.01 (SparseGPT's
+        defaults), every Linear but lm_head
 
 Calibration: the lee-ppl-v1 calibration documents (lines 0..149 of the Lee corpus, stripped,
 joined with blank lines), tokenized with the model's tokenizer, SAMPLES windows of SEQLEN tokens
 at random starts (numpy seed 0). shrink draws its own windows from the same text with its own
 generator, so the two runs see the same amount of the same text, not the same windows.
 
-Usage: python scripts/bench-calibrated-peer.py F32_HF_DIR LEE_CORPUS gptq|awq OUT_DIR
+Usage: python scripts/bench-calibrated-peer.py F32_HF_DIR LEE_CORPUS METHOD OUT_DIR
        [SAMPLES SEQLEN THREADS]
 (F32_HF_DIR from `shrink convert assets/SmolLM2-135M-Instruct.Q4_1.gguf --dtype f32 -o DIR`;
 defaults 16 samples of 512 tokens, 2 threads). Needs llmcompressor (tested with 0.14.0.1,
@@ -59,14 +63,28 @@ elif method == "awq":
         ignore=["lm_head"],
         config_groups={"g": {"targets": ["Linear"], "weights": weights}},
     )
-    # llm-compressor pins the cached activations for faster host-to-GPU copies, which needs a
-    # CUDA driver; on a CPU-only machine pinning is skipped (as peers.md's "nopin" run did).
-    from llmcompressor.pipelines.cache import IntermediatesCache  # noqa: E402
+elif method.split("-")[0] in ("sparsegpt", "wanda"):
+    from llmcompressor.modifiers.pruning import WandaPruningModifier  # noqa: E402
+    from llmcompressor.modifiers.pruning.sparsegpt import SparseGPTModifier  # noqa: E402
 
-    IntermediatesCache.pin_memory = lambda self, *args, **kwargs: None
+    structure = "2:4" if method.endswith("-2of4") else "0:0"
+    if method.startswith("sparsegpt"):
+        recipe = SparseGPTModifier(
+            sparsity=0.5, mask_structure=structure, block_size=128, dampening_frac=0.01,
+            targets=["Linear"], ignore=["lm_head"],
+        )
+    else:
+        recipe = WandaPruningModifier(
+            sparsity=0.5, mask_structure=structure, targets=["Linear"], ignore=["lm_head"]
+        )
 else:
-    sys.exit(f"unknown method {method!r}: gptq or awq")
+    sys.exit(f"unknown method {method!r}: gptq, awq, sparsegpt[-2of4] or wanda[-2of4]")
 
+# llm-compressor pins the cached activations for faster host-to-GPU copies, which needs a CUDA
+# driver; on a CPU-only machine pinning is skipped (as peers.md's "nopin" run did).
+from llmcompressor.pipelines.cache import IntermediatesCache  # noqa: E402
+
+IntermediatesCache.pin_memory = lambda self, *args, **kwargs: None
 model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 t = time.perf_counter()
 oneshot(
