@@ -76,3 +76,11 @@ kb=$(rss $bin convert assets/SmolLM2-135M-Instruct.Q4_1.gguf --dtype f32 -o "$wo
 echo "convert GGUF (Q4_1/Q8_0) -> f32 HF: peak RSS $((kb / 1024)) MiB"
 kb=$(rss $bin inspect assets/SmolLM2-135M-Instruct.Q4_1.gguf)
 echo "baseline (inspect, no tensor read): peak RSS $((kb / 1024)) MiB"
+# Pruning goes layer by layer too (SparseGPT and Wanda, 4 samples of 512 tokens).
+for m in f32-30 f32-90; do
+  for p in "sparsegpt --sparsity 0.5" "wanda --pattern 2:4"; do
+    # shellcheck disable=SC2086
+    kb=$(rss $bin prune "$work/$m" --method $p --calib assets/lee_background.cor --calib-samples 4 -o "$work/$m-p-$RANDOM")
+    echo "prune $m --method $p: peak RSS $((kb / 1024)) MiB"
+  done
+done
