@@ -20,8 +20,11 @@ Usage: python scripts/bench-calibrated-peer.py F32_HF_DIR LEE_CORPUS METHOD OUT_
 (F32_HF_DIR from `shrink convert assets/SmolLM2-135M-Instruct.Q4_1.gguf --dtype f32 -o DIR`;
 defaults 16 samples of 512 tokens, 2 threads). Needs llmcompressor (tested with 0.14.0.1,
 torch 2.14.0, transformers 5.17.0). Prints the wall seconds of `oneshot` alone and of the
-whole script.
+whole script. With CALIB_IDS_OUT=FILE the windows are also written as token ids, which
+`shrink prune|quantize ... --calib FILE --calib-format ids` takes as its samples exactly.
 """
+import json
+import os
 import sys
 import time
 
@@ -48,6 +51,10 @@ ids = tok(calib_text, add_special_tokens=False)["input_ids"]
 rng = np.random.default_rng(0)
 starts = rng.integers(0, len(ids) - seqlen, size=samples)
 rows = [ids[s : s + seqlen] for s in starts]
+if os.environ.get("CALIB_IDS_OUT"):
+    # The windows as token ids, for `shrink ... --calib FILE --calib-format ids` (the same samples).
+    with open(os.environ["CALIB_IDS_OUT"], "w") as f:
+        json.dump([[int(i) for i in r] for r in rows], f)
 ds = Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * seqlen for _ in rows]})
 
 weights = {"num_bits": 4, "type": "int", "symmetric": False, "strategy": "group", "group_size": 64}

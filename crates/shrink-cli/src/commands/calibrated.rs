@@ -20,6 +20,9 @@ pub enum CalibFormat {
     Lee,
     /// The whole file as one text.
     Raw,
+    /// Token ids, JSON `[[id, ...], ...]`: the samples exactly (another tool's, to compare on
+    /// the same calibration); --calib-samples/--calib-seqlen/--seed do not apply.
+    Ids,
 }
 
 /// The calibration flags of the calibrated commands (quantize, prune).
@@ -53,7 +56,7 @@ impl CalibOpts {
         };
         Ok(CalibArgs {
             file: file.clone(),
-            lee: self.calib_format == CalibFormat::Lee,
+            format: self.calib_format,
             spec: CalibSpec {
                 samples: self.calib_samples,
                 seqlen: self.calib_seqlen,
@@ -68,8 +71,8 @@ impl CalibOpts {
 pub struct CalibArgs {
     /// The text file.
     pub file: PathBuf,
-    /// Take the lee-ppl-v1 calibration documents (0..149) of a Lee corpus file, or the raw text.
-    pub lee: bool,
+    /// Which part of the file, or token ids.
+    pub format: CalibFormat,
     /// Samples, length and seed.
     pub spec: CalibSpec,
 }
@@ -95,14 +98,44 @@ pub fn calib_ids(ckpt: &shrink_io::Checkpoint, file: &Path, lee: bool) -> Result
 
 /// The calibration samples (token ids) of `c` for `ckpt`'s tokenizer.
 pub fn samples(ckpt: &shrink_io::Checkpoint, c: &CalibArgs) -> Result<Vec<Vec<u32>>> {
-    let ids = calib_ids(ckpt, &c.file, c.lee)?;
+    if c.format == CalibFormat::Ids {
+        let v = ids_file(&c.file)?;
+        let n = common::tokenizer(ckpt)?.vocab_size();
+        if let Some(id) = v.iter().flatten().find(|&&id| id as usize >= n) {
+            anyhow::bail!(
+                "{}: token id {id} is outside the model's vocabulary of {n}",
+                c.file.display()
+            );
+        }
+        return Ok(v);
+    }
+    let ids = calib_ids(ckpt, &c.file, c.format == CalibFormat::Lee)?;
     draw_samples(&ids, c.spec).map_err(|e| anyhow::anyhow!("{}: {e}", c.file.display()))
+}
+
+/// Samples given as token ids in a JSON file, `[[id, ...], ...]`.
+fn ids_file(file: &Path) -> Result<Vec<Vec<u32>>> {
+    let text = shrink_io::read_text(file)?;
+    let v: Vec<Vec<u32>> = serde_json::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: not token ids as JSON [[id, ...], ...] (--calib-format ids): {e}",
+            file.display()
+        )
+    })?;
+    if v.is_empty() || v.iter().any(Vec::is_empty) {
+        anyhow::bail!("{}: no samples, or an empty one", file.display());
+    }
+    Ok(v)
 }
 
 impl CalibArgs {
     /// The calibration as the report records it.
     pub fn describe(&self) -> serde_json::Value {
-        serde_json::json!({"file": self.file, "lee": self.lee, "samples": self.spec.samples,
+        let format = format!("{:?}", self.format).to_lowercase();
+        if self.format == CalibFormat::Ids {
+            return serde_json::json!({"file": self.file, "format": format});
+        }
+        serde_json::json!({"file": self.file, "format": format, "samples": self.spec.samples,
                            "seqlen": self.spec.seqlen, "seed": self.spec.seed})
     }
 }
