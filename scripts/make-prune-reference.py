@@ -1,7 +1,7 @@
 """Reference SparseGPT, Wanda and magnitude masks for shrink's tests (run once; output committed).
 
-Writes crates/shrink-methods/tests/data/sparse_reference.safetensors, which
-crates/shrink-methods/tests/sparse_reference.rs checks `shrink_methods::sparsegpt` and
+Writes crates/shrink-methods/tests/data/prune_reference.safetensors, which
+crates/shrink-methods/tests/prune_reference.rs checks `shrink_methods::sparsegpt` and
 `shrink_methods::sparsity` against.
 
 The reference is llm-compressor's own code, imported and called unchanged (its version is in
@@ -58,7 +58,7 @@ Metadata: llmcompressor, torch, numpy and safetensors versions, each case's para
 
 Usage (the venv that has llm-compressor; the default CPU torch wheel works):
   python3 -m venv /tmp/gptq-ref-venv && /tmp/gptq-ref-venv/bin/pip install llmcompressor
-  /tmp/gptq-ref-venv/bin/python scripts/make-sparse-reference.py [OUT]
+  /tmp/gptq-ref-venv/bin/python scripts/make-prune-reference.py [OUT]
 The tensors are the same on every run; the header's metadata order may vary.
 """
 import math
@@ -76,7 +76,7 @@ from llmcompressor.modifiers.pruning.utils.pytorch.mask_factory import (
 from llmcompressor.modifiers.pruning.wanda import wanda_sparsify
 from safetensors.numpy import save_file
 
-OUT = sys.argv[1] if len(sys.argv) > 1 else "crates/shrink-methods/tests/data/sparse_reference.safetensors"
+OUT = sys.argv[1] if len(sys.argv) > 1 else "crates/shrink-methods/tests/data/prune_reference.safetensors"
 ROWS, COLS, NSEQ, SEQLEN = 64, 256, 8, 64
 DEAD = 5
 DAMP = 0.01

@@ -1,7 +1,7 @@
 //! SparseGPT, Wanda and magnitude pruning against llm-compressor's own code: the masks and the
 //! updated kept weights that its `sgpt_sparsify.sparsify_weight`, `wanda_sparsify.sparsify_weight`
 //! and the magnitude modifier's unstructured mask creator produced on a fixed layer and
-//! calibration batch (`scripts/make-sparse-reference.py`), for SparseGPT unstructured (two
+//! calibration batch (`scripts/make-prune-reference.py`), for SparseGPT unstructured (two
 //! sparsities and block sizes) and N:M (2:4, 4:8), Wanda unstructured and 2:4, and magnitude.
 
 use safetensors::SafeTensors;
@@ -9,9 +9,9 @@ use shrink_methods::hessian::PreparedHessian;
 use shrink_methods::sparsegpt::{self, SparseGptSpec};
 use shrink_methods::sparsity::{self, Pattern};
 
-/// Written by `scripts/make-sparse-reference.py` (llmcompressor 0.14.0.1, torch 2.14.0, numpy
+/// Written by `scripts/make-prune-reference.py` (llmcompressor 0.14.0.1, torch 2.14.0, numpy
 /// 2.4.6, float32 on CPU).
-const REFERENCE: &[u8] = include_bytes!("data/sparse_reference.safetensors");
+const REFERENCE: &[u8] = include_bytes!("data/prune_reference.safetensors");
 
 const ROWS: usize = 64;
 const COLS: usize = 256;
