@@ -7,6 +7,10 @@ use shrink_io::quantized::Quantized;
 
 use crate::qmatmul::QuantMatmul;
 
+/// The share of zeros from which a float32 weight is held sparse at run time (values plus one
+/// bit per weight: 0.6 · 4 + 1/8 bytes per weight at this share, against 4 dense).
+pub const SPARSE_MIN: f64 = 0.4;
+
 /// How a linear layer's weight is held in memory.
 #[derive(Clone)]
 enum Weight {
@@ -14,8 +18,9 @@ enum Weight {
     /// reads it row-major: measured with candle's matmul on SmolLM2's shapes (512 tokens) at
     /// 191 vs 161 GFLOPS (576→576) and 201 vs 113 GFLOPS (1536→576) against a strided `Wᵀ` view.
     Dense(Tensor),
-    /// Packed as stored (integers or NF4/FP4); dequantized block by block for each forward
-    /// ([`QuantMatmul`]), so the model keeps only its quantized bytes resident between layers.
+    /// Packed as stored (integers or NF4/FP4), or sparse; dequantized block by block for each
+    /// forward ([`QuantMatmul`]), so the model keeps only its packed bytes resident between
+    /// layers.
     Quantized {
         q: Arc<QuantMatmul>,
         out_features: usize,
@@ -75,6 +80,33 @@ impl Linear {
             },
             bias,
         }
+    }
+
+    /// A linear layer over the float32 weight `w` (`[out, in]`) held sparse — its non-zero
+    /// values and a bit per weight — when it is at least [`SPARSE_MIN`] zeros and `in` is a
+    /// multiple of 16 (`None` otherwise, or when the environment sets `SHRINK_SPARSE=0`).
+    /// Generation then reads about half the bytes of a 50 %-sparse weight
+    /// (BENCHMARKS.md); products equal the dense weight's.
+    pub fn sparse(w: &Tensor, bias: Option<Tensor>) -> candle_core::Result<Option<Self>> {
+        if std::env::var_os("SHRINK_SPARSE").is_some_and(|v| v == "0") {
+            return Ok(None);
+        }
+        let (out_features, in_features) = w.dims2()?;
+        let v = w.flatten_all()?.to_vec1::<f32>()?;
+        let zeros = v.iter().filter(|&&x| x == 0.0).count();
+        if (zeros as f64) < SPARSE_MIN * v.len() as f64 {
+            return Ok(None);
+        }
+        Ok(
+            QuantMatmul::sparse(&v, out_features, in_features).map(|q| Linear {
+                w: Weight::Quantized {
+                    q: Arc::new(q),
+                    out_features,
+                    in_features,
+                },
+                bias,
+            }),
+        )
     }
 
     /// A linear layer that reads the row-major weight `[out, in]` in place — for an LM head

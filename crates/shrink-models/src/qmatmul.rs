@@ -24,6 +24,9 @@ use crate::int8_gemm::{self, PackedInt8};
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod sparse;
+
+use sparse::SparseRows;
 
 /// Output rows dequantized per task (one 64-byte line of the transposed scratch per input).
 const ROWS: usize = 16;
@@ -62,6 +65,8 @@ enum Kind {
         scale: Vec<f32>,
         act: Activations,
     },
+    /// Float32 rows mostly zero (a pruned weight), kept as their non-zeros and bitmasks.
+    Sparse(SparseRows),
     /// Float32 rows shared with another tensor (a tied embedding used as the LM head), so
     /// the head needs no transposed copy of its own.
     Rows(Tensor),
@@ -163,9 +168,22 @@ impl QuantMatmul {
         })
     }
 
-    /// Whether the weight is quantized (not float rows read in place).
+    /// A float32 weight `[n, k]` held sparse — its non-zero values and a bit per weight — when
+    /// `k` is a multiple of 16 (`None` otherwise). Products equal the dense weight's (the same
+    /// GEMM over the expanded rows for many tokens; a bitmask dot product per row for a few).
+    pub fn sparse(w: &[f32], n: usize, k: usize) -> Option<Self> {
+        let s = SparseRows::new(w, n, k)?;
+        Some(QuantMatmul {
+            n,
+            k,
+            resident: s.bytes(),
+            kind: Kind::Sparse(s),
+        })
+    }
+
+    /// Whether the weight is quantized (not float rows, in place or sparse).
     pub fn is_quantized(&self) -> bool {
-        !matches!(self.kind, Kind::Rows(_))
+        !matches!(self.kind, Kind::Rows(_) | Kind::Sparse(_))
     }
 
     /// (out_features, in_features).
@@ -330,6 +348,7 @@ impl QuantMatmul {
                     *o = code[idx as usize] * absmax[e / block];
                 }
             }
+            Kind::Sparse(s) => s.dequantize_row(r, out),
             Kind::Rows(t) => {
                 let row = t.get(r).and_then(|t| t.to_vec1::<f32>());
                 out.copy_from_slice(&row.expect("QuantMatmul::rows holds a float32 matrix"));
@@ -417,6 +436,18 @@ impl QuantMatmul {
     fn matmul_few(&self, x: &[f32], m: usize, y: &mut [f32]) {
         let (n, k) = (self.n, self.k);
         let base = SendPtr(y.as_mut_ptr());
+        if let Kind::Sparse(s) = &self.kind {
+            (0..n.div_ceil(ROWS)).into_par_iter().for_each(|b| {
+                for r in b * ROWS..((b + 1) * ROWS).min(n) {
+                    for (i, xi) in x.chunks_exact(k).enumerate() {
+                        // SAFETY: element (i, r) of y ([m, n]) is written by the task owning
+                        // row r only.
+                        unsafe { *base.get().add(i * n + r) = s.dot_row(r, xi) };
+                    }
+                }
+            });
+            return;
+        }
         (0..n.div_ceil(ROWS)).into_par_iter().for_each_init(
             || vec![0f32; k],
             |buf, b| {

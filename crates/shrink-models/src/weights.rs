@@ -128,7 +128,8 @@ impl<'a> WeightLoader<'a> {
 
     /// The linear layer whose weight is `hf_name` (shape [out, in]) with optional bias
     /// `bias_name`: kept quantized when the checkpoint stores the weight in a quantized layout
-    /// (and not transposed), dense float32 otherwise.
+    /// (and not transposed), sparse when it is mostly zeros (a pruned weight,
+    /// [`crate::linear::Linear::sparse`]), dense float32 otherwise.
     pub fn linear(
         &self,
         hf_name: &str,
@@ -148,6 +149,9 @@ impl<'a> WeightLoader<'a> {
             }
         }
         let w = self.get(hf_name, &[out, inp])?;
+        if let Some(l) = crate::linear::Linear::sparse(&w, bias()?)? {
+            return Ok(l);
+        }
         Ok(crate::linear::Linear::new(w, bias()?)?)
     }
 
