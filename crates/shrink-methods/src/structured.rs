@@ -332,6 +332,10 @@ pub fn prune(run: &Run, what: Structured) -> Result<Report> {
         "parameters     {params_before} → {params_after} ({:.1} %)",
         100.0 * params_after as f64 / params_before.max(1) as f64
     ));
+    r.notes.push(format!(
+        "bytes          {bytes_before} → {bytes_after} ({:.1} %)",
+        100.0 * bytes_after as f64 / bytes_before.max(1) as f64
+    ));
     r.notes.extend(notes(&geo, what, &keep, &stats));
     r.quantize_seconds = stats_seconds;
     r.seconds = t0.elapsed().as_secs_f64();
@@ -783,21 +787,24 @@ fn edit_config(cfg: &mut Value, geo: &Geometry, keep: &Keep) {
     }
 }
 
-/// Open the written directory as shrink will and check every weight its new configuration
-/// implies is there with that shape: a file that would not load is never committed.
+/// Open the written directory as shrink will and check that every block weight its new
+/// configuration implies is there with that shape: a file that would not load is never
+/// committed.
 fn verify(out: &OutputDir, planned: &[Planned]) -> Result<()> {
     let ckpt = Checkpoint::open(out.dir())?;
     let arch = Architecture::from_checkpoint(&ckpt)?;
+    let seq = Sequential::new(&ckpt)?;
     let written: HashMap<&str, &Vec<usize>> = planned
         .iter()
         .map(|p| (p.header.name.as_str(), &p.header.shape))
         .collect();
     for (name, shape) in arch.weight_shapes() {
-        if written.get(name.as_str()).is_some_and(|s| **s != shape) || !ckpt.has(&name) {
+        let got = written.get(name.as_str());
+        let missing = got.is_none() && seq.layer_of(&name).is_some();
+        if missing || got.is_some_and(|s| **s != shape) {
             return Err(MethodError::Options(format!(
-                "internal: the pruned weight {name} has shape {:?} where the new \
-                 configuration implies {shape:?}",
-                written.get(name.as_str())
+                "internal: the pruned weight {name} has shape {got:?} where the new \
+                 configuration implies {shape:?}"
             )));
         }
     }
