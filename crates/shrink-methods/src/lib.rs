@@ -16,6 +16,8 @@
 //! - [`pipeline`]: the one layer-by-layer driver and streaming writer; [`calibrated`]: GPTQ,
 //!   AWQ and the importance matrix run over a whole checkpoint of any architecture;
 //! - [`convert`]: a checkpoint re-typed into an HF directory, logits compared;
+//! - [`structured`]: structured pruning (layers by Block Influence, MLP channels and
+//!   attention heads by activation), a smaller dense model of the same architecture;
 //! - [`report`]: the one report of a run; [`output`]: config, tokenizer and report beside the
 //!   weights, committed atomically.
 
@@ -40,5 +42,6 @@ pub mod rtn;
 pub mod select;
 pub mod sparsegpt;
 pub mod sparsity;
+pub mod structured;
 
 pub use error::{MethodError, Result};
