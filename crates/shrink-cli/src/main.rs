@@ -33,8 +33,8 @@ enum Command {
     /// Quantize: round to nearest (int8/intN per tensor/channel/group, NF4, FP4, LLM.int8,
     /// dynamic int8), calibrated (GPTQ, AWQ), HQQ, or GGUF k-quants; streaming.
     Quantize(commands::quantize::Args),
-    /// Prune weights to zero: magnitude, Wanda or SparseGPT, unstructured or N:M (2:4), uniform or
-    /// OWL layer sparsity, SparseGPT optionally with joint quantization; layer by layer.
+    /// Prune: weights to zero (magnitude, Wanda, SparseGPT; unstructured or 2:4; uniform or OWL;
+    /// SparseGPT with joint quantization), or whole layers, MLP neurons or attention heads.
     Prune(commands::prune::Args),
     /// Collect llama.cpp's importance matrix (mean x² per input column) from calibration text.
     Imatrix(commands::imatrix::Args),
@@ -55,7 +55,7 @@ fn main() -> ExitCode {
     // large tensor buffer back, so their peak stays one tensor whatever the model's depth.
     let forward = match &cli.command {
         Command::Eval(_) | Command::Generate(_) | Command::Compare(_) | Command::Imatrix(_) => true,
-        Command::Prune(a) => a.method != commands::prune::Method::Magnitude,
+        Command::Prune(a) => a.method != Some(commands::prune::Method::Magnitude),
         Command::Quantize(a) => matches!(
             a.method,
             commands::quantize::Method::Gptq | commands::quantize::Method::Awq

@@ -457,3 +457,85 @@ fn sparsegpt_quantizes_jointly_and_owl_keeps_the_mean() {
     let measured = r["sparsity"].as_f64().unwrap();
     assert!((measured - 0.5).abs() < 0.01, "{measured}");
 }
+
+#[test]
+fn structured_pruning_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let calib = calib_text(tmp.path(), 3000);
+    let c = calib.to_str().unwrap();
+    let cal = [
+        "--calib",
+        c,
+        "--calib-format",
+        "raw",
+        "--calib-samples",
+        "8",
+        "--calib-seqlen",
+        "48",
+        "--json",
+    ];
+    let model = fixture_with_tokenizer(tmp.path(), "tiny-llama");
+    let m = model.to_str().unwrap();
+    let cfg = |d: &std::path::Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(d.join("config.json")).unwrap()).unwrap()
+    };
+    let before = cfg(&model);
+    for (what, extra, key, expect) in [
+        ("layers", ["--remove", "1"], "num_hidden_layers", 1),
+        ("neurons", ["--keep-ratio", "0.5"], "intermediate_size", 80),
+        ("heads", ["--keep-ratio", "0.5"], "num_attention_heads", 2),
+    ] {
+        let out = tmp.path().join(what);
+        let o = out.to_str().unwrap();
+        let r = run(&[
+            &["prune", m, "-o", o, "--structured", what][..],
+            &extra,
+            &cal,
+        ]
+        .concat());
+        let after = cfg(&out);
+        assert_eq!(after[key], expect, "{what}: {after}");
+        assert_ne!(before[key], after[key]);
+        assert!(r["params_after"].as_u64().unwrap() < r["params_before"].as_u64().unwrap());
+        // It runs.
+        outputs(&out, &std::fs::read(&calib).unwrap());
+    }
+    let out = tmp.path().join("bad");
+    let o = out.to_str().unwrap();
+    refused(
+        &["prune", m, "-o", o, "--structured", "layers"],
+        &out,
+        &["--remove"],
+    );
+    refused(
+        &[
+            "prune",
+            m,
+            "-o",
+            o,
+            "--structured",
+            "layers",
+            "--remove",
+            "2",
+            "--calib",
+            c,
+        ],
+        &out,
+        &["2"],
+    );
+    let gpt2 = fixture_with_tokenizer(tmp.path(), "tiny-gpt2");
+    let args = [
+        "prune",
+        gpt2.to_str().unwrap(),
+        "-o",
+        o,
+        "--structured",
+        "heads",
+    ];
+    refused(
+        &[&args[..], &["--keep-ratio", "0.5"], &cal].concat(),
+        &out,
+        &["head"],
+    );
+    refused(&["prune", m, "-o", o], &out, &["--method"]);
+}

@@ -1,5 +1,6 @@
 //! `shrink prune`: magnitude, Wanda and SparseGPT (unstructured or N:M, uniform or OWL, SparseGPT
-//! optionally with joint quantization), layer by layer ([`shrink_methods::prune`]).
+//! optionally with joint quantization), layer by layer ([`shrink_methods::prune`]); structured
+//! removal of layers, neurons or heads ([`shrink_methods::structured`]).
 
 use std::path::PathBuf;
 
@@ -11,6 +12,7 @@ use shrink_methods::gptq::GptqSpec;
 use shrink_methods::prune::{self, Profile, PruneMethod, PruneSpec};
 use shrink_methods::select::Selection;
 use shrink_methods::sparsity::Pattern;
+use shrink_methods::structured::Structured;
 
 use crate::common;
 
@@ -25,6 +27,17 @@ pub enum Method {
     Sparsegpt,
 }
 
+/// What structured pruning removes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StructuredKind {
+    /// Whole layers (blocks), those whose output differs least from their input (ShortGPT).
+    Layers,
+    /// MLP intermediate channels, the least active (Minitron).
+    Neurons,
+    /// Attention heads (with GQA, whole key/value groups), the least active (Minitron).
+    Heads,
+}
+
 /// How the sparsity is spread over the layers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum SparsityProfile {
@@ -34,10 +47,11 @@ pub enum SparsityProfile {
     Owl,
 }
 
-/// Prune weights to zero: magnitude, Wanda, SparseGPT; unstructured or N:M.
+/// Prune weights to zero (magnitude, Wanda, SparseGPT; unstructured or N:M), or remove whole
+/// layers, MLP neurons or attention heads.
 #[derive(Parser, Debug)]
 #[command(
-    after_help = "The linear layers of the decoder (or encoder) blocks are pruned; embeddings, norms and the LM head are kept (--include/--exclude change that). Calibrated methods (wanda, sparsegpt) go layer by layer, each layer seeing the outputs of the already-pruned layers before it, on every architecture: the Llama family, GPT-2, GPT-NeoX and BERT/DistilBERT encoders. The output stores every weight dense with its zeros (it loads anywhere); with --bits, SparseGPT quantizes the kept weights jointly and writes the HF gptq layout. Quantizing a pruned checkpoint afterwards (shrink quantize: int, nf4, gptq, awq) keeps its zeros.\n\n--pattern N:M zeroes N of every M consecutive weights of each row (2:4, 4:8), for all three methods.\n\nExamples:\n  shrink prune smollm2-f32 --method sparsegpt --sparsity 0.5 --calib assets/lee_background.cor -o smollm2-sparsegpt50\n  shrink prune smollm2-f32 --method wanda --pattern 2:4 --calib assets/lee_background.cor -o smollm2-wanda-2of4\n  shrink prune smollm2-f32 --method magnitude --sparsity 0.3 -o smollm2-mag30\n  shrink prune smollm2-f32 --method sparsegpt --sparsity 0.5 --sparsity-profile owl --calib assets/lee_background.cor -o smollm2-owl\n  shrink prune smollm2-f32 --method sparsegpt --sparsity 0.5 --bits 4 --group-size 64 --calib assets/lee_background.cor -o smollm2-sparse-w4"
+    after_help = "The linear layers of the decoder (or encoder) blocks are pruned; embeddings, norms and the LM head are kept (--include/--exclude change that). Calibrated methods (wanda, sparsegpt) go layer by layer, each layer seeing the outputs of the already-pruned layers before it, on every architecture: the Llama family, GPT-2, GPT-NeoX and BERT/DistilBERT encoders. The output stores every weight dense with its zeros (it loads anywhere); with --bits, SparseGPT quantizes the kept weights jointly and writes the HF gptq layout. Quantizing a pruned checkpoint afterwards (shrink quantize: int, nf4, gptq, awq) keeps its zeros.\n\n--pattern N:M zeroes N of every M consecutive weights of each row (2:4, 4:8), for all three methods.\n\nExamples:\n  shrink prune smollm2-f32 --method sparsegpt --sparsity 0.5 --calib assets/lee_background.cor -o smollm2-sparsegpt50\n  shrink prune smollm2-f32 --method wanda --pattern 2:4 --calib assets/lee_background.cor -o smollm2-wanda-2of4\n  shrink prune smollm2-f32 --method magnitude --sparsity 0.3 -o smollm2-mag30\n  shrink prune smollm2-f32 --method sparsegpt --sparsity 0.5 --sparsity-profile owl --calib assets/lee_background.cor -o smollm2-owl\n  shrink prune smollm2-f32 --method sparsegpt --sparsity 0.5 --bits 4 --group-size 64 --calib assets/lee_background.cor -o smollm2-sparse-w4\n  shrink prune smollm2-f32 --structured layers --remove 6 --calib assets/lee_background.cor -o smollm2-24-layers\n  shrink prune smollm2-f32 --structured neurons --keep-ratio 0.75 --calib assets/lee_background.cor -o smollm2-mlp75\n  shrink prune smollm2-f32 --structured heads --keep-ratio 0.75 --calib assets/lee_background.cor -o smollm2-heads75\n\nStructured pruning writes a smaller dense model of the same architecture, config.json rewritten (layers, intermediate size, heads), loadable by transformers and exportable to GGUF. Heads are pruned on the Llama family only: GPT-2, GPT-NeoX and BERT derive the head width from the hidden size in transformers."
 )]
 pub struct Args {
     /// Input model: a Hugging Face directory or a .gguf file.
@@ -45,9 +59,25 @@ pub struct Args {
     /// Output directory (must not exist).
     #[arg(short, long)]
     pub output: PathBuf,
-    /// The pruning method.
-    #[arg(long, value_enum)]
-    pub method: Method,
+    /// The pruning method (unstructured or N:M).
+    #[arg(long, value_enum, required_unless_present = "structured")]
+    pub method: Option<Method>,
+    /// Structured pruning instead: remove whole layers (--remove K, lowest Block Influence),
+    /// MLP neurons or attention heads (--keep-ratio R, lowest mean activation); the result is a
+    /// smaller dense model of the same architecture (calibrated).
+    #[arg(
+        long,
+        value_enum,
+        conflicts_with = "method",
+        help_heading = "Structured"
+    )]
+    pub structured: Option<StructuredKind>,
+    /// --structured layers: how many layers to remove.
+    #[arg(long, help_heading = "Structured")]
+    pub remove: Option<usize>,
+    /// --structured neurons|heads: the share kept, in (0, 1] (heads: whole key/value groups).
+    #[arg(long, help_heading = "Structured")]
+    pub keep_ratio: Option<f64>,
     /// Fraction of each pruned weight's entries set to zero, in (0, 1) (ignored with --pattern).
     #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
     pub sparsity: f64,
@@ -103,8 +133,8 @@ fn parse_float(s: &str) -> Result<FloatType, String> {
 }
 
 /// The library's spec of the flags.
-fn spec(a: &Args) -> Result<PruneSpec> {
-    let method = match a.method {
+fn spec(a: &Args, method: Method) -> Result<PruneSpec> {
+    let method = match method {
         Method::Magnitude => PruneMethod::Magnitude,
         Method::Wanda => PruneMethod::Wanda,
         Method::Sparsegpt => PruneMethod::SparseGpt,
@@ -129,16 +159,45 @@ fn spec(a: &Args) -> Result<PruneSpec> {
     Ok(s)
 }
 
+/// The structured removal the flags ask for.
+fn structured(a: &Args, kind: StructuredKind) -> Result<Structured> {
+    let ratio = || {
+        a.keep_ratio
+            .ok_or_else(|| anyhow::anyhow!("--structured {kind:?} needs --keep-ratio R"))
+    };
+    Ok(match kind {
+        StructuredKind::Layers => Structured::Layers {
+            remove: a
+                .remove
+                .ok_or_else(|| anyhow::anyhow!("--structured layers needs --remove K"))?,
+        },
+        StructuredKind::Neurons => Structured::Neurons {
+            keep_ratio: ratio()?,
+        },
+        StructuredKind::Heads => Structured::Heads {
+            keep_ratio: ratio()?,
+        },
+    })
+}
+
 /// Run `shrink prune`.
 pub fn run(a: Args) -> Result<()> {
-    let spec = spec(&a)?;
+    let (spec, what) = match (a.method, a.structured) {
+        (Some(m), None) => (Some(spec(&a, m)?), None),
+        (None, Some(k)) => (None, Some(structured(&a, k)?)),
+        _ => anyhow::bail!("give one of --method or --structured"),
+    };
     let selection = Selection {
         include: a.include.clone(),
         exclude: a.exclude.clone(),
     };
     let ckpt = common::open(&a.model)?;
-    let (samples, calibration) = if spec.method.calibrated() {
-        let c = a.calib.args(&format!("--method {}", spec.method.name()))?;
+    let (samples, calibration) = if spec.is_none_or(|s| s.method.calibrated()) {
+        let what = match &spec {
+            Some(s) => format!("--method {}", s.method.name()),
+            None => "--structured".to_string(),
+        };
+        let c = a.calib.args(&what)?;
         (super::calibrated::samples(&ckpt, &c)?, c.describe())
     } else {
         (Vec::new(), serde_json::Value::Null)
@@ -153,6 +212,10 @@ pub fn run(a: Args) -> Result<()> {
         calibration,
         progress: &bar,
     };
-    let report = prune::prune(&run, &spec)?;
+    let report = match (&spec, what) {
+        (Some(s), _) => prune::prune(&run, s)?,
+        (None, Some(w)) => shrink_methods::structured::prune(&run, w)?,
+        (None, None) => unreachable!("one of the two was required above"),
+    };
     common::print_report(&report, a.json)
 }
