@@ -225,21 +225,7 @@ pub fn stored_quantized(ckpt: &Checkpoint) -> Option<String> {
 pub fn prune(run: &Run, spec: &PruneSpec) -> Result<Report> {
     let t_start = Instant::now();
     spec.check()?;
-    let warning = match (stored_quantized(run.ckpt), spec.dequantize) {
-        (Some(what), false) => {
-            return Err(MethodError::Options(format!(
-                "{}: the weights are stored quantized ({what}); pruning would work on their \
-                 dequantized values and store them dense — pass --dequantize to do so, or prune \
-                 the float model and quantize afterwards (the zeros are kept)",
-                run.ckpt.path().display()
-            )))
-        }
-        (Some(what), true) => Some(format!(
-            "{} stores its weights quantized ({what}): they were dequantized before pruning",
-            run.ckpt.path().display()
-        )),
-        (None, _) => None,
-    };
+    let warning = quantized_input(run, spec)?;
     if spec.method.calibrated() && run.samples.is_empty() {
         return Err(MethodError::Options(format!(
             "{} needs calibration samples",
@@ -264,24 +250,25 @@ pub fn prune(run: &Run, spec: &PruneSpec) -> Result<Report> {
         .map(|l| l.weight.clone())
         .collect();
     let dense = run.dense_dtype;
-    let plan = match &spec.quant {
-        Some(q) => o.plan(dense, |module, rows, cols| {
-            calibrated::gptq_blank(q, module, rows, cols)
-        })?,
-        None => o.plan(dense, |module, rows, cols| {
-            let name = format!("{module}.weight");
-            let shape = if conv1d.contains(&name) {
-                vec![cols, rows]
-            } else {
-                vec![rows, cols]
-            };
-            Ok(vec![StoredTensor {
-                name,
-                dtype: shrink_io::safetensors_dtype(dense),
-                shape,
-                bytes: vec![0; rows * cols * dense.size()],
-            }])
-        })?,
+    let (plan, metadata) = match &spec.quant {
+        Some(q) => (
+            o.plan(dense, |module, rows, cols| {
+                calibrated::gptq_blank(q, module, rows, cols)
+            })?,
+            pipeline::file_metadata(&o.selected),
+        ),
+        None => (
+            o.plan(dense, |module, rows, cols| {
+                let name = format!("{module}.weight");
+                let shape = if conv1d.contains(&name) {
+                    vec![cols, rows]
+                } else {
+                    vec![rows, cols]
+                };
+                Ok(vec![dense_blank(name, shape, dense)])
+            })?,
+            HashMap::from([("format".to_string(), "pt".to_string())]),
+        ),
     };
     let mut step = PruneStep {
         spec,
@@ -296,10 +283,6 @@ pub fn prune(run: &Run, spec: &PruneSpec) -> Result<Report> {
         layers: Vec::new(),
         sq: (0.0, 0.0),
         seconds: 0.0,
-    };
-    let metadata = match spec.quant {
-        Some(_) => pipeline::file_metadata(&o.selected),
-        None => HashMap::from([("format".to_string(), "pt".to_string())]),
     };
     let label = format!("{} layers", spec.method.name());
     let (out, sizes) = calibrated::drive(run, &o, &label, &plan, metadata, &mut step)?;
@@ -319,59 +302,42 @@ pub fn prune(run: &Run, spec: &PruneSpec) -> Result<Report> {
         spec.name(),
         sizes,
     );
-    let (zeros, params) = step
-        .layers
-        .iter()
-        .fold((0, 0), |a, l| (a.0 + l.zeros, a.1 + l.params));
-    let sparsity = zeros as f64 / params.max(1) as f64;
-    if spec.method.calibrated() {
-        r.calibration = Some(run.calibration.clone());
-        r.notes.push(format!(
-            "calibration    {} samples × {} tokens",
-            run.samples.len(),
-            run.samples.first().map_or(0, Vec::len)
-        ));
-    }
     r.quantized_tensors = o.selected.len();
-    r.relative_rmse = Some((step.sq.0 / step.sq.1.max(f64::MIN_POSITIVE)).sqrt());
     r.quantize_seconds = step.seconds;
-    r.seconds = t_start.elapsed().as_secs_f64();
-    r.set("pattern", spec.pattern.label());
-    r.set("sparsity", sparsity);
-    r.set(
-        "sparsity_model",
-        zeros as f64 / sizes.total_params.max(1) as f64,
-    );
-    r.set("layer_sparsity_target", &layer_sparsity);
-    let measured: Vec<f64> = step
-        .layers
-        .iter()
-        .map(|l| l.zeros as f64 / l.params.max(1) as f64)
-        .collect();
-    r.set("layer_sparsity", &measured);
-    if spec.method == PruneMethod::SparseGpt {
-        let losses: Vec<f64> = step.layers.iter().map(|l| l.loss).collect();
-        r.set("sparsegpt_loss_per_layer", losses);
-    }
-    r.notes.push(format!(
-        "sparsity       {:.4} of the pruned weights ({} of {} zero), {:.4} of the model",
-        sparsity,
-        zeros,
-        params,
-        zeros as f64 / sizes.total_params.max(1) as f64
-    ));
-    if let Profile::Owl { .. } = spec.profile {
-        let lo = layer_sparsity.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = layer_sparsity.iter().copied().fold(0.0, f64::max);
-        r.notes.push(format!(
-            "OWL            layer sparsity from {lo:.3} to {hi:.3}"
-        ));
-    }
+    step.report(run, spec, &layer_sparsity, sizes.total_params, &mut r);
     if let Some(w) = warning {
         r.set("warning", w);
     }
+    r.seconds = t_start.elapsed().as_secs_f64();
     output::commit(out, &r)?;
     Ok(r)
+}
+
+/// Refuse an input stored quantized unless `spec.dequantize`; then the report's warning.
+fn quantized_input(run: &Run, spec: &PruneSpec) -> Result<Option<String>> {
+    let path = run.ckpt.path().display();
+    match (stored_quantized(run.ckpt), spec.dequantize) {
+        (Some(what), false) => Err(MethodError::Options(format!(
+            "{path}: the weights are stored quantized ({what}); pruning would work on their \
+             dequantized values and store them dense — pass --dequantize to do so, or prune the \
+             float model and quantize afterwards (the zeros are kept)"
+        ))),
+        (Some(what), true) => Ok(Some(format!(
+            "{path} stores its weights quantized ({what}): they were dequantized before pruning"
+        ))),
+        (None, _) => Ok(None),
+    }
+}
+
+/// The plan's entry of a weight stored dense: `name`, `shape`, zeros of `dtype`.
+fn dense_blank(name: String, shape: Vec<usize>, dtype: float::FloatType) -> StoredTensor {
+    let n: usize = shape.iter().product();
+    StoredTensor {
+        name,
+        dtype: shrink_io::safetensors_dtype(dtype),
+        shape,
+        bytes: vec![0; n * dtype.size()],
+    }
 }
 
 /// What pruning did to one block.
@@ -484,35 +450,15 @@ impl LayerStep for PruneStep<'_> {
                 let w = calibrated::finite_weight(self.path, &name, lin)?;
                 let (rows, cols) = (lin.out_features(), lin.in_features());
                 let module = name.strip_suffix(".weight").unwrap_or(&name);
-                let mut pruned = match (&prepared, norms) {
-                    (Some(hp), _) => {
-                        let sg = SparseGptSpec {
-                            pattern,
-                            block_size: self.spec.block_size,
-                            damp: self.spec.damp,
-                            quant: self.spec.quant,
-                        };
-                        let r = sparsegpt::prune(&w, rows, cols, hp, &sg);
-                        stats.loss += r.loss;
-                        if let Some(parts) = &r.parts {
-                            for s in shrink_io::hf_int::gptq_tensors(module, parts)
-                                .map_err(calibrated::format_err(module))?
-                            {
-                                stored.insert(s.name.clone(), s);
-                            }
-                        }
-                        r.weight
-                    }
-                    (None, norms) => {
-                        let mask = match norms {
-                            Some(x_sq) => sparsity::wanda(&w, cols, x_sq, pattern),
-                            None => sparsity::magnitude(&w, cols, pattern),
-                        };
-                        let mut v = w.clone();
-                        sparsity::apply(&mut v, &mask);
-                        v
-                    }
-                };
+                let mut pruned = self.prune_weight(
+                    module,
+                    &w,
+                    (rows, cols),
+                    pattern,
+                    (prepared.as_ref(), norms),
+                    stored,
+                    &mut stats,
+                )?;
                 if self.spec.quant.is_none() {
                     calibrated::stored_values(self.dense, &mut pruned);
                     stored.insert(name.clone(), self.dense_tensor(&name, &pruned, rows, cols));
@@ -532,6 +478,99 @@ impl LayerStep for PruneStep<'_> {
 }
 
 impl PruneStep<'_> {
+    /// Prune weight `w` (`[rows, cols]`) of `module` with the step's method at `pattern`: by
+    /// SparseGPT given the block input's prepared Hessian (its `gptq` tensors into `stored`
+    /// when quantizing jointly), by Wanda given `Σ x²` per input feature, else by magnitude.
+    #[allow(clippy::too_many_arguments)]
+    fn prune_weight(
+        &self,
+        module: &str,
+        w: &[f32],
+        (rows, cols): (usize, usize),
+        pattern: Pattern,
+        (prepared, norms): (Option<&hessian::PreparedHessian>, Option<&Vec<f64>>),
+        stored: &mut Stored,
+        stats: &mut LayerStats,
+    ) -> Result<Vec<f32>> {
+        if let Some(hp) = prepared {
+            let sg = SparseGptSpec {
+                pattern,
+                block_size: self.spec.block_size,
+                damp: self.spec.damp,
+                quant: self.spec.quant,
+            };
+            let r = sparsegpt::prune(w, rows, cols, hp, &sg);
+            stats.loss += r.loss;
+            if let Some(parts) = &r.parts {
+                for s in shrink_io::hf_int::gptq_tensors(module, parts)
+                    .map_err(calibrated::format_err(module))?
+                {
+                    stored.insert(s.name.clone(), s);
+                }
+            }
+            return Ok(r.weight);
+        }
+        let mask = match norms {
+            Some(x_sq) => sparsity::wanda(w, cols, x_sq, pattern),
+            None => sparsity::magnitude(w, cols, pattern),
+        };
+        let mut v = w.to_vec();
+        sparsity::apply(&mut v, &mask);
+        Ok(v)
+    }
+
+    /// The run's measurements into `r`: sparsity overall, of the model (`total_params`) and per
+    /// block against `targets`, weight error, SparseGPT's losses, calibration.
+    fn report(
+        &self,
+        run: &Run,
+        spec: &PruneSpec,
+        targets: &[f64],
+        total_params: u64,
+        r: &mut Report,
+    ) {
+        let (zeros, params) = self
+            .layers
+            .iter()
+            .fold((0, 0), |a, l| (a.0 + l.zeros, a.1 + l.params));
+        let sparsity = zeros as f64 / params.max(1) as f64;
+        let of_model = zeros as f64 / total_params.max(1) as f64;
+        if spec.method.calibrated() {
+            r.calibration = Some(run.calibration.clone());
+            r.notes.push(format!(
+                "calibration    {} samples × {} tokens",
+                run.samples.len(),
+                run.samples.first().map_or(0, Vec::len)
+            ));
+        }
+        r.relative_rmse = Some((self.sq.0 / self.sq.1.max(f64::MIN_POSITIVE)).sqrt());
+        r.set("pattern", spec.pattern.label());
+        r.set("sparsity", sparsity);
+        r.set("sparsity_model", of_model);
+        r.set("layer_sparsity_target", targets);
+        let measured: Vec<f64> = self
+            .layers
+            .iter()
+            .map(|l| l.zeros as f64 / l.params.max(1) as f64)
+            .collect();
+        r.set("layer_sparsity", &measured);
+        if spec.method == PruneMethod::SparseGpt {
+            let losses: Vec<f64> = self.layers.iter().map(|l| l.loss).collect();
+            r.set("sparsegpt_loss_per_layer", losses);
+        }
+        r.notes.push(format!(
+            "sparsity       {sparsity:.4} of the pruned weights ({zeros} of {params} zero), \
+             {of_model:.4} of the model"
+        ));
+        if let Profile::Owl { .. } = spec.profile {
+            let lo = targets.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = targets.iter().copied().fold(0.0, f64::max);
+            r.notes.push(format!(
+                "OWL            layer sparsity from {lo:.3} to {hi:.3}"
+            ));
+        }
+    }
+
     /// Weight `name` (`[rows, cols]`) as the output stores it: the dense type, a Conv1D weight
     /// back in its checkpoint's `[in, out]` layout.
     fn dense_tensor(&self, name: &str, v: &[f32], rows: usize, cols: usize) -> StoredTensor {
