@@ -159,4 +159,12 @@ pub enum FormatError {
         /// What is wrong, in words.
         what: String,
     },
+    /// An error about one tensor, which it names.
+    #[error("{name}: {source}")]
+    WithTensor {
+        /// The tensor concerned.
+        name: String,
+        /// What is wrong with it.
+        source: Box<FormatError>,
+    },
 }
