@@ -94,11 +94,18 @@ fn pruned_pair(tmp: &Path, layout: SparseLayout) -> (PathBuf, PathBuf) {
     (dense_dir, sparse_dir)
 }
 
+/// `SHRINK_SPARSE_KEEP=DIR cargo test -p shrink-io --test sparse` keeps the checkpoints in
+/// `DIR/<layout>/{dense,sparse}` for `scripts/check-sparse.py DIR/<layout>/sparse
+/// DIR/<layout>/dense`.
 #[test]
 fn a_sparse_checkpoint_reads_back_bit_for_bit() {
     for layout in SparseLayout::ALL {
         let tmp = tempfile::tempdir().unwrap();
-        let (dense_dir, sparse_dir) = pruned_pair(tmp.path(), layout);
+        let root = match std::env::var_os("SHRINK_SPARSE_KEEP") {
+            Some(d) => PathBuf::from(d).join(layout.name()),
+            None => tmp.path().to_path_buf(),
+        };
+        let (dense_dir, sparse_dir) = pruned_pair(&root, layout);
         let dense = Checkpoint::open(&dense_dir).unwrap();
         let sparse = Checkpoint::open(&sparse_dir).unwrap();
         let mut n = 0;
@@ -314,4 +321,72 @@ fn old_weight_dot_names_are_read_too() {
     let ckpt = one_module(tmp.path(), &t, SparseLayout::Bitmask);
     assert_eq!(ckpt.read_f32("q.weight").unwrap(), (w.to_vec(), vec![2, 2]));
     assert_eq!(ckpt.read_f32("n.weight").unwrap().0, vec![1.0, 2.0]);
+}
+
+/// The reference checkpoints compressed-tensors 0.14 wrote (scripts/make-sparse-reference.py).
+fn reference(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/ct-sparse")
+        .join(name)
+}
+
+#[test]
+fn compressed_tensors_own_checkpoints_decode_to_their_dense_weights() {
+    for layout in SparseLayout::ALL {
+        let sparse = Checkpoint::open(reference(layout.name())).unwrap();
+        let dense = Checkpoint::open(reference(&format!("{}-dense", layout.name()))).unwrap();
+        let Checkpoint::Hf(h) = &sparse else {
+            unreachable!()
+        };
+        assert_eq!(
+            h.quantization_config().unwrap(),
+            &sparsity_config(
+                layout,
+                h.quantization_config().unwrap()["sparsity_config"]["global_sparsity"]
+                    .as_f64()
+                    .unwrap(),
+                &["Linear".into()],
+                &["lm_head".into()]
+            ),
+            "shrink writes the config compressed-tensors writes"
+        );
+        let mut modules = 0;
+        for t in dense.tensors() {
+            let (want, ws) = dense.read_f32(&t.name).unwrap();
+            let (got, gs) = sparse.read_f32(&t.name).unwrap();
+            assert_eq!(ws, gs, "{}", t.name);
+            // −0.0 is a zero to compressed-tensors: it comes back +0.0, equal as a value.
+            assert_eq!(want, got, "{}", t.name);
+            let module = t.name.strip_suffix(".weight").unwrap();
+            if !h
+                .weights
+                .tensors
+                .contains_key(&format!("{module}.compressed"))
+            {
+                continue;
+            }
+            modules += 1;
+            // shrink's writer stores what compressed-tensors stores: the same tensors, and for
+            // the unstructured layout the same bytes (2:4 may pick other zeros to fill a group).
+            let dtype = match &t.dtype {
+                shrink_io::StoredDtype::Float(f) => *f,
+                other => panic!("{other:?}"),
+            };
+            let ours = sparse_tensors(module, &want, ws[0], ws[1], dtype, layout).unwrap();
+            for o in &ours {
+                let theirs = &h.weights.tensors[&o.name];
+                assert_eq!(
+                    (o.dtype, &o.shape),
+                    (theirs.dtype, &theirs.shape),
+                    "{}",
+                    o.name
+                );
+                let same_bytes = o.bytes.as_slice() == h.weights.bytes(theirs);
+                if layout == SparseLayout::Bitmask || o.name.ends_with(".shape") {
+                    assert!(same_bytes, "{}", o.name);
+                }
+            }
+        }
+        assert_eq!(modules, 3, "{layout:?}");
+    }
 }
