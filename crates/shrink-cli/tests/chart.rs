@@ -157,3 +157,70 @@ fn a_bad_row_is_named_and_nothing_is_written() {
     );
     assert!(!png.exists());
 }
+
+const SPARSITY_CSV: &str = "\
+label,source,sparsity,ppl,windows
+f32,base,0.0,27.3078,24
+magnitude-50,shrink,0.5,41.2,24
+wanda-50,shrink,0.5,33.9,24
+sparsegpt-2:4,shrink,0.5,36.1,24
+wanda-70,shrink,0.7,310.0,24
+";
+
+#[test]
+fn charts_perplexity_against_sparsity() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("sparsity.csv");
+    fs::write(&data, SPARSITY_CSV).unwrap();
+    let png = dir.path().join("sparsity.png");
+    let args = |x: &str| {
+        vec![
+            "chart".to_string(),
+            "--data".into(),
+            data.to_str().unwrap().into(),
+            "-o".into(),
+            png.to_str().unwrap().into(),
+            "--x".into(),
+            x.into(),
+            "--json".into(),
+        ]
+    };
+    let a = args("sparsity");
+    let out = shrink(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["x"], "sparsity");
+    assert_eq!(v["points"], 5);
+    assert_eq!(v["baseline"]["label"], "f32");
+    assert!(v["title"].as_str().unwrap().contains("sparsity"), "{v}");
+    // The point above the perplexity cap is listed with its sparsity.
+    assert_eq!(v["off_chart"][0]["label"], "wanda-70");
+    let s = v["off_chart"][0]["sparsity"].as_f64().unwrap();
+    assert!((s - 0.7).abs() < 1e-12, "{s}");
+    assert_eq!(png_size(&png), (1600, 1000));
+    // The default axis needs a bits_per_weight column, which this file lacks.
+    fs::remove_file(&png).unwrap();
+    let a = args("bits");
+    let out = shrink(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no column `bits_per_weight`"), "{err}");
+    assert!(!png.exists());
+    // A sparsity of 1 or more is refused with its line.
+    fs::write(
+        &data,
+        "label,source,sparsity,ppl,windows\nx,shrink,1.0,30,24\n",
+    )
+    .unwrap();
+    let a = args("sparsity");
+    let out = shrink(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(":2: sparsity `1.0`"),
+        "{err}"
+    );
+}

@@ -64,6 +64,104 @@ pub struct ChartPoint {
     pub source: String,
 }
 
+/// What the horizontal axis shows. With [`XAxis::Sparsity`] a point's `bits_per_weight` field
+/// holds its density, 1 − sparsity (the fraction of weights kept), so that, as with bits,
+/// less is to the left and smaller, the dense baseline sits rightmost, and the Pareto fronts
+/// mean "no lower perplexity at the same or higher sparsity"; the ticks name the sparsity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum XAxis {
+    /// Stored bits per weight (the default).
+    #[default]
+    BitsPerWeight,
+    /// Fraction of exact zeros of the weights (drawn as density, labelled as sparsity).
+    Sparsity,
+}
+
+impl XAxis {
+    /// The CSV column holding the value (`bits_per_weight`, `sparsity`).
+    pub fn column(self) -> &'static str {
+        match self {
+            XAxis::BitsPerWeight => "bits_per_weight",
+            XAxis::Sparsity => "sparsity",
+        }
+    }
+
+    /// The axis named by `--x` (`bits`, `bits_per_weight`, `sparsity`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "bits" | "bits_per_weight" | "bpw" => Some(XAxis::BitsPerWeight),
+            "sparsity" => Some(XAxis::Sparsity),
+            _ => None,
+        }
+    }
+
+    /// The value shown for a point's x (`bits_per_weight`, or the sparsity from the density).
+    pub fn shown(self, x: f64) -> f64 {
+        match self {
+            XAxis::BitsPerWeight => x,
+            XAxis::Sparsity => 1.0 - x,
+        }
+    }
+
+    /// Candidate ticks with their tiers.
+    fn candidates(self) -> Vec<(u8, f64)> {
+        match self {
+            XAxis::BitsPerWeight => x_candidates(),
+            XAxis::Sparsity => SPARSITY_TICKS
+                .iter()
+                .map(|&(t, s)| (t, 1.0 - s / 100.0))
+                .collect(),
+        }
+    }
+
+    /// A tick's text.
+    fn tick(self, v: f64) -> String {
+        match self {
+            XAxis::BitsPerWeight => tick_label(v),
+            XAxis::Sparsity => format!(
+                "{} %",
+                tick_label((100.0 * (1.0 - v) * 10.0).round() / 10.0)
+            ),
+        }
+    }
+
+    /// The axis description.
+    fn desc(self) -> &'static str {
+        match self {
+            XAxis::BitsPerWeight => {
+                "bits/weight of the quantized tensors, scales and zeros included (log scale)"
+            }
+            XAxis::Sparsity => {
+                "sparsity: share of weights that are zero (log scale of 1 − sparsity)"
+            }
+        }
+    }
+
+    /// The range the points span, padded, as the log axis takes it.
+    fn range(self, lo: f64, hi: f64) -> (f64, f64) {
+        match self {
+            XAxis::BitsPerWeight => ((lo / 1.15).min(2.0), (hi * 1.2).max(36.0)),
+            XAxis::Sparsity => ((lo / 1.15).min(0.45), (hi * 1.1).max(1.05)),
+        }
+    }
+}
+
+/// Candidate sparsity ticks in percent, with their tiers.
+const SPARSITY_TICKS: [(u8, f64); 12] = [
+    (0, 0.0),
+    (1, 25.0),
+    (0, 50.0),
+    (2, 60.0),
+    (2, 70.0),
+    (0, 75.0),
+    (2, 80.0),
+    (1, 87.5),
+    (0, 90.0),
+    (1, 95.0),
+    (2, 98.0),
+    (1, 99.0),
+];
+
 /// Register DejaVu Sans (normal, and bold when present) as "sans-serif": (normal, bold) found.
 fn fonts() -> (bool, bool) {
     static FOUND: std::sync::OnceLock<(bool, bool)> = std::sync::OnceLock::new();
@@ -133,6 +231,17 @@ pub fn ppl_vs_bits_sized(
     title: &str,
     size: (u32, u32),
 ) -> Result<()> {
+    ppl_vs_x_sized(points, path, title, size, XAxis::BitsPerWeight)
+}
+
+/// Perplexity against `axis` ([`XAxis`] says what the points' x holds) at a chosen size.
+pub fn ppl_vs_x_sized(
+    points: &[ChartPoint],
+    path: &Path,
+    title: &str,
+    size: (u32, u32),
+    axis: XAxis,
+) -> Result<()> {
     let input = |m: String| EvalError::Input(format!("{}: {m}", path.display()));
     if points.is_empty() {
         return Err(input("no points to chart".into()));
@@ -142,8 +251,17 @@ pub fn ppl_vs_bits_sized(
         !(good(p.bits_per_weight) && good(p.ppl))
     }) {
         return Err(input(format!(
-            "point `{}` ({}): bits/weight {} and perplexity {} must be finite and positive",
-            p.label, p.source, p.bits_per_weight, p.ppl
+            "point `{}` ({}): {} {} and perplexity {} must be finite and positive{}",
+            p.label,
+            p.source,
+            axis.column(),
+            axis.shown(p.bits_per_weight),
+            p.ppl,
+            if axis == XAxis::Sparsity {
+                " (sparsity below 1)"
+            } else {
+                ""
+            }
         )));
     }
     if size.0 < MIN_SIZE.0 || size.1 < MIN_SIZE.1 {
@@ -153,7 +271,7 @@ pub fn ppl_vs_bits_sized(
         )));
     }
     let tmp = temp_path(path);
-    let drawn = draw(points, &tmp, path, title, size).and_then(|()| {
+    let drawn = draw(points, &tmp, path, title, size, axis).and_then(|()| {
         std::fs::rename(&tmp, path).map_err(|e| {
             input(format!(
                 "cannot rename {} to it: {e}",
@@ -472,6 +590,7 @@ fn panel<'a, 'b>(
     y: (f64, f64),
     text: bool,
     edge: Edge,
+    axis: XAxis,
 ) -> std::result::Result<Panel<'a, 'b>, String> {
     let bottom = edge != Edge::Top;
     let (w, h) = area.dim_in_pixel();
@@ -488,7 +607,7 @@ fn panel<'a, 'b>(
     }
     let len_x = f64::from(w.saturating_sub(Y_LABEL_AREA + 36));
     let len_y = f64::from(h.saturating_sub(if bottom { X_LABEL_AREA + 18 } else { 18 }));
-    let xs = ticks(&x_candidates(), x.0, x.1, len_x, 40.0);
+    let xs = ticks(&axis.candidates(), x.0, x.1, len_x, 40.0);
     let mut ys = ticks(&y_candidates(y.0, y.1), y.0, y.1, len_y, 30.0);
     if edge == Edge::Bottom {
         // The break value is already labelled at the foot of the upper panel.
@@ -501,18 +620,16 @@ fn panel<'a, 'b>(
         )
         .map_err(|e| e.to_string())?;
     if text {
+        let x_fmt = |v: &f64| axis.tick(*v);
         let mut mesh = chart.configure_mesh();
         mesh.bold_line_style(BLACK.mix(0.1))
             .axis_style(BLACK.mix(0.7))
             .label_style(("sans-serif", 15))
             .axis_desc_style(("sans-serif", 17))
-            .x_label_formatter(&|v| tick_label(*v))
+            .x_label_formatter(&x_fmt)
             .y_label_formatter(&|v| tick_label(*v));
         if bottom {
-            mesh.x_desc(
-                "bits/weight of the quantized tensors, scales and zeros included (log scale)",
-            )
-            .y_desc("perplexity (log scale)");
+            mesh.x_desc(axis.desc()).y_desc("perplexity (log scale)");
         }
         mesh.draw().map_err(|e| e.to_string())?;
     }
@@ -532,7 +649,7 @@ fn panel<'a, 'b>(
 }
 
 /// The axes' ranges: x spans every point (at least 2..36 bits), y the points under the cap.
-fn ranges(points: &[ChartPoint]) -> ((f64, f64), (f64, f64)) {
+fn ranges(points: &[ChartPoint], axis: XAxis) -> ((f64, f64), (f64, f64)) {
     let on: Vec<&ChartPoint> = points.iter().filter(|p| p.ppl <= PPL_AXIS_MAX).collect();
     let off = off_chart(points);
     let fold = |it: &mut dyn Iterator<Item = f64>| {
@@ -541,7 +658,7 @@ fn ranges(points: &[ChartPoint]) -> ((f64, f64), (f64, f64)) {
         })
     };
     let (b_lo, b_hi) = fold(&mut points.iter().map(|p| p.bits_per_weight));
-    let x = ((b_lo / 1.15).min(2.0), (b_hi * 1.2).max(36.0));
+    let x = axis.range(b_lo, b_hi);
     let (p_lo, p_hi) = fold(&mut on.iter().map(|p| p.ppl));
     let y = if on.is_empty() {
         (PPL_AXIS_MAX / 10.0, PPL_AXIS_MAX)
@@ -700,6 +817,7 @@ fn legend(
     base: Option<&ChartPoint>,
     off: &[&ChartPoint],
     bold: bool,
+    axis: XAxis,
 ) -> std::result::Result<(), String> {
     let de = |e: DrawingAreaErrorKind<_>| e.to_string();
     let head = TextStyle::from((
@@ -735,8 +853,16 @@ fn legend(
         root.draw_text(&s, &body, (lx + 28, y)).map_err(de)?;
         y += 30;
     }
-    let note = "Labelled: every shrink point; for each peer, its Pareto front \
-                (no lower perplexity at the same or fewer bits/weight).";
+    let note = match axis {
+        XAxis::BitsPerWeight => {
+            "Labelled: every shrink point; for each peer, its Pareto front \
+             (no lower perplexity at the same or fewer bits/weight)."
+        }
+        XAxis::Sparsity => {
+            "Labelled: every shrink point; for each peer, its Pareto front \
+             (no lower perplexity at the same or higher sparsity)."
+        }
+    };
     for line in wrap(root, note, &small, width) {
         root.draw_text(&line, &small, (lx, y)).map_err(de)?;
         y += 17;
@@ -816,6 +942,7 @@ fn draw(
     path: &Path,
     title: &str,
     size: (u32, u32),
+    axis: XAxis,
 ) -> Result<()> {
     let err = |e: String| EvalError::Input(format!("{}: cannot draw: {e}", path.display()));
     let de = |e: DrawingAreaErrorKind<_>| err(e.to_string());
@@ -830,7 +957,7 @@ fn draw(
     };
 
     let off = off_chart(points);
-    let ((x_lo, x_hi), (y_lo, y_hi)) = ranges(points);
+    let ((x_lo, x_hi), (y_lo, y_hi)) = ranges(points, axis);
 
     let root = BitMapBackend::new(tmp, size).into_drawing_area();
     root.fill(&WHITE).map_err(de)?;
@@ -852,10 +979,12 @@ fn draw(
     let (up, down) = plot.split_vertically(upper_h);
     let mut panels = match brk {
         Some(m) => vec![
-            panel(&up, (x_lo, x_hi), (m, y_hi), text, Edge::Top).map_err(err)?,
-            panel(&down, (x_lo, x_hi), (y_lo, m), text, Edge::Bottom).map_err(err)?,
+            panel(&up, (x_lo, x_hi), (m, y_hi), text, Edge::Top, axis).map_err(err)?,
+            panel(&down, (x_lo, x_hi), (y_lo, m), text, Edge::Bottom, axis).map_err(err)?,
         ],
-        None => vec![panel(&plot, (x_lo, x_hi), (y_lo, y_hi), text, Edge::Both).map_err(err)?],
+        None => {
+            vec![panel(&plot, (x_lo, x_hi), (y_lo, y_hi), text, Edge::Both, axis).map_err(err)?]
+        }
     };
     let base = baseline(points).filter(|b| b.ppl >= y_lo && b.ppl <= y_hi);
     if let Some(b) = base {
@@ -921,6 +1050,7 @@ fn draw(
         base,
         &off,
         bold,
+        axis,
     )
     .map_err(err)?;
     root.present().map_err(de)?;

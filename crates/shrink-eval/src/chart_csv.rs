@@ -2,13 +2,14 @@
 //! read with the file and line of the first bad row, filtered to one number of windows and
 //! drawn.
 //!
-//! The header names at least `label,source,bits_per_weight,ppl,windows`; other columns (e.g.
-//! `command`) are carried for the reader. Fields follow RFC 4180 (quoted fields, `""` escapes,
+//! The header names at least `label,source,bits_per_weight,ppl,windows` (with `sparsity` in
+//! place of `bits_per_weight` for a chart against sparsity, [`XAxis::Sparsity`]); other columns
+//! (e.g. `command`) are carried for the reader. Fields follow RFC 4180 (quoted fields, `""` escapes,
 //! quoted newlines).
 
 use std::path::{Path, PathBuf};
 
-use crate::chart::{self, ChartPoint};
+use crate::chart::{self, ChartPoint, XAxis};
 use crate::error::{EvalError, Result};
 
 /// The columns read; others are ignored.
@@ -85,10 +86,18 @@ pub fn records(text: &str, path: &Path) -> Result<Vec<(usize, Vec<String>)>> {
     Ok(out)
 }
 
-/// The column of each of [`COLUMNS`] in `header`.
-fn columns(header: &[String], path: &Path) -> Result<[usize; COLUMNS.len()]> {
+/// [`COLUMNS`] with the x column of `axis` in place of `bits_per_weight`.
+fn columns_for(axis: XAxis) -> [&'static str; COLUMNS.len()] {
+    let mut c = COLUMNS;
+    c[2] = axis.column();
+    c
+}
+
+/// The column of each of [`COLUMNS`] (the x column of `axis`) in `header`.
+fn columns(header: &[String], path: &Path, axis: XAxis) -> Result<[usize; COLUMNS.len()]> {
+    let names = columns_for(axis);
     let mut col = [0usize; COLUMNS.len()];
-    for (slot, name) in col.iter_mut().zip(COLUMNS) {
+    for (slot, name) in col.iter_mut().zip(names) {
         *slot = header
             .iter()
             .position(|h| h.trim() == name)
@@ -97,7 +106,7 @@ fn columns(header: &[String], path: &Path) -> Result<[usize; COLUMNS.len()]> {
                     path,
                     format!(
                         ":1: the header has no column `{name}` (expected {}[,command,...])",
-                        COLUMNS.join(",")
+                        names.join(",")
                     ),
                 )
             })?;
@@ -106,14 +115,21 @@ fn columns(header: &[String], path: &Path) -> Result<[usize; COLUMNS.len()]> {
 }
 
 /// One record as a row, or the reason it is not one (with its file and line).
-fn row(rec: &[String], col: &[usize; COLUMNS.len()], path: &Path, line: usize) -> Result<Row> {
+fn row(
+    rec: &[String],
+    col: &[usize; COLUMNS.len()],
+    path: &Path,
+    line: usize,
+    axis: XAxis,
+) -> Result<Row> {
+    let names = columns_for(axis);
     let at = |what: String| input(path, format!(":{line}: {what}"));
     let get = |k: usize| -> Result<&str> {
         rec.get(col[k]).map(|s| s.trim()).ok_or_else(|| {
             at(format!(
                 "{} fields, but the header puts `{}` in column {}",
                 rec.len(),
-                COLUMNS[k],
+                names[k],
                 col[k] + 1
             ))
         })
@@ -122,14 +138,24 @@ fn row(rec: &[String], col: &[usize; COLUMNS.len()], path: &Path, line: usize) -
         let s = get(k)?;
         match s.parse::<f64>() {
             Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-            _ => Err(at(format!("{} `{s}` is not a positive number", COLUMNS[k]))),
+            _ => Err(at(format!("{} `{s}` is not a positive number", names[k]))),
         }
     };
     let (label, source) = (get(0)?, get(1)?);
     if label.is_empty() || source.is_empty() {
         return Err(at("label and source must not be empty".into()));
     }
-    let bits_per_weight = positive(2)?;
+    // With a sparsity axis the point's x is its density (see `XAxis`).
+    let bits_per_weight = match axis {
+        XAxis::BitsPerWeight => positive(2)?,
+        XAxis::Sparsity => {
+            let s = get(2)?;
+            match s.parse::<f64>() {
+                Ok(v) if (0.0..1.0).contains(&v) => 1.0 - v,
+                _ => return Err(at(format!("sparsity `{s}` is not a fraction in [0, 1)"))),
+            }
+        }
+    };
     let ppl = positive(3)?;
     let w = get(4)?;
     let Ok(windows) = w.parse::<u32>() else {
@@ -149,6 +175,11 @@ fn row(rec: &[String], col: &[usize; COLUMNS.len()], path: &Path, line: usize) -
 /// Every row of the results CSV text `text` (read from `path`), refusing the first bad one
 /// with its file and line. Blank records are skipped.
 pub fn parse_rows(text: &str, path: &Path) -> Result<Vec<Row>> {
+    parse_rows_for(text, path, XAxis::BitsPerWeight)
+}
+
+/// [`parse_rows`] with the x column of `axis`.
+pub fn parse_rows_for(text: &str, path: &Path, axis: XAxis) -> Result<Vec<Row>> {
     let mut recs = records(text, path)?.into_iter();
     let Some((_, header)) = recs.next() else {
         return Err(input(
@@ -156,19 +187,24 @@ pub fn parse_rows(text: &str, path: &Path) -> Result<Vec<Row>> {
             format!(": empty; expected a header {}", COLUMNS.join(",")),
         ));
     };
-    let col = columns(&header, path)?;
+    let col = columns(&header, path, axis)?;
     recs.filter(|(_, rec)| !rec.iter().all(|f| f.trim().is_empty()))
-        .map(|(line, rec)| row(&rec, &col, path, line))
+        .map(|(line, rec)| row(&rec, &col, path, line, axis))
         .collect()
 }
 
 /// Every row of the results CSV at `path`.
 pub fn read_rows(path: &Path) -> Result<Vec<Row>> {
+    read_rows_for(path, XAxis::BitsPerWeight)
+}
+
+/// Every row of the results CSV at `path`, with the x column of `axis`.
+pub fn read_rows_for(path: &Path, axis: XAxis) -> Result<Vec<Row>> {
     let text = std::fs::read_to_string(path).map_err(|source| EvalError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    parse_rows(&text, path)
+    parse_rows_for(&text, path, axis)
 }
 
 /// The points of the rows scored on `windows`; none is an error naming the windows present.
@@ -211,6 +247,8 @@ pub struct ChartRequest {
     pub title: Option<String>,
     /// Image size in pixels (width, height).
     pub size: (u32, u32),
+    /// What the horizontal axis shows (default bits/weight).
+    pub x: XAxis,
 }
 
 /// A drawn chart: its request, title and points.
@@ -226,14 +264,18 @@ pub struct DrawnChart {
 
 /// Read `req.data`, keep the rows of `req.windows` and draw them into `req.output`.
 pub fn draw(req: &ChartRequest) -> Result<DrawnChart> {
-    let points = points_at(read_rows(&req.data)?, req.windows, &req.data)?;
+    let points = points_at(read_rows_for(&req.data, req.x)?, req.windows, &req.data)?;
+    let against = match req.x {
+        XAxis::BitsPerWeight => "bits/weight",
+        XAxis::Sparsity => "sparsity",
+    };
     let title = req.title.clone().unwrap_or_else(|| {
         format!(
-            "Perplexity against bits/weight, lee-ppl-v1, {} windows of 512 tokens",
+            "Perplexity against {against}, lee-ppl-v1, {} windows of 512 tokens",
             req.windows
         )
     });
-    chart::ppl_vs_bits_sized(&points, &req.output, &title, req.size)?;
+    chart::ppl_vs_x_sized(&points, &req.output, &title, req.size, req.x)?;
     Ok(DrawnChart {
         request: req.clone(),
         title,
@@ -260,10 +302,10 @@ impl DrawnChart {
         let off: Vec<_> = chart::off_chart(&self.points)
             .iter()
             .map(|p| {
-                serde_json::json!({
-                    "label": p.label, "source": p.source,
-                    "bits_per_weight": p.bits_per_weight, "ppl": p.ppl,
-                })
+                let mut v = serde_json::json!({"label": p.label, "source": p.source, "ppl": p.ppl});
+                v[self.request.x.column()] =
+                    serde_json::json!(self.request.x.shown(p.bits_per_weight));
+                v
             })
             .collect();
         let r = &self.request;
@@ -279,6 +321,7 @@ impl DrawnChart {
             "labelled": self.labelled(),
             "baseline": chart::baseline(&self.points).map(|b| serde_json::json!({"label": b.label, "ppl": b.ppl})),
             "ppl_axis_max": chart::PPL_AXIS_MAX,
+            "x": r.x.column(),
             "off_chart": off,
         })
     }

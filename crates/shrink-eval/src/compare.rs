@@ -3,7 +3,8 @@
 //!
 //! [`compare`] scores every model on the same lee-ppl-v1 tokens as the base, reads the
 //! `shrink-quantize.json` report a compression run left beside its output (method, quantize
-//! time), and compares every decoder linear weight with the base's. [`Comparison`] renders the
+//! time), counts each model's zeros (sparsity of all weights and of the decoder linears), and
+//! compares every decoder linear weight with the base's. [`Comparison`] renders the
 //! result as JSON ([`Comparison::to_json`]) or Markdown ([`Comparison::markdown`]).
 
 use std::path::{Path, PathBuf};
@@ -49,6 +50,10 @@ pub struct ModelRow {
     pub model_bytes: u64,
     /// Float32 bytes of the base's weights over `model_bytes`.
     pub compression_vs_f32: f64,
+    /// Fraction of exact zeros over all the model's weights.
+    pub sparsity: f64,
+    /// Fraction of exact zeros over its decoder linear weights (what pruning targets).
+    pub sparsity_linear: f64,
     /// Perplexity.
     pub ppl: f64,
     /// Perplexity change against the base, in percent.
@@ -270,6 +275,7 @@ fn model_row(
     )?;
     let (method, bpw_q) = accounting(ckpt, cfg)?;
     let model_bytes: u64 = ckpt.tensors().iter().map(|t| t.bytes).sum();
+    let sparsity = shrink_models::sparsity::Sparsity::of(ckpt)?;
     if let Some(dir) = report {
         let loader = shrink_models::weight_loader(ckpt, cfg);
         let w1 = read_weight(&loader, cfg, &base.hist_name, &base.hist_shape)?;
@@ -299,6 +305,8 @@ fn model_row(
         bits_per_weight_model: model_bytes as f64 * 8.0 / base.total_params as f64,
         model_bytes,
         compression_vs_f32: (base.total_params * 4) as f64 / model_bytes as f64,
+        sparsity: sparsity.overall(),
+        sparsity_linear: sparsity.linear_weights().unwrap_or(0.0),
         ppl: rep.ppl,
         delta_ppl_pct: 100.0 * (rep.ppl - base_ppl) / base_ppl,
         kld: rep.kld.unwrap_or(0.0),
@@ -409,10 +417,10 @@ impl Comparison {
             self.base_ppl,
             self.max_windows
         );
-        s += "| model | method | bits/weight (quantized) | bits/weight (model) | model bytes | ×smaller vs f32 | PPL | ΔPPL % | KLD | top-1 | quantize s |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
+        s += "| model | method | bits/weight (quantized) | bits/weight (model) | model bytes | ×smaller vs f32 | sparsity (linears) | PPL | ΔPPL % | KLD | top-1 | quantize s |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n";
         for r in &self.models {
             s += &format!(
-                "| {} | {} | {} | {:.3} | {} | {:.2} | {:.4} | {:+.2} | {:.5} | {:.2} % | {} |\n",
+                "| {} | {} | {} | {:.3} | {} | {:.2} | {:.2} % | {:.4} | {:+.2} | {:.5} | {:.2} % | {} |\n",
                 r.model,
                 r.method,
                 r.bits_per_weight_quantized
@@ -420,6 +428,7 @@ impl Comparison {
                 r.bits_per_weight_model,
                 r.model_bytes,
                 r.compression_vs_f32,
+                100.0 * r.sparsity_linear,
                 r.ppl,
                 r.delta_ppl_pct,
                 r.kld,
@@ -480,6 +489,8 @@ mod tests {
             bits_per_weight_model: 5.0,
             model_bytes: 1000,
             compression_vs_f32: 6.4,
+            sparsity: 0.25,
+            sparsity_linear: 0.5,
             ppl: 11.0,
             delta_ppl_pct: 10.0,
             kld: 0.01,
@@ -537,6 +548,8 @@ mod tests {
         };
         assert!(line("gptq").ends_with("| 3.46 |"), "{md}");
         assert!(line("plain").ends_with("| – |"), "{md}");
+        assert!(line("gptq").contains("| 50.00 % | 11.0000 |"), "{md}");
+        assert!(md.contains("| sparsity (linears) | PPL |"), "{md}");
         assert!(md.contains("PPL 10.0000 on the first 1 windows"));
         assert!(!md.contains("Histograms of"));
     }
@@ -545,6 +558,8 @@ mod tests {
     fn json_has_every_row_field_and_hides_the_rendering_flags() {
         let v = comparison(vec![row("gptq", Some(2.0), &[1.0])]).to_json();
         assert_eq!(v["models"][0]["quantize_seconds"], 2.0);
+        assert_eq!(v["models"][0]["sparsity"], 0.25);
+        assert_eq!(v["models"][0]["sparsity_linear"], 0.5);
         assert_eq!(v["models"][0]["layers"][0]["name"], "w0");
         assert!(v.get("max_windows").is_none() && v.get("histograms").is_none());
         assert_eq!(v["base"], "base");

@@ -146,4 +146,25 @@ pub enum FormatError {
         /// The multiple the length must be.
         multiple: usize,
     },
+    /// A weight is not 2:4 sparse where a 2:4 layout needs it to be (the first offending group
+    /// of four columns is named).
+    #[error("2:4 sparsity: row {row}, columns {col}..{col}+4: {count} {what}")]
+    NotTwoFour {
+        /// Row of the group.
+        row: usize,
+        /// First column of the group.
+        col: usize,
+        /// What was counted in the group.
+        count: usize,
+        /// What is wrong, in words.
+        what: String,
+    },
+    /// An error about one tensor, which it names.
+    #[error("{name}: {source}")]
+    WithTensor {
+        /// The tensor concerned.
+        name: String,
+        /// What is wrong with it.
+        source: Box<FormatError>,
+    },
 }

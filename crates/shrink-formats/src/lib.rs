@@ -13,7 +13,9 @@
 //! - [`int8_rowwise`]: LLM.int8()'s row-wise int8 weights;
 //! - [`gptq_layout`], [`awq_layout`], [`hqq_layout`]: the codes, scales and zero points those
 //!   ecosystems store, and their packing (the algorithms that choose them live in
-//!   `shrink-methods`' `gptq`, `awq` and `hqq`).
+//!   `shrink-methods`' `gptq`, `awq` and `hqq`);
+//! - [`sparse_layout`]: compressed-tensors' `sparse-bitmask` and `sparse-24-bitmask` layouts
+//!   of sparse weights (bitmask packing, 2:4 checks).
 //!
 //! Neighbours: `shrink-io` reads these bytes out of files; `shrink-models` computes with the
 //! float32 values.
@@ -39,6 +41,7 @@ pub mod hqq_layout;
 pub mod int;
 pub mod int8_rowwise;
 pub mod nf4;
+pub mod sparse_layout;
 
 pub use error::FormatError;
 

@@ -82,7 +82,13 @@ impl HfCheckpoint {
     }
 
     /// The weight `name` decoded from its quantized layout, when it is stored quantized.
+    ///
+    /// A weight stored in a sparse layout is not quantized (`None`): [`Checkpoint::read_f32`]
+    /// decodes it to dense.
     pub fn quantized(&self, name: &str) -> Result<Option<crate::quantized::Quantized>> {
+        if crate::sparse::sparse_prefix(self, name).is_some() {
+            return Ok(None);
+        }
         match self.quantization_config() {
             Some(q) => crate::quantized::read(&self.weights, &self.dir, q, name),
             None => Ok(None),
@@ -218,6 +224,7 @@ impl Checkpoint {
         match self {
             Checkpoint::Hf(h) => {
                 h.weights.tensors.contains_key(name)
+                    || crate::sparse::sparse_prefix(h, name).is_some()
                     || (h.quantization_config().is_some()
                         && name.strip_suffix(".weight").is_some_and(|m| {
                             // The tensor that marks a module stored in a quantized layout.
@@ -234,6 +241,9 @@ impl Checkpoint {
     pub fn read_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
         match self {
             Checkpoint::Hf(h) => {
+                if let Some(dense) = crate::sparse::read(h, name)? {
+                    return Ok(dense);
+                }
                 if let Some(q) = h.quantized(name)? {
                     let (mut v, mut shape) = q.dequantize();
                     if h.transposed(name) {

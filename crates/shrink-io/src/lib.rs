@@ -29,6 +29,7 @@ pub mod model_card;
 pub mod output;
 pub mod quantized;
 pub mod safetensors;
+pub mod sparse;
 pub mod tokenizer;
 
 use std::path::Path;

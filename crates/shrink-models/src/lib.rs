@@ -36,6 +36,7 @@ pub mod linear;
 pub mod llama;
 pub mod qmatmul;
 pub mod runtime;
+pub mod sparsity;
 pub mod weights;
 
 use candle_core::Tensor;

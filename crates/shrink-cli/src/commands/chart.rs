@@ -1,4 +1,5 @@
-//! `shrink chart`: perplexity against bits/weight for every method of a results CSV, as a PNG.
+//! `shrink chart`: perplexity against bits/weight (or sparsity) for every method of a results
+//! CSV, as a PNG.
 
 use std::path::PathBuf;
 
@@ -21,7 +22,8 @@ shrink's points filled red, labels on shrink's points and each peer's Pareto fro
 
 Examples:
   shrink chart --data docs/results/ppl-bits.csv -o docs/results/ppl-bits.png
-  shrink chart --data docs/results/ppl-bits.csv --windows 74 -o full.png --title \"Full protocol\" --json")]
+  shrink chart --data docs/results/ppl-bits.csv --windows 74 -o full.png --title \"Full protocol\" --json
+  shrink chart --data docs/results/ppl-sparsity.csv --x sparsity -o ppl-sparsity.png")]
 pub struct Args {
     /// Results CSV (header: label,source,bits_per_weight,ppl,windows[,command,...]).
     #[arg(long)]
@@ -41,6 +43,10 @@ pub struct Args {
     /// Image height in pixels.
     #[arg(long, default_value_t = chart::SIZE.1)]
     pub height: u32,
+    /// The horizontal axis: `bits` (bits/weight, column bits_per_weight) or `sparsity` (column
+    /// sparsity, the fraction of zero weights in [0, 1)).
+    #[arg(long, default_value = "bits", value_parser = ["bits", "sparsity"])]
+    pub x: String,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -54,6 +60,7 @@ pub fn run(args: Args) -> Result<()> {
         windows: args.windows,
         title: args.title,
         size: (args.width, args.height),
+        x: chart::XAxis::parse(&args.x).expect("clap checked the value"),
     })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&drawn.to_json())?);
