@@ -539,3 +539,117 @@ fn structured_pruning_from_the_command_line() {
     );
     refused(&["prune", m, "-o", o], &out, &["--method"]);
 }
+
+#[test]
+fn sparse_layouts_hold_exactly_the_dense_pruned_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let calib = calib_text(tmp.path(), 3000);
+    let c = calib.to_str().unwrap();
+    let cal = [
+        "--calib",
+        c,
+        "--calib-format",
+        "raw",
+        "--calib-samples",
+        "8",
+        "--calib-seqlen",
+        "48",
+    ];
+    for arch in ["tiny-llama", "tiny-gpt2", "tiny-bert_cls"] {
+        let model = fixture_with_tokenizer(tmp.path(), arch);
+        let m = model.to_str().unwrap();
+        for (pattern, format) in [("0.5", "sparse-bitmask"), ("2:4", "sparse-24-bitmask")] {
+            if arch == "tiny-gpt2" && pattern == "2:4" {
+                // GPT-2's Conv1D stores [in, out]: its 2:4 groups run along the stored columns'
+                // other axis, which compressed-tensors' 2:4 layout cannot hold.
+                continue;
+            }
+            let pat = if pattern == "2:4" {
+                "--pattern"
+            } else {
+                "--sparsity"
+            };
+            let run_to = |dir: &std::path::Path, extra: &[&str]| {
+                let args = [
+                    &[
+                        "prune",
+                        m,
+                        "-o",
+                        dir.to_str().unwrap(),
+                        "--method",
+                        "wanda",
+                        pat,
+                        pattern,
+                    ][..],
+                    &cal,
+                    extra,
+                    &["--json"],
+                ]
+                .concat();
+                run(&args)
+            };
+            let dense = tmp.path().join(format!("{arch}-{format}-dense"));
+            let sparse = tmp.path().join(format!("{arch}-{format}"));
+            let rd = run_to(&dense, &[]);
+            let rs = run_to(&sparse, &["--format", format]);
+            let (a, b) = (
+                Checkpoint::open(&dense).unwrap(),
+                Checkpoint::open(&sparse).unwrap(),
+            );
+            let arch_d = Architecture::from_checkpoint(&a).unwrap();
+            for (name, shape) in arch_d.weight_shapes() {
+                assert_eq!(
+                    a.read_f32(&name).unwrap(),
+                    b.read_f32(&name).unwrap(),
+                    "{arch} {format}: {name} {shape:?}"
+                );
+            }
+            let cfg: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(sparse.join("config.json")).unwrap())
+                    .unwrap();
+            assert_eq!(
+                cfg["quantization_config"]["sparsity_config"]["format"], format,
+                "{arch}"
+            );
+            // The masks and indices are counted: fewer bytes than dense f32, more than half.
+            let (bd, bs) = (
+                rd["bits_per_weight_quantized"].as_f64().unwrap(),
+                rs["bits_per_weight_quantized"].as_f64().unwrap(),
+            );
+            assert_eq!(bd, 32.0);
+            assert!(bs > 16.0 && bs < 20.0, "{arch} {format}: {bs}");
+            assert_eq!(
+                rs["model_bytes"].as_u64().unwrap(),
+                std::fs::metadata(sparse.join("model.safetensors"))
+                    .unwrap()
+                    .len()
+                    - safetensors_header_len(&sparse),
+                "{arch} {format}: the report counts the file's tensor bytes"
+            );
+        }
+    }
+    // 2:4's layout refuses another pattern before anything is written.
+    let model = fixture_with_tokenizer(tmp.path(), "tiny-qwen2");
+    let out = tmp.path().join("refused");
+    let args = [
+        "prune",
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--method",
+    ];
+    let bad = [
+        "magnitude",
+        "--sparsity",
+        "0.5",
+        "--format",
+        "sparse-24-bitmask",
+    ];
+    refused(&[&args[..], &bad].concat(), &out, &["2:4"]);
+}
+
+/// Bytes before the tensor data of `dir`'s model.safetensors (8 + the JSON header).
+fn safetensors_header_len(dir: &std::path::Path) -> u64 {
+    let b = std::fs::read(dir.join("model.safetensors")).unwrap();
+    8 + u64::from_le_bytes(b[..8].try_into().unwrap())
+}

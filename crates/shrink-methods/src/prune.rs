@@ -34,8 +34,9 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 use shrink_formats::float;
+use shrink_formats::sparse_layout::SparseLayout;
 use shrink_io::quantized::StoredTensor;
-use shrink_io::Checkpoint;
+use shrink_io::{Checkpoint, OutputDir};
 use shrink_models::layerwise::{Block, LinearSlot, Sequential};
 
 use crate::calibrated::{self, Opened, Run};
@@ -44,7 +45,7 @@ use crate::gptq::GptqSpec;
 use crate::hessian::{self, Hessian};
 use crate::output;
 use crate::pipeline::{self, LayerStep, StepKind, Stored};
-use crate::report::{squared_error, Report};
+use crate::report::{squared_error, Report, Sizes};
 use crate::sparsegpt::{self, SparseGptSpec};
 use crate::sparsity::{self, Pattern};
 
@@ -109,6 +110,9 @@ pub struct PruneSpec {
     /// Prune a checkpoint that stores its weights quantized, after dequantizing them (a warning
     /// in the report); refused otherwise.
     pub dequantize: bool,
+    /// Store the pruned weights in this compressed-tensors sparse layout (`sparse-bitmask`, or
+    /// `sparse-24-bitmask` for 2:4) rather than dense with zeros.
+    pub layout: Option<SparseLayout>,
 }
 
 impl PruneSpec {
@@ -122,6 +126,7 @@ impl PruneSpec {
             damp: 0.01,
             quant: None,
             dequantize: false,
+            layout: None,
         }
     }
 
@@ -133,6 +138,9 @@ impl PruneSpec {
         }
         if let Some(q) = self.quant {
             s.push_str(&format!("+w{}g{}", q.bits, q.group_size));
+        }
+        if let Some(l) = self.layout {
+            s.push_str(&format!(" ({})", l.name()));
         }
         s
     }
@@ -174,6 +182,23 @@ impl PruneSpec {
                     "OWL's layer sparsities span {s} ± {lambda}, outside (0, 1); lower --owl-lambda"
                 ));
             }
+        }
+        match (self.layout, self.quant, self.pattern) {
+            (Some(l), Some(_), _) => {
+                return bad(format!(
+                    "--format {} stores float weights; jointly quantized weights go in the gptq \
+                     layout",
+                    l.name()
+                ))
+            }
+            (Some(SparseLayout::Sparse24Bitmask), _, p) if p != Pattern::NofM { n: 2, m: 4 } => {
+                return bad(format!(
+                    "--format sparse-24-bitmask stores 2:4 sparsity; use --pattern 2:4, or \
+                     sparse-bitmask for {}",
+                    p.label()
+                ))
+            }
+            _ => {}
         }
         if !(self.damp > 0.0 && self.damp < 1.0) {
             return bad(format!("--damp {} must lie in (0, 1)", self.damp));
@@ -285,7 +310,7 @@ pub fn prune(run: &Run, spec: &PruneSpec) -> Result<Report> {
         seconds: 0.0,
     };
     let label = format!("{} layers", spec.method.name());
-    let (out, sizes) = calibrated::drive(run, &o, &label, &plan, metadata, &mut step)?;
+    let (out, mut sizes) = calibrated::drive(run, &o, &label, &plan, metadata, &mut step)?;
     match &spec.quant {
         Some(q) => calibrated::write_gptq_config(run, &o, &out, q)?,
         None => output::write_config_and_tokenizer(
@@ -295,6 +320,11 @@ pub fn prune(run: &Run, spec: &PruneSpec) -> Result<Report> {
             dense.torch_name(),
             None,
         )?,
+    }
+    if let Some(layout) = spec.layout {
+        let zeros: usize = step.layers.iter().map(|l| l.zeros).sum();
+        let global = zeros as f64 / sizes.total_params.max(1) as f64;
+        sizes = store_sparse(&out, &o, layout, dense, global)?;
     }
     let mut r = Report::new(
         run.ckpt.path().to_path_buf(),
@@ -327,6 +357,82 @@ fn quantized_input(run: &Run, spec: &PruneSpec) -> Result<Option<String>> {
         ))),
         (None, _) => Ok(None),
     }
+}
+
+/// Rewrite the dense output `out` (written, not yet committed) with the pruned linears of `o`
+/// in compressed-tensors' sparse `layout` and the `quantization_config` announcing it
+/// (`global` sparsity over all parameters): every weight is compressed once to size the header
+/// and once more as it is written, so only one weight is in memory. Returns the new sizes.
+fn store_sparse(
+    out: &OutputDir,
+    o: &Opened,
+    layout: SparseLayout,
+    dense: float::FloatType,
+    global: f64,
+) -> Result<Sizes> {
+    let ckpt = Checkpoint::open(out.dir())?;
+    let selected: HashSet<&str> = o.selected.iter().map(|l| l.weight.as_str()).collect();
+    // A weight as the layout stores it (GPT-2's Conv1D as its checkpoint does, [in, out]).
+    let parts = |name: &str, shape: &[usize]| -> Result<Vec<StoredTensor>> {
+        let (v, _) = ckpt.read_f32(name)?;
+        let module = name.strip_suffix(".weight").unwrap_or(name);
+        let (rows, cols) = (shape[0], shape[1..].iter().product());
+        shrink_io::sparse::sparse_tensors(module, &v, rows, cols, dense, layout)
+            .map_err(calibrated::format_err(module))
+    };
+    let mut sizes = Sizes {
+        total_params: o
+            .shapes
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>() as u64)
+            .sum(),
+        ..Sizes::default()
+    };
+    let (mut header, mut origin) = (Vec::new(), Vec::new());
+    for (i, (name, shape)) in o.shapes.iter().enumerate() {
+        if selected.contains(name.as_str()) {
+            for (j, t) in parts(name, shape)?.iter().enumerate() {
+                sizes.quantized_bytes += t.bytes.len() as u64;
+                header.push(pipeline::header_of(t));
+                origin.push((i, Some(j)));
+            }
+            sizes.quantized_params += shape.iter().product::<usize>() as u64;
+        } else {
+            let t = dense_blank(name.clone(), shape.clone(), dense);
+            sizes.dense_bytes += t.bytes.len() as u64;
+            header.push(pipeline::header_of(&t));
+            origin.push((i, None));
+        }
+    }
+    let tmp = out.file("model.sparse.safetensors");
+    let mut current: Option<(usize, Vec<StoredTensor>)> = None;
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    shrink_io::write_safetensors_ordered(&tmp, &header, Some(meta), |k| -> Result<Vec<u8>> {
+        let (i, part) = origin[k];
+        let (name, shape) = &o.shapes[i];
+        let Some(j) = part else {
+            let (v, _) = ckpt.read_f32(name)?;
+            return Ok(float::encode(dense, &v));
+        };
+        if current.as_ref().is_none_or(|c| c.0 != i) {
+            current = Some((i, parts(name, shape)?));
+        }
+        let c = current.as_mut().expect("set above");
+        Ok(std::mem::take(&mut c.1[j].bytes))
+    })?;
+    drop(ckpt);
+    let file = out.file("model.safetensors");
+    std::fs::rename(&tmp, &file).map_err(|e| shrink_io::IoError::os(&file, e))?;
+    let cfg_path = out.file("config.json");
+    let text = shrink_io::read_text(&cfg_path)?;
+    let mut cfg: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| MethodError::Options(format!("{}: {e}", cfg_path.display())))?;
+    let targets = ["Linear".to_string()];
+    cfg["quantization_config"] =
+        shrink_io::sparse::sparsity_config(layout, global, &targets, &["lm_head".to_string()]);
+    let text = serde_json::to_string_pretty(&cfg).expect("JSON values serialize");
+    out.write("config.json", text.as_bytes())?;
+    Ok(sizes)
 }
 
 /// The plan's entry of a weight stored dense: `name`, `shape`, zeros of `dtype`.

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, ValueEnum};
 use shrink_formats::float::FloatType;
+use shrink_formats::sparse_layout::SparseLayout;
 use shrink_methods::calibrated::Run;
 use shrink_methods::gptq::GptqSpec;
 use shrink_methods::prune::{self, Profile, PruneMethod, PruneSpec};
@@ -25,6 +26,18 @@ pub enum Method {
     Wanda,
     /// SparseGPT: mask by w²/[H⁻¹]ᵢᵢ², the kept weights updated to compensate (calibrated).
     Sparsegpt,
+}
+
+/// How the pruned weights are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Dense with their zeros: loads anywhere.
+    Dense,
+    /// compressed-tensors' sparse-bitmask: non-zeros, a bitmask and row offsets.
+    SparseBitmask,
+    /// compressed-tensors' sparse-24-bitmask (2:4 only): two values of every four and a bitmask.
+    #[value(name = "sparse-24-bitmask")]
+    Sparse24Bitmask,
 }
 
 /// What structured pruning removes.
@@ -51,7 +64,7 @@ pub enum SparsityProfile {
 /// layers, MLP neurons or attention heads.
 #[derive(Parser, Debug)]
 #[command(
-    after_help = "The linear layers of the decoder (or encoder) blocks are pruned; embeddings, norms and the LM head are kept (--include/--exclude change that). Calibrated methods (wanda, sparsegpt) go layer by layer, each layer seeing the outputs of the already-pruned layers before it, on every architecture: the Llama family, GPT-2, GPT-NeoX and BERT/DistilBERT encoders. The output stores every weight dense with its zeros (it loads anywhere); with --bits, SparseGPT quantizes the kept weights jointly and writes the HF gptq layout. Quantizing a pruned checkpoint afterwards (shrink quantize: int, nf4, gptq, awq) keeps its zeros.\n\n--pattern N:M zeroes N of every M consecutive weights of each row (2:4, 4:8), for all three methods.\n\nExamples:\n  shrink prune smollm2-f32 --method sparsegpt --sparsity 0.5 --calib assets/lee_background.cor -o smollm2-sparsegpt50\n  shrink prune smollm2-f32 --method wanda --pattern 2:4 --calib assets/lee_background.cor -o smollm2-wanda-2of4\n  shrink prune smollm2-f32 --method magnitude --sparsity 0.3 -o smollm2-mag30\n  shrink prune smollm2-f32 --method sparsegpt --sparsity 0.5 --sparsity-profile owl --calib assets/lee_background.cor -o smollm2-owl\n  shrink prune smollm2-f32 --method sparsegpt --sparsity 0.5 --bits 4 --group-size 64 --calib assets/lee_background.cor -o smollm2-sparse-w4\n  shrink prune smollm2-f32 --structured layers --remove 6 --calib assets/lee_background.cor -o smollm2-24-layers\n  shrink prune smollm2-f32 --structured neurons --keep-ratio 0.75 --calib assets/lee_background.cor -o smollm2-mlp75\n  shrink prune smollm2-f32 --structured heads --keep-ratio 0.75 --calib assets/lee_background.cor -o smollm2-heads75\n\nStructured pruning writes a smaller dense model of the same architecture, config.json rewritten (layers, intermediate size, heads), loadable by transformers and exportable to GGUF. Heads are pruned on the Llama family only: GPT-2, GPT-NeoX and BERT derive the head width from the hidden size in transformers."
+    after_help = "The linear layers of the decoder (or encoder) blocks are pruned; embeddings, norms and the LM head are kept (--include/--exclude change that). Calibrated methods (wanda, sparsegpt) go layer by layer, each layer seeing the outputs of the already-pruned layers before it, on every architecture: the Llama family, GPT-2, GPT-NeoX and BERT/DistilBERT encoders. The output stores every weight dense with its zeros (it loads anywhere); with --bits, SparseGPT quantizes the kept weights jointly and writes the HF gptq layout. Quantizing a pruned checkpoint afterwards (shrink quantize: int, nf4, gptq, awq) keeps its zeros.\n\n--pattern N:M zeroes N of every M consecutive weights of each row (2:4, 4:8), for all three methods.\n\nExamples:\n  shrink prune smollm2-f32 --method sparsegpt --sparsity 0.5 --calib assets/lee_background.cor -o smollm2-sparsegpt50\n  shrink prune smollm2-f32 --method wanda --pattern 2:4 --calib assets/lee_background.cor -o smollm2-wanda-2of4\n  shrink prune smollm2-f32 --method magnitude --sparsity 0.3 -o smollm2-mag30\n  shrink prune smollm2-f32 --method sparsegpt --pattern 2:4 --format sparse-24-bitmask --calib assets/lee_background.cor -o smollm2-2of4-ct\n  shrink prune smollm2-f32 --method sparsegpt --sparsity 0.5 --sparsity-profile owl --calib assets/lee_background.cor -o smollm2-owl\n  shrink prune smollm2-f32 --method sparsegpt --sparsity 0.5 --bits 4 --group-size 64 --calib assets/lee_background.cor -o smollm2-sparse-w4\n  shrink prune smollm2-f32 --structured layers --remove 6 --calib assets/lee_background.cor -o smollm2-24-layers\n  shrink prune smollm2-f32 --structured neurons --keep-ratio 0.75 --calib assets/lee_background.cor -o smollm2-mlp75\n  shrink prune smollm2-f32 --structured heads --keep-ratio 0.75 --calib assets/lee_background.cor -o smollm2-heads75\n\nStructured pruning writes a smaller dense model of the same architecture, config.json rewritten (layers, intermediate size, heads), loadable by transformers and exportable to GGUF. Heads are pruned on the Llama family only: GPT-2, GPT-NeoX and BERT derive the head width from the hidden size in transformers."
 )]
 pub struct Args {
     /// Input model: a Hugging Face directory or a .gguf file.
@@ -108,6 +121,15 @@ pub struct Args {
     /// SparseGPT with --bits: symmetric grid.
     #[arg(long, help_heading = "SparseGPT")]
     pub sym: bool,
+    /// How the pruned weights are stored (compressed-tensors' sparse layouts load in
+    /// compressed-tensors / vLLM and back in shrink).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "dense",
+        conflicts_with = "structured"
+    )]
+    pub format: Format,
     /// Storage type of the output's float tensors.
     #[arg(long, value_parser = parse_float, default_value = "f32")]
     pub dense_dtype: FloatType,
@@ -149,6 +171,11 @@ fn spec(a: &Args, method: Method) -> Result<PruneSpec> {
     s.block_size = a.blocksize;
     s.damp = a.damp;
     s.dequantize = a.dequantize;
+    s.layout = match a.format {
+        Format::Dense => None,
+        Format::SparseBitmask => Some(SparseLayout::Bitmask),
+        Format::Sparse24Bitmask => Some(SparseLayout::Sparse24Bitmask),
+    };
     s.quant = a.bits.map(|bits| GptqSpec {
         bits,
         group_size: a.group_size,
