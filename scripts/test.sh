@@ -63,3 +63,26 @@ check_st gptq-to-ct 0.15 export "$tmp/gptq" --to compressed-tensors
 check_st gptq-to-awq 0.15 export "$tmp/gptq" --to awq
 rm -rf "${tmp:?}/gptq"
 echo "safetensors check: all quantized layouts pass"
+
+# Pruned SmolLM2 in compressed-tensors' sparse layouts (scripts/check-sparse.py: an independent
+# numpy reading of the public format, every sparse weight decoded and compared exactly with the
+# dense pruned model, the config keys compressed-tensors reads); then structured pruning exported
+# to GGUF and read by llama.cpp's gguf package.
+"$bin" prune "$tmp/f32" --method magnitude --sparsity 0.5 -o "$tmp/mag50" >/dev/null
+"$bin" prune "$tmp/f32" --method magnitude --sparsity 0.5 --format sparse-bitmask -o "$tmp/mag50-bm" >/dev/null
+"$venv/bin/python" scripts/check-sparse.py "$tmp/mag50-bm" "$tmp/mag50"
+rm -rf "${tmp:?}/mag50" "${tmp:?}/mag50-bm"
+"$bin" prune "$tmp/f32" --method magnitude --pattern 2:4 -o "$tmp/mag24" >/dev/null
+"$bin" prune "$tmp/f32" --method magnitude --pattern 2:4 --format sparse-24-bitmask -o "$tmp/mag24-bm" >/dev/null
+"$venv/bin/python" scripts/check-sparse.py "$tmp/mag24-bm" "$tmp/mag24"
+rm -rf "${tmp:?}/mag24" "${tmp:?}/mag24-bm"
+echo "sparse layouts check: sparse-bitmask and sparse-24-bitmask pass"
+for s in "layers --remove 6" "neurons --keep-ratio 0.75" "heads --keep-ratio 0.75"; do
+  # shellcheck disable=SC2086
+  "$bin" prune "$tmp/f32" --structured $s --calib assets/lee_background.cor --calib-samples 4 \
+    --calib-seqlen 256 -o "$tmp/structured" >/dev/null
+  "$bin" export "$tmp/structured" --to gguf --type f32 -o "$tmp/structured.gguf" >/dev/null
+  "$venv/bin/python" scripts/check-gguf.py "$tmp/structured.gguf" --hf "$tmp/structured"
+  rm -rf "${tmp:?}/structured" "${tmp:?}/structured.gguf"
+done
+echo "structured pruning: GGUF exports pass"
