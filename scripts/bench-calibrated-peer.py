@@ -8,7 +8,7 @@ same machine, same threads.
   AWQ:  AWQModifier, 4-bit asymmetric groups of 64, its default mappings for Llama
   sparsegpt[-2of4], wanda[-2of4]: SparseGPTModifier / WandaPruningModifier, sparsity 0.5
         (mask_structure "0:0", or "2:4"), block size 128 and dampening 0.01 (SparseGPT's
-        defaults), every Linear but lm_head
+        defaults), every Linear of the decoder layers (the tied lm_head ignored)
 
 Calibration: the lee-ppl-v1 calibration documents (lines 0..149 of the Lee corpus, stripped,
 joined with blank lines), tokenized with the model's tokenizer, SAMPLES windows of SEQLEN tokens
@@ -75,14 +75,16 @@ elif method.split("-")[0] in ("sparsegpt", "wanda"):
     from llmcompressor.modifiers.pruning.sparsegpt import SparseGPTModifier  # noqa: E402
 
     structure = "2:4" if method.endswith("-2of4") else "0:0"
+    # `re:.*lm_head`: with targets ["Linear"] each Linear is its own "layer" and plain
+    # "lm_head" does not match (SmolLM2's head is tied to the embedding, which it would prune).
     if method.startswith("sparsegpt"):
         recipe = SparseGPTModifier(
             sparsity=0.5, mask_structure=structure, block_size=128, dampening_frac=0.01,
-            targets=["Linear"], ignore=["lm_head"],
+            ignore=["re:.*lm_head"],
         )
     else:
         recipe = WandaPruningModifier(
-            sparsity=0.5, mask_structure=structure, targets=["Linear"], ignore=["lm_head"]
+            sparsity=0.5, mask_structure=structure, ignore=["re:.*lm_head"]
         )
 else:
     sys.exit(f"unknown method {method!r}: gptq, awq, sparsegpt[-2of4] or wanda[-2of4]")
