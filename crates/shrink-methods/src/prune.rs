@@ -322,9 +322,7 @@ pub fn prune(run: &Run, spec: &PruneSpec) -> Result<Report> {
         )?,
     }
     if let Some(layout) = spec.layout {
-        let zeros: usize = step.layers.iter().map(|l| l.zeros).sum();
-        let global = zeros as f64 / sizes.total_params.max(1) as f64;
-        sizes = store_sparse(&out, &o, layout, dense, global)?;
+        sizes = store_sparse(&out, &o, layout, dense)?;
     }
     let mut r = Report::new(
         run.ckpt.path().to_path_buf(),
@@ -360,15 +358,15 @@ fn quantized_input(run: &Run, spec: &PruneSpec) -> Result<Option<String>> {
 }
 
 /// Rewrite the dense output `out` (written, not yet committed) with the pruned linears of `o`
-/// in compressed-tensors' sparse `layout` and the `quantization_config` announcing it
-/// (`global` sparsity over all parameters): every weight is compressed once to size the header
-/// and once more as it is written, so only one weight is in memory. Returns the new sizes.
+/// in compressed-tensors' sparse `layout` and the `quantization_config` announcing it (its
+/// `global_sparsity`: the zeros of every tensor over all parameters): every weight is
+/// compressed once to size the header and once more as it is written, so only one weight is in
+/// memory. Returns the new sizes.
 fn store_sparse(
     out: &OutputDir,
     o: &Opened,
     layout: SparseLayout,
     dense: float::FloatType,
-    global: f64,
 ) -> Result<Sizes> {
     let ckpt = Checkpoint::open(out.dir())?;
     let selected: HashSet<&str> = o.selected.iter().map(|l| l.weight.as_str()).collect();
@@ -406,16 +404,30 @@ fn store_sparse(
     }
     let tmp = out.file("model.sparse.safetensors");
     let mut current: Option<(usize, Vec<StoredTensor>)> = None;
+    let mut zeros = 0usize;
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     shrink_io::write_safetensors_ordered(&tmp, &header, Some(meta), |k| -> Result<Vec<u8>> {
         let (i, part) = origin[k];
         let (name, shape) = &o.shapes[i];
         let Some(j) = part else {
             let (v, _) = ckpt.read_f32(name)?;
+            zeros += sparsity::zeros(&v);
             return Ok(float::encode(dense, &v));
         };
         if current.as_ref().is_none_or(|c| c.0 != i) {
-            current = Some((i, parts(name, shape)?));
+            let n: usize = shape.iter().product();
+            let t = parts(name, shape)?;
+            let kept: usize = t
+                .iter()
+                .filter(|t| t.name.ends_with(".compressed"))
+                .map(|t| t.bytes.len() / dense.size())
+                .sum();
+            // sparse-24-bitmask stores two values per group of four, zeros included.
+            zeros += match layout {
+                SparseLayout::Bitmask => n - kept,
+                SparseLayout::Sparse24Bitmask => sparsity::zeros(&ckpt.read_f32(name)?.0),
+            };
+            current = Some((i, t));
         }
         let c = current.as_mut().expect("set above");
         Ok(std::mem::take(&mut c.1[j].bytes))
@@ -428,6 +440,7 @@ fn store_sparse(
     let mut cfg: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| MethodError::Options(format!("{}: {e}", cfg_path.display())))?;
     let targets = ["Linear".to_string()];
+    let global = zeros as f64 / sizes.total_params.max(1) as f64;
     cfg["quantization_config"] =
         shrink_io::sparse::sparsity_config(layout, global, &targets, &["lm_head".to_string()]);
     let text = serde_json::to_string_pretty(&cfg).expect("JSON values serialize");
