@@ -155,7 +155,7 @@ mod tests {
                 s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
                 let v = ((s >> 40) as f32) / 16777216.0 - 0.5;
                 // Every pattern: whole zero runs, 2:4, unstructured.
-                if (i / k) % 5 == 0 && (i % k) < 16 || (s >> 20) % 2 == 0 {
+                if (i / k) % 5 == 0 && (i % k) < 16 || (s >> 20).is_multiple_of(2) {
                     0.0
                 } else {
                     v
