@@ -22,9 +22,9 @@
 //! f32), so its factor differs from the reference's in the last bits. Where shrink's grid
 //! deliberately differs: an all-zero group gets scale 0 and zero point 0 (the reference widens
 //! it to [−1, 1]); a symmetric group with no negative value still gets the range `[−max, max]`
-//! (the reference then uses `[0, max]`); a weight the input holds at exactly 0 — a pruned one —
-//! gets its group's zero point, so it stays 0 and a sparse checkpoint keeps its sparsity (as
-//! llm-compressor's GPTQ with its sparsity mask preserved).
+//! (the reference then uses `[0, max]`); in a pruned weight ([`crate::sparsity::is_pruned`]) an
+//! exact 0 gets its group's zero point, so it stays 0 and a sparse checkpoint keeps its sparsity
+//! (as llm-compressor's GPTQ with its sparsity mask preserved).
 //!
 //! Rows are independent given `H⁻¹`, so they are processed in parallel chunks; within a
 //! chunk a block of columns is quantized one column at a time and the rest of the row is
@@ -205,6 +205,7 @@ pub fn quantize(
         hp,
         spec,
         group_at: &group_at,
+        keep_zeros: crate::sparsity::is_pruned(w),
     };
     let mut codes = vec![0u8; rows * cols];
     let mut scales = vec![0f32; rows * ngroups];
@@ -247,6 +248,8 @@ struct Job<'a> {
     spec: &'a GptqSpec,
     /// Group of each processing position.
     group_at: &'a [usize],
+    /// The weight is pruned: its exact zeros stay zero.
+    keep_zeros: bool,
 }
 
 /// A chunk of rows' outputs: codes `[nr, cols]`, scales and zeros `[nr, ngroups]`.
@@ -344,9 +347,9 @@ impl Job<'_> {
             let k = self.group_at[j];
             let (s, z) = (out.scales[r * ngroups + k], out.zeros[r * ngroups + k]);
             let x = row[j];
-            // A weight the input holds at exactly 0 (a pruned one) stays 0: code z, error
-            // compensated like any other (llm-compressor's preserved sparsity mask).
-            let c = if orig[self.hp.perm[j]] == 0.0 {
+            // In a pruned weight a 0 stays 0: code z, error compensated like any other
+            // (llm-compressor's preserved sparsity mask).
+            let c = if self.keep_zeros && orig[self.hp.perm[j]] == 0.0 {
                 z
             } else {
                 code(x, s, z, maxq)

@@ -17,8 +17,8 @@
 //!    roll back), and β stays constant (it reads `kappa` but never applies it; see
 //!    [`HqqOptions::kappa`]);
 //! 3. codes `clamp(round(W·s + z))` with the final zero, and the stored scale `1/s`. Where shrink
-//!    departs: a group holding an exact 0 (a pruned weight) has its final zero rounded to an
-//!    integer in `[0, 2^bits − 1]`, so the 0 stays exactly 0.
+//!    departs: in a pruned weight ([`crate::sparsity::is_pruned`]) a group holding an exact 0
+//!    has its final zero rounded to an integer in `[0, 2^bits − 1]`, so the 0 stays exactly 0.
 //!
 //! [`optimize`] returns that float32 result (codes, scale, zero), which agrees with the
 //! library's (tests/hqq.rs checks it on committed hqq outputs). [`quantize`] then stores the
@@ -504,11 +504,12 @@ fn solve<'a>(
             }
         }
     }
-    // A group holding exact zeros (pruned weights) gets an integer zero point inside the code
-    // range: its zeros then take the code equal to it and dequantize to exactly 0, so a sparse
-    // checkpoint stays sparse (hqq's float zero would move them).
+    // In a pruned weight, a group holding exact zeros gets an integer zero point inside the
+    // code range: its zeros then take the code equal to it and dequantize to exactly 0, so a
+    // sparse checkpoint stays sparse (hqq's float zero would move them).
+    let keep_zeros = crate::sparsity::is_pruned(w);
     for (z, wk) in zero.iter_mut().zip(wg.chunks(g)) {
-        if wk.contains(&0.0) {
+        if keep_zeros && wk.contains(&0.0) {
             *z = z.round_ties_even().clamp(0.0, qmax);
         }
     }

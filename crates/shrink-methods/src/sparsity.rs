@@ -176,6 +176,15 @@ pub fn wanda(w: &[f32], cols: usize, x_sq: &[f64], pattern: Pattern) -> Vec<bool
     mask
 }
 
+/// The share of exact zeros from which a weight counts as pruned, so quantizers keep its zeros
+/// (GPTQ, HQQ): far above what a dense float weight holds (SmolLM2's Q4_1 grid: 0.03 %).
+pub const PRUNED_MIN: f64 = 0.1;
+
+/// Whether `w` is a pruned weight ([`PRUNED_MIN`] or more of it exactly zero).
+pub fn is_pruned(w: &[f32]) -> bool {
+    !w.is_empty() && zeros(w) as f64 >= PRUNED_MIN * w.len() as f64
+}
+
 /// The number of exact zeros in `w`.
 pub fn zeros(w: &[f32]) -> usize {
     w.iter().filter(|&&v| v == 0.0).count()
