@@ -65,6 +65,8 @@ fn main() -> ExitCode {
     if forward {
         shrink_models::runtime::tune_allocator();
     }
+    // Pruned weights held sparse pay for one token at a time and cost for many (BENCHMARKS.md).
+    shrink_models::runtime::set_sparse_weights(matches!(cli.command, Command::Generate(_)));
     let result = match cli.command {
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Convert(a) => commands::convert::run(a),

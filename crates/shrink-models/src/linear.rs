@@ -84,11 +84,11 @@ impl Linear {
 
     /// A linear layer over the float32 weight `w` (`[out, in]`) held sparse — its non-zero
     /// values and a bit per weight — when it is at least [`SPARSE_MIN`] zeros and `in` is a
-    /// multiple of 16 (`None` otherwise, or when the environment sets `SHRINK_SPARSE=0`).
-    /// Generation then reads about half the bytes of a 50 %-sparse weight
-    /// (BENCHMARKS.md); products equal the dense weight's.
+    /// multiple of 16 (`None` otherwise, or when [`crate::runtime::sparse_weights`] is off).
+    /// Generation then reads about half the bytes of a 50 %-sparse weight (BENCHMARKS.md);
+    /// products equal the dense weight's.
     pub fn sparse(w: &Tensor, bias: Option<Tensor>) -> candle_core::Result<Option<Self>> {
-        if std::env::var_os("SHRINK_SPARSE").is_some_and(|v| v == "0") {
+        if !crate::runtime::sparse_weights() {
             return Ok(None);
         }
         let (out_features, in_features) = w.dims2()?;

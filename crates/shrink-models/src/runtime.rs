@@ -14,3 +14,25 @@ pub fn tune_allocator() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
     }
 }
+
+/// Whether mostly-zero weights are held sparse at load ([`crate::linear::Linear::sparse`]).
+static SPARSE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Hold pruned weights sparse (non-zeros + bitmask) or dense from now on. Sparse reads about
+/// half the bytes per generated token (1.27× the tokens/s on 50 %-sparse SmolLM2) but expands
+/// each weight again for every many-token product (prompt processing 15 % slower, BENCHMARKS.md):
+/// the binary holds them sparse for `generate` and dense for `eval` and the calibrated methods.
+/// The environment's `SHRINK_SPARSE=0` or `=1` overrides this.
+pub fn set_sparse_weights(on: bool) {
+    SPARSE.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether pruned weights are held sparse: `SHRINK_SPARSE` (0 or 1) if set, else
+/// [`set_sparse_weights`]'s choice (sparse by default).
+pub fn sparse_weights() -> bool {
+    match std::env::var("SHRINK_SPARSE").as_deref() {
+        Ok("0") => false,
+        Ok("1") => true,
+        _ => SPARSE.load(std::sync::atomic::Ordering::Relaxed),
+    }
+}
