@@ -8,16 +8,6 @@ use common::*;
 use shrink_io::Checkpoint;
 use shrink_models::Model;
 
-fn run(args: &[&str]) -> serde_json::Value {
-    let r = shrink(args);
-    assert!(
-        r.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&r.stderr)
-    );
-    serde_json::from_slice(&r.stdout).unwrap()
-}
-
 /// Mean squared difference of two models' logits on a fixed sequence.
 fn logit_mse(a: &Model, b: &Model) -> f64 {
     let ids: Vec<u32> = "the model weights are quantized to four bits"

@@ -7,62 +7,25 @@
 mod common;
 use common::*;
 
-use candle_core::Tensor;
 use shrink_io::Checkpoint;
-use shrink_models::{Architecture, BertClassifier, Model};
+use shrink_models::Architecture;
 
-const ARCHS: [&str; 7] = [
-    "tiny-llama",
-    "tiny-mistral",
-    "tiny-qwen2",
-    "tiny-gpt2",
-    "tiny-gpt_neox",
-    "tiny-bert_cls",
-    "tiny-distilbert_cls",
-];
-
-fn run(args: &[&str]) -> serde_json::Value {
-    let r = shrink(args);
-    assert!(
-        r.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&r.stderr)
-    );
-    serde_json::from_slice(&r.stdout).unwrap()
-}
-
-/// The model's outputs on three 40-byte pieces of `text`: a decoder's logits, an encoder's
-/// final hidden states.
-fn outputs(dir: &std::path::Path, text: &[u8]) -> Vec<f32> {
-    let ckpt = Checkpoint::open(dir).unwrap();
-    let flat = |t: Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
-    let mut out = Vec::new();
-    let arch = Architecture::from_checkpoint(&ckpt).unwrap();
-    for s in 0..3 {
-        let ids: Vec<u32> = text[s * 997..s * 997 + 40]
-            .iter()
-            .map(|&b| b as u32)
-            .collect();
-        match &arch {
-            Architecture::Decoder(_) => out.extend(flat(
-                Model::load(&ckpt).unwrap().forward(&ids, None).unwrap(),
-            )),
-            Architecture::Encoder(cfg) => {
-                let w = shrink_models::WeightLoader::new(&ckpt, None, &[]);
-                let m = BertClassifier::load(cfg.clone(), &w).unwrap();
-                out.extend(flat(m.encode(&ids).unwrap()));
-            }
-        }
+/// The calibration flags of these tests: `c` read raw, `samples` × 48 tokens, `--json` if asked.
+fn raw_calib<'a>(c: &'a str, samples: &'a str, json: bool) -> Vec<&'a str> {
+    let mut v = vec![
+        "--calib",
+        c,
+        "--calib-format",
+        "raw",
+        "--calib-samples",
+        samples,
+        "--calib-seqlen",
+        "48",
+    ];
+    if json {
+        v.push("--json");
     }
-    out
-}
-
-/// RMSE of `b` against `a`, relative to `a`'s RMS.
-fn rel_rmse(a: &[f32], b: &[f32]) -> f64 {
-    let (e, r) = a.iter().zip(b).fold((0f64, 0f64), |(e, r), (&x, &y)| {
-        (e + ((x - y) as f64).powi(2), r + (x as f64).powi(2))
-    });
-    (e / r).sqrt()
+    v
 }
 
 /// The block linears of `dir`: (weight name, [out, in] values, out, in).
@@ -93,17 +56,7 @@ fn every_method_prunes_every_architecture() {
     let calib = calib_text(tmp.path(), 3000);
     let c = calib.to_str().unwrap();
     let text = std::fs::read(&calib).unwrap();
-    let cal = [
-        "--calib",
-        c,
-        "--calib-format",
-        "raw",
-        "--calib-samples",
-        "16",
-        "--calib-seqlen",
-        "48",
-        "--json",
-    ];
+    let cal = raw_calib(c, "16", true);
     for arch in ARCHS {
         let model = fixture_with_tokenizer(tmp.path(), arch);
         let m = model.to_str().unwrap();
@@ -122,7 +75,7 @@ fn every_method_prunes_every_architecture() {
                     Some(p) => args.extend(["--pattern", p]),
                     None => args.extend(["--sparsity", "0.5"]),
                 }
-                args.extend(cal);
+                args.extend(&cal);
                 let report = run(&args);
                 let what = format!("{arch} {method} {pattern:?}");
                 assert_eq!(report["quantized_tensors"], base_linears.len(), "{what}");
@@ -304,17 +257,7 @@ fn quantizing_a_pruned_checkpoint_keeps_its_zeros() {
     let tmp = tempfile::tempdir().unwrap();
     let calib = calib_text(tmp.path(), 3000);
     let c = calib.to_str().unwrap();
-    let cal = [
-        "--calib",
-        c,
-        "--calib-format",
-        "raw",
-        "--calib-samples",
-        "16",
-        "--calib-seqlen",
-        "48",
-        "--json",
-    ];
+    let cal = raw_calib(c, "16", true);
     let text = std::fs::read(&calib).unwrap();
     let model = fixture_with_tokenizer(tmp.path(), "tiny-llama");
     let pruned = tmp.path().join("pruned");
@@ -339,7 +282,7 @@ fn quantizing_a_pruned_checkpoint_keeps_its_zeros() {
         let q = tmp.path().join(format!("q-{}", m[0]));
         let mut args = vec!["quantize", p, "-o", q.to_str().unwrap(), "--method"];
         args.extend(m);
-        args.extend(cal);
+        args.extend(&cal);
         run(&args);
         let f = tmp.path().join(format!("f-{}", m[0]));
         let fs = f.to_str().unwrap();
@@ -375,17 +318,7 @@ fn sparsegpt_quantizes_jointly_and_owl_keeps_the_mean() {
     let tmp = tempfile::tempdir().unwrap();
     let calib = calib_text(tmp.path(), 3000);
     let c = calib.to_str().unwrap();
-    let cal = [
-        "--calib",
-        c,
-        "--calib-format",
-        "raw",
-        "--calib-samples",
-        "16",
-        "--calib-seqlen",
-        "48",
-        "--json",
-    ];
+    let cal = raw_calib(c, "16", true);
     let text = std::fs::read(&calib).unwrap();
     let model = fixture_with_tokenizer(tmp.path(), "tiny-qwen2");
     let m = model.to_str().unwrap();
@@ -463,17 +396,7 @@ fn structured_pruning_from_the_command_line() {
     let tmp = tempfile::tempdir().unwrap();
     let calib = calib_text(tmp.path(), 3000);
     let c = calib.to_str().unwrap();
-    let cal = [
-        "--calib",
-        c,
-        "--calib-format",
-        "raw",
-        "--calib-samples",
-        "8",
-        "--calib-seqlen",
-        "48",
-        "--json",
-    ];
+    let cal = raw_calib(c, "8", true);
     let model = fixture_with_tokenizer(tmp.path(), "tiny-llama");
     let m = model.to_str().unwrap();
     let cfg = |d: &std::path::Path| -> serde_json::Value {
@@ -545,16 +468,7 @@ fn sparse_layouts_hold_exactly_the_dense_pruned_weights() {
     let tmp = tempfile::tempdir().unwrap();
     let calib = calib_text(tmp.path(), 3000);
     let c = calib.to_str().unwrap();
-    let cal = [
-        "--calib",
-        c,
-        "--calib-format",
-        "raw",
-        "--calib-samples",
-        "8",
-        "--calib-seqlen",
-        "48",
-    ];
+    let cal = raw_calib(c, "8", false);
     for arch in ["tiny-llama", "tiny-gpt2", "tiny-bert_cls"] {
         let model = fixture_with_tokenizer(tmp.path(), arch);
         let m = model.to_str().unwrap();

@@ -254,8 +254,7 @@ impl LayerStep for GptqStep<'_> {
 
     fn observe(&mut self, _: usize, linear: &str, x: &Tensor) -> shrink_models::Result<()> {
         if let Some(s) = self.slots.iter().find(|s| s.input == linear) {
-            let n = x.dim(1)?;
-            let v = x.flatten_all()?.to_vec1::<f32>()?;
+            let (v, n) = pipeline::rows(x)?;
             let f64_acc = self.f64_hessian;
             self.hs
                 .entry(s.input)
@@ -719,18 +718,9 @@ impl LayerStep for ImatrixStep {
     }
 
     fn observe(&mut self, _: usize, linear: &str, x: &Tensor) -> shrink_models::Result<()> {
-        let n = x.dim(1)?;
-        let v = x.flatten_all()?.to_vec1::<f32>()?;
-        let e = self
-            .sums
-            .entry(linear.to_string())
-            .or_insert_with(|| (vec![0f64; n], 0));
-        for row in v.chunks_exact(n) {
-            for (s, &x) in e.0.iter_mut().zip(row) {
-                *s += (x as f64) * (x as f64);
-            }
-        }
-        e.1 += v.len() / n;
+        let (v, n) = pipeline::rows(x)?;
+        let e = self.sums.entry(linear.to_string()).or_default();
+        e.1 += crate::hessian::add_squares(&mut e.0, &v, n);
         Ok(())
     }
 

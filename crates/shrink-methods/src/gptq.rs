@@ -356,15 +356,10 @@ impl Job<'_> {
             };
             out.codes[r * cols + self.hp.perm[j]] = c;
             let q = (c as i32 - z as i32) as f32 * s;
-            let d = u[j * cols + j];
-            let e = (x - q) / d;
-            loss += ((x - q) as f64 / d as f64).powi(2) / 2.0;
-            e_row[j - b0] = e;
             // The rest of the block, now; the rest of the row after the block.
-            let urow = &u[j * cols + j + 1..j * cols + b1];
-            for (wv, &uv) in row[j + 1..b1].iter_mut().zip(urow) {
-                *wv -= e * uv;
-            }
+            let (e, l) = hessian::compensate_column(row, u, cols, (j, b1), x, q);
+            loss += l;
+            e_row[j - b0] = e;
         }
         loss
     }

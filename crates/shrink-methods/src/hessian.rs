@@ -68,7 +68,7 @@ impl Hessian {
         }
     }
 
-    /// Per-feature mean of x² (the diagonal of `Σ x xᵀ / N`): llama.cpp's importance matrix.
+    /// Per-feature mean of x² (the diagonal of `Σ x xᵀ / N`).
     pub fn mean_squares(&self) -> Vec<f32> {
         let s = 1.0 / self.tokens.max(1) as f64;
         let n = self.n;
@@ -79,6 +79,19 @@ impl Hessian {
             })
             .collect()
     }
+}
+
+/// Add `Σ_t x_tj²` over the rows of `x` (row-major `[t, n]`) to `acc`, sized to `n` on first
+/// use — the Hessian's diagonal alone (Wanda's input norms, llama.cpp's importance matrix);
+/// returns the rows added.
+pub fn add_squares(acc: &mut Vec<f64>, x: &[f32], n: usize) -> usize {
+    acc.resize(n, 0.0);
+    for row in x.chunks_exact(n) {
+        for (a, &v) in acc.iter_mut().zip(row) {
+            *a += (v as f64) * (v as f64);
+        }
+    }
+    x.len() / n
 }
 
 /// `h[n, n] += xᵀ x` for the row-major `[t, n]` matrix `x`, in `T` (`one` is T's 1).
@@ -397,6 +410,28 @@ pub fn prepare(
         }
     }
     unreachable!("the loop returns on its last attempt")
+}
+
+/// One column's step of the error compensation GPTQ and SparseGPT share: weight `x` of column
+/// `j` of `row` became `q`; its error scaled by the factor's diagonal, `e = (x − q) / U_jj`, is
+/// spread over the rest of the block (`row[j+1..b1] −= e · U[j, j+1..b1]`). Returns `e` and the
+/// reference's loss term `e² / 2`.
+#[inline]
+pub fn compensate_column(
+    row: &mut [f32],
+    u: &[f32],
+    cols: usize,
+    (j, b1): (usize, usize),
+    x: f32,
+    q: f32,
+) -> (f32, f64) {
+    let d = u[j * cols + j];
+    let e = (x - q) / d;
+    let urow = &u[j * cols + j + 1..j * cols + b1];
+    for (wv, &uv) in row[j + 1..b1].iter_mut().zip(urow) {
+        *wv -= e * uv;
+    }
+    (e, ((x - q) as f64 / d as f64).powi(2) / 2.0)
 }
 
 /// The error compensation GPTQ and SparseGPT share, applied lazily once per block of columns:

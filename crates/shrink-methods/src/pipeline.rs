@@ -288,6 +288,12 @@ pub fn file_metadata(selected: &[LinearInfo]) -> HashMap<String, String> {
     meta
 }
 
+/// A linear input `x` (`[t, n]`) as its flat float32 rows and `n`: what the observing steps
+/// accumulate.
+pub fn rows(x: &Tensor) -> shrink_models::Result<(Vec<f32>, usize)> {
+    Ok((x.flatten_all()?.to_vec1::<f32>()?, x.dim(1)?))
+}
+
 /// A tensor's values as a flat f32 vector.
 pub fn values(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.flatten_all()

@@ -371,12 +371,14 @@ fn store_sparse(
     let ckpt = Checkpoint::open(out.dir())?;
     let selected: HashSet<&str> = o.selected.iter().map(|l| l.weight.as_str()).collect();
     // A weight as the layout stores it (GPT-2's Conv1D as its checkpoint does, [in, out]).
-    let parts = |name: &str, shape: &[usize]| -> Result<Vec<StoredTensor>> {
+    // And its zeros.
+    let parts = |name: &str, shape: &[usize]| -> Result<(Vec<StoredTensor>, usize)> {
         let (v, _) = ckpt.read_f32(name)?;
         let module = name.strip_suffix(".weight").unwrap_or(name);
         let (rows, cols) = (shape[0], shape[1..].iter().product());
-        shrink_io::sparse::sparse_tensors(module, &v, rows, cols, dense, layout)
-            .map_err(calibrated::format_err(module))
+        let t = shrink_io::sparse::sparse_tensors(module, &v, rows, cols, dense, layout)
+            .map_err(calibrated::format_err(module))?;
+        Ok((t, sparsity::zeros(&v)))
     };
     let mut sizes = Sizes {
         total_params: o
@@ -389,7 +391,7 @@ fn store_sparse(
     let (mut header, mut origin) = (Vec::new(), Vec::new());
     for (i, (name, shape)) in o.shapes.iter().enumerate() {
         if selected.contains(name.as_str()) {
-            for (j, t) in parts(name, shape)?.iter().enumerate() {
+            for (j, t) in parts(name, shape)?.0.iter().enumerate() {
                 sizes.quantized_bytes += t.bytes.len() as u64;
                 header.push(pipeline::header_of(t));
                 origin.push((i, Some(j)));
@@ -415,18 +417,8 @@ fn store_sparse(
             return Ok(float::encode(dense, &v));
         };
         if current.as_ref().is_none_or(|c| c.0 != i) {
-            let n: usize = shape.iter().product();
-            let t = parts(name, shape)?;
-            let kept: usize = t
-                .iter()
-                .filter(|t| t.name.ends_with(".compressed"))
-                .map(|t| t.bytes.len() / dense.size())
-                .sum();
-            // sparse-24-bitmask stores two values per group of four, zeros included.
-            zeros += match layout {
-                SparseLayout::Bitmask => n - kept,
-                SparseLayout::Sparse24Bitmask => sparsity::zeros(&ckpt.read_f32(name)?.0),
-            };
+            let (t, z) = parts(name, shape)?;
+            zeros += z;
             current = Some((i, t));
         }
         let c = current.as_mut().expect("set above");
@@ -485,19 +477,6 @@ struct PruneStep<'a> {
     seconds: f64,
 }
 
-/// Add `Σ_t x_tj²` of `x` (`[t, n]`) to `acc`.
-fn add_squares(acc: &mut Vec<f64>, x: &Tensor) -> shrink_models::Result<()> {
-    let n = x.dim(1)?;
-    let v = x.flatten_all()?.to_vec1::<f32>()?;
-    acc.resize(n, 0.0);
-    for row in v.chunks(n) {
-        for (a, &x) in acc.iter_mut().zip(row) {
-            *a += (x as f64) * (x as f64);
-        }
-    }
-    Ok(())
-}
-
 impl LayerStep for PruneStep<'_> {
     fn kind(&self) -> StepKind {
         StepKind::Compress { compare: false }
@@ -509,10 +488,12 @@ impl LayerStep for PruneStep<'_> {
         };
         match self.spec.method {
             PruneMethod::Magnitude => {}
-            PruneMethod::Wanda => add_squares(self.x_sq.entry(s.input).or_default(), x)?,
+            PruneMethod::Wanda => {
+                let (v, n) = pipeline::rows(x)?;
+                hessian::add_squares(self.x_sq.entry(s.input).or_default(), &v, n);
+            }
             PruneMethod::SparseGpt => {
-                let n = x.dim(1)?;
-                let v = x.flatten_all()?.to_vec1::<f32>()?;
+                let (v, n) = pipeline::rows(x)?;
                 self.hs
                     .entry(s.input)
                     .or_insert_with(|| Hessian::new(n, false))
@@ -728,7 +709,8 @@ impl LayerStep for OwlStep<'_> {
 
     fn observe(&mut self, _: usize, linear: &str, x: &Tensor) -> shrink_models::Result<()> {
         if let Some(s) = self.slots.iter().find(|s| s.input == linear) {
-            add_squares(self.x_sq.entry(s.input).or_default(), x)?;
+            let (v, n) = pipeline::rows(x)?;
+            hessian::add_squares(self.x_sq.entry(s.input).or_default(), &v, n);
         }
         Ok(())
     }
@@ -743,21 +725,16 @@ impl LayerStep for OwlStep<'_> {
         let x_sq = std::mem::take(&mut self.x_sq);
         let mut scores: Vec<f32> = Vec::new();
         for (input, locals) in calibrated::selected_by_input(seq, self.names, l) {
-            let norm: Vec<f32> = x_sq
-                .get(input)
-                .ok_or_else(|| MethodError::Options(format!("the input {input} was not observed")))?
-                .iter()
-                .map(|v| v.sqrt() as f32)
-                .collect();
+            let x_sq = x_sq.get(input).ok_or_else(|| {
+                MethodError::Options(format!("the input {input} was not observed"))
+            })?;
             for local in locals {
                 let name = seq.weight_name(l, local);
                 let lin = block
                     .linear_mut(local)
                     .ok_or_else(|| MethodError::Options(format!("no linear {name}")))?;
                 let w = calibrated::finite_weight(self.path, &name, lin)?;
-                for row in w.chunks(norm.len()) {
-                    scores.extend(row.iter().zip(&norm).map(|(v, n)| v.abs() * n));
-                }
+                scores.extend(sparsity::wanda_scores(&w, x_sq));
             }
         }
         let mean = scores.iter().map(|&v| v as f64).sum::<f64>() / scores.len().max(1) as f64;

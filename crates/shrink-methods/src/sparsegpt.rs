@@ -311,14 +311,9 @@ impl Job<'_> {
                 codes[j] = c;
                 q = (c as i32 - z as i32) as f32 * s;
             }
-            let d = self.u[j * cols + j];
-            let e = (x - q) / d;
-            loss += ((x - q) as f64 / d as f64).powi(2) / 2.0;
+            let (e, l) = hessian::compensate_column(row, self.u, cols, (j, b1), x, q);
+            loss += l;
             e_row[j - b0] = e;
-            let urow = &self.u[j * cols + j + 1..j * cols + b1];
-            for (wv, &uv) in row[j + 1..b1].iter_mut().zip(urow) {
-                *wv -= e * uv;
-            }
             row[j] = q;
         }
         loss

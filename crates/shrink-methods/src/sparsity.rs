@@ -162,18 +162,24 @@ pub fn magnitude(w: &[f32], cols: usize, pattern: Pattern) -> Vec<bool> {
 /// ⌊cols·s⌋ of every row (the paper's per-output comparison group) or N of every M.
 pub fn wanda(w: &[f32], cols: usize, x_sq: &[f64], pattern: Pattern) -> Vec<bool> {
     assert_eq!(x_sq.len(), cols);
-    let norm: Vec<f32> = x_sq.iter().map(|&v| v.sqrt() as f32).collect();
+    let scores = wanda_scores(w, x_sq);
     let mut mask = vec![false; w.len()];
-    for (wr, mr) in w.chunks(cols).zip(mask.chunks_mut(cols)) {
-        let scores: Vec<f32> = wr.iter().zip(&norm).map(|(v, n)| v.abs() * n).collect();
+    for (sr, mr) in scores.chunks(cols).zip(mask.chunks_mut(cols)) {
         match pattern {
-            Pattern::Unstructured(s) => {
-                mr.copy_from_slice(&lowest(&scores, (cols as f64 * s) as usize))
-            }
-            Pattern::NofM { n, m } => lowest_n_of_m(&scores, n, m, mr),
+            Pattern::Unstructured(s) => mr.copy_from_slice(&lowest(sr, (cols as f64 * s) as usize)),
+            Pattern::NofM { n, m } => lowest_n_of_m(sr, n, m, mr),
         }
     }
     mask
+}
+
+/// Wanda's scores `|W_ij| · ‖X_j‖₂` of the row-major weight `w` (rows of `x_sq.len()`), from
+/// `x_sq[j] = Σ_t x_tj²` (also OWL's outlier statistic).
+pub fn wanda_scores(w: &[f32], x_sq: &[f64]) -> Vec<f32> {
+    let norm: Vec<f32> = x_sq.iter().map(|&v| v.sqrt() as f32).collect();
+    w.chunks(norm.len())
+        .flat_map(|r| r.iter().zip(&norm).map(|(v, n)| v.abs() * n))
+        .collect()
 }
 
 /// The share of exact zeros from which a weight counts as pruned, so quantizers keep its zeros

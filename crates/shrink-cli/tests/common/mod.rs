@@ -166,3 +166,66 @@ pub fn real_model() -> Option<PathBuf> {
         None
     }
 }
+
+/// Every tiny fixture architecture shrink runs.
+pub const ARCHS: [&str; 7] = [
+    "tiny-llama",
+    "tiny-mistral",
+    "tiny-qwen2",
+    "tiny-gpt2",
+    "tiny-gpt_neox",
+    "tiny-bert_cls",
+    "tiny-distilbert_cls",
+];
+
+/// Run shrink with `args`, which must succeed, and parse its JSON output.
+pub fn run(args: &[&str]) -> serde_json::Value {
+    let r = shrink(args);
+    assert!(
+        r.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    serde_json::from_slice(&r.stdout).unwrap()
+}
+
+/// The model's outputs on three 40-byte pieces of `text` (the byte-level tokenizer's ids): a
+/// decoder's logits, an encoder's final hidden states and class logits.
+pub fn outputs(dir: &std::path::Path, text: &[u8]) -> Vec<f32> {
+    let ckpt = shrink_io::Checkpoint::open(dir).unwrap();
+    let seqs: Vec<Vec<u32>> = (0..3)
+        .map(|s| {
+            text[s * 997..s * 997 + 40]
+                .iter()
+                .map(|&b| b as u32)
+                .collect()
+        })
+        .collect();
+    let flat = |t: candle_core::Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+    let mut out = Vec::new();
+    match shrink_models::Architecture::from_checkpoint(&ckpt).unwrap() {
+        shrink_models::Architecture::Decoder(_) => {
+            let m = shrink_models::Model::load(&ckpt).unwrap();
+            for ids in &seqs {
+                out.extend(flat(m.forward(ids, None).unwrap()));
+            }
+        }
+        shrink_models::Architecture::Encoder(cfg) => {
+            let w = shrink_models::WeightLoader::new(&ckpt, None, &[]);
+            let m = shrink_models::BertClassifier::load(cfg, &w).unwrap();
+            for ids in &seqs {
+                out.extend(flat(m.encode(ids).unwrap()));
+                out.extend(flat(m.forward(ids).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// RMSE of `b` against `a`, relative to `a`'s RMS.
+pub fn rel_rmse(a: &[f32], b: &[f32]) -> f64 {
+    let (e, r) = a.iter().zip(b).fold((0f64, 0f64), |(e, r), (&x, &y)| {
+        (e + ((x - y) as f64).powi(2), r + (x as f64).powi(2))
+    });
+    (e / r).sqrt()
+}
