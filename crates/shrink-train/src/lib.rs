@@ -1,0 +1,29 @@
+//! Training in shrink: a trainable forward for every architecture, distillation losses, AdamW,
+//! resumable checkpoints.
+//!
+//! - [`forward::Trainable`]: a model's weights as candle `Var`s and its forward cut into
+//!   embed → blocks → head, built from the differentiable ops of [`ops`];
+//! - [`grad::backward`]: the backward one block at a time, recomputing each block's forward
+//!   (memory flat in depth);
+//! - [`loss`]: Hinton's distillation loss (forward or reverse KL at a temperature, plus the
+//!   labels' cross-entropy) as value and gradient with respect to the logits;
+//! - [`optim`]: AdamW with warmup and cosine decay, clipping by the global norm;
+//! - [`state`]: checkpoints written atomically, for `--resume`;
+//! - [`distill`]: the teacher → student loop for language models;
+//!
+//! Neighbours: `shrink-models` (the inference forward, the teacher's), `shrink-methods`
+//! (structured pruning makes students from teachers).
+
+pub mod distill;
+pub mod error;
+pub mod forward;
+pub mod grad;
+pub mod loss;
+pub mod ops;
+pub mod optim;
+pub mod params;
+pub mod state;
+
+pub use error::{Result, TrainError};
+pub use forward::Trainable;
+pub use params::Params;
