@@ -36,6 +36,9 @@ enum Command {
     /// Prune: weights to zero (magnitude, Wanda, SparseGPT; unstructured or 2:4; uniform or OWL;
     /// SparseGPT with joint quantization), or whole layers, MLP neurons or attention heads.
     Prune(commands::prune::Args),
+    /// Distil a teacher LM into a student (soft targets + next-token CE; the student given or
+    /// pruned from the teacher), resumable; the output is a normal checkpoint.
+    Distill(commands::distill::Args),
     /// Collect llama.cpp's importance matrix (mean x² per input column) from calibration text.
     Imatrix(commands::imatrix::Args),
     /// Perplexity on the lee-ppl-v1 protocol; with --base, KLD and top-1 agreement too.
@@ -54,7 +57,11 @@ fn main() -> ExitCode {
     // cost ~15 % of their time); the streaming ones leave glibc's defaults, which hand each
     // large tensor buffer back, so their peak stays one tensor whatever the model's depth.
     let forward = match &cli.command {
-        Command::Eval(_) | Command::Generate(_) | Command::Compare(_) | Command::Imatrix(_) => true,
+        Command::Eval(_)
+        | Command::Generate(_)
+        | Command::Compare(_)
+        | Command::Imatrix(_)
+        | Command::Distill(_) => true,
         Command::Prune(a) => a.method != Some(commands::prune::Method::Magnitude),
         Command::Quantize(a) => matches!(
             a.method,
@@ -74,6 +81,7 @@ fn main() -> ExitCode {
         Command::Quantize(a) => commands::quantize::run(a),
         Command::Imatrix(a) => commands::imatrix::run(a),
         Command::Prune(a) => commands::prune::run(a),
+        Command::Distill(a) => commands::distill::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Generate(a) => commands::generate::run(a),
         Command::Compare(a) => commands::compare::run(a),

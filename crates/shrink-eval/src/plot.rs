@@ -108,3 +108,82 @@ pub fn histogram_png(
     root.present().map_err(|e| err(e.to_string()))?;
     Ok(labels)
 }
+
+/// Training curves (one or more series of (step, value)) as a PNG line chart with a log-scaled
+/// value axis when the values span more than a factor of 10. Returns whether labels could be
+/// drawn.
+pub fn curves_png(
+    path: &Path,
+    title: &str,
+    y_desc: &str,
+    series: &[(&str, &[(f64, f64)])],
+) -> Result<bool> {
+    let err = |e: String| EvalError::Input(format!("{}: cannot draw: {e}", path.display()));
+    let pts = || {
+        series
+            .iter()
+            .flat_map(|(_, v)| v.iter())
+            .filter(|p| p.1.is_finite())
+    };
+    let (x0, x1) = pts().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), p| {
+        (l.min(p.0), h.max(p.0))
+    });
+    let (y0, y1) = pts().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), p| {
+        (l.min(p.1), h.max(p.1))
+    });
+    if !(x0.is_finite() && y0.is_finite()) {
+        return Err(err("no finite points to plot".into()));
+    }
+    let (x1, y1) = (x1.max(x0 + 1.0), y1.max(y0 * 1.01 + 1e-9));
+    let labels = fonts();
+    let root = BitMapBackend::new(path, (1000, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let mut b = ChartBuilder::on(&root);
+    b.margin(20);
+    if labels {
+        b.caption(title, ("sans-serif", 22))
+            .x_label_area_size(40)
+            .y_label_area_size(70);
+    }
+    let colors = [
+        RGBColor(31, 119, 180),
+        RGBColor(214, 39, 40),
+        RGBColor(44, 160, 44),
+        RGBColor(148, 103, 189),
+    ];
+    let mut chart = b
+        .build_cartesian_2d(x0..x1, y0 * 0.98..y1 * 1.02)
+        .map_err(|e| err(e.to_string()))?;
+    if labels {
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc(y_desc)
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
+    }
+    for (i, (name, v)) in series.iter().enumerate() {
+        let c = colors[i % colors.len()];
+        let s = chart
+            .draw_series(LineSeries::new(
+                v.iter().copied().filter(|p| p.1.is_finite()),
+                c.stroke_width(2),
+            ))
+            .map_err(|e| err(e.to_string()))?;
+        if labels {
+            s.label(*name).legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+            });
+        }
+    }
+    if labels {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
+    }
+    root.present().map_err(|e| err(e.to_string()))?;
+    Ok(labels)
+}

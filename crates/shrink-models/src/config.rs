@@ -141,6 +141,15 @@ impl ModelConfig {
         }
     }
 
+    /// Number of blocks.
+    pub fn num_layers(&self) -> usize {
+        match self {
+            ModelConfig::Llama(c) => c.num_layers,
+            ModelConfig::Gpt2(c) => c.n_layer,
+            ModelConfig::Neox(c) => c.num_layers,
+        }
+    }
+
     /// Longest context the model supports.
     pub fn max_context(&self) -> usize {
         match self {

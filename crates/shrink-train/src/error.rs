@@ -66,3 +66,9 @@ impl TrainError {
         }
     }
 }
+
+impl From<shrink_methods::MethodError> for TrainError {
+    fn from(e: shrink_methods::MethodError) -> Self {
+        TrainError::Options(e.to_string())
+    }
+}

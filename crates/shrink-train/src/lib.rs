@@ -23,6 +23,7 @@ pub mod ops;
 pub mod optim;
 pub mod params;
 pub mod state;
+pub mod student;
 
 pub use error::{Result, TrainError};
 pub use forward::Trainable;

@@ -5,7 +5,7 @@
 //! `shrink-models` uses them (and its own fused kernels); the trainable forward uses these
 //! instead, which compute the same functions from primitive, differentiable operations.
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{Tensor, D};
 
 use crate::error::Result;
 
@@ -49,42 +49,157 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
     Ok(e.broadcast_div(&s)?)
 }
 
-/// An additive mask [t, t]: 0 where query i may see key j (j ≤ i, and within `window` when
-/// given), −∞ elsewhere.
-pub fn causal_mask(t: usize, window: Option<usize>) -> Result<Tensor> {
-    let mut m = vec![0f32; t * t];
-    for i in 0..t {
-        for j in 0..t {
-            let visible = j <= i && window.is_none_or(|w| i - j < w);
-            if !visible {
-                m[i * t + j] = f32::NEG_INFINITY;
+/// Which keys a query sees in [`attention`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mask {
+    /// Every key (encoders).
+    None,
+    /// Keys at or before the query, within the last `window` when given (decoders).
+    Causal {
+        /// Sliding window (Mistral), if any.
+        window: Option<usize>,
+    },
+}
+
+/// Softmax of `scale`·scores [h, t, t] over the keys `mask` leaves visible, with its backward.
+///
+/// Hand-written (a candle custom op): composed of candle's primitives the scale, the additive
+/// −∞ mask and the softmax are five single-threaded passes forward and more backward over
+/// h·t·t values, the largest tensors of a block at 512 tokens (measured 4.0 → see
+/// BENCHMARKS.md); this is one parallel pass each way over the visible keys only. Forward as
+/// transformers (max-subtracted exp in f32); backward `dS = scale · P ⊙ (dP − Σ_k dP ⊙ P)`.
+struct MaskedSoftmax {
+    scale: f32,
+    mask: Mask,
+}
+
+impl MaskedSoftmax {
+    /// The visible keys [lo, hi) of row `r` of a [h, t, tk] tensor.
+    fn span(&self, r: usize, t: usize, tk: usize) -> (usize, usize) {
+        match self.mask {
+            Mask::None => (0, tk),
+            Mask::Causal { window } => {
+                let qi = tk - t + r % t;
+                (window.map_or(0, |w| (qi + 1).saturating_sub(w)), qi + 1)
             }
         }
     }
-    Ok(Tensor::from_vec(m, (t, t), &Device::Cpu)?)
+}
+
+fn contiguous_f32<'a>(
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (candle_core::CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("masked softmax needs contiguous f32 tensors"),
+    }
+}
+
+impl candle_core::CustomOp1 for MaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "masked-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let src = contiguous_f32(storage, layout)?;
+        let (_, t, tk) = layout.shape().dims3()?;
+        let mut dst = vec![0f32; src.len()];
+        dst.par_chunks_mut(tk)
+            .zip(src.par_chunks(tk))
+            .enumerate()
+            .for_each(|(r, (d, s))| {
+                let (lo, hi) = self.span(r, t, tk);
+                let (d, s) = (&mut d[lo..hi], &s[lo..hi]);
+                let max = shrink_models::kernels::max(s) * self.scale;
+                d.copy_from_slice(s);
+                let inv = 1.0 / shrink_models::kernels::exp_scaled_sum(d, self.scale, max);
+                d.iter_mut().for_each(|o| *o *= inv);
+            });
+        Ok((candle_core::CpuStorage::F32(dst), layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let g = grad_res.contiguous()?;
+        let back = MaskedSoftmaxBwd {
+            scale: self.scale,
+            span: MaskedSoftmax {
+                scale: self.scale,
+                mask: self.mask,
+            },
+        };
+        Ok(Some(res.contiguous()?.apply_op2_no_bwd(&g, &back)?))
+    }
+}
+
+/// The backward of [`MaskedSoftmax`]: (P, dP) → dS.
+struct MaskedSoftmaxBwd {
+    scale: f32,
+    span: MaskedSoftmax,
+}
+
+impl candle_core::CustomOp2 for MaskedSoftmaxBwd {
+    fn name(&self) -> &'static str {
+        "masked-softmax-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let (p, dp) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("masked softmax backward: shapes differ");
+        }
+        let (_, t, tk) = l1.shape().dims3()?;
+        let mut ds = vec![0f32; p.len()];
+        ds.par_chunks_mut(tk)
+            .zip(p.par_chunks(tk).zip(dp.par_chunks(tk)))
+            .enumerate()
+            .for_each(|(r, (o, (p, dp)))| {
+                let (lo, hi) = self.span.span(r, t, tk);
+                let (o, p, dp) = (&mut o[lo..hi], &p[lo..hi], &dp[lo..hi]);
+                let dot: f32 = p.iter().zip(dp).map(|(a, b)| a * b).sum();
+                for ((o, &p), &g) in o.iter_mut().zip(p).zip(dp) {
+                    *o = self.scale * p * (g - dot);
+                }
+            });
+        Ok((candle_core::CpuStorage::F32(ds), l1.shape().clone()))
+    }
+}
+
+/// Softmax over the last dimension of `scale`·scores [h, t, tk] under `mask`, differentiable.
+pub fn masked_softmax(scores: &Tensor, scale: f64, mask: Mask) -> Result<Tensor> {
+    Ok(scores.contiguous()?.apply_op1(MaskedSoftmax {
+        scale: scale as f32,
+        mask,
+    })?)
 }
 
 /// Scaled dot-product attention. q: [h, t, d]; k, v: [kv, t, d] with h a multiple of kv
-/// (query head i reads kv head i / (h/kv), transformers' `repeat_kv`); `mask` [t, t] is added
-/// to the scores (none: every key visible). Returns [t, h·d].
-pub fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: Option<&Tensor>,
-    scale: f64,
-) -> Result<Tensor> {
+/// (query head i reads kv head i / (h/kv), transformers' `repeat_kv`). Returns [t, h·d].
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Mask, scale: f64) -> Result<Tensor> {
     let (h, t, d) = q.dims3()?;
     let kv = k.dim(0)?;
     let rep = h / kv;
     // Group the query heads that share a kv head, so keys are never copied.
     let qg = q.reshape((kv, rep * t, d))?;
-    let scores = (qg.matmul(&k.t()?)? * scale)?.reshape((h, t, t))?;
-    let scores = match mask {
-        Some(m) => scores.broadcast_add(m)?,
-        None => scores,
-    };
-    let p = softmax(&scores)?;
+    let scores = qg.matmul(&k.t()?)?.reshape((h, t, t))?;
+    let p = masked_softmax(&scores, scale, mask)?;
     let out = p.reshape((kv, rep * t, t))?.matmul(v)?; // [kv, rep·t, d]
     Ok(out
         .reshape((h, t, d))?

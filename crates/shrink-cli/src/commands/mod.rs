@@ -4,6 +4,7 @@ pub mod calibrated;
 pub mod chart;
 pub mod compare;
 pub mod convert;
+pub mod distill;
 pub mod eval;
 pub mod export;
 pub mod export_layout;

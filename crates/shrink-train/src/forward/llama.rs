@@ -33,8 +33,10 @@ pub fn layer(p: &Params, c: &LlamaConfig, l: usize, x: &Tensor) -> Result<Tensor
     let q = ops::rope(&ops::heads(&q, c.num_heads, hd)?, &cos, &sin, hd)?;
     let k = ops::rope(&ops::heads(&k, c.num_kv_heads, hd)?, &cos, &sin, hd)?;
     let v = ops::heads(&v, c.num_kv_heads, hd)?;
-    let mask = ops::causal_mask(t, c.sliding_window)?;
-    let a = ops::attention(&q, &k, &v, Some(&mask), 1.0 / (hd as f64).sqrt())?;
+    let mask = ops::Mask::Causal {
+        window: c.sliding_window,
+    };
+    let a = ops::attention(&q, &k, &v, mask, 1.0 / (hd as f64).sqrt())?;
     let a = ops::linear(&a, w("self_attn.o_proj")?, b("self_attn.o_proj"))?;
     let x = (x + a)?;
 
