@@ -84,6 +84,12 @@ impl DistillConfig {
         if self.teacher_topk == Some(0) {
             return bad("--teacher-topk must be at least 1");
         }
+        if self.teacher_topk.is_some()
+            && self.loss.alpha > 0.0
+            && self.loss.divergence == crate::loss::Divergence::Reverse
+        {
+            return bad("reverse KL needs the teacher's whole distribution; drop --teacher-topk");
+        }
         if self.eval_every > 0 && self.holdout == 0 {
             return bad("--eval-every needs held-out windows (--holdout ≥ 1)");
         }
@@ -393,7 +399,9 @@ pub fn distill(
         resumed_from = Some(opt.step);
         truncate_log(&log_path, opt.step)?;
         progress.note(&format!("resumed at step {}", opt.step));
-    } else if log_path.exists() || state::latest(run_dir).is_some() {
+    } else if std::fs::metadata(&log_path).is_ok_and(|m| m.len() > 0)
+        || state::latest(run_dir).is_some()
+    {
         return Err(TrainError::input(
             run_dir,
             "holds an earlier run (continue it with --resume, or remove it)",
