@@ -11,7 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let ckpt = shrink_io::Checkpoint::open(&args[1])?;
     let t: usize = args[2].parse()?;
-    let m = Trainable::load(&ckpt)?;
+    let mut m = Trainable::load(&ckpt)?;
     let ids: Vec<u32> = (0..t as u32).map(|i| (i * 7919) % 40000).collect();
     let n = m.num_layers();
     for _ in 0..2 {
@@ -87,7 +87,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         shrink_train::optim::clip(&mut grads, 1.0);
         let t_clip = t1.elapsed().as_secs_f64();
         let t2 = Instant::now();
-        shrink_train::optim::step(&m.params, &grads, &mut opt, &Default::default(), 1e-4)?;
+        shrink_train::optim::step(&mut m.params, &grads, &mut opt, &Default::default(), 1e-4)?;
         println!(
             "backward total {t_bwd:.3} (loss {t_loss:.3})  clip {t_clip:.3}  adamw {:.3}",
             t2.elapsed().as_secs_f64()

@@ -337,7 +337,7 @@ fn identity(cfg: &DistillConfig, n_train: usize) -> serde_json::Value {
 #[allow(clippy::too_many_arguments)]
 pub fn distill(
     teacher: Option<&Model>,
-    student: &Trainable,
+    student: &mut Trainable,
     windows: &Windows,
     cfg: &DistillConfig,
     run_dir: &Path,
@@ -491,7 +491,7 @@ pub fn distill(
             });
         }
         let lr = cfg.optim.lr * sched.factor(step);
-        optim::step(&student.params, &grads, &mut opt, &cfg.optim, lr)?;
+        optim::step(&mut student.params, &grads, &mut opt, &cfg.optim, lr)?;
         let heldout_ppl = if cfg.eval_every > 0 && (step % cfg.eval_every == 0 || step == cfg.steps)
         {
             Some(perplexity(student, &windows.heldout)?)

@@ -98,7 +98,7 @@ pub fn clip(grads: &mut Grads, max_norm: f64) -> f64 {
 
 /// One AdamW update of `params` with `grads` at learning rate `lr`.
 pub fn step(
-    params: &Params,
+    params: &mut Params,
     grads: &Grads,
     state: &mut OptimState,
     opt: &AdamW,
@@ -109,29 +109,33 @@ pub fn step(
     let (b1, b2) = (opt.beta1, opt.beta2);
     let bc1 = 1.0 - b1.powi(t);
     let bc2 = 1.0 - b2.powi(t);
-    for (i, var) in params.vars().iter().enumerate() {
+    for i in 0..params.len() {
         let Some(g) = &grads.sums[i] else { continue };
-        let mut w = params.values(i)?;
-        let decay = if var.rank() >= 2 {
+        let decay = if params.vars()[i].rank() >= 2 {
             lr * opt.weight_decay
         } else {
             0.0
         };
         let (m, v) = (&mut state.m[i], &mut state.v[i]);
-        w.par_iter_mut()
-            .zip(m.par_iter_mut())
-            .zip(v.par_iter_mut())
-            .zip(g.par_iter())
-            .for_each(|(((w, m), v), &g)| {
-                let g = g as f64;
-                let mn = b1 * *m as f64 + (1.0 - b1) * g;
-                let vn = b2 * *v as f64 + (1.0 - b2) * g * g;
-                *m = mn as f32;
-                *v = vn as f32;
-                let upd = (mn / bc1) / ((vn / bc2).sqrt() + opt.eps);
-                *w = (*w as f64 * (1.0 - decay) - lr * upd) as f32;
-            });
-        params.set_values(i, w)?;
+        let w = params.with_values(i, |w| {
+            let mut out = vec![0f32; w.len()];
+            out.par_iter_mut()
+                .zip(w.par_iter())
+                .zip(m.par_iter_mut())
+                .zip(v.par_iter_mut())
+                .zip(g.par_iter())
+                .for_each(|((((o, &w), m), v), &g)| {
+                    let g = g as f64;
+                    let mn = b1 * *m as f64 + (1.0 - b1) * g;
+                    let vn = b2 * *v as f64 + (1.0 - b2) * g * g;
+                    *m = mn as f32;
+                    *v = vn as f32;
+                    let upd = (mn / bc1) / ((vn / bc2).sqrt() + opt.eps);
+                    *o = (w as f64 * (1.0 - decay) - lr * upd) as f32;
+                });
+            out
+        })?;
+        params.replace(i, w)?;
     }
     Ok(())
 }

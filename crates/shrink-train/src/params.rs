@@ -120,6 +120,19 @@ impl Params {
         Ok(())
     }
 
+    /// Make `v` (same element count) weight `i`, without copying it.
+    pub fn replace(&mut self, i: usize, v: Vec<f32>) -> Result<()> {
+        let var = &self.vars[i];
+        let t = Tensor::from_vec(v, var.shape(), var.device())?;
+        self.vars[i] = Var::from_tensor(&t)?;
+        Ok(())
+    }
+
+    /// Run `f` on weight `i`'s float32 values in place (no copy).
+    pub fn with_values<R>(&self, i: usize, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+        with_f32(self.vars[i].as_tensor(), f)
+    }
+
     /// Every weight as float32 safetensors bytes, in order, with `metadata`.
     pub fn to_safetensors(&self, metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
         let mut named = Vec::with_capacity(self.len());
@@ -157,5 +170,20 @@ impl Params {
             self.set_values(i, v)?;
         }
         Ok(())
+    }
+}
+
+/// Run `f` on the float32 values of a contiguous CPU tensor without copying them (a copy is
+/// made first only if `t` is not contiguous).
+pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) => {
+            Ok(f(&v[a..b]))
+        }
+        _ => Err(TrainError::Options(
+            "expected a contiguous float32 CPU tensor".into(),
+        )),
     }
 }

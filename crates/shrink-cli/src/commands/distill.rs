@@ -274,7 +274,7 @@ pub fn run(a: Args) -> Result<()> {
             student_path.display()
         );
     }
-    let model = Trainable::load(&student_ckpt)
+    let mut model = Trainable::load(&student_ckpt)
         .with_context(|| format!("loading the student {}", student_path.display()))?;
     let teacher = if cfg.loss.alpha > 0.0 {
         Some(shrink_models::Model::load(&teacher_ckpt)?)
@@ -289,7 +289,7 @@ pub fn run(a: Args) -> Result<()> {
     let bar = Bar { bar: steps_bar() };
     let summary = match distill::distill(
         teacher.as_ref(),
-        &model,
+        &mut model,
         &windows,
         &cfg,
         &run_dir,
