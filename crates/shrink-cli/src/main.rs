@@ -37,8 +37,11 @@ enum Command {
     /// SparseGPT with joint quantization), or whole layers, MLP neurons or attention heads.
     Prune(commands::prune::Args),
     /// Distil a teacher LM into a student (soft targets + next-token CE; the student given or
-    /// pruned from the teacher), resumable; the output is a normal checkpoint.
+    /// pruned from the teacher), resumable; the output is a normal checkpoint. With
+    /// `--task classify`: a classifier into a student with fewer layers and heads.
     Distill(commands::distill::Args),
+    /// Fine-tune a BERT/DistilBERT encoder into a sequence classifier on labelled sentences.
+    TrainClassifier(commands::train_classifier::Args),
     /// Collect llama.cpp's importance matrix (mean x² per input column) from calibration text.
     Imatrix(commands::imatrix::Args),
     /// Perplexity on the lee-ppl-v1 protocol; with --base, KLD and top-1 agreement too.
@@ -52,6 +55,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // `shrink distill --task classify` has flags of its own: routed before clap would ask for
+    // the language-model task's --text.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(args) = commands::distill_classify::requested(&args) {
+        shrink_models::runtime::tune_allocator();
+        shrink_models::runtime::set_sparse_weights(false);
+        let a = commands::distill_classify::Args::parse_from(args);
+        return exit(commands::distill_classify::run(a));
+    }
     let cli = Cli::parse();
     // Commands that run forward passes keep freed buffers in the heap (page faults otherwise
     // cost ~15 % of their time); the streaming ones leave glibc's defaults, which hand each
@@ -61,7 +73,8 @@ fn main() -> ExitCode {
         | Command::Generate(_)
         | Command::Compare(_)
         | Command::Imatrix(_)
-        | Command::Distill(_) => true,
+        | Command::Distill(_)
+        | Command::TrainClassifier(_) => true,
         Command::Prune(a) => a.method != Some(commands::prune::Method::Magnitude),
         Command::Quantize(a) => matches!(
             a.method,
@@ -82,11 +95,17 @@ fn main() -> ExitCode {
         Command::Imatrix(a) => commands::imatrix::run(a),
         Command::Prune(a) => commands::prune::run(a),
         Command::Distill(a) => commands::distill::run(a),
+        Command::TrainClassifier(a) => commands::train_classifier::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Generate(a) => commands::generate::run(a),
         Command::Compare(a) => commands::compare::run(a),
         Command::Chart(a) => commands::chart::run(a),
     };
+    exit(result)
+}
+
+/// The exit status of a command's result, its error printed with its causes.
+fn exit(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

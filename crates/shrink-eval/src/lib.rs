@@ -6,6 +6,8 @@
 //! - [`weights`]: per-layer weight error (MSE, SQNR, max) and histograms;
 //! - [`evaluation`]: one model scored on a text file (`shrink eval`), with its report;
 //! - [`compare`]: compressed models against their base, side by side (`shrink compare`);
+//! - [`classify`]: sequence classifiers on labelled sentences — accuracy, precision, recall,
+//!   F1, confusion counts — and side by side (`shrink compare --data`);
 //! - [`chart_csv`]: the results CSV behind the perplexity/bits chart (`shrink chart`).
 //!
 //! Neighbours: `shrink-models` runs the forward pass; `shrink-methods` supplies the progress
@@ -23,5 +25,6 @@ pub use error::{EvalError, Result};
 pub use perplexity::{perplexity, PplOptions, PplReport};
 pub use protocol::{lee_texts, LeeTexts, PROTOCOL};
 pub mod chart_csv;
+pub mod classify;
 pub mod compare;
 pub mod evaluation;

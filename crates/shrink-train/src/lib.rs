@@ -10,10 +10,13 @@
 //! - [`optim`]: AdamW with warmup and cosine decay, clipping by the global norm;
 //! - [`state`]: checkpoints written atomically, for `--resume`;
 //! - [`distill`]: the teacher → student loop for language models;
+//! - [`classify`]: sequence classifiers fine-tuned on labelled sentences and distilled into
+//!   students with fewer layers and heads;
 //!
 //! Neighbours: `shrink-models` (the inference forward, the teacher's), `shrink-methods`
 //! (structured pruning makes students from teachers).
 
+pub mod classify;
 pub mod distill;
 pub mod error;
 pub mod forward;

@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use shrink_eval::classify::compare_classifiers;
 use shrink_eval::compare::{compare, CompareOptions};
 
 use crate::common;
@@ -10,7 +11,7 @@ use crate::common;
 /// Arguments of `shrink compare`.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  shrink compare assets/SmolLM2-135M-Instruct.Q4_1.gguf smollm2-nf4 smollm2-int4 --text assets/lee_background.cor --report report/"
+    after_help = "Language models are scored on lee-ppl-v1 (--text); BERT/DistilBERT classifiers on labelled sentences (--data, `__label__X text` lines): parameters, bytes, accuracy, macro precision, recall and F1, per-class scores and agreement with the base's predictions.\n\nExamples:\n  shrink compare assets/SmolLM2-135M-Instruct.Q4_1.gguf smollm2-nf4 smollm2-int4 --text assets/lee_background.cor --report report/\n  shrink compare minilm-rt minilm-rt-student minilm-rt-student-nf4 --data assets/rotten_tomatoes.test.txt"
 )]
 pub struct Args {
     /// The reference model (HF directory or .gguf).
@@ -19,8 +20,11 @@ pub struct Args {
     #[arg(required = true)]
     pub models: Vec<PathBuf>,
     /// The Lee corpus (lee-ppl-v1 evaluation text).
+    #[arg(long, required_unless_present = "data", conflicts_with = "data")]
+    pub text: Option<PathBuf>,
+    /// Labelled sentences (`__label__X text`) to score classifiers on, instead of --text.
     #[arg(long)]
-    pub text: PathBuf,
+    pub data: Option<PathBuf>,
     /// Windows of 512 tokens to score (peers.md's comparison set is the first 24).
     #[arg(long, default_value_t = 24)]
     pub max_windows: usize,
@@ -43,6 +47,34 @@ pub struct Args {
 
 /// Run `shrink compare`.
 pub fn run(a: Args) -> Result<()> {
+    if let Some(data) = &a.data {
+        let c = compare_classifiers(&a.base, &a.models, data, &common::Bar::default())?;
+        if let Some(dir) = &a.report {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            for (name, text) in [
+                ("report.json", serde_json::to_string_pretty(&c.to_json())?),
+                ("report.md", c.markdown()),
+            ] {
+                let p = dir.join(name);
+                std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+            }
+        }
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&c.to_json())?);
+        } else {
+            print!("{}", c.markdown());
+        }
+        return Ok(());
+    }
+    let text = a.text.expect("clap: --text or --data");
+    if let Ok(shrink_models::Architecture::Encoder(_)) =
+        common::open(&a.base).and_then(|c| Ok(shrink_models::Architecture::from_checkpoint(&c)?))
+    {
+        bail!(
+            "{}: a classifier; score it on labelled sentences with --data FILE",
+            a.base.display()
+        );
+    }
     if a.max_windows == 0 {
         bail!("--max-windows must be at least 1");
     }
@@ -53,7 +85,7 @@ pub fn run(a: Args) -> Result<()> {
         max_tokens: a.max_tokens,
         report: a.report,
     };
-    let c = compare(&a.base, &a.models, &a.text, &opts, &common::Bar::default())?;
+    let c = compare(&a.base, &a.models, &text, &opts, &common::Bar::default())?;
     if let Some(dir) = &opts.report {
         c.write_report(dir)?;
     }
