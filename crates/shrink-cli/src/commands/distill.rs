@@ -45,6 +45,10 @@ pub enum Kl {
     after_help = "The loss per token is alpha·T²·KL(teacher_T ‖ student_T) + (1 − alpha)·CE(next token) (Hinton et al. 2015); --alpha 0 trains on the text alone, --kl reverse uses KL(student ‖ teacher). The student is any model with the teacher's vocabulary (--student), or is made from the teacher by structured pruning (--student-from-teacher layers=K,heads=R,neurons=R: keep K blocks by Block Influence, a share R of heads / MLP channels by activation), as Minitron does; that undistilled student is kept in the run directory as student-init.\n\nThe text (a Lee corpus file: its calibration documents only) is cut into windows of --seq-len + 1 tokens, shuffled per epoch from --seed; each step sums --batch × --grad-accum windows. Training recomputes each block's forward in the backward, so memory is one block's graph plus the model and AdamW's moments. With --teacher-topk K the teacher runs once per window and only its K largest logits are kept (cached in the run directory).\n\nThe run directory (--run-dir, default OUT.run) holds train.jsonl (one line per step), the checkpoint (every --save-every steps and on Ctrl-C, written atomically) and the teacher cache; --resume continues a killed run exactly where its checkpoint left it. OUT is written only at the end: a Hugging Face directory every other command takes (eval, quantize, export), with train.jsonl and loss.png.\n\nExamples:\n  shrink distill --teacher smollm2-f32 --student-from-teacher layers=24 --text assets/lee_background.cor --steps 200 --seq-len 512 --lr 1e-4 -o smollm2-24-distilled\n  shrink distill --teacher smollm2-f32 --student smollm2-24 --text assets/lee_background.cor --steps 200 --alpha 0 -o smollm2-24-ce\n  shrink distill ... --resume            # after a kill or Ctrl-C, the same flags"
 )]
 pub struct Args {
+    /// What is distilled: lm, or classify (a sequence classifier; its flags: shrink distill
+    /// --task classify --help).
+    #[arg(long, value_enum, default_value = "lm")]
+    pub task: super::distill_classify::Task,
     /// The teacher: a Hugging Face directory or a .gguf file.
     #[arg(long)]
     pub teacher: PathBuf,
@@ -178,6 +182,9 @@ fn steps_bar() -> ProgressBar {
 
 /// Run `shrink distill`.
 pub fn run(a: Args) -> Result<()> {
+    if a.task == super::distill_classify::Task::Classify {
+        anyhow::bail!("--task classify takes its own flags: shrink distill --task classify --help");
+    }
     let out = &a.output;
     if out.exists() {
         anyhow::bail!(
