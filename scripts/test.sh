@@ -86,3 +86,18 @@ for s in "layers --remove 6" "neurons --keep-ratio 0.75" "heads --keep-ratio 0.7
   rm -rf "${tmp:?}/structured" "${tmp:?}/structured.gguf"
 done
 echo "structured pruning: GGUF exports pass"
+
+# Distillation on the real model, briefly: a student pruned from SmolLM2 (28 of 30 blocks), a
+# few steps against the teacher's cached top-16 logits, then the output scored like any model
+# (every step's loss finite; the full measurement is scripts/bench-distill.sh).
+"$bin" distill --teacher "$tmp/f32" --student-from-teacher layers=28 --text assets/lee_background.cor \
+  --steps 4 --seq-len 128 --teacher-topk 16 --lr 1e-4 --json -o "$tmp/distilled" >/dev/null
+python3 - "$tmp/distilled/train.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+assert len(rows) == 4 and all(r["loss"] == r["loss"] for r in rows), rows
+print(f"distill on SmolLM2: loss {rows[0]['loss']:.3f} -> {rows[-1]['loss']:.3f}")
+PY
+"$bin" eval "$tmp/distilled" --text assets/lee_background.cor --max-windows 2 >/dev/null
+rm -rf "${tmp:?}/distilled" "${tmp:?}/distilled.run"
+echo "distillation on SmolLM2: trains, writes a checkpoint eval reads"

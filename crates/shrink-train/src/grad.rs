@@ -128,8 +128,11 @@ pub fn backward(
 }
 
 fn take(store: &candle_core::backprop::GradStore, x: &Var, what: &str) -> Result<Tensor> {
+    // Detached: candle leaves a leaf variable's gradient attached to the graph that made it
+    // (the block's weights, when the input feeds a matmul directly, as in BERT), and the next
+    // block's backward would walk into it and count those weights' gradients twice.
     store
         .get(x.as_tensor())
-        .cloned()
+        .map(|g| g.detach())
         .ok_or_else(|| TrainError::Options(format!("no gradient reached the input of {what}")))
 }

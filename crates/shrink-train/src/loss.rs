@@ -204,8 +204,8 @@ pub fn kd_loss(
                     Teacher::TopK { ids, logits: tl, k } => {
                         let (ti, tz) = (&ids[r * k..(r + 1) * k], &tl[r * k..(r + 1) * k]);
                         let lse_t = logsumexp(tz, inv_t);
-                        for j in 0..vocab {
-                            gr[j] += a * temp * logq(j).exp();
+                        for (j, g) in gr.iter_mut().enumerate() {
+                            *g += a * temp * logq(j).exp();
                         }
                         for (&id, &zt) in ti.iter().zip(tz) {
                             let lp = zt as f64 * inv_t - lse_t;

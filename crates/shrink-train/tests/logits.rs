@@ -1,6 +1,6 @@
 //! The trainable forward's logits equal the fixtures' PyTorch logits, for every architecture.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use shrink_train::Trainable;
 
@@ -10,7 +10,7 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn reference(dir: &PathBuf) -> (Vec<Vec<u32>>, Vec<f32>, Vec<usize>) {
+fn reference(dir: &Path) -> (Vec<Vec<u32>>, Vec<f32>, Vec<usize>) {
     let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let ids = st.tensor("input_ids").unwrap();
