@@ -101,3 +101,27 @@ PY
 "$bin" eval "$tmp/distilled" --text assets/lee_background.cor --max-windows 2 >/dev/null
 rm -rf "${tmp:?}/distilled" "${tmp:?}/distilled.run"
 echo "distillation on SmolLM2: trains, writes a checkpoint eval reads"
+
+# The classifier example on the real encoder, briefly: all-MiniLM-L6-v2 gets a head and is
+# fine-tuned on 64 Rotten Tomatoes snippets, distilled into a 4-layer, 8-head student, quantized
+# to NF4 (embeddings too) and compared (the full measurement: BENCHMARKS.md, issue 13).
+head -n 64 assets/rotten_tomatoes.train.txt > "$tmp/rt64.txt"
+head -n 32 assets/rotten_tomatoes.test.txt > "$tmp/rt32.txt"
+"$bin" train-classifier assets/all-MiniLM-L6-v2 --data "$tmp/rt64.txt" --test "$tmp/rt32.txt" \
+  --epochs 1 --batch 16 --lr 1e-4 -o "$tmp/cls" >/dev/null
+"$bin" distill --task classify --teacher "$tmp/cls" --data "$tmp/rt64.txt" --epochs 1 --batch 16 \
+  --lr 1e-4 -o "$tmp/cls-student" >/dev/null
+"$bin" quantize "$tmp/cls-student" --method nf4 --double-quant --include '*word_embeddings*' \
+  -o "$tmp/cls-student-nf4" >/dev/null
+"$bin" compare "$tmp/cls" "$tmp/cls-student" "$tmp/cls-student-nf4" --data "$tmp/rt32.txt" --json \
+  > "$tmp/cls-compare.json"
+python3 - "$tmp/cls-compare.json" <<'PY'
+import json, sys
+rows = json.load(open(sys.argv[1]))["rows"]
+assert [(r["layers"], r["heads"]) for r in rows] == [(6, 12), (4, 8), (4, 8)], rows
+assert rows[0]["model_bytes"] > 6 * rows[2]["model_bytes"], rows
+print("classifier on MiniLM: " + ", ".join(
+    f'{r["layers"]}x{r["heads"]} {r["model_bytes"]} B acc {r["metrics"]["accuracy"]:.2f}' for r in rows))
+PY
+rm -rf "${tmp:?}"/cls*
+echo "classifier example on all-MiniLM-L6-v2: fine-tunes, distils, quantizes, compares"

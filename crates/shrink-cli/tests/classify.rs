@@ -252,6 +252,8 @@ fn distilled_student_is_smaller_quantizes_and_compares() {
             "8",
             "--epochs",
             "4",
+            "--lr",
+            "1e-3",
             "-o",
             s(&student),
             "--json",

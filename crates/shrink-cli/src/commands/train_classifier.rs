@@ -180,10 +180,16 @@ impl classify::Progress for Bar {
             .as_ref()
             .map(|m| format!("; validation {}", m.summary()))
             .unwrap_or_default();
-        self.bar.println(format!(
+        let line = format!(
             "epoch {}: loss {:.4} in {:.0} s{v}",
             e.epoch, e.loss, e.seconds
-        ));
+        );
+        // A log (stderr not a terminal) gets the epoch lines too.
+        if self.bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            self.bar.println(line);
+        }
     }
     fn note(&self, msg: &str) {
         self.bar.set_message(msg.to_string());
