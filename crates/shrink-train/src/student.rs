@@ -27,6 +27,22 @@ pub struct StudentSpec {
     pub neurons: Option<f64>,
 }
 
+impl std::fmt::Display for StudentSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(k) = self.layers {
+            parts.push(format!("{k} blocks"));
+        }
+        if let Some(r) = self.heads {
+            parts.push(format!("{r} of the heads"));
+        }
+        if let Some(r) = self.neurons {
+            parts.push(format!("{r} of the MLP channels"));
+        }
+        write!(f, "keep {}", parts.join(", "))
+    }
+}
+
 impl StudentSpec {
     /// Parse `layers=24,heads=0.75,neurons=0.5` (any subset, at least one).
     pub fn parse(s: &str) -> Result<Self> {

@@ -267,7 +267,7 @@ pub fn run(a: Args) -> Result<()> {
                     .map(|w| w[..a.seq_len].to_vec())
                     .collect();
                 let bar = common::Bar::default();
-                eprintln!("making the student ({spec:?}) from the teacher ...");
+                eprintln!("making the student from the teacher ({spec}) ...");
                 student::from_teacher(&teacher_ckpt, &spec, &samples, &init, &bar)?;
             }
             init
