@@ -32,8 +32,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let t2 = Instant::now();
         let store = (&logits * &g)?.sum_all()?.backward()?;
         let t_head_bwd = t2.elapsed().as_secs_f64();
-        let mut gsum = Grads::new(m.params.len());
-        let _ = &mut gsum;
         let mut gx = store.get(xv.as_tensor()).unwrap().clone();
         drop(store);
         let t3 = Instant::now();
@@ -95,6 +93,3 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     Ok(())
 }
-
-#[allow(dead_code)]
-fn unused() {}
