@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 13's language-model distillation measurement on SmolLM2 (BENCHMARKS.md "Distillation"):
 #   the teacher (30 layers) → a student with 6 layers removed by Block Influence, then
-#   (a) distilled: alpha 0.5, T 2, teacher top-64 cached;  (b) the same steps with CE only
+#   (a) distilled: alpha 0.5, T 1, teacher top-64 cached (and at T 2, which did worse);  (b) the same steps with CE only
 #   (alpha 0), no teacher;  each scored on the first 24 lee-ppl-v1 evaluation windows and the
 #   full protocol, beside the undistilled student and the teacher.
 # Then the training speed beside PyTorch's (scripts/bench-distill-peer.py), same student, same
@@ -28,9 +28,10 @@ fi
 common=(--teacher "$work/f32" --student "$work/student24" --text "$corpus" --seq-len 512
         --lr 1e-4 --holdout 2 --json)
 long=(--steps "$steps" --eval-every 50 --save-every 50)
-[ -d "$work/kd" ] || "$bin" distill "${common[@]}" "${long[@]}" --alpha 0.5 --temperature 2 --teacher-topk 64 -o "$work/kd" > "$work/kd.json"
+[ -d "$work/kd" ] || "$bin" distill "${common[@]}" "${long[@]}" --alpha 0.5 --temperature 1 --teacher-topk 64 -o "$work/kd" > "$work/kd.json"
+[ -d "$work/kd-t2" ] || "$bin" distill "${common[@]}" "${long[@]}" --alpha 0.5 --temperature 2 --teacher-topk 64 -o "$work/kd-t2" > "$work/kd-t2.json"
 [ -d "$work/ce" ] || "$bin" distill "${common[@]}" "${long[@]}" --alpha 0 -o "$work/ce" > "$work/ce.json"
-for m in f32 student24 ce kd; do
+for m in f32 student24 ce kd kd-t2; do
   echo "== $m"
   "$bin" eval "$work/$m" --text "$corpus" --max-windows 24 | grep -i "ppl"
   "$bin" eval "$work/$m" --text "$corpus" | grep -i "ppl"
