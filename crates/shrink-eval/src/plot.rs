@@ -13,6 +13,34 @@ const FONTS: [&str; 3] = [
     "/usr/share/fonts/dejavu/DejaVuSans.ttf",
 ];
 
+/// Series colours, in order.
+const COLORS: [RGBColor; 4] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+];
+
+/// Draw the legend (when labels can be drawn) and write the image.
+fn finish<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    labels: bool,
+) -> std::result::Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    if labels {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| e.to_string())?;
+    }
+    root.present().map_err(|e| e.to_string())
+}
+
 /// Register a system sans-serif font for labels; false when none is found.
 fn fonts() -> bool {
     static FOUND: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -71,15 +99,9 @@ pub fn histogram_png(
             .draw()
             .map_err(|e| err(e.to_string()))?;
     }
-    let colors = [
-        RGBColor(31, 119, 180),
-        RGBColor(214, 39, 40),
-        RGBColor(44, 160, 44),
-        RGBColor(148, 103, 189),
-    ];
     let w = (hi - lo) as f64 / bins as f64;
     for (k, ((name, _), h)) in series.iter().zip(&hists).enumerate() {
-        let c = colors[k % colors.len()];
+        let c = COLORS[k % COLORS.len()];
         let pts: Vec<(f64, f64)> = h
             .iter()
             .enumerate()
@@ -97,21 +119,12 @@ pub fn histogram_png(
             });
         }
     }
-    if labels {
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| err(e.to_string()))?;
-    }
-    root.present().map_err(|e| err(e.to_string()))?;
+    finish(&mut chart, &root, labels).map_err(err)?;
     Ok(labels)
 }
 
-/// Training curves (one or more series of (step, value)) as a PNG line chart with a log-scaled
-/// value axis when the values span more than a factor of 10. Returns whether labels could be
-/// drawn.
+/// Training curves (one or more series of (step, value)) as a PNG line chart. Returns whether
+/// labels could be drawn.
 pub fn curves_png(
     path: &Path,
     title: &str,
@@ -145,12 +158,6 @@ pub fn curves_png(
             .x_label_area_size(40)
             .y_label_area_size(70);
     }
-    let colors = [
-        RGBColor(31, 119, 180),
-        RGBColor(214, 39, 40),
-        RGBColor(44, 160, 44),
-        RGBColor(148, 103, 189),
-    ];
     let mut chart = b
         .build_cartesian_2d(x0..x1, y0 * 0.98..y1 * 1.02)
         .map_err(|e| err(e.to_string()))?;
@@ -163,7 +170,7 @@ pub fn curves_png(
             .map_err(|e| err(e.to_string()))?;
     }
     for (i, (name, v)) in series.iter().enumerate() {
-        let c = colors[i % colors.len()];
+        let c = COLORS[i % COLORS.len()];
         let s = chart
             .draw_series(LineSeries::new(
                 v.iter().copied().filter(|p| p.1.is_finite()),
@@ -176,14 +183,6 @@ pub fn curves_png(
             });
         }
     }
-    if labels {
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| err(e.to_string()))?;
-    }
-    root.present().map_err(|e| err(e.to_string()))?;
+    finish(&mut chart, &root, labels).map_err(err)?;
     Ok(labels)
 }

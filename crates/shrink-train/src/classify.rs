@@ -22,7 +22,6 @@ use std::path::Path;
 use std::time::Instant;
 
 use candle_core::Tensor;
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use shrink_eval::classify::{self as cls, Labelled, Metrics};
@@ -30,11 +29,11 @@ use shrink_io::tokenizer::Tokenizer;
 use shrink_io::{Checkpoint, OutputDir};
 use shrink_models::{Architecture, BertConfig, BertKind, WeightLoader};
 
-use crate::distill::logits_no_graph;
+use crate::distill::{epoch_order, logits_no_graph};
 use crate::error::{Result, TrainError};
 use crate::forward::Trainable;
 use crate::grad::{self, Grads};
-use crate::loss::{self, KdLoss, LossParts, Teacher};
+use crate::loss::{KdLoss, LossParts, Teacher};
 use crate::optim::{self, AdamW, OptimState, Schedule};
 use crate::params::Params;
 
@@ -503,17 +502,6 @@ pub struct Summary {
     pub log: Vec<StepLog>,
 }
 
-/// The order of the training sentences in `epoch` (1-based): a permutation drawn from the
-/// seed and the epoch alone.
-pub fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
-    let mut perm: Vec<usize> = (0..n).collect();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(
-        seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-    );
-    perm.shuffle(&mut rng);
-    perm
-}
-
 /// Class logits of every example, without the autograd graph.
 pub fn logits(model: &Trainable, examples: &[Example]) -> Result<Vec<Vec<f32>>> {
     examples
@@ -594,14 +582,15 @@ pub fn train(
             for &i in chunk {
                 let ex = &train[i];
                 let t = teacher.map_or(Teacher::None, |t| Teacher::Full(&t[i]));
-                let mut p = LossParts::default();
-                grad::backward(student, &ex.ids, &mut grads, |logits| {
-                    let z: Vec<f32> = logits.flatten_all()?.to_vec1()?;
-                    let (lp, g) = loss::kd_loss(&z, k, &[ex.label], t, &cfg.loss, norm)?;
-                    p = lp;
-                    let g = Tensor::from_vec(g, logits.shape(), logits.device())?;
-                    Ok((lp.total(&cfg.loss) / norm, g))
-                })?;
+                let p = grad::backward_kd(
+                    student,
+                    &ex.ids,
+                    &[ex.label],
+                    t,
+                    &cfg.loss,
+                    norm,
+                    &mut grads,
+                )?;
                 parts.add(&p);
             }
             let loss_value = parts.total(&cfg.loss) / norm;

@@ -191,6 +191,17 @@ impl Progress for Silent {
     fn note(&self, _: &str) {}
 }
 
+/// A permutation of 0..n for `epoch`, drawn from the seed and the epoch alone (so a resumed
+/// run, or any step, finds its order without replaying the generator).
+pub fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
+    let mut perm: Vec<usize> = (0..n).collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(
+        seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    );
+    perm.shuffle(&mut rng);
+    perm
+}
+
 /// The window indices of step `step` (1-based): `per_step` windows from a per-epoch
 /// permutation of `n`, drawn from `seed` and the epoch alone.
 pub fn step_windows(seed: u64, n: usize, per_step: usize, step: usize) -> Vec<usize> {
@@ -200,12 +211,7 @@ pub fn step_windows(seed: u64, n: usize, per_step: usize, step: usize) -> Vec<us
         let g = (step - 1) * per_step + j;
         let (epoch, pos) = (g / n, g % n);
         if cached.as_ref().map(|c| c.0) != Some(epoch) {
-            let mut perm: Vec<usize> = (0..n).collect();
-            let mut rng = rand::rngs::StdRng::seed_from_u64(
-                seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-            );
-            perm.shuffle(&mut rng);
-            cached = Some((epoch, perm));
+            cached = Some((epoch, epoch_order(seed, epoch, n)));
         }
         out.push(cached.as_ref().expect("set above").1[pos]);
     }
@@ -464,14 +470,7 @@ pub fn distill(
                 }
                 _ => Teacher::None,
             };
-            let mut p = LossParts::default();
-            grad::backward(student, ids, &mut grads, |logits| {
-                let z: Vec<f32> = logits.flatten_all()?.to_vec1()?;
-                let (lp, g) = loss::kd_loss(&z, vocab, labels, t, &cfg.loss, norm)?;
-                p = lp;
-                let g = Tensor::from_vec(g, logits.shape(), logits.device())?;
-                Ok((lp.total(&cfg.loss) / norm, g))
-            })?;
+            let p = grad::backward_kd(student, ids, labels, t, &cfg.loss, norm, &mut grads)?;
             parts.add(&p);
         }
         let loss_value = parts.total(&cfg.loss) / norm;

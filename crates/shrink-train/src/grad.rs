@@ -127,6 +127,31 @@ pub fn backward(
     Ok(loss)
 }
 
+/// The gradient of the distillation loss `l` (see [`crate::loss::kd_loss`]) of `model` on
+/// `ids` against `labels` (one per logit row) and `teacher`, divided by `norm`, added into
+/// `grads`; returns the loss parts (sums, not divided).
+pub fn backward_kd(
+    model: &Trainable,
+    ids: &[u32],
+    labels: &[u32],
+    teacher: crate::loss::Teacher,
+    l: &crate::loss::KdLoss,
+    norm: f64,
+    grads: &mut Grads,
+) -> Result<crate::loss::LossParts> {
+    let mut parts = crate::loss::LossParts::default();
+    backward(model, ids, grads, |logits| {
+        let width = logits.dim(candle_core::D::Minus1)?;
+        let (p, g) = crate::params::with_f32(logits, |z| {
+            crate::loss::kd_loss(z, width, labels, teacher, l, norm)
+        })??;
+        parts = p;
+        let g = Tensor::from_vec(g, logits.shape(), logits.device())?;
+        Ok((p.total(l) / norm, g))
+    })?;
+    Ok(parts)
+}
+
 fn take(store: &candle_core::backprop::GradStore, x: &Var, what: &str) -> Result<Tensor> {
     // Detached: candle leaves a leaf variable's gradient attached to the graph that made it
     // (the block's weights, when the input feeds a matmul directly, as in BERT), and the next
