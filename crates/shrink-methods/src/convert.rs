@@ -233,7 +233,7 @@ pub fn convert(
 }
 
 /// `e` naming tensor `name` (errors that do not name it already).
-fn with_tensor(e: MethodError, name: &str) -> MethodError {
+pub(crate) fn with_tensor(e: MethodError, name: &str) -> MethodError {
     match e {
         MethodError::Model(m) => {
             MethodError::Model(ModelError::Input(format!("tensor {name}: {m}")))

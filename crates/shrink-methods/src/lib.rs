@@ -16,6 +16,8 @@
 //! - [`pipeline`]: the one layer-by-layer driver and streaming writer; [`calibrated`]: GPTQ,
 //!   AWQ and the importance matrix run over a whole checkpoint of any architecture;
 //! - [`convert`]: a checkpoint re-typed into an HF directory, logits compared;
+//! - [`rotate`]: offline rotations of the residual stream and of the heads (QuaRot R1/R2),
+//!   the same model in a basis that quantizes better; [`hadamard`]: the matrices;
 //! - [`structured`]: structured pruning (layers by Block Influence, MLP channels and
 //!   attention heads by activation), a smaller dense model of the same architecture;
 //! - [`report`]: the one report of a run; [`output`]: config, tokenizer and report beside the
@@ -31,6 +33,7 @@ pub mod export_layout;
 pub mod ggml_mix;
 pub mod ggml_quantize;
 pub mod gptq;
+pub mod hadamard;
 pub mod hessian;
 pub mod hqq;
 pub mod output;
@@ -38,6 +41,7 @@ pub mod per_tensor;
 pub mod pipeline;
 pub mod prune;
 pub mod report;
+pub mod rotate;
 pub mod rtn;
 pub mod select;
 pub mod sparsegpt;
