@@ -33,6 +33,9 @@ enum Command {
     /// Quantize: round to nearest (int8/intN per tensor/channel/group, NF4, FP4, LLM.int8,
     /// dynamic int8), calibrated (GPTQ, AWQ), HQQ, or GGUF k-quants; streaming.
     Quantize(commands::quantize::Args),
+    /// Rotate the residual stream and the heads (QuaRot / SpinQuant without online Hadamards):
+    /// the same outputs, weights that quantize with less error.
+    Rotate(commands::rotate::Args),
     /// Prune: weights to zero (magnitude, Wanda, SparseGPT; unstructured or 2:4; uniform or OWL;
     /// SparseGPT with joint quantization), or whole layers, MLP neurons or attention heads.
     Prune(commands::prune::Args),
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
         Command::Quantize(a) => commands::quantize::run(a),
         Command::Imatrix(a) => commands::imatrix::run(a),
         Command::Prune(a) => commands::prune::run(a),
+        Command::Rotate(a) => commands::rotate::run(a),
         Command::Distill(a) => commands::distill::run(a),
         Command::TrainClassifier(a) => commands::train_classifier::run(a),
         Command::Eval(a) => commands::eval::run(a),

@@ -69,6 +69,33 @@ pub fn commit(out: OutputDir, report: &Report) -> Result<PathBuf> {
     Ok(out.commit()?)
 }
 
+/// Record in the committed output `dir`'s report that the method ran on a rotated copy of
+/// `input` (`shrink quantize --rotate`): `input` restored, the method named `rot-…`, and the
+/// rotation's own report under `rotation`. Written to a temporary name and renamed.
+pub fn record_rotation(dir: &Path, input: &Path, rotation: &Report) -> Result<()> {
+    let path = dir.join("shrink-quantize.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| os(&path, e))?;
+    let mut v: serde_json::Value = serde_json::from_str(&text).map_err(|e| MethodError::Input {
+        path: path.clone(),
+        what: format!("not the JSON this run just wrote: {e}"),
+    })?;
+    v["input"] = input.display().to_string().into();
+    let method = v["method"].as_str().unwrap_or("").to_string();
+    v["method"] = format!("rot-{method}").into();
+    let mut rot = rotation.to_json();
+    if let Some(o) = rot.as_object_mut() {
+        for k in ["input", "output", "quantized_tensors", "quantized_params"] {
+            o.remove(k);
+        }
+    }
+    v["rotation"] = rot;
+    let tmp = dir.join(".shrink-quantize.json.partial");
+    let text = serde_json::to_string_pretty(&v).expect("JSON values serialize");
+    std::fs::write(&tmp, text).map_err(|e| os(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| os(&path, e))?;
+    Ok(())
+}
+
 /// The `general.*` model-card keys of a GGUF as model-card entries.
 fn gguf_model_card(g: &shrink_io::GgufFile) -> Vec<(String, model_card::CardValue)> {
     use model_card::CardValue;

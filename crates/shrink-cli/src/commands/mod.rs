@@ -15,4 +15,5 @@ pub mod inspect;
 pub mod prune;
 pub mod quantize;
 pub mod quantize_ggml;
+pub mod rotate;
 pub mod train_classifier;

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use shrink_formats::float::FloatType;
 use shrink_formats::hqq_layout::HqqSpec;
@@ -216,6 +216,13 @@ pub struct Args {
     /// GGUF methods: keep output.weight as stored (llama-quantize --leave-output-tensor).
     #[arg(long)]
     pub leave_output_tensor: bool,
+    /// Rotate the model first (`shrink rotate`: residual stream and heads, QuaRot's R1/R2
+    /// without online Hadamards), then quantize the rotated model; for int, nf4, fp4, hqq,
+    /// gptq and awq. The rotated copy lives beside the output until the run ends.
+    #[arg(long, help_heading = "Rotation")]
+    pub rotate: bool,
+    #[command(flatten)]
+    pub rotation: super::rotate::RotationOpts,
 }
 
 fn parse_float(s: &str) -> Result<FloatType, String> {
@@ -307,7 +314,36 @@ fn target<'a>(a: &'a Args, selection: &'a Selection) -> super::calibrated::Targe
 }
 
 /// Run `shrink quantize`.
-pub fn run(a: Args) -> Result<()> {
+pub fn run(mut a: Args) -> Result<()> {
+    if !a.rotate {
+        if a.rotation.no_residual || a.rotation.no_heads || a.rotation.rotate_seed != 0 {
+            bail!("--no-residual, --no-heads and --rotate-seed shape --rotate; add --rotate");
+        }
+        return quantize(a);
+    }
+    if a.method.ggml_name().is_some() {
+        bail!(
+            "--rotate applies to int, nf4, fp4, hqq, gptq and awq; for a GGUF preset rotate \
+             first (shrink rotate MODEL -o ROT), then shrink export ROT --to gguf --type {} \
+             -o OUT.gguf",
+            a.method.ggml_name().unwrap_or_default()
+        );
+    }
+    let rotated = super::rotate::Rotated::create(&a.model, &a.output, &a.rotation)?;
+    let input = std::mem::replace(&mut a.model, rotated.dir.clone());
+    let output = a.output.clone();
+    quantize(a).with_context(|| {
+        format!(
+            "quantizing the rotated copy of {} (removed again)",
+            input.display()
+        )
+    })?;
+    shrink_methods::output::record_rotation(&output, &input, &rotated.report)?;
+    Ok(())
+}
+
+/// Quantize `a.model` as the flags say.
+fn quantize(a: Args) -> Result<()> {
     if let Some(preset) = a.method.ggml_name() {
         return super::quantize_ggml::run(&a, &preset);
     }

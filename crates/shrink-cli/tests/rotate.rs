@@ -1,0 +1,92 @@
+//! `shrink rotate` and `shrink quantize --rotate` on every architecture: the rotated model
+//! computes what the input computed (logits, and an encoder's hidden states), the quantized
+//! rotated model loads and records its rotation, the temporary rotated copy is gone, and
+//! impossible requests are refused with nothing written.
+
+mod common;
+use common::*;
+
+#[test]
+fn rotated_models_compute_what_their_inputs_computed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = std::fs::read(calib_text(tmp.path(), 3000)).unwrap();
+    for arch in ARCHS {
+        let fx = fixture(arch);
+        let out = tmp.path().join(arch);
+        let encoder = arch.contains("bert");
+        let mut args = vec!["rotate", fx.to_str().unwrap(), "-o", out.to_str().unwrap(), "--json"];
+        if encoder {
+            args.push("--no-residual");
+        }
+        let r = run(&args);
+        let d = rel_rmse(&outputs(&fx, &text), &outputs(&out, &text));
+        eprintln!("{arch}: {} relative RMS difference of the outputs {d:.2e}", r["method"]);
+        assert!(d < 1e-5, "{arch}: outputs moved by {d}");
+        assert_eq!(r["method"], if encoder { "rotate-r2" } else { "rotate-r1r2" });
+    }
+}
+
+#[test]
+fn quantize_rotate_writes_a_rotated_quantized_model_and_cleans_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let calib = calib_text(tmp.path(), 3000);
+    let c = calib.to_str().unwrap();
+    let text = std::fs::read(&calib).unwrap();
+    let cases: [(&str, &[&str]); 4] = [
+        ("tiny-llama", &["--method", "int", "--bits", "4", "--group-size", "16"]),
+        ("tiny-gpt2", &["--method", "hqq", "--bits", "4", "--group-size", "16"]),
+        ("tiny-qwen2", &["--method", "gptq", "--bits", "4", "--group-size", "16", "--calib", c, "--calib-format", "raw", "--calib-samples", "8", "--calib-seqlen", "48"]),
+        ("tiny-gpt_neox", &["--method", "awq", "--bits", "4", "--group-size", "16", "--calib", c, "--calib-format", "raw", "--calib-samples", "8", "--calib-seqlen", "48"]),
+    ];
+    for (arch, method) in cases {
+        let fx = fixture_with_tokenizer(tmp.path(), arch);
+        let out = tmp.path().join(format!("{arch}-q"));
+        let mut args = vec!["quantize", fx.to_str().unwrap(), "-o", out.to_str().unwrap(), "--rotate", "--json"];
+        args.extend_from_slice(method);
+        let r = shrink(&args);
+        assert!(r.status.success(), "{arch}: {}", String::from_utf8_lossy(&r.stderr));
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(err.contains("rotated"), "{arch}: {err}");
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("shrink-quantize.json")).unwrap())
+                .unwrap();
+        assert!(report["method"].as_str().unwrap().starts_with("rot-"), "{report}");
+        assert_eq!(report["input"], fx.to_str().unwrap());
+        assert_eq!(report["rotation"]["method"], "rotate-r1r2");
+        assert!(report["rotation"]["logits_max_abs_diff"].as_f64().unwrap() < 1e-4);
+        // It runs, close to the float model (4-bit groups of 16 on random weights).
+        let d = rel_rmse(&outputs(&fx, &text), &outputs(&out, &text));
+        eprintln!("{arch} {:?} rotated: output relative RMSE {d:.3}", report["method"]);
+        assert!(d < 0.5, "{arch}: {d}");
+        let left: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".rotated-"))
+            .collect();
+        assert!(left.is_empty(), "{arch}: temporary rotated copy left behind");
+    }
+}
+
+#[test]
+fn impossible_rotations_are_refused_and_nothing_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let o = out.to_str().unwrap();
+    let bert = fixture("tiny-bert_cls");
+    let llama = fixture("tiny-llama");
+    let cases: [(Vec<&str>, &str); 4] = [
+        (vec!["rotate", bert.to_str().unwrap(), "-o", o], "post-LN"),
+        (vec!["rotate", llama.to_str().unwrap(), "-o", o, "--no-residual", "--no-heads"], "nothing to rotate"),
+        (vec!["quantize", llama.to_str().unwrap(), "-o", o, "--method", "int", "--no-heads"], "add --rotate"),
+        (vec!["quantize", llama.to_str().unwrap(), "-o", o, "--method", "q4_k_m", "--rotate"], "shrink rotate"),
+    ];
+    for (args, want) in cases {
+        let r = shrink(&args);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(!r.status.success(), "{args:?} succeeded");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!out.exists(), "{args:?} wrote {o}");
+        let left = std::fs::read_dir(tmp.path()).unwrap().count();
+        assert_eq!(left, 0, "{args:?} left files behind");
+    }
+}

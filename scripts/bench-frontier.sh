@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Issue 14's quality frontier on SmolLM2 (BENCHMARKS.md "The quality frontier"): each method
+# plain and on the rotated model (`--rotate`: QuaRot's R1 + R2, randomized Hadamard, seed 0),
+# scored on the first 24 lee-ppl-v1 windows and on 16 windows of held-out technical
+# documentation (assets/heldout-docs.txt, see fetch-assets.sh), with the quantize time and peak
+# RSS. Calibrated methods use the Lee calibration documents (0..149), 128 × 512 tokens unless
+# CALIB says otherwise. One line per model into WORK/results.tsv; models already there are
+# skipped, so the script resumes.
+#
+# Usage: scripts/bench-frontier.sh WORK [NAME...]   (no NAME: every configuration below)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=$1; shift
+bin=target/release/shrink
+corpus=assets/lee_background.cor
+docs=assets/heldout-docs.txt
+mkdir -p "$work"
+[ -d "$work/f32" ] || "$bin" convert assets/SmolLM2-135M-Instruct.Q4_1.gguf --dtype f32 -o "$work/f32" --no-check >/dev/null
+calib=(--calib "$corpus" ${CALIB:-})
+declare -A cfg=(
+  [rtn4]="--method int --bits 4 --group-size 64"
+  [hqq4]="--method hqq --bits 4 --group-size 64"
+  [gptq4]="--method gptq --bits 4 --group-size 64 ${calib[*]}"
+  [awq4]="--method awq --bits 4 --group-size 64 ${calib[*]}"
+  [rtn3]="--method int --bits 3 --group-size 64"
+  [hqq3]="--method hqq --bits 3 --group-size 64"
+  [gptq3]="--method gptq --bits 3 --group-size 64 ${calib[*]}"
+  [rtn2]="--method int --bits 2 --group-size 64"
+  [gptq2]="--method gptq --bits 2 --group-size 64 ${calib[*]}"
+)
+names=("$@")
+[ ${#names[@]} -gt 0 ] || names=(rtn4 hqq4 gptq4 rtn3 hqq3 gptq3 rtn2 gptq2 awq4)
+res="$work/results.tsv"
+[ -s "$res" ] || printf 'model\tbpw_quantized\tbpw_model\tquant_s\tquant_rss_mib\tlee24_ppl\tdocs16_ppl\n' > "$res"
+score() { # score NAME DIR QUANT_JSON
+  local name=$1 dir=$2 q=$3
+  grep -q "^$name	" "$res" && return 0
+  local lee held
+  lee=$("$bin" eval "$dir" --text "$corpus" --max-windows 24 --json 2>/dev/null | python3 -c 'import json,sys; print("%.4f" % json.load(sys.stdin)["ppl"])')
+  held=$("$bin" eval "$dir" --text "$docs" --protocol raw --max-windows 16 --json 2>/dev/null | python3 -c 'import json,sys; print("%.4f" % json.load(sys.stdin)["ppl"])')
+  python3 - "$name" "$q" "$lee" "$held" >> "$res" <<'PY'
+import json, sys
+name, q, lee, docs = sys.argv[1:5]
+r = json.load(open(q)) if q else {}
+f = lambda k, fmt: (fmt % r[k]) if r.get(k) is not None else "-"
+rss = "%.0f" % (r["peak_rss_bytes"] / 2**20) if r.get("peak_rss_bytes") else "-"
+print("\t".join([name, f("bits_per_weight_quantized", "%.3f"), f("bits_per_weight_model", "%.3f"),
+                 f("seconds", "%.1f"), rss, lee, docs]))
+PY
+  tail -n1 "$res"
+}
+score f32 "$work/f32" ""
+for n in "${names[@]}"; do
+  for rot in "" "--rotate"; do
+    name=$n${rot:+-rot}
+    out="$work/$name"
+    if [ ! -d "$out" ]; then
+      # shellcheck disable=SC2086
+      "$bin" quantize "$work/f32" ${cfg[$n]} $rot --json -o "$out" > "$work/$name.json" 2> "$work/$name.err"
+    fi
+    score "$name" "$out" "$out/shrink-quantize.json"
+  done
+done
+column -t -s $'\t' "$res"
