@@ -50,7 +50,7 @@ use crate::pipeline::Progress;
 use crate::report::{peak_rss, Report, Sizes};
 
 /// Which rotations to apply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RotateSpec {
     /// Rotate the residual stream (R1).
     pub residual: bool,
@@ -58,6 +58,9 @@ pub struct RotateSpec {
     pub heads: bool,
     /// Seed of the random signs (and of the random orthogonal matrix without a Hadamard one).
     pub seed: u64,
+    /// Residual channels left out of the rotation, their norm weights kept in the norms:
+    /// `None` finds them ([`suppressed_channels`]), `Some(list)` names them (empty: none).
+    pub keep: Option<Vec<usize>>,
 }
 
 impl Default for RotateSpec {
@@ -66,6 +69,7 @@ impl Default for RotateSpec {
             residual: true,
             heads: true,
             seed: 0,
+            keep: None,
         }
     }
 }
@@ -349,6 +353,8 @@ struct Rotator<'a> {
     r: Vec<Vec<f64>>,
     /// Norms (full prefix) whose β goes into their readers' biases.
     fold_beta: HashMap<String, bool>,
+    /// Residual channels outside the rotation (their γ stays in the norms).
+    kept: Vec<bool>,
 }
 
 impl Rotator<'_> {
@@ -374,6 +380,16 @@ impl Rotator<'_> {
 
     fn norm_weight(&self, prefix: &str) -> Result<Vec<f32>> {
         self.read(&format!("{prefix}.weight"))
+    }
+
+    /// The part of a norm's weight folded into its readers: γ, with 1 on the kept channels.
+    fn folded_weight(&self, prefix: &str) -> Result<Vec<f32>> {
+        let mut g = self.norm_weight(prefix)?;
+        g.iter_mut()
+            .zip(&self.kept)
+            .filter(|(_, &k)| k)
+            .for_each(|(v, _)| *v = 1.0);
+        Ok(g)
     }
 
     /// β of a LayerNorm, if it has one.
@@ -448,7 +464,7 @@ impl Rotator<'_> {
                 rows: p.shape[0],
                 cols: p.shape[1],
             };
-            scale_columns(&mut m, &self.norm_weight(&lay.final_norm)?);
+            scale_columns(&mut m, &self.folded_weight(&lay.final_norm)?);
             return Ok(m.matmul(&self.q()?.0)?.v);
         }
         if let Some(is_bias) = [".weight", ".bias"]
@@ -493,7 +509,7 @@ impl Rotator<'_> {
             column(b)
         } else {
             let mut w = w;
-            scale_columns(&mut w, &self.norm_weight(norm)?);
+            scale_columns(&mut w, &self.folded_weight(norm)?);
             w.matmul(&self.q()?.0)?
         };
         if let Some(l) = value_layer {
@@ -531,13 +547,18 @@ impl Rotator<'_> {
         Ok(self.back(m, is_bias))
     }
 
-    /// A norm's weight (1 after folding) or bias (0 when folded into the readers, else
-    /// `(β ⊘ γ) Q`).
+    /// A norm's weight (1 after folding; γ on the kept channels) or bias (0 when folded into
+    /// the readers, else `(β ⊘ γ̃) Q`, γ̃ the folded part of γ).
     fn norm(&self, prefix: &str, is_bias: bool, folded: bool) -> Result<Vec<f32>> {
         let gamma = self.norm_weight(prefix)?;
         if !is_bias {
-            return Ok(vec![1.0; gamma.len()]);
+            return Ok(gamma
+                .iter()
+                .zip(&self.kept)
+                .map(|(&g, &k)| if k { g } else { 1.0 })
+                .collect());
         }
+        let gamma = self.folded_weight(prefix)?;
         let beta = self.norm_bias(prefix)?.unwrap_or_default();
         if folded || beta.iter().all(|&b| b == 0.0) {
             return Ok(vec![0.0; gamma.len()]);
@@ -580,6 +601,74 @@ impl Rotator<'_> {
             m.v
         }
     }
+}
+
+/// The n × n rotation that is `m` on the channels not kept and the identity on the kept ones.
+fn embed_rotation(m: &[f64], kept: &[bool]) -> Vec<f64> {
+    let n = kept.len();
+    let idx: Vec<usize> = (0..n).filter(|&i| !kept[i]).collect();
+    let k = idx.len();
+    let mut q = vec![0f64; n * n];
+    for (i, &c) in kept.iter().enumerate() {
+        if c {
+            q[i * n + i] = 1.0;
+        }
+    }
+    for (a, &i) in idx.iter().enumerate() {
+        for (b, &j) in idx.iter().enumerate() {
+            q[i * n + j] = m[a * k + b];
+        }
+    }
+    q
+}
+
+/// Every pre-norm's weight (the norms the blocks read the stream through, and the final one).
+fn norm_weights(
+    arch: &Architecture,
+    loader: &WeightLoader,
+    seq: &Sequential,
+    layout: &Layout,
+) -> Result<Vec<Vec<f32>>> {
+    let mut names: Vec<String> = Vec::new();
+    for l in 0..seq.num_layers() {
+        for (_, norm) in layout.readers {
+            let n = seq.tensor_name(l, &format!("{norm}.weight"));
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+    }
+    names.push(format!("{}.weight", layout.final_norm));
+    names
+        .iter()
+        .map(|n| crate::pipeline::values(&arch.read_weight(loader, n, &[layout.hidden])?))
+        .collect()
+}
+
+/// The residual channels the model's norms suppress: where at least a tenth of the norms (and
+/// at least two) scale the channel by less than a tenth of their median |γ|. Such channels
+/// carry the stream's massive activations (Sun et al. 2024, "Massive activations in large
+/// language models"), which the norms damp; folding their tiny γ into the next linear and
+/// rotating would spread those activations over every channel and multiply every rounding
+/// error by them (on SmolLM2, channels 247 and 507: the rotated RTN int4 model scored PPL 51
+/// instead of 35 before they were kept out).
+pub fn suppressed_channels(gammas: &[Vec<f32>]) -> Vec<usize> {
+    let Some(n) = gammas.first().map(Vec::len) else {
+        return vec![];
+    };
+    let mut count = vec![0usize; n];
+    for g in gammas {
+        let mut a: Vec<f32> = g.iter().map(|v| v.abs()).collect();
+        a.sort_by(f32::total_cmp);
+        let median = a[a.len() / 2];
+        for (c, v) in g.iter().enumerate() {
+            if v.abs() < 0.1 * median {
+                count[c] += 1;
+            }
+        }
+    }
+    let need = (gammas.len() / 10).max(2);
+    (0..n).filter(|&c| count[c] >= need).collect()
 }
 
 /// A vector as a one-column matrix.
@@ -667,15 +756,43 @@ pub fn rotate(
         }
     }
 
+    // Channels kept out of the rotation.
+    let kept_list = match &spec.keep {
+        Some(list) => {
+            if let Some(&c) = list.iter().find(|&&c| c >= layout.hidden) {
+                return Err(MethodError::Options(format!(
+                    "channel {c} to keep out of the rotation is outside the {} residual channels",
+                    layout.hidden
+                )));
+            }
+            let mut l = list.clone();
+            l.sort_unstable();
+            l.dedup();
+            l
+        }
+        None if spec.residual => suppressed_channels(&norm_weights(&arch, &loader, &seq, &layout)?),
+        None => vec![],
+    };
+    let mut kept = vec![false; layout.hidden];
+    kept_list.iter().for_each(|&c| kept[c] = true);
+    let rotated = layout.hidden - kept_list.len();
+    if spec.residual && rotated < 2 {
+        return Err(MethodError::Options(format!(
+            "keeping {} of {} channels out of the rotation leaves nothing to rotate",
+            kept_list.len(),
+            layout.hidden
+        )));
+    }
+
     // The matrices: one stream of random numbers per purpose.
     let mut rng = hadamard::rng(spec.seed, 1);
-    let basis = Basis::new(layout.hidden, &mut rng);
+    let basis = Basis::new(rotated, &mut rng);
     let q = if spec.residual {
         let m = match layout.norm {
             NormKind::Layer => basis.mean_preserving(&mut rng),
             _ => basis.signed(&mut rng),
         };
-        Some(tensors(&m, layout.hidden)?)
+        Some(tensors(&embed_rotation(&m, &kept), layout.hidden)?)
     } else {
         None
     };
@@ -716,21 +833,23 @@ pub fn rotate(
             shape: shape.clone(),
         })
         .collect();
+    let spec_name = spec.name();
     let rotator = Rotator {
         arch,
         loader,
         layout,
         seq,
-        spec,
+        spec: spec.clone(),
         shapes: by_name,
         q,
         r,
         fold_beta,
+        kept,
     };
     let lay = &rotator.layout;
     let mut untied = None;
     if spec.residual && !rotator.shapes.contains_key(&lay.head) {
-        let gamma = rotator.norm_weight(&lay.final_norm)?;
+        let gamma = rotator.folded_weight(&lay.final_norm)?;
         let beta = rotator.norm_bias(&lay.final_norm)?.unwrap_or_default();
         let stays = gamma.iter().all(|&g| g == 1.0) && beta.iter().all(|&b| b == 0.0);
         if !stays {
@@ -812,7 +931,7 @@ pub fn rotate(
         total_params,
         ..Sizes::default()
     };
-    let mut r = Report::new(path.into(), out.target().into(), spec.name(), sizes);
+    let mut r = Report::new(path.into(), out.target().into(), spec_name, sizes);
     let kind = |b: &Basis| {
         if b.hadamard {
             "randomized Hadamard"
@@ -823,13 +942,19 @@ pub fn rotate(
     if spec.residual {
         r.set(
             "residual",
-            json!({"order": lay.hidden, "matrix": kind(&basis),
+            json!({"order": rotated, "matrix": kind(&basis), "kept_channels": kept_list,
                    "mean_preserving": lay.norm == NormKind::Layer}),
         );
+        if !kept_list.is_empty() {
+            r.notes.push(format!(
+                "kept           channels {kept_list:?} out of the rotation (their norm weights \
+                 stay in the norms)"
+            ));
+        }
         r.notes.push(format!(
             "residual       {} × {} {} (R1){}",
-            lay.hidden,
-            lay.hidden,
+            rotated,
+            rotated,
             kind(&basis),
             if lay.norm == NormKind::Layer {
                 ", mapping the all-ones vector to itself (LayerNorm); writers centered"

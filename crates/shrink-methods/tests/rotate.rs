@@ -206,6 +206,7 @@ fn rotating_twice_and_other_seeds_keep_the_logits() {
             residual,
             heads,
             seed: 3,
+            keep: None,
         };
         rotate(
             &Checkpoint::open(&fx).unwrap(),
@@ -221,6 +222,66 @@ fn rotating_twice_and_other_seeds_keep_the_logits() {
         assert!(rel(&read(&out, v), &read(&fx, v)) > 0.5);
     }
     std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn channels_kept_out_of_the_rotation_keep_their_norm_weights_and_the_logits() {
+    let root = scratch("kept");
+    for (name, norm) in [
+        ("tiny-llama", "model.layers.1.input_layernorm.weight"),
+        ("tiny-qwen2", "model.norm.weight"),
+        ("tiny-gpt2", "transformer.h.0.ln_2.weight"),
+        ("tiny-gpt_neox", "gpt_neox.layers.1.post_attention_layernorm.weight"),
+    ] {
+        let fx = fixture(name);
+        let out = root.join(name);
+        let spec = RotateSpec {
+            keep: Some(vec![33, 1]),
+            ..RotateSpec::default()
+        };
+        let r = rotate(&Checkpoint::open(&fx).unwrap(), &out, spec, FloatType::F32, &Silent)
+            .unwrap();
+        assert_eq!(r.extra["residual"]["kept_channels"], serde_json::json!([1, 33]));
+        assert_eq!(r.extra["residual"]["order"], 62);
+        let d = max_diff(&out, &fx);
+        eprintln!("{name}: channels 1 and 33 kept, max |Δ| vs transformers {d:.2e}");
+        assert!(d <= 1e-4, "{name}: {d}");
+        let (g0, g1) = (read(&fx, norm), read(&out, norm));
+        for (c, (&a, &b)) in g0.iter().zip(&g1).enumerate() {
+            let want = if c == 1 || c == 33 { a } else { 1.0 };
+            assert_eq!(b, want, "{name}: {norm}[{c}]");
+        }
+    }
+    // Bad lists are refused.
+    let fx = fixture("tiny-llama");
+    let spec = RotateSpec {
+        keep: Some(vec![64]),
+        ..RotateSpec::default()
+    };
+    let e = rotate(&Checkpoint::open(&fx).unwrap(), &root.join("bad"), spec, FloatType::F32, &Silent)
+        .unwrap_err();
+    assert!(e.to_string().contains("channel 64"), "{e}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn suppressed_channels_are_those_most_norms_damp() {
+    use shrink_methods::rotate::suppressed_channels;
+    // 20 norms over 8 channels: channel 2 damped in 5 of them, channel 6 in one only.
+    let gammas: Vec<Vec<f32>> = (0..20)
+        .map(|i| {
+            let mut g = vec![1.0f32; 8];
+            if i % 4 == 0 {
+                g[2] = 0.001;
+            }
+            if i == 7 {
+                g[6] = -0.01;
+            }
+            g
+        })
+        .collect();
+    assert_eq!(suppressed_channels(&gammas), vec![2]);
+    assert!(suppressed_channels(&[]).is_empty());
 }
 
 #[test]
@@ -266,6 +327,7 @@ fn bad_requests_are_refused_and_nothing_is_written() {
         residual: false,
         heads: false,
         seed: 0,
+        keep: None,
     };
     let e = rotate(&ckpt, &out, spec, FloatType::F32, &Silent).unwrap_err();
     assert!(e.to_string().contains("nothing to rotate"), "{e}");

@@ -316,8 +316,15 @@ fn target<'a>(a: &'a Args, selection: &'a Selection) -> super::calibrated::Targe
 /// Run `shrink quantize`.
 pub fn run(mut a: Args) -> Result<()> {
     if !a.rotate {
-        if a.rotation.no_residual || a.rotation.no_heads || a.rotation.rotate_seed != 0 {
-            bail!("--no-residual, --no-heads and --rotate-seed shape --rotate; add --rotate");
+        if a.rotation.no_residual
+            || a.rotation.no_heads
+            || a.rotation.rotate_seed != 0
+            || a.rotation.keep_channels.0.is_some()
+        {
+            bail!(
+                "--no-residual, --no-heads, --rotate-seed and --keep-channels shape --rotate; \
+                 add --rotate"
+            );
         }
         return quantize(a);
     }

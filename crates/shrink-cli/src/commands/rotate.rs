@@ -43,6 +43,30 @@ pub struct RotationOpts {
     /// Seed of the random signs.
     #[arg(long, default_value_t = 0, help_heading = "Rotation")]
     pub rotate_seed: u64,
+    /// Residual channels left out of the rotation: `auto` (those most norms suppress, where the
+    /// stream's massive activations live), `none`, or a list such as `247,507`.
+    #[arg(long, default_value = "auto", value_parser = parse_keep, help_heading = "Rotation")]
+    pub keep_channels: Keep,
+}
+
+/// `--keep-channels`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Keep(pub Option<Vec<usize>>);
+
+fn parse_keep(s: &str) -> Result<Keep, String> {
+    match s {
+        "auto" => Ok(Keep(None)),
+        "none" => Ok(Keep(Some(vec![]))),
+        _ => s
+            .split(',')
+            .map(|c| {
+                c.trim()
+                    .parse::<usize>()
+                    .map_err(|_| format!("--keep-channels {s:?}: use auto, none or channel numbers like 247,507"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|v| Keep(Some(v))),
+    }
 }
 
 impl RotationOpts {
@@ -52,6 +76,7 @@ impl RotationOpts {
             residual: !self.no_residual,
             heads: !self.no_heads,
             seed: self.rotate_seed,
+            keep: self.keep_channels.0.clone(),
         }
     }
 }
