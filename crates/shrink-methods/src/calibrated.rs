@@ -34,7 +34,7 @@ use shrink_models::{Architecture, LinearInfo};
 use crate::awq::{self, AwqSpec, BlockInputs, LayerWeights};
 use crate::error::{MethodError, Result};
 use crate::gptq::{self, GptqSpec};
-use crate::hessian::Hessian;
+use crate::hessian::{Cross, Hessian};
 use crate::output;
 use crate::pipeline::{self, LayerStep, Plan, Progress, Source, StepKind, Stored};
 use crate::report::{squared_error, Report, Sizes};
@@ -138,6 +138,7 @@ pub(crate) fn drive(
 ) -> Result<(OutputDir, Sizes)> {
     let out = OutputDir::create(run.output, &[run.ckpt.path()])?;
     let mut xs = o.seq.embed(run.samples)?;
+    let mut fs = step.wants_float().then(|| xs.clone());
     let loader = o.arch.weight_loader(run.ckpt);
     let src = Source {
         arch: &o.arch,
@@ -153,7 +154,7 @@ pub(crate) fn drive(
         run.dense_dtype,
         metadata,
         |l, stored| {
-            pipeline::advance(&o.seq, l, &mut xs, step, stored)?;
+            pipeline::advance(&o.seq, l, &mut xs, fs.as_mut(), step, stored)?;
             run.progress.inc(1);
             Ok(())
         },
@@ -241,6 +242,9 @@ struct GptqStep<'a> {
     slots: &'static [LinearSlot],
     path: &'a Path,
     hs: HashMap<&'static str, Hessian>,
+    /// GPTAQ: the current sample's float-model inputs, and `Σ Δx x̃ᵀ` per input.
+    float_inputs: HashMap<&'static str, Vec<f32>>,
+    cross: HashMap<&'static str, Cross>,
     losses: Vec<f64>,
     max_damp: f64,
     sq: (f64, f64),
@@ -255,11 +259,40 @@ impl LayerStep for GptqStep<'_> {
     fn observe(&mut self, _: usize, linear: &str, x: &Tensor) -> shrink_models::Result<()> {
         if let Some(s) = self.slots.iter().find(|s| s.input == linear) {
             let (v, n) = pipeline::rows(x)?;
+            if self.spec.gptaq_alpha.is_some() {
+                let f = self.float_inputs.remove(s.input).ok_or_else(|| {
+                    shrink_models::ModelError::Input(format!(
+                        "GPTAQ: the float model's input of {} was not observed",
+                        s.input
+                    ))
+                })?;
+                if f.len() != v.len() {
+                    return Err(shrink_models::ModelError::Input(format!(
+                        "GPTAQ: the float and compressed inputs of {} differ in size",
+                        s.input
+                    )));
+                }
+                self.cross
+                    .entry(s.input)
+                    .or_insert_with(|| Cross::new(n))
+                    .add(&f, &v);
+            }
             let f64_acc = self.f64_hessian;
             self.hs
                 .entry(s.input)
                 .or_insert_with(|| Hessian::new(n, f64_acc))
                 .add(&v);
+        }
+        Ok(())
+    }
+
+    fn wants_float(&self) -> bool {
+        self.spec.gptaq_alpha.is_some()
+    }
+
+    fn observe_float(&mut self, _: usize, linear: &str, x: &Tensor) -> shrink_models::Result<()> {
+        if let Some(s) = self.slots.iter().find(|s| s.input == linear) {
+            self.float_inputs.insert(s.input, pipeline::rows(x)?.0);
         }
         Ok(())
     }
@@ -272,6 +305,7 @@ impl LayerStep for GptqStep<'_> {
         stored: &mut Stored,
     ) -> Result<()> {
         let hs = std::mem::take(&mut self.hs);
+        let cross = std::mem::take(&mut self.cross);
         let t = Instant::now();
         let mut loss = 0.0;
         for (input, locals) in selected_by_input(seq, self.names, l) {
@@ -283,7 +317,13 @@ impl LayerStep for GptqStep<'_> {
                 .map(|n| seq.weight_name(l, n))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let prepared = gptq::prepare(h.matrix(), h.n, &self.spec, &label)?;
+            let mut prepared = gptq::prepare(h.matrix(), h.n, &self.spec, &label)?;
+            if let Some(alpha) = self.spec.gptaq_alpha {
+                let d = cross.get(input).ok_or_else(|| {
+                    MethodError::Options(format!("the float input of {input} was not observed"))
+                })?;
+                prepared = prepared.with_asymmetry(&d.matrix(), alpha);
+            }
             self.max_damp = self.max_damp.max(prepared.damp);
             for local in locals {
                 let name = seq.weight_name(l, local);
@@ -316,7 +356,12 @@ impl LayerStep for GptqStep<'_> {
 /// The method name of a GPTQ run, e.g. `gptq-w4g64-asym-actorder-static`.
 pub fn gptq_name(spec: &GptqSpec) -> String {
     format!(
-        "gptq-w{}g{}-{}{}",
+        "{}-w{}g{}-{}{}{}",
+        if spec.gptaq_alpha.is_some() {
+            "gptaq"
+        } else {
+            "gptq"
+        },
         spec.bits,
         spec.group_size,
         if spec.sym { "sym" } else { "asym" },
@@ -324,7 +369,8 @@ pub fn gptq_name(spec: &GptqSpec) -> String {
             (true, true) => "-actorder-static",
             (true, false) => "-actorder",
             _ => "",
-        }
+        },
+        if spec.clip_search { "-clip" } else { "" }
     )
 }
 
@@ -390,6 +436,8 @@ pub fn gptq(run: &Run, spec: GptqSpec, f64_hessian: bool) -> Result<Report> {
         slots: o.seq.linears(),
         path: run.ckpt.path(),
         hs: HashMap::new(),
+        float_inputs: HashMap::new(),
+        cross: HashMap::new(),
         losses: Vec::new(),
         max_damp: 0.0,
         sq: (0.0, 0.0),
@@ -419,6 +467,8 @@ pub fn gptq(run: &Run, spec: GptqSpec, f64_hessian: bool) -> Result<Report> {
     r.seconds = t_start.elapsed().as_secs_f64();
     r.set("gptq_loss_per_layer", &step.losses);
     r.set("max_damp", step.max_damp);
+    r.set("gptaq_alpha", spec.gptaq_alpha);
+    r.set("clip_search", spec.clip_search);
     r.set("gptq_solve_seconds", step.seconds);
     r.notes.push(format!(
         "calibration    {} samples × {} tokens",

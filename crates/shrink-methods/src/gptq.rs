@@ -55,6 +55,13 @@ pub struct GptqSpec {
     pub damp: f64,
     /// Columns per lazy update block (default 128).
     pub block_size: usize,
+    /// Search each group's clipping range (QuaRot's and GPTAQ's `--w_clip`): the grid of the
+    /// range shrunk by `1 − i/100`, i < 80, that minimises `Σ |q − w|^2.4` over the group,
+    /// instead of the group's full min/max.
+    pub clip_search: bool,
+    /// GPTAQ (asymmetric calibration): fit each layer to the float model's output, its inputs
+    /// from the compressed model, with this α (the reference's 0.25); `None`: GPTQ.
+    pub gptaq_alpha: Option<f64>,
 }
 
 impl Default for GptqSpec {
@@ -67,6 +74,8 @@ impl Default for GptqSpec {
             static_groups: false,
             damp: 0.01,
             block_size: 128,
+            clip_search: false,
+            gptaq_alpha: None,
         }
     }
 }
@@ -96,6 +105,11 @@ impl GptqSpec {
         if self.block_size == 0 {
             return bad("--block-size must be at least 1".into());
         }
+        if let Some(a) = self.gptaq_alpha {
+            if !(a > 0.0 && a <= 1.0) {
+                return bad(format!("--gptaq-alpha {a} must lie in (0, 1]"));
+            }
+        }
         // qweight packs 32 input features' codes into `bits` int32 words, qzeros 32 output
         // features' zero points likewise.
         let per_word = if self.bits == 3 {
@@ -118,13 +132,38 @@ impl GptqSpec {
         (1 << self.bits) - 1
     }
 
-    /// Scale (rounded to f16, as stored) and zero point of a group holding `v`.
+    /// Scale (rounded to f16, as stored) and zero point of a group holding `v`: from its range,
+    /// or with `clip_search` from the shrunk range of least `Σ |q − w|^2.4`.
     pub(crate) fn params(&self, v: &[f32]) -> (f32, u8) {
         let (mut lo, mut hi) = (0f32, 0f32);
         for &x in v {
             lo = lo.min(x);
             hi = hi.max(x);
         }
+        if !self.clip_search {
+            return self.range_params(lo, hi);
+        }
+        let maxq = self.maxq();
+        let mut best = (f64::INFINITY, self.range_params(lo, hi));
+        for i in 0..80 {
+            let f = 1.0 - i as f32 / 100.0;
+            let (s, z) = self.range_params(f * lo, f * hi);
+            let err: f64 = v
+                .iter()
+                .map(|&x| {
+                    let q = (code(x, s, z, maxq) as i32 - z as i32) as f32 * s;
+                    ((q - x).abs() as f64).powf(2.4)
+                })
+                .sum();
+            if err < best.0 {
+                best = (err, (s, z));
+            }
+        }
+        best.1
+    }
+
+    /// Scale (rounded to f16) and zero point of the range [lo, hi] (lo ≤ 0 ≤ hi).
+    fn range_params(&self, lo: f32, hi: f32) -> (f32, u8) {
         let maxq = self.maxq();
         if self.sym {
             let a = hi.max(-lo);
@@ -299,17 +338,25 @@ impl Job<'_> {
         };
         let mut loss = 0f64;
         let mut err = vec![0f32; nr * bs];
+        // GPTAQ: the block's rounded values, negated, for the lazy update through P.
+        let mut neg_q = vec![0f32; if hp.p.is_some() { nr * bs } else { 0 }];
         let mut b0 = 0;
         while b0 < cols {
             let b1 = (b0 + bs).min(cols);
             for r in 0..nr {
                 let row = &mut wp[r * cols..(r + 1) * cols];
                 let e_row = &mut err[r * bs..r * bs + (b1 - b0)];
+                let q_row = neg_q.get_mut(r * bs..r * bs + (b1 - b0));
                 let orig = &self.w[(r0 + r) * cols..(r0 + r + 1) * cols];
-                loss += self.block_row(row, (r, orig), (b0, b1), e_row, out);
+                loss += self.block_row(row, (r, orig), (b0, b1), (e_row, q_row), out);
             }
             if b1 < cols {
                 hessian::compensate(&mut wp, &err, nr, cols, bs, (b0, b1), &hp.u);
+                if let Some(p) = &hp.p {
+                    // The reference's `W[:, i2:] −= … − W1 · P[i1:i2, i2:]`, W1 now the block's
+                    // rounded values.
+                    hessian::compensate(&mut wp, &neg_q, nr, cols, bs, (b0, b1), p);
+                }
             }
             b0 = b1;
         }
@@ -324,7 +371,7 @@ impl Job<'_> {
         row: &mut [f32],
         (r, orig): (usize, &[f32]),
         (b0, b1): (usize, usize),
-        e_row: &mut [f32],
+        (e_row, mut q_row): (&mut [f32], Option<&mut [f32]>),
         out: &mut Grid,
     ) -> f64 {
         let (cols, spec, u) = (self.cols, self.spec, &self.hp.u);
@@ -357,7 +404,13 @@ impl Job<'_> {
             out.codes[r * cols + self.hp.perm[j]] = c;
             let q = (c as i32 - z as i32) as f32 * s;
             // The rest of the block, now; the rest of the row after the block.
-            let (e, l) = hessian::compensate_column(row, u, cols, (j, b1), x, q);
+            let (e, l) = match (&self.hp.p, q_row.as_deref_mut()) {
+                (Some(p), Some(qr)) => {
+                    qr[j - b0] = -q;
+                    hessian::compensate_column_asym(row, (u, p), cols, (j, b1), x, q)
+                }
+                _ => hessian::compensate_column(row, u, cols, (j, b1), x, q),
+            };
             loss += l;
             e_row[j - b0] = e;
         }
@@ -460,6 +513,85 @@ mod tests {
                     .all(|(c, &g)| g as usize == c / 32));
             }
         }
+    }
+
+    #[test]
+    fn gptaq_fits_the_float_output_better_than_gptq_and_clip_search_lowers_the_error() {
+        use crate::hessian::Cross;
+        let (rows, cols, t) = (32, 128, 512);
+        let mut rnd = lcg(3);
+        let w: Vec<f32> = (0..rows * cols).map(|_| rnd()).collect();
+        let base: Vec<f32> = (0..t * 8).map(|_| rnd()).collect();
+        let x: Vec<f32> = (0..t * cols)
+            .map(|i| {
+                let (ti, c) = (i / cols, i % cols);
+                base[ti * 8 + c % 8] * (1.0 + (c % 5) as f32) + 0.1 * rnd()
+            })
+            .collect();
+        // The compressed model's inputs: the float ones plus a drift correlated with them.
+        let xq: Vec<f32> = x
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| v * 0.9 + 0.05 * x[i - i % cols + (i % cols + 1) % cols] + 0.05 * rnd())
+            .collect();
+        let mut h = Hessian::new(cols, true);
+        h.add(&xq);
+        let mut d = Cross::new(cols);
+        d.add(&x, &xq);
+        // ‖W Xᵀ − Q X̃ᵀ‖²: the quantized layer on its own inputs against the float layer.
+        let asym_err = |q: &[f32]| -> f64 {
+            let mut e = 0f64;
+            for r in 0..rows {
+                for i in 0..t {
+                    let (mut a, mut b) = (0f64, 0f64);
+                    for c in 0..cols {
+                        a += w[r * cols + c] as f64 * x[i * cols + c] as f64;
+                        b += q[r * cols + c] as f64 * xq[i * cols + c] as f64;
+                    }
+                    e += (a - b) * (a - b);
+                }
+            }
+            e
+        };
+        let spec = GptqSpec {
+            bits: 3,
+            group_size: 32,
+            ..Default::default()
+        };
+        let hp = prepare(h.matrix(), cols, &spec, "t").unwrap();
+        let e_gptq = asym_err(&quantize(&w, rows, cols, &hp, &spec).parts.dequantize());
+        let hpa = hp.clone().with_asymmetry(&d.matrix(), 0.25);
+        let e_gptaq = asym_err(&quantize(&w, rows, cols, &hpa, &spec).parts.dequantize());
+        assert!(e_gptaq < 0.9 * e_gptq, "GPTAQ {e_gptaq} vs GPTQ {e_gptq}");
+        // P = 0 without drift: GPTAQ is GPTQ.
+        let zero = hp.clone().with_asymmetry(&vec![0.0; cols * cols], 0.25);
+        assert!(zero.p.as_ref().unwrap().iter().all(|&v| v == 0.0));
+        let (a, b) = (
+            quantize(&w, rows, cols, &hp, &spec),
+            quantize(&w, rows, cols, &zero, &spec),
+        );
+        assert_eq!(a.parts.codes, b.parts.codes);
+        // The clipping search never increases a group's Σ|q − w|^2.4.
+        let clip = GptqSpec {
+            clip_search: true,
+            ..spec
+        };
+        let pow_err = |sp: &GptqSpec, v: &[f32]| -> f64 {
+            let (s, z) = sp.params(v);
+            v.iter()
+                .map(|&x| {
+                    let q = (code(x, s, z, sp.maxq()) as i32 - z as i32) as f32 * s;
+                    ((q - x).abs() as f64).powf(2.4)
+                })
+                .sum()
+        };
+        let mut better = 0;
+        for g in w.chunks(32) {
+            let (e0, e1) = (pow_err(&spec, g), pow_err(&clip, g));
+            assert!(e1 <= e0 * (1.0 + 1e-9), "{e1} > {e0}");
+            better += usize::from(e1 < e0);
+        }
+        assert!(better > 0, "the search never found a better range");
     }
 
     #[test]

@@ -340,6 +340,158 @@ pub struct PreparedHessian {
     pub u: Vec<f32>,
     /// Dampening used.
     pub damp: f64,
+    /// GPTAQ's asymmetric term `P` `[n, n]` (permuted, float32), if set
+    /// ([`PreparedHessian::with_asymmetry`]).
+    pub p: Option<Vec<f32>>,
+}
+
+impl PreparedHessian {
+    /// Add GPTAQ's correction for the error the inputs already carry (Li et al. 2025,
+    /// "GPTAQ: Efficient Finetuning-Free Quantization for Asymmetric Calibration", eq. 14 and its
+    /// reference `fasterquant`): with `D = 2/N · Σ Δx x̃ᵀ` ([`Cross`], Δx = float input −
+    /// compressed-model input x̃, the Hessian from x̃) and U this factor,
+    /// `P = α · triu₁(D Uᵀ) U` (dead columns of D zeroed, then permuted like H). Each column's
+    /// step then moves the rest of its row by `−e·U[j, j+1..] + w_j·P[j, j+1..]`, so the
+    /// quantized layer fits the float layer's output, not its own drifted input. `alpha`: the
+    /// reference's 0.25.
+    pub fn with_asymmetry(mut self, d: &[f64], alpha: f64) -> Self {
+        let n = self.n;
+        assert_eq!(d.len(), n * n, "with_asymmetry: D is [n, n]");
+        let perm = &self.perm;
+        let dp: Vec<f64> = (0..n * n)
+            .map(|k| {
+                let (i, j) = (perm[k / n], perm[k % n]);
+                if self.dead[j] {
+                    0.0
+                } else {
+                    d[i * n + j]
+                }
+            })
+            .collect();
+        let u: Vec<f64> = self.u.iter().map(|&v| v as f64).collect();
+        // A = D Uᵀ, then its strict upper triangle.
+        let mut a = vec![0f64; n * n];
+        // SAFETY: dst a [n, n]; lhs dp [n, n] row-major; rhs Uᵀ read from u [n, n] through
+        // strides (column n, row 1). Lengths are n·n each.
+        unsafe {
+            gemm::gemm(
+                n,
+                n,
+                n,
+                a.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                dp.as_ptr(),
+                1,
+                n as isize,
+                u.as_ptr(),
+                n as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                par(),
+            )
+        }
+        for i in 0..n {
+            a[i * n..i * n + i + 1].fill(0.0);
+        }
+        let mut p = vec![0f64; n * n];
+        // SAFETY: dst p [n, n]; lhs a [n, n]; rhs u [n, n], all row-major.
+        unsafe {
+            gemm::gemm(
+                n,
+                n,
+                n,
+                p.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                n as isize,
+                u.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                alpha,
+                false,
+                false,
+                false,
+                par(),
+            )
+        }
+        self.p = Some(p.iter().map(|&v| v as f32).collect());
+        self
+    }
+}
+
+/// Accumulates GPTAQ's cross term `Σ Δx x̃ᵀ` of a linear's inputs: Δx the float model's input
+/// minus the compressed model's x̃ on the same token (float32, as [`Hessian`] by default).
+#[derive(Debug, Clone)]
+pub struct Cross {
+    /// Input features.
+    pub n: usize,
+    /// Rows (tokens) accumulated.
+    pub tokens: usize,
+    acc: Vec<f32>,
+}
+
+impl Cross {
+    /// An empty accumulator for `n` input features.
+    pub fn new(n: usize) -> Self {
+        Cross {
+            n,
+            tokens: 0,
+            acc: vec![0.0; n * n],
+        }
+    }
+
+    /// Add the rows of the float input `x` and the compressed model's `x̃` (both `[t, n]`).
+    pub fn add(&mut self, x: &[f32], xq: &[f32]) {
+        let n = self.n;
+        assert!(
+            x.len() == xq.len() && x.len() % n == 0,
+            "Cross::add: two [t, {n}] inputs"
+        );
+        let t = x.len() / n;
+        self.tokens += t;
+        let dx: Vec<f32> = x.iter().zip(xq).map(|(a, b)| a - b).collect();
+        // SAFETY: dst [n, n]; lhs Δxᵀ [n, t] read through strides (column n, row 1) of the
+        // [t, n] buffer; rhs x̃ [t, n]. Lengths checked above.
+        unsafe {
+            gemm::gemm(
+                n,
+                n,
+                t,
+                self.acc.as_mut_ptr(),
+                1,
+                n as isize,
+                true,
+                dx.as_ptr(),
+                n as isize,
+                1,
+                xq.as_ptr(),
+                1,
+                n as isize,
+                1.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                par(),
+            )
+        }
+    }
+
+    /// `D = 2/N · Σ Δx x̃ᵀ` as f64, row-major `[n, n]` (the scale of [`Hessian::matrix`]).
+    pub fn matrix(&self) -> Vec<f64> {
+        let s = 2.0 / self.tokens.max(1) as f64;
+        self.acc.iter().map(|&v| v as f64 * s).collect()
+    }
 }
 
 /// Prepare `h` (`[n, n]`, consumed) as GPTQ's and SparseGPT's references do: dead columns
@@ -393,6 +545,7 @@ pub fn prepare(
                     dead,
                     u: u.iter().map(|&v| v as f32).collect(),
                     damp,
+                    p: None,
                 })
             }
             Err(col) if attempt == 3 => {
@@ -410,6 +563,27 @@ pub fn prepare(
         }
     }
     unreachable!("the loop returns on its last attempt")
+}
+
+/// [`compensate_column`] with GPTAQ's term: `row[j+1..b1] −= e · U[j, j+1..b1] − x · P[j,
+/// j+1..b1]` (x the column's value before rounding).
+#[inline]
+pub fn compensate_column_asym(
+    row: &mut [f32],
+    (u, p): (&[f32], &[f32]),
+    cols: usize,
+    (j, b1): (usize, usize),
+    x: f32,
+    q: f32,
+) -> (f32, f64) {
+    let d = u[j * cols + j];
+    let e = (x - q) / d;
+    let urow = &u[j * cols + j + 1..j * cols + b1];
+    let prow = &p[j * cols + j + 1..j * cols + b1];
+    for ((wv, &uv), &pv) in row[j + 1..b1].iter_mut().zip(urow).zip(prow) {
+        *wv -= e * uv - x * pv;
+    }
+    (e, ((x - q) as f64 / d as f64).powi(2) / 2.0)
 }
 
 /// One column's step of the error compensation GPTQ and SparseGPT share: weight `x` of column

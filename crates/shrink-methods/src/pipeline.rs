@@ -78,20 +78,54 @@ pub trait LayerStep {
     fn after(&mut self, _l: usize, _before: &[Tensor], _after: &[Tensor]) -> Result<()> {
         Ok(())
     }
+    /// Whether the step also observes the float model (GPTAQ's asymmetric calibration): the
+    /// driver then carries the uncompressed model's activations beside the compressed one's.
+    fn wants_float(&self) -> bool {
+        false
+    }
+    /// Sees linear `linear`'s input `x` of sample `sample` in the float model, just before the
+    /// same sample's input in the compressed model is shown to [`LayerStep::observe`].
+    fn observe_float(
+        &mut self,
+        _sample: usize,
+        _linear: &str,
+        _x: &Tensor,
+    ) -> shrink_models::Result<()> {
+        Ok(())
+    }
 }
 
 /// Take block `l` of `seq` through `step` on the block inputs `xs`, which become its outputs.
+/// With `fs` (the float model's block inputs, for a step that [`LayerStep::wants_float`]),
+/// each sample runs through the uncompressed block on `fs` then on `xs`, and `fs` becomes the
+/// float block's outputs.
 pub fn advance(
     seq: &Sequential,
     l: usize,
     xs: &mut Vec<Tensor>,
+    fs: Option<&mut Vec<Tensor>>,
     step: &mut dyn LayerStep,
     stored: &mut Stored,
 ) -> Result<()> {
     let mut block = seq.layer(l)?;
     let kind = step.kind();
-    let mut tap = |i: usize, name: &str, t: &Tensor| step.observe(i, name, t);
-    let outputs = seq.run(block.as_ref(), xs, Some(&mut tap))?;
+    let outputs = match fs {
+        Some(fs) => {
+            let (mut outs, mut fouts) = (Vec::with_capacity(xs.len()), Vec::new());
+            for (i, (x, f)) in xs.iter().zip(fs.iter()).enumerate() {
+                let mut tap = |_: usize, name: &str, t: &Tensor| step.observe_float(i, name, t);
+                fouts.extend(seq.run(block.as_ref(), std::slice::from_ref(f), Some(&mut tap))?);
+                let mut tap = |_: usize, name: &str, t: &Tensor| step.observe(i, name, t);
+                outs.extend(seq.run(block.as_ref(), std::slice::from_ref(x), Some(&mut tap))?);
+            }
+            *fs = fouts;
+            outs
+        }
+        None => {
+            let mut tap = |i: usize, name: &str, t: &Tensor| step.observe(i, name, t);
+            seq.run(block.as_ref(), xs, Some(&mut tap))?
+        }
+    };
     match kind {
         StepKind::Observe => {
             step.compress(seq, l, block.as_mut(), stored)?;
@@ -122,7 +156,7 @@ pub fn observe_all(
     let mut stored = Stored::new();
     progress.start("layers", seq.num_layers() as u64);
     for l in 0..seq.num_layers() {
-        advance(seq, l, &mut xs, step, &mut stored)?;
+        advance(seq, l, &mut xs, None, step, &mut stored)?;
         progress.inc(1);
     }
     progress.finish();

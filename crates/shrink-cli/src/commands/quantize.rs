@@ -197,6 +197,23 @@ pub struct Args {
     /// GPTQ: accumulate the Hessian in float64 (float32 by default).
     #[arg(long, help_heading = "GPTQ")]
     pub hessian_f64: bool,
+    /// GPTQ → GPTAQ (asymmetric calibration, Li et al. 2025): each layer fitted to the float
+    /// model's output rather than to its own, already drifted, input — the float model runs
+    /// beside the compressed one on the calibration samples (twice the forward work).
+    #[arg(long, help_heading = "GPTQ")]
+    pub gptaq: bool,
+    /// GPTAQ: weight α of the asymmetric term (the reference's 0.25).
+    #[arg(
+        long,
+        default_value_t = 0.25,
+        help_heading = "GPTQ",
+        requires = "gptaq"
+    )]
+    pub gptaq_alpha: f64,
+    /// GPTQ: search each group's clipping range (the range shrunk by up to 80 % in steps of 1 %,
+    /// least Σ|q − w|^2.4) instead of its full min/max.
+    #[arg(long, help_heading = "GPTQ")]
+    pub clip_search: bool,
     /// AWQ: calibration samples the scale search's losses are computed on (statistics use
     /// them all).
     #[arg(long, default_value_t = 16, help_heading = "AWQ")]
@@ -377,6 +394,9 @@ fn quantize(a: Args) -> Result<()> {
             spec,
         );
     }
+    if a.method != Method::Gptq && (a.gptaq || a.clip_search) {
+        bail!("--gptaq and --clip-search apply to --method gptq");
+    }
     if a.method == Method::Gptq {
         if a.granularity.is_some_and(|g| g != Gran::Group) {
             bail!("GPTQ quantizes in groups of --group-size (no --granularity)");
@@ -388,6 +408,8 @@ fn quantize(a: Args) -> Result<()> {
             act_order: a.act_order != ActOrder::None,
             static_groups: a.act_order == ActOrder::Static,
             damp: a.damp,
+            clip_search: a.clip_search,
+            gptaq_alpha: a.gptaq.then_some(a.gptaq_alpha),
             ..Default::default()
         };
         return super::calibrated::run_gptq(

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use shrink_formats::float::FloatType;
-use shrink_methods::rotate::RotateSpec;
 use shrink_methods::report::Report;
+use shrink_methods::rotate::RotateSpec;
 
 use crate::common;
 
@@ -60,9 +60,9 @@ fn parse_keep(s: &str) -> Result<Keep, String> {
         _ => s
             .split(',')
             .map(|c| {
-                c.trim()
-                    .parse::<usize>()
-                    .map_err(|_| format!("--keep-channels {s:?}: use auto, none or channel numbers like 247,507"))
+                c.trim().parse::<usize>().map_err(|_| {
+                    format!("--keep-channels {s:?}: use auto, none or channel numbers like 247,507")
+                })
             })
             .collect::<Result<Vec<_>, _>>()
             .map(|v| Keep(Some(v))),
