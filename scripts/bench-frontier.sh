@@ -27,9 +27,16 @@ declare -A cfg=(
   [gptq3]="--method gptq --bits 3 --group-size 64 ${calib[*]}"
   [rtn2]="--method int --bits 2 --group-size 64"
   [gptq2]="--method gptq --bits 2 --group-size 64 ${calib[*]}"
+  [gptq4-d10]="--method gptq --bits 4 --group-size 64 --damp 0.1 ${calib[*]}"
+  [gptaq4]="--method gptq --gptaq --bits 4 --group-size 64 ${calib[*]}"
+  [gptaq4-clip]="--method gptq --gptaq --clip-search --bits 4 --group-size 64 ${calib[*]}"
+  [gptaq3]="--method gptq --gptaq --bits 3 --group-size 64 ${calib[*]}"
+  [gptaq3-clip]="--method gptq --gptaq --clip-search --bits 3 --group-size 64 ${calib[*]}"
+  [gptaq2-clip]="--method gptq --gptaq --clip-search --bits 2 --group-size 64 ${calib[*]}"
 )
+# A NAME ending in -rot is that configuration with --rotate.
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(rtn4 hqq4 gptq4 rtn3 hqq3 gptq3 rtn2 gptq2 awq4)
+[ ${#names[@]} -gt 0 ] || names=(rtn4 rtn4-rot hqq4 hqq4-rot gptq4 gptq4-rot gptaq4 gptaq4-clip rtn3 gptq3 gptaq3 gptaq3-clip rtn2 gptq2 gptaq2-clip awq4)
 res="$work/results.tsv"
 [ -s "$res" ] || printf 'model\tbpw_quantized\tbpw_model\tquant_s\tquant_rss_mib\tlee24_ppl\tdocs16_ppl\n' > "$res"
 score() { # score NAME DIR QUANT_JSON
@@ -50,15 +57,16 @@ PY
   tail -n1 "$res"
 }
 score f32 "$work/f32" ""
-for n in "${names[@]}"; do
-  for rot in "" "--rotate"; do
-    name=$n${rot:+-rot}
-    out="$work/$name"
-    if [ ! -d "$out" ]; then
-      # shellcheck disable=SC2086
-      "$bin" quantize "$work/f32" ${cfg[$n]} $rot --json -o "$out" > "$work/$name.json" 2> "$work/$name.err"
-    fi
-    score "$name" "$out" "$out/shrink-quantize.json"
-  done
+for name in "${names[@]}"; do
+  base=${name%-rot}
+  rot=""
+  [ "$base" = "$name" ] || rot="--rotate"
+  [ -n "${cfg[$base]:-}" ] || { echo "unknown configuration $name" >&2; exit 2; }
+  out="$work/$name"
+  if [ ! -d "$out" ]; then
+    # shellcheck disable=SC2086
+    "$bin" quantize "$work/f32" ${cfg[$base]} $rot --json -o "$out" > "$work/$name.json" 2> "$work/$name.err"
+  fi
+  score "$name" "$out" "$out/shrink-quantize.json"
 done
 column -t -s $'\t' "$res"
