@@ -55,7 +55,7 @@ fn paley(n: usize) -> Option<Vec<i8>> {
     match n {
         1 => return Some(vec![1]),
         2 => return Some(sylvester(1)),
-        _ if n % 4 != 0 => return None,
+        _ if !n.is_multiple_of(4) => return None,
         _ => {}
     }
     let q1 = n - 1;
@@ -122,7 +122,10 @@ fn residues(q: usize) -> Vec<i8> {
 }
 
 fn is_prime(n: usize) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 /// `a ⊗ b` for square matrices of orders `na`, `nb`.
@@ -230,10 +233,10 @@ impl Basis {
             .collect();
         let mut q = vec![0.0f64; n * n];
         // Q_ij = Σ_k B_ki s_k B_kj
-        for k in 0..n {
+        for (k, &sk) in s.iter().enumerate() {
             let row = &self.b[k * n..(k + 1) * n];
             for i in 0..n {
-                let a = row[i] * s[k];
+                let a = row[i] * sk;
                 if a == 0.0 {
                     continue;
                 }

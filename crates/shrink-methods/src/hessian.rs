@@ -454,7 +454,7 @@ impl Cross {
     pub fn add(&mut self, x: &[f32], xq: &[f32]) {
         let n = self.n;
         assert!(
-            x.len() == xq.len() && x.len() % n == 0,
+            x.len() == xq.len() && x.len().is_multiple_of(n),
             "Cross::add: two [t, {n}] inputs"
         );
         let t = x.len() / n;

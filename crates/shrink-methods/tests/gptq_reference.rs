@@ -43,6 +43,8 @@ fn spec(group_size: usize, sym: bool, act_order: bool, static_groups: bool, bs: 
         static_groups,
         damp: 0.01,
         block_size: bs,
+        clip_search: false,
+        gptaq_alpha: None,
     }
 }
 

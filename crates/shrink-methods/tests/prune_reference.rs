@@ -107,6 +107,7 @@ impl Reference {
             dead,
             u,
             damp: 0.01,
+            p: None,
         }
     }
 }

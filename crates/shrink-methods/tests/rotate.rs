@@ -231,7 +231,10 @@ fn channels_kept_out_of_the_rotation_keep_their_norm_weights_and_the_logits() {
         ("tiny-llama", "model.layers.1.input_layernorm.weight"),
         ("tiny-qwen2", "model.norm.weight"),
         ("tiny-gpt2", "transformer.h.0.ln_2.weight"),
-        ("tiny-gpt_neox", "gpt_neox.layers.1.post_attention_layernorm.weight"),
+        (
+            "tiny-gpt_neox",
+            "gpt_neox.layers.1.post_attention_layernorm.weight",
+        ),
     ] {
         let fx = fixture(name);
         let out = root.join(name);
@@ -239,9 +242,18 @@ fn channels_kept_out_of_the_rotation_keep_their_norm_weights_and_the_logits() {
             keep: Some(vec![33, 1]),
             ..RotateSpec::default()
         };
-        let r = rotate(&Checkpoint::open(&fx).unwrap(), &out, spec, FloatType::F32, &Silent)
-            .unwrap();
-        assert_eq!(r.extra["residual"]["kept_channels"], serde_json::json!([1, 33]));
+        let r = rotate(
+            &Checkpoint::open(&fx).unwrap(),
+            &out,
+            spec,
+            FloatType::F32,
+            &Silent,
+        )
+        .unwrap();
+        assert_eq!(
+            r.extra["residual"]["kept_channels"],
+            serde_json::json!([1, 33])
+        );
         assert_eq!(r.extra["residual"]["order"], 62);
         let d = max_diff(&out, &fx);
         eprintln!("{name}: channels 1 and 33 kept, max |Δ| vs transformers {d:.2e}");
@@ -258,8 +270,14 @@ fn channels_kept_out_of_the_rotation_keep_their_norm_weights_and_the_logits() {
         keep: Some(vec![64]),
         ..RotateSpec::default()
     };
-    let e = rotate(&Checkpoint::open(&fx).unwrap(), &root.join("bad"), spec, FloatType::F32, &Silent)
-        .unwrap_err();
+    let e = rotate(
+        &Checkpoint::open(&fx).unwrap(),
+        &root.join("bad"),
+        spec,
+        FloatType::F32,
+        &Silent,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("channel 64"), "{e}");
     std::fs::remove_dir_all(&root).unwrap();
 }
