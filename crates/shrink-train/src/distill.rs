@@ -219,13 +219,14 @@ pub fn step_windows(seed: u64, n: usize, per_step: usize, step: usize) -> Vec<us
 }
 
 /// The teacher's top-K logits of every training window, cached in the run directory.
-struct TopK {
-    k: usize,
+pub(crate) struct TopK {
+    pub(crate) k: usize,
     /// Per window: ids then logits, rows × K each.
-    rows: Vec<(Vec<u32>, Vec<f32>)>,
+    pub(crate) rows: Vec<(Vec<u32>, Vec<f32>)>,
 }
 
-fn topk_rows(logits: &[f32], vocab: usize, k: usize) -> (Vec<u32>, Vec<f32>) {
+/// The `k` largest logits of every row (ids, values), in decreasing order.
+pub(crate) fn topk_rows(logits: &[f32], vocab: usize, k: usize) -> (Vec<u32>, Vec<f32>) {
     let mut ids = Vec::with_capacity(logits.len() / vocab * k);
     let mut vals = Vec::with_capacity(ids.capacity());
     for row in logits.chunks_exact(vocab) {
@@ -239,13 +240,14 @@ fn topk_rows(logits: &[f32], vocab: usize, k: usize) -> (Vec<u32>, Vec<f32>) {
     (ids, vals)
 }
 
-fn teacher_logits(teacher: &Model, ids: &[u32]) -> Result<Vec<f32>> {
+/// The teacher's logits of `ids`, flattened.
+pub(crate) fn teacher_logits(teacher: &Model, ids: &[u32]) -> Result<Vec<f32>> {
     Ok(teacher.forward(ids, None)?.flatten_all()?.to_vec1()?)
 }
 
 impl TopK {
     /// Load the cache from `path` or compute it (and write it atomically).
-    fn load_or_build(
+    pub(crate) fn load_or_build(
         path: &Path,
         teacher: &Model,
         windows: &[Vec<u32>],

@@ -10,6 +10,7 @@
 //! - [`optim`]: AdamW with warmup and cosine decay, clipping by the global norm;
 //! - [`state`]: checkpoints written atomically, for `--resume`;
 //! - [`distill`]: the teacher → student loop for language models;
+//! - [`finetune`]: a quantized model's scales trained against its float teacher (E2E-QP);
 //! - [`classify`]: sequence classifiers fine-tuned on labelled sentences and distilled into
 //!   students with fewer layers and heads;
 //!
@@ -19,6 +20,7 @@
 pub mod classify;
 pub mod distill;
 pub mod error;
+pub mod finetune;
 pub mod forward;
 pub mod grad;
 pub mod loss;
