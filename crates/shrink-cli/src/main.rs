@@ -43,6 +43,9 @@ enum Command {
     /// pruned from the teacher), resumable; the output is a normal checkpoint. With
     /// `--task classify`: a classifier into a student with fewer layers and heads.
     Distill(commands::distill::Args),
+    /// Train a quantized (gptq-layout) model's scales against its float teacher (EfficientQAT's
+    /// E2E-QP): codes frozen, the same layout written back.
+    Finetune(commands::finetune::Args),
     /// Fine-tune a BERT/DistilBERT encoder into a sequence classifier on labelled sentences.
     TrainClassifier(commands::train_classifier::Args),
     /// Collect llama.cpp's importance matrix (mean x² per input column) from calibration text.
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         | Command::Compare(_)
         | Command::Imatrix(_)
         | Command::Distill(_)
+        | Command::Finetune(_)
         | Command::TrainClassifier(_) => true,
         Command::Prune(a) => a.method != Some(commands::prune::Method::Magnitude),
         Command::Quantize(a) => matches!(
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
         Command::Prune(a) => commands::prune::run(a),
         Command::Rotate(a) => commands::rotate::run(a),
         Command::Distill(a) => commands::distill::run(a),
+        Command::Finetune(a) => commands::finetune::run(a),
         Command::TrainClassifier(a) => commands::train_classifier::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Generate(a) => commands::generate::run(a),

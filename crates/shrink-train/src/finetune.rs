@@ -51,8 +51,9 @@ pub struct FinetuneConfig {
     pub clip: f64,
     /// Seed of the window order.
     pub seed: u64,
-    /// The teacher's K largest logits per position, cached once.
-    pub teacher_topk: usize,
+    /// Keep only the teacher's K largest logits per position, cached once (the target then
+    /// renormalised over them); `None`: the teacher runs on every window, every logit.
+    pub teacher_topk: Option<usize>,
     /// Checkpoint every this many steps (0: only at the end or on interruption).
     pub save_every: usize,
 }
@@ -70,7 +71,7 @@ impl FinetuneConfig {
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return bad(format!("--lr {} must be positive", self.lr));
         }
-        if self.teacher_topk == 0 {
+        if self.teacher_topk == Some(0) {
             return bad("--teacher-topk must be at least 1".into());
         }
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {
@@ -266,7 +267,7 @@ fn scale_grads(quant: &[QuantWeight], grads: &Grads) -> Result<Vec<Vec<f32>>> {
         .collect()
 }
 
-/// The loss (KL to `teacher`'s top-`k` logits at temperature 1, per token) of `student` on
+/// The loss (KL to `teacher`'s logits, or its top-`topk`, at temperature 1, per token) of `student` on
 /// `window` (`seq_len + 1` tokens) and its gradient with respect to every scale of `quant`.
 pub fn scale_gradients(
     teacher: &Model,
@@ -274,16 +275,23 @@ pub fn scale_gradients(
     quant: &[QuantWeight],
     window: &[u32],
     seq_len: usize,
-    k: usize,
+    topk: Option<usize>,
 ) -> Result<(Vec<Vec<f32>>, f64)> {
     let vocab = student.vocab_size();
     let ids = &window[..seq_len];
     let logits = crate::distill::teacher_logits(teacher, ids)?;
-    let (tids, tvals) = crate::distill::topk_rows(&logits, vocab, k.min(vocab));
-    let t = Teacher::TopK {
-        ids: &tids,
-        logits: &tvals,
-        k: k.min(vocab),
+    let (tids, tvals, k);
+    let t = match topk {
+        Some(kk) => {
+            k = kk.min(vocab);
+            (tids, tvals) = crate::distill::topk_rows(&logits, vocab, k);
+            Teacher::TopK {
+                ids: &tids,
+                logits: &tvals,
+                k,
+            }
+        }
+        None => Teacher::Full(&logits),
     };
     let loss = KdLoss {
         temperature: 1.0,
@@ -407,16 +415,18 @@ pub fn finetune(
         ));
     }
     let t_cache = Instant::now();
-    let k = cfg.teacher_topk.min(vocab);
-    let topk = TopK::load_or_build(
-        &run_dir.join(format!("teacher-top{k}.safetensors")),
-        teacher,
-        &windows.train,
-        cfg.seq_len,
-        k,
-        vocab,
-        progress,
-    )?;
+    let topk = match cfg.teacher_topk {
+        Some(k) => Some(TopK::load_or_build(
+            &run_dir.join(format!("teacher-top{}.safetensors", k.min(vocab))),
+            teacher,
+            &windows.train,
+            cfg.seq_len,
+            k.min(vocab),
+            vocab,
+            progress,
+        )?),
+        None => None,
+    };
     let teacher_cache_seconds = t_cache.elapsed().as_secs_f64();
     let loss = cfg.loss();
     let sched = Schedule {
@@ -442,10 +452,17 @@ pub fn finetune(
         let norm = tokens_per_step as f64;
         for wi in step_windows(cfg.seed, n_train, cfg.batch, step) {
             let w = &windows.train[wi];
-            let t = Teacher::TopK {
-                ids: &topk.rows[wi].0,
-                logits: &topk.rows[wi].1,
-                k: topk.k,
+            let full;
+            let t = match &topk {
+                Some(c) => Teacher::TopK {
+                    ids: &c.rows[wi].0,
+                    logits: &c.rows[wi].1,
+                    k: c.k,
+                },
+                None => {
+                    full = crate::distill::teacher_logits(teacher, &w[..cfg.seq_len])?;
+                    Teacher::Full(&full)
+                }
             };
             let p = grad::backward_kd(
                 student,
@@ -567,9 +584,15 @@ fn scales_tensor(q: &QuantWeight) -> Vec<u8> {
 
 /// Write `input` (the directory [`load`] read) into the new directory `output` with the
 /// trained scales of `quant` in place of its own: every other tensor, the file's metadata and
-/// the side files (config, tokenizer, quantize_config.json) as they were. Written under a
-/// temporary name and renamed when complete.
-pub fn write(input: &Checkpoint, quant: &[QuantWeight], output: &Path) -> Result<PathBuf> {
+/// the side files (config, tokenizer, quantize_config.json) as they were, then `extra` files
+/// (name, bytes), which replace a side file of the same name. Written under a temporary name
+/// and renamed when complete.
+pub fn write(
+    input: &Checkpoint,
+    quant: &[QuantWeight],
+    output: &Path,
+    extra: &[(String, Vec<u8>)],
+) -> Result<PathBuf> {
     let Checkpoint::Hf(h) = input else {
         return Err(TrainError::input(
             input.path(),
@@ -641,6 +664,9 @@ pub fn write(input: &Checkpoint, quant: &[QuantWeight], output: &Path) -> Result
             path: e.path(),
             source,
         })?;
+    }
+    for (name, bytes) in extra {
+        out.write(name, bytes)?;
     }
     Ok(out.commit()?)
 }

@@ -136,15 +136,17 @@ pub struct Args {
     pub json: bool,
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
+/// Set by Ctrl-C: the training loops checkpoint and stop.
+pub(crate) static STOP: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_sigint(_: libc::c_int) {
+/// The SIGINT handler of the training commands.
+pub(crate) extern "C" fn on_sigint(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
 /// A progress bar showing the loss, tokens/s and the ETA.
-struct Bar {
-    bar: ProgressBar,
+pub(crate) struct Bar {
+    pub(crate) bar: ProgressBar,
 }
 
 impl distill::Progress for Bar {
@@ -169,7 +171,8 @@ impl distill::Progress for Bar {
     }
 }
 
-fn steps_bar() -> ProgressBar {
+/// The bar of a training run.
+pub(crate) fn steps_bar() -> ProgressBar {
     let pb = ProgressBar::new(0);
     pb.set_style(
         ProgressStyle::with_template(

@@ -9,6 +9,7 @@ pub mod distill_classify;
 pub mod eval;
 pub mod export;
 pub mod export_layout;
+pub mod finetune;
 pub mod generate;
 pub mod imatrix;
 pub mod inspect;

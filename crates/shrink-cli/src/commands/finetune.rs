@@ -1,0 +1,245 @@
+//! `shrink finetune`: a quantized model's scales trained end to end against its float teacher
+//! ([`shrink_train::finetune`], EfficientQAT's E2E-QP), written back into the same layout.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, Result};
+use shrink_train::distill::{self, Windows};
+use shrink_train::finetune::{self, FinetuneConfig};
+use shrink_train::TrainError;
+
+use super::distill::{on_sigint, steps_bar, Bar, TextFormat, STOP};
+use crate::common;
+
+/// Arguments of `shrink finetune`.
+#[derive(clap::Args)]
+#[command(
+    after_help = "Only the quantization step sizes train (EfficientQAT's E2E-QP, Chen et al. 2024): every weight stays W = s·(q − z) with its integer codes q and zero points z frozen, and the scales s move to bring the quantized model's next-token distribution closer to the float teacher's (KL at temperature 1 against the teacher's full next-token distribution, or with --teacher-topk K its K largest logits cached once in the run directory). The model runs on the scales rounded to float16, as the layout stores them, so the output computes exactly what training measured. The output is the input's directory with only its scales tensors replaced: it loads wherever the input did (transformers' GPTQ loaders, shrink export --to gguf / compressed-tensors).\n\nReads the Hugging Face gptq layout (shrink quantize --method gptq, with --act-order static or none). Train on the calibration documents only (--text-format lee keeps documents 0..149 of a Lee corpus file).\n\nThe run directory (--run-dir, default OUT.run) holds train.jsonl, the teacher cache and the checkpoint of the scales (every --save-every steps and on Ctrl-C); --resume continues a killed run exactly.\n\nExamples:\n  shrink finetune smollm2-gptq --teacher smollm2-f32 --text assets/lee_background.cor --steps 100 -o smollm2-gptq-ft\n  shrink finetune ... --resume        # after a kill or Ctrl-C, the same flags"
+)]
+pub struct Args {
+    /// The quantized model (a gptq-layout Hugging Face directory).
+    pub model: PathBuf,
+    /// The float model it was quantized from.
+    #[arg(long)]
+    pub teacher: PathBuf,
+    /// Training text (e.g. assets/lee_background.cor).
+    #[arg(long)]
+    pub text: PathBuf,
+    /// Which part of --text to train on.
+    #[arg(long, value_enum, default_value = "lee")]
+    pub text_format: TextFormat,
+    /// Optimiser steps.
+    #[arg(long, default_value_t = 100)]
+    pub steps: usize,
+    /// Tokens per window.
+    #[arg(long, default_value_t = 512)]
+    pub seq_len: usize,
+    /// Windows per step.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Peak learning rate of the scales (Adam).
+    #[arg(long, default_value_t = 2e-5)]
+    pub lr: f64,
+    /// Warmup steps (default: 5 % of --steps).
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    /// Final learning rate as a share of the peak (cosine decay).
+    #[arg(long, default_value_t = 0.1)]
+    pub min_lr_ratio: f64,
+    /// Clip the scales' global gradient norm (0: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f64,
+    /// Keep only the teacher's K largest logits per position, computed once and cached (the
+    /// target renormalised over them: cheaper, but the rest of the distribution is not held);
+    /// by default the teacher runs on every window and every logit counts.
+    #[arg(long, value_name = "K")]
+    pub teacher_topk: Option<usize>,
+    /// Seed of the window order.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Checkpoint every N steps (0: only at the end and on Ctrl-C).
+    #[arg(long, default_value_t = 25)]
+    pub save_every: usize,
+    /// Run directory: log, checkpoint, teacher cache (default: OUT.run).
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+    /// Continue the run in the run directory from its checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Output directory (must not exist).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Run `shrink finetune`.
+pub fn run(a: Args) -> Result<()> {
+    let out = &a.output;
+    if out.exists() {
+        anyhow::bail!(
+            "{}: output already exists; shrink never overwrites (remove it or choose another -o)",
+            out.display()
+        );
+    }
+    let run_dir = a.run_dir.clone().unwrap_or_else(|| {
+        let mut s = out.as_os_str().to_owned();
+        s.push(".run");
+        PathBuf::from(s)
+    });
+    let input = common::open(&a.model)?;
+    let teacher_ckpt = common::open(&a.teacher)?;
+    let ids = match a.text_format {
+        TextFormat::Ids => {
+            let text = shrink_io::read_text(&a.text)?;
+            let v: Vec<Vec<u32>> = serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{}: not token ids as JSON [[id, ...], ...]",
+                    a.text.display()
+                )
+            })?;
+            v.concat()
+        }
+        f => super::calibrated::calib_ids(&teacher_ckpt, &a.text, f == TextFormat::Lee)?,
+    };
+    let windows = Windows::cut(&ids, a.seq_len, 0, &a.text)?;
+    let cfg = FinetuneConfig {
+        steps: a.steps,
+        seq_len: a.seq_len,
+        batch: a.batch,
+        lr: a.lr,
+        warmup: a.warmup.unwrap_or(a.steps / 20),
+        min_lr_ratio: a.min_lr_ratio,
+        clip: a.clip,
+        seed: a.seed,
+        teacher_topk: a.teacher_topk,
+        save_every: a.save_every,
+    };
+    cfg.validate()?;
+    let (mut student, mut quant) =
+        finetune::load(&input).with_context(|| format!("loading {}", a.model.display()))?;
+    if let Some(max) = student.max_positions() {
+        if a.seq_len > max {
+            anyhow::bail!(
+                "--seq-len {} exceeds the model's {max} positions",
+                a.seq_len
+            );
+        }
+    }
+    let teacher = shrink_models::Model::load(&teacher_ckpt)?;
+
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
+    }
+    let bar = Bar { bar: steps_bar() };
+    let summary = match finetune::finetune(
+        &teacher,
+        &mut student,
+        &mut quant,
+        &windows,
+        &cfg,
+        &run_dir,
+        a.resume,
+        &STOP,
+        &bar,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            bar.bar.abandon();
+            if let TrainError::NonFinite { .. } | TrainError::Interrupted { .. } = e {
+                anyhow::bail!("{e}");
+            }
+            return Err(e.into());
+        }
+    };
+    bar.bar.finish_and_clear();
+    STOP.store(false, Ordering::SeqCst);
+
+    // The log, its chart, and the reports beside the weights.
+    let log = distill::read_log(&run_dir)?;
+    let curve: Vec<(f64, f64)> = log.iter().map(|l| (l.step as f64, l.kd)).collect();
+    let png = run_dir.join("loss.png");
+    shrink_eval::plot::curves_png(
+        &png,
+        "scale fine-tuning",
+        "KL to the teacher per token",
+        &[("KL", curve.as_slice())],
+    )?;
+    let read =
+        |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let moved: f64 = {
+        let (mut num, mut den) = (0f64, 0f64);
+        for q in &quant {
+            for (a, b) in q.stored_scales().iter().zip(&q.parts.scales) {
+                num += ((a - b) as f64).powi(2);
+                den += (*b as f64).powi(2);
+            }
+        }
+        (num / den.max(f64::MIN_POSITIVE)).sqrt()
+    };
+    let report = serde_json::json!({
+        "command": "finetune",
+        "method": "e2e-qp (scales only)",
+        "input": a.model,
+        "teacher": a.teacher,
+        "output": out,
+        "run_dir": run_dir,
+        "quantized_weights": quant.len(),
+        "scales": quant.iter().map(|q| q.scales.len()).sum::<usize>(),
+        "scales_relative_change": moved,
+        "config": cfg,
+        "train_windows": windows.train.len(),
+        "summary": summary,
+        "peak_rss_mib": shrink_methods::report::peak_rss().map(|b| b as f64 / (1u64 << 20) as f64),
+    });
+    let mut extra = vec![
+        (
+            "train.jsonl".to_string(),
+            read(&run_dir.join("train.jsonl"))?,
+        ),
+        ("loss.png".to_string(), read(&png)?),
+        (
+            "finetune.json".to_string(),
+            serde_json::to_vec_pretty(&report)?,
+        ),
+    ];
+    // The quantizer's report, if any, says what the scales became.
+    let qr = a.model.join("shrink-quantize.json");
+    if qr.is_file() {
+        let mut v: serde_json::Value = serde_json::from_slice(&read(&qr)?)
+            .with_context(|| format!("{}: not JSON", qr.display()))?;
+        let m = v["method"].as_str().unwrap_or("").to_string();
+        v["method"] = format!("{m}+e2eqp").into();
+        v["finetune"] = report.clone();
+        extra.push((
+            "shrink-quantize.json".into(),
+            serde_json::to_vec_pretty(&v)?,
+        ));
+    }
+    finetune::write(&input, &quant, out, &extra)?;
+    let _ = std::fs::remove_file(run_dir.join("scales.safetensors"));
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let last = summary.last.as_ref();
+    println!("wrote          {}", out.display());
+    println!(
+        "trained        {} scales of {} weights, {} steps × {} tokens; KL to the teacher {:.4} → {:.4}",
+        report["scales"],
+        quant.len(),
+        summary.steps,
+        a.batch * a.seq_len,
+        log.first().map_or(f64::NAN, |l| l.kd),
+        last.map_or(f64::NAN, |l| l.kd)
+    );
+    println!("scales moved   {:.2} % (relative RMS)", 100.0 * moved);
+    println!(
+        "time           {:.1} s ({:.0} tokens/s), teacher cache {:.1} s",
+        summary.seconds, summary.tokens_per_s, summary.teacher_cache_seconds
+    );
+    Ok(())
+}
