@@ -87,6 +87,34 @@ for s in "layers --remove 6" "neurons --keep-ratio 0.75" "heads --keep-ratio 0.7
 done
 echo "structured pruning: GGUF exports pass"
 
+# Rotation on the real model (QuaRot R1 + R2): the logits equal the input's (rotate compares them
+# itself), the massive-activation channels are found and kept, and the rotated checkpoint (its
+# head untied) exports to a GGUF llama.cpp's reader takes; then a rotated GPTAQ with the
+# clipping search on a small calibration set gives a model eval scores.
+"$bin" rotate "$tmp/f32" --json -o "$tmp/rot" > "$tmp/rot.json"
+python3 - "$tmp/rot.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["logits_max_abs_diff"] < 1e-3, r["logits_max_abs_diff"]
+assert r["residual"]["kept_channels"] == [247, 507], r["residual"]
+print(f"rotate on SmolLM2: logits max |diff| {r['logits_max_abs_diff']:.2e}, kept {r['residual']['kept_channels']}")
+PY
+"$bin" export "$tmp/rot" --to gguf --type f32 -o "$tmp/rot.gguf" >/dev/null
+"$venv/bin/python" scripts/check-gguf.py "$tmp/rot.gguf" --hf "$tmp/rot"
+rm -rf "${tmp:?}/rot.gguf"
+"$bin" quantize "$tmp/f32" --method gptq --gptaq --clip-search --rotate --bits 4 --group-size 64 \
+  --calib assets/lee_background.cor --calib-samples 4 --calib-seqlen 128 -o "$tmp/rot-gptaq" \
+  >/dev/null 2>&1
+"$bin" eval "$tmp/rot-gptaq" --text assets/lee_background.cor --max-windows 2 --json > "$tmp/rot-gptaq.json"
+python3 - "$tmp/rot-gptaq.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert 20 < r["ppl"] < 60, r["ppl"]
+print(f"rotated GPTAQ w4 g64 on SmolLM2 (4 x 128 calibration tokens): PPL {r['ppl']:.2f} on 2 windows")
+PY
+rm -rf "${tmp:?}/rot" "${tmp:?}/rot-gptaq"*
+echo "rotation and GPTAQ on SmolLM2: exact rotation, GGUF export, quantized model runs"
+
 # Distillation on the real model, briefly: a student pruned from SmolLM2 (28 of 30 blocks) on
 # the first 20 calibration documents, a few steps against the teacher's cached top-16 logits,
 # then the output scored like any model (every step's loss finite; the full measurement is
