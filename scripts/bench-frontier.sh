@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Issue 14's quality frontier on SmolLM2 (BENCHMARKS.md "The quality frontier"): each method
-# plain and on the rotated model (`--rotate`: QuaRot's R1 + R2, randomized Hadamard, seed 0),
+# plain and on the rotated model (`--rotate`: QuaRot's R1 + R2, seed 0; on SmolLM2 channels 247 and 507 kept,
+# the other 574 rotated by a random orthogonal matrix (574 has no Hadamard order), heads by a
+# randomized Hadamard of 64),
 # scored on the first 24 lee-ppl-v1 windows and on 16 windows of held-out technical
 # documentation (assets/heldout-docs.txt, see fetch-assets.sh), with the quantize time and peak
 # RSS. Calibrated methods use the Lee calibration documents (0..149), 128 × 512 tokens unless

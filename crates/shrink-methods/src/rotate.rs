@@ -28,9 +28,14 @@
 //!
 //! Q is QuaRot's randomized Hadamard matrix `diag(s) H/√n` (s random signs; the
 //! mean-preserving form above for LayerNorm) where a Hadamard matrix of the width exists
-//! ([`crate::hadamard`]; SmolLM2's 576 = 36 · 16), else a random orthogonal matrix. Every tensor
-//! is read, rotated and written before the next (streaming, one tensor resident), and the
-//! logits of input and output are compared on a prompt before the directory is committed.
+//! ([`crate::hadamard`]; 576 = 36 · 16), else a random orthogonal matrix. Channels that most
+//! norms suppress — where the stream's massive activations live — are kept out of Q (the
+//! identity there) with their γ left in the norms ([`suppressed_channels`]): folding a tiny γ
+//! into the readers and rotating would spread those activations over every channel (on SmolLM2,
+//! channels 247 and 507; the other 574 are rotated by a random orthogonal matrix, as 574 has
+//! no Hadamard order). Every tensor is read, rotated and written before the next (streaming, one
+//! tensor resident), and the logits of input and output are compared on a prompt before the
+//! directory is committed.
 
 use std::collections::HashMap;
 use std::path::Path;

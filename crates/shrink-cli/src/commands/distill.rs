@@ -171,13 +171,13 @@ impl distill::Progress for Bar {
     }
 }
 
-/// The bar of a training run.
-pub(crate) fn steps_bar() -> ProgressBar {
+/// The bar of a training run named `what`.
+pub(crate) fn steps_bar(what: &str) -> ProgressBar {
     let pb = ProgressBar::new(0);
     pb.set_style(
-        ProgressStyle::with_template(
-            "distill [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {msg}",
-        )
+        ProgressStyle::with_template(&format!(
+            "{what} [{{bar:30}}] {{pos}}/{{len}} {{elapsed_precise}} eta {{eta}} {{msg}}"
+        ))
         .expect("valid template")
         .progress_chars("=> "),
     );
@@ -297,7 +297,9 @@ pub fn run(a: Args) -> Result<()> {
     unsafe {
         libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
     }
-    let bar = Bar { bar: steps_bar() };
+    let bar = Bar {
+        bar: steps_bar("distill"),
+    };
     let summary = match distill::distill(
         teacher.as_ref(),
         &mut model,

@@ -134,7 +134,9 @@ pub fn run(a: Args) -> Result<()> {
     unsafe {
         libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
     }
-    let bar = Bar { bar: steps_bar() };
+    let bar = Bar {
+        bar: steps_bar("finetune"),
+    };
     let summary = match finetune::finetune(
         &teacher,
         &mut student,
