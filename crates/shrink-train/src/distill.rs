@@ -14,7 +14,7 @@
 //! curve is the uninterrupted run's.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -541,12 +541,12 @@ pub fn distill(
 }
 
 /// Keep only the log lines of steps ≤ `step` (a resumed run rewrites the rest).
-fn truncate_log(path: &PathBuf, step: usize) -> Result<()> {
+pub(crate) fn truncate_log(path: &Path, step: usize) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
     let text = std::fs::read_to_string(path).map_err(|source| TrainError::File {
-        path: path.clone(),
+        path: path.into(),
         source,
     })?;
     let kept: String = text

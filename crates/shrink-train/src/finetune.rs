@@ -406,7 +406,7 @@ pub fn finetune(
         }
         start = restore(&ck, quant, &id)?;
         rebuild(student, quant)?;
-        truncate_log(&log_path, start)?;
+        crate::distill::truncate_log(&log_path, start)?;
         progress.note(&format!("resumed at step {start}"));
     } else if ck.exists() || std::fs::metadata(&log_path).is_ok_and(|m| m.len() > 0) {
         return Err(TrainError::input(
@@ -549,23 +549,6 @@ pub fn finetune(
         last,
         teacher_cache_seconds,
     })
-}
-
-/// Keep only the log lines of steps ≤ `step`.
-fn truncate_log(path: &Path, step: usize) -> Result<()> {
-    if !path.exists() {
-        return Ok(());
-    }
-    let text = std::fs::read_to_string(path).map_err(|source| TrainError::File {
-        path: path.into(),
-        source,
-    })?;
-    let kept: String = text
-        .lines()
-        .filter(|l| serde_json::from_str::<StepLog>(l).is_ok_and(|s| s.step <= step))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    state::write_atomic(path, kept.as_bytes())
 }
 
 /// The trained scales of `q` as the gptq layout's `<module>.scales` tensor: float16,

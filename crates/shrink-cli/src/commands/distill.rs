@@ -184,6 +184,29 @@ pub(crate) fn steps_bar(what: &str) -> ProgressBar {
     pb
 }
 
+/// The run directory: `run_dir`, or OUT.run beside the output.
+pub(crate) fn run_dir_of(out: &Path, run_dir: Option<&Path>) -> PathBuf {
+    run_dir.map(Path::to_path_buf).unwrap_or_else(|| {
+        let mut s = out.as_os_str().to_owned();
+        s.push(".run");
+        PathBuf::from(s)
+    })
+}
+
+/// The token ids to train on: `text` as `format` says, tokenized by `ckpt`'s tokenizer.
+pub(crate) fn training_ids(ckpt: &Checkpoint, text: &Path, format: TextFormat) -> Result<Vec<u32>> {
+    Ok(match format {
+        TextFormat::Ids => {
+            let t = shrink_io::read_text(text)?;
+            let v: Vec<Vec<u32>> = serde_json::from_str(&t).with_context(|| {
+                format!("{}: not token ids as JSON [[id, ...], ...]", text.display())
+            })?;
+            v.concat()
+        }
+        f => super::calibrated::calib_ids(ckpt, text, f == TextFormat::Lee)?,
+    })
+}
+
 /// Run `shrink distill`.
 pub fn run(a: Args) -> Result<()> {
     if a.task == super::distill_classify::Task::Classify {
@@ -196,25 +219,9 @@ pub fn run(a: Args) -> Result<()> {
             out.display()
         );
     }
-    let run_dir = a.run_dir.clone().unwrap_or_else(|| {
-        let mut s = out.as_os_str().to_owned();
-        s.push(".run");
-        PathBuf::from(s)
-    });
+    let run_dir = run_dir_of(out, a.run_dir.as_deref());
     let teacher_ckpt = common::open(&a.teacher)?;
-    let ids = match a.text_format {
-        TextFormat::Ids => {
-            let text = shrink_io::read_text(&a.text)?;
-            let v: Vec<Vec<u32>> = serde_json::from_str(&text).with_context(|| {
-                format!(
-                    "{}: not token ids as JSON [[id, ...], ...]",
-                    a.text.display()
-                )
-            })?;
-            v.concat()
-        }
-        f => super::calibrated::calib_ids(&teacher_ckpt, &a.text, f == TextFormat::Lee)?,
-    };
+    let ids = training_ids(&teacher_ckpt, &a.text, a.text_format)?;
     if ids.is_empty() {
         anyhow::bail!("{}: the text holds no tokens", a.text.display());
     }

@@ -9,7 +9,7 @@ use shrink_train::distill::{self, Windows};
 use shrink_train::finetune::{self, FinetuneConfig};
 use shrink_train::TrainError;
 
-use super::distill::{on_sigint, steps_bar, Bar, TextFormat, STOP};
+use super::distill::{on_sigint, run_dir_of, steps_bar, training_ids, Bar, TextFormat, STOP};
 use crate::common;
 
 /// Arguments of `shrink finetune`.
@@ -84,26 +84,10 @@ pub fn run(a: Args) -> Result<()> {
             out.display()
         );
     }
-    let run_dir = a.run_dir.clone().unwrap_or_else(|| {
-        let mut s = out.as_os_str().to_owned();
-        s.push(".run");
-        PathBuf::from(s)
-    });
+    let run_dir = run_dir_of(out, a.run_dir.as_deref());
     let input = common::open(&a.model)?;
     let teacher_ckpt = common::open(&a.teacher)?;
-    let ids = match a.text_format {
-        TextFormat::Ids => {
-            let text = shrink_io::read_text(&a.text)?;
-            let v: Vec<Vec<u32>> = serde_json::from_str(&text).with_context(|| {
-                format!(
-                    "{}: not token ids as JSON [[id, ...], ...]",
-                    a.text.display()
-                )
-            })?;
-            v.concat()
-        }
-        f => super::calibrated::calib_ids(&teacher_ckpt, &a.text, f == TextFormat::Lee)?,
-    };
+    let ids = training_ids(&teacher_ckpt, &a.text, a.text_format)?;
     let windows = Windows::cut(&ids, a.seq_len, 0, &a.text)?;
     let cfg = FinetuneConfig {
         steps: a.steps,
