@@ -463,19 +463,23 @@ mod tests {
         out
     }
 
+    /// `t` rows of `cols` inputs mixing 8 latent features, a few strong, plus noise.
+    fn correlated(rnd: &mut impl FnMut() -> f32, t: usize, cols: usize) -> Vec<f32> {
+        let base: Vec<f32> = (0..t * 8).map(|_| rnd()).collect();
+        (0..t * cols)
+            .map(|i| {
+                let (ti, c) = (i / cols, i % cols);
+                base[ti * 8 + c % 8] * (1.0 + (c % 5) as f32) + 0.1 * rnd()
+            })
+            .collect()
+    }
+
     #[test]
     fn gptq_beats_round_to_nearest_on_correlated_inputs() {
         let (rows, cols, t) = (48, 128, 512);
         let mut rnd = lcg(1);
         let w: Vec<f32> = (0..rows * cols).map(|_| rnd()).collect();
-        // Correlated inputs with a few strong features.
-        let base: Vec<f32> = (0..t * 8).map(|_| rnd()).collect();
-        let x: Vec<f32> = (0..t * cols)
-            .map(|i| {
-                let (ti, c) = (i / cols, i % cols);
-                base[ti * 8 + c % 8] * (1.0 + (c % 5) as f32) + 0.1 * rnd()
-            })
-            .collect();
+        let x = correlated(&mut rnd, t, cols);
         let mut h = Hessian::new(cols, false);
         h.add(&x);
         for (sym, act_order, static_groups) in [
@@ -521,13 +525,7 @@ mod tests {
         let (rows, cols, t) = (32, 128, 512);
         let mut rnd = lcg(3);
         let w: Vec<f32> = (0..rows * cols).map(|_| rnd()).collect();
-        let base: Vec<f32> = (0..t * 8).map(|_| rnd()).collect();
-        let x: Vec<f32> = (0..t * cols)
-            .map(|i| {
-                let (ti, c) = (i / cols, i % cols);
-                base[ti * 8 + c % 8] * (1.0 + (c % 5) as f32) + 0.1 * rnd()
-            })
-            .collect();
+        let x = correlated(&mut rnd, t, cols);
         // The compressed model's inputs: the float ones plus a drift correlated with them.
         let xq: Vec<f32> = x
             .iter()

@@ -28,7 +28,7 @@ use crate::error::{Result, TrainError};
 use crate::forward::Trainable;
 use crate::grad::{self, Grads};
 use crate::loss::{Divergence, KdLoss, LossParts, Teacher};
-use crate::optim::Schedule;
+use crate::optim::{adamw, AdamW, Schedule};
 use crate::params::Params;
 use crate::state;
 
@@ -499,16 +499,16 @@ pub fn finetune(
         };
         let lr = cfg.lr * sched.factor(step);
         // Adam (no weight decay: a scale has no reason to shrink).
-        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
-        let (bc1, bc2) = (1.0 - b1.powi(step as i32), 1.0 - b2.powi(step as i32));
+        let opt = AdamW::default();
         for (q, g) in quant.iter_mut().zip(&gs) {
-            for (((s, m), v), &g) in q.scales.iter_mut().zip(&mut q.m).zip(&mut q.v).zip(g) {
-                let g = (g * clip) as f64;
-                let mn = b1 * *m as f64 + (1.0 - b1) * g;
-                let vn = b2 * *v as f64 + (1.0 - b2) * g * g;
-                (*m, *v) = (mn as f32, vn as f32);
-                *s = (*s as f64 - lr * (mn / bc1) / ((vn / bc2).sqrt() + eps)) as f32;
-            }
+            q.scales = adamw(
+                &q.scales,
+                (&mut q.m, &mut q.v),
+                (g, clip),
+                step,
+                &opt,
+                (lr, 0.0),
+            );
         }
         rebuild(student, quant)?;
         let entry = StepLog {

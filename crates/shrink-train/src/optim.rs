@@ -105,10 +105,6 @@ pub fn step(
     lr: f64,
 ) -> Result<()> {
     state.step += 1;
-    let t = state.step as i32;
-    let (b1, b2) = (opt.beta1, opt.beta2);
-    let bc1 = 1.0 - b1.powi(t);
-    let bc2 = 1.0 - b2.powi(t);
     for i in 0..params.len() {
         let Some(g) = &grads.sums[i] else { continue };
         let decay = if params.vars()[i].rank() >= 2 {
@@ -116,28 +112,45 @@ pub fn step(
         } else {
             0.0
         };
-        let (m, v) = (&mut state.m[i], &mut state.v[i]);
+        let moments = (&mut state.m[i][..], &mut state.v[i][..]);
         let w = params.with_values(i, |w| {
-            let mut out = vec![0f32; w.len()];
-            out.par_iter_mut()
-                .zip(w.par_iter())
-                .zip(m.par_iter_mut())
-                .zip(v.par_iter_mut())
-                .zip(g.par_iter())
-                .for_each(|((((o, &w), m), v), &g)| {
-                    let g = g as f64;
-                    let mn = b1 * *m as f64 + (1.0 - b1) * g;
-                    let vn = b2 * *v as f64 + (1.0 - b2) * g * g;
-                    *m = mn as f32;
-                    *v = vn as f32;
-                    let upd = (mn / bc1) / ((vn / bc2).sqrt() + opt.eps);
-                    *o = (w as f64 * (1.0 - decay) - lr * upd) as f32;
-                });
-            out
+            adamw(w, moments, (g, 1.0), state.step, opt, (lr, decay))
         })?;
         params.replace(i, w)?;
     }
     Ok(())
+}
+
+/// The AdamW update of one tensor `w` at 1-based `step`: its moments `(m, v)` updated in place
+/// with the gradient `g` × `g_scale`, the new values returned (decay: `lr` × weight decay, or 0).
+pub fn adamw(
+    w: &[f32],
+    (m, v): (&mut [f32], &mut [f32]),
+    (g, g_scale): (&[f32], f32),
+    step: usize,
+    opt: &AdamW,
+    (lr, decay): (f64, f64),
+) -> Vec<f32> {
+    let t = step as i32;
+    let (b1, b2) = (opt.beta1, opt.beta2);
+    let bc1 = 1.0 - b1.powi(t);
+    let bc2 = 1.0 - b2.powi(t);
+    let mut out = vec![0f32; w.len()];
+    out.par_iter_mut()
+        .zip(w.par_iter())
+        .zip(m.par_iter_mut())
+        .zip(v.par_iter_mut())
+        .zip(g.par_iter())
+        .for_each(|((((o, &w), m), v), &g)| {
+            let g = (g * g_scale) as f64;
+            let mn = b1 * *m as f64 + (1.0 - b1) * g;
+            let vn = b2 * *v as f64 + (1.0 - b2) * g * g;
+            *m = mn as f32;
+            *v = vn as f32;
+            let upd = (mn / bc1) / ((vn / bc2).sqrt() + opt.eps);
+            *o = (w as f64 * (1.0 - decay) - lr * upd) as f32;
+        });
+    out
 }
 
 #[cfg(test)]

@@ -137,16 +137,16 @@ pub struct Args {
 }
 
 /// Set by Ctrl-C: the training loops checkpoint and stop.
-pub(crate) static STOP: AtomicBool = AtomicBool::new(false);
+static STOP: AtomicBool = AtomicBool::new(false);
 
 /// The SIGINT handler of the training commands.
-pub(crate) extern "C" fn on_sigint(_: libc::c_int) {
+extern "C" fn on_sigint(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
 /// A progress bar showing the loss, tokens/s and the ETA.
 pub(crate) struct Bar {
-    pub(crate) bar: ProgressBar,
+    bar: ProgressBar,
 }
 
 impl distill::Progress for Bar {
@@ -172,7 +172,7 @@ impl distill::Progress for Bar {
 }
 
 /// The bar of a training run named `what`.
-pub(crate) fn steps_bar(what: &str) -> ProgressBar {
+fn steps_bar(what: &str) -> ProgressBar {
     let pb = ProgressBar::new(0);
     pb.set_style(
         ProgressStyle::with_template(&format!(
@@ -205,6 +205,34 @@ pub(crate) fn training_ids(ckpt: &Checkpoint, text: &Path, format: TextFormat) -
         }
         f => super::calibrated::calib_ids(ckpt, text, f == TextFormat::Lee)?,
     })
+}
+
+/// Run the training loop `train` with Ctrl-C checkpointing ([`STOP`]) and the progress bar of
+/// `what`; an interrupted or diverged run is reported by its own message.
+pub(crate) fn training<T>(
+    what: &str,
+    train: impl FnOnce(&Bar, &AtomicBool) -> std::result::Result<T, TrainError>,
+) -> Result<T> {
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
+    }
+    let bar = Bar {
+        bar: steps_bar(what),
+    };
+    match train(&bar, &STOP) {
+        Ok(s) => {
+            bar.bar.finish_and_clear();
+            Ok(s)
+        }
+        Err(e) => {
+            bar.bar.abandon();
+            if let TrainError::NonFinite { .. } | TrainError::Interrupted { .. } = e {
+                anyhow::bail!("{e}");
+            }
+            Err(e.into())
+        }
+    }
 }
 
 /// Run `shrink distill`.
@@ -300,33 +328,18 @@ pub fn run(a: Args) -> Result<()> {
         None
     };
 
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
-    }
-    let bar = Bar {
-        bar: steps_bar("distill"),
-    };
-    let summary = match distill::distill(
-        teacher.as_ref(),
-        &mut model,
-        &windows,
-        &cfg,
-        &run_dir,
-        a.resume,
-        &STOP,
-        &bar,
-    ) {
-        Ok(s) => s,
-        Err(e) => {
-            bar.bar.abandon();
-            if let TrainError::NonFinite { .. } | TrainError::Interrupted { .. } = e {
-                anyhow::bail!("{e}");
-            }
-            return Err(e.into());
-        }
-    };
-    bar.bar.finish_and_clear();
+    let summary = training("distill", |bar, stop| {
+        distill::distill(
+            teacher.as_ref(),
+            &mut model,
+            &windows,
+            &cfg,
+            &run_dir,
+            a.resume,
+            stop,
+            bar,
+        )
+    })?;
 
     // The output: the student's config and tokenizer, the trained weights, the log and chart.
     let o = OutputDir::create(out, &[&a.teacher, &student_path])?;

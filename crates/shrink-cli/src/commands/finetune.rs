@@ -2,14 +2,12 @@
 //! ([`shrink_train::finetune`], EfficientQAT's E2E-QP), written back into the same layout.
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result};
 use shrink_train::distill::{self, Windows};
 use shrink_train::finetune::{self, FinetuneConfig};
-use shrink_train::TrainError;
 
-use super::distill::{on_sigint, run_dir_of, steps_bar, training_ids, Bar, TextFormat, STOP};
+use super::distill::{run_dir_of, training, training_ids, TextFormat};
 use crate::common;
 
 /// Arguments of `shrink finetune`.
@@ -114,35 +112,19 @@ pub fn run(a: Args) -> Result<()> {
     }
     let teacher = shrink_models::Model::load(&teacher_ckpt)?;
 
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
-    }
-    let bar = Bar {
-        bar: steps_bar("finetune"),
-    };
-    let summary = match finetune::finetune(
-        &teacher,
-        &mut student,
-        &mut quant,
-        &windows,
-        &cfg,
-        &run_dir,
-        a.resume,
-        &STOP,
-        &bar,
-    ) {
-        Ok(s) => s,
-        Err(e) => {
-            bar.bar.abandon();
-            if let TrainError::NonFinite { .. } | TrainError::Interrupted { .. } = e {
-                anyhow::bail!("{e}");
-            }
-            return Err(e.into());
-        }
-    };
-    bar.bar.finish_and_clear();
-    STOP.store(false, Ordering::SeqCst);
+    let summary = training("finetune", |bar, stop| {
+        finetune::finetune(
+            &teacher,
+            &mut student,
+            &mut quant,
+            &windows,
+            &cfg,
+            &run_dir,
+            a.resume,
+            stop,
+            bar,
+        )
+    })?;
 
     // The log, its chart, and the reports beside the weights.
     let log = distill::read_log(&run_dir)?;
