@@ -9,11 +9,16 @@
 # CALIB says otherwise. One line per model into WORK/results.tsv; models already there are
 # skipped, so the script resumes.
 #
+# A qat NAME trains the float model through that grid first (`shrink qat`, 100 steps of 512
+# tokens against the float model's outputs, on the same calibration documents), then stores it
+# with the grid: PTQ (rtnN) against QAT (qatN) at the same bits.
+#
 # Usage: scripts/bench-frontier.sh WORK [NAME...]   (no NAME: every configuration below)
+# SHRINK=path/to/shrink picks the binary (default target/release/shrink).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$1; shift
-bin=target/release/shrink
+bin=${SHRINK:-target/release/shrink}
 corpus=assets/lee_background.cor
 docs=assets/heldout-docs.txt
 mkdir -p "$work"
@@ -35,6 +40,12 @@ declare -A cfg=(
   [gptaq3]="--method gptq --gptaq --bits 3 --group-size 64 ${calib[*]}"
   [gptaq3-clip]="--method gptq --gptaq --clip-search --bits 3 --group-size 64 ${calib[*]}"
   [gptaq2-clip]="--method gptq --gptaq --clip-search --bits 2 --group-size 64 ${calib[*]}"
+)
+# Quantization-aware training (shrink qat), the learning rate growing as the grid coarsens.
+declare -A qat=(
+  [qat4]="--bits 4 --group-size 64 --lr 2e-5"
+  [qat3]="--bits 3 --group-size 64 --lr 5e-5"
+  [qat2]="--bits 2 --group-size 64 --lr 1e-4"
 )
 # A NAME ending in -rot is that configuration with --rotate.
 names=("$@")
@@ -63,8 +74,18 @@ for name in "${names[@]}"; do
   base=${name%-rot}
   rot=""
   [ "$base" = "$name" ] || rot="--rotate"
-  [ -n "${cfg[$base]:-}" ] || { echo "unknown configuration $name" >&2; exit 2; }
   out="$work/$name"
+  if [ -n "${qat[$name]:-}" ]; then
+    if [ ! -d "$out" ]; then
+      # shellcheck disable=SC2086
+      "$bin" qat "$work/f32" ${qat[$name]} --text "$corpus" --steps 100 --json -o "$out" \
+        > "$work/$name.json" 2> "$work/$name.err" || "$bin" qat "$work/f32" ${qat[$name]} \
+        --text "$corpus" --steps 100 --resume --json -o "$out" > "$work/$name.json" 2>> "$work/$name.err"
+    fi
+    score "$name" "$out" "$out/shrink-quantize.json"
+    continue
+  fi
+  [ -n "${cfg[$base]:-}" ] || { echo "unknown configuration $name" >&2; exit 2; }
   if [ ! -d "$out" ]; then
     # shellcheck disable=SC2086
     "$bin" quantize "$work/f32" ${cfg[$base]} $rot --json -o "$out" > "$work/$name.json" 2> "$work/$name.err"

@@ -46,6 +46,9 @@ enum Command {
     /// Train a quantized (gptq-layout) model's scales against its float teacher (EfficientQAT's
     /// E2E-QP): codes frozen, the same layout written back.
     Finetune(commands::finetune::Args),
+    /// Quantization-aware training: the float model trained through the quantizer's rounding
+    /// (straight-through estimator) against its own outputs, then quantized for real.
+    Qat(commands::qat::Args),
     /// Fine-tune a BERT/DistilBERT encoder into a sequence classifier on labelled sentences.
     TrainClassifier(commands::train_classifier::Args),
     /// Collect llama.cpp's importance matrix (mean x² per input column) from calibration text.
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
         | Command::Imatrix(_)
         | Command::Distill(_)
         | Command::Finetune(_)
+        | Command::Qat(_)
         | Command::TrainClassifier(_) => true,
         Command::Prune(a) => a.method != Some(commands::prune::Method::Magnitude),
         Command::Quantize(a) => matches!(
@@ -104,6 +108,7 @@ fn main() -> ExitCode {
         Command::Rotate(a) => commands::rotate::run(a),
         Command::Distill(a) => commands::distill::run(a),
         Command::Finetune(a) => commands::finetune::run(a),
+        Command::Qat(a) => commands::qat::run(a),
         Command::TrainClassifier(a) => commands::train_classifier::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Generate(a) => commands::generate::run(a),

@@ -12,85 +12,20 @@
 //! input did. Resumable: the scales, their moments and the step are checkpointed atomically.
 
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::sync::atomic::AtomicBool;
 
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 use shrink_formats::gptq_layout::GptqParts;
 use shrink_io::Checkpoint;
 use shrink_models::Model;
 
-use crate::distill::{step_windows, Progress, StepLog, Summary, TopK, Windows};
+use crate::distill::{Progress, Summary, Windows};
 use crate::error::{Result, TrainError};
 use crate::forward::Trainable;
-use crate::grad::{self, Grads};
-use crate::loss::{Divergence, KdLoss, LossParts, Teacher};
-use crate::optim::{adamw, AdamW, Schedule};
 use crate::params::Params;
-use crate::state;
-
-/// The settings of a scale fine-tuning run.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct FinetuneConfig {
-    /// Optimiser steps.
-    pub steps: usize,
-    /// Tokens per window.
-    pub seq_len: usize,
-    /// Windows per step.
-    pub batch: usize,
-    /// Peak learning rate of the scales (EfficientQAT's E2E-QP uses 1e-5 to 2e-5 on Llama).
-    pub lr: f64,
-    /// Warmup steps.
-    pub warmup: usize,
-    /// Final learning rate as a share of the peak (cosine decay).
-    pub min_lr_ratio: f64,
-    /// Clip the scales' global gradient norm to this (0: no clipping).
-    pub clip: f64,
-    /// Seed of the window order.
-    pub seed: u64,
-    /// Keep only the teacher's K largest logits per position, cached once (the target then
-    /// renormalised over them); `None`: the teacher runs on every window, every logit.
-    pub teacher_topk: Option<usize>,
-    /// Checkpoint every this many steps (0: only at the end or on interruption).
-    pub save_every: usize,
-}
-
-impl FinetuneConfig {
-    /// Check the settings.
-    pub fn validate(&self) -> Result<()> {
-        let bad = |s: String| Err(TrainError::Options(s));
-        if self.steps == 0 || self.seq_len < 2 || self.batch == 0 {
-            return bad(format!(
-                "--steps {}, --seq-len {} and --batch {} must be at least 1, 2 and 1",
-                self.steps, self.seq_len, self.batch
-            ));
-        }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return bad(format!("--lr {} must be positive", self.lr));
-        }
-        if self.teacher_topk == Some(0) {
-            return bad("--teacher-topk must be at least 1".into());
-        }
-        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
-            return bad(format!(
-                "--min-lr-ratio {} is outside [0, 1]",
-                self.min_lr_ratio
-            ));
-        }
-        Ok(())
-    }
-
-    fn loss(&self) -> KdLoss {
-        KdLoss {
-            temperature: 1.0,
-            alpha: 1.0,
-            divergence: Divergence::Forward,
-        }
-    }
-}
+pub use crate::reparam::FinetuneConfig;
+use crate::reparam::{self, Reparam};
 
 /// One quantized weight whose scales train.
 #[derive(Debug, Clone)]
@@ -105,8 +40,6 @@ pub struct QuantWeight {
     centered: Vec<f32>,
     /// The trained scales (float32 master copy), `[rows, ngroups]`.
     pub scales: Vec<f32>,
-    m: Vec<f32>,
-    v: Vec<f32>,
 }
 
 impl QuantWeight {
@@ -119,15 +52,12 @@ impl QuantWeight {
                 parts.codes[k] as f32 - parts.zeros[r * ng + g] as f32
             })
             .collect();
-        let n = parts.scales.len();
         QuantWeight {
             name,
             index,
             scales: parts.scales.clone(),
             centered,
             parts,
-            m: vec![0.0; n],
-            v: vec![0.0; n],
         }
     }
 
@@ -170,6 +100,27 @@ impl QuantWeight {
             o.iter_mut().zip(&acc).for_each(|(o, &a)| *o = a as f32);
         });
         out
+    }
+}
+
+impl Reparam for QuantWeight {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn index(&self) -> usize {
+        self.index
+    }
+    fn theta(&self) -> &[f32] {
+        &self.scales
+    }
+    fn set_theta(&mut self, theta: Vec<f32>) {
+        self.scales = theta;
+    }
+    fn weight(&self) -> Result<Vec<f32>> {
+        Ok(QuantWeight::weight(self))
+    }
+    fn theta_grad(&self, gw: &[f32]) -> Result<Vec<f32>> {
+        Ok(self.scale_grad(gw))
     }
 }
 
@@ -248,27 +199,12 @@ pub fn load(ckpt: &Checkpoint) -> Result<(Trainable, Vec<QuantWeight>)> {
 
 /// Rebuild every quantized weight of `student` from the current scales of `quant`.
 pub fn rebuild(student: &mut Trainable, quant: &[QuantWeight]) -> Result<()> {
-    for q in quant {
-        student.params.set_values(q.index, q.weight())?;
-    }
-    Ok(())
+    reparam::rebuild(student, quant)
 }
 
-/// dL/ds of every quantized weight from the summed weight gradients.
-fn scale_grads(quant: &[QuantWeight], grads: &Grads) -> Result<Vec<Vec<f32>>> {
-    quant
-        .iter()
-        .map(|q| {
-            let gw = grads.sums[q.index]
-                .as_deref()
-                .ok_or_else(|| TrainError::Options(format!("no gradient reached {}", q.name)))?;
-            Ok(q.scale_grad(gw))
-        })
-        .collect()
-}
-
-/// The loss (KL to `teacher`'s logits, or its top-`topk`, at temperature 1, per token) of `student` on
-/// `window` (`seq_len + 1` tokens) and its gradient with respect to every scale of `quant`.
+/// The loss (KL to `teacher`'s logits, or its top-`topk`, at temperature 1, per token) of
+/// `student` on `window` (`seq_len + 1` tokens) and its gradient with respect to every scale of
+/// `quant`.
 pub fn scale_gradients(
     teacher: &Model,
     student: &mut Trainable,
@@ -277,97 +213,11 @@ pub fn scale_gradients(
     seq_len: usize,
     topk: Option<usize>,
 ) -> Result<(Vec<Vec<f32>>, f64)> {
-    let vocab = student.vocab_size();
-    let ids = &window[..seq_len];
-    let logits = crate::distill::teacher_logits(teacher, ids)?;
-    let (tids, tvals, k);
-    let t = match topk {
-        Some(kk) => {
-            k = kk.min(vocab);
-            (tids, tvals) = crate::distill::topk_rows(&logits, vocab, k);
-            Teacher::TopK {
-                ids: &tids,
-                logits: &tvals,
-                k,
-            }
-        }
-        None => Teacher::Full(&logits),
-    };
-    let loss = KdLoss {
-        temperature: 1.0,
-        alpha: 1.0,
-        divergence: Divergence::Forward,
-    };
-    let mut grads = Grads::new(student.params.len());
-    let norm = seq_len as f64;
-    let p = grad::backward_kd(student, ids, &window[1..], t, &loss, norm, &mut grads)?;
-    Ok((scale_grads(quant, &grads)?, p.total(&loss) / norm))
-}
-
-/// What a run's checkpoint identifies it by: the settings and the training windows.
-fn identity(cfg: &FinetuneConfig, n_train: usize) -> serde_json::Value {
-    serde_json::json!({ "finetune": cfg, "train_windows": n_train })
-}
-
-/// Save the scales and their moments (atomically) into `run_dir/scales.safetensors`.
-fn save(
-    run_dir: &Path,
-    quant: &[QuantWeight],
-    step: usize,
-    id: &serde_json::Value,
-) -> Result<PathBuf> {
-    let mut t = Vec::new();
-    for q in quant {
-        let n = q.scales.len();
-        t.push((format!("{}.scales", q.name), vec![n], q.scales.clone()));
-        t.push((format!("{}.m", q.name), vec![n], q.m.clone()));
-        t.push((format!("{}.v", q.name), vec![n], q.v.clone()));
-    }
-    let meta = HashMap::from([
-        ("step".to_string(), step.to_string()),
-        ("run".to_string(), id.to_string()),
-    ]);
-    let path = run_dir.join("scales.safetensors");
-    state::write_atomic(&path, &state::safetensors_bytes(&t, Some(meta))?)?;
-    Ok(path)
-}
-
-/// Load a checkpoint written by [`save`]; returns its step.
-fn restore(path: &Path, quant: &mut [QuantWeight], id: &serde_json::Value) -> Result<usize> {
-    let bytes = std::fs::read(path).map_err(|source| TrainError::File {
-        path: path.into(),
-        source,
-    })?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| TrainError::input(path, format!("not a safetensors file: {e}")))?;
-    let meta = meta.metadata().clone().unwrap_or_default();
-    if meta.get("run") != Some(&id.to_string()) {
-        return Err(TrainError::input(
-            path,
-            "--resume: the checkpoint was made with other settings or text (same flags and text \
-             needed)",
-        ));
-    }
-    let step = meta
-        .get("step")
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| TrainError::input(path, "no step in the checkpoint's metadata"))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| TrainError::input(path, format!("not a safetensors file: {e}")))?;
-    for q in quant.iter_mut() {
-        let get = |k: &str| state::f32_tensor(&st, &format!("{}.{k}", q.name), path);
-        let (s, m, v) = (get("scales")?, get("m")?, get("v")?);
-        if s.len() != q.scales.len() || m.len() != s.len() || v.len() != s.len() {
-            return Err(TrainError::input(path, format!("{}: wrong sizes", q.name)));
-        }
-        (q.scales, q.m, q.v) = (s, m, v);
-    }
-    Ok(step)
+    reparam::gradients(Some(teacher), student, quant, window, seq_len, topk)
 }
 
 /// Train the scales of `quant` (in `student`) against `teacher` on `windows.train` for
-/// `cfg.steps` steps; log and checkpoints in `run_dir`. With `resume`, continue from its
-/// checkpoint; `stop` set (Ctrl-C) checkpoints and returns [`TrainError::Interrupted`].
+/// `cfg.steps` steps ([`reparam::train`]); log and checkpoints in `run_dir`.
 #[allow(clippy::too_many_arguments)]
 pub fn finetune(
     teacher: &Model,
@@ -380,175 +230,18 @@ pub fn finetune(
     stop: &AtomicBool,
     progress: &dyn Progress,
 ) -> Result<Summary> {
-    cfg.validate()?;
-    let vocab = student.vocab_size();
-    if teacher.config().vocab_size() != vocab {
-        return Err(TrainError::Options(format!(
-            "teacher and quantized model have different vocabularies ({} and {vocab} tokens)",
-            teacher.config().vocab_size()
-        )));
-    }
-    std::fs::create_dir_all(run_dir).map_err(|source| TrainError::File {
-        path: run_dir.into(),
-        source,
-    })?;
-    let n_train = windows.train.len();
-    let id = identity(cfg, n_train);
-    let ck = run_dir.join("scales.safetensors");
-    let log_path = run_dir.join("train.jsonl");
-    let mut start = 0;
-    if resume {
-        if !ck.is_file() {
-            return Err(TrainError::input(
-                run_dir,
-                "--resume: no checkpoint in the run directory",
-            ));
-        }
-        start = restore(&ck, quant, &id)?;
-        rebuild(student, quant)?;
-        crate::distill::truncate_log(&log_path, start)?;
-        progress.note(&format!("resumed at step {start}"));
-    } else if ck.exists() || std::fs::metadata(&log_path).is_ok_and(|m| m.len() > 0) {
-        return Err(TrainError::input(
-            run_dir,
-            "holds an earlier run (continue it with --resume, or remove it)",
-        ));
-    }
-    let t_cache = Instant::now();
-    let topk = match cfg.teacher_topk {
-        Some(k) => Some(TopK::load_or_build(
-            &run_dir.join(format!("teacher-top{}.safetensors", k.min(vocab))),
-            teacher,
-            &windows.train,
-            cfg.seq_len,
-            k.min(vocab),
-            vocab,
-            progress,
-        )?),
-        None => None,
-    };
-    let teacher_cache_seconds = t_cache.elapsed().as_secs_f64();
-    let loss = cfg.loss();
-    let sched = Schedule {
-        warmup: cfg.warmup,
-        total: cfg.steps,
-        min_ratio: cfg.min_lr_ratio,
-    };
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|source| TrainError::File {
-            path: log_path.clone(),
-            source,
-        })?;
-    let tokens_per_step = cfg.batch * cfg.seq_len;
-    let t0 = Instant::now();
-    let mut last = None;
-    for step in start + 1..=cfg.steps {
-        let ts = Instant::now();
-        let mut grads = Grads::new(student.params.len());
-        let mut parts = LossParts::default();
-        let norm = tokens_per_step as f64;
-        for wi in step_windows(cfg.seed, n_train, cfg.batch, step) {
-            let w = &windows.train[wi];
-            let full;
-            let t = match &topk {
-                Some(c) => Teacher::TopK {
-                    ids: &c.rows[wi].0,
-                    logits: &c.rows[wi].1,
-                    k: c.k,
-                },
-                None => {
-                    full = crate::distill::teacher_logits(teacher, &w[..cfg.seq_len])?;
-                    Teacher::Full(&full)
-                }
-            };
-            let p = grad::backward_kd(
-                student,
-                &w[..cfg.seq_len],
-                &w[1..],
-                t,
-                &loss,
-                norm,
-                &mut grads,
-            )?;
-            parts.add(&p);
-        }
-        let value = parts.total(&loss) / norm;
-        // The scales' gradients, their global norm, clipping.
-        let gs = scale_grads(quant, &grads)?;
-        drop(grads);
-        let gnorm = gs
-            .iter()
-            .flatten()
-            .map(|&g| (g as f64) * (g as f64))
-            .sum::<f64>()
-            .sqrt();
-        if !value.is_finite() || !gnorm.is_finite() {
-            return Err(TrainError::NonFinite {
-                step,
-                value: if value.is_finite() { gnorm } else { value },
-                last_good: ck.is_file().then(|| ck.clone()),
-            });
-        }
-        let clip = if cfg.clip > 0.0 && gnorm > cfg.clip {
-            (cfg.clip / (gnorm + 1e-6)) as f32
-        } else {
-            1.0
-        };
-        let lr = cfg.lr * sched.factor(step);
-        // Adam (no weight decay: a scale has no reason to shrink).
-        let opt = AdamW::default();
-        for (q, g) in quant.iter_mut().zip(&gs) {
-            q.scales = adamw(
-                &q.scales,
-                (&mut q.m, &mut q.v),
-                (g, clip),
-                step,
-                &opt,
-                (lr, 0.0),
-            );
-        }
-        rebuild(student, quant)?;
-        let entry = StepLog {
-            step,
-            loss: value,
-            kd: parts.kd / norm,
-            ce: parts.ce / norm,
-            lr,
-            grad_norm: gnorm,
-            tokens: step * tokens_per_step,
-            tokens_per_s: tokens_per_step as f64 / ts.elapsed().as_secs_f64(),
-            heldout_ppl: None,
-        };
-        writeln!(log, "{}", serde_json::to_string(&entry).expect("JSON")).map_err(|source| {
-            TrainError::File {
-                path: log_path.clone(),
-                source,
-            }
-        })?;
-        progress.step(&entry, cfg.steps);
-        last = Some(entry);
-        let interrupted = stop.load(Ordering::SeqCst);
-        if interrupted || (cfg.save_every > 0 && step % cfg.save_every == 0) || step == cfg.steps {
-            let p = save(run_dir, quant, step, &id)?;
-            if interrupted {
-                return Err(TrainError::Interrupted { step, path: p });
-            }
-        }
-    }
-    let seconds = t0.elapsed().as_secs_f64();
-    let steps_this_run = cfg.steps - start;
-    Ok(Summary {
-        steps: cfg.steps,
-        steps_this_run,
-        resumed_from: resume.then_some(start),
-        seconds,
-        tokens_per_s: (steps_this_run * tokens_per_step) as f64 / seconds.max(1e-9),
-        last,
-        teacher_cache_seconds,
-    })
+    reparam::train(
+        "e2e-qp",
+        Some(teacher),
+        student,
+        quant,
+        windows,
+        cfg,
+        run_dir,
+        resume,
+        stop,
+        progress,
+    )
 }
 
 /// The trained scales of `q` as the gptq layout's `<module>.scales` tensor: float16,

@@ -11,6 +11,8 @@
 //! - [`state`]: checkpoints written atomically, for `--resume`;
 //! - [`distill`]: the teacher → student loop for language models;
 //! - [`finetune`]: a quantized model's scales trained against its float teacher (E2E-QP);
+//! - [`reparam`]: the one loop that trains weights through a reparameterisation W = f(θ);
+//! - [`qat`]: quantization-aware training (fake quantization, straight-through estimator);
 //! - [`classify`]: sequence classifiers fine-tuned on labelled sentences and distilled into
 //!   students with fewer layers and heads;
 //!
@@ -27,6 +29,8 @@ pub mod loss;
 pub mod ops;
 pub mod optim;
 pub mod params;
+pub mod qat;
+pub mod reparam;
 pub mod state;
 pub mod student;
 

@@ -21,6 +21,19 @@ pub struct Args {
     /// The float model it was quantized from.
     #[arg(long)]
     pub teacher: PathBuf,
+    #[command(flatten)]
+    pub train: TrainOpts,
+    /// Output directory (must not exist).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The training flags `finetune`, `qat` and `qlora` share.
+#[derive(clap::Args)]
+pub struct TrainOpts {
     /// Training text (e.g. assets/lee_background.cor).
     #[arg(long)]
     pub text: PathBuf,
@@ -36,16 +49,16 @@ pub struct Args {
     /// Windows per step.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
-    /// Peak learning rate of the scales (Adam).
-    #[arg(long, default_value_t = 2e-5)]
-    pub lr: f64,
+    /// Peak learning rate (Adam; default: finetune 2e-5, qat 1e-5, qlora 2e-4).
+    #[arg(long)]
+    pub lr: Option<f64>,
     /// Warmup steps (default: 5 % of --steps).
     #[arg(long)]
     pub warmup: Option<usize>,
     /// Final learning rate as a share of the peak (cosine decay).
     #[arg(long, default_value_t = 0.1)]
     pub min_lr_ratio: f64,
-    /// Clip the scales' global gradient norm (0: off).
+    /// Clip the trained parameters' global gradient norm (0: off).
     #[arg(long, default_value_t = 1.0)]
     pub clip: f64,
     /// Keep only the teacher's K largest logits per position, computed once and cached (the
@@ -65,12 +78,61 @@ pub struct Args {
     /// Continue the run in the run directory from its checkpoint.
     #[arg(long)]
     pub resume: bool,
-    /// Output directory (must not exist).
-    #[arg(short, long)]
-    pub output: PathBuf,
-    /// Print the summary as JSON.
-    #[arg(long)]
-    pub json: bool,
+}
+
+impl TrainOpts {
+    /// The run's settings, `lr` the command's default learning rate.
+    pub fn config(&self, lr: f64) -> Result<FinetuneConfig> {
+        let cfg = FinetuneConfig {
+            steps: self.steps,
+            seq_len: self.seq_len,
+            batch: self.batch,
+            lr: self.lr.unwrap_or(lr),
+            warmup: self.warmup.unwrap_or(self.steps / 20),
+            min_lr_ratio: self.min_lr_ratio,
+            clip: self.clip,
+            seed: self.seed,
+            teacher_topk: self.teacher_topk,
+            save_every: self.save_every,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The training windows of --text, tokenized by `tokenizer_of`'s tokenizer.
+    pub fn windows(&self, tokenizer_of: &shrink_io::Checkpoint) -> Result<Windows> {
+        let ids = training_ids(tokenizer_of, &self.text, self.text_format)?;
+        Ok(Windows::cut(&ids, self.seq_len, 0, &self.text)?)
+    }
+
+    /// Refuse a --seq-len beyond the model's positions.
+    pub fn check_positions(&self, model: &shrink_train::Trainable) -> Result<()> {
+        if let Some(max) = model.max_positions() {
+            if self.seq_len > max {
+                anyhow::bail!(
+                    "--seq-len {} exceeds the model's {max} positions",
+                    self.seq_len
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The log of the run in `run_dir` charted into `run_dir/loss.png` (`series` picks the
+    /// value of each step); returns the log and the chart's bytes.
+    pub fn chart(
+        run_dir: &std::path::Path,
+        title: &str,
+        label: &str,
+        series: fn(&distill::StepLog) -> f64,
+    ) -> Result<(Vec<distill::StepLog>, Vec<u8>)> {
+        let log = distill::read_log(run_dir)?;
+        let curve: Vec<(f64, f64)> = log.iter().map(|l| (l.step as f64, series(l))).collect();
+        let png = run_dir.join("loss.png");
+        shrink_eval::plot::curves_png(&png, title, label, &[(label, curve.as_slice())])?;
+        let bytes = std::fs::read(&png).with_context(|| format!("reading {}", png.display()))?;
+        Ok((log, bytes))
+    }
 }
 
 /// Run `shrink finetune`.
@@ -82,34 +144,15 @@ pub fn run(a: Args) -> Result<()> {
             out.display()
         );
     }
-    let run_dir = run_dir_of(out, a.run_dir.as_deref());
+    let t = &a.train;
+    let run_dir = run_dir_of(out, t.run_dir.as_deref());
     let input = common::open(&a.model)?;
     let teacher_ckpt = common::open(&a.teacher)?;
-    let ids = training_ids(&teacher_ckpt, &a.text, a.text_format)?;
-    let windows = Windows::cut(&ids, a.seq_len, 0, &a.text)?;
-    let cfg = FinetuneConfig {
-        steps: a.steps,
-        seq_len: a.seq_len,
-        batch: a.batch,
-        lr: a.lr,
-        warmup: a.warmup.unwrap_or(a.steps / 20),
-        min_lr_ratio: a.min_lr_ratio,
-        clip: a.clip,
-        seed: a.seed,
-        teacher_topk: a.teacher_topk,
-        save_every: a.save_every,
-    };
-    cfg.validate()?;
+    let windows = t.windows(&teacher_ckpt)?;
+    let cfg = t.config(2e-5)?;
     let (mut student, mut quant) =
         finetune::load(&input).with_context(|| format!("loading {}", a.model.display()))?;
-    if let Some(max) = student.max_positions() {
-        if a.seq_len > max {
-            anyhow::bail!(
-                "--seq-len {} exceeds the model's {max} positions",
-                a.seq_len
-            );
-        }
-    }
+    t.check_positions(&student)?;
     let teacher = shrink_models::Model::load(&teacher_ckpt)?;
 
     let summary = training("finetune", |bar, stop| {
@@ -120,21 +163,18 @@ pub fn run(a: Args) -> Result<()> {
             &windows,
             &cfg,
             &run_dir,
-            a.resume,
+            t.resume,
             stop,
             bar,
         )
     })?;
 
     // The log, its chart, and the reports beside the weights.
-    let log = distill::read_log(&run_dir)?;
-    let curve: Vec<(f64, f64)> = log.iter().map(|l| (l.step as f64, l.kd)).collect();
-    let png = run_dir.join("loss.png");
-    shrink_eval::plot::curves_png(
-        &png,
+    let (log, png) = TrainOpts::chart(
+        &run_dir,
         "scale fine-tuning",
         "KL to the teacher per token",
-        &[("KL", curve.as_slice())],
+        |l| l.kd,
     )?;
     let read =
         |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
@@ -168,7 +208,7 @@ pub fn run(a: Args) -> Result<()> {
             "train.jsonl".to_string(),
             read(&run_dir.join("train.jsonl"))?,
         ),
-        ("loss.png".to_string(), read(&png)?),
+        ("loss.png".to_string(), png),
         (
             "finetune.json".to_string(),
             serde_json::to_vec_pretty(&report)?,
@@ -188,7 +228,7 @@ pub fn run(a: Args) -> Result<()> {
         ));
     }
     finetune::write(&input, &quant, out, &extra)?;
-    let _ = std::fs::remove_file(run_dir.join("scales.safetensors"));
+    let _ = std::fs::remove_file(shrink_train::reparam::state_path(&run_dir));
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
@@ -200,7 +240,7 @@ pub fn run(a: Args) -> Result<()> {
         report["scales"],
         quant.len(),
         summary.steps,
-        a.batch * a.seq_len,
+        t.batch * t.seq_len,
         log.first().map_or(f64::NAN, |l| l.kd),
         last.map_or(f64::NAN, |l| l.kd)
     );

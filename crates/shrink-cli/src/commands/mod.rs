@@ -14,6 +14,7 @@ pub mod generate;
 pub mod imatrix;
 pub mod inspect;
 pub mod prune;
+pub mod qat;
 pub mod quantize;
 pub mod quantize_ggml;
 pub mod rotate;
