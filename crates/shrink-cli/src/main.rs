@@ -49,6 +49,9 @@ enum Command {
     /// Quantization-aware training: the float model trained through the quantizer's rounding
     /// (straight-through estimator) against its own outputs, then quantized for real.
     Qat(commands::qat::Args),
+    /// QLoRA: LoRA adapters trained over a quantized model's frozen weights, written as a PEFT
+    /// adapter (and, with --merge, folded back and requantized).
+    Qlora(commands::qlora::Args),
     /// Fine-tune a BERT/DistilBERT encoder into a sequence classifier on labelled sentences.
     TrainClassifier(commands::train_classifier::Args),
     /// Collect llama.cpp's importance matrix (mean x² per input column) from calibration text.
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
         | Command::Distill(_)
         | Command::Finetune(_)
         | Command::Qat(_)
+        | Command::Qlora(_)
         | Command::TrainClassifier(_) => true,
         Command::Prune(a) => a.method != Some(commands::prune::Method::Magnitude),
         Command::Quantize(a) => matches!(
@@ -109,6 +113,7 @@ fn main() -> ExitCode {
         Command::Distill(a) => commands::distill::run(a),
         Command::Finetune(a) => commands::finetune::run(a),
         Command::Qat(a) => commands::qat::run(a),
+        Command::Qlora(a) => commands::qlora::run(a),
         Command::TrainClassifier(a) => commands::train_classifier::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Generate(a) => commands::generate::run(a),

@@ -45,6 +45,8 @@ impl TextProtocol {
 pub struct EvalRequest {
     /// Model to score (HF directory or .gguf).
     pub model: PathBuf,
+    /// A PEFT LoRA adapter directory run beside the model's layers.
+    pub adapter: Option<PathBuf>,
     /// Reference model for KLD and top-1 agreement.
     pub base: Option<PathBuf>,
     /// The text file.
@@ -109,7 +111,11 @@ pub fn evaluate(req: &EvalRequest, progress: &dyn Progress) -> Result<Evaluation
             opts.window
         )));
     }
-    let model = Model::load(&ckpt)?;
+    let adapter = match &req.adapter {
+        Some(p) => Some(shrink_io::peft::Adapter::read(p)?),
+        None => None,
+    };
+    let model = Model::load_with(&ckpt, adapter.as_ref())?;
     let base = match &req.base {
         Some(p) => Some(load_base(p, &model)?),
         None => None,
@@ -141,6 +147,7 @@ impl Evaluation {
         let mut v = serde_json::json!({
             "protocol": q.protocol.name(),
             "model": q.model,
+            "adapter": q.adapter,
             "base": q.base,
             "tokens": self.tokens,
             "windows": r.windows,
@@ -165,7 +172,15 @@ impl Evaluation {
     pub fn lines(&self) -> Vec<String> {
         let r = &self.report;
         let mut v = vec![
-            format!("model          {}", self.request.model.display()),
+            format!(
+                "model          {}{}",
+                self.request.model.display(),
+                self.request
+                    .adapter
+                    .as_ref()
+                    .map(|a| format!(" + adapter {}", a.display()))
+                    .unwrap_or_default()
+            ),
             format!("protocol       {}", self.request.protocol.name()),
             format!(
                 "tokens         {} ({} windows of 512, {} scored)",
@@ -217,6 +232,7 @@ mod tests {
     fn a_missing_text_file_is_named() {
         let req = EvalRequest {
             model: "no-model".into(),
+            adapter: None,
             base: None,
             text: "/nonexistent/lee.cor".into(),
             protocol: TextProtocol::Lee,

@@ -27,6 +27,7 @@ pub mod hf_int;
 pub mod imatrix;
 pub mod model_card;
 pub mod output;
+pub mod peft;
 pub mod quantized;
 pub mod safetensors;
 pub mod sparse;

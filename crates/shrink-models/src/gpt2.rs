@@ -136,14 +136,17 @@ impl Gpt2Block {
             let bias = Some(w.get(&format!("{name}.bias"), &[out])?);
             if let shrink_io::Checkpoint::Hf(h) = w.checkpoint() {
                 if let Some(q) = h.quantized(&weight)? {
-                    return Ok(Linear::quantized(q, bias));
+                    return w.adapt(&weight, Linear::quantized(q, bias));
                 }
             }
-            Ok(if gguf {
-                Linear::new(w.get(&weight, &[out, inp])?, bias)?
-            } else {
-                Linear::from_transposed(w.get(&weight, &[inp, out])?, bias)?
-            })
+            w.adapt(
+                &weight,
+                if gguf {
+                    Linear::new(w.get(&weight, &[out, inp])?, bias)?
+                } else {
+                    Linear::from_transposed(w.get(&weight, &[inp, out])?, bias)?
+                },
+            )
         };
         let p = format!("transformer.h.{l}");
         Ok(Gpt2Block {

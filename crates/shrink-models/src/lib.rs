@@ -93,13 +93,27 @@ pub fn weight_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
 impl Model {
     /// Read the configuration and every weight of `ckpt` as float32.
     pub fn load(ckpt: &Checkpoint) -> Result<Self> {
+        Model::load_with(ckpt, None)
+    }
+
+    /// [`Model::load`], with `adapter`'s LoRA pairs running beside the layers they name (every
+    /// pair must match a layer).
+    pub fn load_with(
+        ckpt: &Checkpoint,
+        adapter: Option<&shrink_io::peft::Adapter>,
+    ) -> Result<Self> {
         let cfg = ModelConfig::from_checkpoint(ckpt)?;
-        let w = weight_loader(ckpt, &cfg);
-        Ok(match cfg {
+        let mut w = weight_loader(ckpt, &cfg);
+        if let Some(a) = adapter {
+            w = w.with_adapter(a);
+        }
+        let m = match cfg {
             ModelConfig::Llama(c) => Model::Llama(llama::Llama::load(c, &w)?),
             ModelConfig::Gpt2(c) => Model::Gpt2(gpt2::Gpt2::load(c, &w)?),
             ModelConfig::Neox(c) => Model::Neox(gpt_neox::Neox::load(c, &w)?),
-        })
+        };
+        w.check_adapted()?;
+        Ok(m)
     }
 
     /// Logits [t, vocab] of `ids`, continuing from `cache` when given (and extending it).

@@ -28,12 +28,25 @@ enum Weight {
     },
 }
 
-/// A linear layer `y = x Wᵀ + b`, dense float32 or quantized.
+/// A LoRA pair beside a layer's weight: `y += s · (x Aᵀ) Bᵀ` (the weight itself untouched,
+/// quantized or not, as PEFT runs an adapter over a bitsandbytes base).
+#[derive(Clone, Debug)]
+struct Lora {
+    /// Aᵀ, shape (in_features, r).
+    a_t: Tensor,
+    /// Bᵀ, shape (r, out_features).
+    b_t: Tensor,
+    /// The factor s.
+    scale: f64,
+}
+
+/// A linear layer `y = x Wᵀ + b`, dense float32 or quantized, optionally with a LoRA pair.
 #[derive(Clone)]
 pub struct Linear {
     w: Weight,
     /// Optional bias, shape (out_features).
     pub bias: Option<Tensor>,
+    lora: Option<Lora>,
 }
 
 impl std::fmt::Debug for Linear {
@@ -57,6 +70,7 @@ impl Linear {
         Ok(Linear {
             w: Weight::Dense(weight.t()?.contiguous()?),
             bias,
+            lora: None,
         })
     }
 
@@ -66,6 +80,7 @@ impl Linear {
         Ok(Linear {
             w: Weight::Dense(wt.contiguous()?),
             bias,
+            lora: None,
         })
     }
 
@@ -79,6 +94,7 @@ impl Linear {
                 in_features,
             },
             bias,
+            lora: None,
         }
     }
 
@@ -105,6 +121,7 @@ impl Linear {
                     in_features,
                 },
                 bias,
+                lora: None,
             }),
         )
     }
@@ -121,7 +138,35 @@ impl Linear {
                 in_features,
             },
             bias: None,
+            lora: None,
         })
+    }
+
+    /// This layer with the LoRA pair `a` (`[r, in]`) and `b` (`[out, r]`) added at factor
+    /// `scale`.
+    pub fn with_lora(
+        mut self,
+        a: &[f32],
+        b: &[f32],
+        r: usize,
+        scale: f64,
+    ) -> candle_core::Result<Self> {
+        let (inp, out) = (self.in_features(), self.out_features());
+        if a.len() != r * inp || b.len() != out * r {
+            candle_core::bail!(
+                "LoRA pair of {} and {} values does not fit a {out}×{inp} layer at rank {r}",
+                a.len(),
+                b.len()
+            );
+        }
+        let a = Tensor::from_slice(a, (r, inp), &Device::Cpu)?;
+        let b = Tensor::from_slice(b, (out, r), &Device::Cpu)?;
+        self.lora = Some(Lora {
+            a_t: a.t()?.contiguous()?,
+            b_t: b.t()?.contiguous()?,
+            scale,
+        });
+        Ok(self)
     }
 
     /// Whether the weight is held quantized.
@@ -187,6 +232,9 @@ impl Module for Linear {
                 Tensor::from_vec(y, (rows, q.shape().0), &Device::Cpu)?
             }
         };
+        if let Some(l) = &self.lora {
+            y = (y + (x2.matmul(&l.a_t)?.matmul(&l.b_t)? * l.scale)?)?;
+        }
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }

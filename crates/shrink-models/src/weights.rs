@@ -29,6 +29,8 @@ pub struct WeightLoader<'a> {
     ckpt: &'a Checkpoint,
     gguf_map: Option<Box<GgufMap>>,
     hf_prefixes: &'static [&'static str],
+    adapter: Option<&'a shrink_io::peft::Adapter>,
+    adapted: std::cell::RefCell<Vec<String>>,
 }
 
 impl<'a> WeightLoader<'a> {
@@ -43,7 +45,53 @@ impl<'a> WeightLoader<'a> {
             ckpt,
             gguf_map,
             hf_prefixes,
+            adapter: None,
+            adapted: Default::default(),
         }
+    }
+
+    /// This loader adding `adapter`'s LoRA pairs to the layers they name.
+    pub fn with_adapter(mut self, adapter: &'a shrink_io::peft::Adapter) -> Self {
+        self.adapter = Some(adapter);
+        self
+    }
+
+    /// `l`, the layer of weight `hf_name`, with the adapter's pair for it added, if any.
+    pub fn adapt(&self, hf_name: &str, l: crate::linear::Linear) -> Result<crate::linear::Linear> {
+        let Some(a) = self.adapter else {
+            return Ok(l);
+        };
+        let module = hf_name.strip_suffix(".weight").unwrap_or(hf_name);
+        let Some(p) = a.modules.get(module) else {
+            return Ok(l);
+        };
+        let l = l.with_lora(&p.a, &p.b, a.r, a.scale()).map_err(|e| {
+            ModelError::Io(shrink_io::IoError::malformed(
+                self.ckpt.path(),
+                format!("adapter module {module}: {e}"),
+            ))
+        })?;
+        self.adapted.borrow_mut().push(module.to_string());
+        Ok(l)
+    }
+
+    /// Refuse an adapter some of whose pairs matched no layer of the model.
+    pub fn check_adapted(&self) -> Result<()> {
+        let Some(a) = self.adapter else {
+            return Ok(());
+        };
+        let done = self.adapted.borrow();
+        let missing: Vec<&String> = a.modules.keys().filter(|m| !done.contains(m)).collect();
+        if let Some(first) = missing.first() {
+            return Err(ModelError::Io(shrink_io::IoError::malformed(
+                self.ckpt.path(),
+                format!(
+                    "the adapter has {} module(s) this model's layers do not match, e.g. {first}",
+                    missing.len()
+                ),
+            )));
+        }
+        Ok(())
     }
 
     /// The checkpoint read from.
@@ -144,15 +192,15 @@ impl<'a> WeightLoader<'a> {
         if let (Checkpoint::Hf(h), Some(loc)) = (self.ckpt, self.locate(hf_name)) {
             if let Some(q) = h.quantized(&loc.name)? {
                 if q.shape() == (out, inp) {
-                    return Ok(crate::linear::Linear::quantized(q, bias()?));
+                    return self.adapt(hf_name, crate::linear::Linear::quantized(q, bias()?));
                 }
             }
         }
         let w = self.get(hf_name, &[out, inp])?;
         if let Some(l) = crate::linear::Linear::sparse(&w, bias()?)? {
-            return Ok(l);
+            return self.adapt(hf_name, l);
         }
-        Ok(crate::linear::Linear::new(w, bias()?)?)
+        self.adapt(hf_name, crate::linear::Linear::new(w, bias()?)?)
     }
 
     /// Read `hf_name` if present.

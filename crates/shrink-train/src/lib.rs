@@ -13,6 +13,7 @@
 //! - [`finetune`]: a quantized model's scales trained against its float teacher (E2E-QP);
 //! - [`reparam`]: the one loop that trains weights through a reparameterisation W = f(θ);
 //! - [`qat`]: quantization-aware training (fake quantization, straight-through estimator);
+//! - [`lora`]: LoRA adapters over frozen quantized weights (QLoRA), saved as PEFT adapters;
 //! - [`classify`]: sequence classifiers fine-tuned on labelled sentences and distilled into
 //!   students with fewer layers and heads;
 //!
@@ -25,6 +26,7 @@ pub mod error;
 pub mod finetune;
 pub mod forward;
 pub mod grad;
+pub mod lora;
 pub mod loss;
 pub mod ops;
 pub mod optim;

@@ -165,23 +165,25 @@ pub fn changed_from_ptq(ckpt: &Checkpoint, trained: &[FakeQuant]) -> Result<f64>
     Ok(changed as f64 / total.max(1) as f64)
 }
 
-/// The per-tensor encoder that stores a QAT-trained model: the grid it was trained for, its
-/// report named `qat-…` with the training's `record`, and `files` (the log, the chart) beside
-/// the weights, all written before the output is committed.
-pub struct QatEncoder {
+/// The per-tensor encoder that stores a trained model (QAT's, a merged QLoRA's): the grid,
+/// its report named `LABEL-…` with the training's `record`, and `files` (the log, the chart)
+/// beside the weights, all written before the output is committed.
+pub struct TrainedEncoder {
     /// The grid, storing as a plain quantize would.
     pub inner: QuantizerEncoder,
-    /// The float model QAT started from (the input the report names).
+    /// What trained the model (`qat`, `qlora`): the method's prefix and the record's key.
+    pub label: String,
+    /// The model training started from (the input the report names).
     pub input: std::path::PathBuf,
-    /// What training did, under the report's `qat` key.
+    /// What training did, under the report's `LABEL` key.
     pub record: serde_json::Value,
     /// Files written beside the weights (name, bytes).
     pub files: Vec<(String, Vec<u8>)>,
 }
 
-impl Encoder for QatEncoder {
+impl Encoder for TrainedEncoder {
     fn name(&self) -> String {
-        format!("qat-{}", self.inner.name())
+        format!("{}-{}", self.label, self.inner.name())
     }
     fn validate(&self, l: &LinearInfo) -> shrink_methods::Result<()> {
         self.inner.validate(l)
@@ -208,7 +210,7 @@ impl Encoder for QatEncoder {
     fn report(&self, r: &mut Report) {
         self.inner.report(r);
         r.input = self.input.clone();
-        r.extra.insert("qat".into(), self.record.clone());
+        r.extra.insert(self.label.clone(), self.record.clone());
     }
 }
 
@@ -223,9 +225,8 @@ impl Drop for Scratch {
 
 /// Store the QAT-trained model: `student`'s weights with the masters of `trained` in place,
 /// quantized by `grid` (the one trained towards) into `output` in the layout `shrink quantize`
-/// writes for it, with `record` (the report's `qat` key) and `files` beside the weights. The
-/// float model passes through a hidden scratch directory beside `output`, removed afterwards;
-/// `output` is committed whole or not at all. `input` is the float checkpoint QAT began from.
+/// writes for it, with `record` (the report's `qat` key) and `files` beside the weights.
+/// `input` is the float checkpoint QAT began from.
 #[allow(clippy::too_many_arguments)]
 pub fn write(
     input: &Checkpoint,
@@ -239,6 +240,31 @@ pub fn write(
 ) -> Result<Report> {
     masters_into(&mut student, &trained)?;
     drop(trained);
+    store(
+        input,
+        student,
+        grid,
+        selection,
+        ("qat", record, files),
+        output,
+        progress,
+    )
+}
+
+/// Store the weights `student` holds, the `selection` quantized by `grid`, into `output` in
+/// the layout `shrink quantize` writes for it; the report is named `LABEL-…` and holds `record`
+/// under `LABEL`, `files` go beside the weights. The float model passes through a hidden
+/// scratch directory beside `output`, removed afterwards; `output` is committed whole or not at
+/// all. `input` is the checkpoint training began from (its config and tokenizer are copied).
+pub fn store(
+    input: &Checkpoint,
+    student: Trainable,
+    grid: Box<dyn WeightQuantizer>,
+    selection: &Selection,
+    (label, record, files): (&str, serde_json::Value, Vec<(String, Vec<u8>)>),
+    output: &Path,
+    progress: &dyn Progress,
+) -> Result<Report> {
     let name = output
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -256,11 +282,12 @@ pub fn write(
         o.commit()?;
     }
     drop(student);
-    let enc = QatEncoder {
+    let enc = TrainedEncoder {
         inner: QuantizerEncoder {
             method: grid,
             dense_dtype: FloatType::F32,
         },
+        label: label.to_string(),
         input: input.path().to_path_buf(),
         record,
         files,

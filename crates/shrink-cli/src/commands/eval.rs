@@ -31,6 +31,10 @@ pub struct Args {
     /// How to read the text file.
     #[arg(long, value_enum, default_value = "lee")]
     pub protocol: Protocol,
+    /// A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors, e.g.
+    /// from shrink qlora) run beside the model's layers, as PEFT runs it over its base.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// Reference model for KLD and top-1 agreement (scored on the same tokens).
     #[arg(long)]
     pub base: Option<PathBuf>,
@@ -52,6 +56,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let req = EvalRequest {
         model: a.model,
+        adapter: a.adapter,
         base: a.base,
         text: a.text,
         protocol: match a.protocol {

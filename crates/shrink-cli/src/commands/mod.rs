@@ -15,6 +15,7 @@ pub mod imatrix;
 pub mod inspect;
 pub mod prune;
 pub mod qat;
+pub mod qlora;
 pub mod quantize;
 pub mod quantize_ggml;
 pub mod rotate;
