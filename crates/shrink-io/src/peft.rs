@@ -183,7 +183,7 @@ impl Adapter {
             }
         })?;
         let bad = |what: String| IoError::malformed(&st_path, what);
-        let mut halves: BTreeMap<String, [Option<(Vec<f32>, Vec<usize>)>; 2]> = BTreeMap::new();
+        let mut halves: BTreeMap<String, [Option<Half>; 2]> = BTreeMap::new();
         for (name, view) in st.tensors() {
             let rest = name
                 .strip_prefix(PREFIX)
@@ -266,6 +266,9 @@ impl Adapter {
         out.commit()
     }
 }
+
+/// One half of a pair as read: values and shape.
+type Half = (Vec<f32>, Vec<usize>);
 
 /// Little-endian float32 / float16 / bfloat16 bytes as float32.
 fn to_f32(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
