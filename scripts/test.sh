@@ -115,6 +115,44 @@ PY
 rm -rf "${tmp:?}/rot" "${tmp:?}/rot-gptaq"*
 echo "rotation and GPTAQ on SmolLM2: exact rotation, GGUF export, quantized model runs"
 
+# QLoRA on the real model, briefly: NF4 + double quant, rank-4 adapters on q_proj and v_proj
+# trained 3 steps against the float model, the PEFT adapter read independently
+# (scripts/check-peft.py, shapes against the bitsandbytes base), run beside the NF4 layers by
+# eval --adapter, and merged back into NF4. Then 2 steps of QAT towards int4 g64, stored by
+# that grid. (PEFT itself loading the adapter over transformers + bitsandbytes:
+# scripts/check-peft-load.py, run once in a scratch venv; BENCHMARKS.md.)
+"$bin" quantize "$tmp/f32" --method nf4 --double-quant -o "$tmp/nf4" >/dev/null
+"$bin" qlora "$tmp/nf4" --teacher "$tmp/f32" --text assets/lee_background.cor --rank 4 \
+  --targets q_proj,v_proj --steps 3 --seq-len 128 --merge "$tmp/nf4-merged" --json \
+  -o "$tmp/nf4-lora" > "$tmp/qlora.json"
+"$venv/bin/python" scripts/check-peft.py "$tmp/nf4-lora" --base "$tmp/nf4" --expect-rank 4 \
+  --expect-modules 60
+"$bin" eval "$tmp/nf4" --adapter "$tmp/nf4-lora" --text assets/lee_background.cor \
+  --max-windows 2 --json > "$tmp/qlora-eval.json"
+"$bin" eval "$tmp/nf4-merged" --text assets/lee_background.cor --max-windows 2 --json \
+  > "$tmp/qlora-merged-eval.json"
+"$bin" qat "$tmp/f32" --bits 4 --group-size 64 --text assets/lee_background.cor --steps 2 \
+  --seq-len 128 --json -o "$tmp/qat4" > "$tmp/qat4.json"
+"$bin" eval "$tmp/qat4" --text assets/lee_background.cor --max-windows 2 --json > "$tmp/qat4-eval.json"
+python3 - "$tmp" <<'PY'
+import json, sys
+t = sys.argv[1]
+q = json.load(open(f"{t}/qlora.json"))
+assert q["adapted_modules"] == 60 and q["adapter_params"] == 30 * 4 * (576 + 576 + 576 + 192), q
+assert abs(q["bits_per_weight_with_adapter"] - q["bits_per_weight_base"]
+           - q["bits_per_weight_adapter"]) < 1e-9, q
+for name in ("qlora-eval", "qlora-merged-eval", "qat4-eval"):
+    r = json.load(open(f"{t}/{name}.json"))
+    assert 20 < r["ppl"] < 60, (name, r["ppl"])
+    print(f"{name} on SmolLM2: PPL {r['ppl']:.2f} on 2 windows")
+m = json.load(open(f"{t}/nf4-merged/shrink-quantize.json"))
+assert m["method"].startswith("qlora-nf4"), m["method"]
+r = json.load(open(f"{t}/qat4/shrink-quantize.json"))
+assert r["method"].startswith("qat-int4") and r["qat"]["summary"]["steps"] == 2, r["method"]
+PY
+rm -rf "${tmp:?}/nf4"* "${tmp:?}/qlora"* "${tmp:?}/qat4"*
+echo "QLoRA and QAT on SmolLM2: PEFT adapter format, adapter and merged models run, QAT stored"
+
 # Distillation on the real model, briefly: a student pruned from SmolLM2 (28 of 30 blocks) on
 # the first 20 calibration documents, a few steps against the teacher's cached top-16 logits,
 # then the output scored like any model (every step's loss finite; the full measurement is
