@@ -104,6 +104,15 @@ pub fn load<'q>(
     selection: &Selection,
     grid: &'q dyn WeightQuantizer,
 ) -> Result<(Trainable, Vec<FakeQuant<'q>>)> {
+    if let Checkpoint::Hf(h) = ckpt {
+        if h.quantization_config().is_some() {
+            return Err(TrainError::input(
+                ckpt.path(),
+                "the model is already quantized: QAT trains a float model towards a grid \
+                 (give the float model; to train a quantized model's scales use shrink finetune)",
+            ));
+        }
+    }
     let model = Trainable::load(ckpt)?;
     let selected: Vec<LinearInfo> = selection.resolve(model.arch())?;
     let mut out = Vec::with_capacity(selected.len());
