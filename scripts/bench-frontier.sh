@@ -34,6 +34,7 @@ declare -A cfg=(
   [gptq3]="--method gptq --bits 3 --group-size 64 ${calib[*]}"
   [rtn2]="--method int --bits 2 --group-size 64"
   [gptq2]="--method gptq --bits 2 --group-size 64 ${calib[*]}"
+  [nf4dq]="--method nf4 --double-quant"
   [gptq4-d10]="--method gptq --bits 4 --group-size 64 --damp 0.1 ${calib[*]}"
   [gptaq4]="--method gptq --gptaq --bits 4 --group-size 64 ${calib[*]}"
   [gptaq4-clip]="--method gptq --gptaq --clip-search --bits 4 --group-size 64 ${calib[*]}"
@@ -46,6 +47,7 @@ declare -A qat=(
   [qat4]="--bits 4 --group-size 64 --lr 2e-5"
   [qat3]="--bits 3 --group-size 64 --lr 5e-5"
   [qat2]="--bits 2 --group-size 64 --lr 1e-4"
+  [qat-nf4dq]="--grid nf4 --double-quant --lr 2e-5"
 )
 # A NAME ending in -rot is that configuration with --rotate.
 names=("$@")
