@@ -147,11 +147,21 @@ pub struct Generation {
 impl Generator {
     /// Open the model at `path` with its tokenizer.
     pub fn open(path: &Path) -> Result<Self> {
+        Generator::open_with(path, None)
+    }
+
+    /// Open the model at `path` with its tokenizer and, if given, the PEFT LoRA adapter
+    /// directory `adapter` run beside its layers.
+    pub fn open_with(path: &Path, adapter: Option<&Path>) -> Result<Self> {
         let ckpt = Checkpoint::open(path)?;
         // An architecture shrink cannot run is the first thing to say, before a missing tokenizer.
         ModelConfig::from_checkpoint(&ckpt)?;
         let tok = Tokenizer::for_checkpoint(&ckpt)?;
-        let model = Model::load(&ckpt)?;
+        let adapter = match adapter {
+            Some(p) => Some(shrink_io::peft::Adapter::read(p)?),
+            None => None,
+        };
+        let model = Model::load_with(&ckpt, adapter.as_ref())?;
         Ok(Generator { tok, model })
     }
 

@@ -14,6 +14,9 @@ use shrink_eval::generate::{GenOptions, Generator};
 pub struct Args {
     /// Model (HF directory or .gguf).
     pub model: PathBuf,
+    /// A PEFT LoRA adapter directory (e.g. from shrink qlora) run beside the model's layers.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// The prompt text (with --chat: the user's message).
     #[arg(long)]
     pub prompt: String,
@@ -45,7 +48,7 @@ pub fn run(a: Args) -> Result<()> {
     if a.temperature < 0.0 || !a.temperature.is_finite() {
         anyhow::bail!("--temperature must be 0 or positive");
     }
-    let g = Generator::open(&a.model)?;
+    let g = Generator::open_with(&a.model, a.adapter.as_deref())?;
     let prompt = g.prompt(&a.prompt, a.chat)?;
     let opts = GenOptions {
         max_tokens: a.max_tokens,
