@@ -107,10 +107,9 @@ impl Classifier {
             "config.json",
             serde_json::to_string_pretty(&c).expect("JSON").as_bytes(),
         )?;
-        out.write(
-            "model.safetensors",
-            &self.model.params.to_safetensors(None)?,
-        )?;
+        self.model
+            .params
+            .write_safetensors(&out.file("model.safetensors"))?;
         for name in [
             "tokenizer.json",
             "tokenizer_config.json",

@@ -133,20 +133,26 @@ impl Params {
         with_f32(self.vars[i].as_tensor(), f)
     }
 
-    /// Every weight as float32 safetensors bytes, in order, with `metadata`.
-    pub fn to_safetensors(&self, metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
-        let mut named = Vec::with_capacity(self.len());
-        for (i, name) in self.names.iter().enumerate() {
-            named.push((
-                name.clone(),
-                self.vars[i].shape().dims().to_vec(),
-                self.values(i)?,
-            ));
-        }
-        crate::state::safetensors_bytes(&named, metadata)
+    /// Every weight as float32 into the safetensors file `path`, streamed one tensor at a time
+    /// (no copy of the whole model in memory).
+    pub fn write_safetensors(&self, path: &Path) -> Result<()> {
+        let header: Vec<shrink_io::TensorHeader> = self
+            .names
+            .iter()
+            .zip(&self.vars)
+            .map(|(n, v)| shrink_io::TensorHeader {
+                name: n.clone(),
+                dtype: safetensors::Dtype::F32,
+                shape: v.shape().dims().to_vec(),
+                len: 4 * v.elem_count(),
+            })
+            .collect();
+        shrink_io::write_safetensors_ordered(path, &header, None, |i| -> Result<Vec<u8>> {
+            self.with_values(i, |v| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        })
     }
 
-    /// Load values saved by [`Params::to_safetensors`] (or any f32 safetensors with the same
+    /// Load values saved by [`Params::write_safetensors`] (or any f32 safetensors with the same
     /// names and shapes) from `path`.
     pub fn load_values(&self, path: &Path) -> Result<()> {
         let bytes = std::fs::read(path).map_err(|source| TrainError::File {

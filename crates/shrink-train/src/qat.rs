@@ -287,7 +287,9 @@ pub fn store(
     {
         let o = shrink_io::OutputDir::create(&scratch.0, &[input.path()])?;
         shrink_methods::output::write_config_and_tokenizer(input, None, &o, "float32", None)?;
-        o.write("model.safetensors", &student.params.to_safetensors(None)?)?;
+        student
+            .params
+            .write_safetensors(&o.file("model.safetensors"))?;
         o.commit()?;
     }
     drop(student);

@@ -115,17 +115,20 @@ pub fn rebuild<R: Reparam>(student: &mut Trainable, trained: &[R]) -> Result<()>
     Ok(())
 }
 
-/// dL/dθ of every trained weight from the summed weight gradients.
-fn theta_grads<R: Reparam>(trained: &[R], grads: &Grads) -> Result<Vec<Vec<f32>>> {
-    trained
+/// dL/dθ of every trained weight from the summed weight gradients, each weight's gradient
+/// freed as soon as it is used (the two sets are never whole in memory together).
+fn theta_grads<R: Reparam>(trained: &[R], grads: &mut Grads) -> Result<Vec<Vec<f32>>> {
+    let out = trained
         .iter()
         .map(|r| {
             let gw = grads.sums[r.index()]
-                .as_deref()
+                .take()
                 .ok_or_else(|| TrainError::Options(format!("no gradient reached {}", r.name())))?;
-            r.theta_grad(gw)
+            r.theta_grad(&gw)
         })
-        .collect()
+        .collect();
+    *grads = Grads::default();
+    out
 }
 
 /// The loss per token of `student` on `window` (`seq_len + 1` tokens) — KL to `teacher`'s
@@ -164,7 +167,7 @@ pub fn gradients<R: Reparam>(
     let mut grads = Grads::new(student.params.len());
     let norm = seq_len as f64;
     let p = grad::backward_kd(student, ids, &window[1..], t, &loss, norm, &mut grads)?;
-    Ok((theta_grads(trained, &grads)?, p.total(&loss) / norm))
+    Ok((theta_grads(trained, &mut grads)?, p.total(&loss) / norm))
 }
 
 /// What a run's checkpoint identifies it by: the method, the settings and the training windows.
@@ -373,8 +376,7 @@ pub fn train<R: Reparam>(
         }
         let value = parts.total(&loss) / norm;
         // θ's gradients, their global norm, clipping.
-        let gs = theta_grads(trained, &grads)?;
-        drop(grads);
+        let gs = theta_grads(trained, &mut grads)?;
         let gnorm = gs
             .iter()
             .flatten()

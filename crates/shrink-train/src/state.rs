@@ -89,7 +89,7 @@ pub fn save(
     }
     std::fs::create_dir(&partial).map_err(os(&partial))?;
     let model = partial.join("model.safetensors");
-    std::fs::write(&model, params.to_safetensors(None)?).map_err(os(&model))?;
+    params.write_safetensors(&model)?;
     let mut moments = Vec::with_capacity(2 * params.len());
     for (i, name) in params.names().iter().enumerate() {
         let shape = params.vars()[i].shape().dims().to_vec();

@@ -344,7 +344,9 @@ pub fn run(a: Args) -> Result<()> {
     // The output: the student's config and tokenizer, the trained weights, the log and chart.
     let o = OutputDir::create(out, &[&a.teacher, &student_path])?;
     shrink_methods::output::write_config_and_tokenizer(&student_ckpt, None, &o, "float32", None)?;
-    o.write("model.safetensors", &model.params.to_safetensors(None)?)?;
+    model
+        .params
+        .write_safetensors(&o.file("model.safetensors"))?;
     let log = distill::read_log(&run_dir)?;
     std::fs::copy(run_dir.join("train.jsonl"), o.file("train.jsonl"))
         .with_context(|| format!("copying {}", run_dir.join("train.jsonl").display()))?;
