@@ -93,7 +93,9 @@ fn main() -> ExitCode {
         Command::Prune(a) => a.method != Some(commands::prune::Method::Magnitude),
         Command::Quantize(a) => matches!(
             a.method,
-            commands::quantize::Method::Gptq | commands::quantize::Method::Awq
+            commands::quantize::Method::Gptq
+                | commands::quantize::Method::Awq
+                | commands::quantize::Method::BlockAp
         ),
         _ => false,
     };

@@ -14,12 +14,14 @@
 //! - [`reparam`]: the one loop that trains weights through a reparameterisation W = f(θ);
 //! - [`qat`]: quantization-aware training (fake quantization, straight-through estimator);
 //! - [`lora`]: LoRA adapters over frozen quantized weights (QLoRA), saved as PEFT adapters;
+//! - [`block_ap`]: EfficientQAT's Block-AP, block-wise training of weights and quantizers;
 //! - [`classify`]: sequence classifiers fine-tuned on labelled sentences and distilled into
 //!   students with fewer layers and heads;
 //!
 //! Neighbours: `shrink-models` (the inference forward, the teacher's), `shrink-methods`
 //! (structured pruning makes students from teachers).
 
+pub mod block_ap;
 pub mod classify;
 pub mod distill;
 pub mod error;

@@ -154,11 +154,11 @@ pub struct Target<'a> {
     pub json: bool,
 }
 
-/// Calibrate on `calib` and run `method` (GPTQ or AWQ) on `t`, printing its report.
-fn run(
+/// Calibrate on `calib` and run `method` (GPTQ, AWQ, Block-AP) on `t`, printing its report.
+fn run<E: std::error::Error + Send + Sync + 'static>(
     t: &Target,
     calib: &CalibArgs,
-    method: impl FnOnce(&Run) -> shrink_methods::Result<shrink_methods::report::Report>,
+    method: impl FnOnce(&Run) -> std::result::Result<shrink_methods::report::Report, E>,
 ) -> Result<()> {
     let ckpt = common::open(t.model)?;
     let samples = samples(&ckpt, calib)?;
@@ -179,6 +179,15 @@ fn run(
 /// Run GPTQ with `spec` on `t` and write the HF `gptq` layout.
 pub fn run_gptq(t: &Target, calib: &CalibArgs, spec: GptqSpec, f64_hessian: bool) -> Result<()> {
     run(t, calib, |r| calibrated::gptq(r, spec, f64_hessian))
+}
+
+/// Run Block-AP with `spec` on `t` and write the HF `gptq` layout.
+pub fn run_block_ap(
+    t: &Target,
+    calib: &CalibArgs,
+    spec: shrink_train::block_ap::BlockApSpec,
+) -> Result<()> {
+    run(t, calib, |r| shrink_train::block_ap::quantize(r, &spec))
 }
 
 /// Run AWQ with `spec` on `t` and write AutoAWQ's GEMM layout.

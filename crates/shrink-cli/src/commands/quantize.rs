@@ -48,6 +48,12 @@ pub enum Method {
     /// along --axis, each group's float zero point optimised for a sparsity-promoting ℓp
     /// error; no calibration (shrink's `shrink-hqq` layout).
     Hqq,
+    /// Block-AP (EfficientQAT's first phase): block by block, each Linear's weights, step sizes
+    /// and zero points trained together through the rounding (straight-through) to match the
+    /// float block's outputs on the calibration samples (--calib); integers of --bits (2, 3,
+    /// 4, 8) in groups of --group-size, written in the Hugging Face `gptq` layout, which
+    /// `shrink finetune` (E2E-QP) then takes.
+    BlockAp,
     /// llama.cpp Q4_0 (GGUF output, llama-quantize's per-tensor mix).
     #[value(name = "q4_0")]
     Q4_0,
@@ -218,6 +224,18 @@ pub struct Args {
     /// them all).
     #[arg(long, default_value_t = 16, help_heading = "AWQ")]
     pub awq_search_samples: usize,
+    /// Block-AP: passes over the calibration samples per block.
+    #[arg(long, default_value_t = 2, help_heading = "Block-AP")]
+    pub epochs: usize,
+    /// Block-AP: samples per optimiser step.
+    #[arg(long, default_value_t = 2, help_heading = "Block-AP")]
+    pub block_batch: usize,
+    /// Block-AP: learning rate of the step sizes and zero points.
+    #[arg(long, default_value_t = 1e-4, help_heading = "Block-AP")]
+    pub quant_lr: f64,
+    /// Block-AP: learning rate of the weights (EfficientQAT: 1e-5 at 3-4 bits, 2e-5 at 2).
+    #[arg(long, default_value_t = 1e-5, help_heading = "Block-AP")]
+    pub weight_lr: f64,
     /// HQQ: grouping axis, 1 (consecutive input features of a row) or 0 (hqq's strided).
     #[arg(long, default_value_t = 1, help_heading = "HQQ")]
     pub axis: u8,
@@ -391,6 +409,26 @@ fn quantize(a: Args) -> Result<()> {
         return super::calibrated::run_awq(
             &target(&a, &selection),
             &a.calib.args(&format!("--method {:?}", a.method))?,
+            spec,
+        );
+    }
+    if a.method == Method::BlockAp {
+        if a.granularity.is_some_and(|g| g != Gran::Group) || a.sym {
+            bail!("Block-AP quantizes asymmetric groups of --group-size (no --granularity/--sym)");
+        }
+        let spec = shrink_train::block_ap::BlockApSpec {
+            bits: a.bits.unwrap_or(4),
+            group_size: a.group_size.unwrap_or(64),
+            epochs: a.epochs,
+            batch: a.block_batch,
+            quant_lr: a.quant_lr,
+            weight_lr: a.weight_lr,
+            seed: a.calib.seed,
+            ..Default::default()
+        };
+        return super::calibrated::run_block_ap(
+            &target(&a, &selection),
+            &a.calib.args("--method block-ap")?,
             spec,
         );
     }
