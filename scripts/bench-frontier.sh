@@ -13,6 +13,9 @@
 # tokens against the float model's outputs, on the same calibration documents), then stores it
 # with the grid: PTQ (rtnN) against QAT (qatN) at the same bits.
 #
+# A NAME with no configuration below that names a directory in WORK (e.g. the output of
+# `shrink finetune`) is scored as it is.
+#
 # Usage: scripts/bench-frontier.sh WORK [NAME...]   (no NAME: every configuration below)
 # SHRINK=path/to/shrink picks the binary (default target/release/shrink).
 set -euo pipefail
@@ -35,6 +38,9 @@ declare -A cfg=(
   [rtn2]="--method int --bits 2 --group-size 64"
   [gptq2]="--method gptq --bits 2 --group-size 64 ${calib[*]}"
   [nf4dq]="--method nf4 --double-quant"
+  [bap4]="--method block-ap --bits 4 --group-size 64 --calib-samples 64 ${calib[*]}"
+  [bap3]="--method block-ap --bits 3 --group-size 64 --calib-samples 64 ${calib[*]}"
+  [bap2]="--method block-ap --bits 2 --group-size 64 --weight-lr 2e-5 --calib-samples 64 ${calib[*]}"
   [gptq4-d10]="--method gptq --bits 4 --group-size 64 --damp 0.1 ${calib[*]}"
   [gptaq4]="--method gptq --gptaq --bits 4 --group-size 64 ${calib[*]}"
   [gptaq4-clip]="--method gptq --gptaq --clip-search --bits 4 --group-size 64 ${calib[*]}"
@@ -87,7 +93,12 @@ for name in "${names[@]}"; do
     score "$name" "$out" "$out/shrink-quantize.json"
     continue
   fi
-  [ -n "${cfg[$base]:-}" ] || { echo "unknown configuration $name" >&2; exit 2; }
+  if [ -z "${cfg[$base]:-}" ]; then
+    # A model made otherwise (shrink finetune, ...) already in WORK: scored as it is.
+    [ -d "$out" ] || { echo "unknown configuration $name" >&2; exit 2; }
+    score "$name" "$out" "$out/shrink-quantize.json"
+    continue
+  fi
   if [ ! -d "$out" ]; then
     # shellcheck disable=SC2086
     "$bin" quantize "$work/f32" ${cfg[$base]} $rot --json -o "$out" > "$work/$name.json" 2> "$work/$name.err"
