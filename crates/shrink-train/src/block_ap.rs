@@ -32,6 +32,7 @@ use shrink_models::LinearInfo;
 use crate::error::{Result, TrainError};
 use crate::forward::Trainable;
 use crate::optim::{adamw, AdamW};
+use crate::params::transpose;
 
 /// Block-AP's settings (EfficientQAT's defaults: 2 epochs, batch 2, quant lr 1e-4, weight lr
 /// 1e-5 at 3–4 bits and 2e-5 at 2, min lr factor 20).
@@ -145,17 +146,6 @@ struct BlockLinear {
     mw: Moments,
     ms: Moments,
     mz: Moments,
-}
-
-/// `w` ([a, b] row-major) transposed.
-fn transpose(w: &[f32], a: usize, b: usize) -> Vec<f32> {
-    let mut t = vec![0f32; w.len()];
-    for i in 0..a {
-        for j in 0..b {
-            t[j * a + i] = w[i * b + j];
-        }
-    }
-    t
 }
 
 impl BlockLinear {

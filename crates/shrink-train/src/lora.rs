@@ -20,6 +20,7 @@ use shrink_models::LinearInfo;
 
 use crate::error::{Result, TrainError};
 use crate::forward::Trainable;
+use crate::params::transpose;
 use crate::reparam::Reparam;
 
 /// A LoRA adapter's shape.
@@ -57,16 +58,6 @@ fn matmul(a: &[f32], (m, k): (usize, usize), b: &[f32], n: usize) -> Result<Vec<
     let a = Tensor::from_slice(a, (m, k), &Device::Cpu)?;
     let b = Tensor::from_slice(b, (k, n), &Device::Cpu)?;
     Ok(a.matmul(&b)?.flatten_all()?.to_vec1()?)
-}
-
-fn transpose(w: &[f32], a: usize, b: usize) -> Vec<f32> {
-    let mut t = vec![0f32; w.len()];
-    for i in 0..a {
-        for j in 0..b {
-            t[j * a + i] = w[i * b + j];
-        }
-    }
-    t
 }
 
 impl LoraWeight {

@@ -193,3 +193,15 @@ pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
         )),
     }
 }
+
+/// `w` (`[a, b]`, row-major) transposed to `[b, a]`: a Conv1D weight (GPT-2 stores `[in, out]`)
+/// to nn.Linear's `[out, in]` and back.
+pub(crate) fn transpose(w: &[f32], a: usize, b: usize) -> Vec<f32> {
+    let mut t = vec![0f32; w.len()];
+    for i in 0..a {
+        for j in 0..b {
+            t[j * a + i] = w[i * b + j];
+        }
+    }
+    t
+}

@@ -27,6 +27,7 @@ use shrink_models::LinearInfo;
 
 use crate::error::{Result, TrainError};
 use crate::forward::Trainable;
+use crate::params::transpose;
 use crate::reparam::Reparam;
 
 /// One weight trained through its quantizer.
@@ -42,17 +43,6 @@ pub struct FakeQuant<'q> {
     /// The float32 master weight, in the checkpoint's layout.
     pub master: Vec<f32>,
     grid: &'q dyn WeightQuantizer,
-}
-
-/// `w` ([a, b] row-major) transposed.
-fn transpose(w: &[f32], a: usize, b: usize) -> Vec<f32> {
-    let mut t = vec![0f32; w.len()];
-    for i in 0..a {
-        for j in 0..b {
-            t[j * a + i] = w[i * b + j];
-        }
-    }
-    t
 }
 
 impl FakeQuant<'_> {

@@ -2,7 +2,8 @@
 //! falls below round-to-nearest's, the output is a GPTQ-layout checkpoint that loads, computes
 //! what the report says, and that E2E-QP (`finetune`) takes next.
 
-use std::path::PathBuf;
+mod common;
+use common::{fixture, ids};
 
 use shrink_io::Checkpoint;
 use shrink_methods::calibrated::Run;
@@ -11,28 +12,13 @@ use shrink_methods::select::Selection;
 use shrink_models::Model;
 use shrink_train::block_ap::{self, BlockApSpec};
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/fixtures")
-        .join(name)
-}
-
-fn ids(n: usize, vocab: u32) -> Vec<u32> {
-    let mut s = 777u64;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 33) as u32) % vocab
-        })
-        .collect()
-}
-
 #[test]
 fn block_ap_beats_rounding_block_by_block_and_writes_gptq() {
     let tmp = tempfile::tempdir().unwrap();
-    let samples: Vec<Vec<u32>> = ids(8 * 32, 500).chunks(32).map(<[u32]>::to_vec).collect();
+    let samples: Vec<Vec<u32>> = ids(8 * 32, 500, 777)
+        .chunks(32)
+        .map(<[u32]>::to_vec)
+        .collect();
     let spec = BlockApSpec {
         bits: 3,
         group_size: 16,

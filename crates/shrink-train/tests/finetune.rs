@@ -3,6 +3,9 @@
 //! untouched in an output that loads like its input, an interrupted run resumed to the same
 //! scales bit for bit, and bad input refused.
 
+mod common;
+use common::{fixture, ids};
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -16,30 +19,14 @@ use shrink_train::distill::{read_log, Silent, Windows};
 use shrink_train::finetune::{self, FinetuneConfig};
 use shrink_train::TrainError;
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/fixtures")
-        .join(name)
-}
-
-/// Token ids of a deterministic pseudo-text below `vocab`.
-fn ids(n: usize, vocab: u32) -> Vec<u32> {
-    let mut s = 12345u64;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 33) as u32) % vocab
-        })
-        .collect()
-}
-
 /// `fixture` quantized by GPTQ (3 bits, groups of 16) into `dir/name`.
 fn gptq(dir: &Path, fixture_name: &str) -> PathBuf {
     let ckpt = Checkpoint::open(fixture(fixture_name)).unwrap();
     let out = dir.join(format!("{fixture_name}-gptq"));
-    let samples: Vec<Vec<u32>> = ids(8 * 48, 500).chunks(48).map(<[u32]>::to_vec).collect();
+    let samples: Vec<Vec<u32>> = ids(8 * 48, 500, 12345)
+        .chunks(48)
+        .map(<[u32]>::to_vec)
+        .collect();
     let all = Selection::default();
     let run = Run::new(&ckpt, &out, &samples, &all, &Quiet);
     let spec = GptqSpec {
@@ -74,7 +61,7 @@ fn trained_scales_bring_the_quantized_model_closer_to_its_teacher() {
         let input = Checkpoint::open(&q).unwrap();
         let teacher = Model::load(&Checkpoint::open(fixture(name)).unwrap()).unwrap();
         let (mut student, mut quant) = finetune::load(&input).unwrap();
-        let windows = Windows::cut(&ids(12 * 33, 500), 32, 0, Path::new("ids")).unwrap();
+        let windows = Windows::cut(&ids(12 * 33, 500, 12345), 32, 0, Path::new("ids")).unwrap();
         let run = tmp.path().join(format!("{name}.run"));
         let stop = AtomicBool::new(false);
         // The KL to the teacher on fixed windows, before and after.
@@ -153,7 +140,7 @@ fn the_scale_gradient_matches_finite_differences() {
     let q = gptq(tmp.path(), "tiny-llama");
     let input = Checkpoint::open(&q).unwrap();
     let teacher = Model::load(&Checkpoint::open(fixture("tiny-llama")).unwrap()).unwrap();
-    let windows = Windows::cut(&ids(2 * 33, 500), 32, 0, Path::new("ids")).unwrap();
+    let windows = Windows::cut(&ids(2 * 33, 500, 12345), 32, 0, Path::new("ids")).unwrap();
     // One step with batch 1 at a tiny lr: Adam's first step moves every scale by about lr
     // against its gradient's sign, so the loss change predicts Σ |g|·lr.
     let (mut student, mut quant) = finetune::load(&input).unwrap();
@@ -186,7 +173,7 @@ fn an_interrupted_run_resumes_to_the_same_scales() {
     let q = gptq(tmp.path(), "tiny-qwen2");
     let input = Checkpoint::open(&q).unwrap();
     let teacher = Model::load(&Checkpoint::open(fixture("tiny-qwen2")).unwrap()).unwrap();
-    let windows = Windows::cut(&ids(10 * 33, 500), 32, 0, Path::new("ids")).unwrap();
+    let windows = Windows::cut(&ids(10 * 33, 500, 12345), 32, 0, Path::new("ids")).unwrap();
     let stop = AtomicBool::new(false);
     let whole = |steps: usize, run: &Path, resume: bool, stop: &AtomicBool| {
         let (mut s, mut qw) = finetune::load(&input).unwrap();

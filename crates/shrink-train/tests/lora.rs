@@ -3,6 +3,9 @@
 //! one, the runtime running the written PEFT adapter beside the stored NF4 layers exactly as
 //! training ran it, and `--merge`'s requantized model.
 
+mod common;
+use common::{fixture, ids};
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -18,24 +21,6 @@ use shrink_models::Model;
 use shrink_train::distill::{logits_no_graph, Silent, Windows};
 use shrink_train::lora::{self, LoraSpec};
 use shrink_train::reparam::{self, FinetuneConfig, Reparam};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/fixtures")
-        .join(name)
-}
-
-fn ids(n: usize, vocab: u32) -> Vec<u32> {
-    let mut s = 4242u64;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 33) as u32) % vocab
-        })
-        .collect()
-}
 
 const NF4: Rtn = Rtn::Nf4(Nf4Spec {
     kind: Fp4Kind::Nf4,
@@ -88,7 +73,7 @@ fn the_pair_gradient_matches_finite_differences() {
             }
             p.set_theta(th);
         }
-        let w = ids(33, 500);
+        let w = ids(33, 500, 4242);
         let loss = |student: &mut shrink_train::Trainable, pairs: &[lora::LoraWeight]| {
             reparam::rebuild(student, pairs).unwrap();
             reparam::gradients(Some(&teacher), student, pairs, &w, 32, None).unwrap()
@@ -144,7 +129,7 @@ fn adapters_trained_over_nf4_run_as_written_and_merge() {
         let base = Checkpoint::open(&dir).unwrap();
         let teacher = Model::load(&Checkpoint::open(fixture(name)).unwrap()).unwrap();
         let (mut student, mut pairs) = lora::load(&base, &spec()).unwrap();
-        let windows = Windows::cut(&ids(12 * 33, 500), 32, 0, Path::new("ids")).unwrap();
+        let windows = Windows::cut(&ids(12 * 33, 500, 4242), 32, 0, Path::new("ids")).unwrap();
         let kl = |student: &mut shrink_train::Trainable, pairs: &[lora::LoraWeight]| -> f64 {
             reparam::rebuild(student, pairs).unwrap();
             windows.train[..6]
@@ -182,7 +167,7 @@ fn adapters_trained_over_nf4_run_as_written_and_merge() {
         ad.write(&out, &[&dir], &[]).unwrap();
         let read = Adapter::read(&out).unwrap();
         assert_eq!(read, ad);
-        let probe = ids(20, 500);
+        let probe = ids(20, 500, 4242);
         let want: Vec<f32> = logits_no_graph(&student, &probe)
             .unwrap()
             .flatten_all()

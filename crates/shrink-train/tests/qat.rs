@@ -2,7 +2,10 @@
 //! included): training through the grid brings the quantized model closer to the float one
 //! than rounding it does, and the stored output computes exactly what training ran on.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::{fixture, ids};
+
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use shrink_formats::float::FloatType;
@@ -15,25 +18,6 @@ use shrink_models::Model;
 use shrink_train::distill::{logits_no_graph, Silent, Windows};
 use shrink_train::qat;
 use shrink_train::reparam::{self, FinetuneConfig};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/fixtures")
-        .join(name)
-}
-
-/// Token ids of a deterministic pseudo-text below `vocab`.
-fn ids(n: usize, vocab: u32) -> Vec<u32> {
-    let mut s = 987u64;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 33) as u32) % vocab
-        })
-        .collect()
-}
 
 #[test]
 fn qat_beats_rounding_and_its_output_computes_what_training_ran() {
@@ -60,7 +44,7 @@ fn qat_beats_rounding_and_its_output_computes_what_training_ran() {
         let ckpt = Checkpoint::open(fixture(name)).unwrap();
         let teacher = Model::load(&ckpt).unwrap();
         let (mut student, mut fq) = qat::load(&ckpt, &Selection::default(), &grid).unwrap();
-        let windows = Windows::cut(&ids(12 * 33, 500), 32, 0, Path::new("ids")).unwrap();
+        let windows = Windows::cut(&ids(12 * 33, 500, 987), 32, 0, Path::new("ids")).unwrap();
         // KL to the float model on fixed windows; before training the model is plain rounding.
         let kl = |student: &mut shrink_train::Trainable, fq: &[qat::FakeQuant]| -> f64 {
             reparam::rebuild(student, fq).unwrap();
@@ -100,7 +84,7 @@ fn qat_beats_rounding_and_its_output_computes_what_training_ran() {
         assert!(changed > 0.0, "{name}: {changed}");
 
         // The stored model is what training ran: same logits from the quantized output.
-        let probe: Vec<u32> = ids(20, 500);
+        let probe: Vec<u32> = ids(20, 500, 987);
         let want: Vec<f32> = logits_no_graph(&student, &probe)
             .unwrap()
             .flatten_all()
