@@ -49,7 +49,7 @@ pub struct TrainOpts {
     /// Windows per step.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
-    /// Peak learning rate (Adam; default: finetune 2e-5, qat 1e-5, qlora 2e-4).
+    /// Peak learning rate (Adam; default: finetune 2e-5, qat 2e-5, qlora 2e-4).
     #[arg(long)]
     pub lr: Option<f64>,
     /// Warmup steps (default: 5 % of --steps).
