@@ -1,7 +1,8 @@
 //! `shrink qat` and `shrink qlora` end to end on tiny Llama models: QAT's output is closer to
 //! the float model than rounding to the same grid and stored in the same layout; QLoRA writes a
 //! PEFT adapter that `eval --adapter` runs (closer to the float model than the NF4 base alone)
-//! and a merged NF4 model; bad input is refused with nothing written.
+//! and a merged NF4 model; Block-AP from `quantize` feeds `finetune`; bad input is refused with
+//! nothing written.
 
 mod common;
 use common::*;
@@ -280,4 +281,86 @@ fn qlora_writes_an_adapter_eval_runs_and_a_merged_model() {
     }
     let o = shrink(&["eval", n, "--adapter", f, "--text", c, "--protocol", "raw"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("adapter_config.json"));
+}
+
+#[test]
+fn block_ap_then_e2e_qp_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let calib = calib_text(tmp.path(), 6000);
+    let c = calib.to_str().unwrap();
+    let fx = fixture_with_tokenizer(tmp.path(), "tiny-llama");
+    let f = fx.to_str().unwrap();
+    let bap = tmp.path().join("bap");
+    let r = run(&[
+        "quantize",
+        f,
+        "--method",
+        "block-ap",
+        "--bits",
+        "2",
+        "--group-size",
+        "16",
+        "--calib",
+        c,
+        "--calib-format",
+        "raw",
+        "--calib-samples",
+        "8",
+        "--calib-seqlen",
+        "32",
+        "--epochs",
+        "2",
+        "--quant-lr",
+        "1e-3",
+        "--weight-lr",
+        "1e-4",
+        "--json",
+        "-o",
+        bap.to_str().unwrap(),
+    ]);
+    assert_eq!(r["method"], "block-ap-w2g16-asym");
+    assert_eq!(r["calibration"]["samples"], 8);
+    for b in r["block_ap"]["blocks"].as_array().unwrap() {
+        assert!(b["mse_trained"].as_f64() < b["mse_rtn"].as_f64(), "{b}");
+    }
+    // EfficientQAT's second phase on its output.
+    let ft = tmp.path().join("ft");
+    let r = run(&[
+        "finetune",
+        bap.to_str().unwrap(),
+        "--teacher",
+        f,
+        "--text",
+        c,
+        "--text-format",
+        "raw",
+        "--steps",
+        "3",
+        "--seq-len",
+        "32",
+        "--json",
+        "-o",
+        ft.to_str().unwrap(),
+    ]);
+    assert_eq!(r["summary"]["steps"], 3);
+    // Refused: symmetric, no calibration text.
+    for (args, msg) in [
+        (vec!["--sym", "--calib", c], "asymmetric"),
+        (vec![], "--calib"),
+    ] {
+        let bad = tmp.path().join("bad");
+        let mut a = vec![
+            "quantize",
+            f,
+            "--method",
+            "block-ap",
+            "-o",
+            bad.to_str().unwrap(),
+        ];
+        a.extend(args.iter().copied());
+        let o = shrink(&a);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(msg), "{args:?}: {err}");
+        assert!(!bad.exists());
+    }
 }
