@@ -75,25 +75,7 @@ fn finetune_trains_the_scales_of_a_gptq_model() {
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
-    // Mean KL(float ‖ model) of the next-token distributions (the logits may shift by a
-    // constant per position without changing it).
-    let kl = |p: &[f32], q: &[f32]| -> f64 {
-        let (mut sum, mut n) = (0f64, 0);
-        for (a, b) in p.chunks(512).zip(q.chunks(512)) {
-            let lse = |x: &[f32]| {
-                let m = x.iter().fold(f32::MIN, |m, &v| m.max(v)) as f64;
-                m + x.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln()
-            };
-            let (la, lb) = (lse(a), lse(b));
-            sum += a
-                .iter()
-                .zip(b)
-                .map(|(&x, &y)| (x as f64 - la).exp() * ((x as f64 - la) - (y as f64 - lb)))
-                .sum::<f64>();
-            n += 1;
-        }
-        sum / n as f64
-    };
+    let kl = |p: &[f32], q: &[f32]| mean_kl(p, q, 512);
     let (base, before, after) = (
         outputs(&fx, &text),
         outputs(&q, &text),

@@ -7,25 +7,6 @@
 mod common;
 use common::*;
 
-/// Mean KL(p ‖ q) of next-token distributions given as logits rows of `vocab`.
-fn kl(p: &[f32], q: &[f32], vocab: usize) -> f64 {
-    let (mut sum, mut n) = (0f64, 0);
-    for (a, b) in p.chunks(vocab).zip(q.chunks(vocab)) {
-        let lse = |x: &[f32]| {
-            let m = x.iter().fold(f32::MIN, |m, &v| m.max(v)) as f64;
-            m + x.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln()
-        };
-        let (la, lb) = (lse(a), lse(b));
-        sum += a
-            .iter()
-            .zip(b)
-            .map(|(&x, &y)| (x as f64 - la).exp() * ((x as f64 - la) - (y as f64 - lb)))
-            .sum::<f64>();
-        n += 1;
-    }
-    sum / n as f64
-}
-
 #[test]
 fn qat_beats_rounding_to_the_same_grid() {
     let tmp = tempfile::tempdir().unwrap();
@@ -100,8 +81,8 @@ fn qat_beats_rounding_to_the_same_grid() {
     let base = outputs(&fx, &text);
     let vocab = base.len() / 120;
     let (e_ptq, e_qat) = (
-        kl(&base, &outputs(&ptq, &text), vocab),
-        kl(&base, &outputs(&qat, &text), vocab),
+        mean_kl(&base, &outputs(&ptq, &text), vocab),
+        mean_kl(&base, &outputs(&qat, &text), vocab),
     );
     eprintln!("KL to the float model on held-out pieces: rounding {e_ptq:.4}, QAT {e_qat:.4}");
     assert!(e_qat < e_ptq, "{e_ptq} -> {e_qat}");

@@ -119,19 +119,29 @@ impl TrainOpts {
     }
 
     /// The log of the run in `run_dir` charted into `run_dir/loss.png` (`series` picks the
-    /// value of each step); returns the log and the chart's bytes.
+    /// value of each step); returns the log and the files that go beside the output
+    /// (`train.jsonl`, `loss.png`) as (name, bytes).
     pub fn chart(
         run_dir: &std::path::Path,
         title: &str,
         label: &str,
         series: fn(&distill::StepLog) -> f64,
-    ) -> Result<(Vec<distill::StepLog>, Vec<u8>)> {
+    ) -> Result<(Vec<distill::StepLog>, Vec<(String, Vec<u8>)>)> {
         let log = distill::read_log(run_dir)?;
         let curve: Vec<(f64, f64)> = log.iter().map(|l| (l.step as f64, series(l))).collect();
         let png = run_dir.join("loss.png");
         shrink_eval::plot::curves_png(&png, title, label, &[(label, curve.as_slice())])?;
-        let bytes = std::fs::read(&png).with_context(|| format!("reading {}", png.display()))?;
-        Ok((log, bytes))
+        let read = |p: std::path::PathBuf| {
+            std::fs::read(&p).with_context(|| format!("reading {}", p.display()))
+        };
+        let files = vec![
+            (
+                "train.jsonl".to_string(),
+                read(run_dir.join("train.jsonl"))?,
+            ),
+            ("loss.png".to_string(), read(png)?),
+        ];
+        Ok((log, files))
     }
 }
 
@@ -170,7 +180,7 @@ pub fn run(a: Args) -> Result<()> {
     })?;
 
     // The log, its chart, and the reports beside the weights.
-    let (log, png) = TrainOpts::chart(
+    let (log, mut extra) = TrainOpts::chart(
         &run_dir,
         "scale fine-tuning",
         "KL to the teacher per token",
@@ -203,17 +213,10 @@ pub fn run(a: Args) -> Result<()> {
         "summary": summary,
         "peak_rss_mib": shrink_methods::report::peak_rss().map(|b| b as f64 / (1u64 << 20) as f64),
     });
-    let mut extra = vec![
-        (
-            "train.jsonl".to_string(),
-            read(&run_dir.join("train.jsonl"))?,
-        ),
-        ("loss.png".to_string(), png),
-        (
-            "finetune.json".to_string(),
-            serde_json::to_vec_pretty(&report)?,
-        ),
-    ];
+    extra.push((
+        "finetune.json".to_string(),
+        serde_json::to_vec_pretty(&report)?,
+    ));
     // The quantizer's report, if any, says what the scales became.
     let qr = a.model.join("shrink-quantize.json");
     if qr.is_file() {

@@ -130,7 +130,7 @@ pub fn run(a: Args) -> Result<()> {
         )
     })?;
     drop(teacher);
-    let (log, png) = TrainOpts::chart(
+    let (log, files) = TrainOpts::chart(
         &run_dir,
         "quantization-aware training",
         "KL to the float model per token",
@@ -163,8 +163,6 @@ pub fn run(a: Args) -> Result<()> {
         "run_dir": run_dir,
         "peak_rss_mib": shrink_methods::report::peak_rss().map(|b| b as f64 / (1u64 << 20) as f64),
     });
-    let jsonl = std::fs::read(run_dir.join("train.jsonl"))
-        .with_context(|| format!("reading {}", run_dir.join("train.jsonl").display()))?;
     let bar = common::Bar::default();
     let report = qat::write(
         &ckpt,
@@ -172,10 +170,7 @@ pub fn run(a: Args) -> Result<()> {
         masters,
         Box::new(grid),
         &selection,
-        (
-            record,
-            vec![("train.jsonl".into(), jsonl), ("loss.png".into(), png)],
-        ),
+        (record, files),
         out,
         &bar,
     )?;

@@ -124,7 +124,7 @@ pub fn run(a: Args) -> Result<()> {
         )
     })?;
     drop(teacher);
-    let (log, png) = if a.teacher.is_some() {
+    let (log, mut files) = if a.teacher.is_some() {
         TrainOpts::chart(&run_dir, "QLoRA", "KL to the float model per token", |l| {
             l.kd
         })?
@@ -151,16 +151,10 @@ pub fn run(a: Args) -> Result<()> {
         "summary": summary,
         "peak_rss_mib": shrink_methods::report::peak_rss().map(|b| b as f64 / (1u64 << 20) as f64),
     });
-    let jsonl = std::fs::read(run_dir.join("train.jsonl"))
-        .with_context(|| format!("reading {}", run_dir.join("train.jsonl").display()))?;
-    let files = vec![
-        ("train.jsonl".to_string(), jsonl),
-        ("loss.png".to_string(), png),
-        (
-            "qlora.json".to_string(),
-            serde_json::to_vec_pretty(&record)?,
-        ),
-    ];
+    files.push((
+        "qlora.json".to_string(),
+        serde_json::to_vec_pretty(&record)?,
+    ));
     adapter.write(out, &[&a.model], &files)?;
     drop(pairs);
     if let (Some(m), Some((grid, selection))) = (&a.merge, merge_grid) {

@@ -229,3 +229,23 @@ pub fn rel_rmse(a: &[f32], b: &[f32]) -> f64 {
     });
     (e / r).sqrt()
 }
+
+/// Mean KL(p ‖ q) of next-token distributions given as rows of `vocab` logits (the logits may
+/// shift by a constant per row without changing it).
+pub fn mean_kl(p: &[f32], q: &[f32], vocab: usize) -> f64 {
+    let (mut sum, mut n) = (0f64, 0);
+    for (a, b) in p.chunks(vocab).zip(q.chunks(vocab)) {
+        let lse = |x: &[f32]| {
+            let m = x.iter().fold(f32::MIN, |m, &v| m.max(v)) as f64;
+            m + x.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln()
+        };
+        let (la, lb) = (lse(a), lse(b));
+        sum += a
+            .iter()
+            .zip(b)
+            .map(|(&x, &y)| (x as f64 - la).exp() * ((x as f64 - la) - (y as f64 - lb)))
+            .sum::<f64>();
+        n += 1;
+    }
+    sum / n as f64
+}
