@@ -31,6 +31,9 @@ pub struct Args {
     pub json: bool,
 }
 
+/// A file written beside an output: its name and bytes.
+pub type NamedFile = (String, Vec<u8>);
+
 /// The training flags `finetune`, `qat` and `qlora` share.
 #[derive(clap::Args)]
 pub struct TrainOpts {
@@ -126,7 +129,7 @@ impl TrainOpts {
         title: &str,
         label: &str,
         series: fn(&distill::StepLog) -> f64,
-    ) -> Result<(Vec<distill::StepLog>, Vec<(String, Vec<u8>)>)> {
+    ) -> Result<(Vec<distill::StepLog>, Vec<NamedFile>)> {
         let log = distill::read_log(run_dir)?;
         let curve: Vec<(f64, f64)> = log.iter().map(|l| (l.step as f64, series(l))).collect();
         let png = run_dir.join("loss.png");
