@@ -55,7 +55,7 @@ use crate::pipeline::Progress;
 use crate::report::{peak_rss, Report, Sizes};
 
 /// Which rotations to apply.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RotateSpec {
     /// Rotate the residual stream (R1).
     pub residual: bool,
@@ -66,6 +66,18 @@ pub struct RotateSpec {
     /// Residual channels left out of the rotation, their norm weights kept in the norms:
     /// `None` finds them ([`suppressed_channels`]), `Some(list)` names them (empty: none).
     pub keep: Option<Vec<usize>>,
+    /// Matrices given rather than drawn (a learned rotation: `shrink_train::rotation`).
+    pub given: Given,
+}
+
+/// Rotation matrices given by the caller, row-major: the residual one over the channels not
+/// kept (order hidden − kept; RMSNorm families only), and one head rotation per block.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Given {
+    /// R1 over the rotated channels.
+    pub residual: Option<Vec<f64>>,
+    /// R2 per block (head width squared).
+    pub heads: Option<Vec<Vec<f64>>>,
 }
 
 impl Default for RotateSpec {
@@ -75,6 +87,7 @@ impl Default for RotateSpec {
             heads: true,
             seed: 0,
             keep: None,
+            given: Given::default(),
         }
     }
 }
@@ -680,6 +693,69 @@ pub fn suppressed_channels(gammas: &[Vec<f32>]) -> Vec<usize> {
     (0..n).filter(|&c| count[c] >= need).collect()
 }
 
+/// Refuse given matrices of the wrong size, not orthogonal, or where they cannot apply.
+fn check_given(
+    spec: &RotateSpec,
+    norm: NormKind,
+    rotated: usize,
+    hd: usize,
+    layers: usize,
+) -> Result<()> {
+    let bad = |s: String| Err(MethodError::Options(s));
+    if let Some(m) = &spec.given.residual {
+        if !spec.residual {
+            return bad("a residual rotation was given with the residual stream turned off".into());
+        }
+        if norm != NormKind::Rms {
+            return bad(
+                "a given residual rotation applies to RMSNorm families only (LayerNorm needs a \
+                 rotation that maps the all-ones vector to itself)"
+                    .into(),
+            );
+        }
+        if m.len() != rotated * rotated {
+            return bad(format!(
+                "the given residual rotation has {} entries; {rotated} rotated channels need \
+                 {rotated}²",
+                m.len()
+            ));
+        }
+        check_orthogonal(m, rotated, "the given residual rotation")?;
+    }
+    if let Some(r) = &spec.given.heads {
+        if !spec.heads || r.len() != layers {
+            return bad(format!(
+                "{} head rotations given for {layers} blocks (heads rotated: {})",
+                r.len(),
+                spec.heads
+            ));
+        }
+        for (l, m) in r.iter().enumerate() {
+            if m.len() != hd * hd {
+                return bad(format!("head rotation {l} is not {hd} × {hd}"));
+            }
+            check_orthogonal(m, hd, &format!("head rotation {l}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuse a matrix whose columns are not orthonormal to 1e-6.
+fn check_orthogonal(m: &[f64], n: usize, what: &str) -> Result<()> {
+    for i in 0..n {
+        for j in i..n {
+            let d: f64 = (0..n).map(|k| m[k * n + i] * m[k * n + j]).sum();
+            let want = if i == j { 1.0 } else { 0.0 };
+            if !(d - want).abs().lt(&1e-6) {
+                return Err(MethodError::Options(format!(
+                    "{what} is not orthogonal (column {i} · column {j} = {d})"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A vector as a one-column matrix.
 fn column(v: Vec<f32>) -> Mat {
     let rows = v.len();
@@ -793,13 +869,15 @@ pub fn rotate(
         )));
     }
 
-    // The matrices: one stream of random numbers per purpose.
+    // The matrices: given, or drawn from one stream of random numbers per purpose.
+    check_given(&spec, layout.norm, rotated, hd, seq.num_layers())?;
     let mut rng = hadamard::rng(spec.seed, 1);
     let basis = Basis::new(rotated, &mut rng);
     let q = if spec.residual {
-        let m = match layout.norm {
-            NormKind::Layer => basis.mean_preserving(&mut rng),
-            _ => basis.signed(&mut rng),
+        let m = match (&spec.given.residual, layout.norm) {
+            (Some(m), _) => m.clone(),
+            (None, NormKind::Layer) => basis.mean_preserving(&mut rng),
+            (None, _) => basis.signed(&mut rng),
         };
         Some(tensors(&embed_rotation(&m, &kept), layout.hidden)?)
     } else {
@@ -807,12 +885,12 @@ pub fn rotate(
     };
     let mut rng_h = hadamard::rng(spec.seed, 2);
     let head_basis = Basis::new(hd, &mut rng_h);
-    let r: Vec<Vec<f64>> = if spec.heads {
-        (0..seq.num_layers())
+    let r: Vec<Vec<f64>> = match (&spec.given.heads, spec.heads) {
+        (Some(r), true) => r.clone(),
+        (None, true) => (0..seq.num_layers())
             .map(|_| head_basis.signed(&mut rng_h))
-            .collect()
-    } else {
-        vec![]
+            .collect(),
+        (_, false) => vec![],
     };
 
     // LayerNorm β goes into the readers' biases where every reader has one.
@@ -941,17 +1019,20 @@ pub fn rotate(
         ..Sizes::default()
     };
     let mut r = Report::new(path.into(), out.target().into(), spec_name, sizes);
-    let kind = |b: &Basis| {
-        if b.hadamard {
+    let kind = |b: &Basis, given: bool| {
+        if given {
+            "given (learned)"
+        } else if b.hadamard {
             "randomized Hadamard"
         } else {
             "random orthogonal"
         }
     };
+    let (given_r1, given_r2) = (spec.given.residual.is_some(), spec.given.heads.is_some());
     if spec.residual {
         r.set(
             "residual",
-            json!({"order": rotated, "matrix": kind(&basis), "kept_channels": kept_list,
+            json!({"order": rotated, "matrix": kind(&basis, given_r1), "kept_channels": kept_list,
                    "mean_preserving": lay.norm == NormKind::Layer}),
         );
         if !kept_list.is_empty() {
@@ -964,7 +1045,7 @@ pub fn rotate(
             "residual       {} × {} {} (R1){}",
             rotated,
             rotated,
-            kind(&basis),
+            kind(&basis, given_r1),
             if lay.norm == NormKind::Layer {
                 ", mapping the all-ones vector to itself (LayerNorm); writers centered"
             } else {
@@ -975,11 +1056,11 @@ pub fn rotate(
     if spec.heads {
         r.set(
             "heads",
-            json!({"order": hd, "matrix": kind(&head_basis), "blocks": rotator.r.len()}),
+            json!({"order": hd, "matrix": kind(&head_basis, given_r2), "blocks": rotator.r.len()}),
         );
         r.notes.push(format!(
             "heads          {hd} × {hd} {} per block on values and output columns (R2)",
-            kind(&head_basis)
+            kind(&head_basis, given_r2)
         ));
     }
     r.set("seed", spec.seed);

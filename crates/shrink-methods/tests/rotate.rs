@@ -207,6 +207,7 @@ fn rotating_twice_and_other_seeds_keep_the_logits() {
             heads,
             seed: 3,
             keep: None,
+            given: Default::default(),
         };
         rotate(
             &Checkpoint::open(&fx).unwrap(),

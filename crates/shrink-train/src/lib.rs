@@ -15,6 +15,7 @@
 //! - [`qat`]: quantization-aware training (fake quantization, straight-through estimator);
 //! - [`lora`]: LoRA adapters over frozen quantized weights (QLoRA), saved as PEFT adapters;
 //! - [`block_ap`]: EfficientQAT's Block-AP, block-wise training of weights and quantizers;
+//! - [`rotation`]: SpinQuant's learned rotations, trained on the quantized model's loss;
 //! - [`classify`]: sequence classifiers fine-tuned on labelled sentences and distilled into
 //!   students with fewer layers and heads;
 //!
@@ -35,6 +36,7 @@ pub mod optim;
 pub mod params;
 pub mod qat;
 pub mod reparam;
+pub mod rotation;
 pub mod state;
 pub mod student;
 

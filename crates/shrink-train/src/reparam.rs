@@ -9,10 +9,16 @@
 //! - [`crate::lora`]: θ = a LoRA pair (A, B), `W = W₀ + (α/r)·B·A` over a frozen (quantized)
 //!   `W₀` (QLoRA).
 //!
+//! A run need not use Adam on per-weight parameters: [`Trained`] is what the loop asks of a
+//! run (its state for the checkpoint, the weights it gives, dL/dθ, one update), and [`Adam`]
+//! is that for a set of [`Reparam`]s; [`crate::rotation`] trains orthogonal matrices shared by
+//! many weights with a Cayley step instead.
+//!
 //! The target is the float teacher's next-token distribution (KL at temperature 1, per token),
 //! or the text itself when there is no teacher. Resumable: θ, its Adam moments and the step are
 //! checkpointed atomically into `state.safetensors` in the run directory.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -142,6 +148,31 @@ pub fn gradients<R: Reparam>(
     seq_len: usize,
     topk: Option<usize>,
 ) -> Result<(Vec<Vec<f32>>, f64)> {
+    let (mut grads, loss) = weight_grads(teacher, student, window, seq_len, topk)?;
+    Ok((theta_grads(trained, &mut grads)?, loss))
+}
+
+/// [`gradients`] for any [`Trained`] run.
+pub fn gradients_of(
+    teacher: Option<&Model>,
+    student: &mut Trainable,
+    trained: &dyn Trained,
+    window: &[u32],
+    seq_len: usize,
+    topk: Option<usize>,
+) -> Result<(Vec<Vec<f32>>, f64)> {
+    let (mut grads, loss) = weight_grads(teacher, student, window, seq_len, topk)?;
+    Ok((trained.theta_grads(&mut grads)?, loss))
+}
+
+/// The loss per token on one window and every weight's gradient.
+fn weight_grads(
+    teacher: Option<&Model>,
+    student: &mut Trainable,
+    window: &[u32],
+    seq_len: usize,
+    topk: Option<usize>,
+) -> Result<(Grads, f64)> {
     let vocab = student.vocab_size();
     let ids = &window[..seq_len];
     let logits;
@@ -167,7 +198,7 @@ pub fn gradients<R: Reparam>(
     let mut grads = Grads::new(student.params.len());
     let norm = seq_len as f64;
     let p = grad::backward_kd(student, ids, &window[1..], t, &loss, norm, &mut grads)?;
-    Ok((theta_grads(trained, &mut grads)?, p.total(&loss) / norm))
+    Ok((grads, p.total(&loss) / norm))
 }
 
 /// What a run's checkpoint identifies it by: the method, the settings and the training windows.
@@ -180,27 +211,109 @@ pub fn state_path(run_dir: &Path) -> PathBuf {
     run_dir.join("state.safetensors")
 }
 
-/// θ of each trained weight and its Adam moments.
-struct Moments {
+/// What the training loop asks of a run: the parameters it trains (with any optimiser state)
+/// for the checkpoint, the weights they give, dL/dθ from the weights' gradients, and one update.
+pub trait Trained {
+    /// Every vector a checkpoint keeps (θ and optimiser state), each under a unique key.
+    fn state(&self) -> Vec<(String, Cow<'_, [f32]>)>;
+    /// Restore what [`Trained::state`] saved: `get(key)` reads one vector; `path` names the
+    /// checkpoint in errors.
+    fn restore(&mut self, get: &dyn Fn(&str) -> Result<Vec<f32>>, path: &Path) -> Result<()>;
+    /// Write the weights θ gives into `student`.
+    fn rebuild(&self, student: &mut Trainable) -> Result<()>;
+    /// dL/dθ from the summed weight gradients (which are consumed).
+    fn theta_grads(&self, grads: &mut Grads) -> Result<Vec<Vec<f32>>>;
+    /// One optimiser step at learning rate `lr` with the gradients `gs` (to be scaled by `clip`).
+    fn update(&mut self, gs: &[Vec<f32>], clip: f32, lr: f64, step: usize) -> Result<()>;
+}
+
+/// A set of [`Reparam`]s trained by Adam (no weight decay: neither a scale nor an adapter has
+/// a reason to shrink, and a master weight's decay would pull it off the grid it trains
+/// towards).
+pub struct Adam<'a, R> {
+    /// The weights trained.
+    pub trained: &'a mut [R],
     m: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
 }
 
-/// Save θ and the moments (atomically).
-fn save<R: Reparam>(
+impl<'a, R: Reparam> Adam<'a, R> {
+    /// Adam with zero moments over `trained`.
+    pub fn new(trained: &'a mut [R]) -> Self {
+        let m: Vec<Vec<f32>> = trained.iter().map(|r| vec![0.0; r.theta().len()]).collect();
+        Adam {
+            v: m.clone(),
+            m,
+            trained,
+        }
+    }
+}
+
+impl<R: Reparam> Trained for Adam<'_, R> {
+    fn state(&self) -> Vec<(String, Cow<'_, [f32]>)> {
+        let mut t = Vec::new();
+        for (i, r) in self.trained.iter().enumerate() {
+            t.push((format!("{}.theta", r.name()), Cow::Borrowed(r.theta())));
+            t.push((format!("{}.m", r.name()), Cow::Borrowed(&self.m[i][..])));
+            t.push((format!("{}.v", r.name()), Cow::Borrowed(&self.v[i][..])));
+        }
+        t
+    }
+
+    fn restore(&mut self, get: &dyn Fn(&str) -> Result<Vec<f32>>, path: &Path) -> Result<()> {
+        for (i, r) in self.trained.iter_mut().enumerate() {
+            let key = |k: &str| format!("{}.{k}", r.name());
+            let (th, m, v) = (get(&key("theta"))?, get(&key("m"))?, get(&key("v"))?);
+            let n = r.theta().len();
+            if th.len() != n || m.len() != n || v.len() != n {
+                return Err(TrainError::input(
+                    path,
+                    format!("{}: wrong sizes", r.name()),
+                ));
+            }
+            r.set_theta(th);
+            (self.m[i], self.v[i]) = (m, v);
+        }
+        Ok(())
+    }
+
+    fn rebuild(&self, student: &mut Trainable) -> Result<()> {
+        rebuild(student, self.trained)
+    }
+
+    fn theta_grads(&self, grads: &mut Grads) -> Result<Vec<Vec<f32>>> {
+        theta_grads(self.trained, grads)
+    }
+
+    fn update(&mut self, gs: &[Vec<f32>], clip: f32, lr: f64, step: usize) -> Result<()> {
+        let opt = AdamW::default();
+        for (i, (r, g)) in self.trained.iter_mut().zip(gs).enumerate() {
+            let th = adamw(
+                r.theta(),
+                (&mut self.m[i], &mut self.v[i]),
+                (g, clip),
+                step,
+                &opt,
+                (lr, 0.0),
+            );
+            r.set_theta(th);
+        }
+        Ok(())
+    }
+}
+
+/// Save the run's state (atomically).
+fn save(
     run_dir: &Path,
-    trained: &[R],
-    mo: &Moments,
+    trained: &dyn Trained,
     step: usize,
     id: &serde_json::Value,
 ) -> Result<PathBuf> {
-    let mut t = Vec::new();
-    for (i, r) in trained.iter().enumerate() {
-        let n = r.theta().len();
-        t.push((format!("{}.theta", r.name()), vec![n], r.theta().to_vec()));
-        t.push((format!("{}.m", r.name()), vec![n], mo.m[i].clone()));
-        t.push((format!("{}.v", r.name()), vec![n], mo.v[i].clone()));
-    }
+    let t: Vec<(String, Vec<usize>, Vec<f32>)> = trained
+        .state()
+        .into_iter()
+        .map(|(k, v)| (k, vec![v.len()], v.into_owned()))
+        .collect();
     let meta = HashMap::from([
         ("step".to_string(), step.to_string()),
         ("run".to_string(), id.to_string()),
@@ -211,12 +324,7 @@ fn save<R: Reparam>(
 }
 
 /// Load a checkpoint written by [`save`]; returns its step.
-fn restore<R: Reparam>(
-    path: &Path,
-    trained: &mut [R],
-    mo: &mut Moments,
-    id: &serde_json::Value,
-) -> Result<usize> {
+fn restore(path: &Path, trained: &mut dyn Trained, id: &serde_json::Value) -> Result<usize> {
     let bytes = std::fs::read(path).map_err(|source| TrainError::File {
         path: path.into(),
         source,
@@ -237,19 +345,7 @@ fn restore<R: Reparam>(
         .ok_or_else(|| TrainError::input(path, "no step in the checkpoint's metadata"))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| TrainError::input(path, format!("not a safetensors file: {e}")))?;
-    for (i, r) in trained.iter_mut().enumerate() {
-        let get = |k: &str| state::f32_tensor(&st, &format!("{}.{k}", r.name()), path);
-        let (th, m, v) = (get("theta")?, get("m")?, get("v")?);
-        let n = r.theta().len();
-        if th.len() != n || m.len() != n || v.len() != n {
-            return Err(TrainError::input(
-                path,
-                format!("{}: wrong sizes", r.name()),
-            ));
-        }
-        r.set_theta(th);
-        (mo.m[i], mo.v[i]) = (m, v);
-    }
+    trained.restore(&|k: &str| state::f32_tensor(&st, k, path), path)?;
     Ok(step)
 }
 
@@ -263,6 +359,26 @@ pub fn train<R: Reparam>(
     teacher: Option<&Model>,
     student: &mut Trainable,
     trained: &mut [R],
+    windows: &Windows,
+    cfg: &FinetuneConfig,
+    run_dir: &Path,
+    resume: bool,
+    stop: &AtomicBool,
+    progress: &dyn Progress,
+) -> Result<Summary> {
+    let mut adam = Adam::new(trained);
+    train_with(
+        method, teacher, student, &mut adam, windows, cfg, run_dir, resume, stop, progress,
+    )
+}
+
+/// [`train`] for any [`Trained`] run (its own parameters and update).
+#[allow(clippy::too_many_arguments)]
+pub fn train_with(
+    method: &str,
+    teacher: Option<&Model>,
+    student: &mut Trainable,
+    trained: &mut dyn Trained,
     windows: &Windows,
     cfg: &FinetuneConfig,
     run_dir: &Path,
@@ -290,10 +406,6 @@ pub fn train<R: Reparam>(
     let id = identity(method, cfg, n_train);
     let ck = state_path(run_dir);
     let log_path = run_dir.join("train.jsonl");
-    let mut mo = Moments {
-        m: trained.iter().map(|r| vec![0.0; r.theta().len()]).collect(),
-        v: trained.iter().map(|r| vec![0.0; r.theta().len()]).collect(),
-    };
     let mut start = 0;
     if resume {
         if !ck.is_file() {
@@ -302,7 +414,7 @@ pub fn train<R: Reparam>(
                 "--resume: no checkpoint in the run directory",
             ));
         }
-        start = restore(&ck, trained, &mut mo, &id)?;
+        start = restore(&ck, trained, &id)?;
         crate::distill::truncate_log(&log_path, start)?;
         progress.note(&format!("resumed at step {start}"));
     } else if ck.exists() || std::fs::metadata(&log_path).is_ok_and(|m| m.len() > 0) {
@@ -311,7 +423,7 @@ pub fn train<R: Reparam>(
             "holds an earlier run (continue it with --resume, or remove it)",
         ));
     }
-    rebuild(student, trained)?;
+    trained.rebuild(student)?;
     let t_cache = Instant::now();
     let topk = match (teacher, cfg.teacher_topk) {
         (Some(t), Some(k)) => Some(TopK::load_or_build(
@@ -376,7 +488,7 @@ pub fn train<R: Reparam>(
         }
         let value = parts.total(&loss) / norm;
         // θ's gradients, their global norm, clipping.
-        let gs = theta_grads(trained, &mut grads)?;
+        let gs = trained.theta_grads(&mut grads)?;
         let gnorm = gs
             .iter()
             .flatten()
@@ -396,21 +508,9 @@ pub fn train<R: Reparam>(
             1.0
         };
         let lr = cfg.lr * sched.factor(step);
-        // Adam without weight decay: neither a scale nor an adapter has a reason to shrink, and
-        // a master weight's decay would pull it off the grid it trains towards.
-        let opt = AdamW::default();
-        for (i, (r, g)) in trained.iter_mut().zip(&gs).enumerate() {
-            let th = adamw(
-                r.theta(),
-                (&mut mo.m[i], &mut mo.v[i]),
-                (g, clip),
-                step,
-                &opt,
-                (lr, 0.0),
-            );
-            r.set_theta(th);
-        }
-        rebuild(student, trained)?;
+        trained.update(&gs, clip, lr, step)?;
+        drop(gs);
+        trained.rebuild(student)?;
         let entry = StepLog {
             step,
             loss: value,
@@ -432,7 +532,7 @@ pub fn train<R: Reparam>(
         last = Some(entry);
         let interrupted = stop.load(Ordering::SeqCst);
         if interrupted || (cfg.save_every > 0 && step % cfg.save_every == 0) || step == cfg.steps {
-            let p = save(run_dir, trained, &mo, step, &id)?;
+            let p = save(run_dir, trained, step, &id)?;
             if interrupted {
                 return Err(TrainError::Interrupted { step, path: p });
             }

@@ -77,6 +77,7 @@ impl RotationOpts {
             heads: !self.no_heads,
             seed: self.rotate_seed,
             keep: self.keep_channels.0.clone(),
+            given: Default::default(),
         }
     }
 }
