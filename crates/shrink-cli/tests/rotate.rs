@@ -261,3 +261,108 @@ fn gptaq_and_the_clipping_search_run_on_every_decoder_family() {
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("--method gptq"));
 }
+
+#[test]
+fn learned_rotation_computes_what_the_input_computed_and_quantizes_better() {
+    let tmp = tempfile::tempdir().unwrap();
+    let calib = calib_text(tmp.path(), 6000);
+    let c = calib.to_str().unwrap();
+    let text = std::fs::read(&calib).unwrap();
+    let fx = fixture_with_tokenizer(tmp.path(), "tiny-llama");
+    let f = fx.to_str().unwrap();
+    let (random, learned) = (tmp.path().join("random"), tmp.path().join("learned"));
+    run(&["rotate", f, "--json", "-o", random.to_str().unwrap()]);
+    let r = run(&[
+        "rotate",
+        f,
+        "--learn",
+        "--bits",
+        "3",
+        "--group-size",
+        "16",
+        "--text",
+        c,
+        "--text-format",
+        "raw",
+        "--steps",
+        "20",
+        "--seq-len",
+        "32",
+        "--batch",
+        "2",
+        "--json",
+        "-o",
+        learned.to_str().unwrap(),
+    ]);
+    assert_eq!(r["method"], "rotate-learned-r1r2", "{r}");
+    assert_eq!(r["learned"]["summary"]["steps"], 20, "{r}");
+    assert_eq!(r["residual"]["matrix"], "given (learned)");
+    assert_eq!(r["input"], f);
+    for name in ["train.jsonl", "loss.png", "shrink-quantize.json"] {
+        assert!(learned.join(name).is_file(), "{name} missing");
+    }
+    let state = tmp.path().join("learned.run/state.safetensors");
+    assert!(
+        !state.exists(),
+        "the run's checkpoint is removed when it completes"
+    );
+    let hidden: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(hidden.is_empty(), "scratch left behind: {hidden:?}");
+    // Exact in float.
+    let d = rel_rmse(&outputs(&fx, &text), &outputs(&learned, &text));
+    assert!(d < 1e-5, "outputs moved by {d}");
+    // Rounded to the grid it was trained for, closer to the float model than the random
+    // rotation rounded the same way.
+    let err = |m: &std::path::Path, name: &str| {
+        let q = tmp.path().join(name);
+        run(&[
+            "quantize",
+            m.to_str().unwrap(),
+            "--method",
+            "int",
+            "--bits",
+            "3",
+            "--group-size",
+            "16",
+            "--json",
+            "-o",
+            q.to_str().unwrap(),
+        ]);
+        rel_rmse(&outputs(&fx, &text), &outputs(&q, &text))
+    };
+    let (e_random, e_learned) = (err(&random, "q-random"), err(&learned, "q-learned"));
+    eprintln!("int3 g16 output error: random rotation {e_random:.4}, learned {e_learned:.4}");
+    assert!(e_learned < e_random, "{e_random} -> {e_learned}");
+    // Refusals: --text without --learn, --learn without --text, a LayerNorm family.
+    let out = tmp.path().join("never");
+    let o = out.to_str().unwrap();
+    let gpt2 = fixture("tiny-gpt2");
+    for (args, want) in [
+        (vec!["rotate", f, "--text", c, "-o", o], "add --learn"),
+        (
+            vec!["rotate", f, "--learn", "-o", o],
+            "--text FILE is required",
+        ),
+        (
+            vec![
+                "rotate",
+                gpt2.to_str().unwrap(),
+                "--learn",
+                "--text",
+                c,
+                "-o",
+                o,
+            ],
+            "RMSNorm",
+        ),
+    ] {
+        let r = shrink(&args);
+        let e = String::from_utf8_lossy(&r.stderr);
+        assert!(!r.status.success() && e.contains(want), "{args:?}: {e}");
+        assert!(!out.exists(), "{args:?} wrote {o}");
+    }
+}

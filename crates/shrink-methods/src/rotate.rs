@@ -78,6 +78,20 @@ pub struct Given {
     pub residual: Option<Vec<f64>>,
     /// R2 per block (head width squared).
     pub heads: Option<Vec<Vec<f64>>>,
+    /// Where the matrices came from, for the report.
+    pub provenance: Option<Provenance>,
+}
+
+/// What made given matrices: the report names `input` as the rotation's input, keeps `record`
+/// under `learned`, and `files` (a training log, a chart) are written beside the weights.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Provenance {
+    /// The model the whole run started from.
+    pub input: std::path::PathBuf,
+    /// What produced the matrices.
+    pub record: serde_json::Value,
+    /// Files to write beside the weights (name, bytes).
+    pub files: Vec<(String, Vec<u8>)>,
 }
 
 impl Default for RotateSpec {
@@ -93,9 +107,13 @@ impl Default for RotateSpec {
 }
 
 impl RotateSpec {
-    /// The method's name in reports: `rotate-r1r2`, `rotate-r1`, `rotate-r2`.
+    /// The method's name in reports: `rotate-r1r2`, `rotate-r1`, `rotate-r2`; `rotate-learned-…`
+    /// with given matrices.
     pub fn name(&self) -> String {
         let mut s = "rotate-".to_string();
+        if self.given.residual.is_some() || self.given.heads.is_some() {
+            s.push_str("learned-");
+        }
         if self.residual {
             s.push_str("r1");
         }
@@ -1080,6 +1098,14 @@ pub fn rotate(
             "logits         mean |Δ| {mean:.3e}, max |Δ| {max:.3e} against the input over {n} \
              positions"
         ));
+    }
+    if let Some(p) = &spec.given.provenance {
+        r.input = p.input.clone();
+        r.set("rotated_input", path.display().to_string());
+        r.set("learned", &p.record);
+        for (name, bytes) in &p.files {
+            out.write(name, bytes)?;
+        }
     }
     r.seconds = t0.elapsed().as_secs_f64();
     r.quantize_seconds = r.seconds;

@@ -179,6 +179,7 @@ impl<'q> Rotation<'q> {
         Given {
             residual: self.u.clone(),
             heads: (!self.r2.is_empty()).then(|| self.r2.clone()),
+            provenance: None,
         }
     }
 
@@ -386,6 +387,19 @@ impl Trained for Rotation<'_> {
     }
 }
 
+/// Refuse a family whose rotation cannot be learned here (all but the RMSNorm ones).
+pub fn check_family(arch: &Architecture) -> Result<()> {
+    match arch {
+        Architecture::Decoder(ModelConfig::Llama(_)) => Ok(()),
+        _ => Err(TrainError::Options(format!(
+            "learned rotations are for RMSNorm families (Llama, Mistral, Qwen2); {} normalizes \
+             with LayerNorm (or after the residual addition): use the random rotation \
+             (shrink rotate without --learn)",
+            arch.family()
+        ))),
+    }
+}
+
 /// The rotated float model `ckpt` ready to train rotations on: the model, and the rotations
 /// (U and each R2 the identity) with every weight they touch. `kept` are the residual channels
 /// the input's rotation left out (their norm weights are still in the norms; every other
@@ -413,13 +427,9 @@ pub fn load<'q>(
         ));
     }
     let arch = Architecture::from_checkpoint(ckpt)?;
+    check_family(&arch)?;
     let Architecture::Decoder(ModelConfig::Llama(c)) = &arch else {
-        return Err(TrainError::Options(format!(
-            "learned rotations are for RMSNorm families (Llama, Mistral, Qwen2); {} normalizes \
-             with LayerNorm (or after the residual addition): use the random rotation \
-             (shrink rotate without --learn)",
-            arch.family()
-        )));
+        unreachable!("checked above")
     };
     let (hidden, hd) = (c.hidden_size, c.head_dim);
     if let Some(&ch) = kept.iter().find(|&&ch| ch >= hidden) {

@@ -103,6 +103,7 @@ fn rotation_gradients_match_finite_differences() {
                     .collect(),
             ),
             heads: None,
+            provenance: None,
         };
         let fd = (loss_at(&mut student, &mut rot, shifted(eps))
             - loss_at(&mut student, &mut rot, shifted(-eps)))
@@ -128,6 +129,7 @@ fn rotation_gradients_match_finite_differences() {
             Given {
                 residual: None,
                 heads: Some(h),
+                provenance: None,
             }
         };
         let fd = (loss_at(&mut student, &mut rot, shifted(eps))

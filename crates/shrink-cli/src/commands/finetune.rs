@@ -34,12 +34,12 @@ pub struct Args {
 /// A file written beside an output: its name and bytes.
 pub type NamedFile = (String, Vec<u8>);
 
-/// The training flags `finetune`, `qat` and `qlora` share.
+/// The training flags `finetune`, `qat`, `qlora` and `rotate --learn` share.
 #[derive(clap::Args)]
 pub struct TrainOpts {
-    /// Training text (e.g. assets/lee_background.cor).
+    /// Training text, required (e.g. assets/lee_background.cor).
     #[arg(long)]
-    pub text: PathBuf,
+    pub text: Option<PathBuf>,
     /// Which part of --text to train on.
     #[arg(long, value_enum, default_value = "lee")]
     pub text_format: TextFormat,
@@ -52,7 +52,8 @@ pub struct TrainOpts {
     /// Windows per step.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
-    /// Peak learning rate (Adam; default: finetune 2e-5, qat 2e-5, qlora 2e-4).
+    /// Peak learning rate (Adam; default: finetune 2e-5, qat 2e-5, qlora 2e-4; rotate --learn:
+    /// the Cayley step's, 1.5).
     #[arg(long)]
     pub lr: Option<f64>,
     /// Warmup steps (default: 5 % of --steps).
@@ -61,9 +62,9 @@ pub struct TrainOpts {
     /// Final learning rate as a share of the peak (cosine decay).
     #[arg(long, default_value_t = 0.1)]
     pub min_lr_ratio: f64,
-    /// Clip the trained parameters' global gradient norm (0: off).
-    #[arg(long, default_value_t = 1.0)]
-    pub clip: f64,
+    /// Clip the trained parameters' global gradient norm (0: off; default 1, rotate --learn 0).
+    #[arg(long)]
+    pub clip: Option<f64>,
     /// Keep only the teacher's K largest logits per position, computed once and cached (the
     /// target renormalised over them: cheaper, but the rest of the distribution is not held);
     /// by default the teacher runs on every window and every logit counts.
@@ -84,8 +85,8 @@ pub struct TrainOpts {
 }
 
 impl TrainOpts {
-    /// The run's settings, `lr` the command's default learning rate.
-    pub fn config(&self, lr: f64) -> Result<FinetuneConfig> {
+    /// The run's settings, `lr` and `clip` the command's defaults.
+    pub fn config(&self, lr: f64, clip: f64) -> Result<FinetuneConfig> {
         let cfg = FinetuneConfig {
             steps: self.steps,
             seq_len: self.seq_len,
@@ -93,7 +94,7 @@ impl TrainOpts {
             lr: self.lr.unwrap_or(lr),
             warmup: self.warmup.unwrap_or(self.steps / 20),
             min_lr_ratio: self.min_lr_ratio,
-            clip: self.clip,
+            clip: self.clip.unwrap_or(clip),
             seed: self.seed,
             teacher_topk: self.teacher_topk,
             save_every: self.save_every,
@@ -102,10 +103,18 @@ impl TrainOpts {
         Ok(cfg)
     }
 
+    /// The training text (--text), required.
+    pub fn text(&self) -> Result<&std::path::Path> {
+        self.text.as_deref().context(
+            "--text FILE is required: the text to train on (e.g. assets/lee_background.cor)",
+        )
+    }
+
     /// The training windows of --text, tokenized by `tokenizer_of`'s tokenizer.
     pub fn windows(&self, tokenizer_of: &shrink_io::Checkpoint) -> Result<Windows> {
-        let ids = training_ids(tokenizer_of, &self.text, self.text_format)?;
-        Ok(Windows::cut(&ids, self.seq_len, 0, &self.text)?)
+        let text = self.text()?;
+        let ids = training_ids(tokenizer_of, text, self.text_format)?;
+        Ok(Windows::cut(&ids, self.seq_len, 0, text)?)
     }
 
     /// Refuse a --seq-len beyond the model's positions.
@@ -162,7 +171,7 @@ pub fn run(a: Args) -> Result<()> {
     let input = common::open(&a.model)?;
     let teacher_ckpt = common::open(&a.teacher)?;
     let windows = t.windows(&teacher_ckpt)?;
-    let cfg = t.config(2e-5)?;
+    let cfg = t.config(2e-5, 1.0)?;
     let (mut student, mut quant) =
         finetune::load(&input).with_context(|| format!("loading {}", a.model.display()))?;
     t.check_positions(&student)?;

@@ -108,7 +108,7 @@ pub fn run(a: Args) -> Result<()> {
     let run_dir = run_dir_of(out, t.run_dir.as_deref());
     let ckpt = common::open(&a.model)?;
     let windows = t.windows(&ckpt)?;
-    let cfg = t.config(2e-5)?;
+    let cfg = t.config(2e-5, 1.0)?;
     let selection = Selection::default();
     let (mut student, mut masters) = qat::load(&ckpt, &selection, &grid)
         .with_context(|| format!("loading {}", a.model.display()))?;

@@ -94,7 +94,7 @@ pub fn run(a: Args) -> Result<()> {
         None => None,
     };
     let windows = t.windows(&ckpt)?;
-    let cfg = t.config(2e-4)?;
+    let cfg = t.config(2e-4, 1.0)?;
     let spec = LoraSpec {
         r: a.rank,
         alpha: a.lora_alpha,
