@@ -13,6 +13,10 @@
 # tokens against the float model's outputs, on the same calibration documents), then stores it
 # with the grid: PTQ (rtnN) against QAT (qatN) at the same bits.
 #
+# A NAME ending in -spin is that configuration on the learned rotation (SpinQuant: `shrink
+# rotate --learn`, trained SPIN_STEPS steps (default 100) of 512 tokens for the configuration's
+# bits at group 64, into WORK/spinB, made once per B and shared), instead of --rotate's random one.
+#
 # A NAME with no configuration below that names a directory in WORK (e.g. the output of
 # `shrink finetune`) is scored as it is.
 #
@@ -83,6 +87,19 @@ for name in "${names[@]}"; do
   rot=""
   [ "$base" = "$name" ] || rot="--rotate"
   out="$work/$name"
+  src="$work/f32"
+  if [ "${name%-spin}" != "$name" ]; then
+    base=${name%-spin}
+    bits=$(sed -n 's/.*--bits \([0-9]\).*/\1/p' <<< "${cfg[$base]:-}")
+    [ -n "$bits" ] || { echo "$name: no --bits in ${base}'s configuration" >&2; exit 2; }
+    src="$work/spin$bits"
+    if [ ! -d "$src" ]; then
+      "$bin" rotate "$work/f32" --learn --bits "$bits" --group-size 64 --text "$corpus" \
+        --steps "${SPIN_STEPS:-100}" --json -o "$src" > "$src.json" 2> "$src.err" ||
+        "$bin" rotate "$work/f32" --learn --bits "$bits" --group-size 64 --text "$corpus" \
+          --steps "${SPIN_STEPS:-100}" --resume --json -o "$src" > "$src.json" 2>> "$src.err"
+    fi
+  fi
   if [ -n "${qat[$name]:-}" ]; then
     if [ ! -d "$out" ]; then
       # shellcheck disable=SC2086
@@ -101,7 +118,7 @@ for name in "${names[@]}"; do
   fi
   if [ ! -d "$out" ]; then
     # shellcheck disable=SC2086
-    "$bin" quantize "$work/f32" ${cfg[$base]} $rot --json -o "$out" > "$work/$name.json" 2> "$work/$name.err"
+    "$bin" quantize "$src" ${cfg[$base]} $rot --json -o "$out" > "$work/$name.json" 2> "$work/$name.err"
   fi
   score "$name" "$out" "$out/shrink-quantize.json"
 done
