@@ -347,6 +347,7 @@ fn bad_requests_are_refused_and_nothing_is_written() {
         heads: false,
         seed: 0,
         keep: None,
+        given: Default::default(),
     };
     let e = rotate(&ckpt, &out, spec, FloatType::F32, &Silent).unwrap_err();
     assert!(e.to_string().contains("nothing to rotate"), "{e}");

@@ -71,6 +71,7 @@ fn rotation_gradients_match_finite_differences() {
                     .map(|l| random_orthogonal(hd, 9 + l as u64))
                     .collect(),
             ),
+            provenance: None,
         };
         rot.set(base.clone()).unwrap();
         rot.rebuild(&mut student).unwrap();
