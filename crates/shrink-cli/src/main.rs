@@ -62,6 +62,8 @@ enum Command {
     Compare(commands::compare::Args),
     /// Generate text from a prompt, streaming tokens as they are produced.
     Generate(commands::generate::Args),
+    /// Prompt-processing and generation tokens/s in llama-bench's columns, against the memory-bandwidth ceiling.
+    Bench(commands::bench::Args),
     /// Chart perplexity against bits/weight for every method of a results CSV (PNG).
     Chart(commands::chart::Args),
 }
@@ -83,6 +85,7 @@ fn main() -> ExitCode {
     let forward = match &cli.command {
         Command::Eval(_)
         | Command::Generate(_)
+        | Command::Bench(_)
         | Command::Compare(_)
         | Command::Imatrix(_)
         | Command::Distill(_)
@@ -103,7 +106,10 @@ fn main() -> ExitCode {
         shrink_models::runtime::tune_allocator();
     }
     // Pruned weights held sparse pay for one token at a time and cost for many (BENCHMARKS.md).
-    shrink_models::runtime::set_sparse_weights(matches!(cli.command, Command::Generate(_)));
+    shrink_models::runtime::set_sparse_weights(matches!(
+        cli.command,
+        Command::Generate(_) | Command::Bench(_)
+    ));
     let result = match cli.command {
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Convert(a) => commands::convert::run(a),
@@ -119,6 +125,7 @@ fn main() -> ExitCode {
         Command::TrainClassifier(a) => commands::train_classifier::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Generate(a) => commands::generate::run(a),
+        Command::Bench(a) => commands::bench::run(a),
         Command::Compare(a) => commands::compare::run(a),
         Command::Chart(a) => commands::chart::run(a),
     };

@@ -100,9 +100,7 @@ pub fn generate(
         if cache.len() + next_input.len() > max_ctx {
             break;
         }
-        let logits = model.forward(&next_input, Some(&mut cache))?;
-        let t = logits.dim(0)?;
-        let last: Vec<f32> = logits.get(t - 1)?.to_vec1()?;
+        let last = model.last_logits(&next_input, Some(&mut cache))?;
         let id = pick(&last, opts, &mut rng);
         if opts.stop.contains(&id) {
             break;

@@ -2,6 +2,7 @@
 //!
 //! - [`protocol`]: the `lee-ppl-v1` texts (calibration and evaluation documents);
 //! - [`perplexity`]: windowed perplexity, KLD and top-1 agreement against a base model;
+//! - [`bench`]: prompt-processing and generation speed, as llama-bench measures them;
 //! - [`generate`]: sampling (greedy, temperature, top-p) with a KV cache, streaming tokens;
 //! - [`weights`]: per-layer weight error (MSE, SQNR, max) and histograms;
 //! - [`evaluation`]: one model scored on a text file (`shrink eval`), with its report;
@@ -13,6 +14,7 @@
 //! Neighbours: `shrink-models` runs the forward pass; `shrink-methods` supplies the progress
 //! trait and the compression reports compared; `shrink-cli` prints the reports.
 
+pub mod bench;
 pub mod chart;
 pub mod error;
 pub mod generate;

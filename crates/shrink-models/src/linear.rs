@@ -195,6 +195,21 @@ impl Linear {
         self.weight_t()?.t()
     }
 
+    /// Bytes one product reads from memory: the weight as held (float32, packed or sparse),
+    /// the bias and any LoRA pair.
+    pub fn bytes_read(&self) -> usize {
+        let w = match &self.w {
+            Weight::Dense(t) => t.elem_count() * 4,
+            Weight::Quantized { q, .. } => q.bytes_read(),
+        };
+        let bias = self.bias.as_ref().map_or(0, |b| b.elem_count() * 4);
+        let lora = self
+            .lora
+            .as_ref()
+            .map_or(0, |l| (l.a_t.elem_count() + l.b_t.elem_count()) * 4);
+        w + bias + lora
+    }
+
     /// Input width.
     pub fn in_features(&self) -> usize {
         match &self.w {

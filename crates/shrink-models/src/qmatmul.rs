@@ -196,6 +196,20 @@ impl QuantMatmul {
         self.resident
     }
 
+    /// Bytes one product reads from memory, as the weight is held here: the packed codes with
+    /// their scales and zeros decoded to float32, the sparse values and masks, or the float32
+    /// rows (a tied head, HQQ along axis 0, dense values). Not [`Self::resident_bytes`], which
+    /// counts the stored form.
+    pub fn bytes_read(&self) -> usize {
+        match &self.kind {
+            Kind::Int(r) => r.packed.len() + 4 * (r.scales.len() + r.zeros.len()),
+            Kind::Nf4 { packed, absmax, .. } => packed.len() + 4 * absmax.len(),
+            Kind::Int8 { w, scale, .. } => w.resident_bytes() + 4 * scale.len(),
+            Kind::Sparse(s) => s.bytes(),
+            Kind::Rows(_) => self.n * self.k * 4,
+        }
+    }
+
     /// The weight dequantized and transposed: `out[c · n + r] = W[r, c]`.
     pub fn dequantize_t_into(&self, out: &mut [f32]) {
         self.dequantize_t_rows(0, self.n, out, true);

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod bench;
 pub mod calibrated;
 pub mod chart;
 pub mod compare;

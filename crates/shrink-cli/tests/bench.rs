@@ -1,0 +1,149 @@
+//! `shrink bench` end to end: llama-bench's tests and figures, the bytes one generated token
+//! reads counted from the checkpoint's own file (float and packed), and impossible requests
+//! refused.
+
+mod common;
+
+use std::path::Path;
+
+use common::{fixture, run, shrink};
+use serde_json::Value;
+
+/// Bytes of every tensor stored in `dir/model.safetensors`, and of the one named `name`.
+fn stored_bytes(dir: &Path, name: &str) -> (u64, u64) {
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut total = 0;
+    let mut one = 0;
+    for (n, v) in st.tensors() {
+        total += v.data().len() as u64;
+        if n == name {
+            one = v.data().len() as u64;
+        }
+    }
+    (total, one)
+}
+
+fn check_tests(v: &Value, reps: usize) {
+    let r = v["results"].as_array().unwrap();
+    let names: Vec<&str> = r.iter().map(|t| t["test"].as_str().unwrap()).collect();
+    assert_eq!(names, ["pp16", "tg8"]);
+    for t in r {
+        let s = t["samples_s"].as_array().unwrap();
+        let ts = t["samples_ts"].as_array().unwrap();
+        assert_eq!(s.len(), reps);
+        let tokens = t["n_prompt"].as_u64().unwrap() + t["n_gen"].as_u64().unwrap();
+        let mut sum = 0.0;
+        for (s, ts) in s.iter().zip(ts) {
+            let (s, ts) = (s.as_f64().unwrap(), ts.as_f64().unwrap());
+            assert!(s > 0.0);
+            assert!((ts - tokens as f64 / s).abs() < 1e-9 * ts);
+            sum += ts;
+        }
+        let avg = t["avg_ts"].as_f64().unwrap();
+        assert!((avg - sum / reps as f64).abs() < 1e-9 * avg);
+        assert!(t["stddev_ts"].as_f64().unwrap() >= 0.0);
+    }
+}
+
+#[test]
+fn bench_measures_like_llama_bench_and_counts_the_bytes_a_token_reads() {
+    let fx = fixture("tiny-llama");
+    let v = run(&[
+        "bench",
+        fx.to_str().unwrap(),
+        "-p",
+        "16",
+        "-n",
+        "8",
+        "-r",
+        "3",
+        "-t",
+        "1",
+        "--json",
+    ]);
+    check_tests(&v, 3);
+    assert_eq!(v["n_threads"], 1);
+    // Float32, tied head: every tensor once, less the embedding but one of its rows (64 wide),
+    // plus the head, which reads the whole embedding.
+    let (total, embed) = stored_bytes(&fx, "model.embed_tokens.weight");
+    assert_eq!(v["bytes_per_token"].as_u64().unwrap(), total + 64 * 4);
+    assert_eq!(embed, 512 * 64 * 4);
+    let l = &v["limit"];
+    let (bw, tps) = (
+        l["bandwidth_bytes_per_s"].as_f64().unwrap(),
+        l["tokens_per_s"].as_f64().unwrap(),
+    );
+    assert!(bw > 1e8, "{bw}");
+    assert!((tps - bw / (total + 256) as f64).abs() < 1e-9 * tps);
+    let tg = v["results"][1]["avg_ts"].as_f64().unwrap();
+    let share = v["share_of_limit"].as_f64().unwrap();
+    assert!((share - tg / tps).abs() < 1e-9 * share);
+
+    // Packed int4: a token reads the packed codes, scales and zeros, not float32 weights.
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("int4");
+    let r = shrink(&[
+        "quantize",
+        fx.to_str().unwrap(),
+        "--method",
+        "int",
+        "--bits",
+        "4",
+        "--group-size",
+        "16",
+        "-o",
+        q.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let v = run(&[
+        "bench",
+        q.to_str().unwrap(),
+        "-p",
+        "16",
+        "-n",
+        "8",
+        "-r",
+        "2",
+        "--no-bandwidth",
+        "--json",
+    ]);
+    check_tests(&v, 2);
+    assert!(v["limit"].is_null() && v["share_of_limit"].is_null());
+    // Read from the compressed-tensors file: the packed codes as stored, each group's float16
+    // scale and 4-bit zero point as the float32 pair the kernel reads, the shapes not at all.
+    let bytes = std::fs::read(q.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut read = 64 * 4;
+    for (n, t) in st.tensors() {
+        read += if n.ends_with(".weight_scale") {
+            (t.data().len() / 2 * 8) as u64
+        } else if n.ends_with(".weight_zero_point") || n.ends_with(".weight_shape") {
+            0
+        } else {
+            t.data().len() as u64
+        };
+    }
+    assert_eq!(v["bytes_per_token"].as_u64().unwrap(), read);
+    assert!(read < total / 2, "{read} vs {total}");
+}
+
+#[test]
+fn impossible_benchmarks_are_refused() {
+    let fx = fixture("tiny-llama");
+    let fx = fx.to_str().unwrap();
+    for (args, says) in [
+        (vec!["-r", "0"], "repetitions"),
+        (vec!["-p", "0", "-n", "0"], "nothing to measure"),
+        (vec!["-p", "129"], "128 positions"),
+        (vec!["-t", "0"], "--threads"),
+    ] {
+        let mut a = vec!["bench", fx];
+        a.extend(args.iter().copied());
+        let r = shrink(&a);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(!r.status.success(), "{a:?} succeeded");
+        assert!(err.contains(says), "{a:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
