@@ -18,23 +18,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 py="${PYTHON:-python3}"
 bin=target/release/shrink
-cache=target/llamacpp
-ver=0.3.36
-mkdir -p "$cache"
 cargo build --release -q -p shrink-cli
-if [ ! -d "$cache/llama_cpp_python-$ver" ]; then
-  "$py" -m pip download --quiet --no-deps --no-binary llama-cpp-python \
-    "llama-cpp-python==$ver" --dest "$cache/sdist"
-  tar xzf "$cache/sdist/llama_cpp_python-$ver.tar.gz" -C "$cache"
-fi
-lc="$cache/llama_cpp_python-$ver/vendor/llama.cpp"
-if [ ! -x "$lc/build/bin/llama-perplexity" ]; then
-  [ -x "$cache/venv/bin/cmake" ] || { python3 -m venv "$cache/venv"; "$cache/venv/bin/pip" install -q cmake ninja; }
-  PATH="$cache/venv/bin:$PATH" cmake -S "$lc" -B "$lc/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-    -DLLAMA_CURL=OFF -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-    -DLLAMA_BUILD_SERVER=OFF -DGGML_OPENMP=OFF >/dev/null
-  PATH="$cache/venv/bin:$PATH" cmake --build "$lc/build" -j2 --target llama-perplexity llama-quantize >/dev/null
-fi
+# shellcheck source=scripts/llamacpp.sh
+. scripts/llamacpp.sh
+llamacpp_build llama-perplexity llama-quantize
 work="${WORK:-$(mktemp -d)}"
 mkdir -p "$work"
 trap 'rm -rf "$work"' EXIT
