@@ -6,6 +6,10 @@
 //! dense model holding the dequantized weights, and memory holds the packed weights plus one
 //! layer's float32 weight at a time.
 //!
+//! A few tokens at a time (generation) with 4- or 8-bit integer codes: each token's
+//! activations are rounded to int8 blocks of 32 and multiplied against the packed codes in
+//! integers ([`q8`], as ggml's `vec_dot`), never materialising a float row.
+//!
 //! Int8 weights with int8 activations (LLM.int8(), dynamic int8): activations are quantized
 //! per token at run time and multiplied in integers ([`crate::int8_gemm`]); LLM.int8() sends
 //! the input features holding outliers through a float product instead, as bitsandbytes does.
@@ -24,6 +28,7 @@ use crate::int8_gemm::{self, PackedInt8};
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+pub mod q8;
 mod sparse;
 
 use sparse::SparseRows;
@@ -194,6 +199,15 @@ impl QuantMatmul {
     /// Bytes of the quantized values held (codes, scales, zeros).
     pub fn resident_bytes(&self) -> usize {
         self.resident
+    }
+
+    /// Whether a product over `m` tokens rounds the activations to int8 blocks of 32
+    /// ([`q8`]: a few tokens, 4- or 8-bit integer codes in granules of 64k, a SIMD kernel
+    /// here) instead of multiplying in float32.
+    pub fn rounds_activations(&self, m: usize) -> bool {
+        m <= FEW_TOKENS
+            && q8_kernel().is_some()
+            && matches!(&self.kind, Kind::Int(t) if q8::fits(t, self.k))
     }
 
     /// Bytes one product reads from memory, as the weight is held here: the packed codes with
@@ -462,6 +476,25 @@ impl QuantMatmul {
             });
             return;
         }
+        if let (Kind::Int(t), Some(kernel)) = (&self.kind, q8_kernel()) {
+            if q8::fits(t, k) {
+                // Activations quantized once per token, then integer dots against the codes.
+                let acts: Vec<q8::Q8Act> = x
+                    .chunks_exact(k)
+                    .map(|xi| q8::Q8Act::new(xi, t.bits, t.glen))
+                    .collect();
+                (0..n.div_ceil(ROWS)).into_par_iter().for_each(|b| {
+                    for r in b * ROWS..((b + 1) * ROWS).min(n) {
+                        for (i, a) in acts.iter().enumerate() {
+                            // SAFETY: element (i, r) of y ([m, n]) is written by the task
+                            // owning row r only.
+                            unsafe { *base.get().add(i * n + r) = q8::dot_row(kernel, t, r, k, a) };
+                        }
+                    }
+                });
+                return;
+            }
+        }
         (0..n.div_ceil(ROWS)).into_par_iter().for_each_init(
             || vec![0f32; k],
             |buf, b| {
@@ -613,6 +646,28 @@ fn lookup_nibbles(t: &[f32; 16], bytes: &[u8], out: &mut [f32], high_first: bool
         let b = bytes[pairs.len() / 2];
         *o = t[(if high_first { b >> 4 } else { b & 15 }) as usize];
     }
+}
+
+/// The kernel generation's integer-weight products use ([`q8`]), or `None` for the float path
+/// (dequantized rows dotted in float32). `SHRINK_Q8` overrides the choice: `0` (float),
+/// `vnni`, `avx2` or `portable` (each only where the CPU runs it); by default the fastest
+/// SIMD kernel, and the float path where there is none.
+fn q8_kernel() -> Option<q8::Q8Kernel> {
+    static KERNEL: std::sync::OnceLock<Option<q8::Q8Kernel>> = std::sync::OnceLock::new();
+    *KERNEL.get_or_init(|| {
+        use q8::Q8Kernel::*;
+        let forced = match std::env::var("SHRINK_Q8").as_deref() {
+            Ok("0") => return None,
+            Ok("vnni") => Some(Vnni),
+            Ok("avx2") => Some(Avx2),
+            Ok("portable") => Some(Portable),
+            _ => None,
+        };
+        match forced {
+            Some(k) if k.is_available() => Some(k),
+            _ => Some(q8::Q8Kernel::detect()).filter(|&k| k != Portable),
+        }
+    })
 }
 
 /// A raw pointer that tasks writing disjoint elements may share.

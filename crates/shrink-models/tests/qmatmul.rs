@@ -40,14 +40,30 @@ fn dequantizes_exactly(q: Quantized, label: &str) -> (QuantMatmul, Vec<f32>) {
     (qm, t)
 }
 
+/// `x` as the int8 generation kernels see it: each block of 32 rounded to its absmax / 127
+/// grid (ggml's Q8_0).
+fn q8_rounded(x: &[f32]) -> Vec<f32> {
+    x.chunks(32)
+        .flat_map(|b| {
+            let d = b.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            b.iter().map(move |v| (v * id).round() * d)
+        })
+        .collect()
+}
+
 /// [`dequantizes_exactly`], and the product equals the dense GEMM on those values up to float
-/// summation order (column blocks run as separate GEMMs; a few tokens take row dot products).
+/// summation order (column blocks run as separate GEMMs; a few tokens take row dot products,
+/// with the activations rounded to int8 blocks where the layout has integer kernels).
 fn check(q: Quantized, label: &str) {
     let (qm, t) = dequantizes_exactly(q, label);
     let (n, k) = qm.shape();
     for m in [3, 40] {
-        let x = weights(m, k, 99);
+        let mut x = weights(m, k, 99);
         let y = qm.matmul(&x, m);
+        if qm.rounds_activations(m) {
+            x = q8_rounded(&x);
+        }
         let mut dense = vec![0f32; m * n];
         shrink_models::kernels::gemm_f32(&x, m, k, &t, n, &mut dense);
         let mag = dense.iter().fold(0f32, |a, v| a.max(v.abs()));
