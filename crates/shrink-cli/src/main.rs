@@ -106,10 +106,11 @@ fn main() -> ExitCode {
         shrink_models::runtime::tune_allocator();
     }
     // Pruned weights held sparse pay for one token at a time and cost for many (BENCHMARKS.md).
-    shrink_models::runtime::set_sparse_weights(matches!(
-        cli.command,
-        Command::Generate(_) | Command::Bench(_)
-    ));
+    let generation = matches!(cli.command, Command::Generate(_) | Command::Bench(_));
+    shrink_models::runtime::set_sparse_weights(generation);
+    // Integer weights meet int8 activations one token at a time, as in llama.cpp; evaluation
+    // and calibration keep float activations, so they measure the weights alone.
+    shrink_models::runtime::set_int8_activations(generation);
     let result = match cli.command {
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Convert(a) => commands::convert::run(a),

@@ -6,9 +6,11 @@
 //! dense model holding the dequantized weights, and memory holds the packed weights plus one
 //! layer's float32 weight at a time.
 //!
-//! A few tokens at a time (generation) with 4- or 8-bit integer codes: each token's
-//! activations are rounded to int8 blocks of 32 and multiplied against the packed codes in
-//! integers ([`q8`], as ggml's `vec_dot`), never materialising a float row.
+//! A few tokens at a time (generation) with 4- or 8-bit integer codes, when
+//! [`crate::runtime::int8_activations`] is on (the binary's `generate` and `bench`): each
+//! token's activations are rounded to int8 blocks of 32 and multiplied against the packed codes
+//! in integers ([`q8`], as ggml's `vec_dot`), never materialising a float row. Off, every
+//! product equals the float32 product with the dequantized weights (what `eval` measures).
 //!
 //! Int8 weights with int8 activations (LLM.int8(), dynamic int8): activations are quantized
 //! per token at run time and multiplied in integers ([`crate::int8_gemm`]); LLM.int8() sends
@@ -202,8 +204,8 @@ impl QuantMatmul {
     }
 
     /// Whether a product over `m` tokens rounds the activations to int8 blocks of 32
-    /// ([`q8`]: a few tokens, 4- or 8-bit integer codes in granules of 64k, a SIMD kernel
-    /// here) instead of multiplying in float32.
+    /// ([`q8`]: a few tokens, 4- or 8-bit integer codes in granules of 64k, int8 activations
+    /// on and a SIMD kernel here) instead of multiplying in float32.
     pub fn rounds_activations(&self, m: usize) -> bool {
         m <= FEW_TOKENS
             && q8_kernel().is_some()
@@ -648,26 +650,32 @@ fn lookup_nibbles(t: &[f32; 16], bytes: &[u8], out: &mut [f32], high_first: bool
     }
 }
 
-/// The kernel generation's integer-weight products use ([`q8`]), or `None` for the float path
-/// (dequantized rows dotted in float32). `SHRINK_Q8` overrides the choice: `0` (float),
-/// `vnni`, `avx2` or `portable` (each only where the CPU runs it); by default the fastest
-/// SIMD kernel, and the float path where there is none.
+/// The kernel a few tokens' integer-weight products use ([`q8`]), or `None` for the float path
+/// (dequantized rows dotted in float32): the fastest SIMD kernel this CPU runs when
+/// [`crate::runtime::int8_activations`] is on, else none. `SHRINK_Q8` overrides: `0` (float),
+/// `1` (the fastest), `vnni`, `avx2` or `portable` (each only where the CPU runs it).
 fn q8_kernel() -> Option<q8::Q8Kernel> {
-    static KERNEL: std::sync::OnceLock<Option<q8::Q8Kernel>> = std::sync::OnceLock::new();
-    *KERNEL.get_or_init(|| {
-        use q8::Q8Kernel::*;
-        let forced = match std::env::var("SHRINK_Q8").as_deref() {
-            Ok("0") => return None,
-            Ok("vnni") => Some(Vnni),
-            Ok("avx2") => Some(Avx2),
-            Ok("portable") => Some(Portable),
-            _ => None,
+    use q8::Q8Kernel::*;
+    static FORCED: std::sync::OnceLock<Option<Option<q8::Q8Kernel>>> = std::sync::OnceLock::new();
+    static FASTEST: std::sync::OnceLock<Option<q8::Q8Kernel>> = std::sync::OnceLock::new();
+    let fastest =
+        || *FASTEST.get_or_init(|| Some(q8::Q8Kernel::detect()).filter(|&k| k != Portable));
+    let forced = *FORCED.get_or_init(|| {
+        let k = match std::env::var("SHRINK_Q8").as_deref() {
+            Ok("0") => return Some(None),
+            Ok("1") => return Some(fastest()),
+            Ok("vnni") => Vnni,
+            Ok("avx2") => Avx2,
+            Ok("portable") => Portable,
+            _ => return None,
         };
-        match forced {
-            Some(k) if k.is_available() => Some(k),
-            _ => Some(q8::Q8Kernel::detect()).filter(|&k| k != Portable),
-        }
-    })
+        Some(Some(k).filter(|k| k.is_available()))
+    });
+    match forced {
+        Some(k) => k,
+        None if crate::runtime::int8_activations() => fastest(),
+        None => None,
+    }
 }
 
 /// A raw pointer that tasks writing disjoint elements may share.

@@ -36,3 +36,22 @@ pub fn sparse_weights() -> bool {
         _ => SPARSE.load(std::sync::atomic::Ordering::Relaxed),
     }
 }
+
+/// Whether generation rounds activations to int8 for integer weights ([`set_int8_activations`]).
+static INT8_ACTIVATIONS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Round each token's activations to int8 blocks of 32 in products of a few tokens with 4- or
+/// 8-bit integer weights, and multiply in integers (`qmatmul::q8`, as llama.cpp does for every
+/// quantized type): 2–3× the generation speed, at the cost of the activations' rounding (up to
+/// half a step of each block's absmax / 127 grid). Off by default, so every product equals the
+/// float32 product with the dequantized weights; the binary turns it on for `generate` and
+/// `bench` only, so `eval`, `compare` and calibration measure the weights alone.
+/// `SHRINK_Q8` overrides it (`0`, `1`, or a kernel: `vnni`, `avx2`, `portable`).
+pub fn set_int8_activations(on: bool) {
+    INT8_ACTIVATIONS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether [`set_int8_activations`] is on.
+pub fn int8_activations() -> bool {
+    INT8_ACTIVATIONS.load(std::sync::atomic::Ordering::Relaxed)
+}

@@ -6,7 +6,7 @@ use shrink_formats::int::{self, Granularity, IntSpec};
 use shrink_formats::int8_rowwise;
 use shrink_formats::nf4::{self, Fp4Kind, Nf4Spec};
 use shrink_io::quantized::Quantized;
-use shrink_models::qmatmul::QuantMatmul;
+use shrink_models::qmatmul::{q8, QuantMatmul};
 
 fn weights(n: usize, k: usize, seed: u32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(2_654_435_761).max(1);
@@ -78,6 +78,14 @@ fn check(q: Quantized, label: &str) {
 
 #[test]
 fn integers_every_width_and_granularity() {
+    // Float activations first (every product equal to the dense one), then int8 ones.
+    for int8 in [false, true] {
+        shrink_models::runtime::set_int8_activations(int8);
+        integers(int8);
+    }
+}
+
+fn integers(int8: bool) {
     for &(n, k) in &[(37, 64), (16, 192), (3, 128), (300, 576)] {
         let w = weights(n, k, (n * k) as u32);
         for bits in [2u8, 3, 4, 5, 6, 8] {
@@ -95,6 +103,12 @@ fn integers_every_width_and_granularity() {
                         scale_type: FloatType::F16,
                     };
                     let t = int::quantize(&w, n, k, spec).unwrap();
+                    let q = QuantMatmul::new(Quantized::Int(t.clone()));
+                    let fits =
+                        k % 64 == 0 && (bits == 4 || bits == 8) && gran != Granularity::Group(32);
+                    let kernel = q8::Q8Kernel::detect() != q8::Q8Kernel::Portable;
+                    assert_eq!(q.rounds_activations(3), int8 && fits && kernel);
+                    assert!(!q.rounds_activations(40));
                     check(Quantized::Int(t), &format!("{n}x{k} {}", spec.name()));
                 }
             }
