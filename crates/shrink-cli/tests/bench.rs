@@ -129,6 +129,88 @@ fn bench_measures_like_llama_bench_and_counts_the_bytes_a_token_reads() {
 }
 
 #[test]
+fn a_quantized_embedding_is_the_packed_head() {
+    let fx = fixture("tiny-llama");
+    let dir = tempfile::tempdir().unwrap();
+    let (q, dense) = (dir.path().join("q"), dir.path().join("dense"));
+    let r = shrink(&[
+        "quantize",
+        fx.to_str().unwrap(),
+        "--method",
+        "int",
+        "--bits",
+        "8",
+        "--group-size",
+        "32",
+        "--include",
+        "model.embed_tokens",
+        "--include",
+        "model.layers.*",
+        "-o",
+        q.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let v = run(&[
+        "bench",
+        q.to_str().unwrap(),
+        "-p",
+        "16",
+        "-n",
+        "8",
+        "-r",
+        "1",
+        "--no-bandwidth",
+        "--json",
+    ]);
+    // Codes as stored, scale and zero as float32 pairs; the head reads the packed embedding.
+    let bytes = std::fs::read(q.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut read = 64 * 4;
+    for (n, t) in st.tensors() {
+        read += if n.ends_with(".weight_scale") {
+            (t.data().len() / 2 * 8) as u64
+        } else if n.ends_with(".weight_zero_point") || n.ends_with(".weight_shape") {
+            0
+        } else {
+            t.data().len() as u64
+        };
+    }
+    assert!(st
+        .names()
+        .iter()
+        .any(|n| n.starts_with("model.embed_tokens.weight_")));
+    assert_eq!(v["bytes_per_token"].as_u64().unwrap(), read);
+    // The packed head computes what the float32 model holding the dequantized weights does.
+    let r = shrink(&[
+        "export",
+        q.to_str().unwrap(),
+        "--to",
+        "hf",
+        "--type",
+        "f32",
+        "-o",
+        dense.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let logits = |p: &Path| {
+        let m = shrink_models::Model::load(&shrink_io::Checkpoint::open(p).unwrap()).unwrap();
+        m.forward(&[1, 2, 3, 4, 5], None)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let (a, b) = (logits(&q), logits(&dense));
+    let mag = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let err = a
+        .iter()
+        .zip(&b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(err <= 1e-5 * mag, "{err} vs {mag}");
+}
+
+#[test]
 fn impossible_benchmarks_are_refused() {
     let fx = fixture("tiny-llama");
     let fx = fx.to_str().unwrap();

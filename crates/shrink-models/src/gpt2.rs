@@ -259,10 +259,11 @@ impl Gpt2 {
             .map(|l| Gpt2Block::load(&cfg, w, l))
             .collect::<Result<Vec<_>>>()?;
         let ln_f = w.layer_norm("transformer.ln_f", e)?;
-        let lm_head = match w.get_opt("lm_head.weight", &[cfg.vocab_size, e])? {
-            Some(h) => Linear::new(h, None)?,
-            None => Linear::tied(wte.clone())?,
-        };
+        let lm_head = w.head(
+            w.has("lm_head.weight").then_some("lm_head.weight"),
+            "transformer.wte.weight",
+            &wte,
+        )?;
         Ok(Gpt2 {
             cfg,
             wte,

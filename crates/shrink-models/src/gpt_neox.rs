@@ -272,10 +272,11 @@ impl Neox {
             .map(|l| NeoxLayer::load(&cfg, w, l))
             .collect::<Result<Vec<_>>>()?;
         let final_layer_norm = ln("gpt_neox.final_layer_norm")?;
-        let embed_out = match w.get_opt("embed_out.weight", &[cfg.vocab_size, h])? {
-            Some(o) => Linear::new(o, None)?,
-            None => Linear::tied(embed_in.clone())?,
-        };
+        let embed_out = w.head(
+            w.has("embed_out.weight").then_some("embed_out.weight"),
+            "gpt_neox.embed_in.weight",
+            &embed_in,
+        )?;
         Ok(Neox {
             cfg,
             embed_in,

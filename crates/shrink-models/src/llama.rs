@@ -270,11 +270,12 @@ impl Llama {
             .map(|l| LlamaLayer::load(&cfg, w, l))
             .collect::<Result<Vec<_>>>()?;
         let norm = w.get("model.norm.weight", &[h])?;
-        let lm_head = if !cfg.tie_word_embeddings && w.has("lm_head.weight") {
-            Linear::new(w.get("lm_head.weight", &[cfg.vocab_size, h])?, None)?
-        } else {
-            Linear::tied(embed_tokens.clone())?
-        };
+        let untied = !cfg.tie_word_embeddings && w.has("lm_head.weight");
+        let lm_head = w.head(
+            untied.then_some("lm_head.weight"),
+            "model.embed_tokens.weight",
+            &embed_tokens,
+        )?;
         Ok(Llama {
             cfg,
             embed_tokens,

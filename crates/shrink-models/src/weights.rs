@@ -203,6 +203,30 @@ impl<'a> WeightLoader<'a> {
         self.adapt(hf_name, crate::linear::Linear::new(w, bias()?)?)
     }
 
+    /// The LM head: the stored `head` weight when given (kept quantized if stored so), else the
+    /// embedding `embed_name` (`embed`, `[vocab, hidden]`) tied to it — multiplied in its packed
+    /// form when the checkpoint stores the embedding quantized (the float32 `embed` then only
+    /// serves lookups), else read in place as float32 rows.
+    pub fn head(
+        &self,
+        head: Option<&str>,
+        embed_name: &str,
+        embed: &Tensor,
+    ) -> Result<crate::linear::Linear> {
+        let (vocab, hidden) = embed.dims2()?;
+        if let Some(name) = head {
+            return self.linear(name, vocab, hidden, None);
+        }
+        if let (Checkpoint::Hf(h), Some(loc)) = (self.ckpt, self.locate(embed_name)) {
+            if let Some(q) = h.quantized(&loc.name)? {
+                if q.shape() == (vocab, hidden) {
+                    return Ok(crate::linear::Linear::quantized(q, None));
+                }
+            }
+        }
+        Ok(crate::linear::Linear::tied(embed.clone())?)
+    }
+
     /// Read `hf_name` if present.
     pub fn get_opt(&self, hf_name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
         if self.has(hf_name) {

@@ -32,6 +32,9 @@ use super::IntRows;
 pub const QK: usize = 32;
 /// Values a kernel step covers: two blocks.
 const STEP: usize = 2 * QK;
+/// Bytes ahead of the codes being read that the kernels ask the cache for.
+#[cfg(target_arch = "x86_64")]
+const PREFETCH: usize = 2048;
 
 /// Which inner loop computes the integer dot products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,11 +194,23 @@ fn portable(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
     acc - corr
 }
 
+/// Ask the cache for the codes [`PREFETCH`] bytes past `at` in `row`: the rows of a weight lie
+/// one after another, and the hardware prefetchers alone left the kernels at a third of the
+/// bandwidth a plain sum reaches (measured on SmolLM2's MLP shapes, 1 thread: 3.0 GB/s without,
+/// 8.4 GB/s at 2 KiB ahead, 10 GB/s with the weight in cache).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch(row: &[u8], at: usize) {
+    // SAFETY: a prefetch never faults, whatever the address; the pointer is never read.
+    unsafe { _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(at + PREFETCH) as *const i8) };
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn vnni(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
     let (mut acc, mut corr) = (_mm512_setzero_ps(), 0f32);
     let steps = t.glen / STEP;
+    let step_bytes = STEP * t.bits as usize / 8;
     let nib = _mm256_set1_epi8(15);
     for g in 0..k / t.glen {
         let (s, z) = t.granule(r, g * t.glen);
@@ -203,6 +218,7 @@ unsafe fn vnni(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
         corr += s * z * a.sums[g];
         let sv = _mm512_set1_ps(s);
         for st in g * steps..(g + 1) * steps {
+            prefetch(row, st * step_bytes);
             let w = if t.bits == 4 {
                 let p = _mm256_loadu_si256(row.as_ptr().add(st * 32) as *const __m256i);
                 let lo = _mm256_and_si256(p, nib);
@@ -225,6 +241,7 @@ unsafe fn vnni(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
 unsafe fn avx2(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
     let (mut acc, mut corr) = (_mm256_setzero_ps(), 0f32);
     let steps = t.glen / STEP;
+    let step_bytes = STEP * t.bits as usize / 8;
     let nib = _mm256_set1_epi8(15);
     let ones = _mm256_set1_epi16(1);
     for g in 0..k / t.glen {
@@ -233,6 +250,7 @@ unsafe fn avx2(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
         corr += s * z * a.sums[g];
         let sv = _mm256_set1_ps(s);
         for st in g * steps..(g + 1) * steps {
+            prefetch(row, st * step_bytes);
             let xp = a.q.as_ptr().add(st * STEP);
             if t.bits == 4 {
                 // Lanes 0–3 of each product belong to block 0, 4–7 to block 1 (the first 8
