@@ -4,9 +4,10 @@
 # perplexity run of 8 windows of 512 tokens (llama-perplexity against shrink eval).
 #
 # Files: SmolLM2 exported by shrink to GGUF F32, Q8_0, Q4_0, Q4_K_M (exports llama.cpp's own
-# reader and converter agree with, scripts/compare-llamacpp.sh); shrink's own int4 g64 and
+# reader and converter agree with, scripts/compare-llamacpp.sh); shrink's own int4 g64 (decoder
+# Linears), int4 / int8 g64 with the embedding (the tied head) quantized too (int4e, int8e) and
 # NF4 + double quant checkpoints (shrink bench only: llama.cpp cannot read them; compared with
-# its Q4_0). Each test: 5 repetitions, 2 threads, pp512 and tg128, as llama-bench's defaults.
+# its Q4_0 and Q8_0). Each test: 5 repetitions, 2 threads, pp512 and tg128, as llama-bench's defaults.
 # Not part of CI (it builds llama-bench and llama-perplexity from source, ~10 min on 2 cores).
 #
 # Usage: scripts/bench-speed.sh [WORK]   (THREADS=2 REPS=5 override; results in WORK/speed.tsv)
@@ -28,12 +29,18 @@ for t in f32 q8_0 q4_0 q4_k_m; do
 done
 [ -d "$work/int4" ] || "$bin" quantize "$work/f32" --method int --bits 4 --group-size 64 -o "$work/int4" >/dev/null
 [ -d "$work/nf4dq" ] || "$bin" quantize "$work/f32" --method nf4 --double-quant -o "$work/nf4dq" >/dev/null
+# The embedding quantized too (it is also the tied head, read whole for every token), as
+# llama.cpp's Q4_0 and Q8_0 files store theirs.
+for b in 4 8; do
+  [ -d "$work/int${b}e" ] || "$bin" quantize "$work/f32" --method int --bits "$b" --group-size 64 \
+    --include model.embed_tokens --include 'model.layers.*' -o "$work/int${b}e" >/dev/null
+done
 lscpu | grep -E "Model name|^CPU\(s\)|Flags" | sed 's/Flags:.*\(avx512_vnni\).*/Flags: ... \1 .../' | head -3
 out="$work/speed.tsv"
 printf 'model\ttool\ttest\tavg_ts\tstddev_ts\tbytes_per_token\tbandwidth_GBps\tshare_of_limit\n' > "$out"
 bw=""
 row() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >> "$out"; }
-for m in f32.gguf q8_0.gguf q4_0.gguf q4_k_m.gguf int4 nf4dq; do
+for m in f32.gguf q8_0.gguf q4_0.gguf q4_k_m.gguf int4 int4e int8e nf4dq; do
   f="$work/$m"
   j=$("$bin" bench "$f" -p 512 -n 128 -r "$reps" -t "$threads" --json 2>/dev/null)
   read -r bpt bw_s pp pps tg tgs share < <(python3 -c '
@@ -48,7 +55,7 @@ print(v["bytes_per_token"], v["limit"]["bandwidth_bytes_per_s"], r["pp512"]["avg
   case $m in *.gguf) ;; *) continue ;; esac
   # llama.cpp reads every tensor of the file once per token (SmolLM2's head is its tied
   # token_embd), so its bytes per token are the model size llama-bench reports.
-  lj=$("$lc/build/bin/llama-bench" -m "$f" -p 512 -n 128 -r "$reps" -t "$threads" -o json 2>/dev/null)
+  lj=$("$lcbin/llama-bench" -m "$f" -p 512 -n 128 -r "$reps" -t "$threads" -o json 2>/dev/null)
   python3 -c '
 import json, sys
 m, bw = sys.argv[1], float(sys.argv[2])
@@ -61,7 +68,7 @@ done
 # Prompt processing as a perplexity run: 8 windows of 512 tokens, whole command timed.
 t() { /usr/bin/time -f %e "$@" 2>&1 >/dev/null | tail -n1; }
 for m in f32 q4_0 q4_k_m; do
-  ls=$(t "$lc/build/bin/llama-perplexity" -m "$work/$m.gguf" -f assets/lee_background.cor -c 512 -b 512 --chunks 8 -t "$threads")
+  ls=$(t "$lcbin/llama-perplexity" -m "$work/$m.gguf" -f assets/lee_background.cor -c 512 -b 512 --chunks 8 -t "$threads")
   ss=$(RAYON_NUM_THREADS=$threads t "$bin" eval "$work/$m.gguf" --text assets/lee_background.cor --max-windows 8)
   row "$m.gguf" llama.cpp ppl8x512_s "$ls" - - - -
   row "$m.gguf" shrink ppl8x512_s "$ss" - - - -

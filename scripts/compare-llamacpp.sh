@@ -67,16 +67,16 @@ done
 echo "== llama.cpp llama-perplexity (8 chunks of 512 tokens of the Lee corpus) on SmolLM2"
 "$bin" export "$work/smollm2" --to gguf --type f16 -o "$work/shrink-f16.gguf" >/dev/null
 "$bin" export "$work/smollm2" --to gguf --type q4_k_m -o "$work/shrink-q4_k_m.gguf" >/dev/null
-"$lc/build/bin/llama-quantize" "$work/smollm2-llamacpp.gguf" "$work/llamacpp-q4_k_m.gguf" Q4_K_M 2 >/dev/null 2>&1
+"$lcbin/llama-quantize" "$work/smollm2-llamacpp.gguf" "$work/llamacpp-q4_k_m.gguf" Q4_K_M 2 >/dev/null 2>&1
 for f in shrink-f16 shrink-q4_k_m llamacpp-q4_k_m; do
-  r=$("$lc/build/bin/llama-perplexity" -m "$work/$f.gguf" -f assets/lee_background.cor -c 512 -b 512 \
+  r=$("$lcbin/llama-perplexity" -m "$work/$f.gguf" -f assets/lee_background.cor -c 512 -b 512 \
       --chunks 8 -t 2 2>&1 | grep -o 'Final estimate: PPL = [0-9.]* +/- [0-9.]*' || echo "FAILED to run")
   echo "$f: $r"
 done
 echo "== llama-perplexity on each fixture's F32 export (4 chunks of 64 tokens)"
 head -c 20000 assets/lee_background.cor > "$work/short.txt"
 for m in llama mistral qwen2 gpt2 gpt_neox; do
-  r=$("$lc/build/bin/llama-perplexity" -m "$work/$m-shrink.gguf" -f "$work/short.txt" -c 64 -b 64 \
+  r=$("$lcbin/llama-perplexity" -m "$work/$m-shrink.gguf" -f "$work/short.txt" -c 64 -b 64 \
       --chunks 4 -t 2 2>&1 | grep -o 'Final estimate: PPL = [0-9.]*' || echo "FAILED to load/run")
   echo "$m (shrink export): $r"
 done
@@ -86,7 +86,7 @@ for i in 1 2 3; do
   echo "run $i: shrink export f16 [$(t "$bin" export "$work/smollm2" --to gguf --type f16 -o "$work/a-$i.gguf")]" \
     "convert_hf_to_gguf.py f16 [$(t "$py" "$lc/convert_hf_to_gguf.py" "$work/smollm2" --outtype f16 --outfile "$work/b-$i.gguf")]" \
     "shrink export q4_k_m [$(t "$bin" export "$work/smollm2" --to gguf --type q4_k_m -o "$work/c-$i.gguf")]" \
-    "llama-quantize f16 -> q4_k_m [$(t "$lc/build/bin/llama-quantize" "$work/b-$i.gguf" "$work/d-$i.gguf" Q4_K_M 2)]"
+    "llama-quantize f16 -> q4_k_m [$(t "$lcbin/llama-quantize" "$work/b-$i.gguf" "$work/d-$i.gguf" Q4_K_M 2)]"
   rm -f "$work"/[abcd]-"$i".gguf
 done
 exit $status
