@@ -146,13 +146,19 @@ impl Model {
 
     /// Logits of the last of `ids` only, continuing from `cache` when given (and extending
     /// it): what generation needs, without the head's product for every other position.
+    ///
+    /// The pass runs on one of rayon's worker threads (the caller waits), so its many parallel
+    /// products (about 200 a token on SmolLM2) share out their work among the workers without
+    /// each being handed over from an outside thread and back.
     pub fn last_logits(&self, ids: &[u32], cache: Option<&mut KvCache>) -> Result<Vec<f32>> {
-        let h = self.hidden(ids, cache)?;
-        let t = h.dim(0)?;
-        Ok(self
-            .head(&h.narrow(0, t - 1, 1)?)?
-            .flatten_all()?
-            .to_vec1()?)
+        rayon::scope(|_| {
+            let h = self.hidden(ids, cache)?;
+            let t = h.dim(0)?;
+            Ok(self
+                .head(&h.narrow(0, t - 1, 1)?)?
+                .flatten_all()?
+                .to_vec1()?)
+        })
     }
 
     /// Bytes of weights one generated token reads from memory: every linear layer as held
