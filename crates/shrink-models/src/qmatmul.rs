@@ -497,6 +497,27 @@ impl QuantMatmul {
                 return;
             }
         }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(fast) = self
+            .avx512_rows()
+            .filter(|r| avx512::available() && r.fits(k))
+        {
+            (0..n.div_ceil(ROWS)).into_par_iter().for_each_init(
+                || vec![0f32; m],
+                |ys, b| {
+                    for r in b * ROWS..((b + 1) * ROWS).min(n) {
+                        // SAFETY: AVX-512 was detected and the layout fits; x is [m, k].
+                        unsafe { avx512::dot_rows(&fast, r, k, x, ys) };
+                        for (i, &v) in ys.iter().enumerate() {
+                            // SAFETY: element (i, r) of y ([m, n]) is written by the task
+                            // owning row r only.
+                            unsafe { *base.get().add(i * n + r) = v };
+                        }
+                    }
+                },
+            );
+            return;
+        }
         (0..n.div_ceil(ROWS)).into_par_iter().for_each_init(
             || vec![0f32; k],
             |buf, b| {

@@ -118,6 +118,35 @@ pub(super) unsafe fn block16(rows: &Rows, k: usize, r0: usize, out: *mut f32, ld
     }
 }
 
+/// Row `r` (all of `0..k`) dotted with each of the tokens `x` (`[m, k]`), decoded 16 values at a
+/// time in registers and multiplied in float32: the product of a few tokens without writing the
+/// row out first (the float path of generation: NF4/FP4, or integers with float activations).
+/// Equal to the dequantized row's float dot product up to summation order.
+///
+/// # Safety
+/// The CPU supports AVX-512F/BW ([`available`]); `rows.fits(k)`; `x.len()` is a multiple of `k`
+/// and `y` holds one value per token.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn dot_rows(rows: &Rows, r: usize, k: usize, x: &[f32], y: &mut [f32]) {
+    let m = x.len() / k;
+    // Up to 8 tokens (FEW_TOKENS) share each decoded run of 16 weights.
+    let mut acc = [_mm512_setzero_ps(); 8];
+    for base in (0..m).step_by(8) {
+        let n = (m - base).min(8);
+        acc[..n].fill(_mm512_setzero_ps());
+        for c in (0..k).step_by(16) {
+            let w = rows.row16(r, c);
+            for (i, a) in acc[..n].iter_mut().enumerate() {
+                let xi = _mm512_loadu_ps(x.as_ptr().add((base + i) * k + c));
+                *a = _mm512_fmadd_ps(w, xi, *a);
+            }
+        }
+        for (i, a) in acc[..n].iter().enumerate() {
+            y[base + i] = _mm512_reduce_add_ps(*a);
+        }
+    }
+}
+
 /// Transpose a 16 × 16 float matrix held in 16 registers (row i → register i).
 #[inline]
 #[target_feature(enable = "avx512f")]
