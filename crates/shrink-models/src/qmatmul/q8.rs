@@ -75,9 +75,11 @@ impl Q8Kernel {
 }
 
 /// Whether `t` (a `[n, k]` weight) has a layout the kernels here read: 4- or 8-bit codes,
-/// rows and granules whole multiples of 64 values.
+/// rows a whole multiple of 64 values, granules of 32 (ggml's blocks) or a multiple of 64.
 pub(super) fn fits(t: &IntRows, k: usize) -> bool {
-    (t.bits == 4 || t.bits == 8) && k.is_multiple_of(STEP) && t.glen.is_multiple_of(STEP)
+    (t.bits == 4 || t.bits == 8)
+        && k.is_multiple_of(STEP)
+        && (t.glen == QK || t.glen.is_multiple_of(STEP))
 }
 
 /// One token's activations quantized to int8 blocks, in the order the kernels for `bits` read.
@@ -98,7 +100,7 @@ impl Q8Act {
     /// `x` quantized for rows of `bits`-bit codes in granules of `glen` values.
     pub fn new(x: &[f32], bits: u8, glen: usize) -> Self {
         let k = x.len();
-        debug_assert!(k.is_multiple_of(STEP) && glen.is_multiple_of(STEP));
+        debug_assert!(k.is_multiple_of(STEP) && (glen == QK || glen.is_multiple_of(STEP)));
         let mut q = vec![0i8; k];
         let mut d = vec![0f32; k / QK];
         let mut bsum = vec![0i32; k / QK];
@@ -205,33 +207,47 @@ fn prefetch(row: &[u8], at: usize) {
     unsafe { _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(at + PREFETCH) as *const i8) };
 }
 
+/// The scales of the two blocks of step `st` (one granule, or two of 32), adding the zero-point
+/// term `s_g · z_g · A_g` of each granule that starts in the step to `corr`.
+#[inline(always)]
+fn step_scales(t: &IntRows, r: usize, st: usize, a: &Q8Act, corr: &mut f32) -> (f32, f32) {
+    let c0 = st * STEP;
+    let (s0, z0) = t.granule(r, c0);
+    if t.glen == QK {
+        let (s1, z1) = t.granule(r, c0 + QK);
+        *corr += s0 * z0 * a.sums[c0 / QK] + s1 * z1 * a.sums[c0 / QK + 1];
+        return (s0, s1);
+    }
+    if c0.is_multiple_of(t.glen) {
+        *corr += s0 * z0 * a.sums[c0 / t.glen];
+    }
+    (s0, s0)
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn vnni(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
     let (mut acc, mut corr) = (_mm512_setzero_ps(), 0f32);
-    let steps = t.glen / STEP;
     let step_bytes = STEP * t.bits as usize / 8;
     let nib = _mm256_set1_epi8(15);
-    for g in 0..k / t.glen {
-        let (s, z) = t.granule(r, g * t.glen);
-        // The zero-point term s_g · z_g · A_g.
-        corr += s * z * a.sums[g];
-        let sv = _mm512_set1_ps(s);
-        for st in g * steps..(g + 1) * steps {
-            prefetch(row, st * step_bytes);
-            let w = if t.bits == 4 {
-                let p = _mm256_loadu_si256(row.as_ptr().add(st * 32) as *const __m256i);
-                let lo = _mm256_and_si256(p, nib);
-                let hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), nib);
-                _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)
-            } else {
-                _mm512_loadu_si512(row.as_ptr().add(st * STEP) as *const _)
-            };
-            let x = _mm512_loadu_si512(a.q.as_ptr().add(st * STEP) as *const _);
-            let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x);
-            let d = _mm512_mul_ps(_mm512_loadu_ps(a.lanes.as_ptr().add(st * 16)), sv);
-            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), d, acc);
-        }
+    // The lanes holding block 1 of a step (see `Q8Act::lanes`).
+    let second: __mmask16 = if t.bits == 4 { 0xF0F0 } else { 0xFF00 };
+    for st in 0..k / STEP {
+        prefetch(row, st * step_bytes);
+        let (s0, s1) = step_scales(t, r, st, a, &mut corr);
+        let sv = _mm512_mask_blend_ps(second, _mm512_set1_ps(s0), _mm512_set1_ps(s1));
+        let w = if t.bits == 4 {
+            let p = _mm256_loadu_si256(row.as_ptr().add(st * 32) as *const __m256i);
+            let lo = _mm256_and_si256(p, nib);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), nib);
+            _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)
+        } else {
+            _mm512_loadu_si512(row.as_ptr().add(st * STEP) as *const _)
+        };
+        let x = _mm512_loadu_si512(a.q.as_ptr().add(st * STEP) as *const _);
+        let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x);
+        let d = _mm512_mul_ps(_mm512_loadu_ps(a.lanes.as_ptr().add(st * 16)), sv);
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), d, acc);
     }
     _mm512_reduce_add_ps(acc) - corr
 }
@@ -240,47 +256,42 @@ unsafe fn vnni(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn avx2(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
     let (mut acc, mut corr) = (_mm256_setzero_ps(), 0f32);
-    let steps = t.glen / STEP;
     let step_bytes = STEP * t.bits as usize / 8;
     let nib = _mm256_set1_epi8(15);
     let ones = _mm256_set1_epi16(1);
-    for g in 0..k / t.glen {
-        let (s, z) = t.granule(r, g * t.glen);
-        // The zero-point term s_g · z_g · A_g.
-        corr += s * z * a.sums[g];
-        let sv = _mm256_set1_ps(s);
-        for st in g * steps..(g + 1) * steps {
-            prefetch(row, st * step_bytes);
-            let xp = a.q.as_ptr().add(st * STEP);
-            if t.bits == 4 {
-                // Lanes 0–3 of each product belong to block 0, 4–7 to block 1 (the first 8
-                // lane scales of the step).
-                let p = _mm256_loadu_si256(row.as_ptr().add(st * 32) as *const __m256i);
-                let lo = _mm256_and_si256(p, nib);
-                let hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), nib);
-                // u8 ≤ 15 times i8: pairs sum to at most 3,810, no i16 saturation.
-                let xl = _mm256_loadu_si256(xp as *const __m256i);
-                let xh = _mm256_loadu_si256(xp.add(32) as *const __m256i);
-                let dl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xl), ones);
-                let dh = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xh), ones);
-                let dot = _mm256_add_epi32(dl, dh);
-                let d = _mm256_mul_ps(_mm256_loadu_ps(a.lanes.as_ptr().add(st * 16)), sv);
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), d, acc);
-            } else {
-                // 8-bit codes up to 255 would saturate vpmaddubsw's i16 pairs: widen to i16.
-                for b in 0..2 {
-                    let mut dot = _mm256_setzero_si256();
-                    for h in 0..2 {
-                        let o = b * QK + h * 16;
-                        let w = _mm256_cvtepu8_epi16(_mm_loadu_si128(
-                            row.as_ptr().add(st * STEP + o) as *const __m128i,
-                        ));
-                        let x = _mm256_cvtepi8_epi16(_mm_loadu_si128(xp.add(o) as *const __m128i));
-                        dot = _mm256_add_epi32(dot, _mm256_madd_epi16(w, x));
-                    }
-                    let d = _mm256_set1_ps(a.d[2 * st + b] * s);
-                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), d, acc);
+    for st in 0..k / STEP {
+        prefetch(row, st * step_bytes);
+        let (s0, s1) = step_scales(t, r, st, a, &mut corr);
+        let xp = a.q.as_ptr().add(st * STEP);
+        if t.bits == 4 {
+            // Lanes 0–3 of each product belong to block 0, 4–7 to block 1 (the first 8
+            // lane scales of the step).
+            let p = _mm256_loadu_si256(row.as_ptr().add(st * 32) as *const __m256i);
+            let lo = _mm256_and_si256(p, nib);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), nib);
+            // u8 ≤ 15 times i8: pairs sum to at most 3,810, no i16 saturation.
+            let xl = _mm256_loadu_si256(xp as *const __m256i);
+            let xh = _mm256_loadu_si256(xp.add(32) as *const __m256i);
+            let dl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xl), ones);
+            let dh = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xh), ones);
+            let dot = _mm256_add_epi32(dl, dh);
+            let sv = _mm256_blend_ps::<0b1111_0000>(_mm256_set1_ps(s0), _mm256_set1_ps(s1));
+            let d = _mm256_mul_ps(_mm256_loadu_ps(a.lanes.as_ptr().add(st * 16)), sv);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), d, acc);
+        } else {
+            // 8-bit codes up to 255 would saturate vpmaddubsw's i16 pairs: widen to i16.
+            for (b, s) in [s0, s1].into_iter().enumerate() {
+                let mut dot = _mm256_setzero_si256();
+                for h in 0..2 {
+                    let o = b * QK + h * 16;
+                    let w = _mm256_cvtepu8_epi16(_mm_loadu_si128(
+                        row.as_ptr().add(st * STEP + o) as *const __m128i
+                    ));
+                    let x = _mm256_cvtepi8_epi16(_mm_loadu_si128(xp.add(o) as *const __m128i));
+                    dot = _mm256_add_epi32(dot, _mm256_madd_epi16(w, x));
                 }
+                let d = _mm256_set1_ps(a.d[2 * st + b] * s);
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), d, acc);
             }
         }
     }
@@ -366,7 +377,10 @@ mod tests {
             (4, 576, 64, true),
             (4, 1536, 128, false),
             (4, 640, 640, true),
+            (4, 576, 32, true),
+            (4, 128, 32, false),
             (8, 576, 64, true),
+            (8, 192, 32, true),
             (8, 128, 128, false),
         ] {
             let n = 7;
@@ -410,7 +424,9 @@ mod tests {
     #[test]
     fn layouts_that_do_not_fit_are_refused() {
         assert!(fits(&rows(4, 1, 128, 64, true, 1), 128));
+        assert!(fits(&rows(4, 1, 128, 32, true, 1), 128));
         assert!(!fits(&rows(4, 1, 96, 32, true, 1), 96));
+        assert!(!fits(&rows(4, 1, 192, 96, true, 1), 192));
         assert!(!fits(&rows(4, 1, 128, 16, true, 1), 128));
         let mut t = rows(4, 1, 128, 64, true, 1);
         t.bits = 3;
