@@ -211,6 +211,82 @@ fn a_quantized_embedding_is_the_packed_head() {
 }
 
 #[test]
+fn gguf_q4_0_and_q8_0_run_packed_and_exact() {
+    use shrink_formats::ggml::GgmlType;
+    let dir = tempfile::tempdir().unwrap();
+    let fx = common::tiny_llama_with_tokenizer(dir.path());
+    for ty in ["q4_0", "q8_0"] {
+        let gguf = dir.path().join(format!("{ty}.gguf"));
+        let dense = dir.path().join(format!("{ty}-f32"));
+        let r = shrink(&[
+            "export",
+            fx.to_str().unwrap(),
+            "--to",
+            "gguf",
+            "--type",
+            ty,
+            "-o",
+            gguf.to_str().unwrap(),
+        ]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let r = shrink(&[
+            "convert",
+            gguf.to_str().unwrap(),
+            "--dtype",
+            "f32",
+            "-o",
+            dense.to_str().unwrap(),
+        ]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        // Q4_0 / Q8_0 tensors are read as their codes plus a float32 scale per 32 values;
+        // every other tensor as float32; the tied head reads the embedding, plus one row.
+        let g = shrink_io::GgufFile::open(&gguf).unwrap();
+        let mut read = 64 * 4;
+        let mut packed = 0;
+        for t in &g.tensors {
+            let n = t.elements();
+            read += match t.ty {
+                GgmlType::Q4_0 => n / 2 + n / 32 * 4,
+                GgmlType::Q8_0 => n + n / 32 * 4,
+                _ => n * 4,
+            };
+            packed += matches!(t.ty, GgmlType::Q4_0 | GgmlType::Q8_0) as usize;
+        }
+        assert!(packed >= 14, "{ty}: {packed} packed tensors");
+        let v = run(&[
+            "bench",
+            gguf.to_str().unwrap(),
+            "-p",
+            "8",
+            "-n",
+            "4",
+            "-r",
+            "1",
+            "--no-bandwidth",
+            "--json",
+        ]);
+        assert_eq!(v["bytes_per_token"].as_u64().unwrap(), read, "{ty}");
+        // The packed model computes what its float32 conversion does.
+        let logits = |p: &Path| {
+            let m = shrink_models::Model::load(&shrink_io::Checkpoint::open(p).unwrap()).unwrap();
+            m.forward(&[1, 2, 3, 4, 5], None)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let (a, b) = (logits(&gguf), logits(&dense));
+        let mag = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(err <= 1e-5 * mag, "{ty}: {err} vs {mag}");
+    }
+}
+
+#[test]
 fn impossible_benchmarks_are_refused() {
     let fx = fixture("tiny-llama");
     let fx = fx.to_str().unwrap();

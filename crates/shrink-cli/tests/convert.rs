@@ -104,7 +104,10 @@ fn gguf_to_hf_f32_is_lossless_and_runs_identically() {
         "--json",
     ]);
     assert_eq!(v["footprint_after_bytes"].as_u64().unwrap(), 538_060_032);
-    assert_eq!(v["logits_max_abs_diff"].as_f64().unwrap(), 0.0);
+    // The GGUF's Q8_0 embedding runs as the packed head (same values, another summation order
+    // than the float32 copy's GEMM); the weights themselves are compared bit for bit below.
+    let d = v["logits_max_abs_diff"].as_f64().unwrap();
+    assert!(d < 1e-4, "{d}");
     let g = Checkpoint::open(gguf()).unwrap();
     let h = Checkpoint::open(&out).unwrap();
     let cfg = ModelConfig::from_checkpoint(&g).unwrap();
@@ -161,7 +164,12 @@ fn gguf_to_hf_f32_is_lossless_and_runs_identically() {
         .unwrap()
         .to_vec1()
         .unwrap();
-    assert!(la == lb);
+    // Equal up to the packed head's summation order (see above).
+    let err = la
+        .iter()
+        .zip(&lb)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(err < 1e-4, "{err}");
 }
 
 #[test]

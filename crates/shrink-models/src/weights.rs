@@ -196,6 +196,10 @@ impl<'a> WeightLoader<'a> {
                 }
             }
         }
+        if let Some(t) = self.gguf_int(hf_name, out, inp)? {
+            let q = shrink_io::quantized::Quantized::Int(t);
+            return self.adapt(hf_name, crate::linear::Linear::quantized(q, bias()?));
+        }
         let w = self.get(hf_name, &[out, inp])?;
         if let Some(l) = crate::linear::Linear::sparse(&w, bias()?)? {
             return self.adapt(hf_name, l);
@@ -205,8 +209,9 @@ impl<'a> WeightLoader<'a> {
 
     /// The LM head: the stored `head` weight when given (kept quantized if stored so), else the
     /// embedding `embed_name` (`embed`, `[vocab, hidden]`) tied to it — multiplied in its packed
-    /// form when the checkpoint stores the embedding quantized (the float32 `embed` then only
-    /// serves lookups), else read in place as float32 rows.
+    /// form when the checkpoint stores the embedding quantized (a quantized HF layout, or a GGUF
+    /// Q4_0/Q8_0; the float32 `embed` then only serves lookups), else read in place as float32
+    /// rows.
     pub fn head(
         &self,
         head: Option<&str>,
@@ -224,7 +229,47 @@ impl<'a> WeightLoader<'a> {
                 }
             }
         }
+        if let Some(t) = self.gguf_int(embed_name, vocab, hidden)? {
+            let q = shrink_io::quantized::Quantized::Int(t);
+            return Ok(crate::linear::Linear::quantized(q, None));
+        }
         Ok(crate::linear::Linear::tied(embed.clone())?)
+    }
+
+    /// A GGUF weight stored as Q4_0 or Q8_0, `[out, inp]`, as the integer codes it is
+    /// ([`shrink_formats::ggml::to_int_tensor`], lossless; Llama's Q/K rows put back in
+    /// transformers' order), so it is multiplied packed; `None` for other types and files.
+    fn gguf_int(
+        &self,
+        hf_name: &str,
+        out: usize,
+        inp: usize,
+    ) -> Result<Option<shrink_formats::int::IntTensor>> {
+        let (Checkpoint::Gguf(g), Some(loc)) = (self.ckpt, self.locate(hf_name)) else {
+            return Ok(None);
+        };
+        let Some(info) = g.tensor(&loc.name) else {
+            return Ok(None);
+        };
+        if loc.qkv_heads.is_some() || info.shape() != [out, inp] {
+            return Ok(None);
+        }
+        let t = shrink_formats::ggml::to_int_tensor(info.ty, g.tensor_bytes(info), out, inp)
+            .map_err(|e| {
+                ModelError::Io(shrink_io::IoError::malformed(
+                    g.path(),
+                    format!("tensor {}: {e}", loc.name),
+                ))
+            })?;
+        g.release(info);
+        let Some(mut t) = t else { return Ok(None) };
+        if let Some(heads) = loc.unpermute_heads {
+            let scales_per_row = t.scales.len() / out;
+            let row_bytes = t.packed.len() / out;
+            t.packed = move_rows(&t.packed, row_bytes, qk_row_pairs(out, heads));
+            t.scales = move_rows(&t.scales, scales_per_row, qk_row_pairs(out, heads));
+        }
+        Ok(Some(t))
     }
 
     /// Read `hf_name` if present.
@@ -251,8 +296,12 @@ fn qk_row_pairs(rows: usize, heads: usize) -> impl Iterator<Item = (usize, usize
 }
 
 /// Copy whole rows of `cols` values from `src` to `dst` by (destination row, source row) pairs.
-fn move_rows(src: &[f32], cols: usize, pairs: impl Iterator<Item = (usize, usize)>) -> Vec<f32> {
-    let mut out = vec![0f32; src.len()];
+fn move_rows<T: Copy + Default>(
+    src: &[T],
+    cols: usize,
+    pairs: impl Iterator<Item = (usize, usize)>,
+) -> Vec<T> {
+    let mut out = vec![T::default(); src.len()];
     for (to, from) in pairs {
         out[to * cols..(to + 1) * cols].copy_from_slice(&src[from * cols..(from + 1) * cols]);
     }

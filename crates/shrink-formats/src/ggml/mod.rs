@@ -726,9 +726,94 @@ fn f16_le(b: [u8; 2]) -> f32 {
     half::f16::from_le_bytes(b).to_f32()
 }
 
+/// A Q4_0 or Q8_0 tensor (`rows` rows of `cols` values, `data` its blocks) as shrink's
+/// symmetric integer codes with one float16 scale per 32 values, losslessly: Q4_0's
+/// `(q − 8)·d` and Q8_0's `q·d` are [`crate::int`]'s `(code − offset)·scale` with offsets 8 and
+/// 128, the scales the blocks' own `d` bytes; only Q4_0's nibble order changes (ggml: element
+/// `j` low and `j + 16` high in byte `j`; shrink: `2j` low and `2j + 1` high). The other types
+/// return `None` (their dequantized values do not have this form).
+pub fn to_int_tensor(
+    ty: GgmlType,
+    data: &[u8],
+    rows: usize,
+    cols: usize,
+) -> Result<Option<crate::int::IntTensor>, FormatError> {
+    use crate::int::{Granularity, IntSpec, IntTensor};
+    let bits = match ty {
+        GgmlType::Q4_0 => 4,
+        GgmlType::Q8_0 => 8,
+        _ => return Ok(None),
+    };
+    let block = ty.type_size();
+    if !cols.is_multiple_of(QK4_0) {
+        return Err(FormatError::NotBlockAligned {
+            format: ty.name(),
+            elements: cols,
+            block: QK4_0,
+        });
+    }
+    let blocks = rows * cols / QK4_0;
+    if data.len() != blocks * block {
+        return Err(FormatError::WrongByteCount {
+            format: ty.name(),
+            elements: rows * cols,
+            expected: blocks * block,
+            actual: data.len(),
+        });
+    }
+    let spec = IntSpec {
+        bits,
+        symmetric: true,
+        granularity: Granularity::Group(QK4_0),
+        scale_type: FloatType::F16,
+    };
+    let mut scales = Vec::with_capacity(blocks * 2);
+    let mut packed = Vec::with_capacity(blocks * QK4_0 * bits as usize / 8);
+    for b in data.chunks_exact(block) {
+        scales.extend_from_slice(&b[..2]);
+        let qs = &b[2..];
+        if bits == 4 {
+            // Element e of the block: byte e % 16, low nibble for e < 16.
+            let code = |e: usize| if e < 16 { qs[e] & 15 } else { qs[e - 16] >> 4 };
+            packed.extend((0..16).map(|j| code(2 * j) | (code(2 * j + 1) << 4)));
+        } else {
+            packed.extend(qs.iter().map(|&q| (q as i8 as i16 + 128) as u8));
+        }
+    }
+    Ok(Some(IntTensor {
+        spec,
+        rows,
+        cols,
+        packed,
+        scales,
+        zeros: None,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn q4_0_and_q8_0_become_integer_codes_exactly() {
+        let (rows, cols) = (3, 64);
+        let x: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
+            let mut q = vec![0u8; rows * cols / 32 * ty.type_size()];
+            quantize(ty, &x, &mut q).unwrap();
+            let mut want = vec![0f32; x.len()];
+            dequantize(ty, &q, &mut want).unwrap();
+            let t = to_int_tensor(ty, &q, rows, cols).unwrap().unwrap();
+            for (a, b) in t.dequantize().iter().zip(&want) {
+                assert_eq!(a.to_bits(), b.to_bits(), "{}", ty.name());
+            }
+        }
+        assert!(to_int_tensor(GgmlType::Q4_1, &[], 1, 32).unwrap().is_none());
+        assert!(to_int_tensor(GgmlType::Q4_0, &[0; 17], 1, 32).is_err());
+        assert!(to_int_tensor(GgmlType::Q8_0, &[0; 34], 1, 16).is_err());
+    }
 
     #[test]
     fn ids_round_trip_and_are_unique() {
