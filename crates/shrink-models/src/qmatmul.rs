@@ -204,7 +204,7 @@ impl QuantMatmul {
     }
 
     /// Whether a product over `m` tokens rounds the activations to int8 blocks of 32
-    /// ([`q8`]: a few tokens, 4- or 8-bit integer codes in granules of 64k, int8 activations
+    /// ([`q8`]: a few tokens, 4- or 8-bit integer codes in granules of 32 or 64k, int8 activations
     /// on and a SIMD kernel here) instead of multiplying in float32.
     pub fn rounds_activations(&self, m: usize) -> bool {
         m <= FEW_TOKENS
