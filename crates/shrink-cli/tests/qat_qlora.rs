@@ -301,6 +301,12 @@ fn block_ap_then_e2e_qp_from_the_command_line() {
     ]);
     assert_eq!(r["method"], "block-ap-w2g16-asym");
     assert_eq!(r["calibration"]["samples"], 8);
+    // The run's time counts the training before the writing.
+    let train = r["block_ap"]["train_seconds"].as_f64().unwrap();
+    let write = r["read_and_quantize_seconds"].as_f64().unwrap();
+    assert!(train > 0.0);
+    assert!(r["seconds"].as_f64().unwrap() >= train + write, "{r}");
+    assert!(r["quantize_seconds"].as_f64().unwrap() >= train, "{r}");
     for b in r["block_ap"]["blocks"].as_array().unwrap() {
         assert!(b["mse_trained"].as_f64() < b["mse_rtn"].as_f64(), "{b}");
     }

@@ -147,6 +147,11 @@ pub trait Encoder {
     }
     /// Add the encoder's own fields and text lines to the report (after it has run).
     fn report(&self, _r: &mut Report) {}
+    /// Seconds the method spent before the writing began (an encoder of weights trained
+    /// beforehand, as Block-AP's), counted in the report's method and total times.
+    fn seconds_before(&self) -> f64 {
+        0.0
+    }
 }
 
 /// Quantize `w` of weight `l` with `q` and store it in `q`'s layout.
@@ -432,7 +437,7 @@ fn report(
         p.sizes.quantized_bytes as f64 * 8.0 / p.sizes.quantized_params as f64;
     r.quantized_tensors = tensors;
     r.relative_rmse = Some((p.sq_err / p.sq_ref.max(f64::MIN_POSITIVE)).sqrt());
-    r.quantize_seconds = p.seconds;
+    r.quantize_seconds = p.seconds + enc.seconds_before();
     let sqnr_db = 10.0 * (p.sq_ref / p.sq_err.max(f64::MIN_POSITIVE)).log10();
     r.set("quantized_file_bytes", p.q_file_bytes);
     r.set("sqnr_db", sqnr_db);
@@ -440,6 +445,6 @@ fn report(
     r.set("reused_tensors", p.reused);
     r.notes.push(format!("sqnr           {sqnr_db:.1} dB"));
     enc.report(&mut r);
-    r.seconds = t0.elapsed().as_secs_f64();
+    r.seconds = t0.elapsed().as_secs_f64() + enc.seconds_before();
     r
 }

@@ -502,6 +502,7 @@ pub fn quantize(run: &Run, spec: &BlockApSpec) -> Result<Report> {
         parts,
         record,
         calibration: run.calibration.clone(),
+        train_seconds: t0.elapsed().as_secs_f64(),
     };
     let job = Job {
         ckpt: run.ckpt,
@@ -519,6 +520,8 @@ struct PartsEncoder {
     parts: HashMap<String, GptqParts>,
     record: serde_json::Value,
     calibration: serde_json::Value,
+    /// Seconds of the training, before the writing.
+    train_seconds: f64,
 }
 
 impl PartsEncoder {
@@ -587,5 +590,8 @@ impl Encoder for PartsEncoder {
     fn report(&self, r: &mut Report) {
         r.calibration = Some(self.calibration.clone());
         r.extra.insert("block_ap".into(), self.record.clone());
+    }
+    fn seconds_before(&self) -> f64 {
+        self.train_seconds
     }
 }
