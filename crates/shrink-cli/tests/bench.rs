@@ -24,6 +24,55 @@ fn stored_bytes(dir: &Path, name: &str) -> (u64, u64) {
     (total, one)
 }
 
+/// Run shrink with `args`, which must succeed.
+fn ok(args: &[&str]) {
+    let r = shrink(args);
+    assert!(
+        r.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+}
+
+/// Bytes a token reads from a compressed-tensors checkpoint, counted from its file: the packed
+/// codes as stored, each group's float16 scale and zero point as the float32 pair the kernel
+/// reads, the shapes not at all; plus one 64-wide float32 embedding row.
+fn ct_bytes_read(dir: &Path) -> u64 {
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut read = 64 * 4;
+    for (n, t) in st.tensors() {
+        read += if n.ends_with(".weight_scale") {
+            (t.data().len() / 2 * 8) as u64
+        } else if n.ends_with(".weight_zero_point") || n.ends_with(".weight_shape") {
+            0
+        } else {
+            t.data().len() as u64
+        };
+    }
+    read
+}
+
+/// The logits of `a` equal `b`'s to float32 summation order.
+fn same_logits(a: &Path, b: &Path, label: &str) {
+    let logits = |p: &Path| {
+        let m = shrink_models::Model::load(&shrink_io::Checkpoint::open(p).unwrap()).unwrap();
+        m.forward(&[1, 2, 3, 4, 5], None)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let (a, b) = (logits(a), logits(b));
+    let mag = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let err = a
+        .iter()
+        .zip(&b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(err <= 1e-5 * mag, "{label}: {err} vs {mag}");
+}
+
 fn check_tests(v: &Value, reps: usize) {
     let r = v["results"].as_array().unwrap();
     let names: Vec<&str> = r.iter().map(|t| t["test"].as_str().unwrap()).collect();
@@ -83,7 +132,7 @@ fn bench_measures_like_llama_bench_and_counts_the_bytes_a_token_reads() {
     // Packed int4: a token reads the packed codes, scales and zeros, not float32 weights.
     let dir = tempfile::tempdir().unwrap();
     let q = dir.path().join("int4");
-    let r = shrink(&[
+    ok(&[
         "quantize",
         fx.to_str().unwrap(),
         "--method",
@@ -95,7 +144,6 @@ fn bench_measures_like_llama_bench_and_counts_the_bytes_a_token_reads() {
         "-o",
         q.to_str().unwrap(),
     ]);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let v = run(&[
         "bench",
         q.to_str().unwrap(),
@@ -110,20 +158,7 @@ fn bench_measures_like_llama_bench_and_counts_the_bytes_a_token_reads() {
     ]);
     check_tests(&v, 2);
     assert!(v["limit"].is_null() && v["share_of_limit"].is_null());
-    // Read from the compressed-tensors file: the packed codes as stored, each group's float16
-    // scale and 4-bit zero point as the float32 pair the kernel reads, the shapes not at all.
-    let bytes = std::fs::read(q.join("model.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut read = 64 * 4;
-    for (n, t) in st.tensors() {
-        read += if n.ends_with(".weight_scale") {
-            (t.data().len() / 2 * 8) as u64
-        } else if n.ends_with(".weight_zero_point") || n.ends_with(".weight_shape") {
-            0
-        } else {
-            t.data().len() as u64
-        };
-    }
+    let read = ct_bytes_read(&q);
     assert_eq!(v["bytes_per_token"].as_u64().unwrap(), read);
     assert!(read < total / 2, "{read} vs {total}");
 }
@@ -133,7 +168,7 @@ fn a_quantized_embedding_is_the_packed_head() {
     let fx = fixture("tiny-llama");
     let dir = tempfile::tempdir().unwrap();
     let (q, dense) = (dir.path().join("q"), dir.path().join("dense"));
-    let r = shrink(&[
+    ok(&[
         "quantize",
         fx.to_str().unwrap(),
         "--method",
@@ -149,7 +184,6 @@ fn a_quantized_embedding_is_the_packed_head() {
         "-o",
         q.to_str().unwrap(),
     ]);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let v = run(&[
         "bench",
         q.to_str().unwrap(),
@@ -162,26 +196,16 @@ fn a_quantized_embedding_is_the_packed_head() {
         "--no-bandwidth",
         "--json",
     ]);
-    // Codes as stored, scale and zero as float32 pairs; the head reads the packed embedding.
+    // The head reads the packed embedding.
     let bytes = std::fs::read(q.join("model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut read = 64 * 4;
-    for (n, t) in st.tensors() {
-        read += if n.ends_with(".weight_scale") {
-            (t.data().len() / 2 * 8) as u64
-        } else if n.ends_with(".weight_zero_point") || n.ends_with(".weight_shape") {
-            0
-        } else {
-            t.data().len() as u64
-        };
-    }
     assert!(st
         .names()
         .iter()
         .any(|n| n.starts_with("model.embed_tokens.weight_")));
-    assert_eq!(v["bytes_per_token"].as_u64().unwrap(), read);
+    assert_eq!(v["bytes_per_token"].as_u64().unwrap(), ct_bytes_read(&q));
     // The packed head computes what the float32 model holding the dequantized weights does.
-    let r = shrink(&[
+    ok(&[
         "export",
         q.to_str().unwrap(),
         "--to",
@@ -191,23 +215,7 @@ fn a_quantized_embedding_is_the_packed_head() {
         "-o",
         dense.to_str().unwrap(),
     ]);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let logits = |p: &Path| {
-        let m = shrink_models::Model::load(&shrink_io::Checkpoint::open(p).unwrap()).unwrap();
-        m.forward(&[1, 2, 3, 4, 5], None)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-    };
-    let (a, b) = (logits(&q), logits(&dense));
-    let mag = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let err = a
-        .iter()
-        .zip(&b)
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-    assert!(err <= 1e-5 * mag, "{err} vs {mag}");
+    same_logits(&q, &dense, "packed head");
 }
 
 #[test]
@@ -218,7 +226,7 @@ fn gguf_q4_0_and_q8_0_run_packed_and_exact() {
     for ty in ["q4_0", "q8_0"] {
         let gguf = dir.path().join(format!("{ty}.gguf"));
         let dense = dir.path().join(format!("{ty}-f32"));
-        let r = shrink(&[
+        ok(&[
             "export",
             fx.to_str().unwrap(),
             "--to",
@@ -228,8 +236,7 @@ fn gguf_q4_0_and_q8_0_run_packed_and_exact() {
             "-o",
             gguf.to_str().unwrap(),
         ]);
-        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-        let r = shrink(&[
+        ok(&[
             "convert",
             gguf.to_str().unwrap(),
             "--dtype",
@@ -237,7 +244,6 @@ fn gguf_q4_0_and_q8_0_run_packed_and_exact() {
             "-o",
             dense.to_str().unwrap(),
         ]);
-        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
         // Q4_0 / Q8_0 tensors are read as their codes plus a float32 scale per 32 values;
         // every other tensor as float32; the tied head reads the embedding, plus one row.
         let g = shrink_io::GgufFile::open(&gguf).unwrap();
@@ -267,22 +273,7 @@ fn gguf_q4_0_and_q8_0_run_packed_and_exact() {
         ]);
         assert_eq!(v["bytes_per_token"].as_u64().unwrap(), read, "{ty}");
         // The packed model computes what its float32 conversion does.
-        let logits = |p: &Path| {
-            let m = shrink_models::Model::load(&shrink_io::Checkpoint::open(p).unwrap()).unwrap();
-            m.forward(&[1, 2, 3, 4, 5], None)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-        };
-        let (a, b) = (logits(&gguf), logits(&dense));
-        let mag = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let err = a
-            .iter()
-            .zip(&b)
-            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        assert!(err <= 1e-5 * mag, "{ty}: {err} vs {mag}");
+        same_logits(&gguf, &dense, ty);
     }
 }
 

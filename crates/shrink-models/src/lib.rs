@@ -164,77 +164,80 @@ impl Model {
     /// Bytes of weights one generated token reads from memory: every linear layer as held
     /// (the head included), the norms, and one row of each embedding table.
     pub fn bytes_per_token(&self) -> u64 {
-        let f = |t: &Tensor| t.elem_count() as u64 * 4;
-        let row = |t: &Tensor| t.dims().last().copied().unwrap_or(0) as u64 * 4;
-        let lin = |l: &linear::Linear| l.bytes_read() as u64;
-        match self {
-            Model::Llama(m) => {
-                let layers: u64 = m
-                    .layers
-                    .iter()
-                    .map(|l| {
-                        [
-                            &l.q_proj,
-                            &l.k_proj,
-                            &l.v_proj,
-                            &l.o_proj,
-                            &l.gate_proj,
-                            &l.up_proj,
-                            &l.down_proj,
-                        ]
-                        .into_iter()
-                        .map(lin)
-                        .sum::<u64>()
-                            + f(&l.input_layernorm)
-                            + f(&l.post_attention_layernorm)
-                    })
-                    .sum();
-                layers + lin(&m.lm_head) + f(&m.norm) + row(&m.embed_tokens)
-            }
-            Model::Gpt2(m) => {
-                let layers: u64 = m
-                    .blocks
-                    .iter()
-                    .map(|b| {
-                        [&b.c_attn, &b.attn_c_proj, &b.c_fc, &b.mlp_c_proj]
-                            .into_iter()
-                            .map(lin)
-                            .sum::<u64>()
-                            + f(&b.ln_1.0)
-                            + f(&b.ln_1.1)
-                            + f(&b.ln_2.0)
-                            + f(&b.ln_2.1)
-                    })
-                    .sum();
-                layers + lin(&m.lm_head) + f(&m.ln_f.0) + f(&m.ln_f.1) + row(&m.wte) + row(&m.wpe)
-            }
-            Model::Neox(m) => {
-                let layers: u64 = m
-                    .layers
-                    .iter()
-                    .map(|l| {
-                        [
-                            &l.query_key_value,
-                            &l.dense,
-                            &l.dense_h_to_4h,
-                            &l.dense_4h_to_h,
-                        ]
-                        .into_iter()
-                        .map(lin)
-                        .sum::<u64>()
-                            + f(&l.input_layernorm.0)
-                            + f(&l.input_layernorm.1)
-                            + f(&l.post_attention_layernorm.0)
-                            + f(&l.post_attention_layernorm.1)
-                    })
-                    .sum();
-                layers
-                    + lin(&m.embed_out)
-                    + f(&m.final_layer_norm.0)
-                    + f(&m.final_layer_norm.1)
-                    + row(&m.embed_in)
-            }
-        }
+        // Every linear, every norm tensor, and the embedding tables (one row of each read).
+        let (linears, norms, embeddings): (Vec<&linear::Linear>, Vec<&Tensor>, Vec<&Tensor>) =
+            match self {
+                Model::Llama(m) => (
+                    m.layers
+                        .iter()
+                        .flat_map(|l| {
+                            [
+                                &l.q_proj,
+                                &l.k_proj,
+                                &l.v_proj,
+                                &l.o_proj,
+                                &l.gate_proj,
+                                &l.up_proj,
+                                &l.down_proj,
+                            ]
+                        })
+                        .chain([&m.lm_head])
+                        .collect(),
+                    m.layers
+                        .iter()
+                        .flat_map(|l| [&l.input_layernorm, &l.post_attention_layernorm])
+                        .chain([&m.norm])
+                        .collect(),
+                    vec![&m.embed_tokens],
+                ),
+                Model::Gpt2(m) => (
+                    m.blocks
+                        .iter()
+                        .flat_map(|b| [&b.c_attn, &b.attn_c_proj, &b.c_fc, &b.mlp_c_proj])
+                        .chain([&m.lm_head])
+                        .collect(),
+                    m.blocks
+                        .iter()
+                        .flat_map(|b| [&b.ln_1.0, &b.ln_1.1, &b.ln_2.0, &b.ln_2.1])
+                        .chain([&m.ln_f.0, &m.ln_f.1])
+                        .collect(),
+                    vec![&m.wte, &m.wpe],
+                ),
+                Model::Neox(m) => (
+                    m.layers
+                        .iter()
+                        .flat_map(|l| {
+                            [
+                                &l.query_key_value,
+                                &l.dense,
+                                &l.dense_h_to_4h,
+                                &l.dense_4h_to_h,
+                            ]
+                        })
+                        .chain([&m.embed_out])
+                        .collect(),
+                    m.layers
+                        .iter()
+                        .flat_map(|l| {
+                            [
+                                &l.input_layernorm.0,
+                                &l.input_layernorm.1,
+                                &l.post_attention_layernorm.0,
+                                &l.post_attention_layernorm.1,
+                            ]
+                        })
+                        .chain([&m.final_layer_norm.0, &m.final_layer_norm.1])
+                        .collect(),
+                    vec![&m.embed_in],
+                ),
+            };
+        let lin: u64 = linears.iter().map(|l| l.bytes_read() as u64).sum();
+        let norm: u64 = norms.iter().map(|t| t.elem_count() as u64 * 4).sum();
+        let rows: u64 = embeddings
+            .iter()
+            .map(|t| t.dims().last().copied().unwrap_or(0) as u64 * 4)
+            .sum();
+        lin + norm + rows
     }
 
     /// The configuration.

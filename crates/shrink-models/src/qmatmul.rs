@@ -675,12 +675,12 @@ fn lookup_nibbles(t: &[f32; 16], bytes: &[u8], out: &mut [f32], high_first: bool
 /// (dequantized rows dotted in float32): the fastest SIMD kernel this CPU runs when
 /// [`crate::runtime::int8_activations`] is on, else none. `SHRINK_Q8` overrides: `0` (float),
 /// `1` (the fastest), `vnni`, `avx2` or `portable` (each only where the CPU runs it).
-fn q8_kernel() -> Option<q8::Q8Kernel> {
-    use q8::Q8Kernel::*;
-    static FORCED: std::sync::OnceLock<Option<Option<q8::Q8Kernel>>> = std::sync::OnceLock::new();
-    static FASTEST: std::sync::OnceLock<Option<q8::Q8Kernel>> = std::sync::OnceLock::new();
+fn q8_kernel() -> Option<q8::Int8Kernel> {
+    use q8::Int8Kernel::*;
+    static FORCED: std::sync::OnceLock<Option<Option<q8::Int8Kernel>>> = std::sync::OnceLock::new();
+    static FASTEST: std::sync::OnceLock<Option<q8::Int8Kernel>> = std::sync::OnceLock::new();
     let fastest =
-        || *FASTEST.get_or_init(|| Some(q8::Q8Kernel::detect()).filter(|&k| k != Portable));
+        || *FASTEST.get_or_init(|| Some(q8::Int8Kernel::detect()).filter(|&k| k != Portable));
     let forced = *FORCED.get_or_init(|| {
         let k = match std::env::var("SHRINK_Q8").as_deref() {
             Ok("0") => return Some(None),

@@ -42,7 +42,8 @@ static INT8_ACTIVATIONS: std::sync::atomic::AtomicBool = std::sync::atomic::Atom
 
 /// Round each token's activations to int8 blocks of 32 in products of a few tokens with 4- or
 /// 8-bit integer weights, and multiply in integers (`qmatmul::q8`, as llama.cpp does for every
-/// quantized type): 2–3× the generation speed, at the cost of the activations' rounding (up to
+/// quantized type): 2.2× the one-thread generation speed of SmolLM2 int4 g64 (13 → 29 tokens/s,
+/// `shrink bench`, BENCHMARKS.md), at the cost of the activations' rounding (up to
 /// half a step of each block's absmax / 127 grid). Off by default, so every product equals the
 /// float32 product with the dequantized weights; the binary turns it on for `generate` and
 /// `bench` only, so `eval`, `compare` and calibration measure the weights alone.

@@ -189,15 +189,7 @@ impl<'a> WeightLoader<'a> {
             Some(b) => self.get_opt(b, &[out]),
             None => Ok(None),
         };
-        if let (Checkpoint::Hf(h), Some(loc)) = (self.ckpt, self.locate(hf_name)) {
-            if let Some(q) = h.quantized(&loc.name)? {
-                if q.shape() == (out, inp) {
-                    return self.adapt(hf_name, crate::linear::Linear::quantized(q, bias()?));
-                }
-            }
-        }
-        if let Some(t) = self.gguf_int(hf_name, out, inp)? {
-            let q = shrink_io::quantized::Quantized::Int(t);
+        if let Some(q) = self.packed(hf_name, out, inp)? {
             return self.adapt(hf_name, crate::linear::Linear::quantized(q, bias()?));
         }
         let w = self.get(hf_name, &[out, inp])?;
@@ -222,18 +214,27 @@ impl<'a> WeightLoader<'a> {
         if let Some(name) = head {
             return self.linear(name, vocab, hidden, None);
         }
-        if let (Checkpoint::Hf(h), Some(loc)) = (self.ckpt, self.locate(embed_name)) {
-            if let Some(q) = h.quantized(&loc.name)? {
-                if q.shape() == (vocab, hidden) {
-                    return Ok(crate::linear::Linear::quantized(q, None));
-                }
-            }
+        match self.packed(embed_name, vocab, hidden)? {
+            Some(q) => Ok(crate::linear::Linear::quantized(q, None)),
+            None => Ok(crate::linear::Linear::tied(embed.clone())?),
         }
-        if let Some(t) = self.gguf_int(embed_name, vocab, hidden)? {
-            let q = shrink_io::quantized::Quantized::Int(t);
-            return Ok(crate::linear::Linear::quantized(q, None));
+    }
+
+    /// `hf_name` (`[out, inp]`) in the quantized form the checkpoint stores it in, to be
+    /// multiplied packed: a quantized HF layout, or a GGUF Q4_0 / Q8_0 tensor as its integer
+    /// codes ([`Self::gguf_int`]); `None` when it is stored otherwise.
+    fn packed(
+        &self,
+        hf_name: &str,
+        out: usize,
+        inp: usize,
+    ) -> Result<Option<shrink_io::quantized::Quantized>> {
+        if let (Checkpoint::Hf(h), Some(loc)) = (self.ckpt, self.locate(hf_name)) {
+            return Ok(h.quantized(&loc.name)?.filter(|q| q.shape() == (out, inp)));
         }
-        Ok(crate::linear::Linear::tied(embed.clone())?)
+        Ok(self
+            .gguf_int(hf_name, out, inp)?
+            .map(shrink_io::quantized::Quantized::Int))
     }
 
     /// A GGUF weight stored as Q4_0 or Q8_0, `[out, inp]`, as the integer codes it is

@@ -106,7 +106,7 @@ fn integers(int8: bool) {
                     let q = QuantMatmul::new(Quantized::Int(t.clone()));
                     // Every granularity here has granules of 32 or a multiple of 64.
                     let fits = k % 64 == 0 && (bits == 4 || bits == 8);
-                    let kernel = q8::Q8Kernel::detect() != q8::Q8Kernel::Portable;
+                    let kernel = q8::Int8Kernel::detect() != q8::Int8Kernel::Portable;
                     assert_eq!(q.rounds_activations(3), int8 && fits && kernel);
                     assert!(!q.rounds_activations(40));
                     check(Quantized::Int(t), &format!("{n}x{k} {}", spec.name()));

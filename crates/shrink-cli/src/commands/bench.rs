@@ -70,8 +70,8 @@ pub fn run(a: Args) -> Result<()> {
     drop(ckpt);
     let threads = rayon::current_num_threads();
     let results = bench::run(&model, &spec, &common::Bar::default())?;
-    let limit =
-        (!a.no_bandwidth).then(|| Limit::new(model.bytes_per_token(), bench::memory_bandwidth(5)));
+    let bytes = model.bytes_per_token();
+    let limit = (!a.no_bandwidth).then(|| Limit::new(bytes, bench::memory_bandwidth(5)));
     let tg = results.iter().find(|r| r.n_gen > 0);
     let name = a
         .model
@@ -87,7 +87,7 @@ pub fn run(a: Args) -> Result<()> {
             "backend": "CPU",
             "n_threads": threads,
             "results": results,
-            "bytes_per_token": model.bytes_per_token(),
+            "bytes_per_token": bytes,
             "limit": limit,
             "share_of_limit": limit.zip(tg).map(|(l, r)| l.share(r.avg_ts)),
         });
@@ -110,7 +110,7 @@ pub fn run(a: Args) -> Result<()> {
     println!();
     println!(
         "weights read per token  {:.1} MB (every linear as held, the head, the norms, one embedding row)",
-        model.bytes_per_token() as f64 / 1e6
+        bytes as f64 / 1e6
     );
     if let Some(l) = limit {
         println!(

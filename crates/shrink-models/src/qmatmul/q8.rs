@@ -27,6 +27,8 @@
 use std::arch::x86_64::*;
 
 use super::IntRows;
+/// The kernels are chosen as the int8 GEMM's are (VNNI, AVX2, portable; one detection).
+pub use crate::int8_gemm::Int8Kernel;
 
 /// Activation values per int8 block (one scale each), as ggml's Q8_0.
 pub const QK: usize = 32;
@@ -35,44 +37,6 @@ const STEP: usize = 2 * QK;
 /// Bytes ahead of the codes being read that the kernels ask the cache for.
 #[cfg(target_arch = "x86_64")]
 const PREFETCH: usize = 2048;
-
-/// Which inner loop computes the integer dot products.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Q8Kernel {
-    /// AVX-512 VNNI `vpdpbusd`, 64 codes per instruction.
-    Vnni,
-    /// AVX2 `vpmaddubsw` (4-bit) or `vpmaddwd` (8-bit).
-    Avx2,
-    /// Plain Rust, the same arithmetic; runs everywhere.
-    Portable,
-}
-
-impl Q8Kernel {
-    /// The fastest kernel this CPU runs.
-    pub fn detect() -> Self {
-        [Q8Kernel::Vnni, Q8Kernel::Avx2]
-            .into_iter()
-            .find(|k| k.is_available())
-            .unwrap_or(Q8Kernel::Portable)
-    }
-
-    /// Whether this CPU runs the kernel.
-    pub fn is_available(self) -> bool {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            Q8Kernel::Vnni => {
-                is_x86_feature_detected!("avx512f")
-                    && is_x86_feature_detected!("avx512bw")
-                    && is_x86_feature_detected!("avx512vnni")
-            }
-            #[cfg(target_arch = "x86_64")]
-            Q8Kernel::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
-            Q8Kernel::Portable => true,
-            #[allow(unreachable_patterns)]
-            _ => false,
-        }
-    }
-}
 
 /// Whether `t` (a `[n, k]` weight) has a layout the kernels here read: 4- or 8-bit codes,
 /// rows a whole multiple of 64 values, granules of 32 (ggml's blocks) or a multiple of 64.
@@ -155,16 +119,16 @@ fn order4(c: usize) -> usize {
 }
 
 /// Row `r` of `t` (`k` values) times the activations `a`.
-pub(super) fn dot_row(kernel: Q8Kernel, t: &IntRows, r: usize, k: usize, a: &Q8Act) -> f32 {
+pub(super) fn dot_row(kernel: Int8Kernel, t: &IntRows, r: usize, k: usize, a: &Q8Act) -> f32 {
     let row = &t.packed[r * t.row_bytes..(r + 1) * t.row_bytes];
     match kernel {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the kernel was detected on this CPU (callers check `is_available`), and
         // `fits` holds, so every 64-value step lies inside the row and the activations.
-        Q8Kernel::Vnni => unsafe { vnni(t, row, r, k, a) },
+        Int8Kernel::Vnni => unsafe { vnni(t, row, r, k, a) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Q8Kernel::Avx2 => unsafe { avx2(t, row, r, k, a) },
+        Int8Kernel::Avx2 => unsafe { avx2(t, row, r, k, a) },
         _ => portable(t, row, r, k, a),
     }
 }
@@ -197,9 +161,9 @@ fn portable(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
 }
 
 /// Ask the cache for the codes [`PREFETCH`] bytes past `at` in `row`: the rows of a weight lie
-/// one after another, and the hardware prefetchers alone left the kernels at a third of the
-/// bandwidth a plain sum reaches (measured on SmolLM2's MLP shapes, 1 thread: 3.0 GB/s without,
-/// 8.4 GB/s at 2 KiB ahead, 10 GB/s with the weight in cache).
+/// one after another, and the hardware prefetchers alone left the kernel at about a third of
+/// the bandwidth a plain sum reaches (first measured 3.0 GB/s without, 8.4 GB/s at 2 KiB
+/// ahead, one thread; `examples/q8_stream.rs` now gives 8.2 GB/s out of cache, 8.4 in cache).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn prefetch(row: &[u8], at: usize) {
@@ -253,7 +217,7 @@ unsafe fn vnni(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2")]
 unsafe fn avx2(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
     let (mut acc, mut corr) = (_mm256_setzero_ps(), 0f32);
     let step_bytes = STEP * t.bits as usize / 8;
@@ -277,7 +241,7 @@ unsafe fn avx2(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
             let dot = _mm256_add_epi32(dl, dh);
             let sv = _mm256_blend_ps::<0b1111_0000>(_mm256_set1_ps(s0), _mm256_set1_ps(s1));
             let d = _mm256_mul_ps(_mm256_loadu_ps(a.lanes.as_ptr().add(st * 16)), sv);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), d, acc);
+            acc = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), d), acc);
         } else {
             // 8-bit codes up to 255 would saturate vpmaddubsw's i16 pairs: widen to i16.
             for (b, s) in [s0, s1].into_iter().enumerate() {
@@ -291,7 +255,7 @@ unsafe fn avx2(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
                     dot = _mm256_add_epi32(dot, _mm256_madd_epi16(w, x));
                 }
                 let d = _mm256_set1_ps(a.d[2 * st + b] * s);
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), d, acc);
+                acc = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), d), acc);
             }
         }
     }
@@ -367,7 +331,7 @@ mod tests {
 
     #[test]
     fn every_kernel_equals_the_dequantized_product_with_rounded_activations() {
-        let kernels: Vec<Q8Kernel> = [Q8Kernel::Vnni, Q8Kernel::Avx2, Q8Kernel::Portable]
+        let kernels: Vec<Int8Kernel> = [Int8Kernel::Vnni, Int8Kernel::Avx2, Int8Kernel::Portable]
             .into_iter()
             .filter(|k| k.is_available())
             .collect();
