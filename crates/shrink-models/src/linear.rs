@@ -86,10 +86,15 @@ impl Linear {
 
     /// A linear layer over a weight kept quantized, shape (out_features, in_features).
     pub fn quantized(q: Quantized, bias: Option<Tensor>) -> Self {
+        Self::packed(QuantMatmul::new(q), bias)
+    }
+
+    /// A linear layer multiplying a prepared packed weight.
+    pub fn packed(q: QuantMatmul, bias: Option<Tensor>) -> Self {
         let (out_features, in_features) = q.shape();
         Linear {
             w: Weight::Quantized {
-                q: Arc::new(QuantMatmul::new(q)),
+                q: Arc::new(q),
                 out_features,
                 in_features,
             },

@@ -79,11 +79,19 @@ enum Kind {
     Rows(Tensor),
 }
 
-/// Integer codes with their decoded scales and zero points.
+/// Integer codes with their decoded scales, zero points and mins: value =
+/// `(code − zero)·scale + min` per granule.
 pub(crate) struct IntRows {
     pub(crate) bits: u8,
+    /// Bytes of `packed` per row.
     pub(crate) row_bytes: usize,
+    /// 4-bit codes (and the low 4 bits of 5-/6-bit codes held as planes): two per byte, the
+    /// low nibble first; 8-bit: one per byte; other widths: LSB-first bit packing per row.
     pub(crate) packed: Vec<u8>,
+    /// 5- and 6-bit codes held as planes (rows a multiple of 64 values): per row, per step of
+    /// 64 values, `bits − 4` masks whose bit `p` is bit `4 + i` of the value at kernel position
+    /// `p` ([`kernel_position`]); empty otherwise.
+    pub(crate) high: Vec<u64>,
     /// Values per granule.
     pub(crate) glen: usize,
     /// Granules per row (0: one for the whole tensor).
@@ -92,23 +100,172 @@ pub(crate) struct IntRows {
     /// Zero points (asymmetric; integers, or HQQ's float zeros), one per granule; empty when
     /// symmetric.
     pub(crate) zeros: Vec<f32>,
+    /// Mins added after scaling (GGUF's Q4_1, Q5_1, Q4_K, Q5_K), one per granule; empty when
+    /// none.
+    pub(crate) mins: Vec<f32>,
     /// The zero of symmetric codes (stored with an offset), used when `zeros` is empty.
     pub(crate) offset: f32,
 }
 
+/// Where value `v` (0..64) of a 64-value step sits in the kernels' order: even values in the
+/// first 32 positions, odd ones in the last 32 (the low and high nibbles of 32 packed bytes).
+pub(crate) fn kernel_position(v: usize) -> usize {
+    if v.is_multiple_of(2) {
+        v / 2
+    } else {
+        32 + v / 2
+    }
+}
+
 impl IntRows {
-    /// Scale and zero of the granule holding column `c` of row `r`.
+    /// Rows of `codes` (one byte per value, `rows × cols`) with one scale (zero, min) per
+    /// granule of `glen` values (`per_row` per row, 0 for one in all): 4-bit codes packed in
+    /// nibbles, 5-/6-bit ones as nibbles plus high-bit planes when rows are a multiple of 64
+    /// values, others LSB-first.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn from_codes(
+        bits: u8,
+        codes: &[u8],
+        rows: usize,
+        cols: usize,
+        glen: usize,
+        per_row: usize,
+        scales: Vec<f32>,
+        zeros: Vec<f32>,
+        mins: Vec<f32>,
+        offset: f32,
+    ) -> Self {
+        let planes = matches!(bits, 5 | 6) && cols.is_multiple_of(64);
+        let (packed, row_bytes, high) = if bits == 8 {
+            (codes.to_vec(), cols, Vec::new())
+        } else if bits == 4 || planes {
+            let packed = codes
+                .par_chunks(cols)
+                .flat_map_iter(|row| {
+                    row.chunks(2)
+                        .map(|p| (p[0] & 15) | (p.get(1).unwrap_or(&0) & 15) << 4)
+                })
+                .collect();
+            let high = if planes {
+                codes
+                    .par_chunks(64)
+                    .flat_map_iter(|step| {
+                        (0..bits as usize - 4).map(move |i| {
+                            step.iter().enumerate().fold(0u64, |m, (v, &c)| {
+                                m | (((c >> (4 + i)) & 1) as u64) << kernel_position(v)
+                            })
+                        })
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (packed, cols.div_ceil(2), high)
+        } else {
+            let packed = codes
+                .chunks(cols)
+                .flat_map(|row| shrink_formats::int::pack(row, bits))
+                .collect::<Vec<u8>>();
+            (packed, (cols * bits as usize).div_ceil(8), Vec::new())
+        };
+        debug_assert_eq!(packed.len(), rows * row_bytes);
+        IntRows {
+            bits,
+            row_bytes,
+            packed,
+            high,
+            glen,
+            per_row,
+            scales,
+            zeros,
+            mins,
+            offset,
+        }
+    }
+
+    /// A GGUF tensor's codes ([`shrink_formats::ggml::to_codes`]) as rows.
+    pub(crate) fn from_ggml(c: shrink_formats::ggml::GgmlCodes, rows: usize, cols: usize) -> Self {
+        IntRows::from_codes(
+            c.bits,
+            &c.codes,
+            rows,
+            cols,
+            c.granule,
+            cols / c.granule,
+            c.scales,
+            Vec::new(),
+            c.mins,
+            c.offset as f32,
+        )
+    }
+
+    /// Index of the granule holding column `c` of row `r`.
     #[inline(always)]
-    pub(crate) fn granule(&self, r: usize, c: usize) -> (f32, f32) {
-        let g = if self.per_row == 0 {
+    pub(crate) fn granule_index(&self, r: usize, c: usize) -> usize {
+        if self.per_row == 0 {
             0
         } else {
             r * self.per_row + c / self.glen
-        };
+        }
+    }
+
+    /// Scale and zero of the granule holding column `c` of row `r`.
+    #[inline(always)]
+    pub(crate) fn granule(&self, r: usize, c: usize) -> (f32, f32) {
+        let g = self.granule_index(r, c);
         (
             self.scales[g],
             self.zeros.get(g).copied().unwrap_or(self.offset),
         )
+    }
+
+    /// The min of granule `g` (0 when the codes have none).
+    #[inline(always)]
+    pub(crate) fn min(&self, g: usize) -> f32 {
+        self.mins.get(g).copied().unwrap_or(0.0)
+    }
+
+    /// What granule `g` adds per unit of its activations beyond `scale · code`:
+    /// `min − scale · zero`.
+    #[inline(always)]
+    pub(crate) fn bias(&self, g: usize) -> f32 {
+        let z = self.zeros.get(g).copied().unwrap_or(self.offset);
+        self.min(g) - self.scales[g] * z
+    }
+
+    /// Whether 5-/6-bit codes are held as nibbles plus high-bit planes.
+    pub(crate) fn planes(&self) -> bool {
+        !self.high.is_empty()
+    }
+
+    /// High-bit masks per row (planes only).
+    pub(crate) fn high_per_row(&self, k: usize) -> usize {
+        k / 64 * (self.bits as usize - 4)
+    }
+
+    /// The code of row `r`, column `c` (any layout; `k` values per row).
+    pub(crate) fn code(&self, r: usize, c: usize, k: usize) -> u8 {
+        let row = &self.packed[r * self.row_bytes..(r + 1) * self.row_bytes];
+        match self.bits {
+            8 => row[c],
+            4 => (row[c / 2] >> (4 * (c % 2))) & 15,
+            _ if self.planes() => {
+                let low = (row[c / 2] >> (4 * (c % 2))) & 15;
+                let per = self.bits as usize - 4;
+                let masks = &self.high[r * self.high_per_row(k) + c / 64 * per..][..per];
+                let p = kernel_position(c % 64);
+                masks
+                    .iter()
+                    .enumerate()
+                    .fold(low, |v, (i, m)| v | ((((m >> p) & 1) as u8) << (4 + i)))
+            }
+            bits => {
+                let bit = c * bits as usize;
+                let lo = row[bit / 8] as u32;
+                let hi = row.get(bit / 8 + 1).copied().unwrap_or(0) as u32;
+                ((((hi << 8) | lo) >> (bit % 8)) & ((1u32 << bits) - 1)) as u8
+            }
+        }
     }
 }
 
@@ -160,6 +317,17 @@ impl QuantMatmul {
             k,
             resident,
             kind,
+        }
+    }
+
+    /// A GGUF tensor `[n, k]` held as its integer codes ([`shrink_formats::ggml::to_codes`],
+    /// lossless), `stored` its bytes in the file: products equal the dequantized weight's.
+    pub fn ggml(codes: shrink_formats::ggml::GgmlCodes, n: usize, k: usize, stored: usize) -> Self {
+        QuantMatmul {
+            n,
+            k,
+            resident: stored,
+            kind: Kind::Int(IntRows::from_ggml(codes, n, k)),
         }
     }
 
@@ -218,7 +386,11 @@ impl QuantMatmul {
     /// counts the stored form.
     pub fn bytes_read(&self) -> usize {
         match &self.kind {
-            Kind::Int(r) => r.packed.len() + 4 * (r.scales.len() + r.zeros.len()),
+            Kind::Int(r) => {
+                r.packed.len()
+                    + 8 * r.high.len()
+                    + 4 * (r.scales.len() + r.zeros.len() + r.mins.len())
+            }
             Kind::Nf4 { packed, absmax, .. } => packed.len() + 4 * absmax.len(),
             Kind::Int8 { w, scale, .. } => w.resident_bytes() + 4 * scale.len(),
             Kind::Sparse(s) => s.bytes(),
@@ -282,7 +454,7 @@ impl QuantMatmul {
     #[cfg(target_arch = "x86_64")]
     fn avx512_rows(&self) -> Option<avx512::Rows<'_>> {
         match &self.kind {
-            Kind::Int(t) if t.bits == 4 || t.bits == 8 => Some(avx512::Rows::Int(t)),
+            Kind::Int(t) if t.bits == 4 || t.bits == 8 || t.planes() => Some(avx512::Rows::Int(t)),
             Kind::Nf4 {
                 packed,
                 absmax,
@@ -312,15 +484,23 @@ impl QuantMatmul {
                     ..
                 } = t;
                 let bytes = &packed[r * row_bytes..(r + 1) * row_bytes];
-                let granule = |j: usize| t.granule(r, j * glen);
+                let with_min = !t.mins.is_empty();
+                let granule = |j: usize| {
+                    let g = t.granule_index(r, j * glen);
+                    let (s, z) = t.granule(r, j * glen);
+                    (s, z, t.min(g))
+                };
                 match bits {
                     8 => {
                         for (j, (o, c)) in
                             out.chunks_mut(*glen).zip(bytes.chunks(*glen)).enumerate()
                         {
-                            let (s, z) = granule(j);
+                            let (s, z, m) = granule(j);
                             for (o, &c) in o.iter_mut().zip(c) {
                                 *o = (c as f32 - z) * s;
+                                if with_min {
+                                    *o += m;
+                                }
                             }
                         }
                     }
@@ -330,21 +510,26 @@ impl QuantMatmul {
                             .zip(bytes.chunks(glen / 2))
                             .enumerate()
                         {
-                            let (s, z) = granule(j);
+                            let (s, z, m) = granule(j);
                             // The granule's 16 possible values, then one lookup per code.
-                            let t: [f32; 16] = std::array::from_fn(|c| (c as f32 - z) * s);
+                            let t: [f32; 16] = std::array::from_fn(|c| {
+                                let v = (c as f32 - z) * s;
+                                if with_min {
+                                    v + m
+                                } else {
+                                    v
+                                }
+                            });
                             lookup_nibbles(&t, c, o, false);
                         }
                     }
                     _ => {
-                        let mask = (1u32 << bits) - 1;
                         for (i, o) in out.iter_mut().enumerate() {
                             let (s, z) = t.granule(r, i);
-                            let bit = i * *bits as usize;
-                            let lo = bytes[bit / 8] as u32;
-                            let hi = bytes.get(bit / 8 + 1).copied().unwrap_or(0) as u32;
-                            let c = (((hi << 8) | lo) >> (bit % 8)) & mask;
-                            *o = (c as f32 - z) * s;
+                            *o = (t.code(r, i, k) as f32 - z) * s;
+                            if with_min {
+                                *o += t.min(t.granule_index(r, i));
+                            }
                         }
                     }
                 }
@@ -721,18 +906,38 @@ fn int_kind(t: IntTensor) -> Kind {
     let nscales = spec.num_scales(t.rows, t.cols).max(1);
     let mut scales = vec![0f32; nscales];
     float::decode(spec.scale_type, &t.scales, &mut scales);
+    let zeros: Vec<f32> = t
+        .zeros
+        .as_ref()
+        .map(|z| z.iter().map(|&z| f32::from(z)).collect())
+        .unwrap_or_default();
+    let offset = spec.code_offset() as f32;
+    if matches!(spec.bits, 5 | 6) && t.cols.is_multiple_of(64) {
+        // Re-packed as nibbles and high-bit planes, which the integer kernels read.
+        return Kind::Int(IntRows::from_codes(
+            spec.bits,
+            &t.codes(),
+            t.rows,
+            t.cols,
+            glen,
+            per_row,
+            scales,
+            zeros,
+            Vec::new(),
+            offset,
+        ));
+    }
     Kind::Int(IntRows {
         bits: spec.bits,
         row_bytes: spec.row_bytes(t.cols),
         packed: t.packed,
+        high: Vec::new(),
         glen,
         per_row,
         scales,
-        zeros: t
-            .zeros
-            .map(|z| z.into_iter().map(f32::from).collect())
-            .unwrap_or_default(),
-        offset: spec.code_offset() as f32,
+        zeros,
+        mins: Vec::new(),
+        offset,
     })
 }
 
@@ -753,6 +958,8 @@ fn hqq_kind(t: HqqTensor) -> Kind {
         per_row: t.cols / t.spec.group_size,
         scales: t.scales_f32(),
         zeros: t.zeros_f32(),
+        mins: Vec::new(),
+        high: Vec::new(),
         offset: 0.0,
         packed: t.packed,
     })

@@ -8,6 +8,7 @@ use candle_core::{Device, Tensor};
 use shrink_io::Checkpoint;
 
 use crate::error::{ModelError, Result};
+use crate::qmatmul::QuantMatmul;
 
 /// Where a Hugging Face weight lives in a GGUF file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,7 +191,7 @@ impl<'a> WeightLoader<'a> {
             None => Ok(None),
         };
         if let Some(q) = self.packed(hf_name, out, inp)? {
-            return self.adapt(hf_name, crate::linear::Linear::quantized(q, bias()?));
+            return self.adapt(hf_name, crate::linear::Linear::packed(q, bias()?));
         }
         let w = self.get(hf_name, &[out, inp])?;
         if let Some(l) = crate::linear::Linear::sparse(&w, bias()?)? {
@@ -215,37 +216,29 @@ impl<'a> WeightLoader<'a> {
             return self.linear(name, vocab, hidden, None);
         }
         match self.packed(embed_name, vocab, hidden)? {
-            Some(q) => Ok(crate::linear::Linear::quantized(q, None)),
+            Some(q) => Ok(crate::linear::Linear::packed(q, None)),
             None => Ok(crate::linear::Linear::tied(embed.clone())?),
         }
     }
 
     /// `hf_name` (`[out, inp]`) in the quantized form the checkpoint stores it in, to be
-    /// multiplied packed: a quantized HF layout, or a GGUF Q4_0 / Q8_0 tensor as its integer
-    /// codes ([`Self::gguf_int`]); `None` when it is stored otherwise.
-    fn packed(
-        &self,
-        hf_name: &str,
-        out: usize,
-        inp: usize,
-    ) -> Result<Option<shrink_io::quantized::Quantized>> {
+    /// multiplied packed: a quantized HF layout, or a GGUF tensor of an integer type as its codes
+    /// ([`Self::gguf_codes`]); `None` when it is stored otherwise.
+    fn packed(&self, hf_name: &str, out: usize, inp: usize) -> Result<Option<QuantMatmul>> {
         if let (Checkpoint::Hf(h), Some(loc)) = (self.ckpt, self.locate(hf_name)) {
-            return Ok(h.quantized(&loc.name)?.filter(|q| q.shape() == (out, inp)));
+            return Ok(h
+                .quantized(&loc.name)?
+                .filter(|q| q.shape() == (out, inp))
+                .map(QuantMatmul::new));
         }
-        Ok(self
-            .gguf_int(hf_name, out, inp)?
-            .map(shrink_io::quantized::Quantized::Int))
+        self.gguf_codes(hf_name, out, inp)
     }
 
-    /// A GGUF weight stored as Q4_0 or Q8_0, `[out, inp]`, as the integer codes it is
-    /// ([`shrink_formats::ggml::to_int_tensor`], lossless; Llama's Q/K rows put back in
-    /// transformers' order), so it is multiplied packed; `None` for other types and files.
-    fn gguf_int(
-        &self,
-        hf_name: &str,
-        out: usize,
-        inp: usize,
-    ) -> Result<Option<shrink_formats::int::IntTensor>> {
+    /// A GGUF weight `[out, inp]` stored as Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K or Q6_K,
+    /// held as the integer codes, scales and mins it is ([`shrink_formats::ggml::to_codes`],
+    /// lossless; Llama's Q/K rows put back in transformers' order), so it is multiplied packed;
+    /// `None` for other types and files.
+    fn gguf_codes(&self, hf_name: &str, out: usize, inp: usize) -> Result<Option<QuantMatmul>> {
         let (Checkpoint::Gguf(g), Some(loc)) = (self.ckpt, self.locate(hf_name)) else {
             return Ok(None);
         };
@@ -255,22 +248,25 @@ impl<'a> WeightLoader<'a> {
         if loc.qkv_heads.is_some() || info.shape() != [out, inp] {
             return Ok(None);
         }
-        let t = shrink_formats::ggml::to_int_tensor(info.ty, g.tensor_bytes(info), out, inp)
-            .map_err(|e| {
-                ModelError::Io(shrink_io::IoError::malformed(
-                    g.path(),
-                    format!("tensor {}: {e}", loc.name),
-                ))
-            })?;
+        let data = g.tensor_bytes(info);
+        let stored = data.len();
+        let c = shrink_formats::ggml::to_codes(info.ty, data, out, inp).map_err(|e| {
+            ModelError::Io(shrink_io::IoError::malformed(
+                g.path(),
+                format!("tensor {}: {e}", loc.name),
+            ))
+        })?;
         g.release(info);
-        let Some(mut t) = t else { return Ok(None) };
+        let Some(mut c) = c else { return Ok(None) };
         if let Some(heads) = loc.unpermute_heads {
-            let scales_per_row = t.scales.len() / out;
-            let row_bytes = t.packed.len() / out;
-            t.packed = move_rows(&t.packed, row_bytes, qk_row_pairs(out, heads));
-            t.scales = move_rows(&t.scales, scales_per_row, qk_row_pairs(out, heads));
+            let per_row = c.scales.len() / out;
+            c.codes = move_rows(&c.codes, inp, qk_row_pairs(out, heads));
+            c.scales = move_rows(&c.scales, per_row, qk_row_pairs(out, heads));
+            if !c.mins.is_empty() {
+                c.mins = move_rows(&c.mins, per_row, qk_row_pairs(out, heads));
+            }
         }
-        Ok(Some(t))
+        Ok(Some(QuantMatmul::ggml(c, out, inp, stored)))
     }
 
     /// Read `hf_name` if present.

@@ -23,9 +23,13 @@ fn weights(n: usize, k: usize, seed: u32) -> Vec<f32> {
 /// `QuantMatmul` reproduces `Quantized::dequantize`, transposed, element for element; returns
 /// it with the transposed weight.
 fn dequantizes_exactly(q: Quantized, label: &str) -> (QuantMatmul, Vec<f32>) {
-    let (expect, shape) = q.dequantize();
-    let (n, k) = (shape[0], shape[1]);
-    let qm = QuantMatmul::new(q);
+    let (expect, _) = q.dequantize();
+    equals_dequantized(QuantMatmul::new(q), &expect, label)
+}
+
+/// `qm` reproduces `expect` (`[n, k]`), transposed, element for element.
+fn equals_dequantized(qm: QuantMatmul, expect: &[f32], label: &str) -> (QuantMatmul, Vec<f32>) {
+    let (n, k) = qm.shape();
     let mut t = vec![0f32; n * k];
     qm.dequantize_t_into(&mut t);
     for r in 0..n {
@@ -57,6 +61,11 @@ fn q8_rounded(x: &[f32]) -> Vec<f32> {
 /// with the activations rounded to int8 blocks where the layout has integer kernels).
 fn check(q: Quantized, label: &str) {
     let (qm, t) = dequantizes_exactly(q, label);
+    multiplies_like_dense(&qm, &t, label);
+}
+
+/// The product of `qm` equals the dense GEMM with its transposed weight `t` (see [`check`]).
+fn multiplies_like_dense(qm: &QuantMatmul, t: &[f32], label: &str) {
     let (n, k) = qm.shape();
     for m in [3, 40] {
         let mut x = weights(m, k, 99);
@@ -65,7 +74,7 @@ fn check(q: Quantized, label: &str) {
             x = q8_rounded(&x);
         }
         let mut dense = vec![0f32; m * n];
-        shrink_models::kernels::gemm_f32(&x, m, k, &t, n, &mut dense);
+        shrink_models::kernels::gemm_f32(&x, m, k, t, n, &mut dense);
         let mag = dense.iter().fold(0f32, |a, v| a.max(v.abs()));
         for (a, b) in y.iter().zip(&dense) {
             assert!(
@@ -76,8 +85,12 @@ fn check(q: Quantized, label: &str) {
     }
 }
 
+/// Held by the tests that switch the process-wide int8-activation flag.
+static RUNTIME_FLAG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn integers_every_width_and_granularity() {
+    let _flag = RUNTIME_FLAG.lock().unwrap_or_else(|e| e.into_inner());
     // Float activations first (every product equal to the dense one), then int8 ones.
     for int8 in [false, true] {
         shrink_models::runtime::set_int8_activations(int8);
@@ -104,8 +117,9 @@ fn integers(int8: bool) {
                     };
                     let t = int::quantize(&w, n, k, spec).unwrap();
                     let q = QuantMatmul::new(Quantized::Int(t.clone()));
-                    // Every granularity here has granules of 32 or a multiple of 64.
-                    let fits = k % 64 == 0 && (bits == 4 || bits == 8);
+                    // Every granularity here has granules of 32 or a multiple of 64; 5- and
+                    // 6-bit rows of 64k values are held as nibbles and high-bit planes.
+                    let fits = k % 64 == 0 && matches!(bits, 4 | 5 | 6 | 8);
                     let kernel = q8::Int8Kernel::detect() != q8::Int8Kernel::Portable;
                     assert_eq!(q.rounds_activations(3), int8 && fits && kernel);
                     assert!(!q.rounds_activations(40));
@@ -114,6 +128,42 @@ fn integers(int8: bool) {
             }
         }
     }
+}
+
+#[test]
+fn gguf_integer_types_multiply_packed() {
+    use shrink_formats::ggml::{self, GgmlType::*};
+    let _flag = RUNTIME_FLAG.lock().unwrap_or_else(|e| e.into_inner());
+    for int8 in [false, true] {
+        shrink_models::runtime::set_int8_activations(int8);
+        for ty in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K] {
+            let shapes: &[(usize, usize)] = if ty.block_size() == 256 {
+                &[(37, 256), (300, 1536)]
+            } else {
+                &[(37, 96), (16, 192), (300, 576)]
+            };
+            for &(n, k) in shapes {
+                let w = weights(n, k, (n * k) as u32 + 7);
+                let mut data = vec![0u8; ty.row_bytes(n * k).unwrap()];
+                ggml::quantize(ty, &w, &mut data).unwrap();
+                let mut expect = vec![0f32; n * k];
+                ggml::dequantize(ty, &data, &mut expect).unwrap();
+                let codes = ggml::to_codes(ty, &data, n, k).unwrap().unwrap();
+                let qm = QuantMatmul::ggml(codes, n, k, data.len());
+                assert_eq!(qm.resident_bytes(), data.len());
+                let kernel = q8::Int8Kernel::detect() != q8::Int8Kernel::Portable;
+                assert_eq!(
+                    qm.rounds_activations(3),
+                    int8 && kernel && k % 64 == 0,
+                    "{ty} k {k}"
+                );
+                let label = format!("{ty} {n}x{k}");
+                let (qm, t) = equals_dequantized(qm, &expect, &label);
+                multiplies_like_dense(&qm, &t, &label);
+            }
+        }
+    }
+    shrink_models::runtime::set_int8_activations(false);
 }
 
 #[test]

@@ -600,3 +600,80 @@ mod tests {
         assert_eq!((y[0], y[31], y[1]), (-16.0, 15.875, 0.0));
     }
 }
+
+/// Element `j` of a 4/5-bit block's nibbles (byte `j % 16`, high nibble for `j ≥ 16`), plus
+/// `qh`'s bit `j` as the 5th bit when given.
+#[inline(always)]
+fn legacy_code(qs: &[u8; 16], qh: Option<u32>, j: usize) -> u8 {
+    let low = if j < 16 { qs[j] & 15 } else { qs[j - 16] >> 4 };
+    low | qh.map_or(0, |h| (((h >> j) & 1) << 4) as u8)
+}
+
+impl super::Affine for BlockQ4_0 {
+    const BITS: u8 = 4;
+    const GRANULE: usize = QK4_0;
+    const OFFSET: u8 = 8;
+    const MINS: bool = false;
+    fn affine(&self, codes: &mut [u8], scales: &mut [f32], _: &mut [f32]) {
+        for (j, c) in codes.iter_mut().enumerate() {
+            *c = legacy_code(&self.qs, None, j);
+        }
+        scales[0] = f16_le(self.d);
+    }
+}
+
+impl super::Affine for BlockQ4_1 {
+    const BITS: u8 = 4;
+    const GRANULE: usize = QK4_1;
+    const OFFSET: u8 = 0;
+    const MINS: bool = true;
+    fn affine(&self, codes: &mut [u8], scales: &mut [f32], mins: &mut [f32]) {
+        for (j, c) in codes.iter_mut().enumerate() {
+            *c = legacy_code(&self.qs, None, j);
+        }
+        scales[0] = f16_le(self.d);
+        mins[0] = f16_le(self.m);
+    }
+}
+
+impl super::Affine for BlockQ5_0 {
+    const BITS: u8 = 5;
+    const GRANULE: usize = QK5_0;
+    const OFFSET: u8 = 16;
+    const MINS: bool = false;
+    fn affine(&self, codes: &mut [u8], scales: &mut [f32], _: &mut [f32]) {
+        let qh = u32::from_le_bytes(self.qh);
+        for (j, c) in codes.iter_mut().enumerate() {
+            *c = legacy_code(&self.qs, Some(qh), j);
+        }
+        scales[0] = f16_le(self.d);
+    }
+}
+
+impl super::Affine for BlockQ5_1 {
+    const BITS: u8 = 5;
+    const GRANULE: usize = QK5_1;
+    const OFFSET: u8 = 0;
+    const MINS: bool = true;
+    fn affine(&self, codes: &mut [u8], scales: &mut [f32], mins: &mut [f32]) {
+        let qh = u32::from_le_bytes(self.qh);
+        for (j, c) in codes.iter_mut().enumerate() {
+            *c = legacy_code(&self.qs, Some(qh), j);
+        }
+        scales[0] = f16_le(self.d);
+        mins[0] = f16_le(self.m);
+    }
+}
+
+impl super::Affine for BlockQ8_0 {
+    const BITS: u8 = 8;
+    const GRANULE: usize = QK8_0;
+    const OFFSET: u8 = 128;
+    const MINS: bool = false;
+    fn affine(&self, codes: &mut [u8], scales: &mut [f32], _: &mut [f32]) {
+        for (c, &q) in codes.iter_mut().zip(&self.qs) {
+            *c = (q as i8 as i16 + 128) as u8;
+        }
+        scales[0] = f16_le(self.d);
+    }
+}

@@ -399,7 +399,7 @@ fn dequantize_serial(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
 }
 
 /// One GGML block type: a fixed byte layout decoding to `QK` float32 values.
-trait Block: Sized {
+pub(crate) trait Block: Sized {
     /// Bytes per block (`sizeof(block_*)` in ggml-common.h).
     const SIZE: usize;
     /// Elements per block.
@@ -726,68 +726,107 @@ fn f16_le(b: [u8; 2]) -> f32 {
     half::f16::from_le_bytes(b).to_f32()
 }
 
-/// A Q4_0 or Q8_0 tensor (`rows` rows of `cols` values, `data` its blocks) as shrink's
-/// symmetric integer codes with one float16 scale per 32 values, losslessly: Q4_0's
-/// `(q − 8)·d` and Q8_0's `q·d` are [`crate::int`]'s `(code − offset)·scale` with offsets 8 and
-/// 128, the scales the blocks' own `d` bytes; only Q4_0's nibble order changes (ggml: element
-/// `j` low and `j + 16` high in byte `j`; shrink: `2j` low and `2j + 1` high). The other types
-/// return `None` (their dequantized values do not have this form).
-pub fn to_int_tensor(
+/// A block type whose values are integer codes in granules: `(code − OFFSET)·scale + min`,
+/// computed with the same float operations as its `dequantize` (so the form is lossless).
+pub(crate) trait Affine: Block {
+    /// Bits per code.
+    const BITS: u8;
+    /// Values per granule (one scale, and min, each).
+    const GRANULE: usize;
+    /// The code of zero for symmetric types (0 for types with mins).
+    const OFFSET: u8;
+    /// Whether the type stores a min per granule.
+    const MINS: bool;
+    /// The block's `QK` codes in element order, its `QK / GRANULE` scales and, when `MINS`,
+    /// its mins (as added: ggml's `− dmin·m` is stored as the min `−(dmin·m)`).
+    fn affine(&self, codes: &mut [u8], scales: &mut [f32], mins: &mut [f32]);
+}
+
+/// A GGUF tensor as integer codes with a float32 scale (and min) per granule:
+/// value = `(code − offset)·scale + min`, bit-identical to [`dequantize`] (tested per type).
+#[derive(Debug, Clone)]
+pub struct GgmlCodes {
+    /// Bits per code (4, 5, 6 or 8).
+    pub bits: u8,
+    /// Values per granule (16 or 32).
+    pub granule: usize,
+    /// The code of zero (symmetric types), 0 where mins are stored.
+    pub offset: u8,
+    /// One code per value, row-major, one byte each.
+    pub codes: Vec<u8>,
+    /// One scale per granule, row-major.
+    pub scales: Vec<f32>,
+    /// One min per granule, or empty for symmetric types.
+    pub mins: Vec<f32>,
+}
+
+/// A tensor of `rows` rows of `cols` values stored as `ty` (`data` its blocks) as integer codes
+/// with their scales and mins ([`GgmlCodes`]), for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and
+/// Q6_K; `None` for the other types (their values are not integers times a scale: IQ4_NL's
+/// table, Q2_K/Q3_K's 2/3-bit codes, float types). Errors: rows not a whole number of blocks,
+/// or `data` not their size.
+pub fn to_codes(
     ty: GgmlType,
     data: &[u8],
     rows: usize,
     cols: usize,
-) -> Result<Option<crate::int::IntTensor>, FormatError> {
-    use crate::int::{Granularity, IntSpec, IntTensor};
-    let bits = match ty {
-        GgmlType::Q4_0 => 4,
-        GgmlType::Q8_0 => 8,
+) -> Result<Option<GgmlCodes>, FormatError> {
+    use GgmlType::*;
+    let decode = match ty {
+        Q4_0 => codes_of::<legacy::BlockQ4_0>,
+        Q4_1 => codes_of::<legacy::BlockQ4_1>,
+        Q5_0 => codes_of::<legacy::BlockQ5_0>,
+        Q5_1 => codes_of::<legacy::BlockQ5_1>,
+        Q8_0 => codes_of::<legacy::BlockQ8_0>,
+        Q4_K => codes_of::<k_quants::BlockQ4K>,
+        Q5_K => codes_of::<k_quants::BlockQ5K>,
+        Q6_K => codes_of::<k_quants::BlockQ6K>,
         _ => return Ok(None),
     };
-    let block = ty.type_size();
-    if !cols.is_multiple_of(QK4_0) {
+    let block = ty.block_size();
+    if !cols.is_multiple_of(block) {
         return Err(FormatError::NotBlockAligned {
             format: ty.name(),
             elements: cols,
-            block: QK4_0,
+            block,
         });
     }
-    let blocks = rows * cols / QK4_0;
-    if data.len() != blocks * block {
+    let expected = rows * cols / block * ty.type_size();
+    if data.len() != expected {
         return Err(FormatError::WrongByteCount {
             format: ty.name(),
             elements: rows * cols,
-            expected: blocks * block,
+            expected,
             actual: data.len(),
         });
     }
-    let spec = IntSpec {
-        bits,
-        symmetric: true,
-        granularity: Granularity::Group(QK4_0),
-        scale_type: FloatType::F16,
-    };
-    let mut scales = Vec::with_capacity(blocks * 2);
-    let mut packed = Vec::with_capacity(blocks * QK4_0 * bits as usize / 8);
-    for b in data.chunks_exact(block) {
-        scales.extend_from_slice(&b[..2]);
-        let qs = &b[2..];
-        if bits == 4 {
-            // Element e of the block: byte e % 16, low nibble for e < 16.
-            let code = |e: usize| if e < 16 { qs[e] & 15 } else { qs[e - 16] >> 4 };
-            packed.extend((0..16).map(|j| code(2 * j) | (code(2 * j + 1) << 4)));
-        } else {
-            packed.extend(qs.iter().map(|&q| (q as i8 as i16 + 128) as u8));
-        }
+    Ok(Some(decode(data)))
+}
+
+/// Every block of `data` as codes, scales and mins (the size was checked by the caller).
+fn codes_of<B: Affine>(data: &[u8]) -> GgmlCodes {
+    let blocks = data.len() / B::SIZE;
+    let per = B::QK / B::GRANULE;
+    let mut codes = vec![0u8; blocks * B::QK];
+    let mut scales = vec![0f32; blocks * per];
+    let mut mins = vec![0f32; blocks * per];
+    codes
+        .par_chunks_mut(B::QK)
+        .zip(scales.par_chunks_mut(per))
+        .zip(mins.par_chunks_mut(per))
+        .zip(data.par_chunks(B::SIZE))
+        .for_each(|(((c, s), m), bytes)| B::read(bytes).affine(c, s, m));
+    if !B::MINS {
+        mins = Vec::new();
     }
-    Ok(Some(IntTensor {
-        spec,
-        rows,
-        cols,
-        packed,
+    GgmlCodes {
+        bits: B::BITS,
+        granule: B::GRANULE,
+        offset: B::OFFSET,
+        codes,
         scales,
-        zeros: None,
-    }))
+        mins,
+    }
 }
 
 #[cfg(test)]
@@ -795,24 +834,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn q4_0_and_q8_0_become_integer_codes_exactly() {
-        let (rows, cols) = (3, 64);
+    fn integer_types_become_codes_scales_and_mins_exactly() {
+        let (rows, cols) = (3, 512);
+        // Varying magnitudes per 16 values, so sub-block scales and mins differ.
         let x: Vec<f32> = (0..rows * cols)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .map(|i| ((i * 37 % 101) as f32 - 43.0) / 7.0 * (1 + i / 16 % 5) as f32)
             .collect();
-        for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
-            let mut q = vec![0u8; rows * cols / 32 * ty.type_size()];
+        use GgmlType::*;
+        for ty in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K] {
+            let mut q = vec![0u8; ty.row_bytes(rows * cols).unwrap()];
             quantize(ty, &x, &mut q).unwrap();
             let mut want = vec![0f32; x.len()];
             dequantize(ty, &q, &mut want).unwrap();
-            let t = to_int_tensor(ty, &q, rows, cols).unwrap().unwrap();
-            for (a, b) in t.dequantize().iter().zip(&want) {
-                assert_eq!(a.to_bits(), b.to_bits(), "{}", ty.name());
+            let c = to_codes(ty, &q, rows, cols).unwrap().unwrap();
+            assert_eq!(c.codes.len(), x.len());
+            assert_eq!(c.scales.len(), x.len() / c.granule);
+            assert!(c.mins.is_empty() || c.mins.len() == c.scales.len());
+            for (i, w) in want.iter().enumerate() {
+                let g = i / c.granule;
+                assert!(
+                    (c.codes[i] as u32) < 1u32 << c.bits,
+                    "{ty}: code {}",
+                    c.codes[i]
+                );
+                let v = (c.codes[i] as f32 - c.offset as f32) * c.scales[g];
+                let v = if c.mins.is_empty() { v } else { v + c.mins[g] };
+                assert_eq!(v.to_bits(), w.to_bits(), "{ty} value {i}: {v} vs {w}");
             }
         }
-        assert!(to_int_tensor(GgmlType::Q4_1, &[], 1, 32).unwrap().is_none());
-        assert!(to_int_tensor(GgmlType::Q4_0, &[0; 17], 1, 32).is_err());
-        assert!(to_int_tensor(GgmlType::Q8_0, &[0; 34], 1, 16).is_err());
+        assert!(to_codes(IQ4_NL, &[], 1, 32).unwrap().is_none());
+        assert!(to_codes(Q4_0, &[0; 17], 1, 32).is_err());
+        assert!(to_codes(Q8_0, &[0; 34], 1, 16).is_err());
+        assert!(to_codes(Q6_K, &[0; 210], 1, 128).is_err());
     }
 
     #[test]

@@ -15,8 +15,8 @@ use super::IntRows;
 
 /// How one weight row's 16 values starting at a column are decoded.
 pub(super) enum Rows<'a> {
-    /// 4- or 8-bit integer codes (4-bit: two per byte, low nibble first);
-    /// `(code − zero) · scale` per granule.
+    /// 4- or 8-bit integer codes (4-bit: two per byte, low nibble first), or 5-/6-bit ones as
+    /// nibbles and high-bit planes; `(code − zero) · scale + min` per granule.
     Int(&'a IntRows),
     /// NF4/FP4 codes of the flattened weight, high nibble first; `code[i] · absmax` per block.
     Nf4 {
@@ -51,24 +51,43 @@ impl Rows<'_> {
         match *self {
             Rows::Int(t) if t.bits == 4 => {
                 let (s, z) = t.granule(r, c);
-                // table[i] = (i − z) · s, as the portable path computes each value.
+                // table[i] = (i − z) · s (+ min), as the portable path computes each value.
                 let table = _mm512_mul_ps(
                     _mm512_sub_ps(_mm512_cvtepi32_ps(iota), _mm512_set1_ps(z)),
                     _mm512_set1_ps(s),
                 );
+                let table = with_min(t, r, c, table);
                 let at = r * t.row_bytes + c / 2;
                 let shifts = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
                 _mm512_permutexvar_ps(nibbles(&t.packed[at..at + 8], shifts), table)
             }
             Rows::Int(t) => {
                 let (s, z) = t.granule(r, c);
-                let at = r * t.row_bytes + c;
-                let b = _mm_loadu_si128(t.packed[at..at + 16].as_ptr() as *const __m128i);
-                let q = _mm512_sub_ps(
-                    _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b)),
-                    _mm512_set1_ps(z),
-                );
-                _mm512_mul_ps(q, _mm512_set1_ps(s))
+                let codes = if t.bits == 8 {
+                    let at = r * t.row_bytes + c;
+                    let b = _mm_loadu_si128(t.packed[at..at + 16].as_ptr() as *const __m128i);
+                    _mm512_cvtepu8_epi32(b)
+                } else {
+                    // 5-/6-bit planes: the low nibbles, plus 16 (32) where the high bits are set.
+                    let at = r * t.row_bytes + c / 2;
+                    let shifts = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
+                    let low = nibbles(&t.packed[at..at + 8], shifts);
+                    let mut v = _mm512_and_si512(low, _mm512_set1_epi32(15));
+                    let per = t.bits as usize - 4;
+                    let k = t.row_bytes * 2;
+                    let masks = &t.high[r * t.high_per_row(k) + c / 64 * per..][..per];
+                    // Values c..c+16 of the step: evens at positions o/2.., odds at 32 + o/2...
+                    let o = c % 64;
+                    for (i, &m) in masks.iter().enumerate() {
+                        let even = ((m >> (o / 2)) & 0xFF) as usize;
+                        let odd = ((m >> (32 + o / 2)) & 0xFF) as usize;
+                        let bits = SPREAD[even] | (SPREAD[odd] << 1);
+                        v = _mm512_mask_add_epi32(v, bits, v, _mm512_set1_epi32(16 << i));
+                    }
+                    v
+                };
+                let q = _mm512_sub_ps(_mm512_cvtepi32_ps(codes), _mm512_set1_ps(z));
+                with_min(t, r, c, _mm512_mul_ps(q, _mm512_set1_ps(s)))
             }
             Rows::Nf4 {
                 packed,
@@ -88,6 +107,32 @@ impl Rows<'_> {
         }
     }
 }
+
+/// `v` plus the min of the granule holding column `c` of row `r`, when the codes have mins.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn with_min(t: &IntRows, r: usize, c: usize, v: __m512) -> __m512 {
+    if t.mins.is_empty() {
+        v
+    } else {
+        _mm512_add_ps(v, _mm512_set1_ps(t.mins[t.granule_index(r, c)]))
+    }
+}
+
+/// `SPREAD[b]` has bit `i` of `b` at bit `2i` (interleaving the even and odd values' bits).
+const SPREAD: [u16; 256] = {
+    let mut t = [0u16; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut i = 0;
+        while i < 8 {
+            t[b] |= (((b >> i) & 1) as u16) << (2 * i);
+            i += 1;
+        }
+        b += 1;
+    }
+    t
+};
 
 /// 16 indices from 8 bytes: each byte twice, shifted right by `shifts` (only the low 4 bits
 /// of an index are used by `vpermps`).

@@ -16,17 +16,23 @@
 //! and differs from the unrounded product by the activations' rounding (≤ 1/254 of each block's
 //! absmax per value), as llama.cpp's does. Hand-written: no crate multiplies these layouts.
 //!
-//! Layouts: 4-bit codes two per byte, the low nibble first (shrink's int4, HQQ); 8-bit one per
-//! byte. The 4-bit kernels split each 32-byte run (two blocks) into its low and high nibbles, so
-//! the activations are stored in that order: per 64 values, the even positions of both blocks,
-//! then the odd ones.
+//! Granules of 16 or 32 values (GGUF's Q6_K, the 32-value types) have several scales per
+//! 64-value step, spread over the accumulator's lanes; mins (Q4_1, Q4_K, ...) and zero points
+//! both enter once per granule as `(min − s_g·z_g)·A_g`, added after the row's sum.
+//!
+//! Layouts: 4-bit codes two per byte, the low nibble first (shrink's int4, HQQ, GGUF's 4-bit
+//! types re-packed); 5- and 6-bit codes as those nibbles plus one or two 64-bit masks per step
+//! of the high bits (added as 16 and 32 under the mask: one masked add each with AVX-512);
+//! 8-bit one per byte. The nibble kernels split each 32-byte run (two blocks) into its low and
+//! high nibbles, so the activations are stored in that order: per 64 values, the even positions
+//! of both blocks, then the odd ones ([`super::kernel_position`]).
 
 #![allow(unsafe_op_in_unsafe_fn)]
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::IntRows;
+use super::{kernel_position, IntRows};
 /// The kernels are chosen as the int8 GEMM's are (VNNI, AVX2, portable; one detection).
 pub use crate::int8_gemm::Int8Kernel;
 
@@ -38,25 +44,26 @@ const STEP: usize = 2 * QK;
 #[cfg(target_arch = "x86_64")]
 const PREFETCH: usize = 2048;
 
-/// Whether `t` (a `[n, k]` weight) has a layout the kernels here read: 4- or 8-bit codes,
-/// rows a whole multiple of 64 values, granules of 32 (ggml's blocks) or a multiple of 64.
+/// Whether `t` (a `[n, k]` weight) has a layout the kernels here read: 4- or 8-bit codes, or
+/// 5-/6-bit planes, rows a whole multiple of 64 values, granules of 16 or 32 or a multiple of 64.
 pub(super) fn fits(t: &IntRows, k: usize) -> bool {
-    (t.bits == 4 || t.bits == 8)
+    (t.bits == 4 || t.bits == 8 || t.planes())
         && k.is_multiple_of(STEP)
-        && (t.glen == QK || t.glen.is_multiple_of(STEP))
+        && (t.glen == 16 || t.glen == QK || t.glen.is_multiple_of(STEP))
 }
 
 /// One token's activations quantized to int8 blocks, in the order the kernels for `bits` read.
 pub struct Q8Act {
-    /// The int8 values (4-bit order: per 64, even positions of both blocks, then the odd ones).
+    /// The int8 values (for codes below 8 bits: per 64, even positions of both blocks, then
+    /// the odd ones).
     q: Vec<i8>,
-    /// Per step of 64 values, the 16 lane scales of an AVX-512 accumulator: for 4-bit
+    /// Per step of 64 values, the 16 lane scales of an AVX-512 accumulator: for nibbles
     /// `[d₀ ×4, d₁ ×4, d₀ ×4, d₁ ×4]` (each 32-bit lane sums 4 bytes of one block), for
     /// 8-bit `[d₀ ×8, d₁ ×8]`.
     lanes: Vec<f32>,
     /// Per block, its scale `d_b`.
     d: Vec<f32>,
-    /// Per granule, `A_g = Σ_b d_b · Σ q`.
+    /// Per granule, `A_g = Σ_{c∈g} d_b(c) · q_c`.
     sums: Vec<f32>,
 }
 
@@ -64,10 +71,14 @@ impl Q8Act {
     /// `x` quantized for rows of `bits`-bit codes in granules of `glen` values.
     pub fn new(x: &[f32], bits: u8, glen: usize) -> Self {
         let k = x.len();
-        debug_assert!(k.is_multiple_of(STEP) && (glen == QK || glen.is_multiple_of(STEP)));
+        debug_assert!(
+            k.is_multiple_of(STEP) && (glen == 16 || glen == QK || glen.is_multiple_of(STEP))
+        );
+        let nibbles = bits != 8;
         let mut q = vec![0i8; k];
         let mut d = vec![0f32; k / QK];
-        let mut bsum = vec![0i32; k / QK];
+        // Σ q per 16 values (the smallest granule).
+        let mut sum16 = vec![0i32; k / 16];
         for (b, xs) in x.chunks_exact(QK).enumerate() {
             let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
             let db = amax / 127.0;
@@ -75,16 +86,16 @@ impl Q8Act {
             d[b] = db;
             for (i, &v) in xs.iter().enumerate() {
                 let qi = (v * id).round() as i8;
-                bsum[b] += qi as i32;
                 let c = b * QK + i;
-                q[if bits == 4 { order4(c) } else { c }] = qi;
+                sum16[c / 16] += qi as i32;
+                q[if nibbles { order4(c) } else { c }] = qi;
             }
         }
         let lanes = (0..k / STEP)
             .flat_map(|s| {
                 let (d0, d1) = (d[2 * s], d[2 * s + 1]);
                 (0..16).map(move |l| {
-                    let first = if bits == 4 { l % 8 < 4 } else { l < 8 };
+                    let first = if nibbles { l % 8 < 4 } else { l < 8 };
                     if first {
                         d0
                     } else {
@@ -93,11 +104,11 @@ impl Q8Act {
                 })
             })
             .collect();
-        let per = glen / QK;
+        let per = glen / 16;
         let sums = (0..k / glen)
             .map(|g| {
                 (g * per..(g + 1) * per)
-                    .map(|b| d[b] * bsum[b] as f32)
+                    .map(|i| d[i / 2] * sum16[i] as f32)
                     .sum()
             })
             .collect();
@@ -106,16 +117,14 @@ impl Q8Act {
 
     /// The activation at natural position `c` as the kernels see it: `d_b · q`.
     pub fn value(&self, c: usize, bits: u8) -> f32 {
-        let at = if bits == 4 { order4(c) } else { c };
+        let at = if bits != 8 { order4(c) } else { c };
         self.d[c / QK] * self.q[at] as f32
     }
 }
 
 /// Where natural position `c` is stored for the 4-bit kernels.
 fn order4(c: usize) -> usize {
-    let (base, i) = (c / STEP * STEP, c % STEP);
-    let (block, j) = (i / QK, i % QK);
-    base + (j % 2) * QK + block * (QK / 2) + j / 2
+    c / STEP * STEP + kernel_position(c % STEP)
 }
 
 /// Row `r` of `t` (`k` values) times the activations `a`.
@@ -133,31 +142,29 @@ pub(super) fn dot_row(kernel: Int8Kernel, t: &IntRows, r: usize, k: usize, a: &Q
     }
 }
 
-fn portable(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
-    let (mut acc, mut corr) = (0f32, 0f32);
-    for g in 0..k / t.glen {
-        let (s, z) = t.granule(r, g * t.glen);
-        corr += s * z * a.sums[g];
-        let mut p = 0f32;
-        for b in g * t.glen / QK..(g + 1) * t.glen / QK {
-            let mut dot = 0i32;
-            if t.bits == 4 {
-                // Block b's codes are bytes 16b..16b+16, positions 2j (low) and 2j+1 (high).
-                let (s0, half) = (b / 2 * STEP, (b % 2) * (QK / 2));
-                for (j, &byte) in row[b * QK / 2..(b + 1) * QK / 2].iter().enumerate() {
-                    dot += (byte & 15) as i32 * a.q[s0 + half + j] as i32;
-                    dot += (byte >> 4) as i32 * a.q[s0 + QK + half + j] as i32;
-                }
-            } else {
-                for (&w, &x) in row[b * QK..(b + 1) * QK].iter().zip(&a.q[b * QK..]) {
-                    dot += w as i32 * x as i32;
-                }
-            }
-            p += a.d[b] * dot as f32;
+/// The zero-point and min terms of row `r`: `Σ_g (min_g − s_g·z_g)·A_g`.
+#[inline(always)]
+fn correction(t: &IntRows, r: usize, a: &Q8Act) -> f32 {
+    let g0 = t.granule_index(r, 0);
+    a.sums
+        .iter()
+        .enumerate()
+        .map(|(g, &s)| t.bias(g0 + g) * s)
+        .sum()
+}
+
+fn portable(t: &IntRows, _row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
+    let mut acc = 0f32;
+    // Runs of 16 values: one granule (all granules are multiples of 16) and one block.
+    for c0 in (0..k).step_by(16) {
+        let mut dot = 0i32;
+        for c in c0..c0 + 16 {
+            let q = a.q[if t.bits == 8 { c } else { order4(c) }];
+            dot += t.code(r, c, k) as i32 * q as i32;
         }
-        acc += s * p;
+        acc += t.granule(r, c0).0 * a.d[c0 / QK] * dot as f32;
     }
-    acc - corr
+    acc + correction(t, r, a)
 }
 
 /// Ask the cache for the codes [`PREFETCH`] bytes past `at` in `row`: the rows of a weight lie
@@ -171,36 +178,39 @@ fn prefetch(row: &[u8], at: usize) {
     unsafe { _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(at + PREFETCH) as *const i8) };
 }
 
-/// The scales of the two blocks of step `st` (one granule, or two of 32), adding the zero-point
-/// term `s_g · z_g · A_g` of each granule that starts in the step to `corr`.
+/// For granules of 16 or 32 values, the granule (0..4 within a step) of each of an AVX-512
+/// accumulator's 16 lanes (each sums 4 consecutive bytes of the step's code vector), for
+/// nibble order (`nibbles`) or natural order.
+fn lane_granules(glen: usize, nibbles: bool) -> [i32; 16] {
+    std::array::from_fn(|l| {
+        // The first value the lane covers: nibble order puts value 2p at byte p < 32.
+        let v = if nibbles { 8 * (l % 8) } else { 4 * l };
+        (v / glen) as i32
+    })
+}
+
+/// The high-bit masks of row `r`, step `st` (planes only).
 #[inline(always)]
-fn step_scales(t: &IntRows, r: usize, st: usize, a: &Q8Act, corr: &mut f32) -> (f32, f32) {
-    let c0 = st * STEP;
-    let (s0, z0) = t.granule(r, c0);
-    if t.glen == QK {
-        let (s1, z1) = t.granule(r, c0 + QK);
-        *corr += s0 * z0 * a.sums[c0 / QK] + s1 * z1 * a.sums[c0 / QK + 1];
-        return (s0, s1);
-    }
-    if c0.is_multiple_of(t.glen) {
-        *corr += s0 * z0 * a.sums[c0 / t.glen];
-    }
-    (s0, s0)
+fn high_masks(t: &IntRows, r: usize, k: usize, st: usize) -> &[u64] {
+    let per = t.bits as usize - 4;
+    &t.high[r * t.high_per_row(k) + st * per..][..per]
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn vnni(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
-    let (mut acc, mut corr) = (_mm512_setzero_ps(), 0f32);
-    let step_bytes = STEP * t.bits as usize / 8;
+    let mut acc = _mm512_setzero_ps();
+    let nibbles = t.bits != 8;
+    let step_bytes = if nibbles { STEP / 2 } else { STEP };
     let nib = _mm256_set1_epi8(15);
-    // The lanes holding block 1 of a step (see `Q8Act::lanes`).
-    let second: __mmask16 = if t.bits == 4 { 0xF0F0 } else { 0xFF00 };
+    // Granules of 16/32: their scales per step, loaded together and spread over the lanes.
+    let per_step = if t.glen < STEP { STEP / t.glen } else { 0 };
+    let idx = _mm512_loadu_si512(lane_granules(t.glen, nibbles).as_ptr() as *const _);
+    let load_mask: __mmask16 = (1u16 << per_step) - 1;
+    let g0 = t.granule_index(r, 0);
     for st in 0..k / STEP {
         prefetch(row, st * step_bytes);
-        let (s0, s1) = step_scales(t, r, st, a, &mut corr);
-        let sv = _mm512_mask_blend_ps(second, _mm512_set1_ps(s0), _mm512_set1_ps(s1));
-        let w = if t.bits == 4 {
+        let mut w = if nibbles {
             let p = _mm256_loadu_si256(row.as_ptr().add(st * 32) as *const __m256i);
             let lo = _mm256_and_si256(p, nib);
             let hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), nib);
@@ -208,53 +218,98 @@ unsafe fn vnni(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
         } else {
             _mm512_loadu_si512(row.as_ptr().add(st * STEP) as *const _)
         };
+        if t.planes() {
+            for (i, &m) in high_masks(t, r, k, st).iter().enumerate() {
+                w = _mm512_mask_add_epi8(w, m, w, _mm512_set1_epi8(16 << i));
+            }
+        }
         let x = _mm512_loadu_si512(a.q.as_ptr().add(st * STEP) as *const _);
         let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x);
+        let sv = if per_step > 0 {
+            let s = _mm512_maskz_loadu_ps(load_mask, t.scales.as_ptr().add(g0 + st * per_step));
+            _mm512_permutexvar_ps(idx, s)
+        } else {
+            _mm512_set1_ps(t.scales[t.granule_index(r, st * STEP)])
+        };
         let d = _mm512_mul_ps(_mm512_loadu_ps(a.lanes.as_ptr().add(st * 16)), sv);
         acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), d, acc);
     }
-    _mm512_reduce_add_ps(acc) - corr
+    _mm512_reduce_add_ps(acc) + correction(t, r, a)
+}
+
+/// 32 bytes, 0xFF where bit `i` of `bits` is set (ggml's `bytes_from_bits_32`).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn bytes_from_bits(bits: u32) -> __m256i {
+    let shuffle = _mm256_set_epi64x(
+        0x0303030303030303,
+        0x0202020202020202,
+        0x0101010101010101,
+        0,
+    );
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), shuffle);
+    let bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+    _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn avx2(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
-    let (mut acc, mut corr) = (_mm256_setzero_ps(), 0f32);
-    let step_bytes = STEP * t.bits as usize / 8;
+    let mut acc = _mm256_setzero_ps();
+    let nibbles = t.bits != 8;
+    let step_bytes = if nibbles { STEP / 2 } else { STEP };
     let nib = _mm256_set1_epi8(15);
     let ones = _mm256_set1_epi16(1);
+    let g0 = t.granule_index(r, 0);
+    // Lane l of a nibble product sums values 8l..8l+8 of the step (evens and odds).
+    let per_step = if t.glen < STEP { STEP / t.glen } else { 0 };
+    let lanes: [i32; 8] = std::array::from_fn(|l| (8 * l / t.glen.min(STEP)) as i32);
+    let idx = _mm256_loadu_si256(lanes.as_ptr() as *const __m256i);
+    let load_mask: [i32; 8] = std::array::from_fn(|l| if l < per_step { -1 } else { 0 });
+    let load_mask = _mm256_loadu_si256(load_mask.as_ptr() as *const __m256i);
     for st in 0..k / STEP {
         prefetch(row, st * step_bytes);
-        let (s0, s1) = step_scales(t, r, st, a, &mut corr);
         let xp = a.q.as_ptr().add(st * STEP);
-        if t.bits == 4 {
-            // Lanes 0–3 of each product belong to block 0, 4–7 to block 1 (the first 8
-            // lane scales of the step).
+        let scale = |c: usize| t.scales[t.granule_index(r, st * STEP + c)];
+        if nibbles {
             let p = _mm256_loadu_si256(row.as_ptr().add(st * 32) as *const __m256i);
-            let lo = _mm256_and_si256(p, nib);
-            let hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), nib);
-            // u8 ≤ 15 times i8: pairs sum to at most 3,810, no i16 saturation.
+            let mut lo = _mm256_and_si256(p, nib);
+            let mut hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), nib);
+            if t.planes() {
+                for (i, &m) in high_masks(t, r, k, st).iter().enumerate() {
+                    let add = _mm256_set1_epi8(16 << i);
+                    lo = _mm256_or_si256(lo, _mm256_and_si256(bytes_from_bits(m as u32), add));
+                    let upper = bytes_from_bits((m >> 32) as u32);
+                    hi = _mm256_or_si256(hi, _mm256_and_si256(upper, add));
+                }
+            }
+            // u8 ≤ 63 times i8: pairs sum to at most 16,002, no i16 saturation.
             let xl = _mm256_loadu_si256(xp as *const __m256i);
             let xh = _mm256_loadu_si256(xp.add(32) as *const __m256i);
             let dl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xl), ones);
             let dh = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xh), ones);
             let dot = _mm256_add_epi32(dl, dh);
-            let sv = _mm256_blend_ps::<0b1111_0000>(_mm256_set1_ps(s0), _mm256_set1_ps(s1));
+            let sv = if per_step > 0 {
+                let s = _mm256_maskload_ps(t.scales.as_ptr().add(g0 + st * per_step), load_mask);
+                _mm256_permutevar8x32_ps(s, idx)
+            } else {
+                _mm256_set1_ps(scale(0))
+            };
+            // The first 8 lane scales of the step: [d₀ ×4, d₁ ×4].
             let d = _mm256_mul_ps(_mm256_loadu_ps(a.lanes.as_ptr().add(st * 16)), sv);
             acc = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), d), acc);
         } else {
-            // 8-bit codes up to 255 would saturate vpmaddubsw's i16 pairs: widen to i16.
-            for (b, s) in [s0, s1].into_iter().enumerate() {
-                let mut dot = _mm256_setzero_si256();
-                for h in 0..2 {
-                    let o = b * QK + h * 16;
-                    let w = _mm256_cvtepu8_epi16(_mm_loadu_si128(
-                        row.as_ptr().add(st * STEP + o) as *const __m128i
-                    ));
-                    let x = _mm256_cvtepi8_epi16(_mm_loadu_si128(xp.add(o) as *const __m128i));
-                    dot = _mm256_add_epi32(dot, _mm256_madd_epi16(w, x));
-                }
-                let d = _mm256_set1_ps(a.d[2 * st + b] * s);
+            // 8-bit codes up to 255 would saturate vpmaddubsw's i16 pairs: widen to i16, 16
+            // values (one granule at most) at a time.
+            for q in 0..4 {
+                let o = q * 16;
+                let w = _mm256_cvtepu8_epi16(_mm_loadu_si128(
+                    row.as_ptr().add(st * STEP + o) as *const __m128i
+                ));
+                let x = _mm256_cvtepi8_epi16(_mm_loadu_si128(xp.add(o) as *const __m128i));
+                let dot = _mm256_madd_epi16(w, x);
+                let d = _mm256_set1_ps(a.d[2 * st + q / 2] * scale(o));
                 acc = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), d), acc);
             }
         }
@@ -262,7 +317,7 @@ unsafe fn avx2(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
     let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
     let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
     let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-    _mm_cvtss_f32(h) - corr
+    _mm_cvtss_f32(h) + correction(t, r, a)
 }
 
 #[cfg(test)]
@@ -276,55 +331,53 @@ mod tests {
         (*seed >> 33) as u32
     }
 
-    /// Random rows of `bits`-bit codes, `n × k`, in granules of `glen` (asymmetric when `zeros`).
-    fn rows(bits: u8, n: usize, k: usize, glen: usize, zeros: bool, seed: u64) -> IntRows {
+    /// How a test weight's granules are offset.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Offset {
+        /// Symmetric: the code offset.
+        Symmetric,
+        /// One integer zero point per granule.
+        Zeros,
+        /// One float min per granule (GGUF's Q4_1, Q4_K, ...).
+        Mins,
+    }
+
+    /// Random rows of `bits`-bit codes, `n × k`, in granules of `glen` (0: one for the tensor).
+    fn rows(bits: u8, n: usize, k: usize, glen: usize, off: Offset, seed: u64) -> IntRows {
         let mut s = seed;
         let codes: Vec<u8> = (0..n * k)
             .map(|_| (lcg(&mut s) % (1 << bits)) as u8)
             .collect();
-        let packed = if bits == 4 {
-            codes.chunks(2).map(|p| p[0] | (p[1] << 4)).collect()
-        } else {
-            codes
-        };
-        let per_row = k / glen;
-        let scales = (0..n * per_row)
+        let (glen, per_row) = if glen == 0 { (k, 0) } else { (glen, k / glen) };
+        let count = if per_row == 0 { 1 } else { n * per_row };
+        let scales = (0..count)
             .map(|_| 0.001 + (lcg(&mut s) % 1000) as f32 * 1e-5)
             .collect();
-        let zeros = if zeros {
-            (0..n * per_row)
-                .map(|_| (lcg(&mut s) % (1 << bits)) as f32)
-                .collect()
-        } else {
-            Vec::new()
+        let mut per_granule = |f: &dyn Fn(u32) -> f32| (0..count).map(|_| f(lcg(&mut s))).collect();
+        let zeros = match off {
+            Offset::Zeros => per_granule(&|v| (v % (1 << bits)) as f32),
+            _ => Vec::new(),
         };
-        IntRows {
-            bits,
-            row_bytes: k * bits as usize / 8,
-            packed,
-            glen,
-            per_row,
-            scales,
-            zeros,
-            offset: if bits == 4 { 8.0 } else { 128.0 },
-        }
+        let mins = match off {
+            Offset::Mins => per_granule(&|v| (v % 2001) as f32 * 1e-5 - 0.01),
+            _ => Vec::new(),
+        };
+        let offset = if off == Offset::Mins {
+            0.0
+        } else {
+            (1u32 << (bits - 1)) as f32
+        };
+        IntRows::from_codes(
+            bits, &codes, n, k, glen, per_row, scales, zeros, mins, offset,
+        )
     }
 
     fn dequantized(t: &IntRows, r: usize, k: usize) -> Vec<f64> {
         (0..k)
             .map(|c| {
-                let code = if t.bits == 4 {
-                    let b = t.packed[r * t.row_bytes + c / 2];
-                    if c % 2 == 0 {
-                        b & 15
-                    } else {
-                        b >> 4
-                    }
-                } else {
-                    t.packed[r * t.row_bytes + c]
-                };
                 let (s, z) = t.granule(r, c);
-                (code as f64 - z as f64) * s as f64
+                let m = t.min(t.granule_index(r, c));
+                (t.code(r, c, k) as f64 - z as f64) * s as f64 + m as f64
             })
             .collect()
     }
@@ -336,19 +389,32 @@ mod tests {
             .filter(|k| k.is_available())
             .collect();
         eprintln!("kernels run here: {kernels:?}");
-        for (bits, k, glen, zeros) in [
-            (4, 64, 64, true),
-            (4, 576, 64, true),
-            (4, 1536, 128, false),
-            (4, 640, 640, true),
-            (4, 576, 32, true),
-            (4, 128, 32, false),
-            (8, 576, 64, true),
-            (8, 192, 32, true),
-            (8, 128, 128, false),
+        use Offset::*;
+        for (bits, k, glen, off) in [
+            (4, 64, 64, Zeros),
+            (4, 576, 64, Zeros),
+            (4, 1536, 128, Symmetric),
+            (4, 640, 640, Zeros),
+            (4, 576, 32, Zeros),
+            (4, 128, 32, Symmetric),
+            (4, 576, 32, Mins),
+            (4, 256, 16, Symmetric),
+            (4, 192, 0, Symmetric),
+            (5, 576, 32, Symmetric),
+            (5, 576, 32, Mins),
+            (5, 512, 64, Zeros),
+            (6, 1536, 16, Symmetric),
+            (6, 576, 32, Mins),
+            (6, 128, 128, Zeros),
+            (8, 576, 64, Zeros),
+            (8, 192, 32, Zeros),
+            (8, 128, 128, Symmetric),
+            (8, 256, 16, Symmetric),
+            (8, 576, 32, Mins),
         ] {
             let n = 7;
-            let t = rows(bits, n, k, glen, zeros, 11 + k as u64);
+            let t = rows(bits, n, k, glen, off, 11 + k as u64);
+            assert!(fits(&t, k), "{bits}-bit k {k} g {glen}");
             let mut s = 5u64;
             // Activations with an outlier, as real ones have.
             let x: Vec<f32> = (0..k)
@@ -361,7 +427,7 @@ mod tests {
                     }
                 })
                 .collect();
-            let a = Q8Act::new(&x, bits, glen);
+            let a = Q8Act::new(&x, bits, t.glen);
             for r in 0..n {
                 let w = dequantized(&t, r, k);
                 let exact: f64 = (0..k).map(|c| w[c] * a.value(c, bits) as f64).sum();
@@ -371,7 +437,7 @@ mod tests {
                     let y = dot_row(kern, &t, r, k, &a) as f64;
                     assert!(
                         (y - exact).abs() <= 2e-6 * scale,
-                        "{kern:?} {bits}-bit k {k} g {glen} row {r}: {y} vs {exact}"
+                        "{kern:?} {bits}-bit k {k} g {glen} {off:?} row {r}: {y} vs {exact}"
                     );
                 }
                 // Against the unrounded product, at most half a step of each block's grid
@@ -387,14 +453,16 @@ mod tests {
 
     #[test]
     fn layouts_that_do_not_fit_are_refused() {
-        assert!(fits(&rows(4, 1, 128, 64, true, 1), 128));
-        assert!(fits(&rows(4, 1, 128, 32, true, 1), 128));
-        assert!(!fits(&rows(4, 1, 96, 32, true, 1), 96));
-        assert!(!fits(&rows(4, 1, 192, 96, true, 1), 192));
-        assert!(!fits(&rows(4, 1, 128, 16, true, 1), 128));
-        let mut t = rows(4, 1, 128, 64, true, 1);
-        t.bits = 3;
-        assert!(!fits(&t, 128));
+        use Offset::*;
+        assert!(fits(&rows(4, 1, 128, 64, Zeros, 1), 128));
+        assert!(fits(&rows(4, 1, 128, 32, Zeros, 1), 128));
+        assert!(fits(&rows(6, 1, 128, 16, Symmetric, 1), 128));
+        assert!(!fits(&rows(4, 1, 96, 32, Zeros, 1), 96));
+        assert!(!fits(&rows(4, 1, 192, 96, Zeros, 1), 192));
+        assert!(!fits(&rows(4, 1, 128, 8, Zeros, 1), 128));
+        // 5-bit rows not a multiple of 64 values stay bit-packed, which no kernel reads.
+        assert!(!fits(&rows(5, 1, 96, 32, Zeros, 1), 96));
+        assert!(!fits(&rows(3, 1, 128, 64, Zeros, 1), 128));
     }
 
     #[test]
