@@ -37,6 +37,7 @@ pub mod llama;
 pub mod qmatmul;
 pub mod runtime;
 pub mod sparsity;
+pub mod team;
 pub mod weights;
 
 use candle_core::Tensor;

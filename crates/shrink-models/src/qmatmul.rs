@@ -96,15 +96,88 @@ pub(crate) struct IntRows {
     pub(crate) glen: usize,
     /// Granules per row (0: one for the whole tensor).
     pub(crate) per_row: usize,
-    pub(crate) scales: Vec<f32>,
+    pub(crate) scales: Floats,
     /// Zero points (asymmetric; integers, or HQQ's float zeros), one per granule; empty when
     /// symmetric.
     pub(crate) zeros: Vec<f32>,
     /// Mins added after scaling (GGUF's Q4_1, Q5_1, Q4_K, Q5_K), one per granule; empty when
     /// none.
-    pub(crate) mins: Vec<f32>,
+    pub(crate) mins: Floats,
     /// The zero of symmetric codes (stored with an offset), used when `zeros` is empty.
     pub(crate) offset: f32,
+}
+
+/// Per-granule floats (scales, mins), held as float16 when every one of them is a float16
+/// exactly (GGUF's legacy types, shrink's float16 scales) — half the bytes a token reads — else
+/// float32. Followed by [`Floats::PAD`] zeros, so the kernels may load a few past the end.
+pub(crate) enum Floats {
+    F32(Vec<f32>),
+    F16(Vec<half::f16>),
+}
+
+impl Floats {
+    /// Zeros after the values (non-empty ones).
+    pub(crate) const PAD: usize = 16;
+
+    /// `v` in the narrowest form that holds it exactly.
+    pub(crate) fn new(mut v: Vec<f32>) -> Self {
+        if v.is_empty() {
+            return Floats::F32(v);
+        }
+        let half = |s: f32| half::f16::from_f32(s);
+        if v.iter().all(|&s| half(s).to_f32().to_bits() == s.to_bits()) {
+            let mut h: Vec<half::f16> = v.iter().map(|&s| half(s)).collect();
+            h.resize(h.len() + Self::PAD, half::f16::ZERO);
+            return Floats::F16(h);
+        }
+        v.resize(v.len() + Self::PAD, 0.0);
+        Floats::F32(v)
+    }
+
+    /// Value `i`.
+    #[inline(always)]
+    pub(crate) fn get(&self, i: usize) -> f32 {
+        match self {
+            Floats::F32(v) => v[i],
+            Floats::F16(v) => v[i].to_f32(),
+        }
+    }
+
+    /// Values held (the padding left out).
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Floats::F32(v) => v.len().saturating_sub(Self::PAD),
+            Floats::F16(v) => v.len().saturating_sub(Self::PAD),
+        }
+    }
+
+    /// Whether there are none.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of the values (the padding left out).
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            Floats::F32(_) => 4 * self.len(),
+            Floats::F16(_) => 2 * self.len(),
+        }
+    }
+
+    /// `Σ_i v[g0 + i] · w_i · a_i` over `a`, with `w` all ones when `None`.
+    #[inline(always)]
+    pub(crate) fn dot(&self, g0: usize, w: Option<&[f32]>, a: &[f32]) -> f32 {
+        fn go(v: impl Iterator<Item = f32>, w: Option<&[f32]>, a: &[f32]) -> f32 {
+            match w {
+                Some(w) => v.zip(w).zip(a).map(|((v, w), a)| v * w * a).sum(),
+                None => v.zip(a).map(|(v, a)| v * a).sum(),
+            }
+        }
+        match self {
+            Floats::F32(v) => go(v[g0..g0 + a.len()].iter().copied(), w, a),
+            Floats::F16(v) => go(v[g0..g0 + a.len()].iter().map(|h| h.to_f32()), w, a),
+        }
+    }
 }
 
 /// Where value `v` (0..64) of a 64-value step sits in the kernels' order: even values in the
@@ -176,9 +249,9 @@ impl IntRows {
             high,
             glen,
             per_row,
-            scales,
+            scales: Floats::new(scales),
             zeros,
-            mins,
+            mins: Floats::new(mins),
             offset,
         }
     }
@@ -214,7 +287,7 @@ impl IntRows {
     pub(crate) fn granule(&self, r: usize, c: usize) -> (f32, f32) {
         let g = self.granule_index(r, c);
         (
-            self.scales[g],
+            self.scales.get(g),
             self.zeros.get(g).copied().unwrap_or(self.offset),
         )
     }
@@ -222,15 +295,11 @@ impl IntRows {
     /// The min of granule `g` (0 when the codes have none).
     #[inline(always)]
     pub(crate) fn min(&self, g: usize) -> f32 {
-        self.mins.get(g).copied().unwrap_or(0.0)
-    }
-
-    /// What granule `g` adds per unit of its activations beyond `scale · code`:
-    /// `min − scale · zero`.
-    #[inline(always)]
-    pub(crate) fn bias(&self, g: usize) -> f32 {
-        let z = self.zeros.get(g).copied().unwrap_or(self.offset);
-        self.min(g) - self.scales[g] * z
+        if self.mins.is_empty() {
+            0.0
+        } else {
+            self.mins.get(g)
+        }
     }
 
     /// Whether 5-/6-bit codes are held as nibbles plus high-bit planes.
@@ -389,7 +458,9 @@ impl QuantMatmul {
             Kind::Int(r) => {
                 r.packed.len()
                     + 8 * r.high.len()
-                    + 4 * (r.scales.len() + r.zeros.len() + r.mins.len())
+                    + r.scales.bytes()
+                    + 4 * r.zeros.len()
+                    + r.mins.bytes()
             }
             Kind::Nf4 { packed, absmax, .. } => packed.len() + 4 * absmax.len(),
             Kind::Int8 { w, scale, .. } => w.resident_bytes() + 4 * scale.len(),
@@ -651,13 +722,16 @@ impl QuantMatmul {
     fn matmul_few(&self, x: &[f32], m: usize, y: &mut [f32]) {
         let (n, k) = (self.n, self.k);
         let base = SendPtr(y.as_mut_ptr());
+        // Element (i, r) of y ([m, n]) is written by the part owning row r only.
+        let put = |i: usize, r: usize, v: f32| {
+            // SAFETY: rows are split into disjoint runs (`row_runs`), one per part.
+            unsafe { *base.get().add(i * n + r) = v }
+        };
         if let Kind::Sparse(s) = &self.kind {
-            (0..n.div_ceil(ROWS)).into_par_iter().for_each(|b| {
-                for r in b * ROWS..((b + 1) * ROWS).min(n) {
+            row_runs(n, |rows| {
+                for r in rows {
                     for (i, xi) in x.chunks_exact(k).enumerate() {
-                        // SAFETY: element (i, r) of y ([m, n]) is written by the task owning
-                        // row r only.
-                        unsafe { *base.get().add(i * n + r) = s.dot_row(r, xi) };
+                        put(i, r, s.dot_row(r, xi));
                     }
                 }
             });
@@ -668,14 +742,12 @@ impl QuantMatmul {
                 // Activations quantized once per token, then integer dots against the codes.
                 let acts: Vec<q8::Q8Act> = x
                     .chunks_exact(k)
-                    .map(|xi| q8::Q8Act::new(xi, t.bits, t.glen))
+                    .map(|xi| q8::Q8Act::for_rows(xi, t))
                     .collect();
-                (0..n.div_ceil(ROWS)).into_par_iter().for_each(|b| {
-                    for r in b * ROWS..((b + 1) * ROWS).min(n) {
+                row_runs(n, |rows| {
+                    for r in rows {
                         for (i, a) in acts.iter().enumerate() {
-                            // SAFETY: element (i, r) of y ([m, n]) is written by the task
-                            // owning row r only.
-                            unsafe { *base.get().add(i * n + r) = q8::dot_row(kernel, t, r, k, a) };
+                            put(i, r, q8::dot_row(kernel, t, r, k, a));
                         }
                     }
                 });
@@ -687,35 +759,27 @@ impl QuantMatmul {
             .avx512_rows()
             .filter(|r| avx512::available() && r.fits(k))
         {
-            (0..n.div_ceil(ROWS)).into_par_iter().for_each_init(
-                || vec![0f32; m],
-                |ys, b| {
-                    for r in b * ROWS..((b + 1) * ROWS).min(n) {
-                        // SAFETY: AVX-512 was detected and the layout fits; x is [m, k].
-                        unsafe { avx512::dot_rows(&fast, r, k, x, ys) };
-                        for (i, &v) in ys.iter().enumerate() {
-                            // SAFETY: element (i, r) of y ([m, n]) is written by the task
-                            // owning row r only.
-                            unsafe { *base.get().add(i * n + r) = v };
-                        }
-                    }
-                },
-            );
-            return;
-        }
-        (0..n.div_ceil(ROWS)).into_par_iter().for_each_init(
-            || vec![0f32; k],
-            |buf, b| {
-                for r in b * ROWS..((b + 1) * ROWS).min(n) {
-                    self.dequantize_row(r, buf);
-                    for (i, xi) in x.chunks_exact(k).enumerate() {
-                        // SAFETY: element (i, r) of y ([m, n]) is written by the task owning
-                        // row r only.
-                        unsafe { *base.get().add(i * n + r) = crate::kernels::dot(xi, buf) };
+            row_runs(n, |rows| {
+                let mut ys = vec![0f32; m];
+                for r in rows {
+                    // SAFETY: AVX-512 was detected and the layout fits; x is [m, k].
+                    unsafe { avx512::dot_rows(&fast, r, k, x, &mut ys) };
+                    for (i, &v) in ys.iter().enumerate() {
+                        put(i, r, v);
                     }
                 }
-            },
-        );
+            });
+            return;
+        }
+        row_runs(n, |rows| {
+            let mut buf = vec![0f32; k];
+            for r in rows {
+                self.dequantize_row(r, &mut buf);
+                for (i, xi) in x.chunks_exact(k).enumerate() {
+                    put(i, r, crate::kernels::dot(xi, &buf));
+                }
+            }
+        });
         debug_assert_eq!(x.len(), m * k);
     }
 
@@ -884,6 +948,16 @@ fn q8_kernel() -> Option<q8::Int8Kernel> {
     }
 }
 
+/// `f` over `0..n` split into one run of whole [`ROWS`]-row blocks per thread of the
+/// [`crate::team`] (whose threads spin between a token's products).
+fn row_runs(n: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
+    let parts = crate::team::threads();
+    let per = n.div_ceil(ROWS).div_ceil(parts) * ROWS;
+    crate::team::run(n.div_ceil(per.max(1)), |p| {
+        f(p * per..((p + 1) * per).min(n))
+    });
+}
+
 /// A raw pointer that tasks writing disjoint elements may share.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
@@ -934,9 +1008,9 @@ fn int_kind(t: IntTensor) -> Kind {
         high: Vec::new(),
         glen,
         per_row,
-        scales,
+        scales: Floats::new(scales),
         zeros,
-        mins: Vec::new(),
+        mins: Floats::new(Vec::new()),
         offset,
     })
 }
@@ -956,9 +1030,9 @@ fn hqq_kind(t: HqqTensor) -> Kind {
         row_bytes: t.packed.len() / t.rows.max(1),
         glen: t.spec.group_size,
         per_row: t.cols / t.spec.group_size,
-        scales: t.scales_f32(),
+        scales: Floats::new(t.scales_f32()),
         zeros: t.zeros_f32(),
-        mins: Vec::new(),
+        mins: Floats::new(Vec::new()),
         high: Vec::new(),
         offset: 0.0,
         packed: t.packed,

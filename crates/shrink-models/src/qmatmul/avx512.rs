@@ -115,7 +115,7 @@ unsafe fn with_min(t: &IntRows, r: usize, c: usize, v: __m512) -> __m512 {
     if t.mins.is_empty() {
         v
     } else {
-        _mm512_add_ps(v, _mm512_set1_ps(t.mins[t.granule_index(r, c)]))
+        _mm512_add_ps(v, _mm512_set1_ps(t.mins.get(t.granule_index(r, c))))
     }
 }
 

@@ -32,7 +32,7 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::{kernel_position, IntRows};
+use super::{kernel_position, Floats, IntRows};
 /// The kernels are chosen as the int8 GEMM's are (VNNI, AVX2, portable; one detection).
 pub use crate::int8_gemm::Int8Kernel;
 
@@ -65,6 +65,10 @@ pub struct Q8Act {
     d: Vec<f32>,
     /// Per granule, `A_g = Σ_{c∈g} d_b(c) · q_c`.
     sums: Vec<f32>,
+    /// Symmetric codes' zero folded into the integer sums (AVX-512 VNNI): per step, for each
+    /// of the 16 lanes, `−offset · Σ q` over the 4 activations it covers, the value its
+    /// `vpdpbusd` starts from; empty when not folded.
+    init: Vec<i32>,
 }
 
 impl Q8Act {
@@ -112,7 +116,27 @@ impl Q8Act {
                     .sum()
             })
             .collect();
-        Q8Act { q, lanes, d, sums }
+        Q8Act {
+            q,
+            lanes,
+            d,
+            sums,
+            init: Vec::new(),
+        }
+    }
+
+    /// `x` quantized for the rows `t`, with a symmetric code offset folded into the integer
+    /// sums ([`Self::init`]), so the VNNI kernel needs no correction per granule.
+    pub(super) fn for_rows(x: &[f32], t: &IntRows) -> Self {
+        let mut a = Q8Act::new(x, t.bits, t.glen);
+        if t.zeros.is_empty() && t.offset != 0.0 {
+            let off = t.offset as i32;
+            a.init =
+                a.q.chunks_exact(4)
+                    .map(|l| -off * l.iter().map(|&q| q as i32).sum::<i32>())
+                    .collect();
+        }
+        a
     }
 
     /// The activation at natural position `c` as the kernels see it: `d_b · q`.
@@ -142,15 +166,21 @@ pub(super) fn dot_row(kernel: Int8Kernel, t: &IntRows, r: usize, k: usize, a: &Q
     }
 }
 
-/// The zero-point and min terms of row `r`: `Σ_g (min_g − s_g·z_g)·A_g`.
+/// The zero-point and min terms of row `r`: `Σ_g (min_g − s_g·z_g)·A_g`, leaving out the
+/// symmetric offset's part when `folded` (already in the integer sums, [`Q8Act::init`]).
 #[inline(always)]
-fn correction(t: &IntRows, r: usize, a: &Q8Act) -> f32 {
+fn correction(t: &IntRows, r: usize, a: &Q8Act, folded: bool) -> f32 {
     let g0 = t.granule_index(r, 0);
-    a.sums
-        .iter()
-        .enumerate()
-        .map(|(g, &s)| t.bias(g0 + g) * s)
-        .sum()
+    let mut c = 0f32;
+    if !t.mins.is_empty() {
+        c += t.mins.dot(g0, None, &a.sums);
+    }
+    if !t.zeros.is_empty() {
+        c -= t.scales.dot(g0, Some(&t.zeros[g0..]), &a.sums);
+    } else if !folded && t.offset != 0.0 {
+        c -= t.offset * t.scales.dot(g0, None, &a.sums);
+    }
+    c
 }
 
 fn portable(t: &IntRows, _row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
@@ -164,7 +194,7 @@ fn portable(t: &IntRows, _row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
         }
         acc += t.granule(r, c0).0 * a.d[c0 / QK] * dot as f32;
     }
-    acc + correction(t, r, a)
+    acc + correction(t, r, a, false)
 }
 
 /// Ask the cache for the codes [`PREFETCH`] bytes past `at` in `row`: the rows of a weight lie
@@ -180,13 +210,26 @@ fn prefetch(row: &[u8], at: usize) {
 
 /// For granules of 16 or 32 values, the granule (0..4 within a step) of each of an AVX-512
 /// accumulator's 16 lanes (each sums 4 consecutive bytes of the step's code vector), for
-/// nibble order (`nibbles`) or natural order.
-fn lane_granules(glen: usize, nibbles: bool) -> [i32; 16] {
-    std::array::from_fn(|l| {
-        // The first value the lane covers: nibble order puts value 2p at byte p < 32.
-        let v = if nibbles { 8 * (l % 8) } else { 4 * l };
-        (v / glen) as i32
-    })
+/// nibble order (`nibbles`) or natural order; built once (the kernels run per row).
+fn lane_granules(glen: usize, nibbles: bool) -> &'static [i32; 16] {
+    const fn table(glen: usize, nibbles: bool) -> [i32; 16] {
+        let mut t = [0i32; 16];
+        let mut l = 0;
+        while l < 16 {
+            // The first value the lane covers: nibble order puts value 2p at byte p < 32.
+            let v = if nibbles { 8 * (l % 8) } else { 4 * l };
+            t[l] = (v / glen) as i32;
+            l += 1;
+        }
+        t
+    }
+    const TABLES: [[i32; 16]; 4] = [
+        table(16, true),
+        table(16, false),
+        table(32, true),
+        table(32, false),
+    ];
+    &TABLES[usize::from(glen != 16) * 2 + usize::from(!nibbles)]
 }
 
 /// The high-bit masks of row `r`, step `st` (planes only).
@@ -205,9 +248,9 @@ unsafe fn vnni(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
     let nib = _mm256_set1_epi8(15);
     // Granules of 16/32: their scales per step, loaded together and spread over the lanes.
     let per_step = if t.glen < STEP { STEP / t.glen } else { 0 };
-    let idx = _mm512_loadu_si512(lane_granules(t.glen, nibbles).as_ptr() as *const _);
-    let load_mask: __mmask16 = (1u16 << per_step) - 1;
+    let idx = _mm512_loadu_si512(lane_granules(t.glen.min(QK), nibbles).as_ptr() as *const _);
     let g0 = t.granule_index(r, 0);
+    let folded = !a.init.is_empty();
     for st in 0..k / STEP {
         prefetch(row, st * step_bytes);
         let mut w = if nibbles {
@@ -224,17 +267,30 @@ unsafe fn vnni(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
             }
         }
         let x = _mm512_loadu_si512(a.q.as_ptr().add(st * STEP) as *const _);
-        let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x);
+        let init = if folded {
+            _mm512_loadu_si512(a.init.as_ptr().add(st * 16) as *const _)
+        } else {
+            _mm512_setzero_si512()
+        };
+        let dot = _mm512_dpbusd_epi32(init, w, x);
         let sv = if per_step > 0 {
-            let s = _mm512_maskz_loadu_ps(load_mask, t.scales.as_ptr().add(g0 + st * per_step));
+            // The step's (at most 4) scales; the padding after the last row keeps the loads
+            // inside the buffer, and the lanes past them are never picked.
+            let at = g0 + st * per_step;
+            let s = match &t.scales {
+                Floats::F16(h) => _mm512_cvtph_ps(_mm256_castsi128_si256(_mm_loadl_epi64(
+                    h.as_ptr().add(at) as *const __m128i,
+                ))),
+                Floats::F32(v) => _mm512_castps128_ps512(_mm_loadu_ps(v.as_ptr().add(at))),
+            };
             _mm512_permutexvar_ps(idx, s)
         } else {
-            _mm512_set1_ps(t.scales[t.granule_index(r, st * STEP)])
+            _mm512_set1_ps(t.scales.get(t.granule_index(r, st * STEP)))
         };
         let d = _mm512_mul_ps(_mm512_loadu_ps(a.lanes.as_ptr().add(st * 16)), sv);
         acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), d, acc);
     }
-    _mm512_reduce_add_ps(acc) + correction(t, r, a)
+    _mm512_reduce_add_ps(acc) + correction(t, r, a, folded)
 }
 
 /// 32 bytes, 0xFF where bit `i` of `bits` is set (ggml's `bytes_from_bits_32`).
@@ -262,16 +318,13 @@ unsafe fn avx2(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
     let nib = _mm256_set1_epi8(15);
     let ones = _mm256_set1_epi16(1);
     let g0 = t.granule_index(r, 0);
-    // Lane l of a nibble product sums values 8l..8l+8 of the step (evens and odds).
     let per_step = if t.glen < STEP { STEP / t.glen } else { 0 };
-    let lanes: [i32; 8] = std::array::from_fn(|l| (8 * l / t.glen.min(STEP)) as i32);
-    let idx = _mm256_loadu_si256(lanes.as_ptr() as *const __m256i);
-    let load_mask: [i32; 8] = std::array::from_fn(|l| if l < per_step { -1 } else { 0 });
-    let load_mask = _mm256_loadu_si256(load_mask.as_ptr() as *const __m256i);
+    // Lane l of a nibble product sums values 8l..8l+8: the first 8 of the AVX-512 table.
+    let idx = _mm256_loadu_si256(lane_granules(t.glen.min(QK), true).as_ptr() as *const __m256i);
     for st in 0..k / STEP {
         prefetch(row, st * step_bytes);
         let xp = a.q.as_ptr().add(st * STEP);
-        let scale = |c: usize| t.scales[t.granule_index(r, st * STEP + c)];
+        let scale = |c: usize| t.scales.get(t.granule_index(r, st * STEP + c));
         if nibbles {
             let p = _mm256_loadu_si256(row.as_ptr().add(st * 32) as *const __m256i);
             let mut lo = _mm256_and_si256(p, nib);
@@ -291,8 +344,15 @@ unsafe fn avx2(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
             let dh = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xh), ones);
             let dot = _mm256_add_epi32(dl, dh);
             let sv = if per_step > 0 {
-                let s = _mm256_maskload_ps(t.scales.as_ptr().add(g0 + st * per_step), load_mask);
-                _mm256_permutevar8x32_ps(s, idx)
+                let at = g0 + st * per_step;
+                let s: [f32; 8] = std::array::from_fn(|i| {
+                    if i < per_step {
+                        t.scales.get(at + i)
+                    } else {
+                        0.0
+                    }
+                });
+                _mm256_permutevar8x32_ps(_mm256_loadu_ps(s.as_ptr()), idx)
             } else {
                 _mm256_set1_ps(scale(0))
             };
@@ -317,7 +377,7 @@ unsafe fn avx2(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
     let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
     let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
     let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-    _mm_cvtss_f32(h) + correction(t, r, a)
+    _mm_cvtss_f32(h) + correction(t, r, a, false)
 }
 
 #[cfg(test)]
@@ -343,6 +403,7 @@ mod tests {
     }
 
     /// Random rows of `bits`-bit codes, `n × k`, in granules of `glen` (0: one for the tensor).
+    /// Scales rounded to float16 (held as such) when `seed` is even, else float32.
     fn rows(bits: u8, n: usize, k: usize, glen: usize, off: Offset, seed: u64) -> IntRows {
         let mut s = seed;
         let codes: Vec<u8> = (0..n * k)
@@ -350,8 +411,15 @@ mod tests {
             .collect();
         let (glen, per_row) = if glen == 0 { (k, 0) } else { (glen, k / glen) };
         let count = if per_row == 0 { 1 } else { n * per_row };
-        let scales = (0..count)
+        let scales: Vec<f32> = (0..count)
             .map(|_| 0.001 + (lcg(&mut s) % 1000) as f32 * 1e-5)
+            .map(|v| {
+                if seed % 2 == 0 {
+                    half::f16::from_f32(v).to_f32()
+                } else {
+                    v
+                }
+            })
             .collect();
         let mut per_granule = |f: &dyn Fn(u32) -> f32| (0..count).map(|_| f(lcg(&mut s))).collect();
         let zeros = match off {
@@ -412,41 +480,44 @@ mod tests {
             (8, 256, 16, Symmetric),
             (8, 576, 32, Mins),
         ] {
-            let n = 7;
-            let t = rows(bits, n, k, glen, off, 11 + k as u64);
-            assert!(fits(&t, k), "{bits}-bit k {k} g {glen}");
-            let mut s = 5u64;
-            // Activations with an outlier, as real ones have.
-            let x: Vec<f32> = (0..k)
-                .map(|i| {
-                    let v = (lcg(&mut s) % 20001) as f32 / 10000.0 - 1.0;
-                    if i == 37 {
-                        v * 40.0
-                    } else {
-                        v
+            for seed in [11 + k as u64, 12 + k as u64] {
+                let n = 7;
+                let t = rows(bits, n, k, glen, off, seed);
+                assert_eq!(matches!(t.scales, Floats::F16(_)), seed % 2 == 0);
+                assert!(fits(&t, k), "{bits}-bit k {k} g {glen}");
+                let mut s = 5u64;
+                // Activations with an outlier, as real ones have.
+                let x: Vec<f32> = (0..k)
+                    .map(|i| {
+                        let v = (lcg(&mut s) % 20001) as f32 / 10000.0 - 1.0;
+                        if i == 37 {
+                            v * 40.0
+                        } else {
+                            v
+                        }
+                    })
+                    .collect();
+                let a = Q8Act::for_rows(&x, &t);
+                for r in 0..n {
+                    let w = dequantized(&t, r, k);
+                    let exact: f64 = (0..k).map(|c| w[c] * a.value(c, bits) as f64).sum();
+                    let scale: f64 = (0..k).map(|c| (w[c] * a.value(c, bits) as f64).abs()).sum();
+                    let float: f64 = (0..k).map(|c| w[c] * x[c] as f64).sum();
+                    for &kern in &kernels {
+                        let y = dot_row(kern, &t, r, k, &a) as f64;
+                        assert!(
+                            (y - exact).abs() <= 2e-6 * scale,
+                            "{kern:?} {bits}-bit k {k} g {glen} {off:?} row {r}: {y} vs {exact}"
+                        );
                     }
-                })
-                .collect();
-            let a = Q8Act::new(&x, bits, t.glen);
-            for r in 0..n {
-                let w = dequantized(&t, r, k);
-                let exact: f64 = (0..k).map(|c| w[c] * a.value(c, bits) as f64).sum();
-                let scale: f64 = (0..k).map(|c| (w[c] * a.value(c, bits) as f64).abs()).sum();
-                let float: f64 = (0..k).map(|c| w[c] * x[c] as f64).sum();
-                for &kern in &kernels {
-                    let y = dot_row(kern, &t, r, k, &a) as f64;
+                    // Against the unrounded product, at most half a step of each block's grid
+                    // per value.
+                    let bound: f64 = (0..k).map(|c| w[c].abs() * a.d[c / QK] as f64 / 2.0).sum();
                     assert!(
-                        (y - exact).abs() <= 2e-6 * scale,
-                        "{kern:?} {bits}-bit k {k} g {glen} {off:?} row {r}: {y} vs {exact}"
+                        (exact - float).abs() <= bound * 1.0001,
+                        "{exact} vs {float}"
                     );
                 }
-                // Against the unrounded product, at most half a step of each block's grid
-                // per value.
-                let bound: f64 = (0..k).map(|c| w[c].abs() * a.d[c / QK] as f64 / 2.0).sum();
-                assert!(
-                    (exact - float).abs() <= bound * 1.0001,
-                    "{exact} vs {float}"
-                );
             }
         }
     }
