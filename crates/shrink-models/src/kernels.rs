@@ -139,6 +139,7 @@ pub fn round_ties_even_small(x: f32) -> f32 {
 
 /// Dot product of two float32 slices of equal length, in 16 independent lanes (so LLVM
 /// vectorises it; a single running sum cannot be reordered), summed pairwise at the end.
+#[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let mut acc = [0f32; 16];
@@ -162,6 +163,101 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         w /= 2;
     }
     acc[0] + tail
+}
+
+dispatch! {
+    /// `y` (`[m, n]`) += `x[:, c0..c1]` · `wt[c0..c1, :]` (`x` `[m, k]`, `wt` `[k, n]`), four
+    /// rows of `wt` per pass over `y`.
+    fn gemv_t_part(x: &[f32], k: usize, wt: &[f32], n: usize, c0: usize, c1: usize, y: &mut [f32]) {
+        let mut c = c0;
+        while c < c1 {
+            let take = (c1 - c).min(4);
+            let w: Vec<&[f32]> = (c..c + take).map(|r| &wt[r * n..(r + 1) * n]).collect();
+            for (i, yi) in y.chunks_exact_mut(n).enumerate() {
+                let a = &x[i * k + c..i * k + c + take];
+                if take == 4 {
+                    let (a0, a1, a2, a3) = (a[0], a[1], a[2], a[3]);
+                    for ((((v, &p), &q), &r), &s) in
+                        yi.iter_mut().zip(w[0]).zip(w[1]).zip(w[2]).zip(w[3])
+                    {
+                        *v += a0 * p + a1 * q + a2 * r + a3 * s;
+                    }
+                } else {
+                    for (&aj, wj) in a.iter().zip(&w) {
+                        for (v, &p) in yi.iter_mut().zip(*wj) {
+                            *v += aj * p;
+                        }
+                    }
+                }
+            }
+            c += take;
+        }
+    }
+}
+
+dispatch! {
+    /// `out[r − r0]` = row `r` of `w` (`k` values each) · `x`, for `r` in `r0..r0 + out.len()`.
+    fn dot_rows(x: &[f32], w: &[f32], k: usize, r0: usize, out: &mut [f32]) {
+        for (j, o) in out.iter_mut().enumerate() {
+            let r = r0 + j;
+            *o = dot(x, &w[r * k..(r + 1) * k]);
+        }
+    }
+}
+
+/// Tokens up to which [`gemv_t`] and [`gemv_rows`] serve a float product (generation).
+pub const FEW_TOKENS: usize = 8;
+
+/// `y = x · wt` for a few tokens (`x` `[m, k]`, `wt` `[k, n]` row-major): generation's float
+/// product. Each thread of the [`crate::team`] streams its own run of `wt`'s rows into a
+/// partial `y`, and the partials are summed: every thread reads memory in order (a split by
+/// output columns would stride through all of `wt`). Equal to the GEMM up to summation order.
+pub fn gemv_t(x: &[f32], m: usize, k: usize, wt: &[f32], n: usize) -> Vec<f32> {
+    assert!(
+        x.len() >= m * k && wt.len() >= k * n,
+        "gemv_t: buffers shorter than the shapes"
+    );
+    let parts = crate::team::threads().min(k.div_ceil(64)).max(1);
+    let per = k.div_ceil(parts).div_ceil(4) * 4;
+    let parts = k.div_ceil(per);
+    let mut partial = vec![0f32; parts * m * n];
+    let base = crate::qmatmul::SendPtr(partial.as_mut_ptr());
+    crate::team::run(parts, |p| {
+        // SAFETY: part p alone writes its own [m, n] slice of `partial`.
+        let y = unsafe { std::slice::from_raw_parts_mut(base.get().add(p * m * n), m * n) };
+        gemv_t_part(x, k, wt, n, p * per, ((p + 1) * per).min(k), y);
+    });
+    let (first, rest) = partial.split_at_mut(m * n);
+    for other in rest.chunks_exact(m * n) {
+        for (a, b) in first.iter_mut().zip(other) {
+            *a += b;
+        }
+    }
+    partial.truncate(m * n);
+    partial
+}
+
+/// `y = x · wᵀ` for a few tokens (`x` `[m, k]`, `w` `[n, k]` row-major, a tied LM head): rows
+/// split over the [`crate::team`], one dot product per row and token.
+pub fn gemv_rows(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
+    assert!(
+        x.len() >= m * k && w.len() >= n * k,
+        "gemv_rows: buffers shorter than the shapes"
+    );
+    let mut y = vec![0f32; m * n];
+    let parts = crate::team::threads();
+    let per = n.div_ceil(parts);
+    let base = crate::qmatmul::SendPtr(y.as_mut_ptr());
+    crate::team::run(n.div_ceil(per), |p| {
+        let (r0, r1) = (p * per, ((p + 1) * per).min(n));
+        for i in 0..m {
+            // SAFETY: part p alone writes columns r0..r1 of y ([m, n]).
+            let out =
+                unsafe { std::slice::from_raw_parts_mut(base.get().add(i * n + r0), r1 - r0) };
+            dot_rows(&x[i * k..(i + 1) * k], w, k, r0, out);
+        }
+    });
+    y
 }
 
 /// `y = a · b` in float32: `a` row-major `[m, k]`, `b` row-major `[k, n]`, `y` `[m, n]`

@@ -240,6 +240,25 @@ impl Module for Linear {
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((rows, in_f))?;
         let mut y = match &self.w {
+            Weight::Dense(wt) if rows <= crate::kernels::FEW_TOKENS => {
+                // Generation: the team's streaming product (kernels::gemv_t).
+                let x2 = x2.contiguous()?;
+                let (xs, xl) = x2.storage_and_layout();
+                let (ws, wl) = wt.storage_and_layout();
+                match (&*xs, &*ws) {
+                    (
+                        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(xv)),
+                        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(wv)),
+                    ) if wl.is_contiguous() => {
+                        let n = self.out_features();
+                        let x = &xv[xl.start_offset()..xl.start_offset() + rows * in_f];
+                        let w = &wv[wl.start_offset()..wl.start_offset() + in_f * n];
+                        let y = crate::kernels::gemv_t(x, rows, in_f, w, n);
+                        Tensor::from_vec(y, (rows, n), &Device::Cpu)?
+                    }
+                    _ => x2.matmul(wt)?,
+                }
+            }
             Weight::Dense(wt) => x2.matmul(wt)?,
             Weight::Quantized { q, .. } => {
                 let x2 = x2.contiguous()?;

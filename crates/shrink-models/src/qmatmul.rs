@@ -665,6 +665,9 @@ impl QuantMatmul {
                 panic!("QuantMatmul::rows holds a float32 CPU tensor")
             };
             let w = &w[l.start_offset()..l.start_offset() + n * k];
+            if m <= crate::kernels::FEW_TOKENS {
+                return crate::kernels::gemv_rows(x, m, k, w, n);
+            }
             crate::kernels::gemm_f32_bt(x, m, k, w, n, &mut y);
             return y;
         }
@@ -960,12 +963,12 @@ fn row_runs(n: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
 
 /// A raw pointer that tasks writing disjoint elements may share.
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(crate) struct SendPtr(pub(crate) *mut f32);
 // SAFETY: only used for writes to disjoint elements (see `dequantize_t_into`).
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 impl SendPtr {
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }
