@@ -218,12 +218,34 @@ fn a_quantized_embedding_is_the_packed_head() {
     same_logits(&q, &dense, "packed head");
 }
 
+/// Bytes a token reads of a GGUF tensor held as integer codes: 4-bit codes two per byte,
+/// 5-/6-bit ones as nibbles plus one or two 64-bit masks of high bits per 64 values (rows a
+/// multiple of 64), 8-bit one per byte; each scale and min as float16 when all of the
+/// tensor's are float16 exactly, else float32.
+fn packed_bytes(c: &shrink_formats::ggml::GgmlCodes, rows: usize, cols: usize) -> usize {
+    let bits = c.bits as usize;
+    let row = match bits {
+        4 => cols / 2,
+        8 => cols,
+        _ if cols % 64 == 0 => cols / 2 + cols / 64 * 8 * (bits - 4),
+        _ => (cols * bits).div_ceil(8),
+    };
+    let width = |v: &[f32]| {
+        if v.iter().all(|&s| half::f16::from_f32(s).to_f32() == s) {
+            2
+        } else {
+            4
+        }
+    };
+    rows * row + c.scales.len() * width(&c.scales) + c.mins.len() * width(&c.mins)
+}
+
 #[test]
-fn gguf_q4_0_and_q8_0_run_packed_and_exact() {
-    use shrink_formats::ggml::GgmlType;
+fn gguf_integer_types_run_packed_and_exact() {
+    use shrink_formats::ggml;
     let dir = tempfile::tempdir().unwrap();
     let fx = common::tiny_llama_with_tokenizer(dir.path());
-    for ty in ["q4_0", "q8_0"] {
+    for ty in ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k_m", "q6_k"] {
         let gguf = dir.path().join(format!("{ty}.gguf"));
         let dense = dir.path().join(format!("{ty}-f32"));
         ok(&[
@@ -244,19 +266,25 @@ fn gguf_q4_0_and_q8_0_run_packed_and_exact() {
             "-o",
             dense.to_str().unwrap(),
         ]);
-        // Q4_0 / Q8_0 tensors are read as their codes plus a float32 scale per 32 values;
-        // every other tensor as float32; the tied head reads the embedding, plus one row.
+        // Integer-typed tensors are read as their codes (`packed_bytes`), every other tensor
+        // as float32; the tied head reads the embedding, plus one row.
         let g = shrink_io::GgufFile::open(&gguf).unwrap();
         let mut read = 64 * 4;
         let mut packed = 0;
         for t in &g.tensors {
             let n = t.elements();
-            read += match t.ty {
-                GgmlType::Q4_0 => n / 2 + n / 32 * 4,
-                GgmlType::Q8_0 => n + n / 32 * 4,
-                _ => n * 4,
+            let shape = t.shape();
+            let codes = match shape[..] {
+                [rows, cols] => ggml::to_codes(t.ty, g.tensor_bytes(t), rows, cols).unwrap(),
+                _ => None,
             };
-            packed += matches!(t.ty, GgmlType::Q4_0 | GgmlType::Q8_0) as usize;
+            read += match codes {
+                Some(c) => {
+                    packed += 1;
+                    packed_bytes(&c, shape[0], shape[1]) as u64
+                }
+                None => n * 4,
+            };
         }
         assert!(packed >= 14, "{ty}: {packed} packed tensors");
         let v = run(&[

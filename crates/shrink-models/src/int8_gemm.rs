@@ -165,6 +165,7 @@ impl Int8Kernel {
                 std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512bw")
                     && std::arch::is_x86_feature_detected!("avx512vnni")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
             }
             #[cfg(target_arch = "x86_64")]
             Int8Kernel::Avx2 => std::arch::is_x86_feature_detected!("avx2"),

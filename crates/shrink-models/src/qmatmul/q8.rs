@@ -183,6 +183,46 @@ fn correction(t: &IntRows, r: usize, a: &Q8Act, folded: bool) -> f32 {
     c
 }
 
+/// [`correction`] with AVX-512, 16 granules at a time (float16 scales and mins converted in
+/// hardware: `half`'s conversion is a library call per value).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn correction_avx512(t: &IntRows, r: usize, a: &Q8Act, folded: bool) -> f32 {
+    let g0 = t.granule_index(r, 0);
+    let n = a.sums.len();
+    let offset = if folded { 0.0 } else { t.offset };
+    if t.mins.is_empty() && t.zeros.is_empty() && offset == 0.0 {
+        return 0.0;
+    }
+    // The floats g0 + g .. g0 + g + 16 of `v` (the lanes from `count` on zero).
+    let load = |v: &Floats, g: usize, mask: __mmask16| match v {
+        Floats::F16(h) => _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
+            mask,
+            h.as_ptr().add(g0 + g) as *const i16,
+        )),
+        Floats::F32(f) => _mm512_maskz_loadu_ps(mask, f.as_ptr().add(g0 + g)),
+    };
+    let mut acc = _mm512_setzero_ps();
+    for g in (0..n).step_by(16) {
+        let mask: __mmask16 = if n - g >= 16 { 0xFFFF } else { (1 << (n - g)) - 1 };
+        let sums = _mm512_maskz_loadu_ps(mask, a.sums.as_ptr().add(g));
+        // bias = min − s·z (z: the zero points, or the unfolded symmetric offset).
+        let mut bias = if t.mins.is_empty() {
+            _mm512_setzero_ps()
+        } else {
+            load(&t.mins, g, mask)
+        };
+        let z = if t.zeros.is_empty() {
+            _mm512_set1_ps(offset)
+        } else {
+            _mm512_maskz_loadu_ps(mask, t.zeros.as_ptr().add(g0 + g))
+        };
+        bias = _mm512_fnmadd_ps(load(&t.scales, g, mask), z, bias);
+        acc = _mm512_fmadd_ps(bias, sums, acc);
+    }
+    _mm512_reduce_add_ps(acc)
+}
+
 fn portable(t: &IntRows, _row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
     let mut acc = 0f32;
     // Runs of 16 values: one granule (all granules are multiples of 16) and one block.
@@ -240,7 +280,7 @@ fn high_masks(t: &IntRows, r: usize, k: usize, st: usize) -> &[u64] {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn vnni(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
     let mut acc = _mm512_setzero_ps();
     let nibbles = t.bits != 8;
@@ -290,7 +330,7 @@ unsafe fn vnni(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
         let d = _mm512_mul_ps(_mm512_loadu_ps(a.lanes.as_ptr().add(st * 16)), sv);
         acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), d, acc);
     }
-    _mm512_reduce_add_ps(acc) + correction(t, r, a, folded)
+    _mm512_reduce_add_ps(acc) + correction_avx512(t, r, a, folded)
 }
 
 /// 32 bytes, 0xFF where bit `i` of `bits` is set (ggml's `bytes_from_bits_32`).
