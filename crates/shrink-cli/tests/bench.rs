@@ -35,15 +35,15 @@ fn ok(args: &[&str]) {
 }
 
 /// Bytes a token reads from a compressed-tensors checkpoint, counted from its file: the packed
-/// codes as stored, each group's float16 scale and zero point as the float32 pair the kernel
-/// reads, the shapes not at all; plus one 64-wide float32 embedding row.
+/// codes as stored, each group's float16 scale as float16 and its zero point as the float32
+/// the kernel reads, the shapes not at all; plus one 64-wide float32 embedding row.
 fn ct_bytes_read(dir: &Path) -> u64 {
     let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut read = 64 * 4;
     for (n, t) in st.tensors() {
         read += if n.ends_with(".weight_scale") {
-            (t.data().len() / 2 * 8) as u64
+            (t.data().len() / 2 * (2 + 4)) as u64
         } else if n.ends_with(".weight_zero_point") || n.ends_with(".weight_shape") {
             0
         } else {
