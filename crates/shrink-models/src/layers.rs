@@ -102,19 +102,29 @@ impl candle_core::CustomOp1 for CausalSoftmax {
             _ => candle_core::bail!("causal-softmax needs contiguous f32 scores"),
         };
         let (_, t, tk) = layout.shape().dims3()?;
-        let mut dst = vec![0f32; src.len()];
-        dst.par_chunks_mut(tk)
+        // Every element is written below (the masked ones as 0), so the buffer is not zeroed
+        // first: that memset measured ~2 % of a 512-token forward.
+        let mut dst: Vec<f32> = Vec::with_capacity(src.len());
+        dst.spare_capacity_mut()
+            .par_chunks_mut(tk)
             .zip(src.par_chunks(tk))
             .enumerate()
             .for_each(|(r, (d, s))| {
                 let qi = self.offset + r % t;
                 let lo = self.window.map_or(0, |w| (qi + 1).saturating_sub(w));
-                let (d, s) = (&mut d[lo..=qi], &s[lo..=qi]);
-                let max = crate::kernels::max(s) * self.scale;
-                d.copy_from_slice(s);
+                for (i, (o, &v)) in d.iter_mut().zip(s).enumerate() {
+                    o.write(if (lo..=qi).contains(&i) { v } else { 0.0 });
+                }
+                // SAFETY: every element of the row was just written.
+                let d: &mut [f32] =
+                    unsafe { std::slice::from_raw_parts_mut(d.as_mut_ptr() as *mut f32, d.len()) };
+                let d = &mut d[lo..=qi];
+                let max = crate::kernels::max(d) * self.scale;
                 let inv = 1.0 / crate::kernels::exp_scaled_sum(d, self.scale, max);
                 d.iter_mut().for_each(|o| *o *= inv);
             });
+        // SAFETY: the rows above wrote all src.len() elements.
+        unsafe { dst.set_len(src.len()) };
         Ok((candle_core::CpuStorage::F32(dst), layout.shape().clone()))
     }
 }
@@ -131,17 +141,52 @@ pub fn attention(
     mask: &CausalMask,
     scale: f64,
 ) -> Result<Tensor> {
+    let t = q.dim(1)?;
+    let tk = k.dim(1)?;
+    if t <= QUERY_CHUNK {
+        return attention_rows(q, k, v, mask, scale, tk - t);
+    }
+    // Query rows in chunks, each against the keys up to its last row only: the scores and
+    // products of keys every row of a chunk masks are never computed (3/8 of both products
+    // at 512 tokens in chunks of 128; pp512 of SmolLM2 Q4_0 702 → 732–756 tokens/s, 2 threads;
+    // chunks of 64 measured no faster than none: the key and value copies per chunk ate it).
+    let mut outs = Vec::with_capacity(t.div_ceil(QUERY_CHUNK));
+    for q0 in (0..t).step_by(QUERY_CHUNK) {
+        let len = QUERY_CHUNK.min(t - q0);
+        let end = tk - t + q0 + len;
+        let qc = q.narrow(1, q0, len)?.contiguous()?;
+        let kc = k.narrow(1, 0, end)?;
+        let vc = v.narrow(1, 0, end)?;
+        outs.push(attention_rows(&qc, &kc, &vc, mask, scale, tk - t + q0)?);
+    }
+    debug_assert_eq!(outs.iter().map(|o| o.dim(0).unwrap_or(0)).sum::<usize>(), t);
+    Ok(Tensor::cat(&outs, 0)?)
+}
+
+/// Query rows per chunk of [`attention`].
+const QUERY_CHUNK: usize = 128;
+
+/// [`attention`] for queries at positions `offset..offset + t` against keys `0..tk`
+/// (`tk ≥ offset + t`; keys past a query's position are masked).
+fn attention_rows(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &CausalMask,
+    scale: f64,
+    offset: usize,
+) -> Result<Tensor> {
     let (h, t, d) = q.dims3()?;
     let (kv, tk, _) = k.dims3()?;
     let rep = h / kv;
     let qg = q.reshape((kv, rep * t, d))?;
     let scores = qg.matmul(&k.t()?)?.reshape((h, t, tk))?;
     let probs = scores.apply_op1_no_bwd(&CausalSoftmax {
-        offset: tk - t,
+        offset,
         window: mask.window,
         scale: scale as f32,
     })?;
-    let out = probs.reshape((kv, rep * t, tk))?.matmul(v)?; // [kv, rep·t, d]
+    let out = probs.reshape((kv, rep * t, tk))?.matmul(&v.contiguous()?)?; // [kv, rep·t, d]
     Ok(out
         .reshape((h, t, d))?
         .transpose(0, 1)?
