@@ -111,6 +111,8 @@ fn main() -> ExitCode {
     // Integer weights meet int8 activations one token at a time, as in llama.cpp; evaluation
     // and calibration keep float activations, so they measure the weights alone.
     shrink_models::runtime::set_int8_activations(generation);
+    // A float16 / bfloat16 tied head read as such: half its bytes per generated token.
+    shrink_models::runtime::set_half_head(generation);
     let result = match cli.command {
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Convert(a) => commands::convert::run(a),

@@ -260,6 +260,127 @@ pub fn gemv_rows(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32>
     y
 }
 
+/// 16-bit floats a few-token product reads rows of ([`gemv_rows_half`]).
+pub trait Half: Copy + Send + Sync {
+    /// `src` converted to float32 into `dst` (exact).
+    fn widen(src: &[Self], dst: &mut [f32]);
+    /// Rows `r0..r0 + out.len()` of `w` (`k` each) dotted with `x`, widened 16 values at a
+    /// time in AVX-512 registers; `false` (nothing written) where the CPU lacks AVX-512.
+    fn dot_rows_avx512(x: &[f32], w: &[Self], k: usize, r0: usize, out: &mut [f32]) -> bool;
+}
+
+impl Half for half::f16 {
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        src.convert_to_f32_slice(dst);
+    }
+    fn dot_rows_avx512(x: &[f32], w: &[Self], k: usize, r0: usize, out: &mut [f32]) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") && k % 16 == 0 {
+            assert!(x.len() >= k && w.len() >= (r0 + out.len()) * k);
+            // SAFETY: AVX-512F detected; every row read lies inside `w` (asserted).
+            unsafe { half16::dot_rows(x, w.as_ptr() as *const u16, k, r0, out, false) };
+            return true;
+        }
+        let _ = (x, w, k, r0, out);
+        false
+    }
+}
+
+impl Half for half::bf16 {
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        src.convert_to_f32_slice(dst);
+    }
+    fn dot_rows_avx512(x: &[f32], w: &[Self], k: usize, r0: usize, out: &mut [f32]) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") && k % 16 == 0 {
+            assert!(x.len() >= k && w.len() >= (r0 + out.len()) * k);
+            // SAFETY: as for f16.
+            unsafe { half16::dot_rows(x, w.as_ptr() as *const u16, k, r0, out, true) };
+            return true;
+        }
+        let _ = (x, w, k, r0, out);
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod half16 {
+    use std::arch::x86_64::*;
+
+    /// `out[j]` = row `r0 + j` of the 16-bit rows `w` (`k` each, float16 or bfloat16) · `x`.
+    ///
+    /// # Safety
+    /// AVX-512F; `k` a multiple of 16; `x` holds `k` values and `w` the rows read.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dot_rows(
+        x: &[f32],
+        w: *const u16,
+        k: usize,
+        r0: usize,
+        out: &mut [f32],
+        bf16: bool,
+    ) {
+        for (j, o) in out.iter_mut().enumerate() {
+            let row = w.add((r0 + j) * k);
+            let (mut a, mut b) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+            let mut c = 0;
+            while c < k {
+                // Codes 1 KiB ahead: the rows are read once, in order.
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(c + 512) as *const i8);
+                let h = _mm256_loadu_si256(row.add(c) as *const __m256i);
+                let v = if bf16 {
+                    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+                } else {
+                    _mm512_cvtph_ps(h)
+                };
+                let xv = _mm512_loadu_ps(x.as_ptr().add(c));
+                if (c / 16) % 2 == 0 {
+                    a = _mm512_fmadd_ps(v, xv, a);
+                } else {
+                    b = _mm512_fmadd_ps(v, xv, b);
+                }
+                c += 16;
+            }
+            *o = _mm512_reduce_add_ps(_mm512_add_ps(a, b));
+        }
+    }
+}
+
+/// [`gemv_rows`] with the rows stored as 16-bit floats (`w` `[n, k]`): half the bytes of
+/// float32 rows read from memory.
+pub fn gemv_rows_half<H: Half>(x: &[f32], m: usize, k: usize, w: &[H], n: usize) -> Vec<f32> {
+    assert!(
+        x.len() >= m * k && w.len() >= n * k,
+        "gemv_rows_half: buffers shorter than the shapes"
+    );
+    let mut y = vec![0f32; m * n];
+    let parts = crate::team::threads();
+    let per = n.div_ceil(parts);
+    let base = crate::qmatmul::SendPtr(y.as_mut_ptr());
+    crate::team::run(n.div_ceil(per), |p| {
+        let (r0, r1) = (p * per, ((p + 1) * per).min(n));
+        let mut out = vec![0f32; r1 - r0];
+        let mut row = Vec::new();
+        for i in 0..m {
+            let xi = &x[i * k..(i + 1) * k];
+            if !H::dot_rows_avx512(xi, w, k, r0, &mut out) {
+                row.resize(k, 0f32);
+                for (j, o) in out.iter_mut().enumerate() {
+                    H::widen(&w[(r0 + j) * k..(r0 + j + 1) * k], &mut row);
+                    *o = dot(xi, &row);
+                }
+            }
+            for (j, &v) in out.iter().enumerate() {
+                // SAFETY: part p alone writes columns r0..r1 of y ([m, n]).
+                unsafe { *base.get().add(i * n + r0 + j) = v };
+            }
+        }
+    });
+    y
+}
+
 /// `y = a · b` in float32: `a` row-major `[m, k]`, `b` row-major `[k, n]`, `y` `[m, n]`
 /// (overwritten), on all of rayon's threads — the same call candle's CPU matmul makes, so
 /// results equal candle's bit for bit.

@@ -75,8 +75,15 @@ enum Kind {
     /// Float32 rows mostly zero (a pruned weight), kept as their non-zeros and bitmasks.
     Sparse(SparseRows),
     /// Float32 rows shared with another tensor (a tied embedding used as the LM head), so
-    /// the head needs no transposed copy of its own.
-    Rows(Tensor),
+    /// the head needs no transposed copy of its own; with the rows as the float16 / bfloat16
+    /// the checkpoint stores them in (exactly), which a few tokens read instead: half the bytes.
+    Rows(Tensor, Option<HalfRows>),
+}
+
+/// Rows stored as 16-bit floats, each value exactly the float32 it stands for.
+pub enum HalfRows {
+    F16(Vec<half::f16>),
+    Bf16(Vec<half::bf16>),
 }
 
 /// Integer codes with their decoded scales, zero points and mins: value =
@@ -379,6 +386,7 @@ impl QuantMatmul {
             } => Kind::Rows(
                 Tensor::from_vec(values, (rows, cols), &candle_core::Device::Cpu)
                     .expect("values hold rows · cols floats"),
+                None,
             ),
         };
         QuantMatmul {
@@ -408,7 +416,26 @@ impl QuantMatmul {
             n,
             k,
             resident: 0,
-            kind: Kind::Rows(w),
+            kind: Kind::Rows(w, None),
+        })
+    }
+
+    /// [`Self::rows`] with the rows also held as the 16-bit floats `half` (`[n, k]`, each
+    /// exactly the float32 value): products of a few tokens read those, half the bytes.
+    pub fn rows_half(w: Tensor, half: HalfRows) -> candle_core::Result<Self> {
+        let (n, k) = w.dims2()?;
+        let len = match &half {
+            HalfRows::F16(v) => v.len(),
+            HalfRows::Bf16(v) => v.len(),
+        };
+        if len != n * k {
+            candle_core::bail!("rows_half: {len} values for [{n}, {k}]");
+        }
+        Ok(QuantMatmul {
+            n,
+            k,
+            resident: 2 * n * k,
+            kind: Kind::Rows(w.contiguous()?, Some(half)),
         })
     }
 
@@ -427,7 +454,7 @@ impl QuantMatmul {
 
     /// Whether the weight is quantized (not float rows, in place or sparse).
     pub fn is_quantized(&self) -> bool {
-        !matches!(self.kind, Kind::Rows(_) | Kind::Sparse(_))
+        !matches!(self.kind, Kind::Rows(..) | Kind::Sparse(_))
     }
 
     /// (out_features, in_features).
@@ -465,7 +492,8 @@ impl QuantMatmul {
             Kind::Nf4 { packed, absmax, .. } => packed.len() + 4 * absmax.len(),
             Kind::Int8 { w, scale, .. } => w.resident_bytes() + 4 * scale.len(),
             Kind::Sparse(s) => s.bytes(),
-            Kind::Rows(_) => self.n * self.k * 4,
+            Kind::Rows(_, None) => self.n * self.k * 4,
+            Kind::Rows(_, Some(_)) => self.n * self.k * 2,
         }
     }
 
@@ -635,7 +663,7 @@ impl QuantMatmul {
                 }
             }
             Kind::Sparse(s) => s.dequantize_row(r, out),
-            Kind::Rows(t) => {
+            Kind::Rows(t, _) => {
                 let row = t.get(r).and_then(|t| t.to_vec1::<f32>());
                 out.copy_from_slice(&row.expect("QuantMatmul::rows holds a float32 matrix"));
             }
@@ -659,7 +687,13 @@ impl QuantMatmul {
         assert_eq!(x.len(), m * self.k, "matmul: input length");
         let (n, k) = (self.n, self.k);
         let mut y = vec![0f32; m * n];
-        if let Kind::Rows(t) = &self.kind {
+        if let Kind::Rows(t, half) = &self.kind {
+            if let (Some(h), true) = (half, m <= crate::kernels::FEW_TOKENS) {
+                return match h {
+                    HalfRows::F16(v) => crate::kernels::gemv_rows_half(x, m, k, v, n),
+                    HalfRows::Bf16(v) => crate::kernels::gemv_rows_half(x, m, k, v, n),
+                };
+            }
             let (s, l) = t.storage_and_layout();
             let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(w)) = &*s else {
                 panic!("QuantMatmul::rows holds a float32 CPU tensor")
@@ -1026,6 +1060,7 @@ fn hqq_kind(t: HqqTensor) -> Kind {
         return Kind::Rows(
             Tensor::from_vec(t.dequantize(), (rows, cols), &candle_core::Device::Cpu)
                 .expect("rows · cols floats"),
+            None,
         );
     }
     Kind::Int(IntRows {

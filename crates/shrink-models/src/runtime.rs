@@ -56,3 +56,19 @@ pub fn set_int8_activations(on: bool) {
 pub fn int8_activations() -> bool {
     INT8_ACTIVATIONS.load(std::sync::atomic::Ordering::Relaxed)
 }
+
+/// Whether a tied head stored as 16-bit floats is also held as such ([`set_half_head`]).
+static HALF_HEAD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Hold a tied LM head whose embedding the checkpoint stores as float16 / bfloat16 also as
+/// those 16-bit rows, which products of a few tokens read (half the bytes of the float32
+/// rows; exact, as every value is the stored one). Costs that copy's memory (57 MB on SmolLM2),
+/// so the binary turns it on for `generate` and `bench` only.
+pub fn set_half_head(on: bool) {
+    HALF_HEAD.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether [`set_half_head`] is on.
+pub fn half_head() -> bool {
+    HALF_HEAD.load(std::sync::atomic::Ordering::Relaxed)
+}

@@ -215,10 +215,43 @@ impl<'a> WeightLoader<'a> {
         if let Some(name) = head {
             return self.linear(name, vocab, hidden, None);
         }
-        match self.packed(embed_name, vocab, hidden)? {
-            Some(q) => Ok(crate::linear::Linear::packed(q, None)),
-            None => Ok(crate::linear::Linear::tied(embed.clone())?),
+        if let Some(q) = self.packed(embed_name, vocab, hidden)? {
+            return Ok(crate::linear::Linear::packed(q, None));
         }
+        if crate::runtime::half_head() {
+            if let Some(half) = self.half_rows(embed_name, embed)? {
+                let q = QuantMatmul::rows_half(embed.clone(), half)?;
+                return Ok(crate::linear::Linear::packed(q, None));
+            }
+        }
+        Ok(crate::linear::Linear::tied(embed.clone())?)
+    }
+
+    /// `values` (the float32 read of `hf_name`) as the 16-bit floats the checkpoint stores
+    /// `hf_name` in — exactly, as they were widened from those — or `None` for other types.
+    fn half_rows(
+        &self,
+        hf_name: &str,
+        values: &Tensor,
+    ) -> Result<Option<crate::qmatmul::HalfRows>> {
+        use shrink_formats::float::FloatType;
+        let Some(loc) = self.locate(hf_name) else {
+            return Ok(None);
+        };
+        let stored = self.ckpt.tensors().into_iter().find(|t| t.name == loc.name);
+        let Some(shrink_io::checkpoint::StoredDtype::Float(ty)) = stored.map(|t| t.dtype) else {
+            return Ok(None);
+        };
+        let v = values.flatten_all()?.to_vec1::<f32>()?;
+        Ok(match ty {
+            FloatType::F16 => Some(crate::qmatmul::HalfRows::F16(
+                v.iter().map(|&x| half::f16::from_f32(x)).collect(),
+            )),
+            FloatType::BF16 => Some(crate::qmatmul::HalfRows::Bf16(
+                v.iter().map(|&x| half::bf16::from_f32(x)).collect(),
+            )),
+            _ => None,
+        })
     }
 
     /// `hf_name` (`[out, inp]`) in the quantized form the checkpoint stores it in, to be

@@ -204,7 +204,11 @@ unsafe fn correction_avx512(t: &IntRows, r: usize, a: &Q8Act, folded: bool) -> f
     };
     let mut acc = _mm512_setzero_ps();
     for g in (0..n).step_by(16) {
-        let mask: __mmask16 = if n - g >= 16 { 0xFFFF } else { (1 << (n - g)) - 1 };
+        let mask: __mmask16 = if n - g >= 16 {
+            0xFFFF
+        } else {
+            (1 << (n - g)) - 1
+        };
         let sums = _mm512_maskz_loadu_ps(mask, a.sums.as_ptr().add(g));
         // bias = min − s·z (z: the zero points, or the unfolded symmetric offset).
         let mut bias = if t.mins.is_empty() {
