@@ -112,7 +112,34 @@ pub(crate) struct IntRows {
     pub(crate) mins: Floats,
     /// The zero of symmetric codes (stored with an offset), used when `zeros` is empty.
     pub(crate) offset: f32,
+    /// 4-bit codes indexing a table of values (NF4 / FP4): value = `table[code] · scale`.
+    pub(crate) table: Option<Box<Table>>,
 }
+
+/// A 16-entry code table (NF4 / FP4) and its integer form for the int8 kernels.
+pub(crate) struct Table {
+    /// The values, as the format defines them (what products of many tokens use, exactly).
+    pub(crate) values: [f32; 16],
+    /// `round(127 · value) + 128` (values lie in [−1, 1]): the unsigned codes the integer
+    /// kernels multiply, with the offset 128 removed as a symmetric zero and the result scaled
+    /// by 1/127 — each weight within 1/254 of its block's absmax of the exact table's.
+    pub(crate) ints: [u8; 16],
+}
+
+impl Table {
+    /// The table of `values` (each in [−1, 1]).
+    pub(crate) fn new(values: [f32; 16]) -> Self {
+        let ints = std::array::from_fn(|i| {
+            ((values[i] * 127.0).round().clamp(-127.0, 127.0) as i32 + 128) as u8
+        });
+        Table { values, ints }
+    }
+}
+
+/// The integer table's zero (the offset of [`Table::ints`]).
+pub(crate) const TABLE_OFFSET: f32 = 128.0;
+/// What an integer-table product is multiplied by at the end.
+pub(crate) const TABLE_SCALE: f32 = 1.0 / 127.0;
 
 /// Per-granule floats (scales, mins), held as float16 when every one of them is a float16
 /// exactly (GGUF's legacy types, shrink's float16 scales) — half the bytes a token reads — else
@@ -260,7 +287,34 @@ impl IntRows {
             zeros,
             mins: Floats::new(mins),
             offset,
+            table: None,
         }
+    }
+
+    /// 4-bit `codes` (one byte each, `rows × cols`) indexing `values`, one scale per granule of
+    /// `glen` values (a divisor of `cols`): value = `values[code] · scale` (NF4 / FP4 rows).
+    pub(crate) fn from_table(
+        codes: &[u8],
+        rows: usize,
+        cols: usize,
+        glen: usize,
+        scales: Vec<f32>,
+        values: [f32; 16],
+    ) -> Self {
+        let mut t = IntRows::from_codes(
+            4,
+            codes,
+            rows,
+            cols,
+            glen,
+            cols / glen,
+            scales,
+            Vec::new(),
+            Vec::new(),
+            TABLE_OFFSET,
+        );
+        t.table = Some(Box::new(Table::new(values)));
+        t
     }
 
     /// A GGUF tensor's codes ([`shrink_formats::ggml::to_codes`]) as rows.
@@ -379,7 +433,7 @@ impl QuantMatmul {
                 scale: scb,
                 act: Activations::LlmInt8 { threshold },
             },
-            Quantized::Nf4(t, _) => nf4_kind(t),
+            Quantized::Nf4(t, _) => nf4_kind(t, k),
             Quantized::Hqq(t) => hqq_kind(t),
             Quantized::Dense {
                 values, rows, cols, ..
@@ -612,6 +666,9 @@ impl QuantMatmul {
                             let (s, z, m) = granule(j);
                             // The granule's 16 possible values, then one lookup per code.
                             let t: [f32; 16] = std::array::from_fn(|c| {
+                                if let Some(tab) = &t.table {
+                                    return tab.values[c] * s;
+                                }
                                 let v = (c as f32 - z) * s;
                                 if with_min {
                                     v + m
@@ -1049,6 +1106,7 @@ fn int_kind(t: IntTensor) -> Kind {
         zeros,
         mins: Floats::new(Vec::new()),
         offset,
+        table: None,
     })
 }
 
@@ -1073,6 +1131,7 @@ fn hqq_kind(t: HqqTensor) -> Kind {
         mins: Floats::new(Vec::new()),
         high: Vec::new(),
         offset: 0.0,
+        table: None,
         packed: t.packed,
     })
 }
@@ -1098,7 +1157,34 @@ fn w8a8_kind(t: IntTensor) -> Kind {
     }
 }
 
-fn nf4_kind(t: Nf4Tensor) -> Kind {
+/// NF4 / FP4 as rows of table codes ([`IntRows::from_table`]: what the int8 generation
+/// kernels read) when each block lies inside one row and the rows are 64k values; else as the
+/// flattened bitsandbytes layout.
+fn nf4_kind(t: Nf4Tensor, cols: usize) -> Kind {
+    let block = t.spec.block_size;
+    if cols > 0 && cols.is_multiple_of(block) && cols.is_multiple_of(64) && block.is_multiple_of(16)
+    {
+        let rows = t.numel / cols;
+        // Element e: byte e / 2, the high nibble first.
+        let codes: Vec<u8> = (0..t.numel)
+            .map(|e| {
+                let b = t.packed[e / 2];
+                if e % 2 == 0 {
+                    b >> 4
+                } else {
+                    b & 15
+                }
+            })
+            .collect();
+        return Kind::Int(IntRows::from_table(
+            &codes,
+            rows,
+            cols,
+            block,
+            t.absmax.values(),
+            *t.spec.kind.code(),
+        ));
+    }
     Kind::Nf4 {
         absmax: t.absmax.values(),
         block: t.spec.block_size,

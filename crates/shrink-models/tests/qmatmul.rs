@@ -168,6 +168,7 @@ fn gguf_integer_types_multiply_packed() {
 
 #[test]
 fn nf4_fp4_with_and_without_double_quant_and_odd_rows() {
+    let _flag = RUNTIME_FLAG.lock().unwrap_or_else(|e| e.into_inner());
     // 33 columns: rows start on odd elements and blocks straddle rows.
     for &(n, k) in &[(24, 64), (17, 33), (8, 576)] {
         let w = weights(n, k, 7 + k as u32);
@@ -180,14 +181,41 @@ fn nf4_fp4_with_and_without_double_quant_and_odd_rows() {
                         double_quant,
                     };
                     let t = nf4::quantize(&w, spec).unwrap();
-                    check(
-                        Quantized::Nf4(t, vec![n, k]),
-                        &format!("{n}x{k} {kind:?} dq={double_quant} b={block_size}"),
-                    );
+                    let label = format!("{n}x{k} {kind:?} dq={double_quant} b={block_size}");
+                    shrink_models::runtime::set_int8_activations(false);
+                    check(Quantized::Nf4(t.clone(), vec![n, k]), &label);
+                    // With int8 activations, rows of whole blocks (k a multiple of 64 and of
+                    // the block) multiply the table's integer form: each weight within 1/254
+                    // of its block's absmax, on top of the activations' rounding.
+                    shrink_models::runtime::set_int8_activations(true);
+                    let kernel = q8::Int8Kernel::detect() != q8::Int8Kernel::Portable;
+                    let (dense, _) = Quantized::Nf4(t.clone(), vec![n, k]).dequantize();
+                    let q = QuantMatmul::new(Quantized::Nf4(t, vec![n, k]));
+                    let whole = k % 64 == 0 && k % block_size == 0;
+                    assert_eq!(q.rounds_activations(3), kernel && whole, "{label}");
+                    if !q.rounds_activations(3) {
+                        continue;
+                    }
+                    let x = q8_rounded(&weights(3, k, 99));
+                    let y = q.matmul(&x, 3);
+                    let absmax = dense.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    for i in 0..3 {
+                        let xi = &x[i * k..(i + 1) * k];
+                        let bound = absmax / 254.0 * xi.iter().map(|v| v.abs()).sum::<f32>();
+                        for r in 0..n {
+                            let want: f32 = (0..k).map(|c| dense[r * k + c] * xi[c]).sum();
+                            let got = y[i * n + r];
+                            assert!(
+                                (got - want).abs() <= bound * 1.001 + 1e-5,
+                                "{label} token {i} row {r}: {got} vs {want} (bound {bound})"
+                            );
+                        }
+                    }
                 }
             }
         }
     }
+    shrink_models::runtime::set_int8_activations(false);
 }
 
 fn tensor_f32(st: &safetensors::SafeTensors, name: &str) -> Vec<f32> {

@@ -51,12 +51,22 @@ impl Rows<'_> {
         match *self {
             Rows::Int(t) if t.bits == 4 => {
                 let (s, z) = t.granule(r, c);
-                // table[i] = (i − z) · s (+ min), as the portable path computes each value.
-                let table = _mm512_mul_ps(
-                    _mm512_sub_ps(_mm512_cvtepi32_ps(iota), _mm512_set1_ps(z)),
-                    _mm512_set1_ps(s),
-                );
-                let table = with_min(t, r, c, table);
+                // table[i] = (i − z) · s (+ min), or values[i] · s for a code table, as the
+                // portable path computes each value.
+                let table = match &t.table {
+                    Some(tab) => {
+                        _mm512_mul_ps(_mm512_loadu_ps(tab.values.as_ptr()), _mm512_set1_ps(s))
+                    }
+                    None => with_min(
+                        t,
+                        r,
+                        c,
+                        _mm512_mul_ps(
+                            _mm512_sub_ps(_mm512_cvtepi32_ps(iota), _mm512_set1_ps(z)),
+                            _mm512_set1_ps(s),
+                        ),
+                    ),
+                };
                 let at = r * t.row_bytes + c / 2;
                 let shifts = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
                 _mm512_permutexvar_ps(nibbles(&t.packed[at..at + 8], shifts), table)

@@ -234,11 +234,23 @@ fn portable(t: &IntRows, _row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
         let mut dot = 0i32;
         for c in c0..c0 + 16 {
             let q = a.q[if t.bits == 8 { c } else { order4(c) }];
-            dot += t.code(r, c, k) as i32 * q as i32;
+            let code = t.code(r, c, k);
+            let code = t.table.as_ref().map_or(code, |tab| tab.ints[code as usize]);
+            dot += code as i32 * q as i32;
         }
         acc += t.granule(r, c0).0 * a.d[c0 / QK] * dot as f32;
     }
-    acc + correction(t, r, a, false)
+    (acc + correction(t, r, a, false)) * table_scale(t)
+}
+
+/// What a row's sum is multiplied by: 1/127 for an integer code table, else 1.
+#[inline(always)]
+fn table_scale(t: &IntRows) -> f32 {
+    if t.table.is_some() {
+        super::TABLE_SCALE
+    } else {
+        1.0
+    }
 }
 
 /// Ask the cache for the codes [`PREFETCH`] bytes past `at` in `row`: the rows of a weight lie
@@ -295,6 +307,11 @@ unsafe fn vnni(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
     let idx = _mm512_loadu_si512(lane_granules(t.glen.min(QK), nibbles).as_ptr() as *const _);
     let g0 = t.granule_index(r, 0);
     let folded = !a.init.is_empty();
+    // A code table's integer values, in each 128-bit lane for `vpshufb`.
+    let lut = t
+        .table
+        .as_ref()
+        .map(|tab| _mm512_broadcast_i32x4(_mm_loadu_si128(tab.ints.as_ptr() as *const __m128i)));
     for st in 0..k / STEP {
         prefetch(row, st * step_bytes);
         let mut w = if nibbles {
@@ -309,6 +326,9 @@ unsafe fn vnni(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
             for (i, &m) in high_masks(t, r, k, st).iter().enumerate() {
                 w = _mm512_mask_add_epi8(w, m, w, _mm512_set1_epi8(16 << i));
             }
+        }
+        if let Some(lut) = lut {
+            w = _mm512_shuffle_epi8(lut, w);
         }
         let x = _mm512_loadu_si512(a.q.as_ptr().add(st * STEP) as *const _);
         let init = if folded {
@@ -334,7 +354,7 @@ unsafe fn vnni(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
         let d = _mm512_mul_ps(_mm512_loadu_ps(a.lanes.as_ptr().add(st * 16)), sv);
         acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), d, acc);
     }
-    _mm512_reduce_add_ps(acc) + correction_avx512(t, r, a, folded)
+    (_mm512_reduce_add_ps(acc) + correction_avx512(t, r, a, folded)) * table_scale(t)
 }
 
 /// 32 bytes, 0xFF where bit `i` of `bits` is set (ggml's `bytes_from_bits_32`).
@@ -363,6 +383,12 @@ unsafe fn avx2(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
     let ones = _mm256_set1_epi16(1);
     let g0 = t.granule_index(r, 0);
     let per_step = if t.glen < STEP { STEP / t.glen } else { 0 };
+    // A code table's values as signed bytes (the offset 128 taken off), in both lanes.
+    let lut = t.table.as_ref().map(|tab| {
+        let signed: [u8; 16] = std::array::from_fn(|i| tab.ints[i] ^ 0x80);
+        let l = _mm_loadu_si128(signed.as_ptr() as *const __m128i);
+        _mm256_set_m128i(l, l)
+    });
     // Lane l of a nibble product sums values 8l..8l+8: the first 8 of the AVX-512 table.
     let idx = _mm256_loadu_si256(lane_granules(t.glen.min(QK), true).as_ptr() as *const __m256i);
     for st in 0..k / STEP {
@@ -381,9 +407,18 @@ unsafe fn avx2(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
                     hi = _mm256_or_si256(hi, _mm256_and_si256(upper, add));
                 }
             }
-            // u8 ≤ 63 times i8: pairs sum to at most 16,002, no i16 saturation.
-            let xl = _mm256_loadu_si256(xp as *const __m256i);
-            let xh = _mm256_loadu_si256(xp.add(32) as *const __m256i);
+            let mut xl = _mm256_loadu_si256(xp as *const __m256i);
+            let mut xh = _mm256_loadu_si256(xp.add(32) as *const __m256i);
+            if let Some(lut) = lut {
+                // A code table's signed values: |w| times x with w's sign (ggml's IQ4_NL
+                // trick), so pairs stay within i16 (2 · 127 · 128).
+                let (wl, wh) = (_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
+                xl = _mm256_sign_epi8(xl, wl);
+                xh = _mm256_sign_epi8(xh, wh);
+                lo = _mm256_abs_epi8(wl);
+                hi = _mm256_abs_epi8(wh);
+            }
+            // u8 ≤ 127 times i8: pairs sum to at most 32,512, no i16 saturation.
             let dl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xl), ones);
             let dh = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xh), ones);
             let dot = _mm256_add_epi32(dl, dh);
@@ -421,7 +456,8 @@ unsafe fn avx2(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
     let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
     let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
     let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-    _mm_cvtss_f32(h) + correction(t, r, a, false)
+    // A table's offset never entered the sums (signed values), as if folded.
+    (_mm_cvtss_f32(h) + correction(t, r, a, t.table.is_some())) * table_scale(t)
 }
 
 #[cfg(test)]
@@ -444,6 +480,8 @@ mod tests {
         Zeros,
         /// One float min per granule (GGUF's Q4_1, Q4_K, ...).
         Mins,
+        /// 4-bit codes indexing NF4's table.
+        Nf4,
     }
 
     /// Random rows of `bits`-bit codes, `n × k`, in granules of `glen` (0: one for the tensor).
@@ -484,9 +522,14 @@ mod tests {
         )
     }
 
+    /// The weights as the kernels multiply them (a code table's values through its integers).
     fn dequantized(t: &IntRows, r: usize, k: usize) -> Vec<f64> {
         (0..k)
             .map(|c| {
+                if let Some(tab) = &t.table {
+                    let int = tab.ints[t.code(r, c, k) as usize] as f64 - 128.0;
+                    return int / 127.0 * t.granule(r, c).0 as f64;
+                }
                 let (s, z) = t.granule(r, c);
                 let m = t.min(t.granule_index(r, c));
                 (t.code(r, c, k) as f64 - z as f64) * s as f64 + m as f64
@@ -523,6 +566,9 @@ mod tests {
             (8, 128, 128, Symmetric),
             (8, 256, 16, Symmetric),
             (8, 576, 32, Mins),
+            (4, 576, 64, Nf4),
+            (4, 256, 16, Nf4),
+            (4, 1536, 128, Nf4),
         ] {
             for seed in [11 + k as u64, 12 + k as u64] {
                 let n = 7;
