@@ -5,9 +5,10 @@
 #
 # Files: SmolLM2 exported by shrink to GGUF F32, Q8_0, Q4_0, Q4_K_M (exports llama.cpp's own
 # reader and converter agree with, scripts/compare-llamacpp.sh); shrink's own int4 g64 (decoder
-# Linears), int4 / int8 g64 with the embedding (the tied head) quantized too (int4e, int8e) and
-# NF4 + double quant checkpoints (shrink bench only: llama.cpp cannot read them; compared with
-# its Q4_0 and Q8_0). Each test: 5 repetitions, 2 threads, pp512 and tg128, as llama-bench's defaults.
+# Linears), int4 / int8 g64 with the embedding (the tied head) quantized too (int4e, int8e),
+# NF4 + double quant (nf4dq; nf4dqe with the embedding too), and int4e repacked losslessly to
+# the GPTQ and AWQ layouts (whose float16 embedding stays float16: the tied head reads it as
+# such) — shrink bench only: llama.cpp cannot read them; compared with its Q4_0 and Q8_0. Each test: 5 repetitions, 2 threads, pp512 and tg128, as llama-bench's defaults.
 # Not part of CI (it builds llama-bench and llama-perplexity from source, ~10 min on 2 cores).
 #
 # Usage: scripts/bench-speed.sh [WORK]   (THREADS=2 REPS=5 override; results in WORK/speed.tsv)
@@ -35,12 +36,17 @@ for b in 4 8; do
   [ -d "$work/int${b}e" ] || "$bin" quantize "$work/f32" --method int --bits "$b" --group-size 64 \
     --include model.embed_tokens --include 'model.layers.*' -o "$work/int${b}e" >/dev/null
 done
+[ -d "$work/nf4dqe" ] || "$bin" quantize "$work/f32" --method nf4 --double-quant \
+  --include model.embed_tokens --include 'model.layers.*' -o "$work/nf4dqe" >/dev/null
+for l in gptq awq; do
+  [ -d "$work/int4e-$l" ] || "$bin" export "$work/int4e" --to "$l" -o "$work/int4e-$l" >/dev/null
+done
 lscpu | grep -E "Model name|^CPU\(s\)|Flags" | sed 's/Flags:.*\(avx512_vnni\).*/Flags: ... \1 .../' | head -3
 out="$work/speed.tsv"
 printf 'model\ttool\ttest\tavg_ts\tstddev_ts\tbytes_per_token\tbandwidth_GBps\tshare_of_limit\n' > "$out"
 bw=""
 row() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >> "$out"; }
-for m in f32.gguf q8_0.gguf q4_0.gguf q4_k_m.gguf int4 int4e int8e nf4dq; do
+for m in f32.gguf q8_0.gguf q4_0.gguf q4_k_m.gguf int4 int4e int8e nf4dq nf4dqe int4e-gptq int4e-awq; do
   f="$work/$m"
   j=$("$bin" bench "$f" -p 512 -n 128 -r "$reps" -t "$threads" --json 2>/dev/null)
   read -r bpt bw_s pp pps tg tgs share < <(python3 -c '

@@ -116,30 +116,40 @@ pub(crate) struct IntRows {
     pub(crate) table: Option<Box<Table>>,
 }
 
-/// A 16-entry code table (NF4 / FP4) and its integer form for the int8 kernels.
+/// A 16-entry code table (NF4 / FP4, GGUF's IQ4) and its integer form for the int8 kernels.
 pub(crate) struct Table {
     /// The values, as the format defines them (what products of many tokens use, exactly).
     pub(crate) values: [f32; 16],
-    /// `round(127 · value) + 128` (values lie in [−1, 1]): the unsigned codes the integer
-    /// kernels multiply, with the offset 128 removed as a symmetric zero and the result scaled
-    /// by 1/127 — each weight within 1/254 of its block's absmax of the exact table's.
+    /// `v + 128` for integer values `v` in −127..=127 (IQ4: exact), else `round(127 · v) + 128`
+    /// for values in [−1, 1] (NF4 / FP4: each weight within 1/254 of its block's absmax): the
+    /// unsigned codes the integer kernels multiply, with the offset 128 removed as a symmetric
+    /// zero and the result scaled by [`Self::int_scale`].
     pub(crate) ints: [u8; 16],
+    /// 1 for an exact integer table, 1/127 for a scaled one.
+    pub(crate) int_scale: f32,
 }
 
 impl Table {
-    /// The table of `values` (each in [−1, 1]).
+    /// The table of `values`: integers in −127..=127 held exactly, else values in [−1, 1]
+    /// held as multiples of 1/127.
     pub(crate) fn new(values: [f32; 16]) -> Self {
+        let integers = values
+            .iter()
+            .all(|&v| v.fract() == 0.0 && (-127.0..=127.0).contains(&v));
+        let int_scale = if integers { 1.0 } else { 1.0 / 127.0 };
         let ints = std::array::from_fn(|i| {
-            ((values[i] * 127.0).round().clamp(-127.0, 127.0) as i32 + 128) as u8
+            ((values[i] / int_scale).round().clamp(-127.0, 127.0) as i32 + 128) as u8
         });
-        Table { values, ints }
+        Table {
+            values,
+            ints,
+            int_scale,
+        }
     }
 }
 
 /// The integer table's zero (the offset of [`Table::ints`]).
 pub(crate) const TABLE_OFFSET: f32 = 128.0;
-/// What an integer-table product is multiplied by at the end.
-pub(crate) const TABLE_SCALE: f32 = 1.0 / 127.0;
 
 /// Per-granule floats (scales, mins), held as float16 when every one of them is a float16
 /// exactly (GGUF's legacy types, shrink's float16 scales) — half the bytes a token reads — else
@@ -319,6 +329,9 @@ impl IntRows {
 
     /// A GGUF tensor's codes ([`shrink_formats::ggml::to_codes`]) as rows.
     pub(crate) fn from_ggml(c: shrink_formats::ggml::GgmlCodes, rows: usize, cols: usize) -> Self {
+        if let Some(values) = c.table {
+            return IntRows::from_table(&c.codes, rows, cols, c.granule, c.scales, values);
+        }
         IntRows::from_codes(
             c.bits,
             &c.codes,

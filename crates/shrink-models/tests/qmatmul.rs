@@ -136,7 +136,9 @@ fn gguf_integer_types_multiply_packed() {
     let _flag = RUNTIME_FLAG.lock().unwrap_or_else(|e| e.into_inner());
     for int8 in [false, true] {
         shrink_models::runtime::set_int8_activations(int8);
-        for ty in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K] {
+        for ty in [
+            Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS,
+        ] {
             let shapes: &[(usize, usize)] = if ty.block_size() == 256 {
                 &[(37, 256), (300, 1536)]
             } else {

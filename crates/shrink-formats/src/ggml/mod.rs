@@ -726,8 +726,9 @@ fn f16_le(b: [u8; 2]) -> f32 {
     half::f16::from_le_bytes(b).to_f32()
 }
 
-/// A block type whose values are integer codes in granules: `(code − OFFSET)·scale + min`,
-/// computed with the same float operations as its `dequantize` (so the form is lossless).
+/// A block type whose values are integer codes in granules: `(code − OFFSET)·scale + min`, or
+/// `TABLE[code]·scale` for the table types (IQ4), computed with the same float operations as
+/// its `dequantize` (so the form is lossless).
 pub(crate) trait Affine: Block {
     /// Bits per code.
     const BITS: u8;
@@ -737,13 +738,17 @@ pub(crate) trait Affine: Block {
     const OFFSET: u8;
     /// Whether the type stores a min per granule.
     const MINS: bool;
+    /// The values codes index, for table types.
+    const TABLE: Option<[f32; 16]> = None;
     /// The block's `QK` codes in element order, its `QK / GRANULE` scales and, when `MINS`,
     /// its mins (as added: ggml's `− dmin·m` is stored as the min `−(dmin·m)`).
     fn affine(&self, codes: &mut [u8], scales: &mut [f32], mins: &mut [f32]);
 }
 
 /// A GGUF tensor as integer codes with a float32 scale (and min) per granule:
-/// value = `(code − offset)·scale + min`, bit-identical to [`dequantize`] (tested per type).
+/// value = `(code − offset)·scale + min`, or `table[code]·scale` (IQ4_NL, IQ4_XS: ggml's
+/// non-linear levels, integers in −127..=113), bit-identical to [`dequantize`] (tested per
+/// type).
 #[derive(Debug, Clone)]
 pub struct GgmlCodes {
     /// Bits per code (4, 5, 6 or 8).
@@ -758,12 +763,14 @@ pub struct GgmlCodes {
     pub scales: Vec<f32>,
     /// One min per granule, or empty for symmetric types.
     pub mins: Vec<f32>,
+    /// The values codes index (table types), else `None`.
+    pub table: Option<[f32; 16]>,
 }
 
 /// A tensor of `rows` rows of `cols` values stored as `ty` (`data` its blocks) as integer codes
-/// with their scales and mins ([`GgmlCodes`]), for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and
-/// Q6_K; `None` for the other types (their values are not integers times a scale: IQ4_NL's
-/// table, Q2_K/Q3_K's 2/3-bit codes, float types). Errors: rows not a whole number of blocks,
+/// with their scales and mins ([`GgmlCodes`]), for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K,
+/// Q6_K, IQ4_NL and IQ4_XS; `None` for the other types (Q2_K/Q3_K's 2/3-bit codes, the other
+/// IQ types' grids, float types). Errors: rows not a whole number of blocks,
 /// or `data` not their size.
 pub fn to_codes(
     ty: GgmlType,
@@ -781,6 +788,8 @@ pub fn to_codes(
         Q4_K => codes_of::<k_quants::BlockQ4K>,
         Q5_K => codes_of::<k_quants::BlockQ5K>,
         Q6_K => codes_of::<k_quants::BlockQ6K>,
+        IQ4_NL => codes_of::<iq4::BlockIq4Nl>,
+        IQ4_XS => codes_of::<iq4::BlockIq4Xs>,
         _ => return Ok(None),
     };
     let block = ty.block_size();
@@ -826,6 +835,7 @@ fn codes_of<B: Affine>(data: &[u8]) -> GgmlCodes {
         codes,
         scales,
         mins,
+        table: B::TABLE,
     }
 }
 
@@ -841,7 +851,9 @@ mod tests {
             .map(|i| ((i * 37 % 101) as f32 - 43.0) / 7.0 * (1 + i / 16 % 5) as f32)
             .collect();
         use GgmlType::*;
-        for ty in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K] {
+        for ty in [
+            Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS,
+        ] {
             let mut q = vec![0u8; ty.row_bytes(rows * cols).unwrap()];
             quantize(ty, &x, &mut q).unwrap();
             let mut want = vec![0f32; x.len()];
@@ -857,12 +869,15 @@ mod tests {
                     "{ty}: code {}",
                     c.codes[i]
                 );
-                let v = (c.codes[i] as f32 - c.offset as f32) * c.scales[g];
+                let v = match c.table {
+                    Some(t) => t[c.codes[i] as usize] * c.scales[g],
+                    None => (c.codes[i] as f32 - c.offset as f32) * c.scales[g],
+                };
                 let v = if c.mins.is_empty() { v } else { v + c.mins[g] };
                 assert_eq!(v.to_bits(), w.to_bits(), "{ty} value {i}: {v} vs {w}");
             }
         }
-        assert!(to_codes(IQ4_NL, &[], 1, 32).unwrap().is_none());
+        assert!(to_codes(Q2_K, &[], 1, 256).unwrap().is_none());
         assert!(to_codes(Q4_0, &[0; 17], 1, 32).is_err());
         assert!(to_codes(Q8_0, &[0; 34], 1, 16).is_err());
         assert!(to_codes(Q6_K, &[0; 210], 1, 128).is_err());

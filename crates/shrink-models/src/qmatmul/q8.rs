@@ -243,14 +243,10 @@ fn portable(t: &IntRows, _row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
     (acc + correction(t, r, a, false)) * table_scale(t)
 }
 
-/// What a row's sum is multiplied by: 1/127 for an integer code table, else 1.
+/// What a row's sum is multiplied by: a code table's integer scale, else 1.
 #[inline(always)]
 fn table_scale(t: &IntRows) -> f32 {
-    if t.table.is_some() {
-        super::TABLE_SCALE
-    } else {
-        1.0
-    }
+    t.table.as_ref().map_or(1.0, |tab| tab.int_scale)
 }
 
 /// Ask the cache for the codes [`PREFETCH`] bytes past `at` in `row`: the rows of a weight lie
@@ -482,6 +478,8 @@ mod tests {
         Mins,
         /// 4-bit codes indexing NF4's table.
         Nf4,
+        /// 4-bit codes indexing IQ4_NL's integer table (exact).
+        Iq4,
     }
 
     /// Random rows of `bits`-bit codes, `n × k`, in granules of `glen` (0: one for the tensor).
@@ -528,7 +526,7 @@ mod tests {
             .map(|c| {
                 if let Some(tab) = &t.table {
                     let int = tab.ints[t.code(r, c, k) as usize] as f64 - 128.0;
-                    return int / 127.0 * t.granule(r, c).0 as f64;
+                    return int * tab.int_scale as f64 * t.granule(r, c).0 as f64;
                 }
                 let (s, z) = t.granule(r, c);
                 let m = t.min(t.granule_index(r, c));
@@ -569,6 +567,7 @@ mod tests {
             (4, 576, 64, Nf4),
             (4, 256, 16, Nf4),
             (4, 1536, 128, Nf4),
+            (4, 576, 32, Iq4),
         ] {
             for seed in [11 + k as u64, 12 + k as u64] {
                 let n = 7;
