@@ -69,6 +69,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // A closed stdout (`shrink inspect ... | head`) ends the process quietly, as for other
+    // command-line tools, instead of a panic on the failed print (Rust ignores SIGPIPE).
+    #[cfg(unix)]
+    // SAFETY: called first, before any thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     // `shrink distill --task classify` has flags of its own: routed before clap would ask for
     // the language-model task's --text.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();

@@ -555,6 +555,41 @@ impl GptqParts {
         })
     }
 
+    /// An act-order weight (`g_idx` not `c / G`) as an [`IntTensor`] over its columns sorted
+    /// by group (stable), with each sorted column's original index: possible when every group
+    /// holds exactly `G` columns (as GPTQ's `desc_act` assigns them); `None` otherwise.
+    pub fn to_act_order(&self) -> Option<(IntTensor, Vec<u32>)> {
+        let g = self.group_size;
+        let ng = self.num_groups();
+        if ng < 2 || self.cols != ng * g {
+            return None;
+        }
+        let mut perm: Vec<u32> = (0..self.cols as u32).collect();
+        perm.sort_by_key(|&c| self.g_idx[c as usize]);
+        if perm
+            .iter()
+            .enumerate()
+            .any(|(j, &c)| self.g_idx[c as usize] as usize != j / g)
+        {
+            return None;
+        }
+        let codes: Vec<u8> = (0..self.rows)
+            .flat_map(|r| perm.iter().map(move |&c| (r, c as usize)))
+            .map(|(r, c)| self.codes[r * self.cols + c])
+            .collect();
+        Some((
+            IntTensor {
+                spec: IntSpec::asymmetric(self.bits, Granularity::Group(g), FloatType::F16),
+                rows: self.rows,
+                cols: self.cols,
+                packed: int_packed(&codes, self.bits, self.cols),
+                scales: crate::float::encode(FloatType::F16, &self.scales),
+                zeros: Some(self.zeros.clone()),
+            },
+            perm,
+        ))
+    }
+
     /// The parts of an [`IntTensor`] with 2, 3, 4 or 8 bits and scales float16 holds exactly
     /// (symmetric ones get zero points 2^(bits−1); per-tensor and per-channel ones one group
     /// per row); `g_idx` trivial. Errors if the tensor or the layout's shape rules refuse.

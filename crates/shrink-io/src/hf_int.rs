@@ -396,6 +396,14 @@ pub fn read_gptq(
         .map_err(|e| m.format_err(e))?;
     Ok(Some(match parts.to_int_tensor() {
         Some(t) => Quantized::Int(t),
+        None if parts.to_act_order().is_some() => {
+            let (t, perm) = parts.to_act_order().expect("checked");
+            Quantized::ActOrder {
+                t,
+                perm,
+                stored_bytes,
+            }
+        }
         None => Quantized::Dense {
             values: parts.dequantize(),
             rows,

@@ -455,8 +455,19 @@ pub enum Quantized {
     Nf4(Nf4Tensor, Vec<usize>),
     /// HQQ codes with float zero points (shrink's `shrink-hqq` layout).
     Hqq(HqqTensor),
-    /// A layout shrink decodes to float32 when loading (GPTQ with act-order `g_idx`, HQQ along
-    /// axis 0, ggml blocks): row-major `[rows, cols]` values and the bytes the file stores.
+    /// GPTQ with act-order `g_idx`: the integer tensor `t` over the input columns reordered so
+    /// each group's columns lie together — column `j` of `t` is column `perm[j]` of the weight.
+    ActOrder {
+        /// The weight's columns in group order, groups of the layout's size.
+        t: IntTensor,
+        /// Original column of each column of `t`.
+        perm: Vec<u32>,
+        /// Bytes of the stored (packed) form.
+        stored_bytes: usize,
+    },
+    /// A layout shrink decodes to float32 when loading (GPTQ act-order groups of unequal
+    /// sizes, HQQ along axis 0, ggml blocks): row-major `[rows, cols]` values and the bytes the
+    /// file stores.
     Dense {
         /// The decoded weight, row-major.
         values: Vec<f32>,
@@ -477,7 +488,9 @@ impl Quantized {
             Quantized::Int8Row(t, _) => t.stored_bytes(),
             Quantized::Nf4(t, _) => t.stored_bytes(),
             Quantized::Hqq(t) => t.stored_bytes(),
-            Quantized::Dense { stored_bytes, .. } => *stored_bytes,
+            Quantized::ActOrder { stored_bytes, .. } | Quantized::Dense { stored_bytes, .. } => {
+                *stored_bytes
+            }
         }
     }
 
@@ -488,6 +501,7 @@ impl Quantized {
             Quantized::Int8Row(t, _) => (t.rows, t.cols),
             Quantized::Nf4(_, s) => (s[0], s.get(1).copied().unwrap_or(1)),
             Quantized::Hqq(t) => (t.rows, t.cols),
+            Quantized::ActOrder { t, .. } => (t.rows, t.cols),
             Quantized::Dense { rows, cols, .. } => (*rows, *cols),
         }
     }
@@ -499,6 +513,16 @@ impl Quantized {
             Quantized::Int8Row(t, _) => (t.dequantize(), vec![t.rows, t.cols]),
             Quantized::Nf4(t, s) => (t.dequantize(), s.clone()),
             Quantized::Hqq(t) => (t.dequantize(), vec![t.rows, t.cols]),
+            Quantized::ActOrder { t, perm, .. } => {
+                let v = t.dequantize();
+                let mut out = vec![0f32; v.len()];
+                for (row, src) in out.chunks_exact_mut(t.cols).zip(v.chunks_exact(t.cols)) {
+                    for (&p, &x) in perm.iter().zip(src) {
+                        row[p as usize] = x;
+                    }
+                }
+                (out, vec![t.rows, t.cols])
+            }
             Quantized::Dense {
                 values, rows, cols, ..
             } => (values.clone(), vec![*rows, *cols]),

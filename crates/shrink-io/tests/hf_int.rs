@@ -111,20 +111,23 @@ fn gptq_reads_back_what_it_writes() {
             let qcfg = gptq_cfg(bits, Some(32));
             let st = write(&dir, &gptq_tensors(MODULE, &p).unwrap(), &qcfg);
             let q = read_gptq(&st, &dir, &qcfg, MODULE).unwrap().unwrap();
+            // Act-order (a shuffled g_idx, every group still 32 columns) reads as the integer
+            // tensor over the columns sorted by group, with the permutation; its values are the
+            // layout's exactly.
+            assert_eq!(q.dequantize().0, p.dequantize(), "{bits} bits, act {act}");
+            if act {
+                assert_eq!(q.stored_bytes(), p.stored_bytes());
+            }
             match (q, act) {
                 (Quantized::Int(t), false) => assert_eq!(Some(t), p.to_int_tensor()),
-                (
-                    Quantized::Dense {
-                        values,
-                        rows,
-                        cols,
-                        stored_bytes,
-                    },
-                    true,
-                ) => {
-                    assert_eq!((rows, cols), (64, 128));
-                    assert_eq!(values, p.dequantize());
-                    assert_eq!(stored_bytes, p.stored_bytes());
+                (Quantized::ActOrder { t, perm, .. }, true) => {
+                    assert_eq!((t.rows, t.cols), (64, 128));
+                    let mut sorted = perm.clone();
+                    sorted.sort();
+                    assert_eq!(sorted, (0..128).collect::<Vec<u32>>());
+                    for (j, &c) in perm.iter().enumerate() {
+                        assert_eq!(p.g_idx[c as usize] as usize, j / 32);
+                    }
                 }
                 (_, act) => panic!("{bits} bits, act {act}: wrong variant"),
             }

@@ -101,6 +101,11 @@ pub fn layout(module: &str, q: &Quantized, dense_dtype: &str) -> Result<Vec<Stor
                 "{module}: a weight decoded to float has no quantized layout"
             )))
         }
+        Quantized::ActOrder { .. } => {
+            return Err(MethodError::Options(format!(
+                "{module}: a GPTQ act-order weight has no layout of these kinds"
+            )))
+        }
     })
 }
 

@@ -53,6 +53,9 @@ pub struct QuantMatmul {
     /// Bytes the packed form holds.
     resident: usize,
     kind: Kind,
+    /// GPTQ act-order: the kind holds the input columns in this order (column `j` is the
+    /// weight's column `perm[j]`); inputs are gathered into it before each product.
+    perm: Option<Vec<u32>>,
 }
 
 enum Kind {
@@ -438,8 +441,13 @@ impl QuantMatmul {
     pub fn new(q: Quantized) -> Self {
         let resident = q.stored_bytes();
         let (n, k) = q.shape();
+        let mut perm = None;
         let kind = match q {
             Quantized::Int(t) => int_kind(t),
+            Quantized::ActOrder { t, perm: p, .. } => {
+                perm = Some(p);
+                int_kind(t)
+            }
             Quantized::W8A8(t) => w8a8_kind(t),
             Quantized::Int8Row(RowwiseInt8 { q, scb, rows, cols }, threshold) => Kind::Int8 {
                 w: PackedInt8::pack(&q, rows, cols),
@@ -461,6 +469,7 @@ impl QuantMatmul {
             k,
             resident,
             kind,
+            perm,
         }
     }
 
@@ -472,6 +481,7 @@ impl QuantMatmul {
             k,
             resident: stored,
             kind: Kind::Int(IntRows::from_ggml(codes, n, k)),
+            perm: None,
         }
     }
 
@@ -484,6 +494,7 @@ impl QuantMatmul {
             k,
             resident: 0,
             kind: Kind::Rows(w, None),
+            perm: None,
         })
     }
 
@@ -503,6 +514,7 @@ impl QuantMatmul {
             k,
             resident: 2 * n * k,
             kind: Kind::Rows(w.contiguous()?, Some(half)),
+            perm: None,
         })
     }
 
@@ -516,6 +528,7 @@ impl QuantMatmul {
             k,
             resident: s.bytes(),
             kind: Kind::Sparse(s),
+            perm: None,
         })
     }
 
@@ -567,6 +580,14 @@ impl QuantMatmul {
     /// The weight dequantized and transposed: `out[c · n + r] = W[r, c]`.
     pub fn dequantize_t_into(&self, out: &mut [f32]) {
         self.dequantize_t_rows(0, self.n, out, true);
+        if let Some(perm) = &self.perm {
+            // Held column j is the weight's column perm[j]: rows of the transposed output.
+            let held = out.to_vec();
+            for (j, &c) in perm.iter().enumerate() {
+                out[c as usize * self.n..(c as usize + 1) * self.n]
+                    .copy_from_slice(&held[j * self.n..(j + 1) * self.n]);
+            }
+        }
     }
 
     /// Rows `r0..r1` dequantized and transposed: `out[c · (r1 − r0) + (r − r0)] = W[r, c]`.
@@ -590,7 +611,7 @@ impl QuantMatmul {
                 return;
             }
             for i in 0..count {
-                self.dequantize_row(r0 + b0 + i, &mut rows[i * k..(i + 1) * k]);
+                self.dequantize_held_row(r0 + b0 + i, &mut rows[i * k..(i + 1) * k]);
             }
             let src = &rows[..count * k];
             // Scatter the block transposed: `count` contiguous values per input feature.
@@ -639,6 +660,19 @@ impl QuantMatmul {
 
     /// Row `r` of the weight dequantized into `out` (`k` values).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        if let Some(perm) = &self.perm {
+            let mut held = vec![0f32; self.k];
+            self.dequantize_held_row(r, &mut held);
+            for (&c, &v) in perm.iter().zip(&held) {
+                out[c as usize] = v;
+            }
+            return;
+        }
+        self.dequantize_held_row(r, out);
+    }
+
+    /// Row `r` as held (columns in `perm`'s order for act-order weights).
+    fn dequantize_held_row(&self, r: usize, out: &mut [f32]) {
         let k = self.k;
         match &self.kind {
             Kind::Int(t) => {
@@ -755,6 +789,19 @@ impl QuantMatmul {
     /// `x` row-major `[m, k]` times `Wᵀ`: row-major `[m, n]`.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         assert_eq!(x.len(), m * self.k, "matmul: input length");
+        let gathered;
+        let x = match &self.perm {
+            Some(perm) => {
+                // The input columns in the held order (k values per token: cheap beside the
+                // product).
+                gathered = x
+                    .chunks_exact(self.k)
+                    .flat_map(|row| perm.iter().map(|&c| row[c as usize]))
+                    .collect::<Vec<f32>>();
+                &gathered[..]
+            }
+            None => x,
+        };
         let (n, k) = (self.n, self.k);
         let mut y = vec![0f32; m * n];
         if let Kind::Rows(t, half) = &self.kind {
@@ -881,7 +928,7 @@ impl QuantMatmul {
         row_runs(n, |rows| {
             let mut buf = vec![0f32; k];
             for r in rows {
-                self.dequantize_row(r, &mut buf);
+                self.dequantize_held_row(r, &mut buf);
                 for (i, xi) in x.chunks_exact(k).enumerate() {
                     put(i, r, crate::kernels::dot(xi, &buf));
                 }

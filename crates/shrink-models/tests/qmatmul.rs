@@ -131,6 +131,60 @@ fn integers(int8: bool) {
 }
 
 #[test]
+fn act_order_weights_gather_their_inputs() {
+    let _flag = RUNTIME_FLAG.lock().unwrap_or_else(|e| e.into_inner());
+    for int8 in [false, true] {
+        shrink_models::runtime::set_int8_activations(int8);
+        for &(n, k) in &[(37, 128), (300, 576)] {
+            let w = weights(n, k, 5 + k as u32);
+            // A column order (GPTQ's act-order): held column j is the weight's column perm[j].
+            let perm: Vec<u32> = (0..k as u32).map(|j| (j * 7 + 3) % k as u32).collect();
+            assert!(k % 7 != 0);
+            let held: Vec<f32> = (0..n)
+                .flat_map(|r| perm.iter().map(move |&c| (r, c as usize)))
+                .map(|(r, c)| w[r * k + c])
+                .collect();
+            let spec = IntSpec {
+                bits: 4,
+                symmetric: false,
+                granularity: Granularity::Group(32),
+                scale_type: FloatType::F16,
+            };
+            let t = int::quantize(&held, n, k, spec).unwrap();
+            let stored_bytes = t.stored_bytes();
+            let plain = QuantMatmul::new(Quantized::Int(t.clone()));
+            let q = Quantized::ActOrder {
+                t,
+                perm: perm.clone(),
+                stored_bytes,
+            };
+            let label = format!("act-order {n}x{k} int8 {int8}");
+            // The product is the held weight's with the inputs gathered, bit for bit (with
+            // int8 activations, rounded in blocks of the held order)...
+            let qm = QuantMatmul::new(Quantized::ActOrder {
+                t: int::quantize(&held, n, k, spec).unwrap(),
+                perm: perm.clone(),
+                stored_bytes,
+            });
+            for m in [3, 40] {
+                let x = weights(m, k, 31);
+                let gathered: Vec<f32> = x
+                    .chunks(k)
+                    .flat_map(|row| perm.iter().map(|&c| row[c as usize]))
+                    .collect();
+                assert_eq!(qm.matmul(&x, m), plain.matmul(&gathered, m), "{label} {m}");
+            }
+            // ...and with float activations equals the dense product of the weight in its
+            // original column order.
+            if !int8 {
+                check(q, &label);
+            }
+        }
+    }
+    shrink_models::runtime::set_int8_activations(false);
+}
+
+#[test]
 fn gguf_integer_types_multiply_packed() {
     use shrink_formats::ggml::{self, GgmlType::*};
     let _flag = RUNTIME_FLAG.lock().unwrap_or_else(|e| e.into_inner());
