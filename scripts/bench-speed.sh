@@ -8,7 +8,8 @@
 # Linears), int4 / int8 g64 with the embedding (the tied head) quantized too (int4e, int8e),
 # NF4 + double quant (nf4dq; nf4dqe with the embedding too), and int4e repacked losslessly to
 # the GPTQ and AWQ layouts (whose float16 embedding stays float16: the tied head reads it as
-# such) — shrink bench only: llama.cpp cannot read them; compared with its Q4_0 and Q8_0. Each test: 5 repetitions, 2 threads, pp512 and tg128, as llama-bench's defaults.
+# such), and a GPTQ 4-bit act-order checkpoint (g_idx) — shrink bench only: llama.cpp cannot
+# read them; compared with its Q4_0 and Q8_0. Each test: 5 repetitions, 2 threads, pp512 and tg128, as llama-bench's defaults.
 # Not part of CI (it builds llama-bench and llama-perplexity from source, ~10 min on 2 cores).
 #
 # Usage: scripts/bench-speed.sh [WORK]   (THREADS=2 REPS=5 override; results in WORK/speed.tsv)
@@ -41,12 +42,16 @@ done
 for l in gptq awq; do
   [ -d "$work/int4e-$l" ] || "$bin" export "$work/int4e" --to "$l" -o "$work/int4e-$l" >/dev/null
 done
+# GPTQ with act-order (AutoGPTQ's desc_act: g_idx), float32 embedding as quantize leaves it.
+[ -d "$work/gptq4-act" ] || "$bin" quantize "$work/f32" --method gptq --bits 4 --group-size 64 \
+  --act-order group --calib assets/lee_background.cor --calib-samples 16 --calib-seqlen 256 \
+  -o "$work/gptq4-act" >/dev/null
 lscpu | grep -E "Model name|^CPU\(s\)|Flags" | sed 's/Flags:.*\(avx512_vnni\).*/Flags: ... \1 .../' | head -3
 out="$work/speed.tsv"
 printf 'model\ttool\ttest\tavg_ts\tstddev_ts\tbytes_per_token\tbandwidth_GBps\tshare_of_limit\n' > "$out"
 bw=""
 row() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >> "$out"; }
-for m in f32.gguf q8_0.gguf q4_0.gguf q4_k_m.gguf int4 int4e int8e nf4dq nf4dqe int4e-gptq int4e-awq; do
+for m in f32.gguf q8_0.gguf q4_0.gguf q4_k_m.gguf int4 int4e int8e nf4dq nf4dqe int4e-gptq int4e-awq gptq4-act; do
   f="$work/$m"
   j=$("$bin" bench "$f" -p 512 -n 128 -r "$reps" -t "$threads" --json 2>/dev/null)
   read -r bpt bw_s pp pps tg tgs share < <(python3 -c '
