@@ -152,17 +152,58 @@ fn order4(c: usize) -> usize {
 }
 
 /// Row `r` of `t` (`k` values) times the activations `a`.
+#[cfg(test)]
 pub(super) fn dot_row(kernel: Int8Kernel, t: &IntRows, r: usize, k: usize, a: &Q8Act) -> f32 {
+    let mut out = [0f32];
+    dot_row_tokens(kernel, t, r, k, std::slice::from_ref(a), &mut out);
+    out[0]
+}
+
+/// Row `r` of `t` (`k` values) times each token's activations `acts` into `out` (one value
+/// per token); the VNNI kernel unpacks each step of codes once for up to 8 tokens.
+pub(super) fn dot_row_tokens(
+    kernel: Int8Kernel,
+    t: &IntRows,
+    r: usize,
+    k: usize,
+    acts: &[Q8Act],
+    out: &mut [f32],
+) {
     let row = &t.packed[r * t.row_bytes..(r + 1) * t.row_bytes];
+    assert_eq!(acts.len(), out.len(), "one output per token");
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the kernel was detected on this CPU (callers check `is_available`), and
-        // `fits` holds, so every 64-value step lies inside the row and the activations.
-        Int8Kernel::Vnni => unsafe { vnni(t, row, r, k, a) },
+        Int8Kernel::Vnni => {
+            for (a, o) in acts.chunks(8).zip(out.chunks_mut(8)) {
+                // SAFETY: the kernel was detected on this CPU (callers check `is_available`),
+                // and `fits` holds, so every 64-value step lies inside the row and the
+                // activations; `N` is the chunk's length.
+                unsafe {
+                    match a.len() {
+                        8 => vnni::<8>(t, row, r, k, a, o),
+                        7 => vnni::<7>(t, row, r, k, a, o),
+                        6 => vnni::<6>(t, row, r, k, a, o),
+                        5 => vnni::<5>(t, row, r, k, a, o),
+                        4 => vnni::<4>(t, row, r, k, a, o),
+                        3 => vnni::<3>(t, row, r, k, a, o),
+                        2 => vnni::<2>(t, row, r, k, a, o),
+                        _ => vnni::<1>(t, row, r, k, a, o),
+                    }
+                }
+            }
+        }
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Int8Kernel::Avx2 => unsafe { avx2(t, row, r, k, a) },
-        _ => portable(t, row, r, k, a),
+        Int8Kernel::Avx2 => {
+            for (a, o) in acts.iter().zip(out.iter_mut()) {
+                // SAFETY: as above.
+                *o = unsafe { avx2(t, row, r, k, a) };
+            }
+        }
+        _ => {
+            for (a, o) in acts.iter().zip(out.iter_mut()) {
+                *o = portable(t, row, r, k, a);
+            }
+        }
     }
 }
 
@@ -291,10 +332,21 @@ fn high_masks(t: &IntRows, r: usize, k: usize, st: usize) -> &[u64] {
     &t.high[r * t.high_per_row(k) + st * per..][..per]
 }
 
+/// Row `r` times the `N` tokens' activations `acts` into `out`: each 64-value step of codes is
+/// unpacked once and multiplied with every token (prompt processing reads a row once per `N`
+/// tokens instead of once per token).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn vnni(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
-    let mut acc = _mm512_setzero_ps();
+unsafe fn vnni<const N: usize>(
+    t: &IntRows,
+    row: &[u8],
+    r: usize,
+    k: usize,
+    acts: &[Q8Act],
+    out: &mut [f32],
+) {
+    debug_assert!(acts.len() == N && out.len() == N);
+    let mut acc = [_mm512_setzero_ps(); N];
     let nibbles = t.bits != 8;
     let step_bytes = if nibbles { STEP / 2 } else { STEP };
     let nib = _mm256_set1_epi8(15);
@@ -302,7 +354,9 @@ unsafe fn vnni(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
     let per_step = if t.glen < STEP { STEP / t.glen } else { 0 };
     let idx = _mm512_loadu_si512(lane_granules(t.glen.min(QK), nibbles).as_ptr() as *const _);
     let g0 = t.granule_index(r, 0);
-    let folded = !a.init.is_empty();
+    // Every token's activations were made for these rows ([`Q8Act::for_rows`]): all folded
+    // or none.
+    let folded = !acts[0].init.is_empty();
     // A code table's integer values, in each 128-bit lane for `vpshufb`.
     let lut = t
         .table
@@ -326,13 +380,6 @@ unsafe fn vnni(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
         if let Some(lut) = lut {
             w = _mm512_shuffle_epi8(lut, w);
         }
-        let x = _mm512_loadu_si512(a.q.as_ptr().add(st * STEP) as *const _);
-        let init = if folded {
-            _mm512_loadu_si512(a.init.as_ptr().add(st * 16) as *const _)
-        } else {
-            _mm512_setzero_si512()
-        };
-        let dot = _mm512_dpbusd_epi32(init, w, x);
         let sv = if per_step > 0 {
             // The step's (at most 4) scales; the padding after the last row keeps the loads
             // inside the buffer, and the lanes past them are never picked.
@@ -347,10 +394,21 @@ unsafe fn vnni(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
         } else {
             _mm512_set1_ps(t.scales.get(t.granule_index(r, st * STEP)))
         };
-        let d = _mm512_mul_ps(_mm512_loadu_ps(a.lanes.as_ptr().add(st * 16)), sv);
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), d, acc);
+        for (a, acc) in acts.iter().zip(acc.iter_mut()) {
+            let x = _mm512_loadu_si512(a.q.as_ptr().add(st * STEP) as *const _);
+            let init = if folded {
+                _mm512_loadu_si512(a.init.as_ptr().add(st * 16) as *const _)
+            } else {
+                _mm512_setzero_si512()
+            };
+            let dot = _mm512_dpbusd_epi32(init, w, x);
+            let d = _mm512_mul_ps(_mm512_loadu_ps(a.lanes.as_ptr().add(st * 16)), sv);
+            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), d, *acc);
+        }
     }
-    (_mm512_reduce_add_ps(acc) + correction_avx512(t, r, a, folded)) * table_scale(t)
+    for ((o, acc), a) in out.iter_mut().zip(acc).zip(acts) {
+        *o = (_mm512_reduce_add_ps(acc) + correction_avx512(t, r, a, folded)) * table_scale(t);
+    }
 }
 
 /// 32 bytes, 0xFF where bit `i` of `bits` is set (ggml's `bytes_from_bits_32`).
@@ -593,6 +651,18 @@ mod tests {
                     let scale: f64 = (0..k).map(|c| (w[c] * a.value(c, bits) as f64).abs()).sum();
                     let float: f64 = (0..k).map(|c| w[c] * x[c] as f64).sum();
                     for &kern in &kernels {
+                        // Several tokens at once give each token's single result, bit for bit.
+                        let others: Vec<Q8Act> = (1..=9)
+                            .map(|j| {
+                                let xj: Vec<f32> = x.iter().map(|v| v * j as f32 - 0.01).collect();
+                                Q8Act::for_rows(&xj, &t)
+                            })
+                            .collect();
+                        let mut many = vec![0f32; others.len()];
+                        dot_row_tokens(kern, &t, r, k, &others, &mut many);
+                        for (o, v) in others.iter().zip(&many) {
+                            assert_eq!(v.to_bits(), dot_row(kern, &t, r, k, o).to_bits());
+                        }
                         let y = dot_row(kern, &t, r, k, &a) as f64;
                         assert!(
                             (y - exact).abs() <= 2e-6 * scale,
