@@ -392,7 +392,13 @@ unsafe fn vnni<const N: usize>(
             };
             _mm512_permutexvar_ps(idx, s)
         } else {
-            _mm512_set1_ps(t.scales.get(t.granule_index(r, st * STEP)))
+            // One scale for the step, broadcast (float16 widened in hardware: `half`'s
+            // conversion, a library call, measured 119 against 132 tokens/s on int4 g64).
+            let g = t.granule_index(r, st * STEP);
+            match &t.scales {
+                Floats::F16(h) => _mm512_cvtph_ps(_mm256_set1_epi16(h[g].to_bits() as i16)),
+                Floats::F32(v) => _mm512_set1_ps(v[g]),
+            }
         };
         for (a, acc) in acts.iter().zip(acc.iter_mut()) {
             let x = _mm512_loadu_si512(a.q.as_ptr().add(st * STEP) as *const _);
