@@ -227,7 +227,7 @@ fn packed_bytes(c: &shrink_formats::ggml::GgmlCodes, rows: usize, cols: usize) -
     let row = match bits {
         4 => cols / 2,
         8 => cols,
-        _ if cols % 64 == 0 => cols / 2 + cols / 64 * 8 * (bits - 4),
+        _ if cols.is_multiple_of(64) => cols / 2 + cols / 64 * 8 * (bits - 4),
         _ => (cols * bits).div_ceil(8),
     };
     let width = |v: &[f32]| {

@@ -270,7 +270,7 @@ pub fn gemv_t(x: &[f32], m: usize, k: usize, wt: &[f32], n: usize) -> Vec<f32> {
         let y = unsafe { std::slice::from_raw_parts_mut(base.get().add(p * m * n), m * n) };
         let (c0, c1) = (p * per, ((p + 1) * per).min(k));
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") && n % 16 == 0 {
+        if std::arch::is_x86_feature_detected!("avx512f") && n.is_multiple_of(16) {
             // SAFETY: AVX-512F detected; rows c0..c1 of wt and columns of x lie inside the
             // buffers (asserted above), y holds m·n values, n is a multiple of 16.
             unsafe { gemv_t_avx512(x, k, wt, n, c0, c1, y) };
@@ -307,7 +307,7 @@ pub fn gemv_rows(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32>
                 unsafe { std::slice::from_raw_parts_mut(base.get().add(i * n + r0), r1 - r0) };
             let xi = &x[i * k..(i + 1) * k];
             #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx512f") && k % 16 == 0 {
+            if std::arch::is_x86_feature_detected!("avx512f") && k.is_multiple_of(16) {
                 // SAFETY: AVX-512F detected; rows r0..r1 of w lie inside it (asserted above).
                 unsafe { half16::dot_rows_f32(xi, w.as_ptr(), k, r0, out) };
                 continue;
@@ -334,7 +334,7 @@ impl Half for half::f16 {
     }
     fn dot_rows_avx512(x: &[f32], w: &[Self], k: usize, r0: usize, out: &mut [f32]) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") && k % 16 == 0 {
+        if std::arch::is_x86_feature_detected!("avx512f") && k.is_multiple_of(16) {
             assert!(x.len() >= k && w.len() >= (r0 + out.len()) * k);
             // SAFETY: AVX-512F detected; every row read lies inside `w` (asserted).
             unsafe { half16::dot_rows(x, w.as_ptr() as *const u16, k, r0, out, false) };
@@ -352,7 +352,7 @@ impl Half for half::bf16 {
     }
     fn dot_rows_avx512(x: &[f32], w: &[Self], k: usize, r0: usize, out: &mut [f32]) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") && k % 16 == 0 {
+        if std::arch::is_x86_feature_detected!("avx512f") && k.is_multiple_of(16) {
             assert!(x.len() >= k && w.len() >= (r0 + out.len()) * k);
             // SAFETY: as for f16.
             unsafe { half16::dot_rows(x, w.as_ptr() as *const u16, k, r0, out, true) };

@@ -361,6 +361,62 @@ impl Quantize for BlockIq4Xs {
     }
 }
 
+/// The IQ4 table as the values codes index (`x = scale · table[code]`).
+const TABLE: [f32; 16] = {
+    let mut t = [0f32; 16];
+    let mut i = 0;
+    while i < 16 {
+        t[i] = KVALUES_IQ4NL[i] as f32;
+        i += 1;
+    }
+    t
+};
+
+/// Element `j` of a 32-element run's nibbles (byte `j % 16`, high nibble for `j ≥ 16`).
+#[inline(always)]
+fn iq4_code(qs: &[u8], j: usize) -> u8 {
+    if j < 16 {
+        qs[j] & 15
+    } else {
+        qs[j - 16] >> 4
+    }
+}
+
+impl super::Affine for BlockIq4Nl {
+    const BITS: u8 = 4;
+    const GRANULE: usize = QK4_NL;
+    const OFFSET: u8 = 0;
+    const MINS: bool = false;
+    const TABLE: Option<[f32; 16]> = Some(TABLE);
+    fn affine(&self, codes: &mut [u8], scales: &mut [f32], _: &mut [f32]) {
+        for (j, c) in codes.iter_mut().enumerate() {
+            *c = iq4_code(&self.qs, j);
+        }
+        scales[0] = f16_le(self.d);
+    }
+}
+
+impl super::Affine for BlockIq4Xs {
+    const BITS: u8 = 4;
+    const GRANULE: usize = 32;
+    const OFFSET: u8 = 0;
+    const MINS: bool = false;
+    const TABLE: Option<[f32; 16]> = Some(TABLE);
+    fn affine(&self, codes: &mut [u8], scales: &mut [f32], _: &mut [f32]) {
+        let d = f16_le(self.d);
+        let scales_h = u16::from_le_bytes(self.scales_h) as i32;
+        for ib in 0..QK_K / 32 {
+            let ls = ((self.scales_l[ib / 2] as i32 >> (4 * (ib % 2))) & 0xf)
+                | (((scales_h >> (2 * ib)) & 3) << 4);
+            scales[ib] = d * (ls - 32) as f32;
+            let qs = &self.qs[16 * ib..16 * ib + 16];
+            for (j, c) in codes[32 * ib..32 * ib + 32].iter_mut().enumerate() {
+                *c = iq4_code(qs, j);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{dequantize, GgmlType};
@@ -448,61 +504,5 @@ mod tests {
         dequantize(GgmlType::IQ4_XS, &b, &mut y).unwrap();
         assert_eq!((y[96], y[112]), (1.25 * 113.0, 1.25 * -127.0));
         assert_eq!(y[0], -8.0 * -127.0);
-    }
-}
-
-/// The IQ4 table as the values codes index (`x = scale · table[code]`).
-const TABLE: [f32; 16] = {
-    let mut t = [0f32; 16];
-    let mut i = 0;
-    while i < 16 {
-        t[i] = KVALUES_IQ4NL[i] as f32;
-        i += 1;
-    }
-    t
-};
-
-/// Element `j` of a 32-element run's nibbles (byte `j % 16`, high nibble for `j ≥ 16`).
-#[inline(always)]
-fn iq4_code(qs: &[u8], j: usize) -> u8 {
-    if j < 16 {
-        qs[j] & 15
-    } else {
-        qs[j - 16] >> 4
-    }
-}
-
-impl super::Affine for BlockIq4Nl {
-    const BITS: u8 = 4;
-    const GRANULE: usize = QK4_NL;
-    const OFFSET: u8 = 0;
-    const MINS: bool = false;
-    const TABLE: Option<[f32; 16]> = Some(TABLE);
-    fn affine(&self, codes: &mut [u8], scales: &mut [f32], _: &mut [f32]) {
-        for (j, c) in codes.iter_mut().enumerate() {
-            *c = iq4_code(&self.qs, j);
-        }
-        scales[0] = f16_le(self.d);
-    }
-}
-
-impl super::Affine for BlockIq4Xs {
-    const BITS: u8 = 4;
-    const GRANULE: usize = 32;
-    const OFFSET: u8 = 0;
-    const MINS: bool = false;
-    const TABLE: Option<[f32; 16]> = Some(TABLE);
-    fn affine(&self, codes: &mut [u8], scales: &mut [f32], _: &mut [f32]) {
-        let d = f16_le(self.d);
-        let scales_h = u16::from_le_bytes(self.scales_h) as i32;
-        for ib in 0..QK_K / 32 {
-            let ls = ((self.scales_l[ib / 2] as i32 >> (4 * (ib % 2))) & 0xf)
-                | (((scales_h >> (2 * ib)) & 3) << 4);
-            scales[ib] = d * (ls - 32) as f32;
-            let qs = &self.qs[16 * ib..16 * ib + 16];
-            for (j, c) in codes[32 * ib..32 * ib + 32].iter_mut().enumerate() {
-                *c = iq4_code(qs, j);
-            }
-        }
     }
 }

@@ -1558,6 +1558,78 @@ impl Quantize for BlockQ8K {
     }
 }
 
+/// Q4_K's and Q5_K's scales and mins: sub-block `j` scale `d·sc_j`, min `−(dmin·m_j)`.
+fn k4_scales_mins(
+    d: [u8; 2],
+    dmin: [u8; 2],
+    packed: &[u8; K_SCALE_SIZE],
+    s: &mut [f32],
+    m: &mut [f32],
+) {
+    let (d, dmin) = (f16_le(d), f16_le(dmin));
+    for j in 0..QK_K / 32 {
+        let (sc, mn) = get_scale_min_k4(j, packed);
+        s[j] = d * sc as f32;
+        m[j] = -(dmin * mn as f32);
+    }
+}
+
+impl super::Affine for BlockQ4K {
+    const BITS: u8 = 4;
+    const GRANULE: usize = 32;
+    const OFFSET: u8 = 0;
+    const MINS: bool = true;
+    fn affine(&self, codes: &mut [u8], scales: &mut [f32], mins: &mut [f32]) {
+        for (e, c) in codes.iter_mut().enumerate() {
+            // Element 64g + l (+ 32): byte 32g + l, low (high) nibble.
+            let b = self.qs[e / 64 * 32 + e % 32];
+            *c = if e % 64 < 32 { b & 15 } else { b >> 4 };
+        }
+        k4_scales_mins(self.d, self.dmin, &self.scales, scales, mins);
+    }
+}
+
+impl super::Affine for BlockQ5K {
+    const BITS: u8 = 5;
+    const GRANULE: usize = 32;
+    const OFFSET: u8 = 0;
+    const MINS: bool = true;
+    fn affine(&self, codes: &mut [u8], scales: &mut [f32], mins: &mut [f32]) {
+        for (e, c) in codes.iter_mut().enumerate() {
+            let (g, l) = (e / 64, e % 32);
+            let upper = e % 64 >= 32;
+            let b = self.qs[g * 32 + l];
+            let low = if upper { b >> 4 } else { b & 15 };
+            // The 5th bit: bit 2g (2g + 1 for the upper 32) of qh[l].
+            let bit = (self.qh[l] >> (2 * g + upper as usize)) & 1;
+            *c = low | (bit << 4);
+        }
+        k4_scales_mins(self.d, self.dmin, &self.scales, scales, mins);
+    }
+}
+
+impl super::Affine for BlockQ6K {
+    const BITS: u8 = 6;
+    const GRANULE: usize = 16;
+    const OFFSET: u8 = 32;
+    const MINS: bool = false;
+    fn affine(&self, codes: &mut [u8], scales: &mut [f32], _: &mut [f32]) {
+        for (e, c) in codes.iter_mut().enumerate() {
+            // Element 128h + 32q + l: low nibble of ql[64h + l + 32(q % 2)] (high nibble for
+            // q ≥ 2), top bits at shift 2q of qh[32h + l].
+            let (h, q, l) = (e / 128, e % 128 / 32, e % 32);
+            let b = self.ql[64 * h + l + 32 * (q % 2)];
+            let low = if q < 2 { b & 15 } else { b >> 4 };
+            let high = (self.qh[32 * h + l] >> (2 * q)) & 3;
+            *c = low | (high << 4);
+        }
+        let d = f16_le(self.d);
+        for (s, &sc) in scales.iter_mut().zip(&self.scales) {
+            *s = d * sc as i8 as f32;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{dequantize, GgmlType};
@@ -1694,77 +1766,5 @@ mod tests {
         let mut y = vec![0f32; 256];
         dequantize(GgmlType::Q8_K, &b, &mut y).unwrap();
         assert_eq!((y[0], y[255]), (0.1f32 * -3.0, 0.1f32 * 100.0));
-    }
-}
-
-/// Q4_K's and Q5_K's scales and mins: sub-block `j` scale `d·sc_j`, min `−(dmin·m_j)`.
-fn k4_scales_mins(
-    d: [u8; 2],
-    dmin: [u8; 2],
-    packed: &[u8; K_SCALE_SIZE],
-    s: &mut [f32],
-    m: &mut [f32],
-) {
-    let (d, dmin) = (f16_le(d), f16_le(dmin));
-    for j in 0..QK_K / 32 {
-        let (sc, mn) = get_scale_min_k4(j, packed);
-        s[j] = d * sc as f32;
-        m[j] = -(dmin * mn as f32);
-    }
-}
-
-impl super::Affine for BlockQ4K {
-    const BITS: u8 = 4;
-    const GRANULE: usize = 32;
-    const OFFSET: u8 = 0;
-    const MINS: bool = true;
-    fn affine(&self, codes: &mut [u8], scales: &mut [f32], mins: &mut [f32]) {
-        for (e, c) in codes.iter_mut().enumerate() {
-            // Element 64g + l (+ 32): byte 32g + l, low (high) nibble.
-            let b = self.qs[e / 64 * 32 + e % 32];
-            *c = if e % 64 < 32 { b & 15 } else { b >> 4 };
-        }
-        k4_scales_mins(self.d, self.dmin, &self.scales, scales, mins);
-    }
-}
-
-impl super::Affine for BlockQ5K {
-    const BITS: u8 = 5;
-    const GRANULE: usize = 32;
-    const OFFSET: u8 = 0;
-    const MINS: bool = true;
-    fn affine(&self, codes: &mut [u8], scales: &mut [f32], mins: &mut [f32]) {
-        for (e, c) in codes.iter_mut().enumerate() {
-            let (g, l) = (e / 64, e % 32);
-            let upper = e % 64 >= 32;
-            let b = self.qs[g * 32 + l];
-            let low = if upper { b >> 4 } else { b & 15 };
-            // The 5th bit: bit 2g (2g + 1 for the upper 32) of qh[l].
-            let bit = (self.qh[l] >> (2 * g + upper as usize)) & 1;
-            *c = low | (bit << 4);
-        }
-        k4_scales_mins(self.d, self.dmin, &self.scales, scales, mins);
-    }
-}
-
-impl super::Affine for BlockQ6K {
-    const BITS: u8 = 6;
-    const GRANULE: usize = 16;
-    const OFFSET: u8 = 32;
-    const MINS: bool = false;
-    fn affine(&self, codes: &mut [u8], scales: &mut [f32], _: &mut [f32]) {
-        for (e, c) in codes.iter_mut().enumerate() {
-            // Element 128h + 32q + l: low nibble of ql[64h + l + 32(q % 2)] (high nibble for
-            // q ≥ 2), top bits at shift 2q of qh[32h + l].
-            let (h, q, l) = (e / 128, e % 128 / 32, e % 32);
-            let b = self.ql[64 * h + l + 32 * (q % 2)];
-            let low = if q < 2 { b & 15 } else { b >> 4 };
-            let high = (self.qh[32 * h + l] >> (2 * q)) & 3;
-            *c = low | (high << 4);
-        }
-        let d = f16_le(self.d);
-        for (s, &sc) in scales.iter_mut().zip(&self.scales) {
-            *s = d * sc as i8 as f32;
-        }
     }
 }

@@ -537,70 +537,6 @@ impl Quantize for BlockQ8_0 {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::super::{dequantize, GgmlType};
-    use half::f16;
-
-    fn h(v: f32) -> [u8; 2] {
-        f16::from_f32(v).to_le_bytes()
-    }
-
-    #[test]
-    fn q4_0_nibble_order_and_offset() {
-        let mut b = vec![0u8; 18];
-        b[..2].copy_from_slice(&h(0.5));
-        b[2] = 0xF0; // element 0: 0-8 = -8, element 16: 15-8 = 7
-        b[3] = 0x09; // element 1: 9-8 = 1, element 17: 0-8 = -8
-        let mut y = [0f32; 32];
-        dequantize(GgmlType::Q4_0, &b, &mut y).unwrap();
-        assert_eq!((y[0], y[16], y[1], y[17]), (-4.0, 3.5, 0.5, -4.0));
-    }
-
-    #[test]
-    fn q4_1_is_q_times_d_plus_m() {
-        let mut b = vec![0u8; 20];
-        b[..2].copy_from_slice(&h(0.25));
-        b[2..4].copy_from_slice(&h(-1.0));
-        b[4] = 0x3F; // element 0: 15, element 16: 3
-        let mut y = [0f32; 32];
-        dequantize(GgmlType::Q4_1, &b, &mut y).unwrap();
-        assert_eq!((y[0], y[16], y[1]), (2.75, -0.25, -1.0));
-    }
-
-    #[test]
-    fn q5_fifth_bit() {
-        let mut b = vec![0u8; 22];
-        b[..2].copy_from_slice(&h(1.0));
-        // qh bit 0 -> element 0, bit 16 -> element 16, bit 31 -> element 31.
-        b[2..6].copy_from_slice(&(1u32 | 1 << 16 | 1 << 31).to_le_bytes());
-        b[6] = 0x21; // element 0 low bits 1, element 16 low bits 2
-        let mut y = [0f32; 32];
-        dequantize(GgmlType::Q5_0, &b, &mut y).unwrap();
-        assert_eq!((y[0], y[16], y[1], y[31]), (1.0, 2.0, -16.0, 0.0));
-
-        let mut b = vec![0u8; 24];
-        b[..2].copy_from_slice(&h(1.0));
-        b[2..4].copy_from_slice(&h(0.5));
-        b[4..8].copy_from_slice(&(1u32 << 15).to_le_bytes());
-        b[8 + 15] = 0xFF;
-        let mut y = [0f32; 32];
-        dequantize(GgmlType::Q5_1, &b, &mut y).unwrap();
-        assert_eq!((y[15], y[31], y[0]), (31.5, 15.5, 0.5));
-    }
-
-    #[test]
-    fn q8_0_signed() {
-        let mut b = vec![0u8; 34];
-        b[..2].copy_from_slice(&h(0.125));
-        b[2] = 0x80; // -128
-        b[33] = 127;
-        let mut y = [0f32; 32];
-        dequantize(GgmlType::Q8_0, &b, &mut y).unwrap();
-        assert_eq!((y[0], y[31], y[1]), (-16.0, 15.875, 0.0));
-    }
-}
-
 /// Element `j` of a 4/5-bit block's nibbles (byte `j % 16`, high nibble for `j ≥ 16`), plus
 /// `qh`'s bit `j` as the 5th bit when given.
 #[inline(always)]
@@ -675,5 +611,69 @@ impl super::Affine for BlockQ8_0 {
             *c = (q as i8 as i16 + 128) as u8;
         }
         scales[0] = f16_le(self.d);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{dequantize, GgmlType};
+    use half::f16;
+
+    fn h(v: f32) -> [u8; 2] {
+        f16::from_f32(v).to_le_bytes()
+    }
+
+    #[test]
+    fn q4_0_nibble_order_and_offset() {
+        let mut b = vec![0u8; 18];
+        b[..2].copy_from_slice(&h(0.5));
+        b[2] = 0xF0; // element 0: 0-8 = -8, element 16: 15-8 = 7
+        b[3] = 0x09; // element 1: 9-8 = 1, element 17: 0-8 = -8
+        let mut y = [0f32; 32];
+        dequantize(GgmlType::Q4_0, &b, &mut y).unwrap();
+        assert_eq!((y[0], y[16], y[1], y[17]), (-4.0, 3.5, 0.5, -4.0));
+    }
+
+    #[test]
+    fn q4_1_is_q_times_d_plus_m() {
+        let mut b = vec![0u8; 20];
+        b[..2].copy_from_slice(&h(0.25));
+        b[2..4].copy_from_slice(&h(-1.0));
+        b[4] = 0x3F; // element 0: 15, element 16: 3
+        let mut y = [0f32; 32];
+        dequantize(GgmlType::Q4_1, &b, &mut y).unwrap();
+        assert_eq!((y[0], y[16], y[1]), (2.75, -0.25, -1.0));
+    }
+
+    #[test]
+    fn q5_fifth_bit() {
+        let mut b = vec![0u8; 22];
+        b[..2].copy_from_slice(&h(1.0));
+        // qh bit 0 -> element 0, bit 16 -> element 16, bit 31 -> element 31.
+        b[2..6].copy_from_slice(&(1u32 | 1 << 16 | 1 << 31).to_le_bytes());
+        b[6] = 0x21; // element 0 low bits 1, element 16 low bits 2
+        let mut y = [0f32; 32];
+        dequantize(GgmlType::Q5_0, &b, &mut y).unwrap();
+        assert_eq!((y[0], y[16], y[1], y[31]), (1.0, 2.0, -16.0, 0.0));
+
+        let mut b = vec![0u8; 24];
+        b[..2].copy_from_slice(&h(1.0));
+        b[2..4].copy_from_slice(&h(0.5));
+        b[4..8].copy_from_slice(&(1u32 << 15).to_le_bytes());
+        b[8 + 15] = 0xFF;
+        let mut y = [0f32; 32];
+        dequantize(GgmlType::Q5_1, &b, &mut y).unwrap();
+        assert_eq!((y[15], y[31], y[0]), (31.5, 15.5, 0.5));
+    }
+
+    #[test]
+    fn q8_0_signed() {
+        let mut b = vec![0u8; 34];
+        b[..2].copy_from_slice(&h(0.125));
+        b[2] = 0x80; // -128
+        b[33] = 127;
+        let mut y = [0f32; 32];
+        dequantize(GgmlType::Q8_0, &b, &mut y).unwrap();
+        assert_eq!((y[0], y[31], y[1]), (-16.0, 15.875, 0.0));
     }
 }

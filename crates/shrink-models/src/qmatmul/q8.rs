@@ -558,7 +558,7 @@ mod tests {
         let scales: Vec<f32> = (0..count)
             .map(|_| 0.001 + (lcg(&mut s) % 1000) as f32 * 1e-5)
             .map(|v| {
-                if seed % 2 == 0 {
+                if seed.is_multiple_of(2) {
                     half::f16::from_f32(v).to_f32()
                 } else {
                     v
