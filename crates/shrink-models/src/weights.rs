@@ -203,8 +203,9 @@ impl<'a> WeightLoader<'a> {
     /// The LM head: the stored `head` weight when given (kept quantized if stored so), else the
     /// embedding `embed_name` (`embed`, `[vocab, hidden]`) tied to it — multiplied in its packed
     /// form when the checkpoint stores the embedding quantized (a quantized HF layout, or a GGUF
-    /// Q4_0/Q8_0; the float32 `embed` then only serves lookups), else read in place as float32
-    /// rows.
+    /// integer type; the float32 `embed` then only serves lookups), as its float16 / bfloat16
+    /// rows when stored so and [`crate::runtime::half_head`] is on, else read in place as
+    /// float32 rows.
     pub fn head(
         &self,
         head: Option<&str>,
@@ -267,8 +268,8 @@ impl<'a> WeightLoader<'a> {
         self.gguf_codes(hf_name, out, inp)
     }
 
-    /// A GGUF weight `[out, inp]` stored as Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K or Q6_K,
-    /// held as the integer codes, scales and mins it is ([`shrink_formats::ggml::to_codes`],
+    /// A GGUF weight `[out, inp]` stored as Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K,
+    /// IQ4_NL or IQ4_XS, held as the integer codes, scales and mins (or table) it is ([`shrink_formats::ggml::to_codes`],
     /// lossless; Llama's Q/K rows put back in transformers' order), so it is multiplied packed;
     /// `None` for other types and files.
     fn gguf_codes(&self, hf_name: &str, out: usize, inp: usize) -> Result<Option<QuantMatmul>> {
