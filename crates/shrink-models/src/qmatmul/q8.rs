@@ -84,7 +84,9 @@ impl Q8Act {
         // Σ q per 16 values (the smallest granule).
         let mut sum16 = vec![0i32; k / 16];
         for (b, xs) in x.chunks_exact(QK).enumerate() {
-            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            // |x| as bits: for finite values the integer max is the float max, and it
+            // vectorises (a float `max` fold does not, for its NaN rules).
+            let amax = f32::from_bits(xs.iter().map(|v| v.abs().to_bits()).max().unwrap_or(0));
             let db = amax / 127.0;
             let id = if db > 0.0 { 1.0 / db } else { 0.0 };
             d[b] = db;
@@ -412,8 +414,15 @@ unsafe fn vnni<const N: usize>(
             *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), d, *acc);
         }
     }
+    // Symmetric codes with their offset folded need no correction (no call per row).
+    let corrected = !(folded && t.mins.is_empty() && t.zeros.is_empty());
     for ((o, acc), a) in out.iter_mut().zip(acc).zip(acts) {
-        *o = (_mm512_reduce_add_ps(acc) + correction_avx512(t, r, a, folded)) * table_scale(t);
+        let c = if corrected {
+            correction_avx512(t, r, a, folded)
+        } else {
+            0.0
+        };
+        *o = (_mm512_reduce_add_ps(acc) + c) * table_scale(t);
     }
 }
 
