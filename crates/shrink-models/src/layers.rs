@@ -5,9 +5,22 @@ use candle_core::{Device, Tensor, D};
 use crate::error::Result;
 
 /// Per-layer cached keys and values for incremental decoding.
-#[derive(Debug, Default, Clone)]
+///
+/// Each layer's keys and values live in buffers of room for `capacity` positions
+/// (`[heads, capacity, d]`), written in place as tokens arrive and doubled when full, so a
+/// token costs its own rows, not a copy of the whole cache (concatenating per token copied
+/// 46 KB × positions per token on SmolLM2, growing with the context).
+#[derive(Debug, Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<LayerKv>>,
+}
+
+/// One layer's buffers and how many positions they hold.
+#[derive(Debug)]
+struct LayerKv {
+    k: Tensor,
+    v: Tensor,
+    len: usize,
 }
 
 impl KvCache {
@@ -21,8 +34,7 @@ impl KvCache {
         self.layers
             .first()
             .and_then(|l| l.as_ref())
-            .map(|(k, _)| k.dim(1).unwrap_or(0))
-            .unwrap_or(0)
+            .map_or(0, |l| l.len)
     }
 
     /// Whether nothing is cached.
@@ -30,17 +42,40 @@ impl KvCache {
         self.len() == 0
     }
 
-    /// Append this step's k, v ([heads, T, d]) for `layer`, returning the full k, v.
+    /// Append this step's k, v ([heads, T, d]) for `layer`, returning the full k, v (views of
+    /// the first positions of the layer's buffers).
     pub fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
         if self.layers.len() <= layer {
-            self.layers.resize(layer + 1, None);
+            self.layers.resize_with(layer + 1, || None);
         }
-        let kv = match self.layers[layer].take() {
-            None => (k, v),
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 1)?, Tensor::cat(&[&pv, &v], 1)?),
-        };
-        self.layers[layer] = Some(kv.clone());
-        Ok(kv)
+        let (heads, t, d) = k.dims3()?;
+        let (k, v) = (k.contiguous()?, v.contiguous()?);
+        let len = self.layers[layer].as_ref().map_or(0, |l| l.len);
+        let room = self.layers[layer]
+            .as_ref()
+            .map_or(0, |l| l.k.dim(1).unwrap_or(0));
+        if len + t > room {
+            // Grow to twice the need (at least 64 positions), keeping what is cached.
+            let cap = ((len + t) * 2).max(64);
+            let grown = |old: Option<&Tensor>| -> Result<Tensor> {
+                let buf = Tensor::zeros((heads, cap, d), k.dtype(), k.device())?;
+                if let (Some(old), true) = (old, len > 0) {
+                    buf.slice_set(&old.narrow(1, 0, len)?.contiguous()?, 1, 0)?;
+                }
+                Ok(buf)
+            };
+            let old = self.layers[layer].take();
+            self.layers[layer] = Some(LayerKv {
+                k: grown(old.as_ref().map(|l| &l.k))?,
+                v: grown(old.as_ref().map(|l| &l.v))?,
+                len,
+            });
+        }
+        let l = self.layers[layer].as_mut().expect("made above");
+        l.k.slice_set(&k, 1, len)?;
+        l.v.slice_set(&v, 1, len)?;
+        l.len = len + t;
+        Ok((l.k.narrow(1, 0, l.len)?, l.v.narrow(1, 0, l.len)?))
     }
 }
 
@@ -186,7 +221,7 @@ fn attention_rows(
         window: mask.window,
         scale: scale as f32,
     })?;
-    let out = probs.reshape((kv, rep * t, tk))?.matmul(&v.contiguous()?)?; // [kv, rep·t, d]
+    let out = probs.reshape((kv, rep * t, tk))?.matmul(v)?; // [kv, rep·t, d]
     Ok(out
         .reshape((h, t, d))?
         .transpose(0, 1)?
