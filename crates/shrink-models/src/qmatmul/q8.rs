@@ -356,6 +356,11 @@ unsafe fn vnni<const N: usize>(
     let per_step = if t.glen < STEP { STEP / t.glen } else { 0 };
     let idx = _mm512_loadu_si512(lane_granules(t.glen.min(QK), nibbles).as_ptr() as *const _);
     let g0 = t.granule_index(r, 0);
+    // Granules of 64k values: steps per granule, a power of two in practice (a shift).
+    let steps_per_granule = (t.glen / STEP).max(1);
+    let granule_shift = steps_per_granule
+        .is_power_of_two()
+        .then(|| steps_per_granule.trailing_zeros());
     // Every token's activations were made for these rows ([`Q8Act::for_rows`]): all folded
     // or none.
     let folded = !acts[0].init.is_empty();
@@ -395,8 +400,14 @@ unsafe fn vnni<const N: usize>(
             _mm512_permutexvar_ps(idx, s)
         } else {
             // One scale for the step, broadcast (float16 widened in hardware: `half`'s
-            // conversion, a library call, measured 119 against 132 tokens/s on int4 g64).
-            let g = t.granule_index(r, st * STEP);
+            // conversion, a library call, measured 119 against 132 tokens/s on int4 g64); the
+            // granule counted, not divided for, per step.
+            let g = g0
+                + match (t.per_row, granule_shift) {
+                    (0, _) => 0,
+                    (_, Some(sh)) => st >> sh,
+                    _ => st / steps_per_granule,
+                };
             match &t.scales {
                 Floats::F16(h) => _mm512_cvtph_ps(_mm256_set1_epi16(h[g].to_bits() as i16)),
                 Floats::F32(v) => _mm512_set1_ps(v[g]),
