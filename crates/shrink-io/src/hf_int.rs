@@ -394,15 +394,15 @@ pub fn read_gptq(
     };
     let parts = GptqParts::unpack(&packed, bits, group_size, rows, cols, format)
         .map_err(|e| m.format_err(e))?;
-    if let (None, Some((t, perm))) = (parts.to_int_tensor(), parts.to_act_order()) {
-        return Ok(Some(Quantized::ActOrder {
+    if let Some(t) = parts.to_int_tensor() {
+        return Ok(Some(Quantized::Int(t)));
+    }
+    Ok(Some(match parts.to_act_order() {
+        Some((t, perm)) => Quantized::ActOrder {
             t,
             perm,
             stored_bytes,
-        }));
-    }
-    Ok(Some(match parts.to_int_tensor() {
-        Some(t) => Quantized::Int(t),
+        },
         None => Quantized::Dense {
             values: parts.dequantize(),
             rows,

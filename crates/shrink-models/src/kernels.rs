@@ -295,9 +295,23 @@ pub fn gemv_rows(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32>
         x.len() >= m * k && w.len() >= n * k,
         "gemv_rows: buffers shorter than the shapes"
     );
+    rows_on_team(m, n, |i, r0, out| {
+        let xi = &x[i * k..(i + 1) * k];
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") && k.is_multiple_of(16) {
+            // SAFETY: AVX-512F detected; rows r0.. of w lie inside it (asserted above).
+            unsafe { half16::dot_rows_f32(xi, w.as_ptr(), k, r0, out) };
+            return;
+        }
+        dot_rows(xi, w, k, r0, out);
+    })
+}
+
+/// `y` (`[m, n]`) with its columns split into one run per thread of the [`crate::team`]:
+/// `f(i, r0, out)` fills token `i`'s values for rows `r0..r0 + out.len()`.
+fn rows_on_team(m: usize, n: usize, f: impl Fn(usize, usize, &mut [f32]) + Sync) -> Vec<f32> {
     let mut y = vec![0f32; m * n];
-    let parts = crate::team::threads();
-    let per = n.div_ceil(parts);
+    let per = n.div_ceil(crate::team::threads()).max(1);
     let base = crate::qmatmul::SendPtr(y.as_mut_ptr());
     crate::team::run(n.div_ceil(per), |p| {
         let (r0, r1) = (p * per, ((p + 1) * per).min(n));
@@ -305,14 +319,7 @@ pub fn gemv_rows(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32>
             // SAFETY: part p alone writes columns r0..r1 of y ([m, n]).
             let out =
                 unsafe { std::slice::from_raw_parts_mut(base.get().add(i * n + r0), r1 - r0) };
-            let xi = &x[i * k..(i + 1) * k];
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx512f") && k.is_multiple_of(16) {
-                // SAFETY: AVX-512F detected; rows r0..r1 of w lie inside it (asserted above).
-                unsafe { half16::dot_rows_f32(xi, w.as_ptr(), k, r0, out) };
-                continue;
-            }
-            dot_rows(xi, w, k, r0, out);
+            f(i, r0, out);
         }
     });
     y
@@ -320,46 +327,39 @@ pub fn gemv_rows(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32>
 
 /// 16-bit floats a few-token product reads rows of ([`gemv_rows_half`]).
 pub trait Half: Copy + Send + Sync {
+    /// Whether the type is bfloat16 (else float16).
+    const BF16: bool;
     /// `src` converted to float32 into `dst` (exact).
     fn widen(src: &[Self], dst: &mut [f32]);
     /// Rows `r0..r0 + out.len()` of `w` (`k` each) dotted with `x`, widened 16 values at a
     /// time in AVX-512 registers; `false` (nothing written) where the CPU lacks AVX-512.
-    fn dot_rows_avx512(x: &[f32], w: &[Self], k: usize, r0: usize, out: &mut [f32]) -> bool;
-}
-
-impl Half for half::f16 {
-    fn widen(src: &[Self], dst: &mut [f32]) {
-        use half::slice::HalfFloatSliceExt;
-        src.convert_to_f32_slice(dst);
-    }
     fn dot_rows_avx512(x: &[f32], w: &[Self], k: usize, r0: usize, out: &mut [f32]) -> bool {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f") && k.is_multiple_of(16) {
             assert!(x.len() >= k && w.len() >= (r0 + out.len()) * k);
-            // SAFETY: AVX-512F detected; every row read lies inside `w` (asserted).
-            unsafe { half16::dot_rows(x, w.as_ptr() as *const u16, k, r0, out, false) };
+            // SAFETY: AVX-512F detected; every row read lies inside `w` (asserted), whose
+            // elements are 16-bit floats of the kind `BF16` names.
+            unsafe { half16::dot_rows(x, w.as_ptr() as *const u16, k, r0, out, Self::BF16) };
             return true;
         }
         let _ = (x, w, k, r0, out);
         false
+    }
+}
+
+impl Half for half::f16 {
+    const BF16: bool = false;
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        src.convert_to_f32_slice(dst);
     }
 }
 
 impl Half for half::bf16 {
+    const BF16: bool = true;
     fn widen(src: &[Self], dst: &mut [f32]) {
         use half::slice::HalfFloatSliceExt;
         src.convert_to_f32_slice(dst);
-    }
-    fn dot_rows_avx512(x: &[f32], w: &[Self], k: usize, r0: usize, out: &mut [f32]) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") && k.is_multiple_of(16) {
-            assert!(x.len() >= k && w.len() >= (r0 + out.len()) * k);
-            // SAFETY: as for f16.
-            unsafe { half16::dot_rows(x, w.as_ptr() as *const u16, k, r0, out, true) };
-            return true;
-        }
-        let _ = (x, w, k, r0, out);
-        false
     }
 }
 
@@ -448,30 +448,16 @@ pub fn gemv_rows_half<H: Half>(x: &[f32], m: usize, k: usize, w: &[H], n: usize)
         x.len() >= m * k && w.len() >= n * k,
         "gemv_rows_half: buffers shorter than the shapes"
     );
-    let mut y = vec![0f32; m * n];
-    let parts = crate::team::threads();
-    let per = n.div_ceil(parts);
-    let base = crate::qmatmul::SendPtr(y.as_mut_ptr());
-    crate::team::run(n.div_ceil(per), |p| {
-        let (r0, r1) = (p * per, ((p + 1) * per).min(n));
-        let mut out = vec![0f32; r1 - r0];
-        let mut row = Vec::new();
-        for i in 0..m {
-            let xi = &x[i * k..(i + 1) * k];
-            if !H::dot_rows_avx512(xi, w, k, r0, &mut out) {
-                row.resize(k, 0f32);
-                for (j, o) in out.iter_mut().enumerate() {
-                    H::widen(&w[(r0 + j) * k..(r0 + j + 1) * k], &mut row);
-                    *o = dot(xi, &row);
-                }
-            }
-            for (j, &v) in out.iter().enumerate() {
-                // SAFETY: part p alone writes columns r0..r1 of y ([m, n]).
-                unsafe { *base.get().add(i * n + r0 + j) = v };
+    rows_on_team(m, n, |i, r0, out| {
+        let xi = &x[i * k..(i + 1) * k];
+        if !H::dot_rows_avx512(xi, w, k, r0, out) {
+            let mut row = vec![0f32; k];
+            for (j, o) in out.iter_mut().enumerate() {
+                H::widen(&w[(r0 + j) * k..(r0 + j + 1) * k], &mut row);
+                *o = dot(xi, &row);
             }
         }
-    });
-    y
+    })
 }
 
 /// `y = a · b` in float32: `a` row-major `[m, k]`, `b` row-major `[k, n]`, `y` `[m, n]`

@@ -935,24 +935,22 @@ impl QuantMatmul {
             });
             return;
         }
-        if let (Kind::Int(t), Some(kernel)) = (&self.kind, q8_kernel()) {
-            if q8::fits(t, k) {
-                // Activations quantized once per token, then integer dots against the codes.
-                let acts: Vec<q8::Q8Act> = x
-                    .chunks_exact(k)
-                    .map(|xi| q8::Q8Act::for_rows(xi, t))
-                    .collect();
-                row_runs(n, |rows| {
-                    let mut out = vec![0f32; m];
-                    for r in rows {
-                        q8::dot_row_tokens(kernel, t, r, k, &acts, &mut out);
-                        for (i, &v) in out.iter().enumerate() {
-                            put(i, r, v);
-                        }
+        if let Some((t, kernel)) = self.q8() {
+            // Activations quantized once per token, then integer dots against the codes.
+            let acts: Vec<q8::Q8Act> = x
+                .chunks_exact(k)
+                .map(|xi| q8::Q8Act::for_rows(xi, t))
+                .collect();
+            row_runs(n, |rows| {
+                let mut out = vec![0f32; m];
+                for r in rows {
+                    q8::dot_row_tokens(kernel, t, r, k, &acts, &mut out);
+                    for (i, &v) in out.iter().enumerate() {
+                        put(i, r, v);
                     }
-                });
-                return;
-            }
+                }
+            });
+            return;
         }
         #[cfg(target_arch = "x86_64")]
         if let Some(fast) = self

@@ -792,15 +792,8 @@ pub fn to_codes(
         IQ4_XS => codes_of::<iq4::BlockIq4Xs>,
         _ => return Ok(None),
     };
-    let block = ty.block_size();
-    if !cols.is_multiple_of(block) {
-        return Err(FormatError::NotBlockAligned {
-            format: ty.name(),
-            elements: cols,
-            block,
-        });
-    }
-    let expected = rows * cols / block * ty.type_size();
+    // Rows of whole blocks (NotBlockAligned otherwise), then exactly their bytes.
+    let expected = rows * ty.row_bytes(cols)?;
     if data.len() != expected {
         return Err(FormatError::WrongByteCount {
             format: ty.name(),

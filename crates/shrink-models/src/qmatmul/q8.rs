@@ -399,9 +399,10 @@ unsafe fn vnni<const N: usize>(
             };
             _mm512_permutexvar_ps(idx, s)
         } else {
-            // One scale for the step, broadcast (float16 widened in hardware: `half`'s
-            // conversion, a library call, measured 119 against 132 tokens/s on int4 g64); the
-            // granule counted, not divided for, per step.
+            // One scale for the step, broadcast (float16 widened in hardware: with `half`'s
+            // conversion, a library call, int4 g64 + int4 embedding ran tg128 118.8 in a
+            // bench-speed.sh run, 132.1 tg64 after); the granule found by a shift, not a
+            // division, per step.
             let g = g0
                 + match (t.per_row, granule_shift) {
                     (0, _) => 0,
