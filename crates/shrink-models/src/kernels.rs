@@ -60,6 +60,8 @@ macro_rules! dispatch {
         }
     };
 }
+/// A function compiled for AVX-512 / AVX2+FMA and the baseline, picked at run time.
+pub(crate) use dispatch;
 
 dispatch! {
     /// xs[i] ← e^(xs[i]·scale − shift) for every i; returns the sum of the results.
@@ -163,6 +165,23 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         w /= 2;
     }
     acc[0] + tail
+}
+
+dispatch! {
+    /// One query head attending to `d`-value keys and values (`p.len()` of each, in order):
+    /// `out += softmax(q·kᵀ·scale)·v`, with `p` as scratch for the scores.
+    pub fn attend_head(q: &[f32], keys: &[f32], values: &[f32], scale: f32, p: &mut [f32], out: &mut [f32]) {
+        let d = q.len();
+        for (s, key) in p.iter_mut().zip(keys.chunks_exact(d)) {
+            *s = dot(q, key);
+        }
+        let shift = max(p) * scale;
+        let inv = 1.0 / exp_scaled_sum(p, scale, shift);
+        for (&s, value) in p.iter().zip(values.chunks_exact(d)) {
+            let s = s * inv;
+            out.iter_mut().zip(value).for_each(|(o, v)| *o += s * v);
+        }
+    }
 }
 
 dispatch! {

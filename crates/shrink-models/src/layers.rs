@@ -77,15 +77,70 @@ impl KvCache {
         l.len = len + t;
         Ok((l.k.narrow(1, 0, l.len)?, l.v.narrow(1, 0, l.len)?))
     }
+
+    /// Append one position's keys and values (`[heads·d]` each, head-major) for `layer`, then
+    /// run `f` on the layer's buffers — one token's attention on plain slices.
+    pub fn append_one<R>(
+        &mut self,
+        layer: usize,
+        k: &[f32],
+        v: &[f32],
+        heads: usize,
+        f: impl FnOnce(crate::decode::Kv) -> R,
+    ) -> Result<R> {
+        let d = k.len() / heads.max(1);
+        let kt = Tensor::from_slice(k, (heads, 1, d), &Device::Cpu)?;
+        let vt = Tensor::from_slice(v, (heads, 1, d), &Device::Cpu)?;
+        self.append(layer, kt, vt)?;
+        let l = self.layers[layer].as_ref().expect("appended above");
+        let cap = l.k.dim(1)?;
+        let (ks, kl) = l.k.storage_and_layout();
+        let (vs, vl) = l.v.storage_and_layout();
+        match (&*ks, &*vs) {
+            (
+                candle_core::Storage::Cpu(candle_core::CpuStorage::F32(kb)),
+                candle_core::Storage::Cpu(candle_core::CpuStorage::F32(vb)),
+            ) => {
+                let n = heads * cap * d;
+                let (ko, vo) = (kl.start_offset(), vl.start_offset());
+                Ok(f(crate::decode::Kv {
+                    k: &kb[ko..ko + n],
+                    v: &vb[vo..vo + n],
+                    heads,
+                    cap,
+                    len: l.len,
+                }))
+            }
+            _ => Err(crate::error::ModelError::Input(
+                "the KV cache holds other than float32 on the CPU".into(),
+            )),
+        }
+    }
+}
+
+/// `inv_freq = 1 / base^(2i/rot)` for `i < rot/2`, in float32 as transformers computes it.
+fn inv_freq(rot_dim: usize, base: f64) -> Vec<f32> {
+    (0..rot_dim / 2)
+        .map(|i| 1.0f32 / (base as f32).powf((2 * i) as f32 / rot_dim as f32))
+        .collect()
+}
+
+/// cos and sin [rot/2] of position `pos` ([`rope_tables`]'s row).
+pub fn rope_row(rot_dim: usize, base: f64, pos: usize) -> (Vec<f32>, Vec<f32>) {
+    inv_freq(rot_dim, base)
+        .iter()
+        .map(|f| {
+            let a = pos as f32 * f;
+            (a.cos(), a.sin())
+        })
+        .unzip()
 }
 
 /// cos and sin tables [T, rot/2] for positions `offset..offset+t`, as transformers computes
 /// them in float32: `inv_freq = 1 / base^(2i/rot)`, angle = position × inv_freq.
 pub fn rope_tables(rot_dim: usize, base: f64, offset: usize, t: usize) -> Result<(Tensor, Tensor)> {
     let half = rot_dim / 2;
-    let inv: Vec<f32> = (0..half)
-        .map(|i| 1.0f32 / (base as f32).powf((2 * i) as f32 / rot_dim as f32))
-        .collect();
+    let inv = inv_freq(rot_dim, base);
     let mut cos = Vec::with_capacity(t * half);
     let mut sin = Vec::with_capacity(t * half);
     for p in offset..offset + t {

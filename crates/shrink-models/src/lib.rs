@@ -22,6 +22,7 @@
 pub mod architecture;
 pub mod bert;
 pub mod config;
+pub mod decode;
 pub mod error;
 pub mod footprint;
 pub mod gguf_arch;

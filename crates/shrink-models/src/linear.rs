@@ -215,6 +215,76 @@ impl Linear {
         w + bias + lora
     }
 
+    /// `x` (`[rows, in]`, row-major) through the layer: `[rows, out]` — the product on plain
+    /// slices, without a tensor around input or output (generation's path).
+    pub fn forward_slice(&self, x: &[f32], rows: usize) -> candle_core::Result<Vec<f32>> {
+        Ok(Self::forward_group(&[self], x, rows)?.remove(0))
+    }
+
+    /// `x` (`[rows, in]`) through each of `layers` (which share the input: a layer's q, k, v
+    /// or gate, up): packed weights in one product of the team ([`QuantMatmul::matmul_group`]).
+    pub fn forward_group(
+        layers: &[&Linear],
+        x: &[f32],
+        rows: usize,
+    ) -> candle_core::Result<Vec<Vec<f32>>> {
+        let packed: Option<Vec<&QuantMatmul>> = layers
+            .iter()
+            .map(|l| match (&l.w, &l.lora) {
+                (Weight::Quantized { q, .. }, None) => Some(&**q),
+                _ => None,
+            })
+            .collect();
+        let mut ys = match packed {
+            Some(qs) => QuantMatmul::matmul_group(&qs, x, rows),
+            None => layers
+                .iter()
+                .map(|l| l.forward_unbiased(x, rows))
+                .collect::<candle_core::Result<_>>()?,
+        };
+        for (l, y) in layers.iter().zip(&mut ys) {
+            if let Some(b) = &l.bias {
+                let b = b.to_vec1::<f32>()?;
+                for row in y.chunks_exact_mut(b.len()) {
+                    row.iter_mut().zip(&b).for_each(|(o, b)| *o += b);
+                }
+            }
+        }
+        Ok(ys)
+    }
+
+    /// `x Wᵀ` (with any LoRA pair, without the bias) on slices.
+    fn forward_unbiased(&self, x: &[f32], rows: usize) -> candle_core::Result<Vec<f32>> {
+        let in_f = self.in_features();
+        if x.len() != rows * in_f {
+            candle_core::bail!("linear: {} inputs for {rows} rows of {in_f}", x.len());
+        }
+        match (&self.w, &self.lora) {
+            (Weight::Quantized { q, .. }, None) => Ok(q.matmul(x, rows)),
+            (Weight::Dense(wt), None) if rows <= crate::kernels::FEW_TOKENS => {
+                let (ws, wl) = wt.storage_and_layout();
+                match &*ws {
+                    candle_core::Storage::Cpu(candle_core::CpuStorage::F32(wv))
+                        if wl.is_contiguous() =>
+                    {
+                        let n = self.out_features();
+                        let w = &wv[wl.start_offset()..wl.start_offset() + in_f * n];
+                        Ok(crate::kernels::gemv_t(x, rows, in_f, w, n))
+                    }
+                    _ => candle_core::bail!("linear: weight is not contiguous float32"),
+                }
+            }
+            _ => {
+                let xt = Tensor::from_slice(x, (rows, in_f), &Device::Cpu)?;
+                let unbiased = Linear {
+                    bias: None,
+                    ..self.clone()
+                };
+                unbiased.forward(&xt)?.flatten_all()?.to_vec1()
+            }
+        }
+    }
+
     /// Input width.
     pub fn in_features(&self) -> usize {
         match &self.w {

@@ -246,6 +246,43 @@ impl LlamaLayer {
         Ok(self.o_proj.forward(&a)?)
     }
 
+    /// One token through the layer on plain slices ([`crate::decode`]): `x` (`[hidden]`, at
+    /// the position of `rope`'s cos and sin rows) is updated in place, and its keys and values
+    /// are appended to layer `li` of `cache`. The same arithmetic as [`Self::forward`].
+    pub fn step(
+        &self,
+        c: &LlamaConfig,
+        x: &mut [f32],
+        rope: (&[f32], &[f32]),
+        cache: &mut KvCache,
+        li: usize,
+    ) -> Result<()> {
+        use crate::decode::{add_into, attend, rms_norm, with_f32};
+        let eps = c.rms_norm_eps as f32;
+        let hn = with_f32(&self.input_layernorm, |w| rms_norm(x, w, eps))?;
+        let [mut q, mut k, v]: [Vec<f32>; 3] =
+            Linear::forward_group(&[&self.q_proj, &self.k_proj, &self.v_proj], &hn, 1)?
+                .try_into()
+                .expect("three products");
+        crate::decode::rope(&mut q, c.num_heads, rope.0, rope.1);
+        crate::decode::rope(&mut k, c.num_kv_heads, rope.0, rope.1);
+        let scale = (1.0 / (c.head_dim as f64).sqrt()) as f32;
+        let a = cache.append_one(li, &k, &v, c.num_kv_heads, |kv| {
+            let lo = c.sliding_window.map_or(0, |w| kv.len.saturating_sub(w));
+            attend(&q, c.num_heads, &kv, lo, scale)
+        })?;
+        add_into(x, &self.o_proj.forward_slice(&a, 1)?);
+        let hn = with_f32(&self.post_attention_layernorm, |w| rms_norm(x, w, eps))?;
+        let [g, u]: [Vec<f32>; 2] =
+            Linear::forward_group(&[&self.gate_proj, &self.up_proj], &hn, 1)?
+                .try_into()
+                .expect("two products");
+        let mut m = vec![0f32; g.len()];
+        crate::kernels::silu_mul(&g, &u, &mut m);
+        add_into(x, &self.down_proj.forward_slice(&m, 1)?);
+        Ok(())
+    }
+
     /// The MLP's output (after down_proj) for the normed input `hn` [t, hidden]; `see` is
     /// shown down_proj's input.
     pub fn mlp(
@@ -290,8 +327,30 @@ impl Llama {
         self.head(&self.hidden(ids, cache)?)
     }
 
+    /// The final hidden state [1, hidden] of token `id` at the position after `cache`,
+    /// extending it: the tensor path's arithmetic on plain slices, without its per-op cost
+    /// ([`crate::decode`]).
+    pub fn step(&self, id: u32, cache: &mut KvCache) -> Result<Tensor> {
+        use crate::decode::{rms_norm, with_f32};
+        let c = &self.cfg;
+        check_ids(&[id], c.vocab_size)?;
+        let h = c.hidden_size;
+        let at = id as usize * h;
+        let mut x = with_f32(&self.embed_tokens, |e| e[at..at + h].to_vec())?;
+        let (cos, sin) = crate::layers::rope_row(c.head_dim, c.rope_theta, cache.len());
+        for (li, l) in self.layers.iter().enumerate() {
+            l.step(c, &mut x, (&cos, &sin), cache, li)?;
+        }
+        let xn = with_f32(&self.norm, |w| rms_norm(&x, w, c.rms_norm_eps as f32))?;
+        Ok(Tensor::from_vec(xn, (1, h), &Device::Cpu)?)
+    }
+
     /// The final hidden states [t, hidden] of `ids` (after the last norm), extending `cache`.
+    /// One token with a cache (generation) goes through [`Self::step`].
     pub fn hidden(&self, ids: &[u32], mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+        if let (&[id], Some(kv)) = (ids, cache.as_deref_mut()) {
+            return self.step(id, kv);
+        }
         let c = &self.cfg;
         let t = ids.len();
         let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);

@@ -914,6 +914,79 @@ impl QuantMatmul {
 }
 
 impl QuantMatmul {
+    /// `x` (`[m, k]`) times each of `ws` (weights sharing the input width: a layer's q, k, v
+    /// or gate, up), one `[m, n]` result per weight. For a few tokens on integer rows, all in
+    /// one fork-join of the [`crate::team`], with the activations quantized once for every
+    /// weight that reads them alike: a token of SmolLM2 runs 210 products, and each fork-join
+    /// costs the spinning threads a wake-up and a wait for the slowest.
+    pub fn matmul_group(ws: &[&QuantMatmul], x: &[f32], m: usize) -> Vec<Vec<f32>> {
+        let Some(first) = ws.first() else {
+            return Vec::new();
+        };
+        let k = first.k;
+        let q8s: Option<Vec<_>> = ws
+            .iter()
+            .map(|w| w.q8().filter(|_| w.k == k && w.perm.is_none()))
+            .collect();
+        let q8s = match q8s {
+            Some(v) if (1..=FEW_TOKENS).contains(&m) && ws.len() > 1 => v,
+            _ => return ws.iter().map(|w| w.matmul(x, m)).collect(),
+        };
+        assert_eq!(x.len(), m * k, "matmul_group: input length");
+        // Activations per distinct way of reading them (code width, granule, folded offset).
+        let key = |t: &IntRows| {
+            let folded = t.zeros.is_empty() && t.offset != 0.0;
+            (
+                t.bits != 8,
+                t.glen,
+                if folded { t.offset.to_bits() } else { 0 },
+            )
+        };
+        let mut keys = Vec::new();
+        let mut acts: Vec<Vec<q8::Q8Act>> = Vec::new();
+        let mut which = Vec::with_capacity(ws.len());
+        for (t, _) in &q8s {
+            let kk = key(t);
+            let i = match keys.iter().position(|&e| e == kk) {
+                Some(i) => i,
+                None => {
+                    keys.push(kk);
+                    acts.push(
+                        x.chunks_exact(k)
+                            .map(|xi| q8::Q8Act::for_rows(xi, t))
+                            .collect(),
+                    );
+                    keys.len() - 1
+                }
+            };
+            which.push(i);
+        }
+        let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.n]).collect();
+        let bases: Vec<SendPtr> = ys.iter_mut().map(|y| SendPtr(y.as_mut_ptr())).collect();
+        let starts: Vec<usize> = ws
+            .iter()
+            .scan(0, |s, w| {
+                let at = *s;
+                *s += w.n;
+                Some(at)
+            })
+            .collect();
+        let total: usize = ws.iter().map(|w| w.n).sum();
+        row_runs(total, |rows| {
+            for (p, w) in ws.iter().enumerate() {
+                let (lo, hi) = (rows.start.max(starts[p]), rows.end.min(starts[p] + w.n));
+                if lo < hi {
+                    let (t, kernel) = q8s[p];
+                    let run = lo - starts[p]..hi - starts[p];
+                    // SAFETY: rows of the concatenation are split into disjoint runs
+                    // (`row_runs`), so this part alone writes rows `run` of weight p's result.
+                    unsafe { q8_rows(kernel, t, run, k, &acts[which[p]], bases[p], w.n) };
+                }
+            }
+        });
+        ys
+    }
+
     /// The product for a few tokens (generation): each weight row is dequantized once into a
     /// buffer and dotted with every token, with no transposed scratch or GEMM packing (which
     /// cost 10× the arithmetic at one token).
@@ -941,14 +1014,9 @@ impl QuantMatmul {
                 .chunks_exact(k)
                 .map(|xi| q8::Q8Act::for_rows(xi, t))
                 .collect();
-            row_runs(n, |rows| {
-                let mut out = vec![0f32; m];
-                for r in rows {
-                    q8::dot_row_tokens(kernel, t, r, k, &acts, &mut out);
-                    for (i, &v) in out.iter().enumerate() {
-                        put(i, r, v);
-                    }
-                }
+            // SAFETY: rows are split into disjoint runs (`row_runs`), one per part.
+            row_runs(n, |rows| unsafe {
+                q8_rows(kernel, t, rows, k, &acts, base, n)
             });
             return;
         }
@@ -1143,6 +1211,35 @@ fn q8_kernel() -> Option<q8::Int8Kernel> {
         Some(k) => k,
         None if crate::runtime::int8_activations() => fastest(),
         None => None,
+    }
+}
+
+/// Rows `rows` of `t` times the tokens' activations `acts` into `y` (`[tokens, n]`).
+///
+/// # Safety
+/// `y` points to `acts.len() · n` floats of which no other thread writes columns `rows`.
+unsafe fn q8_rows(
+    kernel: q8::Int8Kernel,
+    t: &IntRows,
+    rows: std::ops::Range<usize>,
+    k: usize,
+    acts: &[q8::Q8Act],
+    y: SendPtr,
+    n: usize,
+) {
+    let m = acts.len();
+    if m == 1 {
+        // One token: the outputs are the run of y itself.
+        let out = std::slice::from_raw_parts_mut(y.get().add(rows.start), rows.len());
+        q8::dot_rows_tokens(kernel, t, rows, k, acts, out);
+        return;
+    }
+    let mut out = vec![0f32; rows.len() * m];
+    q8::dot_rows_tokens(kernel, t, rows.clone(), k, acts, &mut out);
+    for (r, o) in rows.zip(out.chunks_exact(m)) {
+        for (i, &v) in o.iter().enumerate() {
+            *y.get().add(i * n + r) = v;
+        }
     }
 }
 

@@ -223,6 +223,62 @@ fn gguf_integer_types_multiply_packed() {
 }
 
 #[test]
+fn grouped_products_equal_each_product() {
+    use shrink_formats::ggml::{self, GgmlType::*};
+    let _flag = RUNTIME_FLAG.lock().unwrap_or_else(|e| e.into_inner());
+    let k = 768;
+    let int = |n: usize, bits: u8, symmetric: bool, granularity: Granularity| {
+        let spec = IntSpec {
+            bits,
+            symmetric,
+            granularity,
+            scale_type: FloatType::F16,
+        };
+        let w = weights(n, k, n as u32 * 3 + bits as u32);
+        QuantMatmul::new(Quantized::Int(int::quantize(&w, n, k, spec).unwrap()))
+    };
+    let gguf = |n: usize, ty: ggml::GgmlType| {
+        let w = weights(n, k, n as u32 + 11);
+        let mut data = vec![0u8; ty.row_bytes(n * k).unwrap()];
+        ggml::quantize(ty, &w, &mut data).unwrap();
+        let codes = ggml::to_codes(ty, &data, n, k).unwrap().unwrap();
+        QuantMatmul::ggml(codes, n, k, data.len())
+    };
+    // Activations read alike (Q4_0 and int4 g64 symmetric), differently (8-bit, 6-bit
+    // planes, zero points), and a layout without integer kernels (the group falls back).
+    let ws = [
+        gguf(37, Q4_0),
+        int(300, 4, true, Granularity::Group(64)),
+        int(16, 8, true, Granularity::Channel),
+        gguf(40, Q6_K),
+        int(21, 4, false, Granularity::Group(32)),
+        int(9, 3, true, Granularity::Group(64)),
+    ];
+    for int8 in [false, true] {
+        shrink_models::runtime::set_int8_activations(int8);
+        for group in [&ws[..5], &ws[..]] {
+            let refs: Vec<&QuantMatmul> = group.iter().collect();
+            for m in [1, 3, 9] {
+                let x = weights(m, k, 5 + m as u32);
+                let ys = QuantMatmul::matmul_group(&refs, &x, m);
+                for (i, (w, y)) in group.iter().zip(&ys).enumerate() {
+                    let one = w.matmul(&x, m);
+                    assert_eq!(y.len(), one.len());
+                    for (a, b) in y.iter().zip(&one) {
+                        assert_eq!(
+                            a.to_bits(),
+                            b.to_bits(),
+                            "weight {i}, {m} tokens, int8 {int8}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    shrink_models::runtime::set_int8_activations(false);
+}
+
+#[test]
 fn nf4_fp4_with_and_without_double_quant_and_odd_rows() {
     let _flag = RUNTIME_FLAG.lock().unwrap_or_else(|e| e.into_inner());
     // 33 columns: rows start on odd elements and blocks straddle rows.
