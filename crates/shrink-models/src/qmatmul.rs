@@ -933,34 +933,7 @@ impl QuantMatmul {
             _ => return ws.iter().map(|w| w.matmul(x, m)).collect(),
         };
         assert_eq!(x.len(), m * k, "matmul_group: input length");
-        // Activations per distinct way of reading them (code width, granule, folded offset).
-        let key = |t: &IntRows| {
-            let folded = t.zeros.is_empty() && t.offset != 0.0;
-            (
-                t.bits != 8,
-                t.glen,
-                if folded { t.offset.to_bits() } else { 0 },
-            )
-        };
-        let mut keys = Vec::new();
-        let mut acts: Vec<Vec<q8::Q8Act>> = Vec::new();
-        let mut which = Vec::with_capacity(ws.len());
-        for (t, _) in &q8s {
-            let kk = key(t);
-            let i = match keys.iter().position(|&e| e == kk) {
-                Some(i) => i,
-                None => {
-                    keys.push(kk);
-                    acts.push(
-                        x.chunks_exact(k)
-                            .map(|xi| q8::Q8Act::for_rows(xi, t))
-                            .collect(),
-                    );
-                    keys.len() - 1
-                }
-            };
-            which.push(i);
-        }
+        let rows: Vec<&IntRows> = q8s.iter().map(|&(t, _)| t).collect();
         let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.n]).collect();
         let bases: Vec<SendPtr> = ys.iter_mut().map(|y| SendPtr(y.as_mut_ptr())).collect();
         let starts: Vec<usize> = ws
@@ -972,15 +945,16 @@ impl QuantMatmul {
             })
             .collect();
         let total: usize = ws.iter().map(|w| w.n).sum();
-        row_runs(total, |rows| {
+        row_runs(total, |run| {
+            let (acts, which) = q8::Q8Act::for_each(x, k, &rows);
             for (p, w) in ws.iter().enumerate() {
-                let (lo, hi) = (rows.start.max(starts[p]), rows.end.min(starts[p] + w.n));
+                let (lo, hi) = (run.start.max(starts[p]), run.end.min(starts[p] + w.n));
                 if lo < hi {
                     let (t, kernel) = q8s[p];
-                    let run = lo - starts[p]..hi - starts[p];
+                    let own = lo - starts[p]..hi - starts[p];
                     // SAFETY: rows of the concatenation are split into disjoint runs
-                    // (`row_runs`), so this part alone writes rows `run` of weight p's result.
-                    unsafe { q8_rows(kernel, t, run, k, &acts[which[p]], bases[p], w.n) };
+                    // (`row_runs`), so this part alone writes rows `own` of weight p's result.
+                    unsafe { q8_rows(kernel, t, own, k, &acts[which[p]], bases[p], w.n) };
                 }
             }
         });
@@ -1009,14 +983,12 @@ impl QuantMatmul {
             return;
         }
         if let Some((t, kernel)) = self.q8() {
-            // Activations quantized once per token, then integer dots against the codes.
-            let acts: Vec<q8::Q8Act> = x
-                .chunks_exact(k)
-                .map(|xi| q8::Q8Act::for_rows(xi, t))
-                .collect();
+            // Activations quantized once per token by each thread (`Q8Act::for_each`), then
+            // integer dots against the codes.
             // SAFETY: rows are split into disjoint runs (`row_runs`), one per part.
             row_runs(n, |rows| unsafe {
-                q8_rows(kernel, t, rows, k, &acts, base, n)
+                let (acts, _) = q8::Q8Act::for_each(x, k, &[t]);
+                q8_rows(kernel, t, rows, k, &acts[0], base, n)
             });
             return;
         }

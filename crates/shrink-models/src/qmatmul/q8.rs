@@ -123,6 +123,42 @@ impl Q8Act {
         a
     }
 
+    /// The tokens of `x` (`[m, k]`) quantized for each of `rows`, once per distinct way of
+    /// reading them (code width, granule, folded offset): the activation sets and, per entry
+    /// of `rows`, the index of its set.
+    ///
+    /// Each thread of a product calls this for itself rather than reading one thread's result:
+    /// the other core fetching those ~2 KB line by line measured 8 % slower Q4_0 generation
+    /// (2 threads) than quantizing twice, which takes ~1 µs.
+    pub(super) fn for_each(
+        x: &[f32],
+        k: usize,
+        rows: &[&IntRows],
+    ) -> (Vec<Vec<Q8Act>>, Vec<usize>) {
+        let key = |t: &IntRows| {
+            let folded = t.zeros.is_empty() && t.offset != 0.0;
+            (
+                t.bits != 8,
+                t.glen,
+                if folded { t.offset.to_bits() } else { 0 },
+            )
+        };
+        let mut keys = Vec::new();
+        let mut sets: Vec<Vec<Q8Act>> = Vec::new();
+        let which = rows
+            .iter()
+            .map(|t| {
+                let kk = key(t);
+                keys.iter().position(|&e| e == kk).unwrap_or_else(|| {
+                    keys.push(kk);
+                    sets.push(x.chunks_exact(k).map(|xi| Q8Act::for_rows(xi, t)).collect());
+                    keys.len() - 1
+                })
+            })
+            .collect();
+        (sets, which)
+    }
+
     /// The activation at natural position `c` as the kernels see it: `d_b · q`.
     pub fn value(&self, c: usize, bits: u8) -> f32 {
         let at = if bits != 8 { order4(c) } else { c };
