@@ -120,6 +120,10 @@ pub(crate) struct IntRows {
     /// Mins added after scaling (GGUF's Q4_1, Q5_1, Q4_K, Q5_K), one per granule; empty when
     /// none.
     pub(crate) mins: Floats,
+    /// With zero points, `min − scale·zero` per granule (the mins 0 when none), what the
+    /// int8 kernels add per granule (`bias · Σ d_b·q`); empty without zero points (the
+    /// kernels then add the mins).
+    pub(crate) zbias: Floats,
     /// The zero of symmetric codes (stored with an offset), used when `zeros` is empty.
     pub(crate) offset: f32,
     /// 4-bit codes indexing a table of values (NF4 / FP4): value = `table[code] · scale`.
@@ -329,11 +333,25 @@ impl IntRows {
             high,
             glen,
             per_row,
+            zbias: zero_bias(&scales, &zeros, &mins),
             scales: Floats::new(scales),
             zeros,
             mins: Floats::new(mins),
             offset,
             table: None,
+        }
+    }
+
+    /// What the int8 kernels add per granule after the integer sums, times `Σ d_b·q` of the
+    /// granule's activations: `min − scale·zero` with zero points, else the mins (`None`
+    /// when neither: symmetric codes, whose offset the VNNI kernel folds into its sums).
+    pub(crate) fn bias(&self) -> Option<&Floats> {
+        if !self.zeros.is_empty() {
+            Some(&self.zbias)
+        } else if !self.mins.is_empty() {
+            Some(&self.mins)
+        } else {
+            None
         }
     }
 
@@ -1275,12 +1293,26 @@ fn int_kind(t: IntTensor) -> Kind {
         high: Vec::new(),
         glen,
         per_row,
+        zbias: zero_bias(&scales, &zeros, &[]),
         scales: Floats::new(scales),
         zeros,
         mins: Floats::new(Vec::new()),
         offset,
         table: None,
     })
+}
+
+/// `min − scale·zero` per granule ([`IntRows::zbias`]); empty without zero points.
+fn zero_bias(scales: &[f32], zeros: &[f32], mins: &[f32]) -> Floats {
+    if zeros.is_empty() {
+        return Floats::new(Vec::new());
+    }
+    let bias = zeros
+        .iter()
+        .enumerate()
+        .map(|(g, &z)| mins.get(g).copied().unwrap_or(0.0) - scales[g] * z)
+        .collect();
+    Floats::new(bias)
 }
 
 /// HQQ along axis 1 as integer rows with float zero points; along axis 0 (strided groups)
@@ -1294,13 +1326,15 @@ fn hqq_kind(t: HqqTensor) -> Kind {
             None,
         );
     }
+    let (scales, zeros) = (t.scales_f32(), t.zeros_f32());
     Kind::Int(IntRows {
         bits: t.spec.bits,
         row_bytes: t.packed.len() / t.rows.max(1),
         glen: t.spec.group_size,
         per_row: t.cols / t.spec.group_size,
-        scales: Floats::new(t.scales_f32()),
-        zeros: t.zeros_f32(),
+        zbias: zero_bias(&scales, &zeros, &[]),
+        scales: Floats::new(scales),
+        zeros,
         mins: Floats::new(Vec::new()),
         high: Vec::new(),
         offset: 0.0,

@@ -67,7 +67,7 @@ fn check(q: Quantized, label: &str) {
 /// The product of `qm` equals the dense GEMM with its transposed weight `t` (see [`check`]).
 fn multiplies_like_dense(qm: &QuantMatmul, t: &[f32], label: &str) {
     let (n, k) = qm.shape();
-    for m in [3, 40] {
+    for m in [1, 3, 40] {
         let mut x = weights(m, k, 99);
         let y = qm.matmul(&x, m);
         if qm.rounds_activations(m) {

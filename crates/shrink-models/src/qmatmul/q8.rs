@@ -18,7 +18,8 @@
 //!
 //! Granules of 16 or 32 values (GGUF's Q6_K, the 32-value types) have several scales per
 //! 64-value step, spread over the accumulator's lanes; mins (Q4_1, Q4_K, ...) and zero points
-//! both enter once per granule as `(min − s_g·z_g)·A_g`, added after the row's sum.
+//! both enter once per granule as `(min − s_g·z_g)·A_g` (the bias held per granule,
+//! [`IntRows::bias`]), added to the row's accumulator before its horizontal sum.
 //!
 //! Layouts: 4-bit codes two per byte, the low nibble first (shrink's int4, HQQ, GGUF's 4-bit
 //! types re-packed); 5- and 6-bit codes as those nibbles plus one or two 64-bit masks per step
@@ -113,12 +114,12 @@ impl Q8Act {
     /// sums ([`Self::init`]), so the VNNI kernel needs no correction per granule.
     pub(super) fn for_rows(x: &[f32], t: &IntRows) -> Self {
         let mut a = Q8Act::new(x, t.bits, t.glen);
+        let lane_sums =
+            a.q.chunks_exact(4)
+                .map(|l| l.iter().map(|&q| q as i32).sum::<i32>());
         if t.zeros.is_empty() && t.offset != 0.0 {
             let off = t.offset as i32;
-            a.init =
-                a.q.chunks_exact(4)
-                    .map(|l| -off * l.iter().map(|&q| q as i32).sum::<i32>())
-                    .collect();
+            a.init = lane_sums.map(|s| -off * s).collect();
         }
         a
     }
@@ -137,11 +138,8 @@ impl Q8Act {
     ) -> (Vec<Vec<Q8Act>>, Vec<usize>) {
         let key = |t: &IntRows| {
             let folded = t.zeros.is_empty() && t.offset != 0.0;
-            (
-                t.bits != 8,
-                t.glen,
-                if folded { t.offset.to_bits() } else { 0 },
-            )
+            let offset = if folded { t.offset.to_bits() } else { 0 };
+            (t.bits != 8, t.glen, offset)
         };
         let mut keys = Vec::new();
         let mut sets: Vec<Vec<Q8Act>> = Vec::new();
@@ -273,7 +271,7 @@ pub(super) fn dot_rows_tokens(
 }
 
 /// [`vnni`] over `rows`, for tokens in chunks of up to `N` (a remainder chunk takes the
-/// instance of its own length).
+/// instance of its own length); one token four rows at a time.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn vnni_rows<const N: usize>(
@@ -284,18 +282,28 @@ unsafe fn vnni_rows<const N: usize>(
     out: &mut [f32],
 ) {
     let m = acts.len();
+    if m == 1 {
+        let (mut r, mut o) = (rows.start, 0);
+        while r + 4 <= rows.end {
+            vnni::<1, 4>(t, r, k, acts, &mut out[o..o + 4]);
+            (r, o) = (r + 4, o + 4);
+        }
+        for r in r..rows.end {
+            vnni::<1, 1>(t, r, k, acts, &mut out[r - rows.start..][..1]);
+        }
+        return;
+    }
     for (r, o) in rows.zip(out.chunks_exact_mut(m)) {
-        let row = &t.packed[r * t.row_bytes..(r + 1) * t.row_bytes];
         for (a, o) in acts.chunks(N).zip(o.chunks_mut(N)) {
             match a.len() {
-                8 => vnni::<8>(t, row, r, k, a, o),
-                7 => vnni::<7>(t, row, r, k, a, o),
-                6 => vnni::<6>(t, row, r, k, a, o),
-                5 => vnni::<5>(t, row, r, k, a, o),
-                4 => vnni::<4>(t, row, r, k, a, o),
-                3 => vnni::<3>(t, row, r, k, a, o),
-                2 => vnni::<2>(t, row, r, k, a, o),
-                _ => vnni::<1>(t, row, r, k, a, o),
+                8 => vnni::<8, 1>(t, r, k, a, o),
+                7 => vnni::<7, 1>(t, r, k, a, o),
+                6 => vnni::<6, 1>(t, r, k, a, o),
+                5 => vnni::<5, 1>(t, r, k, a, o),
+                4 => vnni::<4, 1>(t, r, k, a, o),
+                3 => vnni::<3, 1>(t, r, k, a, o),
+                2 => vnni::<2, 1>(t, r, k, a, o),
+                _ => vnni::<1, 1>(t, r, k, a, o),
             }
         }
     }
@@ -316,50 +324,6 @@ fn correction(t: &IntRows, r: usize, a: &Q8Act, folded: bool) -> f32 {
         c -= t.offset * t.scales.dot(g0, None, &a.sums);
     }
     c
-}
-
-/// [`correction`] with AVX-512, 16 granules at a time (float16 scales and mins converted in
-/// hardware: `half`'s conversion is a library call per value).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn correction_avx512(t: &IntRows, r: usize, a: &Q8Act, folded: bool) -> f32 {
-    let g0 = t.granule_index(r, 0);
-    let n = a.sums.len();
-    let offset = if folded { 0.0 } else { t.offset };
-    if t.mins.is_empty() && t.zeros.is_empty() && offset == 0.0 {
-        return 0.0;
-    }
-    // The floats g0 + g .. g0 + g + 16 of `v` (the lanes from `count` on zero).
-    let load = |v: &Floats, g: usize, mask: __mmask16| match v {
-        Floats::F16(h) => _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
-            mask,
-            h.as_ptr().add(g0 + g) as *const i16,
-        )),
-        Floats::F32(f) => _mm512_maskz_loadu_ps(mask, f.as_ptr().add(g0 + g)),
-    };
-    let mut acc = _mm512_setzero_ps();
-    for g in (0..n).step_by(16) {
-        let mask: __mmask16 = if n - g >= 16 {
-            0xFFFF
-        } else {
-            (1 << (n - g)) - 1
-        };
-        let sums = _mm512_maskz_loadu_ps(mask, a.sums.as_ptr().add(g));
-        // bias = min − s·z (z: the zero points, or the unfolded symmetric offset).
-        let mut bias = if t.mins.is_empty() {
-            _mm512_setzero_ps()
-        } else {
-            load(&t.mins, g, mask)
-        };
-        let z = if t.zeros.is_empty() {
-            _mm512_set1_ps(offset)
-        } else {
-            _mm512_maskz_loadu_ps(mask, t.zeros.as_ptr().add(g0 + g))
-        };
-        bias = _mm512_fnmadd_ps(load(&t.scales, g, mask), z, bias);
-        acc = _mm512_fmadd_ps(bias, sums, acc);
-    }
-    _mm512_reduce_add_ps(acc)
 }
 
 fn portable(t: &IntRows, _row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
@@ -426,34 +390,43 @@ fn high_masks(t: &IntRows, r: usize, k: usize, st: usize) -> &[u64] {
     &t.high[r * t.high_per_row(k) + st * per..][..per]
 }
 
-/// Row `r` times the `N` tokens' activations `acts` into `out`: each 64-value step of codes is
-/// unpacked once and multiplied with every token (prompt processing reads a row once per `N`
-/// tokens instead of once per token).
+/// Rows `r0..r0 + R` times the `N` tokens' activations `acts` into `out` (`[R, N]`): each
+/// 64-value step of codes is unpacked once and multiplied with every token (prompt processing
+/// reads a row once per `N` tokens instead of once per token), and each step of activations
+/// loaded once for the `R` rows. Several rows at once (one token) share the setup and the
+/// activation loads and keep independent accumulator chains in flight: rows of SmolLM2 are
+/// only 9–24 steps long.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
-unsafe fn vnni<const N: usize>(
+unsafe fn vnni<const N: usize, const R: usize>(
     t: &IntRows,
-    row: &[u8],
-    r: usize,
+    r0: usize,
     k: usize,
     acts: &[Q8Act],
     out: &mut [f32],
 ) {
-    debug_assert!(acts.len() == N && out.len() == N);
-    let mut acc = [_mm512_setzero_ps(); N];
+    debug_assert!(acts.len() == N && out.len() == N * R);
+    debug_assert!((r0 + R) * t.row_bytes <= t.packed.len());
+    let mut acc = [[_mm512_setzero_ps(); N]; R];
     let nibbles = t.bits != 8;
     let step_bytes = if nibbles { STEP / 2 } else { STEP };
     let nib = _mm256_set1_epi8(15);
-    // Granules of 16/32: their scales per step, loaded together and spread over the lanes.
-    let per_step = if t.glen < STEP { STEP / t.glen } else { 0 };
-    let idx = _mm512_loadu_si512(lane_granules(t.glen.min(QK), nibbles).as_ptr() as *const _);
-    let g0 = t.granule_index(r, 0);
+    let g0: [usize; R] = std::array::from_fn(|i| t.granule_index(r0 + i, 0));
+    let rows: [&[u8]; R] =
+        std::array::from_fn(|i| &t.packed[(r0 + i) * t.row_bytes..(r0 + i + 1) * t.row_bytes]);
     // Granules of 64k values: steps per granule, a power of two in practice (a shift).
     let steps_per_granule = (t.glen / STEP).max(1);
-    let granule_shift = steps_per_granule
-        .is_power_of_two()
-        .then(|| steps_per_granule.trailing_zeros());
+    let spread = Spread {
+        // Granules of 16/32: their scales per step, loaded together and spread over the lanes.
+        per_step: if t.glen < STEP { STEP / t.glen } else { 0 },
+        idx: _mm512_loadu_si512(lane_granules(t.glen.min(QK), nibbles).as_ptr() as *const _),
+        steps_per_granule,
+        shift: steps_per_granule
+            .is_power_of_two()
+            .then(|| steps_per_granule.trailing_zeros()),
+        per_row: t.per_row,
+    };
     // Every token's activations were made for these rows ([`Q8Act::for_rows`]): all folded
     // or none.
     let folded = !acts[0].init.is_empty();
@@ -463,71 +436,125 @@ unsafe fn vnni<const N: usize>(
         .as_ref()
         .map(|tab| _mm512_broadcast_i32x4(_mm_loadu_si128(tab.ints.as_ptr() as *const __m128i)));
     for st in 0..k / STEP {
-        prefetch(row, st * step_bytes);
-        let mut w = if nibbles {
-            let p = _mm256_loadu_si256(row.as_ptr().add(st * 32) as *const __m256i);
-            let lo = _mm256_and_si256(p, nib);
-            let hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), nib);
-            _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)
-        } else {
-            _mm512_loadu_si512(row.as_ptr().add(st * STEP) as *const _)
-        };
-        if t.planes() {
-            for (i, &m) in high_masks(t, r, k, st).iter().enumerate() {
-                w = _mm512_mask_add_epi8(w, m, w, _mm512_set1_epi8(16 << i));
-            }
-        }
-        if let Some(lut) = lut {
-            w = _mm512_shuffle_epi8(lut, w);
-        }
-        let sv = if per_step > 0 {
-            // The step's (at most 4) scales; the padding after the last row keeps the loads
-            // inside the buffer, and the lanes past them are never picked.
-            let at = g0 + st * per_step;
-            let s = match &t.scales {
-                Floats::F16(h) => _mm512_cvtph_ps(_mm256_castsi128_si256(_mm_loadl_epi64(
-                    h.as_ptr().add(at) as *const __m128i,
-                ))),
-                Floats::F32(v) => _mm512_castps128_ps512(_mm_loadu_ps(v.as_ptr().add(at))),
-            };
-            _mm512_permutexvar_ps(idx, s)
-        } else {
-            // One scale for the step, broadcast (float16 widened in hardware: with `half`'s
-            // conversion, a library call, int4 g64 + int4 embedding ran tg128 118.8 in a
-            // bench-speed.sh run, 132.1 tg64 after); the granule found by a shift, not a
-            // division, per step.
-            let g = g0
-                + match (t.per_row, granule_shift) {
-                    (0, _) => 0,
-                    (_, Some(sh)) => st >> sh,
-                    _ => st / steps_per_granule,
-                };
-            match &t.scales {
-                Floats::F16(h) => _mm512_cvtph_ps(_mm256_set1_epi16(h[g].to_bits() as i16)),
-                Floats::F32(v) => _mm512_set1_ps(v[g]),
-            }
-        };
-        for (a, acc) in acts.iter().zip(acc.iter_mut()) {
-            let x = _mm512_loadu_si512(a.q.as_ptr().add(st * STEP) as *const _);
-            let init = if folded {
-                _mm512_loadu_si512(a.init.as_ptr().add(st * 16) as *const _)
+        let x: [__m512i; N] = std::array::from_fn(|j| {
+            _mm512_loadu_si512(acts[j].q.as_ptr().add(st * STEP) as *const _)
+        });
+        let init: [__m512i; N] = std::array::from_fn(|j| {
+            if folded {
+                _mm512_loadu_si512(acts[j].init.as_ptr().add(st * 16) as *const _)
             } else {
                 _mm512_setzero_si512()
+            }
+        });
+        let lanes: [__m512; N] =
+            std::array::from_fn(|j| _mm512_loadu_ps(acts[j].lanes.as_ptr().add(st * 16)));
+        for i in 0..R {
+            let row = rows[i];
+            prefetch(row, st * step_bytes);
+            let mut w = if nibbles {
+                let p = _mm256_loadu_si256(row.as_ptr().add(st * 32) as *const __m256i);
+                let lo = _mm256_and_si256(p, nib);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), nib);
+                _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)
+            } else {
+                _mm512_loadu_si512(row.as_ptr().add(st * STEP) as *const _)
             };
-            let dot = _mm512_dpbusd_epi32(init, w, x);
-            let d = _mm512_mul_ps(_mm512_loadu_ps(a.lanes.as_ptr().add(st * 16)), sv);
-            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), d, *acc);
+            if t.planes() {
+                for (b, &m) in high_masks(t, r0 + i, k, st).iter().enumerate() {
+                    w = _mm512_mask_add_epi8(w, m, w, _mm512_set1_epi8(16 << b));
+                }
+            }
+            if let Some(lut) = lut {
+                w = _mm512_shuffle_epi8(lut, w);
+            }
+            let sv = granule_floats(&t.scales, g0[i], st, &spread);
+            for j in 0..N {
+                let dot = _mm512_dpbusd_epi32(init[j], w, x[j]);
+                let d = _mm512_mul_ps(lanes[j], sv);
+                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), d, acc[i][j]);
+            }
         }
     }
-    // Symmetric codes with their offset folded need no correction (no call per row).
-    let corrected = !(folded && t.mins.is_empty() && t.zeros.is_empty());
-    for ((o, acc), a) in out.iter_mut().zip(acc).zip(acts) {
-        let c = if corrected {
-            correction_avx512(t, r, a, folded)
-        } else {
-            0.0
+    if let Some(bias) = t.bias() {
+        // Zero points and mins, `Σ_g bias_g · A_g`, into the same accumulator 16 granules at
+        // a time, before its one horizontal sum (as a separate call with its own sum, this
+        // measured 13 % of int4 g64 generation; per step, with `bias_g · d_b · Σ q` per lane,
+        // slower still: 9 broadcasts and FMAs a row of 576 instead of one).
+        let n = acts[0].sums.len();
+        for g in (0..n).step_by(16) {
+            let mask: __mmask16 = if n - g >= 16 {
+                0xFFFF
+            } else {
+                (1 << (n - g)) - 1
+            };
+            let sums: [__m512; N] =
+                std::array::from_fn(|j| _mm512_maskz_loadu_ps(mask, acts[j].sums.as_ptr().add(g)));
+            for i in 0..R {
+                let b = match bias {
+                    Floats::F16(h) => _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
+                        mask,
+                        h.as_ptr().add(g0[i] + g) as *const i16,
+                    )),
+                    Floats::F32(f) => _mm512_maskz_loadu_ps(mask, f.as_ptr().add(g0[i] + g)),
+                };
+                for j in 0..N {
+                    acc[i][j] = _mm512_fmadd_ps(b, sums[j], acc[i][j]);
+                }
+            }
+        }
+    }
+    let scale = table_scale(t);
+    for i in 0..R {
+        for j in 0..N {
+            out[i * N + j] = _mm512_reduce_add_ps(acc[i][j]) * scale;
+        }
+    }
+}
+
+/// How a row's per-granule values (scales, biases) reach the lanes of a step.
+#[cfg(target_arch = "x86_64")]
+struct Spread {
+    /// Granules of 16/32: how many per step (0 for granules of 64k values).
+    per_step: usize,
+    /// Their lane of each accumulator lane.
+    idx: __m512i,
+    /// Granules of 64k values: steps per granule, and its log2 when a power of two.
+    steps_per_granule: usize,
+    shift: Option<u32>,
+    /// Granules per row (0: one for the whole tensor).
+    per_row: usize,
+}
+
+/// The values of `v` for the granules of step `st` of the row whose first granule is `g0`,
+/// one per lane: granules of 16/32 loaded together and spread over the lanes; one granule of
+/// 64k values broadcast, found by a shift, not a division, per step (float16 widened in
+/// hardware: with `half`'s conversion, a library call, int4 g64 + int4 embedding ran tg128
+/// 118.8 in a bench-speed.sh run, 132.1 tg64 after).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn granule_floats(v: &Floats, g0: usize, st: usize, sp: &Spread) -> __m512 {
+    if sp.per_step > 0 {
+        // The step's (at most 4) values; the padding after the last row keeps the loads
+        // inside the buffer, and the lanes past them are never picked.
+        let at = g0 + st * sp.per_step;
+        let s = match v {
+            Floats::F16(h) => _mm512_cvtph_ps(_mm256_castsi128_si256(_mm_loadl_epi64(
+                h.as_ptr().add(at) as *const __m128i,
+            ))),
+            Floats::F32(f) => _mm512_castps128_ps512(_mm_loadu_ps(f.as_ptr().add(at))),
         };
-        *o = (_mm512_reduce_add_ps(acc) + c) * table_scale(t);
+        return _mm512_permutexvar_ps(sp.idx, s);
+    }
+    let g = g0
+        + match (sp.per_row, sp.shift) {
+            (0, _) => 0,
+            (_, Some(sh)) => st >> sh,
+            _ => st / sp.steps_per_granule,
+        };
+    match v {
+        Floats::F16(h) => _mm512_cvtph_ps(_mm256_set1_epi16(h[g].to_bits() as i16)),
+        Floats::F32(f) => _mm512_set1_ps(f[g]),
     }
 }
 
@@ -765,6 +792,28 @@ mod tests {
                     })
                     .collect();
                 let a = Q8Act::for_rows(&x, &t);
+                // Runs of rows (one token: four rows at a time, then one by one) give each
+                // row's single result, bit for bit.
+                for &kern in &kernels {
+                    for run in [0..n, 1..n, 2..6] {
+                        let mut all = vec![0f32; run.len()];
+                        dot_rows_tokens(
+                            kern,
+                            &t,
+                            run.clone(),
+                            k,
+                            std::slice::from_ref(&a),
+                            &mut all,
+                        );
+                        for (r, v) in run.zip(&all) {
+                            assert_eq!(
+                                v.to_bits(),
+                                dot_row(kern, &t, r, k, &a).to_bits(),
+                                "{kern:?} row {r}"
+                            );
+                        }
+                    }
+                }
                 for r in 0..n {
                     let w = dequantized(&t, r, k);
                     let exact: f64 = (0..k).map(|c| w[c] * a.value(c, bits) as f64).sum();
