@@ -67,8 +67,15 @@ impl std::fmt::Debug for Linear {
 impl Linear {
     /// A linear layer from its weight, shape (out_features, in_features), and optional bias.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> candle_core::Result<Self> {
+        let (out, inp) = weight.dims2()?;
+        // A contiguous float32 weight by the tiled transpose; others through candle.
+        let wt = match crate::decode::with_f32(&weight, |w| crate::kernels::transpose(w, out, inp))
+        {
+            Ok(wt) => Tensor::from_vec(wt, (inp, out), weight.device())?,
+            Err(_) => weight.t()?.contiguous()?,
+        };
         Ok(Linear {
-            w: Weight::Dense(weight.t()?.contiguous()?),
+            w: Weight::Dense(wt),
             bias,
             lora: None,
         })
@@ -113,11 +120,16 @@ impl Linear {
             return Ok(None);
         }
         let (out_features, in_features) = w.dims2()?;
-        let v = w.flatten_all()?.to_vec1::<f32>()?;
-        let zeros = v.iter().filter(|&&x| x == 0.0).count();
-        if (zeros as f64) < SPARSE_MIN * v.len() as f64 {
+        // Counted in place (a copy of every dense weight measured 4 % of loading a model).
+        let count = |v: &[f32]| v.iter().filter(|&&x| x == 0.0).count();
+        let zeros = match crate::decode::with_f32(w, count) {
+            Ok(z) => z,
+            Err(_) => count(&w.flatten_all()?.to_vec1::<f32>()?),
+        };
+        if (zeros as f64) < SPARSE_MIN * w.elem_count() as f64 {
             return Ok(None);
         }
+        let v = w.flatten_all()?.to_vec1::<f32>()?;
         Ok(
             QuantMatmul::sparse(&v, out_features, in_features).map(|q| Linear {
                 w: Weight::Quantized {
