@@ -306,6 +306,34 @@ fn gguf_integer_types_run_packed_and_exact() {
 }
 
 #[test]
+fn tests_can_start_from_a_filled_cache_as_llama_bench_d() {
+    let fx = fixture("tiny-llama");
+    let v = run(&[
+        "bench",
+        fx.to_str().unwrap(),
+        "-p",
+        "8",
+        "-n",
+        "4",
+        "-d",
+        "100",
+        "-r",
+        "2",
+        "-t",
+        "1",
+        "--no-bandwidth",
+        "--json",
+    ]);
+    let r = v["results"].as_array().unwrap();
+    let names: Vec<&str> = r.iter().map(|t| t["test"].as_str().unwrap()).collect();
+    assert_eq!(names, ["pp8 @ d100", "tg4 @ d100"]);
+    for t in r {
+        assert_eq!(t["n_depth"], 100);
+        assert_eq!(t["samples_s"].as_array().unwrap().len(), 2);
+    }
+}
+
+#[test]
 fn impossible_benchmarks_are_refused() {
     let fx = fixture("tiny-llama");
     let fx = fx.to_str().unwrap();
@@ -313,6 +341,7 @@ fn impossible_benchmarks_are_refused() {
         (vec!["-r", "0"], "repetitions"),
         (vec!["-p", "0", "-n", "0"], "nothing to measure"),
         (vec!["-p", "129"], "128 positions"),
+        (vec!["-n", "8", "-d", "121"], "after a depth of 121"),
         (vec!["-t", "0"], "--threads"),
     ] {
         let mut a = vec!["bench", fx];

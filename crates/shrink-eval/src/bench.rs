@@ -1,8 +1,9 @@
 //! How fast a model runs (`shrink bench`), measured as llama.cpp's `llama-bench` measures it,
 //! so the two can be put side by side: prompt processing (`pp`: `n_prompt` random tokens in one
 //! batch, logits of the last) and generation (`tg`: `n_gen` random tokens one at a time through
-//! the KV cache, logits of each), both from an empty cache, in tokens per second, mean ± sample
-//! standard deviation over repetitions after one unmeasured warm-up of each.
+//! the KV cache, logits of each), both from an empty cache — or, as llama-bench's `-d`, from one
+//! already holding `depth` tokens (filled as one unmeasured prompt) — in tokens per second, mean
+//! ± sample standard deviation over repetitions after one unmeasured warm-up of each.
 //!
 //! Generation reads every weight once per token, so its ceiling is the memory bandwidth:
 //! [`memory_bandwidth`] measures the machine's, [`shrink_models::Model::bytes_per_token`] counts
@@ -28,6 +29,8 @@ pub struct BenchSpec {
     pub n_gen: usize,
     /// Measured repetitions of each test.
     pub repetitions: usize,
+    /// Tokens already in the KV cache when each test starts (llama-bench's `n_depth`).
+    pub depth: usize,
     /// Seed of the random token ids.
     pub seed: u64,
 }
@@ -38,6 +41,7 @@ impl Default for BenchSpec {
             n_prompt: 512,
             n_gen: 128,
             repetitions: 5,
+            depth: 0,
             seed: 0,
         }
     }
@@ -46,8 +50,10 @@ impl Default for BenchSpec {
 /// One test's measurements (a row of llama-bench's table).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TestResult {
-    /// `pp512`, `tg128`, ... as llama-bench names it.
+    /// `pp512`, `tg128`, `tg128 @ d1024`, ... as llama-bench names it.
     pub test: String,
+    /// Tokens in the KV cache before the test.
+    pub n_depth: usize,
     /// Prompt tokens (pp) or 0.
     pub n_prompt: usize,
     /// Generated tokens (tg) or 0.
@@ -63,12 +69,19 @@ pub struct TestResult {
 }
 
 impl TestResult {
-    fn new(test: String, n_prompt: usize, n_gen: usize, samples_s: Vec<f64>) -> Self {
+    fn new(
+        test: String,
+        n_prompt: usize,
+        n_gen: usize,
+        n_depth: usize,
+        samples_s: Vec<f64>,
+    ) -> Self {
         let tokens = (n_prompt + n_gen) as f64;
         let samples_ts: Vec<f64> = samples_s.iter().map(|s| tokens / s).collect();
         let (avg_ts, stddev_ts) = mean_stddev(&samples_ts);
         TestResult {
             test,
+            n_depth,
             n_prompt,
             n_gen,
             samples_s,
@@ -106,9 +119,13 @@ pub fn run(model: &Model, spec: &BenchSpec, progress: &dyn Progress) -> Result<V
     let cfg = model.config();
     let ctx = cfg.max_context();
     for (what, n) in [("prompt", spec.n_prompt), ("generation", spec.n_gen)] {
-        if n > ctx {
+        if n + spec.depth > ctx {
+            let after = match spec.depth {
+                0 => String::new(),
+                d => format!(" after a depth of {d}"),
+            };
             return Err(EvalError::Input(format!(
-                "a {what} of {n} tokens does not fit the model's {ctx} positions"
+                "a {what} of {n} tokens{after} does not fit the model's {ctx} positions"
             )));
         }
     }
@@ -130,8 +147,11 @@ pub fn run(model: &Model, spec: &BenchSpec, progress: &dyn Progress) -> Result<V
         let mut samples = Vec::with_capacity(spec.repetitions);
         for _ in 0..spec.repetitions {
             let ids = tokens(n_prompt + n_gen);
-            let t0 = Instant::now();
             let mut cache = KvCache::new();
+            if spec.depth > 0 {
+                model.last_logits(&tokens(spec.depth), Some(&mut cache))?;
+            }
+            let t0 = Instant::now();
             if n_prompt > 0 {
                 std::hint::black_box(model.last_logits(&ids, Some(&mut cache))?);
             } else {
@@ -142,12 +162,15 @@ pub fn run(model: &Model, spec: &BenchSpec, progress: &dyn Progress) -> Result<V
             samples.push(t0.elapsed().as_secs_f64());
             progress.inc(1);
         }
-        let test = if n_prompt > 0 {
+        let mut test = if n_prompt > 0 {
             format!("pp{n_prompt}")
         } else {
             format!("tg{n_gen}")
         };
-        out.push(TestResult::new(test, n_prompt, n_gen, samples));
+        if spec.depth > 0 {
+            test.push_str(&format!(" @ d{}", spec.depth));
+        }
+        out.push(TestResult::new(test, n_prompt, n_gen, spec.depth, samples));
     }
     progress.finish();
     Ok(out)
@@ -224,7 +247,7 @@ mod tests {
 
     #[test]
     fn results_count_tokens_per_second() {
-        let r = TestResult::new("tg4".into(), 0, 4, vec![2.0, 1.0]);
+        let r = TestResult::new("tg4".into(), 0, 4, 0, vec![2.0, 1.0]);
         assert_eq!(r.samples_ts, vec![2.0, 4.0]);
         assert_eq!(r.avg_ts, 3.0);
         let l = Limit::new(100, 1000.0);

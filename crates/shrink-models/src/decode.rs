@@ -134,7 +134,23 @@ mod tests {
 
     #[test]
     fn attend_matches_the_tensor_attention_with_grouped_heads_and_a_window() {
-        let (h, kvh, d, len, cap) = (4, 2, 8, 6, 9);
+        // Head widths of the portable kernel (8, 48) and of each AVX-512 instance (32, 64, 96,
+        // 128); odd and even numbers of positions.
+        for (d, len) in [
+            (8, 6),
+            (32, 7),
+            (48, 5),
+            (64, 6),
+            (64, 7),
+            (96, 3),
+            (128, 9),
+        ] {
+            attend_case(d, len);
+        }
+    }
+
+    fn attend_case(d: usize, len: usize) {
+        let (h, kvh, cap) = (4, 2, len + 3);
         let val = |i: usize| ((i * 13 % 17) as f32 - 8.0) / 5.0;
         let q: Vec<f32> = (0..h * d).map(val).collect();
         let mut k = vec![0f32; kvh * cap * d];
@@ -172,7 +188,10 @@ mod tests {
             };
             let got = attend(&q, h, &kv, lo, 0.35);
             for (a, b) in got.iter().zip(&want) {
-                assert!((a - b).abs() < 1e-5, "window {window:?}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() < 1e-5,
+                    "d {d} len {len} window {window:?}: {a} vs {b}"
+                );
             }
         }
     }

@@ -194,10 +194,37 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc[0] + tail
 }
 
+/// One query head attending to `d`-value keys and values (`p.len()` of each, in order):
+/// `out += softmax(q·kᵀ·scale)·v`, with `p` as scratch for the scores.
+pub fn attend_head(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    p: &mut [f32],
+    out: &mut [f32],
+) {
+    let d = q.len();
+    debug_assert!(keys.len() == p.len() * d && values.len() == keys.len() && out.len() == d);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F was detected; the lengths are as asserted above and `d` is 16·C.
+        unsafe {
+            match d {
+                64 => return attend_head_avx512::<4>(q, keys, values, scale, p, out),
+                128 => return attend_head_avx512::<8>(q, keys, values, scale, p, out),
+                32 => return attend_head_avx512::<2>(q, keys, values, scale, p, out),
+                96 => return attend_head_avx512::<6>(q, keys, values, scale, p, out),
+                _ => {}
+            }
+        }
+    }
+    attend_head_portable(q, keys, values, scale, p, out)
+}
+
 dispatch! {
-    /// One query head attending to `d`-value keys and values (`p.len()` of each, in order):
-    /// `out += softmax(q·kᵀ·scale)·v`, with `p` as scratch for the scores.
-    pub fn attend_head(q: &[f32], keys: &[f32], values: &[f32], scale: f32, p: &mut [f32], out: &mut [f32]) {
+    /// [`attend_head`] in portable code (vectorised by the compiler).
+    fn attend_head_portable(q: &[f32], keys: &[f32], values: &[f32], scale: f32, p: &mut [f32], out: &mut [f32]) {
         let d = q.len();
         for (s, key) in p.iter_mut().zip(keys.chunks_exact(d)) {
             *s = dot(q, key);
@@ -208,6 +235,61 @@ dispatch! {
             let s = s * inv;
             out.iter_mut().zip(value).for_each(|(o, v)| *o += s * v);
         }
+    }
+}
+
+/// [`attend_head`] for heads of `16·C` values with AVX-512: each score one fused multiply-add
+/// per 16 values and one horizontal sum, the output in registers over the positions (two
+/// positions at a time, as two independent chains). Hand-written because the portable loop
+/// compiled to 128-bit multiplies and adds, no FMA: 23 % of a Q4_0 token after 1024 positions
+/// (`perf`); a head width known at compile time keeps the accumulators out of memory.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn attend_head_avx512<const C: usize>(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    p: &mut [f32],
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    const W: usize = 16;
+    let d = W * C;
+    debug_assert_eq!(q.len(), d);
+    let qv: [__m512; C] = std::array::from_fn(|c| _mm512_loadu_ps(q.as_ptr().add(W * c)));
+    for (s, key) in p.iter_mut().zip(keys.chunks_exact(d)) {
+        let mut acc = _mm512_mul_ps(qv[0], _mm512_loadu_ps(key.as_ptr()));
+        for (c, qc) in qv.iter().enumerate().skip(1) {
+            acc = _mm512_fmadd_ps(*qc, _mm512_loadu_ps(key.as_ptr().add(W * c)), acc);
+        }
+        *s = _mm512_reduce_add_ps(acc);
+    }
+    let shift = max(p) * scale;
+    let inv = 1.0 / exp_scaled_sum(p, scale, shift);
+    let mut o = [[_mm512_setzero_ps(); C]; 2];
+    let mut pairs = p.chunks_exact(2).zip(values.chunks_exact(2 * d));
+    for (s, v) in &mut pairs {
+        for (i, oi) in o.iter_mut().enumerate() {
+            let si = _mm512_set1_ps(s[i] * inv);
+            for (c, oc) in oi.iter_mut().enumerate() {
+                *oc = _mm512_fmadd_ps(si, _mm512_loadu_ps(v.as_ptr().add(i * d + W * c)), *oc);
+            }
+        }
+    }
+    if p.len() % 2 == 1 {
+        let si = _mm512_set1_ps(p[p.len() - 1] * inv);
+        let v = &values[(p.len() - 1) * d..];
+        for (c, oc) in o[0].iter_mut().enumerate() {
+            *oc = _mm512_fmadd_ps(si, _mm512_loadu_ps(v.as_ptr().add(W * c)), *oc);
+        }
+    }
+    for (c, (a, b)) in o[0].iter().zip(&o[1]).enumerate() {
+        let at = out.as_mut_ptr().add(W * c);
+        _mm512_storeu_ps(
+            at,
+            _mm512_add_ps(_mm512_loadu_ps(at), _mm512_add_ps(*a, *b)),
+        );
     }
 }
 

@@ -15,11 +15,13 @@ use crate::common;
 #[command(
     after_help = "Measures as llama.cpp's llama-bench does, so the two tables can be put side by side: \
 pp = a prompt of random tokens in one batch (logits of its last token), tg = random tokens one at a \
-time through the KV cache, each test from an empty cache after one unmeasured warm-up, tokens/s as \
+time through the KV cache, each test from an empty cache (or one holding --n-depth tokens, filled as \
+an unmeasured prompt: llama-bench's -d) after one unmeasured warm-up, tokens/s as \
 mean ± sample standard deviation over the repetitions. Then the ceiling of generation: the bytes of \
 weights one token reads (every linear layer as shrink holds it, the head, the norms, one embedding \
 row) against the machine's memory bandwidth, measured here.\n\nExamples:\n  shrink bench \
 assets/SmolLM2-135M-Instruct.Q4_1.gguf\n  shrink bench smollm2-int4 -p 512 -n 128 -r 5 -t 2 --json\n  \
+shrink bench model.gguf -p 0 -n 128 -d 1024            # generation after 1024 tokens\n  \
 llama-bench -m model.gguf -p 512 -n 128 -r 5 -t 2        # the peer, same columns"
 )]
 pub struct Args {
@@ -34,6 +36,9 @@ pub struct Args {
     /// Measured repetitions of each test.
     #[arg(short = 'r', long, default_value_t = 5)]
     pub repetitions: usize,
+    /// Tokens already in the KV cache when each test starts.
+    #[arg(short = 'd', long = "n-depth", default_value_t = 0)]
+    pub depth: usize,
     /// Threads (default: every logical CPU).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
@@ -62,6 +67,7 @@ pub fn run(a: Args) -> Result<()> {
         n_prompt: a.n_prompt,
         n_gen: a.n_gen,
         repetitions: a.repetitions,
+        depth: a.depth,
         seed: 0,
     };
     let ckpt = common::open(&a.model)?;
