@@ -327,6 +327,30 @@ fn tests_can_start_from_a_filled_cache_as_llama_bench_d() {
     let r = v["results"].as_array().unwrap();
     let names: Vec<&str> = r.iter().map(|t| t["test"].as_str().unwrap()).collect();
     assert_eq!(names, ["pp8 @ d100", "tg4 @ d100"]);
+    // A float16 cache runs the same tests; an unknown cache type is refused by name.
+    let fx_s = fx.to_str().unwrap();
+    let h = run(&[
+        "bench",
+        fx_s,
+        "-p",
+        "0",
+        "-n",
+        "4",
+        "-d",
+        "8",
+        "-r",
+        "1",
+        "-t",
+        "1",
+        "--kv-cache",
+        "f16",
+        "--no-bandwidth",
+        "--json",
+    ]);
+    assert_eq!(h["results"][0]["test"], "tg4 @ d8");
+    let bad = shrink(&["bench", fx_s, "--kv-cache", "q8"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("f16"));
     for t in r {
         assert_eq!(t["n_depth"], 100);
         assert_eq!(t["samples_s"].as_array().unwrap().len(), 2);

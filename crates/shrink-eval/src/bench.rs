@@ -31,6 +31,8 @@ pub struct BenchSpec {
     pub repetitions: usize,
     /// Tokens already in the KV cache when each test starts (llama-bench's `n_depth`).
     pub depth: usize,
+    /// Keys and values cached as float16 (llama-bench's default cache type) instead of float32.
+    pub half_kv: bool,
     /// Seed of the random token ids.
     pub seed: u64,
 }
@@ -42,6 +44,7 @@ impl Default for BenchSpec {
             n_gen: 128,
             repetitions: 5,
             depth: 0,
+            half_kv: false,
             seed: 0,
         }
     }
@@ -130,6 +133,13 @@ pub fn run(model: &Model, spec: &BenchSpec, progress: &dyn Progress) -> Result<V
         }
     }
     let vocab = cfg.vocab_size() as u32;
+    let new_cache = || {
+        if spec.half_kv {
+            KvCache::half()
+        } else {
+            KvCache::new()
+        }
+    };
     let mut rng = StdRng::seed_from_u64(spec.seed);
     let mut tokens =
         |n: usize| -> Vec<u32> { (0..n).map(|_| rng.random_range(0..vocab)).collect() };
@@ -143,11 +153,11 @@ pub fn run(model: &Model, spec: &BenchSpec, progress: &dyn Progress) -> Result<V
         }
         // One unmeasured run first, as llama-bench warms up: buffers allocated, pages touched.
         let warm = tokens(if n_prompt > 0 { n_prompt } else { 1 });
-        model.last_logits(&warm, Some(&mut KvCache::new()))?;
+        model.last_logits(&warm, Some(&mut new_cache()))?;
         let mut samples = Vec::with_capacity(spec.repetitions);
         for _ in 0..spec.repetitions {
             let ids = tokens(n_prompt + n_gen);
-            let mut cache = KvCache::new();
+            let mut cache = new_cache();
             if spec.depth > 0 {
                 model.last_logits(&tokens(spec.depth), Some(&mut cache))?;
             }

@@ -23,6 +23,8 @@ pub struct GenOptions {
     pub seed: u64,
     /// Tokens that end generation (not emitted).
     pub stop: Vec<u32>,
+    /// Keys and values cached as float16 ([`KvCache::half`]) instead of float32.
+    pub half_kv: bool,
 }
 
 impl Default for GenOptions {
@@ -33,6 +35,7 @@ impl Default for GenOptions {
             top_p: 1.0,
             seed: 0,
             stop: Vec::new(),
+            half_kv: false,
         }
     }
 }
@@ -93,7 +96,11 @@ pub fn generate(
     }
     let max_ctx = model.config().max_context();
     let mut rng = StdRng::seed_from_u64(opts.seed);
-    let mut cache = KvCache::new();
+    let mut cache = if opts.half_kv {
+        KvCache::half()
+    } else {
+        KvCache::new()
+    };
     let mut out = Vec::new();
     let mut next_input: Vec<u32> = prompt.to_vec();
     while out.len() < opts.max_tokens {

@@ -50,16 +50,22 @@ pub fn rope(x: &mut [f32], heads: usize, cos: &[f32], sin: &[f32]) {
 /// The key and value buffers of one layer's cache, as [`crate::layers::KvCache::append_one`]
 /// lends them: `[kv_heads, cap, d]`, of which positions `0..len` are filled.
 pub struct Kv<'a> {
-    /// Keys.
-    pub k: &'a [f32],
-    /// Values.
-    pub v: &'a [f32],
+    /// Keys and values.
+    pub rows: KvRows<'a>,
     /// Key/value heads.
     pub heads: usize,
     /// Positions each head's buffer has room for.
     pub cap: usize,
     /// Positions filled.
     pub len: usize,
+}
+
+/// Keys and values as the cache holds them.
+pub enum KvRows<'a> {
+    /// Float32 keys, values.
+    F32(&'a [f32], &'a [f32]),
+    /// Float16 keys, values.
+    F16(&'a [half::f16], &'a [half::f16]),
 }
 
 /// One query (`[heads, d]`, heads a multiple of the cache's) attending to the cached positions
@@ -79,7 +85,14 @@ pub fn attend(q: &[f32], heads: usize, kv: &Kv, lo: usize, scale: f32) -> Vec<f3
         // SAFETY: part h alone writes head h's d outputs.
         let oh = unsafe { std::slice::from_raw_parts_mut(base.get().add(h * d), d) };
         let qh = &q[h * d..(h + 1) * d];
-        crate::kernels::attend_head(qh, &kv.k[from..to], &kv.v[from..to], scale, &mut p, oh);
+        match kv.rows {
+            KvRows::F32(k, v) => {
+                crate::kernels::attend_head(qh, &k[from..to], &v[from..to], scale, &mut p, oh)
+            }
+            KvRows::F16(k, v) => {
+                crate::kernels::attend_head(qh, &k[from..to], &v[from..to], scale, &mut p, oh)
+            }
+        }
     });
     out
 }
@@ -180,8 +193,7 @@ mod tests {
                 .unwrap();
             let lo = window.map_or(0, |w| len.saturating_sub(w));
             let kv = Kv {
-                k: &k,
-                v: &v,
+                rows: KvRows::F32(&k, &v),
                 heads: kvh,
                 cap,
                 len,
@@ -192,6 +204,32 @@ mod tests {
                     (a - b).abs() < 1e-5,
                     "d {d} len {len} window {window:?}: {a} vs {b}"
                 );
+            }
+            // Float16 rows give the float32 kernel's result on the same (rounded) values.
+            let half = |b: &[f32]| {
+                b.iter()
+                    .map(|&x| half::f16::from_f32(x))
+                    .collect::<Vec<_>>()
+            };
+            let wide = |b: &[half::f16]| b.iter().map(|x| x.to_f32()).collect::<Vec<_>>();
+            let (kh, vh) = (half(&k), half(&v));
+            let (kw, vw) = (wide(&kh), wide(&vh));
+            let from_half = Kv {
+                rows: KvRows::F16(&kh, &vh),
+                heads: kvh,
+                cap,
+                len,
+            };
+            let from_wide = Kv {
+                rows: KvRows::F32(&kw, &vw),
+                heads: kvh,
+                cap,
+                len,
+            };
+            let a = attend(&q, h, &from_half, lo, 0.35);
+            let b = attend(&q, h, &from_wide, lo, 0.35);
+            for (a, b) in a.iter().zip(&b) {
+                assert!((a - b).abs() < 1e-6, "d {d} len {len} float16: {a} vs {b}");
             }
         }
     }

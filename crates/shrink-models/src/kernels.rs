@@ -194,12 +194,47 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc[0] + tail
 }
 
+/// A key/value element of the KV cache: float32, or float16 widened as it is read.
+pub trait KvElem: Copy + Send + Sync {
+    /// The values as float32 (for the portable kernel).
+    fn widen(v: &[Self]) -> std::borrow::Cow<'_, [f32]>;
+    /// 16 values from `p`, as float32.
+    ///
+    /// # Safety
+    /// AVX-512F is available and `p` points to 16 readable values.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
+}
+
+impl KvElem for f32 {
+    fn widen(v: &[f32]) -> std::borrow::Cow<'_, [f32]> {
+        std::borrow::Cow::Borrowed(v)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const f32) -> std::arch::x86_64::__m512 {
+        std::arch::x86_64::_mm512_loadu_ps(p)
+    }
+}
+
+impl KvElem for half::f16 {
+    fn widen(v: &[half::f16]) -> std::borrow::Cow<'_, [f32]> {
+        std::borrow::Cow::Owned(v.iter().map(|h| h.to_f32()).collect())
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const half::f16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+    }
+}
+
 /// One query head attending to `d`-value keys and values (`p.len()` of each, in order):
 /// `out += softmax(q·kᵀ·scale)·v`, with `p` as scratch for the scores.
-pub fn attend_head(
+pub fn attend_head<T: KvElem>(
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    keys: &[T],
+    values: &[T],
     scale: f32,
     p: &mut [f32],
     out: &mut [f32],
@@ -211,15 +246,15 @@ pub fn attend_head(
         // SAFETY: AVX-512F was detected; the lengths are as asserted above and `d` is 16·C.
         unsafe {
             match d {
-                64 => return attend_head_avx512::<4>(q, keys, values, scale, p, out),
-                128 => return attend_head_avx512::<8>(q, keys, values, scale, p, out),
-                32 => return attend_head_avx512::<2>(q, keys, values, scale, p, out),
-                96 => return attend_head_avx512::<6>(q, keys, values, scale, p, out),
+                64 => return attend_head_avx512::<T, 4>(q, keys, values, scale, p, out),
+                128 => return attend_head_avx512::<T, 8>(q, keys, values, scale, p, out),
+                32 => return attend_head_avx512::<T, 2>(q, keys, values, scale, p, out),
+                96 => return attend_head_avx512::<T, 6>(q, keys, values, scale, p, out),
                 _ => {}
             }
         }
     }
-    attend_head_portable(q, keys, values, scale, p, out)
+    attend_head_portable(q, &T::widen(keys), &T::widen(values), scale, p, out)
 }
 
 dispatch! {
@@ -245,10 +280,10 @@ dispatch! {
 /// (`perf`); a head width known at compile time keeps the accumulators out of memory.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn attend_head_avx512<const C: usize>(
+unsafe fn attend_head_avx512<T: KvElem, const C: usize>(
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    keys: &[T],
+    values: &[T],
     scale: f32,
     p: &mut [f32],
     out: &mut [f32],
@@ -259,9 +294,9 @@ unsafe fn attend_head_avx512<const C: usize>(
     debug_assert_eq!(q.len(), d);
     let qv: [__m512; C] = std::array::from_fn(|c| _mm512_loadu_ps(q.as_ptr().add(W * c)));
     for (s, key) in p.iter_mut().zip(keys.chunks_exact(d)) {
-        let mut acc = _mm512_mul_ps(qv[0], _mm512_loadu_ps(key.as_ptr()));
+        let mut acc = _mm512_mul_ps(qv[0], T::load16(key.as_ptr()));
         for (c, qc) in qv.iter().enumerate().skip(1) {
-            acc = _mm512_fmadd_ps(*qc, _mm512_loadu_ps(key.as_ptr().add(W * c)), acc);
+            acc = _mm512_fmadd_ps(*qc, T::load16(key.as_ptr().add(W * c)), acc);
         }
         *s = _mm512_reduce_add_ps(acc);
     }
@@ -273,7 +308,7 @@ unsafe fn attend_head_avx512<const C: usize>(
         for (i, oi) in o.iter_mut().enumerate() {
             let si = _mm512_set1_ps(s[i] * inv);
             for (c, oc) in oi.iter_mut().enumerate() {
-                *oc = _mm512_fmadd_ps(si, _mm512_loadu_ps(v.as_ptr().add(i * d + W * c)), *oc);
+                *oc = _mm512_fmadd_ps(si, T::load16(v.as_ptr().add(i * d + W * c)), *oc);
             }
         }
     }
@@ -281,7 +316,7 @@ unsafe fn attend_head_avx512<const C: usize>(
         let si = _mm512_set1_ps(p[p.len() - 1] * inv);
         let v = &values[(p.len() - 1) * d..];
         for (c, oc) in o[0].iter_mut().enumerate() {
-            *oc = _mm512_fmadd_ps(si, _mm512_loadu_ps(v.as_ptr().add(W * c)), *oc);
+            *oc = _mm512_fmadd_ps(si, T::load16(v.as_ptr().add(W * c)), *oc);
         }
     }
     for (c, (a, b)) in o[0].iter().zip(&o[1]).enumerate() {

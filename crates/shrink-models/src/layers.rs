@@ -9,10 +9,14 @@ use crate::error::Result;
 /// Each layer's keys and values live in buffers of room for `capacity` positions
 /// (`[heads, capacity, d]`), written in place as tokens arrive and doubled when full, so a
 /// token costs its own rows, not a copy of the whole cache (concatenating per token copied
-/// 46 KB × positions per token on SmolLM2, growing with the context).
+/// 46 KB × positions per token on SmolLM2, growing with the context). Held in float32, or
+/// in float16 ([`KvCache::half`], llama.cpp's default): half the memory and the bytes each
+/// token's attention reads.
 #[derive(Debug, Default)]
 pub struct KvCache {
     layers: Vec<Option<LayerKv>>,
+    /// Keys and values held as float16.
+    half: bool,
 }
 
 /// One layer's buffers and how many positions they hold.
@@ -29,6 +33,29 @@ impl KvCache {
         KvCache::default()
     }
 
+    /// An empty cache holding keys and values as float16 (each rounded to nearest when
+    /// stored). The one-token path of the Llama family reads it directly; other paths read
+    /// a float32 copy of what they need, so it suits generation with that family.
+    pub fn half() -> Self {
+        KvCache {
+            layers: Vec::new(),
+            half: true,
+        }
+    }
+
+    /// Whether keys and values are held as float16.
+    pub fn is_half(&self) -> bool {
+        self.half
+    }
+
+    fn dtype(&self) -> candle_core::DType {
+        if self.half {
+            candle_core::DType::F16
+        } else {
+            candle_core::DType::F32
+        }
+    }
+
     /// Number of positions already cached.
     pub fn len(&self) -> usize {
         self.layers
@@ -43,13 +70,30 @@ impl KvCache {
     }
 
     /// Append this step's k, v ([heads, T, d]) for `layer`, returning the full k, v (views of
-    /// the first positions of the layer's buffers).
+    /// the first positions of the layer's buffers; float32 copies of them when held as
+    /// float16).
     pub fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        self.store(layer, k, v)?;
+        let l = self.layers[layer].as_ref().expect("stored above");
+        let (k, v) = (l.k.narrow(1, 0, l.len)?, l.v.narrow(1, 0, l.len)?);
+        if self.half {
+            let f32 = candle_core::DType::F32;
+            return Ok((k.to_dtype(f32)?, v.to_dtype(f32)?));
+        }
+        Ok((k, v))
+    }
+
+    /// Write this step's k, v ([heads, T, d]) for `layer` into its buffers.
+    fn store(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<()> {
         if self.layers.len() <= layer {
             self.layers.resize_with(layer + 1, || None);
         }
         let (heads, t, d) = k.dims3()?;
-        let (k, v) = (k.contiguous()?, v.contiguous()?);
+        let dtype = self.dtype();
+        let (k, v) = (
+            k.to_dtype(dtype)?.contiguous()?,
+            v.to_dtype(dtype)?.contiguous()?,
+        );
         let len = self.layers[layer].as_ref().map_or(0, |l| l.len);
         let room = self.layers[layer]
             .as_ref()
@@ -75,7 +119,7 @@ impl KvCache {
         l.k.slice_set(&k, 1, len)?;
         l.v.slice_set(&v, 1, len)?;
         l.len = len + t;
-        Ok((l.k.narrow(1, 0, l.len)?, l.v.narrow(1, 0, l.len)?))
+        Ok(())
     }
 
     /// Append one position's keys and values (`[heads·d]` each, head-major) for `layer`, then
@@ -88,33 +132,37 @@ impl KvCache {
         heads: usize,
         f: impl FnOnce(crate::decode::Kv) -> R,
     ) -> Result<R> {
+        use crate::decode::{Kv, KvRows};
+        use candle_core::{CpuStorage, Storage};
         let d = k.len() / heads.max(1);
         let kt = Tensor::from_slice(k, (heads, 1, d), &Device::Cpu)?;
         let vt = Tensor::from_slice(v, (heads, 1, d), &Device::Cpu)?;
-        self.append(layer, kt, vt)?;
-        let l = self.layers[layer].as_ref().expect("appended above");
+        self.store(layer, kt, vt)?;
+        let l = self.layers[layer].as_ref().expect("stored above");
         let cap = l.k.dim(1)?;
         let (ks, kl) = l.k.storage_and_layout();
         let (vs, vl) = l.v.storage_and_layout();
-        match (&*ks, &*vs) {
-            (
-                candle_core::Storage::Cpu(candle_core::CpuStorage::F32(kb)),
-                candle_core::Storage::Cpu(candle_core::CpuStorage::F32(vb)),
-            ) => {
-                let n = heads * cap * d;
-                let (ko, vo) = (kl.start_offset(), vl.start_offset());
-                Ok(f(crate::decode::Kv {
-                    k: &kb[ko..ko + n],
-                    v: &vb[vo..vo + n],
-                    heads,
-                    cap,
-                    len: l.len,
-                }))
+        let n = heads * cap * d;
+        let (ko, vo) = (kl.start_offset(), vl.start_offset());
+        let rows = match (&*ks, &*vs) {
+            (Storage::Cpu(CpuStorage::F32(kb)), Storage::Cpu(CpuStorage::F32(vb))) => {
+                KvRows::F32(&kb[ko..ko + n], &vb[vo..vo + n])
             }
-            _ => Err(crate::error::ModelError::Input(
-                "the KV cache holds other than float32 on the CPU".into(),
-            )),
-        }
+            (Storage::Cpu(CpuStorage::F16(kb)), Storage::Cpu(CpuStorage::F16(vb))) => {
+                KvRows::F16(&kb[ko..ko + n], &vb[vo..vo + n])
+            }
+            _ => {
+                return Err(crate::error::ModelError::Input(
+                    "the KV cache holds other than float32 or float16 on the CPU".into(),
+                ))
+            }
+        };
+        Ok(f(Kv {
+            rows,
+            heads,
+            cap,
+            len: l.len,
+        }))
     }
 }
 

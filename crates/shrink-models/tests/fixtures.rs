@@ -123,6 +123,28 @@ fn kv_cache_decoding_equals_full_forward() {
         for (a, b) in full.iter().flatten().zip(rows.iter().flatten()) {
             assert!((a - b).abs() < 1e-4, "{arch}: {a} vs {b}");
         }
+        // A float16 cache: keys and values rounded to float16 (relative 2⁻¹¹), logits close.
+        let mut cache = shrink_models::KvCache::half();
+        assert!(cache.is_half());
+        let mut rows: Vec<Vec<f32>> = model
+            .forward(&ids[..5], Some(&mut cache))
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        for &id in &ids[5..] {
+            let r: Vec<Vec<f32>> = model
+                .forward(&[id], Some(&mut cache))
+                .unwrap()
+                .to_vec2()
+                .unwrap();
+            rows.extend(r);
+        }
+        let worst = full
+            .iter()
+            .flatten()
+            .zip(rows.iter().flatten())
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(worst < 2e-3, "{arch} float16 cache: max |Δ| {worst}");
     }
 }
 

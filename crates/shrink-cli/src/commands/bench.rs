@@ -39,6 +39,10 @@ pub struct Args {
     /// Tokens already in the KV cache when each test starts.
     #[arg(short = 'd', long = "n-depth", default_value_t = 0)]
     pub depth: usize,
+    /// How the KV cache holds keys and values: f32, or f16 as llama-bench's default (`-ctk f16
+    /// -ctv f16`)
+    #[arg(long, value_name = "TYPE", default_value = "f32", value_parser = ["f32", "f16"])]
+    pub kv_cache: String,
     /// Threads (default: every logical CPU).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
@@ -68,6 +72,7 @@ pub fn run(a: Args) -> Result<()> {
         n_gen: a.n_gen,
         repetitions: a.repetitions,
         depth: a.depth,
+        half_kv: a.kv_cache == "f16",
         seed: 0,
     };
     let ckpt = common::open(&a.model)?;

@@ -35,6 +35,11 @@ pub struct Args {
     /// Wrap the prompt in the model's chat template (as a user message).
     #[arg(long)]
     pub chat: bool,
+    /// How the KV cache holds keys and values: f32 (exact), or f16 as llama.cpp's default
+    /// (half the memory and the bytes a long context's attention reads; Llama family: others
+    /// read a float32 copy per token)
+    #[arg(long, value_name = "TYPE", default_value = "f32", value_parser = ["f32", "f16"])]
+    pub kv_cache: String,
     /// Print one JSON object (prompt, completion, token ids, speed) at the end instead of streaming.
     #[arg(long)]
     pub json: bool,
@@ -56,6 +61,7 @@ pub fn run(a: Args) -> Result<()> {
         top_p: a.top_p,
         seed: a.seed,
         stop: Vec::new(),
+        half_kv: a.kv_cache == "f16",
     };
     if a.json {
         let out = g.run(&prompt, &opts, None)?;
