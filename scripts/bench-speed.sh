@@ -9,7 +9,8 @@
 # NF4 + double quant (nf4dq; nf4dqe with the embedding too), and int4e repacked losslessly to
 # the GPTQ and AWQ layouts (whose float16 embedding stays float16: the tied head reads it as
 # such), and a GPTQ 4-bit act-order checkpoint (g_idx) — shrink bench only: llama.cpp cannot
-# read them; compared with its Q4_0 and Q8_0. Each test: 5 repetitions, 2 threads, pp512 and tg128, as llama-bench's defaults.
+# read them; compared with its Q4_0 and Q8_0. Each test: 5 repetitions, 2 threads, pp512 and tg128, as llama-bench's defaults;
+# then Q4_0 generation after 1024 cached tokens (-d 1024), shrink's float32 and float16 caches.
 # Not part of CI (it builds llama-bench and llama-perplexity from source, ~10 min on 2 cores).
 #
 # Usage: scripts/bench-speed.sh [WORK]   (THREADS=2 REPS=5 override; results in WORK/speed.tsv)
@@ -83,5 +84,17 @@ for m in f32 q4_0 q4_k_m; do
   ss=$(RAYON_NUM_THREADS=$threads t "$bin" eval "$work/$m.gguf" --text assets/lee_background.cor --max-windows 8)
   row "$m.gguf" llama.cpp ppl8x512_s "$ls" - - - -
   row "$m.gguf" shrink ppl8x512_s "$ss" - - - -
+done
+# Generation after a long context (llama-bench's -d): 128 tokens after 1024 already cached,
+# shrink with float32 and float16 caches, llama.cpp with its default float16 one.
+for d in 1024; do
+  for kv in f32 f16; do
+    j=$("$bin" bench "$work/q4_0.gguf" -p 0 -n 128 -d "$d" --kv-cache "$kv" -r "$reps" -t "$threads" --no-bandwidth --json 2>/dev/null)
+    read -r tg tgs < <(python3 -c 'import json, sys; r = json.load(sys.stdin)["results"][0]; print(r["avg_ts"], r["stddev_ts"])' <<< "$j")
+    row q4_0.gguf "shrink-kv-$kv" "tg128@d$d" "$tg" "$tgs" - - -
+  done
+  lj=$("$lcbin/llama-bench" -m "$work/q4_0.gguf" -p 0 -n 128 -d "$d" -r "$reps" -t "$threads" -o json 2>/dev/null)
+  read -r tg tgs < <(python3 -c 'import json, sys; r = json.load(sys.stdin)[0]; print(r["avg_ts"], r["stddev_ts"])' <<< "$lj")
+  row q4_0.gguf llama.cpp "tg128@d$d" "$tg" "$tgs" - - -
 done
 column -t -s $'\t' "$out"
