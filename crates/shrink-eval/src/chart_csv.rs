@@ -264,6 +264,7 @@ pub struct DrawnChart {
 
 /// Read `req.data`, keep the rows of `req.windows` and draw them into `req.output`.
 pub fn draw(req: &ChartRequest) -> Result<DrawnChart> {
+    shrink_io::refuse_inputs(&req.output, &[&req.data])?;
     let points = points_at(read_rows_for(&req.data, req.x)?, req.windows, &req.data)?;
     let against = match req.x {
         XAxis::BitsPerWeight => "bits/weight",

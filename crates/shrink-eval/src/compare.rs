@@ -31,7 +31,9 @@ pub struct CompareOptions {
     pub prompt: String,
     /// Tokens generated per model (greedy).
     pub max_tokens: usize,
-    /// Directory for the histograms (and, through [`Comparison::write_report`], the report).
+    /// Directory to write the report into (report.json, report.md, the histograms): it must not
+    /// exist and must not be or lie inside an input; written under a temporary name and
+    /// renamed when complete.
     pub report: Option<PathBuf>,
 }
 
@@ -342,8 +344,9 @@ fn layer_errors(
 
 /// Compare `models` with `base` on the lee-ppl-v1 evaluation text of the Lee corpus at `text`.
 ///
-/// Histograms of the chosen weight are drawn into `opts.report` (created if missing) as
-/// `hist-<model>.png`; `progress` sees one task per scored model.
+/// With `opts.report`, the report (report.json, report.md and the histograms of the chosen
+/// weight, `hist-<model>.png`) is written into that new directory; `progress` sees one task
+/// per scored model.
 pub fn compare(
     base: &Path,
     models: &[PathBuf],
@@ -354,6 +357,15 @@ pub fn compare(
     if opts.max_windows == 0 {
         return Err(EvalError::Input("--max-windows must be at least 1".into()));
     }
+    // The report directory is checked (and its temporary twin made) before any scoring.
+    let out = match &opts.report {
+        Some(dir) => {
+            let mut inputs: Vec<&Path> = vec![base, text];
+            inputs.extend(models.iter().map(PathBuf::as_path));
+            Some(shrink_io::OutputDir::create(dir, &inputs)?)
+        }
+        None => None,
+    };
     let raw = shrink_io::read_text(text)?;
     let eval_text = lee_texts(&raw)
         .map_err(|e| EvalError::Input(format!("{}: {e}", text.display())))?
@@ -361,9 +373,6 @@ pub fn compare(
     let base_ckpt = Checkpoint::open(base)?;
     let base_cfg = ModelConfig::from_checkpoint(&base_ckpt)?;
     let b = load_base((base, &base_ckpt), &base_cfg, &eval_text, opts, progress)?;
-    if let Some(dir) = &opts.report {
-        std::fs::create_dir_all(dir).map_err(|e| IoError::os(dir, e))?;
-    }
     let (mut rows, mut opened) = (Vec::new(), Vec::new());
     for path in models {
         let ckpt = Checkpoint::open(path)?;
@@ -374,12 +383,12 @@ pub fn compare(
                 path.display()
             )));
         }
-        let report = opts.report.as_deref();
+        let report = out.as_ref().map(|o| o.dir());
         rows.push(model_row(path, &ckpt, &cfg, &b, report, progress)?);
         opened.push((ckpt, cfg));
     }
     layer_errors(&base_ckpt, &b, &opened, &mut rows)?;
-    Ok(Comparison {
+    let c = Comparison {
         base: base.to_path_buf(),
         base_ppl: b.ppl.ppl,
         windows: b.ppl.windows,
@@ -390,7 +399,12 @@ pub fn compare(
         models: rows,
         max_windows: opts.max_windows,
         histograms: opts.report.is_some(),
-    })
+    };
+    if let Some(out) = out {
+        c.write_report(out.dir())?;
+        out.commit()?;
+    }
+    Ok(c)
 }
 
 impl Comparison {

@@ -104,13 +104,6 @@ impl std::fmt::Debug for GgufWriter {
     }
 }
 
-/// Absolute form of a path for comparisons (canonical when it exists).
-fn absolute(p: &Path) -> PathBuf {
-    std::fs::canonicalize(p)
-        .or_else(|_| std::path::absolute(p))
-        .unwrap_or_else(|_| p.to_path_buf())
-}
-
 /// The alignment the metadata asks for, validated as the reader validates it.
 fn alignment_of(path: &Path, metadata: &[(String, GgufValue)]) -> Result<u64> {
     match metadata.iter().find(|(k, _)| k == "general.alignment") {
@@ -279,15 +272,10 @@ impl GgufWriter {
         opts: &GgufWriteOptions,
     ) -> Result<Self> {
         let target = target.as_ref().to_path_buf();
-        // Checked first, so that `-o` naming the input says so rather than "already exists".
-        for inp in &opts.inputs {
-            if absolute(inp) == absolute(&target) {
-                return Err(IoError::malformed(
-                    &target,
-                    "output is the same path as an input; shrink never writes over its input",
-                ));
-            }
-        }
+        // Checked first, so that `-o` naming the input says so rather than "already exists";
+        // also an output inside an input directory, whatever `overwrite` says.
+        let inputs: Vec<&Path> = opts.inputs.iter().map(|p| p.as_path()).collect();
+        crate::output::refuse_inputs(&target, &inputs)?;
         if target.is_dir() {
             return Err(IoError::malformed(
                 &target,

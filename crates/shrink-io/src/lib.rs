@@ -39,7 +39,8 @@ pub use checkpoint::{Checkpoint, HfCheckpoint, StoredDtype, TensorEntry};
 pub use error::{IoError, Result};
 pub use gguf::{GgufFile, GgufValue};
 pub use output::{
-    write_safetensors_ordered, write_safetensors_streaming, LazyTensor, OutputDir, TensorHeader,
+    refuse_inputs, write_safetensors_ordered, write_safetensors_streaming, LazyTensor, OutputDir,
+    TensorHeader,
 };
 
 /// The safetensors dtype of a float storage type.

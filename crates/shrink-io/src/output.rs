@@ -19,24 +19,60 @@ pub struct OutputDir {
     done: bool,
 }
 
+/// `p` with every link and `..` resolved, also when it does not exist yet (its nearest existing
+/// ancestor resolved, the rest appended).
+fn resolved(p: &Path) -> PathBuf {
+    if let Ok(c) = std::fs::canonicalize(p) {
+        return c;
+    }
+    match (p.parent(), p.file_name()) {
+        (Some(parent), Some(name)) => {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            resolved(parent).join(name)
+        }
+        _ => std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()),
+    }
+}
+
+/// Refuse an output `target` that is one of `inputs`, lies inside an input directory (a
+/// model's own files: `-o MODEL/model.safetensors`), or contains an input: shrink never writes
+/// over or into what it reads, whatever `--overwrite` says. Links are followed, so another
+/// spelling of the same path is caught too.
+pub fn refuse_inputs(target: &Path, inputs: &[&Path]) -> Result<()> {
+    let t = resolved(target);
+    for inp in inputs {
+        let i = resolved(inp);
+        let what = if t == i {
+            "output is the same path as an input; shrink never writes over its input".to_string()
+        } else if t.starts_with(&i) {
+            format!(
+                "output lies inside the input {}; shrink never writes into its input",
+                inp.display()
+            )
+        } else if i.starts_with(&t) {
+            format!(
+                "output contains the input {}; shrink never writes over its input",
+                inp.display()
+            )
+        } else {
+            continue;
+        };
+        return Err(IoError::malformed(target, what));
+    }
+    Ok(())
+}
+
 impl OutputDir {
-    /// Start writing `target`, which must not exist and must not be any of `inputs`.
+    /// Start writing `target`, which must not exist and must be neither an input nor inside
+    /// one ([`refuse_inputs`]).
     pub fn create(target: impl AsRef<Path>, inputs: &[&Path]) -> Result<Self> {
         let target = target.as_ref().to_path_buf();
         // Checked first, so that `-o` naming the input says so rather than "already exists".
-        let abs = |p: &Path| {
-            std::fs::canonicalize(p)
-                .or_else(|_| std::path::absolute(p))
-                .unwrap_or_else(|_| p.to_path_buf())
-        };
-        for inp in inputs {
-            if abs(inp) == abs(&target) {
-                return Err(IoError::malformed(
-                    &target,
-                    "output is the same path as an input",
-                ));
-            }
-        }
+        refuse_inputs(&target, inputs)?;
         if target.exists() {
             return Err(IoError::malformed(
                 &target,

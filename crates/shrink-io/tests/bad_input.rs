@@ -853,6 +853,57 @@ fn output_dir_refuses_an_input() {
 }
 
 #[test]
+fn outputs_never_go_inside_or_over_an_input() {
+    let t = tmp();
+    let model = llama_copy(t.path(), "model");
+    let weights = model.join("model.safetensors");
+    let before = fs::read(&weights).unwrap();
+    // A new directory inside the model directory, or one containing it.
+    let inside = model.join("out");
+    expect_err(
+        OutputDir::create(&inside, &[&model]),
+        &inside,
+        &["inside the input"],
+    );
+    expect_err(
+        OutputDir::create(t.path(), &[&model]),
+        t.path(),
+        &["contains the input"],
+    );
+    // A GGUF file over one of the model's own files, even with overwrite.
+    let opts = shrink_io::gguf_write::GgufWriteOptions {
+        overwrite: true,
+        inputs: vec![model.clone()],
+    };
+    let spec = shrink_io::gguf_write::GgufTensorSpec {
+        name: "t".into(),
+        ne: vec![4],
+        ty: shrink_formats::ggml::GgmlType::F32,
+    };
+    for over in [
+        weights.clone(),
+        model.join("config.json"),
+        model.join("new.gguf"),
+    ] {
+        let Err(e) =
+            shrink_io::gguf_write::GgufWriter::create(&over, &[], vec![spec.clone()], &opts)
+        else {
+            panic!("{} was accepted", over.display())
+        };
+        assert!(e.to_string().contains("inside the input"), "{e}");
+    }
+    assert_eq!(
+        fs::read(&weights).unwrap(),
+        before,
+        "the input is untouched"
+    );
+    assert!(!inside.exists() && !model.join("new.gguf").exists());
+    // Sibling paths are fine (not a prefix match on the name).
+    let sibling = t.path().join("model2");
+    OutputDir::create(&sibling, &[&model]).unwrap();
+}
+
+#[test]
 fn output_dir_refuses_missing_parent() {
     let t = tmp();
     let target = t.path().join("no/such/parent/out");

@@ -294,11 +294,11 @@ fn from_hf(ckpt: &Checkpoint, h: &HfCheckpoint, o: &GgufExport) -> Result<Layout
     })
 }
 
-/// Refuse an existing output before reading anything (the writer checks again, and for
-/// input = output).
+/// Refuse an input as output (or a path inside an input directory) and an existing output
+/// before reading anything (the writer checks again).
 fn check_output(input: &Path, output: &Path, overwrite: bool) -> Result<()> {
-    let same = std::fs::canonicalize(output).ok() == std::fs::canonicalize(input).ok();
-    if output.exists() && !overwrite && !same {
+    shrink_io::refuse_inputs(output, &[input])?;
+    if output.exists() && !overwrite {
         return Err(MethodError::Options(format!(
             "{}: output already exists; shrink does not overwrite it (remove it, choose another \
              -o, or --overwrite)",

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use shrink_eval::classify::compare_classifiers;
 use shrink_eval::compare::{compare, CompareOptions};
 
@@ -28,7 +28,8 @@ pub struct Args {
     /// Windows of 512 tokens to score (peers.md's comparison set is the first 24).
     #[arg(long, default_value_t = 24)]
     pub max_windows: usize,
-    /// Write report.md, report.json and weight histograms (PNG) into this directory.
+    /// Write report.md, report.json and weight histograms (PNG) into this new directory (never an
+    /// existing one, an input, or a directory inside an input).
     #[arg(long)]
     pub report: Option<PathBuf>,
     /// Weight whose histogram is drawn (default: the first decoder linear layer).
@@ -48,16 +49,24 @@ pub struct Args {
 /// Run `shrink compare`.
 pub fn run(a: Args) -> Result<()> {
     if let Some(data) = &a.data {
+        // The report directory checked before any scoring, written whole or not at all.
+        let out = match &a.report {
+            Some(dir) => {
+                let mut inputs: Vec<&std::path::Path> = vec![&a.base, data];
+                inputs.extend(a.models.iter().map(|m| m.as_path()));
+                Some(shrink_io::OutputDir::create(dir, &inputs)?)
+            }
+            None => None,
+        };
         let c = compare_classifiers(&a.base, &a.models, data, &common::Bar::default())?;
-        if let Some(dir) = &a.report {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        if let Some(out) = out {
             for (name, text) in [
                 ("report.json", serde_json::to_string_pretty(&c.to_json())?),
                 ("report.md", c.markdown()),
             ] {
-                let p = dir.join(name);
-                std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+                out.write(name, text.as_bytes())?;
             }
+            out.commit()?;
         }
         if a.json {
             println!("{}", serde_json::to_string_pretty(&c.to_json())?);
@@ -86,9 +95,6 @@ pub fn run(a: Args) -> Result<()> {
         report: a.report,
     };
     let c = compare(&a.base, &a.models, &text, &opts, &common::Bar::default())?;
-    if let Some(dir) = &opts.report {
-        c.write_report(dir)?;
-    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&c.to_json())?);
     } else {
