@@ -174,6 +174,16 @@ pub fn score_window(model: &Model, base: Option<&Model>, ids: &[u32]) -> Result<
             Some(b) => with_f32(b, |bf| score(flat, Some(bf))),
             None => Ok(score(flat, None)),
         })??;
+        // A NaN or infinity in the logits (weights are checked finite when read, so an
+        // overflow in the forward) is an error naming where, not a perplexity of NaN.
+        if let Some(i) = chunk.iter().position(|p| !p.0.is_finite()) {
+            return Err(EvalError::Input(format!(
+                "the model's logits at position {} of a window are not finite (its loss is {}): \
+                 the forward pass overflowed",
+                r0 + i,
+                chunk[i].0
+            )));
+        }
         per_pos.extend(chunk);
     }
     let nll = per_pos.iter().map(|p| p.0).sum();

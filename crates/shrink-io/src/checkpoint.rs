@@ -239,6 +239,18 @@ impl Checkpoint {
 
     /// Read a tensor by stored name as float32, with its shape (outermost first).
     pub fn read_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        let (v, shape) = self.read_f32_unchecked(name)?;
+        if let Some(what) = non_finite(&v, &shape) {
+            return Err(IoError::malformed(
+                self.path(),
+                format!("tensor {name} holds {what}; shrink refuses weights that are not finite"),
+            ));
+        }
+        Ok((v, shape))
+    }
+
+    /// [`Self::read_f32`] without the check for NaN and infinities.
+    fn read_f32_unchecked(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
         match self {
             Checkpoint::Hf(h) => {
                 if let Some(dense) = crate::sparse::read(h, name)? {
@@ -289,4 +301,26 @@ impl Checkpoint {
             }
         }
     }
+}
+
+/// The first value of `v` (shaped `shape`) that is NaN or infinite, described with its place
+/// (`NaN at [3, 17]`), or `None` when every value is finite. Scanned in blocks without an early
+/// exit inside each, so that it vectorises (a float32 SmolLM2 in about 50 ms).
+pub fn non_finite(v: &[f32], shape: &[usize]) -> Option<String> {
+    const BLOCK: usize = 4096;
+    let exp = 0x7f80_0000u32;
+    let block = v
+        .chunks(BLOCK)
+        .position(|c| c.iter().fold(false, |a, x| a | (x.to_bits() & exp == exp)))?;
+    let i = block * BLOCK + v[block * BLOCK..].iter().position(|x| !x.is_finite())?;
+    // The element's index in each dimension.
+    let mut at = Vec::with_capacity(shape.len());
+    let mut rest = i;
+    for &d in shape.iter().rev() {
+        let d = d.max(1);
+        at.push(rest % d);
+        rest /= d;
+    }
+    at.reverse();
+    Some(format!("{} at {at:?}", v[i]))
 }

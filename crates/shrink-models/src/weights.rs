@@ -292,6 +292,19 @@ impl<'a> WeightLoader<'a> {
         })?;
         g.release(info);
         let Some(mut c) = c else { return Ok(None) };
+        for (what, v) in [("scales", &c.scales), ("mins", &c.mins)] {
+            let shape = [out, v.len() / out.max(1)];
+            if let Some(bad) = shrink_io::checkpoint::non_finite(v, &shape) {
+                return Err(ModelError::Io(shrink_io::IoError::malformed(
+                    g.path(),
+                    format!(
+                        "tensor {}: its block {what} hold {bad} (per row, per block); shrink \
+                         refuses weights that are not finite",
+                        loc.name
+                    ),
+                )));
+            }
+        }
         if let Some(heads) = loc.unpermute_heads {
             let per_row = c.scales.len() / out;
             c.codes = move_rows(&c.codes, inp, qk_row_pairs(out, heads));
