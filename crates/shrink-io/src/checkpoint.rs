@@ -305,7 +305,9 @@ impl Checkpoint {
 
 /// The first value of `v` (shaped `shape`) that is NaN or infinite, described with its place
 /// (`NaN at [3, 17]`), or `None` when every value is finite. Scanned in blocks without an early
-/// exit inside each, so that it vectorises (a float32 SmolLM2 in about 50 ms).
+/// exit inside each, so that it vectorises: loading the float32 SmolLM2 GGUF and running one
+/// token took 0.52–0.57 s with the check against 0.46–0.72 s without (`shrink bench f32.gguf -p
+/// 0 -n 1 -r 1`, three alternations).
 pub fn non_finite(v: &[f32], shape: &[usize]) -> Option<String> {
     const BLOCK: usize = 4096;
     let exp = 0x7f80_0000u32;
