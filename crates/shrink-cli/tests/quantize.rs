@@ -483,3 +483,59 @@ fn every_method_on_encoder_classifiers() {
         }
     }
 }
+
+/// Options that contradict the method are refused before anything is read or written, rather
+/// than ignored: int8 methods with other --bits, a group size with a granularity that has no
+/// groups, bit widths the integer layouts do not hold.
+#[test]
+fn contradictory_options_are_refused() {
+    let fx = fixture("tiny-llama");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("q");
+    for (args, says) in [
+        (
+            &["--method", "absmax-int8", "--bits", "4"][..],
+            "absmax-int8 is 8-bit; --bits 4 does not apply",
+        ),
+        (
+            &["--method", "zeropoint-int8", "--bits", "6"][..],
+            "zeropoint-int8 is 8-bit",
+        ),
+        (
+            &[
+                "--method",
+                "int",
+                "--granularity",
+                "tensor",
+                "--group-size",
+                "32",
+            ][..],
+            "--granularity tensor has none",
+        ),
+        (
+            &[
+                "--method",
+                "int",
+                "--granularity",
+                "channel",
+                "--group-size",
+                "16",
+            ][..],
+            "--granularity channel has none",
+        ),
+        (
+            &["--method", "int", "--bits", "7"][..],
+            "2, 3, 4, 5, 6 or 8 (not 7)",
+        ),
+    ] {
+        let mut a = vec!["quantize", fx.to_str().unwrap()];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["-o", out.to_str().unwrap()]);
+        let r = shrink(&a);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(!r.status.success(), "{a:?} succeeded");
+        assert!(err.contains(says), "{a:?}: {says:?} not in {err}");
+        assert!(!out.exists(), "{a:?} wrote");
+    }
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+}

@@ -23,7 +23,8 @@ pub enum Method {
     AbsmaxInt8,
     /// Asymmetric 8-bit with a zero point (per tensor unless --granularity says otherwise).
     ZeropointInt8,
-    /// Integers of --bits (2-8), --group-size (default 64), asymmetric unless --sym.
+    /// Integers of --bits (2, 3, 4, 5, 6 or 8), --group-size (default 64), asymmetric unless
+    /// --sym.
     Int,
     /// bitsandbytes NF4 (blocks of --block-size, optional --double-quant).
     Nf4,
@@ -264,8 +265,34 @@ fn parse_float(s: &str) -> Result<FloatType, String> {
     FloatType::parse(s).ok_or_else(|| format!("unknown dtype {s:?}: use f32, bf16 or f16"))
 }
 
-/// The per-tensor method the flags describe.
+/// The per-tensor method the flags describe; options that contradict it are refused rather
+/// than ignored.
 fn method(a: &Args) -> Result<Box<dyn WeightQuantizer>> {
+    // The spelling a user typed, for the messages.
+    let name = |v: &dyn Fn() -> Option<clap::builder::PossibleValue>| {
+        v().map_or_else(String::new, |p| p.get_name().to_string())
+    };
+    if let (Some(g), Some(n)) = (a.granularity, a.group_size) {
+        if g != Gran::Group {
+            bail!(
+                "--group-size {n} applies to groups; --granularity {} has none (drop one)",
+                name(&|| g.to_possible_value())
+            );
+        }
+    }
+    if let (Method::AbsmaxInt8 | Method::ZeropointInt8, Some(b)) = (a.method, a.bits) {
+        if b != 8 {
+            bail!(
+                "--method {} is 8-bit; --bits {b} does not apply (use --method int --bits {b})",
+                name(&|| a.method.to_possible_value())
+            );
+        }
+    }
+    if let (Method::Int, Some(b)) = (a.method, a.bits) {
+        if !matches!(b, 2..=6 | 8) {
+            bail!("--method int takes --bits 2, 3, 4, 5, 6 or 8 (not {b})");
+        }
+    }
     let gran = |default: Gran| match a.granularity.unwrap_or(if a.group_size.is_some() {
         Gran::Group
     } else {
