@@ -26,19 +26,6 @@ fn poisoned(dir: &Path, name: &str, at: usize, value: f32) -> std::path::PathBuf
     out
 }
 
-fn refused(args: &[&str], says: &[&str], out: Option<&Path>) {
-    let r = shrink(args);
-    let err = String::from_utf8_lossy(&r.stderr);
-    assert!(!r.status.success(), "{args:?} succeeded");
-    for s in says {
-        assert!(err.contains(s), "{args:?}: {s:?} not in {err}");
-    }
-    assert!(!err.contains("panicked"), "{err}");
-    if let Some(out) = out {
-        assert!(!out.exists(), "{} written", out.display());
-    }
-}
-
 #[test]
 fn a_non_finite_weight_is_named_by_every_command() {
     let tmp = tempfile::tempdir().unwrap();

@@ -2,7 +2,6 @@
 
 use std::time::Instant;
 
-use candle_core::Tensor;
 use rayon::prelude::*;
 use serde::Serialize;
 use shrink_models::Model;
@@ -107,25 +106,6 @@ fn kl_row(p_logits: &[f32], p_lse: f64, q_logits: &[f32], q_lse: f64) -> f64 {
         .max(0.0)
 }
 
-/// Run `f` on the float32 values of a contiguous CPU tensor without copying them (logits are
-/// 100 MiB per window).
-fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    if !t.is_contiguous() {
-        return Err(EvalError::Input(
-            "logits are not a contiguous tensor".into(),
-        ));
-    }
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        candle_core::Storage::Cpu(cpu) => {
-            let s = cpu.as_slice::<f32>()?;
-            let o = layout.start_offset();
-            Ok(f(&s[o..o + t.elem_count()]))
-        }
-        _ => Err(EvalError::Input("logits are not on the CPU".into())),
-    }
-}
-
 /// Positions whose logits are computed and scored together: a window's logits are never
 /// resident all at once (512 × 49152 float32 would be 100 MiB per model).
 const HEAD_ROWS: usize = 128;
@@ -170,8 +150,8 @@ pub fn score_window(model: &Model, base: Option<&Model>, ids: &[u32]) -> Result<
                 })
                 .collect::<Vec<_>>()
         };
-        let chunk = with_f32(&logits, |flat| match &base_logits {
-            Some(b) => with_f32(b, |bf| score(flat, Some(bf))),
+        let chunk = shrink_models::with_f32(&logits, |flat| match &base_logits {
+            Some(b) => shrink_models::with_f32(b, |bf| score(flat, Some(bf))),
             None => Ok(score(flat, None)),
         })??;
         // A NaN or infinity in the logits (weights are checked finite when read, so an

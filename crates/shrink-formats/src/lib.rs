@@ -15,7 +15,8 @@
 //!   ecosystems store, and their packing (the algorithms that choose them live in
 //!   `shrink-methods`' `gptq`, `awq` and `hqq`);
 //! - [`sparse_layout`]: compressed-tensors' `sparse-bitmask` and `sparse-24-bitmask` layouts
-//!   of sparse weights (bitmask packing, 2:4 checks).
+//!   of sparse weights (bitmask packing, 2:4 checks);
+//! - [`transpose`]: row-major matrix transposition, in tiles on the rayon pool.
 //!
 //! Neighbours: `shrink-io` reads these bytes out of files; `shrink-models` computes with the
 //! float32 values.
@@ -42,6 +43,7 @@ pub mod int;
 pub mod int8_rowwise;
 pub mod nf4;
 pub mod sparse_layout;
+pub mod transpose;
 
 pub use error::FormatError;
 

@@ -106,17 +106,6 @@ impl HfCheckpoint {
     }
 }
 
-/// Row-major [rows, cols] → [cols, rows].
-fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0f32; v.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = v[r * cols + c];
-        }
-    }
-    out
-}
-
 /// A checkpoint shrink can read.
 pub enum Checkpoint {
     /// A Hugging Face directory.
@@ -259,7 +248,7 @@ impl Checkpoint {
                 if let Some(q) = h.quantized(name)? {
                     let (mut v, mut shape) = q.dequantize();
                     if h.transposed(name) {
-                        v = transpose(&v, shape[0], shape[1]);
+                        v = shrink_formats::transpose::transpose(&v, shape[0], shape[1]);
                         shape.swap(0, 1);
                     }
                     return Ok((v, shape));

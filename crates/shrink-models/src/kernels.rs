@@ -128,33 +128,6 @@ dispatch! {
     }
 }
 
-/// `src` (`[rows, cols]`, row-major) transposed: `[cols, rows]`, in tiles of 32 × 32 on the
-/// rayon pool. candle's strided copy moves one value at a time and measured 21 % of loading a
-/// float32 SmolLM2 (whose every Linear weight is held transposed).
-pub fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    use rayon::prelude::*;
-    const T: usize = 32;
-    assert_eq!(src.len(), rows * cols, "transpose: {rows} × {cols} values");
-    let mut dst = vec![0f32; rows * cols];
-    // Each task writes T whole rows of the result (T columns of the source).
-    dst.par_chunks_mut(T * rows.max(1))
-        .enumerate()
-        .for_each(|(cb, out)| {
-            let c0 = cb * T;
-            let cn = out.len() / rows.max(1);
-            for r0 in (0..rows).step_by(T) {
-                let rn = T.min(rows - r0);
-                for c in 0..cn {
-                    let o = &mut out[c * rows + r0..c * rows + r0 + rn];
-                    for (i, v) in o.iter_mut().enumerate() {
-                        *v = src[(r0 + i) * cols + c0 + c];
-                    }
-                }
-            }
-        });
-    dst
-}
-
 /// `x` rounded to the nearest integer, ties to even, for |x| ≤ 2²² (quantizer codes).
 ///
 /// Hand-written because the baseline x86-64 target has no rounding instruction, so
@@ -276,8 +249,9 @@ dispatch! {
 /// [`attend_head`] for heads of `16·C` values with AVX-512: each score one fused multiply-add
 /// per 16 values and one horizontal sum, the output in registers over the positions (two
 /// positions at a time, as two independent chains). Hand-written because the portable loop
-/// compiled to 128-bit multiplies and adds, no FMA: 23 % of a Q4_0 token after 1024 positions
-/// (`perf`); a head width known at compile time keeps the accumulators out of memory.
+/// compiled to 128-bit multiplies and adds, no FMA: 23 % of the samples of `shrink bench
+/// q4_0.gguf -p 0 -n 128 -d 1024` (`perf`); a head width known at compile time keeps the
+/// accumulators out of memory.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn attend_head_avx512<T: KvElem, const C: usize>(
@@ -770,23 +744,6 @@ mod tests {
         assert_eq!(exp(0.0), 1.0);
         assert!(exp(-1000.0) < 1e-37);
         assert!(exp(f32::NEG_INFINITY) < 1e-37);
-    }
-
-    #[test]
-    fn transpose_moves_every_value_for_odd_shapes() {
-        for (rows, cols) in [(1, 1), (3, 70), (33, 65), (64, 32), (100, 1)] {
-            let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
-            let t = transpose(&src, rows, cols);
-            for r in 0..rows {
-                for c in 0..cols {
-                    assert_eq!(
-                        t[c * rows + r],
-                        src[r * cols + c],
-                        "{rows}x{cols} at {r},{c}"
-                    );
-                }
-            }
-        }
     }
 
     #[test]

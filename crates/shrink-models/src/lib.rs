@@ -62,6 +62,22 @@ pub enum Model {
     Neox(gpt_neox::Neox),
 }
 
+/// Run `f` on the float32 values of the CPU tensor `t` without copying them (a contiguous copy
+/// is made first only when `t` is a strided view).
+pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) => {
+            Ok(f(&v[a..b]))
+        }
+        _ => Err(ModelError::Input(format!(
+            "a tensor of shape {:?} is not float32 on the CPU",
+            t.dims()
+        ))),
+    }
+}
+
 /// A loader for `cfg`'s weights in `ckpt`.
 pub fn weight_loader<'a>(ckpt: &'a Checkpoint, cfg: &ModelConfig) -> WeightLoader<'a> {
     match cfg {

@@ -69,8 +69,9 @@ impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> candle_core::Result<Self> {
         let (out, inp) = weight.dims2()?;
         // A contiguous float32 weight by the tiled transpose; others through candle.
-        let wt = match crate::decode::with_f32(&weight, |w| crate::kernels::transpose(w, out, inp))
-        {
+        let wt = match crate::with_f32(&weight, |w| {
+            shrink_formats::transpose::transpose(w, out, inp)
+        }) {
             Ok(wt) => Tensor::from_vec(wt, (inp, out), weight.device())?,
             Err(_) => weight.t()?.contiguous()?,
         };
@@ -121,11 +122,7 @@ impl Linear {
         }
         let (out_features, in_features) = w.dims2()?;
         // Counted in place (a copy of every dense weight measured 4 % of loading a model).
-        let count = |v: &[f32]| v.iter().filter(|&&x| x == 0.0).count();
-        let zeros = match crate::decode::with_f32(w, count) {
-            Ok(z) => z,
-            Err(_) => count(&w.flatten_all()?.to_vec1::<f32>()?),
-        };
+        let zeros = slices(w, |v| v.iter().filter(|&&x| x == 0.0).count())?;
         if (zeros as f64) < SPARSE_MIN * w.elem_count() as f64 {
             return Ok(None);
         }
@@ -256,10 +253,11 @@ impl Linear {
         };
         for (l, y) in layers.iter().zip(&mut ys) {
             if let Some(b) = &l.bias {
-                let b = b.to_vec1::<f32>()?;
-                for row in y.chunks_exact_mut(b.len()) {
-                    row.iter_mut().zip(&b).for_each(|(o, b)| *o += b);
-                }
+                slices(b, |b| {
+                    for row in y.chunks_exact_mut(b.len()) {
+                        row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
+                    }
+                })?;
             }
         }
         Ok(ys)
@@ -271,29 +269,30 @@ impl Linear {
         if x.len() != rows * in_f {
             candle_core::bail!("linear: {} inputs for {rows} rows of {in_f}", x.len());
         }
-        match (&self.w, &self.lora) {
-            (Weight::Quantized { q, .. }, None) => Ok(q.matmul(x, rows)),
-            (Weight::Dense(wt), None) if rows <= crate::kernels::FEW_TOKENS => {
-                let (ws, wl) = wt.storage_and_layout();
-                match &*ws {
-                    candle_core::Storage::Cpu(candle_core::CpuStorage::F32(wv))
-                        if wl.is_contiguous() =>
-                    {
-                        let n = self.out_features();
-                        let w = &wv[wl.start_offset()..wl.start_offset() + in_f * n];
-                        Ok(crate::kernels::gemv_t(x, rows, in_f, w, n))
-                    }
-                    _ => candle_core::bail!("linear: weight is not contiguous float32"),
-                }
+        if self.lora.is_none() {
+            if let Some(y) = self.product(x, rows) {
+                return y;
             }
-            _ => {
-                let xt = Tensor::from_slice(x, (rows, in_f), &Device::Cpu)?;
-                let unbiased = Linear {
-                    bias: None,
-                    ..self.clone()
-                };
-                unbiased.forward(&xt)?.flatten_all()?.to_vec1()
+        }
+        let xt = Tensor::from_slice(x, (rows, in_f), &Device::Cpu)?;
+        let unbiased = Linear {
+            bias: None,
+            ..self.clone()
+        };
+        unbiased.forward(&xt)?.flatten_all()?.to_vec1()
+    }
+
+    /// `x Wᵀ` on slices where it is computed on them — packed weights, and dense ones for a few
+    /// tokens (generation: the team's streaming product, [`crate::kernels::gemv_t`]); `None`
+    /// for a dense product of many tokens (one GEMM on tensors).
+    fn product(&self, x: &[f32], rows: usize) -> Option<candle_core::Result<Vec<f32>>> {
+        match &self.w {
+            Weight::Quantized { q, .. } => Some(Ok(q.matmul(x, rows))),
+            Weight::Dense(wt) if rows <= crate::kernels::FEW_TOKENS => {
+                let (k, n) = (self.in_features(), self.out_features());
+                Some(slices(wt, |w| crate::kernels::gemv_t(x, rows, k, w, n)))
             }
+            Weight::Dense(_) => None,
         }
     }
 
@@ -314,6 +313,11 @@ impl Linear {
     }
 }
 
+/// [`crate::with_f32`] with candle's error, as `Module` returns it.
+fn slices<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    crate::with_f32(t, f).map_err(|e| candle_core::Error::Msg(e.to_string()))
+}
+
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         // x: [..., in]; flatten leading dims so the product is one GEMM.
@@ -321,37 +325,12 @@ impl Module for Linear {
         let in_f = *dims.last().expect("linear input has at least one dim");
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((rows, in_f))?;
-        let mut y = match &self.w {
-            Weight::Dense(wt) if rows <= crate::kernels::FEW_TOKENS => {
-                // Generation: the team's streaming product (kernels::gemv_t).
-                let x2 = x2.contiguous()?;
-                let (xs, xl) = x2.storage_and_layout();
-                let (ws, wl) = wt.storage_and_layout();
-                match (&*xs, &*ws) {
-                    (
-                        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(xv)),
-                        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(wv)),
-                    ) if wl.is_contiguous() => {
-                        let n = self.out_features();
-                        let x = &xv[xl.start_offset()..xl.start_offset() + rows * in_f];
-                        let w = &wv[wl.start_offset()..wl.start_offset() + in_f * n];
-                        let y = crate::kernels::gemv_t(x, rows, in_f, w, n);
-                        Tensor::from_vec(y, (rows, n), &Device::Cpu)?
-                    }
-                    _ => x2.matmul(wt)?,
-                }
-            }
-            Weight::Dense(wt) => x2.matmul(wt)?,
-            Weight::Quantized { q, .. } => {
-                let x2 = x2.contiguous()?;
-                let (storage, layout) = x2.storage_and_layout();
-                let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(xs)) = &*storage else {
-                    candle_core::bail!("quantized linear: input must be float32 on the CPU")
-                };
-                let xs = &xs[layout.start_offset()..layout.start_offset() + rows * in_f];
-                let y = q.matmul(xs, rows);
-                Tensor::from_vec(y, (rows, q.shape().0), &Device::Cpu)?
-            }
+        let n = self.out_features();
+        let on_slices = slices(&x2, |xs| self.product(xs, rows))?;
+        let mut y = match (on_slices, &self.w) {
+            (Some(y), _) => Tensor::from_vec(y?, (rows, n), &Device::Cpu)?,
+            (None, Weight::Dense(wt)) => x2.matmul(wt)?,
+            (None, Weight::Quantized { .. }) => unreachable!("packed products run on slices"),
         };
         if let Some(l) = &self.lora {
             y = (y + (x2.matmul(&l.a_t)?.matmul(&l.b_t)? * l.scale)?)?;

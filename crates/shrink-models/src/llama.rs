@@ -257,7 +257,8 @@ impl LlamaLayer {
         cache: &mut KvCache,
         li: usize,
     ) -> Result<()> {
-        use crate::decode::{add_into, attend, rms_norm, with_f32};
+        use crate::decode::{add_into, attend, rms_norm};
+        use crate::with_f32;
         let eps = c.rms_norm_eps as f32;
         let hn = with_f32(&self.input_layernorm, |w| rms_norm(x, w, eps))?;
         let [mut q, mut k, v]: [Vec<f32>; 3] =
@@ -331,7 +332,8 @@ impl Llama {
     /// extending it: the tensor path's arithmetic on plain slices, without its per-op cost
     /// ([`crate::decode`]).
     pub fn step(&self, id: u32, cache: &mut KvCache) -> Result<Tensor> {
-        use crate::decode::{rms_norm, with_f32};
+        use crate::decode::rms_norm;
+        use crate::with_f32;
         let c = &self.cfg;
         check_ids(&[id], c.vocab_size)?;
         let h = c.hidden_size;

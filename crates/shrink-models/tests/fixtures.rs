@@ -85,6 +85,25 @@ fn gpt_neox_matches_transformers() {
     assert!(d <= 1e-4, "max abs diff {d}");
 }
 
+/// Logits of `ids` run through `cache`: the first 5 as one prompt, then one token at a time.
+fn incremental(model: &Model, ids: &[u32], mut cache: shrink_models::KvCache) -> Vec<Vec<f32>> {
+    let mut rows: Vec<Vec<f32>> = model
+        .forward(&ids[..5], Some(&mut cache))
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    for &id in &ids[5..] {
+        rows.extend(
+            model
+                .forward(&[id], Some(&mut cache))
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap(),
+        );
+    }
+    rows
+}
+
 #[test]
 fn kv_cache_decoding_equals_full_forward() {
     // Llama-family models decode one token on plain slices (`Llama::step`); the others on
@@ -104,41 +123,15 @@ fn kv_cache_decoding_equals_full_forward() {
         }
         let ids: Vec<u32> = (0..12).map(|i| (i * 37 % 512) as u32).collect();
         let full: Vec<Vec<f32>> = model.forward(&ids, None).unwrap().to_vec2().unwrap();
-        let mut cache = shrink_models::KvCache::new();
-        let first: Vec<Vec<f32>> = model
-            .forward(&ids[..5], Some(&mut cache))
-            .unwrap()
-            .to_vec2()
-            .unwrap();
-        let mut rows = first;
-        for &id in &ids[5..] {
-            let r: Vec<Vec<f32>> = model
-                .forward(&[id], Some(&mut cache))
-                .unwrap()
-                .to_vec2()
-                .unwrap();
-            rows.extend(r);
-        }
+        let rows = incremental(&model, &ids, shrink_models::KvCache::new());
         assert_eq!(rows.len(), full.len());
         for (a, b) in full.iter().flatten().zip(rows.iter().flatten()) {
             assert!((a - b).abs() < 1e-4, "{arch}: {a} vs {b}");
         }
         // A float16 cache: keys and values rounded to float16 (relative 2⁻¹¹), logits close.
-        let mut cache = shrink_models::KvCache::half();
+        let cache = shrink_models::KvCache::half();
         assert!(cache.is_half());
-        let mut rows: Vec<Vec<f32>> = model
-            .forward(&ids[..5], Some(&mut cache))
-            .unwrap()
-            .to_vec2()
-            .unwrap();
-        for &id in &ids[5..] {
-            let r: Vec<Vec<f32>> = model
-                .forward(&[id], Some(&mut cache))
-                .unwrap()
-                .to_vec2()
-                .unwrap();
-            rows.extend(r);
-        }
+        let rows = incremental(&model, &ids, cache);
         let worst = full
             .iter()
             .flatten()

@@ -179,29 +179,12 @@ impl Params {
     }
 }
 
-/// Run `f` on the float32 values of a contiguous CPU tensor without copying them (a copy is
-/// made first only if `t` is not contiguous).
+/// Run `f` on the float32 values of a CPU tensor without copying them
+/// ([`shrink_models::with_f32`], with this crate's error).
 pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
-        (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) => {
-            Ok(f(&v[a..b]))
-        }
-        _ => Err(TrainError::Options(
-            "expected a contiguous float32 CPU tensor".into(),
-        )),
-    }
+    Ok(shrink_models::with_f32(t, f)?)
 }
 
 /// `w` (`[a, b]`, row-major) transposed to `[b, a]`: a Conv1D weight (GPT-2 stores `[in, out]`)
 /// to nn.Linear's `[out, in]` and back.
-pub(crate) fn transpose(w: &[f32], a: usize, b: usize) -> Vec<f32> {
-    let mut t = vec![0f32; w.len()];
-    for i in 0..a {
-        for j in 0..b {
-            t[j * a + i] = w[i * b + j];
-        }
-    }
-    t
-}
+pub(crate) use shrink_formats::transpose::transpose;

@@ -1,7 +1,7 @@
 //! Helpers shared by the CLI integration tests: run the binary, find fixtures and assets.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// Run the built `shrink` binary with `args`.
@@ -248,4 +248,19 @@ pub fn mean_kl(p: &[f32], q: &[f32], vocab: usize) -> f64 {
         n += 1;
     }
     sum / n as f64
+}
+
+/// `shrink args` fails, its message says each of `says` without a panic, and `out` (when
+/// given) was not written.
+pub fn refused(args: &[&str], says: &[&str], out: Option<&Path>) {
+    let r = shrink(args);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success(), "{args:?} succeeded");
+    for s in says {
+        assert!(err.contains(s), "{args:?}: {s:?} not in {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+    if let Some(out) = out {
+        assert!(!out.exists(), "{} written", out.display());
+    }
 }

@@ -130,7 +130,7 @@ impl Q8Act {
     ///
     /// Each thread of a product calls this for itself rather than reading one thread's result:
     /// the other core fetching those ~2 KB line by line measured 8 % slower Q4_0 generation
-    /// (2 threads) than quantizing twice, which takes ~1 µs.
+    /// (2 threads, side by side) than quantizing twice.
     pub(super) fn for_each(
         x: &[f32],
         k: usize,
@@ -168,7 +168,8 @@ crate::kernels::dispatch! {
     /// `x` (a multiple of 64 values) rounded to int8 blocks of 32 into `q` (per 64 values the
     /// even positions, then the odd ones, when `nibbles`), each block's scale into `d` and
     /// the sum of every 16 codes into `sum16`. Written per 64-value step with fixed-length
-    /// loops so that it vectorises: one value at a time measured 2.7 % of a Q4_0 token.
+    /// loops so that it vectorises: one value at a time was 2.7 % of the samples of a 2-thread Q4_0
+    /// generation profile (`perf`).
     fn quantize_steps(x: &[f32], nibbles: bool, q: &mut [i8], d: &mut [f32], sum16: &mut [i32]) {
         let steps = x
             .chunks_exact(STEP)
@@ -249,21 +250,17 @@ pub(super) fn dot_rows_tokens(
                 }
             }
         }
-        #[cfg(target_arch = "x86_64")]
-        Int8Kernel::Avx2 => {
-            for (r, o) in rows.zip(out.chunks_exact_mut(m)) {
-                let row = &t.packed[r * t.row_bytes..(r + 1) * t.row_bytes];
-                for (a, o) in acts.iter().zip(o) {
-                    // SAFETY: as above.
-                    *o = unsafe { avx2(t, row, r, k, a) };
-                }
-            }
-        }
+        // One row and token at a time.
         _ => {
             for (r, o) in rows.zip(out.chunks_exact_mut(m)) {
                 let row = &t.packed[r * t.row_bytes..(r + 1) * t.row_bytes];
                 for (a, o) in acts.iter().zip(o) {
-                    *o = portable(t, row, r, k, a);
+                    *o = match kernel {
+                        // SAFETY: as above.
+                        #[cfg(target_arch = "x86_64")]
+                        Int8Kernel::Avx2 => unsafe { avx2(t, row, r, k, a) },
+                        _ => portable(t, row, r, k, a),
+                    };
                 }
             }
         }
@@ -309,18 +306,14 @@ unsafe fn vnni_rows<const N: usize>(
     }
 }
 
-/// The zero-point and min terms of row `r`: `Σ_g (min_g − s_g·z_g)·A_g`, leaving out the
-/// symmetric offset's part when `folded` (already in the integer sums, [`Q8Act::init`]).
+/// The zero-point and min terms of row `r`: `Σ_g bias_g·A_g` ([`IntRows::bias`], the
+/// VNNI kernel's too), plus the symmetric offset's part unless `folded` (already in the integer
+/// sums, [`Q8Act::init`]).
 #[inline(always)]
 fn correction(t: &IntRows, r: usize, a: &Q8Act, folded: bool) -> f32 {
     let g0 = t.granule_index(r, 0);
-    let mut c = 0f32;
-    if !t.mins.is_empty() {
-        c += t.mins.dot(g0, None, &a.sums);
-    }
-    if !t.zeros.is_empty() {
-        c -= t.scales.dot(g0, Some(&t.zeros[g0..]), &a.sums);
-    } else if !folded && t.offset != 0.0 {
+    let mut c = t.bias().map_or(0.0, |b| b.dot(g0, None, &a.sums));
+    if t.zeros.is_empty() && !folded && t.offset != 0.0 {
         c -= t.offset * t.scales.dot(g0, None, &a.sums);
     }
     c
