@@ -78,6 +78,7 @@ fn main() -> ExitCode {
     }
     // `shrink distill --task classify` has flags of its own: routed before clap would ask for
     // the language-model task's --text.
+    clean_up_on_signals();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if let Some(args) = commands::distill_classify::requested(&args) {
         shrink_models::runtime::tune_allocator();
@@ -140,6 +141,36 @@ fn main() -> ExitCode {
         Command::Chart(a) => commands::chart::run(a),
     };
     exit(result)
+}
+
+/// On SIGINT, SIGTERM or SIGHUP, remove the outputs being written (their hidden temporaries)
+/// and exit with 128 + the signal, as a shell reports it. The signals are blocked in every
+/// thread (the mask is inherited by threads spawned later, rayon's included) and taken by one
+/// thread with `sigwait`, so the cleanup runs as ordinary code, not in a signal handler.
+fn clean_up_on_signals() {
+    #[cfg(unix)]
+    // SAFETY: plain libc calls on a local signal set; called first in main, before any thread
+    // exists, so every later thread inherits the mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return;
+        }
+        std::thread::spawn(move || {
+            let mut sig: libc::c_int = 0;
+            if libc::sigwait(&set, &mut sig) != 0 {
+                return;
+            }
+            for target in shrink_io::output::remove_partials() {
+                eprintln!("interrupted: {} was not written", target.display());
+            }
+            std::process::exit(128 + sig);
+        });
+    }
 }
 
 /// The exit status of a command's result, its error printed with its causes.

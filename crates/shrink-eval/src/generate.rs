@@ -95,6 +95,12 @@ pub fn generate(
         return Err(EvalError::Input("the prompt has no tokens".into()));
     }
     let max_ctx = model.config().max_context();
+    if prompt.len() > max_ctx {
+        return Err(EvalError::Input(format!(
+            "the prompt has {} tokens, more than the model's context of {max_ctx} positions",
+            prompt.len()
+        )));
+    }
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut cache = if opts.half_kv {
         KvCache::half()
@@ -147,6 +153,30 @@ pub struct Generation {
     pub completion: String,
     /// Seconds generating took.
     pub seconds: f64,
+    /// Why it stopped.
+    pub stopped: Stop,
+}
+
+/// Why a generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The model produced an end-of-sequence token.
+    EndOfText,
+    /// `max_tokens` were generated.
+    MaxTokens,
+    /// The prompt and the generated tokens filled the model's context (of this many positions).
+    Context(usize),
+}
+
+impl Stop {
+    /// Its name in JSON (`eos`, `max_tokens`, `context`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Stop::EndOfText => "eos",
+            Stop::MaxTokens => "max_tokens",
+            Stop::Context(_) => "context",
+        }
+    }
 }
 
 impl Generator {
@@ -178,6 +208,13 @@ impl Generator {
             text.to_string()
         };
         let ids = self.tok.encode(&text, true)?;
+        let max_ctx = self.model.config().max_context();
+        if ids.len() > max_ctx {
+            return Err(EvalError::Input(format!(
+                "the prompt has {} tokens, more than the model's context of {max_ctx} positions",
+                ids.len()
+            )));
+        }
         Ok(Prompt { text, ids })
     }
 
@@ -211,11 +248,20 @@ impl Generator {
             return Err(e.into());
         }
         let seconds = t0.elapsed().as_secs_f64();
+        let max_ctx = self.model.config().max_context();
+        let stopped = if ids.len() == opts.max_tokens {
+            Stop::MaxTokens
+        } else if prompt.ids.len() + ids.len() >= max_ctx {
+            Stop::Context(max_ctx)
+        } else {
+            Stop::EndOfText
+        };
         Ok(Generation {
             prompt: prompt.clone(),
             completion: self.tok.decode(&ids)?,
             ids,
             seconds,
+            stopped,
         })
     }
 }
@@ -235,6 +281,7 @@ impl Generation {
             "ids": self.ids,
             "seconds": self.seconds,
             "tokens_per_second": self.tokens_per_second(),
+            "stopped": self.stopped.name(),
         })
     }
 }

@@ -197,6 +197,13 @@ pub fn perplexity(
             "window must hold at least 2 tokens".into(),
         ));
     }
+    let max_ctx = model.config().max_context();
+    if opts.window > max_ctx {
+        return Err(EvalError::Input(format!(
+            "windows of {} tokens are longer than the model's context of {max_ctx} positions",
+            opts.window
+        )));
+    }
     let ws = windows(ids, opts);
     if ws.is_empty() {
         return Err(EvalError::Input(format!(

@@ -70,7 +70,7 @@ impl IoError {
     /// An OS error on `path`.
     pub fn os(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         IoError::Os {
-            path: path.into(),
+            path: crate::output::shown(path.into()),
             source,
         }
     }
@@ -78,7 +78,7 @@ impl IoError {
     /// A malformed-content error on `path`.
     pub fn malformed(path: impl Into<PathBuf>, what: impl Into<String>) -> Self {
         IoError::Malformed {
-            path: path.into(),
+            path: crate::output::shown(path.into()),
             what: what.into(),
         }
     }

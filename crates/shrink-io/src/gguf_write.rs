@@ -84,14 +84,13 @@ pub struct GgufWriteOptions {
 /// Dropping it unfinished removes the temporary file.
 pub struct GgufWriter {
     target: PathBuf,
-    tmp: PathBuf,
+    tmp: crate::output::Partial,
     out: Option<BufWriter<File>>,
     tensors: Vec<GgufTensorSpec>,
     sizes: Vec<u64>,
     alignment: u64,
     next: usize,
     written: u64,
-    done: bool,
 }
 
 impl std::fmt::Debug for GgufWriter {
@@ -288,11 +287,10 @@ impl GgufWriter {
                 "output already exists; shrink does not overwrite it (remove it or choose another -o)",
             ));
         }
-        let (parent, name) = crate::output::parent_and_name(&target)?;
         let alignment = alignment_of(&target, metadata)?;
         let (header, sizes) = encode_header(&target, metadata, &tensors, alignment)?;
-        let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
-        let file = File::create(&tmp).map_err(|e| IoError::os(&tmp, e))?;
+        let tmp = crate::output::Partial::new(&target)?;
+        let file = File::create(tmp.path()).map_err(|e| IoError::os(tmp.path(), e))?;
         let mut w = GgufWriter {
             target,
             tmp,
@@ -302,7 +300,6 @@ impl GgufWriter {
             alignment,
             next: 0,
             written: 0,
-            done: false,
         };
         w.put(&header)?;
         w.pad()?;
@@ -312,7 +309,7 @@ impl GgufWriter {
     fn put(&mut self, bytes: &[u8]) -> Result<()> {
         let out = self.out.as_mut().expect("open until finish");
         out.write_all(bytes)
-            .map_err(|e| IoError::os(&self.tmp, e))?;
+            .map_err(|e| IoError::os(self.tmp.path(), e))?;
         self.written += bytes.len() as u64;
         Ok(())
     }
@@ -384,22 +381,19 @@ impl GgufWriter {
         let out = self.out.take().expect("open until finish");
         let file = out
             .into_inner()
-            .map_err(|e| IoError::os(&self.tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| IoError::os(&self.tmp, e))?;
+            .map_err(|e| IoError::os(self.tmp.path(), e.into_error()))?;
+        file.sync_all().map_err(|e| IoError::os(self.tmp.path(), e))?;
         drop(file);
-        crate::gguf::GgufFile::open(&self.tmp)?;
-        std::fs::rename(&self.tmp, &self.target).map_err(|e| IoError::os(&self.target, e))?;
-        self.done = true;
+        crate::gguf::GgufFile::open(self.tmp.path())?;
+        self.tmp.commit()?;
         Ok(self.written)
     }
 }
 
 impl Drop for GgufWriter {
     fn drop(&mut self) {
-        if !self.done {
-            drop(self.out.take());
-            let _ = std::fs::remove_file(&self.tmp);
-        }
+        // Closed before the temporary goes (`Partial`'s drop removes it unless committed).
+        drop(self.out.take());
     }
 }
 

@@ -331,23 +331,9 @@ impl Imatrix {
         buf.extend_from_slice(&(ds.len() as i32).to_le_bytes());
         buf.extend_from_slice(ds.as_bytes());
 
-        let parent = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => std::path::PathBuf::from("."),
-        };
-        let name = path
-            .file_name()
-            .ok_or_else(|| IoError::malformed(path, "output path has no file name"))?
-            .to_string_lossy()
-            .into_owned();
-        let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
-        let result = std::fs::write(&tmp, &buf)
-            .map_err(|e| IoError::os(&tmp, e))
-            .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| IoError::os(path, e)));
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
+        let tmp = crate::output::Partial::new(path)?;
+        std::fs::write(tmp.path(), &buf).map_err(|e| IoError::os(tmp.path(), e))?;
+        tmp.commit()
     }
 }
 

@@ -75,6 +75,15 @@ pub fn release_pages(map: &memmap2::Mmap, offset: usize, len: usize) {
     }
 }
 
+/// Bytes of memory the system can still give without swapping (Linux's `MemAvailable`), if
+/// known.
+pub fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 /// Read and parse a JSON file, naming the file in any error.
 pub fn read_json(path: &Path) -> Result<serde_json::Value> {
     let bytes = std::fs::read(path).map_err(|e| IoError::os(path, e))?;

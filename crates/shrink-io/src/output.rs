@@ -8,6 +8,150 @@ use safetensors::tensor::{Dtype, View};
 
 use crate::error::{IoError, Result};
 
+/// The temporary outputs this process is writing, each with the path it will be renamed to:
+/// removed by [`remove_partials`] when the process is interrupted, and used by [`shown`] so
+/// that errors name the user's `-o`, not the hidden temporary.
+static PARTIALS: std::sync::Mutex<Vec<(PathBuf, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+
+fn partials() -> std::sync::MutexGuard<'static, Vec<(PathBuf, PathBuf)>> {
+    PARTIALS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A temporary output, `.NAME.partial-PID` beside its target `NAME`, registered while it
+/// exists (see [`remove_partials`]). Creating one first removes the same target's temporaries
+/// left by processes that are provably dead (killed, or crashed before cleaning up).
+#[derive(Debug)]
+pub struct Partial {
+    tmp: PathBuf,
+    target: PathBuf,
+}
+
+impl Partial {
+    /// Register the temporary path of `target` (whose parent directory must exist); the file
+    /// or directory itself is the caller's to create.
+    pub fn new(target: &Path) -> Result<Self> {
+        let (parent, name) = parent_and_name(target)?;
+        remove_stale(&parent, &name);
+        let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
+        partials().push((tmp.clone(), target.to_path_buf()));
+        Ok(Partial {
+            tmp,
+            target: target.to_path_buf(),
+        })
+    }
+
+    /// The temporary path.
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Rename the temporary into place; it is no longer a temporary.
+    pub fn commit(&self) -> Result<()> {
+        std::fs::rename(&self.tmp, &self.target).map_err(|e| IoError::os(&self.target, e))?;
+        partials().retain(|(t, _)| t != &self.tmp);
+        Ok(())
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        // Not committed (or committed already, where this finds nothing): remove it.
+        let mut live = partials();
+        if let Some(i) = live.iter().position(|(t, _)| t == &self.tmp) {
+            live.swap_remove(i);
+            drop(live);
+            remove_path(&self.tmp);
+        }
+    }
+}
+
+/// Remove a file or a directory tree, whichever `p` is, ignoring errors.
+fn remove_path(p: &Path) {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => {
+            // A writer thread may still be adding files while the tree goes: try again.
+            for _ in 0..3 {
+                if std::fs::remove_dir_all(p).is_ok() || !p.exists() {
+                    break;
+                }
+            }
+        }
+        Ok(_) => {
+            let _ = std::fs::remove_file(p);
+        }
+        Err(_) => {}
+    }
+}
+
+/// Remove every temporary output of this process (the binary calls it on SIGINT, SIGTERM and
+/// SIGHUP before exiting), returning the targets that were being written.
+pub fn remove_partials() -> Vec<PathBuf> {
+    let live = std::mem::take(&mut *partials());
+    live.into_iter()
+        .map(|(tmp, target)| {
+            remove_path(&tmp);
+            target
+        })
+        .collect()
+}
+
+/// `path` as the user knows it: a path inside one of this process's temporary outputs is
+/// shown inside the target it will become.
+pub fn shown(path: PathBuf) -> PathBuf {
+    let live = partials();
+    for (tmp, target) in live.iter() {
+        if let Ok(rest) = path.strip_prefix(tmp) {
+            return if rest.as_os_str().is_empty() {
+                target.clone()
+            } else {
+                target.join(rest)
+            };
+        }
+    }
+    path
+}
+
+/// Remove `.NAME.partial-PID` entries of `parent` whose process is dead: the remains of a run
+/// that was killed. A process that exists (or may, when the check is not possible) keeps its
+/// temporary.
+fn remove_stale(parent: &Path, name: &str) {
+    let prefix = format!(".{name}.partial-");
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file_name = e.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && process_is_dead(pid) {
+            remove_path(&e.path());
+        }
+    }
+}
+
+/// Whether no process `pid` exists (only provable on Unix: `kill(pid, 0)` fails with ESRCH).
+fn process_is_dead(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return false;
+        };
+        // SAFETY: signal 0 sends nothing; it only checks that the process exists.
+        let r = unsafe { libc::kill(pid, 0) };
+        r == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        false
+    }
+}
+
 /// An output directory being written: files go into a hidden sibling, renamed on [`commit`].
 ///
 /// Dropping it without committing removes everything written, so a failure leaves nothing.
@@ -15,8 +159,7 @@ use crate::error::{IoError, Result};
 /// [`commit`]: OutputDir::commit
 pub struct OutputDir {
     target: PathBuf,
-    tmp: PathBuf,
-    done: bool,
+    tmp: Partial,
 }
 
 /// `p` with every link and `..` resolved, also when it does not exist yet (its nearest existing
@@ -79,27 +222,22 @@ impl OutputDir {
                 "output already exists; shrink never overwrites (remove it or choose another -o)",
             ));
         }
-        let (parent, name) = parent_and_name(&target)?;
-        let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(|e| IoError::os(&tmp, e))?;
+        let tmp = Partial::new(&target)?;
+        if tmp.path().exists() {
+            std::fs::remove_dir_all(tmp.path()).map_err(|e| IoError::os(tmp.path(), e))?;
         }
-        std::fs::create_dir(&tmp).map_err(|e| IoError::os(&tmp, e))?;
-        Ok(OutputDir {
-            target,
-            tmp,
-            done: false,
-        })
+        std::fs::create_dir(tmp.path()).map_err(|e| IoError::os(tmp.path(), e))?;
+        Ok(OutputDir { target, tmp })
     }
 
     /// Path of a file inside the (temporary) directory.
     pub fn file(&self, name: &str) -> PathBuf {
-        self.tmp.join(name)
+        self.tmp.path().join(name)
     }
 
     /// The temporary directory being written (readable before commit, e.g. to verify it).
     pub fn dir(&self) -> &Path {
-        &self.tmp
+        self.tmp.path()
     }
 
     /// The final path the directory will have.
@@ -114,18 +252,9 @@ impl OutputDir {
     }
 
     /// Rename the finished directory into place.
-    pub fn commit(mut self) -> Result<PathBuf> {
-        std::fs::rename(&self.tmp, &self.target).map_err(|e| IoError::os(&self.target, e))?;
-        self.done = true;
+    pub fn commit(self) -> Result<PathBuf> {
+        self.tmp.commit()?;
         Ok(self.target.clone())
-    }
-}
-
-impl Drop for OutputDir {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = std::fs::remove_dir_all(&self.tmp);
-        }
     }
 }
 

@@ -48,7 +48,11 @@ impl Selection {
     pub fn resolve(&self, arch: &Architecture) -> Result<Vec<LinearInfo>> {
         let inc = globset(&self.include)?;
         let exc = globset(&self.exclude)?;
-        let defaults = arch.block_linears();
+        let defaults: std::collections::HashMap<String, LinearInfo> = arch
+            .block_linears()
+            .into_iter()
+            .map(|l| (l.weight.clone(), l))
+            .collect();
         let shapes = arch.weight_shapes();
         for p in self.include.iter().chain(&self.exclude) {
             let one = globset(std::slice::from_ref(p))?;
@@ -60,7 +64,7 @@ impl Selection {
         }
         let mut out = Vec::new();
         for (name, shape) in &shapes {
-            let default = defaults.iter().find(|l| &l.weight == name);
+            let default = defaults.get(name);
             let chosen = match default {
                 Some(_) => !matches(&exc, name),
                 None => shape.len() == 2 && matches(&inc, name) && !matches(&exc, name),

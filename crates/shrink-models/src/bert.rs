@@ -80,7 +80,16 @@ impl BertConfig {
     /// Read the configuration of an HF checkpoint directory (GGUF files are not supported).
     pub fn from_checkpoint(ckpt: &Checkpoint) -> Result<Self> {
         match ckpt {
-            Checkpoint::Hf(h) => Self::from_hf_json(&h.config, &h.dir.join("config.json")),
+            Checkpoint::Hf(h) => {
+                let cfg = Self::from_hf_json(&h.config, &h.dir.join("config.json"))?;
+                crate::config::check_sizes(
+                    ckpt,
+                    cfg.num_layers,
+                    || weight_shapes(&cfg),
+                    |n| ckpt.has(n).then(|| n.to_string()),
+                )?;
+                Ok(cfg)
+            }
             Checkpoint::Gguf(g) => Err(ModelError::Config {
                 path: g.path().to_path_buf(),
                 what: "BERT classifiers are read from Hugging Face directories, not GGUF".into(),

@@ -116,11 +116,22 @@ pub enum ModelConfig {
 
 impl ModelConfig {
     /// Read the configuration of a checkpoint.
+    ///
+    /// The sizes it states are checked against the tensors the checkpoint holds before anything
+    /// is built from them ([`check_sizes`]): a lying config.json or GGUF header is refused here
+    /// instead of making a command allocate or loop over layers the file does not have.
     pub fn from_checkpoint(ckpt: &Checkpoint) -> Result<Self> {
-        match ckpt {
-            Checkpoint::Hf(h) => Self::from_hf_json(&h.config, &h.dir.join("config.json")),
-            Checkpoint::Gguf(g) => Self::from_gguf(g),
-        }
+        let cfg = match ckpt {
+            Checkpoint::Hf(h) => Self::from_hf_json(&h.config, &h.dir.join("config.json"))?,
+            Checkpoint::Gguf(g) => Self::from_gguf(g)?,
+        };
+        check_sizes(
+            ckpt,
+            cfg.num_layers(),
+            || crate::weight_shapes(&cfg),
+            |n| crate::weight_loader(ckpt, &cfg).locate(n).map(|l| l.name),
+        )?;
+        Ok(cfg)
     }
 
     /// Short family name (`llama`, `gpt2`, `gpt_neox`).
@@ -233,10 +244,12 @@ impl ModelConfig {
             }
             "gpt2" => {
                 let n_embd = u("embedding_length")?;
+                let n_head = u("attention.head_count")?;
+                check_divides(n_embd, n_head, g.path())?;
                 Ok(ModelConfig::Gpt2(Gpt2Config {
                     n_embd,
                     n_layer: u("block_count")?,
-                    n_head: u("attention.head_count")?,
+                    n_head,
                     n_inner: g
                         .get(&k("feed_forward_length"))
                         .and_then(|v| v.as_u64())
@@ -257,17 +270,20 @@ impl ModelConfig {
             "gptneox" => {
                 let hidden_size = u("embedding_length")?;
                 let num_heads = u("attention.head_count")?;
+                check_divides(hidden_size, num_heads, g.path())?;
                 let rot = g
                     .get(&k("rope.dimension_count"))
                     .and_then(|v| v.as_u64())
                     .unwrap_or((hidden_size / num_heads / 4) as u64);
+                let rotary_pct = rot as f64 / (hidden_size / num_heads) as f64;
+                check_rotary(rotary_pct, g.path())?;
                 Ok(ModelConfig::Neox(NeoxConfig {
                     hidden_size,
                     intermediate_size: u("feed_forward_length")?,
                     num_layers: u("block_count")?,
                     num_heads,
                     vocab_size,
-                    rotary_pct: rot as f64 / (hidden_size / num_heads) as f64,
+                    rotary_pct,
                     rope_theta: g.get_f64(&k("rope.freq_base")).unwrap_or(10000.0),
                     layer_norm_eps: g
                         .get_f64(&k("attention.layer_norm_epsilon"))
@@ -292,6 +308,81 @@ impl ModelConfig {
             }),
         }
     }
+}
+
+/// Where a checkpoint's configuration lives, for errors about it.
+pub(crate) fn config_path(ckpt: &Checkpoint) -> std::path::PathBuf {
+    match ckpt {
+        Checkpoint::Hf(h) => h.dir.join("config.json"),
+        Checkpoint::Gguf(g) => g.path().to_path_buf(),
+    }
+}
+
+/// Check a configuration's sizes against the tensors `ckpt` holds, before any are used: the
+/// layer count against the layers the tensor names hold, then every implied weight's element
+/// count (multiplied with overflow checks) against the stored tensor it names, where stored
+/// densely. `shapes` lists the implied weights and is only built once the layer count is known
+/// to be bounded by the file; `stored` maps an HF name to its stored name, if present.
+pub(crate) fn check_sizes(
+    ckpt: &Checkpoint,
+    num_layers: usize,
+    shapes: impl FnOnce() -> Vec<(String, Vec<usize>)>,
+    stored: impl Fn(&str) -> Option<String>,
+) -> Result<()> {
+    let tensors = ckpt.tensors();
+    let held = tensors
+        .iter()
+        .filter_map(|t| layer_index(&t.name))
+        .map(|i| i + 1)
+        .max()
+        .unwrap_or(0);
+    let path = config_path(ckpt);
+    if num_layers > held {
+        return Err(config_err(
+            &path,
+            format!(
+                "the config says {num_layers} layers, but the checkpoint's tensors hold {held}"
+            ),
+        ));
+    }
+    let by_name: std::collections::HashMap<&str, &[usize]> = tensors
+        .iter()
+        .map(|t| (t.name.as_str(), t.shape.as_slice()))
+        .collect();
+    for (name, shape) in shapes() {
+        if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_none() {
+            return Err(config_err(
+                &path,
+                format!("the config's sizes overflow: {name} would have shape {shape:?}"),
+            ));
+        }
+        let Some(stored_name) = stored(&name) else {
+            continue;
+        };
+        if let Some(got) = by_name.get(stored_name.as_str()) {
+            if !crate::weights::same_shape(got, &shape) {
+                return Err(ModelError::Shape {
+                    path: ckpt.path().to_path_buf(),
+                    name: stored_name,
+                    expected: shape,
+                    got: got.to_vec(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The layer index in a tensor name (`model.layers.3.…`, `transformer.h.3.…`, `blk.3.…`,
+/// `bert.encoder.layer.3.…`).
+fn layer_index(name: &str) -> Option<usize> {
+    let mut parts = name.split('.');
+    while let Some(p) = parts.next() {
+        if matches!(p, "layers" | "h" | "blk" | "layer") {
+            return parts.next()?.parse().ok();
+        }
+    }
+    None
 }
 
 fn config_err(path: &Path, what: impl Into<String>) -> ModelError {
@@ -417,6 +508,7 @@ fn neox_from_hf(j: &Json<'_>) -> Result<NeoxConfig> {
         .or(j.v.get("rotary_pct").and_then(Value::as_f64))
         .or(j.v.get("partial_rotary_factor").and_then(Value::as_f64))
         .unwrap_or(0.25);
+    check_rotary(rotary_pct, j.path)?;
     let rope_theta = rope
         .and_then(|r| r.get("rope_theta"))
         .and_then(Value::as_f64)
@@ -438,6 +530,28 @@ fn neox_from_hf(j: &Json<'_>) -> Result<NeoxConfig> {
         tie_word_embeddings: j.opt_bool("tie_word_embeddings")?.unwrap_or(false),
         attention_bias: j.opt_bool("attention_bias")?.unwrap_or(true),
     })
+}
+
+/// A GGUF's embedding length must split evenly over its heads.
+fn check_divides(width: usize, heads: usize, path: &Path) -> Result<()> {
+    if heads == 0 || !width.is_multiple_of(heads) {
+        return Err(config_err(
+            path,
+            format!("embedding length {width} is not divisible by {heads} heads"),
+        ));
+    }
+    Ok(())
+}
+
+/// GPT-NeoX's rotary share of a head must lie in [0, 1].
+fn check_rotary(rotary_pct: f64, path: &Path) -> Result<()> {
+    if !(0.0..=1.0).contains(&rotary_pct) {
+        return Err(config_err(
+            path,
+            format!("the rotary share of a head is {rotary_pct}; it must lie between 0 and 1"),
+        ));
+    }
+    Ok(())
 }
 
 fn check_heads(c: &LlamaConfig, path: &Path) -> Result<()> {

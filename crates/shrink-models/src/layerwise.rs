@@ -148,12 +148,26 @@ pub trait Layerwise {
 /// A checkpoint opened for layer-by-layer work: any family, one block at a time.
 pub struct Sequential<'a> {
     stack: Box<dyn Layerwise + 'a>,
+    /// The longest sequence the model takes.
+    max_context: usize,
+    /// Width of the activations between blocks.
+    width: usize,
 }
 
 impl<'a> Sequential<'a> {
     /// Open `ckpt` (a causal LM of any family, or a BERT/DistilBERT encoder).
     pub fn new(ckpt: &'a Checkpoint) -> Result<Self> {
         let arch = Architecture::from_checkpoint(ckpt)?;
+        let (max_context, width) = match &arch {
+            Architecture::Decoder(ModelConfig::Llama(c)) => {
+                (c.max_position_embeddings, c.hidden_size)
+            }
+            Architecture::Decoder(ModelConfig::Gpt2(c)) => (c.n_positions, c.n_embd),
+            Architecture::Decoder(ModelConfig::Neox(c)) => {
+                (c.max_position_embeddings, c.hidden_size)
+            }
+            Architecture::Encoder(c) => (c.max_position_embeddings, c.hidden_size),
+        };
         let w = arch.weight_loader(ckpt);
         let stack: Box<dyn Layerwise + 'a> = match arch {
             Architecture::Decoder(ModelConfig::Llama(c)) => Box::new(LlamaStack {
@@ -173,7 +187,11 @@ impl<'a> Sequential<'a> {
                 w,
             }),
         };
-        Ok(Sequential { stack })
+        Ok(Sequential {
+            stack,
+            max_context,
+            width,
+        })
     }
 
     /// The family's view.
@@ -208,8 +226,33 @@ impl<'a> Sequential<'a> {
         name.strip_prefix(base)?.split('.').next()?.parse().ok()
     }
 
-    /// Each sample's input to the first block.
+    /// Each sample's input to the first block. Refuses samples longer than the model's context,
+    /// and samples whose activations (held twice, a block's inputs and outputs) would not fit
+    /// in the memory the system has free.
     pub fn embed(&self, samples: &[Vec<u32>]) -> Result<Vec<Tensor>> {
+        if let Some(long) = samples.iter().map(Vec::len).find(|&t| t > self.max_context) {
+            return Err(ModelError::Input(format!(
+                "calibration samples of {long} tokens are longer than the model's context of {} \
+                 positions (--calib-seqlen)",
+                self.max_context
+            )));
+        }
+        let tokens: usize = samples.iter().map(Vec::len).sum();
+        let bytes = (tokens as u128) * (self.width as u128) * 4 * 2;
+        if let Some(free) = shrink_io::available_memory() {
+            if bytes > free as u128 {
+                return Err(ModelError::Input(format!(
+                    "{} calibration samples of {} tokens would hold {:.1} GiB of activations \
+                     (inputs and outputs of a block, {} wide), more than the {:.1} GiB of \
+                     memory free: use fewer --calib-samples or a shorter --calib-seqlen",
+                    samples.len(),
+                    samples.iter().map(Vec::len).max().unwrap_or(0),
+                    bytes as f64 / (1u64 << 30) as f64,
+                    self.width,
+                    free as f64 / (1u64 << 30) as f64
+                )));
+            }
+        }
         self.stack.embed(samples)
     }
 

@@ -25,6 +25,15 @@ pub struct GgufName {
 /// Maps HF weight names to stored names of a checkpoint.
 pub type GgufMap = dyn Fn(&str) -> Option<GgufName>;
 
+/// Whether a stored shape is the shape a config implies. GGUF drops trailing unit dims and
+/// stores 1-D tensors as such: element counts are compared, then the shapes with unit dims
+/// squeezed.
+pub fn same_shape(stored: &[usize], implied: &[usize]) -> bool {
+    let count = |s: &[usize]| s.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    let squeeze = |s: &[usize]| s.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
+    count(stored) == count(implied) && squeeze(stored) == squeeze(implied)
+}
+
 /// Reads weights by HF name as float32 candle tensors, checking their shapes.
 pub struct WeightLoader<'a> {
     ckpt: &'a Checkpoint,
@@ -153,12 +162,7 @@ impl<'a> WeightLoader<'a> {
             })
         })?;
         let (mut data, stored_shape) = self.ckpt.read_f32(&loc.name)?;
-        let got: usize = stored_shape.iter().product();
-        let want: usize = shape.iter().product();
-        // GGUF drops trailing unit dims and stores 1-D tensors as such; compare element counts
-        // plus the stored shape with unit dims squeezed.
-        let squeeze = |s: &[usize]| s.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
-        if got != want || squeeze(&stored_shape) != squeeze(shape) {
+        if !same_shape(&stored_shape, shape) {
             return Err(ModelError::Shape {
                 path: self.ckpt.path().to_path_buf(),
                 name: loc.name,

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use shrink_eval::generate::{GenOptions, Generator};
+use shrink_eval::generate::{GenOptions, Generator, Stop};
 
 /// Arguments of `shrink generate`.
 #[derive(clap::Args)]
@@ -85,5 +85,8 @@ pub fn run(a: Args) -> Result<()> {
         out.seconds,
         out.tokens_per_second()
     );
+    if let Stop::Context(n) = out.stopped {
+        eprintln!("note: stopped because the model's context of {n} positions is full");
+    }
     Ok(())
 }
