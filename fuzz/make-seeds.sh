@@ -45,10 +45,11 @@ $S quantize "$W/llama-q8_0.gguf" --method q5_0 -o "$SEEDS/gguf/llama-q5_0.gguf" 
 # A GGUF of float tensors only (layer 0), so F32/F16 readers are seeded too.
 $PY gguf-subset "$W/llama-q8_0.gguf" "$SEEDS/gguf/llama-f32-norms.gguf"
 
-# --- safetensors: the fixture's tensors trimmed to fit (layer 0 and the norms, f16 / bf16 / f32),
-# plus one file holding every dtype.
+# --- safetensors: the fixture's tensors with the embedding cut to 64 rows (the harness's config
+# says vocab_size 64), whole in f16, layer 0 and the norms in f32, the norms in bf16; plus one
+# file holding every dtype.
+$PY st-subset "$FIX/tiny-llama/model.safetensors" "$SEEDS/safetensors/llama-v64-f16.safetensors" f16 all
 $PY st-subset "$FIX/tiny-llama/model.safetensors" "$SEEDS/safetensors/llama-layer0-f32.safetensors" f32 layer0
-$PY st-subset "$FIX/tiny-llama/model.safetensors" "$SEEDS/safetensors/llama-all-f16-noembed.safetensors" f16 noembed
 $PY st-subset "$FIX/tiny-llama/model.safetensors" "$SEEDS/safetensors/llama-norms-bf16.safetensors" bf16 norms
 $PY st-dtypes "$SEEDS/safetensors/every-dtype.safetensors"
 

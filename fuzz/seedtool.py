@@ -58,8 +58,22 @@ def f32_to(raw, dtype):
     raise ValueError(dtype)
 
 
+VOCAB = 64  # the vocabulary of the harness's tiny-llama config for safetensors and layouts
+
+
+def truncate_embed(tensors, rows=VOCAB):
+    """The embedding (and an untied head) cut to their first `rows` rows."""
+    for name in list(tensors):
+        dt, shape, raw = tensors[name]
+        if ("embed_tokens" in name or name == "lm_head.weight") and shape[0] > rows:
+            per_row = len(raw) // shape[0]
+            tensors[name] = (dt, [rows] + shape[1:], raw[:rows * per_row])
+    return tensors
+
+
 def st_subset(src, dst, dtype, which):
     tensors, meta = st_read(src)
+    tensors = truncate_embed(tensors)
     dtype = dtype.upper()
     keep = {}
     for name, (dt, shape, raw) in tensors.items():
@@ -479,9 +493,10 @@ def imatrix_gguf(src, dst):
 
 
 def layouts(work, layouts_dir, seeds, *names):
-    """layouts_dir/<name>/config.json (+ quantize_config.json) and seeds/<i>-<name>: byte i,
-    then the layout's safetensors with layer 1 and float tensors over 4 KB dropped; and
-    a seed with the high bit set: byte 0x80|i, config.json, NUL, safetensors."""
+    """layouts_dir/<name>/config.json (+ quantize_config.json; vocab_size cut to VOCAB) and
+    seeds/<i>-<name>: byte i, then the layout's safetensors with the embedding cut to VOCAB rows
+    and float32 tensors over 4 KB stored as float16; and for every third layout a seed with the
+    high bit set: byte 0x80|i, config.json, NUL, safetensors."""
     for i, name in enumerate(names):
         src = os.path.join(work, "q-" + name)
         out = os.path.join(layouts_dir, name)
@@ -490,14 +505,18 @@ def layouts(work, layouts_dir, seeds, *names):
             p = os.path.join(src, f)
             if os.path.exists(p):
                 open(os.path.join(out, f), "w").write(open(p).read())
+        cfg = json.load(open(os.path.join(src, "config.json")))
+        cfg["vocab_size"] = VOCAB
+        open(os.path.join(out, "config.json"), "w").write(json.dumps(cfg, indent=2))
         tensors, meta = st_read(os.path.join(src, "model.safetensors"))
-        keep = {k: v for k, v in tensors.items()
-                if ".layers.1." not in k and not (v[0] in ("F32", "F16", "BF16") and len(v[2]) > 4096
-                                                   and "layers" not in k)}
+        keep = truncate_embed(tensors)
+        for k, (dt, shape, raw) in keep.items():
+            if dt == "F32" and len(raw) > 4096:
+                keep[k] = ("F16", shape, f32_to(raw, "F16"))
         st = st_bytes(keep, meta)
         open(os.path.join(seeds, "%02d-%s" % (i, name)), "wb").write(bytes([i]) + st)
         if i % 3 == 0:
-            cfg = open(os.path.join(src, "config.json"), "rb").read()
+            cfg = open(os.path.join(out, "config.json"), "rb").read()
             open(os.path.join(seeds, "%02d-%s-with-config" % (i, name)), "wb").write(
                 bytes([0x80 | i]) + cfg + b"\0" + st)
 
@@ -512,7 +531,7 @@ def peft(adapter, outdir):
          "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight":
          ("F16", [64, 2], struct.pack("<128e", *[0.001 * i for i in range(128)])),
          "base_model.model.model.layers.0.mlp.down_proj.lora_A.weight":
-         ("F32", [2, 128], struct.pack("<256f", *[0.0] * 256)),
+         ("F32", [2, 160], struct.pack("<320f", *[0.0] * 320)),
          "base_model.model.model.layers.0.mlp.down_proj.lora_B.weight":
          ("F32", [64, 2], struct.pack("<128f", *[0.5] * 128))}
     c = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "use_rslora": True, "bias": "none",

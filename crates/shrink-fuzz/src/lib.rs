@@ -6,7 +6,8 @@
 //! is the right answer to a bad file; a panic, an abort, a hang or a huge allocation is a bug.
 //!
 //! - [`gguf`]: the bytes as a `.gguf` model;
-//! - [`safetensors`]: the bytes as `model.safetensors` beside tiny-llama's config.json;
+//! - [`safetensors`]: the bytes as `model.safetensors` beside tiny-llama's config.json
+//!   (`vocab_size` 64);
 //! - [`safetensors_index`]: the bytes as `model.safetensors.index.json` over two fixed shards;
 //! - [`config`]: the bytes as `config.json` beside a tiny fixture's weights (the architecture's,
 //!   chosen by the `model_type` the bytes name);
@@ -25,6 +26,8 @@
 //! The harness itself allocates nothing in proportion to what a file claims: it reads tensors
 //! one by one (only those of at most [`SMALL`] elements directly), and everything else is the
 //! readers' own doing.
+//!
+//! With `SHRINK_FUZZ_TRACE` set, each stage prints `ok` or its error: how far an input got.
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashSet};
@@ -174,6 +177,30 @@ fn put_input(path: &Path, bytes: &[u8]) {
     put(path, bytes)
 }
 
+/// Whether `SHRINK_FUZZ_TRACE` is set: then [`seen`] prints how far each input got.
+fn tracing() -> bool {
+    static TRACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TRACE.get_or_init(|| std::env::var_os("SHRINK_FUZZ_TRACE").is_some())
+}
+
+/// `r` as an option; with `SHRINK_FUZZ_TRACE` set, the stage and its error (or `ok`) printed.
+fn seen<T, E: std::fmt::Display>(stage: &str, r: std::result::Result<T, E>) -> Option<T> {
+    match r {
+        Ok(v) => {
+            if tracing() {
+                eprintln!("  {stage}: ok");
+            }
+            Some(v)
+        }
+        Err(e) => {
+            if tracing() {
+                eprintln!("  {stage}: {e}");
+            }
+            None
+        }
+    }
+}
+
 /// `data` split at its first NUL byte: (before, after); no NUL gives (data, []).
 fn split_nul(data: &[u8]) -> (&[u8], &[u8]) {
     match data.iter().position(|&b| b == 0) {
@@ -190,7 +217,7 @@ fn split_nul(data: &[u8]) -> (&[u8], &[u8]) {
 /// `inspect` (footprint, modules, sparsity: every weight decoded), the configuration, the
 /// export mapping, loading and one forward step of the model (eval/generate), the tokenizer.
 pub fn drive_checkpoint(path: &Path) {
-    let Ok(ckpt) = Checkpoint::open(path) else {
+    let Some(ckpt) = seen("open", Checkpoint::open(path)) else {
         return;
     };
     let tensors = ckpt.tensors();
@@ -235,31 +262,31 @@ pub fn drive_checkpoint(path: &Path) {
     let _ = f.float32_bytes();
     let _ = f.to_json(path, true, true);
     let _ = module_sizes(&f.tensors);
-    if let Ok(s) = Sparsity::of(&ckpt) {
+    if let Some(s) = seen("sparsity", Sparsity::of(&ckpt)) {
         let _ = s.overall();
         let _ = s.linear_weights();
         let _ = s.to_json();
     }
 
     // The architecture: configuration, export mapping, load and run.
-    match Architecture::from_checkpoint(&ckpt) {
-        Ok(Architecture::Decoder(cfg)) => drive_decoder(&ckpt, &cfg, &tensors),
-        Ok(Architecture::Encoder(cfg)) => {
+    match seen("architecture", Architecture::from_checkpoint(&ckpt)) {
+        Some(Architecture::Decoder(cfg)) => drive_decoder(&ckpt, &cfg, &tensors),
+        Some(Architecture::Encoder(cfg)) => {
             let _ = cfg.to_hf_json();
             let arch = Architecture::Encoder(cfg.clone());
             let _ = arch.block_linears();
             let w = arch.weight_loader(&ckpt);
-            if let Ok(m) = BertClassifier::load(cfg, &w) {
-                let _ = m.forward(&[0, 1]);
+            if let Some(m) = seen("load classifier", BertClassifier::load(cfg, &w)) {
+                let _ = seen("classify", m.forward(&[0, 1]));
             }
         }
-        Err(_) => {
+        None => {
             let _ = ModelConfig::from_checkpoint(&ckpt);
         }
     }
 
     // The tokenizer, as every text command opens it.
-    if let Ok(tok) = Tokenizer::for_checkpoint(&ckpt) {
+    if let Some(tok) = seen("tokenizer", Tokenizer::for_checkpoint(&ckpt)) {
         let roundtrip = matches!(ckpt, Checkpoint::Gguf(_));
         drive_tokenizer(
             &tok,
@@ -335,11 +362,11 @@ fn drive_decoder(ckpt: &Checkpoint, cfg: &ModelConfig, tensors: &[shrink_io::Ten
     }
 
     // eval / generate: load (quantized weights kept packed) and one step.
-    if let Ok(m) = Model::load(ckpt) {
+    if let Some(m) = seen("load", Model::load(ckpt)) {
         let _ = m.bytes_per_token();
         let _ = m.config();
         let ids: &[u32] = if cfg.vocab_size() > 1 { &[0, 1] } else { &[0] };
-        let _ = m.last_logits(ids, None);
+        let _ = seen("forward", m.last_logits(ids, None));
     }
 }
 
@@ -398,7 +425,7 @@ fn drive_chat_template(tok: &Tokenizer) {
         ("system", "You are terse."),
         ("user", "Name three fruits. <b>{{ not code }}</b>"),
     ];
-    if let Ok(text) = tok.apply_chat_template(&conv, true) {
+    if let Some(text) = seen("chat template", tok.apply_chat_template(&conv, true)) {
         let _ = tok.encode(&text, true);
     }
     let _ = tok.apply_chat_template(&conv[1..], false);
@@ -421,10 +448,19 @@ fn llama_config() -> Vec<u8> {
     fixture("tiny-llama/config.json")
 }
 
-/// The bytes as `model.safetensors` beside tiny-llama's config.json.
+/// tiny-llama's config.json with `vocab_size` 64: seeds of the whole model (the embedding cut
+/// to 64 rows) then fit in AFL's preferred sizes.
+fn llama_config_v64() -> Vec<u8> {
+    let mut v: serde_json::Value = serde_json::from_slice(&llama_config())
+        .unwrap_or_else(|e| panic!("shrink-fuzz: tiny-llama's config.json: {e}"));
+    v["vocab_size"] = 64.into();
+    v.to_string().into_bytes()
+}
+
+/// The bytes as `model.safetensors` beside tiny-llama's config.json (`vocab_size` 64).
 pub fn safetensors(data: &[u8]) {
     let dir = workdir("safetensors", |d| {
-        put(&d.join("config.json"), llama_config())
+        put(&d.join("config.json"), llama_config_v64())
     });
     put_input(&dir.join("model.safetensors"), data);
     drive_checkpoint(&dir);
@@ -573,13 +609,16 @@ pub fn tokenizer_json(data: &[u8]) {
     });
     let path = dir.join("tokenizer.json");
     put_input(&path, data);
-    let Ok(tok) = Tokenizer::from_file(&path) else {
+    let Some(tok) = seen("tokenizer.json", Tokenizer::from_file(&path)) else {
         return;
     };
     drive_tokenizer(&tok, None);
     // export --to gguf: the tokenizer as GGUF metadata, then read back from a GGUF.
     let vocab = tok.vocab_size();
-    if let Ok(meta) = shrink_io::gguf_meta::tokenizer_metadata(&dir, vocab, None) {
+    if let Some(meta) = seen(
+        "gguf metadata",
+        shrink_io::gguf_meta::tokenizer_metadata(&dir, vocab, None),
+    ) {
         let _ = &meta.pre;
         let mut kv = vec![(
             "general.architecture".to_string(),
@@ -601,7 +640,7 @@ pub fn tokenizer_json(data: &[u8]) {
         );
         if written.is_ok() {
             if let Ok(file) = shrink_io::GgufFile::open(&g) {
-                if let Ok(t) = Tokenizer::from_gguf(&file) {
+                if let Some(t) = seen("gguf tokenizer", Tokenizer::from_gguf(&file)) {
                     drive_tokenizer(&t, None);
                 }
             }
@@ -622,7 +661,10 @@ pub fn chat_template(data: &[u8]) {
         &dir.join("tokenizer_config.json"),
         tokenizer_config(&template),
     );
-    if let Ok(tok) = Tokenizer::from_file(&dir.join("tokenizer.json")) {
+    if let Some(tok) = seen(
+        "tokenizer",
+        Tokenizer::from_file(&dir.join("tokenizer.json")),
+    ) {
         drive_chat_template(&tok);
     }
 }
@@ -634,7 +676,7 @@ pub fn imatrix(data: &[u8]) {
     let p = dir.join("imatrix.dat");
     put_input(&p, data);
     let _ = shrink_io::imatrix::Imatrix::parse_legacy(&p, data);
-    if let Ok(m) = shrink_io::imatrix::Imatrix::read(&p) {
+    if let Some(m) = seen("imatrix", shrink_io::imatrix::Imatrix::read(&p)) {
         for name in m.entries.keys() {
             let _ = m.get(name);
         }
@@ -649,7 +691,7 @@ pub fn imatrix(data: &[u8]) {
 
 /// The quantized layouts [`quantized_layouts`] picks from: name, config.json and, for GPTQ,
 /// quantize_config.json (written by `fuzz/make-seeds.sh` from shrink's own exports of
-/// tiny-llama).
+/// tiny-llama, `vocab_size` cut to 64 as the seeds' embeddings are).
 pub const LAYOUTS: &[(&str, &str, Option<&str>)] = &[
     (
         "gptq",
@@ -767,14 +809,14 @@ pub fn peft(data: &[u8]) {
     let (cfg, st) = split_nul(data);
     put_input(&dir.join("adapter_config.json"), cfg);
     put_input(&dir.join("adapter_model.safetensors"), st);
-    let Ok(a) = shrink_io::peft::Adapter::read(&dir) else {
+    let Some(a) = seen("adapter", shrink_io::peft::Adapter::read(&dir)) else {
         return;
     };
     let _ = (a.scale(), a.params(), a.stored_bytes(), a.config_json());
     let _ = a.safetensors_bytes();
     if let Ok(ckpt) = Checkpoint::open(&base) {
-        if let Ok(m) = Model::load_with(&ckpt, Some(&a)) {
-            let _ = m.last_logits(&[0, 1], None);
+        if let Some(m) = seen("load with adapter", Model::load_with(&ckpt, Some(&a))) {
+            let _ = seen("forward", m.last_logits(&[0, 1], None));
         }
     }
 }
