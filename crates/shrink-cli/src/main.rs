@@ -165,7 +165,11 @@ fn clean_up_on_signals() {
             if libc::sigwait(&set, &mut sig) != 0 {
                 return;
             }
-            for target in shrink_io::output::remove_partials() {
+            let targets = shrink_io::output::remove_partials();
+            if targets.is_empty() {
+                eprintln!("interrupted");
+            }
+            for target in targets {
                 eprintln!("interrupted: {} was not written", target.display());
             }
             std::process::exit(128 + sig);

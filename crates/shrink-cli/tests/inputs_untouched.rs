@@ -21,24 +21,6 @@ fn model_copy(dir: &Path) -> PathBuf {
     dst
 }
 
-/// Every file of `dir` with its bytes.
-fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut v: Vec<_> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let p = e.unwrap().path();
-            let b = if p.is_file() {
-                fs::read(&p).unwrap()
-            } else {
-                Vec::new()
-            };
-            (p, b)
-        })
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn no_output_replaces_or_enters_an_input() {
     let tmp = tempfile::tempdir().unwrap();

@@ -5,7 +5,7 @@
 //! edge and are listed beside the chart), a dashed line at the float baseline, and labels for
 //! shrink's points and each peer's Pareto front, placed so that they do not overlap.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use plotters::coord::cartesian::Cartesian2d;
 use plotters::coord::combinators::{LogCoord, WithKeyPoints};
@@ -270,26 +270,11 @@ pub fn ppl_vs_x_sized(
             size.0, size.1, MIN_SIZE.0, MIN_SIZE.1
         )));
     }
-    let tmp = temp_path(path);
-    let drawn = draw(points, &tmp, path, title, size, axis).and_then(|()| {
-        std::fs::rename(&tmp, path).map_err(|e| {
-            input(format!(
-                "cannot rename {} to it: {e}",
-                tmp.file_name().unwrap_or_default().to_string_lossy()
-            ))
-        })
-    });
-    if drawn.is_err() {
-        // Nothing half-written is left behind; the file may not exist.
-        let _ = std::fs::remove_file(&tmp);
-    }
-    drawn
-}
-
-/// `.NAME.PID.tmp.png` beside `path` (the bitmap encoder picks the format from the extension).
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    path.with_file_name(format!(".{name}.{}.tmp.png", std::process::id()))
+    // The bitmap encoder picks the format from the extension: the temporary keeps `.png`.
+    let tmp = shrink_io::output::Partial::with_extension(path, ".png")?;
+    draw(points, tmp.path(), path, title, size, axis)?;
+    tmp.commit()?;
+    Ok(())
 }
 
 /// How a source's points look.

@@ -382,7 +382,8 @@ impl GgufWriter {
         let file = out
             .into_inner()
             .map_err(|e| IoError::os(self.tmp.path(), e.into_error()))?;
-        file.sync_all().map_err(|e| IoError::os(self.tmp.path(), e))?;
+        file.sync_all()
+            .map_err(|e| IoError::os(self.tmp.path(), e))?;
         drop(file);
         crate::gguf::GgufFile::open(self.tmp.path())?;
         self.tmp.commit()?;

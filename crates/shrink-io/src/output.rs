@@ -30,9 +30,15 @@ impl Partial {
     /// Register the temporary path of `target` (whose parent directory must exist); the file
     /// or directory itself is the caller's to create.
     pub fn new(target: &Path) -> Result<Self> {
+        Partial::with_extension(target, "")
+    }
+
+    /// [`Partial::new`] with `ext` (e.g. `.png`) after the name, for writers that choose the
+    /// format from the file's extension.
+    pub fn with_extension(target: &Path, ext: &str) -> Result<Self> {
         let (parent, name) = parent_and_name(target)?;
         remove_stale(&parent, &name);
-        let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
+        let tmp = parent.join(format!(".{name}.partial-{}{ext}", std::process::id()));
         partials().push((tmp.clone(), target.to_path_buf()));
         Ok(Partial {
             tmp,
@@ -124,6 +130,7 @@ fn remove_stale(parent: &Path, name: &str) {
         let Some(pid) = file_name
             .to_str()
             .and_then(|n| n.strip_prefix(&prefix))
+            .map(|p| p.split('.').next().unwrap_or(p))
             .and_then(|p| p.parse::<u32>().ok())
         else {
             continue;

@@ -350,7 +350,11 @@ pub(crate) fn check_sizes(
         .map(|t| (t.name.as_str(), t.shape.as_slice()))
         .collect();
     for (name, shape) in shapes() {
-        if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_none() {
+        if shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .is_none()
+        {
             return Err(config_err(
                 &path,
                 format!("the config's sizes overflow: {name} would have shape {shape:?}"),

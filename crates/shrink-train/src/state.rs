@@ -23,7 +23,7 @@ const PREVIOUS: &str = ".checkpoint.previous";
 
 fn os(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     move |source| TrainError::File {
-        path: path.to_path_buf(),
+        path: shrink_io::output::shown(path.to_path_buf()),
         source,
     }
 }
@@ -69,10 +69,9 @@ pub fn f32_tensor(st: &safetensors::SafeTensors, name: &str, path: &Path) -> Res
 
 /// Write `bytes` to `path` through a temporary file renamed into place.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string());
-    let tmp = path.with_file_name(format!(".{}.partial", name.unwrap_or_default()));
-    std::fs::write(&tmp, bytes).map_err(os(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(os(path))
+    let tmp = shrink_io::output::Partial::new(path)?;
+    std::fs::write(tmp.path(), bytes).map_err(os(tmp.path()))?;
+    Ok(tmp.commit()?)
 }
 
 /// Save `params`, `opt` and `extra` (the run's own state, as JSON) as the run directory's

@@ -264,3 +264,17 @@ pub fn refused(args: &[&str], says: &[&str], out: Option<&Path>) {
         assert!(!out.exists(), "{} written", out.display());
     }
 }
+
+/// Every file under `path` (a file or a directory tree) with its bytes, sorted by path.
+pub fn snapshot(path: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut v = Vec::new();
+    if path.is_file() {
+        v.push((path.to_path_buf(), std::fs::read(path).unwrap()));
+    } else if path.is_dir() {
+        for e in std::fs::read_dir(path).unwrap() {
+            v.extend(snapshot(&e.unwrap().path()));
+        }
+    }
+    v.sort();
+    v
+}

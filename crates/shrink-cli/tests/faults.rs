@@ -1,0 +1,388 @@
+//! Faults injected into every command that writes (issue 16): a full disk mid-write, and
+//! interruptions (SIGINT, SIGTERM) and kills (SIGKILL) at points through a run on the real
+//! model. Afterwards the output holds the complete result (the same bytes as an undisturbed
+//! run) or nothing, no hidden temporary is left behind (a killed run's is removed by the next
+//! run of the same output), errors name the user's `-o`, and the input is untouched.
+
+mod common;
+use common::*;
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+/// Run shrink with writes limited to `limit` bytes per file: past it a write fails with EFBIG
+/// ("File too large"), as one fails on a full disk. SIGXFSZ is ignored so that the write
+/// returns the error instead of the signal killing the process.
+fn shrink_limited(args: &[String], limit: u64) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_shrink"));
+    c.args(args);
+    // SAFETY: only async-signal-safe libc calls between fork and exec.
+    unsafe {
+        c.pre_exec(move || {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let r = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &r) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c.output().expect("run shrink")
+}
+
+/// The hidden temporaries (`.NAME.partial-PID…`) in `dir`.
+fn partials(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.unwrap().file_name().to_string_lossy().into_owned();
+            n.contains(".partial-").then_some(n)
+        })
+        .collect()
+}
+
+/// `args` with every `{out}` replaced by `out`.
+fn with_out(args: &[String], out: &Path) -> Vec<String> {
+    args.iter()
+        .map(|a| a.replace("{out}", out.to_str().unwrap()))
+        .collect()
+}
+
+/// The files of an output that an undisturbed run writes identically (reports hold timings).
+fn weights(out: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    snapshot(out)
+        .into_iter()
+        .filter(|(p, _)| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            !n.ends_with(".json") && !n.ends_with(".md") && !n.ends_with(".jsonl")
+        })
+        .map(|(p, b)| (p.strip_prefix(out).unwrap().to_path_buf(), b))
+        .collect()
+}
+
+/// Each command that writes, as arguments with `{out}` for the output path and the name the
+/// output gets (a file's extension matters), on the tiny Llama with a tokenizer.
+fn writers(dir: &Path) -> (Vec<(Vec<String>, &'static str)>, PathBuf) {
+    let model = tiny_llama_with_tokenizer(dir);
+    let m = model.to_str().unwrap().to_string();
+    let calib = calib_text(dir, 3000).to_str().unwrap().to_string();
+    let csv = dir.join("points.csv");
+    std::fs::write(
+        &csv,
+        "label,source,bits_per_weight,ppl,windows\nf32,shrink,32,10.5,24\nint4,shrink,4.5,11.2,24\n",
+    )
+    .unwrap();
+    let cal = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        v.extend(
+            [
+                "--calib",
+                &calib,
+                "--calib-format",
+                "raw",
+                "--calib-samples",
+                "4",
+                "--calib-seqlen",
+                "48",
+            ]
+            .map(String::from),
+        );
+        v
+    };
+    let train = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        v.extend(
+            [
+                "--text",
+                &calib,
+                "--text-format",
+                "raw",
+                "--steps",
+                "2",
+                "--seq-len",
+                "16",
+            ]
+            .map(String::from),
+        );
+        v
+    };
+    let s = |v: &[&str]| -> Vec<String> { v.iter().map(|s| s.to_string()).collect() };
+    // The GGUF methods take a GGUF input.
+    let g = dir.join("model.gguf").to_str().unwrap().to_string();
+    let r = shrink(&["export", &m, "--to", "gguf", "--type", "f32", "-o", &g]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let o = "{out}";
+    let cases = vec![
+        (s(&["convert", &m, "--dtype", "bf16", "-o", o]), "out"),
+        (
+            s(&["quantize", &m, "--method", "nf4", "--double-quant", "-o", o]),
+            "out",
+        ),
+        (
+            s(&[
+                "quantize",
+                &m,
+                "--method",
+                "hqq",
+                "--bits",
+                "4",
+                "--group-size",
+                "32",
+                "-o",
+                o,
+            ]),
+            "out",
+        ),
+        (
+            cal(&[
+                "quantize",
+                &m,
+                "--method",
+                "gptq",
+                "--group-size",
+                "32",
+                "-o",
+                o,
+            ]),
+            "out",
+        ),
+        (
+            cal(&[
+                "quantize",
+                &m,
+                "--method",
+                "awq",
+                "--group-size",
+                "32",
+                "-o",
+                o,
+            ]),
+            "out",
+        ),
+        (
+            s(&["quantize", &g, "--method", "q4_k_m", "-o", o]),
+            "out.gguf",
+        ),
+        (
+            s(&["export", &m, "--to", "gguf", "--type", "q8_0", "-o", o]),
+            "out.gguf",
+        ),
+        (
+            s(&[
+                "export",
+                &m,
+                "--to",
+                "gptq",
+                "--type",
+                "int4",
+                "--group-size",
+                "32",
+                "-o",
+                o,
+            ]),
+            "out",
+        ),
+        (
+            cal(&[
+                "prune",
+                &m,
+                "--method",
+                "wanda",
+                "--sparsity",
+                "0.5",
+                "-o",
+                o,
+            ]),
+            "out",
+        ),
+        (
+            cal(&[
+                "prune",
+                &m,
+                "--structured",
+                "neurons",
+                "--keep-ratio",
+                "0.75",
+                "-o",
+                o,
+            ]),
+            "out",
+        ),
+        (s(&["rotate", &m, "-o", o]), "out"),
+        (cal(&["imatrix", &m, "-o", o]), "out.dat"),
+        (
+            s(&["chart", "--data", csv.to_str().unwrap(), "-o", o]),
+            "out.png",
+        ),
+        (
+            train(&[
+                "distill",
+                "--teacher",
+                &m,
+                "--student-from-teacher",
+                "layers=1",
+                "-o",
+                o,
+            ]),
+            "out",
+        ),
+        (
+            train(&["qat", &m, "--bits", "4", "--group-size", "32", "-o", o]),
+            "out",
+        ),
+    ];
+    (cases, model)
+}
+
+#[test]
+fn a_full_disk_leaves_nothing_and_names_the_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cases, model) = writers(tmp.path());
+    let input = snapshot(&model);
+    for (i, (args, name)) in cases.iter().enumerate() {
+        let what = format!("{} {}", args[0], args[1..].join(" "));
+        // An undisturbed run, for the size of what it writes.
+        let done = tmp.path().join(format!("done{i}"));
+        std::fs::create_dir(&done).unwrap();
+        let full = done.join(name);
+        let r = shrink(
+            &with_out(args, &full)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        );
+        assert!(
+            r.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        let largest = snapshot(&full).iter().map(|(_, b)| b.len()).max().unwrap() as u64;
+        // The same run on a disk that fills halfway through its largest file.
+        let failed = tmp.path().join(format!("failed{i}"));
+        std::fs::create_dir(&failed).unwrap();
+        let out = failed.join(name);
+        let r = shrink_limited(&with_out(args, &out), largest / 2);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(!r.status.success(), "{what}: succeeded on a full disk");
+        assert!(err.contains("File too large"), "{what}: {err}");
+        assert!(
+            err.contains(out.to_str().unwrap()),
+            "{what}: the error does not name -o: {err}"
+        );
+        assert!(
+            !err.contains(".partial"),
+            "{what}: names a temporary: {err}"
+        );
+        assert!(!err.contains("panicked"), "{what}: {err}");
+        assert!(!out.exists(), "{what}: a half-written output is left");
+        assert_eq!(partials(&failed), Vec::<String>::new(), "{what}");
+        assert!(snapshot(&model) == input, "{what}: the input changed");
+    }
+}
+
+/// What a signal `sig` sent `after` into `args`' run left: the run's status and stderr.
+fn signalled(args: &[String], sig: libc::c_int, after: Duration) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_shrink"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(after);
+    // SAFETY: signalling the child this test spawned (it may have exited: then ESRCH).
+    unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn interrupted_and_killed_runs_leave_the_whole_result_or_nothing() {
+    let Some(g) = real_model() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let gs = g.to_str().unwrap().to_string();
+    let input = snapshot(&g);
+    let commands: Vec<(Vec<String>, &str)> = [
+        (vec!["convert", &gs, "--dtype", "bf16", "--no-check"], "out"),
+        (
+            vec!["quantize", &gs, "--method", "hqq", "--bits", "4"],
+            "out",
+        ),
+        (
+            vec!["export", &gs, "--to", "gguf", "--type", "q4_k_m"],
+            "out.gguf",
+        ),
+    ]
+    .into_iter()
+    .map(|(a, n)| {
+        let mut a: Vec<String> = a.into_iter().map(String::from).collect();
+        a.extend(["-o".into(), "{out}".into()]);
+        (a, n)
+    })
+    .collect();
+    for (i, (args, name)) in commands.iter().enumerate() {
+        let what = args[..2].join(" ");
+        let full = tmp.path().join(format!("whole{i}-{name}"));
+        let r = shrink(
+            &with_out(args, &full)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        );
+        assert!(r.status.success(), "{what}");
+        let whole = weights(&full);
+        // Signals early, midway and late through the run (a run takes 1–3 s here).
+        for (k, (sig, ms)) in [
+            (libc::SIGINT, 150),
+            (libc::SIGTERM, 700),
+            (libc::SIGINT, 1500),
+            (libc::SIGKILL, 200),
+            (libc::SIGKILL, 900),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let dir = tmp.path().join(format!("run{i}-{k}"));
+            std::fs::create_dir(&dir).unwrap();
+            let out = dir.join(name);
+            let r = signalled(&with_out(args, &out), sig, Duration::from_millis(ms));
+            let err = String::from_utf8_lossy(&r.stderr);
+            let case = format!("{what}: signal {sig} after {ms} ms");
+            assert!(!err.contains("panicked"), "{case}: {err}");
+            if r.status.success() {
+                // Finished before the signal: the whole result.
+                assert!(
+                    weights(&out) == whole,
+                    "{case}: finished, but not the whole result"
+                );
+                continue;
+            }
+            assert!(!out.exists(), "{case}: an output is left");
+            if sig == libc::SIGKILL {
+                // A killed run cannot clean up; the next run of the same output does.
+                let r = shrink(
+                    &with_out(args, &out)
+                        .iter()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>(),
+                );
+                assert!(r.status.success(), "{case}: the run after");
+                assert!(weights(&out) == whole, "{case}: the run after differs");
+            } else {
+                use std::os::unix::process::ExitStatusExt;
+                assert_eq!(
+                    r.status.code(),
+                    Some(128 + sig),
+                    "{case}: {:?}",
+                    r.status.signal()
+                );
+                assert!(err.contains("interrupted"), "{case}: {err}");
+            }
+            assert_eq!(partials(&dir), Vec::<String>::new(), "{case}");
+        }
+    }
+    assert!(snapshot(&g) == input, "the input changed");
+}
