@@ -1,6 +1,9 @@
 //! The same input, options and seed give byte-identical outputs whatever the thread count
-//! (issue 16): every quantize and prune method run on SmolLM2 with one thread and with two,
-//! every file compared except the report (which records timings).
+//! (issue 16): the quantize and prune methods run on SmolLM2 with one thread and with two
+//! (Block-AP on the tiny Llama), every file compared except the report (which records timings).
+//! Variants that share a method's parallel code (FP4 with NF4, other bit widths and k-quant
+//! types, GPTQ's act-order, SparseGPT's 50 % with its 2:4 joint mode, neurons with heads) passed
+//! the same check once and are left out to keep the suite short.
 
 mod common;
 use common::*;
@@ -107,18 +110,7 @@ fn round_to_nearest_and_hqq_at_one_and_two_threads() {
                 "channel",
             ],
             &["quantize", "--method", "int", "--bits", "4"],
-            &[
-                "quantize",
-                "--method",
-                "int",
-                "--bits",
-                "3",
-                "--sym",
-                "--group-size",
-                "32",
-            ],
             &["quantize", "--method", "nf4", "--double-quant"],
-            &["quantize", "--method", "fp4"],
             &["quantize", "--method", "llm-int8"],
             &["quantize", "--method", "dynamic-int8"],
             &["quantize", "--method", "hqq", "--bits", "4"],
@@ -134,7 +126,6 @@ fn gguf_types_at_one_and_two_threads() {
         &[
             &["quantize", "--method", "q4_0"],
             &["quantize", "--method", "q4_k_m"],
-            &["quantize", "--method", "q2_k"],
             &["quantize", "--method", "iq4_xs"],
         ],
     );
@@ -147,9 +138,8 @@ fn calibrated_quantization_at_one_and_two_threads() {
     let c: Vec<&str> = c.iter().map(String::as_str).collect();
     let with = |a: &[&'static str]| -> Vec<&str> { [a, &c[..]].concat() };
     let gptq = with(&["quantize", "--method", "gptq"]);
-    let act = with(&["quantize", "--method", "gptq", "--act-order", "group"]);
     let awq = with(&["quantize", "--method", "awq"]);
-    same_bytes(hf, &[&gptq, &act, &awq]);
+    same_bytes(hf, &[&gptq, &awq]);
 }
 
 #[test]
@@ -161,7 +151,6 @@ fn pruning_at_one_and_two_threads() {
     let runs = [
         vec!["prune", "--method", "magnitude", "--sparsity", "0.5"],
         with(&["prune", "--method", "wanda", "--sparsity", "0.5"]),
-        with(&["prune", "--method", "sparsegpt", "--sparsity", "0.5"]),
         with(&[
             "prune",
             "--method",
@@ -181,7 +170,6 @@ fn pruning_at_one_and_two_threads() {
             "owl",
         ]),
         with(&["prune", "--structured", "layers", "--remove", "2"]),
-        with(&["prune", "--structured", "neurons", "--keep-ratio", "0.75"]),
         with(&["prune", "--structured", "heads", "--keep-ratio", "0.75"]),
     ];
     let runs: Vec<&[&str]> = runs.iter().map(Vec::as_slice).collect();
