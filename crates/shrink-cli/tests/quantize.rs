@@ -539,3 +539,50 @@ fn contradictory_options_are_refused() {
     }
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn an_already_quantized_input_is_said_to_be_quantized_again() {
+    let Some(g) = real_model() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("nf4");
+    let (gs, o) = (g.to_str().unwrap(), out.to_str().unwrap());
+    let r = shrink(&["quantize", gs, "--method", "nf4", "-o", o]);
+    assert!(r.status.success());
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        err.contains("warning") && err.contains("quantized again") && err.contains("Q4_1"),
+        "{err}"
+    );
+    // The sizes are compared with the input's, not only with float32: NF4 with float32
+    // embeddings is larger than the Q4_1 file.
+    let text = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        text.contains("input bytes") && text.contains("larger"),
+        "{text}"
+    );
+    let input: u64 = Checkpoint::open(&g)
+        .unwrap()
+        .tensors()
+        .iter()
+        .map(|t| t.bytes)
+        .sum();
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("shrink-quantize.json")).unwrap()).unwrap();
+    assert_eq!(report["input_bytes"], input);
+    assert!(report["warning"]
+        .as_str()
+        .unwrap()
+        .contains("quantized again"));
+    // A float input has no warning.
+    let f32_dir = tmp.path().join("f32");
+    let f = f32_dir.to_str().unwrap();
+    assert!(
+        shrink(&["convert", gs, "--dtype", "bf16", "--no-check", "-o", f])
+            .status
+            .success()
+    );
+    let r = shrink(&["quantize", f, "--method", "nf4", "-o", &format!("{o}2")]);
+    assert!(r.status.success());
+    assert!(!String::from_utf8_lossy(&r.stderr).contains("warning"));
+    assert!(String::from_utf8_lossy(&r.stdout).contains("smaller)"));
+}

@@ -461,6 +461,7 @@ pub fn gptq(run: &Run, spec: GptqSpec, f64_hessian: bool) -> Result<Report> {
         sizes,
     );
     r.calibration = Some(run.calibration.clone());
+    r.against_input(run.ckpt);
     r.quantized_tensors = o.selected.len();
     r.relative_rmse = Some((step.sq.0 / step.sq.1.max(f64::MIN_POSITIVE)).sqrt());
     r.quantize_seconds = step.seconds;
@@ -717,6 +718,7 @@ pub fn awq(run: &Run, spec: AwqSpec) -> Result<Report> {
         c.insert("clip_tokens".into(), spec.clip_tokens.into());
     }
     r.calibration = Some(calibration);
+    r.against_input(run.ckpt);
     r.quantized_tensors = o.selected.len();
     r.quantize_seconds = step.seconds;
     r.seconds = t_start.elapsed().as_secs_f64();

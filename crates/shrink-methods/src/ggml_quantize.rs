@@ -391,6 +391,8 @@ pub fn quantize_gguf(
     let sum = GgufSummary::new(specs.iter().zip(&steps).map(|(s, (c, _, _))| (s, c.wanted)));
     let mut r = sum.report(input, output, opts.preset.name(), file_bytes);
     ggml_report(&mut r, opts, &steps, &tally, imatrix.as_ref());
+    // Its own warning says when an input is requantized (--allow-requantize silences it).
+    r.input_bytes = Some(g.tensors.iter().map(|t| t.bytes).sum());
     r.quantize_seconds = quant_seconds;
     r.seconds = t0.elapsed().as_secs_f64();
     Ok(r)

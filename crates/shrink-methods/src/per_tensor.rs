@@ -441,6 +441,7 @@ fn report(
     r.bits_per_weight_quantized =
         p.sizes.quantized_bytes as f64 * 8.0 / p.sizes.quantized_params as f64;
     r.quantized_tensors = tensors;
+    r.against_input(job.ckpt);
     r.relative_rmse = Some((p.sq_err / p.sq_ref.max(f64::MIN_POSITIVE)).sqrt());
     r.quantize_seconds = p.seconds + enc.seconds_before();
     let sqnr_db = 10.0 * (p.sq_ref / p.sq_err.max(f64::MIN_POSITIVE)).log10();

@@ -210,40 +210,6 @@ impl PruneSpec {
     }
 }
 
-/// What the input stores quantized, if anything: the HF `quantization_config`'s method, or a
-/// GGUF's quantized block types.
-pub fn stored_quantized(ckpt: &Checkpoint) -> Option<String> {
-    match ckpt {
-        Checkpoint::Hf(h) => {
-            let q = h.quantization_config()?;
-            // compressed-tensors with no quantization groups only stores sparsity.
-            let groups = q.get("config_groups").and_then(|g| g.as_object());
-            if q.get("quant_method").and_then(|v| v.as_str()) == Some("compressed-tensors")
-                && groups.is_none_or(|g| g.is_empty())
-            {
-                return None;
-            }
-            Some(format!(
-                "its quantization_config ({})",
-                q.get("quant_method")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("unknown method")
-            ))
-        }
-        Checkpoint::Gguf(g) => {
-            use shrink_formats::ggml::GgmlType;
-            let mut types: Vec<String> = g
-                .tensors
-                .iter()
-                .filter(|t| !matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16))
-                .map(|t| format!("{:?}", t.ty))
-                .collect();
-            types.sort();
-            types.dedup();
-            (!types.is_empty()).then(|| format!("GGUF blocks of {}", types.join(", ")))
-        }
-    }
-}
 
 /// Prune `run`'s checkpoint with `spec`, writing the pruned model (dense, or the `gptq` layout
 /// when jointly quantized) to `run.output`.
@@ -344,7 +310,7 @@ pub fn prune(run: &Run, spec: &PruneSpec) -> Result<Report> {
 /// Refuse an input stored quantized unless `spec.dequantize`; then the report's warning.
 fn quantized_input(run: &Run, spec: &PruneSpec) -> Result<Option<String>> {
     let path = run.ckpt.path().display();
-    match (stored_quantized(run.ckpt), spec.dequantize) {
+    match (crate::report::stored_quantized(run.ckpt), spec.dequantize) {
         (Some(what), false) => Err(MethodError::Options(format!(
             "{path}: the weights are stored quantized ({what}); pruning would work on their \
              dequantized values and store them dense — pass --dequantize to do so, or prune the \

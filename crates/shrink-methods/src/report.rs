@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
+use shrink_io::Checkpoint;
 
 /// What a compression run produced.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -43,6 +44,9 @@ pub struct Report {
     /// Relative RMSE of the compressed weights against the input's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub relative_rmse: Option<f64>,
+    /// Bytes the input checkpoint stores its tensors in, when the run compared them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_bytes: Option<u64>,
     /// Seconds in the method itself (quantizers, searches, solves).
     pub quantize_seconds: f64,
     /// Seconds of the whole run.
@@ -92,6 +96,26 @@ impl Report {
         }
     }
 
+    /// Compare the output with the input `ckpt` it was made from: its size (the text report
+    /// says how much larger or smaller the output is) and, when the input already stores its
+    /// weights quantized, a warning that they were quantized again (unless one is set).
+    pub fn against_input(&mut self, ckpt: &Checkpoint) {
+        self.input_bytes = Some(ckpt.tensors().iter().map(|t| t.bytes).sum());
+        if self.extra.get("warning").is_none_or(Value::is_null) {
+            if let Some(what) = stored_quantized(ckpt) {
+                self.set(
+                    "warning",
+                    format!(
+                        "{} stores its weights quantized ({what}): they were dequantized and \
+                         quantized again, which stacks both rounding errors (quantize the float \
+                         model where you have it)",
+                        ckpt.path().display()
+                    ),
+                );
+            }
+        }
+    }
+
     /// Set a method-specific field.
     pub fn set(&mut self, key: &str, v: impl Serialize) {
         self.extra.insert(
@@ -124,6 +148,17 @@ impl Report {
                 self.compression_vs_f32
             ),
         ];
+        if let Some(i) = self.input_bytes.filter(|&i| i > 0 && self.model_bytes > 0) {
+            let (ratio, way) = if self.model_bytes > i {
+                (self.model_bytes as f64 / i as f64, "larger")
+            } else {
+                (i as f64 / self.model_bytes as f64, "smaller")
+            };
+            v.push(format!(
+                "input bytes    {i} ({}; the output is ×{ratio:.2} {way})",
+                human(i)
+            ));
+        }
         if let Some(e) = self.relative_rmse {
             v.push(format!("weight error   relative RMSE {e:.4}"));
         }
@@ -165,6 +200,41 @@ pub fn squared_error(w: &[f32], d: &[f32]) -> (f64, f64) {
             })
         })
         .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1))
+}
+
+/// What the input stores quantized, if anything: the HF `quantization_config`'s method, or a
+/// GGUF's quantized block types.
+pub fn stored_quantized(ckpt: &Checkpoint) -> Option<String> {
+    match ckpt {
+        Checkpoint::Hf(h) => {
+            let q = h.quantization_config()?;
+            // compressed-tensors with no quantization groups only stores sparsity.
+            let groups = q.get("config_groups").and_then(|g| g.as_object());
+            if q.get("quant_method").and_then(|v| v.as_str()) == Some("compressed-tensors")
+                && groups.is_none_or(|g| g.is_empty())
+            {
+                return None;
+            }
+            Some(format!(
+                "its quantization_config ({})",
+                q.get("quant_method")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("unknown method")
+            ))
+        }
+        Checkpoint::Gguf(g) => {
+            use shrink_formats::ggml::GgmlType;
+            let mut types: Vec<String> = g
+                .tensors
+                .iter()
+                .filter(|t| !matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16))
+                .map(|t| format!("{:?}", t.ty))
+                .collect();
+            types.sort();
+            types.dedup();
+            (!types.is_empty()).then(|| format!("GGUF blocks of {}", types.join(", ")))
+        }
+    }
 }
 
 #[cfg(test)]
