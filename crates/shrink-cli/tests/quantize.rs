@@ -586,3 +586,29 @@ fn an_already_quantized_input_is_said_to_be_quantized_again() {
     assert!(!String::from_utf8_lossy(&r.stderr).contains("warning"));
     assert!(String::from_utf8_lossy(&r.stdout).contains("smaller)"));
 }
+
+#[test]
+fn progress_goes_to_a_log_as_plain_lines() {
+    // Tests capture stderr through a pipe: not a terminal, as when a run is redirected to a log.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("q");
+    let m = fixture("tiny-llama");
+    let r = shrink(&[
+        "quantize",
+        m.to_str().unwrap(),
+        "--method",
+        "nf4",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(r.status.success());
+    let err = String::from_utf8_lossy(&r.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("quantize 0/"))
+        .unwrap_or_else(|| panic!("no progress line in {err:?}"));
+    assert!(
+        line.contains("elapsed") && !line.contains('\r') && !line.contains('\x1b'),
+        "{line:?}"
+    );
+}

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use shrink_io::{Checkpoint, OutputDir};
 use shrink_train::distill::{self, DistillConfig, StepLog, Windows};
 use shrink_train::loss::{Divergence, KdLoss};
@@ -173,15 +173,7 @@ impl distill::Progress for Bar {
 
 /// The bar of a training run named `what`.
 fn steps_bar(what: &str) -> ProgressBar {
-    let pb = ProgressBar::new(0);
-    pb.set_style(
-        ProgressStyle::with_template(&format!(
-            "{what} [{{bar:30}}] {{pos}}/{{len}} {{elapsed_precise}} eta {{eta}} {{msg}}"
-        ))
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    pb
+    crate::common::styled(0, what, " {msg}")
 }
 
 /// The run directory: `run_dir`, or OUT.run beside the output.

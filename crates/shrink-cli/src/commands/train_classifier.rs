@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use shrink_eval::classify::{self as cls, Labelled, Metrics};
 use shrink_io::tokenizer::Tokenizer;
 use shrink_io::{Checkpoint, OutputDir};
@@ -153,15 +153,9 @@ pub(crate) struct Bar {
 impl Bar {
     /// A bar titled `what`.
     pub fn new(what: &str) -> Self {
-        let pb = ProgressBar::new(0);
-        pb.set_style(
-            ProgressStyle::with_template(&format!(
-                "{what} [{{bar:30}}] {{pos}}/{{len}} {{elapsed_precise}} eta {{eta}} {{msg}}"
-            ))
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        Bar { bar: pb }
+        Bar {
+            bar: crate::common::styled(0, what, " {msg}"),
+        }
     }
 }
 
