@@ -149,6 +149,41 @@ fn explain(buf: &[u8], err: &SafeTensorError) -> Option<String> {
                 )
             })
         }
+        SafeTensorError::InvalidOffset(_) => {
+            // The crate wants the tensors to tile the data section in offset order: say which
+            // two overlap, or where the gap is.
+            let header: BTreeMap<String, serde_json::Value> =
+                serde_json::from_slice(buf.get(8..(n as usize).checked_add(8)?)?).ok()?;
+            let mut ranges: Vec<(usize, usize, String)> = header
+                .into_iter()
+                .filter(|(k, _)| k != "__metadata__")
+                .filter_map(|(k, v)| {
+                    let t = serde_json::from_value::<TensorInfo>(v).ok()?;
+                    Some((t.data_offsets.0, t.data_offsets.1, k))
+                })
+                .collect();
+            ranges.sort();
+            let mut end = 0;
+            let mut prev = None::<&str>;
+            for (s, e, name) in &ranges {
+                if *s < end {
+                    return Some(format!(
+                        "tensors {} and {name} overlap (the first ends at byte {end} of the data \
+                         section, the second starts at {s})",
+                        prev.unwrap_or("?")
+                    ));
+                }
+                if *s > end {
+                    return Some(format!(
+                        "bytes {end}..{s} of the data section belong to no tensor (a gap before \
+                         {name})"
+                    ));
+                }
+                end = *e;
+                prev = Some(name);
+            }
+            None
+        }
         _ => None,
     }
 }
