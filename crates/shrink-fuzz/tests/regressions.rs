@@ -9,8 +9,28 @@ fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
 }
 
+/// Limit the test process's address space to 8 GiB (once): an input whose reader allocates what
+/// a file claims then aborts the test ("memory allocation of N bytes failed") instead of taking
+/// the machine's memory. The fuzz campaigns use 1 GiB (`afl-fuzz -m 1024`).
+fn limit_memory() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        #[cfg(target_os = "linux")]
+        // SAFETY: getrlimit/setrlimit on a valid, initialised struct; only the soft limit is
+        // lowered, the hard one kept.
+        unsafe {
+            let mut lim: libc::rlimit = std::mem::zeroed();
+            if libc::getrlimit(libc::RLIMIT_AS, &mut lim) == 0 {
+                lim.rlim_cur = lim.rlim_max.min(8 << 30);
+                libc::setrlimit(libc::RLIMIT_AS, &lim);
+            }
+        }
+    });
+}
+
 /// Run every file of `fuzz/{seeds,regressions}/<target>/` through the target's harness.
 fn replay(target: &str) {
+    limit_memory();
     assert!(
         shrink_fuzz::fixtures()
             .join("tiny-llama/model.safetensors")

@@ -315,3 +315,48 @@ pub fn non_finite(v: &[f32], shape: &[usize]) -> Option<String> {
     at.reverse();
     Some(format!("{} at {at:?}", v[i]))
 }
+
+/// The first non-finite value among stored float bytes of `dtype` (float32, float16 or
+/// bfloat16, little-endian), described with its place in `shape`; `None` when all are finite
+/// or the dtype is not a float one. Writers check what they are about to write with it.
+pub fn non_finite_stored(
+    dtype: ::safetensors::tensor::Dtype,
+    bytes: &[u8],
+    shape: &[usize],
+) -> Option<String> {
+    use ::safetensors::tensor::Dtype;
+    let halves = |exp: u16| {
+        let v: Vec<u16> = bytes
+            .chunks_exact(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        let i = v.iter().position(|x| x & exp == exp)?;
+        // All exponent bits set: an infinity when the mantissa is zero, else NaN.
+        Some((i, v[i] & !(exp | 0x8000) == 0))
+    };
+    let ((i, inf), limit) = match dtype {
+        Dtype::F32 => {
+            let v: Vec<f32> = bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            return non_finite(&v, shape);
+        }
+        Dtype::F16 => (halves(0x7c00)?, " (float16 holds magnitudes up to 65504)"),
+        Dtype::BF16 => (halves(0x7f80)?, ""),
+        _ => return None,
+    };
+    let mut at = Vec::with_capacity(shape.len());
+    let mut rest = i;
+    for &d in shape.iter().rev() {
+        let d = d.max(1);
+        at.push(rest % d);
+        rest /= d;
+    }
+    at.reverse();
+    Some(if inf {
+        format!("an infinity at {at:?}{limit}")
+    } else {
+        format!("NaN at {at:?}")
+    })
+}

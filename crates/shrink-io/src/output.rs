@@ -317,6 +317,32 @@ pub fn write_safetensors_streaming(
     tensors: Vec<(String, LazyTensor<'_>)>,
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
+    // Each tensor's bytes are checked as they are produced; the first non-finite value found
+    // fails the write (the crate's View cannot return an error, so it is kept here).
+    let found: std::cell::RefCell<Option<String>> = Default::default();
+    let found_ref = &found;
+    let tensors: Vec<(String, LazyTensor<'_>)> = tensors
+        .into_iter()
+        .map(|(name, t)| {
+            let LazyTensor {
+                dtype,
+                shape,
+                len,
+                make,
+            } = t;
+            let (n, s) = (name.clone(), shape.clone());
+            let checked = move || {
+                let bytes = make();
+                if found_ref.borrow().is_none() {
+                    if let Some(what) = crate::checkpoint::non_finite_stored(dtype, &bytes, &s) {
+                        *found_ref.borrow_mut() = Some(format!("tensor {n} holds {what}"));
+                    }
+                }
+                bytes
+            };
+            (name, LazyTensor::new(dtype, shape, len, checked))
+        })
+        .collect();
     safetensors::serialize_to_file(tensors, metadata, path).map_err(|e| match e {
         safetensors::SafeTensorError::IoError(io) => IoError::os(path, io),
         other => IoError::Safetensors {
@@ -324,6 +350,9 @@ pub fn write_safetensors_streaming(
             source: other,
         },
     })?;
+    if let Some(what) = found.into_inner() {
+        return Err(not_finite(path, &what));
+    }
     // The crate writes through a private temporary file (mode 0600); give it the usual mode.
     #[cfg(unix)]
     {
@@ -332,6 +361,17 @@ pub fn write_safetensors_streaming(
             .map_err(|e| IoError::os(path, e))?;
     }
     Ok(())
+}
+
+/// The error of a write that would have stored a non-finite value: nothing is written.
+fn not_finite(path: &Path, what: &str) -> IoError {
+    IoError::malformed(
+        path,
+        format!(
+            "{what}: the computation produced a value that is not finite, and shrink does not \
+             write one (nothing was written)"
+        ),
+    )
 }
 
 /// Name, dtype, shape and byte length of one tensor of a file written by
@@ -388,6 +428,9 @@ pub fn write_safetensors_ordered<E: From<IoError>>(
     w.write_all(text.as_bytes()).map_err(io)?;
     for (i, t) in header.iter().enumerate() {
         let bytes = next(i)?;
+        if let Some(what) = crate::checkpoint::non_finite_stored(t.dtype, &bytes, &t.shape) {
+            return Err(not_finite(path, &format!("tensor {} holds {what}", t.name)).into());
+        }
         if bytes.len() != t.len {
             return Err(IoError::malformed(
                 path,

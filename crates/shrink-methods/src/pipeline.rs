@@ -141,6 +141,26 @@ pub fn advance(
             *xs = next;
         }
     }
+    check_finite(l, xs)
+}
+
+/// The next block's inputs must be finite: a NaN or infinity here (the activations overflowed,
+/// or a compressed block went wrong) is named with its layer and sample, not carried on into
+/// every later layer's statistics.
+fn check_finite(l: usize, xs: &[Tensor]) -> Result<()> {
+    for (i, x) in xs.iter().enumerate() {
+        if let Some(what) =
+            shrink_models::with_f32(x, |v| shrink_io::checkpoint::non_finite(v, x.dims()))?
+        {
+            return Err(MethodError::Numerical {
+                layer: format!("layer {l}"),
+                what: format!(
+                    "its outputs on calibration sample {i} hold {what}: the activations \
+                     overflowed or a weight is not finite"
+                ),
+            });
+        }
+    }
     Ok(())
 }
 

@@ -210,7 +210,6 @@ impl PruneSpec {
     }
 }
 
-
 /// Prune `run`'s checkpoint with `spec`, writing the pruned model (dense, or the `gptq` layout
 /// when jointly quantized) to `run.output`.
 pub fn prune(run: &Run, spec: &PruneSpec) -> Result<Report> {
