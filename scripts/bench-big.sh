@@ -18,8 +18,9 @@ if [ ! -x "$py" ]; then
   target/check-venv/bin/pip install -q --disable-pip-version-check numpy safetensors
   py=target/check-venv/bin/python
 fi
-bin=target/release/shrink
-cargo build --release -q -p shrink-cli
+# SHRINK: a binary to measure (default: a fresh release build).
+bin="${SHRINK:-target/release/shrink}"
+[ -n "${SHRINK:-}" ] || cargo build --release -q -p shrink-cli
 mkdir -p "$work"
 model="$work/llama-7b-shapes"
 results="$work/results.txt"
@@ -52,23 +53,25 @@ rng = np.random.default_rng(0)
 def w(*shape, std=0.02):
     return (rng.standard_normal(shape, dtype=np.float32) * std).astype(np.float32)
 
-# One shard per layer, embedding and head in shards of their own.
-weight_map, shards = {}, []
-shards.append({"model.embed_tokens.weight": w(vocab, h)})
-for l in range(layers):
+# One shard per layer, embedding and head in shards of their own, each written as it is made.
+def layer(l):
     p = f"model.layers.{l}."
-    shards.append({
+    return {
         p + "self_attn.q_proj.weight": w(h, h), p + "self_attn.k_proj.weight": w(h, h),
         p + "self_attn.v_proj.weight": w(h, h), p + "self_attn.o_proj.weight": w(h, h),
         p + "mlp.gate_proj.weight": w(inter, h), p + "mlp.up_proj.weight": w(inter, h),
         p + "mlp.down_proj.weight": w(h, inter),
         p + "input_layernorm.weight": np.ones(h, np.float32),
         p + "post_attention_layernorm.weight": np.ones(h, np.float32),
-    })
-shards.append({"model.norm.weight": np.ones(h, np.float32), "lm_head.weight": w(vocab, h)})
-total = 0
-for i, tensors in enumerate(shards):
-    name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+    }
+
+makers = [lambda: {"model.embed_tokens.weight": w(vocab, h)}]
+makers += [lambda l=l: layer(l) for l in range(layers)]
+makers += [lambda: {"model.norm.weight": np.ones(h, np.float32), "lm_head.weight": w(vocab, h)}]
+weight_map, total = {}, 0
+for i, make in enumerate(makers):
+    tensors = make()
+    name = f"model-{i + 1:05d}-of-{len(makers):05d}.safetensors"
     save_file(tensors, os.path.join(out, name), metadata={"format": "pt"})
     for k, v in tensors.items():
         weight_map[k] = name
@@ -76,7 +79,7 @@ for i, tensors in enumerate(shards):
     del tensors
 json.dump({"metadata": {"total_size": total}, "weight_map": weight_map},
           open(os.path.join(out, "model.safetensors.index.json"), "w"), indent=2)
-print(f"wrote {total / 1e9:.2f} GB in {len(shards)} shards")
+print(f"wrote {total / 1e9:.2f} GB in {len(makers)} shards")
 PY
   rm -rf "$work/smol"
 fi
@@ -94,11 +97,14 @@ run() {
   shift 2
   rm -rf "$out"
   sync
-  /usr/bin/time -f "%e %M" -o "$work/time.txt" "$bin" "$@" >"$work/$name.log" 2>&1
-  read -r wall rss <"$work/time.txt"
-  local bytes
-  bytes=$(du -sb "$out" | cut -f1)
-  echo "$name | $wall | $((rss / 1024)) | $bytes" | tee -a "$results"
+  if /usr/bin/time -f "%e %M" -o "$work/time.txt" "$bin" "$@" >"$work/$name.log" 2>&1; then
+    read -r wall rss <"$work/time.txt"
+    echo "$name | $wall | $((rss / 1024)) | $(du -sb "$out" | cut -f1)" | tee -a "$results"
+  else
+    # The last line of GNU time's output holds the figures, the one before it why it stopped.
+    echo "$name | failed: $(tail -n 2 "$work/time.txt" | tr '\n' ' ')| $(tail -n 1 "$work/$name.log")" \
+      | tee -a "$results"
+  fi
   rm -rf "$out"
 }
 

@@ -16,7 +16,7 @@ use shrink_models::{Architecture, Model, ModelConfig, ModelError, WeightLoader};
 
 use crate::error::{MethodError, Result};
 use crate::pipeline::Progress;
-use crate::report::{peak_rss, Report, Sizes};
+use crate::report::{human, peak_rss, Report, Sizes};
 
 /// One output tensor and where its values come from.
 struct Planned {
@@ -186,9 +186,19 @@ pub fn convert(
     let model_cfg = arch.as_ref().and_then(|c| c.decoder());
     let name = dtype.torch_name();
     crate::output::write_config_and_tokenizer(ckpt, model_cfg, &out, name, None)?;
-    // Logits of the source and of the output, one model in memory at a time.
+    // Logits of the source and of the output, one model in memory at a time: skipped when one
+    // model as float32 does not fit in the memory free (a model larger than RAM streams through
+    // the conversion itself, tensor by tensor, but not through a whole-model forward).
+    let f32_bytes: u64 = plan
+        .iter()
+        .map(|p| p.shape.iter().product::<usize>() as u64 * 4)
+        .sum();
+    let free = shrink_io::available_memory();
+    let fits = free.is_none_or(|free| f32_bytes < free);
     let diff = match check {
-        Some(prompt) if model_cfg.is_some() => Some(compare_logits(ckpt, out.dir(), prompt)?),
+        Some(prompt) if model_cfg.is_some() && fits => {
+            Some(compare_logits(ckpt, out.dir(), prompt)?)
+        }
         _ => None,
     };
     let target = out.commit()?;
@@ -227,6 +237,12 @@ pub fn convert(
         _ if model_cfg.is_none() => {
             "logits         not compared: the architecture is not one shrink runs".into()
         }
+        (None, Some(_)) if !fits => format!(
+            "logits         not compared: the model as float32 ({}) does not fit in the {} of \
+             memory free",
+            human(f32_bytes),
+            human(free.unwrap_or(0))
+        ),
         _ => "logits         not compared (--no-check)".into(),
     });
     Ok(r)
