@@ -320,8 +320,8 @@ pub(crate) fn config_path(ckpt: &Checkpoint) -> std::path::PathBuf {
 
 /// Check a configuration's sizes against the tensors `ckpt` holds, before any are used: the
 /// layer count against the layers the tensor names hold, then every implied weight's element
-/// count (multiplied with overflow checks) against the stored tensor it names, where stored
-/// densely. `shapes` lists the implied weights and is only built once the layer count is known
+/// count (multiplied with overflow checks) against the stored tensor it names, where stored as
+/// floats or GGML blocks. `shapes` lists the implied weights and is only built once the layer count is known
 /// to be bounded by the file; `stored` maps an HF name to its stored name, if present.
 pub(crate) fn check_sizes(
     ckpt: &Checkpoint,
@@ -345,8 +345,11 @@ pub(crate) fn check_sizes(
             ),
         ));
     }
+    // Tensors whose stored shape is their logical one: floats and GGML blocks (a packed layout
+    // such as bitsandbytes' stores a quantized weight under its own name as bytes).
     let by_name: std::collections::HashMap<&str, &[usize]> = tensors
         .iter()
+        .filter(|t| !matches!(t.dtype, shrink_io::StoredDtype::Other(_)))
         .map(|t| (t.name.as_str(), t.shape.as_slice()))
         .collect();
     for (name, shape) in shapes() {
