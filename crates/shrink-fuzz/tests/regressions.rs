@@ -4,7 +4,7 @@
 //! with the panic message (or the abort's last words).
 //!
 //! Each file runs in a child process (this test binary again, running `replay_one_child` on
-//! it), under a 4 GiB address-space limit and a 120 s timeout, so that an input whose reader
+//! it), under a 4 GiB address-space limit and a 60 s timeout, so that an input whose reader
 //! allocates what a file claims, or loops, fails its own test instead of taking the process,
 //! the machine's memory or the whole run with it.
 
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 const CHILD_VAR: &str = "SHRINK_FUZZ_REPLAY";
 /// Per-file limits of the child.
 const MEMORY_LIMIT: u64 = 4 << 30;
-const TIMEOUT: Duration = Duration::from_secs(120);
+const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
