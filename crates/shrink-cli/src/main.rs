@@ -7,6 +7,7 @@ mod commands;
 mod common;
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
 
@@ -143,6 +144,13 @@ fn main() -> ExitCode {
     exit(result)
 }
 
+/// Set while a training loop runs: a first interrupt then sets [`STOP`] (the loop checkpoints
+/// and stops) instead of ending the process.
+pub(crate) static GRACEFUL: AtomicBool = AtomicBool::new(false);
+
+/// Set by the first interrupt while [`GRACEFUL`].
+pub(crate) static STOP: AtomicBool = AtomicBool::new(false);
+
 /// On SIGINT, SIGTERM or SIGHUP, remove the outputs being written (their hidden temporaries)
 /// and exit with 128 + the signal, as a shell reports it. The signals are blocked in every
 /// thread (the mask is inherited by threads spawned later, rayon's included) and taken by one
@@ -160,10 +168,14 @@ fn clean_up_on_signals() {
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
             return;
         }
-        std::thread::spawn(move || {
+        std::thread::spawn(move || loop {
             let mut sig: libc::c_int = 0;
             if libc::sigwait(&set, &mut sig) != 0 {
                 return;
+            }
+            // A training loop checkpoints and stops on the first interrupt; a second ends it.
+            if GRACEFUL.load(Ordering::SeqCst) && !STOP.swap(true, Ordering::SeqCst) {
+                continue;
             }
             let targets = shrink_io::output::remove_partials();
             if targets.is_empty() {

@@ -19,12 +19,7 @@ fn lee_corpus(dir: &std::path::Path) -> std::path::PathBuf {
 fn compare_prints_the_quantize_time_of_gptq_and_awq_outputs() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_llama_with_tokenizer(tmp.path());
-    // The protocol's windows are 512 tokens; the fixture says 128 positions (RoPE runs past
-    // them, but shrink refuses windows longer than a model's stated context).
-    let cfg = model.join("config.json");
-    let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
-    c["max_position_embeddings"] = 512.into();
-    std::fs::write(&cfg, c.to_string()).unwrap();
+    set_positions(&model, 512);
     let calib = calib_text(tmp.path(), 1500);
     let corpus = lee_corpus(tmp.path());
     let (m, c) = (model.to_str().unwrap(), calib.to_str().unwrap());

@@ -121,6 +121,7 @@ fn qlora_writes_an_adapter_eval_runs_and_a_merged_model() {
     let calib = calib_text(tmp.path(), 6000);
     let c = calib.to_str().unwrap();
     let fx = fixture_with_tokenizer(tmp.path(), "tiny-llama");
+    set_positions(&fx, 512);
     let f = fx.to_str().unwrap();
     let nf4 = tmp.path().join("nf4");
     let n = nf4.to_str().unwrap();

@@ -321,7 +321,7 @@ pub(crate) fn config_path(ckpt: &Checkpoint) -> std::path::PathBuf {
 /// Check a configuration's sizes against the tensors `ckpt` holds, before any are used: the
 /// layer count against the layers the tensor names hold, then every implied weight's element
 /// count (multiplied with overflow checks) against the stored tensor it names, where stored as
-/// floats or GGML blocks. `shapes` lists the implied weights and is only built once the layer count is known
+/// floats or GGML blocks (the exact shape is checked as each weight is read). `shapes` lists the implied weights and is only built once the layer count is known
 /// to be bounded by the file; `stored` maps an HF name to its stored name, if present.
 pub(crate) fn check_sizes(
     ckpt: &Checkpoint,
@@ -367,7 +367,9 @@ pub(crate) fn check_sizes(
             continue;
         };
         if let Some(got) = by_name.get(stored_name.as_str()) {
-            if !crate::weights::same_shape(got, &shape) {
+            // Element counts: a GGUF may store a weight transposed (GPT-2's Conv1D).
+            let count = |s: &[usize]| s.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+            if count(got) != count(&shape) {
                 return Err(ModelError::Shape {
                     path: ckpt.path().to_path_buf(),
                     name: stored_name,

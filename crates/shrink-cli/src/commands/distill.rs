@@ -136,14 +136,6 @@ pub struct Args {
     pub json: bool,
 }
 
-/// Set by Ctrl-C: the training loops checkpoint and stop.
-static STOP: AtomicBool = AtomicBool::new(false);
-
-/// The SIGINT handler of the training commands.
-extern "C" fn on_sigint(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
 /// A progress bar showing the loss, tokens/s and the ETA.
 pub(crate) struct Bar {
     bar: ProgressBar,
@@ -199,20 +191,18 @@ pub(crate) fn training_ids(ckpt: &Checkpoint, text: &Path, format: TextFormat) -
     })
 }
 
-/// Run the training loop `train` with Ctrl-C checkpointing ([`STOP`]) and the progress bar of
+/// Run the training loop `train` with Ctrl-C checkpointing ([`crate::STOP`]) and the progress bar of
 /// `what`; an interrupted or diverged run is reported by its own message.
 pub(crate) fn training<T>(
     what: &str,
     train: impl FnOnce(&Bar, &AtomicBool) -> std::result::Result<T, TrainError>,
 ) -> Result<T> {
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
-    }
+    // The first Ctrl-C (or SIGTERM) now sets crate::STOP: the loop checkpoints and stops.
+    crate::GRACEFUL.store(true, Ordering::SeqCst);
     let bar = Bar {
         bar: steps_bar(what),
     };
-    match train(&bar, &STOP) {
+    match train(&bar, &crate::STOP) {
         Ok(s) => {
             bar.bar.finish_and_clear();
             Ok(s)

@@ -278,3 +278,12 @@ pub fn snapshot(path: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     v.sort();
     v
 }
+
+/// Make the Llama-family model in `dir` state `n` positions (the eval protocol's windows are
+/// 512 tokens, the fixtures state 128; shrink refuses windows longer than a model's context).
+pub fn set_positions(dir: &Path, n: usize) {
+    let cfg = dir.join("config.json");
+    let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+    c["max_position_embeddings"] = n.into();
+    std::fs::write(&cfg, c.to_string()).unwrap();
+}
