@@ -304,7 +304,11 @@ pub fn non_finite(v: &[f32], shape: &[usize]) -> Option<String> {
         .chunks(BLOCK)
         .position(|c| c.iter().fold(false, |a, x| a | (x.to_bits() & exp == exp)))?;
     let i = block * BLOCK + v[block * BLOCK..].iter().position(|x| !x.is_finite())?;
-    // The element's index in each dimension.
+    Some(format!("{} at {:?}", v[i], place(i, shape)))
+}
+
+/// Element `i` of a row-major tensor of `shape`, as its index in each dimension.
+fn place(i: usize, shape: &[usize]) -> Vec<usize> {
     let mut at = Vec::with_capacity(shape.len());
     let mut rest = i;
     for &d in shape.iter().rev() {
@@ -313,7 +317,7 @@ pub fn non_finite(v: &[f32], shape: &[usize]) -> Option<String> {
         rest /= d;
     }
     at.reverse();
-    Some(format!("{} at {at:?}", v[i]))
+    at
 }
 
 /// The first non-finite value among stored float bytes of `dtype` (float32, float16 or
@@ -346,14 +350,7 @@ pub fn non_finite_stored(
         Dtype::BF16 => (halves(0x7f80)?, ""),
         _ => return None,
     };
-    let mut at = Vec::with_capacity(shape.len());
-    let mut rest = i;
-    for &d in shape.iter().rev() {
-        let d = d.max(1);
-        at.push(rest % d);
-        rest /= d;
-    }
-    at.reverse();
+    let at = place(i, shape);
     Some(if inf {
         format!("an infinity at {at:?}{limit}")
     } else {
