@@ -301,8 +301,19 @@ fn token_table(
         by_id.insert(*id, content.clone());
         added_special.insert(*id, *special);
     }
-    let max_id = by_id.keys().copied().max().map_or(0, |m| m as usize + 1);
-    let n = vocab_size.max(max_id);
+    // The table is as long as the model's vocabulary: an id past it names no embedding row
+    // (and a hostile id would size the table by itself).
+    if let Some((&id, t)) = by_id
+        .iter()
+        .filter(|(&id, _)| id >= vocab_size as u64)
+        .min_by_key(|(&id, _)| id)
+    {
+        return Err(err(
+            tj_path,
+            format!("token {t:?} has id {id}, past the model's vocabulary of {vocab_size}"),
+        ));
+    }
+    let n = vocab_size;
     let mut tokens = Vec::with_capacity(n);
     let mut types = Vec::with_capacity(n);
     for i in 0..n as u64 {

@@ -739,6 +739,18 @@ fn ct_codes(r: &Reader, module: &str, bits: u8, rows: usize, cols: usize) -> Res
                 "{module}.weight: shape {shape:?}, expected [{rows}, {cols}]"
             )));
         }
+        // Signed codes stored one per int8: each must lie on the config's grid.
+        let (lo, hi) = (-(off as i16), off as i16 - 1);
+        if let Some(i) = b
+            .iter()
+            .position(|&v| !(lo..=hi).contains(&(v as i8 as i16)))
+        {
+            return Err(r.err(format!(
+                "{module}.weight: code {} at element {i} is outside the {bits}-bit range \
+                 [{lo}, {hi}] its config states",
+                b[i] as i8
+            )));
+        }
         Ok(b.iter()
             .map(|&v| (v as i8 as i16 + off as i16) as u8)
             .collect())

@@ -186,6 +186,47 @@ fn byte_chars() -> [char; 256] {
     table
 }
 
+/// `f()`, or the message of its panic, without the panic's report on stderr.
+fn quietly<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    r.map_err(|p| {
+        p.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a panic".into())
+    })
+}
+
+/// Instructions a chat template may run (minijinja's fuel): a real template renders a
+/// conversation in thousands.
+const CHAT_TEMPLATE_FUEL: u64 = 1_000_000;
+
+/// Bytes a rendered chat prompt may hold beyond four times its messages.
+const CHAT_TEMPLATE_OUTPUT: usize = 1 << 20;
+
+/// A writer that fails once `limit` bytes have been written.
+struct Bounded {
+    buf: Vec<u8>,
+    limit: usize,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + b.len() > self.limit {
+            self.buf.resize(self.limit, 0);
+            return Err(std::io::Error::other("output limit"));
+        }
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A text tokenizer: encode, decode, special ids and chat template of one model.
 #[derive(Clone)]
 pub struct Tokenizer {
@@ -564,8 +605,24 @@ impl Tokenizer {
     /// From a tokenizer.json; reads tokenizer_config.json beside it when present (chat_template,
     /// bos/eos tokens, add_bos_token) and generation_config.json for extra end-of-generation ids.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let mut inner =
-            tokenizers::Tokenizer::from_file(path).map_err(|e| tk_err(path, e.to_string()))?;
+        // Strict JSON first (serde_json, naming line and column); then the tokenizers crate,
+        // whose deserializers panic on some malformed files (found by fuzzing): its panic is
+        // this file's error.
+        let text = crate::read_text(path)?;
+        serde_json::from_str::<serde_json::Value>(&text).map_err(|source| IoError::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut inner = match quietly(|| text.parse::<tokenizers::Tokenizer>()) {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => return Err(tk_err(path, e.to_string())),
+            Err(why) => {
+                return Err(tk_err(
+                    path,
+                    format!("the tokenizers crate failed on it: {why}"),
+                ))
+            }
+        };
         // Ids must not depend on a truncation or padding setting saved with the file.
         inner
             .with_truncation(None)
@@ -881,6 +938,9 @@ impl Tokenizer {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        // A template is code from the model's files: its instructions are bounded (a nested
+        // loop that never ends stops) and so is what it writes (below).
+        env.set_fuel(Some(CHAT_TEMPLATE_FUEL));
         env.set_unknown_method_callback(python_method);
         env.add_function(
             "raise_exception",
@@ -912,7 +972,21 @@ impl Tokenizer {
             self.err(what)
         };
         let tmpl = env.template_from_str(template).map_err(render)?;
-        tmpl.render(ctx).map_err(render)
+        let limit = CHAT_TEMPLATE_OUTPUT + 4 * messages.iter().map(|m| m.1.len()).sum::<usize>();
+        let mut out = Bounded {
+            buf: Vec::new(),
+            limit,
+        };
+        tmpl.render_captured_to(ctx, &mut out).map_err(|e| {
+            if out.buf.len() >= limit {
+                self.err(format!(
+                    "chat template: the rendered prompt passed {limit} bytes; refused"
+                ))
+            } else {
+                render(e)
+            }
+        })?;
+        String::from_utf8(out.buf).map_err(|e| self.err(format!("chat template: {e}")))
     }
 
     /// The files a Hugging Face directory carries for this tokenizer: `tokenizer.json` and
