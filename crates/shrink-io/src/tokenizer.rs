@@ -186,6 +186,35 @@ fn byte_chars() -> [char; 256] {
     table
 }
 
+/// A post-processor template naming a special token its table does not define (the tokenizers
+/// crate accepts it and panics when it encodes; found by fuzzing), searched through sequences.
+fn template_gap(p: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    match p.get("type").and_then(Value::as_str) {
+        Some("TemplateProcessing") => {
+            let specials = p.get("special_tokens").and_then(Value::as_object);
+            ["single", "pair"]
+                .iter()
+                .filter_map(|k| p.get(*k).and_then(Value::as_array))
+                .flatten()
+                .filter_map(|piece| piece.get("SpecialToken")?.get("id")?.as_str())
+                .find(|id| !specials.is_some_and(|m| m.contains_key(*id)))
+                .map(|id| {
+                    format!(
+                        "post_processor: its template names special token {id:?}, which its \
+                         special_tokens do not define"
+                    )
+                })
+        }
+        Some("Sequence") => p
+            .get("processors")
+            .and_then(Value::as_array)?
+            .iter()
+            .find_map(template_gap),
+        _ => None,
+    }
+}
+
 /// `f()`, or the message of its panic, without the panic's report on stderr.
 fn quietly<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
     let hook = std::panic::take_hook();
@@ -609,10 +638,14 @@ impl Tokenizer {
         // whose deserializers panic on some malformed files (found by fuzzing): its panic is
         // this file's error.
         let text = crate::read_text(path)?;
-        serde_json::from_str::<serde_json::Value>(&text).map_err(|source| IoError::Json {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let value =
+            serde_json::from_str::<serde_json::Value>(&text).map_err(|source| IoError::Json {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if let Some(what) = value.get("post_processor").and_then(template_gap) {
+            return Err(tk_err(path, what));
+        }
         let mut inner = match quietly(|| text.parse::<tokenizers::Tokenizer>()) {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => return Err(tk_err(path, e.to_string())),
