@@ -775,13 +775,15 @@ pub fn quantized_layouts(data: &[u8]) {
         return;
     };
     let (name, cfg, qcfg) = LAYOUTS[(first & 0x7f) as usize % LAYOUTS.len()];
+    if tracing() {
+        eprintln!("  layout: {name}");
+    }
     let dir = workdir("quantized_layouts", |_| {});
     let (cfg, st) = if first & 0x80 != 0 {
         split_nul(rest)
     } else {
         (cfg.as_bytes(), rest)
     };
-    let _ = name;
     put_input(&dir.join("config.json"), cfg);
     let qc = dir.join("quantize_config.json");
     match qcfg {
