@@ -45,8 +45,11 @@ use shrink_models::{Architecture, BertClassifier, Model, ModelConfig};
 /// Tensors of at most this many elements are read directly by every target.
 pub const SMALL: u64 = 1 << 20;
 
+/// A harness: drives the readers over one input.
+pub type Harness = fn(&[u8]);
+
 /// The targets, by name, as the fuzz binaries and the regression test call them.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Harness)] = &[
     ("gguf", gguf),
     ("safetensors", safetensors),
     ("safetensors_index", safetensors_index),
@@ -247,7 +250,7 @@ pub fn drive_checkpoint(path: &Path) {
                     small
                 }
                 // Dense (read above when small) or sparse (decoded by read_f32).
-                Ok(None) => h.weights.tensors.get(&w).is_none(),
+                Ok(None) => !h.weights.tensors.contains_key(&w),
                 Err(_) => true,
             };
             if small {
