@@ -2,8 +2,9 @@
 //! (issue 16): the quantize and prune methods run on SmolLM2 with one thread and with two
 //! (Block-AP on the tiny Llama), every file compared except the report (which records timings).
 //! Variants that share a method's parallel code (FP4 with NF4, other bit widths and k-quant
-//! types, GPTQ's act-order, SparseGPT's 50 % with its 2:4 joint mode, neurons with heads) passed
-//! the same check once and are left out to keep the suite short.
+//! types, GPTQ's act-order, AWQ, SparseGPT's 50 % beside its 2:4 joint mode, OWL, structured
+//! neurons and heads) passed the same check once (2026-12-07) and are left out to keep the
+//! suite short.
 
 mod common;
 use common::*;
@@ -138,8 +139,7 @@ fn calibrated_quantization_at_one_and_two_threads() {
     let c: Vec<&str> = c.iter().map(String::as_str).collect();
     let with = |a: &[&'static str]| -> Vec<&str> { [a, &c[..]].concat() };
     let gptq = with(&["quantize", "--method", "gptq"]);
-    let awq = with(&["quantize", "--method", "awq"]);
-    same_bytes(hf, &[&gptq, &awq]);
+    same_bytes(hf, &[&gptq]);
 }
 
 #[test]
@@ -160,17 +160,7 @@ fn pruning_at_one_and_two_threads() {
             "--bits",
             "4",
         ]),
-        with(&[
-            "prune",
-            "--method",
-            "wanda",
-            "--sparsity",
-            "0.5",
-            "--sparsity-profile",
-            "owl",
-        ]),
         with(&["prune", "--structured", "layers", "--remove", "2"]),
-        with(&["prune", "--structured", "heads", "--keep-ratio", "0.75"]),
     ];
     let runs: Vec<&[&str]> = runs.iter().map(Vec::as_slice).collect();
     same_bytes(hf, &runs);
