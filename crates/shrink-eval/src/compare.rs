@@ -342,6 +342,19 @@ fn layer_errors(
     Ok(())
 }
 
+/// The new report directory of a comparison of `models` with `base` on `data`, refused when it
+/// exists, is an input or lies inside one; written under a temporary name until committed.
+pub fn report_dir(
+    dir: &Path,
+    base: &Path,
+    data: &Path,
+    models: &[PathBuf],
+) -> Result<shrink_io::OutputDir> {
+    let mut inputs: Vec<&Path> = vec![base, data];
+    inputs.extend(models.iter().map(PathBuf::as_path));
+    Ok(shrink_io::OutputDir::create(dir, &inputs)?)
+}
+
 /// Compare `models` with `base` on the lee-ppl-v1 evaluation text of the Lee corpus at `text`.
 ///
 /// With `opts.report`, the report (report.json, report.md and the histograms of the chosen
@@ -358,14 +371,11 @@ pub fn compare(
         return Err(EvalError::Input("--max-windows must be at least 1".into()));
     }
     // The report directory is checked (and its temporary twin made) before any scoring.
-    let out = match &opts.report {
-        Some(dir) => {
-            let mut inputs: Vec<&Path> = vec![base, text];
-            inputs.extend(models.iter().map(PathBuf::as_path));
-            Some(shrink_io::OutputDir::create(dir, &inputs)?)
-        }
-        None => None,
-    };
+    let out = opts
+        .report
+        .as_deref()
+        .map(|dir| report_dir(dir, base, text, models))
+        .transpose()?;
     let raw = shrink_io::read_text(text)?;
     let eval_text = lee_texts(&raw)
         .map_err(|e| EvalError::Input(format!("{}: {e}", text.display())))?

@@ -83,6 +83,16 @@ pub fn pick(logits: &[f32], opts: &GenOptions, rng: &mut StdRng) -> u32 {
     kept[kept.len() - 1].0 as u32
 }
 
+/// Refuse a prompt of `len` tokens longer than the model's context of `max_ctx` positions.
+fn fits_context(len: usize, max_ctx: usize) -> Result<()> {
+    if len > max_ctx {
+        return Err(EvalError::Input(format!(
+            "the prompt has {len} tokens, more than the model's context of {max_ctx} positions"
+        )));
+    }
+    Ok(())
+}
+
 /// Continue `prompt`, calling `on_token` with each new token as soon as it is chosen.
 /// Returns the generated ids (without the prompt and without the stop token).
 pub fn generate(
@@ -95,12 +105,7 @@ pub fn generate(
         return Err(EvalError::Input("the prompt has no tokens".into()));
     }
     let max_ctx = model.config().max_context();
-    if prompt.len() > max_ctx {
-        return Err(EvalError::Input(format!(
-            "the prompt has {} tokens, more than the model's context of {max_ctx} positions",
-            prompt.len()
-        )));
-    }
+    fits_context(prompt.len(), max_ctx)?;
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut cache = if opts.half_kv {
         KvCache::half()
@@ -208,13 +213,7 @@ impl Generator {
             text.to_string()
         };
         let ids = self.tok.encode(&text, true)?;
-        let max_ctx = self.model.config().max_context();
-        if ids.len() > max_ctx {
-            return Err(EvalError::Input(format!(
-                "the prompt has {} tokens, more than the model's context of {max_ctx} positions",
-                ids.len()
-            )));
-        }
+        fits_context(ids.len(), self.model.config().max_context())?;
         Ok(Prompt { text, ids })
     }
 

@@ -543,20 +543,7 @@ pub fn config(data: &[u8]) {
 
 /// A byte-level BPE of 256 byte tokens, a few merges and the ChatML special tokens.
 fn small_tokenizer_json() -> String {
-    let mut keep: Vec<u32> = (33..=126).chain(161..=172).chain(174..=255).collect();
-    let mut chars = keep.clone();
-    let mut n = 0;
-    for b in 0..256u32 {
-        if !keep.contains(&b) {
-            keep.push(b);
-            chars.push(256 + n);
-            n += 1;
-        }
-    }
-    let mut byte_char = vec![' '; 256];
-    for (b, c) in keep.iter().zip(&chars) {
-        byte_char[*b as usize] = char::from_u32(*c).expect("valid char");
-    }
+    let byte_char = shrink_io::tokenizer::byte_chars();
     let mut vocab = serde_json::Map::new();
     for (i, c) in byte_char.iter().enumerate() {
         vocab.insert(c.to_string(), i.into());

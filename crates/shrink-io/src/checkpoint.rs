@@ -322,38 +322,109 @@ fn place(i: usize, shape: &[usize]) -> Vec<usize> {
 
 /// The first non-finite value among stored float bytes of `dtype` (float32, float16 or
 /// bfloat16, little-endian), described with its place in `shape`; `None` when all are finite
-/// or the dtype is not a float one. Writers check what they are about to write with it.
+/// or the dtype is not a float one. Writers check what they are about to write with it,
+/// reading the bytes in place.
 pub fn non_finite_stored(
     dtype: ::safetensors::tensor::Dtype,
     bytes: &[u8],
     shape: &[usize],
 ) -> Option<String> {
     use ::safetensors::tensor::Dtype;
-    let halves = |exp: u16| {
-        let v: Vec<u16> = bytes
-            .chunks_exact(2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]))
-            .collect();
-        let i = v.iter().position(|x| x & exp == exp)?;
-        // All exponent bits set: an infinity when the mantissa is zero, else NaN.
-        Some((i, v[i] & !(exp | 0x8000) == 0))
-    };
-    let ((i, inf), limit) = match dtype {
-        Dtype::F32 => {
-            let v: Vec<f32> = bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            return non_finite(&v, shape);
-        }
-        Dtype::F16 => (halves(0x7c00)?, " (float16 holds magnitudes up to 65504)"),
-        Dtype::BF16 => (halves(0x7f80)?, ""),
+    // All exponent bits set: an infinity when the mantissa is zero, else NaN.
+    let (found, mantissa, limit) = match dtype {
+        Dtype::F32 => (first_all_ones::<4>(bytes, 0x7f80_0000), 0x007f_ffff, ""),
+        Dtype::F16 => (
+            first_all_ones::<2>(bytes, 0x7c00),
+            0x03ff,
+            " (float16 holds magnitudes up to 65504)",
+        ),
+        Dtype::BF16 => (first_all_ones::<2>(bytes, 0x7f80), 0x007f, ""),
         _ => return None,
     };
+    let (i, word) = found?;
     let at = place(i, shape);
-    Some(if inf {
+    Some(if word & mantissa == 0 {
         format!("an infinity at {at:?}{limit}")
     } else {
         format!("NaN at {at:?}")
     })
+}
+
+/// The index and bits of the first little-endian word of `W` bytes whose `exp` bits are all
+/// set, scanned in blocks without an early exit inside each so that it vectorises.
+fn first_all_ones<const W: usize>(bytes: &[u8], exp: u32) -> Option<(usize, u32)> {
+    const BLOCK: usize = 4096;
+    let word = |c: &[u8]| {
+        let mut b = [0u8; 4];
+        b[..W].copy_from_slice(c);
+        u32::from_le_bytes(b)
+    };
+    let block = bytes.chunks(BLOCK * W).position(|c| {
+        c.chunks_exact(W)
+            .fold(false, |a, w| a | (word(w) & exp == exp))
+    })?;
+    let rest = &bytes[block * BLOCK * W..];
+    let i = rest.chunks_exact(W).position(|w| word(w) & exp == exp)?;
+    Some((block * BLOCK + i, word(&rest[i * W..(i + 1) * W])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ::safetensors::tensor::Dtype;
+
+    #[test]
+    fn non_finite_stored_finds_the_first_in_every_float_format() {
+        let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let f16s = |v: &[f32]| {
+            v.iter()
+                .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                .collect::<Vec<u8>>()
+        };
+        let bf16s = |v: &[f32]| {
+            v.iter()
+                .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+                .collect::<Vec<u8>>()
+        };
+        // Past the first scan block (4096 words), so the block search is exercised.
+        let mut v = vec![1.5f32; 5000];
+        let shape = [50, 100];
+        for (bytes, dtype) in [
+            (f32s(&v), Dtype::F32),
+            (f16s(&v), Dtype::F16),
+            (bf16s(&v), Dtype::BF16),
+        ] {
+            assert_eq!(non_finite_stored(dtype, &bytes, &shape), None);
+        }
+        v[4321] = f32::NEG_INFINITY;
+        v[4500] = f32::NAN;
+        for (bytes, dtype) in [
+            (f32s(&v), Dtype::F32),
+            (f16s(&v), Dtype::F16),
+            (bf16s(&v), Dtype::BF16),
+        ] {
+            let what = non_finite_stored(dtype, &bytes, &shape).unwrap();
+            assert!(
+                what.starts_with("an infinity at [43, 21]"),
+                "{dtype:?}: {what}"
+            );
+        }
+        v[4321] = 1.0;
+        for (bytes, dtype) in [
+            (f32s(&v), Dtype::F32),
+            (f16s(&v), Dtype::F16),
+            (bf16s(&v), Dtype::BF16),
+        ] {
+            assert_eq!(
+                non_finite_stored(dtype, &bytes, &shape).as_deref(),
+                Some("NaN at [45, 0]"),
+                "{dtype:?}"
+            );
+        }
+        // A float16 overflow says its limit; integers are not checked.
+        assert!(non_finite_stored(Dtype::F16, &f16s(&[1e6]), &[1])
+            .unwrap()
+            .contains("65504"));
+        assert_eq!(non_finite_stored(Dtype::U8, &[0xff; 8], &[8]), None);
+    }
 }

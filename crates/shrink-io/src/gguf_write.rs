@@ -83,7 +83,6 @@ pub struct GgufWriteOptions {
 ///
 /// Dropping it unfinished removes the temporary file.
 pub struct GgufWriter {
-    target: PathBuf,
     tmp: crate::output::Partial,
     out: Option<BufWriter<File>>,
     tensors: Vec<GgufTensorSpec>,
@@ -96,7 +95,7 @@ pub struct GgufWriter {
 impl std::fmt::Debug for GgufWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GgufWriter")
-            .field("target", &self.target)
+            .field("target", &self.tmp.target())
             .field("tensors", &self.tensors.len())
             .field("next", &self.next)
             .finish()
@@ -292,7 +291,6 @@ impl GgufWriter {
         let tmp = crate::output::Partial::new(&target)?;
         let file = File::create(tmp.path()).map_err(|e| IoError::os(tmp.path(), e))?;
         let mut w = GgufWriter {
-            target,
             tmp,
             out: Some(BufWriter::with_capacity(1 << 20, file)),
             tensors,
@@ -332,14 +330,14 @@ impl GgufWriter {
 
     /// The path the file will have once finished.
     pub fn target(&self) -> &Path {
-        &self.target
+        self.tmp.target()
     }
 
     /// Write the next tensor's bytes (exactly its size; the padding is added here).
     pub fn write_tensor(&mut self, bytes: &[u8]) -> Result<()> {
         let Some(t) = self.tensors.get(self.next) else {
             return Err(IoError::malformed(
-                &self.target,
+                self.tmp.target(),
                 format!(
                     "GGUF writer: more tensors given than the {} announced",
                     self.tensors.len()
@@ -348,7 +346,7 @@ impl GgufWriter {
         };
         if bytes.len() as u64 != self.sizes[self.next] {
             return Err(IoError::malformed(
-                &self.target,
+                self.tmp.target(),
                 format!(
                     "GGUF writer: tensor {} ({} {:?}) needs {} bytes, got {}",
                     t.name,
@@ -370,7 +368,7 @@ impl GgufWriter {
     pub fn finish(mut self) -> Result<u64> {
         if self.next != self.tensors.len() {
             return Err(IoError::malformed(
-                &self.target,
+                self.tmp.target(),
                 format!(
                     "GGUF writer: finished after {} of {} tensors",
                     self.next,

@@ -51,6 +51,11 @@ impl Partial {
         &self.tmp
     }
 
+    /// The path it becomes on commit.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
     /// Rename the temporary into place; it is no longer a temporary.
     pub fn commit(&self) -> Result<()> {
         std::fs::rename(&self.tmp, &self.target).map_err(|e| IoError::os(&self.target, e))?;
@@ -165,7 +170,6 @@ fn process_is_dead(pid: u32) -> bool {
 ///
 /// [`commit`]: OutputDir::commit
 pub struct OutputDir {
-    target: PathBuf,
     tmp: Partial,
 }
 
@@ -234,7 +238,7 @@ impl OutputDir {
             std::fs::remove_dir_all(tmp.path()).map_err(|e| IoError::os(tmp.path(), e))?;
         }
         std::fs::create_dir(tmp.path()).map_err(|e| IoError::os(tmp.path(), e))?;
-        Ok(OutputDir { target, tmp })
+        Ok(OutputDir { tmp })
     }
 
     /// Path of a file inside the (temporary) directory.
@@ -249,7 +253,7 @@ impl OutputDir {
 
     /// The final path the directory will have.
     pub fn target(&self) -> &Path {
-        &self.target
+        self.tmp.target()
     }
 
     /// Write a whole small file (config, tokenizer) into the directory.
@@ -261,7 +265,7 @@ impl OutputDir {
     /// Rename the finished directory into place.
     pub fn commit(self) -> Result<PathBuf> {
         self.tmp.commit()?;
-        Ok(self.target.clone())
+        Ok(self.tmp.target().to_path_buf())
     }
 }
 

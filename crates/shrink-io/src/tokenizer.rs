@@ -171,7 +171,7 @@ fn supported_pre_names() -> String {
 }
 
 /// GPT-2's reversible byte-to-unicode table: `table[b]` is the character standing for byte `b`.
-fn byte_chars() -> [char; 256] {
+pub fn byte_chars() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut n = 0u32;
     for b in 0..=255u8 {

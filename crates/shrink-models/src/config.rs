@@ -7,6 +7,7 @@ use shrink_io::{Checkpoint, GgufFile};
 
 use crate::error::{ModelError, Result};
 use crate::json::Json;
+use crate::weights::elements;
 
 /// Architectures shrink can run, as config.json's `model_type` names them.
 pub const SUPPORTED: &str =
@@ -125,11 +126,12 @@ impl ModelConfig {
             Checkpoint::Hf(h) => Self::from_hf_json(&h.config, &h.dir.join("config.json"))?,
             Checkpoint::Gguf(g) => Self::from_gguf(g)?,
         };
+        let w = crate::weight_loader(ckpt, &cfg);
         check_sizes(
             ckpt,
             cfg.num_layers(),
             || crate::weight_shapes(&cfg),
-            |n| crate::weight_loader(ckpt, &cfg).locate(n).map(|l| l.name),
+            |n| w.locate(n).map(|l| l.name),
         )?;
         Ok(cfg)
     }
@@ -321,8 +323,9 @@ pub(crate) fn config_path(ckpt: &Checkpoint) -> std::path::PathBuf {
 /// Check a configuration's sizes against the tensors `ckpt` holds, before any are used: the
 /// layer count against the layers the tensor names hold, then every implied weight's element
 /// count (multiplied with overflow checks) against the stored tensor it names, where stored as
-/// floats or GGML blocks (the exact shape is checked as each weight is read). `shapes` lists the implied weights and is only built once the layer count is known
-/// to be bounded by the file; `stored` maps an HF name to its stored name, if present.
+/// floats or GGML blocks (the exact shape is checked as each weight is read). `shapes` lists the
+/// implied weights and is only built once the layer count is known to be bounded by the file;
+/// `stored` maps an HF name to its stored name, if present.
 pub(crate) fn check_sizes(
     ckpt: &Checkpoint,
     num_layers: usize,
@@ -353,23 +356,18 @@ pub(crate) fn check_sizes(
         .map(|t| (t.name.as_str(), t.shape.as_slice()))
         .collect();
     for (name, shape) in shapes() {
-        if shape
-            .iter()
-            .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .is_none()
-        {
+        let Some(want) = elements(&shape) else {
             return Err(config_err(
                 &path,
                 format!("the config's sizes overflow: {name} would have shape {shape:?}"),
             ));
-        }
+        };
         let Some(stored_name) = stored(&name) else {
             continue;
         };
         if let Some(got) = by_name.get(stored_name.as_str()) {
             // Element counts: a GGUF may store a weight transposed (GPT-2's Conv1D).
-            let count = |s: &[usize]| s.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-            if count(got) != count(&shape) {
+            if elements(got) != Some(want) {
                 return Err(ModelError::Shape {
                     path: ckpt.path().to_path_buf(),
                     name: stored_name,

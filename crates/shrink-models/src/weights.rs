@@ -29,9 +29,13 @@ pub type GgufMap = dyn Fn(&str) -> Option<GgufName>;
 /// stores 1-D tensors as such: element counts are compared, then the shapes with unit dims
 /// squeezed.
 pub fn same_shape(stored: &[usize], implied: &[usize]) -> bool {
-    let count = |s: &[usize]| s.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     let squeeze = |s: &[usize]| s.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
-    count(stored) == count(implied) && squeeze(stored) == squeeze(implied)
+    elements(stored) == elements(implied) && squeeze(stored) == squeeze(implied)
+}
+
+/// The element count of `shape`, or `None` when it overflows.
+pub fn elements(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
 }
 
 /// Reads weights by HF name as float32 candle tensors, checking their shapes.

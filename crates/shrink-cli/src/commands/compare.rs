@@ -50,14 +50,11 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     if let Some(data) = &a.data {
         // The report directory checked before any scoring, written whole or not at all.
-        let out = match &a.report {
-            Some(dir) => {
-                let mut inputs: Vec<&std::path::Path> = vec![&a.base, data];
-                inputs.extend(a.models.iter().map(|m| m.as_path()));
-                Some(shrink_io::OutputDir::create(dir, &inputs)?)
-            }
-            None => None,
-        };
+        let out = a
+            .report
+            .as_deref()
+            .map(|dir| shrink_eval::compare::report_dir(dir, &a.base, data, &a.models))
+            .transpose()?;
         let c = compare_classifiers(&a.base, &a.models, data, &common::Bar::default())?;
         if let Some(out) = out {
             for (name, text) in [

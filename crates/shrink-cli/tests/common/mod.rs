@@ -61,25 +61,6 @@ pub fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-/// GPT-2's byte ↔ unicode table: the character standing for each byte in a byte-level BPE.
-fn byte_chars() -> Vec<char> {
-    let mut keep: Vec<u32> = (33..=126).chain(161..=172).chain(174..=255).collect();
-    let mut chars: Vec<u32> = keep.clone();
-    let mut n = 0;
-    for b in 0..256u32 {
-        if !keep.contains(&b) {
-            keep.push(b);
-            chars.push(256 + n);
-            n += 1;
-        }
-    }
-    let mut out = vec![' '; 256];
-    for (b, c) in keep.iter().zip(&chars) {
-        out[*b as usize] = char::from_u32(*c).unwrap();
-    }
-    out
-}
-
 /// The tiny-llama fixture copied into `dir` with a byte-level tokenizer (one token per byte,
 /// ids 0..255), so that calibrated methods can tokenize text for it.
 pub fn tiny_llama_with_tokenizer(dir: &std::path::Path) -> PathBuf {
@@ -96,7 +77,7 @@ pub fn fixture_with_tokenizer(dir: &std::path::Path, name: &str) -> PathBuf {
         let e = e.unwrap();
         std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
     }
-    let vocab: serde_json::Map<String, serde_json::Value> = byte_chars()
+    let vocab: serde_json::Map<String, serde_json::Value> = shrink_io::tokenizer::byte_chars()
         .iter()
         .enumerate()
         .map(|(i, c)| (c.to_string(), serde_json::json!(i)))
