@@ -1,7 +1,7 @@
 //! Pieces every command shares: opening a model with its tokenizer, progress bars, byte sizes.
 
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -150,4 +150,13 @@ pub fn print_report(r: &Report, json: bool) -> Result<()> {
         println!("peak RSS       {}", human(b));
     }
     Ok(())
+}
+
+/// The run directory of a long run writing `out`: `run_dir`, or OUT.run beside the output.
+pub fn run_dir_of(out: &Path, run_dir: Option<&Path>) -> PathBuf {
+    run_dir.map(Path::to_path_buf).unwrap_or_else(|| {
+        let mut s = out.as_os_str().to_owned();
+        s.push(".run");
+        PathBuf::from(s)
+    })
 }

@@ -184,8 +184,20 @@ fn clean_up_on_signals() {
             for target in targets {
                 eprintln!("interrupted: {} was not written", target.display());
             }
+            note_kept_layers();
             std::process::exit(128 + sig);
         });
+    }
+}
+
+/// Say where a layer-by-layer run that stopped early kept its finished layers.
+fn note_kept_layers() {
+    for (dir, n) in shrink_methods::resume::kept() {
+        eprintln!(
+            "note: {n} finished layers are kept in {}: the same command with --resume \
+             continues after them",
+            dir.display()
+        );
     }
 }
 
@@ -202,6 +214,7 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
                 }
             }
             eprintln!("error: {msg}");
+            note_kept_layers();
             ExitCode::FAILURE
         }
     }

@@ -7,33 +7,9 @@
 mod common;
 use common::*;
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
-
-/// Run shrink with writes limited to `limit` bytes per file: past it a write fails with EFBIG
-/// ("File too large"), as one fails on a full disk. SIGXFSZ is ignored so that the write
-/// returns the error instead of the signal killing the process.
-fn shrink_limited(args: &[String], limit: u64) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_shrink"));
-    c.args(args);
-    // SAFETY: only async-signal-safe libc calls between fork and exec.
-    unsafe {
-        c.pre_exec(move || {
-            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-            let r = libc::rlimit {
-                rlim_cur: limit,
-                rlim_max: limit,
-            };
-            if libc::setrlimit(libc::RLIMIT_FSIZE, &r) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    c.output().expect("run shrink")
-}
 
 /// The hidden temporaries (`.NAME.partial-PID…`) in `dir`.
 fn partials(dir: &Path) -> Vec<String> {

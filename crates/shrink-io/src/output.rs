@@ -76,6 +76,14 @@ impl Drop for Partial {
     }
 }
 
+/// Write the whole file `path` through a temporary beside it renamed into place, so that a kill
+/// leaves either the previous file or the new one, never a part.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = Partial::new(path)?;
+    std::fs::write(tmp.path(), bytes).map_err(|e| IoError::os(tmp.path(), e))?;
+    tmp.commit()
+}
+
 /// Remove a file or a directory tree, whichever `p` is, ignoring errors.
 fn remove_path(p: &Path) {
     match std::fs::symlink_metadata(p) {

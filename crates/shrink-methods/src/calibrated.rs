@@ -36,8 +36,9 @@ use crate::error::{MethodError, Result};
 use crate::gptq::{self, GptqSpec};
 use crate::hessian::{Cross, Hessian};
 use crate::output;
-use crate::pipeline::{self, LayerStep, Plan, Progress, Source, StepKind, Stored};
+use crate::pipeline::{self, LayerStep, Layers, Plan, Progress, Source, StepKind, Stored};
 use crate::report::{squared_error, Report, Sizes};
+use crate::resume::{self, LayerState, RunDir};
 use crate::select::Selection;
 
 /// One calibrated run: the input, the output directory to create, the calibration samples
@@ -57,6 +58,9 @@ pub struct Run<'a> {
     pub calibration: serde_json::Value,
     /// Progress of the layers.
     pub progress: &'a dyn Progress,
+    /// Where finished layers are kept so that a killed run can continue (`--resume`); none
+    /// kept without it.
+    pub run_dir: Option<RunDir>,
 }
 
 impl<'a> Run<'a> {
@@ -76,6 +80,7 @@ impl<'a> Run<'a> {
             dense_dtype: FloatType::F32,
             calibration: serde_json::Value::Null,
             progress,
+            run_dir: None,
         }
     }
 }
@@ -126,19 +131,69 @@ impl Opened<'_> {
     }
 }
 
+/// A layer-by-layer output written but not yet committed.
+pub(crate) struct Driven {
+    /// The output directory.
+    pub(crate) out: OutputDir,
+    /// The report's sizes.
+    pub(crate) sizes: Sizes,
+    /// How many layers an earlier run had finished.
+    resumed: usize,
+    /// The finished layers kept for `--resume`, removed once the output is committed.
+    state: Option<LayerState>,
+}
+
+impl Driven {
+    /// Write the report `r` beside the output and rename it into place, then remove the kept
+    /// layers.
+    pub(crate) fn commit(self, r: &mut Report) -> Result<()> {
+        if let Some(s) = &self.state {
+            r.set("keep_layers_seconds", s.seconds());
+            if self.resumed > 0 {
+                r.set("resumed_after_layers", self.resumed);
+                r.notes.push(format!(
+                    "resumed        after {} finished layers kept in {}",
+                    self.resumed,
+                    s.dir().display()
+                ));
+            }
+        }
+        output::commit(self.out, r)?;
+        if let Some(s) = self.state {
+            s.finish()?;
+        }
+        Ok(())
+    }
+}
+
 /// Write the output of `o` as `plan` lays it out (with the file `metadata`), taking every block
-/// through `step`; returns the output directory (not yet committed) and the report's sizes.
+/// through `step` (whose options `settings` describes, so a resumed run can tell it continues
+/// the same one).
 pub(crate) fn drive(
     run: &Run,
     o: &Opened,
     label: &str,
+    settings: &str,
     plan: &Plan,
     metadata: HashMap<String, String>,
     step: &mut dyn LayerStep,
-) -> Result<(OutputDir, Sizes)> {
+) -> Result<Driven> {
     let out = OutputDir::create(run.output, &[run.ckpt.path()])?;
-    let mut xs = o.seq.embed(run.samples)?;
-    let mut fs = step.wants_float().then(|| xs.clone());
+    let state = match &run.run_dir {
+        Some(dir) => {
+            let mut names: Vec<&str> = o.names.iter().map(String::as_str).collect();
+            names.sort_unstable();
+            let extra = serde_json::json!({
+                "dense": run.dense_dtype.torch_name(),
+                "selected": names,
+            });
+            let id = resume::identity(run.ckpt.path(), label, settings, run.samples, extra);
+            Some(LayerState::open(dir, id)?)
+        }
+        None => None,
+    };
+    let mut layers = Layers::start(&o.seq, run.samples, step, state)?;
+    let resumed = layers.resumed_layers();
     let loader = o.arch.weight_loader(run.ckpt);
     let src = Source {
         arch: &o.arch,
@@ -154,7 +209,7 @@ pub(crate) fn drive(
         run.dense_dtype,
         metadata,
         |l, stored| {
-            pipeline::advance(&o.seq, l, &mut xs, fs.as_mut(), step, stored)?;
+            layers.next(l, step, stored)?;
             run.progress.inc(1);
             Ok(())
         },
@@ -170,7 +225,12 @@ pub(crate) fn drive(
             .map(|(_, s)| s.iter().product::<usize>() as u64)
             .sum(),
     };
-    Ok((out, sizes))
+    Ok(Driven {
+        out,
+        sizes,
+        resumed,
+        state: layers.into_state(),
+    })
 }
 
 /// The selected linears of block `l`, in forward order, grouped by the input they read.
@@ -245,6 +305,12 @@ struct GptqStep<'a> {
     /// GPTAQ: the current sample's float-model inputs, and `Σ Δx x̃ᵀ` per input.
     float_inputs: HashMap<&'static str, Vec<f32>>,
     cross: HashMap<&'static str, Cross>,
+    tally: GptqTally,
+}
+
+/// What GPTQ adds up over the blocks for its report (carried by a resumed run).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct GptqTally {
     losses: Vec<f64>,
     max_damp: f64,
     sq: (f64, f64),
@@ -324,7 +390,7 @@ impl LayerStep for GptqStep<'_> {
                 })?;
                 prepared = prepared.with_asymmetry(&d.matrix(), alpha);
             }
-            self.max_damp = self.max_damp.max(prepared.damp);
+            self.tally.max_damp = self.tally.max_damp.max(prepared.damp);
             for local in locals {
                 let name = seq.weight_name(l, local);
                 let lin = block
@@ -336,8 +402,8 @@ impl LayerStep for GptqStep<'_> {
                 loss += r.loss;
                 let deq = r.parts.dequantize();
                 let (e, norm) = squared_error(&w, &deq);
-                self.sq.0 += e;
-                self.sq.1 += norm;
+                self.tally.sq.0 += e;
+                self.tally.sq.1 += norm;
                 let module = name.strip_suffix(".weight").unwrap_or(&name);
                 for s in
                     shrink_io::hf_int::gptq_tensors(module, &r.parts).map_err(format_err(module))?
@@ -347,10 +413,31 @@ impl LayerStep for GptqStep<'_> {
                 replace(lin, deq)?;
             }
         }
-        self.seconds += t.elapsed().as_secs_f64();
-        self.losses.push(loss);
+        self.tally.seconds += t.elapsed().as_secs_f64();
+        self.tally.losses.push(loss);
         Ok(())
     }
+
+    fn carry(&self, _l: usize) -> Result<serde_json::Value> {
+        Ok(serde_json::to_value(&self.tally).expect("numbers serialize"))
+    }
+
+    fn restore(&mut self, l: usize, carried: serde_json::Value) -> Result<()> {
+        self.tally = carried_as(l, carried)?;
+        Ok(())
+    }
+}
+
+/// What a step carried from block `l`, read back as `T`.
+pub(crate) fn carried_as<T: serde::de::DeserializeOwned>(
+    l: usize,
+    carried: serde_json::Value,
+) -> Result<T> {
+    serde_json::from_value(carried).map_err(|e| {
+        MethodError::Options(format!(
+            "the state kept for layer {l} does not fit this method: {e}"
+        ))
+    })
 }
 
 /// The method name of a GPTQ run, e.g. `gptq-w4g64-asym-actorder-static`.
@@ -438,45 +525,44 @@ pub fn gptq(run: &Run, spec: GptqSpec, f64_hessian: bool) -> Result<Report> {
         hs: HashMap::new(),
         float_inputs: HashMap::new(),
         cross: HashMap::new(),
-        losses: Vec::new(),
-        max_damp: 0.0,
-        sq: (0.0, 0.0),
-        seconds: 0.0,
+        tally: GptqTally::default(),
     };
     let plan = o.plan(run.dense_dtype, blank)?;
-    let (out, sizes) = drive(
+    let d = drive(
         run,
         &o,
         "gptq layers",
+        &format!("{spec:?} f64_hessian={f64_hessian}"),
         &plan,
         pipeline::file_metadata(&o.selected),
         &mut step,
     )?;
-    write_gptq_config(run, &o, &out, &spec)?;
+    write_gptq_config(run, &o, &d.out, &spec)?;
 
     let mut r = Report::new(
         run.ckpt.path().to_path_buf(),
         run.output.to_path_buf(),
         gptq_name(&spec),
-        sizes,
+        d.sizes,
     );
     r.calibration = Some(run.calibration.clone());
     r.against_input(run.ckpt);
     r.quantized_tensors = o.selected.len();
-    r.relative_rmse = Some((step.sq.0 / step.sq.1.max(f64::MIN_POSITIVE)).sqrt());
-    r.quantize_seconds = step.seconds;
+    let t = &step.tally;
+    r.relative_rmse = Some((t.sq.0 / t.sq.1.max(f64::MIN_POSITIVE)).sqrt());
+    r.quantize_seconds = t.seconds;
     r.seconds = t_start.elapsed().as_secs_f64();
-    r.set("gptq_loss_per_layer", &step.losses);
-    r.set("max_damp", step.max_damp);
+    r.set("gptq_loss_per_layer", &t.losses);
+    r.set("max_damp", t.max_damp);
     r.set("gptaq_alpha", spec.gptaq_alpha);
     r.set("clip_search", spec.clip_search);
-    r.set("gptq_solve_seconds", step.seconds);
+    r.set("gptq_solve_seconds", t.seconds);
     r.notes.push(format!(
         "calibration    {} samples × {} tokens",
         run.samples.len(),
         run.samples.first().map_or(0, Vec::len)
     ));
-    output::commit(out, &r)?;
+    d.commit(&mut r)?;
     Ok(r)
 }
 
@@ -484,9 +570,11 @@ pub fn gptq(run: &Run, spec: GptqSpec, f64_hessian: bool) -> Result<Report> {
 // AWQ
 // ---------------------------------------------------------------------------------------
 
-/// What AWQ did to one block, for the report.
+/// What AWQ did to one block, for the report: per group (named by the linear before it), the
+/// ratio chosen and its loss.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct AwqLayer {
-    groups: Vec<(&'static str, f32, f64)>,
+    groups: Vec<(String, f32, f64)>,
     output_rel_err: f64,
 }
 
@@ -504,7 +592,7 @@ struct AwqStep<'a> {
     dense_dtype: FloatType,
     inputs: BlockInputs,
     layers: Vec<AwqLayer>,
-    pending: Vec<(&'static str, f32, f64)>,
+    pending: Vec<(String, f32, f64)>,
     seconds: f64,
 }
 
@@ -613,7 +701,7 @@ impl LayerStep for AwqStep<'_> {
         self.pending = r
             .groups
             .iter()
-            .map(|g| (g.group.prev.name(), g.ratio, g.loss))
+            .map(|g| (g.group.prev.name().to_string(), g.ratio, g.loss))
             .collect();
         Ok(())
     }
@@ -630,6 +718,18 @@ impl LayerStep for AwqStep<'_> {
             groups: std::mem::take(&mut self.pending),
             output_rel_err: num / den.max(f64::MIN_POSITIVE),
         });
+        Ok(())
+    }
+
+    fn carry(&self, _l: usize) -> Result<serde_json::Value> {
+        Ok(serde_json::json!({"layer": self.layers.last(), "seconds": self.seconds}))
+    }
+
+    fn restore(&mut self, l: usize, carried: serde_json::Value) -> Result<()> {
+        let (layer, seconds): (AwqLayer, f64) =
+            carried_as(l, serde_json::json!([carried["layer"], carried["seconds"]]))?;
+        self.layers.push(layer);
+        self.seconds = seconds;
         Ok(())
     }
 }
@@ -673,10 +773,11 @@ pub fn awq(run: &Run, spec: AwqSpec) -> Result<Report> {
         pending: Vec::new(),
         seconds: 0.0,
     };
-    let (out, sizes) = drive(
+    let d = drive(
         run,
         &o,
         "awq layers",
+        &format!("{spec:?}"),
         &plan,
         pipeline::file_metadata(&o.selected),
         &mut step,
@@ -701,15 +802,15 @@ pub fn awq(run: &Run, spec: AwqSpec) -> Result<Report> {
         qfile["modules_to_not_convert"] = serde_json::json!(left);
     }
     let dense_name = run.dense_dtype.torch_name();
-    output::write_config_and_tokenizer(run.ckpt, o.arch.decoder(), &out, dense_name, Some(qcfg))?;
+    output::write_config_and_tokenizer(run.ckpt, o.arch.decoder(), &d.out, dense_name, Some(qcfg))?;
     let text = serde_json::to_string_pretty(&qfile).expect("JSON values serialize");
-    out.write("quant_config.json", text.as_bytes())?;
+    d.out.write("quant_config.json", text.as_bytes())?;
 
     let mut r = Report::new(
         run.ckpt.path().to_path_buf(),
         run.output.to_path_buf(),
         format!("awq-w{bits}g{g}-asym"),
-        sizes,
+        d.sizes,
     );
     let mut calibration = run.calibration.clone();
     if let Some(c) = calibration.as_object_mut() {
@@ -728,10 +829,10 @@ pub fn awq(run: &Run, spec: AwqSpec) -> Result<Report> {
         .iter()
         .enumerate()
         .map(|(l, s)| {
-            let map = |f: &dyn Fn(&(&str, f32, f64)) -> serde_json::Value| {
+            let map = |f: &dyn Fn(&(String, f32, f64)) -> serde_json::Value| {
                 s.groups
                     .iter()
-                    .map(|g| (g.0.to_string(), f(g)))
+                    .map(|g| (g.0.clone(), f(g)))
                     .collect::<serde_json::Map<_, _>>()
             };
             serde_json::json!({
@@ -748,7 +849,7 @@ pub fn awq(run: &Run, spec: AwqSpec) -> Result<Report> {
     r.notes.push(format!(
         "layer error    mean relative MSE of the layers' outputs {mean:.3e}"
     ));
-    output::commit(out, &r)?;
+    d.commit(&mut r)?;
     Ok(r)
 }
 
@@ -762,6 +863,8 @@ struct ImatrixStep {
     sums: HashMap<String, (Vec<f64>, usize)>,
     chunks: usize,
     m: Imatrix,
+    /// The entries the last block added (what a resumed run carries).
+    last: Vec<String>,
 }
 
 impl LayerStep for ImatrixStep {
@@ -783,6 +886,7 @@ impl LayerStep for ImatrixStep {
         _block: &mut dyn Block,
         _stored: &mut Stored,
     ) -> Result<()> {
+        self.last.clear();
         for s in seq.linears() {
             let (sum, count) = self
                 .sums
@@ -792,9 +896,28 @@ impl LayerStep for ImatrixStep {
             let name = seq.stack().gguf_name(&hf).unwrap_or(hf);
             self.m.ncall.insert(name.clone(), self.chunks as i32);
             self.m.entries.insert(
-                name,
+                name.clone(),
                 sum.iter().map(|&v| (v / count as f64) as f32).collect(),
             );
+            self.last.push(name);
+        }
+        Ok(())
+    }
+
+    fn carry(&self, _l: usize) -> Result<serde_json::Value> {
+        let entries: HashMap<&str, &Vec<f32>> = self
+            .last
+            .iter()
+            .filter_map(|n| self.m.entries.get(n).map(|v| (n.as_str(), v)))
+            .collect();
+        Ok(serde_json::json!(entries))
+    }
+
+    fn restore(&mut self, l: usize, carried: serde_json::Value) -> Result<()> {
+        let entries: HashMap<String, Vec<f32>> = carried_as(l, carried)?;
+        for (name, v) in entries {
+            self.m.ncall.insert(name.clone(), self.chunks as i32);
+            self.m.entries.insert(name, v);
         }
         Ok(())
     }
@@ -802,17 +925,32 @@ impl LayerStep for ImatrixStep {
 
 /// llama.cpp's importance matrix (mean x² per input column of every linear, entries named as
 /// in GGUF) of `ckpt` on the text `chunks` (consecutive pieces of the text, as llama-imatrix
-/// cuts it).
-pub fn imatrix(ckpt: &Checkpoint, chunks: &[Vec<u32>], progress: &dyn Progress) -> Result<Imatrix> {
+/// cuts it). With `run_dir`, each finished layer's entries are kept there and an interrupted
+/// run continues (see [`crate::resume`]); the state is returned, to
+/// [`LayerState::finish`] once the matrix is written.
+pub fn imatrix(
+    ckpt: &Checkpoint,
+    chunks: &[Vec<u32>],
+    run_dir: Option<&RunDir>,
+    progress: &dyn Progress,
+) -> Result<(Imatrix, Option<LayerState>)> {
     let seq = Sequential::new(ckpt)?;
     let mut step = ImatrixStep {
         sums: HashMap::new(),
         chunks: chunks.len(),
         m: Imatrix::new(),
+        last: Vec::new(),
     };
-    pipeline::observe_all(&seq, chunks, &mut step, progress)?;
+    let state = match run_dir {
+        Some(dir) => {
+            let id = resume::identity(ckpt.path(), "imatrix", "", chunks, serde_json::Value::Null);
+            Some(LayerState::open(dir, id)?)
+        }
+        None => None,
+    };
+    let state = pipeline::observe_all(&seq, chunks, &mut step, state, progress)?;
     let mut m = step.m;
     m.chunks = Some(chunks.len() as u32);
     m.chunk_size = chunks.first().map(|c| c.len() as u32);
-    Ok(m)
+    Ok((m, state))
 }

@@ -15,6 +15,7 @@
 //!   to a GGUF, as llama.cpp's converter writes it;
 //! - [`pipeline`]: the one layer-by-layer driver and streaming writer; [`calibrated`]: GPTQ,
 //!   AWQ and the importance matrix run over a whole checkpoint of any architecture;
+//!   [`resume`]: the finished layers kept so a killed run continues (`--resume`);
 //! - [`convert`]: a checkpoint re-typed into an HF directory, logits compared;
 //! - [`rotate`]: offline rotations of the residual stream and of the heads (QuaRot R1/R2),
 //!   the same model in a basis that quantizes better; [`hadamard`]: the matrices;
@@ -41,6 +42,7 @@ pub mod per_tensor;
 pub mod pipeline;
 pub mod prune;
 pub mod report;
+pub mod resume;
 pub mod rotate;
 pub mod rtn;
 pub mod select;

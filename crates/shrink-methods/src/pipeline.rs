@@ -9,7 +9,7 @@
 //! with its compressed weights so the next block sees what the compressed model computes. Only
 //! one block's weights and the samples' activations are resident.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use candle_core::Tensor;
@@ -20,6 +20,7 @@ use shrink_models::layerwise::{Block, Sequential};
 use shrink_models::{Architecture, LinearInfo, WeightLoader};
 
 use crate::error::{MethodError, Result};
+use crate::resume::LayerState;
 
 /// Shows the progress of long work (the binary draws a bar; a library user may ignore it).
 pub trait Progress: Sync {
@@ -92,6 +93,100 @@ pub trait LayerStep {
         _x: &Tensor,
     ) -> shrink_models::Result<()> {
         Ok(())
+    }
+    /// What the step keeps from finished block `l` beyond the tensors it stored (report
+    /// figures, statistics), saved with the block so that a resumed run can restore it.
+    fn carry(&self, _l: usize) -> Result<serde_json::Value> {
+        Ok(serde_json::Value::Null)
+    }
+    /// Take back what [`LayerStep::carry`] returned after block `l`; a resumed run calls it
+    /// for every finished block, in order, instead of running them.
+    fn restore(&mut self, _l: usize, _carried: serde_json::Value) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The layer loop's position: the next block's inputs, and the finished layers kept for
+/// `--resume` ([`crate::resume`]) when the run has a run directory.
+pub struct Layers<'a> {
+    seq: &'a Sequential<'a>,
+    xs: Vec<Tensor>,
+    fs: Option<Vec<Tensor>>,
+    state: Option<LayerState>,
+    done: usize,
+}
+
+impl<'a> Layers<'a> {
+    /// Start the loop over `seq` on the calibration `samples` for `step`: from the layers
+    /// `state` holds finished (their carried state restored to `step`, the next block's inputs
+    /// read back), else from the embedded samples.
+    pub fn start(
+        seq: &'a Sequential<'a>,
+        samples: &[Vec<u32>],
+        step: &mut dyn LayerStep,
+        state: Option<LayerState>,
+    ) -> Result<Self> {
+        let done = state.as_ref().map_or(0, LayerState::done);
+        if done > seq.num_layers() {
+            let dir = state.as_ref().map(|s| s.dir().display().to_string());
+            return Err(MethodError::Options(format!(
+                "{}: holds {done} finished layers, more than the model's {}",
+                dir.unwrap_or_default(),
+                seq.num_layers()
+            )));
+        }
+        let (xs, fs) = match &state {
+            Some(s) if done > 0 => {
+                for l in 0..done {
+                    step.restore(l, s.carry(l)?)?;
+                }
+                s.activations()?
+            }
+            _ => {
+                let xs = seq.embed(samples)?;
+                let fs = step.wants_float().then(|| xs.clone());
+                (xs, fs)
+            }
+        };
+        Ok(Layers {
+            seq,
+            xs,
+            fs,
+            state,
+            done,
+        })
+    }
+
+    /// Block `l` (the loop's next) through `step`, its output tensors added to `stored`: read
+    /// back when an earlier run finished it, else computed ([`advance`]) and kept.
+    pub fn next(&mut self, l: usize, step: &mut dyn LayerStep, stored: &mut Stored) -> Result<()> {
+        if l < self.done {
+            if let Some(s) = &self.state {
+                s.load(l, stored)?;
+            }
+            return Ok(());
+        }
+        let before: HashSet<String> = stored.keys().cloned().collect();
+        advance(self.seq, l, &mut self.xs, self.fs.as_mut(), step, stored)?;
+        if let Some(s) = self.state.as_mut() {
+            let new: Vec<&StoredTensor> = stored
+                .iter()
+                .filter(|(k, _)| !before.contains(*k))
+                .map(|(_, t)| t)
+                .collect();
+            s.save(l, &new, &step.carry(l)?, &self.xs, self.fs.as_deref())?;
+        }
+        Ok(())
+    }
+
+    /// How many layers an earlier run had finished (0 when nothing was resumed).
+    pub fn resumed_layers(&self) -> usize {
+        self.done
+    }
+
+    /// The kept state, to [`LayerState::finish`] once the output is committed.
+    pub fn into_state(self) -> Option<LayerState> {
+        self.state
     }
 }
 
@@ -166,21 +261,25 @@ fn check_finite(l: usize, xs: &[Tensor]) -> Result<()> {
 
 /// Run `step` over every block of `seq` from the embedded `samples`, with nothing written
 /// (statistics such as the importance matrix).
+/// With `state`, every finished layer is kept there and the layers it already holds are not run
+/// again; the state is returned, to [`LayerState::finish`] once the result is written.
 pub fn observe_all(
     seq: &Sequential,
     samples: &[Vec<u32>],
     step: &mut dyn LayerStep,
+    state: Option<LayerState>,
     progress: &dyn Progress,
-) -> Result<()> {
-    let mut xs = seq.embed(samples)?;
+) -> Result<Option<LayerState>> {
+    let mut layers = Layers::start(seq, samples, step, state)?;
     let mut stored = Stored::new();
     progress.start("layers", seq.num_layers() as u64);
     for l in 0..seq.num_layers() {
-        advance(seq, l, &mut xs, None, step, &mut stored)?;
+        layers.next(l, step, &mut stored)?;
+        stored.clear();
         progress.inc(1);
     }
     progress.finish();
-    Ok(())
+    Ok(layers.into_state())
 }
 
 /// Refuse a selection a calibrated `method` cannot compress — a weight outside the blocks, or

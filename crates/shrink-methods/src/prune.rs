@@ -275,34 +275,42 @@ pub fn prune(run: &Run, spec: &PruneSpec) -> Result<Report> {
         seconds: 0.0,
     };
     let label = format!("{} layers", spec.method.name());
-    let (out, mut sizes) = calibrated::drive(run, &o, &label, &plan, metadata, &mut step)?;
+    let mut d = calibrated::drive(
+        run,
+        &o,
+        &label,
+        &format!("{spec:?}"),
+        &plan,
+        metadata,
+        &mut step,
+    )?;
     match &spec.quant {
-        Some(q) => calibrated::write_gptq_config(run, &o, &out, q)?,
+        Some(q) => calibrated::write_gptq_config(run, &o, &d.out, q)?,
         None => output::write_config_and_tokenizer(
             run.ckpt,
             o.arch.decoder(),
-            &out,
+            &d.out,
             dense.torch_name(),
             None,
         )?,
     }
     if let Some(layout) = spec.layout {
-        sizes = store_sparse(&out, &o, layout, dense)?;
+        d.sizes = store_sparse(&d.out, &o, layout, dense)?;
     }
     let mut r = Report::new(
         run.ckpt.path().to_path_buf(),
         run.output.to_path_buf(),
         spec.name(),
-        sizes,
+        d.sizes,
     );
     r.quantized_tensors = o.selected.len();
     r.quantize_seconds = step.seconds;
-    step.report(run, spec, &layer_sparsity, sizes.total_params, &mut r);
+    step.report(run, spec, &layer_sparsity, d.sizes.total_params, &mut r);
     if let Some(w) = warning {
         r.set("warning", w);
     }
     r.seconds = t_start.elapsed().as_secs_f64();
-    output::commit(out, &r)?;
+    d.commit(&mut r)?;
     Ok(r)
 }
 
@@ -417,7 +425,7 @@ fn dense_blank(name: String, shape: Vec<usize>, dtype: float::FloatType) -> Stor
 }
 
 /// What pruning did to one block.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct LayerStats {
     zeros: usize,
     params: usize,
@@ -538,6 +546,23 @@ impl LayerStep for PruneStep<'_> {
         }
         self.layers.push(stats);
         self.seconds += t.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    fn carry(&self, _l: usize) -> Result<serde_json::Value> {
+        Ok(serde_json::json!([
+            self.layers.last(),
+            self.sq,
+            self.seconds
+        ]))
+    }
+
+    fn restore(&mut self, l: usize, carried: serde_json::Value) -> Result<()> {
+        let (stats, sq, seconds): (LayerStats, (f64, f64), f64) =
+            calibrated::carried_as(l, carried)?;
+        self.layers.push(stats);
+        self.sq = sq;
+        self.seconds = seconds;
         Ok(())
     }
 }
@@ -721,7 +746,7 @@ fn owl(run: &Run, o: &Opened, target: f64, m: f64, lambda: f64) -> Result<Vec<f6
         x_sq: HashMap::new(),
         ratios: Vec::new(),
     };
-    pipeline::observe_all(&o.seq, run.samples, &mut step, run.progress)?;
+    pipeline::observe_all(&o.seq, run.samples, &mut step, None, run.progress)?;
     Ok(owl_sparsities(&step.ratios, target, lambda))
 }
 

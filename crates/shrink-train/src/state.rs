@@ -69,9 +69,7 @@ pub fn f32_tensor(st: &safetensors::SafeTensors, name: &str, path: &Path) -> Res
 
 /// Write `bytes` to `path` through a temporary file renamed into place.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = shrink_io::output::Partial::new(path)?;
-    std::fs::write(tmp.path(), bytes).map_err(os(tmp.path()))?;
-    Ok(tmp.commit()?)
+    Ok(shrink_io::output::write_atomic(path, bytes)?)
 }
 
 /// Save `params`, `opt` and `extra` (the run's own state, as JSON) as the run directory's

@@ -9,6 +9,7 @@ use shrink_methods::awq::AwqSpec;
 use shrink_methods::calib::{draw_samples, CalibSpec};
 use shrink_methods::calibrated::{self, Run};
 use shrink_methods::gptq::GptqSpec;
+use shrink_methods::resume::RunDir;
 use shrink_methods::select::Selection;
 
 use crate::common;
@@ -43,6 +44,14 @@ pub struct CalibOpts {
     /// Seed of the calibration samples' random starts.
     #[arg(long, default_value_t = 0, help_heading = "Calibration")]
     pub seed: u64,
+    /// Continue a killed or failed layer-by-layer run (gptq, awq, wanda, sparsegpt) after its
+    /// last finished layer: run the same command with the same flags and --resume.
+    #[arg(long, help_heading = "Long runs")]
+    pub resume: bool,
+    /// Where the finished layers are kept while the run goes (default OUT.run beside the
+    /// output; removed once the output is written).
+    #[arg(long, value_name = "DIR", help_heading = "Long runs")]
+    pub run_dir: Option<PathBuf>,
 }
 
 impl CalibOpts {
@@ -62,7 +71,19 @@ impl CalibOpts {
                 seqlen: self.calib_seqlen,
                 seed: self.seed,
             },
+            resume: self.resume,
+            run_dir: self.run_dir.clone(),
         })
+    }
+
+    /// Refuse --resume and --run-dir for `what`, which keeps no finished layers.
+    pub fn refuse_resume(&self, what: &str) -> Result<()> {
+        if self.resume || self.run_dir.is_some() {
+            anyhow::bail!(
+                "--resume and --run-dir apply to the layer-by-layer methods (gptq, awq, wanda,                  sparsegpt, magnitude); {what} keeps no finished layers"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -75,6 +96,20 @@ pub struct CalibArgs {
     pub format: CalibFormat,
     /// Samples, length and seed.
     pub spec: CalibSpec,
+    /// Continue the run kept in the run directory.
+    pub resume: bool,
+    /// The run directory, if not OUT.run.
+    pub run_dir: Option<PathBuf>,
+}
+
+impl CalibArgs {
+    /// Where a layer-by-layer run writing `output` keeps its finished layers.
+    pub fn run_dir(&self, output: &Path) -> RunDir {
+        RunDir {
+            dir: common::run_dir_of(output, self.run_dir.as_deref()),
+            resume: self.resume,
+        }
+    }
 }
 
 /// The token ids of calibration text `file` for `ckpt`'s tokenizer: the lee-ppl-v1
@@ -152,6 +187,8 @@ pub struct Target<'a> {
     pub dense_dtype: FloatType,
     /// Print JSON rather than text.
     pub json: bool,
+    /// Keep finished layers for --resume (not for a rotated copy made anew by each run).
+    pub keep_layers: bool,
 }
 
 /// Calibrate on `calib` and run `method` (GPTQ, AWQ, Block-AP) on `t`, printing its report.
@@ -171,6 +208,7 @@ fn run<E: std::error::Error + Send + Sync + 'static>(
         dense_dtype: t.dense_dtype,
         calibration: calib.describe(),
         progress: &bar,
+        run_dir: t.keep_layers.then(|| calib.run_dir(t.output)),
     };
     let report = method(&r)?;
     common::print_report(&report, t.json)

@@ -168,15 +168,6 @@ fn steps_bar(what: &str) -> ProgressBar {
     crate::common::styled(0, what, " {msg}")
 }
 
-/// The run directory: `run_dir`, or OUT.run beside the output.
-pub(crate) fn run_dir_of(out: &Path, run_dir: Option<&Path>) -> PathBuf {
-    run_dir.map(Path::to_path_buf).unwrap_or_else(|| {
-        let mut s = out.as_os_str().to_owned();
-        s.push(".run");
-        PathBuf::from(s)
-    })
-}
-
 /// The token ids to train on: `text` as `format` says, tokenized by `ckpt`'s tokenizer.
 pub(crate) fn training_ids(ckpt: &Checkpoint, text: &Path, format: TextFormat) -> Result<Vec<u32>> {
     Ok(match format {
@@ -229,7 +220,7 @@ pub fn run(a: Args) -> Result<()> {
             out.display()
         );
     }
-    let run_dir = run_dir_of(out, a.run_dir.as_deref());
+    let run_dir = crate::common::run_dir_of(out, a.run_dir.as_deref());
     let teacher_ckpt = common::open(&a.teacher)?;
     let ids = training_ids(&teacher_ckpt, &a.text, a.text_format)?;
     if ids.is_empty() {

@@ -7,8 +7,9 @@ use anyhow::{Context, Result};
 use shrink_train::distill::{self, Windows};
 use shrink_train::finetune::{self, FinetuneConfig};
 
-use super::distill::{run_dir_of, training, training_ids, TextFormat};
+use super::distill::{training, training_ids, TextFormat};
 use crate::common;
+use crate::common::run_dir_of;
 
 /// Arguments of `shrink finetune`.
 #[derive(clap::Args)]

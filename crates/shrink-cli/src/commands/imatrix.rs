@@ -36,6 +36,14 @@ pub struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Continue a killed or failed run after its last finished layer (the same command and
+    /// flags, with --resume).
+    #[arg(long, help_heading = "Long runs")]
+    pub resume: bool,
+    /// Where the finished layers are kept while the run goes (default OUT.run beside the
+    /// output; removed once the matrix is written).
+    #[arg(long, value_name = "DIR", help_heading = "Long runs")]
+    pub run_dir: Option<PathBuf>,
 }
 
 /// Run `shrink imatrix`.
@@ -53,14 +61,27 @@ pub fn run(a: Args) -> Result<()> {
     };
     let chunks = consecutive_chunks(&ids, spec)
         .map_err(|e| anyhow::anyhow!("{}: {e}", a.calib.display()))?;
-    let mut m = shrink_methods::calibrated::imatrix(&ckpt, &chunks, &common::Bar::default())?;
+    let run_dir = shrink_methods::resume::RunDir {
+        dir: common::run_dir_of(&a.output, a.run_dir.as_deref()),
+        resume: a.resume,
+    };
+    let (mut m, state) = shrink_methods::calibrated::imatrix(
+        &ckpt,
+        &chunks,
+        Some(&run_dir),
+        &common::Bar::default(),
+    )?;
     m.datasets = vec![a.calib.display().to_string()];
     m.write(&a.output)?;
+    let resumed = state.as_ref().map(|s| s.resumed()).filter(|&n| n > 0);
+    if let Some(s) = state {
+        s.finish()?;
+    }
     let seconds = t0.elapsed().as_secs_f64();
     let v = serde_json::json!({
         "model": a.model, "output": a.output, "entries": m.entries.len(),
         "chunks": chunks.len(), "chunk_tokens": a.calib_seqlen, "seconds": seconds,
-        "peak_rss_bytes": common::peak_rss(),
+        "peak_rss_bytes": common::peak_rss(), "resumed_after_layers": resumed,
     });
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -72,6 +93,9 @@ pub fn run(a: Args) -> Result<()> {
             chunks.len(),
             a.calib_seqlen
         );
+        if let Some(n) = resumed {
+            println!("resumed        after {n} finished layers");
+        }
         println!("time           {seconds:.1} s");
         if let Some(r) = common::peak_rss() {
             println!("peak RSS       {}", common::human(r));

@@ -11,6 +11,7 @@ use shrink_formats::sparse_layout::SparseLayout;
 use shrink_methods::calibrated::Run;
 use shrink_methods::gptq::GptqSpec;
 use shrink_methods::prune::{self, Profile, PruneMethod, PruneSpec};
+use shrink_methods::resume::RunDir;
 use shrink_methods::select::Selection;
 use shrink_methods::sparsity::Pattern;
 use shrink_methods::structured::Structured;
@@ -218,6 +219,9 @@ pub fn run(a: Args) -> Result<()> {
         include: a.include.clone(),
         exclude: a.exclude.clone(),
     };
+    if spec.is_none() {
+        a.calib.refuse_resume("--structured")?;
+    }
     let ckpt = common::open(&a.model)?;
     let (samples, calibration) = if spec.is_none_or(|s| s.method.calibrated()) {
         let what = match &spec {
@@ -238,6 +242,10 @@ pub fn run(a: Args) -> Result<()> {
         dense_dtype: a.dense_dtype,
         calibration,
         progress: &bar,
+        run_dir: spec.is_some().then(|| RunDir {
+            dir: common::run_dir_of(&a.output, a.calib.run_dir.as_deref()),
+            resume: a.calib.resume,
+        }),
     };
     let report = match (&spec, what) {
         (Some(s), _) => prune::prune(&run, s)?,

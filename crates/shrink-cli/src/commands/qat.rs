@@ -12,9 +12,10 @@ use shrink_methods::select::Selection;
 use shrink_train::qat;
 use shrink_train::reparam;
 
-use super::distill::{run_dir_of, training};
+use super::distill::training;
 use super::finetune::TrainOpts;
 use crate::common;
+use crate::common::run_dir_of;
 
 /// The grids QAT trains towards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -9,9 +9,10 @@ use shrink_io::Checkpoint;
 use shrink_train::lora::{self, LoraSpec};
 use shrink_train::reparam;
 
-use super::distill::{run_dir_of, training};
+use super::distill::training;
 use super::finetune::TrainOpts;
 use crate::common;
+use crate::common::run_dir_of;
 
 /// Arguments of `shrink qlora`.
 #[derive(clap::Args)]

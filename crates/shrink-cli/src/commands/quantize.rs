@@ -372,6 +372,7 @@ fn target<'a>(a: &'a Args, selection: &'a Selection) -> super::calibrated::Targe
         selection,
         dense_dtype: a.dense_dtype,
         json: a.json,
+        keep_layers: !a.rotate,
     }
 }
 
@@ -389,6 +390,11 @@ pub fn run(mut a: Args) -> Result<()> {
             );
         }
         return quantize(a);
+    }
+    if a.calib.resume {
+        bail!(
+            "--resume does not apply with --rotate (each run makes its rotated copy anew):              rotate first (shrink rotate MODEL -o ROT), then shrink quantize ROT ... --resume"
+        );
     }
     if a.method.ggml_name().is_some() {
         bail!(
@@ -440,6 +446,7 @@ fn quantize(a: Args) -> Result<()> {
         );
     }
     if a.method == Method::BlockAp {
+        a.calib.refuse_resume("--method block-ap")?;
         if a.granularity.is_some_and(|g| g != Gran::Group) || a.sym {
             bail!("Block-AP quantizes asymmetric groups of --group-size (no --granularity/--sym)");
         }
@@ -484,6 +491,8 @@ fn quantize(a: Args) -> Result<()> {
             a.hessian_f64,
         );
     }
+    a.calib
+        .refuse_resume(&format!("--method {:?}", a.method).to_lowercase())?;
     let ckpt = common::open(&a.model)?;
     let enc = QuantizerEncoder {
         method: method(&a)?,

@@ -13,9 +13,10 @@ use shrink_methods::select::Selection;
 use shrink_train::reparam;
 use shrink_train::rotation::{self, RotationSpec};
 
-use super::distill::{run_dir_of, training};
+use super::distill::training;
 use super::finetune::TrainOpts;
 use crate::common;
+use crate::common::run_dir_of;
 
 /// Arguments of `shrink rotate`.
 #[derive(clap::Args)]
