@@ -174,7 +174,8 @@ impl<'a> Layers<'a> {
                 .filter(|(k, _)| !before.contains(*k))
                 .map(|(_, t)| t)
                 .collect();
-            s.save(l, &new, &step.carry(l)?, &self.xs, self.fs.as_deref())?;
+            let n = self.seq.num_layers();
+            s.save(l, n, &new, &step.carry(l)?, &self.xs, self.fs.as_deref())?;
         }
         Ok(())
     }

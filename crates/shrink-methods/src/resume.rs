@@ -38,6 +38,9 @@ pub struct RunDir {
     /// Continue the run the directory holds (a run without `resume` refuses a directory that
     /// holds one, rather than silently discarding it).
     pub resume: bool,
+    /// Keep the finished layers at most this often (zero: after every layer); the last layer
+    /// is always kept. A resumed run repeats the layers finished since the last keep.
+    pub every: std::time::Duration,
 }
 
 /// What makes two runs the same, so that one may continue the other: the method and its
@@ -133,6 +136,8 @@ pub struct LayerState {
     done: usize,
     resumed: usize,
     seconds: f64,
+    every: std::time::Duration,
+    last: std::time::Instant,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MethodError + '_ {
@@ -205,6 +210,8 @@ impl LayerState {
             done,
             resumed: done,
             seconds: 0.0,
+            every: run_dir.every,
+            last: std::time::Instant::now(),
         })
     }
 
@@ -216,6 +223,12 @@ impl LayerState {
     /// How many layers an earlier run had finished when this one took them up (0: none).
     pub fn resumed(&self) -> usize {
         self.resumed
+    }
+
+    /// Whether the run is to be kept after finished layer `l` of `n`: the last one, or `every`
+    /// has passed since the last keep.
+    pub fn due(&self, l: usize, n: usize) -> bool {
+        l + 1 == n || self.last.elapsed() >= self.every
     }
 
     /// Seconds this run spent keeping its finished layers.
@@ -317,17 +330,22 @@ impl LayerState {
         Ok((xs, (!fs.is_empty()).then_some(fs)))
     }
 
-    /// Keep finished layer `l`: the `tensors` it gives the output, what the step `carry`s from
-    /// it, and the next block's inputs `xs` (and the float model's `fs`).
+    /// Save finished layer `l` of `n`: the `tensors` it gives the output and what the step
+    /// `carry`s from it; then, when it is [`due`](LayerState::due), keep the run there: the
+    /// next block's inputs `xs` (and the float model's `fs`) and the count of finished layers.
+    /// A resumed run takes up the layers up to the last keep and computes the rest again.
+    #[allow(clippy::too_many_arguments)]
     pub fn save(
         &mut self,
         l: usize,
+        n: usize,
         tensors: &[&StoredTensor],
         carry: &Value,
         xs: &[Tensor],
         fs: Option<&[Tensor]>,
     ) -> Result<()> {
         let t0 = std::time::Instant::now();
+        let kept_before = self.done.checked_sub(1);
         let path = self.layer_path(l);
         let kinds: HashMap<&str, (Dtype, &[usize])> = tensors
             .iter()
@@ -352,6 +370,10 @@ impl LayerState {
         let bytes =
             safetensors::serialize(views, Some(meta)).map_err(|e| bad(&path, e.to_string()))?;
         shrink_io::output::write_atomic(&path, &bytes)?;
+        if !self.due(l, n) {
+            self.seconds += t0.elapsed().as_secs_f64();
+            return Ok(());
+        }
 
         let path = self.activations_path(l);
         let mut flat: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
@@ -382,13 +404,14 @@ impl LayerState {
         list.retain(|(d, _)| d != &self.dir);
         list.push((self.dir.clone(), self.done));
         drop(list);
-        if l > 0 {
-            let old = self.activations_path(l - 1);
+        if let Some(k) = kept_before {
+            let old = self.activations_path(k);
             std::fs::remove_file(&old)
                 .or_else(not_found)
                 .map_err(io(&old))?;
         }
         self.seconds += t0.elapsed().as_secs_f64();
+        self.last = std::time::Instant::now();
         Ok(())
     }
 

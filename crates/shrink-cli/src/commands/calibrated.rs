@@ -52,6 +52,10 @@ pub struct CalibOpts {
     /// output; removed once the output is written).
     #[arg(long, value_name = "DIR", help_heading = "Long runs")]
     pub run_dir: Option<PathBuf>,
+    /// Keep the finished layers at most every SECONDS (default 30; 0: after every layer); a
+    /// resumed run repeats at most that much work.
+    #[arg(long, value_name = "SECONDS", help_heading = "Long runs")]
+    pub keep_every: Option<f64>,
 }
 
 impl CalibOpts {
@@ -73,14 +77,15 @@ impl CalibOpts {
             },
             resume: self.resume,
             run_dir: self.run_dir.clone(),
+            keep_every: keep_every(self.keep_every)?,
         })
     }
 
     /// Refuse --resume and --run-dir for `what`, which keeps no finished layers.
     pub fn refuse_resume(&self, what: &str) -> Result<()> {
-        if self.resume || self.run_dir.is_some() {
+        if self.resume || self.run_dir.is_some() || self.keep_every.is_some() {
             anyhow::bail!(
-                "--resume and --run-dir apply to the layer-by-layer methods (gptq, awq, wanda,                  sparsegpt, magnitude); {what} keeps no finished layers"
+                "--resume, --run-dir and --keep-every apply to the layer-by-layer methods (gptq, awq, wanda,                  sparsegpt, magnitude); {what} keeps no finished layers"
             );
         }
         Ok(())
@@ -100,6 +105,15 @@ pub struct CalibArgs {
     pub resume: bool,
     /// The run directory, if not OUT.run.
     pub run_dir: Option<PathBuf>,
+    /// How often finished layers are kept.
+    pub keep_every: std::time::Duration,
+}
+
+/// `--keep-every` as a duration (30 s when not given), refusing a negative or non-finite value.
+pub fn keep_every(seconds: Option<f64>) -> Result<std::time::Duration> {
+    let seconds = seconds.unwrap_or(30.0);
+    std::time::Duration::try_from_secs_f64(seconds)
+        .map_err(|_| anyhow::anyhow!("--keep-every {seconds}: give a number of seconds ≥ 0"))
 }
 
 impl CalibArgs {
@@ -108,6 +122,7 @@ impl CalibArgs {
         RunDir {
             dir: common::run_dir_of(output, self.run_dir.as_deref()),
             resume: self.resume,
+            every: self.keep_every,
         }
     }
 }

@@ -44,6 +44,10 @@ pub struct Args {
     /// output; removed once the matrix is written).
     #[arg(long, value_name = "DIR", help_heading = "Long runs")]
     pub run_dir: Option<PathBuf>,
+    /// Keep the finished layers at most every SECONDS (default 30; 0: after every layer); a
+    /// resumed run repeats at most that much work.
+    #[arg(long, value_name = "SECONDS", help_heading = "Long runs")]
+    pub keep_every: Option<f64>,
 }
 
 /// Run `shrink imatrix`.
@@ -64,6 +68,7 @@ pub fn run(a: Args) -> Result<()> {
     let run_dir = shrink_methods::resume::RunDir {
         dir: common::run_dir_of(&a.output, a.run_dir.as_deref()),
         resume: a.resume,
+        every: super::calibrated::keep_every(a.keep_every)?,
     };
     let (mut m, state) = shrink_methods::calibrated::imatrix(
         &ckpt,

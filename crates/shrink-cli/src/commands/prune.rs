@@ -242,10 +242,14 @@ pub fn run(a: Args) -> Result<()> {
         dense_dtype: a.dense_dtype,
         calibration,
         progress: &bar,
-        run_dir: spec.is_some().then(|| RunDir {
-            dir: common::run_dir_of(&a.output, a.calib.run_dir.as_deref()),
-            resume: a.calib.resume,
-        }),
+        run_dir: match spec {
+            Some(_) => Some(RunDir {
+                dir: common::run_dir_of(&a.output, a.calib.run_dir.as_deref()),
+                resume: a.calib.resume,
+                every: super::calibrated::keep_every(a.calib.keep_every)?,
+            }),
+            None => None,
+        },
     };
     let report = match (&spec, what) {
         (Some(s), _) => prune::prune(&run, s)?,
