@@ -7,7 +7,9 @@
 #   quantize --method gptq --calib-samples 4, export --to gguf --type q4_k_m
 # on it, recording each command's wall time and peak RSS (GNU time) beside the machine's RAM.
 # Each output is deleted once measured (disk: the input plus the largest output, ~42 GB).
-# Not part of CI. Usage: scripts/bench-big.sh WORK_DIR [PYTHON]
+# GPTQ runs with --resume: a run killed or stopped (Ctrl-C) continues after its last kept layer
+# when the script is run again; its line then says after how many layers it resumed.
+# Not part of CI. Usage: [STEPS="quantize-gptq ..."] scripts/bench-big.sh WORK_DIR [PYTHON]
 # PYTHON needs numpy and safetensors (default: target/check-venv, made as scripts/test.sh does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -92,14 +94,18 @@ fi
   echo "# command | wall s | peak RSS MiB | output bytes"
 } | tee -a "$results"
 
+steps="${STEPS:-convert-bf16 quantize-nf4-dq quantize-gptq export-q4_k_m}"
 run() {
   local name=$1 out=$2
   shift 2
+  case " $steps " in *" $name "*) ;; *) return 0 ;; esac
   rm -rf "$out"
   sync
   if /usr/bin/time -f "%e %M" -o "$work/time.txt" "$bin" "$@" >"$work/$name.log" 2>&1; then
     read -r wall rss <"$work/time.txt"
-    echo "$name | $wall | $((rss / 1024)) | $(du -sb "$out" | cut -f1)" | tee -a "$results"
+    resumed=$(grep -o 'resumed .*after [0-9]* finished layers' "$work/$name.log" || true)
+    echo "$name | $wall | $((rss / 1024)) | $(du -sb "$out" | cut -f1)${resumed:+ | $resumed}" \
+      | tee -a "$results"
   else
     # The last line of GNU time's output holds the figures, the one before it why it stopped.
     echo "$name | failed: $(tail -n 2 "$work/time.txt" | tr '\n' ' ')| $(tail -n 1 "$work/$name.log")" \
@@ -111,5 +117,5 @@ run() {
 run convert-bf16 "$work/bf16" convert "$model" --dtype bf16 -o "$work/bf16"
 run quantize-nf4-dq "$work/nf4" quantize "$model" --method nf4 --double-quant -o "$work/nf4"
 run quantize-gptq "$work/gptq" quantize "$model" --method gptq --calib assets/lee_background.cor \
-  --calib-samples 4 -o "$work/gptq"
+  --calib-samples 4 --resume -o "$work/gptq"
 run export-q4_k_m "$work/q4km.gguf" export "$model" --to gguf --type q4_k_m -o "$work/q4km.gguf"

@@ -13,7 +13,7 @@ use crate::common;
 /// Arguments of `shrink imatrix`.
 #[derive(clap::Args)]
 #[command(
-    after_help = "The matrix feeds `shrink quantize --method q4_k_m --imatrix FILE` (and llama.cpp's llama-quantize --imatrix). Like llama-imatrix, the text is cut into consecutive chunks of --calib-seqlen tokens and the float model is run over them; entries are named as in GGUF (blk.N.ffn_down.weight).\n\nExample:\n  shrink imatrix assets/SmolLM2-135M-Instruct.Q4_1.gguf --calib assets/lee_background.cor -o smollm2.imatrix.dat"
+    after_help = "The matrix feeds `shrink quantize --method q4_k_m --imatrix FILE` (and llama.cpp's llama-quantize --imatrix). Like llama-imatrix, the text is cut into consecutive chunks of --calib-seqlen tokens and the float model is run over them; entries are named as in GGUF (blk.N.ffn_down.weight). Finished layers are kept in OUT.run (every --keep-every seconds): after a kill, the same command with --resume continues after the last kept layer.\n\nExample:\n  shrink imatrix assets/SmolLM2-135M-Instruct.Q4_1.gguf --calib assets/lee_background.cor -o smollm2.imatrix.dat"
 )]
 pub struct Args {
     /// Model (HF directory or .gguf; any decoder family).
