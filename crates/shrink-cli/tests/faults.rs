@@ -261,6 +261,72 @@ fn a_full_disk_leaves_nothing_and_names_the_output() {
     }
 }
 
+/// Run a copy of shrink, `bin`, with `args` as an unprivileged user (nobody) when the tests run
+/// as root, whom directory permissions do not stop.
+fn shrink_unprivileged(bin: &Path, args: &[String]) -> Output {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new(bin);
+    c.args(args);
+    // SAFETY: getuid is always safe; setgid/setuid between fork and exec are async-signal-safe.
+    if unsafe { libc::geteuid() } == 0 {
+        unsafe {
+            c.pre_exec(|| {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(65534) != 0
+                    || libc::setuid(65534) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    c.output().expect("run shrink")
+}
+
+#[test]
+fn a_read_only_output_directory_fails_naming_the_output() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+    // Everything the unprivileged run reads lies in the test's directory, readable by all: the
+    // inputs, and a copy of the binary (the checkout's path may not be).
+    mode(tmp.path(), 0o755).unwrap();
+    let (cases, model) = writers(tmp.path());
+    let bin = tmp.path().join("shrink");
+    std::fs::copy(env!("CARGO_BIN_EXE_shrink"), &bin).unwrap();
+    mode(&bin, 0o755).unwrap();
+    let input = snapshot(&model);
+    let ro = tmp.path().join("read-only");
+    std::fs::create_dir(&ro).unwrap();
+    mode(&ro, 0o555).unwrap();
+    for (args, name) in &cases {
+        let what = format!("{} {}", args[0], args[1..].join(" "));
+        let out = ro.join(name);
+        let r = shrink_unprivileged(&bin, &with_out(args, &out));
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(
+            !r.status.success(),
+            "{what}: wrote into a read-only directory"
+        );
+        assert!(err.contains("Permission denied"), "{what}: {err}");
+        assert!(
+            err.contains(out.to_str().unwrap()),
+            "{what}: the error does not name -o: {err}"
+        );
+        assert!(
+            !err.contains(".partial"),
+            "{what}: names a temporary: {err}"
+        );
+        assert!(!err.contains("panicked"), "{what}: {err}");
+        assert!(
+            std::fs::read_dir(&ro).unwrap().next().is_none(),
+            "{what}: left a file"
+        );
+    }
+    assert!(snapshot(&model) == input, "the input changed");
+}
+
 /// What a signal `sig` sent `after` into `args`' run left: the run's status and stderr.
 fn signalled(args: &[String], sig: libc::c_int, after: Duration) -> Output {
     let child = Command::new(env!("CARGO_BIN_EXE_shrink"))
