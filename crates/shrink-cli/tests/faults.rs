@@ -357,6 +357,18 @@ fn interrupted_and_killed_runs_leave_the_whole_result_or_nothing() {
             vec!["export", &gs, "--to", "gguf", "--type", "q4_k_m"],
             "out.gguf",
         ),
+        (
+            vec![
+                "prune",
+                &gs,
+                "--method",
+                "magnitude",
+                "--sparsity",
+                "0.5",
+                "--dequantize",
+            ],
+            "out",
+        ),
     ]
     .into_iter()
     .map(|(a, n)| {
