@@ -1,10 +1,10 @@
 //! The same input, options and seed give byte-identical outputs whatever the thread count
-//! (issue 16): the quantize and prune methods run on SmolLM2 with one thread and with two
-//! (Block-AP on the tiny Llama), every file compared except the report (which records timings).
-//! Variants that share a method's parallel code (FP4 with NF4, other bit widths and k-quant
-//! types, GPTQ's act-order, AWQ, SparseGPT's 50 % beside its 2:4 joint mode, OWL, structured
-//! neurons and heads) passed the same check once (2026-12-07) and are left out to keep the
-//! suite short. GPTQ and the importance matrix are checked by `tests/resume.rs`: its
+//! (issue 16): the quantize and prune methods run with one thread and with two, every file
+//! compared except the report (which records timings). On SmolLM2: the round-to-nearest
+//! methods, HQQ, the GGUF types, magnitude, Wanda, SparseGPT 2:4 jointly with 4 bits and layer
+//! removal; on the tiny Llama (for time): FP4, int3, HQQ 2-bit, GPTQ with act-order and with
+//! GPTAQ + the clipping search, AWQ, SparseGPT 50 %, Wanda with OWL, neurons, heads and
+//! Block-AP. GPTQ and the importance matrix on SmolLM2 are checked by `tests/resume.rs`: its
 //! uninterrupted runs use one thread, the interrupted and resumed ones two.
 
 mod common;
@@ -155,6 +155,81 @@ fn pruning_at_one_and_two_threads() {
     ];
     let runs: Vec<&[&str]> = runs.iter().map(Vec::as_slice).collect();
     same_bytes(hf, &runs);
+}
+
+#[test]
+fn the_other_methods_on_the_tiny_llama_at_one_and_two_threads() {
+    // The variants left out on SmolLM2 for time, on the tiny Llama: their parallel code runs
+    // the same way on smaller matrices.
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_llama_with_tokenizer(tmp.path());
+    let calib = calib_text(tmp.path(), 3000);
+    let c = [
+        "--calib",
+        calib.to_str().unwrap(),
+        "--calib-format",
+        "raw",
+        "--calib-samples",
+        "4",
+        "--calib-seqlen",
+        "48",
+    ];
+    let with = |a: &[&'static str]| -> Vec<&str> { [a, &c[..]].concat() };
+    let runs = [
+        vec!["quantize", "--method", "fp4", "--double-quant"],
+        vec![
+            "quantize",
+            "--method",
+            "int",
+            "--bits",
+            "3",
+            "--sym",
+            "--group-size",
+            "32",
+        ],
+        vec![
+            "quantize",
+            "--method",
+            "hqq",
+            "--bits",
+            "2",
+            "--group-size",
+            "16",
+        ],
+        with(&[
+            "quantize",
+            "--method",
+            "gptq",
+            "--group-size",
+            "16",
+            "--act-order",
+            "group",
+        ]),
+        with(&[
+            "quantize",
+            "--method",
+            "gptq",
+            "--group-size",
+            "16",
+            "--gptaq",
+            "--clip-search",
+        ]),
+        with(&["quantize", "--method", "awq", "--group-size", "16"]),
+        with(&["prune", "--method", "sparsegpt", "--sparsity", "0.5"]),
+        with(&[
+            "prune",
+            "--method",
+            "wanda",
+            "--sparsity",
+            "0.5",
+            "--sparsity-profile",
+            "owl",
+        ]),
+        with(&["prune", "--structured", "neurons", "--keep-ratio", "0.75"]),
+        with(&["prune", "--structured", "heads", "--keep-ratio", "0.5"]),
+    ];
+    let runs: Vec<&[&str]> = runs.iter().map(Vec::as_slice).collect();
+    same_bytes(&model, &runs);
 }
 
 #[test]
