@@ -262,8 +262,10 @@ fn check_finite(l: usize, xs: &[Tensor]) -> Result<()> {
 
 /// Run `step` over every block of `seq` from the embedded `samples`, with nothing written
 /// (statistics such as the importance matrix).
-/// With `state`, every finished layer is kept there and the layers it already holds are not run
-/// again; the state is returned, to [`LayerState::finish`] once the result is written.
+///
+/// With `state`, finished layers are kept there ([`LayerState::save`]) and those it already
+/// holds are not run again; the state is returned, to [`LayerState::finish`] once the result is
+/// written.
 pub fn observe_all(
     seq: &Sequential,
     samples: &[Vec<u32>],

@@ -1,15 +1,15 @@
 //! The state a layer-by-layer run keeps so that a killed or failed run continues after its last
-//! finished layer (`--resume`) instead of starting again from the first.
+//! kept layer (`--resume`) instead of starting again from the first.
 //!
 //! After each block the layer loop ([`crate::pipeline::Layers`]) saves in the run directory
 //! `layer-NNNN.safetensors` (the tensors the block gives the output, and what the method carries
-//! from it: report figures, statistics), `activations-NNNN.safetensors` (the next block's
-//! inputs) and then `state.json` (how many layers are finished, and what identifies the run),
-//! each written whole under a temporary name and renamed, so a kill at any point leaves a
-//! `state.json` whose files are all complete. A resumed run reads the finished layers instead of
-//! recomputing them and starts the next block from the saved activations: its output is byte
-//! for byte the output of an uninterrupted run. The directory is removed once the output is
-//! committed.
+//! from it: report figures, statistics); when a keep is due ([`RunDir::every`], and after the
+//! last block) it adds `activations-NNNN.safetensors` (the next block's inputs) and then
+//! `state.json` (how many layers are finished, and what identifies the run). Each file is written
+//! whole under a temporary name and renamed, so a kill at any point leaves a `state.json` whose
+//! files are all complete. A resumed run reads the kept layers instead of recomputing them and
+//! starts the next block from the saved activations: its output is byte for byte the output of
+//! an uninterrupted run. The directory is removed once the output is committed.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
