@@ -21,9 +21,11 @@
 //!   the same model in a basis that quantizes better; [`hadamard`]: the matrices;
 //! - [`structured`]: structured pruning (layers by Block Influence, MLP channels and
 //!   attention heads by activation), a smaller dense model of the same architecture;
+//! - [`allocate`]: one candidate per tensor to meet a size budget or a loss bound (`shrink auto`);
 //! - [`report`]: the one report of a run; [`output`]: config, tokenizer and report beside the
 //!   weights, committed atomically.
 
+pub mod allocate;
 pub mod awq;
 pub mod calib;
 pub mod calibrated;
