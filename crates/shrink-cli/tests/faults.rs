@@ -92,8 +92,66 @@ fn writers(dir: &Path) -> (Vec<(Vec<String>, &'static str)>, PathBuf) {
     let g = dir.join("model.gguf").to_str().unwrap().to_string();
     let r = shrink(&["export", &m, "--to", "gguf", "--type", "f32", "-o", &g]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    // Inputs of the commands that take a quantized model or a classifier.
+    let nf4 = dir.join("nf4").to_str().unwrap().to_string();
+    let gptq = dir.join("gptq-in").to_str().unwrap().to_string();
+    for args in [
+        s(&["quantize", &m, "--method", "nf4", "-o", &nf4]),
+        cal(&[
+            "quantize",
+            &m,
+            "--method",
+            "gptq",
+            "--group-size",
+            "32",
+            "-o",
+            &gptq,
+        ]),
+    ] {
+        let r = shrink(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    }
+    let bert = fixture_with_tokenizer(dir, "tiny-bert_cls");
+    let bert = bert.to_str().unwrap().to_string();
+    let labelled = dir.join("labelled.txt");
+    let lines: Vec<String> = (0..32)
+        .map(|i| {
+            let (label, word) = if i % 2 == 0 {
+                ("LABEL_1", "great")
+            } else {
+                ("LABEL_0", "dull")
+            };
+            format!("__label__{label} a {word} film {i}")
+        })
+        .collect();
+    std::fs::write(&labelled, lines.join("\n") + "\n").unwrap();
+    let labelled = labelled.to_str().unwrap().to_string();
     let o = "{out}";
     let cases = vec![
+        (
+            train(&["qlora", &nf4, "--teacher", &m, "--rank", "4", "-o", o]),
+            "out",
+        ),
+        (train(&["finetune", &gptq, "--teacher", &m, "-o", o]), "out"),
+        (
+            s(&[
+                "train-classifier",
+                &bert,
+                "--data",
+                &labelled,
+                "--epochs",
+                "1",
+                "--batch",
+                "8",
+                "-o",
+                o,
+            ]),
+            "out",
+        ),
+        (
+            s(&["compare", &bert, &bert, "--data", &labelled, "--report", o]),
+            "out",
+        ),
         (s(&["convert", &m, "--dtype", "bf16", "-o", o]), "out"),
         (
             s(&["quantize", &m, "--method", "nf4", "--double-quant", "-o", o]),
