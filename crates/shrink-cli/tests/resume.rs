@@ -203,6 +203,15 @@ fn resume_with_nothing_kept_starts_from_the_first_layer() {
     let r = shrink(&args);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert!(!state.exists());
+    // A run directory inside the input is refused.
+    let mut inside: Vec<&str> = args.to_vec();
+    let i = inside.iter().position(|a| *a == "--run-dir").unwrap();
+    let in_model = model.join("run");
+    inside[i + 1] = in_model.to_str().unwrap();
+    let out2 = tmp.path().join("q2");
+    *inside.last_mut().unwrap() = out2.to_str().unwrap();
+    refused(&inside, &["inside the input"], Some(&out2));
+    assert!(!in_model.exists());
     // Flags that keep no layers refuse --resume rather than ignore it.
     let mut rtn: Vec<&str> = vec!["quantize", model.to_str().unwrap(), "--method", "hqq"];
     let h = tmp.path().join("h");

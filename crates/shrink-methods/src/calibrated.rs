@@ -188,7 +188,7 @@ pub(crate) fn drive(
                 "selected": names,
             });
             let id = resume::identity(run.ckpt.path(), label, settings, run.samples, extra);
-            Some(LayerState::open(dir, id)?)
+            Some(LayerState::open(dir, id, &[run.ckpt.path()])?)
         }
         None => None,
     };
@@ -944,7 +944,7 @@ pub fn imatrix(
     let state = match run_dir {
         Some(dir) => {
             let id = resume::identity(ckpt.path(), "imatrix", "", chunks, serde_json::Value::Null);
-            Some(LayerState::open(dir, id)?)
+            Some(LayerState::open(dir, id, &[ckpt.path()])?)
         }
         None => None,
     };

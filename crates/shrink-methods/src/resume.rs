@@ -149,11 +149,13 @@ fn bad(path: &Path, what: impl Into<String>) -> MethodError {
 }
 
 impl LayerState {
-    /// Open `run_dir` for a run identified by `identity` (see [`identity`]): with `resume`, the
+    /// Open `run_dir` (never one of the run's `inputs` or inside one) for a run identified by
+    /// `identity` (see [`identity`]): with `resume`, the
     /// layers an identical earlier run finished there are taken up (none kept: the run starts
     /// from the first layer); without it, a directory holding an earlier run is refused.
-    pub fn open(run_dir: &RunDir, identity: Value) -> Result<Self> {
+    pub fn open(run_dir: &RunDir, identity: Value, inputs: &[&Path]) -> Result<Self> {
         let dir = &run_dir.dir;
+        shrink_io::refuse_inputs(dir, inputs)?;
         let state = dir.join(STATE);
         let saved = match std::fs::read(&state) {
             Ok(bytes) => Some(bytes),
