@@ -219,6 +219,23 @@ fn resume_with_nothing_kept_starts_from_the_first_layer() {
     refused(&rtn, &["--resume", "keeps no finished layers"], None);
 }
 
+/// Whether two report values are equal, numbers to 1e-12 relative: sums of per-row figures
+/// (GPTQ's losses) are added in another order on another number of threads.
+fn close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value::{Array, Number, Object};
+    match (a, b) {
+        (Number(x), Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            (x - y).abs() <= 1e-12 * x.abs().max(y.abs())
+        }
+        (Array(x), Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| close(a, b)),
+        (Object(x), Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| close(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
 /// The report of `out`, whose per-layer figures (what the finished layers carried) must equal
 /// those of `whole`'s.
 fn same_report(out: &Path, whole: &Path, name: &str) -> serde_json::Value {
@@ -233,7 +250,12 @@ fn same_report(out: &Path, whole: &Path, name: &str) -> serde_json::Value {
         "layer_sparsity",
         "sparsegpt_loss_per_layer",
     ] {
-        assert_eq!(rep[key], whole_rep[key], "{name}: {key}");
+        assert!(
+            close(&rep[key], &whole_rep[key]),
+            "{name}: {key}: {} against {}",
+            rep[key],
+            whole_rep[key]
+        );
     }
     rep
 }

@@ -44,18 +44,9 @@ pub struct CalibOpts {
     /// Seed of the calibration samples' random starts.
     #[arg(long, default_value_t = 0, help_heading = "Calibration")]
     pub seed: u64,
-    /// Continue a killed or failed layer-by-layer run (gptq, awq, wanda, sparsegpt) after its
-    /// last finished layer: run the same command with the same flags and --resume.
-    #[arg(long, help_heading = "Long runs")]
-    pub resume: bool,
-    /// Where the finished layers are kept while the run goes (default OUT.run beside the
-    /// output; removed once the output is written).
-    #[arg(long, value_name = "DIR", help_heading = "Long runs")]
-    pub run_dir: Option<PathBuf>,
-    /// Keep the finished layers at most every SECONDS (default 30; 0: after every layer); a
-    /// resumed run repeats at most that much work.
-    #[arg(long, value_name = "SECONDS", help_heading = "Long runs")]
-    pub keep_every: Option<f64>,
+    /// Resuming a long run.
+    #[command(flatten)]
+    pub long: LongRun,
 }
 
 impl CalibOpts {
@@ -75,20 +66,13 @@ impl CalibOpts {
                 seqlen: self.calib_seqlen,
                 seed: self.seed,
             },
-            resume: self.resume,
-            run_dir: self.run_dir.clone(),
-            keep_every: keep_every(self.keep_every)?,
+            long: self.long.clone(),
         })
     }
 
-    /// Refuse --resume and --run-dir for `what`, which keeps no finished layers.
+    /// Refuse the long-run flags for `what`, which keeps no finished layers.
     pub fn refuse_resume(&self, what: &str) -> Result<()> {
-        if self.resume || self.run_dir.is_some() || self.keep_every.is_some() {
-            anyhow::bail!(
-                "--resume, --run-dir and --keep-every apply to the layer-by-layer methods (gptq, awq, wanda,                  sparsegpt, magnitude); {what} keeps no finished layers"
-            );
-        }
-        Ok(())
+        self.long.refuse(what)
     }
 }
 
@@ -101,29 +85,49 @@ pub struct CalibArgs {
     pub format: CalibFormat,
     /// Samples, length and seed.
     pub spec: CalibSpec,
-    /// Continue the run kept in the run directory.
+    /// Resuming the run.
+    pub long: LongRun,
+}
+
+/// The flags of a layer-by-layer run that can be resumed (quantize, prune, imatrix).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LongRun {
+    /// Continue a killed or failed layer-by-layer run (gptq, awq, wanda, sparsegpt, imatrix)
+    /// after its last kept layer: run the same command with the same flags and --resume.
+    #[arg(long, help_heading = "Long runs")]
     pub resume: bool,
-    /// The run directory, if not OUT.run.
+    /// Where the finished layers are kept while the run goes (default OUT.run beside the
+    /// output; removed once the output is written).
+    #[arg(long, value_name = "DIR", help_heading = "Long runs")]
     pub run_dir: Option<PathBuf>,
-    /// How often finished layers are kept.
-    pub keep_every: std::time::Duration,
+    /// Keep the finished layers at most every SECONDS (default 30; 0: after every layer); a
+    /// resumed run repeats at most that much work.
+    #[arg(long, value_name = "SECONDS", help_heading = "Long runs")]
+    pub keep_every: Option<f64>,
 }
 
-/// `--keep-every` as a duration (30 s when not given), refusing a negative or non-finite value.
-pub fn keep_every(seconds: Option<f64>) -> Result<std::time::Duration> {
-    let seconds = seconds.unwrap_or(30.0);
-    std::time::Duration::try_from_secs_f64(seconds)
-        .map_err(|_| anyhow::anyhow!("--keep-every {seconds}: give a number of seconds ≥ 0"))
-}
-
-impl CalibArgs {
-    /// Where a layer-by-layer run writing `output` keeps its finished layers.
-    pub fn run_dir(&self, output: &Path) -> RunDir {
-        RunDir {
+impl LongRun {
+    /// Where a run writing `output` keeps its finished layers.
+    pub fn run_dir(&self, output: &Path) -> Result<RunDir> {
+        let seconds = self.keep_every.unwrap_or(30.0);
+        let every = std::time::Duration::try_from_secs_f64(seconds)
+            .map_err(|_| anyhow::anyhow!("--keep-every {seconds}: give a number of seconds ≥ 0"))?;
+        Ok(RunDir {
             dir: common::run_dir_of(output, self.run_dir.as_deref()),
             resume: self.resume,
-            every: self.keep_every,
+            every,
+        })
+    }
+
+    /// Refuse these flags for `what`, which keeps no finished layers.
+    pub fn refuse(&self, what: &str) -> Result<()> {
+        if self.resume || self.run_dir.is_some() || self.keep_every.is_some() {
+            anyhow::bail!(
+                "--resume, --run-dir and --keep-every apply to the layer-by-layer methods (gptq, \
+                 awq, wanda, sparsegpt, magnitude, imatrix); {what} keeps no finished layers"
+            );
         }
+        Ok(())
     }
 }
 
@@ -223,7 +227,10 @@ fn run<E: std::error::Error + Send + Sync + 'static>(
         dense_dtype: t.dense_dtype,
         calibration: calib.describe(),
         progress: &bar,
-        run_dir: t.keep_layers.then(|| calib.run_dir(t.output)),
+        run_dir: t
+            .keep_layers
+            .then(|| calib.long.run_dir(t.output))
+            .transpose()?,
     };
     let report = method(&r)?;
     common::print_report(&report, t.json)

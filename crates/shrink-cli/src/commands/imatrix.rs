@@ -36,18 +36,9 @@ pub struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Continue a killed or failed run after its last finished layer (the same command and
-    /// flags, with --resume).
-    #[arg(long, help_heading = "Long runs")]
-    pub resume: bool,
-    /// Where the finished layers are kept while the run goes (default OUT.run beside the
-    /// output; removed once the matrix is written).
-    #[arg(long, value_name = "DIR", help_heading = "Long runs")]
-    pub run_dir: Option<PathBuf>,
-    /// Keep the finished layers at most every SECONDS (default 30; 0: after every layer); a
-    /// resumed run repeats at most that much work.
-    #[arg(long, value_name = "SECONDS", help_heading = "Long runs")]
-    pub keep_every: Option<f64>,
+    /// Resuming a long run.
+    #[command(flatten)]
+    pub long: super::calibrated::LongRun,
 }
 
 /// Run `shrink imatrix`.
@@ -65,11 +56,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let chunks = consecutive_chunks(&ids, spec)
         .map_err(|e| anyhow::anyhow!("{}: {e}", a.calib.display()))?;
-    let run_dir = shrink_methods::resume::RunDir {
-        dir: common::run_dir_of(&a.output, a.run_dir.as_deref()),
-        resume: a.resume,
-        every: super::calibrated::keep_every(a.keep_every)?,
-    };
+    let run_dir = a.long.run_dir(&a.output)?;
     let (mut m, state) = shrink_methods::calibrated::imatrix(
         &ckpt,
         &chunks,

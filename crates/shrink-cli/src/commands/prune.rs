@@ -11,7 +11,6 @@ use shrink_formats::sparse_layout::SparseLayout;
 use shrink_methods::calibrated::Run;
 use shrink_methods::gptq::GptqSpec;
 use shrink_methods::prune::{self, Profile, PruneMethod, PruneSpec};
-use shrink_methods::resume::RunDir;
 use shrink_methods::select::Selection;
 use shrink_methods::sparsity::Pattern;
 use shrink_methods::structured::Structured;
@@ -243,11 +242,7 @@ pub fn run(a: Args) -> Result<()> {
         calibration,
         progress: &bar,
         run_dir: match spec {
-            Some(_) => Some(RunDir {
-                dir: common::run_dir_of(&a.output, a.calib.run_dir.as_deref()),
-                resume: a.calib.resume,
-                every: super::calibrated::keep_every(a.calib.keep_every)?,
-            }),
+            Some(_) => Some(a.calib.long.run_dir(&a.output)?),
             None => None,
         },
     };

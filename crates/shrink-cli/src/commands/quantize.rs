@@ -391,9 +391,10 @@ pub fn run(mut a: Args) -> Result<()> {
         }
         return quantize(a);
     }
-    if a.calib.resume {
+    if a.calib.long.resume {
         bail!(
-            "--resume does not apply with --rotate (each run makes its rotated copy anew):              rotate first (shrink rotate MODEL -o ROT), then shrink quantize ROT ... --resume"
+            "--resume does not apply with --rotate (each run makes its rotated copy anew): \
+             rotate first (shrink rotate MODEL -o ROT), then shrink quantize ROT ... --resume"
         );
     }
     if a.method.ggml_name().is_some() {
