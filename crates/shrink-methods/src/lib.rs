@@ -22,6 +22,7 @@
 //! - [`structured`]: structured pruning (layers by Block Influence, MLP channels and
 //!   attention heads by activation), a smaller dense model of the same architecture;
 //! - [`allocate`]: one candidate per tensor to meet a size budget or a loss bound (`shrink auto`);
+//!   [`sensitivity`]: what each candidate would cost a tensor;
 //! - [`report`]: the one report of a run; [`output`]: config, tokenizer and report beside the
 //!   weights, committed atomically.
 
@@ -48,6 +49,7 @@ pub mod resume;
 pub mod rotate;
 pub mod rtn;
 pub mod select;
+pub mod sensitivity;
 pub mod sparsegpt;
 pub mod sparsity;
 pub mod structured;
