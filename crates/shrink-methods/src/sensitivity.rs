@@ -18,7 +18,7 @@ pub fn fitting(types: &[GgmlType], cols: usize) -> Vec<GgmlType> {
     types
         .iter()
         .copied()
-        .filter(|t| cols % t.block_size() == 0 && t.can_dequantize())
+        .filter(|t| cols.is_multiple_of(t.block_size()) && t.can_dequantize())
         .collect()
 }
 
