@@ -273,6 +273,23 @@ fn writers(dir: &Path) -> (Vec<(Vec<String>, &'static str)>, PathBuf) {
     (cases, model)
 }
 
+/// The run `what` failed with `cause`, naming the user's `out` (not a temporary), without a
+/// panic.
+fn failed_naming(what: &str, r: &Output, cause: &str, out: &Path) {
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success(), "{what}: succeeded");
+    assert!(err.contains(cause), "{what}: {err}");
+    assert!(
+        err.contains(out.to_str().unwrap()),
+        "{what}: the error does not name -o: {err}"
+    );
+    assert!(
+        !err.contains(".partial"),
+        "{what}: names a temporary: {err}"
+    );
+    assert!(!err.contains("panicked"), "{what}: {err}");
+}
+
 #[test]
 fn a_full_disk_leaves_nothing_and_names_the_output() {
     let tmp = tempfile::tempdir().unwrap();
@@ -301,18 +318,7 @@ fn a_full_disk_leaves_nothing_and_names_the_output() {
         std::fs::create_dir(&failed).unwrap();
         let out = failed.join(name);
         let r = shrink_limited(&with_out(args, &out), largest / 2);
-        let err = String::from_utf8_lossy(&r.stderr);
-        assert!(!r.status.success(), "{what}: succeeded on a full disk");
-        assert!(err.contains("File too large"), "{what}: {err}");
-        assert!(
-            err.contains(out.to_str().unwrap()),
-            "{what}: the error does not name -o: {err}"
-        );
-        assert!(
-            !err.contains(".partial"),
-            "{what}: names a temporary: {err}"
-        );
-        assert!(!err.contains("panicked"), "{what}: {err}");
+        failed_naming(&what, &r, "File too large", &out);
         assert!(!out.exists(), "{what}: a half-written output is left");
         assert_eq!(partials(&failed), Vec::<String>::new(), "{what}");
         assert!(snapshot(&model) == input, "{what}: the input changed");
@@ -362,21 +368,7 @@ fn a_read_only_output_directory_fails_naming_the_output() {
         let what = format!("{} {}", args[0], args[1..].join(" "));
         let out = ro.join(name);
         let r = shrink_unprivileged(&bin, &with_out(args, &out));
-        let err = String::from_utf8_lossy(&r.stderr);
-        assert!(
-            !r.status.success(),
-            "{what}: wrote into a read-only directory"
-        );
-        assert!(err.contains("Permission denied"), "{what}: {err}");
-        assert!(
-            err.contains(out.to_str().unwrap()),
-            "{what}: the error does not name -o: {err}"
-        );
-        assert!(
-            !err.contains(".partial"),
-            "{what}: names a temporary: {err}"
-        );
-        assert!(!err.contains("panicked"), "{what}: {err}");
+        failed_naming(&what, &r, "Permission denied", &out);
         assert!(
             std::fs::read_dir(&ro).unwrap().next().is_none(),
             "{what}: left a file"
