@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Fuzz campaigns, one target after another: each target runs SECONDS under afl-fuzz (continuing
 # the queue of an earlier campaign in out/TARGET when there is one), then its figures from
-# fuzzer_stats (and the CPU seconds afl-fuzz and the target used, from GNU time) are appended to
-# out/campaigns.txt. Needs the binaries of `cargo afl build
+# fuzzer_stats are appended to out/campaigns.txt. Needs the binaries of `cargo afl build
 # --release` (see README.md).
 # Usage: fuzz/campaign.sh SECONDS TARGET...   (e.g. fuzz/campaign.sh 3600 gguf safetensors)
 set -euo pipefail
@@ -24,10 +23,10 @@ for t in "$@"; do
   [ -d "out/$t/default/queue" ] && input=(-i -)
   start=$(date -u +%FT%TZ)
   AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_UI=1 AFL_IGNORE_SEED_PROBLEMS=1 \
-    /usr/bin/time -f "%U %S" -o "out/$t.time" cargo afl fuzz "${input[@]}" -o "out/$t" -x "$(dict "$t")" -m 1024 -t 2000 -V "$secs" \
+    cargo afl fuzz "${input[@]}" -o "out/$t" -x "$(dict "$t")" -m 1024 -t 2000 -V "$secs" \
     "target/release/$t" >"out/$t.log" 2>&1 || true
   s="out/$t/default/fuzzer_stats"
   get() { awk -v k="$1" '$1 == k {print $3}' "$s"; }
-  echo "$t | $start | $(get run_time) s | $(get execs_done) execs | $(get execs_per_sec)/s | crashes $(get saved_crashes) | hangs $(get saved_hangs) | coverage $(get bitmap_cvg) | cpu $(awk 'END {printf "%.0f s", $1 + $2}' "out/$t.time")" \
+  echo "$t | $start | $(get run_time) s | $(get execs_done) execs | $(get execs_per_sec)/s | crashes $(get saved_crashes) | hangs $(get saved_hangs) | coverage $(get bitmap_cvg)" \
     | tee -a out/campaigns.txt
 done
