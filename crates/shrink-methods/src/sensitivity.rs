@@ -59,6 +59,63 @@ pub fn ggml_candidate(
     })
 }
 
+/// One tensor of a GGUF and what each candidate would cost it.
+#[derive(Debug, Clone)]
+pub struct TensorCosts {
+    /// The GGUF tensor name.
+    pub name: String,
+    /// Its ggml dims.
+    pub ne: Vec<u64>,
+    /// Each candidate type and its cost; a tensor llama.cpp does not quantize (a norm, a 1-D
+    /// tensor) has one: its stored type, at no loss.
+    pub candidates: Vec<(GgmlType, Candidate)>,
+}
+
+/// The costs of every tensor of `g` under each of `types` that fits its rows, one tensor read
+/// at a time, weighed by `imatrix` where it has an entry for the tensor (an unweighted error
+/// otherwise).
+pub fn ggml_costs(
+    g: &shrink_io::GgufFile,
+    types: &[GgmlType],
+    imatrix: Option<&shrink_io::imatrix::Imatrix>,
+) -> Result<Vec<TensorCosts>> {
+    let mut out = Vec::with_capacity(g.tensors.len());
+    for info in &g.tensors {
+        let stored = Candidate {
+            bytes: info.bytes,
+            loss: 0.0,
+        };
+        let cols = info.ne[0] as usize;
+        let rows = (info.elements() as usize) / cols.max(1);
+        let fit = fitting(types, cols);
+        let quantized = crate::ggml_mix::allows_quantization(&info.name, &info.ne, true);
+        if !quantized || fit.is_empty() {
+            out.push(TensorCosts {
+                name: info.name.clone(),
+                ne: info.ne.clone(),
+                candidates: vec![(info.ty, stored)],
+            });
+            continue;
+        }
+        let w = g.read_f32(info)?;
+        let imp = imatrix
+            .and_then(|m| m.entries.get(&info.name))
+            .filter(|v| v.len() == cols)
+            .map(Vec::as_slice);
+        let candidates = fit
+            .iter()
+            .map(|&t| Ok((t, ggml_candidate(&info.name, t, &w, rows, cols, imp)?)))
+            .collect::<Result<Vec<_>>>()?;
+        g.release(info);
+        out.push(TensorCosts {
+            name: info.name.clone(),
+            ne: info.ne.clone(),
+            candidates,
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
