@@ -164,16 +164,7 @@ fn the_other_methods_on_the_tiny_llama_at_one_and_two_threads() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_llama_with_tokenizer(tmp.path());
     let calib = calib_text(tmp.path(), 3000);
-    let c = [
-        "--calib",
-        calib.to_str().unwrap(),
-        "--calib-format",
-        "raw",
-        "--calib-samples",
-        "4",
-        "--calib-seqlen",
-        "48",
-    ];
+    let c = raw_calib(calib.to_str().unwrap());
     let with = |a: &[&'static str]| -> Vec<&str> { [a, &c[..]].concat() };
     let runs = [
         vec!["quantize", "--method", "fp4", "--double-quant"],
@@ -238,23 +229,11 @@ fn block_ap_at_one_and_two_threads() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_llama_with_tokenizer(tmp.path());
     let calib = calib_text(tmp.path(), 3000);
-    let c = calib.to_str().unwrap();
-    same_bytes(
-        &model,
-        &[&[
-            "quantize",
-            "--method",
-            "block-ap",
-            "--group-size",
-            "32",
-            "--calib",
-            c,
-            "--calib-format",
-            "raw",
-            "--calib-samples",
-            "4",
-            "--calib-seqlen",
-            "48",
-        ]],
-    );
+    let c = raw_calib(calib.to_str().unwrap());
+    let args = [
+        &["quantize", "--method", "block-ap", "--group-size", "32"][..],
+        &c,
+    ]
+    .concat();
+    same_bytes(&model, &[&args]);
 }

@@ -271,16 +271,7 @@ fn runs_failing_on_a_full_disk_resume_to_the_same_bytes() {
         gpt2.to_str().unwrap(),
         calib.to_str().unwrap(),
     );
-    let cal = [
-        "--calib",
-        calib,
-        "--calib-format",
-        "raw",
-        "--calib-samples",
-        "4",
-        "--calib-seqlen",
-        "48",
-    ];
+    let cal = raw_calib(calib);
     let cases: Vec<(&str, Vec<&str>)> = vec![
         (
             "gptq-llama",

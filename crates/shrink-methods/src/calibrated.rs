@@ -137,8 +137,6 @@ pub(crate) struct Driven {
     pub(crate) out: OutputDir,
     /// The report's sizes.
     pub(crate) sizes: Sizes,
-    /// How many layers an earlier run had finished.
-    resumed: usize,
     /// The finished layers kept for `--resume`, removed once the output is committed.
     state: Option<LayerState>,
 }
@@ -149,11 +147,11 @@ impl Driven {
     pub(crate) fn commit(self, r: &mut Report) -> Result<()> {
         if let Some(s) = &self.state {
             r.set("keep_layers_seconds", s.seconds());
-            if self.resumed > 0 {
-                r.set("resumed_after_layers", self.resumed);
+            if s.resumed() > 0 {
+                r.set("resumed_after_layers", s.resumed());
                 r.notes.push(format!(
                     "resumed        after {} finished layers kept in {}",
-                    self.resumed,
+                    s.resumed(),
                     s.dir().display()
                 ));
             }
@@ -193,7 +191,6 @@ pub(crate) fn drive(
         None => None,
     };
     let mut layers = Layers::start(&o.seq, run.samples, step, state)?;
-    let resumed = layers.resumed_layers();
     let loader = o.arch.weight_loader(run.ckpt);
     let src = Source {
         arch: &o.arch,
@@ -228,7 +225,6 @@ pub(crate) fn drive(
     Ok(Driven {
         out,
         sizes,
-        resumed,
         state: layers.into_state(),
     })
 }

@@ -100,7 +100,7 @@ pub trait LayerStep {
         Ok(serde_json::Value::Null)
     }
     /// Take back what [`LayerStep::carry`] returned after block `l`; a resumed run calls it
-    /// for every finished block, in order, instead of running them.
+    /// for every kept block, in order, instead of running them.
     fn restore(&mut self, _l: usize, _carried: serde_json::Value) -> Result<()> {
         Ok(())
     }
@@ -113,76 +113,55 @@ pub struct Layers<'a> {
     xs: Vec<Tensor>,
     fs: Option<Vec<Tensor>>,
     state: Option<LayerState>,
-    done: usize,
 }
 
 impl<'a> Layers<'a> {
-    /// Start the loop over `seq` on the calibration `samples` for `step`: from the layers
-    /// `state` holds finished (their carried state restored to `step`, the next block's inputs
-    /// read back), else from the embedded samples.
+    /// Start the loop over `seq` on the calibration `samples` for `step`: from the next block's
+    /// inputs `state` kept after the layers it holds finished, else from the embedded samples.
     pub fn start(
         seq: &'a Sequential<'a>,
         samples: &[Vec<u32>],
-        step: &mut dyn LayerStep,
+        step: &dyn LayerStep,
         state: Option<LayerState>,
     ) -> Result<Self> {
-        let done = state.as_ref().map_or(0, LayerState::done);
-        if done > seq.num_layers() {
-            let dir = state.as_ref().map(|s| s.dir().display().to_string());
-            return Err(MethodError::Options(format!(
-                "{}: holds {done} finished layers, more than the model's {}",
-                dir.unwrap_or_default(),
-                seq.num_layers()
-            )));
-        }
         let (xs, fs) = match &state {
-            Some(s) if done > 0 => {
-                for l in 0..done {
-                    step.restore(l, s.carry(l)?)?;
-                }
-                s.activations()?
+            Some(s) if s.resumed() > seq.num_layers() => {
+                return Err(MethodError::Options(format!(
+                    "{}: holds {} finished layers, more than the model's {}",
+                    s.dir().display(),
+                    s.resumed(),
+                    seq.num_layers()
+                )));
             }
+            Some(s) if s.resumed() > 0 => s.activations()?,
             _ => {
                 let xs = seq.embed(samples)?;
                 let fs = step.wants_float().then(|| xs.clone());
                 (xs, fs)
             }
         };
-        Ok(Layers {
-            seq,
-            xs,
-            fs,
-            state,
-            done,
-        })
+        Ok(Layers { seq, xs, fs, state })
     }
 
     /// Block `l` (the loop's next) through `step`, its output tensors added to `stored`: read
-    /// back when an earlier run finished it, else computed ([`advance`]) and kept.
+    /// back, with what the step carried from it, when an earlier run finished it; else
+    /// computed ([`advance`]) and kept.
     pub fn next(&mut self, l: usize, step: &mut dyn LayerStep, stored: &mut Stored) -> Result<()> {
-        if l < self.done {
-            if let Some(s) = &self.state {
-                s.load(l, stored)?;
-            }
-            return Ok(());
+        let Some(s) = self.state.as_mut() else {
+            return advance(self.seq, l, &mut self.xs, self.fs.as_mut(), step, stored);
+        };
+        if l < s.resumed() {
+            return step.restore(l, s.load(l, stored)?);
         }
         let before: HashSet<String> = stored.keys().cloned().collect();
         advance(self.seq, l, &mut self.xs, self.fs.as_mut(), step, stored)?;
-        if let Some(s) = self.state.as_mut() {
-            let new: Vec<&StoredTensor> = stored
-                .iter()
-                .filter(|(k, _)| !before.contains(*k))
-                .map(|(_, t)| t)
-                .collect();
-            let n = self.seq.num_layers();
-            s.save(l, n, &new, &step.carry(l)?, &self.xs, self.fs.as_deref())?;
-        }
-        Ok(())
-    }
-
-    /// How many layers an earlier run had finished (0 when nothing was resumed).
-    pub fn resumed_layers(&self) -> usize {
-        self.done
+        let new: Vec<&StoredTensor> = stored
+            .iter()
+            .filter(|(k, _)| !before.contains(*k))
+            .map(|(_, t)| t)
+            .collect();
+        let n = self.seq.num_layers();
+        s.save(l, n, &new, &step.carry(l)?, &self.xs, self.fs.as_deref())
     }
 
     /// The kept state, to [`LayerState::finish`] once the output is committed.

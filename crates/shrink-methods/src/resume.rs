@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use safetensors::tensor::{Dtype, TensorView};
 use serde_json::{json, Value};
+use shrink_formats::float::{self, FloatType};
 use shrink_io::quantized::StoredTensor;
 use shrink_io::safetensors::{SafetensorsFile, StTensorInfo};
 use shrink_io::IoError;
@@ -217,11 +218,6 @@ impl LayerState {
         })
     }
 
-    /// How many layers are finished.
-    pub fn done(&self) -> usize {
-        self.done
-    }
-
     /// How many layers an earlier run had finished when this one took them up (0: none).
     pub fn resumed(&self) -> usize {
         self.resumed
@@ -251,38 +247,25 @@ impl LayerState {
         self.dir.join(format!("activations-{l:04}.safetensors"))
     }
 
-    /// Open finished layer `l`'s file: the file, its tensors, and what the step carried.
-    fn open_layer(&self, l: usize) -> Result<(SafetensorsFile, Vec<StTensorInfo>, Value)> {
+    /// Put the tensors kept layer `l` gave the output into `stored`; returns what the step
+    /// carried from it (see [`crate::pipeline::LayerStep::carry`]).
+    pub fn load(&self, l: usize, stored: &mut Stored) -> Result<Value> {
         let path = self.layer_path(l);
         let (file, infos) = SafetensorsFile::open(&path)?;
-        let carry = file
-            .metadata
-            .as_ref()
-            .and_then(|m| m.get("carry"))
-            .map(|s| serde_json::from_str(s))
-            .transpose()
-            .map_err(|e| bad(&path, format!("its carried state is not JSON: {e}")))?
-            .unwrap_or(Value::Null);
-        Ok((file, infos, carry))
-    }
-
-    /// What the step carried from finished layer `l` (see [`crate::pipeline::LayerStep::carry`]).
-    pub fn carry(&self, l: usize) -> Result<Value> {
-        Ok(self.open_layer(l)?.2)
-    }
-
-    /// Put the tensors finished layer `l` gave the output into `stored`.
-    pub fn load(&self, l: usize, stored: &mut Stored) -> Result<()> {
-        let path = self.layer_path(l);
-        let (file, infos, _) = self.open_layer(l)?;
-        let kinds: HashMap<String, (Dtype, Vec<usize>)> = file
-            .metadata
-            .as_ref()
-            .and_then(|m| m.get("tensors"))
-            .map(|s| serde_json::from_str(s))
-            .transpose()
-            .map_err(|e| bad(&path, format!("its tensor list is not JSON: {e}")))?
-            .unwrap_or_default();
+        let meta = |key: &str| -> Result<Option<Value>> {
+            file.metadata
+                .as_ref()
+                .and_then(|m| m.get(key))
+                .map(|s| serde_json::from_str(s))
+                .transpose()
+                .map_err(|e| bad(&path, format!("its {key} entry is not JSON: {e}")))
+        };
+        let carry = meta("carry")?.unwrap_or(Value::Null);
+        let kinds: HashMap<String, (Dtype, Vec<usize>)> = match meta("tensors")? {
+            Some(v) => serde_json::from_value(v)
+                .map_err(|e| bad(&path, format!("its tensor list is not readable: {e}")))?,
+            None => HashMap::new(),
+        };
         for info in &infos {
             let (dtype, shape) = kinds
                 .get(&info.name)
@@ -298,7 +281,7 @@ impl LayerState {
                 },
             );
         }
-        Ok(())
+        Ok(carry)
     }
 
     /// The block inputs after the last finished layer (and the float model's, when kept).
@@ -313,11 +296,9 @@ impl LayerState {
                 if info.dtype != Dtype::F32 {
                     return Err(bad(&path, format!("{} is not F32", info.name)));
                 }
-                let v: Vec<f32> = file
-                    .bytes(info)
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect();
+                let bytes = file.bytes(info);
+                let mut v = vec![0f32; bytes.len() / 4];
+                float::decode(FloatType::F32, bytes, &mut v);
                 let t = Tensor::from_vec(v, info.shape.as_slice(), &Device::Cpu)
                     .map_err(shrink_models::ModelError::from)?;
                 out.push(t);
@@ -386,7 +367,7 @@ impl LayerState {
                     .and_then(|t| t.flatten_all())
                     .and_then(|t| t.to_vec1::<f32>())
                     .map_err(shrink_models::ModelError::from)?;
-                let b = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                let b = float::encode(FloatType::F32, &v);
                 flat.push((format!("{prefix}.{i}"), t.dims().to_vec(), b));
             }
         }

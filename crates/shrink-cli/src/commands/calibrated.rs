@@ -69,11 +69,6 @@ impl CalibOpts {
             long: self.long.clone(),
         })
     }
-
-    /// Refuse the long-run flags for `what`, which keeps no finished layers.
-    pub fn refuse_resume(&self, what: &str) -> Result<()> {
-        self.long.refuse(what)
-    }
 }
 
 /// Where the calibration text comes from and how it is cut into samples.

@@ -219,7 +219,7 @@ pub fn run(a: Args) -> Result<()> {
         exclude: a.exclude.clone(),
     };
     if spec.is_none() {
-        a.calib.refuse_resume("--structured")?;
+        a.calib.long.refuse("--structured")?;
     }
     let ckpt = common::open(&a.model)?;
     let (samples, calibration) = if spec.is_none_or(|s| s.method.calibrated()) {

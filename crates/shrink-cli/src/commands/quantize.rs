@@ -447,7 +447,7 @@ fn quantize(a: Args) -> Result<()> {
         );
     }
     if a.method == Method::BlockAp {
-        a.calib.refuse_resume("--method block-ap")?;
+        a.calib.long.refuse("--method block-ap")?;
         if a.granularity.is_some_and(|g| g != Gran::Group) || a.sym {
             bail!("Block-AP quantizes asymmetric groups of --group-size (no --granularity/--sym)");
         }
@@ -493,7 +493,8 @@ fn quantize(a: Args) -> Result<()> {
         );
     }
     a.calib
-        .refuse_resume(&format!("--method {:?}", a.method).to_lowercase())?;
+        .long
+        .refuse(&format!("--method {:?}", a.method).to_lowercase())?;
     let ckpt = common::open(&a.model)?;
     let enc = QuantizerEncoder {
         method: method(&a)?,

@@ -134,6 +134,21 @@ pub fn calib_text(dir: &std::path::Path, words: usize) -> PathBuf {
     p
 }
 
+/// The calibration flags of the tiny-model tests: 4 samples of 48 tokens of the raw text
+/// `calib` (see [`calib_text`]).
+pub fn raw_calib(calib: &str) -> [&str; 8] {
+    [
+        "--calib",
+        calib,
+        "--calib-format",
+        "raw",
+        "--calib-samples",
+        "4",
+        "--calib-seqlen",
+        "48",
+    ]
+}
+
 /// The real model, or `None` (with a message) when the assets were not fetched.
 pub fn real_model() -> Option<PathBuf> {
     let p = assets_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
