@@ -55,6 +55,9 @@ enum Command {
     Qlora(commands::qlora::Args),
     /// Fine-tune a BERT/DistilBERT encoder into a sequence classifier on labelled sentences.
     TrainClassifier(commands::train_classifier::Args),
+    /// Choose every tensor's ggml type from measured sensitivities to meet a bits/weight,
+    /// KL or perplexity target, and write the GGUF (with the per-tensor plan).
+    Auto(commands::auto::Args),
     /// Collect llama.cpp's importance matrix (mean x² per input column) from calibration text.
     Imatrix(commands::imatrix::Args),
     /// Perplexity on the lee-ppl-v1 protocol; with --base, KLD and top-1 agreement too.
@@ -97,6 +100,7 @@ fn main() -> ExitCode {
         | Command::Bench(_)
         | Command::Compare(_)
         | Command::Imatrix(_)
+        | Command::Auto(_)
         | Command::Distill(_)
         | Command::Finetune(_)
         | Command::Qat(_)
@@ -128,6 +132,7 @@ fn main() -> ExitCode {
         Command::Export(a) => commands::export::run(a),
         Command::Quantize(a) => commands::quantize::run(a),
         Command::Imatrix(a) => commands::imatrix::run(a),
+        Command::Auto(a) => commands::auto::run(a),
         Command::Prune(a) => commands::prune::run(a),
         Command::Rotate(a) => commands::rotate::run(a),
         Command::Distill(a) => commands::distill::run(a),

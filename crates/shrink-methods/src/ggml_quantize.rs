@@ -204,7 +204,7 @@ pub fn mix_model(g: &GgufFile) -> Result<MixModel> {
 /// updates (file type, quantization version, split keys removed, imatrix provenance added).
 fn metadata(
     g: &GgufFile,
-    preset: GgmlPreset,
+    ftype: u32,
     imatrix: Option<(&Path, &Imatrix)>,
 ) -> Vec<(String, GgufValue)> {
     let mut m: Vec<(String, GgufValue)> = Vec::with_capacity(g.metadata.len() + 6);
@@ -220,7 +220,7 @@ fn metadata(
         }
     }
     set(&mut m, "general.quantization_version", GgufValue::U32(2));
-    set(&mut m, "general.file_type", GgufValue::U32(preset.ftype()));
+    set(&mut m, "general.file_type", GgufValue::U32(ftype));
     if let Some((path, im)) = imatrix {
         let file = GgufValue::String(path.display().to_string());
         set(&mut m, "quantize.imatrix.file", file);
@@ -338,9 +338,7 @@ pub fn quantize_gguf(
     opts: &GgmlQuantize,
     progress: &dyn Progress,
 ) -> Result<Report> {
-    let t0 = Instant::now();
     let imatrix = opts.imatrix.as_ref().map(Imatrix::read).transpose()?;
-    let im = opts.imatrix.as_deref().zip(imatrix.as_ref());
     let mix = MixOptions {
         has_imatrix: imatrix.is_some(),
         quantize_output: !opts.leave_output_tensor,
@@ -351,7 +349,44 @@ pub fn quantize_gguf(
         .map(|t| (t.name.clone(), t.ne.clone()))
         .collect();
     let choices = ggml_mix::assign(opts.preset, &mix_model(g)?, &mix, &tensors)?;
-    let (steps, tally) = plan(g, &choices, im)?;
+    let write = MixWrite {
+        method: opts.preset.name().to_string(),
+        ftype: opts.preset.ftype(),
+        imatrix: opts.imatrix.as_deref().zip(imatrix.as_ref()),
+        allow_requantize: opts.allow_requantize,
+        overwrite: opts.overwrite,
+    };
+    write_mix(g, input, output, &choices, &write, progress)
+}
+
+/// How [`write_mix`] writes a GGUF of chosen types.
+pub struct MixWrite<'a> {
+    /// The method the report names (a preset, `auto`).
+    pub method: String,
+    /// `general.file_type` (a preset's, or llama.cpp's 1024, "guessed", for a free mix).
+    pub ftype: u32,
+    /// The importance matrix guiding the quantizers, and its file.
+    pub imatrix: Option<(&'a Path, &'a Imatrix)>,
+    /// Requantize already-quantized tensors without the warning about stacked error.
+    pub allow_requantize: bool,
+    /// Replace an existing output file (never the input).
+    pub overwrite: bool,
+}
+
+/// Write the GGUF `g` (at `input`) to `output` with each tensor of `choices` (one per tensor
+/// of `g`, in the order to write) quantized to its type or copied as stored, one tensor
+/// resident at a time; the per-type report.
+pub fn write_mix(
+    g: &GgufFile,
+    input: &Path,
+    output: &Path,
+    choices: &[TensorChoice],
+    opts: &MixWrite,
+    progress: &dyn Progress,
+) -> Result<Report> {
+    let t0 = Instant::now();
+    let im = opts.imatrix;
+    let (steps, tally) = plan(g, choices, im)?;
 
     let specs: Vec<GgufTensorSpec> = steps
         .iter()
@@ -361,14 +396,14 @@ pub fn quantize_gguf(
         })
         .collect();
     let mut inputs = vec![input.to_path_buf()];
-    inputs.extend(opts.imatrix.clone());
+    inputs.extend(im.map(|(p, _)| p.to_path_buf()));
     let wopts = GgufWriteOptions {
         overwrite: opts.overwrite,
         inputs,
     };
     progress.start("quantize", steps.len() as u64);
     let mut quant_seconds = 0f64;
-    let meta = metadata(g, opts.preset, im);
+    let meta = metadata(g, opts.ftype, im);
     let file_bytes = write_gguf(output, &meta, specs.clone(), &wopts, |i, spec| {
         let (c, ty, imp) = &steps[i];
         let info = g.tensor(&c.name).expect("from this file");
@@ -389,8 +424,8 @@ pub fn quantize_gguf(
     progress.finish();
 
     let sum = GgufSummary::new(specs.iter().zip(&steps).map(|(s, (c, _, _))| (s, c.wanted)));
-    let mut r = sum.report(input, output, opts.preset.name(), file_bytes);
-    ggml_report(&mut r, opts, &steps, &tally, imatrix.as_ref());
+    let mut r = sum.report(input, output, &opts.method, file_bytes);
+    ggml_report(&mut r, opts, &steps, &tally);
     // Its own warning says when an input is requantized (--allow-requantize silences it).
     r.input_bytes = Some(g.tensors.iter().map(|t| t.bytes).sum());
     r.quantize_seconds = quant_seconds;
@@ -399,16 +434,10 @@ pub fn quantize_gguf(
 }
 
 /// The fields of a llama-quantize run beside the summary's.
-fn ggml_report(
-    r: &mut Report,
-    opts: &GgmlQuantize,
-    steps: &[Step],
-    t: &Tally2,
-    imatrix: Option<&Imatrix>,
-) {
+fn ggml_report(r: &mut Report, opts: &MixWrite, steps: &[Step], t: &Tally2) {
     let copied = steps.iter().filter(|(_, ty, _)| ty.is_none()).count();
     r.quantized_tensors = steps.len() - copied;
-    r.set("file_type", opts.preset.ftype());
+    r.set("file_type", opts.ftype);
     r.set("tensors", steps.len());
     r.set("copied_tensors", copied);
     r.set("requantized_tensors", t.requantized);
@@ -416,22 +445,22 @@ fn ggml_report(
         0,
         format!(
             "types          llama.cpp file type {}, {} tensors: {} quantized, {} copied as stored",
-            opts.preset.ftype(),
+            opts.ftype,
             steps.len(),
             steps.len() - copied,
             copied
         ),
     );
-    let entries = imatrix.map_or(0, |m| m.entries.len());
+    let entries = opts.imatrix.map_or(0, |(_, m)| m.entries.len());
     r.set(
         "imatrix",
-        opts.imatrix.as_ref().map(|p| {
+        opts.imatrix.map(|(p, _)| {
             json!({
                 "file": p, "entries": entries, "used": t.used, "tensors_without_entry": t.missing,
             })
         }),
     );
-    if let Some(p) = &opts.imatrix {
+    if let Some((p, _)) = opts.imatrix {
         let missing = match t.missing.len() {
             0 => String::new(),
             n => format!(

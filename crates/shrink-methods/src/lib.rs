@@ -22,11 +22,13 @@
 //! - [`structured`]: structured pruning (layers by Block Influence, MLP channels and
 //!   attention heads by activation), a smaller dense model of the same architecture;
 //! - [`allocate`]: one candidate per tensor to meet a size budget or a loss bound (`shrink auto`);
-//!   [`sensitivity`]: what each candidate would cost a tensor;
+//!   [`sensitivity`]: what each candidate would cost a tensor; [`auto`]: the measured mix
+//!   written as a GGUF;
 //! - [`report`]: the one report of a run; [`output`]: config, tokenizer and report beside the
 //!   weights, committed atomically.
 
 pub mod allocate;
+pub mod auto;
 pub mod awq;
 pub mod calib;
 pub mod calibrated;

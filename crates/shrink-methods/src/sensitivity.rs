@@ -6,11 +6,17 @@
 //! to its output (the objective llama.cpp's importance-weighted quantizers minimise, and GPTQ's
 //! `H = 2XXᵀ` restricted to its diagonal).
 
+use candle_core::Tensor;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 use shrink_formats::ggml::{self, GgmlType};
+use shrink_models::layerwise::Sequential;
+use shrink_models::linear::Linear;
 
 use crate::allocate::Candidate;
 use crate::error::{MethodError, Result};
 use crate::ggml_quantize::quantize_tensor;
+use crate::pipeline::Progress;
 
 /// The ggml types a row of `cols` elements can be stored as without a fallback (whole blocks),
 /// among `types`.
@@ -113,6 +119,214 @@ pub fn ggml_costs(
             candidates,
         });
     }
+    Ok(out)
+}
+
+/// What replacing some weights does to the model's next-token distribution on the probe text.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Divergence {
+    /// Mean KL(base ‖ replaced) per position, natural log.
+    pub kl: f64,
+    /// Mean change of the next token's negative log-likelihood (replaced − base), nats per
+    /// scored token: `exp(nll_delta) − 1` is the perplexity's relative change.
+    pub nll_delta: f64,
+}
+
+/// The weight `name` (HF name, `[out, in]`) of probe `probe` as the probe replaces it, from the
+/// stored weight.
+pub type Replace<'a> = dyn Fn(usize, &str, &Tensor) -> Result<Tensor> + Sync + 'a;
+
+fn cd<T>(r: candle_core::Result<T>) -> Result<T> {
+    r.map_err(|e| MethodError::Model(e.into()))
+}
+
+/// Per position of `logits` ([t, vocab]), its log-softmax.
+fn log_softmax(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
+    let rows = cd(logits.to_dtype(candle_core::DType::F32).and_then(|l| l.to_vec2::<f32>()))?;
+    Ok(rows
+        .into_par_iter()
+        .map(|mut r| {
+            let m = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let s: f64 = r.iter().map(|&v| f64::from(v - m).exp()).sum();
+            let lse = m + s.ln() as f32;
+            r.iter_mut().for_each(|v| *v -= lse);
+            r
+        })
+        .collect())
+}
+
+/// The base model's log-probabilities on each sample, and what a probe is measured against.
+struct Base {
+    /// Per sample, per position, log p.
+    logp: Vec<Vec<Vec<f32>>>,
+}
+
+impl Base {
+    /// Sum over `sample`'s positions of KL(p ‖ q), and of the next token's −log q + log p.
+    fn compare(&self, sample: usize, ids: &[u32], logits: &Tensor) -> Result<(f64, f64)> {
+        let q = log_softmax(logits)?;
+        let p = &self.logp[sample];
+        let kl: f64 = p
+            .par_iter()
+            .zip(&q)
+            .map(|(lp, lq)| {
+                lp.iter()
+                    .zip(lq)
+                    .map(|(&a, &b)| f64::from(a).exp() * f64::from(a - b))
+                    .sum::<f64>()
+            })
+            .sum();
+        let nll: f64 = (0..ids.len().saturating_sub(1))
+            .map(|i| {
+                let y = ids[i + 1] as usize;
+                f64::from(p[i][y] - q[i][y])
+            })
+            .sum();
+        Ok((kl, nll))
+    }
+}
+
+/// For each probe (the HF names of the weights it replaces), the [`Divergence`] of the model
+/// with those weights replaced by `replace` from the model as stored, on `samples`. All probes
+/// go in one pass over the blocks, each block loaded once: a probe's activations are carried
+/// from the first block it changes (from the embedding when it replaces the token table), so
+/// memory is one block plus each started probe's activations. A replaced token table that the
+/// LM head shares is replaced in the head too.
+pub fn divergences(
+    seq: &Sequential,
+    samples: &[Vec<u32>],
+    probes: &[Vec<String>],
+    replace: &Replace,
+    progress: &dyn Progress,
+) -> Result<Vec<Divergence>> {
+    let head = seq.head()?;
+    let n_layers = seq.num_layers();
+    // The block each probe first changes (`None`: only the head), and its head weight.
+    let mut first: Vec<Option<usize>> = Vec::with_capacity(probes.len());
+    for (p, names) in probes.iter().enumerate() {
+        let mut at: Option<usize> = None;
+        for n in names {
+            let l = if n == head.table {
+                Some(0)
+            } else if n == head.weight {
+                None
+            } else {
+                Some(seq.layer_of(n).ok_or_else(|| {
+                    MethodError::Options(format!("probe {p}: {n} is not a weight of a block"))
+                })?)
+            };
+            at = match (at, l) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        first.push(at);
+    }
+    let replaced_table = |p: usize| -> Result<Option<Tensor>> {
+        if probes[p].iter().any(|n| n == head.table) {
+            let table = if head.tied() {
+                head.weight().clone()
+            } else {
+                seq.read(head.table, head.weight().dims())?
+            };
+            return Ok(Some(replace(p, head.table, &table)?));
+        }
+        Ok(None)
+    };
+    let head_weight = |p: usize| -> Result<Option<Tensor>> {
+        if probes[p].iter().any(|n| n == head.weight) {
+            return Ok(Some(replace(p, head.weight, head.weight())?));
+        }
+        Ok(None)
+    };
+
+    progress.start("probe", n_layers as u64 + 1);
+    let mut xs = seq.embed(samples)?;
+    // Started probes and their activations.
+    let mut live: Vec<(usize, Vec<Tensor>)> = Vec::new();
+    for (p, f) in first.iter().enumerate() {
+        if *f == Some(0) {
+            if let Some(t) = replaced_table(p)? {
+                live.push((p, seq.embed_with(samples, &t)?));
+            }
+        }
+    }
+    for l in 0..n_layers {
+        let block = seq.layer(l)?;
+        let mut next = Vec::with_capacity(live.len() + 8);
+        let started: Vec<(usize, Vec<Tensor>)> = first
+            .iter()
+            .enumerate()
+            .filter(|(p, f)| **f == Some(l) && !live.iter().any(|(q, _)| q == p))
+            .map(|(p, _)| (p, xs.clone()))
+            .collect();
+        let all: Vec<(usize, Vec<Tensor>)> = live.drain(..).chain(started).collect();
+        for (p, inputs) in all {
+            let local: Vec<&str> = seq
+                .linears()
+                .iter()
+                .map(|s| s.name)
+                .filter(|s| probes[p].contains(&seq.weight_name(l, s)))
+                .collect();
+            let out = if local.is_empty() {
+                seq.run(block.as_ref(), &inputs, None)?
+            } else {
+                let mut b = block.boxed();
+                for name in local {
+                    let lin = b.linear_mut(name).ok_or_else(|| {
+                        MethodError::Options(format!("block {l} has no linear {name}"))
+                    })?;
+                    let w = cd(lin.weight())?;
+                    let new = replace(p, &seq.weight_name(l, name), &w)?;
+                    *lin = cd(Linear::new(new, lin.bias.clone()))?;
+                }
+                seq.run(b.as_ref(), &inputs, None)?
+            };
+            next.push((p, out));
+        }
+        xs = seq.run(block.as_ref(), &xs, None)?;
+        live = next;
+        progress.inc(1);
+    }
+    // The base distribution, then each probe's against it.
+    let base = Base {
+        logp: xs
+            .iter()
+            .map(|x| log_softmax(&head.logits(x, None)?))
+            .collect::<Result<_>>()?,
+    };
+    let positions: usize = samples.iter().map(Vec::len).sum();
+    let scored: usize = samples.iter().map(|s| s.len().saturating_sub(1)).sum();
+    let mut out = vec![Divergence::default(); probes.len()];
+    let mut sums = |p: usize, outs: &[Tensor], w: Option<&Tensor>| -> Result<()> {
+        let (mut kl, mut nll) = (0f64, 0f64);
+        for (i, x) in outs.iter().enumerate() {
+            let (k, n) = base.compare(i, &samples[i], &head.logits(x, w)?)?;
+            kl += k;
+            nll += n;
+        }
+        out[p] = Divergence {
+            kl: kl / positions.max(1) as f64,
+            nll_delta: nll / scored.max(1) as f64,
+        };
+        Ok(())
+    };
+    for (p, outs) in &live {
+        let table = if head.tied() { replaced_table(*p)? } else { None };
+        let w = match table {
+            Some(t) => Some(t),
+            None => head_weight(*p)?,
+        };
+        sums(*p, outs, w.as_ref())?;
+    }
+    // Probes of the head alone.
+    for (p, f) in first.iter().enumerate() {
+        if f.is_none() && !probes[p].is_empty() {
+            let w = head_weight(p)?;
+            sums(p, &xs, w.as_ref())?;
+        }
+    }
+    progress.finish();
     Ok(out)
 }
 

@@ -97,6 +97,48 @@ impl Positions {
 /// A norm's weight and, for LayerNorm, bias.
 pub type NormMut<'a> = (&'a mut Tensor, Option<&'a mut Tensor>);
 
+/// The top of a decoder: the final norm and the LM head, with the names of the weights it
+/// reads, so a probe can replace the head (or the token table a tied head shares).
+#[derive(Debug, Clone)]
+pub struct Head {
+    /// HF name of the token table.
+    pub table: &'static str,
+    /// HF name of the LM head's weight (the token table's when they are tied).
+    pub weight: &'static str,
+    norm: HeadNorm,
+    lm_head: Tensor,
+}
+
+/// The final norm of a [`Head`].
+#[derive(Debug, Clone)]
+enum HeadNorm {
+    Rms(Tensor, f32),
+    Layer((Tensor, Tensor), f32),
+}
+
+impl Head {
+    /// The LM head's weight [vocab, hidden] as stored (float32).
+    pub fn weight(&self) -> &Tensor {
+        &self.lm_head
+    }
+
+    /// Whether the LM head is the token table.
+    pub fn tied(&self) -> bool {
+        self.table == self.weight
+    }
+
+    /// Logits [t, vocab] of a last block's output `x` [t, hidden], with `lm_head` in place of
+    /// the stored head weight when given.
+    pub fn logits(&self, x: &Tensor, lm_head: Option<&Tensor>) -> Result<Tensor> {
+        let xn = match &self.norm {
+            HeadNorm::Rms(w, eps) => candle_nn::ops::rms_norm(x, w, *eps)?,
+            HeadNorm::Layer((w, b), eps) => candle_nn::ops::layer_norm(x, w, b, *eps)?,
+        };
+        let w = lm_head.unwrap_or(&self.lm_head);
+        Ok(xn.matmul(&w.t()?)?)
+    }
+}
+
 /// A copy of a block behind the trait object (implemented for every cloneable [`Block`]).
 pub trait BoxedBlock {
     /// A copy of the block.
@@ -135,8 +177,13 @@ pub trait Layerwise {
     fn linears(&self) -> &'static [LinearSlot];
     /// Where AWQ may fold scales, in AutoAWQ's order.
     fn scale_groups(&self) -> Vec<ScaleGroup>;
-    /// Each sample's input to the first block [t, hidden] (the embedding tables are read once).
-    fn embed(&self, samples: &[Vec<u32>]) -> Result<Vec<Tensor>>;
+    /// Each sample's input to the first block [t, hidden] (the embedding tables are read once),
+    /// with `table` in place of the stored token table when given.
+    fn embed(&self, samples: &[Vec<u32>], table: Option<&Tensor>) -> Result<Vec<Tensor>>;
+    /// A decoder's top (final norm and LM head); `None` for an encoder.
+    fn head(&self) -> Result<Option<Head>>;
+    /// The stored weight of HF name `hf`, float32, checked to be of `shape`.
+    fn read(&self, hf: &str, shape: &[usize]) -> Result<Tensor>;
     /// The positions of a sequence of `t` tokens.
     fn positions(&self, t: usize) -> Result<Positions>;
     /// Load block `l` (float32, or as its checkpoint stores it).
@@ -253,7 +300,28 @@ impl<'a> Sequential<'a> {
                 )));
             }
         }
-        self.stack.embed(samples)
+        self.stack.embed(samples, None)
+    }
+
+    /// [`Self::embed`] with `table` in place of the stored token table (the checks done by
+    /// `embed` hold for the same samples).
+    pub fn embed_with(&self, samples: &[Vec<u32>], table: &Tensor) -> Result<Vec<Tensor>> {
+        self.stack.embed(samples, Some(table))
+    }
+
+    /// The stored weight of HF name `hf` (float32), checked to be of `shape`.
+    pub fn read(&self, hf: &str, shape: &[usize]) -> Result<Tensor> {
+        self.stack.read(hf, shape)
+    }
+
+    /// The decoder's final norm and LM head; an encoder has none.
+    pub fn head(&self) -> Result<Head> {
+        self.stack.head()?.ok_or_else(|| {
+            ModelError::Input(format!(
+                "a {} encoder has no language-model head to measure next-token divergences on",
+                self.stack.family()
+            ))
+        })
     }
 
     /// The positions of a sequence of `t` tokens.
@@ -368,12 +436,32 @@ impl Layerwise for LlamaStack<'_> {
         });
         g
     }
-    fn embed(&self, samples: &[Vec<u32>]) -> Result<Vec<Tensor>> {
+    fn embed(&self, samples: &[Vec<u32>], table: Option<&Tensor>) -> Result<Vec<Tensor>> {
         let c = &self.cfg;
-        let table = self
-            .w
-            .get("model.embed_tokens.weight", &[c.vocab_size, c.hidden_size])?;
-        embed_rows(&table, samples, c.vocab_size)
+        match table {
+            Some(t) => embed_rows(t, samples, c.vocab_size),
+            None => {
+                let t = self
+                    .w
+                    .get("model.embed_tokens.weight", &[c.vocab_size, c.hidden_size])?;
+                embed_rows(&t, samples, c.vocab_size)
+            }
+        }
+    }
+    fn head(&self) -> Result<Option<Head>> {
+        let c = &self.cfg;
+        let table = "model.embed_tokens.weight";
+        let untied = !c.tie_word_embeddings && self.w.has("lm_head.weight");
+        let weight = if untied { "lm_head.weight" } else { table };
+        Ok(Some(Head {
+            table,
+            weight,
+            norm: HeadNorm::Rms(
+                self.w.get("model.norm.weight", &[c.hidden_size])?,
+                c.rms_norm_eps as f32,
+            ),
+            lm_head: self.w.get(weight, &[c.vocab_size, c.hidden_size])?,
+        }))
     }
     fn positions(&self, t: usize) -> Result<Positions> {
         let (cos, sin) = rope_tables(self.cfg.head_dim, self.cfg.rope_theta, 0, t)?;
@@ -384,6 +472,9 @@ impl Layerwise for LlamaStack<'_> {
             cfg: self.cfg.clone(),
             layer: LlamaLayer::load(&self.cfg, &self.w, l)?,
         }))
+    }
+    fn read(&self, hf: &str, shape: &[usize]) -> Result<Tensor> {
+        self.w.get(hf, shape)
     }
     fn gguf_name(&self, hf: &str) -> Option<String> {
         llama::gguf_name(&self.cfg, hf).map(|g| g.name)
@@ -508,11 +599,14 @@ impl Layerwise for Gpt2Stack<'_> {
             },
         ]
     }
-    fn embed(&self, samples: &[Vec<u32>]) -> Result<Vec<Tensor>> {
+    fn embed(&self, samples: &[Vec<u32>], table: Option<&Tensor>) -> Result<Vec<Tensor>> {
         let c = &self.cfg;
-        let wte = self
-            .w
-            .get("transformer.wte.weight", &[c.vocab_size, c.n_embd])?;
+        let wte = match table {
+            Some(t) => t.clone(),
+            None => self
+                .w
+                .get("transformer.wte.weight", &[c.vocab_size, c.n_embd])?,
+        };
         let wpe = self
             .w
             .get("transformer.wpe.weight", &[c.n_positions, c.n_embd])?;
@@ -531,6 +625,24 @@ impl Layerwise for Gpt2Stack<'_> {
             })
             .collect()
     }
+    fn head(&self) -> Result<Option<Head>> {
+        let c = &self.cfg;
+        let table = "transformer.wte.weight";
+        let weight = if self.w.has("lm_head.weight") {
+            "lm_head.weight"
+        } else {
+            table
+        };
+        Ok(Some(Head {
+            table,
+            weight,
+            norm: HeadNorm::Layer(
+                self.w.layer_norm("transformer.ln_f", c.n_embd)?,
+                c.layer_norm_epsilon as f32,
+            ),
+            lm_head: self.w.get(weight, &[c.vocab_size, c.n_embd])?,
+        }))
+    }
     fn positions(&self, _t: usize) -> Result<Positions> {
         Ok(Positions(None))
     }
@@ -540,6 +652,9 @@ impl Layerwise for Gpt2Stack<'_> {
             index: l,
             block: Gpt2Block::load(&self.cfg, &self.w, l)?,
         }))
+    }
+    fn read(&self, hf: &str, shape: &[usize]) -> Result<Tensor> {
+        self.w.get(hf, shape)
     }
     fn gguf_name(&self, hf: &str) -> Option<String> {
         gpt2::gguf_name(hf).map(|g| g.name)
@@ -624,12 +739,35 @@ impl Layerwise for NeoxStack<'_> {
             },
         ]
     }
-    fn embed(&self, samples: &[Vec<u32>]) -> Result<Vec<Tensor>> {
+    fn embed(&self, samples: &[Vec<u32>], table: Option<&Tensor>) -> Result<Vec<Tensor>> {
         let c = &self.cfg;
-        let table = self
-            .w
-            .get("gpt_neox.embed_in.weight", &[c.vocab_size, c.hidden_size])?;
-        embed_rows(&table, samples, c.vocab_size)
+        match table {
+            Some(t) => embed_rows(t, samples, c.vocab_size),
+            None => {
+                let t = self
+                    .w
+                    .get("gpt_neox.embed_in.weight", &[c.vocab_size, c.hidden_size])?;
+                embed_rows(&t, samples, c.vocab_size)
+            }
+        }
+    }
+    fn head(&self) -> Result<Option<Head>> {
+        let c = &self.cfg;
+        let table = "gpt_neox.embed_in.weight";
+        let weight = if self.w.has("embed_out.weight") {
+            "embed_out.weight"
+        } else {
+            table
+        };
+        Ok(Some(Head {
+            table,
+            weight,
+            norm: HeadNorm::Layer(
+                self.w.layer_norm("gpt_neox.final_layer_norm", c.hidden_size)?,
+                c.layer_norm_eps as f32,
+            ),
+            lm_head: self.w.get(weight, &[c.vocab_size, c.hidden_size])?,
+        }))
     }
     fn positions(&self, t: usize) -> Result<Positions> {
         Ok(Positions(Some(gpt_neox::rope(&self.cfg, 0, t)?)))
@@ -639,6 +777,9 @@ impl Layerwise for NeoxStack<'_> {
             cfg: self.cfg.clone(),
             layer: NeoxLayer::load(&self.cfg, &self.w, l)?,
         }))
+    }
+    fn read(&self, hf: &str, shape: &[usize]) -> Result<Tensor> {
+        self.w.get(hf, shape)
     }
     fn gguf_name(&self, hf: &str) -> Option<String> {
         gpt_neox::gguf_name(&self.cfg, hf).map(|g| g.name)
@@ -733,7 +874,12 @@ impl Layerwise for BertStack<'_> {
             inspect: Inspect::Linear,
         }]
     }
-    fn embed(&self, samples: &[Vec<u32>]) -> Result<Vec<Tensor>> {
+    fn embed(&self, samples: &[Vec<u32>], table: Option<&Tensor>) -> Result<Vec<Tensor>> {
+        if table.is_some() {
+            return Err(ModelError::Input(
+                "an encoder's token table cannot be replaced here".into(),
+            ));
+        }
         let e = BertEmbeddings::load(&self.cfg, &self.w)?;
         samples
             .iter()
@@ -748,6 +894,12 @@ impl Layerwise for BertStack<'_> {
             cfg: self.cfg.clone(),
             layer: BertLayer::load(&self.cfg, &self.w, l)?,
         }))
+    }
+    fn head(&self) -> Result<Option<Head>> {
+        Ok(None)
+    }
+    fn read(&self, hf: &str, shape: &[usize]) -> Result<Tensor> {
+        self.w.get(hf, shape)
     }
     fn gguf_name(&self, _hf: &str) -> Option<String> {
         None

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod auto;
 pub mod bench;
 pub mod calibrated;
 pub mod chart;

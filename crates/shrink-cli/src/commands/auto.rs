@@ -1,0 +1,238 @@
+//! `shrink auto MODEL.gguf --calib FILE (--target-bpw B | --max-kld K | --max-ppl-increase P)
+//! -o OUT.gguf`: every tensor's ggml type chosen from measured sensitivities
+//! ([`shrink_methods::auto`]), the plan printed and kept in the report.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use shrink_formats::ggml::GgmlType;
+use shrink_io::imatrix::Imatrix;
+use shrink_io::Checkpoint;
+use shrink_methods::auto::{self, Measure, Sensitivity, Target};
+use shrink_methods::calib::{consecutive_chunks, draw_samples, CalibSpec};
+
+use super::calibrated::CalibFormat;
+use crate::common;
+
+/// Where `shrink auto` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum To {
+    /// A GGUF with any mixture of ggml types, one per tensor (llama.cpp loads it).
+    Gguf,
+}
+
+/// Arguments of `shrink auto`.
+#[derive(clap::Args)]
+#[command(
+    group(clap::ArgGroup::new("target").required(true).args(["target_bpw", "max_kld", "max_ppl_increase"])),
+    after_help = "How it works: (1) an importance matrix is collected on the calibration text (or read with --imatrix); (2) every tensor is quantized to every type in --types that fits its rows, its importance-weighted error measured, and the model's next-token KL divergence measured with that tensor alone at a probe type (the smallest of at least 4 bits/weight, and the smallest type too where it is under 4), all in one pass over the blocks on --probe-samples × --probe-seqlen tokens of the calibration text; each tensor's KL ÷ error scales its errors into predicted KL (cached in --sensitivity, so another target does not measure again); (3) one type per tensor, or the tensor copied as stored, is chosen to minimise the summed predicted KL within --target-bpw (whole model: every tensor's bytes over every weight, embedding and head included), or to be smallest within --max-kld / --max-ppl-increase; (4) the mix is run whole and measured; a bound is corrected once by measured ÷ predicted. The report lists what each tensor got.\n\nExamples:\n  shrink auto assets/SmolLM2-135M-Instruct.Q4_1.gguf --calib assets/lee_background.cor --target-bpw 4.5 -o smollm2-auto-4.5.gguf\n  shrink auto assets/SmolLM2-135M-Instruct.Q4_1.gguf --calib assets/lee_background.cor --max-ppl-increase 2 -o smollm2-auto-2pct.gguf"
+)]
+pub struct Args {
+    /// Model (.gguf; any architecture shrink runs).
+    pub model: PathBuf,
+    /// Output file (must not exist).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Whole-model bits per weight to meet with the least divergence.
+    #[arg(long)]
+    pub target_bpw: Option<f64>,
+    /// Largest mean KL divergence from the input (nats per token): the smallest mix within it.
+    #[arg(long)]
+    pub max_kld: Option<f64>,
+    /// Largest perplexity increase over the input, percent: the smallest mix within it.
+    #[arg(long)]
+    pub max_ppl_increase: Option<f64>,
+    /// What to write.
+    #[arg(long, value_enum, default_value = "gguf")]
+    pub to: To,
+    /// ggml types to choose among (comma-separated; each tensor also may stay as stored).
+    #[arg(long, value_delimiter = ',', default_value = "q2_k,q3_k,q4_0,q4_1,iq4_nl,q4_k,q5_0,q5_1,q5_k,q6_k,q8_0,iq4_xs,f16")]
+    pub types: Vec<String>,
+    /// Calibration text.
+    #[arg(long)]
+    pub calib: PathBuf,
+    /// Which part of --calib to use.
+    #[arg(long, value_enum, default_value = "lee")]
+    pub calib_format: CalibFormat,
+    /// Importance matrix to use (imatrix.dat or GGUF); collected from --calib otherwise
+    /// (--calib-samples chunks of --calib-seqlen tokens) and saved beside the sensitivity file.
+    #[arg(long)]
+    pub imatrix: Option<PathBuf>,
+    /// Chunks for the importance matrix.
+    #[arg(long, default_value_t = 128)]
+    pub calib_samples: usize,
+    /// Tokens per chunk of the importance matrix.
+    #[arg(long, default_value_t = 512)]
+    pub calib_seqlen: usize,
+    /// Samples the divergences are measured on (random windows of the calibration text).
+    #[arg(long, default_value_t = 4)]
+    pub probe_samples: usize,
+    /// Tokens per probe sample.
+    #[arg(long, default_value_t = 256)]
+    pub probe_seqlen: usize,
+    /// Seed of the probe windows.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Sensitivity cache (JSON): read when it matches the model, text and settings, written
+    /// otherwise [default: MODELSTEM.HASH.sensitivity.json beside the output].
+    #[arg(long)]
+    pub sensitivity: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn target(a: &Args) -> Result<Target> {
+    let check = |flag: &str, v: f64, ok: bool| -> Result<f64> {
+        if !v.is_finite() || !ok {
+            bail!("{flag} {v}: out of range");
+        }
+        Ok(v)
+    };
+    Ok(match (a.target_bpw, a.max_kld, a.max_ppl_increase) {
+        (Some(b), None, None) => Target::Bpw(check("--target-bpw", b, b > 0.0)?),
+        (None, Some(k), None) => Target::MaxKld(check("--max-kld", k, k > 0.0)?),
+        (None, None, Some(p)) => Target::MaxPplIncrease(check("--max-ppl-increase", p, p > 0.0)?),
+        _ => bail!("give one of --target-bpw, --max-kld, --max-ppl-increase"),
+    })
+}
+
+/// Run `shrink auto`.
+pub fn run(a: Args) -> Result<()> {
+    let t0 = Instant::now();
+    let target = target(&a)?;
+    if a.output.exists() {
+        bail!("{}: exists; choose a new output file", a.output.display());
+    }
+    let types: Vec<GgmlType> = a
+        .types
+        .iter()
+        .map(|t| {
+            GgmlType::from_name(t)
+                .filter(|ty| ty.can_quantize() || matches!(ty, GgmlType::F16 | GgmlType::BF16))
+                .with_context(|| format!("--types: {t} is not a ggml type shrink can write"))
+        })
+        .collect::<Result<_>>()?;
+    let ckpt = common::open(&a.model)?;
+    let Checkpoint::Gguf(g) = &ckpt else {
+        let d = a.model.display();
+        bail!(
+            "{d}: shrink auto --to gguf takes a GGUF input (it keeps that file's metadata); \
+             write one first with `shrink export {d} --to gguf --type f16 -o MODEL.gguf`"
+        );
+    };
+    // A size target is checked before anything is measured.
+    let (lo, hi) = auto::reachable_bpw(g, &types)?;
+    if let Target::Bpw(b) = target {
+        if b < lo {
+            bail!(
+                "--target-bpw {b}: no mix of {} reaches it on {}: the smallest is {lo:.3} \
+                 bits/weight (every tensor at its smallest type whose blocks fit its rows — a \
+                 256-element K block fits no row of a width that is not a multiple of 256), the \
+                 largest {hi:.3}",
+                a.types.join(","),
+                a.model.display()
+            );
+        }
+    }
+    let ids = super::calibrated::calib_ids(&ckpt, &a.calib, a.calib_format == CalibFormat::Lee)?;
+    let probe_spec = CalibSpec {
+        samples: a.probe_samples,
+        seqlen: a.probe_seqlen,
+        seed: a.seed,
+    };
+    let samples = draw_samples(&ids, probe_spec)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.calib.display()))?;
+    let dir = a
+        .output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or(PathBuf::from("."), PathBuf::from);
+    let settings = format!(
+        "types={} imatrix={:?} calib-samples={} calib-seqlen={}",
+        a.types.join(","),
+        a.imatrix,
+        a.calib_samples,
+        a.calib_seqlen
+    );
+    let identity = shrink_methods::resume::identity(
+        &a.model,
+        "auto-sensitivity-v1",
+        &settings,
+        &samples,
+        serde_json::Value::Null,
+    );
+    let cache = a
+        .sensitivity
+        .clone()
+        .unwrap_or_else(|| auto::cache_path(&dir, &a.model, &identity));
+    // The importance matrix: given, cached beside the sensitivity file, or collected.
+    let (im_path, im) = match &a.imatrix {
+        Some(p) => (p.clone(), Imatrix::read(p)?),
+        None => {
+            let p = cache.with_extension("imatrix.dat");
+            match Imatrix::read(&p) {
+                Ok(m) if p.exists() => (p, m),
+                _ => {
+                    let spec = CalibSpec {
+                        samples: a.calib_samples,
+                        seqlen: a.calib_seqlen,
+                        seed: 0,
+                    };
+                    let chunks = consecutive_chunks(&ids, spec)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", a.calib.display()))?;
+                    let (mut m, _) = shrink_methods::calibrated::imatrix(
+                        &ckpt,
+                        &chunks,
+                        None,
+                        &common::Bar::default(),
+                    )?;
+                    m.datasets = vec![a.calib.display().to_string()];
+                    let tmp = p.with_extension("dat.tmp");
+                    m.write(&tmp)?;
+                    std::fs::rename(&tmp, &p)
+                        .with_context(|| format!("{}: cannot write", p.display()))?;
+                    (p, m)
+                }
+            }
+        }
+    };
+    let m = Measure {
+        types: &types,
+        imatrix: Some(&im),
+        samples: &samples,
+        identity: identity.clone(),
+    };
+    let (sens, reused) = match Sensitivity::load(&cache, &identity)? {
+        Some(s) => (s, true),
+        None => {
+            let s = auto::measure(g, &ckpt, &m, &common::Bar::default())?;
+            s.save(&cache)?;
+            (s, false)
+        }
+    };
+    let plan = auto::plan(g, &ckpt, &sens, target, &m, &common::Bar::default())?;
+    let mut r = auto::write(
+        g,
+        &a.model,
+        &a.output,
+        &sens,
+        &plan,
+        target,
+        Some((&im_path, &im)),
+        false,
+        &common::Bar::default(),
+    )?;
+    r.set("sensitivity_file", cache.display().to_string());
+    r.set("sensitivity_reused", reused);
+    r.notes.push(format!(
+        "sensitivity    {} ({}, {:.1} s when measured)",
+        cache.display(),
+        if reused { "reused" } else { "measured now" },
+        sens.seconds
+    ));
+    r.seconds = t0.elapsed().as_secs_f64();
+    r.peak_rss_bytes = common::peak_rss();
+    common::print_report(&r, a.json)
+}

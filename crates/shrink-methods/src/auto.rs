@@ -1,0 +1,680 @@
+//! `shrink auto`: a GGUF whose every tensor gets the ggml type chosen for it from measurements,
+//! to meet a whole-model bits/weight budget with the least predicted divergence, or a
+//! divergence / perplexity bound at the least size.
+//!
+//! 1. **Sensitivity** ([`measure`]): for every tensor llama.cpp quantizes and each ggml type
+//!    that fits its rows, the exact bytes and the importance-weighted error `E` of storing it
+//!    so ([`crate::sensitivity::ggml_costs`]); then, for each tensor alone, the model's
+//!    next-token KL divergence from the stored model when that tensor — only it — is stored
+//!    at a probe type (the smallest of at least 4 bits/weight; and, where smaller types fit,
+//!    the smallest too), all probes in one pass over the blocks
+//!    ([`crate::sensitivity::divergences`]). Each tensor's measured `KL / E` is its gain; a
+//!    type's predicted cost is `gain · E` (the gain interpolated in log `E` between the two
+//!    probes where there are two). The result is cached as JSON, so a new target does not
+//!    measure again.
+//! 2. **Allocation** ([`crate::allocate`]): one type per tensor — or the tensor copied as
+//!    stored, at no cost — under the byte budget or the bound, by Lagrangian relaxation, the
+//!    gap to the optimum stated.
+//! 3. **Interactions**: the chosen mix is run whole and its divergence measured; for a bound,
+//!    the bound is corrected once by measured ÷ predicted and the allocation redone, and the
+//!    corrected mix is kept only when its measurement meets the bound.
+//! 4. The GGUF is written by [`crate::ggml_quantize::write_mix`] (`general.file_type` 1024,
+//!    llama.cpp's "guessed"), and the plan — what each tensor got and why — goes in the report.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use shrink_formats::ggml::{self, GgmlType};
+use shrink_io::imatrix::Imatrix;
+use shrink_io::{Checkpoint, GgufFile};
+use shrink_models::layerwise::Sequential;
+
+use crate::allocate::{self, Allocation, Candidate};
+use crate::error::{MethodError, Result};
+use crate::ggml_mix::{allows_quantization, TensorChoice};
+use crate::ggml_quantize::{quantize_tensor, write_mix, MixWrite};
+use crate::pipeline::Progress;
+use crate::report::Report;
+use crate::sensitivity::{divergences, fitting, ggml_costs, Divergence};
+
+/// llama.cpp's `LLAMA_FTYPE_GUESSED`: a file whose tensors follow no preset.
+pub const FTYPE_MIX: u32 = 1024;
+
+/// The ggml types `shrink auto` chooses among by default.
+pub const DEFAULT_TYPES: [GgmlType; 13] = [
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::IQ4_NL,
+    GgmlType::Q4_K,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::Q8_0,
+    GgmlType::IQ4_XS,
+    GgmlType::F16,
+];
+
+/// What the mix must meet.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Target {
+    /// Whole-model bits per weight (every tensor's bytes over every weight, as llama-quantize
+    /// counts them): the least divergence within it.
+    Bpw(f64),
+    /// Mean next-token KL divergence from the input model (nats): the smallest mix within it.
+    MaxKld(f64),
+    /// Perplexity increase over the input model, in percent: the smallest mix within it.
+    MaxPplIncrease(f64),
+}
+
+impl Target {
+    fn describe(&self) -> String {
+        match self {
+            Target::Bpw(b) => format!("{b} bits/weight"),
+            Target::MaxKld(k) => format!("KL divergence ≤ {k}"),
+            Target::MaxPplIncrease(p) => format!("perplexity increase ≤ {p} %"),
+        }
+    }
+}
+
+/// One option of one tensor.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TensorOption {
+    /// The ggml type (the stored one when `copy`).
+    pub ty: String,
+    /// Copied as stored (no requantization, no loss).
+    pub copy: bool,
+    /// Bytes stored.
+    pub bytes: u64,
+    /// Importance-weighted squared error against the stored weight.
+    pub error: f64,
+    /// Predicted KL divergence when only this tensor takes this option.
+    pub kl: f64,
+}
+
+/// A probe: one tensor alone at one type, measured.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProbePoint {
+    /// The ggml type.
+    pub ty: String,
+    /// Its importance-weighted error.
+    pub error: f64,
+    /// The model's divergence with this tensor alone at this type.
+    pub divergence: Divergence,
+}
+
+/// One GGUF tensor, its options and its probes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TensorSensitivity {
+    /// GGUF name.
+    pub name: String,
+    /// ggml dims.
+    pub ne: Vec<u64>,
+    /// The stored type.
+    pub stored: String,
+    /// The options, the stored copy first.
+    pub options: Vec<TensorOption>,
+    /// What was measured.
+    pub probes: Vec<ProbePoint>,
+}
+
+/// How well the error proxy, scaled by one probe, predicts another probe's measured divergence.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProxyCheck {
+    /// Tensors with two probes.
+    pub tensors: usize,
+    /// Spearman rank correlation of predicted and measured divergence at the second probe.
+    pub spearman: f64,
+    /// Median of measured ÷ predicted.
+    pub median_ratio: f64,
+}
+
+/// The sensitivity of every tensor of a GGUF, as [`measure`] finds it (and caches it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Sensitivity {
+    /// The input, calibration and settings it was measured on.
+    pub identity: Value,
+    /// Probe positions (tokens) per measurement.
+    pub probe_tokens: usize,
+    /// Seconds of the measurement (imatrix excluded).
+    pub seconds: f64,
+    /// Every tensor of the GGUF, in file order.
+    pub tensors: Vec<TensorSensitivity>,
+    /// The proxy's check against the second probes.
+    pub proxy: Option<ProxyCheck>,
+}
+
+impl Sensitivity {
+    /// The cached sensitivity at `path` when its identity is `identity`.
+    pub fn load(path: &Path, identity: &Value) -> Result<Option<Sensitivity>> {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return Ok(None);
+        };
+        let s: Sensitivity = serde_json::from_str(&text).map_err(|e| MethodError::Input {
+            path: path.to_path_buf(),
+            what: format!("not a sensitivity file of shrink auto: {e}; remove it to measure again"),
+        })?;
+        Ok((&s.identity == identity).then_some(s))
+    }
+
+    /// Save to `path` (whole, under a temporary name).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_vec_pretty(self).expect("serializable");
+        Ok(shrink_io::output::write_atomic(path, &text)?)
+    }
+
+    /// Every weight of the model.
+    pub fn elements(&self) -> u64 {
+        self.tensors.iter().map(|t| t.ne.iter().product::<u64>()).sum()
+    }
+
+    /// The allocator's options.
+    fn candidates(&self) -> Vec<Vec<Candidate>> {
+        self.tensors
+            .iter()
+            .map(|t| {
+                t.options
+                    .iter()
+                    .map(|o| Candidate {
+                        bytes: o.bytes,
+                        loss: o.kl,
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// The option bytes of every tensor of `g` (no quantizing): whether a target can be reached.
+pub fn reachable_bpw(g: &GgufFile, types: &[GgmlType]) -> Result<(f64, f64)> {
+    let mut options = Vec::with_capacity(g.tensors.len());
+    let mut elements = 0u64;
+    for info in &g.tensors {
+        elements += info.elements();
+        let mut o = vec![Candidate {
+            bytes: info.bytes,
+            loss: 0.0,
+        }];
+        if quantizable(&info.name, &info.ne) {
+            for t in fitting(types, info.ne[0] as usize) {
+                let bytes = t.row_bytes(info.elements() as usize).map_err(|source| {
+                    MethodError::Format {
+                        name: info.name.clone(),
+                        source,
+                    }
+                })?;
+                o.push(Candidate {
+                    bytes: bytes as u64,
+                    loss: 0.0,
+                });
+            }
+        }
+        options.push(o);
+    }
+    let (lo, hi) = allocate::reachable(&options)?;
+    let bpw = |b: u64| b as f64 * 8.0 / elements.max(1) as f64;
+    Ok((bpw(lo), bpw(hi)))
+}
+
+fn quantizable(name: &str, ne: &[u64]) -> bool {
+    allows_quantization(name, ne, true)
+}
+
+/// Settings of the sensitivity pass.
+pub struct Measure<'a> {
+    /// Types to consider.
+    pub types: &'a [GgmlType],
+    /// The importance matrix (weighs the error, guides the quantizers).
+    pub imatrix: Option<&'a Imatrix>,
+    /// The probe text.
+    pub samples: &'a [Vec<u32>],
+    /// The identity recorded with the result.
+    pub identity: Value,
+}
+
+/// `w` (`[rows, cols]`) stored as `ty` and read back, with `importance` guiding the quantizer.
+fn round_trip(name: &str, ty: GgmlType, w: &Tensor, importance: Option<&[f32]>) -> Result<Tensor> {
+    let cd = |e: candle_core::Error| MethodError::Model(e.into());
+    let (rows, cols) = w.dims2().map_err(cd)?;
+    let data = w
+        .flatten_all()
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(cd)?;
+    let imp = importance.filter(|v| v.len() == cols);
+    let q = quantize_tensor(name, ty, &[cols as u64, rows as u64], &data, imp)?;
+    let mut back = vec![0f32; data.len()];
+    ggml::dequantize(ty, &q, &mut back).map_err(|source| MethodError::Format {
+        name: name.to_string(),
+        source,
+    })?;
+    Tensor::from_vec(back, (rows, cols), &Device::Cpu).map_err(cd)
+}
+
+/// Measure the sensitivity of every tensor of `g` (opened as `ckpt` too) as the module says.
+pub fn measure(
+    g: &GgufFile,
+    ckpt: &Checkpoint,
+    m: &Measure,
+    progress: &dyn Progress,
+) -> Result<Sensitivity> {
+    let t0 = Instant::now();
+    let seq = Sequential::new(ckpt)?;
+    // GGUF name → HF name of every weight a probe can replace.
+    let head = seq.head()?;
+    let mut hf_names = vec![head.table.to_string(), head.weight.to_string()];
+    for l in 0..seq.num_layers() {
+        hf_names.extend(seq.linears().iter().map(|s| seq.weight_name(l, s.name)));
+    }
+    let to_hf: HashMap<String, String> = hf_names
+        .into_iter()
+        .filter_map(|hf| seq.stack().gguf_name(&hf).map(|g| (g, hf)))
+        .collect();
+
+    let costs = ggml_costs(g, m.types, m.imatrix)?;
+    let mut tensors = Vec::with_capacity(costs.len());
+    // (tensor, type) of every probe, and its HF name.
+    let mut probes: Vec<(usize, GgmlType)> = Vec::new();
+    for (i, c) in costs.iter().enumerate() {
+        let info = g.tensor(&c.name).expect("from this file");
+        let mut options = vec![TensorOption {
+            ty: info.ty.name().to_string(),
+            copy: true,
+            bytes: info.bytes,
+            error: 0.0,
+            kl: 0.0,
+        }];
+        let probe_able = quantizable(&c.name, &c.ne) && to_hf.contains_key(&c.name);
+        if probe_able {
+            for (ty, cand) in &c.candidates {
+                if *ty == info.ty {
+                    continue; // the copy, at no loss
+                }
+                options.push(TensorOption {
+                    ty: ty.name().to_string(),
+                    copy: false,
+                    bytes: cand.bytes,
+                    error: cand.loss,
+                    kl: 0.0,
+                });
+            }
+            let n = info.elements() as f64;
+            let bpw = |o: &TensorOption| o.bytes as f64 * 8.0 / n;
+            let quantized: Vec<&TensorOption> = options[1..].iter().collect();
+            let four = quantized
+                .iter()
+                .filter(|o| bpw(o) >= 4.0)
+                .min_by_key(|o| o.bytes);
+            let least = quantized.iter().min_by_key(|o| o.bytes);
+            for o in four.into_iter().chain(least.filter(|o| bpw(o) < 4.0)) {
+                probes.push((i, GgmlType::from_name(&o.ty).expect("a ggml type")));
+            }
+        }
+        tensors.push(TensorSensitivity {
+            name: c.name.clone(),
+            ne: c.ne.clone(),
+            stored: info.ty.name().to_string(),
+            options,
+            probes: Vec::new(),
+        });
+    }
+    let probe_names: Vec<Vec<String>> = probes
+        .iter()
+        .map(|(i, _)| vec![to_hf[&tensors[*i].name].clone()])
+        .collect();
+    let replace = |p: usize, _hf: &str, w: &Tensor| -> Result<Tensor> {
+        let (i, ty) = probes[p];
+        let name = &tensors[i].name;
+        let imp = m
+            .imatrix
+            .and_then(|im| im.entries.get(name))
+            .map(Vec::as_slice);
+        round_trip(name, ty, w, imp)
+    };
+    let measured = divergences(&seq, m.samples, &probe_names, &replace, progress)?;
+    for ((i, ty), d) in probes.iter().zip(measured) {
+        let t = &mut tensors[*i];
+        let error = t
+            .options
+            .iter()
+            .find(|o| o.ty == ty.name() && !o.copy)
+            .map_or(0.0, |o| o.error);
+        t.probes.push(ProbePoint {
+            ty: ty.name().to_string(),
+            error,
+            divergence: d,
+        });
+    }
+    for t in &mut tensors {
+        predict(t);
+    }
+    Ok(Sensitivity {
+        identity: m.identity.clone(),
+        probe_tokens: m.samples.iter().map(Vec::len).sum(),
+        seconds: t0.elapsed().as_secs_f64(),
+        proxy: proxy_check(&tensors),
+        tensors,
+    })
+}
+
+/// Each option's predicted KL from the tensor's probes: `gain · error`, the gain (measured
+/// KL ÷ error) interpolated in log error between two probes, constant beyond them.
+fn predict(t: &mut TensorSensitivity) {
+    let mut points: Vec<(f64, f64)> = t
+        .probes
+        .iter()
+        .filter(|p| p.error > 0.0)
+        .map(|p| (p.error, p.divergence.kl.max(0.0) / p.error))
+        .collect();
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    if points.is_empty() {
+        return;
+    }
+    let gain = |e: f64| -> f64 {
+        let (first, last) = (points[0], points[points.len() - 1]);
+        if e <= first.0 || points.len() == 1 {
+            return first.1;
+        }
+        if e >= last.0 {
+            return last.1;
+        }
+        let f = (e.ln() - first.0.ln()) / (last.0.ln() - first.0.ln());
+        first.1 + f * (last.1 - first.1)
+    };
+    for o in t.options.iter_mut().filter(|o| !o.copy) {
+        o.kl = gain(o.error) * o.error;
+    }
+}
+
+/// Spearman's ρ (ranks without ties) of two equally long lists.
+fn spearman(a: &[f64], b: &[f64]) -> f64 {
+    let rank = |v: &[f64]| {
+        let mut idx: Vec<usize> = (0..v.len()).collect();
+        idx.sort_by(|&i, &j| v[i].total_cmp(&v[j]));
+        let mut r = vec![0f64; v.len()];
+        for (k, &i) in idx.iter().enumerate() {
+            r[i] = k as f64;
+        }
+        r
+    };
+    let (ra, rb) = (rank(a), rank(b));
+    let n = a.len() as f64;
+    let d2: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - y).powi(2)).sum();
+    1.0 - 6.0 * d2 / (n * (n * n - 1.0))
+}
+
+/// The proxy scaled by each tensor's first probe against its second probe's measurement.
+fn proxy_check(tensors: &[TensorSensitivity]) -> Option<ProxyCheck> {
+    let (mut predicted, mut measured) = (Vec::new(), Vec::new());
+    for t in tensors.iter().filter(|t| t.probes.len() == 2) {
+        let (p1, p2) = (&t.probes[0], &t.probes[1]);
+        if p1.error > 0.0 {
+            predicted.push(p1.divergence.kl / p1.error * p2.error);
+            measured.push(p2.divergence.kl);
+        }
+    }
+    if predicted.len() < 3 {
+        return None;
+    }
+    let mut ratios: Vec<f64> = measured
+        .iter()
+        .zip(&predicted)
+        .map(|(m, p)| m / p.max(f64::MIN_POSITIVE))
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    Some(ProxyCheck {
+        tensors: predicted.len(),
+        spearman: spearman(&predicted, &measured),
+        median_ratio: ratios[ratios.len() / 2],
+    })
+}
+
+/// The chosen mix: an allocation and what it was measured to do.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The allocation (per tensor, the option index).
+    pub allocation: Allocation,
+    /// The whole mix measured on the probe text.
+    pub measured: Divergence,
+    /// The first allocation's measurement when a correction replaced it.
+    pub corrected_from: Option<(Allocation, Divergence)>,
+    /// Seconds of allocation and measurement.
+    pub seconds: f64,
+}
+
+/// The mix's divergence measured whole.
+fn measure_mix(
+    seq: &Sequential,
+    g: &GgufFile,
+    s: &Sensitivity,
+    a: &Allocation,
+    m: &Measure,
+    progress: &dyn Progress,
+) -> Result<Divergence> {
+    let head = seq.head()?;
+    let mut to_gguf: HashMap<String, String> = HashMap::new();
+    let mut hf_names = vec![head.table.to_string(), head.weight.to_string()];
+    for l in 0..seq.num_layers() {
+        hf_names.extend(seq.linears().iter().map(|sl| seq.weight_name(l, sl.name)));
+    }
+    for hf in hf_names {
+        if let Some(gg) = seq.stack().gguf_name(&hf) {
+            to_gguf.insert(hf, gg);
+        }
+    }
+    let types: HashMap<&str, GgmlType> = s
+        .tensors
+        .iter()
+        .zip(&a.picks)
+        .filter(|(t, &k)| !t.options[k].copy)
+        .map(|(t, &k)| {
+            let ty = GgmlType::from_name(&t.options[k].ty).expect("a ggml type");
+            (t.name.as_str(), ty)
+        })
+        .collect();
+    let names: Vec<String> = to_gguf
+        .iter()
+        .filter(|(_, gg)| types.contains_key(gg.as_str()))
+        .map(|(hf, _)| hf.clone())
+        .collect();
+    if names.is_empty() {
+        return Ok(Divergence::default());
+    }
+    let replace = |_p: usize, hf: &str, w: &Tensor| -> Result<Tensor> {
+        let gg = &to_gguf[hf];
+        let imp = m
+            .imatrix
+            .and_then(|im| im.entries.get(gg))
+            .map(Vec::as_slice);
+        round_trip(gg, types[gg.as_str()], w, imp)
+    };
+    let _ = g;
+    Ok(divergences(seq, m.samples, &[names], &replace, progress)?[0])
+}
+
+/// Allocate for `target` and check the mix whole, correcting a bound once (module docs).
+pub fn plan(
+    g: &GgufFile,
+    ckpt: &Checkpoint,
+    s: &Sensitivity,
+    target: Target,
+    m: &Measure,
+    progress: &dyn Progress,
+) -> Result<Plan> {
+    let t0 = Instant::now();
+    let options = s.candidates();
+    let elements = s.elements();
+    let seq = Sequential::new(ckpt)?;
+    let bpw = |b: u64| b as f64 * 8.0 / elements.max(1) as f64;
+    let (lo, hi) = allocate::reachable(&options)?;
+    let bound = |d: &Divergence| match target {
+        Target::MaxKld(_) => d.kl,
+        _ => d.nll_delta,
+    };
+    let limit = match target {
+        Target::Bpw(b) => {
+            let budget = (b * elements as f64 / 8.0).floor() as u64;
+            if budget < lo || !b.is_finite() {
+                return Err(MethodError::Options(format!(
+                    "--target-bpw {b}: no mix of the types reaches it on this model; the \
+                     smallest is {:.3} bits/weight (every tensor at its smallest type whose \
+                     blocks fit its rows), the largest {:.3}",
+                    bpw(lo),
+                    bpw(hi)
+                )));
+            }
+            let a = allocate::within_bytes(&options, budget)?;
+            let measured = measure_mix(&seq, g, s, &a, m, progress)?;
+            return Ok(Plan {
+                allocation: a,
+                measured,
+                corrected_from: None,
+                seconds: t0.elapsed().as_secs_f64(),
+            });
+        }
+        Target::MaxKld(k) => k,
+        Target::MaxPplIncrease(p) => (1.0 + p / 100.0).ln(),
+    };
+    let first = allocate::within_loss(&options, limit)?;
+    let d1 = measure_mix(&seq, g, s, &first, m, progress)?;
+    // Correct once: the predicted sum against the measurement.
+    let ratio = bound(&d1) / first.loss.max(f64::MIN_POSITIVE);
+    if first.loss <= 0.0 || !ratio.is_finite() || ratio <= 0.0 {
+        return Ok(Plan {
+            allocation: first,
+            measured: d1,
+            corrected_from: None,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+    }
+    let second = allocate::within_loss(&options, limit / ratio)?;
+    let d2 = measure_mix(&seq, g, s, &second, m, progress)?;
+    let (allocation, measured, other) = if bound(&d2) <= limit || bound(&d1) > limit {
+        (second, d2, (first, d1))
+    } else {
+        (first, d1, (second, d2))
+    };
+    Ok(Plan {
+        allocation,
+        measured,
+        corrected_from: Some(other),
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// Write the plan's GGUF and its report (the plan per tensor included).
+#[allow(clippy::too_many_arguments)]
+pub fn write(
+    g: &GgufFile,
+    input: &Path,
+    output: &Path,
+    s: &Sensitivity,
+    plan: &Plan,
+    target: Target,
+    imatrix: Option<(&Path, &Imatrix)>,
+    overwrite: bool,
+    progress: &dyn Progress,
+) -> Result<Report> {
+    let choices: Vec<TensorChoice> = s
+        .tensors
+        .iter()
+        .zip(&plan.allocation.picks)
+        .map(|(t, &k)| {
+            let o = &t.options[k];
+            TensorChoice {
+                name: t.name.clone(),
+                ne: t.ne.clone(),
+                ty: (!o.copy).then(|| GgmlType::from_name(&o.ty).expect("a ggml type")),
+                wanted: None,
+                requires_imatrix: false,
+            }
+        })
+        .collect();
+    let mw = MixWrite {
+        method: "auto".into(),
+        ftype: FTYPE_MIX,
+        imatrix,
+        // Costs are measured against the stored weights: requantizing is the point.
+        allow_requantize: true,
+        overwrite,
+    };
+    let mut r = write_mix(g, input, output, &choices, &mw, progress)?;
+    let elements = s.elements();
+    let a = &plan.allocation;
+    let rows: Vec<Value> = s
+        .tensors
+        .iter()
+        .zip(&a.picks)
+        .filter(|(t, _)| t.options.len() > 1)
+        .map(|(t, &k)| {
+            let o = &t.options[k];
+            let n: u64 = t.ne.iter().product();
+            json!({
+                "tensor": t.name, "type": o.ty, "copied": o.copy, "bytes": o.bytes,
+                "bits_per_weight": o.bytes as f64 * 8.0 / n as f64,
+                "predicted_kl": o.kl,
+                "probes": t.probes.iter().map(|p| json!({"type": p.ty, "kl": p.divergence.kl}))
+                    .collect::<Vec<_>>(),
+                "options": t.options.iter().map(|o| json!({"type": o.ty, "bytes": o.bytes,
+                    "kl": o.kl})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    r.set("target", target.describe());
+    r.set("plan", rows);
+    r.set("predicted_kl", a.loss);
+    r.set("loss_bound", a.loss_bound);
+    r.set("measured_kl", plan.measured.kl);
+    r.set(
+        "measured_ppl_increase_percent",
+        plan.measured.nll_delta.exp_m1() * 100.0,
+    );
+    r.set("probe_tokens", s.probe_tokens);
+    r.set("sensitivity_seconds", s.seconds);
+    r.set("allocation_seconds", plan.seconds);
+    r.set("proxy_check", serde_json::to_value(&s.proxy).expect("serializable"));
+    if let Some((a0, d0)) = &plan.corrected_from {
+        r.set(
+            "other_allocation",
+            json!({"bits_per_weight": a0.bytes as f64 * 8.0 / elements as f64,
+                   "predicted_kl": a0.loss, "measured_kl": d0.kl,
+                   "measured_ppl_increase_percent": d0.nll_delta.exp_m1() * 100.0}),
+        );
+    }
+    r.notes.push(format!(
+        "plan           {}: predicted KL {:.5} (within {:.5} of the least any mix of this size \
+         reaches), measured {:.5} on {} probe tokens, perplexity {:+.2} % there",
+        target.describe(),
+        a.loss,
+        (a.loss - a.loss_bound).max(0.0),
+        plan.measured.kl,
+        s.probe_tokens,
+        plan.measured.nll_delta.exp_m1() * 100.0
+    ));
+    if let Some(p) = &s.proxy {
+        r.notes.push(format!(
+            "proxy check    {} tensors: KL predicted from the 4-bit probe vs measured at the \
+             smallest type, Spearman ρ {:.3}, median measured/predicted {:.2}",
+            p.tensors, p.spearman, p.median_ratio
+        ));
+    }
+    Ok(r)
+}
+
+/// The default cache file of a sensitivity measurement of `input` with `identity`, in `dir`.
+pub fn cache_path(dir: &Path, input: &Path, identity: &Value) -> PathBuf {
+    let stem = input
+        .file_stem()
+        .map_or("model".into(), |s| s.to_string_lossy().into_owned());
+    let text = identity.to_string();
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for b in text.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+    }
+    dir.join(format!("{stem}.{:08x}.sensitivity.json", h as u32))
+}
