@@ -25,10 +25,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use shrink_formats::ggml::{self, GgmlType};
+use shrink_formats::ggml::GgmlType;
 use shrink_io::imatrix::Imatrix;
 use shrink_io::{Checkpoint, GgufFile};
 use shrink_models::layerwise::Sequential;
@@ -36,10 +36,10 @@ use shrink_models::layerwise::Sequential;
 use crate::allocate::{self, Allocation, Candidate};
 use crate::error::{MethodError, Result};
 use crate::ggml_mix::{allows_quantization, TensorChoice};
-use crate::ggml_quantize::{quantize_tensor, write_mix, MixWrite};
+use crate::ggml_quantize::{write_mix, MixWrite};
 use crate::pipeline::Progress;
 use crate::report::Report;
-use crate::sensitivity::{divergences, fitting, ggml_costs, Divergence};
+use crate::sensitivity::{divergences, fitting, ggml_costs, stored_as, Divergence};
 
 /// llama.cpp's `LLAMA_FTYPE_GUESSED`: a file whose tensors follow no preset.
 pub const FTYPE_MIX: u32 = 1024;
@@ -171,7 +171,10 @@ impl Sensitivity {
 
     /// Every weight of the model.
     pub fn elements(&self) -> u64 {
-        self.tensors.iter().map(|t| t.ne.iter().product::<u64>()).sum()
+        self.tensors
+            .iter()
+            .map(|t| t.ne.iter().product::<u64>())
+            .sum()
     }
 
     /// The allocator's options.
@@ -236,24 +239,6 @@ pub struct Measure<'a> {
     pub samples: &'a [Vec<u32>],
     /// The identity recorded with the result.
     pub identity: Value,
-}
-
-/// `w` (`[rows, cols]`) stored as `ty` and read back, with `importance` guiding the quantizer.
-fn round_trip(name: &str, ty: GgmlType, w: &Tensor, importance: Option<&[f32]>) -> Result<Tensor> {
-    let cd = |e: candle_core::Error| MethodError::Model(e.into());
-    let (rows, cols) = w.dims2().map_err(cd)?;
-    let data = w
-        .flatten_all()
-        .and_then(|t| t.to_vec1::<f32>())
-        .map_err(cd)?;
-    let imp = importance.filter(|v| v.len() == cols);
-    let q = quantize_tensor(name, ty, &[cols as u64, rows as u64], &data, imp)?;
-    let mut back = vec![0f32; data.len()];
-    ggml::dequantize(ty, &q, &mut back).map_err(|source| MethodError::Format {
-        name: name.to_string(),
-        source,
-    })?;
-    Tensor::from_vec(back, (rows, cols), &Device::Cpu).map_err(cd)
 }
 
 /// Measure the sensitivity of every tensor of `g` (opened as `ckpt` too) as the module says.
@@ -334,7 +319,7 @@ pub fn measure(
             .imatrix
             .and_then(|im| im.entries.get(name))
             .map(Vec::as_slice);
-        round_trip(name, ty, w, imp)
+        stored_as(name, ty, w, imp)
     };
     let measured = divergences(&seq, m.samples, &probe_names, &replace, progress)?;
     for ((i, ty), d) in probes.iter().zip(measured) {
@@ -491,7 +476,7 @@ fn measure_mix(
             .imatrix
             .and_then(|im| im.entries.get(gg))
             .map(Vec::as_slice);
-        round_trip(gg, types[gg.as_str()], w, imp)
+        stored_as(gg, types[gg.as_str()], w, imp)
     };
     let _ = g;
     Ok(divergences(seq, m.samples, &[names], &replace, progress)?[0])
@@ -637,7 +622,10 @@ pub fn write(
     r.set("probe_tokens", s.probe_tokens);
     r.set("sensitivity_seconds", s.seconds);
     r.set("allocation_seconds", plan.seconds);
-    r.set("proxy_check", serde_json::to_value(&s.proxy).expect("serializable"));
+    r.set(
+        "proxy_check",
+        serde_json::to_value(&s.proxy).expect("serializable"),
+    );
     if let Some((a0, d0)) = &plan.corrected_from {
         r.set(
             "other_allocation",

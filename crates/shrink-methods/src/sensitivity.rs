@@ -6,7 +6,7 @@
 //! to its output (the objective llama.cpp's importance-weighted quantizers minimise, and GPTQ's
 //! `H = 2XXᵀ` restricted to its diagonal).
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use shrink_formats::ggml::{self, GgmlType};
@@ -122,6 +122,30 @@ pub fn ggml_costs(
     Ok(out)
 }
 
+/// `w` (`[rows, cols]`, float32) stored as `ty` and read back, with `importance` (one value
+/// per column) guiding the quantizer: what a probe replaces a weight by.
+pub fn stored_as(
+    name: &str,
+    ty: GgmlType,
+    w: &Tensor,
+    importance: Option<&[f32]>,
+) -> Result<Tensor> {
+    let cd = |e: candle_core::Error| MethodError::Model(e.into());
+    let (rows, cols) = w.dims2().map_err(cd)?;
+    let data = w
+        .flatten_all()
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(cd)?;
+    let imp = importance.filter(|v| v.len() == cols);
+    let q = quantize_tensor(name, ty, &[cols as u64, rows as u64], &data, imp)?;
+    let mut back = vec![0f32; data.len()];
+    ggml::dequantize(ty, &q, &mut back).map_err(|source| MethodError::Format {
+        name: name.to_string(),
+        source,
+    })?;
+    Tensor::from_vec(back, (rows, cols), &Device::Cpu).map_err(cd)
+}
+
 /// What replacing some weights does to the model's next-token distribution on the probe text.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Divergence {
@@ -142,7 +166,9 @@ fn cd<T>(r: candle_core::Result<T>) -> Result<T> {
 
 /// Per position of `logits` ([t, vocab]), its log-softmax.
 fn log_softmax(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
-    let rows = cd(logits.to_dtype(candle_core::DType::F32).and_then(|l| l.to_vec2::<f32>()))?;
+    let rows = cd(logits
+        .to_dtype(candle_core::DType::F32)
+        .and_then(|l| l.to_vec2::<f32>()))?;
     Ok(rows
         .into_par_iter()
         .map(|mut r| {
@@ -312,7 +338,11 @@ pub fn divergences(
         Ok(())
     };
     for (p, outs) in &live {
-        let table = if head.tied() { replaced_table(*p)? } else { None };
+        let table = if head.tied() {
+            replaced_table(*p)?
+        } else {
+            None
+        };
         let w = match table {
             Some(t) => Some(t),
             None => head_weight(*p)?,

@@ -763,7 +763,8 @@ impl Layerwise for NeoxStack<'_> {
             table,
             weight,
             norm: HeadNorm::Layer(
-                self.w.layer_norm("gpt_neox.final_layer_norm", c.hidden_size)?,
+                self.w
+                    .layer_norm("gpt_neox.final_layer_norm", c.hidden_size)?,
                 c.layer_norm_eps as f32,
             ),
             lm_head: self.w.get(weight, &[c.vocab_size, c.hidden_size])?,

@@ -47,7 +47,11 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "gguf")]
     pub to: To,
     /// ggml types to choose among (comma-separated; each tensor also may stay as stored).
-    #[arg(long, value_delimiter = ',', default_value = "q2_k,q3_k,q4_0,q4_1,iq4_nl,q4_k,q5_0,q5_1,q5_k,q6_k,q8_0,iq4_xs,f16")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "q2_k,q3_k,q4_0,q4_1,iq4_nl,q4_k,q5_0,q5_1,q5_k,q6_k,q8_0,iq4_xs,f16"
+    )]
     pub types: Vec<String>,
     /// Calibration text.
     #[arg(long)]
