@@ -419,6 +419,9 @@ fn proxy_check(tensors: &[TensorSensitivity]) -> Option<ProxyCheck> {
     })
 }
 
+/// How many times a bound is corrected by a measurement at most.
+const CORRECTIONS: usize = 3;
+
 /// The chosen mix: an allocation and what it was measured to do.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -426,8 +429,10 @@ pub struct Plan {
     pub allocation: Allocation,
     /// The whole mix measured on the probe text.
     pub measured: Divergence,
-    /// The first allocation's measurement when a correction replaced it.
-    pub corrected_from: Option<(Allocation, Divergence)>,
+    /// Every mix measured on the way (a bound's corrections), in order.
+    pub tries: Vec<(Allocation, Divergence)>,
+    /// The kept mix meets the target on the probe text (a size target always does).
+    pub meets: bool,
     /// Seconds of allocation and measurement.
     pub seconds: f64,
 }
@@ -518,36 +523,47 @@ pub fn plan(
             return Ok(Plan {
                 allocation: a,
                 measured,
-                corrected_from: None,
+                tries: Vec::new(),
+                meets: true,
                 seconds: t0.elapsed().as_secs_f64(),
             });
         }
         Target::MaxKld(k) => k,
         Target::MaxPplIncrease(p) => (1.0 + p / 100.0).ln(),
     };
-    let first = allocate::within_loss(&options, limit)?;
-    let d1 = measure_mix(&seq, g, s, &first, m, progress)?;
-    // Correct once: the predicted sum against the measurement.
-    let ratio = bound(&d1) / first.loss.max(f64::MIN_POSITIVE);
-    if first.loss <= 0.0 || !ratio.is_finite() || ratio <= 0.0 {
-        return Ok(Plan {
-            allocation: first,
-            measured: d1,
-            corrected_from: None,
-            seconds: t0.elapsed().as_secs_f64(),
-        });
+    // Allocate within the bound, measure the mix whole, and correct the bound on the
+    // prediction by measured ÷ bound until a mix meets it (at most CORRECTIONS times); the
+    // smallest mix measured within the bound is kept, else the one nearest to it.
+    let mut tries: Vec<(Allocation, Divergence)> = Vec::new();
+    let mut predicted_limit = limit;
+    for _ in 0..=CORRECTIONS {
+        let a = allocate::within_loss(&options, predicted_limit)?;
+        if tries.iter().any(|(b, _)| b.picks == a.picks) {
+            break;
+        }
+        let d = measure_mix(&seq, g, s, &a, m, progress)?;
+        let measured = bound(&d);
+        tries.push((a, d));
+        if measured <= limit || measured <= 0.0 {
+            break;
+        }
+        predicted_limit *= limit / measured;
     }
-    let second = allocate::within_loss(&options, limit / ratio)?;
-    let d2 = measure_mix(&seq, g, s, &second, m, progress)?;
-    let (allocation, measured, other) = if bound(&d2) <= limit || bound(&d1) > limit {
-        (second, d2, (first, d1))
-    } else {
-        (first, d1, (second, d2))
+    let within: Vec<usize> = (0..tries.len())
+        .filter(|&k| bound(&tries[k].1) <= limit)
+        .collect();
+    let best = match within.iter().min_by_key(|&&k| tries[k].0.bytes) {
+        Some(&k) => k,
+        None => (0..tries.len())
+            .min_by(|&x, &y| bound(&tries[x].1).total_cmp(&bound(&tries[y].1)))
+            .expect("one try at least"),
     };
+    let (allocation, measured) = tries[best].clone();
     Ok(Plan {
         allocation,
         measured,
-        corrected_from: Some(other),
+        meets: !within.is_empty(),
+        tries,
         seconds: t0.elapsed().as_secs_f64(),
     })
 }
@@ -626,12 +642,26 @@ pub fn write(
         "proxy_check",
         serde_json::to_value(&s.proxy).expect("serializable"),
     );
-    if let Some((a0, d0)) = &plan.corrected_from {
+    let tries: Vec<Value> = plan
+        .tries
+        .iter()
+        .map(|(a, d)| {
+            json!({"bits_per_weight": a.bytes as f64 * 8.0 / elements as f64,
+                   "predicted_kl": a.loss, "measured_kl": d.kl,
+                   "measured_ppl_increase_percent": d.nll_delta.exp_m1() * 100.0})
+        })
+        .collect();
+    r.set("tries", tries);
+    r.set("meets_target", plan.meets);
+    if !plan.meets {
         r.set(
-            "other_allocation",
-            json!({"bits_per_weight": a0.bytes as f64 * 8.0 / elements as f64,
-                   "predicted_kl": a0.loss, "measured_kl": d0.kl,
-                   "measured_ppl_increase_percent": d0.nll_delta.exp_m1() * 100.0}),
+            "warning",
+            format!(
+                "no mix measured within {} on the probe text after {} corrections; the nearest \
+                 is written",
+                target.describe(),
+                CORRECTIONS
+            ),
         );
     }
     r.notes.push(format!(

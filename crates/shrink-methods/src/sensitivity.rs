@@ -337,16 +337,9 @@ pub fn divergences(
         };
         Ok(())
     };
+    // A tied head's weight is the token table: `head.weight` names it.
     for (p, outs) in &live {
-        let table = if head.tied() {
-            replaced_table(*p)?
-        } else {
-            None
-        };
-        let w = match table {
-            Some(t) => Some(t),
-            None => head_weight(*p)?,
-        };
+        let w = head_weight(*p)?;
         sums(*p, outs, w.as_ref())?;
     }
     // Probes of the head alone.

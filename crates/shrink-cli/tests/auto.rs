@@ -1,0 +1,171 @@
+//! `shrink auto`: on the tiny Llama (exported to GGUF) a mix within a bits/weight budget whose
+//! written types are the plan's, the sensitivity cache reused by a second target, a KL bound,
+//! and the refusals (unreachable or conflicting targets, unknown types, an HF input) that write
+//! nothing.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use shrink_io::GgufFile;
+
+fn ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "shrink failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `shrink auto GGUF --calib ... EXTRA -o OUT --json` with the tiny-model calibration sizes.
+fn auto(gguf: &Path, calib: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "auto",
+        gguf.to_str().unwrap(),
+        "--calib",
+        calib.to_str().unwrap(),
+        "--calib-format",
+        "raw",
+        "--calib-samples",
+        "4",
+        "--calib-seqlen",
+        "48",
+        "--probe-samples",
+        "2",
+        "--probe-seqlen",
+        "32",
+        "-o",
+        out.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    shrink(&args)
+}
+
+#[test]
+fn a_mix_within_the_budget_the_cache_and_the_refusals() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = tiny_llama_with_tokenizer(tmp.path());
+    let gguf = tmp.path().join("tiny.gguf");
+    ok(&shrink(&[
+        "export",
+        hf.to_str().unwrap(),
+        "--to",
+        "gguf",
+        "--type",
+        "f32",
+        "-o",
+        gguf.to_str().unwrap(),
+    ]));
+    let calib = calib_text(tmp.path(), 3000);
+    let out_dir = tmp.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+
+    // A budget between the smallest mix (4.5-bit types: 64- and 160-wide rows hold no K block)
+    // and float16.
+    let out = out_dir.join("mix.gguf");
+    let o = auto(&gguf, &calib, &out, &["--target-bpw", "7"]);
+    ok(&o);
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let bpw = r["bits_per_weight"].as_f64().unwrap();
+    assert!(bpw <= 7.0 && bpw > 5.0, "{bpw}");
+    assert_eq!(r["sensitivity_reused"], false);
+    assert_eq!(r["file_type"], 1024);
+    let (pred, meas) = (
+        r["predicted_kl"].as_f64().unwrap(),
+        r["measured_kl"].as_f64().unwrap(),
+    );
+    assert!(
+        pred > 0.0 && meas > 0.0 && meas.is_finite(),
+        "{pred} {meas}"
+    );
+    assert!(r["loss_bound"].as_f64().unwrap() <= pred);
+    // The file holds the plan's types, and more than one of them.
+    let g = GgufFile::open(&out).unwrap();
+    let plan = r["plan"].as_array().unwrap();
+    assert_eq!(plan.len(), 2 * 7 + 1, "every linear and the tied table");
+    let mut kinds = std::collections::BTreeSet::new();
+    for row in plan {
+        let t = g.tensor(row["tensor"].as_str().unwrap()).unwrap();
+        assert_eq!(t.ty.name(), row["type"].as_str().unwrap(), "{row}");
+        assert_eq!(t.bytes, row["bytes"].as_u64().unwrap());
+        kinds.insert(t.ty.name());
+    }
+    assert!(kinds.len() > 1, "a mix: {kinds:?}");
+    let bytes: u64 = g.tensors.iter().map(|t| t.bytes).sum();
+    let n: u64 = g.tensors.iter().map(|t| t.elements()).sum();
+    assert!((bytes as f64 * 8.0 / n as f64 - bpw).abs() < 1e-9);
+
+    // Another target reuses the measured sensitivities; a tighter budget loses more.
+    let out2 = out_dir.join("mix2.gguf");
+    let o = auto(&gguf, &calib, &out2, &["--target-bpw", "5"]);
+    ok(&o);
+    let r2: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r2["sensitivity_reused"], true);
+    assert!(r2["bits_per_weight"].as_f64().unwrap() <= 5.0);
+    assert!(r2["predicted_kl"].as_f64().unwrap() > pred);
+
+    // A KL bound: the kept mix is measured within it, or the report says it is not.
+    let out3 = out_dir.join("kld.gguf");
+    let o = auto(
+        &gguf,
+        &calib,
+        &out3,
+        &["--max-kld", &format!("{}", meas / 2.0)],
+    );
+    ok(&o);
+    let r3: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r3["sensitivity_reused"], true);
+    let m3 = r3["measured_kl"].as_f64().unwrap();
+    assert!(
+        (m3 <= meas / 2.0 && r3["meets_target"] == true) || r3["warning"].is_string(),
+        "{r3}"
+    );
+    assert!(!r3["tries"].as_array().unwrap().is_empty());
+
+    // Refusals write nothing.
+    let listing = |d: &Path| {
+        let mut v: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = listing(&out_dir);
+    let bad = out_dir.join("bad.gguf");
+    let err = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    let o = auto(&gguf, &calib, &bad, &["--target-bpw", "3"]);
+    assert!(!o.status.success());
+    let e = err(&o);
+    assert!(
+        e.contains("--target-bpw 3") && e.contains("smallest is 4.") && e.contains("largest"),
+        "{e}"
+    );
+    let o = auto(
+        &gguf,
+        &calib,
+        &bad,
+        &["--target-bpw", "6", "--max-kld", "0.1"],
+    );
+    assert!(!o.status.success());
+    assert!(err(&o).contains("cannot be used with"), "{}", err(&o));
+    let o = auto(&gguf, &calib, &bad, &[]);
+    assert!(!o.status.success());
+    let o = auto(
+        &gguf,
+        &calib,
+        &bad,
+        &["--target-bpw", "6", "--types", "q4_0,q9_9"],
+    );
+    assert!(err(&o).contains("q9_9 is not a ggml type"), "{}", err(&o));
+    let o = auto(&gguf, &calib, &bad, &["--max-ppl-increase", "0"]);
+    assert!(err(&o).contains("out of range"), "{}", err(&o));
+    let o = auto(&hf, &calib, &bad, &["--target-bpw", "6"]);
+    assert!(err(&o).contains("takes a GGUF input"), "{}", err(&o));
+    let o = auto(&gguf, &calib, &out, &["--target-bpw", "6"]);
+    assert!(err(&o).contains("exists"), "{}", err(&o));
+    assert_eq!(listing(&out_dir), before);
+}
