@@ -29,6 +29,13 @@ for t in f16 q8_0 q4_0 q4_k_m; do
   "$venv/bin/python" scripts/check-gguf.py "$tmp/$t.gguf"
 done
 echo "gguf-py check: all exports pass"
+# shrink auto on SmolLM2 (a small probe set and four types, to keep CI short): the per-tensor
+# mix passes the same llama.cpp loader checks, within its budget.
+"$bin" auto "$src" --calib assets/lee_background.cor --calib-samples 8 --calib-seqlen 128 \
+  --probe-samples 2 --probe-seqlen 64 --types q3_k,q4_0,q5_0,q8_0 --target-bpw 5 \
+  -o "$tmp/auto.gguf" --json >"$tmp/auto.json"
+"$venv/bin/python" scripts/check-gguf.py "$tmp/auto.gguf"
+"$venv/bin/python" -c 'import json,sys; r=json.load(open(sys.argv[1])); assert r["bits_per_weight"] <= 5.0 and r["file_type"] == 1024, r["bits_per_weight"]' "$tmp/auto.json"
 # Every architecture shrink maps to GGUF (llama, mistral, qwen2, gpt2, gpt_neox fixtures): the
 # loader's keys and tensor set, and each tensor equal to the converter's transforms in numpy.
 scripts/check-gguf-archs.sh "$venv/bin/python"

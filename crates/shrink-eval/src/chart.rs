@@ -75,6 +75,9 @@ pub enum XAxis {
     BitsPerWeight,
     /// Fraction of exact zeros of the weights (drawn as density, labelled as sparsity).
     Sparsity,
+    /// Bits per weight of the whole model: every tensor's bytes over every weight (column
+    /// `model_bits_per_weight`), embedding and head included.
+    ModelBitsPerWeight,
 }
 
 impl XAxis {
@@ -83,6 +86,7 @@ impl XAxis {
         match self {
             XAxis::BitsPerWeight => "bits_per_weight",
             XAxis::Sparsity => "sparsity",
+            XAxis::ModelBitsPerWeight => "model_bits_per_weight",
         }
     }
 
@@ -91,6 +95,7 @@ impl XAxis {
         match s {
             "bits" | "bits_per_weight" | "bpw" => Some(XAxis::BitsPerWeight),
             "sparsity" => Some(XAxis::Sparsity),
+            "model-bits" | "model_bits_per_weight" => Some(XAxis::ModelBitsPerWeight),
             _ => None,
         }
     }
@@ -98,7 +103,7 @@ impl XAxis {
     /// The value shown for a point's x (`bits_per_weight`, or the sparsity from the density).
     pub fn shown(self, x: f64) -> f64 {
         match self {
-            XAxis::BitsPerWeight => x,
+            XAxis::BitsPerWeight | XAxis::ModelBitsPerWeight => x,
             XAxis::Sparsity => 1.0 - x,
         }
     }
@@ -106,7 +111,7 @@ impl XAxis {
     /// Candidate ticks with their tiers.
     fn candidates(self) -> Vec<(u8, f64)> {
         match self {
-            XAxis::BitsPerWeight => x_candidates(),
+            XAxis::BitsPerWeight | XAxis::ModelBitsPerWeight => x_candidates(),
             XAxis::Sparsity => SPARSITY_TICKS
                 .iter()
                 .map(|&(t, s)| (t, 1.0 - s / 100.0))
@@ -117,7 +122,7 @@ impl XAxis {
     /// A tick's text.
     fn tick(self, v: f64) -> String {
         match self {
-            XAxis::BitsPerWeight => tick_label(v),
+            XAxis::BitsPerWeight | XAxis::ModelBitsPerWeight => tick_label(v),
             XAxis::Sparsity => format!(
                 "{} %",
                 tick_label((100.0 * (1.0 - v) * 10.0).round() / 10.0)
@@ -131,6 +136,9 @@ impl XAxis {
             XAxis::BitsPerWeight => {
                 "bits/weight of the quantized tensors, scales and zeros included (log scale)"
             }
+            XAxis::ModelBitsPerWeight => {
+                "bits/weight of the whole model: every tensor's bytes over every weight (log scale)"
+            }
             XAxis::Sparsity => {
                 "sparsity: share of weights that are zero (log scale of 1 − sparsity)"
             }
@@ -140,7 +148,9 @@ impl XAxis {
     /// The range the points span, padded, as the log axis takes it.
     fn range(self, lo: f64, hi: f64) -> (f64, f64) {
         match self {
-            XAxis::BitsPerWeight => ((lo / 1.15).min(2.0), (hi * 1.2).max(36.0)),
+            XAxis::BitsPerWeight | XAxis::ModelBitsPerWeight => {
+                ((lo / 1.15).min(2.0), (hi * 1.2).max(36.0))
+            }
             XAxis::Sparsity => ((lo / 1.15).min(0.45), (hi * 1.1).max(1.05)),
         }
     }
@@ -839,7 +849,7 @@ fn legend(
         y += 30;
     }
     let note = match axis {
-        XAxis::BitsPerWeight => {
+        XAxis::BitsPerWeight | XAxis::ModelBitsPerWeight => {
             "Labelled: every shrink point; for each peer, its Pareto front \
              (no lower perplexity at the same or fewer bits/weight)."
         }

@@ -147,7 +147,7 @@ fn row(
     }
     // With a sparsity axis the point's x is its density (see `XAxis`).
     let bits_per_weight = match axis {
-        XAxis::BitsPerWeight => positive(2)?,
+        XAxis::BitsPerWeight | XAxis::ModelBitsPerWeight => positive(2)?,
         XAxis::Sparsity => {
             let s = get(2)?;
             match s.parse::<f64>() {
@@ -267,7 +267,7 @@ pub fn draw(req: &ChartRequest) -> Result<DrawnChart> {
     shrink_io::refuse_inputs(&req.output, &[&req.data])?;
     let points = points_at(read_rows_for(&req.data, req.x)?, req.windows, &req.data)?;
     let against = match req.x {
-        XAxis::BitsPerWeight => "bits/weight",
+        XAxis::BitsPerWeight | XAxis::ModelBitsPerWeight => "bits/weight",
         XAxis::Sparsity => "sparsity",
     };
     let title = req.title.clone().unwrap_or_else(|| {

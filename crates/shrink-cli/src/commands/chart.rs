@@ -43,9 +43,10 @@ pub struct Args {
     /// Image height in pixels.
     #[arg(long, default_value_t = chart::SIZE.1)]
     pub height: u32,
-    /// The horizontal axis: `bits` (bits/weight, column bits_per_weight) or `sparsity` (column
-    /// sparsity, the fraction of zero weights in [0, 1)).
-    #[arg(long, default_value = "bits", value_parser = ["bits", "sparsity"])]
+    /// The horizontal axis: `bits` (bits/weight of the quantized tensors, column
+    /// bits_per_weight), `model-bits` (of the whole model, column model_bits_per_weight) or
+    /// `sparsity` (column sparsity, the fraction of zero weights in [0, 1)).
+    #[arg(long, default_value = "bits", value_parser = ["bits", "model-bits", "sparsity"])]
     pub x: String,
     /// Print one JSON object instead of text.
     #[arg(long)]
