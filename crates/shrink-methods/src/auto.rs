@@ -148,6 +148,9 @@ pub struct Sensitivity {
     pub tensors: Vec<TensorSensitivity>,
     /// The proxy's check against the second probes.
     pub proxy: Option<ProxyCheck>,
+    /// The LM head's importance vector ([`head_importance`]) the costs were weighed with.
+    #[serde(default)]
+    pub head_importance: Option<(String, Vec<f32>)>,
 }
 
 impl Sensitivity {
@@ -296,7 +299,17 @@ pub fn measure(
                 .filter(|o| bpw(o) >= 4.0)
                 .min_by_key(|o| o.bytes);
             let least = quantized.iter().min_by_key(|o| o.bytes);
-            for o in four.into_iter().chain(least.filter(|o| bpw(o) < 4.0)) {
+            // The token table and the head feed every position's logits directly: each of
+            // their options is measured (a pass of the head each), not predicted.
+            let top = [head.table, head.weight]
+                .iter()
+                .any(|hf| to_hf.get(&c.name).is_some_and(|h| h == hf));
+            let chosen: Vec<&&TensorOption> = if top {
+                quantized.iter().collect()
+            } else {
+                four.into_iter().chain(least.filter(|o| bpw(o) < 4.0)).collect()
+            };
+            for o in chosen {
                 probes.push((i, GgmlType::from_name(&o.ty).expect("a ggml type")));
             }
         }
@@ -344,7 +357,47 @@ pub fn measure(
         seconds: t0.elapsed().as_secs_f64(),
         proxy: proxy_check(&tensors),
         tensors,
+        head_importance: None,
     })
+}
+
+/// The LM head's importance vector — the mean square of each column of its input (the final
+/// norm's output) over `samples` — under the GGUF name of the head's weight (the token table's
+/// when they are tied). The head is a product like any linear and importance-weighted rounding
+/// protects the columns its inputs use; llama-imatrix collects no entry for it.
+pub fn head_importance(
+    ckpt: &Checkpoint,
+    samples: &[Vec<u32>],
+    progress: &dyn Progress,
+) -> Result<Option<(String, Vec<f32>)>> {
+    let cd = |e: candle_core::Error| MethodError::Model(e.into());
+    let seq = Sequential::new(ckpt)?;
+    let head = seq.head()?;
+    let Some(name) = seq.stack().gguf_name(head.weight) else {
+        return Ok(None);
+    };
+    progress.start("head importance", seq.num_layers() as u64);
+    let mut xs = seq.embed(samples)?;
+    for l in 0..seq.num_layers() {
+        let b = seq.layer(l)?;
+        xs = seq.run(b.as_ref(), &xs, None)?;
+        progress.inc(1);
+    }
+    progress.finish();
+    let (mut sum, mut n) = (Vec::<f64>::new(), 0usize);
+    for x in &xs {
+        let xn = head.normed(x)?;
+        let rows = xn.to_vec2::<f32>().map_err(cd)?;
+        for r in rows {
+            sum.resize(r.len(), 0.0);
+            sum.iter_mut()
+                .zip(&r)
+                .for_each(|(s, &v)| *s += f64::from(v) * f64::from(v));
+            n += 1;
+        }
+    }
+    let v = sum.iter().map(|s| (s / n.max(1) as f64) as f32).collect();
+    Ok(Some((name, v)))
 }
 
 /// Each option's predicted KL from the tensor's probes: `gain · error`, the gain (measured

@@ -127,13 +127,18 @@ impl Head {
         self.table == self.weight
     }
 
+    /// The final norm of a last block's output `x` [t, hidden]: the LM head's input.
+    pub fn normed(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match &self.norm {
+            HeadNorm::Rms(w, eps) => candle_nn::ops::rms_norm(x, w, *eps)?,
+            HeadNorm::Layer((w, b), eps) => candle_nn::ops::layer_norm(x, w, b, *eps)?,
+        })
+    }
+
     /// Logits [t, vocab] of a last block's output `x` [t, hidden], with `lm_head` in place of
     /// the stored head weight when given.
     pub fn logits(&self, x: &Tensor, lm_head: Option<&Tensor>) -> Result<Tensor> {
-        let xn = match &self.norm {
-            HeadNorm::Rms(w, eps) => candle_nn::ops::rms_norm(x, w, *eps)?,
-            HeadNorm::Layer((w, b), eps) => candle_nn::ops::layer_norm(x, w, b, *eps)?,
-        };
+        let xn = self.normed(x)?;
         let w = lm_head.unwrap_or(&self.lm_head);
         Ok(xn.matmul(&w.t()?)?)
     }

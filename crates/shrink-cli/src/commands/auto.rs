@@ -162,7 +162,7 @@ pub fn run(a: Args) -> Result<()> {
     );
     let identity = shrink_methods::resume::identity(
         &a.model,
-        "auto-sensitivity-v1",
+        "auto-sensitivity-v2",
         &settings,
         &samples,
         serde_json::Value::Null,
@@ -202,19 +202,38 @@ pub fn run(a: Args) -> Result<()> {
             }
         }
     };
+    // The head's importance joins the matrix (measured with the sensitivities, cached with
+    // them), so costs, probes and the written file weigh the head's rounding alike.
+    let mut im = im;
+    let (sens, reused) = match Sensitivity::load(&cache, &identity)? {
+        Some(s) => {
+            if let Some((n, v)) = &s.head_importance {
+                im.entries.insert(n.clone(), v.clone());
+            }
+            (s, true)
+        }
+        None => {
+            let hi = auto::head_importance(&ckpt, &samples, &common::Bar::default())?;
+            if let Some((n, v)) = &hi {
+                im.entries.insert(n.clone(), v.clone());
+            }
+            let m = Measure {
+                types: &types,
+                imatrix: Some(&im),
+                samples: &samples,
+                identity: identity.clone(),
+            };
+            let mut s = auto::measure(g, &ckpt, &m, &common::Bar::default())?;
+            s.head_importance = hi;
+            s.save(&cache)?;
+            (s, false)
+        }
+    };
     let m = Measure {
         types: &types,
         imatrix: Some(&im),
         samples: &samples,
         identity: identity.clone(),
-    };
-    let (sens, reused) = match Sensitivity::load(&cache, &identity)? {
-        Some(s) => (s, true),
-        None => {
-            let s = auto::measure(g, &ckpt, &m, &common::Bar::default())?;
-            s.save(&cache)?;
-            (s, false)
-        }
     };
     let plan = auto::plan(g, &ckpt, &sens, target, &m, &common::Bar::default())?;
     let mut r = auto::write(
