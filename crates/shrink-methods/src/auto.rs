@@ -307,7 +307,9 @@ pub fn measure(
             let chosen: Vec<&&TensorOption> = if top {
                 quantized.iter().collect()
             } else {
-                four.into_iter().chain(least.filter(|o| bpw(o) < 4.0)).collect()
+                four.into_iter()
+                    .chain(least.filter(|o| bpw(o) < 4.0))
+                    .collect()
             };
             for o in chosen {
                 probes.push((i, GgmlType::from_name(&o.ty).expect("a ggml type")));

@@ -164,61 +164,139 @@ fn cd<T>(r: candle_core::Result<T>) -> Result<T> {
     r.map_err(|e| MethodError::Model(e.into()))
 }
 
-/// Per position of `logits` ([t, vocab]), its log-softmax.
-fn log_softmax(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
-    let rows = cd(logits
+/// The rows of `logits` ([t, vocab]) as float32 vectors.
+fn rows(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
+    cd(logits
         .to_dtype(candle_core::DType::F32)
-        .and_then(|l| l.to_vec2::<f32>()))?;
-    Ok(rows
-        .into_par_iter()
-        .map(|mut r| {
-            let m = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let s: f64 = r.iter().map(|&v| f64::from(v - m).exp()).sum();
-            let lse = m + s.ln() as f32;
-            r.iter_mut().for_each(|v| *v -= lse);
-            r
-        })
-        .collect())
+        .and_then(|l| l.to_vec2::<f32>()))
 }
 
-/// The base model's log-probabilities on each sample, and what a probe is measured against.
+/// `log Σ_v e^(row_v)`, overwriting `row` with `e^(row_v − max)` (the vectorised exp of the
+/// attention kernels).
+fn log_sum_exp(row: &mut [f32]) -> f64 {
+    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let s = shrink_models::kernels::exp_scaled_sum(row, 1.0, m);
+    f64::from(m) + f64::from(s).ln()
+}
+
+/// One position of the base model: its next-token distribution and what a comparison needs.
+struct BasePosition {
+    /// p over the vocabulary.
+    p: Vec<f32>,
+    /// Σ_v p_v log p_v.
+    neg_entropy: f64,
+    /// log p of the next token (none at a sample's last position).
+    next: Option<(usize, f64)>,
+}
+
+/// The base model's distribution at every position of every sample. `KL(p ‖ q) = Σ p log p −
+/// Σ p log q` with `log q_v = z_v − logsumexp(z)`: a probe's logits `z` need one dot product
+/// and one exp per entry, and `log q` is never stored.
 struct Base {
-    /// Per sample, per position, log p.
-    logp: Vec<Vec<Vec<f32>>>,
+    positions: Vec<Vec<BasePosition>>,
 }
 
 impl Base {
+    /// The base of the logits of each of `samples`.
+    fn new(samples: &[Vec<u32>], logits: impl Iterator<Item = Result<Tensor>>) -> Result<Base> {
+        let positions = logits
+            .zip(samples)
+            .map(|(l, ids)| {
+                Ok(rows(&l?)?
+                    .into_par_iter()
+                    .enumerate()
+                    .map(|(i, z)| {
+                        let y = ids.get(i + 1).map(|&y| y as usize);
+                        let mut p = z.clone();
+                        let lse = log_sum_exp(&mut p);
+                        let sum: f64 = p.iter().map(|&v| f64::from(v)).sum();
+                        p.iter_mut().for_each(|v| *v = (f64::from(*v) / sum) as f32);
+                        let neg_entropy = p
+                            .iter()
+                            .zip(&z)
+                            .map(|(&pv, &zv)| f64::from(pv) * (f64::from(zv) - lse))
+                            .sum();
+                        let next = y.map(|y| (y, f64::from(z[y]) - lse));
+                        BasePosition {
+                            p,
+                            neg_entropy,
+                            next,
+                        }
+                    })
+                    .collect())
+            })
+            .collect::<Result<_>>()?;
+        Ok(Base { positions })
+    }
+
     /// Sum over `sample`'s positions of KL(p ‖ q), and of the next token's −log q + log p.
-    fn compare(&self, sample: usize, ids: &[u32], logits: &Tensor) -> Result<(f64, f64)> {
-        let q = log_softmax(logits)?;
-        let p = &self.logp[sample];
-        let kl: f64 = p
-            .par_iter()
-            .zip(&q)
-            .map(|(lp, lq)| {
-                lp.iter()
-                    .zip(lq)
-                    .map(|(&a, &b)| f64::from(a).exp() * f64::from(a - b))
-                    .sum::<f64>()
+    fn compare(&self, sample: usize, logits: &Tensor) -> Result<(f64, f64)> {
+        let base = &self.positions[sample];
+        let (kl, nll) = rows(logits)?
+            .into_par_iter()
+            .enumerate()
+            .map(|(i, mut z)| {
+                let b = &base[i];
+                let (mut pz, mut psum) = (0f64, 0f64);
+                for (&pv, &zv) in b.p.iter().zip(&z) {
+                    pz += f64::from(pv) * f64::from(zv);
+                    psum += f64::from(pv);
+                }
+                let next = b.next.map(|(y, lp)| (lp, z[y]));
+                let lse = log_sum_exp(&mut z);
+                let kl = b.neg_entropy - (pz - lse * psum);
+                let nll = next.map_or(0.0, |(lp, zy)| lp - (f64::from(zy) - lse));
+                (kl, nll)
             })
-            .sum();
-        let nll: f64 = (0..ids.len().saturating_sub(1))
-            .map(|i| {
-                let y = ids[i + 1] as usize;
-                f64::from(p[i][y] - q[i][y])
-            })
-            .sum();
+            .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
         Ok((kl, nll))
     }
 }
 
+/// Activation bytes the started probes of one pass over the blocks may hold: more probes take
+/// more passes.
+pub const PASS_BYTES: usize = 1 << 30;
+
 /// For each probe (the HF names of the weights it replaces), the [`Divergence`] of the model
-/// with those weights replaced by `replace` from the model as stored, on `samples`. All probes
-/// go in one pass over the blocks, each block loaded once: a probe's activations are carried
+/// with those weights replaced by `replace` from the model as stored, on `samples`. Probes go
+/// in passes over the blocks, each block loaded once a pass: a probe's activations are carried
 /// from the first block it changes (from the embedding when it replaces the token table), so
-/// memory is one block plus each started probe's activations. A replaced token table that the
-/// LM head shares is replaced in the head too.
+/// memory is one block plus the started probes' activations, at most [`PASS_BYTES`] (as many
+/// passes as that takes). A replaced token table that the LM head shares is replaced in the
+/// head too.
 pub fn divergences(
+    seq: &Sequential,
+    samples: &[Vec<u32>],
+    probes: &[Vec<String>],
+    replace: &Replace,
+    progress: &dyn Progress,
+) -> Result<Vec<Divergence>> {
+    divergences_within(seq, samples, probes, replace, PASS_BYTES, progress)
+}
+
+/// [`divergences`] with at most `pass_bytes` of probe activations a pass.
+pub fn divergences_within(
+    seq: &Sequential,
+    samples: &[Vec<u32>],
+    probes: &[Vec<String>],
+    replace: &Replace,
+    pass_bytes: usize,
+    progress: &dyn Progress,
+) -> Result<Vec<Divergence>> {
+    let tokens: usize = samples.iter().map(Vec::len).sum();
+    // A block's inputs and outputs, float32.
+    let per_probe = (2 * tokens * seq.width() * 4).max(1);
+    let n = (pass_bytes / per_probe).max(1);
+    let mut out = Vec::with_capacity(probes.len());
+    for (k, chunk) in probes.chunks(n).enumerate() {
+        let r = |p: usize, name: &str, w: &Tensor| replace(k * n + p, name, w);
+        out.extend(pass(seq, samples, chunk, &r, progress)?);
+    }
+    Ok(out)
+}
+
+/// [`divergences`] of `probes` in one pass.
+fn pass(
     seq: &Sequential,
     samples: &[Vec<u32>],
     probes: &[Vec<String>],
@@ -315,19 +393,17 @@ pub fn divergences(
         progress.inc(1);
     }
     // The base distribution, then each probe's against it.
-    let base = Base {
-        logp: xs
-            .iter()
-            .map(|x| log_softmax(&head.logits(x, None)?))
-            .collect::<Result<_>>()?,
-    };
+    let base = Base::new(
+        samples,
+        xs.iter().map(|x| head.logits(x, None).map_err(Into::into)),
+    )?;
     let positions: usize = samples.iter().map(Vec::len).sum();
     let scored: usize = samples.iter().map(|s| s.len().saturating_sub(1)).sum();
     let mut out = vec![Divergence::default(); probes.len()];
     let mut sums = |p: usize, outs: &[Tensor], w: Option<&Tensor>| -> Result<()> {
         let (mut kl, mut nll) = (0f64, 0f64);
         for (i, x) in outs.iter().enumerate() {
-            let (k, n) = base.compare(i, &samples[i], &head.logits(x, w)?)?;
+            let (k, n) = base.compare(i, &head.logits(x, w)?)?;
             kl += k;
             nll += n;
         }

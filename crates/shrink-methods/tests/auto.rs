@@ -12,7 +12,7 @@ use shrink_io::Checkpoint;
 use shrink_methods::ggml_mix::TensorChoice;
 use shrink_methods::ggml_quantize::{write_mix, MixWrite};
 use shrink_methods::pipeline::Silent;
-use shrink_methods::sensitivity::{divergences, stored_as};
+use shrink_methods::sensitivity::{divergences, divergences_within, stored_as};
 use shrink_models::layerwise::Sequential;
 use shrink_models::Model;
 
@@ -85,9 +85,12 @@ fn probe_divergences_equal_the_written_models() {
         stored_as(name, ty, w, None)
     };
     let measured = divergences(&seq, &samples, &probes, &replace, &Silent).unwrap();
-    // One probe alone gives what it gave beside the others.
+    // One probe alone gives what it gave beside the others, and so does each probe in a pass
+    // of its own (the memory bound's passes).
     let alone = divergences(&seq, &samples, &probes[1..2], &replace, &Silent).unwrap();
     assert_eq!(alone[0], measured[1]);
+    let one_each = divergences_within(&seq, &samples, &probes, &replace, 1, &Silent).unwrap();
+    assert_eq!(one_each, measured);
 
     let base = Model::load(&ckpt).unwrap();
     let base_lp: Vec<Vec<Vec<f64>>> = samples

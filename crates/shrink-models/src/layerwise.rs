@@ -256,6 +256,11 @@ impl<'a> Sequential<'a> {
         self.stack.num_layers()
     }
 
+    /// Width of the activations between blocks.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
     /// The block's linears in forward order.
     pub fn linears(&self) -> &'static [LinearSlot] {
         self.stack.linears()
