@@ -66,8 +66,15 @@ fn a_mix_within_the_budget_the_cache_and_the_refusals() {
     // A budget between the smallest mix (4.5-bit types: 64- and 160-wide rows hold no K block)
     // and float16.
     let out = out_dir.join("mix.gguf");
-    let o = auto(&gguf, &calib, &out, &["--target-bpw", "7"]);
+    let png = out_dir.join("plan.png");
+    let o = auto(
+        &gguf,
+        &calib,
+        &out,
+        &["--target-bpw", "7", "--plan-png", png.to_str().unwrap()],
+    );
     ok(&o);
+    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let bpw = r["bits_per_weight"].as_f64().unwrap();
     assert!(bpw <= 7.0 && bpw > 5.0, "{bpw}");

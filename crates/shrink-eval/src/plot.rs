@@ -186,3 +186,100 @@ pub fn curves_png(
     finish(&mut chart, &root, labels).map_err(err)?;
     Ok(labels)
 }
+
+/// One cell of [`grid_png`]: its row and column, the value that colours it and its text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GridCell {
+    /// Row index (into the row labels).
+    pub row: usize,
+    /// Column index.
+    pub col: usize,
+    /// The value that picks the colour (within the chart's range).
+    pub value: f64,
+    /// Text drawn in the cell.
+    pub text: String,
+}
+
+/// The colour of `v` on a red (low) – yellow – green (high) scale over `lo..hi`.
+fn ramp(v: f64, lo: f64, hi: f64) -> RGBColor {
+    let t = ((v - lo) / (hi - lo).max(f64::MIN_POSITIVE)).clamp(0.0, 1.0);
+    let (r, g) = if t < 0.5 {
+        (230.0, 60.0 + 2.0 * t * 170.0)
+    } else {
+        (230.0 - 2.0 * (t - 0.5) * 180.0, 230.0)
+    };
+    RGBColor(r as u8, g as u8, 70)
+}
+
+/// A grid of labelled cells coloured by their value on a red–green scale over `range` (e.g.
+/// each tensor of a model by block and kind, coloured by bits/weight), with the scale beside it.
+/// Returns whether labels could be drawn (a font was found).
+pub fn grid_png(
+    path: &Path,
+    title: &str,
+    row_labels: &[String],
+    cols: usize,
+    cells: &[GridCell],
+    range: (f64, f64),
+    unit: &str,
+) -> Result<bool> {
+    let err = |e: String| EvalError::Input(format!("{}: cannot draw: {e}", path.display()));
+    if cols == 0 || row_labels.is_empty() {
+        return Err(err("an empty grid".into()));
+    }
+    let labels = fonts();
+    let (cw, ch, left, top) = (44i32, 34i32, 130i32, 60i32);
+    let width = (left + cw * cols as i32 + 140) as u32;
+    let height = (top + ch * row_labels.len() as i32 + 60) as u32;
+    let root = BitMapBackend::new(path, (width, height)).into_drawing_area();
+    let de = |e: DrawingAreaErrorKind<_>| err(e.to_string());
+    root.fill(&WHITE).map_err(de)?;
+    let font = |size: i32| ("sans-serif", size).into_font().color(&BLACK);
+    if labels {
+        root.draw_text(title, &font(18), (left, 15)).map_err(de)?;
+        for (r, name) in row_labels.iter().enumerate() {
+            let y = top + r as i32 * ch + ch / 2 - 6;
+            root.draw_text(name, &font(13), (8, y)).map_err(de)?;
+        }
+        for c in (0..cols).step_by(if cols > 40 { 5 } else { 1 }) {
+            let x = left + c as i32 * cw + cw / 2 - 6;
+            let y = top + row_labels.len() as i32 * ch + 6;
+            root.draw_text(&c.to_string(), &font(12), (x, y))
+                .map_err(de)?;
+        }
+    }
+    for cell in cells {
+        let (x, y) = (left + cell.col as i32 * cw, top + cell.row as i32 * ch);
+        let fill = ramp(cell.value, range.0, range.1);
+        root.draw(&Rectangle::new(
+            [(x, y), (x + cw - 2, y + ch - 2)],
+            fill.filled(),
+        ))
+        .map_err(de)?;
+        if labels {
+            root.draw_text(&cell.text, &font(10), (x + 3, y + ch / 2 - 5))
+                .map_err(de)?;
+        }
+    }
+    // The scale.
+    let sx = left + cw * cols as i32 + 30;
+    for k in 0..=10 {
+        let v = range.0 + (range.1 - range.0) * (10 - k) as f64 / 10.0;
+        let y = top + k * 16;
+        root.draw(&Rectangle::new(
+            [(sx, y), (sx + 20, y + 15)],
+            ramp(v, range.0, range.1).filled(),
+        ))
+        .map_err(de)?;
+        if labels && k % 2 == 0 {
+            root.draw_text(&format!("{v:.1}"), &font(12), (sx + 26, y + 1))
+                .map_err(de)?;
+        }
+    }
+    if labels {
+        root.draw_text(unit, &font(12), (sx - 10, top - 20))
+            .map_err(de)?;
+    }
+    root.present().map_err(|e| err(e.to_string()))?;
+    Ok(labels)
+}

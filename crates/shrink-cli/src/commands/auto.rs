@@ -82,9 +82,62 @@ pub struct Args {
     /// otherwise [default: MODELSTEM.HASH.sensitivity.json beside the output].
     #[arg(long)]
     pub sensitivity: Option<PathBuf>,
+    /// Also draw the plan as a PNG: every tensor by block and kind, coloured by its
+    /// bits/weight and named by its type.
+    #[arg(long)]
+    pub plan_png: Option<PathBuf>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Draw the report's `plan` to `path` (under a temporary name, then renamed).
+fn draw_plan(r: &shrink_methods::report::Report, path: &std::path::Path) -> Result<()> {
+    use shrink_eval::plot::{grid_png, GridCell};
+    let plan = r
+        .extra
+        .get("plan")
+        .and_then(|v| v.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let mut rows: Vec<String> = Vec::new();
+    let mut cells = Vec::new();
+    let mut cols = 1;
+    for row in &plan {
+        let name = row["tensor"].as_str().unwrap_or_default();
+        let ty = row["type"].as_str().unwrap_or_default();
+        let bits = row["bits_per_weight"].as_f64().unwrap_or(0.0);
+        let (kind, col) = match name.strip_prefix("blk.").and_then(|t| t.split_once('.')) {
+            Some((n, kind)) => (kind.trim_end_matches(".weight"), n.parse().unwrap_or(0)),
+            None => (name.trim_end_matches(".weight"), 0),
+        };
+        let r = match rows.iter().position(|k| k == kind) {
+            Some(i) => i,
+            None => {
+                rows.push(kind.to_string());
+                rows.len() - 1
+            }
+        };
+        cols = cols.max(col + 1);
+        cells.push(GridCell {
+            row: r,
+            col,
+            value: bits,
+            text: ty.replace("_", ""),
+        });
+    }
+    let tmp = path.with_extension("tmp.png");
+    let title = format!(
+        "shrink auto plan for {}: {:.3} bits/weight whole model (block number below)",
+        r.extra.get("target").and_then(|v| v.as_str()).unwrap_or(""),
+        r.extra
+            .get("bits_per_weight")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(0.0)
+    );
+    grid_png(&tmp, &title, &rows, cols, &cells, (2.5, 8.5), "bits/weight")?;
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(())
 }
 
 fn target(a: &Args) -> Result<Target> {
@@ -106,8 +159,10 @@ fn target(a: &Args) -> Result<Target> {
 pub fn run(a: Args) -> Result<()> {
     let t0 = Instant::now();
     let target = target(&a)?;
-    if a.output.exists() {
-        bail!("{}: exists; choose a new output file", a.output.display());
+    for p in std::iter::once(&a.output).chain(&a.plan_png) {
+        if p.exists() {
+            bail!("{}: exists; choose a new output file", p.display());
+        }
     }
     let types: Vec<GgmlType> = a
         .types
@@ -255,6 +310,11 @@ pub fn run(a: Args) -> Result<()> {
         if reused { "reused" } else { "measured now" },
         sens.seconds
     ));
+    if let Some(p) = &a.plan_png {
+        draw_plan(&r, p)?;
+        r.notes.push(format!("plan chart     {}", p.display()));
+        r.set("plan_png", p.display().to_string());
+    }
     r.seconds = t0.elapsed().as_secs_f64();
     r.peak_rss_bytes = common::peak_rss();
     common::print_report(&r, a.json)
