@@ -7,7 +7,8 @@
 //!    so ([`crate::sensitivity::ggml_costs`]); then, for each tensor alone, the model's
 //!    next-token KL divergence from the stored model when that tensor — only it — is stored
 //!    at a probe type (the smallest of at least 4 bits/weight; and, where smaller types fit,
-//!    the smallest too), all probes in one pass over the blocks
+//!    the smallest too; every type for the token table and the LM head, with the head's own
+//!    importance vector, [`head_importance`]), the probes in passes over the blocks
 //!    ([`crate::sensitivity::divergences`]). Each tensor's measured `KL / E` is its gain; a
 //!    type's predicted cost is `gain · E` (the gain interpolated in log `E` between the two
 //!    probes where there are two). The result is cached as JSON, so a new target does not
@@ -16,8 +17,9 @@
 //!    stored, at no cost — under the byte budget or the bound, by Lagrangian relaxation, the
 //!    gap to the optimum stated.
 //! 3. **Interactions**: the chosen mix is run whole and its divergence measured; for a bound,
-//!    the bound is corrected once by measured ÷ predicted and the allocation redone, and the
-//!    corrected mix is kept only when its measurement meets the bound.
+//!    the bound on the prediction is scaled by bound ÷ measured and the allocation redone (up
+//!    to three times, until a mix measures within the bound); the smallest mix measured within
+//!    it is kept.
 //! 4. The GGUF is written by [`crate::ggml_quantize::write_mix`] (`general.file_type` 1024,
 //!    llama.cpp's "guessed"), and the plan — what each tensor got and why — goes in the report.
 
@@ -244,6 +246,20 @@ pub struct Measure<'a> {
     pub identity: Value,
 }
 
+/// Every weight a probe can replace (the token table, the head, each block's linears) as
+/// (HF name, GGUF name).
+fn probe_names(seq: &Sequential) -> Result<Vec<(String, String)>> {
+    let head = seq.head()?;
+    let mut hf = vec![head.table.to_string(), head.weight.to_string()];
+    for l in 0..seq.num_layers() {
+        hf.extend(seq.linears().iter().map(|s| seq.weight_name(l, s.name)));
+    }
+    Ok(hf
+        .into_iter()
+        .filter_map(|h| seq.stack().gguf_name(&h).map(|g| (h, g)))
+        .collect())
+}
+
 /// Measure the sensitivity of every tensor of `g` (opened as `ckpt` too) as the module says.
 pub fn measure(
     g: &GgufFile,
@@ -255,13 +271,9 @@ pub fn measure(
     let seq = Sequential::new(ckpt)?;
     // GGUF name → HF name of every weight a probe can replace.
     let head = seq.head()?;
-    let mut hf_names = vec![head.table.to_string(), head.weight.to_string()];
-    for l in 0..seq.num_layers() {
-        hf_names.extend(seq.linears().iter().map(|s| seq.weight_name(l, s.name)));
-    }
-    let to_hf: HashMap<String, String> = hf_names
+    let to_hf: HashMap<String, String> = probe_names(&seq)?
         .into_iter()
-        .filter_map(|hf| seq.stack().gguf_name(&hf).map(|g| (g, hf)))
+        .map(|(h, g)| (g, h))
         .collect();
 
     let costs = ggml_costs(g, m.types, m.imatrix)?;
@@ -495,23 +507,12 @@ pub struct Plan {
 /// The mix's divergence measured whole.
 fn measure_mix(
     seq: &Sequential,
-    g: &GgufFile,
     s: &Sensitivity,
     a: &Allocation,
     m: &Measure,
     progress: &dyn Progress,
 ) -> Result<Divergence> {
-    let head = seq.head()?;
-    let mut to_gguf: HashMap<String, String> = HashMap::new();
-    let mut hf_names = vec![head.table.to_string(), head.weight.to_string()];
-    for l in 0..seq.num_layers() {
-        hf_names.extend(seq.linears().iter().map(|sl| seq.weight_name(l, sl.name)));
-    }
-    for hf in hf_names {
-        if let Some(gg) = seq.stack().gguf_name(&hf) {
-            to_gguf.insert(hf, gg);
-        }
-    }
+    let to_gguf: HashMap<String, String> = probe_names(seq)?.into_iter().collect();
     let types: HashMap<&str, GgmlType> = s
         .tensors
         .iter()
@@ -538,13 +539,12 @@ fn measure_mix(
             .map(Vec::as_slice);
         stored_as(gg, types[gg.as_str()], w, imp)
     };
-    let _ = g;
     Ok(divergences(seq, m.samples, &[names], &replace, progress)?[0])
 }
 
-/// Allocate for `target` and check the mix whole, correcting a bound once (module docs).
+/// Allocate for `target` and check the mix whole, correcting a bound by the measurement
+/// (module docs).
 pub fn plan(
-    g: &GgufFile,
     ckpt: &Checkpoint,
     s: &Sensitivity,
     target: Target,
@@ -574,7 +574,7 @@ pub fn plan(
                 )));
             }
             let a = allocate::within_bytes(&options, budget)?;
-            let measured = measure_mix(&seq, g, s, &a, m, progress)?;
+            let measured = measure_mix(&seq, s, &a, m, progress)?;
             return Ok(Plan {
                 allocation: a,
                 measured,
@@ -596,7 +596,7 @@ pub fn plan(
         if tries.iter().any(|(b, _)| b.picks == a.picks) {
             break;
         }
-        let d = measure_mix(&seq, g, s, &a, m, progress)?;
+        let d = measure_mix(&seq, s, &a, m, progress)?;
         let measured = bound(&d);
         tries.push((a, d));
         if measured <= limit || measured <= 0.0 {

@@ -290,7 +290,7 @@ pub fn run(a: Args) -> Result<()> {
         samples: &samples,
         identity: identity.clone(),
     };
-    let plan = auto::plan(g, &ckpt, &sens, target, &m, &common::Bar::default())?;
+    let plan = auto::plan(&ckpt, &sens, target, &m, &common::Bar::default())?;
     let mut r = auto::write(
         g,
         &a.model,
