@@ -18,8 +18,8 @@
 //!    gap to the optimum stated.
 //! 3. **Interactions**: the chosen mix is run whole and its divergence measured; for a bound,
 //!    the bound on the prediction is scaled by bound ÷ measured and the allocation redone (up
-//!    to three times, until a mix measures within the bound); the smallest mix measured within
-//!    it is kept.
+//!    to three times, until a mix measures within the bound and within 10 % of it); the
+//!    smallest mix measured within it is kept.
 //! 4. The GGUF is written by [`crate::ggml_quantize::write_mix`] (`general.file_type` 1024,
 //!    llama.cpp's "guessed"), and the plan — what each tensor got and why — goes in the report.
 
@@ -489,6 +489,9 @@ fn proxy_check(tensors: &[TensorSensitivity]) -> Option<ProxyCheck> {
 /// How many times a bound is corrected by a measurement at most.
 const CORRECTIONS: usize = 3;
 
+/// A mix measured within this fraction of its bound is kept without loosening the bound.
+const NEAR: f64 = 0.9;
+
 /// The chosen mix: an allocation and what it was measured to do.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -599,7 +602,9 @@ pub fn plan(
         let d = measure_mix(&seq, s, &a, m, progress)?;
         let measured = bound(&d);
         tries.push((a, d));
-        if measured <= limit || measured <= 0.0 {
+        // Within the bound and near it, or nothing to scale by: done. Far under the bound, the
+        // bound on the prediction is loosened the same way (a smaller mix may still meet it).
+        if (measured <= limit && measured >= NEAR * limit) || measured <= 0.0 {
             break;
         }
         predicted_limit *= limit / measured;
