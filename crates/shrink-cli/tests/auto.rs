@@ -21,25 +21,18 @@ fn ok(out: &std::process::Output) {
 
 /// `shrink auto GGUF --calib ... EXTRA -o OUT --json` with the tiny-model calibration sizes.
 fn auto(gguf: &Path, calib: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "auto",
-        gguf.to_str().unwrap(),
-        "--calib",
-        calib.to_str().unwrap(),
-        "--calib-format",
-        "raw",
-        "--calib-samples",
-        "4",
-        "--calib-seqlen",
-        "48",
+    let mut args = vec!["auto", gguf.to_str().unwrap()];
+    args.extend(raw_calib(calib.to_str().unwrap()));
+    let out = out.to_str().unwrap();
+    args.extend([
         "--probe-samples",
         "2",
         "--probe-seqlen",
         "32",
         "-o",
-        out.to_str().unwrap(),
+        out,
         "--json",
-    ];
+    ]);
     args.extend_from_slice(extra);
     shrink(&args)
 }
