@@ -165,7 +165,58 @@ fn a_mix_within_the_budget_the_cache_and_the_refusals() {
     assert!(err(&o).contains("out of range"), "{}", err(&o));
     let o = auto(&hf, &calib, &bad, &["--target-bpw", "6"]);
     assert!(err(&o).contains("takes a GGUF input"), "{}", err(&o));
-    let o = auto(&gguf, &calib, &out, &["--target-bpw", "6"]);
+    let o = auto(&gguf, &calib, &out, &["--target-bpw", "8"]);
     assert!(err(&o).contains("exists"), "{}", err(&o));
     assert_eq!(listing(&out_dir), before);
+}
+
+/// GPT-2 (tied head, fused QKV) and GPT-NeoX (untied head) through the same measurement: every
+/// linear and the table or head get a type, the file holds the plan, and the head of an untied
+/// model is planned apart from its token table.
+#[test]
+fn gpt2_and_neox_mixes() {
+    for (name, head) in [
+        ("tiny-gpt2", None),
+        ("tiny-gpt_neox", Some("output.weight")),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let hf = fixture_with_tokenizer(tmp.path(), name);
+        let gguf = tmp.path().join("m.gguf");
+        ok(&shrink(&[
+            "export",
+            hf.to_str().unwrap(),
+            "--to",
+            "gguf",
+            "--type",
+            "f32",
+            "-o",
+            gguf.to_str().unwrap(),
+        ]));
+        let calib = calib_text(tmp.path(), 3000);
+        let out = tmp.path().join("mix.gguf");
+        let o = auto(&gguf, &calib, &out, &["--target-bpw", "8"]);
+        ok(&o);
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(r["bits_per_weight"].as_f64().unwrap() <= 8.0, "{name}");
+        assert!(r["measured_kl"].as_f64().unwrap() > 0.0, "{name}");
+        let g = GgufFile::open(&out).unwrap();
+        let plan = r["plan"].as_array().unwrap();
+        let planned: Vec<&str> = plan.iter().map(|p| p["tensor"].as_str().unwrap()).collect();
+        assert!(
+            planned.contains(&"token_embd.weight"),
+            "{name}: {planned:?}"
+        );
+        if let Some(h) = head {
+            assert!(planned.contains(&h), "{name}: {planned:?}");
+        }
+        for row in plan {
+            let t = g.tensor(row["tensor"].as_str().unwrap()).unwrap();
+            assert_eq!(t.ty.name(), row["type"].as_str().unwrap(), "{name}: {row}");
+            // Every planned tensor was probed.
+            assert!(
+                !row["probes"].as_array().unwrap().is_empty(),
+                "{name}: {row}"
+            );
+        }
+    }
 }

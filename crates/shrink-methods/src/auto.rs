@@ -276,7 +276,7 @@ pub fn measure(
         .map(|(h, g)| (g, h))
         .collect();
 
-    let costs = ggml_costs(g, m.types, m.imatrix)?;
+    let costs = ggml_costs(g, m.types, m.imatrix, progress)?;
     let mut tensors = Vec::with_capacity(costs.len());
     // (tensor, type) of every probe, and its HF name.
     let mut probes: Vec<(usize, GgmlType)> = Vec::new();

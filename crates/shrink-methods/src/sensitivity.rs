@@ -84,9 +84,12 @@ pub fn ggml_costs(
     g: &shrink_io::GgufFile,
     types: &[GgmlType],
     imatrix: Option<&shrink_io::imatrix::Imatrix>,
+    progress: &dyn Progress,
 ) -> Result<Vec<TensorCosts>> {
     let mut out = Vec::with_capacity(g.tensors.len());
+    progress.start("costs", g.tensors.len() as u64);
     for info in &g.tensors {
+        progress.inc(1);
         let stored = Candidate {
             bytes: info.bytes,
             loss: 0.0,
@@ -119,6 +122,7 @@ pub fn ggml_costs(
             candidates,
         });
     }
+    progress.finish();
     Ok(out)
 }
 

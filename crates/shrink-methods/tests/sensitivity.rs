@@ -3,6 +3,7 @@
 
 use shrink_formats::ggml::GgmlType;
 use shrink_methods::allocate::{self, Candidate};
+use shrink_methods::pipeline::Silent;
 use shrink_methods::sensitivity::ggml_costs;
 
 #[test]
@@ -17,7 +18,7 @@ fn costs_of_smollm2_and_a_mix_within_a_budget() {
         return;
     }
     let g = shrink_io::GgufFile::open(&p).unwrap();
-    let costs = ggml_costs(&g, &[GgmlType::Q4_0, GgmlType::Q8_0], None).unwrap();
+    let costs = ggml_costs(&g, &[GgmlType::Q4_0, GgmlType::Q8_0], None, &Silent).unwrap();
     assert_eq!(costs.len(), g.tensors.len());
     let mut quantized = 0;
     for (t, info) in costs.iter().zip(&g.tensors) {
