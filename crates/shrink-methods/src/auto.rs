@@ -46,22 +46,10 @@ use crate::sensitivity::{divergences, fitting, ggml_costs, stored_as, Divergence
 /// llama.cpp's `LLAMA_FTYPE_GUESSED`: a file whose tensors follow no preset.
 pub const FTYPE_MIX: u32 = 1024;
 
-/// The ggml types `shrink auto` chooses among by default.
-pub const DEFAULT_TYPES: [GgmlType; 13] = [
-    GgmlType::Q2_K,
-    GgmlType::Q3_K,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::IQ4_NL,
-    GgmlType::Q4_K,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-    GgmlType::Q8_0,
-    GgmlType::IQ4_XS,
-    GgmlType::F16,
-];
+/// The ggml types `shrink auto` chooses among by default (every type shrink quantizes to
+/// whose rows fit, besides copying a tensor as stored).
+pub const DEFAULT_TYPES: &str =
+    "q2_k,q3_k,q4_0,q4_1,iq4_nl,q4_k,q5_0,q5_1,q5_k,q6_k,q8_0,iq4_xs,f16";
 
 /// What the mix must meet.
 #[derive(Debug, Clone, Copy, PartialEq)]
