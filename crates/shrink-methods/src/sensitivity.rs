@@ -5,6 +5,11 @@
 //! the diagonal of the layer Hessian, so an estimate of `E‖(W − Ŵ)x‖²`, the error the layer adds
 //! to its output (the objective llama.cpp's importance-weighted quantizers minimise, and GPTQ's
 //! `H = 2XXᵀ` restricted to its diagonal).
+//!
+//! What the error costs the model is measured, not assumed: [`divergences`] runs the model with
+//! chosen weights replaced ([`stored_as`] a type) and gives the next-token KL divergence from
+//! the stored model and the change of the next token's log-likelihood — per tensor alone, or for
+//! a whole mix — with all probes carried through the blocks in shared passes.
 
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
