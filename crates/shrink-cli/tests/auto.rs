@@ -161,6 +161,13 @@ fn a_mix_within_the_budget_the_cache_and_the_refusals() {
         &["--target-bpw", "6", "--types", "q4_0,q9_9"],
     );
     assert!(err(&o).contains("q9_9 is not a ggml type"), "{}", err(&o));
+    let o = auto(
+        &gguf,
+        &calib,
+        &bad,
+        &["--target-bpw", "6", "--types", "q4_0,q8_k"],
+    );
+    assert!(err(&o).contains("q8_k is not a ggml type"), "{}", err(&o));
     let o = auto(&gguf, &calib, &bad, &["--max-ppl-increase", "0"]);
     assert!(err(&o).contains("out of range"), "{}", err(&o));
     let o = auto(&hf, &calib, &bad, &["--target-bpw", "6"]);

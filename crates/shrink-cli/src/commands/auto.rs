@@ -169,7 +169,11 @@ pub fn run(a: Args) -> Result<()> {
         .iter()
         .map(|t| {
             GgmlType::from_name(t)
-                .filter(|ty| ty.can_quantize() || matches!(ty, GgmlType::F16 | GgmlType::BF16))
+                // Q8_K is ggml's activation type: llama.cpp stores no weight in it.
+                .filter(|ty| {
+                    (ty.can_quantize() && *ty != GgmlType::Q8_K)
+                        || matches!(ty, GgmlType::F16 | GgmlType::BF16)
+                })
                 .with_context(|| format!("--types: {t} is not a ggml type shrink can write"))
         })
         .collect::<Result<_>>()?;
