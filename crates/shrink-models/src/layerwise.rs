@@ -448,30 +448,19 @@ impl Layerwise for LlamaStack<'_> {
     }
     fn embed(&self, samples: &[Vec<u32>], table: Option<&Tensor>) -> Result<Vec<Tensor>> {
         let c = &self.cfg;
-        match table {
-            Some(t) => embed_rows(t, samples, c.vocab_size),
-            None => {
-                let t = self
-                    .w
-                    .get("model.embed_tokens.weight", &[c.vocab_size, c.hidden_size])?;
-                embed_rows(&t, samples, c.vocab_size)
-            }
-        }
+        let shape = [c.vocab_size, c.hidden_size];
+        embed_from(&self.w, "model.embed_tokens.weight", shape, table, samples)
     }
     fn head(&self) -> Result<Option<Head>> {
         let c = &self.cfg;
-        let table = "model.embed_tokens.weight";
         let untied = !c.tie_word_embeddings && self.w.has("lm_head.weight");
-        let weight = if untied { "lm_head.weight" } else { table };
-        Ok(Some(Head {
-            table,
-            weight,
-            norm: HeadNorm::Rms(
-                self.w.get("model.norm.weight", &[c.hidden_size])?,
-                c.rms_norm_eps as f32,
-            ),
-            lm_head: self.w.get(weight, &[c.vocab_size, c.hidden_size])?,
-        }))
+        let norm = HeadNorm::Rms(
+            self.w.get("model.norm.weight", &[c.hidden_size])?,
+            c.rms_norm_eps as f32,
+        );
+        let shape = [c.vocab_size, c.hidden_size];
+        let head = untied.then_some("lm_head.weight");
+        head_of(&self.w, "model.embed_tokens.weight", head, norm, shape).map(Some)
     }
     fn positions(&self, t: usize) -> Result<Positions> {
         let (cos, sin) = rope_tables(self.cfg.head_dim, self.cfg.rope_theta, 0, t)?;
@@ -549,6 +538,38 @@ fn embed_rows(table: &Tensor, samples: &[Vec<u32>], vocab: usize) -> Result<Vec<
             Ok(table.index_select(&idx, 0)?)
         })
         .collect()
+}
+
+/// Each sample's rows of `table`, or of the stored token table `name` of `shape`.
+fn embed_from(
+    w: &WeightLoader,
+    name: &str,
+    shape: [usize; 2],
+    table: Option<&Tensor>,
+    samples: &[Vec<u32>],
+) -> Result<Vec<Tensor>> {
+    match table {
+        Some(t) => embed_rows(t, samples, shape[0]),
+        None => embed_rows(&w.get(name, &shape)?, samples, shape[0]),
+    }
+}
+
+/// The [`Head`] of a decoder whose token table is `table` and LM head `head` (the table when
+/// `None`: tied) of `shape`, after `norm`.
+fn head_of(
+    w: &WeightLoader,
+    table: &'static str,
+    head: Option<&'static str>,
+    norm: HeadNorm,
+    shape: [usize; 2],
+) -> Result<Head> {
+    let weight = head.unwrap_or(table);
+    Ok(Head {
+        table,
+        weight,
+        norm,
+        lm_head: w.get(weight, &shape)?,
+    })
 }
 
 /// A LayerNorm as a mutable (weight, bias) pair.
@@ -637,21 +658,13 @@ impl Layerwise for Gpt2Stack<'_> {
     }
     fn head(&self) -> Result<Option<Head>> {
         let c = &self.cfg;
-        let table = "transformer.wte.weight";
-        let weight = if self.w.has("lm_head.weight") {
-            "lm_head.weight"
-        } else {
-            table
-        };
-        Ok(Some(Head {
-            table,
-            weight,
-            norm: HeadNorm::Layer(
-                self.w.layer_norm("transformer.ln_f", c.n_embd)?,
-                c.layer_norm_epsilon as f32,
-            ),
-            lm_head: self.w.get(weight, &[c.vocab_size, c.n_embd])?,
-        }))
+        let norm = HeadNorm::Layer(
+            self.w.layer_norm("transformer.ln_f", c.n_embd)?,
+            c.layer_norm_epsilon as f32,
+        );
+        let head = self.w.has("lm_head.weight").then_some("lm_head.weight");
+        let shape = [c.vocab_size, c.n_embd];
+        head_of(&self.w, "transformer.wte.weight", head, norm, shape).map(Some)
     }
     fn positions(&self, _t: usize) -> Result<Positions> {
         Ok(Positions(None))
@@ -751,34 +764,19 @@ impl Layerwise for NeoxStack<'_> {
     }
     fn embed(&self, samples: &[Vec<u32>], table: Option<&Tensor>) -> Result<Vec<Tensor>> {
         let c = &self.cfg;
-        match table {
-            Some(t) => embed_rows(t, samples, c.vocab_size),
-            None => {
-                let t = self
-                    .w
-                    .get("gpt_neox.embed_in.weight", &[c.vocab_size, c.hidden_size])?;
-                embed_rows(&t, samples, c.vocab_size)
-            }
-        }
+        let shape = [c.vocab_size, c.hidden_size];
+        embed_from(&self.w, "gpt_neox.embed_in.weight", shape, table, samples)
     }
     fn head(&self) -> Result<Option<Head>> {
         let c = &self.cfg;
-        let table = "gpt_neox.embed_in.weight";
-        let weight = if self.w.has("embed_out.weight") {
-            "embed_out.weight"
-        } else {
-            table
-        };
-        Ok(Some(Head {
-            table,
-            weight,
-            norm: HeadNorm::Layer(
-                self.w
-                    .layer_norm("gpt_neox.final_layer_norm", c.hidden_size)?,
-                c.layer_norm_eps as f32,
-            ),
-            lm_head: self.w.get(weight, &[c.vocab_size, c.hidden_size])?,
-        }))
+        let norm = HeadNorm::Layer(
+            self.w
+                .layer_norm("gpt_neox.final_layer_norm", c.hidden_size)?,
+            c.layer_norm_eps as f32,
+        );
+        let shape = [c.vocab_size, c.hidden_size];
+        let head = self.w.has("embed_out.weight").then_some("embed_out.weight");
+        head_of(&self.w, "gpt_neox.embed_in.weight", head, norm, shape).map(Some)
     }
     fn positions(&self, t: usize) -> Result<Positions> {
         Ok(Positions(Some(gpt_neox::rope(&self.cfg, 0, t)?)))
