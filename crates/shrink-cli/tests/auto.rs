@@ -19,6 +19,23 @@ fn ok(out: &std::process::Output) {
     );
 }
 
+/// The HF checkpoint `hf` exported to a float32 GGUF at `out`.
+fn f32_gguf(hf: &Path, out: &Path) -> std::path::PathBuf {
+    let args = [
+        "export",
+        hf.to_str().unwrap(),
+        "--to",
+        "gguf",
+        "--type",
+        "f32",
+        "-o",
+    ];
+    let mut args = args.to_vec();
+    args.push(out.to_str().unwrap());
+    ok(&shrink(&args));
+    out.to_path_buf()
+}
+
 /// `shrink auto GGUF --calib ... EXTRA -o OUT --json` with the tiny-model calibration sizes.
 fn auto(gguf: &Path, calib: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
     let mut args = vec!["auto", gguf.to_str().unwrap()];
@@ -41,17 +58,7 @@ fn auto(gguf: &Path, calib: &Path, out: &Path, extra: &[&str]) -> std::process::
 fn a_mix_within_the_budget_the_cache_and_the_refusals() {
     let tmp = tempfile::tempdir().unwrap();
     let hf = tiny_llama_with_tokenizer(tmp.path());
-    let gguf = tmp.path().join("tiny.gguf");
-    ok(&shrink(&[
-        "export",
-        hf.to_str().unwrap(),
-        "--to",
-        "gguf",
-        "--type",
-        "f32",
-        "-o",
-        gguf.to_str().unwrap(),
-    ]));
+    let gguf = f32_gguf(&hf, &tmp.path().join("tiny.gguf"));
     let calib = calib_text(tmp.path(), 3000);
     let out_dir = tmp.path().join("out");
     std::fs::create_dir(&out_dir).unwrap();
@@ -188,17 +195,7 @@ fn gpt2_and_neox_mixes() {
     ] {
         let tmp = tempfile::tempdir().unwrap();
         let hf = fixture_with_tokenizer(tmp.path(), name);
-        let gguf = tmp.path().join("m.gguf");
-        ok(&shrink(&[
-            "export",
-            hf.to_str().unwrap(),
-            "--to",
-            "gguf",
-            "--type",
-            "f32",
-            "-o",
-            gguf.to_str().unwrap(),
-        ]));
+        let gguf = f32_gguf(&hf, &tmp.path().join("m.gguf"));
         let calib = calib_text(tmp.path(), 3000);
         let out = tmp.path().join("mix.gguf");
         let o = auto(&gguf, &calib, &out, &["--target-bpw", "8"]);
