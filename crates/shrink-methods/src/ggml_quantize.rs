@@ -1,6 +1,7 @@
 //! A GGUF of ggml-quantized tensors from a GGUF, as llama.cpp's `llama-quantize` makes it
 //! (`shrink quantize MODEL --method q4_k_m|q8_0|...`), and what every GGUF writer here shares:
-//! [`quantize_tensor`] and the per-type [`GgufSummary`] of a written file.
+//! [`quantize_tensor`], the per-type [`GgufSummary`] of a written file, and [`write_mix`], the
+//! writer of any per-tensor choice of types (a preset's here, a measured one in `crate::auto`).
 //!
 //! The per-tensor types come from [`crate::ggml_mix`] (llama.cpp's `llama_tensor_get_type`,
 //! fallbacks for rows that are not whole blocks included), the bytes from
