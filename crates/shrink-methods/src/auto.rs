@@ -237,8 +237,8 @@ pub struct Measure<'a> {
 /// Every weight a probe can replace (the token table, the head, each block's linears) as
 /// (HF name, GGUF name).
 fn probe_names(seq: &Sequential) -> Result<Vec<(String, String)>> {
-    let head = seq.head()?;
-    let mut hf = vec![head.table.to_string(), head.weight.to_string()];
+    let (table, weight) = seq.head_names()?;
+    let mut hf = vec![table.to_string(), weight.to_string()];
     for l in 0..seq.num_layers() {
         hf.extend(seq.linears().iter().map(|s| seq.weight_name(l, s.name)));
     }
@@ -258,7 +258,7 @@ pub fn measure(
     let t0 = Instant::now();
     let seq = Sequential::new(ckpt)?;
     // GGUF name → HF name of every weight a probe can replace.
-    let head = seq.head()?;
+    let (table, head_weight) = seq.head_names()?;
     let to_hf: HashMap<String, String> = probe_names(&seq)?
         .into_iter()
         .map(|(h, g)| (g, h))
@@ -301,7 +301,7 @@ pub fn measure(
             let least = quantized.iter().min_by_key(|o| o.bytes);
             // The token table and the head feed every position's logits directly: each of
             // their options is measured (a pass of the head each), not predicted.
-            let top = [head.table, head.weight]
+            let top = [table, head_weight]
                 .iter()
                 .any(|hf| to_hf.get(&c.name).is_some_and(|h| h == hf));
             let chosen: Vec<&&TensorOption> = if top {

@@ -5,6 +5,8 @@
 //! the first block (row-permuted in the GGUF), one of the last, the tied token table (embedding
 //! and head both), and all three at once.
 
+mod common;
+
 use std::collections::HashMap;
 
 use shrink_formats::ggml::GgmlType;
@@ -32,15 +34,9 @@ fn log_softmax(logits: &candle_core::Tensor) -> Vec<Vec<f64>> {
 
 #[test]
 fn probe_divergences_equal_the_written_models() {
-    let p = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets"))
-        .join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !p.exists() {
-        eprintln!(
-            "skipped: {} missing (run scripts/fetch-assets.sh)",
-            p.display()
-        );
+    let Some(p) = common::smollm2() else {
         return;
-    }
+    };
     let ckpt = Checkpoint::open(&p).unwrap();
     let Checkpoint::Gguf(g) = &ckpt else {
         panic!("a GGUF")

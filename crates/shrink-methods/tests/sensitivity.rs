@@ -1,6 +1,8 @@
 //! The per-tensor costs of the ggml types over SmolLM2 (`sensitivity::ggml_costs`), and an
 //! allocation under a budget between the all-Q4_0 and all-Q8_0 sizes.
 
+mod common;
+
 use shrink_formats::ggml::GgmlType;
 use shrink_methods::allocate::{self, Candidate};
 use shrink_methods::pipeline::Silent;
@@ -8,15 +10,9 @@ use shrink_methods::sensitivity::ggml_costs;
 
 #[test]
 fn costs_of_smollm2_and_a_mix_within_a_budget() {
-    let p = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets"))
-        .join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !p.exists() {
-        eprintln!(
-            "skipped: {} missing (run scripts/fetch-assets.sh)",
-            p.display()
-        );
+    let Some(p) = common::smollm2() else {
         return;
-    }
+    };
     let g = shrink_io::GgufFile::open(&p).unwrap();
     let costs = ggml_costs(&g, &[GgmlType::Q4_0, GgmlType::Q8_0], None, &Silent).unwrap();
     assert_eq!(costs.len(), g.tensors.len());

@@ -187,6 +187,9 @@ pub trait Layerwise {
     fn embed(&self, samples: &[Vec<u32>], table: Option<&Tensor>) -> Result<Vec<Tensor>>;
     /// A decoder's top (final norm and LM head); `None` for an encoder.
     fn head(&self) -> Result<Option<Head>>;
+    /// HF names of a decoder's token table and LM head weight (the same when tied), read
+    /// without loading them; `None` for an encoder.
+    fn head_names(&self) -> Option<(&'static str, &'static str)>;
     /// The stored weight of HF name `hf`, float32, checked to be of `shape`.
     fn read(&self, hf: &str, shape: &[usize]) -> Result<Tensor>;
     /// The positions of a sequence of `t` tokens.
@@ -324,6 +327,17 @@ impl<'a> Sequential<'a> {
         self.stack.read(hf, shape)
     }
 
+    /// HF names of the token table and the LM head weight (the same when tied), without
+    /// reading them; an encoder has none.
+    pub fn head_names(&self) -> Result<(&'static str, &'static str)> {
+        self.stack.head_names().ok_or_else(|| {
+            ModelError::Input(format!(
+                "a {} encoder has no language-model head",
+                self.stack.family()
+            ))
+        })
+    }
+
     /// The decoder's final norm and LM head; an encoder has none.
     pub fn head(&self) -> Result<Head> {
         self.stack.head()?.ok_or_else(|| {
@@ -451,16 +465,23 @@ impl Layerwise for LlamaStack<'_> {
         let shape = [c.vocab_size, c.hidden_size];
         embed_from(&self.w, "model.embed_tokens.weight", shape, table, samples)
     }
+    fn head_names(&self) -> Option<(&'static str, &'static str)> {
+        let table = "model.embed_tokens.weight";
+        let untied = !self.cfg.tie_word_embeddings && self.w.has("lm_head.weight");
+        Some((table, if untied { "lm_head.weight" } else { table }))
+    }
     fn head(&self) -> Result<Option<Head>> {
         let c = &self.cfg;
-        let untied = !c.tie_word_embeddings && self.w.has("lm_head.weight");
         let norm = HeadNorm::Rms(
             self.w.get("model.norm.weight", &[c.hidden_size])?,
             c.rms_norm_eps as f32,
         );
-        let shape = [c.vocab_size, c.hidden_size];
-        let head = untied.then_some("lm_head.weight");
-        head_of(&self.w, "model.embed_tokens.weight", head, norm, shape).map(Some)
+        head_of(
+            &self.w,
+            self.head_names(),
+            norm,
+            [c.vocab_size, c.hidden_size],
+        )
     }
     fn positions(&self, t: usize) -> Result<Positions> {
         let (cos, sin) = rope_tables(self.cfg.head_dim, self.cfg.rope_theta, 0, t)?;
@@ -554,22 +575,23 @@ fn embed_from(
     }
 }
 
-/// The [`Head`] of a decoder whose token table is `table` and LM head `head` (the table when
-/// `None`: tied) of `shape`, after `norm`.
+/// The [`Head`] of a decoder whose token table and LM head weight are `names` (of `shape`),
+/// after `norm`; `None` without names (an encoder).
 fn head_of(
     w: &WeightLoader,
-    table: &'static str,
-    head: Option<&'static str>,
+    names: Option<(&'static str, &'static str)>,
     norm: HeadNorm,
     shape: [usize; 2],
-) -> Result<Head> {
-    let weight = head.unwrap_or(table);
-    Ok(Head {
+) -> Result<Option<Head>> {
+    let Some((table, weight)) = names else {
+        return Ok(None);
+    };
+    Ok(Some(Head {
         table,
         weight,
         norm,
         lm_head: w.get(weight, &shape)?,
-    })
+    }))
 }
 
 /// A LayerNorm as a mutable (weight, bias) pair.
@@ -656,15 +678,18 @@ impl Layerwise for Gpt2Stack<'_> {
             })
             .collect()
     }
+    fn head_names(&self) -> Option<(&'static str, &'static str)> {
+        let table = "transformer.wte.weight";
+        let untied = self.w.has("lm_head.weight");
+        Some((table, if untied { "lm_head.weight" } else { table }))
+    }
     fn head(&self) -> Result<Option<Head>> {
         let c = &self.cfg;
         let norm = HeadNorm::Layer(
             self.w.layer_norm("transformer.ln_f", c.n_embd)?,
             c.layer_norm_epsilon as f32,
         );
-        let head = self.w.has("lm_head.weight").then_some("lm_head.weight");
-        let shape = [c.vocab_size, c.n_embd];
-        head_of(&self.w, "transformer.wte.weight", head, norm, shape).map(Some)
+        head_of(&self.w, self.head_names(), norm, [c.vocab_size, c.n_embd])
     }
     fn positions(&self, _t: usize) -> Result<Positions> {
         Ok(Positions(None))
@@ -767,6 +792,11 @@ impl Layerwise for NeoxStack<'_> {
         let shape = [c.vocab_size, c.hidden_size];
         embed_from(&self.w, "gpt_neox.embed_in.weight", shape, table, samples)
     }
+    fn head_names(&self) -> Option<(&'static str, &'static str)> {
+        let table = "gpt_neox.embed_in.weight";
+        let untied = self.w.has("embed_out.weight");
+        Some((table, if untied { "embed_out.weight" } else { table }))
+    }
     fn head(&self) -> Result<Option<Head>> {
         let c = &self.cfg;
         let norm = HeadNorm::Layer(
@@ -774,9 +804,12 @@ impl Layerwise for NeoxStack<'_> {
                 .layer_norm("gpt_neox.final_layer_norm", c.hidden_size)?,
             c.layer_norm_eps as f32,
         );
-        let shape = [c.vocab_size, c.hidden_size];
-        let head = self.w.has("embed_out.weight").then_some("embed_out.weight");
-        head_of(&self.w, "gpt_neox.embed_in.weight", head, norm, shape).map(Some)
+        head_of(
+            &self.w,
+            self.head_names(),
+            norm,
+            [c.vocab_size, c.hidden_size],
+        )
     }
     fn positions(&self, t: usize) -> Result<Positions> {
         Ok(Positions(Some(gpt_neox::rope(&self.cfg, 0, t)?)))
@@ -906,6 +939,9 @@ impl Layerwise for BertStack<'_> {
     }
     fn head(&self) -> Result<Option<Head>> {
         Ok(None)
+    }
+    fn head_names(&self) -> Option<(&'static str, &'static str)> {
+        None
     }
     fn read(&self, hf: &str, shape: &[usize]) -> Result<Tensor> {
         self.w.get(hf, shape)
