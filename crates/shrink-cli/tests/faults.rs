@@ -55,19 +55,7 @@ fn writers(dir: &Path) -> (Vec<(Vec<String>, &'static str)>, PathBuf) {
     .unwrap();
     let cal = |extra: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        v.extend(
-            [
-                "--calib",
-                &calib,
-                "--calib-format",
-                "raw",
-                "--calib-samples",
-                "4",
-                "--calib-seqlen",
-                "48",
-            ]
-            .map(String::from),
-        );
+        v.extend(raw_calib(&calib).map(String::from));
         v
     };
     let train = |extra: &[&str]| -> Vec<String> {

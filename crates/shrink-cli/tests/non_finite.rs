@@ -177,16 +177,7 @@ fn activations_that_overflow_in_a_layer_stop_calibration_naming_it() {
     let calib = calib_text(tmp.path(), 3000);
     let m = model.to_str().unwrap();
     let c = calib.to_str().unwrap();
-    let cal = [
-        "--calib",
-        c,
-        "--calib-format",
-        "raw",
-        "--calib-samples",
-        "4",
-        "--calib-seqlen",
-        "48",
-    ];
+    let cal = raw_calib(c);
     for (i, run) in [
         &["quantize", m, "--method", "gptq", "--group-size", "32"][..],
         &["prune", m, "--method", "wanda", "--sparsity", "0.5"],
