@@ -12,7 +12,7 @@ same machine, same threads.
 
 Calibration: the lee-ppl-v1 calibration documents (lines 0..149 of the Lee corpus, stripped,
 joined with blank lines), tokenized with the model's tokenizer, SAMPLES windows of SEQLEN tokens
-at random starts (numpy seed 0). shrink draws its own windows from the same text with its own
+at random starts (numpy seed 0, or CALIB_SEED). shrink draws its own windows from the same text with its own
 generator, so the two runs see the same amount of the same text, not the same windows.
 
 Usage: python scripts/bench-calibrated-peer.py F32_HF_DIR LEE_CORPUS METHOD OUT_DIR
@@ -48,7 +48,7 @@ docs = [line.strip() for line in open(corpus, encoding="utf-8").read().split("\n
 calib_text = "\n\n".join(docs[:150])
 tok = AutoTokenizer.from_pretrained(path)
 ids = tok(calib_text, add_special_tokens=False)["input_ids"]
-rng = np.random.default_rng(0)
+rng = np.random.default_rng(int(os.environ.get("CALIB_SEED", "0")))
 starts = rng.integers(0, len(ids) - seqlen, size=samples)
 rows = [ids[s : s + seqlen] for s in starts]
 if os.environ.get("CALIB_IDS_OUT"):

@@ -137,6 +137,50 @@ fn every_method_prunes_every_architecture() {
     }
 }
 
+#[test]
+fn sparsegpt_with_gptaq_fits_the_dense_model_better() {
+    let tmp = tempfile::tempdir().unwrap();
+    let calib = calib_text(tmp.path(), 3000);
+    let c = calib.to_str().unwrap();
+    let text = std::fs::read(&calib).unwrap();
+    let cal = raw_calib(c, "16", true);
+    for arch in ARCHS {
+        let model = fixture_with_tokenizer(tmp.path(), arch);
+        let m = model.to_str().unwrap();
+        let base = outputs(&model, &text);
+        let mut errs = Vec::new();
+        for gptaq in [false, true] {
+            let dir = tmp.path().join(format!("{arch}-sg-{gptaq}"));
+            let mut args = vec!["prune", m, "-o", dir.to_str().unwrap(), "--method"];
+            args.extend(["sparsegpt", "--sparsity", "0.5"]);
+            if gptaq {
+                args.push("--gptaq");
+            }
+            args.extend(&cal);
+            let r = run(&args);
+            let name = r["method"].as_str().unwrap();
+            assert_eq!(name.contains("gptaq"), gptaq, "{arch}: {name}");
+            assert_eq!(r["gptaq_alpha"].as_f64(), gptaq.then_some(0.25), "{arch}");
+            for (name, v, rows, cols) in linears(&dir) {
+                assert!(zeros(&v) >= rows * cols / 2, "{arch} {gptaq}: {name}");
+            }
+            errs.push(rel_rmse(&base, &outputs(&dir, &text)));
+        }
+        eprintln!(
+            "{arch:24} SparseGPT 50 %: relative RMSE {:.4}, with GPTAQ {:.4}",
+            errs[0], errs[1]
+        );
+        // Fitting each layer to the dense model's output (rather than to its own drifted
+        // inputs) brings the pruned model's outputs closer to the dense model's.
+        assert!(
+            errs[1] < errs[0],
+            "{arch}: GPTAQ {} vs plain {}",
+            errs[1],
+            errs[0]
+        );
+    }
+}
+
 /// Run `args`, expecting a failure whose message holds every one of `needles`; `out` must not
 /// exist afterwards.
 fn refused(args: &[&str], out: &std::path::Path, needles: &[&str]) {
@@ -212,6 +256,14 @@ fn bad_input_is_refused_and_nothing_is_written() {
     );
     let owl = ["sparsegpt", "--pattern", "2:4", "--sparsity-profile", "owl"];
     refused(&[&base[..], &owl, &cal].concat(), &out, &["owl"]);
+    // GPTAQ updates the kept weights: SparseGPT only, α in (0, 1].
+    refused(
+        &[&base[..], &["wanda", "--gptaq"], &cal].concat(),
+        &out,
+        &["--gptaq", "sparsegpt"],
+    );
+    let a2 = ["sparsegpt", "--gptaq", "--gptaq-alpha", "2"];
+    refused(&[&base[..], &a2, &cal].concat(), &out, &["--gptaq-alpha 2"]);
     // A quantized input: refused, or dequantized with a warning when asked.
     let q = tmp.path().join("int4");
     run(&[

@@ -34,7 +34,7 @@ use shrink_models::{Architecture, LinearInfo};
 use crate::awq::{self, AwqSpec, BlockInputs, LayerWeights};
 use crate::error::{MethodError, Result};
 use crate::gptq::{self, GptqSpec};
-use crate::hessian::{Cross, Hessian};
+use crate::hessian::{Cross, Hessian, PreparedHessian};
 use crate::output;
 use crate::pipeline::{self, LayerStep, Layers, Plan, Progress, Source, StepKind, Stored};
 use crate::report::{squared_error, Report, Sizes};
@@ -298,10 +298,72 @@ struct GptqStep<'a> {
     slots: &'static [LinearSlot],
     path: &'a Path,
     hs: HashMap<&'static str, Hessian>,
-    /// GPTAQ: the current sample's float-model inputs, and `Σ Δx x̃ᵀ` per input.
+    /// GPTAQ's observations, when asked for.
+    asym: Option<Asymmetry>,
+    tally: GptqTally,
+}
+
+/// GPTAQ's asymmetric calibration as a layer step observes it, for GPTQ and SparseGPT alike:
+/// the current sample's float-model input of each linear input, then `Σ Δx x̃ᵀ` ([`Cross`]) once
+/// the compressed model's input of the same sample is seen.
+#[derive(Debug, Default)]
+pub(crate) struct Asymmetry {
     float_inputs: HashMap<&'static str, Vec<f32>>,
     cross: HashMap<&'static str, Cross>,
-    tally: GptqTally,
+}
+
+impl Asymmetry {
+    /// The float model's input `x` of `input` for the sample about to be observed.
+    pub(crate) fn observe_float(
+        &mut self,
+        input: &'static str,
+        x: &Tensor,
+    ) -> shrink_models::Result<()> {
+        self.float_inputs.insert(input, pipeline::rows(x)?.0);
+        Ok(())
+    }
+
+    /// The compressed model's input rows `v` (`n` features) of `input` for the same sample.
+    pub(crate) fn observe(
+        &mut self,
+        input: &'static str,
+        v: &[f32],
+        n: usize,
+    ) -> shrink_models::Result<()> {
+        let f = self.float_inputs.remove(input).ok_or_else(|| {
+            shrink_models::ModelError::Input(format!(
+                "GPTAQ: the float model's input of {input} was not observed"
+            ))
+        })?;
+        if f.len() != v.len() {
+            return Err(shrink_models::ModelError::Input(format!(
+                "GPTAQ: the float and compressed inputs of {input} differ in size"
+            )));
+        }
+        self.cross
+            .entry(input)
+            .or_insert_with(|| Cross::new(n))
+            .add(&f, v);
+        Ok(())
+    }
+
+    /// The block's cross terms, leaving none for the next block.
+    pub(crate) fn take(&mut self) -> HashMap<&'static str, Cross> {
+        std::mem::take(&mut self.cross)
+    }
+}
+
+/// `prepared` with GPTAQ's term for `input` from the block's `cross` terms (`alpha`: GPTAQ's α).
+pub(crate) fn with_asymmetry(
+    prepared: PreparedHessian,
+    cross: &HashMap<&'static str, Cross>,
+    input: &str,
+    alpha: f64,
+) -> Result<PreparedHessian> {
+    let d = cross.get(input).ok_or_else(|| {
+        MethodError::Options(format!("the float input of {input} was not observed"))
+    })?;
+    Ok(prepared.with_asymmetry(&d.matrix(), alpha))
 }
 
 /// What GPTQ adds up over the blocks for its report (carried by a resumed run).
@@ -321,23 +383,8 @@ impl LayerStep for GptqStep<'_> {
     fn observe(&mut self, _: usize, linear: &str, x: &Tensor) -> shrink_models::Result<()> {
         if let Some(s) = self.slots.iter().find(|s| s.input == linear) {
             let (v, n) = pipeline::rows(x)?;
-            if self.spec.gptaq_alpha.is_some() {
-                let f = self.float_inputs.remove(s.input).ok_or_else(|| {
-                    shrink_models::ModelError::Input(format!(
-                        "GPTAQ: the float model's input of {} was not observed",
-                        s.input
-                    ))
-                })?;
-                if f.len() != v.len() {
-                    return Err(shrink_models::ModelError::Input(format!(
-                        "GPTAQ: the float and compressed inputs of {} differ in size",
-                        s.input
-                    )));
-                }
-                self.cross
-                    .entry(s.input)
-                    .or_insert_with(|| Cross::new(n))
-                    .add(&f, &v);
+            if let Some(a) = &mut self.asym {
+                a.observe(s.input, &v, n)?;
             }
             let f64_acc = self.f64_hessian;
             self.hs
@@ -349,14 +396,17 @@ impl LayerStep for GptqStep<'_> {
     }
 
     fn wants_float(&self) -> bool {
-        self.spec.gptaq_alpha.is_some()
+        self.asym.is_some()
     }
 
     fn observe_float(&mut self, _: usize, linear: &str, x: &Tensor) -> shrink_models::Result<()> {
-        if let Some(s) = self.slots.iter().find(|s| s.input == linear) {
-            self.float_inputs.insert(s.input, pipeline::rows(x)?.0);
+        match (
+            self.slots.iter().find(|s| s.input == linear),
+            &mut self.asym,
+        ) {
+            (Some(s), Some(a)) => a.observe_float(s.input, x),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     fn compress(
@@ -367,7 +417,7 @@ impl LayerStep for GptqStep<'_> {
         stored: &mut Stored,
     ) -> Result<()> {
         let hs = std::mem::take(&mut self.hs);
-        let cross = std::mem::take(&mut self.cross);
+        let cross = self.asym.as_mut().map(Asymmetry::take).unwrap_or_default();
         let t = Instant::now();
         let mut loss = 0.0;
         for (input, locals) in selected_by_input(seq, self.names, l) {
@@ -381,10 +431,7 @@ impl LayerStep for GptqStep<'_> {
                 .join(", ");
             let mut prepared = gptq::prepare(h.matrix(), h.n, &self.spec, &label)?;
             if let Some(alpha) = self.spec.gptaq_alpha {
-                let d = cross.get(input).ok_or_else(|| {
-                    MethodError::Options(format!("the float input of {input} was not observed"))
-                })?;
-                prepared = prepared.with_asymmetry(&d.matrix(), alpha);
+                prepared = with_asymmetry(prepared, &cross, input, alpha)?;
             }
             self.tally.max_damp = self.tally.max_damp.max(prepared.damp);
             for local in locals {
@@ -519,8 +566,7 @@ pub fn gptq(run: &Run, spec: GptqSpec, f64_hessian: bool) -> Result<Report> {
         slots: o.seq.linears(),
         path: run.ckpt.path(),
         hs: HashMap::new(),
-        float_inputs: HashMap::new(),
-        cross: HashMap::new(),
+        asym: spec.gptaq_alpha.map(|_| Asymmetry::default()),
         tally: GptqTally::default(),
     };
     let plan = o.plan(run.dense_dtype, blank)?;

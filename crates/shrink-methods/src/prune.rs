@@ -104,6 +104,9 @@ pub struct PruneSpec {
     pub block_size: usize,
     /// SparseGPT's dampening, a fraction of the mean Hessian diagonal (default 0.01).
     pub damp: f64,
+    /// SparseGPT with GPTAQ's asymmetric calibration (this α, GPTAQ's 0.25): each layer pruned
+    /// to fit the float model's output on its inputs, not its own drifted inputs.
+    pub gptaq_alpha: Option<f64>,
     /// SparseGPT jointly quantizing the kept weights on this grid (written as the HF `gptq`
     /// layout).
     pub quant: Option<GptqSpec>,
@@ -124,6 +127,7 @@ impl PruneSpec {
             profile: Profile::Uniform,
             block_size: 128,
             damp: 0.01,
+            gptaq_alpha: None,
             quant: None,
             dequantize: false,
             layout: None,
@@ -135,6 +139,9 @@ impl PruneSpec {
         let mut s = format!("{}-{}", self.method.name(), self.pattern.label());
         if matches!(self.profile, Profile::Owl { .. }) {
             s.push_str("-owl");
+        }
+        if self.gptaq_alpha.is_some() {
+            s.push_str("-gptaq");
         }
         if let Some(q) = self.quant {
             s.push_str(&format!("+w{}g{}", q.bits, q.group_size));
@@ -164,6 +171,17 @@ impl PruneSpec {
                  checkpoint afterwards (its zeros are kept)",
                 self.method.name()
             ));
+        }
+        if let Some(a) = self.gptaq_alpha {
+            if self.method != PruneMethod::SparseGpt {
+                return bad(format!(
+                    "--gptaq updates the kept weights; {} does not (use sparsegpt)",
+                    self.method.name()
+                ));
+            }
+            if !(a > 0.0 && a <= 1.0) {
+                return bad(format!("--gptaq-alpha {a} must lie in (0, 1]"));
+            }
         }
         if let Profile::Owl { m, lambda } = self.profile {
             if matches!(self.pattern, Pattern::NofM { .. }) {
@@ -269,6 +287,7 @@ pub fn prune(run: &Run, spec: &PruneSpec) -> Result<Report> {
         path: run.ckpt.path(),
         dense,
         hs: HashMap::new(),
+        asym: spec.gptaq_alpha.map(|_| calibrated::Asymmetry::default()),
         x_sq: HashMap::new(),
         layers: Vec::new(),
         sq: (0.0, 0.0),
@@ -444,6 +463,8 @@ struct PruneStep<'a> {
     path: &'a std::path::Path,
     dense: float::FloatType,
     hs: HashMap<&'static str, Hessian>,
+    /// GPTAQ's observations for SparseGPT, when asked for.
+    asym: Option<calibrated::Asymmetry>,
     x_sq: HashMap<&'static str, Vec<f64>>,
     layers: Vec<LayerStats>,
     sq: (f64, f64),
@@ -467,6 +488,9 @@ impl LayerStep for PruneStep<'_> {
             }
             PruneMethod::SparseGpt => {
                 let (v, n) = pipeline::rows(x)?;
+                if let Some(a) = &mut self.asym {
+                    a.observe(s.input, &v, n)?;
+                }
                 self.hs
                     .entry(s.input)
                     .or_insert_with(|| Hessian::new(n, false))
@@ -474,6 +498,20 @@ impl LayerStep for PruneStep<'_> {
             }
         }
         Ok(())
+    }
+
+    fn wants_float(&self) -> bool {
+        self.asym.is_some()
+    }
+
+    fn observe_float(&mut self, _: usize, linear: &str, x: &Tensor) -> shrink_models::Result<()> {
+        match (
+            self.slots.iter().find(|s| s.input == linear),
+            &mut self.asym,
+        ) {
+            (Some(s), Some(a)) => a.observe_float(s.input, x),
+            _ => Ok(()),
+        }
     }
 
     fn compress(
@@ -485,6 +523,11 @@ impl LayerStep for PruneStep<'_> {
     ) -> Result<()> {
         let t = Instant::now();
         let hs = std::mem::take(&mut self.hs);
+        let cross = self
+            .asym
+            .as_mut()
+            .map(calibrated::Asymmetry::take)
+            .unwrap_or_default();
         let x_sq = std::mem::take(&mut self.x_sq);
         let pattern = self.spec.pattern.with_sparsity(self.layer_sparsity[l]);
         let mut stats = LayerStats::default();
@@ -501,13 +544,12 @@ impl LayerStep for PruneStep<'_> {
             let prepared = match self.spec.method {
                 PruneMethod::SparseGpt => {
                     let h = hs.get(input).ok_or_else(unobserved)?;
-                    Some(hessian::prepare(
-                        h.matrix(),
-                        h.n,
-                        self.spec.damp,
-                        false,
-                        &label(),
-                    )?)
+                    let prepared =
+                        hessian::prepare(h.matrix(), h.n, self.spec.damp, false, &label())?;
+                    Some(match self.spec.gptaq_alpha {
+                        Some(a) => calibrated::with_asymmetry(prepared, &cross, input, a)?,
+                        None => prepared,
+                    })
                 }
                 _ => None,
             };
@@ -647,6 +689,7 @@ impl PruneStep<'_> {
         if spec.method == PruneMethod::SparseGpt {
             let losses: Vec<f64> = self.layers.iter().map(|l| l.loss).collect();
             r.set("sparsegpt_loss_per_layer", losses);
+            r.set("gptaq_alpha", spec.gptaq_alpha);
         }
         r.notes.push(format!(
             "sparsity       {sparsity:.4} of the pruned weights ({zeros} of {params} zero), \

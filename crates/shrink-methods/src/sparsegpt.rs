@@ -21,6 +21,13 @@
 //! and zero point from the row as it stands when its first column is reached, the weights known
 //! to be pruned counted as 0), the pruned ones get the zero point's code, exactly 0.
 //!
+//! With GPTAQ's asymmetric term in the prepared Hessian ([`PreparedHessian::with_asymmetry`],
+//! Li et al. 2025, "GPTAQ: Efficient Finetuning-Free Quantization for Asymmetric Calibration")
+//! the pruning fits the float model's output rather than the layer's own (already pruned)
+//! input: each column's step also moves the rest of its row by `+w_j·P[j, j+1..]` and the lazy
+//! update adds `Q·P[block, rest]`, Q the block's pruned values — GPTAQ's `fasterquant` loop
+//! with the mask in place of rounding. The mask's saliency stays SparseGPT's.
+//!
 //! Rows are independent given the mask, so they go in parallel chunks; the unstructured mask
 //! of each block needs every row's scores first, one synchronisation per block.
 
@@ -115,6 +122,7 @@ pub fn prune(
         cols,
         bs,
         u: &hp.u,
+        p: hp.p.as_deref(),
         spec,
     };
     let mut chunks = job.split(&mut weight, &mut mask, &mut codes, &mut scales, &mut zeros);
@@ -155,11 +163,14 @@ struct Job<'a> {
     cols: usize,
     bs: usize,
     u: &'a [f32],
+    /// GPTAQ's asymmetric term, if any.
+    p: Option<&'a [f32]>,
     spec: &'a SparseGptSpec,
 }
 
 /// A chunk of rows: weights and mask `[nr, cols]`, with joint quantization codes `[nr, cols]`
-/// and scales/zeros `[nr, groups]`; the block's scaled errors `[nr, bs]`; the loss so far.
+/// and scales/zeros `[nr, groups]`; the block's scaled errors `[nr, bs]` (and, with GPTAQ, its
+/// pruned values negated); the loss so far.
 struct Rows<'a> {
     w: &'a mut [f32],
     mask: &'a mut [bool],
@@ -167,6 +178,7 @@ struct Rows<'a> {
     scales: &'a mut [f32],
     zeros: &'a mut [u8],
     err: Vec<f32>,
+    neg_q: Vec<f32>,
     loss: f64,
 }
 
@@ -205,6 +217,7 @@ impl Job<'_> {
                 scales: d,
                 zeros: e,
                 err: vec![0f32; nr * self.bs],
+                neg_q: vec![0f32; if self.p.is_some() { nr * self.bs } else { 0 }],
                 loss: 0.0,
             });
         }
@@ -251,6 +264,7 @@ impl Job<'_> {
                 }
             }
             let e_row = &mut c.err[r * self.bs..r * self.bs + (b1 - b0)];
+            let q_row = c.neg_q.get_mut(r * self.bs..r * self.bs + (b1 - b0));
             let (codes, grid) = match self.spec.quant {
                 Some(q) => {
                     let ng = cols / q.group_size;
@@ -265,10 +279,14 @@ impl Job<'_> {
                 }
                 None => (None, None),
             };
-            c.loss += self.block_row(row, mrow, e_row, (b0, b1), codes, grid);
+            c.loss += self.block_row(row, mrow, (e_row, q_row), (b0, b1), codes, grid);
         }
         if b1 < cols {
             hessian::compensate(c.w, &c.err, nr, cols, self.bs, (b0, b1), self.u);
+            if let Some(p) = self.p {
+                // GPTAQ's `W[:, i2:] −= … − W1 · P[i1:i2, i2:]`, W1 the block's pruned values.
+                hessian::compensate(c.w, &c.neg_q, nr, cols, self.bs, (b0, b1), p);
+            }
         }
     }
 
@@ -278,7 +296,7 @@ impl Job<'_> {
         &self,
         row: &mut [f32],
         mrow: &mut [bool],
-        e_row: &mut [f32],
+        (e_row, mut q_row): (&mut [f32], Option<&mut [f32]>),
         (b0, b1): (usize, usize),
         mut codes: Option<&mut [u8]>,
         mut grid: Option<(GptqSpec, &mut [f32], &mut [u8])>,
@@ -311,7 +329,13 @@ impl Job<'_> {
                 codes[j] = c;
                 q = (c as i32 - z as i32) as f32 * s;
             }
-            let (e, l) = hessian::compensate_column(row, self.u, cols, (j, b1), x, q);
+            let (e, l) = match (self.p, q_row.as_deref_mut()) {
+                (Some(p), Some(qr)) => {
+                    qr[j - b0] = -q;
+                    hessian::compensate_column_asym(row, (self.u, p), cols, (j, b1), x, q)
+                }
+                _ => hessian::compensate_column(row, self.u, cols, (j, b1), x, q),
+            };
             loss += l;
             e_row[j - b0] = e;
             row[j] = q;
@@ -406,6 +430,63 @@ mod tests {
                 e_s < 0.8 * e_w && e_w < e_m,
                 "{pattern:?}: {e_s} {e_w} {e_m}"
             );
+        }
+    }
+
+    #[test]
+    fn the_asymmetric_term_fits_the_float_output_and_vanishes_without_drift() {
+        use crate::hessian::Cross;
+        let (rows, cols, t) = (32, 96, 512);
+        let (w, x, _) = problem(rows, cols);
+        let mut rnd = lcg(11);
+        // The pruned model's inputs: the float ones plus a drift correlated with them.
+        let xq: Vec<f32> = x
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| v * 0.9 + 0.05 * x[i - i % cols + (i % cols + 1) % cols] + 0.05 * rnd())
+            .collect();
+        assert_eq!(xq.len(), t * cols);
+        let mut h = Hessian::new(cols, true);
+        h.add(&xq);
+        let mut d = Cross::new(cols);
+        d.add(&x, &xq);
+        let hp = hessian::prepare(h.matrix(), cols, 0.01, false, "t").unwrap();
+        // ‖W Xᵀ − Q X̃ᵀ‖²: the pruned layer on its own inputs against the float layer.
+        let asym_err = |q: &[f32]| -> f64 {
+            let mut e = 0f64;
+            for r in 0..rows {
+                for i in 0..t {
+                    let (mut a, mut b) = (0f64, 0f64);
+                    for c in 0..cols {
+                        a += w[r * cols + c] as f64 * x[i * cols + c] as f64;
+                        b += q[r * cols + c] as f64 * xq[i * cols + c] as f64;
+                    }
+                    e += (a - b) * (a - b);
+                }
+            }
+            e
+        };
+        for pattern in [Pattern::Unstructured(0.5), Pattern::NofM { n: 2, m: 4 }] {
+            let spec = SparseGptSpec {
+                block_size: 32,
+                ..SparseGptSpec::new(pattern)
+            };
+            let plain = prune(&w, rows, cols, &hp, &spec);
+            let hpa = hp.clone().with_asymmetry(&d.matrix(), 0.25);
+            let asym = prune(&w, rows, cols, &hpa, &spec);
+            let (e_p, e_a) = (asym_err(&plain.weight), asym_err(&asym.weight));
+            assert!(
+                e_a < 0.9 * e_p,
+                "{pattern:?}: asymmetric {e_a} vs plain {e_p}"
+            );
+            for (v, &m) in asym.weight.iter().zip(&asym.mask) {
+                assert!(!m || *v == 0.0);
+            }
+            // With D = 0 the term is 0 and the result is plain SparseGPT's, bit for bit.
+            let zero = hp.clone().with_asymmetry(&vec![0.0; cols * cols], 0.25);
+            let z = prune(&w, rows, cols, &zero, &spec);
+            assert_eq!(z.mask, plain.mask);
+            assert_eq!(z.weight, plain.weight);
         }
     }
 
