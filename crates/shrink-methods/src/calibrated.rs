@@ -313,13 +313,17 @@ pub(crate) struct Asymmetry {
 }
 
 impl Asymmetry {
-    /// The float model's input `x` of `input` for the sample about to be observed.
+    /// The float model's input `x` of `linear` for the sample about to be observed, kept under
+    /// the input of `slots` that `linear` is (inputs no slot reads are ignored).
     pub(crate) fn observe_float(
         &mut self,
-        input: &'static str,
+        slots: &[LinearSlot],
+        linear: &str,
         x: &Tensor,
     ) -> shrink_models::Result<()> {
-        self.float_inputs.insert(input, pipeline::rows(x)?.0);
+        if let Some(s) = slots.iter().find(|s| s.input == linear) {
+            self.float_inputs.insert(s.input, pipeline::rows(x)?.0);
+        }
         Ok(())
     }
 
@@ -400,12 +404,9 @@ impl LayerStep for GptqStep<'_> {
     }
 
     fn observe_float(&mut self, _: usize, linear: &str, x: &Tensor) -> shrink_models::Result<()> {
-        match (
-            self.slots.iter().find(|s| s.input == linear),
-            &mut self.asym,
-        ) {
-            (Some(s), Some(a)) => a.observe_float(s.input, x),
-            _ => Ok(()),
+        match &mut self.asym {
+            Some(a) => a.observe_float(self.slots, linear, x),
+            None => Ok(()),
         }
     }
 

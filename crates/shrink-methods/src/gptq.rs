@@ -521,36 +521,20 @@ mod tests {
 
     #[test]
     fn gptaq_fits_the_float_output_better_than_gptq_and_clip_search_lowers_the_error() {
+        use crate::hessian::asym_testing::{asym_err, drifted};
         use crate::hessian::Cross;
         let (rows, cols, t) = (32, 128, 512);
         let mut rnd = lcg(3);
         let w: Vec<f32> = (0..rows * cols).map(|_| rnd()).collect();
         let x = correlated(&mut rnd, t, cols);
         // The compressed model's inputs: the float ones plus a drift correlated with them.
-        let xq: Vec<f32> = x
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| v * 0.9 + 0.05 * x[i - i % cols + (i % cols + 1) % cols] + 0.05 * rnd())
-            .collect();
+        let xq = drifted(&x, cols, &mut rnd);
         let mut h = Hessian::new(cols, true);
         h.add(&xq);
         let mut d = Cross::new(cols);
         d.add(&x, &xq);
-        // ‖W Xᵀ − Q X̃ᵀ‖²: the quantized layer on its own inputs against the float layer.
-        let asym_err = |q: &[f32]| -> f64 {
-            let mut e = 0f64;
-            for r in 0..rows {
-                for i in 0..t {
-                    let (mut a, mut b) = (0f64, 0f64);
-                    for c in 0..cols {
-                        a += w[r * cols + c] as f64 * x[i * cols + c] as f64;
-                        b += q[r * cols + c] as f64 * xq[i * cols + c] as f64;
-                    }
-                    e += (a - b) * (a - b);
-                }
-            }
-            e
-        };
+        // The quantized layer on its own inputs against the float layer.
+        let asym_err = |q: &[f32]| asym_err(&w, q, &x, &xq, cols);
         let spec = GptqSpec {
             bits: 3,
             group_size: 32,

@@ -660,6 +660,37 @@ pub fn compensate(
     }
 }
 
+/// What the GPTAQ tests of GPTQ and SparseGPT share.
+#[cfg(test)]
+pub(crate) mod asym_testing {
+    /// The compressed model's inputs for the float inputs `x` (`[t, cols]`): `x` plus a drift
+    /// correlated with it.
+    pub(crate) fn drifted(x: &[f32], cols: usize, rnd: &mut impl FnMut() -> f32) -> Vec<f32> {
+        x.iter()
+            .enumerate()
+            .map(|(i, &v)| v * 0.9 + 0.05 * x[i - i % cols + (i % cols + 1) % cols] + 0.05 * rnd())
+            .collect()
+    }
+
+    /// `‖W Xᵀ − Q X̃ᵀ‖²`: the compressed weight `q` on its own inputs `xq` against the float
+    /// weight `w` on the float inputs `x` (weights `[rows, cols]`, inputs `[t, cols]`).
+    pub(crate) fn asym_err(w: &[f32], q: &[f32], x: &[f32], xq: &[f32], cols: usize) -> f64 {
+        let t = x.len() / cols;
+        let mut e = 0f64;
+        for (wr, qr) in w.chunks(cols).zip(q.chunks(cols)) {
+            for i in 0..t {
+                let (mut a, mut b) = (0f64, 0f64);
+                for c in 0..cols {
+                    a += wr[c] as f64 * x[i * cols + c] as f64;
+                    b += qr[c] as f64 * xq[i * cols + c] as f64;
+                }
+                e += (a - b) * (a - b);
+            }
+        }
+        e
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -505,12 +505,9 @@ impl LayerStep for PruneStep<'_> {
     }
 
     fn observe_float(&mut self, _: usize, linear: &str, x: &Tensor) -> shrink_models::Result<()> {
-        match (
-            self.slots.iter().find(|s| s.input == linear),
-            &mut self.asym,
-        ) {
-            (Some(s), Some(a)) => a.observe_float(s.input, x),
-            _ => Ok(()),
+        match &mut self.asym {
+            Some(a) => a.observe_float(self.slots, linear, x),
+            None => Ok(()),
         }
     }
 

@@ -435,37 +435,20 @@ mod tests {
 
     #[test]
     fn the_asymmetric_term_fits_the_float_output_and_vanishes_without_drift() {
+        use crate::hessian::asym_testing::{asym_err, drifted};
         use crate::hessian::Cross;
-        let (rows, cols, t) = (32, 96, 512);
+        let (rows, cols) = (32, 96);
         let (w, x, _) = problem(rows, cols);
         let mut rnd = lcg(11);
         // The pruned model's inputs: the float ones plus a drift correlated with them.
-        let xq: Vec<f32> = x
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| v * 0.9 + 0.05 * x[i - i % cols + (i % cols + 1) % cols] + 0.05 * rnd())
-            .collect();
-        assert_eq!(xq.len(), t * cols);
+        let xq = drifted(&x, cols, &mut rnd);
         let mut h = Hessian::new(cols, true);
         h.add(&xq);
         let mut d = Cross::new(cols);
         d.add(&x, &xq);
         let hp = hessian::prepare(h.matrix(), cols, 0.01, false, "t").unwrap();
-        // ‖W Xᵀ − Q X̃ᵀ‖²: the pruned layer on its own inputs against the float layer.
-        let asym_err = |q: &[f32]| -> f64 {
-            let mut e = 0f64;
-            for r in 0..rows {
-                for i in 0..t {
-                    let (mut a, mut b) = (0f64, 0f64);
-                    for c in 0..cols {
-                        a += w[r * cols + c] as f64 * x[i * cols + c] as f64;
-                        b += q[r * cols + c] as f64 * xq[i * cols + c] as f64;
-                    }
-                    e += (a - b) * (a - b);
-                }
-            }
-            e
-        };
+        // The pruned layer on its own inputs against the float layer.
+        let asym_err = |q: &[f32]| asym_err(&w, q, &x, &xq, cols);
         for pattern in [Pattern::Unstructured(0.5), Pattern::NofM { n: 2, m: 4 }] {
             let spec = SparseGptSpec {
                 block_size: 32,
