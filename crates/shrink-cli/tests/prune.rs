@@ -264,6 +264,23 @@ fn bad_input_is_refused_and_nothing_is_written() {
     );
     let a2 = ["sparsegpt", "--gptaq", "--gptaq-alpha", "2"];
     refused(&[&base[..], &a2, &cal].concat(), &out, &["--gptaq-alpha 2"]);
+    // Structured removal updates no weight: --gptaq is refused with it.
+    let st = [
+        "prune",
+        m,
+        "-o",
+        o,
+        "--structured",
+        "layers",
+        "--remove",
+        "1",
+        "--gptaq",
+    ];
+    refused(
+        &[&st[..], &cal].concat(),
+        &out,
+        &["--structured", "--gptaq"],
+    );
     // A quantized input: refused, or dequantized with a warning when asked.
     let q = tmp.path().join("int4");
     run(&[

@@ -71,6 +71,32 @@ impl CalibOpts {
     }
 }
 
+/// GPTAQ's asymmetric calibration (Li et al. 2025), for the methods that update weights
+/// (quantize's GPTQ, prune's SparseGPT).
+#[derive(Debug, Clone, clap::Args)]
+pub struct GptaqOpts {
+    /// GPTQ / SparseGPT → GPTAQ's asymmetric calibration: each layer fitted to the float
+    /// model's output rather than to its own, already drifted, input — the float model runs
+    /// beside the compressed one on the calibration samples (twice the forward work).
+    #[arg(long, help_heading = "GPTAQ")]
+    pub gptaq: bool,
+    /// GPTAQ: weight α of the asymmetric term (the reference's 0.25).
+    #[arg(
+        long,
+        default_value_t = 0.25,
+        help_heading = "GPTAQ",
+        requires = "gptaq"
+    )]
+    pub gptaq_alpha: f64,
+}
+
+impl GptaqOpts {
+    /// α when --gptaq is given.
+    pub fn alpha(&self) -> Option<f64> {
+        self.gptaq.then_some(self.gptaq_alpha)
+    }
+}
+
 /// Where the calibration text comes from and how it is cut into samples.
 #[derive(Debug, Clone)]
 pub struct CalibArgs {

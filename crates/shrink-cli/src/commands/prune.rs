@@ -81,7 +81,7 @@ pub struct Args {
     #[arg(
         long,
         value_enum,
-        conflicts_with = "method",
+        conflicts_with_all = ["method", "gptaq"],
         help_heading = "Structured"
     )]
     pub structured: Option<StructuredKind>,
@@ -112,19 +112,9 @@ pub struct Args {
     /// SparseGPT: dampening, as a fraction of the mean Hessian diagonal.
     #[arg(long, default_value_t = 0.01, help_heading = "SparseGPT")]
     pub damp: f64,
-    /// SparseGPT with GPTAQ's asymmetric calibration: each layer's kept weights are updated to
-    /// fit the unpruned model's output on its inputs, not the pruned model's own drifted inputs
-    /// (the float model runs beside the pruned one: twice the forward work).
-    #[arg(long, help_heading = "SparseGPT", conflicts_with = "structured")]
-    pub gptaq: bool,
-    /// SparseGPT with --gptaq: weight α of the asymmetric term (GPTAQ's 0.25).
-    #[arg(
-        long,
-        default_value_t = 0.25,
-        help_heading = "SparseGPT",
-        requires = "gptaq"
-    )]
-    pub gptaq_alpha: f64,
+    /// GPTAQ's asymmetric calibration (SparseGPT only).
+    #[command(flatten)]
+    pub gptaq: super::calibrated::GptaqOpts,
     /// SparseGPT: also quantize the kept weights to this many bits (2, 3, 4, 8), jointly.
     #[arg(long, help_heading = "SparseGPT")]
     pub bits: Option<u8>,
@@ -183,7 +173,7 @@ fn spec(a: &Args, method: Method) -> Result<PruneSpec> {
     }
     s.block_size = a.blocksize;
     s.damp = a.damp;
-    s.gptaq_alpha = a.gptaq.then_some(a.gptaq_alpha);
+    s.gptaq_alpha = a.gptaq.alpha();
     s.dequantize = a.dequantize;
     s.layout = match a.format {
         Format::Dense => None,

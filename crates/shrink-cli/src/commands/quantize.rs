@@ -204,19 +204,9 @@ pub struct Args {
     /// GPTQ: accumulate the Hessian in float64 (float32 by default).
     #[arg(long, help_heading = "GPTQ")]
     pub hessian_f64: bool,
-    /// GPTQ → GPTAQ (asymmetric calibration, Li et al. 2025): each layer fitted to the float
-    /// model's output rather than to its own, already drifted, input — the float model runs
-    /// beside the compressed one on the calibration samples (twice the forward work).
-    #[arg(long, help_heading = "GPTQ")]
-    pub gptaq: bool,
-    /// GPTAQ: weight α of the asymmetric term (the reference's 0.25).
-    #[arg(
-        long,
-        default_value_t = 0.25,
-        help_heading = "GPTQ",
-        requires = "gptaq"
-    )]
-    pub gptaq_alpha: f64,
+    /// GPTAQ's asymmetric calibration (GPTQ only).
+    #[command(flatten)]
+    pub gptaq: super::calibrated::GptaqOpts,
     /// GPTQ: search each group's clipping range (the range shrunk by up to 80 % in steps of 1 %,
     /// least Σ|q − w|^2.4) instead of its full min/max.
     #[arg(long, help_heading = "GPTQ")]
@@ -467,7 +457,7 @@ fn quantize(a: Args) -> Result<()> {
             spec,
         );
     }
-    if a.method != Method::Gptq && (a.gptaq || a.clip_search) {
+    if a.method != Method::Gptq && (a.gptaq.gptaq || a.clip_search) {
         bail!("--gptaq and --clip-search apply to --method gptq");
     }
     if a.method == Method::Gptq {
@@ -482,7 +472,7 @@ fn quantize(a: Args) -> Result<()> {
             static_groups: a.act_order == ActOrder::Static,
             damp: a.damp,
             clip_search: a.clip_search,
-            gptaq_alpha: a.gptaq.then_some(a.gptaq_alpha),
+            gptaq_alpha: a.gptaq.alpha(),
             ..Default::default()
         };
         return super::calibrated::run_gptq(
