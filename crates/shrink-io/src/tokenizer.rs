@@ -549,6 +549,7 @@ fn bpe_tokenizer(
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
         .ignore_merges(rule.ignore_merges)
+        .cache_capacity(0)
         .build()
         .map_err(|e| meta.err(format!("cannot build the BPE model: {e}")))?;
     let mut steps: Vec<PreTokenizerWrapper> = Vec::with_capacity(rule.regexes.len() + 1);
@@ -567,6 +568,64 @@ fn bpe_tokenizer(
     inner.with_pre_tokenizer(Some(Sequence::new(steps)));
     inner.with_decoder(Some(ByteLevel::new(false, false, false)));
     Ok(inner)
+}
+
+/// Replace a BPE model by the same model without its word cache. tokenizers 0.23 keeps each BPE
+/// instance's cache (up to 10,000 words) in a thread-local map keyed by the instance and never
+/// removes it when the instance is dropped: every tokenizer loaded and used on a thread stays in
+/// memory for the thread's life (found by fuzzing: a persistent process grew by ~1 MB a call
+/// until its allocations failed). Without the cache each word is merged again; encoding stays
+/// well under a second for the largest texts shrink reads.
+/// `merges` is the file's `model.merges`, which the model was read from: pairs, or (the older
+/// form) strings "a b".
+fn without_bpe_cache(
+    inner: &mut tokenizers::Tokenizer,
+    merges: serde_json::Value,
+) -> std::result::Result<(), String> {
+    let tokenizers::ModelWrapper::BPE(bpe) = inner.get_model() else {
+        return Ok(());
+    };
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum MergeList {
+        Pairs(Merges),
+        Strings(Vec<String>),
+    }
+    let merges: Merges = match serde_json::from_value(merges) {
+        Ok(MergeList::Pairs(m)) => m,
+        Ok(MergeList::Strings(m)) => m
+            .iter()
+            .map(|s| match s.split_once(' ') {
+                Some((a, b)) => Ok((a.to_string(), b.to_string())),
+                None => Err(format!("BPE merge {s:?} is not two tokens")),
+            })
+            .collect::<std::result::Result<_, _>>()?,
+        Err(e) => return Err(format!("cannot read the BPE merges: {e}")),
+    };
+    let vocab: Vocab = bpe.get_vocab().into_iter().collect();
+    let mut b = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .cache_capacity(0)
+        .fuse_unk(bpe.fuse_unk)
+        .byte_fallback(bpe.byte_fallback)
+        .ignore_merges(bpe.ignore_merges);
+    if let Some(d) = bpe.dropout {
+        b = b.dropout(d);
+    }
+    if let Some(u) = &bpe.unk_token {
+        b = b.unk_token(u.clone());
+    }
+    if let Some(p) = &bpe.continuing_subword_prefix {
+        b = b.continuing_subword_prefix(p.clone());
+    }
+    if let Some(x) = &bpe.end_of_word_suffix {
+        b = b.end_of_word_suffix(x.clone());
+    }
+    let plain = b
+        .build()
+        .map_err(|e| format!("cannot rebuild the BPE model: {e}"))?;
+    inner.with_model(plain);
+    Ok(())
 }
 
 /// Register control and unknown tokens as special, user-defined ones as matched in text too.
@@ -656,6 +715,11 @@ impl Tokenizer {
                 ))
             }
         };
+        let merges = value
+            .pointer("/model/merges")
+            .cloned()
+            .unwrap_or_else(|| serde_json::Value::Array(Vec::new()));
+        without_bpe_cache(&mut inner, merges).map_err(|e| tk_err(path, e))?;
         // Ids must not depend on a truncation or padding setting saved with the file.
         inner
             .with_truncation(None)
