@@ -333,12 +333,7 @@ pub(crate) fn check_sizes(
     stored: impl Fn(&str) -> Option<String>,
 ) -> Result<()> {
     let tensors = ckpt.tensors();
-    let held = tensors
-        .iter()
-        .filter_map(|t| layer_index(&t.name))
-        .map(|i| i + 1)
-        .max()
-        .unwrap_or(0);
+    let held = layers_held(tensors.iter().map(|t| t.name.as_str()));
     let path = config_path(ckpt);
     if num_layers > held {
         return Err(config_err(
@@ -382,6 +377,16 @@ pub(crate) fn check_sizes(
 
 /// The layer index in a tensor name (`model.layers.3.…`, `transformer.h.3.…`, `blk.3.…`,
 /// `bert.encoder.layer.3.…`).
+/// The number of layers tensor names imply: one past the largest layer index any names.
+fn layers_held<'a>(names: impl Iterator<Item = &'a str>) -> usize {
+    names
+        .filter_map(layer_index)
+        // A name may say layer usize::MAX (found by fuzzing): saturate.
+        .map(|i| i.saturating_add(1))
+        .max()
+        .unwrap_or(0)
+}
+
 fn layer_index(name: &str) -> Option<usize> {
     let mut parts = name.split('.');
     while let Some(p) = parts.next() {
@@ -650,5 +655,25 @@ impl ModelConfig {
             v["eos_token_id"] = e.into();
         }
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_counts_from_names_saturate() {
+        let names = [
+            "model.layers.0.mlp.up_proj.weight",
+            "model.layers.7.self_attn.q_proj.weight",
+            "model.norm.weight",
+        ];
+        assert_eq!(layers_held(names.into_iter()), 8);
+        // The name a fuzzed safetensors header held: no overflow (a panic with overflow checks,
+        // a count of 0 without them), the largest count there is.
+        let hostile = "model.layers.18446744073709551615.mlp.up_proj.weight";
+        assert_eq!(layers_held(names.into_iter().chain([hostile])), usize::MAX);
+        assert_eq!(layers_held(std::iter::empty()), 0);
     }
 }
