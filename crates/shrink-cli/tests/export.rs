@@ -394,3 +394,76 @@ fn bad_requests_write_nothing() {
     assert_eq!(std::fs::metadata(&copy).unwrap().len(), before);
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 2);
 }
+
+/// A quantized HF directory whose weights lie on a symmetric grid in groups of 32 (`int --sym`,
+/// `gptq --sym`) exports to Q4_0 / Q8_0 with that grid kept: each of its linears in the GGUF is
+/// exactly the directory's weight, not rounded a second time.
+#[test]
+fn symmetric_groups_of_32_are_kept_exactly_in_q4_0_and_q8_0() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_llama_with_tokenizer(tmp.path());
+    let calib = calib_text(tmp.path(), 3000);
+    let (m, c) = (model.to_str().unwrap(), calib.to_str().unwrap());
+    let int = |bits| {
+        vec![
+            "--method",
+            "int",
+            "--bits",
+            bits,
+            "--group-size",
+            "32",
+            "--sym",
+        ]
+    };
+    let mut gptq = vec![
+        "--method",
+        "gptq",
+        "--bits",
+        "4",
+        "--group-size",
+        "32",
+        "--sym",
+    ];
+    gptq.extend(["--calib", c, "--calib-format", "raw"]);
+    gptq.extend(["--calib-samples", "4", "--calib-seqlen", "32"]);
+    for (name, method, ty) in [
+        ("int4", int("4"), "q4_0"),
+        ("gptq4", gptq, "q4_0"),
+        ("int8", int("8"), "q8_0"),
+    ] {
+        let dir = tmp.path().join(name);
+        let mut args = vec!["quantize", m, "-o", dir.to_str().unwrap()];
+        args.extend(method);
+        ok(&shrink(&args));
+        let out = tmp.path().join(format!("{name}.gguf"));
+        let r = export(&dir, ty, &out);
+        let (kept, blocks) = (&r["blocks_on_grid"], &r["blocks_requantized"]);
+        assert!(blocks.as_u64().unwrap() > 0, "{name}: {r}");
+        assert_eq!(kept, blocks, "{name}: every block kept");
+        assert!(r["warning"].is_null(), "{name}: {}", r["warning"]);
+        let (hf, g) = (
+            Checkpoint::open(&dir).unwrap(),
+            GgufFile::open(&out).unwrap(),
+        );
+        let mut compared = 0;
+        for l in 0..2 {
+            // Tensors the converter stores unpermuted (Q and K rows are permuted).
+            for (gg, h) in [
+                ("ffn_gate", "mlp.gate_proj"),
+                ("ffn_up", "mlp.up_proj"),
+                ("ffn_down", "mlp.down_proj"),
+                ("attn_v", "self_attn.v_proj"),
+                ("attn_output", "self_attn.o_proj"),
+            ] {
+                let info = g.tensor(&format!("blk.{l}.{gg}.weight")).unwrap();
+                assert_eq!(info.ty.name(), ty.to_uppercase(), "{name} {gg}");
+                let (want, _) = hf
+                    .read_f32(&format!("model.layers.{l}.{h}.weight"))
+                    .unwrap();
+                assert!(g.read_f32(info).unwrap() == want, "{name}: blk.{l}.{gg}");
+                compared += 1;
+            }
+        }
+        assert_eq!(compared, 10);
+    }
+}

@@ -21,7 +21,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use serde_json::json;
-use shrink_formats::ggml::GgmlType;
+use shrink_formats::ggml::{self, GgmlType};
 use shrink_io::gguf_write::{write_gguf, GgufTensorSpec, GgufWriteOptions};
 use shrink_io::model_card::{self, CardValue};
 use shrink_io::{Checkpoint, GgufFile, GgufValue, HfCheckpoint};
@@ -339,31 +339,56 @@ pub fn export_gguf(
     };
     progress.start("export", l.plan.len() as u64);
     let mut convert_seconds = 0f64;
+    // Blocks of a quantized input's Q4_0/Q8_0 tensors, and those whose values lay on the
+    // type's grid and were kept exactly.
+    let (mut grid_blocks, mut kept_blocks) = (0usize, 0usize);
     let file_bytes = write_gguf(output, &l.meta, specs, &wopts, |i, spec| {
-        let data = match (&l.plan[i].source, ckpt) {
+        // `packed`: the weight is stored in the input's quantized layout (not as a float
+        // tensor of its own name).
+        let (data, packed) = match (&l.plan[i].source, ckpt) {
             (Source::Hf { name, transform }, Checkpoint::Hf(h)) => {
                 let (v, shape) = ckpt.read_f32(name)?;
-                if let Some(info) = h.weights.tensors.get(name) {
+                let info = h.weights.tensors.get(name);
+                if let Some(info) = info {
                     h.weights.release(info);
                 }
-                transform.apply(name, v, &shape)?
+                (transform.apply(name, v, &shape)?, info.is_none())
             }
             (Source::Gguf(name), Checkpoint::Gguf(g)) => {
                 let info = g.tensor(name).expect("from this file");
                 let v = g.read_f32(info)?;
                 g.release(info);
-                v
+                (v, false)
             }
             _ => unreachable!("sources come from the checkpoint"),
         };
         let t = Instant::now();
-        let bytes = quantize_tensor(&spec.name, spec.ty, &spec.ne, &data, None)?;
+        let bytes = if packed && matches!(spec.ty, GgmlType::Q4_0 | GgmlType::Q8_0) {
+            // A symmetric grid of 32 (GPTQ's, round-to-nearest's) is carried over exactly.
+            let fmt = |source| MethodError::Format {
+                name: spec.name.clone(),
+                source,
+            };
+            let mut out = vec![0u8; spec.ty.row_bytes(data.len()).map_err(fmt)?];
+            kept_blocks += ggml::quantize_keeping_grid(spec.ty, &data, &mut out).map_err(fmt)?;
+            grid_blocks += data.len() / spec.ty.block_size();
+            out
+        } else {
+            quantize_tensor(&spec.name, spec.ty, &spec.ne, &data, None)?
+        };
         convert_seconds += t.elapsed().as_secs_f64();
         progress.inc(1);
         Ok::<_, MethodError>(bytes)
     })?;
     progress.finish();
-    let mut r = report(input, output, o.target, &l, file_bytes);
+    let mut r = report(
+        input,
+        output,
+        o.target,
+        &l,
+        file_bytes,
+        (kept_blocks, grid_blocks),
+    );
     r.quantize_seconds = convert_seconds;
     r.set("convert_seconds", convert_seconds);
     r.seconds = t0.elapsed().as_secs_f64();
@@ -371,17 +396,40 @@ pub fn export_gguf(
 }
 
 /// The report of an export to GGUF.
-fn report(input: &Path, output: &Path, target: Target, l: &Layout, file_bytes: u64) -> Report {
+/// `(kept, blocks)`: of a quantized input's Q4_0/Q8_0 blocks, those stored exactly on the grid
+/// they lay on.
+fn report(
+    input: &Path,
+    output: &Path,
+    target: Target,
+    l: &Layout,
+    file_bytes: u64,
+    (kept, blocks): (usize, usize),
+) -> Report {
     let sum = GgufSummary::new(l.plan.iter().map(|p| (&p.spec, p.wanted)));
     let mut r = sum.report(input, output, target.name(), file_bytes);
-    let warning = (l.requantized && matches!(target, Target::Preset(_))).then(|| {
-        format!(
-            "{} stores its linears quantized: they were dequantized and requantized to {}, \
-             which stacks both rounding errors",
-            input.display(),
-            target.name()
-        )
-    });
+    let warning = (l.requantized && matches!(target, Target::Preset(_)) && kept < blocks.max(1))
+        .then(|| {
+            let grid = if blocks > 0 {
+                format!(" ({kept} of {blocks} Q4_0/Q8_0 blocks lay on the type's grid and were kept exactly)")
+            } else {
+                String::new()
+            };
+            format!(
+                "{} stores its linears quantized: they were dequantized and requantized to {}, \
+                 which stacks both rounding errors{grid}",
+                input.display(),
+                target.name()
+            )
+        });
+    if blocks > 0 {
+        r.set("blocks_on_grid", kept);
+        r.set("blocks_requantized", blocks);
+        r.notes.push(format!(
+            "on the grid    {kept} of {blocks} Q4_0/Q8_0 blocks of the quantized input lay on the \
+             type's grid and were stored exactly"
+        ));
+    }
     r.quantized_tensors = l.plan.len();
     r.set("warning", warning);
     r.set("dequantized_input", l.requantized);

@@ -51,6 +51,65 @@ fn signed_absmax(x: &[f32]) -> (f32, f32) {
     (amax, max)
 }
 
+/// When every value of `x` is exactly `d·k` for one f16 `d` and integers `k` in `lo..=hi`:
+/// that `d` and the `k`. A symmetric quantizer that already ran (GPTQ, RTN in groups of the
+/// block's size) leaves its values so; rounding them again would move them. The scale is sought
+/// from the largest value: `d = x_max / k` for each admissible `k`.
+fn exact_grid<const N: usize>(x: &[f32], lo: i32, hi: i32) -> Option<(f32, [i32; N])> {
+    let x: &[f32; N] = x.try_into().ok()?;
+    let (amax, max) = signed_absmax(x);
+    if amax == 0.0 || !amax.is_finite() {
+        return None;
+    }
+    let mut ks: Vec<i32> = (lo..=hi).filter(|&k| k != 0).collect();
+    ks.sort_by_key(|k| std::cmp::Reverse(k.abs()));
+    'candidates: for kmax in ks {
+        let d = max / kmax as f32;
+        if half::f16::from_f32(d).to_f32() != d || d == 0.0 {
+            continue;
+        }
+        let mut k = [0i32; N];
+        for (kj, &v) in k.iter_mut().zip(x) {
+            let q = (v / d).round();
+            if q < lo as f32 || q > hi as f32 || q * d != v {
+                continue 'candidates;
+            }
+            *kj = q as i32;
+        }
+        return Some((d, k));
+    }
+    None
+}
+
+impl BlockQ4_0 {
+    /// The block holding `x` exactly, when `x` lies on a Q4_0 grid ([`exact_grid`], codes
+    /// −8..=7).
+    pub(crate) fn on_grid(x: &[f32]) -> Option<Self> {
+        let (d, k) = exact_grid::<QK4_0>(x, -8, 7)?;
+        let mut qs = [0u8; QK4_0 / 2];
+        for j in 0..QK4_0 / 2 {
+            qs[j] = (k[j] + 8) as u8 | (((k[j + QK4_0 / 2] + 8) as u8) << 4);
+        }
+        Some(BlockQ4_0 {
+            d: fp16_bytes(d),
+            qs,
+        })
+    }
+}
+
+impl BlockQ8_0 {
+    /// The block holding `x` exactly, when `x` lies on a Q8_0 grid ([`exact_grid`]; codes
+    /// −127..=127, as ggml's quantizer writes them: its AVX2 dot product takes |q| with
+    /// `_mm256_sign_epi8`, which −128 would break).
+    pub(crate) fn on_grid(x: &[f32]) -> Option<Self> {
+        let (d, k) = exact_grid::<QK8_0>(x, -127, 127)?;
+        Some(BlockQ8_0 {
+            d: fp16_bytes(d),
+            qs: k.map(|v| v as i8 as u8),
+        })
+    }
+}
+
 /// The (min, max) of a block as `quantize_row_q4_1_ref` finds them.
 #[inline(always)]
 fn min_max(x: &[f32]) -> (f32, f32) {

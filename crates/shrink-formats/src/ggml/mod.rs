@@ -612,6 +612,66 @@ fn quantize_serial(
     })
 }
 
+/// Quantize `src` into `dst` as [`quantize`] does, except that each block whose values already
+/// lie exactly on the type's grid — `d·k`, `d` an f16 and `k` codes the type stores — keeps
+/// that grid: a symmetric quantizer's codes (GPTQ's, or round-to-nearest in groups of the block
+/// size) carried over instead of rounded a second time. Q4_0 and Q8_0 (the grids of 4- and
+/// 8-bit symmetric groups of 32); other types are quantized as [`quantize`] does. Returns how
+/// many blocks hold their input exactly.
+pub fn quantize_keeping_grid(
+    ty: GgmlType,
+    src: &[f32],
+    dst: &mut [u8],
+) -> Result<usize, FormatError> {
+    quantize(ty, src, dst)?;
+    let keep: fn(&[f32], &mut [u8]) -> usize = match ty {
+        GgmlType::Q4_0 => keep_grid::<legacy::BlockQ4_0>,
+        GgmlType::Q8_0 => keep_grid::<legacy::BlockQ8_0>,
+        _ => return Ok(0),
+    };
+    let blocks_per_chunk = (PAR_CHUNK_ELEMENTS / ty.block_size()).max(1);
+    Ok(dst
+        .par_chunks_mut(blocks_per_chunk * ty.type_size())
+        .zip(src.par_chunks(blocks_per_chunk * ty.block_size()))
+        .map(|(d, s)| keep(s, d))
+        .sum())
+}
+
+/// A block type that can hold values already on its grid exactly.
+trait OnGrid: Quantize {
+    /// The block holding `x` exactly, if `x` lies on a grid of this type.
+    fn on_grid(x: &[f32]) -> Option<Self>;
+}
+
+impl OnGrid for legacy::BlockQ4_0 {
+    fn on_grid(x: &[f32]) -> Option<Self> {
+        legacy::BlockQ4_0::on_grid(x)
+    }
+}
+
+impl OnGrid for legacy::BlockQ8_0 {
+    fn on_grid(x: &[f32]) -> Option<Self> {
+        legacy::BlockQ8_0::on_grid(x)
+    }
+}
+
+/// Replace each block of `dst` (quantized from `src`) that does not hold its values exactly by
+/// the grid they lie on, where they do; returns the blocks that hold them exactly.
+fn keep_grid<B: OnGrid>(src: &[f32], dst: &mut [u8]) -> usize {
+    let mut exact = 0;
+    let mut y = vec![0f32; B::QK];
+    for (x, bytes) in src.chunks_exact(B::QK).zip(dst.chunks_exact_mut(B::SIZE)) {
+        B::read(bytes).dequantize(&mut y);
+        if y.as_slice() == x {
+            exact += 1;
+        } else if let Some(b) = B::on_grid(x) {
+            b.write(bytes);
+            exact += 1;
+        }
+    }
+    exact
+}
+
 /// A block type with ggml's reference quantizer.
 trait Quantize: Block {
     /// Byte offsets of the block's `ggml_half` scale / min fields, checked for overflow.
@@ -835,6 +895,68 @@ fn codes_of<B: Affine>(data: &[u8]) -> GgmlCodes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Values `d·k` of a symmetric grid per 32-block: `d` an f16, `|k| < top` but one `k = top`,
+    /// the largest magnitude, positive (round-to-nearest then picks another scale: Q4_0 puts
+    /// the largest at −8, Q8_0 at ±127).
+    fn grid(blocks: usize, top: i32) -> Vec<f32> {
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let mut x = Vec::with_capacity(blocks * 32);
+        for _ in 0..blocks {
+            let d = half::f16::from_f32(0.001 + (next() % 1000) as f32 * 1e-4).to_f32();
+            for j in 0..32 {
+                let k = if j == 5 {
+                    top
+                } else {
+                    (next() % (2 * top - 1) as u64) as i32 - (top - 1)
+                };
+                x.push(k as f32 * d);
+            }
+        }
+        x
+    }
+
+    #[test]
+    fn values_on_a_symmetric_grid_keep_it_and_others_quantize_as_llama_cpp() {
+        for (ty, top) in [(GgmlType::Q4_0, 7), (GgmlType::Q8_0, 100)] {
+            let x = grid(64, top);
+            let n = ty.row_bytes(x.len()).unwrap();
+            let (mut plain, mut kept) = (vec![0u8; n], vec![0u8; n]);
+            quantize(ty, &x, &mut plain).unwrap();
+            let exact = quantize_keeping_grid(ty, &x, &mut kept).unwrap();
+            assert_eq!(exact, 64, "{}", ty.name());
+            let mut back = vec![0f32; x.len()];
+            dequantize(ty, &kept, &mut back).unwrap();
+            assert!(back == x, "{}: the grid is kept exactly", ty.name());
+            // Round-to-nearest moves them (the reason for the function).
+            dequantize(ty, &plain, &mut back).unwrap();
+            assert!(back != x, "{}", ty.name());
+            // Values on no grid: the same bytes as `quantize`, no block counted.
+            let y: Vec<f32> = (0..64 * 32)
+                .map(|i| ((i * 7919 % 1013) as f32).sin())
+                .collect();
+            let (mut a, mut b) = (vec![0u8; n], vec![0u8; n]);
+            quantize(ty, &y, &mut a).unwrap();
+            assert_eq!(quantize_keeping_grid(ty, &y, &mut b).unwrap(), 0);
+            assert_eq!(a, b, "{}", ty.name());
+        }
+        // Another type: as `quantize`, nothing kept.
+        let x = grid(8, 7);
+        let n = GgmlType::Q4_1.row_bytes(x.len()).unwrap();
+        let (mut a, mut b) = (vec![0u8; n], vec![0u8; n]);
+        quantize(GgmlType::Q4_1, &x, &mut a).unwrap();
+        assert_eq!(
+            quantize_keeping_grid(GgmlType::Q4_1, &x, &mut b).unwrap(),
+            0
+        );
+        assert_eq!(a, b);
+    }
 
     #[test]
     fn integer_types_become_codes_scales_and_mins_exactly() {
