@@ -395,8 +395,8 @@ fn bad_requests_write_nothing() {
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 2);
 }
 
-/// A quantized HF directory whose weights lie on a symmetric grid in groups of 32 (`int --sym`,
-/// `gptq --sym`) exports to Q4_0 / Q8_0 with that grid kept: each of its linears in the GGUF is
+/// A quantized HF directory whose weights lie on a symmetric grid in groups of 32 or per row
+/// (`int --sym`, `gptq --sym`) exports to Q4_0 / Q8_0 with that grid kept: each of its linears in the GGUF is
 /// exactly the directory's weight, not rounded a second time.
 #[test]
 fn symmetric_groups_of_32_are_kept_exactly_in_q4_0_and_q8_0() {
@@ -428,7 +428,21 @@ fn symmetric_groups_of_32_are_kept_exactly_in_q4_0_and_q8_0() {
     gptq.extend(["--calib-samples", "4", "--calib-seqlen", "32"]);
     for (name, method, ty) in [
         ("int4", int("4"), "q4_0"),
-        ("gptq4", gptq, "q4_0"),
+        ("gptq4", gptq.clone(), "q4_0"),
+        // One scale per row: groups of 32 sharing it.
+        (
+            "int4-channel",
+            vec![
+                "--method",
+                "int",
+                "--bits",
+                "4",
+                "--granularity",
+                "channel",
+                "--sym",
+            ],
+            "q4_0",
+        ),
         ("int8", int("8"), "q8_0"),
     ] {
         let dir = tmp.path().join(name);
