@@ -480,4 +480,14 @@ fn symmetric_groups_of_32_are_kept_exactly_in_q4_0_and_q8_0() {
         }
         assert_eq!(compared, 10);
     }
+    // To a type whose grid they do not lie on (Q4_1's min): rounded again, and the report says so.
+    let r = export(
+        &tmp.path().join("int4"),
+        "q4_1",
+        &tmp.path().join("q4_1.gguf"),
+    );
+    assert_eq!(r["blocks_on_grid"], 0);
+    assert!(r["blocks_requantized"].as_u64().unwrap() > 0);
+    let w = r["warning"].as_str().unwrap();
+    assert!(w.contains("requantized") && w.contains("0 of"), "{w}");
 }

@@ -339,8 +339,8 @@ pub fn export_gguf(
     };
     progress.start("export", l.plan.len() as u64);
     let mut convert_seconds = 0f64;
-    // Blocks of a quantized input's Q4_0/Q8_0 tensors, and those whose values lay on the
-    // type's grid and were kept exactly.
+    // Blocks of a quantized input's weights stored in a quantized type, and those whose values
+    // lay on the type's grid (Q4_0, Q8_0) and were kept exactly.
     let (mut grid_blocks, mut kept_blocks) = (0usize, 0usize);
     let file_bytes = write_gguf(output, &l.meta, specs, &wopts, |i, spec| {
         // `packed`: the weight is stored in the input's quantized layout (not as a float
@@ -374,6 +374,10 @@ pub fn export_gguf(
             grid_blocks += data.len() / spec.ty.block_size();
             out
         } else {
+            if packed && spec.ty.can_quantize() {
+                // Rounded a second time: counted, so that the report warns.
+                grid_blocks += data.len() / spec.ty.block_size();
+            }
             quantize_tensor(&spec.name, spec.ty, &spec.ne, &data, None)?
         };
         convert_seconds += t.elapsed().as_secs_f64();
@@ -396,8 +400,8 @@ pub fn export_gguf(
 }
 
 /// The report of an export to GGUF.
-/// `(kept, blocks)`: of a quantized input's Q4_0/Q8_0 blocks, those stored exactly on the grid
-/// they lay on.
+/// `(kept, blocks)`: of the blocks of a quantized input's weights stored in a quantized type,
+/// those stored exactly on the grid they lay on.
 fn report(
     input: &Path,
     output: &Path,
@@ -411,7 +415,9 @@ fn report(
     let warning = (l.requantized && matches!(target, Target::Preset(_)) && kept < blocks.max(1))
         .then(|| {
             let grid = if blocks > 0 {
-                format!(" ({kept} of {blocks} Q4_0/Q8_0 blocks lay on the type's grid and were kept exactly)")
+                format!(
+                    " ({kept} of {blocks} blocks lay on a Q4_0/Q8_0 grid and were kept exactly)"
+                )
             } else {
                 String::new()
             };
@@ -426,8 +432,8 @@ fn report(
         r.set("blocks_on_grid", kept);
         r.set("blocks_requantized", blocks);
         r.notes.push(format!(
-            "on the grid    {kept} of {blocks} Q4_0/Q8_0 blocks of the quantized input lay on the \
-             type's grid and were stored exactly"
+            "on the grid    {kept} of {blocks} blocks of the quantized input's weights lay on a \
+             Q4_0/Q8_0 grid and were stored exactly (the rest rounded again)"
         ));
     }
     r.quantized_tensors = l.plan.len();
