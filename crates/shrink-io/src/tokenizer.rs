@@ -188,31 +188,31 @@ pub fn byte_chars() -> [char; 256] {
 
 /// A post-processor template naming a special token its table does not define (the tokenizers
 /// crate accepts it and panics when it encodes; found by fuzzing), searched through sequences.
+/// A template is known by its shape, not its `type`: tokenizers' untagged deserializer takes an
+/// object with `single` / `pair` / `special_tokens` as a `TemplateProcessing` whatever its
+/// `type` says (a fuzzed `"UdmplateProcessing"` got through a check by name).
 fn template_gap(p: &serde_json::Value) -> Option<String> {
     use serde_json::Value;
-    match p.get("type").and_then(Value::as_str) {
-        Some("TemplateProcessing") => {
-            let specials = p.get("special_tokens").and_then(Value::as_object);
-            ["single", "pair"]
-                .iter()
-                .filter_map(|k| p.get(*k).and_then(Value::as_array))
-                .flatten()
-                .filter_map(|piece| piece.get("SpecialToken")?.get("id")?.as_str())
-                .find(|id| !specials.is_some_and(|m| m.contains_key(*id)))
-                .map(|id| {
-                    format!(
-                        "post_processor: its template names special token {id:?}, which its \
-                         special_tokens do not define"
-                    )
-                })
-        }
-        Some("Sequence") => p
-            .get("processors")
-            .and_then(Value::as_array)?
-            .iter()
-            .find_map(template_gap),
-        _ => None,
+    if let Some(gap) = p
+        .get("processors")
+        .and_then(Value::as_array)
+        .and_then(|list| list.iter().find_map(template_gap))
+    {
+        return Some(gap);
     }
+    let specials = p.get("special_tokens").and_then(Value::as_object);
+    ["single", "pair"]
+        .iter()
+        .filter_map(|k| p.get(*k).and_then(Value::as_array))
+        .flatten()
+        .filter_map(|piece| piece.get("SpecialToken")?.get("id")?.as_str())
+        .find(|id| !specials.is_some_and(|m| m.contains_key(*id)))
+        .map(|id| {
+            format!(
+                "post_processor: its template names special token {id:?}, which its \
+                 special_tokens do not define"
+            )
+        })
 }
 
 /// `f()`, or the message of its panic, without the panic's report on stderr.
@@ -782,9 +782,18 @@ impl Tokenizer {
         let bos = bos_text.as_deref().and_then(|t| inner.token_to_id(t));
         let eos = eos_text.as_deref().and_then(|t| inner.token_to_id(t));
         // Whether the post-processor already adds BOS / EOS.
-        let probe = inner
-            .encode_fast("", true)
-            .map_err(|e| tk_err(path, e.to_string()))?;
+        // The tokenizers crate may still panic on a post-processor it accepted: its panic is
+        // this file's error.
+        let probe = match quietly(|| inner.encode_fast("", true)) {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => return Err(tk_err(path, e.to_string())),
+            Err(why) => {
+                return Err(tk_err(
+                    path,
+                    format!("the tokenizers crate failed encoding with it: {why}"),
+                ))
+            }
+        };
         let probe = probe.get_ids();
         let add_bos_cfg = cfg("add_bos_token")
             .and_then(|v| v.as_bool())
