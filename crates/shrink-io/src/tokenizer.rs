@@ -215,6 +215,23 @@ fn template_gap(p: &serde_json::Value) -> Option<String> {
         })
 }
 
+/// A call into the tokenizers crate about the file `path`: its error, or its panic ("the
+/// tokenizers crate failed {doing}: …"), as this file's error.
+fn guarded<T, E: std::fmt::Display>(
+    path: &Path,
+    doing: &str,
+    f: impl FnOnce() -> std::result::Result<T, E>,
+) -> Result<T> {
+    match quietly(f) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(tk_err(path, e.to_string())),
+        Err(why) => Err(tk_err(
+            path,
+            format!("the tokenizers crate failed {doing}: {why}"),
+        )),
+    }
+}
+
 /// `f()`, or the message of its panic, without the panic's report on stderr.
 fn quietly<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
     let hook = std::panic::take_hook();
@@ -705,16 +722,7 @@ impl Tokenizer {
         if let Some(what) = value.get("post_processor").and_then(template_gap) {
             return Err(tk_err(path, what));
         }
-        let mut inner = match quietly(|| text.parse::<tokenizers::Tokenizer>()) {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => return Err(tk_err(path, e.to_string())),
-            Err(why) => {
-                return Err(tk_err(
-                    path,
-                    format!("the tokenizers crate failed on it: {why}"),
-                ))
-            }
-        };
+        let mut inner = guarded(path, "on it", || text.parse::<tokenizers::Tokenizer>())?;
         let merges = value
             .pointer("/model/merges")
             .cloned()
@@ -784,16 +792,7 @@ impl Tokenizer {
         // Whether the post-processor already adds BOS / EOS.
         // The tokenizers crate may still panic on a post-processor it accepted: its panic is
         // this file's error.
-        let probe = match quietly(|| inner.encode_fast("", true)) {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => return Err(tk_err(path, e.to_string())),
-            Err(why) => {
-                return Err(tk_err(
-                    path,
-                    format!("the tokenizers crate failed encoding with it: {why}"),
-                ))
-            }
-        };
+        let probe = guarded(path, "encoding with it", || inner.encode_fast("", true))?;
         let probe = probe.get_ids();
         let add_bos_cfg = cfg("add_bos_token")
             .and_then(|v| v.as_bool())

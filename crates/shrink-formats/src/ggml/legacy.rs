@@ -16,8 +16,8 @@
 
 use super::k_quants::{make_qkx3_quants, make_qx_quants};
 use super::{
-    f16_le, fp16_bytes, write_blocks, Block, FieldReader, FieldWriter, Quantize, QK4_0, QK4_1,
-    QK5_0, QK5_1, QK8_0,
+    f16_le, fp16_bytes, write_blocks, Block, FieldReader, FieldWriter, OnGrid, Quantize, QK4_0,
+    QK4_1, QK5_0, QK5_1, QK8_0,
 };
 
 /// `sigma2` of the weighted legacy quantizers: the mean square of the whole row.
@@ -61,8 +61,11 @@ fn exact_grid<const N: usize>(x: &[f32], lo: i32, hi: i32) -> Option<(f32, [i32;
     if amax == 0.0 || !amax.is_finite() {
         return None;
     }
-    let mut ks: Vec<i32> = (lo..=hi).filter(|&k| k != 0).collect();
-    ks.sort_by_key(|k| std::cmp::Reverse(k.abs()));
+    // Largest |k| first (the smallest scale), the negative one first of each pair.
+    let ks = (1..=lo.abs().max(hi.abs()))
+        .rev()
+        .flat_map(|m| [-m, m])
+        .filter(|k| (lo..=hi).contains(k));
     'candidates: for kmax in ks {
         let d = max / kmax as f32;
         if half::f16::from_f32(d).to_f32() != d || d == 0.0 {
@@ -81,10 +84,10 @@ fn exact_grid<const N: usize>(x: &[f32], lo: i32, hi: i32) -> Option<(f32, [i32;
     None
 }
 
-impl BlockQ4_0 {
+impl OnGrid for BlockQ4_0 {
     /// The block holding `x` exactly, when `x` lies on a Q4_0 grid ([`exact_grid`], codes
     /// −8..=7).
-    pub(crate) fn on_grid(x: &[f32]) -> Option<Self> {
+    fn on_grid(x: &[f32]) -> Option<Self> {
         let (d, k) = exact_grid::<QK4_0>(x, -8, 7)?;
         let mut qs = [0u8; QK4_0 / 2];
         for j in 0..QK4_0 / 2 {
@@ -97,11 +100,11 @@ impl BlockQ4_0 {
     }
 }
 
-impl BlockQ8_0 {
+impl OnGrid for BlockQ8_0 {
     /// The block holding `x` exactly, when `x` lies on a Q8_0 grid ([`exact_grid`]; codes
     /// −127..=127, as ggml's quantizer writes them: its AVX2 dot product takes |q| with
     /// `_mm256_sign_epi8`, which −128 would break).
-    pub(crate) fn on_grid(x: &[f32]) -> Option<Self> {
+    fn on_grid(x: &[f32]) -> Option<Self> {
         let (d, k) = exact_grid::<QK8_0>(x, -127, 127)?;
         Some(BlockQ8_0 {
             d: fp16_bytes(d),

@@ -643,18 +643,6 @@ trait OnGrid: Quantize {
     fn on_grid(x: &[f32]) -> Option<Self>;
 }
 
-impl OnGrid for legacy::BlockQ4_0 {
-    fn on_grid(x: &[f32]) -> Option<Self> {
-        legacy::BlockQ4_0::on_grid(x)
-    }
-}
-
-impl OnGrid for legacy::BlockQ8_0 {
-    fn on_grid(x: &[f32]) -> Option<Self> {
-        legacy::BlockQ8_0::on_grid(x)
-    }
-}
-
 /// Replace each block of `dst` (quantized from `src`) that does not hold its values exactly by
 /// the grid they lie on, where they do; returns the blocks that hold them exactly.
 fn keep_grid<B: OnGrid>(src: &[f32], dst: &mut [u8]) -> usize {
