@@ -23,7 +23,8 @@
 //!   attention heads by activation), a smaller dense model of the same architecture;
 //! - [`allocate`]: one candidate per tensor to meet a size budget or a loss bound (`shrink auto`);
 //!   [`sensitivity`]: what each candidate would cost a tensor; [`auto`]: the measured mix
-//!   written as a GGUF;
+//!   written as a GGUF or compressed-tensors; [`weighted_int`]: integer grids whose scales are
+//!   searched for the least importance-weighted error;
 //! - [`report`]: the one report of a run; [`output`]: config, tokenizer and report beside the
 //!   weights, committed atomically.
 
@@ -55,5 +56,6 @@ pub mod sensitivity;
 pub mod sparsegpt;
 pub mod sparsity;
 pub mod structured;
+pub mod weighted_int;
 
 pub use error::{MethodError, Result};
