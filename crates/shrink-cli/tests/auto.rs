@@ -224,3 +224,117 @@ fn gpt2_and_neox_mixes() {
         }
     }
 }
+
+/// `--to compressed-tensors` on the tiny Llama's HF directory: a mix of integer grids within
+/// the budget, the token table among the planned weights, the file holding each weight on the
+/// plan's grid with the plan's bytes, one config group per grid, the model loading and
+/// evaluating; a target under the smallest grid mix and an unknown grid refused.
+#[test]
+fn a_compressed_tensors_mix_of_integer_grids() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = tiny_llama_with_tokenizer(tmp.path());
+    let calib = calib_text(tmp.path(), 3000);
+    let out_dir = tmp.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let out = out_dir.join("ct");
+    let ct = ["--to", "compressed-tensors"];
+    let o = auto(
+        &hf,
+        &calib,
+        &out,
+        &[&ct[..], &["--target-bpw", "5"]].concat(),
+    );
+    ok(&o);
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let bpw = r["bits_per_weight_model"].as_f64().unwrap();
+    assert!(bpw <= 5.0 && bpw > 3.0, "{bpw}");
+    let plan = r["plan"].as_array().unwrap();
+    let names: Vec<&str> = plan.iter().map(|p| p["tensor"].as_str().unwrap()).collect();
+    assert!(names.contains(&"model.embed_tokens.weight"), "{names:?}");
+    assert_eq!(plan.len(), 2 * 7 + 1, "every linear and the tied table");
+
+    let ckpt = shrink_io::Checkpoint::open(&out).unwrap();
+    let shrink_io::Checkpoint::Hf(h) = &ckpt else {
+        panic!("a directory")
+    };
+    let qcfg = h.quantization_config().unwrap();
+    let groups = qcfg["config_groups"].as_object().unwrap();
+    let mut grids = std::collections::BTreeSet::new();
+    let mut planned_bytes = 0u64;
+    for row in plan {
+        let name = row["tensor"].as_str().unwrap();
+        let ty = row["type"].as_str().unwrap();
+        planned_bytes += row["bytes"].as_u64().unwrap();
+        if row["copied"] == true {
+            assert!(h.quantized(name).unwrap().is_none(), "{name} stays float16");
+            continue;
+        }
+        grids.insert(ty.to_string());
+        let spec = shrink_methods::auto_ct::parse_grid(ty).unwrap();
+        let Some(shrink_io::quantized::Quantized::Int(t)) = h.quantized(name).unwrap() else {
+            panic!("{name}: not stored as integers")
+        };
+        assert_eq!(t.spec, spec, "{name}");
+        let module = name.strip_suffix(".weight").unwrap();
+        let in_group = groups.values().any(|g| {
+            g["targets"].as_array().unwrap().iter().any(|x| x == module)
+                && g["weights"]["num_bits"] == spec.bits
+        });
+        assert!(in_group, "{name}: no config group of its grid names it");
+        assert_eq!(
+            shrink_io::quantized::ct_file_bytes(&spec, t.rows, t.cols),
+            row["bytes"].as_u64().unwrap(),
+            "{name}"
+        );
+    }
+    assert!(grids.len() > 1, "a mix: {grids:?}");
+    assert_eq!(groups.len(), grids.len(), "one config group per grid");
+    // Whole model: the plan's bytes and the float16 rest over every weight, as written.
+    let total: u64 = ckpt.tensors().iter().map(|t| t.bytes).sum();
+    let n: u64 = r["float32_bytes"].as_u64().unwrap() / 4;
+    assert!(
+        (total as f64 * 8.0 / n as f64 - bpw).abs() < 1e-9,
+        "{total} {n} {bpw}"
+    );
+    assert!(planned_bytes <= total);
+    // The written model loads and runs.
+    ok(&shrink(&[
+        "bench",
+        out.to_str().unwrap(),
+        "-p",
+        "16",
+        "-n",
+        "4",
+        "-r",
+        "1",
+    ]));
+
+    // Refusals write nothing.
+    let before = std::fs::read_dir(&out_dir).unwrap().count();
+    let bad = out_dir.join("bad");
+    let o = auto(
+        &hf,
+        &calib,
+        &bad,
+        &[&ct[..], &["--target-bpw", "1.5"]].concat(),
+    );
+    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        !o.status.success() && e.contains("smallest is 2.") && e.contains("largest"),
+        "{e}"
+    );
+    let o = auto(
+        &hf,
+        &calib,
+        &bad,
+        &[
+            &ct[..],
+            &["--target-bpw", "5", "--grids", "int4-g64,int7-g64"],
+        ]
+        .concat(),
+    );
+    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(e.contains("int7-g64 is not an integer grid"), "{e}");
+    let after = std::fs::read_dir(&out_dir).unwrap().count();
+    assert_eq!(before, after);
+}

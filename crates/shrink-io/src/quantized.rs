@@ -50,6 +50,29 @@ pub fn ct_packs(bits: u8) -> bool {
     matches!(bits, 2 | 4 | 8)
 }
 
+/// Bytes of the compressed-tensors tensors [`ct_tensors`] writes for a `[rows, cols]` weight
+/// quantized with `spec` (codes, scales, zero points, shape), without quantizing it.
+pub fn ct_file_bytes(spec: &IntSpec, rows: usize, cols: usize) -> u64 {
+    let bits = spec.bits as usize;
+    let scales = spec.num_scales(rows, cols);
+    let (scale_rows, scale_cols) = match spec.granularity {
+        Granularity::Tensor => (1, 1),
+        _ => (rows, spec.scales_per_row(cols)),
+    };
+    let packs = ct_packs(spec.bits);
+    let codes = if packs {
+        rows * (cols * bits).div_ceil(32) * 4 + 16
+    } else {
+        rows * cols
+    };
+    let zeros = match (spec.symmetric, packs) {
+        (true, _) => 0,
+        (false, true) => (scale_rows * bits).div_ceil(32) * 4 * scale_cols,
+        (false, false) => scales,
+    };
+    (codes + scales * spec.scale_type.size() + zeros) as u64
+}
+
 /// The compressed-tensors tensors of module `module` (`<module>.weight_packed`, ...).
 pub fn ct_tensors(module: &str, t: &IntTensor) -> Vec<StoredTensor> {
     let s = t.spec;
@@ -150,6 +173,13 @@ pub fn ct_tensors(module: &str, t: &IntTensor) -> Vec<StoredTensor> {
 
 /// The `quantization_config` of a compressed-tensors checkpoint quantized with `spec`.
 pub fn ct_config(spec: &IntSpec, ignore: &[String]) -> Value {
+    let mut v = ct_config_groups(&[(*spec, vec!["Linear".to_string()])], ignore);
+    v["shrink"]["scale_dtype"] = json!(spec.scale_type.name());
+    v
+}
+
+/// compressed-tensors' format name and `weights` arguments of `spec`.
+fn ct_scheme(spec: &IntSpec) -> (&'static str, Value) {
     let format = if ct_packs(spec.bits) {
         "pack-quantized"
     } else {
@@ -160,15 +190,37 @@ pub fn ct_config(spec: &IntSpec, ignore: &[String]) -> Value {
         Granularity::Channel => ("channel", Value::Null),
         Granularity::Group(g) => ("group", json!(g)),
     };
+    let weights = json!({"dynamic": false, "group_size": group, "num_bits": spec.bits,
+        "strategy": strategy, "symmetric": spec.symmetric, "type": "int"});
+    (format, weights)
+}
+
+/// The `quantization_config` of a compressed-tensors checkpoint whose modules are quantized
+/// with several specs: one config group per spec, targeting the modules listed with it (exact
+/// module names, or a class such as `Linear`). The top-level `format` is the groups' common
+/// one, else `mixed-precision`.
+pub fn ct_config_groups(groups: &[(IntSpec, Vec<String>)], ignore: &[String]) -> Value {
+    let mut cg = serde_json::Map::new();
+    let mut formats = std::collections::BTreeSet::new();
+    for (k, (spec, targets)) in groups.iter().enumerate() {
+        let (format, weights) = ct_scheme(spec);
+        formats.insert(format);
+        cg.insert(
+            format!("group_{k}"),
+            json!({"format": format, "input_activations": null, "output_activations": null,
+                   "targets": targets, "weights": weights}),
+        );
+    }
+    let format = match formats.len() {
+        1 => formats.into_iter().next().expect("one"),
+        _ => "mixed-precision",
+    };
     json!({
-        "config_groups": {"group_0": {
-            "format": format, "input_activations": null, "output_activations": null, "targets": ["Linear"],
-            "weights": {"dynamic": false, "group_size": group, "num_bits": spec.bits, "strategy": strategy,
-                        "symmetric": spec.symmetric, "type": "int"}}},
+        "config_groups": cg,
         "format": format, "global_compression_ratio": null, "ignore": ignore, "kv_cache_scheme": null,
         "moe_sparsity_config": null, "quant_method": "compressed-tensors", "quantization_status": "compressed",
         "sparsity_config": {}, "transform_config": {}, "version": "0.20.0",
-        "shrink": {"symmetric_qmax": "2^(bits-1)-1", "scale_dtype": spec.scale_type.name()},
+        "shrink": {"symmetric_qmax": "2^(bits-1)-1"},
     })
 }
 
@@ -637,17 +689,50 @@ fn read_ct(r: &Reader, qcfg: &Value, module: &str) -> Result<Option<Quantized>> 
     }))
 }
 
-/// The integer grid of a compressed-tensors config (group 0's weights), and whether its
-/// activations are dynamic int8 per token (W8A8).
-fn ct_spec(r: &Reader, qcfg: &Value, module: &str, scale_dtype: Dtype) -> Result<(IntSpec, bool)> {
-    let w = qcfg
-        .pointer("/config_groups/group_0/weights")
+/// The config group of `module`: the one whose `targets` name it, else the only group, else
+/// the one targeting the `Linear` class.
+fn ct_group<'a>(r: &Reader, qcfg: &'a Value, module: &str) -> Result<&'a Value> {
+    let groups = qcfg
+        .get("config_groups")
+        .and_then(Value::as_object)
+        .filter(|g| !g.is_empty())
+        .ok_or_else(|| r.err("quantization_config: config_groups missing or empty".into()))?;
+    let targets = |g: &Value, t: &str| {
+        g.get("targets")
+            .and_then(Value::as_array)
+            .is_some_and(|ts| ts.iter().any(|x| x.as_str() == Some(t)))
+    };
+    groups
+        .values()
+        .find(|g| targets(g, module))
+        .or_else(|| {
+            (groups.len() == 1)
+                .then(|| groups.values().next())
+                .flatten()
+        })
+        .or_else(|| groups.values().find(|g| targets(g, "Linear")))
         .ok_or_else(|| {
-            r.err("quantization_config: config_groups.group_0.weights missing".into())
+            r.err(format!(
+                "quantization_config: no config group targets {module} (by name or as Linear)"
+            ))
+        })
+}
+
+/// The integer grid of a compressed-tensors config for `module` (its group's weights), and
+/// whether its activations are dynamic int8 per token (W8A8).
+fn ct_spec(r: &Reader, qcfg: &Value, module: &str, scale_dtype: Dtype) -> Result<(IntSpec, bool)> {
+    let group = ct_group(r, qcfg, module)?;
+    let w = group
+        .get("weights")
+        .filter(|w| w.is_object())
+        .ok_or_else(|| {
+            r.err(format!(
+                "quantization_config: the config group of {module} has no weights"
+            ))
         })?;
     let bits = w.get("num_bits").and_then(Value::as_u64).unwrap_or(0) as u8;
     let symmetric = w.get("symmetric").and_then(Value::as_bool).unwrap_or(true);
-    let dynamic_int8 = match qcfg.pointer("/config_groups/group_0/input_activations") {
+    let dynamic_int8 = match group.get("input_activations") {
         None | Some(Value::Null) => false,
         Some(a) => {
             let is = |k: &str, v: Value| a.get(k) == Some(&v);
@@ -893,4 +978,35 @@ fn read_bnb4(r: &Reader, module: &str) -> Result<Option<Quantized>> {
     };
     t.check().map_err(|e| r.err(format!("{module}: {e}")))?;
     Ok(Some(Quantized::Nf4(t, shape)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ct_file_bytes_counts_what_ct_tensors_writes() {
+        for bits in shrink_formats::int::SUPPORTED_BITS {
+            for symmetric in [false, true] {
+                for granularity in [
+                    Granularity::Tensor,
+                    Granularity::Channel,
+                    Granularity::Group(32),
+                    Granularity::Group(64),
+                ] {
+                    let spec = IntSpec {
+                        bits,
+                        symmetric,
+                        granularity,
+                        scale_type: FloatType::F16,
+                    };
+                    let (rows, cols) = (37, 192);
+                    let w: Vec<f32> = (0..rows * cols).map(|i| (i % 23) as f32 - 11.0).collect();
+                    let t = shrink_formats::int::quantize(&w, rows, cols, spec).unwrap();
+                    let written: usize = ct_tensors("m", &t).iter().map(|s| s.bytes.len()).sum();
+                    assert_eq!(ct_file_bytes(&spec, rows, cols), written as u64, "{spec:?}");
+                }
+            }
+        }
+    }
 }

@@ -248,6 +248,48 @@ fn probe_names(seq: &Sequential) -> Result<Vec<(String, String)>> {
         .collect())
 }
 
+/// How the options of a tensor are stored and read back: the format `shrink auto` writes
+/// (ggml types in a GGUF, integer grids in compressed-tensors).
+pub trait Storage: Sync {
+    /// The HF name of the weight a probe replaces for tensor `name` (as the sensitivity names
+    /// it), if a probe can replace it.
+    fn hf_name(&self, name: &str) -> Option<String>;
+    /// The weight `w` (`[out, in]`, float32) of tensor `name` stored as option `ty` and read
+    /// back.
+    fn stored_as(&self, name: &str, ty: &str, w: &Tensor) -> Result<Tensor>;
+}
+
+/// The ggml types of a GGUF, quantized as llama-quantize would with the importance matrix.
+pub struct GgufStorage<'a> {
+    /// GGUF name → HF name of every weight a probe can replace.
+    to_hf: HashMap<String, String>,
+    /// Guides the quantizers.
+    imatrix: Option<&'a Imatrix>,
+}
+
+impl<'a> GgufStorage<'a> {
+    /// The storage of the model `seq` reads, quantized with `imatrix`.
+    pub fn new(seq: &Sequential, imatrix: Option<&'a Imatrix>) -> Result<GgufStorage<'a>> {
+        let to_hf = probe_names(seq)?.into_iter().map(|(h, g)| (g, h)).collect();
+        Ok(GgufStorage { to_hf, imatrix })
+    }
+}
+
+impl Storage for GgufStorage<'_> {
+    fn hf_name(&self, name: &str) -> Option<String> {
+        self.to_hf.get(name).cloned()
+    }
+    fn stored_as(&self, name: &str, ty: &str, w: &Tensor) -> Result<Tensor> {
+        let ty = GgmlType::from_name(ty)
+            .ok_or_else(|| MethodError::Options(format!("{name}: {ty} is not a ggml type")))?;
+        let imp = self
+            .imatrix
+            .and_then(|im| im.entries.get(name))
+            .map(Vec::as_slice);
+        stored_as(name, ty, w, imp)
+    }
+}
+
 /// Measure the sensitivity of every tensor of `g` (opened as `ckpt` too) as the module says.
 pub fn measure(
     g: &GgufFile,
@@ -257,18 +299,10 @@ pub fn measure(
 ) -> Result<Sensitivity> {
     let t0 = Instant::now();
     let seq = Sequential::new(ckpt)?;
-    // GGUF name → HF name of every weight a probe can replace.
-    let (table, head_weight) = seq.head_names()?;
-    let to_hf: HashMap<String, String> = probe_names(&seq)?
-        .into_iter()
-        .map(|(h, g)| (g, h))
-        .collect();
-
+    let storage = GgufStorage::new(&seq, m.imatrix)?;
     let costs = ggml_costs(g, m.types, m.imatrix, progress)?;
     let mut tensors = Vec::with_capacity(costs.len());
-    // (tensor, type) of every probe, and its HF name.
-    let mut probes: Vec<(usize, GgmlType)> = Vec::new();
-    for (i, c) in costs.iter().enumerate() {
+    for c in &costs {
         let info = g.tensor(&c.name).expect("from this file");
         let mut options = vec![TensorOption {
             ty: info.ty.name().to_string(),
@@ -277,8 +311,7 @@ pub fn measure(
             error: 0.0,
             kl: 0.0,
         }];
-        let probe_able = quantizable(&c.name, &c.ne) && to_hf.contains_key(&c.name);
-        if probe_able {
+        if quantizable(&c.name, &c.ne) && storage.to_hf.contains_key(&c.name) {
             for (ty, cand) in &c.candidates {
                 if *ty == info.ty {
                     continue; // the copy, at no loss
@@ -291,29 +324,6 @@ pub fn measure(
                     kl: 0.0,
                 });
             }
-            let n = info.elements() as f64;
-            let bpw = |o: &TensorOption| o.bytes as f64 * 8.0 / n;
-            let quantized: Vec<&TensorOption> = options[1..].iter().collect();
-            let four = quantized
-                .iter()
-                .filter(|o| bpw(o) >= 4.0)
-                .min_by_key(|o| o.bytes);
-            let least = quantized.iter().min_by_key(|o| o.bytes);
-            // The token table and the head feed every position's logits directly: each of
-            // their options is measured (a pass of the head each), not predicted.
-            let top = [table, head_weight]
-                .iter()
-                .any(|hf| to_hf.get(&c.name).is_some_and(|h| h == hf));
-            let chosen: Vec<&&TensorOption> = if top {
-                quantized.iter().collect()
-            } else {
-                four.into_iter()
-                    .chain(least.filter(|o| bpw(o) < 4.0))
-                    .collect()
-            };
-            for o in chosen {
-                probes.push((i, GgmlType::from_name(&o.ty).expect("a ggml type")));
-            }
         }
         tensors.push(TensorSensitivity {
             name: c.name.clone(),
@@ -323,29 +333,66 @@ pub fn measure(
             probes: Vec::new(),
         });
     }
+    probe(&seq, tensors, &storage, m, t0, progress)
+}
+
+/// Probe the tensors whose options are known (module docs, step 1): each tensor alone at the
+/// smallest option of at least 4 bits/weight, and at its smallest where that is under 4; the
+/// token table and the head at every option. Then predict every option's KL from the probes.
+pub fn probe(
+    seq: &Sequential,
+    mut tensors: Vec<TensorSensitivity>,
+    storage: &dyn Storage,
+    m: &Measure,
+    t0: Instant,
+    progress: &dyn Progress,
+) -> Result<Sensitivity> {
+    let (table, head_weight) = seq.head_names()?;
+    // (tensor, option) of every probe.
+    let mut probes: Vec<(usize, usize)> = Vec::new();
+    for (i, t) in tensors.iter().enumerate() {
+        let Some(hf) = storage.hf_name(&t.name) else {
+            continue;
+        };
+        let n: u64 = t.ne.iter().product();
+        let bpw = |k: usize| t.options[k].bytes as f64 * 8.0 / n as f64;
+        let quantized: Vec<usize> = (0..t.options.len())
+            .filter(|&k| !t.options[k].copy)
+            .collect();
+        let four = quantized
+            .iter()
+            .copied()
+            .filter(|&k| bpw(k) >= 4.0)
+            .min_by_key(|&k| t.options[k].bytes);
+        let least = quantized
+            .iter()
+            .copied()
+            .min_by_key(|&k| t.options[k].bytes);
+        // The token table and the head feed every position's logits directly: each of
+        // their options is measured (a pass of the head each), not predicted.
+        let chosen: Vec<usize> = if hf == table || hf == head_weight {
+            quantized.clone()
+        } else {
+            four.into_iter()
+                .chain(least.filter(|&k| bpw(k) < 4.0))
+                .collect()
+        };
+        probes.extend(chosen.into_iter().map(|k| (i, k)));
+    }
     let probe_names: Vec<Vec<String>> = probes
         .iter()
-        .map(|(i, _)| vec![to_hf[&tensors[*i].name].clone()])
+        .map(|&(i, _)| vec![storage.hf_name(&tensors[i].name).expect("probed")])
         .collect();
     let replace = |p: usize, _hf: &str, w: &Tensor| -> Result<Tensor> {
-        let (i, ty) = probes[p];
-        let name = &tensors[i].name;
-        let imp = m
-            .imatrix
-            .and_then(|im| im.entries.get(name))
-            .map(Vec::as_slice);
-        stored_as(name, ty, w, imp)
+        let (i, k) = probes[p];
+        storage.stored_as(&tensors[i].name, &tensors[i].options[k].ty, w)
     };
-    let measured = divergences(&seq, m.samples, &probe_names, &replace, progress)?;
-    for ((i, ty), d) in probes.iter().zip(measured) {
-        let t = &mut tensors[*i];
-        let error = t
-            .options
-            .iter()
-            .find(|o| o.ty == ty.name() && !o.copy)
-            .map_or(0.0, |o| o.error);
+    let measured = divergences(seq, m.samples, &probe_names, &replace, progress)?;
+    for (&(i, k), d) in probes.iter().zip(measured) {
+        let t = &mut tensors[i];
+        let (ty, error) = (t.options[k].ty.clone(), t.options[k].error);
         t.probes.push(ProbePoint {
-            ty: ty.name().to_string(),
+            ty,
             error,
             divergence: d,
         });
@@ -500,37 +547,30 @@ fn measure_mix(
     seq: &Sequential,
     s: &Sensitivity,
     a: &Allocation,
-    m: &Measure,
+    storage: &dyn Storage,
+    samples: &[Vec<u32>],
     progress: &dyn Progress,
 ) -> Result<Divergence> {
-    let to_gguf: HashMap<String, String> = probe_names(seq)?.into_iter().collect();
-    let types: HashMap<&str, GgmlType> = s
+    // HF name → (tensor, option) of every replaced weight.
+    let replaced: HashMap<String, (&str, &str)> = s
         .tensors
         .iter()
         .zip(&a.picks)
         .filter(|(t, &k)| !t.options[k].copy)
-        .map(|(t, &k)| {
-            let ty = GgmlType::from_name(&t.options[k].ty).expect("a ggml type");
-            (t.name.as_str(), ty)
+        .filter_map(|(t, &k)| {
+            let hf = storage.hf_name(&t.name)?;
+            Some((hf, (t.name.as_str(), t.options[k].ty.as_str())))
         })
         .collect();
-    let names: Vec<String> = to_gguf
-        .iter()
-        .filter(|(_, gg)| types.contains_key(gg.as_str()))
-        .map(|(hf, _)| hf.clone())
-        .collect();
-    if names.is_empty() {
+    if replaced.is_empty() {
         return Ok(Divergence::default());
     }
+    let names: Vec<String> = replaced.keys().cloned().collect();
     let replace = |_p: usize, hf: &str, w: &Tensor| -> Result<Tensor> {
-        let gg = &to_gguf[hf];
-        let imp = m
-            .imatrix
-            .and_then(|im| im.entries.get(gg))
-            .map(Vec::as_slice);
-        stored_as(gg, types[gg.as_str()], w, imp)
+        let (name, ty) = replaced[hf];
+        storage.stored_as(name, ty, w)
     };
-    Ok(divergences(seq, m.samples, &[names], &replace, progress)?[0])
+    Ok(divergences(seq, samples, &[names], &replace, progress)?[0])
 }
 
 /// Allocate for `target` and check the mix whole, correcting a bound by the measurement
@@ -539,7 +579,8 @@ pub fn plan(
     ckpt: &Checkpoint,
     s: &Sensitivity,
     target: Target,
-    m: &Measure,
+    storage: &dyn Storage,
+    samples: &[Vec<u32>],
     progress: &dyn Progress,
 ) -> Result<Plan> {
     let t0 = Instant::now();
@@ -565,7 +606,7 @@ pub fn plan(
                 )));
             }
             let a = allocate::within_bytes(&options, budget)?;
-            let measured = measure_mix(&seq, s, &a, m, progress)?;
+            let measured = measure_mix(&seq, s, &a, storage, samples, progress)?;
             return Ok(Plan {
                 allocation: a,
                 measured,
@@ -587,7 +628,7 @@ pub fn plan(
         if tries.iter().any(|(b, _)| b.picks == a.picks) {
             break;
         }
-        let d = measure_mix(&seq, s, &a, m, progress)?;
+        let d = measure_mix(&seq, s, &a, storage, samples, progress)?;
         let measured = bound(&d);
         tries.push((a, d));
         // Within the bound and near it, or nothing to scale by: done. Far under the bound, the
@@ -653,6 +694,13 @@ pub fn write(
         overwrite,
     };
     let mut r = write_mix(g, input, output, &choices, &mw, progress)?;
+    describe(&mut r, s, plan, target);
+    Ok(r)
+}
+
+/// The plan in the report: what each tensor got and why, predicted and measured divergence,
+/// every try of a bound, the proxy check.
+pub fn describe(r: &mut Report, s: &Sensitivity, plan: &Plan, target: Target) {
     let elements = s.elements();
     let a = &plan.allocation;
     let rows: Vec<Value> = s
@@ -729,7 +777,6 @@ pub fn write(
             p.tensors, p.spearman, p.median_ratio
         ));
     }
-    Ok(r)
 }
 
 /// The default cache file of a sensitivity measurement of `input` with `identity`, in `dir`.

@@ -23,13 +23,14 @@
 //!   attention heads by activation), a smaller dense model of the same architecture;
 //! - [`allocate`]: one candidate per tensor to meet a size budget or a loss bound (`shrink auto`);
 //!   [`sensitivity`]: what each candidate would cost a tensor; [`auto`]: the measured mix
-//!   written as a GGUF or compressed-tensors; [`weighted_int`]: integer grids whose scales are
+//!   written as a GGUF, [`auto_ct`]: as compressed-tensors; [`weighted_int`]: integer grids whose scales are
 //!   searched for the least importance-weighted error;
 //! - [`report`]: the one report of a run; [`output`]: config, tokenizer and report beside the
 //!   weights, committed atomically.
 
 pub mod allocate;
 pub mod auto;
+pub mod auto_ct;
 pub mod awq;
 pub mod calib;
 pub mod calibrated;

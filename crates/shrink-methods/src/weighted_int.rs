@@ -184,11 +184,7 @@ pub fn quantize(
             let mut codes = vec![0u8; cols];
             let (mut scales, mut zeros) = (Vec::with_capacity(per), Vec::with_capacity(per));
             let mut err = 0f64;
-            for ((wg, ag), cg) in row
-                .chunks(g)
-                .zip(a.chunks(g))
-                .zip(codes.chunks_mut(g))
-            {
+            for ((wg, ag), cg) in row.chunks(g).zip(a.chunks(g)).zip(codes.chunks_mut(g)) {
                 let (s, z, e) = search(&spec, wg, ag, cg)?;
                 scales.push(s);
                 zeros.push(z);
@@ -228,7 +224,9 @@ mod tests {
         let mut s = seed;
         (0..rows * cols)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let u = (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
                 // Heavy tails: a few large values, as in real weights.
                 u * u * u * 8.0 + u * 0.3
@@ -251,7 +249,11 @@ mod tests {
         let a: Vec<f32> = (0..cols).map(|j| 0.1 + (j % 17) as f32).collect();
         for bits in [2u8, 3, 4, 8] {
             for sym in [false, true] {
-                for gran in [Granularity::Group(32), Granularity::Group(64), Granularity::Channel] {
+                for gran in [
+                    Granularity::Group(32),
+                    Granularity::Group(64),
+                    Granularity::Channel,
+                ] {
                     let spec = IntSpec {
                         bits,
                         symmetric: sym,
@@ -267,10 +269,16 @@ mod tests {
                     );
                     let rtn = shrink_formats::int::quantize(&w, rows, cols, spec).unwrap();
                     let rtn_err = weighted_error(&w, &rtn.dequantize(), &a);
-                    assert!(measured <= rtn_err * (1.0 + 1e-6), "{spec:?}: {measured} > {rtn_err}");
+                    assert!(
+                        measured <= rtn_err * (1.0 + 1e-6),
+                        "{spec:?}: {measured} > {rtn_err}"
+                    );
                     if bits <= 3 {
                         // Low widths gain clearly from a searched clip.
-                        assert!(measured < 0.9 * rtn_err, "{spec:?}: {measured} vs {rtn_err}");
+                        assert!(
+                            measured < 0.9 * rtn_err,
+                            "{spec:?}: {measured} vs {rtn_err}"
+                        );
                     }
                 }
             }
@@ -298,7 +306,9 @@ mod tests {
         assert!(quantize("w", &w, 2, 30, spec, None).is_err());
         assert!(quantize("w", &w, 1, 64, spec, Some(&[1.0; 3])).is_err());
         w[40] = f32::NAN;
-        let e = quantize("w", &w, 1, 64, spec, None).unwrap_err().to_string();
+        let e = quantize("w", &w, 1, 64, spec, None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("[0, 40]"), "{e}");
         let t = IntSpec::asymmetric(4, Granularity::Tensor, FloatType::F16);
         assert!(quantize("w", &[0.5; 64], 1, 64, t, None).is_err());

@@ -1,16 +1,20 @@
-//! `shrink auto MODEL.gguf --calib FILE (--target-bpw B | --max-kld K | --max-ppl-increase P)
-//! -o OUT.gguf`: every tensor's ggml type chosen from measured sensitivities
-//! ([`shrink_methods::auto`]), the plan printed and kept in the report.
+//! `shrink auto MODEL --calib FILE (--target-bpw B | --max-kld K | --max-ppl-increase P)
+//! [--to gguf|compressed-tensors] -o OUT`: every tensor's ggml type or integer grid chosen
+//! from measured sensitivities ([`shrink_methods::auto`], [`shrink_methods::auto_ct`]), the
+//! plan printed and kept in the report.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use shrink_formats::ggml::GgmlType;
+use shrink_formats::int::IntSpec;
 use shrink_io::imatrix::Imatrix;
 use shrink_io::Checkpoint;
-use shrink_methods::auto::{self, Measure, Sensitivity, Target};
+use shrink_methods::auto::{self, GgufStorage, Measure, Sensitivity, Target};
+use shrink_methods::auto_ct;
 use shrink_methods::calib::{consecutive_chunks, draw_samples, CalibSpec};
+use shrink_models::layerwise::Sequential;
 
 use super::calibrated::CalibFormat;
 use crate::common;
@@ -20,6 +24,9 @@ use crate::common;
 pub enum To {
     /// A GGUF with any mixture of ggml types, one per tensor (llama.cpp loads it).
     Gguf,
+    /// A compressed-tensors directory with one config group per integer grid (--grids), the
+    /// token table included (vLLM / transformers' compressed-tensors reader load it).
+    CompressedTensors,
 }
 
 /// Arguments of `shrink auto`.
@@ -29,9 +36,10 @@ pub enum To {
     after_help = "How it works: (1) an importance matrix is collected on the calibration text (or read with --imatrix), and the LM head's (mean square of its input) measured; (2) every tensor is quantized to every type in --types that fits its rows and its importance-weighted error kept, and the model's next-token KL divergence is measured with that tensor alone at a probe type (the smallest of at least 4 bits/weight, and the smallest type too where it is under 4; every type for the token table and the head), in passes over the blocks on --probe-samples × --probe-seqlen tokens of the calibration text; each tensor's KL ÷ error scales its errors into predicted KL (cached in --sensitivity, so another target takes seconds); (3) one type per tensor, or the tensor copied as stored, is chosen to minimise the summed predicted KL within --target-bpw (whole model: every tensor's bytes over every weight, embedding and head included), or to be smallest within --max-kld / --max-ppl-increase (by a Lagrangian relaxation that states its gap to the optimum); (4) the mix is run whole and measured, and a bound is corrected by the measurement (up to 3 times) until a mix meets it. The report lists what each tensor got and why (--plan-png draws it). Targets no mix reaches are refused before any work, naming the smallest and largest reachable.\n\nExamples:\n  shrink auto assets/SmolLM2-135M-Instruct.Q4_1.gguf --calib assets/lee_background.cor --target-bpw 4.5 -o smollm2-auto-4.5.gguf\n  shrink auto assets/SmolLM2-135M-Instruct.Q4_1.gguf --calib assets/lee_background.cor --max-ppl-increase 2 -o smollm2-auto-2pct.gguf"
 )]
 pub struct Args {
-    /// Model (.gguf; any architecture shrink runs).
+    /// Model: a GGUF (any architecture shrink runs); with --to compressed-tensors also a
+    /// Hugging Face directory.
     pub model: PathBuf,
-    /// Output file (must not exist).
+    /// Output GGUF file, or compressed-tensors directory (must not exist).
     #[arg(short, long)]
     pub output: PathBuf,
     /// Whole-model bits per weight to meet with the least divergence.
@@ -46,7 +54,12 @@ pub struct Args {
     /// What to write.
     #[arg(long, value_enum, default_value = "gguf")]
     pub to: To,
-    /// ggml types to choose among (comma-separated; each tensor also may stay as stored).
+    /// Integer grids to choose among with --to compressed-tensors (comma-separated:
+    /// intB-gG, intB-channel, intB-sym-gG; each weight may also stay float16).
+    #[arg(long, value_delimiter = ',', default_value = shrink_methods::auto_ct::DEFAULT_GRIDS)]
+    pub grids: Vec<String>,
+    /// ggml types to choose among with --to gguf (comma-separated; each tensor may also stay
+    /// as stored).
     #[arg(
         long,
         value_delimiter = ',',
@@ -107,10 +120,17 @@ fn draw_plan(r: &shrink_methods::report::Report, path: &std::path::Path) -> Resu
         let name = row["tensor"].as_str().unwrap_or_default();
         let ty = row["type"].as_str().unwrap_or_default();
         let bits = row["bits_per_weight"].as_f64().unwrap_or(0.0);
-        let (kind, col) = match name.strip_prefix("blk.").and_then(|t| t.split_once('.')) {
-            Some((n, kind)) => (kind.trim_end_matches(".weight"), n.parse().unwrap_or(0)),
-            None => (name.trim_end_matches(".weight"), 0),
+        // The block number is the first numeric part of the name (`blk.3.attn_q.weight`,
+        // `model.layers.3.self_attn.q_proj.weight`); what follows it is the kind.
+        let base = name.trim_end_matches(".weight");
+        let parts: Vec<&str> = base.split('.').collect();
+        let (kind, col) = match parts.iter().position(|p| p.parse::<usize>().is_ok()) {
+            Some(i) if i + 1 < parts.len() => {
+                (parts[i + 1..].join("."), parts[i].parse().unwrap_or(0))
+            }
+            _ => (base.to_string(), 0),
         };
+        let kind = kind.as_str();
         let r = match rows.iter().position(|k| k == kind) {
             Some(i) => i,
             None => {
@@ -155,17 +175,9 @@ fn target(a: &Args) -> Result<Target> {
     })
 }
 
-/// Run `shrink auto`.
-pub fn run(a: Args) -> Result<()> {
-    let t0 = Instant::now();
-    let target = target(&a)?;
-    for p in std::iter::once(&a.output).chain(&a.plan_png) {
-        if p.exists() {
-            bail!("{}: exists; choose a new output file", p.display());
-        }
-    }
-    let types: Vec<GgmlType> = a
-        .types
+/// The ggml types of `--types`.
+fn ggml_types(a: &Args) -> Result<Vec<GgmlType>> {
+    a.types
         .iter()
         .map(|t| {
             GgmlType::from_name(t)
@@ -176,26 +188,69 @@ pub fn run(a: Args) -> Result<()> {
                 })
                 .with_context(|| format!("--types: {t} is not a ggml type shrink can write"))
         })
-        .collect::<Result<_>>()?;
+        .collect()
+}
+
+/// The integer grids of `--grids`.
+fn int_grids(a: &Args) -> Result<Vec<IntSpec>> {
+    let mut out: Vec<IntSpec> = Vec::new();
+    for g in &a.grids {
+        let spec = auto_ct::parse_grid(g).with_context(|| {
+            format!(
+                "--grids: {g} is not an integer grid (intB-gG, intB-channel or intB-sym-gG, \
+                 B one of 2, 3, 4, 5, 6, 8)"
+            )
+        })?;
+        if !out.contains(&spec) {
+            out.push(spec);
+        }
+    }
+    Ok(out)
+}
+
+/// Run `shrink auto`.
+pub fn run(a: Args) -> Result<()> {
+    let t0 = Instant::now();
+    let target = target(&a)?;
+    for p in std::iter::once(&a.output).chain(&a.plan_png) {
+        if p.exists() {
+            bail!("{}: exists; choose a new output", p.display());
+        }
+    }
     let ckpt = common::open(&a.model)?;
-    let Checkpoint::Gguf(g) = &ckpt else {
-        let d = a.model.display();
-        bail!(
-            "{d}: shrink auto --to gguf takes a GGUF input (it keeps that file's metadata); \
-             write one first with `shrink export {d} --to gguf --type f16 -o MODEL.gguf`"
-        );
+    // The options, and a size target checked before anything is measured.
+    let (types, grids, (lo, hi), what) = match a.to {
+        To::Gguf => {
+            let types = ggml_types(&a)?;
+            let Checkpoint::Gguf(g) = &ckpt else {
+                let d = a.model.display();
+                bail!(
+                    "{d}: shrink auto --to gguf takes a GGUF input (it keeps that file's \
+                     metadata); write one first with `shrink export {d} --to gguf --type f16 -o \
+                     MODEL.gguf`, or choose --to compressed-tensors"
+                );
+            };
+            let range = auto::reachable_bpw(g, &types)?;
+            let why = "every tensor at its smallest type whose blocks fit its rows — a \
+                       256-element K block fits no row of a width that is not a multiple of 256";
+            (types, Vec::new(), range, (a.types.join(","), why))
+        }
+        To::CompressedTensors => {
+            let grids = int_grids(&a)?;
+            let range = auto_ct::reachable_bpw(&ckpt, &grids)?;
+            let why = "every planned weight at its smallest grid whose groups divide its rows, \
+                       every other tensor float16";
+            (Vec::new(), grids, range, (a.grids.join(","), why))
+        }
     };
-    // A size target is checked before anything is measured.
-    let (lo, hi) = auto::reachable_bpw(g, &types)?;
     if let Target::Bpw(b) = target {
         if b < lo {
             bail!(
                 "--target-bpw {b}: no mix of {} reaches it on {}: the smallest is {lo:.3} \
-                 bits/weight (every tensor at its smallest type whose blocks fit its rows — a \
-                 256-element K block fits no row of a width that is not a multiple of 256), the \
-                 largest {hi:.3}",
-                a.types.join(","),
-                a.model.display()
+                 bits/weight ({}), the largest {hi:.3}",
+                what.0,
+                a.model.display(),
+                what.1
             );
         }
     }
@@ -212,16 +267,23 @@ pub fn run(a: Args) -> Result<()> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .map_or(PathBuf::from("."), PathBuf::from);
+    let (kind, options) = match a.to {
+        To::Gguf => (
+            "auto-sensitivity-v2",
+            format!("types={}", a.types.join(",")),
+        ),
+        To::CompressedTensors => (
+            "auto-ct-sensitivity-v1",
+            format!("grids={}", a.grids.join(",")),
+        ),
+    };
     let settings = format!(
-        "types={} imatrix={:?} calib-samples={} calib-seqlen={}",
-        a.types.join(","),
-        a.imatrix,
-        a.calib_samples,
-        a.calib_seqlen
+        "{options} imatrix={:?} calib-samples={} calib-seqlen={}",
+        a.imatrix, a.calib_samples, a.calib_seqlen
     );
     let identity = shrink_methods::resume::identity(
         &a.model,
-        "auto-sensitivity-v2",
+        kind,
         &settings,
         &samples,
         serde_json::Value::Null,
@@ -231,7 +293,7 @@ pub fn run(a: Args) -> Result<()> {
         .clone()
         .unwrap_or_else(|| auto::cache_path(&dir, &a.model, &identity));
     // The importance matrix: given, cached beside the sensitivity file, or collected.
-    let (im_path, im) = match &a.imatrix {
+    let (im_path, mut im) = match &a.imatrix {
         Some(p) => (p.clone(), Imatrix::read(p)?),
         None => {
             let p = cache.with_extension("imatrix.dat");
@@ -263,51 +325,62 @@ pub fn run(a: Args) -> Result<()> {
     };
     // The head's importance joins the matrix (measured with the sensitivities, cached with
     // them), so costs, probes and the written file weigh the head's rounding alike.
-    let mut im = im;
-    let (sens, reused) = match Sensitivity::load(&cache, &identity)? {
-        Some(s) => {
-            if let Some((n, v)) = &s.head_importance {
-                im.entries.insert(n.clone(), v.clone());
-            }
-            (s, true)
-        }
-        None => {
-            let hi = auto::head_importance(&ckpt, &samples, &common::Bar::default())?;
-            if let Some((n, v)) = &hi {
-                im.entries.insert(n.clone(), v.clone());
-            }
-            let m = Measure {
-                types: &types,
-                imatrix: Some(&im),
-                samples: &samples,
-                identity: identity.clone(),
-            };
-            let mut s = auto::measure(g, &ckpt, &m, &common::Bar::default())?;
-            s.head_importance = hi;
-            s.save(&cache)?;
-            (s, false)
-        }
+    let cached = Sensitivity::load(&cache, &identity)?;
+    let head = match &cached {
+        Some(s) => s.head_importance.clone(),
+        None => auto::head_importance(&ckpt, &samples, &common::Bar::default())?,
     };
+    if let Some((n, v)) = &head {
+        im.entries.insert(n.clone(), v.clone());
+    }
     let m = Measure {
         types: &types,
         imatrix: Some(&im),
         samples: &samples,
         identity: identity.clone(),
     };
-    let plan = auto::plan(&ckpt, &sens, target, &m, &common::Bar::default())?;
-    let mut r = auto::write(
-        g,
-        &a.model,
-        &a.output,
-        &sens,
-        &plan,
-        target,
-        Some((&im_path, &im)),
-        false,
-        &common::Bar::default(),
-    )?;
+    let bar = common::Bar::default();
+    let seq = Sequential::new(&ckpt)?;
+    let (sens, reused) = match cached {
+        Some(s) => (s, true),
+        None => {
+            let mut s = match (a.to, &ckpt) {
+                (To::Gguf, Checkpoint::Gguf(g)) => auto::measure(g, &ckpt, &m, &bar)?,
+                _ => {
+                    let imp = auto_ct::importance_by_hf(&seq, &im)?;
+                    auto_ct::measure(&ckpt, &grids, imp, &m, &bar)?
+                }
+            };
+            s.head_importance = head;
+            s.save(&cache)?;
+            (s, false)
+        }
+    };
+    let mut r = match (a.to, &ckpt) {
+        (To::Gguf, Checkpoint::Gguf(g)) => {
+            let storage = GgufStorage::new(&seq, Some(&im))?;
+            let plan = auto::plan(&ckpt, &sens, target, &storage, &samples, &bar)?;
+            auto::write(
+                g,
+                &a.model,
+                &a.output,
+                &sens,
+                &plan,
+                target,
+                Some((&im_path, &im)),
+                false,
+                &bar,
+            )?
+        }
+        _ => {
+            let storage = auto_ct::storage(&ckpt, auto_ct::importance_by_hf(&seq, &im)?)?;
+            let plan = auto::plan(&ckpt, &sens, target, &storage, &samples, &bar)?;
+            auto_ct::write(&ckpt, &a.output, &sens, &plan, target, &storage, &bar)?
+        }
+    };
     r.set("sensitivity_file", cache.display().to_string());
     r.set("sensitivity_reused", reused);
+    r.set("imatrix_file", im_path.display().to_string());
     r.notes.push(format!(
         "sensitivity    {} ({}, {:.1} s when measured)",
         cache.display(),
