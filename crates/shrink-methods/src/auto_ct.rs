@@ -355,8 +355,26 @@ impl Encoder for MixEncoder<'_> {
     }
 }
 
-/// Write the plan as a compressed-tensors directory at `output` (dense tensors float16) and
-/// its report (the plan per tensor included).
+/// How the chosen grids are rounded when the file is written.
+pub enum Rounding<'a> {
+    /// Each weight on its own: the importance-weighted scale search the costs were measured
+    /// with ([`crate::weighted_int`]).
+    Weighted,
+    /// GPTQ layer by layer on these calibration samples (`base`: dampening, order, clipping),
+    /// each block linear on its grid; the weights outside the blocks as `Weighted`.
+    Gptq {
+        /// Calibration samples (token ids).
+        samples: &'a [Vec<u32>],
+        /// What every weight's GPTQ shares.
+        base: crate::gptq::GptqSpec,
+        /// The calibration, for the report.
+        calibration: Value,
+    },
+}
+
+/// Write the plan as a compressed-tensors directory at `output` (dense tensors float16),
+/// rounded as `rounding` says, and its report (the plan per tensor included).
+#[allow(clippy::too_many_arguments)]
 pub fn write(
     ckpt: &Checkpoint,
     output: &Path,
@@ -364,6 +382,7 @@ pub fn write(
     plan: &Plan,
     target: Target,
     storage: &CtStorage,
+    rounding: Rounding,
     progress: &dyn Progress,
 ) -> Result<Report> {
     let arch = Architecture::from_checkpoint(ckpt)?;
@@ -390,17 +409,79 @@ pub fn write(
             include.push(t.name.clone());
         }
     }
-    let selection = Selection { include, exclude };
+    let in_blocks = grids.keys().any(|w| defaults.contains(w));
     let enc = MixEncoder { storage, grids };
-    let job = Job {
-        ckpt,
-        output,
-        selection: &selection,
-        dense_dtype: FloatType::F16,
-        progress,
+    let mut r = match rounding {
+        Rounding::Gptq {
+            samples,
+            base,
+            calibration,
+        } if in_blocks => {
+            // The weights outside the blocks are encoded here; GPTQ takes the blocks'.
+            let shapes: HashMap<String, Vec<usize>> = arch.weight_shapes().into_iter().collect();
+            let loader = arch.weight_loader(ckpt);
+            let mut outside = Vec::new();
+            for name in &include {
+                let shape = &shapes[name];
+                let l = LinearInfo {
+                    weight: name.clone(),
+                    out_features: shape[0],
+                    in_features: shape[1],
+                    conv1d: false,
+                };
+                let w = read(&arch, &loader, &l, shape)?;
+                let (t, _) = storage.quantize(name, &w, shape[0], shape[1], enc.grids[name])?;
+                let module = name.strip_suffix(".weight").unwrap_or(name);
+                outside.push((name.clone(), layouts::ct_tensors(module, &t)));
+            }
+            let qcfg = enc.config(&ignored(&arch, &enc.grids), "float16");
+            let block_grids: HashMap<String, IntSpec> = enc
+                .grids
+                .iter()
+                .filter(|(w, _)| defaults.contains(*w))
+                .map(|(w, g)| (w.clone(), *g))
+                .collect();
+            let selection = Selection {
+                include: Vec::new(),
+                exclude,
+            };
+            let run = crate::calibrated::Run {
+                ckpt,
+                output,
+                samples,
+                selection: &selection,
+                dense_dtype: FloatType::F16,
+                calibration,
+                progress,
+                run_dir: None,
+            };
+            crate::calibrated::gptq_mix(&run, base, &block_grids, outside, qcfg)?
+        }
+        _ => {
+            let selection = Selection { include, exclude };
+            let job = Job {
+                ckpt,
+                output,
+                selection: &selection,
+                dense_dtype: FloatType::F16,
+                progress,
+            };
+            write_encoded(&job, &enc)?
+        }
     };
-    let mut r = write_encoded(&job, &enc)?;
     r.method = "auto".into();
     auto::describe(&mut r, s, plan, target);
+    crate::output::rewrite_report(output, &r)?;
     Ok(r)
+}
+
+/// The modules left dense that a loader would otherwise take for quantized: every 2-D weight
+/// without a grid, and `lm_head` (tied or dense).
+fn ignored(arch: &Architecture, grids: &HashMap<String, IntSpec>) -> Vec<String> {
+    arch.weight_shapes()
+        .into_iter()
+        .filter(|(n, s)| s.len() == 2 && !grids.contains_key(n))
+        .map(|(n, _)| n.strip_suffix(".weight").unwrap_or(&n).to_string())
+        .chain((!grids.contains_key("lm_head.weight")).then(|| "lm_head".to_string()))
+        .collect()
 }

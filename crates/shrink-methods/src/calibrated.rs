@@ -24,6 +24,7 @@ use candle_core::{Device, Tensor};
 use shrink_formats::awq_layout::AwqParts;
 use shrink_formats::float::{self, FloatType};
 use shrink_formats::gptq_layout::GptqParts;
+use shrink_formats::int::{Granularity, IntSpec, IntTensor};
 use shrink_io::imatrix::Imatrix;
 use shrink_io::quantized::StoredTensor;
 use shrink_io::{Checkpoint, OutputDir};
@@ -175,6 +176,7 @@ pub(crate) fn drive(
     plan: &Plan,
     metadata: HashMap<String, String>,
     step: &mut dyn LayerStep,
+    pre: Stored,
 ) -> Result<Driven> {
     let out = OutputDir::create(run.output, &[run.ckpt.path()])?;
     let state = match &run.run_dir {
@@ -205,6 +207,7 @@ pub(crate) fn drive(
         plan,
         run.dense_dtype,
         metadata,
+        pre,
         |l, stored| {
             layers.next(l, step, stored)?;
             run.progress.inc(1);
@@ -293,6 +296,11 @@ pub(crate) fn replace(lin: &mut Linear, w: Vec<f32>) -> Result<()> {
 /// dequantized weight.
 struct GptqStep<'a> {
     spec: GptqSpec,
+    /// A spec of its own for each weight (`shrink auto`'s mix; same dampening and order as
+    /// `spec`), else `spec` for every weight.
+    per_weight: Option<&'a HashMap<String, GptqSpec>>,
+    /// The tensors a weight's result is stored as.
+    store: &'a dyn Fn(&str, &GptqParts) -> Result<Vec<StoredTensor>>,
     f64_hessian: bool,
     names: &'a HashSet<String>,
     slots: &'static [LinearSlot],
@@ -442,16 +450,18 @@ impl LayerStep for GptqStep<'_> {
                     .ok_or_else(|| MethodError::Options(format!("no linear {name}")))?;
                 let w = finite_weight(self.path, &name, lin)?;
                 let (rows, cols) = (lin.out_features(), lin.in_features());
-                let r = gptq::quantize(&w, rows, cols, &prepared, &self.spec);
+                let spec = self
+                    .per_weight
+                    .and_then(|m| m.get(&name))
+                    .unwrap_or(&self.spec);
+                let r = gptq::quantize(&w, rows, cols, &prepared, spec);
                 loss += r.loss;
                 let deq = r.parts.dequantize();
                 let (e, norm) = squared_error(&w, &deq);
                 self.tally.sq.0 += e;
                 self.tally.sq.1 += norm;
                 let module = name.strip_suffix(".weight").unwrap_or(&name);
-                for s in
-                    shrink_io::hf_int::gptq_tensors(module, &r.parts).map_err(format_err(module))?
-                {
+                for s in (self.store)(module, &r.parts)? {
                     stored.insert(s.name.clone(), s);
                 }
                 replace(lin, deq)?;
@@ -560,8 +570,13 @@ pub fn gptq(run: &Run, spec: GptqSpec, f64_hessian: bool) -> Result<Report> {
         spec.validate(&l.weight, l.out_features, l.in_features)
     })?;
     let blank = |module: &str, rows: usize, cols: usize| gptq_blank(&spec, module, rows, cols);
+    let store = |module: &str, parts: &GptqParts| {
+        shrink_io::hf_int::gptq_tensors(module, parts).map_err(format_err(module))
+    };
     let mut step = GptqStep {
         spec,
+        per_weight: None,
+        store: &store,
         f64_hessian,
         names: &o.names,
         slots: o.seq.linears(),
@@ -579,6 +594,7 @@ pub fn gptq(run: &Run, spec: GptqSpec, f64_hessian: bool) -> Result<Report> {
         &plan,
         pipeline::file_metadata(&o.selected),
         &mut step,
+        Stored::new(),
     )?;
     write_gptq_config(run, &o, &d.out, &spec)?;
 
@@ -605,6 +621,149 @@ pub fn gptq(run: &Run, spec: GptqSpec, f64_hessian: bool) -> Result<Report> {
         run.samples.len(),
         run.samples.first().map_or(0, Vec::len)
     ));
+    d.commit(&mut r)?;
+    Ok(r)
+}
+
+/// A weight's compressed-tensors tensors with every value 0 (their sizes and names, for the
+/// output's plan).
+fn int_blank(spec: &IntSpec, module: &str, rows: usize, cols: usize) -> Vec<StoredTensor> {
+    let n = spec.num_scales(rows, cols);
+    let t = IntTensor {
+        spec: *spec,
+        rows,
+        cols,
+        packed: vec![0; rows * spec.row_bytes(cols)],
+        scales: vec![0; n * spec.scale_type.size()],
+        zeros: (!spec.symmetric).then(|| vec![0; n]),
+    };
+    shrink_io::quantized::ct_tensors(module, &t)
+}
+
+/// GPTQ's result `parts` on the integer grid `spec` it was run for (`to_int_tensor` gives
+/// asymmetric groups; a symmetric grid's zero points are its fixed offset, a group spanning
+/// the row is a channel).
+fn on_grid(module: &str, parts: &GptqParts, spec: &IntSpec) -> Result<IntTensor> {
+    let mut t = parts.to_int_tensor().ok_or_else(|| {
+        MethodError::Options(format!("{module}: GPTQ's groups do not fit {}", spec.name()))
+    })?;
+    if spec.symmetric {
+        let off = 1u8 << (spec.bits - 1);
+        if t.zeros.as_ref().is_some_and(|z| z.iter().any(|&v| v != off)) {
+            return Err(MethodError::Options(format!(
+                "{module}: symmetric GPTQ gave zero points other than {off}"
+            )));
+        }
+        t.zeros = None;
+    }
+    t.spec = *spec;
+    Ok(t)
+}
+
+/// GPTQ with an integer grid of its own for each selected block linear (`shrink auto`'s mix,
+/// `grids` by weight name; `base` gives the dampening, order and clipping all share), written
+/// as compressed-tensors with `qcfg` as its `quantization_config`. `outside` holds the layouts
+/// of weights outside the blocks (the token table, an untied head), encoded beforehand, which
+/// take their place in the file.
+pub fn gptq_mix(
+    run: &Run,
+    base: GptqSpec,
+    grids: &HashMap<String, IntSpec>,
+    outside: Vec<(String, Vec<StoredTensor>)>,
+    qcfg: serde_json::Value,
+) -> Result<Report> {
+    let t_start = Instant::now();
+    let o = open(run, "GPTQ", |l| {
+        let spec = grids.get(&l.weight).ok_or_else(|| {
+            MethodError::Options(format!("{}: selected but given no grid", l.weight))
+        })?;
+        spec.validate(l.out_features, l.in_features)
+            .map_err(format_err(&l.weight))
+    })?;
+    let per_weight: HashMap<String, GptqSpec> = o
+        .selected
+        .iter()
+        .map(|l| {
+            let g = &grids[&l.weight];
+            let group_size = match g.granularity {
+                Granularity::Group(n) => n,
+                _ => l.in_features,
+            };
+            let spec = GptqSpec {
+                bits: g.bits,
+                group_size,
+                sym: g.symmetric,
+                ..base
+            };
+            (l.weight.clone(), spec)
+        })
+        .collect();
+    let blank = |module: &str, rows: usize, cols: usize| {
+        Ok(int_blank(&grids[&format!("{module}.weight")], module, rows, cols))
+    };
+    let mut plan = o.plan(run.dense_dtype, blank)?;
+    // The weights outside the blocks, already encoded, in place of their dense entries.
+    let mut pre = Stored::new();
+    for (weight, tensors) in outside {
+        let k = plan
+            .header
+            .iter()
+            .position(|h| h.name == weight)
+            .ok_or_else(|| MethodError::Options(format!("{weight}: not in the model")))?;
+        let old = plan.header.remove(k);
+        let origin = plan.origin.remove(k);
+        plan.dense_bytes -= old.len as u64;
+        plan.q_params += old.shape.iter().product::<usize>() as u64;
+        for (j, t) in tensors.into_iter().enumerate() {
+            plan.q_bytes += t.bytes.len() as u64;
+            plan.header.insert(k + j, pipeline::header_of(&t));
+            plan.origin.insert(k + j, origin);
+            pre.insert(t.name.clone(), t);
+        }
+    }
+    let store = |module: &str, parts: &GptqParts| {
+        let t = on_grid(module, parts, &grids[&format!("{module}.weight")])?;
+        Ok(shrink_io::quantized::ct_tensors(module, &t))
+    };
+    let mut step = GptqStep {
+        spec: base,
+        per_weight: Some(&per_weight),
+        store: &store,
+        f64_hessian: false,
+        names: &o.names,
+        slots: o.seq.linears(),
+        path: run.ckpt.path(),
+        hs: HashMap::new(),
+        asym: None,
+        tally: GptqTally::default(),
+    };
+    let d = drive(
+        run,
+        &o,
+        "gptq layers",
+        &format!("{base:?} {per_weight:?}"),
+        &plan,
+        pipeline::file_metadata(&o.selected),
+        &mut step,
+        pre,
+    )?;
+    let dense_name = run.dense_dtype.torch_name();
+    output::write_config_and_tokenizer(run.ckpt, o.arch.decoder(), &d.out, dense_name, Some(qcfg))?;
+    let mut r = Report::new(
+        run.ckpt.path().to_path_buf(),
+        run.output.to_path_buf(),
+        "gptq-mix".into(),
+        d.sizes,
+    );
+    r.calibration = Some(run.calibration.clone());
+    r.against_input(run.ckpt);
+    r.quantized_tensors = o.selected.len();
+    let t = &step.tally;
+    r.relative_rmse = Some((t.sq.0 / t.sq.1.max(f64::MIN_POSITIVE)).sqrt());
+    r.quantize_seconds = t.seconds;
+    r.seconds = t_start.elapsed().as_secs_f64();
+    r.set("gptq_loss_per_layer", &t.losses);
+    r.set("clip_search", base.clip_search);
     d.commit(&mut r)?;
     Ok(r)
 }
@@ -824,6 +983,7 @@ pub fn awq(run: &Run, spec: AwqSpec) -> Result<Report> {
         &plan,
         pipeline::file_metadata(&o.selected),
         &mut step,
+        Stored::new(),
     )?;
     let bits = spec.bits;
     let mut qcfg = shrink_io::hf_int::awq_config(bits, Some(g), true, "gemm");

@@ -69,6 +69,16 @@ pub fn commit(out: OutputDir, report: &Report) -> Result<PathBuf> {
     Ok(out.commit()?)
 }
 
+/// Replace the committed output `dir`'s report by `report` (a run that adds to the report
+/// after the writer committed it), written to a temporary name and renamed.
+pub fn rewrite_report(dir: &Path, report: &Report) -> Result<()> {
+    let text = serde_json::to_string_pretty(&report.to_json()).expect("a report serializes");
+    Ok(shrink_io::output::write_atomic(
+        &dir.join("shrink-quantize.json"),
+        text.as_bytes(),
+    )?)
+}
+
 /// Record in the committed output `dir`'s report that the method ran on a rotated copy of
 /// `input` (`shrink quantize --rotate`): `input` restored, the method named `rot-…`, and the
 /// rotation's own report under `rotation`. Written to a temporary name and renamed.

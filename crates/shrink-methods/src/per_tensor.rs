@@ -396,7 +396,7 @@ pub fn write_encoded(job: &Job, enc: &dyn Encoder) -> Result<Report> {
         .iter()
         .filter(|(n, s)| s.len() == 2 && !w.by_name.contains_key(n.as_str()))
         .map(|(n, _)| n.strip_suffix(".weight").unwrap_or(n).to_string())
-        .chain(std::iter::once("lm_head".to_string()))
+        .chain((!w.by_name.contains_key("lm_head.weight")).then(|| "lm_head".to_string()))
         .collect();
     let qcfg = enc.config(&ignore, dense_name);
     let extra = enc.extra_files(&qcfg)?;

@@ -366,7 +366,8 @@ pub struct Source<'a> {
 /// Write `model.safetensors` of `out` as `plan` lays it out: the tensors of block `l` are taken
 /// from `stored` once `advance(l, stored)` has compressed it — blocks in order, each when the
 /// writer first reaches one of its tensors, so only one block is ever in flight — and every
-/// other tensor is read from the checkpoint and written as `dense_dtype`. `metadata` goes in the
+/// other tensor is read from the checkpoint and written as `dense_dtype`, unless `pre` holds it
+/// (the layout of a weight outside the blocks, encoded beforehand). `metadata` goes in the
 /// file's header.
 pub fn write_layer_by_layer(
     seq: &Sequential,
@@ -375,10 +376,11 @@ pub fn write_layer_by_layer(
     plan: &Plan,
     dense_dtype: FloatType,
     metadata: HashMap<String, String>,
+    pre: Stored,
     mut advance: impl FnMut(usize, &mut Stored) -> Result<()>,
 ) -> Result<()> {
     let mut done: Option<usize> = None;
-    let mut stored = Stored::new();
+    let mut stored = pre;
     shrink_io::write_safetensors_ordered(
         &out.file("model.safetensors"),
         &plan.header,

@@ -13,6 +13,7 @@ use shrink_io::imatrix::Imatrix;
 use shrink_io::Checkpoint;
 use shrink_methods::auto::{self, GgufStorage, Measure, Sensitivity, Target};
 use shrink_methods::auto_ct;
+use shrink_methods::gptq::GptqSpec;
 use shrink_methods::calib::{consecutive_chunks, draw_samples, CalibSpec};
 use shrink_models::layerwise::Sequential;
 
@@ -29,11 +30,20 @@ pub enum To {
     CompressedTensors,
 }
 
+/// `--rounding`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoundingArg {
+    /// GPTQ, each block linear on its grid.
+    Gptq,
+    /// The importance-weighted scale search, each weight on its own.
+    Weighted,
+}
+
 /// Arguments of `shrink auto`.
 #[derive(clap::Args)]
 #[command(
     group(clap::ArgGroup::new("target").required(true).args(["target_bpw", "max_kld", "max_ppl_increase"])),
-    after_help = "How it works: (1) an importance matrix is collected on the calibration text (or read with --imatrix), and the LM head's (mean square of its input) measured; (2) every tensor is quantized to every type in --types that fits its rows and its importance-weighted error kept, and the model's next-token KL divergence is measured with that tensor alone at a probe type (the smallest of at least 4 bits/weight, and the smallest type too where it is under 4; every type for the token table and the head), in passes over the blocks on --probe-samples × --probe-seqlen tokens of the calibration text; each tensor's KL ÷ error scales its errors into predicted KL (cached in --sensitivity, so another target takes seconds); (3) one type per tensor, or the tensor copied as stored, is chosen to minimise the summed predicted KL within --target-bpw (whole model: every tensor's bytes over every weight, embedding and head included), or to be smallest within --max-kld / --max-ppl-increase (by a Lagrangian relaxation that states its gap to the optimum); (4) the mix is run whole and measured, and a bound is corrected by the measurement (up to 3 times) until a mix meets it. The report lists what each tensor got and why (--plan-png draws it). Targets no mix reaches are refused before any work, naming the smallest and largest reachable.\n\nExamples:\n  shrink auto assets/SmolLM2-135M-Instruct.Q4_1.gguf --calib assets/lee_background.cor --target-bpw 4.5 -o smollm2-auto-4.5.gguf\n  shrink auto assets/SmolLM2-135M-Instruct.Q4_1.gguf --calib assets/lee_background.cor --max-ppl-increase 2 -o smollm2-auto-2pct.gguf"
+    after_help = "How it works: (1) an importance matrix is collected on the calibration text (or read with --imatrix), and the LM head's (mean square of its input) measured; (2) every tensor is quantized to every type in --types that fits its rows (with --to compressed-tensors: every weight — the token table, an untied head, each block linear — to every integer grid in --grids whose groups divide its rows, each group's scale searched for the least importance-weighted error, the rest stored float16) and its importance-weighted error kept, and the model's next-token KL divergence is measured with that tensor alone at a probe type (the smallest of at least 4 bits/weight, and the smallest type too where it is under 4; every type for the token table and the head), in passes over the blocks on --probe-samples × --probe-seqlen tokens of the calibration text; each tensor's KL ÷ error scales its errors into predicted KL (cached in --sensitivity, so another target takes seconds); (3) one type per tensor, or the tensor copied as stored, is chosen to minimise the summed predicted KL within --target-bpw (whole model: every tensor's bytes over every weight, embedding and head included), or to be smallest within --max-kld / --max-ppl-increase (by a Lagrangian relaxation that states its gap to the optimum); (4) the mix is run whole and measured, and a bound is corrected by the measurement (up to 3 times) until a mix meets it. The report lists what each tensor got and why (--plan-png draws it). Targets no mix reaches are refused before any work, naming the smallest and largest reachable.\n\nExamples:\n  shrink auto assets/SmolLM2-135M-Instruct.Q4_1.gguf --calib assets/lee_background.cor --target-bpw 4.5 -o smollm2-auto-4.5.gguf\n  shrink auto assets/SmolLM2-135M-Instruct.Q4_1.gguf --calib assets/lee_background.cor --max-ppl-increase 2 -o smollm2-auto-2pct.gguf\n  shrink auto assets/SmolLM2-135M-Instruct.Q4_1.gguf --calib assets/lee_background.cor --to compressed-tensors --target-bpw 3.5 -o smollm2-auto-3.5"
 )]
 pub struct Args {
     /// Model: a GGUF (any architecture shrink runs); with --to compressed-tensors also a
@@ -58,6 +68,15 @@ pub struct Args {
     /// intB-gG, intB-channel, intB-sym-gG; each weight may also stay float16).
     #[arg(long, value_delimiter = ',', default_value = shrink_methods::auto_ct::DEFAULT_GRIDS)]
     pub grids: Vec<String>,
+    /// How --to compressed-tensors rounds the chosen grids when writing: GPTQ layer by layer
+    /// on --gptq-samples windows (the blocks' linears; the token table and an untied head by the
+    /// importance-weighted search), or every weight by the importance-weighted search the
+    /// sensitivities were measured with.
+    #[arg(long, value_enum, default_value = "gptq")]
+    pub rounding: RoundingArg,
+    /// Calibration windows (of --calib-seqlen tokens) for --rounding gptq.
+    #[arg(long, default_value_t = 32)]
+    pub gptq_samples: usize,
     /// ggml types to choose among with --to gguf (comma-separated; each tensor may also stay
     /// as stored).
     #[arg(
@@ -375,7 +394,41 @@ pub fn run(a: Args) -> Result<()> {
         _ => {
             let storage = auto_ct::storage(&ckpt, auto_ct::importance_by_hf(&seq, &im)?)?;
             let plan = auto::plan(&ckpt, &sens, target, &storage, &samples, &bar)?;
-            auto_ct::write(&ckpt, &a.output, &sens, &plan, target, &storage, &bar)?
+            let chunks;
+            let rounding = match a.rounding {
+                RoundingArg::Weighted => auto_ct::Rounding::Weighted,
+                RoundingArg::Gptq => {
+                    let spec = CalibSpec {
+                        samples: a.gptq_samples,
+                        seqlen: a.calib_seqlen,
+                        seed: a.seed,
+                    };
+                    chunks = draw_samples(&ids, spec)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", a.calib.display()))?;
+                    auto_ct::Rounding::Gptq {
+                        samples: &chunks,
+                        base: GptqSpec {
+                            clip_search: true,
+                            ..GptqSpec::default()
+                        },
+                        calibration: serde_json::json!({
+                            "file": a.calib.display().to_string(), "samples": a.gptq_samples,
+                            "seqlen": a.calib_seqlen, "seed": a.seed,
+                        }),
+                    }
+                }
+            };
+            let mut r =
+                auto_ct::write(&ckpt, &a.output, &sens, &plan, target, &storage, rounding, &bar)?;
+            r.set("rounding", format!("{:?}", a.rounding).to_lowercase());
+            if a.rounding == RoundingArg::Gptq {
+                r.notes.push(
+                    "rounding       GPTQ per block linear on its grid (the plan's predicted and \
+                     measured KL are those of the importance-weighted rounding)"
+                        .into(),
+                );
+            }
+            r
         }
     };
     r.set("sensitivity_file", cache.display().to_string());
