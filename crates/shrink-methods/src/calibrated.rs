@@ -176,7 +176,6 @@ pub(crate) fn drive(
     plan: &Plan,
     metadata: HashMap<String, String>,
     step: &mut dyn LayerStep,
-    pre: Stored,
 ) -> Result<Driven> {
     let out = OutputDir::create(run.output, &[run.ckpt.path()])?;
     let state = match &run.run_dir {
@@ -207,7 +206,6 @@ pub(crate) fn drive(
         plan,
         run.dense_dtype,
         metadata,
-        pre,
         |l, stored| {
             layers.next(l, step, stored)?;
             run.progress.inc(1);
@@ -594,7 +592,6 @@ pub fn gptq(run: &Run, spec: GptqSpec, f64_hessian: bool) -> Result<Report> {
         &plan,
         pipeline::file_metadata(&o.selected),
         &mut step,
-        Stored::new(),
     )?;
     write_gptq_config(run, &o, &d.out, &spec)?;
 
@@ -645,11 +642,17 @@ fn int_blank(spec: &IntSpec, module: &str, rows: usize, cols: usize) -> Vec<Stor
 /// the row is a channel).
 fn on_grid(module: &str, parts: &GptqParts, spec: &IntSpec) -> Result<IntTensor> {
     let mut t = parts.to_int_tensor().ok_or_else(|| {
-        MethodError::Options(format!("{module}: GPTQ's groups do not fit {}", spec.name()))
+        MethodError::Options(format!(
+            "{module}: GPTQ's groups do not fit {}",
+            spec.name()
+        ))
     })?;
     if spec.symmetric {
         let off = 1u8 << (spec.bits - 1);
-        if t.zeros.as_ref().is_some_and(|z| z.iter().any(|&v| v != off)) {
+        if t.zeros
+            .as_ref()
+            .is_some_and(|z| z.iter().any(|&v| v != off))
+        {
             return Err(MethodError::Options(format!(
                 "{module}: symmetric GPTQ gave zero points other than {off}"
             )));
@@ -699,11 +702,15 @@ pub fn gptq_mix(
         })
         .collect();
     let blank = |module: &str, rows: usize, cols: usize| {
-        Ok(int_blank(&grids[&format!("{module}.weight")], module, rows, cols))
+        Ok(int_blank(
+            &grids[&format!("{module}.weight")],
+            module,
+            rows,
+            cols,
+        ))
     };
     let mut plan = o.plan(run.dense_dtype, blank)?;
     // The weights outside the blocks, already encoded, in place of their dense entries.
-    let mut pre = Stored::new();
     for (weight, tensors) in outside {
         let k = plan
             .header
@@ -718,7 +725,7 @@ pub fn gptq_mix(
             plan.q_bytes += t.bytes.len() as u64;
             plan.header.insert(k + j, pipeline::header_of(&t));
             plan.origin.insert(k + j, origin);
-            pre.insert(t.name.clone(), t);
+            plan.encoded.insert(t.name.clone(), t);
         }
     }
     let store = |module: &str, parts: &GptqParts| {
@@ -745,7 +752,6 @@ pub fn gptq_mix(
         &plan,
         pipeline::file_metadata(&o.selected),
         &mut step,
-        pre,
     )?;
     let dense_name = run.dense_dtype.torch_name();
     output::write_config_and_tokenizer(run.ckpt, o.arch.decoder(), &d.out, dense_name, Some(qcfg))?;
@@ -983,7 +989,6 @@ pub fn awq(run: &Run, spec: AwqSpec) -> Result<Report> {
         &plan,
         pipeline::file_metadata(&o.selected),
         &mut step,
-        Stored::new(),
     )?;
     let bits = spec.bits;
     let mut qcfg = shrink_io::hf_int::awq_config(bits, Some(g), true, "gemm");

@@ -306,6 +306,9 @@ pub struct Plan {
     pub q_bytes: u64,
     /// Bytes of the tensors stored dense.
     pub dense_bytes: u64,
+    /// Tensors encoded before the blocks run (the layouts of weights outside them, such as a
+    /// quantized token table), written as they are.
+    pub encoded: Stored,
 }
 
 /// Plan the output: each selected linear (by weight name in `by_name`) stored as the tensors
@@ -366,9 +369,8 @@ pub struct Source<'a> {
 /// Write `model.safetensors` of `out` as `plan` lays it out: the tensors of block `l` are taken
 /// from `stored` once `advance(l, stored)` has compressed it — blocks in order, each when the
 /// writer first reaches one of its tensors, so only one block is ever in flight — and every
-/// other tensor is read from the checkpoint and written as `dense_dtype`, unless `pre` holds it
-/// (the layout of a weight outside the blocks, encoded beforehand). `metadata` goes in the
-/// file's header.
+/// other tensor is read from the checkpoint and written as `dense_dtype`, unless the plan holds
+/// it encoded ([`Plan::encoded`]). `metadata` goes in the file's header.
 pub fn write_layer_by_layer(
     seq: &Sequential,
     src: &Source,
@@ -376,11 +378,10 @@ pub fn write_layer_by_layer(
     plan: &Plan,
     dense_dtype: FloatType,
     metadata: HashMap<String, String>,
-    pre: Stored,
     mut advance: impl FnMut(usize, &mut Stored) -> Result<()>,
 ) -> Result<()> {
     let mut done: Option<usize> = None;
-    let mut stored = pre;
+    let mut stored = plan.encoded.clone();
     shrink_io::write_safetensors_ordered(
         &out.file("model.safetensors"),
         &plan.header,

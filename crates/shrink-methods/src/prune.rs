@@ -302,7 +302,6 @@ pub fn prune(run: &Run, spec: &PruneSpec) -> Result<Report> {
         &plan,
         metadata,
         &mut step,
-        crate::pipeline::Stored::new(),
     )?;
     match &spec.quant {
         Some(q) => calibrated::write_gptq_config(run, &o, &d.out, q)?,

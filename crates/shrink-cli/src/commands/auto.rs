@@ -13,8 +13,8 @@ use shrink_io::imatrix::Imatrix;
 use shrink_io::Checkpoint;
 use shrink_methods::auto::{self, GgufStorage, Measure, Sensitivity, Target};
 use shrink_methods::auto_ct;
-use shrink_methods::gptq::GptqSpec;
 use shrink_methods::calib::{consecutive_chunks, draw_samples, CalibSpec};
+use shrink_methods::gptq::GptqSpec;
 use shrink_models::layerwise::Sequential;
 
 use super::calibrated::CalibFormat;
@@ -418,8 +418,9 @@ pub fn run(a: Args) -> Result<()> {
                     }
                 }
             };
-            let mut r =
-                auto_ct::write(&ckpt, &a.output, &sens, &plan, target, &storage, rounding, &bar)?;
+            let mut r = auto_ct::write(
+                &ckpt, &a.output, &sens, &plan, target, &storage, rounding, &bar,
+            )?;
             r.set("rounding", format!("{:?}", a.rounding).to_lowercase());
             if a.rounding == RoundingArg::Gptq {
                 r.notes.push(
