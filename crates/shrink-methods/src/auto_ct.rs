@@ -120,7 +120,7 @@ impl Storage for CtStorage {
 
 /// The weights `shrink auto` plans for in compressed-tensors: the token table, the LM head
 /// when untied, and every block linear, as the writer selects them (`[out, in]` shapes).
-fn planned(arch: &Architecture, seq: &Sequential) -> Result<Vec<LinearInfo>> {
+fn planned(arch: &Architecture, seq: &Sequential) -> Result<HashMap<String, LinearInfo>> {
     let (table, head) = seq.head_names()?;
     let shapes: HashMap<String, Vec<usize>> = arch.weight_shapes().into_iter().collect();
     let mut out = Vec::new();
@@ -138,7 +138,7 @@ fn planned(arch: &Architecture, seq: &Sequential) -> Result<Vec<LinearInfo>> {
         }
     }
     out.extend(arch.block_linears());
-    Ok(out)
+    Ok(out.into_iter().map(|l| (l.weight.clone(), l)).collect())
 }
 
 /// The importance of every planned weight's input columns, from the importance matrix (keyed
@@ -166,10 +166,7 @@ pub fn importance_by_hf(seq: &Sequential, im: &Imatrix) -> Result<HashMap<String
 pub fn reachable_bpw(ckpt: &Checkpoint, grids: &[IntSpec]) -> Result<(f64, f64)> {
     let arch = Architecture::from_checkpoint(ckpt)?;
     let seq = Sequential::new(ckpt)?;
-    let plan: HashMap<String, LinearInfo> = planned(&arch, &seq)?
-        .into_iter()
-        .map(|l| (l.weight.clone(), l))
-        .collect();
+    let plan = planned(&arch, &seq)?;
     let mut options = Vec::new();
     let mut elements = 0u64;
     for (name, shape) in arch.weight_shapes() {
@@ -211,10 +208,7 @@ pub fn measure(
     let t0 = Instant::now();
     let arch = Architecture::from_checkpoint(ckpt)?;
     let seq = Sequential::new(ckpt)?;
-    let plan: HashMap<String, LinearInfo> = planned(&arch, &seq)?
-        .into_iter()
-        .map(|l| (l.weight.clone(), l))
-        .collect();
+    let plan = planned(&arch, &seq)?;
     let storage = CtStorage {
         importance,
         planned: plan.keys().cloned().collect(),
@@ -281,10 +275,7 @@ fn read(
 pub fn storage(ckpt: &Checkpoint, importance: HashMap<String, Vec<f32>>) -> Result<CtStorage> {
     let arch = Architecture::from_checkpoint(ckpt)?;
     let seq = Sequential::new(ckpt)?;
-    let planned = planned(&arch, &seq)?
-        .into_iter()
-        .map(|l| l.weight)
-        .collect();
+    let planned = planned(&arch, &seq)?.into_keys().collect();
     Ok(CtStorage {
         importance,
         planned,

@@ -595,20 +595,8 @@ pub fn gptq(run: &Run, spec: GptqSpec, f64_hessian: bool) -> Result<Report> {
     )?;
     write_gptq_config(run, &o, &d.out, &spec)?;
 
-    let mut r = Report::new(
-        run.ckpt.path().to_path_buf(),
-        run.output.to_path_buf(),
-        gptq_name(&spec),
-        d.sizes,
-    );
-    r.calibration = Some(run.calibration.clone());
-    r.against_input(run.ckpt);
-    r.quantized_tensors = o.selected.len();
+    let mut r = gptq_report(run, &o, gptq_name(&spec), &d, &step.tally, t_start);
     let t = &step.tally;
-    r.relative_rmse = Some((t.sq.0 / t.sq.1.max(f64::MIN_POSITIVE)).sqrt());
-    r.quantize_seconds = t.seconds;
-    r.seconds = t_start.elapsed().as_secs_f64();
-    r.set("gptq_loss_per_layer", &t.losses);
     r.set("max_damp", t.max_damp);
     r.set("gptaq_alpha", spec.gptaq_alpha);
     r.set("clip_search", spec.clip_search);
@@ -620,6 +608,31 @@ pub fn gptq(run: &Run, spec: GptqSpec, f64_hessian: bool) -> Result<Report> {
     ));
     d.commit(&mut r)?;
     Ok(r)
+}
+
+/// The report of a GPTQ run named `method`, from its output `d` and what it tallied.
+fn gptq_report(
+    run: &Run,
+    o: &Opened,
+    method: String,
+    d: &Driven,
+    t: &GptqTally,
+    t_start: Instant,
+) -> Report {
+    let mut r = Report::new(
+        run.ckpt.path().to_path_buf(),
+        run.output.to_path_buf(),
+        method,
+        d.sizes,
+    );
+    r.calibration = Some(run.calibration.clone());
+    r.against_input(run.ckpt);
+    r.quantized_tensors = o.selected.len();
+    r.relative_rmse = Some((t.sq.0 / t.sq.1.max(f64::MIN_POSITIVE)).sqrt());
+    r.quantize_seconds = t.seconds;
+    r.seconds = t_start.elapsed().as_secs_f64();
+    r.set("gptq_loss_per_layer", &t.losses);
+    r
 }
 
 /// A weight's compressed-tensors tensors with every value 0 (their sizes and names, for the
@@ -755,20 +768,7 @@ pub fn gptq_mix(
     )?;
     let dense_name = run.dense_dtype.torch_name();
     output::write_config_and_tokenizer(run.ckpt, o.arch.decoder(), &d.out, dense_name, Some(qcfg))?;
-    let mut r = Report::new(
-        run.ckpt.path().to_path_buf(),
-        run.output.to_path_buf(),
-        "gptq-mix".into(),
-        d.sizes,
-    );
-    r.calibration = Some(run.calibration.clone());
-    r.against_input(run.ckpt);
-    r.quantized_tensors = o.selected.len();
-    let t = &step.tally;
-    r.relative_rmse = Some((t.sq.0 / t.sq.1.max(f64::MIN_POSITIVE)).sqrt());
-    r.quantize_seconds = t.seconds;
-    r.seconds = t_start.elapsed().as_secs_f64();
-    r.set("gptq_loss_per_layer", &t.losses);
+    let mut r = gptq_report(run, &o, "gptq-mix".into(), &d, &step.tally, t_start);
     r.set("clip_search", base.clip_search);
     d.commit(&mut r)?;
     Ok(r)
