@@ -73,7 +73,7 @@ rm -rf "${tmp:?}/gptq"
 # the token table quantized too, read by the same independent reading.
 check_st ct-auto 0.6 auto "$tmp/f32" --calib assets/lee_background.cor --calib-samples 8 \
   --calib-seqlen 128 --probe-samples 2 --probe-seqlen 64 --to compressed-tensors \
-  --grids int2-g64,int4-g64,int8-channel --target-bpw 4.5 --gptq-samples 8
+  --grids int2-g64,int4-g64,int8-channel --target-bpw 4.5
 echo "safetensors check: all quantized layouts pass"
 
 # Pruned SmolLM2 in compressed-tensors' sparse layouts (scripts/check-sparse.py: an independent

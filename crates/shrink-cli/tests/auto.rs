@@ -254,6 +254,7 @@ fn a_compressed_tensors_mix_of_integer_grids() {
     assert_eq!(plan.len(), 2 * 7 + 1, "every linear and the tied table");
 
     let ckpt = shrink_io::Checkpoint::open(&out).unwrap();
+    use shrink_io::quantized::Quantized;
     let shrink_io::Checkpoint::Hf(h) = &ckpt else {
         panic!("a directory")
     };
@@ -271,7 +272,7 @@ fn a_compressed_tensors_mix_of_integer_grids() {
         }
         grids.insert(ty.to_string());
         let spec = shrink_methods::auto_ct::parse_grid(ty).unwrap();
-        let Some(shrink_io::quantized::Quantized::Int(t)) = h.quantized(name).unwrap() else {
+        let Some(Quantized::Int(t)) = h.quantized(name).unwrap() else {
             panic!("{name}: not stored as integers")
         };
         assert_eq!(t.spec, spec, "{name}");
@@ -301,6 +302,57 @@ fn a_compressed_tensors_mix_of_integer_grids() {
     ok(&shrink(&[
         "bench",
         out.to_str().unwrap(),
+        "-p",
+        "16",
+        "-n",
+        "4",
+        "-r",
+        "1",
+    ]));
+
+    // GPTQ rounding writes the same plan's grids, GPTQ-rounded.
+    let gq = out_dir.join("ct-gptq");
+    let o = auto(
+        &hf,
+        &calib,
+        &gq,
+        &[
+            &ct[..],
+            &[
+                "--target-bpw",
+                "5",
+                "--rounding",
+                "gptq",
+                "--gptq-samples",
+                "4",
+            ],
+        ]
+        .concat(),
+    );
+    ok(&o);
+    let rg: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(rg["rounding"], "gptq");
+    assert_eq!(rg["plan"], r["plan"], "the same plan");
+    assert_eq!(rg["model_bytes"], r["model_bytes"], "the same bytes");
+    let g = shrink_io::Checkpoint::open(&gq).unwrap();
+    let shrink_io::Checkpoint::Hf(gh) = &g else {
+        panic!("a directory")
+    };
+    let mut differ = 0;
+    for row in plan.iter().filter(|row| row["copied"] == false) {
+        let name = row["tensor"].as_str().unwrap();
+        let (Some(Quantized::Int(a)), Some(Quantized::Int(b))) =
+            (h.quantized(name).unwrap(), gh.quantized(name).unwrap())
+        else {
+            panic!("{name}: not integers in both")
+        };
+        assert_eq!(a.spec, b.spec, "{name}");
+        differ += usize::from(a.packed != b.packed);
+    }
+    assert!(differ > 0, "GPTQ rounded some weight differently");
+    ok(&shrink(&[
+        "bench",
+        gq.to_str().unwrap(),
         "-p",
         "16",
         "-n",
