@@ -222,6 +222,54 @@ fn gpt2_and_neox_mixes() {
                 "{name}: {row}"
             );
         }
+
+        // compressed-tensors from the HF directory (GPT-2's Conv1D weights transposed, the
+        // untied head planned): every planned weight stored on its grid, the model runs.
+        let ct = tmp.path().join("ct");
+        let o = auto(
+            &hf,
+            &calib,
+            &ct,
+            &["--to", "compressed-tensors", "--target-bpw", "6"],
+        );
+        ok(&o);
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(
+            r["bits_per_weight_model"].as_f64().unwrap() <= 6.0,
+            "{name}"
+        );
+        let c = shrink_io::Checkpoint::open(&ct).unwrap();
+        let shrink_io::Checkpoint::Hf(h) = &c else {
+            panic!("a directory")
+        };
+        let plan = r["plan"].as_array().unwrap();
+        let (table, untied) = match head {
+            None => ("transformer.wte.weight", None),
+            Some(_) => ("gpt_neox.embed_in.weight", Some("embed_out.weight")),
+        };
+        let planned: Vec<&str> = plan.iter().map(|p| p["tensor"].as_str().unwrap()).collect();
+        assert!(planned.contains(&table), "{name}: {planned:?}");
+        if let Some(u) = untied {
+            assert!(planned.contains(&u), "{name}: {planned:?}");
+        }
+        for row in plan.iter().filter(|row| row["copied"] == false) {
+            let w = row["tensor"].as_str().unwrap();
+            let spec = shrink_methods::auto_ct::parse_grid(row["type"].as_str().unwrap()).unwrap();
+            match h.quantized(w).unwrap() {
+                Some(shrink_io::quantized::Quantized::Int(t)) => assert_eq!(t.spec, spec, "{w}"),
+                _ => panic!("{name}: {w} not stored as integers"),
+            }
+        }
+        ok(&shrink(&[
+            "bench",
+            ct.to_str().unwrap(),
+            "-p",
+            "16",
+            "-n",
+            "4",
+            "-r",
+            "1",
+        ]));
     }
 }
 

@@ -224,7 +224,8 @@ fn quantizable(name: &str, ne: &[u64]) -> bool {
 
 /// Settings of the sensitivity pass.
 pub struct Measure<'a> {
-    /// Types to consider.
+    /// ggml types to consider (none for compressed-tensors, whose grids [`crate::auto_ct`]
+    /// takes itself).
     pub types: &'a [GgmlType],
     /// The importance matrix (weighs the error, guides the quantizers).
     pub imatrix: Option<&'a Imatrix>,
@@ -339,6 +340,7 @@ pub fn measure(
 /// Probe the tensors whose options are known (module docs, step 1): each tensor alone at the
 /// smallest option of at least 4 bits/weight, and at its smallest where that is under 4; the
 /// token table and the head at every option. Then predict every option's KL from the probes.
+/// `t0` is when the measurement began (the result's `seconds` count from it).
 pub fn probe(
     seq: &Sequential,
     mut tensors: Vec<TensorSensitivity>,
