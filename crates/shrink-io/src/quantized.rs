@@ -690,17 +690,18 @@ fn read_ct(r: &Reader, qcfg: &Value, module: &str) -> Result<Option<Quantized>> 
 }
 
 /// The config group of `module`: the one whose `targets` name it, else the only group, else
-/// the one targeting the `Linear` class.
-fn ct_group<'a>(r: &Reader, qcfg: &'a Value, module: &str) -> Result<&'a Value> {
-    let groups = qcfg
-        .get("config_groups")
-        .and_then(Value::as_object)
-        .filter(|g| !g.is_empty())
-        .ok_or_else(|| r.err("quantization_config: config_groups missing or empty".into()))?;
+/// the one targeting its class (`Embedding` for a token table, `Linear` otherwise).
+fn ct_group_of<'a>(qcfg: &'a Value, module: &str) -> Option<&'a Value> {
+    let groups = qcfg.get("config_groups").and_then(Value::as_object)?;
     let targets = |g: &Value, t: &str| {
         g.get("targets")
             .and_then(Value::as_array)
             .is_some_and(|ts| ts.iter().any(|x| x.as_str() == Some(t)))
+    };
+    let class = if module.contains("embed") || module.ends_with(".wte") {
+        "Embedding"
+    } else {
+        "Linear"
     };
     groups
         .values()
@@ -710,12 +711,16 @@ fn ct_group<'a>(r: &Reader, qcfg: &'a Value, module: &str) -> Result<&'a Value> 
                 .then(|| groups.values().next())
                 .flatten()
         })
-        .or_else(|| groups.values().find(|g| targets(g, "Linear")))
-        .ok_or_else(|| {
-            r.err(format!(
-                "quantization_config: no config group targets {module} (by name or as Linear)"
-            ))
-        })
+        .or_else(|| groups.values().find(|g| targets(g, class)))
+}
+
+/// [`ct_group_of`], or the error naming what is missing.
+fn ct_group<'a>(r: &Reader, qcfg: &'a Value, module: &str) -> Result<&'a Value> {
+    ct_group_of(qcfg, module).ok_or_else(|| {
+        r.err(format!(
+            "quantization_config: no config group targets {module} (by name or class)"
+        ))
+    })
 }
 
 /// The integer grid of a compressed-tensors config for `module` (its group's weights), and
@@ -983,6 +988,41 @@ fn read_bnb4(r: &Reader, module: &str) -> Result<Option<Quantized>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_module_takes_the_group_naming_it_else_its_class() {
+        let spec = |b| IntSpec::asymmetric(b, Granularity::Group(32), FloatType::F16);
+        let named = ct_config_groups(
+            &[
+                (spec(2), vec!["model.layers.0.mlp.up_proj".into()]),
+                (spec(4), vec!["model.embed_tokens".into(), "Linear".into()]),
+            ],
+            &[],
+        );
+        let bits = |q: &Value, m: &str| ct_group_of(q, m).map(|g| g["weights"]["num_bits"].clone());
+        assert_eq!(bits(&named, "model.layers.0.mlp.up_proj"), Some(json!(2)));
+        assert_eq!(bits(&named, "model.embed_tokens"), Some(json!(4)));
+        assert_eq!(bits(&named, "model.layers.1.mlp.up_proj"), Some(json!(4)));
+        let classes = ct_config_groups(
+            &[
+                (spec(8), vec!["Embedding".into()]),
+                (spec(4), vec!["Linear".into()]),
+            ],
+            &[],
+        );
+        assert_eq!(bits(&classes, "model.embed_tokens"), Some(json!(8)));
+        assert_eq!(
+            bits(&classes, "model.layers.0.self_attn.q_proj"),
+            Some(json!(4))
+        );
+        let only_named = ct_config_groups(
+            &[(spec(2), vec!["a".into()]), (spec(4), vec!["b".into()])],
+            &[],
+        );
+        assert_eq!(bits(&only_named, "c"), None);
+        // One group serves every module (llm-compressor's usual `targets: ["Linear"]`).
+        assert_eq!(bits(&ct_config(&spec(4), &[]), "anything"), Some(json!(4)));
+    }
 
     #[test]
     fn ct_file_bytes_counts_what_ct_tensors_writes() {
