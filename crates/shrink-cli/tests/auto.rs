@@ -435,6 +435,38 @@ fn a_compressed_tensors_mix_of_integer_grids() {
     );
     let e = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(e.contains("int7-g64 is not an integer grid"), "{e}");
+    // Options of the other format are refused, not ignored.
+    for (extra, says) in [
+        (
+            &["--types", "q4_0"][..],
+            "--types (ggml types) applies to --to gguf",
+        ),
+        (
+            &["--gptq-samples", "8"][..],
+            "--gptq-samples applies to --rounding gptq",
+        ),
+    ] {
+        let o = auto(
+            &hf,
+            &calib,
+            &bad,
+            &[&ct[..], &["--target-bpw", "5"], extra].concat(),
+        );
+        let e = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!o.status.success() && e.contains(says), "{e}");
+    }
+    let gguf = f32_gguf(&hf, &tmp.path().join("tiny.gguf"));
+    let o = auto(
+        &gguf,
+        &calib,
+        &bad,
+        &["--target-bpw", "6", "--rounding", "gptq"],
+    );
+    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        e.contains("--rounding applies to --to compressed-tensors"),
+        "{e}"
+    );
     let after = std::fs::read_dir(&out_dir).unwrap().count();
     assert_eq!(before, after);
 }

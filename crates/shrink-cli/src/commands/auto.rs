@@ -66,26 +66,25 @@ pub struct Args {
     pub to: To,
     /// Integer grids to choose among with --to compressed-tensors (comma-separated:
     /// intB-gG, intB-channel, intB-sym-gG; each weight may also stay float16).
-    #[arg(long, value_delimiter = ',', default_value = shrink_methods::auto_ct::DEFAULT_GRIDS)]
-    pub grids: Vec<String>,
+    /// [default: int2-g32,int2-g64,int2-g128,int4-g32,int4-g64,int4-g128,int4-channel,
+    /// int8-g64,int8-channel]
+    #[arg(long, value_delimiter = ',')]
+    pub grids: Option<Vec<String>>,
     /// How --to compressed-tensors rounds the chosen grids when writing: every weight by the
     /// importance-weighted scale search the sensitivities were measured with, or GPTQ layer by
     /// layer on --gptq-samples windows (the blocks' linears; the table and an untied head
     /// weighted). On SmolLM2 GPTQ scores better on the calibration corpus and much worse on
-    /// held-out text (BENCHMARKS.md), hence the default.
-    #[arg(long, value_enum, default_value = "weighted")]
-    pub rounding: RoundingArg,
-    /// Calibration windows (of --calib-seqlen tokens) for --rounding gptq.
-    #[arg(long, default_value_t = 32)]
-    pub gptq_samples: usize,
+    /// held-out text (BENCHMARKS.md), hence the default. [default: weighted]
+    #[arg(long, value_enum)]
+    pub rounding: Option<RoundingArg>,
+    /// Calibration windows (of --calib-seqlen tokens) for --rounding gptq. [default: 32]
+    #[arg(long)]
+    pub gptq_samples: Option<usize>,
     /// ggml types to choose among with --to gguf (comma-separated; each tensor may also stay
     /// as stored).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "q2_k,q3_k,q4_0,q4_1,iq4_nl,q4_k,q5_0,q5_1,q5_k,q6_k,q8_0,iq4_xs,f16"
-    )]
-    pub types: Vec<String>,
+    /// [default: q2_k,q3_k,q4_0,q4_1,iq4_nl,q4_k,q5_0,q5_1,q5_k,q6_k,q8_0,iq4_xs,f16]
+    #[arg(long, value_delimiter = ',')]
+    pub types: Option<Vec<String>>,
     /// Calibration text.
     #[arg(long)]
     pub calib: PathBuf,
@@ -195,9 +194,54 @@ fn target(a: &Args) -> Result<Target> {
     })
 }
 
+/// `--types`, or the default list.
+fn type_names(a: &Args) -> Vec<String> {
+    a.types
+        .clone()
+        .unwrap_or_else(|| auto::DEFAULT_TYPES.split(',').map(String::from).collect())
+}
+
+/// `--grids`, or the default list.
+fn grid_names(a: &Args) -> Vec<String> {
+    a.grids.clone().unwrap_or_else(|| {
+        auto_ct::DEFAULT_GRIDS
+            .split(',')
+            .map(String::from)
+            .collect()
+    })
+}
+
+/// Refuse options that do not apply to `--to` (they would be silently ignored).
+fn check_applies(a: &Args) -> Result<()> {
+    match a.to {
+        To::Gguf => {
+            for (given, flag) in [
+                (a.grids.is_some(), "--grids"),
+                (a.rounding.is_some(), "--rounding"),
+                (a.gptq_samples.is_some(), "--gptq-samples"),
+            ] {
+                if given {
+                    bail!("{flag} applies to --to compressed-tensors, not to a GGUF (--types)");
+                }
+            }
+        }
+        To::CompressedTensors => {
+            if a.types.is_some() {
+                bail!(
+                    "--types (ggml types) applies to --to gguf; compressed-tensors takes --grids"
+                );
+            }
+            if a.gptq_samples.is_some() && a.rounding != Some(RoundingArg::Gptq) {
+                bail!("--gptq-samples applies to --rounding gptq");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The ggml types of `--types`.
 fn ggml_types(a: &Args) -> Result<Vec<GgmlType>> {
-    a.types
+    type_names(a)
         .iter()
         .map(|t| {
             GgmlType::from_name(t)
@@ -214,7 +258,7 @@ fn ggml_types(a: &Args) -> Result<Vec<GgmlType>> {
 /// The integer grids of `--grids`.
 fn int_grids(a: &Args) -> Result<Vec<IntSpec>> {
     let mut out: Vec<IntSpec> = Vec::new();
-    for g in &a.grids {
+    for g in &grid_names(a) {
         let spec = auto_ct::parse_grid(g).with_context(|| {
             format!(
                 "--grids: {g} is not an integer grid (intB-gG, intB-channel or intB-sym-gG, \
@@ -232,6 +276,7 @@ fn int_grids(a: &Args) -> Result<Vec<IntSpec>> {
 pub fn run(a: Args) -> Result<()> {
     let t0 = Instant::now();
     let target = target(&a)?;
+    check_applies(&a)?;
     for p in std::iter::once(&a.output).chain(&a.plan_png) {
         if p.exists() {
             bail!("{}: exists; choose a new output", p.display());
@@ -253,14 +298,14 @@ pub fn run(a: Args) -> Result<()> {
             let range = auto::reachable_bpw(g, &types)?;
             let why = "every tensor at its smallest type whose blocks fit its rows — a \
                        256-element K block fits no row of a width that is not a multiple of 256";
-            (types, Vec::new(), range, (a.types.join(","), why))
+            (types, Vec::new(), range, (type_names(&a).join(","), why))
         }
         To::CompressedTensors => {
             let grids = int_grids(&a)?;
             let range = auto_ct::reachable_bpw(&ckpt, &grids)?;
             let why = "every planned weight at its smallest grid whose groups divide its rows, \
                        every other tensor float16";
-            (Vec::new(), grids, range, (a.grids.join(","), why))
+            (Vec::new(), grids, range, (grid_names(&a).join(","), why))
         }
     };
     if let Target::Bpw(b) = target {
@@ -290,11 +335,11 @@ pub fn run(a: Args) -> Result<()> {
     let (kind, options) = match a.to {
         To::Gguf => (
             "auto-sensitivity-v2",
-            format!("types={}", a.types.join(",")),
+            format!("types={}", type_names(&a).join(",")),
         ),
         To::CompressedTensors => (
             "auto-ct-sensitivity-v1",
-            format!("grids={}", a.grids.join(",")),
+            format!("grids={}", grid_names(&a).join(",")),
         ),
     };
     let settings = format!(
@@ -396,11 +441,13 @@ pub fn run(a: Args) -> Result<()> {
             let storage = auto_ct::storage(&ckpt, auto_ct::importance_by_hf(&seq, &im)?)?;
             let plan = auto::plan(&ckpt, &sens, target, &storage, &samples, &bar)?;
             let chunks;
-            let rounding = match a.rounding {
+            let chosen = a.rounding.unwrap_or(RoundingArg::Weighted);
+            let gptq_samples = a.gptq_samples.unwrap_or(32);
+            let rounding = match chosen {
                 RoundingArg::Weighted => auto_ct::Rounding::Weighted,
                 RoundingArg::Gptq => {
                     let spec = CalibSpec {
-                        samples: a.gptq_samples,
+                        samples: gptq_samples,
                         seqlen: a.calib_seqlen,
                         seed: a.seed,
                     };
@@ -413,7 +460,7 @@ pub fn run(a: Args) -> Result<()> {
                             ..GptqSpec::default()
                         },
                         calibration: serde_json::json!({
-                            "file": a.calib.display().to_string(), "samples": a.gptq_samples,
+                            "file": a.calib.display().to_string(), "samples": gptq_samples,
                             "seqlen": a.calib_seqlen, "seed": a.seed,
                         }),
                     }
@@ -422,8 +469,8 @@ pub fn run(a: Args) -> Result<()> {
             let mut r = auto_ct::write(
                 &ckpt, &a.output, &sens, &plan, target, &storage, rounding, &bar,
             )?;
-            r.set("rounding", format!("{:?}", a.rounding).to_lowercase());
-            if a.rounding == RoundingArg::Gptq {
+            r.set("rounding", format!("{chosen:?}").to_lowercase());
+            if chosen == RoundingArg::Gptq {
                 r.notes.push(
                     "rounding       GPTQ per block linear on its grid (the plan's predicted and \
                      measured KL are those of the importance-weighted rounding)"
