@@ -66,8 +66,8 @@ pub struct Args {
     pub to: To,
     /// Integer grids to choose among with --to compressed-tensors (comma-separated:
     /// intB-gG, intB-channel, intB-sym-gG; each weight may also stay float16).
-    /// [default: int2-g32,int2-g64,int2-g128,int4-g32,int4-g64,int4-g128,int4-channel,
-    /// int8-g64,int8-channel]
+    /// [default: int2 and int4 in groups of 32, 64, 128 and int4 per channel, int8 in groups of
+    /// 64 and per channel, all asymmetric]
     #[arg(long, value_delimiter = ',')]
     pub grids: Option<Vec<String>>,
     /// How --to compressed-tensors rounds the chosen grids when writing: every weight by the
