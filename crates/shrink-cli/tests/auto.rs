@@ -19,6 +19,20 @@ fn ok(out: &std::process::Output) {
     );
 }
 
+/// The model at `dir` loads and generates (`shrink bench`, a few tokens).
+fn runs(dir: &Path) {
+    ok(&shrink(&[
+        "bench",
+        dir.to_str().unwrap(),
+        "-p",
+        "16",
+        "-n",
+        "4",
+        "-r",
+        "1",
+    ]));
+}
+
 /// The HF checkpoint `hf` exported to a float32 GGUF at `out`.
 fn f32_gguf(hf: &Path, out: &Path) -> std::path::PathBuf {
     let args = [
@@ -260,16 +274,7 @@ fn gpt2_and_neox_mixes() {
                 _ => panic!("{name}: {w} not stored as integers"),
             }
         }
-        ok(&shrink(&[
-            "bench",
-            ct.to_str().unwrap(),
-            "-p",
-            "16",
-            "-n",
-            "4",
-            "-r",
-            "1",
-        ]));
+        runs(&ct);
     }
 }
 
@@ -347,16 +352,7 @@ fn a_compressed_tensors_mix_of_integer_grids() {
     );
     assert!(planned_bytes <= total);
     // The written model loads and runs.
-    ok(&shrink(&[
-        "bench",
-        out.to_str().unwrap(),
-        "-p",
-        "16",
-        "-n",
-        "4",
-        "-r",
-        "1",
-    ]));
+    runs(&out);
 
     // GPTQ rounding writes the same plan's grids, GPTQ-rounded.
     let gq = out_dir.join("ct-gptq");
@@ -398,16 +394,7 @@ fn a_compressed_tensors_mix_of_integer_grids() {
         differ += usize::from(a.packed != b.packed);
     }
     assert!(differ > 0, "GPTQ rounded some weight differently");
-    ok(&shrink(&[
-        "bench",
-        gq.to_str().unwrap(),
-        "-p",
-        "16",
-        "-n",
-        "4",
-        "-r",
-        "1",
-    ]));
+    runs(&gq);
 
     // Refusals write nothing.
     let before = std::fs::read_dir(&out_dir).unwrap().count();

@@ -2,7 +2,11 @@
 //! the file), a numerical failure (naming the layer) and a write failure are distinct
 //! `MethodError` variants, and each message names the file or the layer.
 
+mod common;
+
 use std::path::{Path, PathBuf};
+
+use common::{fixture, samples, scratch};
 
 use shrink_io::Checkpoint;
 use shrink_methods::calibrated::{self, Run};
@@ -10,26 +14,6 @@ use shrink_methods::gptq::GptqSpec;
 use shrink_methods::pipeline::Silent;
 use shrink_methods::select::Selection;
 use shrink_methods::MethodError;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/fixtures")
-        .join(name)
-}
-
-/// A fresh, empty scratch folder for `test`.
-fn scratch(test: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("shrink-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn samples() -> Vec<Vec<u32>> {
-    (0..4)
-        .map(|s| (0..32).map(|i| ((i * 31 + s * 7) % 500) as u32).collect())
-        .collect()
-}
 
 fn gptq(model: &Path, out: &Path, spec: GptqSpec) -> Result<(), MethodError> {
     let ckpt = Checkpoint::open(model).unwrap();

@@ -4,8 +4,12 @@
 //! the first block — whose inputs no earlier quantization changed — equals the uniform run of
 //! its own grid; a tensor encoded outside the blocks is written as given.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use common::{fixture, samples, scratch};
 
 use shrink_formats::float::FloatType;
 use shrink_formats::int::{Granularity, IntSpec};
@@ -16,25 +20,6 @@ use shrink_methods::gptq::GptqSpec;
 use shrink_methods::pipeline::Silent;
 use shrink_methods::select::Selection;
 use shrink_models::Architecture;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/fixtures")
-        .join(name)
-}
-
-fn scratch(test: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("shrink-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn samples() -> Vec<Vec<u32>> {
-    (0..4)
-        .map(|s| (0..32).map(|i| ((i * 31 + s * 7) % 500) as u32).collect())
-        .collect()
-}
 
 fn int(bits: u8, granularity: Granularity) -> IntSpec {
     IntSpec::asymmetric(bits, granularity, FloatType::F16)
