@@ -653,6 +653,17 @@ fn read_ct(r: &Reader, qcfg: &Value, module: &str) -> Result<Option<Quantized>> 
     };
     let (spec, dynamic_int8) = ct_spec(r, qcfg, module, scale_dtype)?;
     let (rows, cols) = ct_shape(r, module, spec.bits)?;
+    // Every size below (codes, words, scales) is at most 8 bytes an element: bound that once
+    // against a lying shape.
+    if rows
+        .checked_mul(cols)
+        .and_then(|n| n.checked_mul(8))
+        .is_none()
+    {
+        return Err(r.err(format!(
+            "{module}.weight_shape: [{rows}, {cols}] is too large to be a weight"
+        )));
+    }
     spec.validate(rows, cols)
         .map_err(|e| r.err(format!("{module}: {e}")))?;
     let codes = ct_codes(r, module, spec.bits, rows, cols)?;
