@@ -143,7 +143,7 @@ fn planned(arch: &Architecture, seq: &Sequential) -> Result<HashMap<String, Line
 
 /// The importance of every planned weight's input columns, from the importance matrix (keyed
 /// by llama.cpp's names) and the head's vector.
-pub fn importance_by_hf(seq: &Sequential, im: &Imatrix) -> Result<HashMap<String, Vec<f32>>> {
+fn importance_by_hf(seq: &Sequential, im: &Imatrix) -> Result<HashMap<String, Vec<f32>>> {
     let (table, head) = seq.head_names()?;
     let mut hf = vec![table.to_string(), head.to_string()];
     for l in 0..seq.num_layers() {
@@ -201,7 +201,7 @@ pub fn reachable_bpw(ckpt: &Checkpoint, grids: &[IntSpec]) -> Result<(f64, f64)>
 pub fn measure(
     ckpt: &Checkpoint,
     grids: &[IntSpec],
-    importance: HashMap<String, Vec<f32>>,
+    storage: &CtStorage,
     m: &Measure,
     progress: &dyn Progress,
 ) -> Result<Sensitivity> {
@@ -209,10 +209,6 @@ pub fn measure(
     let arch = Architecture::from_checkpoint(ckpt)?;
     let seq = Sequential::new(ckpt)?;
     let plan = planned(&arch, &seq)?;
-    let storage = CtStorage {
-        importance,
-        planned: plan.keys().cloned().collect(),
-    };
     let loader = arch.weight_loader(ckpt);
     let shapes = arch.weight_shapes();
     let mut tensors = Vec::with_capacity(shapes.len());
@@ -250,7 +246,7 @@ pub fn measure(
         });
     }
     progress.finish();
-    auto::probe(&seq, tensors, &storage, m, t0, progress)
+    auto::probe(&seq, tensors, storage, m, t0, progress)
 }
 
 /// Weight `l` as `[out, in]` float32 (GPT-2's Conv1D weights transposed).
@@ -271,10 +267,12 @@ fn read(
     crate::pipeline::values(&t)
 }
 
-/// The storage `measure` probed with, for planning and for re-targeting from a cache.
-pub fn storage(ckpt: &Checkpoint, importance: HashMap<String, Vec<f32>>) -> Result<CtStorage> {
+/// The storage of `ckpt`'s planned weights, rounded with the importance matrix `im` (and the
+/// head's vector in it): what [`measure`] probes with and [`write`] writes with.
+pub fn storage(ckpt: &Checkpoint, im: &Imatrix) -> Result<CtStorage> {
     let arch = Architecture::from_checkpoint(ckpt)?;
     let seq = Sequential::new(ckpt)?;
+    let importance = importance_by_hf(&seq, im)?;
     let planned = planned(&arch, &seq)?.into_keys().collect();
     Ok(CtStorage {
         importance,
@@ -425,7 +423,9 @@ pub fn write(
                 let module = name.strip_suffix(".weight").unwrap_or(name);
                 outside.push((name.clone(), layouts::ct_tensors(module, &t)));
             }
-            let qcfg = enc.config(&ignored(&arch, &enc.grids), "float16");
+            let ignore =
+                crate::per_tensor::ignored(&arch.weight_shapes(), |n| enc.grids.contains_key(n));
+            let qcfg = enc.config(&ignore, "float16");
             let block_grids: HashMap<String, IntSpec> = enc
                 .grids
                 .iter()
@@ -464,15 +464,4 @@ pub fn write(
     auto::describe(&mut r, s, plan, target);
     crate::output::rewrite_report(output, &r)?;
     Ok(r)
-}
-
-/// The modules left dense that a loader would otherwise take for quantized: every 2-D weight
-/// without a grid, and `lm_head` (tied or dense).
-fn ignored(arch: &Architecture, grids: &HashMap<String, IntSpec>) -> Vec<String> {
-    arch.weight_shapes()
-        .into_iter()
-        .filter(|(n, s)| s.len() == 2 && !grids.contains_key(n))
-        .map(|(n, _)| n.strip_suffix(".weight").unwrap_or(&n).to_string())
-        .chain((!grids.contains_key("lm_head.weight")).then(|| "lm_head".to_string()))
-        .collect()
 }

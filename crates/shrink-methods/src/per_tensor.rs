@@ -364,6 +364,21 @@ fn write(w: &Walk, p: &Pass1, out: &OutputDir, job: &Job, selected: &[LinearInfo
     Ok(())
 }
 
+/// The `quantization_config`'s `ignore` list: every 2-D weight of `shapes` not `quantized`, by
+/// module name, and `lm_head` unless it is quantized (a tied or dense head loaders would
+/// otherwise take for quantized).
+pub(crate) fn ignored(
+    shapes: &[(String, Vec<usize>)],
+    quantized: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    shapes
+        .iter()
+        .filter(|(n, s)| s.len() == 2 && !quantized(n))
+        .map(|(n, _)| n.strip_suffix(".weight").unwrap_or(n).to_string())
+        .chain((!quantized("lm_head.weight")).then(|| "lm_head".to_string()))
+        .collect()
+}
+
 /// Write `job.ckpt` to `job.output` with the selected linears encoded by `enc` and the rest
 /// stored dense; streams (two passes: sizes, then bytes, one weight resident at a time),
 /// writes config, tokenizer and the report beside the weights, commits the directory, and
@@ -391,13 +406,7 @@ pub fn write_encoded(job: &Job, enc: &dyn Encoder) -> Result<Report> {
     write(&w, &p, &out, job, &selected)?;
 
     let dense_name = job.dense_dtype.torch_name();
-    let ignore: Vec<String> = w
-        .shapes
-        .iter()
-        .filter(|(n, s)| s.len() == 2 && !w.by_name.contains_key(n.as_str()))
-        .map(|(n, _)| n.strip_suffix(".weight").unwrap_or(n).to_string())
-        .chain((!w.by_name.contains_key("lm_head.weight")).then(|| "lm_head".to_string()))
-        .collect();
+    let ignore = ignored(&w.shapes, |n| w.by_name.contains_key(n));
     let qcfg = enc.config(&ignore, dense_name);
     let extra = enc.extra_files(&qcfg)?;
     crate::output::write_config_and_tokenizer(

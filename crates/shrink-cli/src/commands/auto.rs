@@ -405,25 +405,26 @@ pub fn run(a: Args) -> Result<()> {
         identity: identity.clone(),
     };
     let bar = common::Bar::default();
-    let seq = Sequential::new(&ckpt)?;
+    let ct_storage = match a.to {
+        To::CompressedTensors => Some(auto_ct::storage(&ckpt, &im)?),
+        To::Gguf => None,
+    };
     let (sens, reused) = match cached {
         Some(s) => (s, true),
         None => {
-            let mut s = match (a.to, &ckpt) {
-                (To::Gguf, Checkpoint::Gguf(g)) => auto::measure(g, &ckpt, &m, &bar)?,
-                _ => {
-                    let imp = auto_ct::importance_by_hf(&seq, &im)?;
-                    auto_ct::measure(&ckpt, &grids, imp, &m, &bar)?
-                }
+            let mut s = match (&ct_storage, &ckpt) {
+                (Some(st), _) => auto_ct::measure(&ckpt, &grids, st, &m, &bar)?,
+                (None, Checkpoint::Gguf(g)) => auto::measure(g, &ckpt, &m, &bar)?,
+                (None, _) => bail!("{}: --to gguf takes a GGUF input", a.model.display()),
             };
             s.head_importance = head;
             s.save(&cache)?;
             (s, false)
         }
     };
-    let mut r = match (a.to, &ckpt) {
-        (To::Gguf, Checkpoint::Gguf(g)) => {
-            let storage = GgufStorage::new(&seq, Some(&im))?;
+    let mut r = match (&ct_storage, &ckpt) {
+        (None, Checkpoint::Gguf(g)) => {
+            let storage = GgufStorage::new(&Sequential::new(&ckpt)?, Some(&im))?;
             let plan = auto::plan(&ckpt, &sens, target, &storage, &samples, &bar)?;
             auto::write(
                 g,
@@ -437,9 +438,9 @@ pub fn run(a: Args) -> Result<()> {
                 &bar,
             )?
         }
-        _ => {
-            let storage = auto_ct::storage(&ckpt, auto_ct::importance_by_hf(&seq, &im)?)?;
-            let plan = auto::plan(&ckpt, &sens, target, &storage, &samples, &bar)?;
+        (None, _) => bail!("{}: --to gguf takes a GGUF input", a.model.display()),
+        (Some(storage), _) => {
+            let plan = auto::plan(&ckpt, &sens, target, storage, &samples, &bar)?;
             let chunks;
             let chosen = a.rounding.unwrap_or(RoundingArg::Weighted);
             let gptq_samples = a.gptq_samples.unwrap_or(32);
