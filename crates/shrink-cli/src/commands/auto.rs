@@ -468,7 +468,7 @@ pub fn run(a: Args) -> Result<()> {
                 }
             };
             let mut r = auto_ct::write(
-                &ckpt, &a.output, &sens, &plan, target, &storage, rounding, &bar,
+                &ckpt, &a.output, &sens, &plan, target, storage, rounding, &bar,
             )?;
             r.set("rounding", format!("{chosen:?}").to_lowercase());
             if chosen == RoundingArg::Gptq {
