@@ -29,7 +29,7 @@ use crate::auto::{
     self, Measure, Plan, Sensitivity, Storage, Target, TensorOption, TensorSensitivity,
 };
 use crate::error::{MethodError, Result};
-use crate::per_tensor::{encoded, layout, write_encoded, Encoded, Encoder, Job};
+use crate::per_tensor::{encoded, layout, read_out_in, write_encoded, Encoded, Encoder, Job};
 use crate::pipeline::Progress;
 use crate::report::Report;
 use crate::select::Selection;
@@ -225,7 +225,7 @@ pub fn measure(
         }];
         if let Some(l) = plan.get(name) {
             let (rows, cols) = (l.out_features, l.in_features);
-            let w = read(&arch, &loader, l, shape)?;
+            let w = read_out_in(&arch, &loader, name, shape, l.conv1d)?;
             for spec in grids.iter().filter(|g| g.validate(rows, cols).is_ok()) {
                 let (_, error) = storage.quantize(name, &w, rows, cols, *spec)?;
                 options.push(TensorOption {
@@ -247,24 +247,6 @@ pub fn measure(
     }
     progress.finish();
     auto::probe(&seq, tensors, storage, m, t0, progress)
-}
-
-/// Weight `l` as `[out, in]` float32 (GPT-2's Conv1D weights transposed).
-fn read(
-    arch: &Architecture,
-    loader: &shrink_models::WeightLoader,
-    l: &LinearInfo,
-    shape: &[usize],
-) -> Result<Vec<f32>> {
-    let t = arch.read_weight(loader, &l.weight, shape)?;
-    let t = if l.conv1d {
-        t.t()
-            .and_then(|t| t.contiguous())
-            .map_err(shrink_models::ModelError::from)?
-    } else {
-        t
-    };
-    crate::pipeline::values(&t)
 }
 
 /// The storage of `ckpt`'s planned weights, rounded with the importance matrix `im` (and the
@@ -412,13 +394,7 @@ pub fn write(
             let mut outside = Vec::new();
             for name in &include {
                 let shape = &shapes[name];
-                let l = LinearInfo {
-                    weight: name.clone(),
-                    out_features: shape[0],
-                    in_features: shape[1],
-                    conv1d: false,
-                };
-                let w = read(&arch, &loader, &l, shape)?;
+                let w = read_out_in(&arch, &loader, name, shape, false)?;
                 let (t, _) = storage.quantize(name, &w, shape[0], shape[1], enc.grids[name])?;
                 let module = name.strip_suffix(".weight").unwrap_or(name);
                 outside.push((name.clone(), layouts::ct_tensors(module, &t)));

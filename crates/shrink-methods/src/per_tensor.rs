@@ -241,6 +241,26 @@ pub struct Job<'a> {
     pub progress: &'a dyn Progress,
 }
 
+/// Weight `name` (stored `shape`) as `[out, in]` float32: GPT-2's Conv1D weights (`conv1d`)
+/// transposed.
+pub(crate) fn read_out_in(
+    arch: &Architecture,
+    loader: &WeightLoader,
+    name: &str,
+    shape: &[usize],
+    conv1d: bool,
+) -> Result<Vec<f32>> {
+    let t = arch.read_weight(loader, name, shape)?;
+    let t = if conv1d {
+        t.t()
+            .and_then(|t| t.contiguous())
+            .map_err(ModelError::from)?
+    } else {
+        t
+    };
+    crate::pipeline::values(&t)
+}
+
 /// The model as the writer walks it: architecture, selected linears by weight name, shapes.
 struct Walk<'a> {
     ckpt: &'a Checkpoint,
@@ -254,16 +274,8 @@ struct Walk<'a> {
 impl Walk<'_> {
     /// A weight as [out, in] float32 (GPT-2's Conv1D weights are transposed here).
     fn read(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let t = self.arch.read_weight(&self.loader, name, shape)?;
         let conv1d = self.by_name.get(name).is_some_and(|l| l.conv1d);
-        let t = if conv1d {
-            t.t()
-                .and_then(|t| t.contiguous())
-                .map_err(ModelError::from)?
-        } else {
-            t
-        };
-        crate::pipeline::values(&t)
+        read_out_in(self.arch, &self.loader, name, shape, conv1d)
     }
 
     /// Selected weight `l` (`shapes[i]`) encoded, from the input's quantized form too when
