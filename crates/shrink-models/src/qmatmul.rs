@@ -38,6 +38,7 @@ use crate::int8_gemm::{self, PackedInt8};
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 pub mod q8;
+pub mod q8_gemm;
 mod sparse;
 
 use sparse::SparseRows;
@@ -63,6 +64,8 @@ pub struct QuantMatmul {
     /// GPTQ act-order: the kind holds the input columns in this order (column `j` is the
     /// weight's column `perm[j]`); inputs are gathered into it before each product.
     perm: Option<Vec<u32>>,
+    /// Integer codes repacked for many tokens' int8 products ([`q8_gemm`]), built by the first.
+    panels: std::sync::OnceLock<Option<q8_gemm::Panels>>,
 }
 
 enum Kind {
@@ -521,6 +524,7 @@ impl QuantMatmul {
             resident,
             kind,
             perm,
+            panels: Default::default(),
         }
     }
 
@@ -533,6 +537,7 @@ impl QuantMatmul {
             resident: stored,
             kind: Kind::Int(IntRows::from_ggml(codes, n, k)),
             perm: None,
+            panels: Default::default(),
         }
     }
 
@@ -546,6 +551,7 @@ impl QuantMatmul {
             resident: 0,
             kind: Kind::Rows(w, None),
             perm: None,
+            panels: Default::default(),
         })
     }
 
@@ -566,6 +572,7 @@ impl QuantMatmul {
             resident: 2 * n * k,
             kind: Kind::Rows(w.contiguous()?, Some(half)),
             perm: None,
+            panels: Default::default(),
         })
     }
 
@@ -580,6 +587,7 @@ impl QuantMatmul {
             resident: s.bytes(),
             kind: Kind::Sparse(s),
             perm: None,
+            panels: Default::default(),
         })
     }
 
@@ -598,16 +606,26 @@ impl QuantMatmul {
         self.resident
     }
 
-    /// Whether a product over `m` tokens rounds the activations to int8 blocks of 32
-    /// ([`q8`]: a few tokens, integer codes the kernels read, int8 activations on and a SIMD
-    /// kernel here) instead of multiplying in float32. Many tokens stay float: the same
-    /// kernels over 512 tokens (each row's codes unpacked once per 8 tokens, tiles of 32 rows)
-    /// measured 403 tokens/s against the float GEMM's 750 on SmolLM2 Q4_0 (2 threads): every
-    /// (row, token) pays a horizontal sum and a correction, and every activation is reloaded
-    /// per row — prompt processing in integers needs a kernel blocked over rows and tokens
-    /// both, as ggml's repacked Q4_0 8×8 GEMM is.
+    /// Whether a product over `m` tokens rounds the activations to int8 blocks of 32 instead of
+    /// multiplying in float32: with int8 activations on ([`crate::runtime::int8_activations`])
+    /// and integer codes, a few tokens against the rows as stored ([`q8`], a SIMD kernel here),
+    /// many against panels repacked for the VNNI GEMM ([`q8_gemm`]; on CPUs without VNNI,
+    /// many tokens stay float).
     pub fn rounds_activations(&self, m: usize) -> bool {
-        (1..=FEW_TOKENS).contains(&m) && self.q8().is_some()
+        if m <= FEW_TOKENS {
+            m > 0 && self.q8().is_some()
+        } else {
+            self.q8_many().is_some()
+        }
+    }
+
+    /// The integer rows and kernel a many-token product multiplies with int8 activations
+    /// ([`q8_gemm`]), when it does.
+    fn q8_many(&self) -> Option<(&IntRows, q8::Int8Kernel)> {
+        match (&self.kind, q8_kernel().and_then(q8_gemm::kernel_for)) {
+            (Kind::Int(t), Some(kernel)) if q8_gemm::fits(t, self.k) => Some((t, kernel)),
+            _ => None,
+        }
     }
 
     /// The integer rows and kernel a product multiplies with int8 activations, when it does.
@@ -902,6 +920,14 @@ impl QuantMatmul {
             let mut y = zeroed();
             self.matmul_few(x, m, &mut y);
             return y;
+        }
+        if let Some((t, kernel)) = self.q8_many() {
+            if let Some(p) = self.panels.get_or_init(|| q8_gemm::Panels::new(t, n, k)) {
+                let acts = q8_gemm::Acts::new(x, m, k);
+                let mut y = zeroed();
+                q8_gemm::gemm(kernel, p, &acts, &mut y);
+                return y;
+            }
         }
         // Not zeroed first: gemm overwrites every element (a memset of the result measured
         // ~3 % of a 512-token forward).

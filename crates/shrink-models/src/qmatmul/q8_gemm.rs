@@ -1,0 +1,519 @@
+//! Integer weight codes times int8 activations for many tokens at once: prompt processing
+//! while [`crate::runtime::int8_activations`] is on (`bench`'s pp512, `generate`'s prompt,
+//! `eval --int8-activations`).
+//!
+//! [`super::q8`] multiplies a few tokens against the rows as they are stored: every (row,
+//! token) pays a horizontal sum and a correction, and every activation is reloaded per row —
+//! over 512 tokens that ran at 403 tokens/s against the float GEMM's 750 (SmolLM2 Q4_0). Here,
+//! as in ggml's repacked Q4_0 GEMM (`ggml-cpu/arch/x86/repack.cpp`, `block_q4_0x8`), the codes
+//! are laid out once more, in panels of 16 rows: per block of 32 values, register `j` holds
+//! values `4j..4j+4` of each of the 16 rows, a 32-bit lane per row (4-bit codes: the low
+//! nibbles hold values `4j..`, the high ones `16 + 4j..`, for `j` < 4). One `vpdpbusd` with
+//! four of a token's int8 activations broadcast adds their four products into every row's
+//! lane, so after eight (one block) each lane holds its row's integer block sum, with no
+//! horizontal sum or shuffle. With activations `x ≈ d_{t,b}·q` in blocks of 32 (ggml's Q8_0
+//! rounding, as [`super::q8`]) and weights `w = s_{r,b}·c + z_{r,b}` (`z` = min − scale·zero;
+//! a code table's values as its integers, [`super::Table`]),
+//!
+//! `y_{t,r} = Σ_b d_{t,b} · (s_{r,b} · Σ_{c∈b} c·q_c + z_{r,b} · Σ_{c∈b} q_c)`:
+//!
+//! per block, token and 16 rows, eight `vpdpbusd` and a convert, a multiply and two FMAs do
+//! 512 multiply-adds that take 32 FMAs in float32. A tile is 16 rows × up to 8 tokens; each
+//! thread takes a run of panels and walks every token over each (the panel stays in L1, the
+//! tokens' int8 activations in L2).
+//!
+//! The result equals the float product of the dequantized weights with the int8-rounded
+//! activations up to float32 rounding (tested in f64), and the VNNI kernel equals the portable
+//! one bit for bit (the same operations in the same order). The panels are a second copy of the
+//! codes, built on the first many-token product: 4-bit codes as nibbles, others (5-, 6-, 8-bit,
+//! tables) a byte each, with the scale and bias of every 32 values in float32.
+//!
+//! Hand-written: no crate multiplies block-scaled integer layouts.
+
+#![allow(unsafe_op_in_unsafe_fn)]
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+use rayon::prelude::*;
+
+use super::{IntRows, SendPtr, TABLE_OFFSET};
+use crate::int8_gemm::Int8Kernel;
+
+/// Values per block: one activation scale and one weight scale each.
+pub const QK: usize = 32;
+/// Rows per panel: the 16 32-bit lanes of an AVX-512 register.
+pub const PANEL: usize = 16;
+/// Tokens per tile: 8 float accumulators, 8 integer ones and 8 code registers in 32.
+const TILE: usize = 8;
+
+/// A weight's codes repacked for [`gemm`]: panels of [`PANEL`] rows, block by block.
+pub struct Panels {
+    n: usize,
+    k: usize,
+    /// 4-bit codes two per byte (a block 256 bytes), else one per byte (512).
+    nibbles: bool,
+    /// Per panel, per block, the codes as the module describes.
+    codes: Vec<u8>,
+    /// Per panel, per block, the 16 rows' scales then their biases.
+    affine: Vec<f32>,
+}
+
+impl Panels {
+    /// `t` (`[n, k]`) repacked, or `None` when its layout does not [`fits`].
+    pub(super) fn new(t: &IntRows, n: usize, k: usize) -> Option<Self> {
+        if !fits(t, k) {
+            return None;
+        }
+        let nibbles = t.bits == 4 && t.table.is_none();
+        let nb = k / QK;
+        let block_bytes = if nibbles { QK * PANEL / 2 } else { QK * PANEL };
+        let panels = n.div_ceil(PANEL);
+        let mut codes = vec![0u8; panels * nb * block_bytes];
+        let mut affine = vec![0f32; panels * nb * 2 * PANEL];
+        codes
+            .par_chunks_mut(nb * block_bytes)
+            .zip(affine.par_chunks_mut(nb * 2 * PANEL))
+            .enumerate()
+            .for_each(|(p, (codes, affine))| {
+                let mut row = vec![0u8; k];
+                for l in 0..PANEL.min(n - p * PANEL) {
+                    let r = p * PANEL + l;
+                    for (c, v) in row.iter_mut().enumerate() {
+                        let code = t.code(r, c, k);
+                        *v = t.table.as_ref().map_or(code, |tab| tab.ints[code as usize]);
+                    }
+                    for b in 0..nb {
+                        let (s, z) = block_affine(t, r, b * QK);
+                        affine[b * 2 * PANEL + l] = s;
+                        affine[b * 2 * PANEL + PANEL + l] = z;
+                        let block = &mut codes[b * block_bytes..(b + 1) * block_bytes];
+                        for (v, &code) in row[b * QK..(b + 1) * QK].iter().enumerate() {
+                            if nibbles {
+                                let (j, high) = ((v % 16) / 4, v >= 16);
+                                block[j * 64 + l * 4 + v % 4] |= code << (4 * high as u8);
+                            } else {
+                                block[(v / 4) * 64 + l * 4 + v % 4] = code;
+                            }
+                        }
+                    }
+                }
+            });
+        Some(Panels {
+            n,
+            k,
+            nibbles,
+            codes,
+            affine,
+        })
+    }
+
+    /// Bytes held (codes, scales and biases).
+    pub fn bytes(&self) -> usize {
+        self.codes.len() + 4 * self.affine.len()
+    }
+
+    fn blocks(&self) -> usize {
+        self.k / QK
+    }
+
+    fn block_bytes(&self) -> usize {
+        if self.nibbles {
+            QK * PANEL / 2
+        } else {
+            QK * PANEL
+        }
+    }
+
+    /// The code of row `l` of panel `p`, value `v` of block `b` (for tests and the portable
+    /// kernel).
+    #[inline(always)]
+    fn code(&self, p: usize, b: usize, l: usize, v: usize) -> u8 {
+        let block = &self.codes[(p * self.blocks() + b) * self.block_bytes()..];
+        if self.nibbles {
+            let byte = block[((v % 16) / 4) * 64 + l * 4 + v % 4];
+            if v >= 16 {
+                byte >> 4
+            } else {
+                byte & 15
+            }
+        } else {
+            block[(v / 4) * 64 + l * 4 + v % 4]
+        }
+    }
+}
+
+/// Whether [`Panels::new`] takes `t` (`[n, k]`): rows a multiple of 32 values, granules too
+/// (GGUF's Q6_K has 16) or one scale in all, codes of at most a byte.
+pub(super) fn fits(t: &IntRows, k: usize) -> bool {
+    k.is_multiple_of(QK) && k > 0 && t.bits <= 8 && (t.per_row == 0 || t.glen.is_multiple_of(QK))
+}
+
+/// Scale and bias of the 32 values of row `r` from column `c`: `w = s·code + z`.
+fn block_affine(t: &IntRows, r: usize, c: usize) -> (f32, f32) {
+    let g = t.granule_index(r, c);
+    let scale = t.scales.get(g);
+    match &t.table {
+        Some(tab) => {
+            let s = scale * tab.int_scale;
+            (s, -TABLE_OFFSET * s)
+        }
+        None => {
+            let zero = t.zeros.get(g).copied().unwrap_or(t.offset);
+            (scale, t.min(g) - scale * zero)
+        }
+    }
+}
+
+/// Tokens' activations rounded to int8 blocks of 32 (natural order, `[m, k]`).
+pub struct Acts {
+    k: usize,
+    q: Vec<i8>,
+    /// Per token, per block: the scale `d` (absmax / 127).
+    d: Vec<f32>,
+    /// Per token, per block: `d · Σ q`.
+    a: Vec<f32>,
+}
+
+impl Acts {
+    /// `x` (`[m, k]`, `k` a multiple of 32) rounded.
+    pub fn new(x: &[f32], m: usize, k: usize) -> Self {
+        assert!(
+            k.is_multiple_of(QK) && x.len() == m * k,
+            "q8_gemm::Acts: shape"
+        );
+        let nb = k / QK;
+        let mut q = vec![0i8; m * k];
+        let mut d = vec![0f32; m * nb];
+        let mut a = vec![0f32; m * nb];
+        q.par_chunks_mut(k)
+            .zip(d.par_chunks_mut(nb).zip(a.par_chunks_mut(nb)))
+            .zip(x.par_chunks(k))
+            .for_each(|((q, (d, a)), x)| round_token(x, q, d, a));
+        Acts { k, q, d, a }
+    }
+
+    /// Tokens held.
+    pub fn tokens(&self) -> usize {
+        self.q.len() / self.k
+    }
+
+    /// Activation `c` of token `t` as the kernels see it: `d · q`.
+    pub fn value(&self, t: usize, c: usize) -> f32 {
+        self.d[t * (self.k / QK) + c / QK] * self.q[t * self.k + c] as f32
+    }
+}
+
+crate::kernels::dispatch! {
+    /// One token's values rounded to int8 blocks (`d` = absmax / 127, to nearest, ties to even).
+    fn round_token(x: &[f32], q: &mut [i8], d: &mut [f32], a: &mut [f32]) {
+        for (((xb, qb), db), ab) in x
+            .chunks_exact(QK)
+            .zip(q.chunks_exact_mut(QK))
+            .zip(d.iter_mut())
+            .zip(a.iter_mut())
+        {
+            // |x| as bits: for finite values the integer max is the float max, and it
+            // vectorises (a float `max` fold does not).
+            let amax = f32::from_bits(xb.iter().map(|v| v.abs().to_bits()).max().unwrap_or(0));
+            let scale = amax / 127.0;
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            let mut sum = 0i32;
+            for (o, &v) in qb.iter_mut().zip(xb) {
+                let r = crate::kernels::round_ties_even_small(v * inv) as i8;
+                *o = r;
+                sum += r as i32;
+            }
+            *db = scale;
+            *ab = scale * sum as f32;
+        }
+    }
+}
+
+/// The kernels this module has: VNNI, or portable (the reference; any CPU).
+pub fn kernel_for(k: Int8Kernel) -> Option<Int8Kernel> {
+    match k {
+        Int8Kernel::Vnni | Int8Kernel::Portable if k.is_available() => Some(k),
+        _ => None,
+    }
+}
+
+/// `y[t·n + r] = Σ_c x[t, c] · W[r, c]` for every token of `acts` and row of `p`, with
+/// `kernel` ([`Int8Kernel::Vnni`] or [`Int8Kernel::Portable`]), on all threads.
+pub fn gemm(kernel: Int8Kernel, p: &Panels, acts: &Acts, y: &mut [f32]) {
+    let m = acts.tokens();
+    assert!(acts.k == p.k && y.len() == m * p.n, "q8_gemm: shapes");
+    let panels = p.n.div_ceil(PANEL);
+    let threads = rayon::current_num_threads().max(1);
+    let per = panels.div_ceil(threads).max(1);
+    let out = SendPtr(y.as_mut_ptr());
+    (0..panels.div_ceil(per)).into_par_iter().for_each(|part| {
+        for panel in part * per..((part + 1) * per).min(panels) {
+            let mut t0 = 0;
+            while t0 < m {
+                let tokens = TILE.min(m - t0);
+                // SAFETY: this part alone writes columns of its panels; the kernel was
+                // checked available (`kernel_for`).
+                unsafe { tile(kernel, p, panel, acts, t0, tokens, out) };
+                t0 += tokens;
+            }
+        }
+    });
+}
+
+/// One tile: panel `panel` times tokens `t0..t0 + tokens` into `y` (`[m, n]`).
+///
+/// # Safety
+/// `y` holds `m · n` floats of which no other thread writes this panel's columns; `kernel`
+/// runs on this CPU.
+unsafe fn tile(
+    kernel: Int8Kernel,
+    p: &Panels,
+    panel: usize,
+    acts: &Acts,
+    t0: usize,
+    tokens: usize,
+    y: SendPtr,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Int8Kernel::Vnni {
+        match tokens {
+            8 => vnni::<8>(p, panel, acts, t0, y),
+            7 => vnni::<7>(p, panel, acts, t0, y),
+            6 => vnni::<6>(p, panel, acts, t0, y),
+            5 => vnni::<5>(p, panel, acts, t0, y),
+            4 => vnni::<4>(p, panel, acts, t0, y),
+            3 => vnni::<3>(p, panel, acts, t0, y),
+            2 => vnni::<2>(p, panel, acts, t0, y),
+            _ => vnni::<1>(p, panel, acts, t0, y),
+        }
+        return;
+    }
+    let _ = kernel;
+    portable(p, panel, acts, t0, tokens, y)
+}
+
+/// The reference: the VNNI kernel's operations one lane at a time, in its order.
+unsafe fn portable(p: &Panels, panel: usize, acts: &Acts, t0: usize, tokens: usize, y: SendPtr) {
+    let nb = p.blocks();
+    let rows = PANEL.min(p.n - panel * PANEL);
+    for t in t0..t0 + tokens {
+        let mut acc = [0f32; PANEL];
+        for b in 0..nb {
+            let aff = &p.affine[(panel * nb + b) * 2 * PANEL..][..2 * PANEL];
+            let q = &acts.q[t * p.k + b * QK..][..QK];
+            let (d, a) = (acts.d[t * nb + b], acts.a[t * nb + b]);
+            for (l, acc) in acc.iter_mut().enumerate() {
+                let isum: i32 = (0..QK)
+                    .map(|v| p.code(panel, b, l, v) as i32 * q[v] as i32)
+                    .sum();
+                *acc = (isum as f32).mul_add(aff[l] * d, *acc);
+                *acc = aff[PANEL + l].mul_add(a, *acc);
+            }
+        }
+        for (l, &v) in acc.iter().enumerate().take(rows) {
+            *y.get().add(t * p.n + panel * PANEL + l) = v;
+        }
+    }
+}
+
+/// [`portable`] in AVX-512 VNNI for `N` tokens.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn vnni<const N: usize>(p: &Panels, panel: usize, acts: &Acts, t0: usize, y: SendPtr) {
+    let nb = p.blocks();
+    let k = p.k;
+    let codes = p.codes.as_ptr().add(panel * nb * p.block_bytes());
+    let affine = p.affine.as_ptr().add(panel * nb * 2 * PANEL);
+    let q = acts.q.as_ptr().add(t0 * k);
+    let d = acts.d.as_ptr().add(t0 * nb);
+    let a = acts.a.as_ptr().add(t0 * nb);
+    let low = _mm512_set1_epi8(15);
+    let mut acc = [_mm512_setzero_ps(); N];
+    for b in 0..nb {
+        let w: [__m512i; 8] = if p.nibbles {
+            let c = codes.add(b * QK * PANEL / 2);
+            let v: [__m512i; 4] =
+                std::array::from_fn(|j| _mm512_loadu_si512(c.add(64 * j) as *const _));
+            std::array::from_fn(|j| {
+                if j < 4 {
+                    _mm512_and_si512(v[j], low)
+                } else {
+                    _mm512_and_si512(_mm512_srli_epi16(v[j - 4], 4), low)
+                }
+            })
+        } else {
+            let c = codes.add(b * QK * PANEL);
+            std::array::from_fn(|j| _mm512_loadu_si512(c.add(64 * j) as *const _))
+        };
+        let s = _mm512_loadu_ps(affine.add(b * 2 * PANEL));
+        let z = _mm512_loadu_ps(affine.add(b * 2 * PANEL + PANEL));
+        let mut isum = [_mm512_setzero_si512(); N];
+        for (j, w) in w.iter().enumerate() {
+            for (t, isum) in isum.iter_mut().enumerate() {
+                let x = (q.add(t * k + b * QK + 4 * j) as *const i32).read_unaligned();
+                *isum = _mm512_dpbusd_epi32(*isum, *w, _mm512_set1_epi32(x));
+            }
+        }
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let sd = _mm512_mul_ps(s, _mm512_set1_ps(*d.add(t * nb + b)));
+            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), sd, *acc);
+            *acc = _mm512_fmadd_ps(z, _mm512_set1_ps(*a.add(t * nb + b)), *acc);
+        }
+    }
+    let rows = PANEL.min(p.n - panel * PANEL);
+    let mask: __mmask16 = if rows == PANEL {
+        0xffff
+    } else {
+        (1u16 << rows) - 1
+    };
+    for (t, acc) in acc.iter().enumerate() {
+        let out = y.get().add((t0 + t) * p.n + panel * PANEL);
+        _mm512_mask_storeu_ps(out, mask, *acc);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::qmatmul::Table;
+
+    fn lcg(seed: &mut u64) -> u32 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (*seed >> 33) as u32
+    }
+
+    /// Random rows of `bits`-bit codes, granules of `glen` (0: one scale per tensor), with
+    /// zero points, mins, a symmetric offset or a table.
+    fn rows(bits: u8, n: usize, k: usize, glen: usize, kind: &str, seed: u64) -> IntRows {
+        let mut s = seed;
+        let codes: Vec<u8> = (0..n * k)
+            .map(|_| (lcg(&mut s) % (1u32 << bits)) as u8)
+            .collect();
+        let (glen, per_row) = if glen == 0 { (k, 0) } else { (glen, k / glen) };
+        let granules = if per_row == 0 { 1 } else { n * per_row };
+        let mut f = |lo: f32, hi: f32| lo + (hi - lo) * (lcg(&mut s) % 10_000) as f32 / 10_000.0;
+        let scales: Vec<f32> = (0..granules).map(|_| f(0.001, 0.05)).collect();
+        let top = (1u32 << bits) as f32 - 1.0;
+        let (zeros, mins, offset) = match kind {
+            "zeros" => (
+                (0..granules).map(|_| f(0.0, top).round()).collect(),
+                vec![],
+                0.0,
+            ),
+            "mins" => (vec![], (0..granules).map(|_| f(-0.2, 0.0)).collect(), 0.0),
+            _ => (vec![], vec![], (1u32 << (bits - 1)) as f32),
+        };
+        let mut t = IntRows::from_codes(
+            bits, &codes, n, k, glen, per_row, scales, zeros, mins, offset,
+        );
+        if kind == "table" {
+            let values = std::array::from_fn(|i| -1.0 + i as f32 * (2.0 / 15.0));
+            t.table = Some(Box::new(Table::new(values)));
+            t.offset = TABLE_OFFSET;
+        }
+        t
+    }
+
+    /// The weight as the kernels read it (a table through its integer values), in f64.
+    fn weight(t: &IntRows, r: usize, c: usize, k: usize) -> f64 {
+        let code = t.code(r, c, k);
+        let (s, z) = block_affine(t, r, c / QK * QK);
+        let code = t.table.as_ref().map_or(code, |tab| tab.ints[code as usize]);
+        s as f64 * code as f64 + z as f64
+    }
+
+    fn kernels() -> Vec<Int8Kernel> {
+        [Int8Kernel::Vnni, Int8Kernel::Portable]
+            .into_iter()
+            .filter_map(kernel_for)
+            .collect()
+    }
+
+    #[test]
+    fn every_kernel_equals_the_dequantized_product_with_rounded_activations() {
+        // (bits, n, k, glen, kind): nibbles and bytes, groups of 32 / 64 / whole rows / one
+        // scale per tensor, rows not a multiple of 16, token counts across the tile.
+        let cases = [
+            (4, 37, 96, 32, "offset"),
+            (4, 16, 128, 64, "zeros"),
+            (4, 33, 64, 32, "mins"),
+            (4, 20, 96, 0, "offset"),
+            (4, 17, 64, 32, "table"),
+            (8, 19, 96, 32, "offset"),
+            (8, 16, 128, 128, "zeros"),
+            (5, 18, 128, 32, "mins"),
+            (6, 21, 64, 64, "mins"),
+            (3, 9, 96, 32, "zeros"),
+        ];
+        for (i, &(bits, n, k, glen, kind)) in cases.iter().enumerate() {
+            let t = rows(bits, n, k, glen, kind, 7 + i as u64);
+            let p = Panels::new(&t, n, k).expect("fits");
+            for l in 0..n {
+                for c in 0..k {
+                    let code = t.code(l, c, k);
+                    let want = t.table.as_ref().map_or(code, |tab| tab.ints[code as usize]);
+                    assert_eq!(p.code(l / PANEL, c / QK, l % PANEL, c % QK), want);
+                }
+            }
+            for m in [1, 3, 8, 9, 19] {
+                let mut s = 99 + m as u64;
+                let x: Vec<f32> = (0..m * k)
+                    .map(|_| (lcg(&mut s) % 2001) as f32 / 1000.0 - 1.0)
+                    .collect();
+                let acts = Acts::new(&x, m, k);
+                let mut first: Option<Vec<f32>> = None;
+                for kernel in kernels() {
+                    let mut y = vec![f32::NAN; m * n];
+                    gemm(kernel, &p, &acts, &mut y);
+                    for tk in 0..m {
+                        for r in 0..n {
+                            let want: f64 = (0..k)
+                                .map(|c| weight(&t, r, c, k) * acts.value(tk, c) as f64)
+                                .sum();
+                            let mag: f64 = (0..k)
+                                .map(|c| (weight(&t, r, c, k) * acts.value(tk, c) as f64).abs())
+                                .sum();
+                            let got = y[tk * n + r] as f64;
+                            assert!(
+                                (got - want).abs() <= 1e-5 * mag + 1e-6,
+                                "{kernel:?} case {i} m {m} token {tk} row {r}: {got} vs {want}"
+                            );
+                        }
+                    }
+                    match &first {
+                        None => first = Some(y),
+                        Some(f) => assert!(
+                            f.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{kernel:?} differs from the first kernel, case {i} m {m}"
+                        ),
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rounded_activations_are_within_half_a_step() {
+        let x: Vec<f32> = (0..64).map(|i| (i as f32 - 20.0) * 0.37).collect();
+        let a = Acts::new(&x, 1, 64);
+        for (c, &v) in x.iter().enumerate() {
+            let block = &x[c / QK * QK..][..QK];
+            let step = block.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+            assert!((a.value(0, c) - v).abs() <= 0.5 * step + 1e-6);
+        }
+        // An all-zero block rounds to zeros with scale 0.
+        let z = Acts::new(&[0.0; 32], 1, 32);
+        assert_eq!((z.value(0, 5), z.d[0], z.a[0]), (0.0, 0.0, 0.0));
+    }
+
+    #[test]
+    fn layouts_that_do_not_fit_are_refused() {
+        // Granules of 16 (Q6_K) and rows not a multiple of 32.
+        assert!(Panels::new(&rows(6, 4, 64, 16, "offset", 1), 4, 64).is_none());
+        let odd = rows(4, 4, 48, 16, "offset", 2);
+        assert!(Panels::new(&odd, 4, 48).is_none());
+    }
+}
