@@ -377,3 +377,39 @@ fn impossible_benchmarks_are_refused() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+#[test]
+fn eval_with_int8_activations_stays_near_the_float_perplexity() {
+    let Some(model) = common::real_model() else {
+        return;
+    };
+    let text = common::asset("lee_background.cor");
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            model.to_str().unwrap(),
+            "--text",
+            text.to_str().unwrap(),
+            "--max-windows",
+            "1",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let float = eval(&[]);
+    let int8 = eval(&["--int8-activations"]);
+    assert_eq!(float["activations"], "float32");
+    assert_eq!(int8["activations"], "int8");
+    let (f, i) = (
+        float["ppl"].as_f64().unwrap(),
+        int8["ppl"].as_f64().unwrap(),
+    );
+    // The activations' rounding moves the perplexity a little (llama.cpp's arithmetic), and
+    // does move it where the CPU has the integer GEMM (VNNI): the products ran in integers.
+    assert!((i / f - 1.0).abs() < 0.02, "int8 {i} against float {f}");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512vnni") {
+        assert_ne!(i, f);
+    }
+}

@@ -66,6 +66,10 @@ pub struct Evaluation {
     pub tokens: usize,
     /// Seconds tokenizing took.
     pub tokenize_seconds: f64,
+    /// Whether integer weights met activations rounded to int8 blocks of 32
+    /// ([`shrink_models::runtime::int8_activations`] during the run), as llama.cpp computes;
+    /// otherwise every product was float32 with the dequantized weights (lee-ppl-v1's rule).
+    pub int8_activations: bool,
     /// The scores.
     pub report: PplReport,
 }
@@ -131,6 +135,7 @@ pub fn evaluate(req: &EvalRequest, progress: &dyn Progress) -> Result<Evaluation
         request: req.clone(),
         tokens: ids.len(),
         tokenize_seconds,
+        int8_activations: shrink_models::runtime::int8_activations(),
         report,
     })
 }
@@ -160,6 +165,7 @@ impl Evaluation {
             "tokenize_seconds": self.tokenize_seconds,
             "tokens_per_second": self.tokens_per_second(),
             "peak_rss_bytes": shrink_methods::report::peak_rss(),
+            "activations": if self.int8_activations { "int8" } else { "float32" },
         });
         if per_window {
             v["per_window_nll"] =
@@ -188,6 +194,9 @@ impl Evaluation {
             ),
             format!("perplexity     {:.4}", r.ppl),
         ];
+        if self.int8_activations {
+            v.push("activations    int8 blocks of 32 for integer weights (as llama.cpp)".into());
+        }
         if let (Some(k), Some(t)) = (r.kld, r.top1_agreement) {
             v.push(format!("KLD vs base    {k:.5}"));
             v.push(format!("top-1 agree    {:.2} %", 100.0 * t));

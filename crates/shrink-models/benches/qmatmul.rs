@@ -1,6 +1,7 @@
 //! Linear-layer products with quantized weights against the dense float32 GEMM, on SmolLM2's
-//! MLP shape (512 tokens × 576 → 1536) and one token (generation). `cargo bench -p
-//! shrink-models --bench qmatmul`; results in BENCHMARKS.md.
+//! MLP shape (512 tokens × 576 → 1536) and one token (generation); integer weights also with
+//! int8 activations (`… q8`: the int8 GEMM over repacked panels for 512 tokens, as `bench`
+//! runs prompts). `cargo bench -p shrink-models --bench qmatmul`; results in BENCHMARKS.md.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use shrink_formats::float::FloatType;
@@ -78,10 +79,18 @@ fn shape(c: &mut Criterion, k: usize, n: usize) {
             wt[cc * n + r] = w[r * k + cc];
         }
     }
-    let qms: Vec<(&str, QuantMatmul)> = formats
+    let mut qms: Vec<(&str, QuantMatmul)> = formats
         .into_iter()
         .map(|(name, q)| (name, QuantMatmul::new(q)))
         .collect();
+    {
+        use shrink_formats::ggml::{self, GgmlType};
+        let ty = GgmlType::Q4_0;
+        let mut data = vec![0u8; ty.row_bytes(n * k).unwrap()];
+        ggml::quantize(ty, &w, &mut data).unwrap();
+        let codes = ggml::to_codes(ty, &data, n, k).unwrap().unwrap();
+        qms.push(("gguf-q4_0", QuantMatmul::ggml(codes, n, k, data.len())));
+    }
     {
         let mut g = c.benchmark_group(format!("dequantize-transposed {n}x{k}"));
         g.throughput(Throughput::Elements((k * n) as u64));
@@ -108,6 +117,20 @@ fn shape(c: &mut Criterion, k: usize, n: usize) {
                 b.iter(|| qm.matmul(&x, m))
             });
         }
+        if m > 1 {
+            g.bench_function(BenchmarkId::from_parameter("round-activations"), |b| {
+                b.iter(|| shrink_models::qmatmul::q8_gemm::Acts::new(&x, m, k))
+            });
+        }
+        shrink_models::runtime::set_int8_activations(true);
+        for (name, qm) in &qms {
+            if qm.rounds_activations(m) {
+                g.bench_function(BenchmarkId::from_parameter(format!("{name} q8")), |b| {
+                    b.iter(|| qm.matmul(&x, m))
+                });
+            }
+        }
+        shrink_models::runtime::set_int8_activations(false);
         g.finish();
     }
 }

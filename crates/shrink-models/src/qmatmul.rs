@@ -619,6 +619,19 @@ impl QuantMatmul {
         }
     }
 
+    /// The product with many tokens' activations rounded to int8 ([`q8_gemm`]; the input in
+    /// the held column order), or `None` when this weight does not multiply so.
+    fn matmul_q8(&self, acts: &q8_gemm::Acts) -> Option<Vec<f32>> {
+        let (t, kernel) = self.q8_many()?;
+        let p = self
+            .panels
+            .get_or_init(|| q8_gemm::Panels::new(t, self.n, self.k))
+            .as_ref()?;
+        let mut y = vec![0f32; acts.tokens() * self.n];
+        q8_gemm::gemm(kernel, p, acts, &mut y);
+        Some(y)
+    }
+
     /// The integer rows and kernel a many-token product multiplies with int8 activations
     /// ([`q8_gemm`]), when it does.
     fn q8_many(&self) -> Option<(&IntRows, q8::Int8Kernel)> {
@@ -921,11 +934,8 @@ impl QuantMatmul {
             self.matmul_few(x, m, &mut y);
             return y;
         }
-        if let Some((t, kernel)) = self.q8_many() {
-            if let Some(p) = self.panels.get_or_init(|| q8_gemm::Panels::new(t, n, k)) {
-                let acts = q8_gemm::Acts::new(x, m, k);
-                let mut y = zeroed();
-                q8_gemm::gemm(kernel, p, &acts, &mut y);
+        if self.q8_many().is_some() {
+            if let Some(y) = self.matmul_q8(&q8_gemm::Acts::new(x, m, k)) {
                 return y;
             }
         }
