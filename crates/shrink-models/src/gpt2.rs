@@ -201,10 +201,10 @@ impl Gpt2Block {
         let eps = c.layer_norm_epsilon as f32;
         let h = candle_nn::ops::layer_norm(x, &self.ln_1.0, &self.ln_1.1, eps)?;
         see(BLOCK_LINEARS[0], &h)?;
-        let x = (x + self.attention(c, li, &h, cache, &mut see)?)?;
+        let x = crate::add(x, &self.attention(c, li, &h, cache, &mut see)?)?;
         let h = candle_nn::ops::layer_norm(&x, &self.ln_2.0, &self.ln_2.1, eps)?;
         see(BLOCK_LINEARS[2], &h)?;
-        Ok((&x + self.mlp(c, &h, &mut see)?)?)
+        crate::add(&x, &self.mlp(c, &h, &mut see)?)
     }
 
     /// The attention's output (after `attn.c_proj`) for the normed input `h`; `see` is shown

@@ -197,13 +197,13 @@ impl NeoxLayer {
             let h2 = candle_nn::ops::layer_norm(x, w2, b2, eps)?;
             see(LAYER_LINEARS[2], &h2)?;
             let m = self.mlp(c, &h2, &mut see)?;
-            Ok(((x + a)? + m)?)
+            crate::add(&crate::add(x, &a)?, &m)
         } else {
-            let hres = (x + a)?;
+            let hres = crate::add(x, &a)?;
             let h2 = candle_nn::ops::layer_norm(&hres, w2, b2, eps)?;
             see(LAYER_LINEARS[2], &h2)?;
             let m = self.mlp(c, &h2, &mut see)?;
-            Ok((&hres + m)?)
+            crate::add(&hres, &m)
         }
     }
 

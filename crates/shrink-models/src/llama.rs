@@ -209,12 +209,12 @@ impl LlamaLayer {
             see(n, &hn)?;
         }
         let a = self.attention(c, &hn, rope, cache, &mut see)?;
-        let x = (x + a)?;
+        let x = crate::add(x, &a)?;
         let hn = candle_nn::ops::rms_norm(&x, &self.post_attention_layernorm, eps)?;
         see(LAYER_LINEARS[4], &hn)?;
         see(LAYER_LINEARS[5], &hn)?;
         let m = self.mlp(&hn, &mut see)?;
-        Ok((x + m)?)
+        crate::add(&x, &m)
     }
 
     /// The attention block's output (after o_proj) for the normed input `hn` [t, hidden];
