@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Side by side: the full lee-ppl-v1 evaluation of SmolLM2 by PyTorch/transformers (float32,
 # ../shared/tools/reference_eval.py) and by shrink, on the same machine, one after the other.
-# Prints both JSON results and the speed ratio. Run it on an otherwise idle machine.
+# Prints the JSON results and the speed ratios: shrink as lee-ppl-v1 computes (float32), and
+# with `--int8-activations` (integer weights against int8-rounded activations, as llama.cpp).
+# Run it on an otherwise idle machine.
 # Needs: assets fetched; PYTHON pointing at a Python with torch, transformers, accelerate, gguf,
 # tokenizers and numpy (e.g. a venv outside the repo). THREADS (default 2), MAX_WINDOWS (default all).
 set -euo pipefail
@@ -20,10 +22,14 @@ echo "$torch_json"
 echo "== shrink, $threads threads"
 shrink_json=$(RAYON_NUM_THREADS="$threads" target/release/shrink eval "$model" --text "$corpus" --json ${args[@]+"${args[@]}"})
 echo "$shrink_json"
-"$py" - "$torch_json" "$shrink_json" <<'PY'
+echo "== shrink --int8-activations, $threads threads"
+int8_json=$(RAYON_NUM_THREADS="$threads" target/release/shrink eval "$model" --text "$corpus" --json --int8-activations ${args[@]+"${args[@]}"})
+echo "$int8_json"
+"$py" - "$torch_json" "$shrink_json" "$int8_json" <<'PY'
 import json, sys
-t, s = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-print(f"PPL      torch {t['ppl']:.4f}   shrink {s['ppl']:.4f}   (relative diff {(s['ppl'] - t['ppl']) / t['ppl']:+.2e})")
-print(f"seconds  torch {t['seconds']:.1f}   shrink {s['seconds']:.1f}   -> shrink is {t['seconds'] / s['seconds']:.2f}x PyTorch's speed")
-print(f"shrink peak RSS {s['peak_rss_bytes'] / 2**20:.0f} MiB")
+t, s, i = (json.loads(a) for a in sys.argv[1:4])
+for name, r in (("shrink", s), ("shrink int8", i)):
+    print(f"{name:12} PPL {r['ppl']:.4f} (torch {t['ppl']:.4f}, relative diff {(r['ppl'] - t['ppl']) / t['ppl']:+.2e})"
+          f"  seconds {r['seconds']:.1f} (torch {t['seconds']:.1f}) -> {t['seconds'] / r['seconds']:.2f}x PyTorch's speed"
+          f"  peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB")
 PY
