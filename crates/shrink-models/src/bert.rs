@@ -530,7 +530,8 @@ impl BertLayer {
             see(n, x)?;
         }
         let a = self.attention(c, x, &mut see)?;
-        let x = candle_nn::ops::layer_norm(&crate::add(x, &a)?, &self.attn_ln.0, &self.attn_ln.1, eps)?;
+        let x =
+            candle_nn::ops::layer_norm(&crate::add(x, &a)?, &self.attn_ln.0, &self.attn_ln.1, eps)?;
         see(names[4], &x)?;
         let m = self.mlp(c, &x, &mut see)?;
         Ok(candle_nn::ops::layer_norm(

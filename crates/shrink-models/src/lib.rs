@@ -89,10 +89,7 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
     let v = with_f32(a, |a| {
         with_f32(b, |b| {
-            a.iter()
-                .zip(b)
-                .map(|(x, y)| x + y)
-                .collect::<Vec<f32>>()
+            a.iter().zip(b).map(|(x, y)| x + y).collect::<Vec<f32>>()
         })
     })??;
     Ok(Tensor::from_vec(v, a.dims(), a.device())?)

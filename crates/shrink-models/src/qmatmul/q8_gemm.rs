@@ -57,7 +57,10 @@ pub struct Panels {
     nibbles: bool,
     /// Per panel, per block, the codes as the module describes.
     codes: Vec<u8>,
-    /// Per panel, per block, the 16 rows' scales then their biases.
+    /// Scales per block: 1, or 2 for granules of 16 values (GGUF's Q6_K), each over half of
+    /// the block's codes.
+    parts: usize,
+    /// Per panel, per block, per part, the 16 rows' scales then their biases.
     affine: Vec<f32>,
 }
 
@@ -68,14 +71,20 @@ impl Panels {
             return None;
         }
         let nibbles = t.bits == 4 && t.table.is_none();
+        let parts = if t.per_row != 0 && t.glen == QK / 2 {
+            2
+        } else {
+            1
+        };
         let nb = k / QK;
         let block_bytes = if nibbles { QK * PANEL / 2 } else { QK * PANEL };
+        let block_affine_len = parts * 2 * PANEL;
         let panels = n.div_ceil(PANEL);
         let mut codes = vec![0u8; panels * nb * block_bytes];
-        let mut affine = vec![0f32; panels * nb * 2 * PANEL];
+        let mut affine = vec![0f32; panels * nb * block_affine_len];
         codes
             .par_chunks_mut(nb * block_bytes)
-            .zip(affine.par_chunks_mut(nb * 2 * PANEL))
+            .zip(affine.par_chunks_mut(nb * block_affine_len))
             .enumerate()
             .for_each(|(p, (codes, affine))| {
                 let mut row = vec![0u8; k];
@@ -86,9 +95,12 @@ impl Panels {
                         *v = t.table.as_ref().map_or(code, |tab| tab.ints[code as usize]);
                     }
                     for b in 0..nb {
-                        let (s, z) = block_affine(t, r, b * QK);
-                        affine[b * 2 * PANEL + l] = s;
-                        affine[b * 2 * PANEL + PANEL + l] = z;
+                        for i in 0..parts {
+                            let (s, z) = block_affine(t, r, b * QK + i * QK / parts);
+                            let at = b * block_affine_len + i * 2 * PANEL;
+                            affine[at + l] = s;
+                            affine[at + PANEL + l] = z;
+                        }
                         let block = &mut codes[b * block_bytes..(b + 1) * block_bytes];
                         for (v, &code) in row[b * QK..(b + 1) * QK].iter().enumerate() {
                             if nibbles {
@@ -105,6 +117,7 @@ impl Panels {
             n,
             k,
             nibbles,
+            parts,
             codes,
             affine,
         })
@@ -117,6 +130,11 @@ impl Panels {
 
     fn blocks(&self) -> usize {
         self.k / QK
+    }
+
+    /// Where block `b` of panel `panel` starts in `affine`.
+    fn affine_at(&self, panel: usize, b: usize) -> usize {
+        (panel * self.blocks() + b) * self.parts * 2 * PANEL
     }
 
     fn block_bytes(&self) -> usize {
@@ -145,10 +163,13 @@ impl Panels {
     }
 }
 
-/// Whether [`Panels::new`] takes `t` (`[n, k]`): rows a multiple of 32 values, granules too
-/// (GGUF's Q6_K has 16) or one scale in all, codes of at most a byte.
+/// Whether [`Panels::new`] takes `t` (`[n, k]`): rows a multiple of 32 values, granules of 16
+/// (GGUF's Q6_K), a multiple of 32 or one in all, codes of at most a byte.
 pub(super) fn fits(t: &IntRows, k: usize) -> bool {
-    k.is_multiple_of(QK) && k > 0 && t.bits <= 8 && (t.per_row == 0 || t.glen.is_multiple_of(QK))
+    k.is_multiple_of(QK)
+        && k > 0
+        && t.bits <= 8
+        && (t.per_row == 0 || t.glen.is_multiple_of(QK) || t.glen == QK / 2)
 }
 
 /// Scale and bias of the 32 values of row `r` from column `c`: `w = s·code + z`.
@@ -173,7 +194,7 @@ pub struct Acts {
     q: Vec<i8>,
     /// Per token, per block: the scale `d` (absmax / 127).
     d: Vec<f32>,
-    /// Per token, per block: `d · Σ q`.
+    /// Per token, per block: `d · Σ q` over the block, its first 16 values and its last 16.
     a: Vec<f32>,
 }
 
@@ -187,9 +208,9 @@ impl Acts {
         let nb = k / QK;
         let mut q = vec![0i8; m * k];
         let mut d = vec![0f32; m * nb];
-        let mut a = vec![0f32; m * nb];
+        let mut a = vec![0f32; m * nb * 3];
         q.par_chunks_mut(k)
-            .zip(d.par_chunks_mut(nb).zip(a.par_chunks_mut(nb)))
+            .zip(d.par_chunks_mut(nb).zip(a.par_chunks_mut(nb * 3)))
             .zip(x.par_chunks(k))
             .for_each(|((q, (d, a)), x)| {
                 #[cfg(target_arch = "x86_64")]
@@ -215,13 +236,14 @@ impl Acts {
 }
 
 crate::kernels::dispatch! {
-    /// One token's values rounded to int8 blocks (`d` = absmax / 127, to nearest, ties to even).
+    /// One token's values rounded to int8 blocks (`d` = absmax / 127, to nearest, ties to
+    /// even), with `d · Σ q` over each block and its halves into `a` (three a block).
     fn round_token(x: &[f32], q: &mut [i8], d: &mut [f32], a: &mut [f32]) {
         for (((xb, qb), db), ab) in x
             .chunks_exact(QK)
             .zip(q.chunks_exact_mut(QK))
             .zip(d.iter_mut())
-            .zip(a.iter_mut())
+            .zip(a.chunks_exact_mut(3))
         {
             // |x| as bits: for finite values the integer max is the float max, and it
             // vectorises (a float `max` fold does not).
@@ -237,9 +259,12 @@ crate::kernels::dispatch! {
             for (o, &v) in qb.iter_mut().zip(&r) {
                 *o = v as i8;
             }
-            let sum: i32 = r.iter().sum();
+            let low: i32 = r[..QK / 2].iter().sum();
+            let high: i32 = r[QK / 2..].iter().sum();
             *db = scale;
-            *ab = scale * sum as f32;
+            ab[0] = scale * (low + high) as f32;
+            ab[1] = scale * low as f32;
+            ab[2] = scale * high as f32;
         }
     }
 }
@@ -250,7 +275,7 @@ crate::kernels::dispatch! {
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn round_token_avx512(x: &[f32], q: &mut [i8], d: &mut [f32], a: &mut [f32]) {
     let blocks = d.len();
-    debug_assert!(x.len() == blocks * QK && q.len() == blocks * QK && a.len() == blocks);
+    debug_assert!(x.len() == blocks * QK && q.len() == blocks * QK && a.len() == 3 * blocks);
     for b in 0..blocks {
         let v0 = _mm512_loadu_ps(x.as_ptr().add(b * QK));
         let v1 = _mm512_loadu_ps(x.as_ptr().add(b * QK + 16));
@@ -268,9 +293,11 @@ unsafe fn round_token_avx512(x: &[f32], q: &mut [i8], d: &mut [f32], a: &mut [f3
             q.as_mut_ptr().add(b * QK + 16) as *mut __m128i,
             _mm512_cvtepi32_epi8(r1),
         );
-        let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(r0, r1));
+        let (low, high) = (_mm512_reduce_add_epi32(r0), _mm512_reduce_add_epi32(r1));
         d[b] = scale;
-        a[b] = scale * sum as f32;
+        a[3 * b] = scale * (low + high) as f32;
+        a[3 * b + 1] = scale * low as f32;
+        a[3 * b + 2] = scale * high as f32;
     }
 }
 
@@ -334,15 +361,24 @@ unsafe fn tile(
     #[cfg(target_arch = "x86_64")]
     if kernel == Int8Kernel::Vnni {
         let b = blocks;
+        macro_rules! parts {
+            ($n:literal) => {
+                if p.parts == 1 {
+                    vnni::<$n, 1>(p, panel, b, acts, t0, y)
+                } else {
+                    vnni::<$n, 2>(p, panel, b, acts, t0, y)
+                }
+            };
+        }
         match tokens {
-            8 => vnni::<8>(p, panel, b, acts, t0, y),
-            7 => vnni::<7>(p, panel, b, acts, t0, y),
-            6 => vnni::<6>(p, panel, b, acts, t0, y),
-            5 => vnni::<5>(p, panel, b, acts, t0, y),
-            4 => vnni::<4>(p, panel, b, acts, t0, y),
-            3 => vnni::<3>(p, panel, b, acts, t0, y),
-            2 => vnni::<2>(p, panel, b, acts, t0, y),
-            _ => vnni::<1>(p, panel, b, acts, t0, y),
+            8 => parts!(8),
+            7 => parts!(7),
+            6 => parts!(6),
+            5 => parts!(5),
+            4 => parts!(4),
+            3 => parts!(3),
+            2 => parts!(2),
+            _ => parts!(1),
         }
         return;
     }
@@ -370,16 +406,20 @@ unsafe fn portable(
                 *acc = *out.add(l);
             }
         }
+        let len = QK / p.parts;
         for b in blocks.clone() {
-            let aff = &p.affine[(panel * nb + b) * 2 * PANEL..][..2 * PANEL];
             let q = &acts.q[t * p.k + b * QK..][..QK];
-            let (d, a) = (acts.d[t * nb + b], acts.a[t * nb + b]);
-            for (l, acc) in acc.iter_mut().enumerate() {
-                let isum: i32 = (0..QK)
-                    .map(|v| p.code(panel, b, l, v) as i32 * q[v] as i32)
-                    .sum();
-                *acc = (isum as f32).mul_add(aff[l] * d, *acc);
-                *acc = aff[PANEL + l].mul_add(a, *acc);
+            let d = acts.d[t * nb + b];
+            for i in 0..p.parts {
+                let aff = &p.affine[p.affine_at(panel, b) + i * 2 * PANEL..][..2 * PANEL];
+                let a = acts.a[3 * (t * nb + b) + if p.parts == 1 { 0 } else { 1 + i }];
+                for (l, acc) in acc.iter_mut().enumerate() {
+                    let isum: i32 = (i * len..(i + 1) * len)
+                        .map(|v| p.code(panel, b, l, v) as i32 * q[v] as i32)
+                        .sum();
+                    *acc = (isum as f32).mul_add(aff[l] * d, *acc);
+                    *acc = aff[PANEL + l].mul_add(a, *acc);
+                }
             }
         }
         for (l, &v) in acc.iter().enumerate().take(rows) {
@@ -388,10 +428,10 @@ unsafe fn portable(
     }
 }
 
-/// [`portable`] in AVX-512 VNNI for `N` tokens.
+/// [`portable`] in AVX-512 VNNI for `N` tokens and `P` scales a block.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn vnni<const N: usize>(
+unsafe fn vnni<const N: usize, const P: usize>(
     p: &Panels,
     panel: usize,
     blocks: std::ops::Range<usize>,
@@ -402,10 +442,11 @@ unsafe fn vnni<const N: usize>(
     let nb = p.blocks();
     let k = p.k;
     let codes = p.codes.as_ptr().add(panel * nb * p.block_bytes());
-    let affine = p.affine.as_ptr().add(panel * nb * 2 * PANEL);
+    debug_assert_eq!(p.parts, P);
+    let affine = p.affine.as_ptr().add(p.affine_at(panel, 0));
     let q = acts.q.as_ptr().add(t0 * k);
     let d = acts.d.as_ptr().add(t0 * nb);
-    let a = acts.a.as_ptr().add(t0 * nb);
+    let a = acts.a.as_ptr().add(3 * t0 * nb);
     let low = _mm512_set1_epi8(15);
     let rows = PANEL.min(p.n - panel * PANEL);
     let mask: __mmask16 = if rows == PANEL {
@@ -437,19 +478,24 @@ unsafe fn vnni<const N: usize>(
             let c = codes.add(b * QK * PANEL);
             std::array::from_fn(|j| _mm512_loadu_si512(c.add(64 * j) as *const _))
         };
-        let s = _mm512_loadu_ps(affine.add(b * 2 * PANEL));
-        let z = _mm512_loadu_ps(affine.add(b * 2 * PANEL + PANEL));
-        let mut isum = [_mm512_setzero_si512(); N];
-        for (j, w) in w.iter().enumerate() {
-            for (t, isum) in isum.iter_mut().enumerate() {
-                let x = (q.add(t * k + b * QK + 4 * j) as *const i32).read_unaligned();
-                *isum = _mm512_dpbusd_epi32(*isum, *w, _mm512_set1_epi32(x));
+        // Each part: the integer sums of its quads for every token, then its scale and bias.
+        for i in 0..P {
+            let aff = affine.add((b * P + i) * 2 * PANEL);
+            let (s, z) = (_mm512_loadu_ps(aff), _mm512_loadu_ps(aff.add(PANEL)));
+            let mut isum = [_mm512_setzero_si512(); N];
+            for j in i * 8 / P..(i + 1) * 8 / P {
+                for (t, isum) in isum.iter_mut().enumerate() {
+                    let x = (q.add(t * k + b * QK + 4 * j) as *const i32).read_unaligned();
+                    *isum = _mm512_dpbusd_epi32(*isum, w[j], _mm512_set1_epi32(x));
+                }
             }
-        }
-        for (t, acc) in acc.iter_mut().enumerate() {
-            let sd = _mm512_mul_ps(s, _mm512_set1_ps(*d.add(t * nb + b)));
-            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), sd, *acc);
-            *acc = _mm512_fmadd_ps(z, _mm512_set1_ps(*a.add(t * nb + b)), *acc);
+            let at = if P == 1 { 0 } else { 1 + i };
+            for (t, acc) in acc.iter_mut().enumerate() {
+                let sd = _mm512_mul_ps(s, _mm512_set1_ps(*d.add(t * nb + b)));
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), sd, *acc);
+                let a = _mm512_set1_ps(*a.add(3 * (t * nb + b) + at));
+                *acc = _mm512_fmadd_ps(z, a, *acc);
+            }
         }
     }
     for (t, acc) in acc.iter().enumerate() {
@@ -504,7 +550,7 @@ mod tests {
     /// The weight as the kernels read it (a table through its integer values), in f64.
     fn weight(t: &IntRows, r: usize, c: usize, k: usize) -> f64 {
         let code = t.code(r, c, k);
-        let (s, z) = block_affine(t, r, c / QK * QK);
+        let (s, z) = block_affine(t, r, c);
         let code = t.table.as_ref().map_or(code, |tab| tab.ints[code as usize]);
         s as f64 * code as f64 + z as f64
     }
@@ -526,6 +572,8 @@ mod tests {
             (4, 33, 64, 32, "mins"),
             (4, 20, 96, 0, "offset"),
             (4, 17, 64, 32, "table"),
+            (6, 35, 96, 16, "offset"),
+            (4, 16, 64, 16, "mins"),
             (8, 19, 96, 32, "offset"),
             (8, 16, 128, 128, "zeros"),
             (5, 18, 128, 32, "mins"),
@@ -591,6 +639,11 @@ mod tests {
         // An all-zero block rounds to zeros with scale 0.
         let z = Acts::new(&[0.0; 32], 1, 32);
         assert_eq!((z.value(0, 5), z.d[0], z.a[0]), (0.0, 0.0, 0.0));
+        // Sums over the block and its halves.
+        let h = Acts::new(&(0..32).map(|i| i as f32).collect::<Vec<_>>(), 1, 32);
+        let sum = |r: std::ops::Range<usize>| r.map(|c| h.value(0, c)).sum::<f32>();
+        assert!((h.a[0] - sum(0..32)).abs() < 1e-3 && (h.a[1] - sum(0..16)).abs() < 1e-3);
+        assert!((h.a[2] - sum(16..32)).abs() < 1e-3);
     }
 
     #[test]
@@ -609,7 +662,7 @@ mod tests {
             let blocks = x.len() / QK;
             let run = |f: &dyn Fn(&mut [i8], &mut [f32], &mut [f32])| {
                 let (mut q, mut d, mut a) =
-                    (vec![0i8; x.len()], vec![0f32; blocks], vec![0f32; blocks]);
+                    (vec![0i8; x.len()], vec![0f32; blocks], vec![0f32; 3 * blocks]);
                 f(&mut q, &mut d, &mut a);
                 (
                     q,
@@ -625,8 +678,8 @@ mod tests {
 
     #[test]
     fn layouts_that_do_not_fit_are_refused() {
-        // Granules of 16 (Q6_K) and rows not a multiple of 32.
-        assert!(Panels::new(&rows(6, 4, 64, 16, "offset", 1), 4, 64).is_none());
+        // Granules of 8 and rows not a multiple of 32.
+        assert!(Panels::new(&rows(6, 4, 64, 8, "offset", 1), 4, 64).is_none());
         let odd = rows(4, 4, 48, 16, "offset", 2);
         assert!(Panels::new(&odd, 4, 48).is_none());
     }
