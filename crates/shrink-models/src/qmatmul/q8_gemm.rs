@@ -483,10 +483,11 @@ unsafe fn vnni<const N: usize, const P: usize>(
             let aff = affine.add((b * P + i) * 2 * PANEL);
             let (s, z) = (_mm512_loadu_ps(aff), _mm512_loadu_ps(aff.add(PANEL)));
             let mut isum = [_mm512_setzero_si512(); N];
-            for j in i * 8 / P..(i + 1) * 8 / P {
+            let quads = i * 8 / P..(i + 1) * 8 / P;
+            for (j, w) in w.iter().enumerate().take(quads.end).skip(quads.start) {
                 for (t, isum) in isum.iter_mut().enumerate() {
                     let x = (q.add(t * k + b * QK + 4 * j) as *const i32).read_unaligned();
-                    *isum = _mm512_dpbusd_epi32(*isum, w[j], _mm512_set1_epi32(x));
+                    *isum = _mm512_dpbusd_epi32(*isum, *w, _mm512_set1_epi32(x));
                 }
             }
             let at = if P == 1 { 0 } else { 1 + i };
@@ -660,7 +661,8 @@ mod tests {
                 *v = if i == 0 { 127.0 } else { i as f32 - 0.5 };
             }
             let blocks = x.len() / QK;
-            let run = |f: &dyn Fn(&mut [i8], &mut [f32], &mut [f32])| {
+            type Rounding<'a> = &'a dyn Fn(&mut [i8], &mut [f32], &mut [f32]);
+            let run = |f: Rounding| {
                 let (mut q, mut d, mut a) =
                     (vec![0i8; x.len()], vec![0f32; blocks], vec![0f32; 3 * blocks]);
                 f(&mut q, &mut d, &mut a);
