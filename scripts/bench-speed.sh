@@ -77,13 +77,16 @@ for t in json.load(sys.stdin):
     print("\t".join([m, "llama.cpp", test, "%.3f" % t["avg_ts"], "%.3f" % t["stddev_ts"],
                      str(t["model_size"]), "%.1f" % (bw / 1e9), share]))' "$m" "$bw" <<< "$lj" >> "$out"
 done
-# Prompt processing as a perplexity run: 8 windows of 512 tokens, whole command timed.
+# Prompt processing as a perplexity run: 8 windows of 512 tokens, whole command timed:
 t() { /usr/bin/time -f %e "$@" 2>&1 >/dev/null | tail -n1; }
-for m in f32 q4_0 q4_k_m; do
+# shrink as lee-ppl-v1 computes (float32), and with int8 activations as llama.cpp computes.
+for m in f32 q8_0 q4_0 q4_k_m; do
   ls=$(t "$lcbin/llama-perplexity" -m "$work/$m.gguf" -f assets/lee_background.cor -c 512 -b 512 --chunks 8 -t "$threads")
   ss=$(RAYON_NUM_THREADS=$threads t "$bin" eval "$work/$m.gguf" --text assets/lee_background.cor --max-windows 8)
+  si=$(RAYON_NUM_THREADS=$threads t "$bin" eval "$work/$m.gguf" --text assets/lee_background.cor --max-windows 8 --int8-activations)
   row "$m.gguf" llama.cpp ppl8x512_s "$ls" - - - -
   row "$m.gguf" shrink ppl8x512_s "$ss" - - - -
+  row "$m.gguf" shrink-int8 ppl8x512_s "$si" - - - -
 done
 # Generation after a long context (llama-bench's -d): 128 tokens after 1024 already cached,
 # shrink with float32 and float16 caches, llama.cpp with its default float16 one.

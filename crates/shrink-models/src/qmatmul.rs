@@ -443,6 +443,28 @@ impl IntRows {
         k / 64 * (self.bits as usize - 4)
     }
 
+    /// The codes of row `r` (`k` values) into `out`: [`Self::code`] for each, with 4- and
+    /// 8-bit rows read straight from their bytes.
+    pub(crate) fn row_codes(&self, r: usize, k: usize, out: &mut [u8]) {
+        let row = &self.packed[r * self.row_bytes..(r + 1) * self.row_bytes];
+        match self.bits {
+            8 => out[..k].copy_from_slice(&row[..k]),
+            4 if !self.planes() => {
+                for (pair, &byte) in out[..k].chunks_mut(2).zip(row) {
+                    pair[0] = byte & 15;
+                    if let Some(high) = pair.get_mut(1) {
+                        *high = byte >> 4;
+                    }
+                }
+            }
+            _ => {
+                for (c, o) in out[..k].iter_mut().enumerate() {
+                    *o = self.code(r, c, k);
+                }
+            }
+        }
+    }
+
     /// The code of row `r`, column `c` (any layout; `k` values per row).
     pub(crate) fn code(&self, r: usize, c: usize, k: usize) -> u8 {
         let row = &self.packed[r * self.row_bytes..(r + 1) * self.row_bytes];

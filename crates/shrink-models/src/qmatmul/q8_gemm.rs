@@ -90,9 +90,9 @@ impl Panels {
                 let mut row = vec![0u8; k];
                 for l in 0..PANEL.min(n - p * PANEL) {
                     let r = p * PANEL + l;
-                    for (c, v) in row.iter_mut().enumerate() {
-                        let code = t.code(r, c, k);
-                        *v = t.table.as_ref().map_or(code, |tab| tab.ints[code as usize]);
+                    t.row_codes(r, k, &mut row);
+                    if let Some(tab) = &t.table {
+                        row.iter_mut().for_each(|v| *v = tab.ints[*v as usize]);
                     }
                     for b in 0..nb {
                         for i in 0..parts {
