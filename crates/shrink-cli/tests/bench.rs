@@ -34,15 +34,63 @@ fn ok(args: &[&str]) {
     );
 }
 
+/// Whether this CPU multiplies integer codes through the int8 GEMM's repacked panels
+/// (`shrink_models::qmatmul::q8_gemm`, AVX-512 VNNI), which `bench` then reads per token.
+fn panels() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512vnni");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Bytes of the panels of an integer weight `[rows, cols]`: rows padded to 16, 4-bit codes two
+/// a byte and others one, a float32 scale and bias per 32 values (per 16 for granules of 16).
+fn panel_bytes(rows: usize, cols: usize, bits: usize, glen: usize) -> u64 {
+    let rows = rows.div_ceil(16) * 16;
+    let codes = if bits == 4 {
+        rows * cols / 2
+    } else {
+        rows * cols
+    };
+    let parts = if glen == 16 { 2 } else { 1 };
+    (codes + rows * cols / 32 * parts * 8) as u64
+}
+
 /// Bytes a token reads from a compressed-tensors checkpoint, counted from its file: the packed
 /// codes as stored, each group's float16 scale as float16 and its zero point as the float32
-/// the kernel reads, the shapes not at all; plus one 64-wide float32 embedding row.
+/// the kernel reads, the shapes not at all (or each weight's panels, [`panel_bytes`], where
+/// the CPU has [`panels`]); plus one 64-wide float32 embedding row.
 fn ct_bytes_read(dir: &Path) -> u64 {
     let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut read = 64 * 4;
     for (n, t) in st.tensors() {
-        read += if n.ends_with(".weight_scale") {
+        if panels() && n.ends_with(".weight_packed") {
+            let base = n.trim_end_matches(".weight_packed");
+            let shape = st.tensor(&format!("{base}.weight_shape")).unwrap();
+            let dims: Vec<usize> = shape
+                .data()
+                .chunks(shape.data().len() / 2)
+                .map(|b| {
+                    let mut v = [0u8; 8];
+                    v[..b.len()].copy_from_slice(b);
+                    u64::from_le_bytes(v) as usize
+                })
+                .collect();
+            let (rows, cols) = (dims[0], dims[1]);
+            let groups = st.tensor(&format!("{base}.weight_scale")).unwrap().shape()[1];
+            let bits = t.data().len() * 8 / (rows * cols);
+            read += panel_bytes(rows, cols, bits, cols / groups);
+            continue;
+        }
+        let panel_part = panels()
+            && (n.ends_with(".weight_scale") || n.ends_with(".weight_zero_point"))
+            && st
+                .names()
+                .contains(&&format!("{}.weight_packed", n.rsplit_once('.').unwrap().0)[..]);
+        read += if panel_part {
+            0
+        } else if n.ends_with(".weight_scale") {
             (t.data().len() / 2 * (2 + 4)) as u64
         } else if n.ends_with(".weight_zero_point") || n.ends_with(".weight_shape") {
             0
@@ -279,6 +327,10 @@ fn gguf_integer_types_run_packed_and_exact() {
                 _ => None,
             };
             read += match codes {
+                Some(c) if panels() => {
+                    packed += 1;
+                    panel_bytes(shape[0], shape[1], c.bits as usize, c.granule)
+                }
                 Some(c) => {
                     packed += 1;
                     packed_bytes(&c, shape[0], shape[1]) as u64

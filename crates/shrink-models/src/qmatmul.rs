@@ -630,15 +630,11 @@ impl QuantMatmul {
 
     /// Whether a product over `m` tokens rounds the activations to int8 blocks of 32 instead of
     /// multiplying in float32: with int8 activations on ([`crate::runtime::int8_activations`])
-    /// and integer codes, a few tokens against the rows as stored ([`q8`], a SIMD kernel here),
-    /// many against panels repacked for the VNNI GEMM ([`q8_gemm`]; on CPUs without VNNI,
-    /// many tokens stay float).
+    /// and integer codes, any number of tokens against panels repacked for the VNNI GEMM
+    /// ([`q8_gemm`]); on CPUs without VNNI, a few tokens against the rows as stored ([`q8`],
+    /// AVX2) and many in float.
     pub fn rounds_activations(&self, m: usize) -> bool {
-        if m <= FEW_TOKENS {
-            m > 0 && self.q8().is_some()
-        } else {
-            self.q8_many().is_some()
-        }
+        m > 0 && (self.q8_many().is_some() || (m <= FEW_TOKENS && self.q8().is_some()))
     }
 
     /// The product with many tokens' activations rounded to int8 ([`q8_gemm`]; the input in
@@ -652,6 +648,16 @@ impl QuantMatmul {
         let mut y = vec![0f32; acts.tokens() * self.n];
         q8_gemm::gemm(kernel, p, acts, &mut y);
         Some(y)
+    }
+
+    /// The panels (built here on first use) and kernel of [`Self::q8_many`], when it applies.
+    fn panels_q8(&self) -> Option<(&q8_gemm::Panels, q8::Int8Kernel)> {
+        let (t, kernel) = self.q8_many()?;
+        let p = self
+            .panels
+            .get_or_init(|| q8_gemm::Panels::new(t, self.n, self.k))
+            .as_ref()?;
+        Some((p, kernel))
     }
 
     /// The integer rows and kernel a many-token product multiplies with int8 activations
@@ -676,6 +682,11 @@ impl QuantMatmul {
     /// rows (a tied head, HQQ along axis 0, dense values). Not [`Self::resident_bytes`], which
     /// counts the stored form.
     pub fn bytes_read(&self) -> usize {
+        if let Some((t, _)) = self.q8_many() {
+            if let Some(b) = q8_gemm::Panels::bytes_for(t, self.n, self.k) {
+                return b;
+            }
+        }
         match &self.kind {
             Kind::Int(r) => {
                 r.packed.len()
@@ -1011,6 +1022,45 @@ impl QuantMatmul {
             return Vec::new();
         };
         let k = first.k;
+        let panels: Option<Vec<_>> = ws
+            .iter()
+            .map(|w| w.panels_q8().filter(|_| w.k == k && w.perm.is_none()))
+            .collect();
+        if let (Some(ps), true) = (panels, (1..=FEW_TOKENS).contains(&m) && ws.len() > 1) {
+            if ws.iter().any(|w| w.n % q8_gemm::PANEL != 0) {
+                // A panel would straddle two parts: each product alone (the same kernel).
+                return ws.iter().map(|w| w.matmul(x, m)).collect();
+            }
+            // The panels' GEMM, each part over its run of the weights' concatenated rows
+            // (every weight whole panels, so no panel is split between parts).
+            assert_eq!(x.len(), m * k, "matmul_group: input length");
+            let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.n]).collect();
+            let bases: Vec<SendPtr> = ys.iter_mut().map(|y| SendPtr(y.as_mut_ptr())).collect();
+            let starts: Vec<usize> = ws
+                .iter()
+                .scan(0, |s, w| {
+                    let at = *s;
+                    *s += w.n;
+                    Some(at)
+                })
+                .collect();
+            let total: usize = ws.iter().map(|w| w.n).sum();
+            row_runs(total, |run| {
+                let acts = q8_gemm::Acts::new(x, m, k);
+                for (i, w) in ws.iter().enumerate() {
+                    let (lo, hi) = (run.start.max(starts[i]), run.end.min(starts[i] + w.n));
+                    if lo < hi {
+                        let (p, kernel) = ps[i];
+                        let own = (lo - starts[i]) / q8_gemm::PANEL
+                            ..(hi - starts[i]).div_ceil(q8_gemm::PANEL);
+                        // SAFETY: runs of whole 16-row blocks of the concatenation, every
+                        // weight whole panels: this part alone writes panels `own` of weight i.
+                        unsafe { q8_gemm::gemm_panels(kernel, p, &acts, bases[i], own) };
+                    }
+                }
+            });
+            return ys;
+        }
         let q8s: Option<Vec<_>> = ws
             .iter()
             .map(|w| w.q8().filter(|_| w.k == k && w.perm.is_none()))
@@ -1066,6 +1116,16 @@ impl QuantMatmul {
                         put(i, r, s.dot_row(r, xi));
                     }
                 }
+            });
+            return;
+        }
+        if let Some((p, kernel)) = self.panels_q8() {
+            // The panels' GEMM for these few tokens too: no horizontal sums per row.
+            // SAFETY: runs of whole 16-row blocks (`row_runs`) are whole panels, one per part.
+            row_runs(n, |rows| unsafe {
+                let acts = q8_gemm::Acts::new(x, m, k);
+                let panels = rows.start / q8_gemm::PANEL..rows.end.div_ceil(q8_gemm::PANEL);
+                q8_gemm::gemm_panels(kernel, p, &acts, base, panels)
             });
             return;
         }

@@ -73,12 +73,7 @@ impl Panels {
         if !fits(t, k) {
             return None;
         }
-        let nibbles = t.bits == 4 && t.table.is_none();
-        let parts = if t.per_row != 0 && t.glen == QK / 2 {
-            2
-        } else {
-            1
-        };
+        let (nibbles, parts) = shape_of(t);
         let nb = k / QK;
         let block_bytes = if nibbles { QK * PANEL / 2 } else { QK * PANEL };
         let block_affine_len = parts * 2 * PANEL;
@@ -131,6 +126,17 @@ impl Panels {
         self.codes.len() + 4 * self.affine.len()
     }
 
+    /// [`Self::bytes`] of the panels `t` (`[n, k]`) would make, without making them.
+    pub(super) fn bytes_for(t: &IntRows, n: usize, k: usize) -> Option<usize> {
+        if !fits(t, k) {
+            return None;
+        }
+        let rows = n.div_ceil(PANEL) * PANEL;
+        let (nibbles, parts) = shape_of(t);
+        let codes = if nibbles { rows * k / 2 } else { rows * k };
+        Some(codes + 4 * rows * (k / QK) * parts * 2)
+    }
+
     fn blocks(&self) -> usize {
         self.k / QK
     }
@@ -175,6 +181,16 @@ pub(super) fn fits(t: &IntRows, k: usize) -> bool {
         && (t.per_row == 0 || t.glen.is_multiple_of(QK) || t.glen == QK / 2)
 }
 
+/// Whether `t`'s panels hold nibbles, and how many scales a block has (2 for granules of 16).
+fn shape_of(t: &IntRows) -> (bool, usize) {
+    let parts = if t.per_row != 0 && t.glen == QK / 2 {
+        2
+    } else {
+        1
+    };
+    (t.bits == 4 && t.table.is_none(), parts)
+}
+
 /// Scale and bias of the 32 values of row `r` from column `c`: `w = s·code + z`.
 fn block_affine(t: &IntRows, r: usize, c: usize) -> (f32, f32) {
     let g = t.granule_index(r, c);
@@ -212,18 +228,22 @@ impl Acts {
         let mut q = vec![0i8; m * k];
         let mut d = vec![0f32; m * nb];
         let mut a = vec![0f32; m * nb * 3];
+        if m <= TILE {
+            // A few tokens (generation, inside the team's parts): on this thread.
+            for (((q, d), a), x) in q
+                .chunks_mut(k)
+                .zip(d.chunks_mut(nb))
+                .zip(a.chunks_mut(nb * 3))
+                .zip(x.chunks(k))
+            {
+                round_one(x, q, d, a);
+            }
+            return Acts { k, q, d, a };
+        }
         q.par_chunks_mut(k)
             .zip(d.par_chunks_mut(nb).zip(a.par_chunks_mut(nb * 3)))
             .zip(x.par_chunks(k))
-            .for_each(|((q, (d, a)), x)| {
-                #[cfg(target_arch = "x86_64")]
-                if std::arch::is_x86_feature_detected!("avx512bw") {
-                    // SAFETY: the CPU runs AVX-512 BW; the slices hold whole blocks.
-                    unsafe { round_token_avx512(x, q, d, a) };
-                    return;
-                }
-                round_token(x, q, d, a)
-            });
+            .for_each(|((q, (d, a)), x)| round_one(x, q, d, a));
         Acts { k, q, d, a }
     }
 
@@ -236,6 +256,17 @@ impl Acts {
     pub fn value(&self, t: usize, c: usize) -> f32 {
         self.d[t * (self.k / QK) + c / QK] * self.q[t * self.k + c] as f32
     }
+}
+
+/// One token rounded: [`round_token_avx512`] where the CPU runs it, else [`round_token`].
+fn round_one(x: &[f32], q: &mut [i8], d: &mut [f32], a: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512bw") {
+        // SAFETY: the CPU runs AVX-512 BW; the slices hold whole blocks.
+        unsafe { round_token_avx512(x, q, d, a) };
+        return;
+    }
+    round_token(x, q, d, a)
 }
 
 crate::kernels::dispatch! {
@@ -342,6 +373,31 @@ pub fn gemm(kernel: Int8Kernel, p: &Panels, acts: &Acts, y: &mut [f32]) {
             }
         }
     });
+}
+
+/// [`gemm`] for the rows of panels `panels` only, on this thread (a part of the team's split of
+/// a few tokens' product).
+///
+/// # Safety
+/// `y` holds `acts.tokens() · n` floats of which no other thread writes these panels' columns;
+/// `kernel` is one [`kernel_for`] gave.
+pub(super) unsafe fn gemm_panels(
+    kernel: Int8Kernel,
+    p: &Panels,
+    acts: &Acts,
+    y: SendPtr,
+    panels: std::ops::Range<usize>,
+) {
+    let m = acts.tokens();
+    let nb = p.blocks();
+    for panel in panels {
+        let mut t0 = 0;
+        while t0 < m {
+            let tokens = TILE.min(m - t0);
+            tile(kernel, p, panel, 0..nb, acts, t0, tokens, y);
+            t0 += tokens;
+        }
+    }
 }
 
 /// One tile: panel `panel` times tokens `t0..t0 + tokens` over `blocks` into `y` (`[m, n]`),
@@ -589,6 +645,7 @@ mod tests {
         for (i, &(bits, n, k, glen, kind)) in cases.iter().enumerate() {
             let t = rows(bits, n, k, glen, kind, 7 + i as u64);
             let p = Panels::new(&t, n, k).expect("fits");
+            assert_eq!(Panels::bytes_for(&t, n, k), Some(p.bytes()));
             for l in 0..n {
                 for c in 0..k {
                     let code = t.code(l, c, k);
@@ -668,8 +725,11 @@ mod tests {
             let blocks = x.len() / QK;
             type Rounding<'a> = &'a dyn Fn(&mut [i8], &mut [f32], &mut [f32]);
             let run = |f: Rounding| {
-                let (mut q, mut d, mut a) =
-                    (vec![0i8; x.len()], vec![0f32; blocks], vec![0f32; 3 * blocks]);
+                let (mut q, mut d, mut a) = (
+                    vec![0i8; x.len()],
+                    vec![0f32; blocks],
+                    vec![0f32; 3 * blocks],
+                );
                 f(&mut q, &mut d, &mut a);
                 (
                     q,
