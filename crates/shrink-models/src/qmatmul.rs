@@ -12,12 +12,15 @@
 //! integers, HQQ, GPTQ (act-order through a column permutation) and AWQ, bitsandbytes NF4/FP4
 //! and the GGUF types Q4_0 … Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS all become it losslessly.
 //!
-//! A few tokens at a time (generation), when [`crate::runtime::int8_activations`] is on (the
-//! binary's `generate` and `bench`): each token's activations are rounded to int8 blocks of 32
-//! and multiplied against the packed codes in integers ([`q8`], as ggml's `vec_dot`), never
-//! materialising a float row, on the [`crate::team`] of threads that spin between a token's
-//! products. Off, every product equals the float32 product with the dequantized weights (what
-//! `eval` measures).
+//! When [`crate::runtime::int8_activations`] is on (the binary's `generate` and `bench`, `eval
+//! --int8-activations`): each token's activations are rounded to int8 blocks of 32 and
+//! multiplied against the codes in integers, never materialising a float row — on CPUs with
+//! AVX-512 VNNI against the codes repacked once into 16-row panels ([`q8_gemm`], as ggml's
+//! repacked GEMM), for prompts on all threads and for a few tokens (generation) on the
+//! [`crate::team`] of threads that spin between a token's products; elsewhere a few tokens
+//! against the rows as stored ([`q8`], as ggml's `vec_dot`, AVX2) and many in float. Off,
+//! every product equals the float32 product with the dequantized weights (what `eval`
+//! measures).
 //!
 //! Int8 weights with int8 activations (LLM.int8(), dynamic int8): activations are quantized
 //! per token at run time and multiplied in integers ([`crate::int8_gemm`]); LLM.int8() sends
@@ -64,7 +67,7 @@ pub struct QuantMatmul {
     /// GPTQ act-order: the kind holds the input columns in this order (column `j` is the
     /// weight's column `perm[j]`); inputs are gathered into it before each product.
     perm: Option<Vec<u32>>,
-    /// Integer codes repacked for many tokens' int8 products ([`q8_gemm`]), built by the first.
+    /// Integer codes repacked for the int8 GEMM ([`q8_gemm`]), built by the first product.
     panels: std::sync::OnceLock<Option<q8_gemm::Panels>>,
 }
 
@@ -640,11 +643,7 @@ impl QuantMatmul {
     /// The product with many tokens' activations rounded to int8 ([`q8_gemm`]; the input in
     /// the held column order), or `None` when this weight does not multiply so.
     fn matmul_q8(&self, acts: &q8_gemm::Acts) -> Option<Vec<f32>> {
-        let (t, kernel) = self.q8_many()?;
-        let p = self
-            .panels
-            .get_or_init(|| q8_gemm::Panels::new(t, self.n, self.k))
-            .as_ref()?;
+        let (p, kernel) = self.panels_q8()?;
         let mut y = vec![0f32; acts.tokens() * self.n];
         q8_gemm::gemm(kernel, p, acts, &mut y);
         Some(y)
@@ -1022,55 +1021,30 @@ impl QuantMatmul {
             return Vec::new();
         };
         let k = first.k;
+        if !(1..=FEW_TOKENS).contains(&m) || ws.len() < 2 {
+            return ws.iter().map(|w| w.matmul(x, m)).collect();
+        }
+        /// How the grouped products multiply: panels (VNNI) or rows as stored.
+        enum Few<'a> {
+            Panels(Vec<(&'a q8_gemm::Panels, q8::Int8Kernel)>),
+            Rows(Vec<(&'a IntRows, q8::Int8Kernel)>),
+        }
+        let alike = |w: &QuantMatmul| w.k == k && w.perm.is_none();
         let panels: Option<Vec<_>> = ws
             .iter()
-            .map(|w| w.panels_q8().filter(|_| w.k == k && w.perm.is_none()))
+            .map(|w| w.panels_q8().filter(|_| alike(w)))
             .collect();
-        if let (Some(ps), true) = (panels, (1..=FEW_TOKENS).contains(&m) && ws.len() > 1) {
-            if ws.iter().any(|w| w.n % q8_gemm::PANEL != 0) {
-                // A panel would straddle two parts: each product alone (the same kernel).
-                return ws.iter().map(|w| w.matmul(x, m)).collect();
-            }
-            // The panels' GEMM, each part over its run of the weights' concatenated rows
-            // (every weight whole panels, so no panel is split between parts).
-            assert_eq!(x.len(), m * k, "matmul_group: input length");
-            let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.n]).collect();
-            let bases: Vec<SendPtr> = ys.iter_mut().map(|y| SendPtr(y.as_mut_ptr())).collect();
-            let starts: Vec<usize> = ws
-                .iter()
-                .scan(0, |s, w| {
-                    let at = *s;
-                    *s += w.n;
-                    Some(at)
-                })
-                .collect();
-            let total: usize = ws.iter().map(|w| w.n).sum();
-            row_runs(total, |run| {
-                let acts = q8_gemm::Acts::new(x, m, k);
-                for (i, w) in ws.iter().enumerate() {
-                    let (lo, hi) = (run.start.max(starts[i]), run.end.min(starts[i] + w.n));
-                    if lo < hi {
-                        let (p, kernel) = ps[i];
-                        let own = (lo - starts[i]) / q8_gemm::PANEL
-                            ..(hi - starts[i]).div_ceil(q8_gemm::PANEL);
-                        // SAFETY: runs of whole 16-row blocks of the concatenation, every
-                        // weight whole panels: this part alone writes panels `own` of weight i.
-                        unsafe { q8_gemm::gemm_panels(kernel, p, &acts, bases[i], own) };
-                    }
-                }
-            });
-            return ys;
-        }
-        let q8s: Option<Vec<_>> = ws
-            .iter()
-            .map(|w| w.q8().filter(|_| w.k == k && w.perm.is_none()))
-            .collect();
-        let q8s = match q8s {
-            Some(v) if (1..=FEW_TOKENS).contains(&m) && ws.len() > 1 => v,
-            _ => return ws.iter().map(|w| w.matmul(x, m)).collect(),
+        let few = match panels {
+            // A panel must not straddle two parts: every weight whole panels.
+            Some(p) if ws.iter().all(|w| w.n % q8_gemm::PANEL == 0) => Few::Panels(p),
+            // Each product alone, through the same kernel.
+            Some(_) => return ws.iter().map(|w| w.matmul(x, m)).collect(),
+            None => match ws.iter().map(|w| w.q8().filter(|_| alike(w))).collect() {
+                Some(r) => Few::Rows(r),
+                None => return ws.iter().map(|w| w.matmul(x, m)).collect(),
+            },
         };
         assert_eq!(x.len(), m * k, "matmul_group: input length");
-        let rows: Vec<&IntRows> = q8s.iter().map(|&(t, _)| t).collect();
         let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.n]).collect();
         let bases: Vec<SendPtr> = ys.iter_mut().map(|y| SendPtr(y.as_mut_ptr())).collect();
         let starts: Vec<usize> = ws
@@ -1083,15 +1057,36 @@ impl QuantMatmul {
             .collect();
         let total: usize = ws.iter().map(|w| w.n).sum();
         row_runs(total, |run| {
-            let (acts, which) = q8::Q8Act::for_each(x, k, &rows);
-            for (p, w) in ws.iter().enumerate() {
-                let (lo, hi) = (run.start.max(starts[p]), run.end.min(starts[p] + w.n));
-                if lo < hi {
-                    let (t, kernel) = q8s[p];
-                    let own = lo - starts[p]..hi - starts[p];
-                    // SAFETY: rows of the concatenation are split into disjoint runs
-                    // (`row_runs`), so this part alone writes rows `own` of weight p's result.
-                    unsafe { q8_rows(kernel, t, own, k, &acts[which[p]], bases[p], w.n) };
+            // Each part rounds the activations itself (cheaper than reading another core's).
+            let panel_acts = matches!(few, Few::Panels(_)).then(|| q8_gemm::Acts::new(x, m, k));
+            let row_acts = match &few {
+                Few::Rows(r) => {
+                    let rows: Vec<&IntRows> = r.iter().map(|&(t, _)| t).collect();
+                    Some(q8::Q8Act::for_each(x, k, &rows))
+                }
+                Few::Panels(_) => None,
+            };
+            for (i, w) in ws.iter().enumerate() {
+                let (lo, hi) = (run.start.max(starts[i]), run.end.min(starts[i] + w.n));
+                if lo >= hi {
+                    continue;
+                }
+                let own = lo - starts[i]..hi - starts[i];
+                match (&few, &panel_acts, &row_acts) {
+                    (Few::Panels(ps), Some(acts), _) => {
+                        let (p, kernel) = ps[i];
+                        let own = own.start / q8_gemm::PANEL..own.end.div_ceil(q8_gemm::PANEL);
+                        // SAFETY: runs of whole 16-row blocks of the concatenation, every
+                        // weight whole panels: this part alone writes panels `own` of weight i.
+                        unsafe { q8_gemm::gemm_panels(kernel, p, acts, bases[i], own) };
+                    }
+                    (Few::Rows(rs), _, Some((acts, which))) => {
+                        let (t, kernel) = rs[i];
+                        // SAFETY: rows of the concatenation are split into disjoint runs
+                        // (`row_runs`), so this part alone writes rows `own` of weight i.
+                        unsafe { q8_rows(kernel, t, own, k, &acts[which[i]], bases[i], w.n) };
+                    }
+                    _ => unreachable!("activations made for the kernel chosen"),
                 }
             }
         });

@@ -25,8 +25,8 @@
 //! The result equals the float product of the dequantized weights with the int8-rounded
 //! activations up to float32 rounding (tested in f64), and the VNNI kernel equals the portable
 //! one bit for bit (the same operations in the same order). The panels are a second copy of the
-//! codes, built on the first many-token product: 4-bit codes as nibbles, others (2-, 3-, 5-,
-//! 6-, 8-bit, tables) a byte each, with the scale and bias of every 32 values (of every 16 for
+//! codes, built on the first product: 4-bit codes as nibbles (a table's indices too, looked up
+//! in registers), others (2-, 3-, 5-, 6-, 8-bit) a byte each, with the scale and bias of every 32 values (of every 16 for
 //! granules of 16, GGUF's Q6_K: two integer sums a block) in float32 — 88 MiB more at the peak
 //! of a SmolLM2 Q4_1 evaluation (302 → 390 MiB). CPUs without AVX-512 VNNI keep the float GEMM
 //! for many tokens (the portable kernel is the tests' reference).
@@ -60,6 +60,9 @@ pub struct Panels {
     nibbles: bool,
     /// Per panel, per block, the codes as the module describes.
     codes: Vec<u8>,
+    /// A code table's integer values ([`super::Table::ints`]): the nibbles are indices, looked up
+    /// in registers (`vpshufb`) after unpacking.
+    lut: Option<[u8; 16]>,
     /// Scales per block: 1, or 2 for granules of 16 values (GGUF's Q6_K), each over half of
     /// the block's codes.
     parts: usize,
@@ -89,9 +92,6 @@ impl Panels {
                 for l in 0..PANEL.min(n - p * PANEL) {
                     let r = p * PANEL + l;
                     t.row_codes(r, k, &mut row);
-                    if let Some(tab) = &t.table {
-                        row.iter_mut().for_each(|v| *v = tab.ints[*v as usize]);
-                    }
                     for b in 0..nb {
                         for i in 0..parts {
                             let (s, z) = block_affine(t, r, b * QK + i * QK / parts);
@@ -115,6 +115,7 @@ impl Panels {
             n,
             k,
             nibbles,
+            lut: t.table.as_ref().map(|tab| tab.ints),
             parts,
             codes,
             affine,
@@ -154,12 +155,12 @@ impl Panels {
         }
     }
 
-    /// The code of row `l` of panel `p`, value `v` of block `b` (for tests and the portable
-    /// kernel).
+    /// The integer the kernels multiply for row `l` of panel `p`, value `v` of block `b`: the
+    /// code, or its table's integer (for tests and the portable kernel).
     #[inline(always)]
     fn code(&self, p: usize, b: usize, l: usize, v: usize) -> u8 {
         let block = &self.codes[(p * self.blocks() + b) * self.block_bytes()..];
-        if self.nibbles {
+        let code = if self.nibbles {
             let byte = block[((v % 16) / 4) * 64 + l * 4 + v % 4];
             if v >= 16 {
                 byte >> 4
@@ -168,7 +169,8 @@ impl Panels {
             }
         } else {
             block[(v / 4) * 64 + l * 4 + v % 4]
-        }
+        };
+        self.lut.map_or(code, |lut| lut[code as usize])
     }
 }
 
@@ -188,7 +190,7 @@ fn shape_of(t: &IntRows) -> (bool, usize) {
     } else {
         1
     };
-    (t.bits == 4 && t.table.is_none(), parts)
+    (t.bits == 4, parts)
 }
 
 /// Scale and bias of the 32 values of row `r` from column `c`: `w = s·code + z`.
@@ -507,6 +509,9 @@ unsafe fn vnni<const N: usize, const P: usize>(
     let d = acts.d.as_ptr().add(t0 * nb);
     let a = acts.a.as_ptr().add(3 * t0 * nb);
     let low = _mm512_set1_epi8(15);
+    let lut = p
+        .lut
+        .map(|l| _mm512_broadcast_i32x4(_mm_loadu_si128(l.as_ptr() as *const __m128i)));
     let rows = PANEL.min(p.n - panel * PANEL);
     let mask: __mmask16 = if rows == PANEL {
         0xffff
@@ -526,13 +531,17 @@ unsafe fn vnni<const N: usize, const P: usize>(
             let c = codes.add(b * QK * PANEL / 2);
             let v: [__m512i; 4] =
                 std::array::from_fn(|j| _mm512_loadu_si512(c.add(64 * j) as *const _));
-            std::array::from_fn(|j| {
+            let w = std::array::from_fn(|j| {
                 if j < 4 {
                     _mm512_and_si512(v[j], low)
                 } else {
                     _mm512_and_si512(_mm512_srli_epi16(v[j - 4], 4), low)
                 }
-            })
+            });
+            match lut {
+                Some(lut) => w.map(|w| _mm512_shuffle_epi8(lut, w)),
+                None => w,
+            }
         } else {
             let c = codes.add(b * QK * PANEL);
             std::array::from_fn(|j| _mm512_loadu_si512(c.add(64 * j) as *const _))
