@@ -655,10 +655,11 @@ unsafe fn avx2(t: &IntRows, row: &[u8], r: usize, k: usize, a: &Q8Act) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn lcg(seed: &mut u64) -> u32 {
+    /// A linear congruential generator's next 31 bits (the kernels' tests' random codes).
+    pub(in crate::qmatmul) fn lcg(seed: &mut u64) -> u32 {
         *seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);

@@ -577,14 +577,8 @@ unsafe fn vnni<const N: usize, const P: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::qmatmul::q8::tests::lcg;
     use crate::qmatmul::Table;
-
-    fn lcg(seed: &mut u64) -> u32 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (*seed >> 33) as u32
-    }
 
     /// Random rows of `bits`-bit codes, granules of `glen` (0: one scale per tensor), with
     /// zero points, mins, a symmetric offset or a table.
