@@ -37,10 +37,7 @@ fn ok(args: &[&str]) {
 /// Whether this CPU multiplies integer codes through the int8 GEMM's repacked panels
 /// (`shrink_models::qmatmul::q8_gemm`, AVX-512 VNNI), which `bench` then reads per token.
 fn panels() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx512vnni");
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    shrink_models::qmatmul::q8::Int8Kernel::Vnni.is_available()
 }
 
 /// Bytes of the panels of an integer weight `[rows, cols]`: rows padded to 16, 4-bit codes two
@@ -460,8 +457,7 @@ fn eval_with_int8_activations_stays_near_the_float_perplexity() {
     // The activations' rounding moves the perplexity a little (llama.cpp's arithmetic), and
     // does move it where the CPU has the integer GEMM (VNNI): the products ran in integers.
     assert!((i / f - 1.0).abs() < 0.02, "int8 {i} against float {f}");
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512vnni") {
+    if panels() {
         assert_ne!(i, f);
     }
 }
