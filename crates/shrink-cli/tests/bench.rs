@@ -41,8 +41,10 @@ fn panels() -> bool {
 }
 
 /// Bytes of the panels of an integer weight `[rows, cols]`: rows padded to 16, 4-bit codes two
-/// a byte and others one, a float32 scale and bias per 32 values (per 16 for granules of 16).
-fn panel_bytes(rows: usize, cols: usize, bits: usize, glen: usize) -> u64 {
+/// a byte and others one, per 32 values (per 16 for granules of 16) a float16 scale and a byte
+/// of zero point when `compact` (float16 scales, integer zeros, no mins), else a float32 scale
+/// and bias.
+fn panel_bytes(rows: usize, cols: usize, bits: usize, glen: usize, compact: bool) -> u64 {
     let rows = rows.div_ceil(16) * 16;
     let codes = if bits == 4 {
         rows * cols / 2
@@ -50,7 +52,8 @@ fn panel_bytes(rows: usize, cols: usize, bits: usize, glen: usize) -> u64 {
         rows * cols
     };
     let parts = if glen == 16 { 2 } else { 1 };
-    (codes + rows * cols / 32 * parts * 8) as u64
+    let per_part = if compact { 3 } else { 8 };
+    (codes + rows * cols / 32 * parts * per_part) as u64
 }
 
 /// Bytes a token reads from a compressed-tensors checkpoint, counted from its file: the packed
@@ -77,7 +80,8 @@ fn ct_bytes_read(dir: &Path) -> u64 {
             let (rows, cols) = (dims[0], dims[1]);
             let groups = st.tensor(&format!("{base}.weight_scale")).unwrap().shape()[1];
             let bits = t.data().len() * 8 / (rows * cols);
-            read += panel_bytes(rows, cols, bits, cols / groups);
+            // float16 scales and integer zero points: compact.
+            read += panel_bytes(rows, cols, bits, cols / groups, true);
             continue;
         }
         let panel_part = panels()
@@ -326,7 +330,10 @@ fn gguf_integer_types_run_packed_and_exact() {
             read += match codes {
                 Some(c) if panels() => {
                     packed += 1;
-                    panel_bytes(shape[0], shape[1], c.bits as usize, c.granule)
+                    let f16 = |s: f32| half::f16::from_f32(s).to_f32() == s;
+                    let compact =
+                        c.table.is_none() && c.mins.is_empty() && c.scales.iter().all(|&s| f16(s));
+                    panel_bytes(shape[0], shape[1], c.bits as usize, c.granule, compact)
                 }
                 Some(c) => {
                     packed += 1;

@@ -66,8 +66,14 @@ pub struct Panels {
     /// Scales per block: 1, or 2 for granules of 16 values (GGUF's Q6_K), each over half of
     /// the block's codes.
     parts: usize,
-    /// Per panel, per block, per part, the 16 rows' scales then their biases.
+    /// Per panel, per block, per part, the 16 rows' scales then their biases (empty when
+    /// `compact` holds them).
     affine: Vec<f32>,
+    /// For float16 scales with integer zero points in 0..=255 (Q4_0, Q5_0, Q8_0, shrink's
+    /// integers, GPTQ, AWQ): per panel, per block, per part, the 16 rows' scales as float16
+    /// bits then their zeros as bytes — 48 bytes where `affine` takes 128, fewer bytes a
+    /// generated token reads. The zero enters the integer sums (`Σ c·q − z·Σ q`).
+    compact: Vec<u8>,
 }
 
 impl Panels {
@@ -77,27 +83,59 @@ impl Panels {
             return None;
         }
         let (nibbles, parts) = shape_of(t);
+        let small = compact(t);
         let nb = k / QK;
         let block_bytes = if nibbles { QK * PANEL / 2 } else { QK * PANEL };
         let block_affine_len = parts * 2 * PANEL;
+        let block_compact_len = parts * COMPACT;
         let panels = n.div_ceil(PANEL);
         let mut codes = vec![0u8; panels * nb * block_bytes];
-        let mut affine = vec![0f32; panels * nb * block_affine_len];
+        let (mut affine, mut packed) = if small {
+            (Vec::new(), vec![0u8; panels * nb * block_compact_len])
+        } else {
+            (vec![0f32; panels * nb * block_affine_len], Vec::new())
+        };
+        // Per panel: its codes and its scales (float32 affine or compact bytes, one of them).
+        let affine_chunks: Vec<&mut [f32]> = if small {
+            (0..panels).map(|_| Default::default()).collect()
+        } else {
+            affine.chunks_mut(nb * block_affine_len).collect()
+        };
+        let compact_chunks: Vec<&mut [u8]> = if small {
+            packed.chunks_mut(nb * block_compact_len).collect()
+        } else {
+            (0..panels).map(|_| Default::default()).collect()
+        };
         codes
             .par_chunks_mut(nb * block_bytes)
-            .zip(affine.par_chunks_mut(nb * block_affine_len))
+            .zip(
+                affine_chunks
+                    .into_par_iter()
+                    .zip(compact_chunks.into_par_iter()),
+            )
             .enumerate()
-            .for_each(|(p, (codes, affine))| {
+            .for_each(|(p, (codes, (affine, packed)))| {
                 let mut row = vec![0u8; k];
                 for l in 0..PANEL.min(n - p * PANEL) {
                     let r = p * PANEL + l;
                     t.row_codes(r, k, &mut row);
                     for b in 0..nb {
                         for i in 0..parts {
-                            let (s, z) = block_affine(t, r, b * QK + i * QK / parts);
-                            let at = b * block_affine_len + i * 2 * PANEL;
-                            affine[at + l] = s;
-                            affine[at + PANEL + l] = z;
+                            let c = b * QK + i * QK / parts;
+                            if small {
+                                let g = t.granule_index(r, c);
+                                let s = half::f16::from_f32(t.scales.get(g)).to_bits();
+                                let z = t.zeros.get(g).copied().unwrap_or(t.offset) as u8;
+                                let at = b * block_compact_len + i * COMPACT;
+                                packed[at + 2 * l..at + 2 * l + 2]
+                                    .copy_from_slice(&s.to_le_bytes());
+                                packed[at + 2 * PANEL + l] = z;
+                            } else {
+                                let (s, z) = block_affine(t, r, c);
+                                let at = b * block_affine_len + i * 2 * PANEL;
+                                affine[at + l] = s;
+                                affine[at + PANEL + l] = z;
+                            }
                         }
                         let block = &mut codes[b * block_bytes..(b + 1) * block_bytes];
                         for (v, &code) in row[b * QK..(b + 1) * QK].iter().enumerate() {
@@ -119,12 +157,13 @@ impl Panels {
             parts,
             codes,
             affine,
+            compact: packed,
         })
     }
 
     /// Bytes held (codes, scales and biases).
     pub fn bytes(&self) -> usize {
-        self.codes.len() + 4 * self.affine.len()
+        self.codes.len() + 4 * self.affine.len() + self.compact.len()
     }
 
     /// [`Self::bytes`] of the panels `t` (`[n, k]`) would make, without making them.
@@ -135,11 +174,17 @@ impl Panels {
         let rows = n.div_ceil(PANEL) * PANEL;
         let (nibbles, parts) = shape_of(t);
         let codes = if nibbles { rows * k / 2 } else { rows * k };
-        Some(codes + 4 * rows * (k / QK) * parts * 2)
+        let per_part = if compact(t) { COMPACT / PANEL } else { 4 * 2 };
+        Some(codes + rows * (k / QK) * parts * per_part)
     }
 
     fn blocks(&self) -> usize {
         self.k / QK
+    }
+
+    /// Where block `b` of panel `panel` starts in `compact`.
+    fn compact_at(&self, panel: usize, b: usize) -> usize {
+        (panel * self.blocks() + b) * self.parts * COMPACT
     }
 
     /// Where block `b` of panel `panel` starts in `affine`.
@@ -183,6 +228,23 @@ pub(super) fn fits(t: &IntRows, k: usize) -> bool {
         && (t.per_row == 0 || t.glen.is_multiple_of(QK) || t.glen == QK / 2)
 }
 
+/// Bytes of one part's compact scales and zeros for a panel: 16 float16, 16 bytes.
+const COMPACT: usize = 3 * PANEL;
+
+/// Whether `t`'s scales are all float16 and its zero points integers of 0..=255, with no mins
+/// or table: [`Panels::compact`].
+fn compact(t: &IntRows) -> bool {
+    let byte = |z: f32| z.fract() == 0.0 && (0.0..=255.0).contains(&z);
+    t.table.is_none()
+        && t.mins.is_empty()
+        && matches!(t.scales, super::Floats::F16(_))
+        && if t.zeros.is_empty() {
+            byte(t.offset)
+        } else {
+            t.zeros.iter().all(|&z| byte(z))
+        }
+}
+
 /// Whether `t`'s panels hold nibbles, and how many scales a block has (2 for granules of 16).
 fn shape_of(t: &IntRows) -> (bool, usize) {
     let parts = if t.per_row != 0 && t.glen == QK / 2 {
@@ -217,6 +279,8 @@ pub struct Acts {
     d: Vec<f32>,
     /// Per token, per block: `d · Σ q` over the block, its first 16 values and its last 16.
     a: Vec<f32>,
+    /// The same sums of `q` as integers.
+    sums: Vec<i32>,
 }
 
 impl Acts {
@@ -230,23 +294,25 @@ impl Acts {
         let mut q = vec![0i8; m * k];
         let mut d = vec![0f32; m * nb];
         let mut a = vec![0f32; m * nb * 3];
+        let mut sums = vec![0i32; m * nb * 3];
         if m <= TILE {
             // A few tokens (generation, inside the team's parts): on this thread.
-            for (((q, d), a), x) in q
+            for ((((q, d), a), s), x) in q
                 .chunks_mut(k)
                 .zip(d.chunks_mut(nb))
                 .zip(a.chunks_mut(nb * 3))
+                .zip(sums.chunks_mut(nb * 3))
                 .zip(x.chunks(k))
             {
-                round_one(x, q, d, a);
+                round_one(x, q, d, a, s);
             }
-            return Acts { k, q, d, a };
+            return Acts { k, q, d, a, sums };
         }
         q.par_chunks_mut(k)
             .zip(d.par_chunks_mut(nb).zip(a.par_chunks_mut(nb * 3)))
-            .zip(x.par_chunks(k))
-            .for_each(|((q, (d, a)), x)| round_one(x, q, d, a));
-        Acts { k, q, d, a }
+            .zip(sums.par_chunks_mut(nb * 3).zip(x.par_chunks(k)))
+            .for_each(|((q, (d, a)), (s, x))| round_one(x, q, d, a, s));
+        Acts { k, q, d, a, sums }
     }
 
     /// Tokens held.
@@ -261,25 +327,26 @@ impl Acts {
 }
 
 /// One token rounded: [`round_token_avx512`] where the CPU runs it, else [`round_token`].
-fn round_one(x: &[f32], q: &mut [i8], d: &mut [f32], a: &mut [f32]) {
+fn round_one(x: &[f32], q: &mut [i8], d: &mut [f32], a: &mut [f32], s: &mut [i32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512bw") {
         // SAFETY: the CPU runs AVX-512 BW; the slices hold whole blocks.
-        unsafe { round_token_avx512(x, q, d, a) };
+        unsafe { round_token_avx512(x, q, d, a, s) };
         return;
     }
-    round_token(x, q, d, a)
+    round_token(x, q, d, a, s)
 }
 
 crate::kernels::dispatch! {
     /// One token's values rounded to int8 blocks (`d` = absmax / 127, to nearest, ties to
-    /// even), with `d · Σ q` over each block and its halves into `a` (three a block).
-    fn round_token(x: &[f32], q: &mut [i8], d: &mut [f32], a: &mut [f32]) {
-        for (((xb, qb), db), ab) in x
+    /// even), with `d · Σ q` over each block and its halves into `a` and `Σ q` into `s` (three
+    /// a block).
+    fn round_token(x: &[f32], q: &mut [i8], d: &mut [f32], a: &mut [f32], s: &mut [i32]) {
+        for (((xb, qb), db), (ab, sb)) in x
             .chunks_exact(QK)
             .zip(q.chunks_exact_mut(QK))
             .zip(d.iter_mut())
-            .zip(a.chunks_exact_mut(3))
+            .zip(a.chunks_exact_mut(3).zip(s.chunks_exact_mut(3)))
         {
             // |x| as bits: for finite values the integer max is the float max, and it
             // vectorises (a float `max` fold does not).
@@ -301,6 +368,7 @@ crate::kernels::dispatch! {
             ab[0] = scale * (low + high) as f32;
             ab[1] = scale * low as f32;
             ab[2] = scale * high as f32;
+            sb.copy_from_slice(&[low + high, low, high]);
         }
     }
 }
@@ -309,7 +377,7 @@ crate::kernels::dispatch! {
 /// fifth of a 512-token product's time).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn round_token_avx512(x: &[f32], q: &mut [i8], d: &mut [f32], a: &mut [f32]) {
+unsafe fn round_token_avx512(x: &[f32], q: &mut [i8], d: &mut [f32], a: &mut [f32], s: &mut [i32]) {
     let blocks = d.len();
     debug_assert!(x.len() == blocks * QK && q.len() == blocks * QK && a.len() == 3 * blocks);
     for b in 0..blocks {
@@ -334,6 +402,7 @@ unsafe fn round_token_avx512(x: &[f32], q: &mut [i8], d: &mut [f32], a: &mut [f3
         a[3 * b] = scale * (low + high) as f32;
         a[3 * b + 1] = scale * low as f32;
         a[3 * b + 2] = scale * high as f32;
+        s[3 * b..3 * b + 3].copy_from_slice(&[low + high, low, high]);
     }
 }
 
@@ -424,10 +493,11 @@ unsafe fn tile(
         let b = blocks;
         macro_rules! parts {
             ($n:literal) => {
-                if p.parts == 1 {
-                    vnni::<$n, 1>(p, panel, b, acts, t0, y)
-                } else {
-                    vnni::<$n, 2>(p, panel, b, acts, t0, y)
+                match (p.parts, p.compact.is_empty()) {
+                    (1, true) => vnni::<$n, 1, false>(p, panel, b, acts, t0, y),
+                    (1, false) => vnni::<$n, 1, true>(p, panel, b, acts, t0, y),
+                    (_, true) => vnni::<$n, 2, false>(p, panel, b, acts, t0, y),
+                    (_, false) => vnni::<$n, 2, true>(p, panel, b, acts, t0, y),
                 }
             };
         }
@@ -472,14 +542,21 @@ unsafe fn portable(
             let q = &acts.q[t * p.k + b * QK..][..QK];
             let d = acts.d[t * nb + b];
             for i in 0..p.parts {
-                let aff = &p.affine[p.affine_at(panel, b) + i * 2 * PANEL..][..2 * PANEL];
-                let a = acts.a[3 * (t * nb + b) + if p.parts == 1 { 0 } else { 1 + i }];
+                let at = 3 * (t * nb + b) + if p.parts == 1 { 0 } else { 1 + i };
                 for (l, acc) in acc.iter_mut().enumerate() {
                     let isum: i32 = (i * len..(i + 1) * len)
                         .map(|v| p.code(panel, b, l, v) as i32 * q[v] as i32)
                         .sum();
-                    *acc = (isum as f32).mul_add(aff[l] * d, *acc);
-                    *acc = aff[PANEL + l].mul_add(a, *acc);
+                    if p.compact.is_empty() {
+                        let aff = &p.affine[p.affine_at(panel, b) + i * 2 * PANEL..][..2 * PANEL];
+                        *acc = (isum as f32).mul_add(aff[l] * d, *acc);
+                        *acc = aff[PANEL + l].mul_add(acts.a[at], *acc);
+                    } else {
+                        let c = &p.compact[p.compact_at(panel, b) + i * COMPACT..][..COMPACT];
+                        let s = half::f16::from_bits(u16::from_le_bytes([c[2 * l], c[2 * l + 1]]));
+                        let isum = isum - c[2 * PANEL + l] as i32 * acts.sums[at];
+                        *acc = (isum as f32).mul_add(s.to_f32() * d, *acc);
+                    }
                 }
             }
         }
@@ -489,10 +566,11 @@ unsafe fn portable(
     }
 }
 
-/// [`portable`] in AVX-512 VNNI for `N` tokens and `P` scales a block.
+/// [`portable`] in AVX-512 VNNI for `N` tokens and `P` scales a block, the scales compact
+/// (`C`) or float32.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn vnni<const N: usize, const P: usize>(
+unsafe fn vnni<const N: usize, const P: usize, const C: bool>(
     p: &Panels,
     panel: usize,
     blocks: std::ops::Range<usize>,
@@ -503,8 +581,16 @@ unsafe fn vnni<const N: usize, const P: usize>(
     let nb = p.blocks();
     let k = p.k;
     let codes = p.codes.as_ptr().add(panel * nb * p.block_bytes());
-    debug_assert_eq!(p.parts, P);
-    let affine = p.affine.as_ptr().add(p.affine_at(panel, 0));
+    debug_assert!(p.parts == P && p.compact.is_empty() != C);
+    let affine = p
+        .affine
+        .as_ptr()
+        .add(if C { 0 } else { p.affine_at(panel, 0) });
+    let compact = p
+        .compact
+        .as_ptr()
+        .add(if C { p.compact_at(panel, 0) } else { 0 });
+    let sums = acts.sums.as_ptr().add(3 * t0 * nb);
     let q = acts.q.as_ptr().add(t0 * k);
     let d = acts.d.as_ptr().add(t0 * nb);
     let a = acts.a.as_ptr().add(3 * t0 * nb);
@@ -548,8 +634,15 @@ unsafe fn vnni<const N: usize, const P: usize>(
         };
         // Each part: the integer sums of its quads for every token, then its scale and bias.
         for i in 0..P {
-            let aff = affine.add((b * P + i) * 2 * PANEL);
-            let (s, z) = (_mm512_loadu_ps(aff), _mm512_loadu_ps(aff.add(PANEL)));
+            let (s, z) = if C {
+                let c = compact.add((b * P + i) * COMPACT);
+                let s = _mm512_cvtph_ps(_mm256_loadu_si256(c as *const __m256i));
+                let z = _mm512_cvtepu8_epi32(_mm_loadu_si128(c.add(2 * PANEL) as *const __m128i));
+                (s, _mm512_castsi512_ps(z))
+            } else {
+                let aff = affine.add((b * P + i) * 2 * PANEL);
+                (_mm512_loadu_ps(aff), _mm512_loadu_ps(aff.add(PANEL)))
+            };
             let mut isum = [_mm512_setzero_si512(); N];
             // An index loop over constant bounds, fully unrolled: the iterator form
             // (`take`/`skip`) kept `w` in memory and halved the speed.
@@ -563,9 +656,17 @@ unsafe fn vnni<const N: usize, const P: usize>(
             let at = if P == 1 { 0 } else { 1 + i };
             for (t, acc) in acc.iter_mut().enumerate() {
                 let sd = _mm512_mul_ps(s, _mm512_set1_ps(*d.add(t * nb + b)));
-                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), sd, *acc);
-                let a = _mm512_set1_ps(*a.add(3 * (t * nb + b) + at));
-                *acc = _mm512_fmadd_ps(z, a, *acc);
+                if C {
+                    // The zeros in the integer sums: Σ c·q − z·Σ q.
+                    let qs = _mm512_set1_epi32(*sums.add(3 * (t * nb + b) + at));
+                    let zq = _mm512_mullo_epi32(_mm512_castps_si512(z), qs);
+                    let isum = _mm512_sub_epi32(isum[t], zq);
+                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), sd, *acc);
+                } else {
+                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), sd, *acc);
+                    let a = _mm512_set1_ps(*a.add(3 * (t * nb + b) + at));
+                    *acc = _mm512_fmadd_ps(z, a, *acc);
+                }
             }
         }
     }
@@ -590,7 +691,18 @@ mod tests {
         let (glen, per_row) = if glen == 0 { (k, 0) } else { (glen, k / glen) };
         let granules = if per_row == 0 { 1 } else { n * per_row };
         let mut f = |lo: f32, hi: f32| lo + (hi - lo) * (lcg(&mut s) % 10_000) as f32 / 10_000.0;
-        let scales: Vec<f32> = (0..granules).map(|_| f(0.001, 0.05)).collect();
+        let half = kind.ends_with("16");
+        let kind = kind.trim_end_matches("16");
+        let scales: Vec<f32> = (0..granules)
+            .map(|_| f(0.001, 0.05))
+            .map(|v| {
+                if half {
+                    half::f16::from_f32(v).to_f32()
+                } else {
+                    v
+                }
+            })
+            .collect();
         let top = (1u32 << bits) as f32 - 1.0;
         let (zeros, mins, offset) = match kind {
             "zeros" => (
@@ -639,6 +751,11 @@ mod tests {
             (4, 17, 64, 32, "table"),
             (6, 35, 96, 16, "offset"),
             (4, 16, 64, 16, "mins"),
+            (4, 37, 96, 32, "offset16"),
+            (4, 20, 128, 64, "zeros16"),
+            (8, 19, 96, 32, "offset16"),
+            (6, 35, 96, 16, "zeros16"),
+            (3, 17, 64, 0, "zeros16"),
             (8, 19, 96, 32, "offset"),
             (8, 16, 128, 128, "zeros"),
             (5, 18, 128, 32, "mins"),
@@ -649,6 +766,7 @@ mod tests {
             let t = rows(bits, n, k, glen, kind, 7 + i as u64);
             let p = Panels::new(&t, n, k).expect("fits");
             assert_eq!(Panels::bytes_for(&t, n, k), Some(p.bytes()));
+            assert_eq!(p.compact.is_empty(), !kind.ends_with("16"), "case {i}");
             for l in 0..n {
                 for c in 0..k {
                     let code = t.code(l, c, k);
@@ -726,22 +844,24 @@ mod tests {
                 *v = if i == 0 { 127.0 } else { i as f32 - 0.5 };
             }
             let blocks = x.len() / QK;
-            type Rounding<'a> = &'a dyn Fn(&mut [i8], &mut [f32], &mut [f32]);
+            type Rounding<'a> = &'a dyn Fn(&mut [i8], &mut [f32], &mut [f32], &mut [i32]);
             let run = |f: Rounding| {
                 let (mut q, mut d, mut a) = (
                     vec![0i8; x.len()],
                     vec![0f32; blocks],
                     vec![0f32; 3 * blocks],
                 );
-                f(&mut q, &mut d, &mut a);
+                let mut sums = vec![0i32; 3 * blocks];
+                f(&mut q, &mut d, &mut a, &mut sums);
                 (
                     q,
                     d.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                     a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    sums,
                 )
             };
-            let fast = run(&|q, d, a| unsafe { round_token_avx512(&x, q, d, a) });
-            let portable = run(&|q, d, a| round_token(&x, q, d, a));
+            let fast = run(&|q, d, a, s| unsafe { round_token_avx512(&x, q, d, a, s) });
+            let portable = run(&|q, d, a, s| round_token(&x, q, d, a, s));
             assert_eq!(fast, portable);
         }
     }
