@@ -26,10 +26,12 @@
 //! activations up to float32 rounding (tested in f64), and the VNNI kernel equals the portable
 //! one bit for bit (the same operations in the same order). The panels are a second copy of the
 //! codes, built on the first product: 4-bit codes as nibbles (a table's indices too, looked up
-//! in registers), others (2-, 3-, 5-, 6-, 8-bit) a byte each, with the scale and bias of every 32 values (of every 16 for
-//! granules of 16, GGUF's Q6_K: two integer sums a block) in float32 — 88 MiB more at the peak
-//! of a SmolLM2 Q4_1 evaluation (302 → 390 MiB). CPUs without AVX-512 VNNI keep the float GEMM
-//! for many tokens (the portable kernel is the tests' reference).
+//! in registers), others (2-, 3-, 5-, 6-, 8-bit) a byte each; per 32 values (per 16 for
+//! granules of 16, GGUF's Q6_K: two integer sums a block) a float16 scale and a zero byte where
+//! the scales are float16 and the zeros integers (the zero then subtracted in the integer
+//! sums), else a float32 scale and bias — 88–112 MiB more at the peak of a SmolLM2 Q4_1
+//! evaluation (its mins keep float32). CPUs without AVX-512 VNNI keep the float GEMM for many
+//! tokens (the portable kernel is the tests' reference).
 //!
 //! Hand-written: no crate multiplies block-scaled integer layouts.
 
