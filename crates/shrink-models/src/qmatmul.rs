@@ -640,15 +640,6 @@ impl QuantMatmul {
         m > 0 && (self.q8_many().is_some() || (m <= FEW_TOKENS && self.q8().is_some()))
     }
 
-    /// The product with many tokens' activations rounded to int8 ([`q8_gemm`]; the input in
-    /// the held column order), or `None` when this weight does not multiply so.
-    fn matmul_q8(&self, acts: &q8_gemm::Acts) -> Option<Vec<f32>> {
-        let (p, kernel) = self.panels_q8()?;
-        let mut y = vec![0f32; acts.tokens() * self.n];
-        q8_gemm::gemm(kernel, p, acts, &mut y);
-        Some(y)
-    }
-
     /// The panels (built here on first use) and kernel of [`Self::q8_many`], when it applies.
     fn panels_q8(&self) -> Option<(&q8_gemm::Panels, q8::Int8Kernel)> {
         let (t, kernel) = self.q8_many()?;
@@ -966,10 +957,10 @@ impl QuantMatmul {
             self.matmul_few(x, m, &mut y);
             return y;
         }
-        if self.q8_many().is_some() {
-            if let Some(y) = self.matmul_q8(&q8_gemm::Acts::new(x, m, k)) {
-                return y;
-            }
+        if let Some((p, kernel)) = self.panels_q8() {
+            let mut y = zeroed();
+            q8_gemm::gemm(kernel, p, &q8_gemm::Acts::new(x, m, k), &mut y);
+            return y;
         }
         // Not zeroed first: gemm overwrites every element (a memset of the result measured
         // ~3 % of a 512-token forward).

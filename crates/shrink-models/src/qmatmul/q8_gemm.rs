@@ -87,7 +87,7 @@ impl Panels {
         let (nibbles, parts) = shape_of(t);
         let small = compact(t);
         let nb = k / QK;
-        let block_bytes = if nibbles { QK * PANEL / 2 } else { QK * PANEL };
+        let block_bytes = block_bytes(nibbles);
         let block_affine_len = parts * 2 * PANEL;
         let block_compact_len = parts * COMPACT;
         let panels = n.div_ceil(PANEL);
@@ -175,7 +175,7 @@ impl Panels {
         }
         let rows = n.div_ceil(PANEL) * PANEL;
         let (nibbles, parts) = shape_of(t);
-        let codes = if nibbles { rows * k / 2 } else { rows * k };
+        let codes = rows / PANEL * (k / QK) * block_bytes(nibbles);
         let per_part = if compact(t) { COMPACT / PANEL } else { 4 * 2 };
         Some(codes + rows * (k / QK) * parts * per_part)
     }
@@ -195,11 +195,7 @@ impl Panels {
     }
 
     fn block_bytes(&self) -> usize {
-        if self.nibbles {
-            QK * PANEL / 2
-        } else {
-            QK * PANEL
-        }
+        block_bytes(self.nibbles)
     }
 
     /// The integer the kernels multiply for row `l` of panel `p`, value `v` of block `b`: the
@@ -228,6 +224,15 @@ pub(super) fn fits(t: &IntRows, k: usize) -> bool {
         && k > 0
         && t.bits <= 8
         && (t.per_row == 0 || t.glen.is_multiple_of(QK) || t.glen == QK / 2)
+}
+
+/// Bytes of one block of a panel's codes: 4-bit codes two a byte, others one.
+fn block_bytes(nibbles: bool) -> usize {
+    if nibbles {
+        QK * PANEL / 2
+    } else {
+        QK * PANEL
+    }
 }
 
 /// Bytes of one part's compact scales and zeros for a panel: 16 float16, 16 bytes.
